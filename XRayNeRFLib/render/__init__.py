@@ -1,0 +1,118 @@
+"""Differentiable X-ray rendering: line integrals of mu through a voxel volume for cone-beam cameras.
+
+``render(volume, cameras)`` returns line integrals (dimensionless: mu in 1/mm times mm) with shape
+(V, H, W), image[row, column] in the camera convention of :mod:`XRayNeRFLib.geometry`.
+``beer_lambert`` turns them into detector intensities, optionally with Poisson noise.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..geometry import Cameras
+from ..progress import ProgressCallback, report
+from ..volume import Volume
+from .rays import IndexRays, box_intersection, rays_for_chunk
+from .siddon import siddon_bytes_per_ray, siddon_line_integrals
+from .trilinear import trilinear_bytes_per_ray, trilinear_line_integrals
+
+__all__ = [
+    "render",
+    "render_rays",
+    "beer_lambert",
+    "IndexRays",
+    "box_intersection",
+    "siddon_line_integrals",
+    "trilinear_line_integrals",
+]
+
+METHODS = ("siddon", "trilinear")
+
+
+def render(
+    volume: Volume,
+    cameras: Cameras,
+    *,
+    method: str = "trilinear",
+    pixels: Optional[Tensor] = None,
+    samples_per_voxel: float = 1.0,
+    max_memory_mb: float = 1024.0,
+    progress: ProgressCallback = None,
+) -> Tensor:
+    """Line integrals of the volume's mu for every view.
+
+    volume: mu in 1/mm (convert HU first with ``volume.as_mu``); data (K, J, I) may require grad.
+    cameras: V views; cast to the volume's dtype and device. Their tensors may require grad.
+    method: "siddon" (exact radiological path) or "trilinear" (ray marching, ``samples_per_voxel``
+        samples per voxel length along the longest ray of each chunk).
+    pixels: optional (V, N, 2) or (N, 2) [column, row] pixel-centre coordinates to render (ray
+        mini-batches, coarse detectors); default every pixel.
+    max_memory_mb: bound on the working memory of one chunk of rays (forward pass; autograd keeps
+        more when gradients are needed).
+    progress: called after each chunk; returning False raises ``Cancelled``.
+
+    returns: (V, H, W) when ``pixels`` is None, else (V, N); dtype of the volume.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown renderer {method!r}; use one of {METHODS}")
+    if volume.units != "mu":
+        raise ValueError("the renderer needs linear attenuation (1/mm); convert HU with XRayNeRFLib.volume.as_mu")
+    mu = volume.data
+    if not torch.isfinite(mu.detach()).all():
+        raise ValueError("the volume contains NaN or infinite values; fix them before rendering")
+    cams = cameras.to(device=mu.device, dtype=mu.dtype)
+    full_image = pixels is None
+    if full_image:
+        grid = cams.pixel_grid().reshape(1, -1, 2)
+    else:
+        grid = pixels.to(device=mu.device, dtype=mu.dtype)
+        if grid.ndim == 2:
+            grid = grid.unsqueeze(0)
+        if grid.ndim != 3 or grid.shape[-1] != 2 or grid.shape[0] not in (1, len(cams)):
+            raise ValueError(f"pixels must be (N, 2) or (V, N, 2) with V={len(cams)}, got {tuple(pixels.shape)}")
+    n_pix = grid.shape[1]
+    total = len(cams) * n_pix
+    if method == "siddon":
+        per_ray = siddon_bytes_per_ray(mu.shape, mu.dtype)
+    else:
+        per_ray = trilinear_bytes_per_ray(mu.shape, samples_per_voxel, mu.dtype)
+    chunk = max(1, int(max_memory_mb * 2**20 // per_ray))
+    out = []
+    for start in range(0, total, chunk):
+        stop = min(total, start + chunk)
+        rays = rays_for_chunk(volume, cams, grid, start, stop)
+        out.append(render_rays(mu, rays, method=method, samples_per_voxel=samples_per_voxel))
+        report(progress, stop, total, f"{method}: {stop}/{total} rays")
+    result = torch.cat(out).reshape(len(cams), n_pix)
+    if full_image:
+        result = result.reshape(len(cams), cams.height, cams.width)
+    return result
+
+
+def render_rays(mu: Tensor, rays: IndexRays, *, method: str = "trilinear", samples_per_voxel: float = 1.0) -> Tensor:
+    """Line integrals along rays already in index space: (R,)."""
+    if method == "siddon":
+        return siddon_line_integrals(mu, rays)
+    if method == "trilinear":
+        return trilinear_line_integrals(mu, rays, samples_per_voxel)
+    raise ValueError(f"unknown renderer {method!r}; use one of {METHODS}")
+
+
+def beer_lambert(
+    line_integrals: Tensor,
+    i0: float = 1.0,
+    *,
+    poisson: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Detector intensities I = I0 exp(-line integral); with ``poisson`` each pixel is a Poisson draw
+    with that mean (I0 is then the expected photon count of an unattenuated pixel)."""
+    if i0 <= 0:
+        raise ValueError(f"I0 must be > 0, got {i0}")
+    intensity = i0 * torch.exp(-line_integrals)
+    if poisson:
+        intensity = torch.poisson(intensity.detach(), generator=generator)
+    return intensity
