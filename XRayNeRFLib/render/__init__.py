@@ -15,9 +15,9 @@ from torch import Tensor
 from ..geometry import Cameras
 from ..progress import ProgressCallback, report
 from ..volume import Volume
-from .rays import IndexRays, box_intersection, rays_for_chunk
+from .rays import IndexRays, box_intersection, rays_for_views
 from .siddon import siddon_bytes_per_ray, siddon_line_integrals
-from .trilinear import trilinear_bytes_per_ray, trilinear_line_integrals
+from .trilinear import SliceStacks, trilinear_bytes_per_ray, trilinear_line_integrals
 
 __all__ = [
     "render",
@@ -46,8 +46,8 @@ def render(
 
     volume: mu in 1/mm (convert HU first with ``volume.as_mu``); data (K, J, I) may require grad.
     cameras: V views; cast to the volume's dtype and device. Their tensors may require grad.
-    method: "siddon" (exact radiological path) or "trilinear" (ray marching, ``samples_per_voxel``
-        samples per voxel length along the longest ray of each chunk).
+    method: "siddon" (exact radiological path) or "trilinear" (ray marching with ``samples_per_voxel``
+        (integer) samples per voxel along each ray's dominant axis; see render/trilinear.py).
     pixels: optional (V, N, 2) or (N, 2) [column, row] pixel-centre coordinates to render (ray
         mini-batches, coarse detectors); default every pixel.
     max_memory_mb: bound on the working memory of one chunk of rays (forward pass; autograd keeps
@@ -73,23 +73,41 @@ def render(
             grid = grid.unsqueeze(0)
         if grid.ndim != 3 or grid.shape[-1] != 2 or grid.shape[0] not in (1, len(cams)):
             raise ValueError(f"pixels must be (N, 2) or (V, N, 2) with V={len(cams)}, got {tuple(pixels.shape)}")
-    n_pix = grid.shape[1]
-    total = len(cams) * n_pix
+    n_views, n_pix = len(cams), grid.shape[1]
+    total = n_views * n_pix
     if method == "siddon":
         per_ray = siddon_bytes_per_ray(mu.shape, mu.dtype)
     else:
         per_ray = trilinear_bytes_per_ray(mu.shape, samples_per_voxel, mu.dtype)
-    chunk = max(1, int(max_memory_mb * 2**20 // per_ray))
+    rays_per_chunk = max(1, int(max_memory_mb * 2**20 // per_ray))
+    stacks = SliceStacks(mu, int(round(samples_per_voxel))) if method == "trilinear" else None
     out = []
-    for start in range(0, total, chunk):
-        stop = min(total, start + chunk)
-        rays = rays_for_chunk(volume, cams, grid, start, stop)
-        out.append(render_rays(mu, rays, method=method, samples_per_voxel=samples_per_voxel))
-        report(progress, stop, total, f"{method}: {stop}/{total} rays")
+    done = 0
+    for views, pix in _chunks(n_views, n_pix, rays_per_chunk):
+        rays = rays_for_views(volume, cams, grid, views, pix)
+        if stacks is not None:
+            out.append(trilinear_line_integrals(mu, rays, samples_per_voxel, stacks))
+        else:
+            out.append(siddon_line_integrals(mu, rays))
+        done += rays.length_mm.shape[0]
+        report(progress, done, total, f"{method}: {done}/{total} rays")
     result = torch.cat(out).reshape(len(cams), n_pix)
     if full_image:
         result = result.reshape(len(cams), cams.height, cams.width)
     return result
+
+
+def _chunks(n_views: int, n_pix: int, rays_per_chunk: int):
+    """Yield (views, pixels) slices covering all rays view-major, each at most rays_per_chunk rays:
+    whole groups of views when a view fits, else pieces of one view."""
+    if n_pix <= rays_per_chunk:
+        step = max(1, rays_per_chunk // n_pix)
+        for v0 in range(0, n_views, step):
+            yield slice(v0, min(n_views, v0 + step)), slice(0, n_pix)
+    else:
+        for v in range(n_views):
+            for p0 in range(0, n_pix, rays_per_chunk):
+                yield slice(v, v + 1), slice(p0, min(n_pix, p0 + rays_per_chunk))
 
 
 def render_rays(mu: Tensor, rays: IndexRays, *, method: str = "trilinear", samples_per_voxel: float = 1.0) -> Tensor:

@@ -36,28 +36,23 @@ def pixel_camera_coordinates(cameras: Cameras, pixels: Tensor) -> Tensor:
     return torch.cat([xy, z], dim=-1)
 
 
-def rays_for_chunk(volume: Volume, cameras: Cameras, pixels: Tensor, start: int, stop: int) -> IndexRays:
-    """Rays number start..stop-1 of the flattened (view, pixel) list.
+def rays_for_views(volume: Volume, cameras: Cameras, pixels: Tensor, views: slice, pix: slice) -> IndexRays:
+    """Rays of views ``views`` through pixels ``pixels[:, pix]``, flattened view-major: R = V' * N'.
 
-    pixels: (V, N, 2) or (1, N, 2) (shared by all views). Differentiable w.r.t. camera parameters.
+    pixels: (V, N, 2) or (1, N, 2) (shared by all views) [column, row]. Differentiable w.r.t. the
+    camera parameters.
     """
-    n = pixels.shape[1]
-    flat = torch.arange(start, stop, device=pixels.device)
-    view = flat // n
-    pix = flat % n
-    pixel_xy = pixels[view if pixels.shape[0] > 1 else torch.zeros_like(view), pix]  # (R, 2)
-    pp = cameras.principal_point_px[view]
-    sp = cameras.pixel_spacing_mm[view]
-    cam_xy = (pixel_xy - pp) * sp
-    cam = torch.cat([cam_xy, cameras.sdd_mm[view, None]], dim=-1)  # (R, 3) camera mm
-    rot = cameras.world_from_camera[view, :3, :3]  # (R, 3, 3)
-    src = cameras.world_from_camera[view, :3, 3]  # (R, 3)
-    dir_world = (rot @ cam.unsqueeze(-1)).squeeze(-1)  # (R, 3) RAS mm, source -> pixel
-    ijk_from_ras = volume.ijk_from_ras().to(dir_world.dtype)
+    w = cameras.world_from_camera[views]  # (V', 4, 4)
+    px = pixels[views if pixels.shape[0] > 1 else slice(None), pix]  # (V' or 1, N', 2)
+    cam_xy = (px - cameras.principal_point_px[views, None, :]) * cameras.pixel_spacing_mm[views, None, :]
+    z = cameras.sdd_mm[views, None, None].expand(-1, cam_xy.shape[1], 1)
+    cam = torch.cat([cam_xy, z], dim=-1)  # (V', N', 3) camera mm, source -> pixel
+    ijk_from_ras = volume.ijk_from_ras().to(dtype=cam.dtype, device=cam.device)
     lin, off = ijk_from_ras[:3, :3], ijk_from_ras[:3, 3]
-    origin = src @ lin.T + off
-    direction = dir_world @ lin.T
-    return IndexRays(origin, direction, dir_world.norm(dim=-1))
+    dir_world = cam @ w[:, :3, :3].transpose(-1, -2)  # (V', N', 3) RAS mm
+    direction = dir_world @ lin.T  # index units
+    origin = (w[:, :3, 3] @ lin.T + off)[:, None, :].expand_as(direction)
+    return IndexRays(origin.reshape(-1, 3), direction.reshape(-1, 3), dir_world.norm(dim=-1).reshape(-1))
 
 
 def box_intersection(rays: IndexRays, shape_ijk: Tensor) -> tuple:

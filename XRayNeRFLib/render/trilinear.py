@@ -1,50 +1,126 @@
-"""Trilinear ray marching: midpoint quadrature of trilinearly interpolated mu along each ray.
+"""Trilinear ray marching with samples on the planes of each ray's dominant axis.
 
-Each ray is sampled only between its entry into and exit from the voxel box, at N points per ray with
-N = ceil(longest path in the chunk, in voxels, x samples_per_voxel); the quadrature weight of a sample
-is (exit - entry) / N times the ray length in mm. Differentiable w.r.t. mu and the sample positions
-(hence pose and intrinsics) through ``grid_sample``.
+Every ray is sampled where it crosses equally spaced planes perpendicular to its dominant index axis
+(the axis along which it moves fastest in voxel units), ``samples_per_voxel`` planes per voxel: with
+one sample per voxel the planes pass through the voxel centres, as in Joseph's projector. On a plane
+the trilinear interpolant reduces to linear interpolation between the two neighbouring slices followed
+by bilinear interpolation in the plane, so all rays' samples on one plane are a single 2D
+``grid_sample`` of one slice: cache-friendly, and several times cheaper than 3D sampling.
+
+Quadrature: each plane stands for a slab of thickness 1/samples_per_voxel (in voxels) along the
+dominant axis; a sample's weight is the length in mm of the part of the source-to-pixel segment inside
+its slab. The volume is zero outside its voxel box, and the interpolation blends towards zero in the
+outer half voxel (grid_sample's "zeros" padding).
+
+Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), through ``grid_sample``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rays import IndexRays, box_intersection
+from .rays import IndexRays
+
+# For a dominant index axis (0=i, 1=j, 2=k): the permutation of mu (K, J, I) that puts that axis first,
+# and the index axes that the slice's width (W) and height (H) run along.
+_SLICING = {
+    0: ((2, 0, 1), 1, 2),  # (I, K, J): W <- j, H <- k
+    1: ((1, 0, 2), 0, 2),  # (J, K, I): W <- i, H <- k
+    2: ((0, 1, 2), 0, 1),  # (K, J, I): W <- i, H <- j
+}
 
 
-def trilinear_line_integrals(mu: Tensor, rays: IndexRays, samples_per_voxel: float = 1.0) -> Tensor:
-    """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless).
+class SliceStacks:
+    """mu re-stacked along each axis (and resampled to the plane positions); built lazily, reused across
+    the chunks of one render call. Holds autograd history, so gradients flow back to mu."""
 
-    Outside the voxel centres (the outer half voxel) values are held constant (border padding), so a
-    constant volume integrates exactly as in Siddon's model.
-    """
-    k, j, i = mu.shape
-    dtype = rays.origin.dtype
-    shape = torch.tensor([i, j, k], dtype=dtype, device=mu.device)
-    amin, amax = box_intersection(rays, shape)
-    span = amax - amin  # (R,)
-    path_vox = (span.detach() * rays.direction.detach().norm(dim=-1)).max() if span.numel() else span.new_zeros(())
-    n = max(1, int(math.ceil(float(path_vox) * samples_per_voxel)))
-    t = (torch.arange(n, dtype=dtype, device=mu.device) + 0.5) / n  # (N,)
-    a = amin[:, None] + span[:, None] * t[None, :]  # (R, N)
-    pts = rays.origin[:, None, :] + a[..., None] * rays.direction[:, None, :]  # (R, N, 3) ijk
-    # grid_sample, align_corners=False: normalised -1 / +1 are the outer faces (-0.5, n-0.5).
-    grid = (2.0 * pts + 1.0) / shape - 1.0
-    vals = F.grid_sample(
-        mu[None, None],
-        grid[None, None],  # (1, 1, R, N, 3) with (x, y, z) = (i, j, k)
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    )[0, 0, 0]  # (R, N)
-    return vals.sum(dim=1) * (span / n) * rays.length_mm
+    def __init__(self, mu: Tensor, samples_per_voxel: int) -> None:
+        self.mu = mu
+        self.spv = samples_per_voxel
+        self._cache: Dict[int, Tensor] = {}
+
+    def planes(self, axis: int) -> Tensor:
+        """(P, 1, H, W) values on the sample planes of ``axis``, P = n_axis * samples_per_voxel."""
+        if axis not in self._cache:
+            perm, _, _ = _SLICING[axis]
+            stack = self.mu.permute(*perm)
+            if self.spv > 1:
+                n = stack.shape[0]
+                pos = plane_positions(n, self.spv, stack.dtype, stack.device)  # (P,)
+                lo = torch.floor(pos).clamp(0, n - 1)
+                frac = (pos - lo).clamp(0, 1)
+                lo_i = lo.long()
+                hi_i = (lo_i + 1).clamp(max=n - 1)
+                stack = stack[lo_i] * (1 - frac)[:, None, None] + stack[hi_i] * frac[:, None, None]
+            self._cache[axis] = stack.unsqueeze(1).contiguous()
+        return self._cache[axis]
 
 
-def trilinear_bytes_per_ray(shape_kji, samples_per_voxel: float, dtype: torch.dtype) -> int:
-    n = math.ceil(math.sqrt(sum(s * s for s in shape_kji)) * samples_per_voxel) + 1
-    return n * (8 * torch.finfo(dtype).bits // 8 + 16)
+def plane_positions(n: int, samples_per_voxel: int, dtype, device) -> Tensor:
+    """Index coordinates of the sample planes along an axis of n voxels: (n * spv,)."""
+    q = torch.arange(n * samples_per_voxel, dtype=dtype, device=device)
+    return -0.5 + (q + 0.5) / samples_per_voxel
+
+
+def trilinear_line_integrals(
+    mu: Tensor, rays: IndexRays, samples_per_voxel: float = 1.0, stacks: Optional[SliceStacks] = None
+) -> Tensor:
+    """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless)."""
+    spv = int(round(samples_per_voxel))
+    if spv < 1 or abs(spv - samples_per_voxel) > 1e-9:
+        raise ValueError(f"samples_per_voxel must be a positive integer, got {samples_per_voxel}")
+    if stacks is None:
+        stacks = SliceStacks(mu, spv)
+    d = rays.direction
+    dominant = d.detach().abs().argmax(dim=-1)  # (R,)
+    axes = torch.unique(dominant).tolist()
+    if len(axes) == 1:
+        return _march_axis(stacks, axes[0], rays.origin, d, rays.length_mm, spv)
+    out = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
+    for axis in axes:
+        sel = torch.nonzero(dominant == axis).squeeze(1)
+        vals = _march_axis(stacks, axis, rays.origin[sel], d[sel], rays.length_mm[sel], spv)
+        out = out.index_put((sel,), vals)
+    return out
+
+
+def _march_axis(stacks: SliceStacks, axis: int, origin: Tensor, direction: Tensor, length_mm: Tensor, spv: int) -> Tensor:
+    planes = stacks.planes(axis)  # (P, 1, H, W)
+    _, w_axis, h_axis = _SLICING[axis]
+    p_count, _, height, width = planes.shape
+    n_axis = p_count // spv
+    pos = plane_positions(n_axis, spv, origin.dtype, origin.device)  # (P,)
+    da = direction[:, axis]  # (R,) never ~0: it is the dominant component
+    # In-plane index coordinates are affine in the plane position: x = x0 + slope * pos. Fold the
+    # normalisation of grid_sample (align_corners=False: -1/+1 at the outer faces) into slope and x0.
+    size = torch.tensor([width, height], dtype=origin.dtype, device=origin.device)
+    other = origin[:, [w_axis, h_axis]]  # (R, 2)
+    slope = direction[:, [w_axis, h_axis]] / da[:, None]  # (R, 2) in-plane voxels per plane voxel
+    x0 = other - origin[:, axis : axis + 1] * slope
+    grid = torch.addcmul((2 * x0 + 1) / size - 1, pos[:, None, None], (2 * slope / size).unsqueeze(0))  # (P, R, 2)
+    # Outside the box the volume is zero ("zeros" padding: the outer half voxel blends towards 0).
+    vals = F.grid_sample(planes, grid.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    vals = vals[:, 0, 0, :]  # (P, R)
+    # Slab weights: the part of [pos - h, pos + h] inside the segment's extent along the axis. When every
+    # segment spans the whole volume along the axis (source and detector outside), all weights are 1.
+    a0 = origin[:, axis]
+    a1 = a0 + da
+    seg_lo, seg_hi = torch.minimum(a0, a1), torch.maximum(a0, a1)
+    if bool((seg_lo.detach() <= -0.5).all() and (seg_hi.detach() >= n_axis - 0.5).all()):
+        total = vals.sum(dim=0)
+    else:
+        half = 0.5 / spv
+        overlap = (torch.minimum(pos[:, None] + half, seg_hi[None, :]) - torch.maximum(pos[:, None] - half, seg_lo[None, :])).clamp_min(0)
+        total = (vals * (overlap * spv)).sum(dim=0)
+    # Each plane stands for 1/spv voxel along the axis: mm per plane = length_mm / |d_axis| / spv.
+    return total * (length_mm / (da.abs() * spv))
+
+
+def trilinear_bytes_per_ray(shape_kji: Tuple[int, int, int], samples_per_voxel: float, dtype: torch.dtype) -> int:
+    planes = max(shape_kji) * max(1, int(round(samples_per_voxel)))
+    return planes * (12 * torch.finfo(dtype).bits // 8 + 8)
