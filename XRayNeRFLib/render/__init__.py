@@ -16,7 +16,7 @@ from ..geometry import Cameras
 from ..progress import ProgressCallback, report
 from ..volume import Volume
 from .rays import IndexRays, box_intersection, rays_for_views
-from .siddon import siddon_bytes_per_ray, siddon_line_integrals
+from .siddon import siddon_bytes_per_ray, siddon_line_integrals, siddon_line_integrals_sorted
 from .trilinear import SliceStacks, trilinear_bytes_per_ray, trilinear_line_integrals
 
 __all__ = [
@@ -26,10 +26,15 @@ __all__ = [
     "IndexRays",
     "box_intersection",
     "siddon_line_integrals",
+    "siddon_line_integrals_sorted",
     "trilinear_line_integrals",
 ]
 
 METHODS = ("siddon", "trilinear")
+
+# On the CPU, chunks much larger than the caches make every elementwise pass memory-bound and every
+# allocation a fresh mmap; these sizes were the fastest on a 2-core machine (benchmarks/RESULTS.md).
+_CPU_CHUNK_MB = {"trilinear": 32.0, "siddon": 96.0}
 
 
 def render(
@@ -79,16 +84,17 @@ def render(
         per_ray = siddon_bytes_per_ray(mu.shape, mu.dtype)
     else:
         per_ray = trilinear_bytes_per_ray(mu.shape, samples_per_voxel, mu.dtype)
-    rays_per_chunk = max(1, int(max_memory_mb * 2**20 // per_ray))
-    stacks = SliceStacks(mu, int(round(samples_per_voxel))) if method == "trilinear" else None
+    chunk_mb = min(max_memory_mb, _CPU_CHUNK_MB[method]) if mu.device.type == "cpu" else max_memory_mb
+    rays_per_chunk = max(1, int(chunk_mb * 2**20 // per_ray))
+    stacks = SliceStacks(mu, int(round(samples_per_voxel)) if method == "trilinear" else 1)
     out = []
     done = 0
     for views, pix in _chunks(n_views, n_pix, rays_per_chunk):
         rays = rays_for_views(volume, cams, grid, views, pix)
-        if stacks is not None:
+        if method == "trilinear":
             out.append(trilinear_line_integrals(mu, rays, samples_per_voxel, stacks))
         else:
-            out.append(siddon_line_integrals(mu, rays))
+            out.append(siddon_line_integrals(mu, rays, stacks))
         done += rays.length_mm.shape[0]
         report(progress, done, total, f"{method}: {done}/{total} rays")
     result = torch.cat(out).reshape(len(cams), n_pix)

@@ -1,21 +1,99 @@
 """Siddon's exact radiological path: sum over crossed voxels of (intersection length x mu).
 
-Vectorised over rays: for each ray only the voxel planes it actually crosses between its entry and exit
-are generated (per axis, a padded run of consecutive plane indices), merged by one sort, and the voxel
-of each segment is found from the segment's midpoint. Differentiable w.r.t. mu (gather -> scatter-add)
-and, where the set of crossed voxels does not change, w.r.t. the ray end points (pose, intrinsics).
+Two exact implementations of the same quantity:
+
+``siddon_line_integrals`` (used by ``render``) walks each ray slab by slab along its dominant index
+axis (the axis along which it moves fastest in voxel units). Inside one slab the ray moves by at most
+one voxel along each other axis, so it crosses at most one plane of each: the slab's part of the ray
+splits into at most three segments, found without sorting. All rays' slabs p are processed together,
+and values are gathered from one slice, which keeps memory access local.
+
+``siddon_line_integrals_sorted`` is the textbook form: the parameters of all plane crossings of a ray
+(only those between its entry and exit) merged by one sort, each segment's voxel found from its
+midpoint. It is slower; tests use it as an independent check.
+
+Both are differentiable w.r.t. mu (gather -> scatter-add) and, where the set of crossed voxels does
+not change, w.r.t. the ray end points (pose, intrinsics).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .rays import IndexRays, box_intersection
+from .trilinear import _SLICING, SliceStacks
 
 
-def siddon_line_integrals(mu: Tensor, rays: IndexRays) -> Tensor:
-    """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless)."""
+def siddon_line_integrals(mu: Tensor, rays: IndexRays, stacks: Optional[SliceStacks] = None) -> Tensor:
+    """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless).
+
+    stacks: slice stacks of mu with one plane per voxel (reused across chunks by ``render``)."""
+    if stacks is None or stacks.spv != 1:
+        stacks = SliceStacks(mu, 1)
+    k, j, i = mu.shape
+    shape = torch.tensor([i, j, k], dtype=rays.origin.dtype, device=mu.device)
+    amin, amax = box_intersection(rays, shape)  # (R,)
+    d = rays.direction
+    dominant = d.detach().abs().argmax(dim=-1)
+    axes = torch.nonzero(torch.bincount(dominant, minlength=3)).flatten().tolist()
+    if len(axes) == 1:
+        return _slabs(stacks, axes[0], rays, amin, amax)
+    out = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
+    for axis in axes:
+        sel = torch.nonzero(dominant == axis).squeeze(1)
+        sub = IndexRays(rays.origin[sel], d[sel], rays.length_mm[sel])
+        out = out.index_put((sel,), _slabs(stacks, axis, sub, amin[sel], amax[sel]))
+    return out
+
+
+def _slabs(stacks: SliceStacks, axis: int, rays: IndexRays, amin: Tensor, amax: Tensor) -> Tensor:
+    planes = stacks.planes(axis)  # (P, 1, H, W), P = voxels along the axis
+    _, w_axis, h_axis = _SLICING[axis]
+    n_a, _, height, width = planes.shape
+    o, d = rays.origin, rays.direction
+    dtype, device = o.dtype, o.device
+    da = d[:, axis]
+    p = torch.arange(n_a, dtype=dtype, device=device)[:, None]  # (P, 1)
+    # Ray parameters where the ray crosses the slab's two faces, ordered, clipped to the box [amin, amax].
+    f0 = (p - 0.5 - o[None, :, axis]) / da[None, :]  # (P, R)
+    f1 = f0 + 1.0 / da[None, :]
+    b0 = torch.maximum(torch.minimum(f0, f1), amin[None, :])
+    b1 = torch.minimum(torch.maximum(f0, f1), amax[None, :])
+    b1 = torch.maximum(b1, b0)  # empty slabs: zero length
+
+    def crossing(ax: int) -> Tensor:
+        # The only plane of axis ``ax`` that can lie inside the slab's part of the ray is the
+        # half-integer nearest to the ray's coordinate at the middle of that part.
+        dx = d[None, :, ax]
+        mid = o[None, :, ax] + 0.5 * (b0 + b1) * dx
+        plane = torch.floor(mid.detach()) + 0.5
+        tiny = torch.finfo(dtype).tiny ** 0.5
+        dx_safe = torch.where(dx.abs() < tiny, torch.full_like(dx, tiny), dx)
+        return torch.minimum(torch.maximum((plane - o[None, :, ax]) / dx_safe, b0), b1)
+
+    gw, gh = crossing(w_axis), crossing(h_axis)
+    g1, g2 = torch.minimum(gw, gh), torch.maximum(gw, gh)
+    total = None
+    flat_planes = planes.reshape(-1)
+    slice_offset = (torch.arange(n_a, device=device) * (height * width))[:, None]  # (P, 1)
+    with torch.no_grad():
+        o_w, o_h, d_w, d_h = o[None, :, w_axis], o[None, :, h_axis], d[None, :, w_axis], d[None, :, h_axis]
+    for lo, hi in ((b0, g1), (g1, g2), (g2, b1)):
+        with torch.no_grad():
+            m = 0.5 * (lo + hi)
+            iw = torch.floor(o_w + m * d_w + 0.5).clamp_(0, width - 1).long()
+            ih = torch.floor(o_h + m * d_h + 0.5).clamp_(0, height - 1).long()
+            idx = slice_offset + ih * width + iw
+        term = (hi - lo) * flat_planes[idx]
+        total = term if total is None else total + term
+    return total.sum(dim=0) * rays.length_mm
+
+
+def siddon_line_integrals_sorted(mu: Tensor, rays: IndexRays) -> Tensor:
+    """Reference implementation (sort-based). mu: (K, J, I) 1/mm. Returns (R,) line integrals."""
     k, j, i = mu.shape
     dtype = rays.origin.dtype
     shape = torch.tensor([i, j, k], dtype=dtype, device=mu.device)
@@ -62,6 +140,5 @@ def siddon_line_integrals(mu: Tensor, rays: IndexRays) -> Tensor:
 
 
 def siddon_bytes_per_ray(shape_kji, dtype: torch.dtype) -> int:
-    """Upper bound of working memory per ray in bytes (for chunking)."""
-    m = sum(shape_kji) + 3
-    return m * (8 * torch.finfo(dtype).bits // 8 + 48)
+    """Working memory per ray in bytes (for chunking): about 20 tensors of one value per slab."""
+    return max(shape_kji) * (20 * torch.finfo(dtype).bits // 8 + 24)

@@ -78,7 +78,7 @@ def trilinear_line_integrals(
         stacks = SliceStacks(mu, spv)
     d = rays.direction
     dominant = d.detach().abs().argmax(dim=-1)  # (R,)
-    axes = torch.unique(dominant).tolist()
+    axes = torch.nonzero(torch.bincount(dominant, minlength=3)).flatten().tolist()
     if len(axes) == 1:
         return _march_axis(stacks, axes[0], rays.origin, d, rays.length_mm, spv)
     out = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
