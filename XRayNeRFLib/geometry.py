@@ -238,6 +238,29 @@ class Cameras:
             cameras[0].size_px,
         )
 
+    def downsampled(self, factor: int) -> "Cameras":
+        """The same views on a coarser detector: factor x factor pixels binned into one.
+
+        size_px becomes floor(size / factor) (trailing pixels dropped), pixel spacing grows by
+        ``factor``, and the principal point moves so that new pixel c covers old pixels
+        c*factor .. c*factor + factor - 1 (centre at old coordinate c*factor + (factor-1)/2). Used for
+        coarse-to-fine registration and fast previews; bin images with the same rule
+        (``images[..., :H*f, :W*f].reshape(..., H, f, W, f).mean((-3, -1))``).
+        """
+        f = int(factor)
+        if f < 1:
+            raise ValueError(f"downsampling factor must be a positive integer, got {factor!r}")
+        cols, rows = self.width // f, self.height // f
+        if cols < 1 or rows < 1:
+            raise ValueError(f"a factor of {f} leaves no pixels of a {self.width}x{self.height} detector")
+        return Cameras(
+            self.world_from_camera,
+            self.sdd_mm,
+            self.pixel_spacing_mm * f,
+            (self.principal_point_px - (f - 1) / 2.0) / f,
+            (cols, rows),
+        )
+
     # -- derived quantities (all differentiable) ------------------------------------------------
     def intrinsic_matrices(self) -> Tensor:
         """K: (V, 3, 3) mapping camera mm to homogeneous pixel coordinates."""
