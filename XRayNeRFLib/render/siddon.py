@@ -27,10 +27,26 @@ from .rays import IndexRays, box_intersection
 from .trilinear import _SLICING, SliceStacks
 
 
-def siddon_line_integrals(mu: Tensor, rays: IndexRays, stacks: Optional[SliceStacks] = None) -> Tensor:
+_COMPILED = {}
+
+
+def _slab_kernel(compiled: bool):
+    """The slab walk, eager or through ``torch.compile`` (fuses its ~40 elementwise passes into a few
+    loops: several times faster on the CPU after a one-off compilation of 10-30 s)."""
+    if not compiled:
+        return _slabs
+    if "slabs" not in _COMPILED:
+        _COMPILED["slabs"] = torch.compile(_slabs, dynamic=True)
+    return _COMPILED["slabs"]
+
+
+def siddon_line_integrals(
+    mu: Tensor, rays: IndexRays, stacks: Optional[SliceStacks] = None, *, compiled: bool = False
+) -> Tensor:
     """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless).
 
-    stacks: slice stacks of mu with one plane per voxel (reused across chunks by ``render``)."""
+    stacks: slice stacks of mu with one plane per voxel (reused across chunks by ``render``).
+    compiled: run the slab walk through ``torch.compile`` (worth it for long runs: reconstruction)."""
     if stacks is None or stacks.spv != 1:
         stacks = SliceStacks(mu, 1)
     k, j, i = mu.shape
@@ -39,21 +55,21 @@ def siddon_line_integrals(mu: Tensor, rays: IndexRays, stacks: Optional[SliceSta
     d = rays.direction
     dominant = d.detach().abs().argmax(dim=-1)
     axes = torch.nonzero(torch.bincount(dominant, minlength=3)).flatten().tolist()
+    kernel = _slab_kernel(compiled)
     if len(axes) == 1:
-        return _slabs(stacks, axes[0], rays, amin, amax)
+        return kernel(stacks.planes(axes[0]), axes[0], rays.origin, d, rays.length_mm, amin, amax)
     out = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
     for axis in axes:
         sel = torch.nonzero(dominant == axis).squeeze(1)
-        sub = IndexRays(rays.origin[sel], d[sel], rays.length_mm[sel])
-        out = out.index_put((sel,), _slabs(stacks, axis, sub, amin[sel], amax[sel]))
+        part = kernel(stacks.planes(axis), axis, rays.origin[sel], d[sel], rays.length_mm[sel], amin[sel], amax[sel])
+        out = out.index_put((sel,), part)
     return out
 
 
-def _slabs(stacks: SliceStacks, axis: int, rays: IndexRays, amin: Tensor, amax: Tensor) -> Tensor:
-    planes = stacks.planes(axis)  # (P, 1, H, W), P = voxels along the axis
+def _slabs(planes: Tensor, axis: int, o: Tensor, d: Tensor, length_mm: Tensor, amin: Tensor, amax: Tensor) -> Tensor:
+    """planes: (P, 1, H, W) mu re-stacked along ``axis``; o, d: (R, 3) index-space rays; -> (R,)."""
     _, w_axis, h_axis = _SLICING[axis]
     n_a, _, height, width = planes.shape
-    o, d = rays.origin, rays.direction
     dtype, device = o.dtype, o.device
     da = d[:, axis]
     p = torch.arange(n_a, dtype=dtype, device=device)[:, None]  # (P, 1)
@@ -89,7 +105,7 @@ def _slabs(stacks: SliceStacks, axis: int, rays: IndexRays, amin: Tensor, amax: 
             idx = slice_offset + ih * width + iw
         term = (hi - lo) * flat_planes[idx]
         total = term if total is None else total + term
-    return total.sum(dim=0) * rays.length_mm
+    return total.sum(dim=0) * length_mm
 
 
 def siddon_line_integrals_sorted(mu: Tensor, rays: IndexRays) -> Tensor:
