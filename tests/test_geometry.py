@@ -51,19 +51,21 @@ def test_carm_ap_view_axes():
 
 
 @pytest.mark.parametrize(
-    "primary, secondary, detector_dir, column_dir",
+    "primary, secondary, detector_dir, column_dir, row_dir",
     [
-        (90, 0, [-1, 0, 0], [0, 1, 0]),  # LAO 90: detector at the patient's left, source at the right
-        (-90, 0, [1, 0, 0], [0, -1, 0]),  # RAO 90: detector at the patient's right
-        (0, 90, [0, 0, 1], [1, 0, 0]),  # CRA 90: detector at the head
-        (0, -90, [0, 0, -1], [1, 0, 0]),  # CAU 90: detector at the feet
-        (180, 0, [0, -1, 0], [-1, 0, 0]),  # LAO 180: AP beam, detector posterior
+        (90, 0, [-1, 0, 0], [0, 1, 0], [0, 0, -1]),  # LAO 90: detector at the patient's left, source right
+        (-90, 0, [1, 0, 0], [0, -1, 0], [0, 0, -1]),  # RAO 90: detector at the patient's right
+        (0, 90, [0, 0, 1], [1, 0, 0], [0, 1, 0]),  # CRA 90: detector at the head, rows run anterior
+        (0, -90, [0, 0, -1], [1, 0, 0], [0, -1, 0]),  # CAU 90: detector at the feet, rows run posterior
+        (180, 0, [0, -1, 0], [-1, 0, 0], [0, 0, -1]),  # LAO 180: AP beam, detector posterior
     ],
 )
-def test_carm_angle_signs(primary, secondary, detector_dir, column_dir):
-    x, _, z, src = axes(carm(primary, secondary, isocenter_ras=(5.0, -7.0, 11.0)))
+def test_carm_angle_signs(primary, secondary, detector_dir, column_dir, row_dir):
+    # these are the rows of the angle table in docs/geometry.md section 6
+    x, y, z, src = axes(carm(primary, secondary, isocenter_ras=(5.0, -7.0, 11.0)))
     close(z, detector_dir)
     close(x, column_dir)
+    close(y, row_dir)
     # the source sits sid before the isocentre, opposite the detector
     close(src, torch.tensor([5.0, -7.0, 11.0], dtype=F64) - 750 * torch.tensor(detector_dir, dtype=F64), 1e-10)
 
