@@ -361,7 +361,7 @@ class Cameras:
         dtype = p.dtype if torch.is_floating_point(p) else torch.get_default_dtype()
         pd = p.detach().to(torch.float64)
         m = pd[:, :, :3]
-        if (torch.linalg.det(m).abs() < 1e-12 * pd.abs().amax(dim=(-1, -2)) ** 3).any():
+        if (torch.linalg.det(m).abs() < 1e-12 * m.abs().amax(dim=(-1, -2)) ** 3).any():
             raise ValueError("a projection matrix has a singular left 3x3 block: it is not a pinhole (cone-beam) camera")
         # RQ decomposition of M = K R through QR of the reversed, transposed matrix.
         flip = torch.flip(torch.eye(3, dtype=torch.float64), dims=[0])
