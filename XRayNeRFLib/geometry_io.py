@@ -19,8 +19,8 @@ the beam travels towards -z_r.
    ``X_lps = diag(-1, -1, 1) X_ras``. A volume written with :func:`XRayNeRFLib.volume.save_volume`
    and an XML read/written here therefore describe the same physical scene to RTK and to us.
    RTK's gantry rotates about the world y axis, which is the antero-posterior axis in LPS; a
-   circular orbit about the patient's long axis (ours: RAS z) is an RTK geometry with
-   out-of-plane angles near 90 degrees. Both are exact; nothing is approximated.
+   circular orbit about the patient's long axis (ours: RAS z) becomes RTK views with gantry and
+   in-plane angles of 90 or 270 degrees and the orbit angle in the out-of-plane angle. Both are exact.
 2. The flip. RTK's (u, v, towards-source) axes are (x_r, y_r, z_r): with u along columns and v
    along rows, the pixel axes are LEFT-handed relative to our camera (x columns, y rows, z from
    the source to the detector). We flip the ROW axis: our camera is
