@@ -89,6 +89,7 @@ def main(cfg_path: str) -> None:
         images.append(render_view(v))
         warm.append(time.perf_counter() - t0)
     times = []
+    u0 = resource.getrusage(resource.RUSAGE_SELF)
     for r in range(int(cfg["repeats"])):
         v = r % len(filters)
         t0 = time.perf_counter()
@@ -96,10 +97,13 @@ def main(cfg_path: str) -> None:
         times.append(time.perf_counter() - t0)
         if r < len(filters) and not np.allclose(img, images[v], rtol=1e-5, atol=1e-6):
             raise RuntimeError("RTK gave a different image on a repeated run (accumulating in place?)")
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (u1.ru_utime + u1.ru_stime) - (u0.ru_utime + u0.ru_stime)
     np.save(cfg["images_npy"], np.stack(images).astype(np.float32))
     Path(cfg["result_json"]).write_text(json.dumps({
         "times_s": times,
         "warmup_s": warm,
+        "cores_busy": cpu_s / max(sum(times), 1e-9),
         "baseline_rss_mb": baseline,
         "peak_rss_mb": peak_rss_mb(),
         "threads": int(cfg["threads"]),
