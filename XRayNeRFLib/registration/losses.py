@@ -1,0 +1,185 @@
+"""Image similarity for 2D/3D registration: NCC, gradient NCC, patch/multiscale NCC, mutual information.
+
+Every similarity takes ``moving`` (the DRR, differentiable) and ``fixed`` (the X-ray), both (B, H, W) or
+(H, W) float tensors, and an optional ``mask`` ((H, W) or (B, H, W), bool or 0..1 weights: pixels that
+count, e.g. inside the collimator), and returns a (B,) similarity where *higher is better* (1 for NCCs of
+identical images, the mutual information in nats for MI). :func:`make_loss` turns a name into a
+loss to *minimise* (``1 - ncc`` or ``-mi``).
+
+Images are dimensionless; nothing here assumes a unit or a sign (MI is blind to both, NCC to scale and
+offset only).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ncc", "gradient_ncc", "patch_ncc", "multiscale_ncc", "mutual_information", "make_loss", "LOSS_NAMES"]
+
+_EPS = 1e-8
+
+
+def _prepare(moving: Tensor, fixed: Tensor, mask: Optional[Tensor]):
+    if moving.ndim == 2:
+        moving = moving.unsqueeze(0)
+    if fixed.ndim == 2:
+        fixed = fixed.unsqueeze(0)
+    if moving.ndim != 3 or fixed.shape[-2:] != moving.shape[-2:]:
+        raise ValueError(f"images must be (B, H, W) of the same size, got {tuple(moving.shape)} and {tuple(fixed.shape)}")
+    fixed = fixed.to(moving.dtype).expand_as(moving)
+    if mask is None:
+        w = torch.ones_like(moving)
+    else:
+        w = mask.to(moving.dtype)
+        if w.ndim == 2:
+            w = w.unsqueeze(0)
+        if w.shape[-2:] != moving.shape[-2:]:
+            raise ValueError(f"mask must be (H, W) = {tuple(moving.shape[-2:])}, got {tuple(mask.shape)}")
+        w = w.expand_as(moving)
+    return moving, fixed, w
+
+
+def ncc(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Global (masked) normalised cross-correlation in [-1, 1]: (B,)."""
+    a, b, w = _prepare(moving, fixed, mask)
+    return _weighted_ncc(a, b, w)
+
+
+def _weighted_ncc(a: Tensor, b: Tensor, w: Tensor) -> Tensor:
+    dims = tuple(range(1, a.ndim))
+    n = w.sum(dims).clamp(min=_EPS)
+    ma = (w * a).sum(dims) / n
+    mb = (w * b).sum(dims) / n
+    da = a - ma.reshape(-1, *([1] * (a.ndim - 1)))
+    db = b - mb.reshape(-1, *([1] * (a.ndim - 1)))
+    cov = (w * da * db).sum(dims)
+    va = (w * da * da).sum(dims)
+    vb = (w * db * db).sum(dims)
+    return cov / (va * vb + _EPS**2).sqrt()
+
+
+def _sobel(x: Tensor) -> tuple:
+    """(B, H, W) -> two (B, H-2, W-2) derivative images (columns, rows)."""
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=x.dtype, device=x.device) / 8
+    k = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
+    g = F.conv2d(x[:, None], k)
+    return g[:, 0], g[:, 1]
+
+
+def gradient_ncc(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Gradient correlation: mean of the NCCs of the Sobel column and row derivatives: (B,).
+    The mask is eroded by one pixel (a derivative needs its 3x3 neighbourhood inside)."""
+    a, b, w = _prepare(moving, fixed, mask)
+    w = -F.max_pool2d(-w[:, None], 3, stride=1)[:, 0]  # erosion
+    ax, ay = _sobel(a)
+    bx, by = _sobel(b)
+    return 0.5 * (_weighted_ncc(ax, bx, w) + _weighted_ncc(ay, by, w))
+
+
+def patch_ncc(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None, patch_px: int = 16) -> Tensor:
+    """Mean NCC over non-overlapping square patches of ``patch_px`` pixels (local contrast, robust to
+    slowly varying intensity differences): (B,). Patches where either image is flat (or the mask covers
+    less than half) are left out."""
+    a, b, w = _prepare(moving, fixed, mask)
+    p = int(patch_px)
+    if p < 2:
+        raise ValueError(f"patch size must be >= 2 pixels, got {patch_px}")
+    p = min(p, a.shape[-1], a.shape[-2])
+    pool = lambda x: F.avg_pool2d(x[:, None], p, stride=p)[:, 0]  # noqa: E731
+    n = pool(w).clamp(min=_EPS)
+    ma, mb = pool(w * a) / n, pool(w * b) / n
+    va = (pool(w * a * a) / n - ma * ma).clamp(min=0)
+    vb = (pool(w * b * b) / n - mb * mb).clamp(min=0)
+    cov = pool(w * a * b) / n - ma * mb
+    scale_a = (w * a).pow(2).sum((1, 2)) / w.sum((1, 2)).clamp(min=_EPS)
+    scale_b = (w * b).pow(2).sum((1, 2)) / w.sum((1, 2)).clamp(min=_EPS)
+    ok = (n > 0.5) & (va > 1e-6 * scale_a[:, None, None] + _EPS**2) & (vb > 1e-6 * scale_b[:, None, None] + _EPS**2)
+    local = torch.where(ok, cov / (va * vb + _EPS**2).sqrt(), torch.zeros_like(cov))
+    return local.sum((1, 2)) / ok.sum((1, 2)).clamp(min=1)
+
+
+def multiscale_ncc(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None, patch_fractions=(1.0, 0.25, 0.125)) -> Tensor:
+    """Mean of patch NCCs at patch sizes given as fractions of the image's smaller side (1.0 = the
+    global NCC): (B,)."""
+    a, b, w = _prepare(moving, fixed, mask)
+    side = min(a.shape[-2:])
+    terms = []
+    for f in patch_fractions:
+        if f >= 1.0:
+            terms.append(_weighted_ncc(a, b, w))
+        else:
+            terms.append(patch_ncc(a, b, w, patch_px=max(4, int(round(side * f)))))
+    return torch.stack(terms).mean(0)
+
+
+def _unit_range(x: Tensor, w: Tensor) -> Tensor:
+    """Map each image to [0, 1] by its (masked) min and max, taken as constants (no gradient)."""
+    big = torch.finfo(x.dtype).max
+    xd = x.detach()
+    lo = torch.where(w > 0, xd, torch.full_like(xd, big)).flatten(1).amin(1)
+    hi = torch.where(w > 0, xd, torch.full_like(xd, -big)).flatten(1).amax(1)
+    span = (hi - lo).clamp(min=_EPS)
+    return ((x - lo[:, None, None]) / span[:, None, None]).clamp(0, 1)
+
+
+def mutual_information(
+    moving: Tensor,
+    fixed: Tensor,
+    mask: Optional[Tensor] = None,
+    bins: int = 32,
+    sigma_bins: float = 0.5,
+    normalized: bool = False,
+) -> Tensor:
+    """Differentiable mutual information (nats) from a soft joint histogram (Parzen windows): (B,).
+
+    Each image is mapped to [0, 1] by its own masked min/max; every pixel spreads a Gaussian of width
+    ``sigma_bins`` bin widths over ``bins`` bin centres (weights normalised per pixel), the joint
+    histogram is the mask-weighted product sum. ``normalized``: (H(A) + H(B)) / H(A, B) instead (in [1, 2]).
+    MI depends on the intensities only through their ordering and binning, so it tolerates any
+    monotone (or even non-monotone) gray-level curve between the DRR and the X-ray.
+    """
+    a, b, w = _prepare(moving, fixed, mask)
+    if bins < 2:
+        raise ValueError(f"mutual information needs at least 2 bins, got {bins}")
+    a = _unit_range(a, w).flatten(1)
+    b = _unit_range(b, w).flatten(1)
+    w = w.flatten(1)
+    centres = torch.linspace(0, 1, bins, dtype=a.dtype, device=a.device)
+    sigma = sigma_bins / (bins - 1)
+
+    def parzen(x):  # (B, N) -> (B, N, bins), rows summing to 1
+        k = torch.exp(-0.5 * ((x[..., None] - centres) / sigma) ** 2)
+        return k / k.sum(-1, keepdim=True).clamp(min=_EPS)
+
+    pa, pb = parzen(a) * w[..., None], parzen(b)
+    joint = pa.transpose(1, 2) @ pb  # (B, bins, bins)
+    joint = joint / joint.sum((1, 2), keepdim=True).clamp(min=_EPS)
+    ma = joint.sum(2, keepdim=True)
+    mb = joint.sum(1, keepdim=True)
+    plogp = lambda p: (p * torch.log(p.clamp(min=1e-12))).sum(tuple(range(1, p.ndim)))  # noqa: E731
+    h_a, h_b, h_ab = -plogp(ma), -plogp(mb), -plogp(joint)
+    if normalized:
+        return (h_a + h_b) / h_ab.clamp(min=_EPS)
+    return h_a + h_b - h_ab
+
+
+LOSS_NAMES = ("mi", "ncc", "gncc", "mncc", "pncc")
+
+
+def make_loss(name: str, **options) -> Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]:
+    """A loss to minimise, (moving, fixed, mask) -> (B,), from a similarity name:
+    "mi" (-mutual information), "ncc" (1 - NCC), "gncc" (1 - gradient NCC), "mncc" (1 - multiscale NCC),
+    "pncc" (1 - patch NCC). ``options`` go to the similarity (bins=, patch_px=, ...)."""
+    key = name.strip().lower()
+    if key == "mi":
+        return lambda m, f, k=None: -mutual_information(m, f, k, **options)
+    table = {"ncc": ncc, "gncc": gradient_ncc, "mncc": multiscale_ncc, "pncc": patch_ncc}
+    if key not in table:
+        raise ValueError(f"unknown registration loss {name!r}; use one of {', '.join(LOSS_NAMES)}")
+    sim = table[key]
+    return lambda m, f, k=None: 1.0 - sim(m, f, k, **options)

@@ -1,0 +1,412 @@
+"""Pose optimisation of one X-ray against a CT through the differentiable renderer.
+
+``register(volume, image, cameras)`` finds the camera pose (``world_from_camera``, RAS mm) under which
+the CT's DRR best matches the X-ray:
+
+1. checks the inputs (finite, non-constant image; rigid pose; the CT's projection overlaps the image);
+2. optional coarse global search: ``n_starts`` poses spread over a capture range (deterministic
+   low-discrepancy samples, the initial pose first) scored at the coarsest level in one batched
+   render; the best ``keep_starts`` are optimised at the coarsest level and the winner goes on;
+3. coarse-to-fine pyramid (``levels`` = binning factors, e.g. (8, 4, 2)): at each level the detector is
+   :meth:`Cameras.downsampled` and the X-ray binned with the same rule, the CT average-pooled to about
+   the coarse pixel footprint; Adam (or L-BFGS) on the pose parameters of :mod:`.pose`, with early stop
+   when the loss has not improved by ``tol`` for ``patience`` iterations;
+4. optional intrinsics refinement (source-detector distance, principal point) for uncalibrated C-arms.
+
+A ``progress`` callback receives a :class:`~XRayNeRFLib.progress.Progress` every ``progress_every``
+iterations whose ``preview`` is a dict with the current ``world_from_camera`` (4, 4), the current
+``drr`` (h, w) at the current level, the ``loss`` and the ``level``; returning False stops and returns the
+best pose found so far (``result.cancelled`` is True).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..geometry import Cameras
+from ..progress import Progress, ProgressCallback
+from ..render import render
+from ..volume import Volume, as_mu
+from .intensity import bin_image
+from .losses import make_loss
+from .pose import PoseParametrisation, check_rigid
+
+
+@dataclass
+class RegistrationResult:
+    """world_from_camera: (4, 4) float64 RAS mm, the registered pose.
+    cameras: the registered camera (1 view, with refined intrinsics when asked).
+    ct_correction_ras: (4, 4) float64, the CT's rigid correction 'to parent' in RAS (see pose.py).
+    loss / initial_loss: the loss at the finest level at the registered / initial pose.
+    iterations: optimiser iterations in all (all levels and starts); seconds: wall time.
+    trace: one dict per iteration (level, start, iteration, loss, parameters).
+    cancelled: True when the progress callback stopped the run (the best pose so far is returned)."""
+
+    world_from_camera: Tensor
+    cameras: Cameras
+    ct_correction_ras: Tensor
+    loss: float
+    initial_loss: float
+    iterations: int
+    seconds: float
+    parameters: List[float]
+    trace: List[dict] = field(default_factory=list, repr=False)
+    cancelled: bool = False
+    loss_name: str = "mi"
+
+    def to_json(self) -> dict:
+        return {
+            "world_from_camera": self.world_from_camera.tolist(),
+            "sdd_mm": float(self.cameras.sdd_mm[0]),
+            "pixel_spacing_mm": [float(v) for v in self.cameras.pixel_spacing_mm[0]],
+            "principal_point_px": [float(v) for v in self.cameras.principal_point_px[0]],
+            "size_px": list(self.cameras.size_px),
+            "ct_correction_ras": self.ct_correction_ras.tolist(),
+            "loss_name": self.loss_name,
+            "loss": self.loss,
+            "initial_loss": self.initial_loss,
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+            "cancelled": self.cancelled,
+            "parameters": self.parameters,
+            "trace": self.trace,
+        }
+
+
+class _Stop(Exception):
+    pass
+
+
+def pooled_volume(volume: Volume, factor: int) -> Volume:
+    """Average-pool a volume by ``factor`` along each axis (trailing voxels dropped); ras_from_ijk is
+    updated so that the new voxel centres are the centres of the pooled blocks."""
+    p = int(factor)
+    if p <= 1:
+        return volume
+    k, j, i = volume.data.shape
+    if min(k, j, i) // p < 2:
+        return volume
+    data = F.avg_pool3d(volume.data[None, None], p, stride=p)[0, 0]
+    scale = torch.eye(4, dtype=volume.ras_from_ijk.dtype, device=volume.ras_from_ijk.device)
+    scale[:3, :3] *= p
+    scale[:3, 3] = (p - 1) / 2.0
+    return Volume(data.contiguous(), volume.ras_from_ijk @ scale, volume.units)
+
+
+def _halton(n: int, dim: int) -> Tensor:
+    """n points of the Halton sequence in [0, 1)^dim (deterministic, well spread)."""
+    primes = [2, 3, 5, 7, 11, 13, 17, 19, 23][:dim]
+    out = torch.zeros(n, dim, dtype=torch.float64)
+    for d, b in enumerate(primes):
+        for idx in range(n):
+            f, r, k = 1.0, 0.0, idx + 1
+            while k > 0:
+                f /= b
+                r += f * (k % b)
+                k //= b
+            out[idx, d] = r
+    return out
+
+
+def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
+    """Raise ValueError when the CT's projected bounding box misses the (masked) image."""
+    corners = volume.corners_ras().to(torch.float64)
+    c = cams.to(dtype=torch.float64)
+    cam_pts = (c.camera_from_world()[0, :3, :3] @ corners.T).T + c.camera_from_world()[0, :3, 3]
+    if (cam_pts[:, 2] <= 0).all():
+        raise ValueError(
+            "the CT lies behind the X-ray source at the initial pose: the X-ray does not overlap the CT's "
+            "projection. Check the initial world_from_camera (camera +z must point from the source towards the patient)"
+        )
+    if (cam_pts[:, 2] <= 0).any():
+        return  # the source is inside the CT box: its projection covers the whole image
+    uv, _ = c.project(corners[None])
+    uv = uv[0]
+    rows = torch.nonzero(mask.any(1))[:, 0]
+    cols = torch.nonzero(mask.any(0))[:, 0]
+    if rows.numel() == 0:
+        raise ValueError("the image mask is empty: no pixel to register")
+    inside_u = (uv[:, 0].max() >= float(cols.min()) - 0.5) and (uv[:, 0].min() <= float(cols.max()) + 0.5)
+    inside_v = (uv[:, 1].max() >= float(rows.min()) - 0.5) and (uv[:, 1].min() <= float(rows.max()) + 0.5)
+    if not (inside_u and inside_v):
+        raise ValueError(
+            "the X-ray does not overlap the CT's projection at the initial pose (the CT's projected box spans "
+            f"columns {float(uv[:, 0].min()):.0f}..{float(uv[:, 0].max()):.0f}, rows {float(uv[:, 1].min()):.0f}.."
+            f"{float(uv[:, 1].max()):.0f} of a {cams.width}x{cams.height} image). Fix the initial pose (init.json) "
+            "or the camera (principal point, pixel spacing) so that the anatomy is roughly in place"
+        )
+
+
+def register(
+    volume: Volume,
+    image: Tensor,
+    cameras: Cameras,
+    *,
+    loss: str = "mi",
+    loss_options: Optional[dict] = None,
+    mask: Optional[Tensor] = None,
+    center_ras: Optional[Sequence[float]] = None,
+    rotation_scale_deg: float = 1.0,
+    translation_scale_mm: Sequence[float] = (1.0, 1.0, 4.0),
+    optimizer: str = "adam",
+    levels: Sequence[int] = (8, 4, 2),
+    max_iterations: Sequence[int] | int = (80, 60, 40),
+    learning_rate: Sequence[float] | float = (1.0, 0.5, 0.25),
+    patience: int = 12,
+    tol: float = 1e-4,
+    capture_range_deg: float = 0.0,
+    capture_range_mm: float = 0.0,
+    n_starts: int = 1,
+    keep_starts: int = 2,
+    refine_intrinsics: bool = False,
+    sdd_scale_mm: float = 5.0,
+    principal_point_scale_px: float = 2.0,
+    method: str = "trilinear",
+    samples_per_voxel: float = 1.0,
+    pool_volume: bool = True,
+    appearance: Optional[Callable[[Volume], Volume]] = None,
+    progress: ProgressCallback = None,
+    progress_every: int = 5,
+) -> RegistrationResult:
+    """Register the CT ``volume`` (HU or mu) to the X-ray ``image`` (H, W) seen by ``cameras`` (1 view,
+    its world_from_camera the initial pose).
+
+    image: (H, W) float, any monotone function of the line integral for "mi"; for the NCC losses,
+        brighter must mean more attenuation (log-linearise and/or invert first: see intensity.py).
+    mask: (H, W) bool, pixels that count (e.g. :func:`~.intensity.collimator_mask`).
+    center_ras: rotation centre (default the CT centre).
+    rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
+        x, y, z: the depth z is the least observable, so it gets a larger unit).
+    levels: pyramid binning factors, coarse to fine; max_iterations, learning_rate per level (Adam step
+        in parameter units).
+    capture_range_deg / capture_range_mm / n_starts: coarse global search over +- these offsets (rotations
+        about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
+    refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
+        principal_point_scale_px full-resolution pixels).
+    appearance: optional map Volume -> Volume applied to the mu volume first (a NeTT model).
+    """
+    t_start = time.perf_counter()
+    if len(cameras) != 1:
+        raise ValueError(f"register one X-ray at a time: cameras has {len(cameras)} views")
+    img = torch.as_tensor(image)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2:
+        raise ValueError(f"the X-ray must be a 2D image (H, W), got shape {tuple(img.shape)}")
+    if (img.shape[1], img.shape[0]) != tuple(cameras.size_px):
+        raise ValueError(
+            f"the X-ray is {img.shape[1]}x{img.shape[0]} (columns x rows) but the camera's size_px is "
+            f"{list(cameras.size_px)}: fix size_px in the camera JSON"
+        )
+    if not torch.isfinite(img).all():
+        raise ValueError(f"the X-ray contains {int((~torch.isfinite(img)).sum())} NaN or infinite pixels; mask or fix them")
+    if mask is None:
+        mask = torch.ones(img.shape, dtype=torch.bool)
+    mask = torch.as_tensor(mask).bool()
+    if tuple(mask.shape) != tuple(img.shape):
+        raise ValueError(f"the mask must match the image {tuple(img.shape)}, got {tuple(mask.shape)}")
+    sel = img[mask]
+    if sel.numel() == 0 or float(sel.max() - sel.min()) <= 1e-12 * max(1.0, float(sel.abs().max())):
+        raise ValueError("the X-ray is constant (inside the mask): nothing to register to; check the file, its "
+                         "windowing and the collimator mask")
+    w0 = check_rigid(cameras.world_from_camera[0].detach(), "initial world_from_camera")
+    if volume.units == "hu":
+        volume = as_mu(volume)
+    volume.check_finite("the CT")
+    if appearance is not None:
+        with torch.no_grad():
+            volume = appearance(volume)
+    dtype = torch.float32
+    vol = volume.to(dtype=dtype)
+    cams0 = cameras.to(dtype=torch.float64)
+    _check_overlap(vol, cams0, mask)
+    levels = [int(f) for f in levels]
+    if not levels or min(levels) < 1:
+        raise ValueError(f"pyramid levels must be positive binning factors, got {levels}")
+    n_lv = len(levels)
+    iters = [int(max_iterations)] * n_lv if isinstance(max_iterations, (int, float)) else [int(v) for v in max_iterations]
+    lrs = [float(learning_rate)] * n_lv if isinstance(learning_rate, (int, float)) else [float(v) for v in learning_rate]
+    if len(iters) != n_lv or len(lrs) != n_lv:
+        raise ValueError(f"max_iterations and learning_rate need one value per level ({n_lv})")
+    centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
+    param = PoseParametrisation(w0, centre, math.radians(rotation_scale_deg), translation_scale_mm)
+    loss_fn = make_loss(loss, **(loss_options or {}))
+    n_par = 9 if refine_intrinsics else 6
+    sdd0 = cams0.sdd_mm[0].clone()
+    pp0 = cams0.principal_point_px[0].clone()
+    spacing = cams0.pixel_spacing_mm[0].clone()
+
+    def build(x: Tensor, factor: int) -> Cameras:
+        """Cameras (B views) for parameters x (B, n_par) at a pyramid level."""
+        w = param.world_from_camera(x[:, :6].double())
+        b = x.shape[0]
+        if refine_intrinsics:
+            sdd = sdd0 + x[:, 6].double() * sdd_scale_mm
+            pp = pp0 + x[:, 7:9].double() * principal_point_scale_px
+        else:
+            sdd, pp = sdd0.expand(b), pp0.expand(b, 2)
+        c = Cameras(w, sdd, spacing.expand(b, 2), pp, cams0.size_px)
+        return c.downsampled(factor) if factor > 1 else c
+
+    # Per-level data: binned image/mask and pooled volume.
+    level_data = {}
+    for f in sorted(set(levels) | {1}):
+        im_f, m_f = bin_image(img.to(dtype), f, mask)
+        if m_f.sum() < 16:
+            raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
+        vol_f = pooled_volume(vol, max(1, f // 2)) if pool_volume else vol
+        level_data[f] = (im_f, m_f, vol_f)
+
+    def evaluate(x: Tensor, factor: int, with_drr: bool = False):
+        im_f, m_f, vol_f = level_data[factor]
+        drr = render(vol_f, build(x, factor), method=method, samples_per_voxel=samples_per_voxel)
+        if not torch.isfinite(drr).all():
+            raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
+        val = loss_fn(drr, im_f, m_f)
+        return (val, drr) if with_drr else val
+
+    trace: List[dict] = []
+    counters = {"it": 0}
+    total_budget = sum(iters)
+    cancelled = False
+
+    def check_value(v: Tensor, where: str) -> None:
+        if not torch.isfinite(v).all():
+            raise RuntimeError(
+                f"the registration loss {loss!r} became NaN/infinite {where}; the DRR or the X-ray is degenerate "
+                "there (flat image, pose far outside the CT). Lower the learning rate, use a smaller capture range "
+                "or another loss"
+            )
+
+    def call_progress(x: Tensor, factor: int, val: float, drr: Optional[Tensor], message: str) -> bool:
+        if progress is None:
+            return True
+        preview = {
+            "world_from_camera": param.world_from_camera(x[:6].detach().double()),
+            "drr": None if drr is None else drr.detach()[0],
+            "loss": val,
+            "level": factor,
+        }
+        return progress(Progress(counters["it"], total_budget, message, preview)) is not False
+
+    def optimise_level(x_init: Tensor, li: int, start: int) -> tuple:
+        """Run one level from x_init; returns (best x, best loss, stopped_by_user)."""
+        factor = levels[li]
+        x = x_init.clone().to(dtype).requires_grad_(True)
+        best_x, best_v = x_init.clone().to(dtype), float("inf")
+        since = 0
+        stopped = False
+        if optimizer == "adam":
+            opt = torch.optim.Adam([x], lr=lrs[li])
+        elif optimizer == "lbfgs":
+            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'lbfgs'")
+        for it in range(iters[li]):
+            state = {}
+
+            def closure():
+                opt.zero_grad()
+                v, drr = evaluate(x[None], factor, with_drr=True)
+                v = v.sum()
+                check_value(v, f"at pyramid level {factor}, iteration {it}")
+                v.backward()
+                if not torch.isfinite(x.grad).all():
+                    raise RuntimeError(f"the gradient of the loss {loss!r} became NaN at level {factor}, iteration {it}; "
+                                       "lower the learning rate or use another loss")
+                if "v" not in state:
+                    state.update(v=float(v.detach()), x=x.detach().clone(), drr=drr.detach())
+                return v
+
+            opt.step(closure)
+            counters["it"] += 1
+            v = state["v"]
+            trace.append({"level": factor, "start": start, "iteration": it, "loss": v, "parameters": state["x"].tolist()})
+            if v < best_v - tol:
+                since = 0
+            else:
+                since += 1
+            if v < best_v:
+                best_v, best_x = v, state["x"].clone()
+            if progress is not None and (it % max(1, progress_every) == 0):
+                if not call_progress(state["x"], factor, v, state["drr"], f"level {factor}: iteration {it}, loss {v:.4f}"):
+                    stopped = True
+                    break
+            if since >= patience:
+                break
+        # The final iterate is usually the best; score it too.
+        with torch.no_grad():
+            v_last = float(evaluate(x.detach()[None], factor).sum())
+        check_value(torch.tensor(v_last), f"at the end of pyramid level {factor}")
+        if v_last < best_v:
+            best_v, best_x = v_last, x.detach().clone()
+        return best_x, best_v, stopped
+
+    x0 = torch.zeros(n_par, dtype=dtype)
+    with torch.no_grad():
+        initial_loss = float(evaluate(x0[None], 1).sum())
+        _, drr0 = evaluate(x0[None], levels[0], with_drr=True)
+    check_value(torch.tensor(initial_loss), "at the initial pose")
+    if float(drr0[0][level_data[levels[0]][1]].std()) <= 0:
+        raise ValueError("the CT's DRR is flat over the X-ray at the initial pose: the X-ray does not overlap the CT's "
+                         "projection. Fix the initial pose (init.json) or the camera")
+
+    # Coarse global search.
+    starts = [x0]
+    if n_starts > 1 and (capture_range_deg > 0 or capture_range_mm > 0):
+        h = _halton(n_starts - 1, 6) * 2 - 1  # (n-1, 6) in [-1, 1)
+        cand = torch.zeros(n_starts, n_par, dtype=dtype)
+        cand[1:, :3] = (h[:, :3] * capture_range_deg / rotation_scale_deg).to(dtype)
+        cand[1:, 3:6] = (h[:, 3:6] * capture_range_mm / param.translation_scale_mm).to(dtype)
+        scores = []
+        with torch.no_grad():
+            for b0 in range(0, n_starts, 16):
+                scores.append(evaluate(cand[b0 : b0 + 16], levels[0]))
+        scores = torch.cat(scores)
+        check_value(scores.min(), "during the coarse search")
+        order = torch.argsort(torch.nan_to_num(scores, nan=float("inf")))
+        starts = [cand[int(i)] for i in order[: max(1, keep_starts)]]
+        trace.append({"level": levels[0], "start": -1, "iteration": -1, "loss": float(scores.min()),
+                      "parameters": cand[int(order[0])].tolist(), "coarse_search_candidates": n_starts})
+
+    best_x, best_v = starts[0], float("inf")
+    for s, xs in enumerate(starts):
+        xb, vb, stopped = optimise_level(xs, 0, s)
+        if vb < best_v:
+            best_x, best_v = xb, vb
+        if stopped:
+            cancelled = True
+            break
+    if not cancelled:
+        for li in range(1, n_lv):
+            best_x, best_v, stopped = optimise_level(best_x, li, 0)
+            if stopped:
+                cancelled = True
+                break
+    with torch.no_grad():
+        final_loss = float(evaluate(best_x[None], 1).sum())
+    cams_final = build(best_x[None].double(), 1)
+    cams_final = Cameras(
+        cams_final.world_from_camera.detach(), cams_final.sdd_mm.detach(), cams_final.pixel_spacing_mm.detach(),
+        cams_final.principal_point_px.detach(), cams_final.size_px,
+    )
+    return RegistrationResult(
+        world_from_camera=cams_final.world_from_camera[0].clone(),
+        cameras=cams_final,
+        ct_correction_ras=param.ct_correction_ras(best_x[:6]),
+        loss=final_loss,
+        initial_loss=initial_loss,
+        iterations=counters["it"],
+        seconds=time.perf_counter() - t_start,
+        parameters=best_x.tolist(),
+        trace=trace,
+        cancelled=cancelled,
+        loss_name=loss,
+    )
