@@ -1,0 +1,387 @@
+"""The ``xraynerf`` command line: ``xraynerf drr ...`` (more subcommands to come: info, convert,
+reconstruct, register).
+
+Each subcommand is a pair ``add_<name>(subparsers)`` / ``run_<name>(args) -> int`` registered in
+:data:`COMMANDS`. :func:`main` turns the errors a user can fix (``ValueError``, ``RuntimeError``,
+``OSError``) into one line on stderr and exit status 2; Ctrl-C gives status 130. Nothing is written
+unless the whole result is ready (projection stacks are written to a temporary file and renamed).
+Set ``XRAYNERF_DEBUG=1`` to get tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, TextIO
+
+from . import __version__
+from .progress import Cancelled, Progress
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+CONVENTIONS = """\
+conventions:
+  world frame    patient RAS (x right, y anterior, z superior), millimetres, as in 3D Slicer.
+                 Volumes are read with their geometry (ITK's LPS header converted to RAS).
+  camera         one pinhole camera per view; origin at the X-ray source, +z from the source
+                 towards the detector (principal ray), +x along increasing image column, +y along
+                 increasing image row: images are seen from the source ("beam's eye view").
+  pixels         images are (rows H, columns W) arrays, image[row, col]; pixel coordinates are
+                 0-based pixel-centre coordinates [column, row]; spacing [column, row] in mm.
+  volume values  --input-units hu: Hounsfield units, turned into mu = mu_water(E) (1 + HU/1000)
+                 (clamped at 0) with mu_water from NIST XCOM at --energy-kev (60 keV: 0.02059/mm);
+                 --input-units mu: linear attenuation in 1/mm, used as is.
+  output         a 3D image (columns, rows, views) = a (V, H, W) float32 array: by default line
+                 integrals of mu (dimensionless, mu [1/mm] x path length [mm]); with --intensity
+                 I = I0 exp(-line integral) (and Poisson counts with --poisson). Header spacing =
+                 detector pixel spacing (mm, third spacing 1). With JSON geometry the rows are ours
+                 and the header origin (centred detector) is informational; with RTK .xml geometry
+                 the rows and origin are RTK's, so RTK tools (rtkfdk ...) read the stack with the
+                 same XML.
+  geometry       .json (XRayNeRF, docs/geometry_io.md) or .xml (RTK ThreeDCircularProjectionGeometry,
+                 which stores no detector size or spacing: give --detector-size and
+                 --detector-spacing, and --detector-origin if the RTK detector is not centred).
+  errors         exit status 2 with a one-line message; Ctrl-C: 130, no output file.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress bar (stderr, no dependency)
+# ---------------------------------------------------------------------------------------------
+class TextProgress:
+    """Progress callback drawing a bar on ``stream``.
+
+    On a terminal the bar is redrawn in place at most ``1 / min_interval_s`` times a second; on a
+    file or pipe one line is written per 10 % step. Never asks to stop (returns True)."""
+
+    def __init__(self, label: str, stream: Optional[TextIO] = None, min_interval_s: float = 0.1, width: int = 30):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.min_interval_s = min_interval_s
+        self.width = width
+        self.start = time.monotonic()
+        self._last_draw = -math.inf
+        self._last_decile = -1
+        self._drawn = False
+
+    def __call__(self, p: Progress) -> bool:
+        now = time.monotonic()
+        frac = p.fraction
+        if self.tty:
+            if now - self._last_draw >= self.min_interval_s or frac >= 1.0:
+                self._last_draw = now
+                self._write("\r" + self._line(p, frac, now))
+        else:
+            decile = int(frac * 10 + 1e-9)
+            if decile > self._last_decile:
+                self._last_decile = decile
+                self._write(self._line(p, frac, now) + "\n")
+        return True
+
+    def _line(self, p: Progress, frac: float, now: float) -> str:
+        filled = int(round(frac * self.width))
+        elapsed = now - self.start
+        eta = f" ETA {elapsed * (1 - frac) / frac:5.1f} s" if 0 < frac < 1 else f" {elapsed:5.1f} s"
+        return f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {100 * frac:5.1f}%{eta}"
+
+    def _write(self, text: str) -> None:
+        self._drawn = True
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._drawn = False
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# drr
+# ---------------------------------------------------------------------------------------------
+DRR_DESCRIPTION = """\
+Render digitally reconstructed radiographs (DRRs) of a CT or attenuation volume for every view of a
+cone-beam geometry and write them as one projection stack (.mha, .nrrd, .nii, .nii.gz).
+
+example:
+  xraynerf drr --volume Resources/SampleData/chest_ct_128.nii.gz \\
+               --geometry Resources/SampleData/orbit_geometry.json --out out/projections.mha
+"""
+
+
+def add_drr(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "drr",
+        help="render DRRs (line integrals or intensities) of a volume for a geometry file",
+        description=DRR_DESCRIPTION,
+        epilog=CONVENTIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument("--volume", required=True, metavar="CT", help="volume file (NIfTI, NRRD, MHA, ...) or a DICOM series directory")
+    io.add_argument("--geometry", required=True, metavar="G", help="geometry: XRayNeRF .json or RTK .xml")
+    io.add_argument("--out", required=True, metavar="STACK", help="output projection stack: .mha, .nrrd, .nii or .nii.gz (overwritten)")
+    io.add_argument(
+        "--input-units", choices=("auto", "hu", "mu"), default="auto",
+        help="volume values: Hounsfield units or mu in 1/mm (default auto: HU if the minimum is below -100)",
+    )
+    io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU -> mu, 30-150 keV (default 60)")
+    det = p.add_argument_group("detector (required for RTK .xml geometry; checked against .json)")
+    det.add_argument("--detector-size", type=int, nargs=2, metavar=("COLUMNS", "ROWS"), help="detector size in pixels")
+    det.add_argument("--detector-spacing", type=float, nargs=2, metavar=("SU", "SV"), help="pixel spacing [column, row] in mm")
+    det.add_argument(
+        "--detector-origin", type=float, nargs=2, metavar=("U0", "V0"),
+        help="RTK only: position (mm) of pixel (0, 0) in RTK's detector frame (default: centred, -(size-1)/2*spacing)",
+    )
+    ren = p.add_argument_group("rendering")
+    ren.add_argument(
+        "--renderer", choices=("siddon", "trilinear"), default="trilinear",
+        help="trilinear: ray marching with trilinear interpolation (default, fast); siddon: exact radiological path through the voxels",
+    )
+    ren.add_argument("--samples-per-voxel", type=int, default=None, metavar="N", help="trilinear samples per voxel along each ray (default 1)")
+    ren.add_argument("--max-memory-mb", type=float, default=1024.0, metavar="MB", help="working memory of one chunk of rays (default 1024)")
+    ren.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    out = p.add_argument_group("intensities (default output: line integrals)")
+    out.add_argument("--intensity", action="store_true", help="write I = I0 exp(-line integral) instead of line integrals")
+    out.add_argument("--i0", type=float, default=None, metavar="N", help="unattenuated intensity (default 1: transmission); with --poisson the expected photon count")
+    out.add_argument("--poisson", action="store_true", help="draw Poisson counts with mean I0 exp(-line integral) (needs --i0)")
+    out.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for --poisson (default: random)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def _check_drr_options(args) -> None:
+    if args.i0 is not None and not args.intensity:
+        raise ValueError("--i0 applies to --intensity output only; add --intensity")
+    if args.poisson and not args.intensity:
+        raise ValueError("--poisson applies to --intensity output only; add --intensity")
+    if args.poisson and args.i0 is None:
+        raise ValueError("--poisson needs --i0, the expected photon count of an unattenuated pixel (e.g. --i0 10000)")
+    if args.i0 is not None and not (args.i0 > 0 and math.isfinite(args.i0)):
+        raise ValueError(f"--i0 must be a positive number, got {args.i0}")
+    if args.seed is not None and not args.poisson:
+        raise ValueError("--seed applies to --poisson only")
+    if args.input_units == "mu" and args.energy_kev is not None:
+        raise ValueError("--energy-kev applies to HU input only (mu in 1/mm is used as is)")
+    if args.samples_per_voxel is not None and args.renderer != "trilinear":
+        raise ValueError("--samples-per-voxel applies to --renderer trilinear only")
+    if args.samples_per_voxel is not None and args.samples_per_voxel < 1:
+        raise ValueError(f"--samples-per-voxel must be >= 1, got {args.samples_per_voxel}")
+    if not args.max_memory_mb > 0:
+        raise ValueError(f"--max-memory-mb must be > 0, got {args.max_memory_mb}")
+    if args.detector_size is not None and min(args.detector_size) < 1:
+        raise ValueError(f"--detector-size must be two positive integers (columns rows), got {args.detector_size}")
+    if args.detector_spacing is not None and not min(args.detector_spacing) > 0:
+        raise ValueError(f"--detector-spacing must be two positive numbers in mm, got {args.detector_spacing}")
+    if args.detector_origin is not None and not args.geometry.lower().endswith(".xml"):
+        raise ValueError("--detector-origin applies to RTK .xml geometry only (JSON geometry places pixels with its principal points)")
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available to this PyTorch build ({torch.__version__}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+def _load_mu_volume(args, quiet: bool):
+    """The volume in mu (1/mm), float32, with the units decision explained on stderr."""
+    from .volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, as_mu, load_volume
+
+    units = None if args.input_units == "auto" else args.input_units
+    vol = load_volume(args.volume, units=units)
+    lo, hi = float(vol.data.min()), float(vol.data.max())
+    if units is None and not quiet:
+        why = "minimum below -100" if vol.units == "hu" else "minimum not below -100"
+        _note(f"volume values {lo:g}..{hi:g} read as {'HU' if vol.units == 'hu' else 'mu (1/mm)'} ({why}; --input-units overrides)")
+    if vol.units == "mu" and lo < -0.5:
+        raise ValueError(
+            f"volume {args.volume!r} read as mu (1/mm) has values down to {lo:g}, impossible for attenuation; "
+            "if it holds Hounsfield units pass --input-units hu"
+        )
+    if vol.units == "mu" and args.energy_kev is not None:
+        raise ValueError(f"volume {args.volume!r} was read as mu (1/mm); --energy-kev applies to HU input only")
+    energy = DEFAULT_EFFECTIVE_ENERGY_KEV if args.energy_kev is None else args.energy_kev
+    return as_mu(Volume(vol.data, vol.ras_from_ijk, vol.units), energy)
+
+
+def views_missing_volume(volume, cameras) -> List[bool]:
+    """For each view, True when no pixel ray can meet the volume's grid box: the 8 box corners are all
+    in front of the source and their projections' bounding box misses the detector (a conservative
+    test: False means "may see it")."""
+    import torch
+
+    # In the cameras' own dtype: Cameras.to(float64) of float32 cameras fails validation.
+    corners = volume.corners_ras().to(device=cameras.device, dtype=cameras.dtype)
+    pix, depth = cameras.project(corners)  # (V, 8, 2), (V, 8)
+    w, h = cameras.size_px
+    missing = []
+    for v in range(len(cameras)):
+        if (depth[v] <= 0).any():
+            missing.append(False)
+            continue
+        lo, hi = pix[v].amin(0), pix[v].amax(0)
+        overlap = bool(hi[0] >= -0.5 and lo[0] <= w - 0.5 and hi[1] >= -0.5 and lo[1] <= h - 0.5)
+        missing.append(not overlap)
+    return missing
+
+
+def _vec(t) -> str:
+    return "(" + ", ".join(f"{float(x):.1f}" for x in t) + ")"
+
+
+def run_drr(args) -> int:
+    import torch
+
+    from .geometry_io import load_geometry, rtk_default_origin_mm, rtk_layout_from_ours
+    from .projections_io import save_projection_stack, stack_extension
+    from .render import beer_lambert, render
+
+    t0 = time.monotonic()
+    _check_drr_options(args)
+    stack_extension(args.out)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"output directory {out_dir!r} does not exist; create it first")
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a directory; give a file name such as {os.path.join(args.out, 'projections.mha')}")
+    device = _device(args.device)
+    is_rtk = args.geometry.lower().endswith(".xml")
+
+    cams = load_geometry(args.geometry, size_px=args.detector_size, spacing_mm=args.detector_spacing, origin_mm=args.detector_origin)
+    spacing = torch.unique(cams.pixel_spacing_mm.detach().cpu().double(), dim=0)
+    if spacing.shape[0] != 1:
+        raise ValueError(f"geometry {args.geometry!r} has views with different pixel spacings {spacing.tolist()}; one projection stack holds one spacing")
+    spacing_mm = spacing[0].tolist()
+    volume = _load_mu_volume(args, args.quiet).to(device=device)
+    missing = views_missing_volume(volume, cams)  # float64 cameras as read
+    cams = cams.to(device=device, dtype=volume.data.dtype)
+    if all(missing):
+        raise ValueError(
+            f"the detector sees nothing of the volume in any of the {len(cams)} views: volume centre RAS {_vec(volume.center_ras())} mm, "
+            f"first source RAS {_vec(cams.source_positions()[0])} mm, first detector centre RAS {_vec(cams.detector_centers()[0])} mm; "
+            "check that the geometry and the volume are in the same frame (RAS mm) and that the isocentre is inside the volume"
+        )
+    if any(missing) and not args.quiet:
+        idx = [i for i, m in enumerate(missing) if m]
+        _note(f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views {idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero")
+
+    bar = None if args.quiet else TextProgress(f"drr {args.renderer}")
+    try:
+        with torch.no_grad():
+            line = render(
+                volume,
+                cams,
+                method=args.renderer,
+                samples_per_voxel=float(args.samples_per_voxel or 1),
+                max_memory_mb=args.max_memory_mb,
+                progress=bar,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not bool((line != 0).any()):
+        raise ValueError(
+            f"all {line.numel()} line integrals are zero: no ray meets a voxel with attenuation above 0 "
+            f"(volume values after conversion {float(volume.data.min()):g}..{float(volume.data.max()):g} /mm; an all-air volume, "
+            "or a detector that sees only empty parts of the volume); check the volume and the geometry"
+        )
+    if not bool(torch.isfinite(line).all()):
+        raise RuntimeError("the renderer produced NaN or infinite line integrals; please report this with the input files")
+
+    if args.intensity:
+        generator = None
+        if args.poisson:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(args.seed if args.seed is not None else int.from_bytes(os.urandom(6), "little"))
+        result = beer_lambert(line, 1.0 if args.i0 is None else args.i0, poisson=args.poisson, generator=generator)
+        quantity = "intensity"
+    else:
+        result = line
+        quantity = "line_integral"
+
+    if is_rtk:
+        result = rtk_layout_from_ours(result)
+        origin = args.detector_origin if args.detector_origin is not None else rtk_default_origin_mm(cams.size_px, spacing_mm).tolist()
+        row_order = "rtk"
+    else:
+        origin = None
+        row_order = "xraynerf"
+    save_projection_stack(
+        result,
+        args.out,
+        spacing_mm=spacing_mm,
+        origin_mm=origin,
+        metadata={"quantity": quantity, "row_order": row_order, "geometry": os.path.basename(args.geometry)},
+    )
+    if not args.quiet:
+        w, h = cams.size_px
+        _note(
+            f"wrote {args.out}: {len(cams)} views of {w} x {h} px ({quantity.replace('_', ' ')}s "
+            f"{float(result.min()):.4g}..{float(result.max()):.4g}, {row_order} row order) in {time.monotonic() - t0:.1f} s"
+        )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+COMMANDS: Dict[str, tuple] = {
+    "drr": (add_drr, run_drr),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xraynerf",
+        description="XRayNeRF: cone-beam X-ray geometry, DRRs, reconstruction and 2D/3D registration (engine command line).",
+        epilog=CONVENTIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name, (add, run) in COMMANDS.items():
+        add(subparsers).set_defaults(run=run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"xraynerf {args.command}"
+    debug = os.environ.get("XRAYNERF_DEBUG", "") == "1"
+    try:
+        return args.run(args)
+    except (KeyboardInterrupt, Cancelled):
+        sys.stderr.write(f"\n{prog}: cancelled; no output written\n")
+        return EXIT_INTERRUPTED
+    except (ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
