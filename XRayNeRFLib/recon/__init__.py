@@ -1,0 +1,11 @@
+"""Sparse-view cone-beam CT reconstruction (issue 4).
+
+- :func:`fdk`: Feldkamp filtered backprojection for arbitrary per-view projection matrices.
+- :func:`fov.default_grid`: the scanned cylinder as the default output grid.
+
+All inputs are line integrals (V, H, W) in our camera convention; outputs are :class:`Volume` of mu
+(1/mm) with ``ras_from_ijk`` in patient RAS mm.
+"""
+
+from .fdk import fdk, line_integrals_from_intensities  # noqa: F401
+from .fov import analyse_orbit, default_grid  # noqa: F401

@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""RTK reconstruction worker (own process: itk-rtk is kept out of the torch processes).
+
+    python benchmarks/rtk_recon_worker.py CONFIG.json
+
+CONFIG.json:
+    projections: .mha line integrals in RTK's layout (rows flipped, see geometry_io), with the detector
+                 spacing and origin set on the image
+    geometry:    RTK ThreeDCircularProjectionGeometry XML (written by XRayNeRFLib.geometry_io.write_rtk_xml)
+    like:        .mha volume whose grid (origin, spacing, direction, size) the reconstructions take
+    threads:     number of ITK threads
+    methods:     list of {"name": "fdk"|"sart"|"cg"|"admm_tv", "out": path.mha, ...parameters}
+                 fdk: hann (cut frequency, 0 = off), short_scan (bool: Parker weights)
+                 sart: iterations, lambda, subsets (projections per update)
+                 cg: iterations
+                 admm_tv: iterations (AL), cg_iterations, alpha, beta
+    report:      JSON path receiving per-method wall time (s) and this process's peak RSS (MB)
+
+Everything is RTK's own filters with their documented parameters; nothing is re-implemented here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main(cfg_path: str) -> None:
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    import itk
+    from itk import RTK as rtk
+
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(int(cfg.get("threads", 2)))
+    image_type = itk.Image[itk.F, 3]
+    projections = itk.imread(cfg["projections"], itk.F)
+    like = itk.imread(cfg["like"], itk.F)
+    reader = rtk.ThreeDCircularProjectionGeometryXMLFileReader.New()
+    reader.SetFilename(cfg["geometry"])
+    reader.GenerateOutputInformation()
+    geometry = reader.GetOutputObject()
+
+    def empty_volume():
+        source = rtk.ConstantImageSource[image_type].New()
+        source.SetInformationFromImage(like)
+        source.SetConstant(0.0)
+        source.Update()
+        return source.GetOutput()
+
+    results = {}
+    for m in cfg["methods"]:
+        name = m["name"]
+        t0 = time.perf_counter()
+        if name == "fdk":
+            proj = projections
+            if m.get("short_scan", False):
+                parker = rtk.ParkerShortScanImageFilter[image_type].New()
+                parker.SetInput(proj)
+                parker.SetGeometry(geometry)
+                parker.Update()
+                proj = parker.GetOutput()
+            filt = rtk.FDKConeBeamReconstructionFilter[image_type].New()
+            filt.SetInput(0, empty_volume())
+            filt.SetInput(1, proj)
+            filt.SetGeometry(geometry)
+            filt.GetRampFilter().SetHannCutFrequency(float(m.get("hann", 0.0)))
+        elif name == "sart":
+            filt = rtk.SARTConeBeamReconstructionFilter[image_type, image_type].New()
+            filt.SetInput(0, empty_volume())
+            filt.SetInput(1, projections)
+            filt.SetGeometry(geometry)
+            filt.SetNumberOfIterations(int(m.get("iterations", 5)))
+            filt.SetLambda(float(m.get("lambda", 0.3)))
+            filt.SetNumberOfProjectionsPerSubset(int(m.get("subsets", 1)))
+            filt.SetEnforcePositivity(True)
+        elif name == "cg":
+            filt = rtk.ConjugateGradientConeBeamReconstructionFilter[image_type].New()
+            filt.SetInput(0, empty_volume())
+            filt.SetInput(1, projections)
+            filt.SetGeometry(geometry)
+            filt.SetNumberOfIterations(int(m.get("iterations", 10)))
+        elif name == "admm_tv":
+            filt = rtk.ADMMTotalVariationConeBeamReconstructionFilter[image_type].New()
+            filt.SetInput(0, empty_volume())
+            filt.SetInput(1, projections)
+            filt.SetGeometry(geometry)
+            filt.SetAL_iterations(int(m.get("iterations", 10)))
+            filt.SetCG_iterations(int(m.get("cg_iterations", 3)))
+            filt.SetAlpha(float(m.get("alpha", 0.01)))
+            filt.SetBeta(float(m.get("beta", 1.0)))
+        else:
+            raise ValueError(f"unknown RTK method {name!r}")
+        filt.Update()
+        seconds = time.perf_counter() - t0
+        itk.imwrite(filt.GetOutput(), m["out"])
+        results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    if cfg.get("report"):
+        with open(cfg["report"], "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def run_rtk_reconstructions(projections, cameras, like, methods, workdir, threads=2, timeout_s=3600):
+    """Run RTK reconstructions in a subprocess (called from the torch side; imports no itk).
+
+    projections: (V, H, W) line integrals in our layout; cameras: the matching Cameras; like: Volume
+    giving the output grid; methods: list of dicts as in CONFIG.json minus "out" (add "label" to run
+    one method several times). Returns ({label: Volume (mu)}, {label: {"seconds", "peak_rss_mb"}}).
+    """
+    import os
+    import subprocess
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from XRayNeRFLib.geometry_io import rtk_default_origin_mm, rtk_layout_from_ours, write_rtk_xml
+    from XRayNeRFLib.volume import load_volume, save_volume
+
+    os.makedirs(workdir, exist_ok=True)
+    spacing = cameras.pixel_spacing_mm[0].detach().double().cpu().numpy()
+    origin = rtk_default_origin_mm(cameras.size_px, spacing)
+    arr = rtk_layout_from_ours(np.asarray(projections.detach().cpu().numpy(), dtype=np.float32))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    img.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
+    img.SetOrigin((float(origin[0]), float(origin[1]), 0.0))
+    proj_path = os.path.join(workdir, "projections.mha")
+    sitk.WriteImage(img, proj_path)
+    geom_path = os.path.join(workdir, "geometry.xml")
+    write_rtk_xml(cameras, geom_path)
+    like_path = os.path.join(workdir, "like.mha")
+    save_volume(like, like_path)
+    jobs = []
+    for i, m in enumerate(methods):
+        m = dict(m)
+        m.setdefault("label", m["name"])
+        m["out"] = os.path.join(workdir, f"rtk_{i}_{m['name']}.mha")
+        jobs.append(m)
+    cfg = {
+        "projections": proj_path,
+        "geometry": geom_path,
+        "like": like_path,
+        "threads": threads,
+        "methods": jobs,
+        "report": os.path.join(workdir, "rtk_report.json"),
+    }
+    cfg_path = os.path.join(workdir, "rtk_config.json")
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=1)
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), cfg_path], capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"RTK worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    with open(cfg["report"]) as f:
+        report = json.load(f)
+    volumes = {m["label"]: load_volume(m["out"], units="mu") for m in jobs}
+    return volumes, report
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])

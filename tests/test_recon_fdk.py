@@ -1,0 +1,187 @@
+"""FDK: analytic ellipsoid phantom (exact chord-length projections), full and short scans, windows,
+an oblique orbit, RTK's FDK on the same input, and bad input.
+
+Measured (48 x 40 detector, 2 mm pixels, SID/SDD 250/400 mm, 40 voxels across the scanned cylinder,
+60 views): body value within 2% of mu; PSNR vs the voxel-averaged phantom 35.6 dB (Ram-Lak), RTK's FDK
+35.6 dB on the same input (voxel-wise difference 0.26%); Parker short scan close to the full scan and
+far better than the same views unweighted. Thresholds below leave margin for platform noise.
+"""
+
+import math
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from recon_phantoms import analytic_projections, ellipsoids_about_y, ground_truth, orbit, psnr  # noqa: E402
+
+from XRayNeRFLib.geometry import Cameras, homogeneous, rotation_x  # noqa: E402
+from XRayNeRFLib.progress import Cancelled  # noqa: E402
+from XRayNeRFLib.recon.fdk import fdk, parker_weights, ramp_filter_response  # noqa: E402
+from XRayNeRFLib.recon.fov import analyse_orbit, default_grid  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def full_scan():
+    cams = orbit(60)
+    return cams, analytic_projections(cams)
+
+
+def central_box(x):
+    k, j, i = x.shape
+    return x[k // 2 - 2 : k // 2 + 3, j // 2 - 8 : j // 2 + 8, i // 2 - 8 : i // 2 + 8]
+
+
+def test_default_grid_is_scanned_cylinder(full_scan):
+    cams, _ = full_scan
+    orb = analyse_orbit(cams)
+    # fan half angle atan(48 / 400), radius = SID sin(that)
+    assert orb.radius_mm == pytest.approx(250 * math.sin(math.atan(48.0 / 400.0)), rel=1e-6)
+    assert orb.isocenter.abs().max() < 1e-9
+    assert abs(abs(float(orb.axis[2])) - 1) < 1e-9
+    vol = default_grid(cams, grid=32)
+    assert vol.data.shape[1:] == (32, 32)
+    corners = vol.corners_ras()
+    assert float(corners[:, 0].max() - corners[:, 0].min()) == pytest.approx(2 * orb.radius_mm, rel=1e-6)
+    assert torch.allclose(vol.center_ras().double(), torch.zeros(3, dtype=torch.float64), atol=1e-4)
+
+
+def test_ramp_filter_dc_and_windows():
+    r = ramp_filter_response(256, "ram-lak")
+    # discrete Ram-Lak: ~0 at DC, 1/2 at Nyquist (unit sample spacing)
+    assert abs(float(r[0])) < 2e-3
+    assert float(r[-1]) == pytest.approx(0.5, abs=1e-3)
+    assert float(ramp_filter_response(256, "hann")[-1]) == pytest.approx(0.0, abs=1e-6)
+    assert float(ramp_filter_response(256, "shepp-logan")[-1]) == pytest.approx(0.5 * 2 / math.pi, abs=1e-3)
+
+
+def test_parker_weights_sum_to_one_on_redundant_rays():
+    delta = 0.2
+    beta = torch.linspace(0, math.pi + 2 * delta, 101, dtype=torch.float64)
+    gamma = torch.linspace(-delta * 0.99, delta * 0.99, 9, dtype=torch.float64)
+    w = parker_weights(beta, gamma, delta)
+    for gi, g in enumerate(gamma):
+        for b in beta[::10]:
+            b2 = b + math.pi + 2 * g  # the same ray seen from the other side, with fan angle -g
+            if 0 <= b2 <= math.pi + 2 * delta:
+                w2 = parker_weights(b2.reshape(1), -g.reshape(1), delta)[0, 0]
+                w1 = parker_weights(b.reshape(1), g.reshape(1), delta)[0, 0]
+                assert float(w1 + w2) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_fdk_recovers_ellipsoid_values(full_scan):
+    cams, proj = full_scan
+    vol = fdk(proj, cams, grid=40, window="ram-lak")
+    gt = ground_truth(vol)
+    centre = central_box(vol.data)
+    ref = central_box(gt)
+    # away from edges the uniform body and inclusions are recovered within 2e-3 /mm (10% of mu)
+    body = (ref - 0.02).abs() < 1e-6
+    assert float(centre[body].mean()) == pytest.approx(0.02, rel=0.02)
+    assert psnr(vol.data, gt) > 27.0
+    # Hann trades resolution for noise: smoother, but still the right level
+    hann = fdk(proj, cams, grid=40, window="hann")
+    assert float(central_box(hann.data)[body].mean()) == pytest.approx(0.02, rel=0.03)
+    assert psnr(hann.data, gt) > 25.0
+
+
+def test_short_scan_parker(full_scan):
+    cams_full, _ = full_scan
+    fan = 2 * math.atan(48.0 / 400.0)
+    arc = math.pi + fan + math.radians(4)
+    cams = orbit(50, arc_rad=arc, full=False)
+    proj = analytic_projections(cams)
+    vol = fdk(proj, cams, grid=40, window="ram-lak")
+    gt = ground_truth(vol)
+    p_short = psnr(vol.data, gt)
+    ref = fdk(analytic_projections(cams_full), cams_full, volume=vol, window="ram-lak")
+    assert p_short > psnr(ref.data, gt) - 1.5
+    no_parker = fdk(proj, cams, volume=vol, window="ram-lak", short_scan=False)
+    assert psnr(no_parker.data, gt) < p_short - 8.0
+
+
+def test_oblique_orbit_and_offset_isocentre():
+    """Tilted orbit axis (rotation about RAS x by 20 deg) around an off-origin isocentre: the grid
+    follows the orbit and the phantom (moved with it) is recovered as well as for the plain orbit."""
+    cams0 = orbit(60)
+    tilt = homogeneous(rotation_x(torch.tensor(math.radians(20.0), dtype=torch.float64)), torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64))
+    cams = Cameras(tilt @ cams0.world_from_camera, cams0.sdd_mm, cams0.pixel_spacing_mm, cams0.principal_point_px, cams0.size_px)
+    moved = []
+    from recon_phantoms import ELLIPSOIDS
+
+    # move the centres with the orbit; the semi-axes stay along RAS axes only when the tilt is about
+    # an axis of the ellipsoids' own frame -> use spheres for this test
+    for c, a, mu in ELLIPSOIDS:
+        cc = (tilt[:3, :3] @ torch.tensor(c, dtype=torch.float64) + tilt[:3, 3]).tolist()
+        r = min(a)
+        moved.append((tuple(cc), (r, r, r), mu))
+    proj = analytic_projections(cams, moved)
+    vol = fdk(proj, cams, grid=40, window="ram-lak")
+    orb = analyse_orbit(cams)
+    assert torch.allclose(orb.isocenter, torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64), atol=1e-6)
+    gt = ground_truth(vol, moved)
+    assert psnr(vol.data, gt) > 27.0
+
+
+def test_fdk_bad_input(full_scan):
+    cams, proj = full_scan
+    with pytest.raises(ValueError, match="disagree"):
+        fdk(proj[:, :, :-1], cams)
+    with pytest.raises(ValueError, match="disagree"):
+        fdk(proj[:-1], cams)
+    bad = proj.clone()
+    bad[3, 4, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fdk(bad, cams)
+    with pytest.raises(ValueError, match="not line integrals"):
+        fdk(-proj - 0.1, cams)
+    with pytest.raises(ValueError, match="window"):
+        fdk(proj, cams, window="cosine")
+    same = cams[[0, 0, 0]]
+    with pytest.raises(ValueError, match="same direction"):
+        fdk(proj[:3], same)
+    with pytest.warns(RuntimeWarning, match="empty"):
+        fdk(torch.zeros_like(proj), cams, grid=8)
+    with pytest.warns(RuntimeWarning, match="less than a short scan"):
+        c90 = orbit(10, arc_rad=math.pi / 2, full=False)
+        fdk(analytic_projections(c90), c90, grid=8)
+
+
+def test_fdk_cancel(full_scan):
+    cams, proj = full_scan
+    with pytest.raises(Cancelled):
+        fdk(proj, cams, grid=16, progress=lambda p: p.done < 3)
+
+
+def _rtk_available() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("itk")
+    return bool(spec and spec.submodule_search_locations and any(os.path.exists(os.path.join(p, "RTKPython.py")) for p in spec.submodule_search_locations))
+
+
+@pytest.mark.skipif(not _rtk_available(), reason="itk-rtk is not installed")
+def test_fdk_matches_rtk_fdk(tmp_path):
+    """Same projections, geometry XML and grid: our FDK within 0.5 dB PSNR of RTK's FDK (issue 4), and
+    the two volumes agree voxel-wise. The orbit turns about RAS y (RTK's gantry axis): RTK's FDK
+    derives its angular weights from gantry angles about that axis."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from rtk_recon_worker import run_rtk_reconstructions
+
+    cams = orbit(60, axis="y")
+    phantom = ellipsoids_about_y()
+    proj = analytic_projections(cams, phantom)
+    ours = fdk(proj, cams, grid=40, window="ram-lak")
+    gt = ground_truth(ours, phantom)
+    vols, _ = run_rtk_reconstructions(proj.float(), cams, ours, [{"name": "fdk", "hann": 0.0}], str(tmp_path))
+    theirs = vols["fdk"].data
+    assert theirs.shape == ours.data.shape
+    p_ours, p_rtk = psnr(ours.data, gt), psnr(theirs, gt)
+    assert abs(p_ours - p_rtk) < 0.5, (p_ours, p_rtk)
+    rel = float((ours.data - theirs).norm() / theirs.norm())
+    assert rel < 0.01, rel  # measured 0.26%
