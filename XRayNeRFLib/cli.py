@@ -224,19 +224,22 @@ def _load_mu_volume(args, quiet: bool):
 
 
 def views_missing_volume(volume, cameras) -> List[bool]:
-    """For each view, True when no pixel ray can meet the volume's grid box: the 8 box corners are all
-    in front of the source and their projections' bounding box misses the detector (a conservative
-    test: False means "may see it")."""
-    import torch
-
+    """For each view, True when no pixel ray (a segment from the source to the detector) can meet the
+    volume's grid box: the box lies wholly behind the source, wholly beyond the detector plane, or in
+    front of the source with the bounding box of its projected corners off the detector. Conservative:
+    False means "may see it"."""
     # In the cameras' own dtype: Cameras.to(float64) of float32 cameras fails validation.
     corners = volume.corners_ras().to(device=cameras.device, dtype=cameras.dtype)
-    pix, depth = cameras.project(corners)  # (V, 8, 2), (V, 8)
+    pix, depth = cameras.project(corners)  # (V, 8, 2), (V, 8) depth in mm along the camera z axis
     w, h = cameras.size_px
     missing = []
     for v in range(len(cameras)):
-        if (depth[v] <= 0).any():
-            missing.append(False)
+        d = depth[v]
+        if bool((d <= 0).all()) or bool((d >= cameras.sdd_mm[v]).all()):
+            missing.append(True)
+            continue
+        if bool((d <= 0).any()):
+            missing.append(False)  # the box surrounds the source plane: projections are not bounded
             continue
         lo, hi = pix[v].amin(0), pix[v].amax(0)
         overlap = bool(hi[0] >= -0.5 and lo[0] <= w - 0.5 and hi[1] >= -0.5 and lo[1] <= h - 0.5)

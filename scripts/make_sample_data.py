@@ -21,7 +21,7 @@ where the original sits in patient space):
 2. ``orbit_geometry.json``: a 360-degree circular cone-beam orbit of 60 views (6 degree steps) about
    the patient's superior axis through the centre of the CT grid, source-isocentre 1000 mm,
    source-detector 1500 mm, 4 mm detector pixels; the detector size is the smallest even size that
-   sees the whole field-of-view cylinder (radius 180 mm, the full CT length) from every angle, plus
+   sees the whole field-of-view cylinder (every voxel that is not air: radius 183.7 mm, the full CT length) from every angle, plus
    one pixel on every side. XRayNeRF JSON, compact ``circular_orbit`` form (docs/geometry_io.md).
 """
 
@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -41,7 +42,6 @@ SID_MM = 1000.0
 SDD_MM = 1500.0
 PIXEL_MM = 4.0
 N_VIEWS = 60
-FOV_RADIUS_MM = 180.0  # the source CT's reconstruction circle: 512 * 0.703125 / 2
 
 
 def default_source() -> str:
@@ -70,16 +70,25 @@ def make_ct(source: str, out_path: str):
     return image, out
 
 
-def make_geometry(ct, out_path: str) -> dict:
+def make_geometry(ct, out_path: str):
     """Circular orbit about the RAS z axis through the CT grid centre, detector sized to the FOV cylinder."""
+    import SimpleITK as sitk
+
     size = np.array(ct.GetSize(), dtype=np.float64)
     centre_lps = np.array(ct.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2).tolist()))
     centre_ras = centre_lps * np.array([-1.0, -1.0, 1.0])
     half_len = 0.5 * size[2] * ct.GetSpacing()[2]
+    # Radius of the field-of-view cylinder about the orbit axis: the farthest voxel that is not air,
+    # plus half a voxel diagonal (about 180 mm, the source CT's reconstruction circle).
+    hu = sitk.GetArrayFromImage(ct)  # (K, J, I)
+    sx, sy = ct.GetSpacing()[:2]
+    jj, ii = np.meshgrid(np.arange(size[1]), np.arange(size[0]), indexing="ij")
+    radius = np.hypot((ii - (size[0] - 1) / 2) * sx, (jj - (size[1] - 1) / 2) * sy)
+    fov_radius_mm = float(radius[(hu > AIR_HU).any(axis=0)].max()) + 0.5 * math.hypot(sx, sy)
     # Worst case over the orbit (the orbit is symmetric, so one view suffices): columns see the cylinder's
     # tangents, rows the near edge of the end caps.
-    half_u = SDD_MM * math.tan(math.asin(FOV_RADIUS_MM / SID_MM))
-    half_v = half_len * SDD_MM / (SID_MM - FOV_RADIUS_MM)
+    half_u = SDD_MM * math.tan(math.asin(fov_radius_mm / SID_MM))
+    half_v = half_len * SDD_MM / (SID_MM - fov_radius_mm)
     cols = 2 * math.ceil(half_u / PIXEL_MM) + 2
     rows = 2 * math.ceil(half_v / PIXEL_MM) + 2
     geometry = {
@@ -100,10 +109,12 @@ def make_geometry(ct, out_path: str) -> dict:
             "isocenter_ras": [round(float(c), 6) for c in centre_ras],
         },
     }
+    text = json.dumps(geometry, indent=1)
+    # one line per innermost list (numbers)
+    text = re.sub(r"\[([^\[\]\"]*)\]", lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
     with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(geometry, f, indent=1)
-        f.write("\n")
-    return geometry
+        f.write(text + "\n")
+    return geometry, fov_radius_mm
 
 
 def main(argv=None) -> int:
@@ -115,12 +126,12 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     ct_path = os.path.join(args.out, "chest_ct_128.nii.gz")
     _, ct = make_ct(source, ct_path)
-    geometry = make_geometry(ct, os.path.join(args.out, "orbit_geometry.json"))
+    geometry, fov_radius_mm = make_geometry(ct, os.path.join(args.out, "orbit_geometry.json"))
     import SimpleITK as sitk
 
     hu = sitk.GetArrayFromImage(ct)
     print(f"{ct_path}: {ct.GetSize()} voxels, spacing {ct.GetSpacing()} mm, HU {hu.min()}..{hu.max()}, {os.path.getsize(ct_path)} bytes")
-    print(f"orbit_geometry.json: {N_VIEWS} views, detector {geometry['size_px']} px of {PIXEL_MM} mm, isocentre RAS {geometry['circular_orbit']['isocenter_ras']}")
+    print(f"orbit_geometry.json: {N_VIEWS} views, detector {geometry['size_px']} px of {PIXEL_MM} mm (field-of-view radius {fov_radius_mm:.1f} mm), isocentre RAS {geometry['circular_orbit']['isocenter_ras']}")
     return 0
 
 
