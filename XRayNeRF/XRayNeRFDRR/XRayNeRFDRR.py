@@ -284,7 +284,7 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         import torch
         from XRayNeRFLib.render import render
         from XRayNeRFLib.volume import as_mu
-        from XRayNeRFMRML.nodes import update_camera_model, volume_from_node, write_image_node
+        from XRayNeRFMRML.nodes import remove_node, update_camera_model, volume_from_node, write_image_node
 
         self.cancelRequested = False
         if ctNode is None:
@@ -317,7 +317,7 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
             update_camera_model(cameraModelNode, cameras)
         except Exception:
             for node in created:
-                slicer.mrmlScene.RemoveNode(node)
+                remove_node(node)
             raise
         return outputNode, cameraModelNode
 

@@ -181,3 +181,20 @@ def update_camera_model(model_node, cameras, view: int = 0) -> None:
     display.SetColor(1.0, 0.8, 0.1)
     display.SetLineWidth(2)
     display.SetVisibility2D(False)
+
+
+def remove_node(node) -> None:
+    """Remove a node with its display and storage nodes (what the Data module's delete does). The node goes
+    first: removing a display node of a volume still shown in a slice view makes a new one appear."""
+    scene = node.GetScene()
+    if scene is None:
+        return
+    others = []
+    for i in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+        others.append(node.GetNthDisplayNode(i))
+    if hasattr(node, "GetStorageNode"):
+        others.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for other in others:
+        if other is not None and other.GetScene() is scene:
+            scene.RemoveNode(other)

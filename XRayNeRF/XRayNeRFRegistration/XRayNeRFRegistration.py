@@ -1,0 +1,592 @@
+"""XRayNeRF Registration: 2D/3D registration of a CT to one X-ray with a live DRR overlay.
+
+The X-ray is a 1-slice scalar volume node with its camera (attribute ``XRayNeRF.Cameras``, set by
+XRayNeRF's DICOM reader and DRR module). The CT sits under a linear transform node (the initial pose,
+which the user can move with Slicer's transform tools); registration updates that transform. While the
+optimiser runs, the DRR of the CT at the X-ray's camera is shown over the X-ray in a slice view aligned to
+the detector plane (zeros transparent).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+
+def _addExtensionPaths() -> None:
+    """Make XRayNeRFMRML and XRayNeRFLib importable in the source tree and the build/install tree."""
+    here = Path(__file__).resolve().parent
+    for parent in (here, *here.parents):
+        for package in ("XRayNeRFMRML", "XRayNeRFLib"):
+            if (parent / package / "__init__.py").is_file() and str(parent) not in sys.path:
+                sys.path.insert(0, str(parent))
+        if (parent / "XRayNeRFLib" / "__init__.py").is_file():
+            break
+
+
+_addExtensionPaths()
+
+import numpy as np  # noqa: E402
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLModelNode, vtkMRMLScalarVolumeNode  # noqa: E402
+from slicer.i18n import tr as _  # noqa: E402
+from slicer.i18n import translate  # noqa: E402
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (  # noqa: E402
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin  # noqa: E402
+
+SIMILARITIES = ["mi", "ncc", "gncc", "mncc", "pncc"]
+
+
+class XRayNeRFRegistration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("XRayNeRF Registration")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "XRayNeRF")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["XRayNeRF developers"]
+        self.parent.helpText = _(
+            "Registers a CT volume to one X-ray (2D/3D) by optimising the pose of the CT's DRR against the "
+            "X-ray through the differentiable XRayNeRF renderer. The result is the CT's linear transform.<br>"
+            "<b>Geometry conventions</b> (docs/geometry.md in the XRayNeRF repository): scene frame patient "
+            "RAS in millimetres; the X-ray is a 1-slice volume lying on its detector plane, seen from the source "
+            "(beam's eye view), with its camera stored on the node. The live overlay shows the DRR (green, "
+            "zeros transparent) over the X-ray in the Red slice view turned to the detector plane (screen right = "
+            "increasing column, screen up = decreasing row). Accept keeps the transform; Revert restores it."
+        )
+        self.parent.acknowledgementText = _(
+            "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
+        )
+
+
+@parameterNodeWrapper
+class XRayNeRFRegistrationParameterNode:
+    """inputVolume: CT (HU); xrayVolume: 1-slice X-ray with its camera; transform: the CT's pose."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    xrayVolume: vtkMRMLScalarVolumeNode
+    transform: vtkMRMLLinearTransformNode
+    similarity: Annotated[str, Choice(SIMILARITIES)] = "mi"
+    previewEvery: Annotated[int, WithinRange(1, 100)] = 5
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    outputDRR: vtkMRMLScalarVolumeNode
+    cameraModel: vtkMRMLModelNode
+
+
+class XRayNeRFRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from XRayNeRFMRML.engine import resource_path
+
+        uiWidget = slicer.util.loadUI(resource_path("UI", "XRayNeRFRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.xrayVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", "XRayNeRF.Cameras")
+        self.ui.similarityComboBox.clear()
+        self.ui.similarityComboBox.addItems(SIMILARITIES)
+        self.ui.progressBar.setVisible(False)
+        self.logic = XRayNeRFRegistrationLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
+        self.ui.acceptButton.connect("clicked(bool)", self.onAcceptButton)
+        self.ui.revertButton.connect("clicked(bool)", self.onRevertButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._running:
+            return
+        reason = self.logic.whyCannotRegister(self._parameterNode)
+        self.ui.applyButton.enabled = reason is None
+        self.ui.previewButton.enabled = reason is None
+        self.ui.statusLabel.text = reason or _("Ready.")
+        self.ui.acceptButton.enabled = self.ui.revertButton.enabled = self.logic.hasPendingResult()
+
+    def _progress(self, progress) -> bool:
+        self.ui.progressBar.value = int(100 * progress.fraction)
+        self.ui.statusLabel.text = progress.message
+        slicer.app.processEvents()
+        return not self.logic.cancelRequested
+
+    def onPreviewButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the overlay."), waitCursor=True):
+            from XRayNeRFMRML.engine import ensure_engine
+
+            ensure_engine()
+            self.logic.previewUsingParameterNode(self._parameterNode)
+
+    def onApplyButton(self) -> None:
+        if self._running:
+            self.logic.cancelRequested = True
+            return
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+            from XRayNeRFMRML.engine import ensure_engine
+
+            ensure_engine()
+            self._running = True
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.progressBar.setVisible(True)
+            try:
+                result = self.logic.registerUsingParameterNode(self._parameterNode, progress=self._progress)
+                state = _("cancelled, best pose kept") if result.cancelled else _("done")
+                self.ui.statusLabel.text = _("Registration {state}: loss {a:.4f} -> {b:.4f}. Accept or Revert.").format(
+                    state=state, a=result.initial_loss, b=result.loss
+                )
+            finally:
+                self._running = False
+                self.ui.applyButton.text = _("Apply")
+                self.ui.progressBar.setVisible(False)
+                self._checkCanApply()
+
+    def onAcceptButton(self) -> None:
+        self.logic.accept()
+        self._checkCanApply()
+
+    def onRevertButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to revert."), waitCursor=True):
+            self.logic.revert()
+            self._checkCanApply()
+
+
+class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
+    """Entry points: :meth:`register` (explicit arguments), :meth:`registerUsingParameterNode` (adapter),
+    :meth:`updateDRR` and :meth:`showOverlay` (the overlay alone), :meth:`accept` / :meth:`revert`."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.cancelRequested = False
+        self._pending = None  # (transform node, its matrix to parent before the last registration)
+        self.overlayUpdates = 0
+
+    def getParameterNode(self):
+        return XRayNeRFRegistrationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def whyCannotRegister(p) -> Optional[str]:
+        if p is None:
+            return _("No parameter node.")
+        if not p.inputVolume:
+            return _("Select the CT volume.")
+        if not p.xrayVolume:
+            return _("Select the X-ray (a 1-slice volume with its camera, e.g. from DICOM).")
+        if not p.xrayVolume.GetAttribute("XRayNeRF.Cameras"):
+            return _("The X-ray has no camera geometry: load it with XRayNeRF's DICOM reader.")
+        if not p.transform:
+            return _("Select or create the CT's transform (the initial pose).")
+        return None
+
+    def hasPendingResult(self) -> bool:
+        return self._pending is not None
+
+    @staticmethod
+    def defaultSliceLogic():
+        return slicer.app.applicationLogic().GetSliceLogicByLayoutName("Red")
+
+    # -- overlay -----------------------------------------------------------------------------------------
+    def updateDRR(self, ctNode, xrayNode, drrNode=None, cameras=None, image=None):
+        """Write into ``drrNode`` (created if None) the DRR of the CT (with its current transform) at the
+        X-ray's camera, or ``image`` (h, w) seen by ``cameras`` (a binned preview) when given."""
+        import torch
+        from XRayNeRFLib.render import render
+        from XRayNeRFLib.volume import as_mu
+        from XRayNeRFMRML.nodes import cameras_from_node, remove_node, volume_from_node, write_image_node
+
+        if image is None:
+            cameras = cameras_from_node(xrayNode)
+            volume = as_mu(volume_from_node(ctNode))
+            with torch.no_grad():
+                image = render(volume, cameras.to(dtype=torch.float32), method="siddon")[0]
+        created = drrNode is None
+        if created:
+            drrNode = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} DRR")
+            )
+        try:
+            write_image_node(drrNode, np.asarray(torch.as_tensor(image).detach().double().cpu()), cameras)
+        except Exception:
+            if created:
+                remove_node(drrNode)
+            raise
+        return drrNode
+
+    def showOverlay(self, xrayNode, drrNode, sliceLogic=None, opacity: float = 0.5):
+        """X-ray background, DRR foreground (zeros transparent) in a slice view on the detector plane;
+        returns the slice composite node."""
+        from XRayNeRFMRML.nodes import cameras_from_node
+        from XRayNeRFMRML.overlay import show_overlay
+
+        sliceLogic = sliceLogic or self.defaultSliceLogic()
+        return show_overlay(sliceLogic, xrayNode, drrNode, cameras_from_node(xrayNode), opacity)
+
+    def previewUsingParameterNode(self, p, sliceLogic=None):
+        reason = self.whyCannotRegister(p)
+        if reason is not None:
+            raise ValueError(reason)
+        p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())
+        p.outputDRR = self.updateDRR(p.inputVolume, p.xrayVolume, p.outputDRR)
+        return self.showOverlay(p.xrayVolume, p.outputDRR, sliceLogic, p.overlayOpacity)
+
+    # -- registration ------------------------------------------------------------------------------------
+    @staticmethod
+    def _toParent(transformNode) -> np.ndarray:
+        from XRayNeRFMRML.nodes import matrix_to_array
+
+        m = vtk.vtkMatrix4x4()
+        transformNode.GetMatrixTransformToParent(m)
+        return matrix_to_array(m)
+
+    def register(
+        self,
+        ctNode,
+        xrayNode,
+        transformNode,
+        drrNode=None,
+        cameraModelNode=None,
+        *,
+        sliceLogic=None,
+        opacity: float = 0.5,
+        previewEvery: int = 5,
+        progress: Optional[Callable] = None,
+        **engineOptions,
+    ):
+        """Register the CT to the X-ray by moving ``transformNode`` (the CT is put under it).
+
+        engineOptions go to ``XRayNeRFLib.registration.register`` (loss, levels, max_iterations, ...).
+        The overlay (DRR node, slice view) is updated every ``previewEvery`` iterations. On an error the
+        transform is restored and nodes created here are removed; a cancel keeps the best pose so far.
+        returns the engine's RegistrationResult; :meth:`accept` / :meth:`revert` close it.
+        """
+        import torch
+        from XRayNeRFLib.registration import register
+        from XRayNeRFMRML.nodes import (
+            array_to_matrix, cameras_from_node, remove_node, update_camera_model, volume_from_node, world_from_node,
+        )
+
+        if ctNode is None or xrayNode is None or transformNode is None:
+            raise ValueError("select the CT, the X-ray and the CT's transform")
+        self.cancelRequested = False
+        cameras = cameras_from_node(xrayNode)
+        image = torch.from_numpy(np.array(slicer.util.arrayFromVolume(xrayNode)[0], dtype=np.float32))
+        before = self._toParent(transformNode)
+        previousParent = ctNode.GetTransformNodeID()
+        created = []
+        try:
+            ctNode.SetAndObserveTransformNodeID(transformNode.GetID())
+            volume = volume_from_node(ctNode)  # world, initial pose included
+            w0 = cameras.world_from_camera[0].double()
+            parentToWorld = world_from_node(transformNode)
+            if drrNode is None:
+                drrNode = self.updateDRR(ctNode, xrayNode)
+                created.append(drrNode)
+            self.showOverlay(xrayNode, drrNode, sliceLogic, opacity)
+            self.overlayUpdates = 0
+
+            def setCorrection(worldFromCamera):
+                # camera moved by M = w @ inv(w0)  <=>  CT moved by inv(M) in world
+                correction = (w0 @ torch.linalg.inv(torch.as_tensor(worldFromCamera).double())).numpy()
+                toParent = np.linalg.inv(parentToWorld) @ correction @ parentToWorld @ before
+                transformNode.SetMatrixTransformToParent(array_to_matrix(toParent))
+
+            def onProgress(p):
+                keepGoing = progress(p) if progress is not None else True
+                preview = p.preview or {}
+                if preview.get("drr") is not None:
+                    setCorrection(preview["world_from_camera"])
+                    level = int(preview.get("level", 1))
+                    self.updateDRR(ctNode, xrayNode, drrNode, cameras.downsampled(level), preview["drr"])
+                    self.overlayUpdates += 1
+                    slicer.app.processEvents()
+                return bool(keepGoing) and not self.cancelRequested
+
+            result = register(volume, image, cameras, progress=onProgress, progress_every=int(previewEvery), **engineOptions)
+            setCorrection(result.world_from_camera)
+            self.updateDRR(ctNode, xrayNode, drrNode)
+            if cameraModelNode is None:
+                cameraModelNode = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLModelNode", slicer.mrmlScene.GenerateUniqueName(f"{xrayNode.GetName()} C-arm")
+                )
+                created.append(cameraModelNode)
+            update_camera_model(cameraModelNode, cameras)
+        except Exception as error:
+            transformNode.SetMatrixTransformToParent(array_to_matrix(before))
+            ctNode.SetAndObserveTransformNodeID(previousParent)
+            for node in created:
+                remove_node(node)
+            if isinstance(error, ValueError) and "does not overlap" in str(error):
+                raise ValueError(
+                    "The CT does not project onto the X-ray at the initial pose: move the CT's transform "
+                    "(Transforms module) so that the anatomy roughly overlays the X-ray, then retry. "
+                    f"Details: {error}"
+                ) from error
+            raise
+        self._pending = (transformNode, before)
+        self.drrNode, self.cameraModelNode = drrNode, cameraModelNode
+        logging.info(f"XRayNeRF registration: loss {result.initial_loss:.4f} -> {result.loss:.4f}, {result.iterations} iterations")
+        return result
+
+    def accept(self) -> None:
+        self._pending = None
+
+    def revert(self) -> None:
+        """Restore the transform as it was before the last registration."""
+        from XRayNeRFMRML.nodes import array_to_matrix
+
+        if self._pending is None:
+            raise RuntimeError("nothing to revert: run a registration first")
+        node, before = self._pending
+        node.SetMatrixTransformToParent(array_to_matrix(before))
+        self._pending = None
+
+    def registerUsingParameterNode(self, p, progress: Optional[Callable] = None, sliceLogic=None, **engineOptions):
+        reason = self.whyCannotRegister(p)
+        if reason is not None:
+            raise ValueError(reason)
+        engineOptions.setdefault("loss", p.similarity)
+        result = self.register(
+            p.inputVolume, p.xrayVolume, p.transform, p.outputDRR, p.cameraModel, sliceLogic=sliceLogic,
+            opacity=p.overlayOpacity, previewEvery=p.previewEvery, progress=progress, **engineOptions,
+        )
+        p.outputDRR, p.cameraModel = self.drrNode, self.cameraModelNode
+        return result
+
+
+class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
+    """Self-test on tiny scenes built in code (Slicer and slicer-core)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_OverlayCompositeAndPixels()
+        self.setUp()
+        self.test_RegistrationRecoversShift()
+        self.setUp()
+        self.test_FailureLeavesScene()
+
+    # -- helpers -------------------------------------------------------------------------------------
+    @staticmethod
+    def _cameras(cols=8, rows=6, spacing=2.0, primary=20.0, secondary=10.0, iso=(1.0, 2.0, 3.0)):
+        import torch
+        from XRayNeRFLib.geometry import Cameras
+
+        return Cameras.carm(primary, secondary, sid_mm=500.0, sdd_mm=800.0, size_px=(cols, rows),
+                            pixel_spacing_mm=spacing, isocenter_ras=iso, dtype=torch.float64)
+
+    @staticmethod
+    def _imageNode(name, image, cameras):
+        from XRayNeRFMRML.nodes import write_image_node
+
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        write_image_node(node, image, cameras)
+        return node
+
+    @staticmethod
+    def _sliceLogic():
+        """The Red slice view's logic in Slicer; a new one on slicer-core (no layout manager)."""
+        appLogic = slicer.app.applicationLogic()
+        logic = appLogic.GetSliceLogicByLayoutName("Red") if hasattr(appLogic, "GetSliceLogicByLayoutName") else None
+        if logic is None:
+            logic = slicer.vtkMRMLSliceLogic()
+            logic.SetMRMLApplicationLogic(appLogic)
+            appLogic.GetSliceLogics().AddItem(logic)
+            logic.SetMRMLScene(slicer.mrmlScene)
+            logic.AddSliceNode("Red")
+        return logic
+
+    @staticmethod
+    def _blended(sliceLogic) -> np.ndarray:
+        """The slice view's blended RGBA image, row 0 at the top of the view: (H, W, 4) uint8."""
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        producer = sliceLogic.GetImageDataConnection().GetProducer()
+        producer.Update()
+        image = producer.GetOutputDataObject(0)
+        w, h, _ = image.GetDimensions()
+        return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[::-1].copy()
+
+    # -- tests -------------------------------------------------------------------------------------------
+    def test_OverlayCompositeAndPixels(self):
+        """Composite state (X-ray background, DRR foreground at 0.5), slice on the detector plane, and the
+        blended pixels: X-ray grey where the DRR is 0, 50/50 mix with the green DRR elsewhere."""
+        self.delayDisplay("overlay")
+        cams = self._cameras()
+        W, H = 8, 6
+        xray = (np.arange(H * W).reshape(H, W) / (H * W - 1)).astype(np.float32)
+        drr = np.zeros((H, W), np.float32)
+        drr[1:4, 2:6] = np.linspace(0.5, 1.0, 12).reshape(3, 4)
+        xrayNode = self._imageNode("xray", xray, cams)
+        drrNode = self._imageNode("drr", drr, cams)
+        sliceLogic = self._sliceLogic()
+        sliceNode = sliceLogic.GetSliceNode()
+        sliceNode.SetDimensions(W, H, 1)
+        logic = XRayNeRFRegistrationLogic()
+        composite = logic.showOverlay(xrayNode, drrNode, sliceLogic, opacity=0.5)
+        self.assertEqual(composite.GetBackgroundVolumeID(), xrayNode.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), drrNode.GetID())
+        self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.5)
+        d = drrNode.GetDisplayNode()
+        self.assertTrue(d.GetApplyThreshold())
+        self.assertGreater(d.GetLowerThreshold(), 0.0)
+        # slice plane = detector plane: normal along the beam, centre at the detector centre
+        m = sliceNode.GetSliceToRAS()
+        normal = np.array([m.GetElement(r, 2) for r in range(3)])
+        centre = np.array([m.GetElement(r, 3) for r in range(3)])
+        beam = cams.principal_directions()[0].numpy()
+        np.testing.assert_allclose(normal, -beam, atol=1e-9)
+        np.testing.assert_allclose(centre, cams.detector_centers()[0].numpy(), atol=1e-6)
+        # pixels: fixed windows so that grey = 255 * value
+        for node in (xrayNode, drrNode):
+            node.GetDisplayNode().SetAutoWindowLevel(0)
+            node.GetDisplayNode().SetWindowLevel(1.0, 0.5)
+            node.GetDisplayNode().SetInterpolate(0)
+        rgba = self._blended(sliceLogic).astype(float)
+        self.assertEqual(rgba.shape, (H, W, 4))
+        grey = 255.0 * xray
+        off = drr == 0
+        for c in range(3):  # X-ray alone where the DRR is transparent
+            np.testing.assert_allclose(rgba[..., c][off], grey[off], atol=1.01)
+        green = 255.0 * drr  # green LUT: (0, g, 0)
+        np.testing.assert_allclose(rgba[..., 0][~off], 0.5 * grey[~off], atol=1.01)
+        np.testing.assert_allclose(rgba[..., 1][~off], 0.5 * grey[~off] + 0.5 * green[~off], atol=1.51)
+        # without the foreground the view is the X-ray everywhere
+        composite.SetForegroundVolumeID(None)
+        plain = self._blended(sliceLogic).astype(float)
+        np.testing.assert_allclose(plain[..., 1], grey, atol=1.01)
+
+    def _registrationScene(self, shiftMm):
+        import torch
+        from XRayNeRFLib.render import render
+        from XRayNeRFLib.volume import Volume, hu_to_mu
+
+        k = np.arange(20) - 9.5
+        zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
+        hu = -1000.0 + 1800.0 * np.exp(-((xx - 3) ** 2 + (yy + 2) ** 2 + zz**2) / 18.0)
+        hu += 1200.0 * np.exp(-((xx + 4) ** 2 + (yy - 3) ** 2 + (zz - 4) ** 2) / 8.0)
+        hu += 900.0 * (np.abs(xx) < 6) * (np.abs(zz + 5) < 2)
+        affine = np.diag([3.0, 3.0, 3.0, 1.0])
+        affine[:3, 3] = -28.5
+        ct = XRayNeRFRegistrationTest._ctNode(hu, affine)
+        cams = self._cameras(cols=32, rows=32, spacing=3.0, primary=30.0, secondary=0.0, iso=(0.0, 0.0, 0.0))
+        truth = Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu")
+        xray = render(truth, cams, method="siddon")[0].numpy()
+        xrayNode = self._imageNode("xray", xray, cams)
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "CT pose")
+        start = np.eye(4)
+        start[:3, 3] = shiftMm
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(start))
+        return ct, xrayNode, transform
+
+    @staticmethod
+    def _ctNode(hu, affine):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(hu, dtype=np.float32))
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(affine))
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def test_RegistrationRecoversShift(self):
+        """A CT shifted by 4 mm (in the detector plane) is brought back: the transform's translation
+        shrinks below 1 mm, the overlay was updated live, Revert restores the start."""
+        self.delayDisplay("registration with live overlay")
+        from XRayNeRFMRML.nodes import matrix_to_array
+
+        shift = np.array([4.0, 0.0, -3.0])  # mostly in the detector plane (beam at LAO 30: (-0.5, 0.87, 0))
+        ct, xrayNode, transform = self._registrationScene(shift)
+        logic = XRayNeRFRegistrationLogic()
+        seen = []
+        result = logic.register(
+            ct, xrayNode, transform, sliceLogic=self._sliceLogic(), previewEvery=5,
+            progress=lambda p: seen.append(p.done) is None, loss="ncc", levels=(2, 1),
+            max_iterations=(20, 10), learning_rate=(1.0, 0.5), method="trilinear",
+        )
+        after = matrix_to_array(self._toArray(transform))
+        self.assertLess(result.loss, result.initial_loss)
+        beam = np.array([-0.5, np.sqrt(3) / 2, 0.0])
+        inPlane = after[:3, 3] - np.dot(after[:3, 3], beam) * beam
+        self.assertLess(float(np.linalg.norm(inPlane)), 1.0, f"translation left: {after[:3, 3]}")
+        self.assertGreater(logic.overlayUpdates, 2)
+        self.assertTrue(seen)
+        self.assertEqual(ct.GetTransformNodeID(), transform.GetID())
+        self.assertIsNotNone(logic.drrNode.GetImageData())
+        logic.revert()
+        np.testing.assert_allclose(matrix_to_array(self._toArray(transform))[:3, 3], shift, atol=1e-9)
+
+    @staticmethod
+    def _toArray(transform):
+        m = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToParent(m)
+        return m
+
+    def test_FailureLeavesScene(self):
+        """An X-ray without camera, or a CT that does not overlap the X-ray: error, scene unchanged."""
+        self.delayDisplay("bad input")
+        from XRayNeRFMRML.nodes import matrix_to_array
+
+        ct, xrayNode, transform = self._registrationScene(np.zeros(3))
+        bare = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no camera")
+        slicer.util.updateVolumeFromArray(bare, np.ones((1, 4, 4), np.float32))
+        logic = XRayNeRFRegistrationLogic()
+        sliceLogic = self._sliceLogic()
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ValueError):
+            logic.register(ct, bare, transform, sliceLogic=sliceLogic)
+        far = np.eye(4)
+        far[:3, 3] = (0.0, 0.0, 400.0)  # CT moved 40 cm towards the head: outside the X-ray
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(far))
+        with self.assertRaises(ValueError):
+            logic.register(ct, xrayNode, transform, sliceLogic=sliceLogic, levels=(2,), max_iterations=5)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
+        self.assertIsNone(ct.GetTransformNodeID())
+        np.testing.assert_allclose(matrix_to_array(self._toArray(transform)), far)
+        self.assertFalse(logic.hasPendingResult())
