@@ -785,6 +785,21 @@ def list_dicom_files(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
     return files, skipped
 
 
+def _merge_notes(notes: Sequence[str], files: Sequence[str]) -> List[str]:
+    """Notes that repeat for every file (the same text after the file name) are written once, with a count."""
+    counts: Dict[str, int] = {}
+    first: Dict[str, str] = {}
+    for note in notes:
+        body = note
+        for f in files:
+            if note.startswith(f + ": "):
+                body = note[len(f) + 2 :]
+                break
+        counts[body] = counts.get(body, 0) + 1
+        first.setdefault(body, note)
+    return [first[b] + (f" (and {counts[b] - 1} more files)" if counts[b] > 1 else "") for b in first]
+
+
 def read_dicom_series(inputs: Sequence[str], overrides: Optional[GeometryOverrides] = None, *, sort: str = "angle") -> DicomXRay:
     """Read DICOM X-ray files and/or directories that form ONE series into one :class:`DicomXRay`.
 
@@ -834,13 +849,7 @@ def read_dicom_series(inputs: Sequence[str], overrides: Optional[GeometryOverrid
     cams = Cameras.concatenate([p.cameras for p in parts])
     idx = torch.tensor(order)
     cams = Cameras(cams.world_from_camera[idx], cams.sdd_mm[idx], cams.pixel_spacing_mm[idx], cams.principal_point_px[idx], cams.size_px)
-    seen = set()
-    assumptions = []
-    for note in notes + [a for p in parts for a in p.assumptions]:
-        key_txt = note.split(": ", 1)[-1] if len(parts) > 3 else note
-        if key_txt not in seen:
-            seen.add(key_txt)
-            assumptions.append(note if len(parts) <= 3 else f"{key_txt} (and similar for the other files)" if note.count(": ") else note)
+    assumptions = _merge_notes(notes + [a for p in parts for a in p.assumptions], [p.views[0]["file"] for p in parts])
     return DicomXRay(
         images=images,
         cameras=cams,
