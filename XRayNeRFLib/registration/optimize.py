@@ -149,7 +149,7 @@ def register(
     image: Tensor,
     cameras: Cameras,
     *,
-    loss: str = "mi",
+    loss="mi",
     loss_options: Optional[dict] = None,
     mask: Optional[Tensor] = None,
     center_ras: Optional[Sequence[float]] = None,
@@ -157,8 +157,8 @@ def register(
     translation_scale_mm: Sequence[float] = (1.0, 1.0, 4.0),
     optimizer: str = "adam",
     levels: Sequence[int] = (8, 4, 2),
-    max_iterations: Sequence[int] | int = (80, 60, 40),
-    learning_rate: Sequence[float] | float = (1.0, 0.5, 0.25),
+    max_iterations: Optional[Sequence[int] | int] = None,
+    learning_rate: Optional[Sequence[float] | float] = None,
     patience: int = 12,
     tol: float = 1e-4,
     capture_range_deg: float = 0.0,
@@ -174,24 +174,45 @@ def register(
     appearance: Optional[Callable[[Volume], Volume]] = None,
     progress: ProgressCallback = None,
     progress_every: int = 5,
+    num_threads: Optional[int] = None,
 ) -> RegistrationResult:
     """Register the CT ``volume`` (HU or mu) to the X-ray ``image`` (H, W) seen by ``cameras`` (1 view,
     its world_from_camera the initial pose).
 
     image: (H, W) float, any monotone function of the line integral for "mi"; for the NCC losses,
         brighter must mean more attenuation (log-linearise and/or invert first: see intensity.py).
+    loss: a name of :func:`~.losses.make_loss` ("mi", "ncc", "gncc", "mncc", "pncc") or a callable
+        (drr (B, h, w), image (B, h, w), mask) -> (B,) loss to minimise.
     mask: (H, W) bool, pixels that count (e.g. :func:`~.intensity.collimator_mask`).
     center_ras: rotation centre (default the CT centre).
     rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
         x, y, z: the depth z is the least observable, so it gets a larger unit).
-    levels: pyramid binning factors, coarse to fine; max_iterations, learning_rate per level (Adam step
-        in parameter units).
+    levels: pyramid binning factors, coarse to fine; max_iterations, learning_rate: per level or one
+        value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
+        the others, learning rate 1.0 halved at every level).
     capture_range_deg / capture_range_mm / n_starts: coarse global search over +- these offsets (rotations
         about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
     refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
         principal_point_scale_px full-resolution pixels).
     appearance: optional map Volume -> Volume applied to the mu volume first (a NeTT model).
+    num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
+        small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
     """
+    if num_threads is None:
+        return _register(**locals())
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        return _register(**locals())
+    finally:
+        torch.set_num_threads(before)
+
+
+def _register(volume, image, cameras, *, loss, loss_options, mask, center_ras, rotation_scale_deg, translation_scale_mm,
+              optimizer, levels, max_iterations, learning_rate, patience, tol, capture_range_deg, capture_range_mm,
+              n_starts, keep_starts, refine_intrinsics, sdd_scale_mm, principal_point_scale_px, method,
+              samples_per_voxel, pool_volume, appearance, progress, progress_every, num_threads,
+              before=None) -> RegistrationResult:
     t_start = time.perf_counter()
     if len(cameras) != 1:
         raise ValueError(f"register one X-ray at a time: cameras has {len(cameras)} views")
@@ -231,13 +252,18 @@ def register(
     if not levels or min(levels) < 1:
         raise ValueError(f"pyramid levels must be positive binning factors, got {levels}")
     n_lv = len(levels)
+    if max_iterations is None:
+        max_iterations = [80] + [50] * (n_lv - 1)
+    if learning_rate is None:
+        learning_rate = [0.5**i for i in range(n_lv)]
     iters = [int(max_iterations)] * n_lv if isinstance(max_iterations, (int, float)) else [int(v) for v in max_iterations]
     lrs = [float(learning_rate)] * n_lv if isinstance(learning_rate, (int, float)) else [float(v) for v in learning_rate]
     if len(iters) != n_lv or len(lrs) != n_lv:
         raise ValueError(f"max_iterations and learning_rate need one value per level ({n_lv})")
     centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
     param = PoseParametrisation(w0, centre, math.radians(rotation_scale_deg), translation_scale_mm)
-    loss_fn = make_loss(loss, **(loss_options or {}))
+    loss_fn = loss if callable(loss) else make_loss(loss, **(loss_options or {}))
+    loss_label = getattr(loss, "__name__", "custom") if callable(loss) else loss
     n_par = 9 if refine_intrinsics else 6
     sdd0 = cams0.sdd_mm[0].clone()
     pp0 = cams0.principal_point_px[0].clone()
@@ -280,7 +306,7 @@ def register(
     def check_value(v: Tensor, where: str) -> None:
         if not torch.isfinite(v).all():
             raise RuntimeError(
-                f"the registration loss {loss!r} became NaN/infinite {where}; the DRR or the X-ray is degenerate "
+                f"the registration loss {loss_label!r} became NaN/infinite {where}; the DRR or the X-ray is degenerate "
                 "there (flat image, pose far outside the CT). Lower the learning rate, use a smaller capture range "
                 "or another loss"
             )
@@ -319,7 +345,7 @@ def register(
                 check_value(v, f"at pyramid level {factor}, iteration {it}")
                 v.backward()
                 if not torch.isfinite(x.grad).all():
-                    raise RuntimeError(f"the gradient of the loss {loss!r} became NaN at level {factor}, iteration {it}; "
+                    raise RuntimeError(f"the gradient of the loss {loss_label!r} became NaN at level {factor}, iteration {it}; "
                                        "lower the learning rate or use another loss")
                 if "v" not in state:
                     state.update(v=float(v.detach()), x=x.detach().clone(), drr=drr.detach())
@@ -408,5 +434,5 @@ def register(
         parameters=best_x.tolist(),
         trace=trace,
         cancelled=cancelled,
-        loss_name=loss,
+        loss_name=loss_label,
     )

