@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Dict, List, Optional, Sequence, TextIO
 
 from . import __version__
 from .progress import Cancelled, Progress
@@ -117,6 +117,7 @@ cone-beam geometry and write them as one projection stack (.mha, .nrrd, .nii, .n
 example:
   xraynerf drr --volume Resources/SampleData/chest_ct_128.nii.gz \\
                --geometry Resources/SampleData/orbit_geometry.json --out out/projections.mha
+  (missing directories of --out are created once the result is ready)
 """
 
 
@@ -262,8 +263,13 @@ def run_drr(args) -> int:
     _check_drr_options(args)
     stack_extension(args.out)
     out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise ValueError(f"output directory {out_dir!r} does not exist; create it first")
+    existing = out_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"cannot create output directory {out_dir!r}: {existing!r} is a file")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"cannot write to {existing!r} (permission denied); choose another --out")
     if os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a directory; give a file name such as {os.path.join(args.out, 'projections.mha')}")
     device = _device(args.device)
@@ -328,6 +334,7 @@ def run_drr(args) -> int:
     else:
         origin = None
         row_order = "xraynerf"
+    os.makedirs(out_dir, exist_ok=True)  # only now: a failed run creates nothing
     save_projection_stack(
         result,
         args.out,

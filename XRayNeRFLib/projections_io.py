@@ -23,7 +23,7 @@ interrupted or failed write leaves no file behind (and no half-written target).
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -112,8 +112,9 @@ def save_projection_stack(
     for key, value in (metadata or {}).items():
         image.SetMetaData(_META_PREFIX + str(key), str(value))
 
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(str(path)) + ".", suffix=".part" + ext, dir=directory)
-    os.close(fd)
+    # A unique hidden name in the target directory (same file system: the rename is atomic); ITK creates
+    # it, so it gets the usual permissions (mkstemp's would be 0600).
+    tmp = os.path.join(directory, f".{os.path.basename(str(path))}.{uuid.uuid4().hex[:12]}.part{ext}")
     done = False
     try:
         try:

@@ -100,7 +100,7 @@ def _files(directory: Path) -> list:
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["trilinear", "siddon"])
 def test_drr_matches_render_and_writes_header(case, capsys, method):
-    out = case["dir"] / "proj.mha"
+    out = case["dir"] / "new" / "dirs" / "proj.mha"  # missing directories are created
     rc = main(["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(out), "--renderer", method])
     err = capsys.readouterr().err
     assert rc == 0, err
@@ -243,8 +243,8 @@ def test_drr_errors(case, capsys):
     assert "--i0" in _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--intensity", "--poisson"] + common)
     msg = _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(d / "x.png"), "-q"])
     assert ".mha" in msg
-    msg = _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(d / "no" / "x.mha"), "-q"])
-    assert "does not exist" in msg
+    msg = _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(bad / "sub" / "x.mha"), "-q"])
+    assert "bad.json' is a file" in msg
     assert not out.exists()
     assert not any(name.startswith(".") for name in _files(d))
 
@@ -321,6 +321,9 @@ def test_projection_stack_round_trip(tmp_path, ext):
     assert itk_image.GetSize() == (7, 5, 3)
     assert itk_image.GetPixel(6, 4, 2) == pytest.approx(float(images[2, 4, 6]))
     assert _files(tmp_path) == [path.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions, not a temp file's 0600
 
 
 def test_projection_stack_errors(tmp_path):
