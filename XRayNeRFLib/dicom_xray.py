@@ -381,11 +381,14 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
     """Anatomical (primary, secondary) per frame, or equipment-based angles; returns
     (primary (n,), secondary (n,), frame_of_reference: "patient"|"equipment", source description)."""
     if ov.primary_deg is not None or ov.secondary_deg is not None:
-        p = np.broadcast_to(np.asarray(ov.primary_deg if ov.primary_deg is not None else 0.0, dtype=np.float64).reshape(-1), (n,)) if np.size(ov.primary_deg if ov.primary_deg is not None else 0.0) in (1, n) else None
-        s = np.broadcast_to(np.asarray(ov.secondary_deg if ov.secondary_deg is not None else 0.0, dtype=np.float64).reshape(-1), (n,)) if np.size(ov.secondary_deg if ov.secondary_deg is not None else 0.0) in (1, n) else None
-        if p is None or s is None:
-            raise ValueError(f"{path}: the given angles must be one value or one per frame ({n})")
-        return p.copy(), s.copy(), "patient", "given"
+        given = []
+        for name, value in (("primary_deg", ov.primary_deg), ("secondary_deg", ov.secondary_deg)):
+            a = np.asarray(0.0 if value is None else value, dtype=np.float64).reshape(-1)
+            if a.size not in (1, n) or not np.isfinite(a).all():
+                raise ValueError(f"{path}: the given {name} must be one finite value or one per frame ({n}), got {a.size} values")
+            given.append(np.broadcast_to(a, (n,)).copy())
+        notes.append(f"{path}: C-arm angles given on the command line ({FLAG['primary_deg']}/{FLAG['secondary_deg']}) used instead of the tags")
+        return given[0], given[1], "patient", "given"
     p0 = fr.number("PositionerPrimaryAngle", 0)
     s0 = fr.number("PositionerSecondaryAngle", 0)
     if enhanced and fr.per_frame:
@@ -393,6 +396,8 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
             raise ValueError(f"{path}: Per-Frame Functional Groups Sequence (5200,9230) has {len(fr.per_frame)} items for {n} frames")
         prim, sec = [fr.number("PositionerPrimaryAngle", f) for f in range(n)], [fr.number("PositionerSecondaryAngle", f) for f in range(n)]
         if all(x is not None for x in prim + sec):
+            if fr.number("PositionerIsocenterPrimaryAngle", 0) is not None:
+                notes.append(f"{path}: patient-based angles (0018,9405) used; the equipment-based Isocenter Reference System angles (0018,9463/9464) are not")
             return np.array(prim), np.array(sec), "patient", "Positioner Position Sequence (0018,9405) per frame"
         iso = [fr.number("PositionerIsocenterPrimaryAngle", f) for f in range(n)], [fr.number("PositionerIsocenterSecondaryAngle", f) for f in range(n)]
         if all(x is not None for x in iso[0] + iso[1]):
@@ -537,6 +542,14 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
     slope = np.array([fr.number("RescaleSlope", f) or 1.0 for f in range(n)])
     intercept = np.array([fr.number("RescaleIntercept", f) or 0.0 for f in range(n)])
     values = stored * slope[:, None, None] + intercept[:, None, None]
+
+    for kw in ("DetectorPrimaryAngle", "DetectorSecondaryAngle"):
+        tilt = fr.number(kw)
+        if tilt is not None and abs(tilt) > 1e-3:
+            raise ValueError(
+                f"{path}: {_name(kw)} is {tilt:g} degrees: the beam is not perpendicular to the detector, which is not supported "
+                "(only perpendicular detectors, possibly off-centre)"
+            )
 
     # Distances
     sdd_tag = fr.number("DistanceSourceToDetector")

@@ -278,6 +278,10 @@ def good_file(tmp_path):
         (dict(sid_mm=1500.0), ["not smaller", "(0018,1110)"]),
         (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), primary_increments=[0.0, 1.0]), ["(0018,1520)", "2 values", "3 frames"]),
         (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), secondary_increments=[0.0]), ["(0018,1521)"]),
+        (dict(detector={"DetectorPrimaryAngle": 5.0}), ["(0018,1530)", "not perpendicular"]),
+        (dict(patient_position="SITTING"), ["(0018,5100)", "--patient-position"]),
+        (dict(imager_spacing_rc=[0.0, 0.8]), ["(0018,1164)", "--pixel-spacing-mm"]),
+        (dict(fov_rotation_deg=45), ["(0018,7032)", "multiples of 90"]),
     ],
 )
 def test_bad_geometry_names_file_tag_and_flag(good_file, kwargs, needles):
@@ -367,3 +371,33 @@ def test_synthetic_phantom_is_asymmetric():
     assert torch.allclose(vol.center_ras(), torch.zeros(3), atol=1e-4)
     img = drr(truth_cameras([0.0], [0.0]), vol)[0]
     assert (img - img.flip(-1)).abs().mean() > 0.05 * img.mean()
+
+
+def test_given_angles_per_frame_and_display_processed_pixels(tmp_path):
+    from XRayNeRFLib.projection_set import ProjectionSet
+
+    angles = [0.0, 20.0, 40.0]
+    cams = truth_cameras(angles, [0.0] * 3)
+    stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
+    path = fac.write_xray(str(tmp_path / "noangles.dcm"), stored, angles=False, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
+                          relationship="DISP", sign=-1)
+    with pytest.raises(ValueError, match="--primary-deg"):
+        read_dicom_xray(path)
+    x = read_dicom_xray(path, GeometryOverrides(primary_deg=angles))
+    _assert_same_geometry(x.cameras, cams)
+    with pytest.raises(ValueError, match="one per frame"):
+        read_dicom_xray(path, GeometryOverrides(primary_deg=[0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"noangles\.dcm.*DISP.*--intensity"):
+        ProjectionSet.from_dicom(path, GeometryOverrides(primary_deg=angles))
+    ps = ProjectionSet.from_dicom(path, GeometryOverrides(primary_deg=angles), relationship="LOG", i0=100.0, log_scale=1000.0)
+    assert (ps.images - drr(cams)).abs().max() < 1e-3
+    assert any("DISP" in a for a in ps.assumptions)
+
+
+def test_circular_shutter_mask(tmp_path):
+    stored = np.full((1, SIZE[1], SIZE[0]), 1000.0)
+    det = {"ShutterShape": "CIRCULAR", "CenterOfCircularShutter": [20, 30], "RadiusOfCircularShutter": 10}
+    path = fac.write_xray(str(tmp_path / "circ.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], detector=det)
+    m = read_dicom_xray(path).masks[0].numpy()[:, ::-1]  # back to the stored layout
+    rr, cc = np.mgrid[1 : SIZE[1] + 1, 1 : SIZE[0] + 1]
+    assert (m == ((rr - 20) ** 2 + (cc - 30) ** 2 <= 100)).all() and m.sum() > 300
