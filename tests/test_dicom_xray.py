@@ -5,7 +5,6 @@ files must fail with the file, the tag and the flag that supplies a missing valu
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
