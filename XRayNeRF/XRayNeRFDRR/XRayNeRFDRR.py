@@ -244,10 +244,13 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         default the centre of the CT in world coordinates (parent transforms applied)."""
         import torch
         from XRayNeRFLib.geometry import Cameras
-        from XRayNeRFMRML.nodes import volume_from_node
+        from XRayNeRFMRML.nodes import ras_from_ijk_world
 
         if isocenterRas is None:
-            isocenterRas = volume_from_node(ctNode).center_ras().double().tolist()
+            if ctNode is None or ctNode.GetImageData() is None:
+                raise ValueError("no input volume: select a CT volume")
+            dims = np.array(ctNode.GetImageData().GetDimensions(), dtype=np.float64)  # (I, J, K)
+            isocenterRas = (ras_from_ijk_world(ctNode) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3].tolist()
         return Cameras.carm(
             float(primaryAngleDeg),
             float(secondaryAngleDeg),
