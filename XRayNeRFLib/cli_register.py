@@ -334,6 +334,10 @@ def _run(args) -> int:
             capture_range_mm=args.capture_range_mm, n_starts=args.starts, keep_starts=min(3, max(1, args.starts)),
             refine_intrinsics=args.refine_intrinsics, appearance=appearance, progress=progress, num_threads=args.threads,
         )
+        if progress is not None:
+            from .progress import Progress
+
+            progress(Progress(1, 1, "done"))  # early stops end below 100 %
     finally:
         if progress is not None:
             progress.close()

@@ -115,3 +115,30 @@ def test_bad_camera_pose_and_image_files(files, capsys):
     sitk.WriteImage(sitk.GetImageFromArray(np.full((60, 72), 7.0, dtype=np.float32)), flat)
     assert "constant" in run_bad(files, capsys, **{"--image": flat})
     assert "does not exist" in run_bad(files, capsys, **{"--camera": str(d / "nope.json")})
+
+
+def test_register_a_dicom_xray(tmp_path, capsys):
+    """A DICOM XA (LIN intensities, radiological layout, C-arm angles, distances, imager spacing) written
+    by tests/dicom_factory.py: geometry and intensity conversion come from its tags; --init overrides
+    the pose only."""
+    fac = pytest.importorskip("dicom_factory")
+    from XRayNeRFLib.intensities import intensities_from_line_integrals
+
+    vol = fac.ct_volume()
+    ct = str(tmp_path / "ct.mha")
+    save_volume(vol, ct)
+    truth = fac.truth_cameras([10.0], [5.0])
+    stored = fac.stored_from_bev(intensities_from_line_integrals(fac.drr(truth).numpy(), relationship="LIN", i0=60000.0))
+    xray = fac.write_xray(str(tmp_path / "xa.dcm"), stored, primary_deg=10, secondary_deg=5, sdd_mm=fac.SDD, sid_mm=fac.SID,
+                          imager_spacing_rc=fac.SPACING[::-1])
+    centre = vol.center_ras().double()
+    w_init = perturb_pose(truth.world_from_camera[0], centre, 3.0, 6.0, np.random.default_rng(1))
+    init = tmp_path / "init.json"
+    init.write_text(json.dumps({"world_from_camera": w_init.tolist()}))
+    out = tmp_path / "r.json"
+    rc = main(["--volume", ct, "--image", xray, "--init", str(init), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    e = pose_errors(torch.tensor(res["world_from_camera"]), truth.world_from_camera[0], centre)
+    assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 2.0, e
+    assert res["size_px"] == list(fac.SIZE) and res["pixel_spacing_mm"] == pytest.approx(list(fac.SPACING))
