@@ -354,9 +354,19 @@ def run_drr(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-COMMANDS: Dict[str, tuple] = {
-    "drr": (add_drr, run_drr),
-}
+def _register_commands() -> Dict[str, tuple]:
+    """All subcommands, name -> (add_parser, run). Imported here so each module stays separate."""
+    from .cli_inputs import COMMANDS as input_commands
+    from .cli_register import add_subcommands as add_register
+    from .cli_register import run_register
+
+    commands: Dict[str, tuple] = {"drr": (add_drr, run_drr)}
+    commands.update(input_commands)
+    commands["register"] = (add_register, run_register)
+    return commands
+
+
+COMMANDS: Dict[str, tuple] = _register_commands()
 
 
 def build_parser() -> argparse.ArgumentParser:

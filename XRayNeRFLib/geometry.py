@@ -219,10 +219,22 @@ class Cameras:
         return self.size_px[1]
 
     def to(self, device=None, dtype=None) -> "Cameras":
+        """Move/cast all tensors. Casting to a higher precision snaps each rotation to the nearest
+        exact one (the rounding of a float32 rotation is far above float64's rigidity tolerance); the
+        correction is a constant, so gradients pass through unchanged."""
         kw = {}
         for f in fields(self):
             val = getattr(self, f.name)
             kw[f.name] = val.to(device=device, dtype=dtype) if isinstance(val, Tensor) else val
+        w = kw["world_from_camera"]
+        if torch.finfo(w.dtype).eps < torch.finfo(self.dtype).eps:
+            with torch.no_grad():
+                u, _, vh = torch.linalg.svd(w[:, :3, :3])
+                snapped = u @ vh
+            correction = torch.zeros_like(w)
+            correction[:, :3, :3] = snapped - w[:, :3, :3].detach()
+            correction[:, 3, :] = torch.tensor([0, 0, 0, 1.0], dtype=w.dtype, device=w.device) - w[:, 3, :].detach()
+            kw["world_from_camera"] = w + correction
         return Cameras(**kw)
 
     @staticmethod

@@ -135,6 +135,7 @@ def load_volume(path: str, units: Optional[str] = None, dtype: torch.dtype = tor
 
     ITK reports geometry in LPS; it is converted here, once, to ``ras_from_ijk``.
     units: "hu" or "mu"; None guesses "hu" when the data has values below -100 (air in HU), else "mu".
+    NaN voxels are refused; note that ITK's NIfTI reader already turns NaN into 0 (NRRD and MHA keep it).
     """
     import os
 

@@ -363,3 +363,16 @@ def test_worked_example_in_docs():
     # the projection matrix printed in the document
     for row in cams.projection_matrices()[0]:
         assert "[" + ", ".join(f"{float(c):.4f}" for c in row) + "]" in text
+
+
+def test_float32_cameras_cast_to_float64_stay_rigid_and_differentiable():
+    cams = Cameras.carm([33.3, -71.0], [12.1, 5.0], sid_mm=700, sdd_mm=1100, size_px=(8, 8), pixel_spacing_mm=1.1)
+    w32 = cams.world_from_camera.clone().requires_grad_(True)
+    cams32 = Cameras(w32, cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
+    cams64 = cams32.to(dtype=torch.float64)  # used to be refused as "not a rigid transform"
+    assert cams64.dtype == torch.float64
+    assert (cams64.world_from_camera - w32.double()).abs().max() < 1e-6
+    r = cams64.world_from_camera[:, :3, :3].detach()
+    assert (r.transpose(-1, -2) @ r - torch.eye(3, dtype=torch.float64)).abs().max() < 1e-12
+    cams64.source_positions().sum().backward()
+    assert w32.grad is not None and w32.grad[:, :3, 3].eq(1).all()
