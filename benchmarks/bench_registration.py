@@ -34,6 +34,7 @@ Protocol (issue 5):
 
     python benchmarks/bench_registration.py --quick   # 128^3 CT, 128 px X-rays, 8 cases, writes RESULTS_registration.md
     python benchmarks/bench_registration.py           # 128^3 CT, 256 px X-rays, 20 cases
+    (raw numbers per case: benchmarks/_work/<out name>.json)
 """
 
 from __future__ import annotations
@@ -121,11 +122,11 @@ def score(w_est, case, centre, lms, seconds, iterations):
             "success": mtre < 2.0, "seconds": seconds, "iterations": iterations}
 
 
-def run_ours(vol, case, w_init, centre, lms, args, **extra):
+def run_ours(vol, case, w_init, centre, lms, args, loss=None, **extra):
     cam = case["camera"]
     init = Cameras(w_init[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
     t = time.perf_counter()
-    res = register(vol, case["image"], init, loss=args.loss, levels=tuple(args.levels), **extra)
+    res = register(vol, case["image"], init, loss=loss or args.loss, levels=tuple(args.levels), **extra)
     return score(res.world_from_camera, case, centre, lms, time.perf_counter() - t, res.iterations)
 
 
@@ -259,6 +260,8 @@ def main():
     ap.add_argument("--capture-cases", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-nett", action="store_true", help="skip the NeTT experiment")
+    ap.add_argument("--compare-losses", nargs="*", default=["ncc", "gncc", "mncc"],
+                    help="our other losses run on the same cases (the default loss is chosen from this table)")
     ap.add_argument("--out", default=str(HERE / "RESULTS_registration.md"))
     args = ap.parse_args()
     quick = args.quick
@@ -281,6 +284,14 @@ def main():
         if runner is not None:
             rows["DiffDRR"].append(runner.run(c, w0, centre, lms))
         print(f"case {c['index']}: " + "; ".join(f"{k} mTRE {v[-1]['mtre_mm']:.2f} mm {v[-1]['seconds']:.1f} s" for k, v in rows.items() if v), flush=True)
+    for loss in args.compare_losses:
+        if loss == args.loss:
+            continue
+        rows[f"ours {loss}"] = []
+        for c in cases:
+            w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+            rows[f"ours {loss}"].append(run_ours(vol, c, w0, centre, lms, args, loss=loss))
+        print(f"ours with {loss}: median mTRE {np.median([r['mtre_mm'] for r in rows[f'ours {loss}']]):.2f} mm", flush=True)
     capture = []
     for rot, tr in ((5, 10), (10, 20), (20, 30), (30, 50)):
         for search in (False, True):
@@ -295,7 +306,9 @@ def main():
     results = {"nett": nett, "args": vars(args), "summary": {k: summary(v) for k, v in rows.items() if v}, "rows": rows, "capture": capture,
                "elapsed_s": time.perf_counter() - t_all, "load_avg": os.getloadavg(), "machine": platform.platform(),
                "cpus": os.cpu_count(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    raw = HERE / "_work" / (Path(args.out).stem + ".json")  # raw numbers, next to bench_drr's (ignored by git)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(results, indent=1, default=float))
     Path(args.out).write_text(report(results))
     print(report(results))
 
@@ -312,6 +325,7 @@ def report(r) -> str:
          f"Ours: loss {a['loss']}, levels {a['levels']}. DiffDRR 0.6.1: its Registration + multiscale NCC, Adam "
          f"(lr {a['diffdrr_lr_rot']} rad, {a['diffdrr_lr_trans']} mm), Siddon at {a['detector_px'] // a['diffdrr_bin']} px, "
          f"<= {a['diffdrr_iterations']} iterations. Protocol details: the docstring of bench_registration.py.", "",
+         "Rows 'ours <loss>' are our optimiser with another similarity on the same cases and starts.", "",
          "| method | cases | success | median mTRE (mm) | mean mTRE (mm) | median rot. err (deg) | median transl. err (mm) | median s/case | mean s/case |",
          "|---|---|---|---|---|---|---|---|---|"]
     for k, v in s.items():
