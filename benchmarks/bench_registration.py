@@ -183,7 +183,7 @@ class DiffDRRRunner:
 
 def nett_experiment(seed: int = 0, n_cases: int = 4) -> dict:
     from XRayNeRFLib.registration.losses import ncc
-    from XRayNeRFLib.registration.nett import NeTT, train_nett
+    from XRayNeRFLib.registration.nett import train_nett
     from XRayNeRFLib.render import render
     from XRayNeRFLib.volume import Volume, mu_water_per_mm
 

@@ -13,7 +13,7 @@ from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration.pose import pose_errors
 from XRayNeRFLib.registration.simulate import perturb_pose, resample_volume, simulate_xray
 from XRayNeRFLib.registration.transform_io import read_ct_correction
-from XRayNeRFLib.volume import Volume, as_mu, load_volume, save_volume
+from XRayNeRFLib.volume import as_mu, load_volume, save_volume
 
 sitk = pytest.importorskip("SimpleITK")
 

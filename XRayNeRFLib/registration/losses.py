@@ -12,7 +12,6 @@ offset only).
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch

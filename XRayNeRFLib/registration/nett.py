@@ -18,7 +18,6 @@ a model is a callable Volume -> Volume, the ``appearance`` argument of :func:`.o
 
 from __future__ import annotations
 
-import time
 from typing import List, Optional, Sequence
 
 import torch
