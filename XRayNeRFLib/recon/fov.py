@@ -44,21 +44,16 @@ class Orbit:
 
 
 def cameras_float64(cameras: Cameras) -> Cameras:
-    """The cameras in float64 on the CPU. Float32 rotations are re-orthonormalised first (SVD), since
-    ``Cameras.to(float64)`` judges their float32 rounding against float64 tolerances and refuses them."""
+    """The cameras in float64 on the CPU, detached (``Cameras.to`` snaps float32 rotations to exact ones)."""
     if cameras.dtype == torch.float64 and cameras.device.type == "cpu":
         return cameras
-    w = cameras.world_from_camera.detach().cpu().double().clone()
-    u, _, vh = torch.linalg.svd(w[:, :3, :3])
-    w[:, :3, :3] = u @ vh
-    w[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     return Cameras(
-        w,
-        cameras.sdd_mm.detach().cpu().double(),
-        cameras.pixel_spacing_mm.detach().cpu().double(),
-        cameras.principal_point_px.detach().cpu().double(),
-        tuple(cameras.size_px),
-    )
+        cameras.world_from_camera.detach(),
+        cameras.sdd_mm.detach(),
+        cameras.pixel_spacing_mm.detach(),
+        cameras.principal_point_px.detach(),
+        cameras.size_px,
+    ).to(device="cpu", dtype=torch.float64)
 
 
 def analyse_orbit(cameras: Cameras) -> Orbit:

@@ -97,10 +97,7 @@ def render(
     done = 0
     for views, pix in _chunks(n_views, n_pix, rays_per_chunk):
         rays = rays_for_views(volume, cams, grid, views, pix)
-        if method == "trilinear":
-            out.append(trilinear_line_integrals(mu, rays, samples_per_voxel, stacks))
-        else:
-            out.append(siddon_line_integrals(mu, rays, stacks, compiled=use_compile))
+        out.append(render_rays(mu, rays, method=method, samples_per_voxel=samples_per_voxel, stacks=stacks, compiled=use_compile))
         done += rays.length_mm.shape[0]
         report(progress, done, total, f"{method}: {done}/{total} rays")
     result = torch.cat(out).reshape(len(cams), n_pix)
@@ -122,12 +119,21 @@ def _chunks(n_views: int, n_pix: int, rays_per_chunk: int):
                 yield slice(v, v + 1), slice(p0, min(n_pix, p0 + rays_per_chunk))
 
 
-def render_rays(mu: Tensor, rays: IndexRays, *, method: str = "trilinear", samples_per_voxel: float = 1.0) -> Tensor:
-    """Line integrals along rays already in index space: (R,)."""
+def render_rays(
+    mu: Tensor,
+    rays: IndexRays,
+    *,
+    method: str = "trilinear",
+    samples_per_voxel: float = 1.0,
+    stacks: Optional[SliceStacks] = None,
+    compiled: bool = False,
+) -> Tensor:
+    """Line integrals along rays already in index space: (R,). ``stacks`` (re-stacked mu) may be
+    shared between calls on the same volume; ``compiled`` applies to Siddon only."""
     if method == "siddon":
-        return siddon_line_integrals(mu, rays)
+        return siddon_line_integrals(mu, rays, stacks, compiled=compiled)
     if method == "trilinear":
-        return trilinear_line_integrals(mu, rays, samples_per_voxel)
+        return trilinear_line_integrals(mu, rays, samples_per_voxel, stacks)
     raise ValueError(f"unknown renderer {method!r}; use one of {METHODS}")
 
 

@@ -29,13 +29,6 @@ class IndexRays:
     length_mm: Tensor
 
 
-def pixel_camera_coordinates(cameras: Cameras, pixels: Tensor) -> Tensor:
-    """pixels: (V, N, 2) [column, row] -> camera-frame mm of the pixel centres (V, N, 3)."""
-    xy = (pixels - cameras.principal_point_px[:, None, :]) * cameras.pixel_spacing_mm[:, None, :]
-    z = cameras.sdd_mm[:, None, None].expand(-1, xy.shape[1], 1)
-    return torch.cat([xy, z], dim=-1)
-
-
 def rays_for_views(volume: Volume, cameras: Cameras, pixels: Tensor, views: slice, pix: slice) -> IndexRays:
     """Rays of views ``views`` through pixels ``pixels[:, pix]``, flattened view-major: R = V' * N'.
 
