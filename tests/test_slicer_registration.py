@@ -17,7 +17,12 @@ sys.path.insert(0, str(REPO / "Testing" / "Python"))
 slicer = pytest.importorskip("slicer", reason="pip install slicer-core (the Qt-free core of 3D Slicer)")
 import slicer_harness  # noqa: E402
 
-REGISTRATION_TESTS = ["test_OverlayCompositeAndPixels", "test_RegistrationRecoversShift", "test_FailureLeavesScene"]
+REGISTRATION_TESTS = [
+    "test_OverlayCompositeAndPixels",
+    "test_RegistrationRecoversShift",
+    "test_FailureLeavesScene",
+    "test_ViewRestoredAfterFailureAndRevert",
+]
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ the Slicer application is stood in for here, and nothing else:
   ``vtkMRMLScriptedModuleNode`` for the module, as in Slicer; the Test class is a ``unittest.TestCase``).
 - ``slicer.parameterNodeWrapper``: a small typed wrapper over that node (float, int, bool, str and MRML
   node references; validators ``WithinRange``, ``Minimum``, ``Maximum``, ``Choice``, ``Default``) with the
-  same attribute behaviour as Slicer's; ``connectGui`` is a no-op (there is no GUI).
+  same attribute behaviour as Slicer's; ``connectGui`` is a no-op (there is no GUI); ``AddObserver`` /
+  ``RemoveObserver`` go to the underlying node, as in Slicer.
 
 :func:`new_scene` builds a scene the way the application does: application logic, colour nodes, and
 the Volumes, Markups, Transforms, Sequences, Models and Subject hierarchy module logics registered,
@@ -302,11 +303,20 @@ def parameterNodeWrapper(cls):
     def disconnectGui(self, tag):
         pass
 
+    # as in Slicer, observers go to the underlying node (the template's Widget observes ModifiedEvent)
+    def AddObserver(self, event, callback, priority=0.0):
+        return self.parameterNode.AddObserver(event, callback, priority)
+
+    def RemoveObserver(self, tag):
+        self.parameterNode.RemoveObserver(tag)
+
     namespace = {name: f for name, f in fields.items()}
     namespace.update(
         __init__=__init__,
         connectGui=connectGui,
         disconnectGui=disconnectGui,
+        AddObserver=AddObserver,
+        RemoveObserver=RemoveObserver,
         allParameters=fields,
         __doc__=cls.__doc__,
         __module__=cls.__module__,

@@ -40,7 +40,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin  # noqa: E402
+from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 
 PATIENT_POSITIONS = ["HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL"]
 METHODS = ["siddon", "trilinear"]
@@ -98,105 +98,44 @@ class XRayNeRFDRRParameterNode:
 #
 # Widget
 #
-class XRayNeRFDRRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XRayNeRFDRRWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
+    """Parameter node, Apply <-> Cancel, progress and status line come from XRayNeRFMRML.widgets."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._running = False
+        XRayNeRFWidgetMixin.__init__(self)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from XRayNeRFMRML.engine import resource_path
-
-        uiWidget = slicer.util.loadUI(resource_path("UI", "XRayNeRFDRR.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.setupWidget("XRayNeRFDRR.ui", XRayNeRFDRRLogic())
         self.ui.patientPositionComboBox.clear()
         self.ui.patientPositionComboBox.addItems(PATIENT_POSITIONS)
         self.ui.methodComboBox.clear()
         self.ui.methodComboBox.addItems(METHODS)
-        self.ui.progressBar.setVisible(False)
-
-        self.logic = XRayNeRFDRRLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
+    def onParameterNodeInitialized(self) -> None:
+        if self._parameterNode and not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 self._parameterNode.inputVolume = first
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+    def whyCannotApply(self) -> Optional[str]:
+        return self.logic.whyCannotRender(self._parameterNode)
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._running:
-            return
-        reason = self.logic.whyCannotRender(self._parameterNode)
-        self.ui.applyButton.enabled = reason is None
-        self.ui.applyButton.toolTip = reason or _("Render the DRR")
-        self.ui.statusLabel.text = reason or _("Ready.")
-
-    def _progress(self, progress) -> bool:
-        self.ui.progressBar.value = int(100 * progress.fraction)
-        self.ui.statusLabel.text = progress.message
-        slicer.app.processEvents()
-        return not self.logic.cancelRequested
+    def applyToolTip(self) -> str:
+        return _("Render the DRR")
 
     def onApplyButton(self) -> None:
-        if self._running:  # the button reads "Cancel" while rendering
-            self.logic.cancelRequested = True
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
-            from XRayNeRFMRML.engine import ensure_engine
+        def work(progress):
+            drr, model = self.logic.renderDRRUsingParameterNode(self._parameterNode, progress=progress)
+            layoutManager = getattr(slicer.app, "layoutManager", lambda: None)()  # None without main window
+            slicer.util.setSliceViewerLayers(background=drr, fit=layoutManager is not None)
+            return drr
 
-            ensure_engine()
-            self._running = True
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.progressBar.setVisible(True)
-            try:
-                drr, model = self.logic.renderDRRUsingParameterNode(self._parameterNode, progress=self._progress)
-                self.ui.statusLabel.text = _("Rendered '{name}'.").format(name=drr.GetName())
-                slicer.util.setSliceViewerLayers(background=drr, fit=True)
-            finally:
-                self._running = False
-                self.ui.applyButton.text = _("Apply")
-                self.ui.progressBar.setVisible(False)
-                self._checkCanApply()
+        self.runApply(
+            _("Failed to render the DRR."), work, lambda drr: _("Rendered '{name}'.").format(name=drr.GetName())
+        )
 
 
 #

@@ -69,3 +69,45 @@ def show_overlay(slice_logic, xray_node, drr_node, cameras, opacity: float = 0.5
     composite.SetForegroundOpacity(float(opacity))
     align_slice_to_detector(slice_logic.GetSliceNode(), cameras, view)
     return composite
+
+
+# -- the user's view, saved before the overlay and restored after a failure or a revert ----------------
+_COMPOSITE_FIELDS = (
+    ("BackgroundVolumeID", str),
+    ("ForegroundVolumeID", str),
+    ("LabelVolumeID", str),
+    ("ForegroundOpacity", float),
+    ("LabelOpacity", float),
+)
+
+
+def save_slice_view(slice_logic) -> dict:
+    """The slice view's state that :func:`show_overlay` changes: composite layers and opacities, the
+    slice node's orientation preset, SliceToRAS (4, 4), field of view and XYZ origin (mm)."""
+    composite, node = slice_logic.GetSliceCompositeNode(), slice_logic.GetSliceNode()
+    state = {name: getattr(composite, "Get" + name)() for name, _kind in _COMPOSITE_FIELDS}
+    m = node.GetSliceToRAS()
+    state["SliceToRAS"] = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    state["Orientation"] = node.GetOrientationString()
+    state["FieldOfView"] = tuple(node.GetFieldOfView())
+    state["XYZOrigin"] = tuple(node.GetXYZOrigin())
+    return state
+
+
+def restore_slice_view(slice_logic, state: dict) -> None:
+    """Put back what :func:`save_slice_view` saved (layers whose node was deleted since become empty)."""
+    composite, node = slice_logic.GetSliceCompositeNode(), slice_logic.GetSliceNode()
+    scene = slice_logic.GetMRMLScene()
+    wasModifying = composite.StartModify()
+    for name, _kind in _COMPOSITE_FIELDS:
+        value = state[name]
+        if name.endswith("VolumeID") and value and scene is not None and scene.GetNodeByID(value) is None:
+            value = None
+        getattr(composite, "Set" + name)(value)
+    composite.EndModify(wasModifying)
+    wasModifying = node.StartModify()
+    node.GetSliceToRAS().DeepCopy(array_to_matrix(state["SliceToRAS"]))
+    node.SetFieldOfView(*state["FieldOfView"])
+    node.SetXYZOrigin(*state["XYZOrigin"])
+    node.UpdateMatrices()
+    node.EndModify(wasModifying)

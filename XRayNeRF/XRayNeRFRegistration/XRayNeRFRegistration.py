@@ -41,7 +41,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin  # noqa: E402
+from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 
 SIMILARITIES = ["mi", "ncc", "gncc", "mncc", "pncc"]
 
@@ -81,82 +81,34 @@ class XRayNeRFRegistrationParameterNode:
     cameraModel: vtkMRMLModelNode
 
 
-class XRayNeRFRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
+    """Parameter node, Apply <-> Cancel, progress and status line come from XRayNeRFMRML.widgets."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._running = False
+        XRayNeRFWidgetMixin.__init__(self)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from XRayNeRFMRML.engine import resource_path
-
-        uiWidget = slicer.util.loadUI(resource_path("UI", "XRayNeRFRegistration.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.setupWidget("XRayNeRFRegistration.ui", XRayNeRFRegistrationLogic())
         self.ui.xrayVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", "XRayNeRF.Cameras")
         self.ui.similarityComboBox.clear()
         self.ui.similarityComboBox.addItems(SIMILARITIES)
-        self.ui.progressBar.setVisible(False)
-        self.logic = XRayNeRFRegistrationLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.acceptButton.connect("clicked(bool)", self.onAcceptButton)
         self.ui.revertButton.connect("clicked(bool)", self.onRevertButton)
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
+    def whyCannotApply(self) -> Optional[str]:
+        return self.logic.whyCannotRegister(self._parameterNode)
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
+    def applyToolTip(self) -> str:
+        return _("Register the CT to the X-ray")
 
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._running:
-            return
-        reason = self.logic.whyCannotRegister(self._parameterNode)
-        self.ui.applyButton.enabled = reason is None
-        self.ui.previewButton.enabled = reason is None
-        self.ui.statusLabel.text = reason or _("Ready.")
-        self.ui.acceptButton.enabled = self.ui.revertButton.enabled = self.logic.hasPendingResult()
-
-    def _progress(self, progress) -> bool:
-        self.ui.progressBar.value = int(100 * progress.fraction)
-        self.ui.statusLabel.text = progress.message
-        slicer.app.processEvents()
-        return not self.logic.cancelRequested
+    def updateButtons(self, reason: Optional[str]) -> None:
+        idle = not self.running
+        self.ui.previewButton.enabled = idle and reason is None
+        self.ui.acceptButton.enabled = self.ui.revertButton.enabled = idle and self.logic.hasPendingResult()
 
     def onPreviewButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the overlay."), waitCursor=True):
@@ -166,36 +118,26 @@ class XRayNeRFRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self.logic.previewUsingParameterNode(self._parameterNode)
 
     def onApplyButton(self) -> None:
-        if self._running:
-            self.logic.cancelRequested = True
-            return
-        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            from XRayNeRFMRML.engine import ensure_engine
+        def done(result):
+            state = _("cancelled, best pose kept") if result.cancelled else _("done")
+            return _("Registration {state}: loss {a:.4f} -> {b:.4f}. Accept or Revert.").format(
+                state=state, a=result.initial_loss, b=result.loss
+            )
 
-            ensure_engine()
-            self._running = True
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.progressBar.setVisible(True)
-            try:
-                result = self.logic.registerUsingParameterNode(self._parameterNode, progress=self._progress)
-                state = _("cancelled, best pose kept") if result.cancelled else _("done")
-                self.ui.statusLabel.text = _("Registration {state}: loss {a:.4f} -> {b:.4f}. Accept or Revert.").format(
-                    state=state, a=result.initial_loss, b=result.loss
-                )
-            finally:
-                self._running = False
-                self.ui.applyButton.text = _("Apply")
-                self.ui.progressBar.setVisible(False)
-                self._checkCanApply()
+        self.runApply(
+            _("Registration failed."),
+            lambda progress: self.logic.registerUsingParameterNode(self._parameterNode, progress=progress),
+            done,
+        )
 
     def onAcceptButton(self) -> None:
         self.logic.accept()
-        self._checkCanApply()
+        self.checkCanApply()
 
     def onRevertButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to revert."), waitCursor=True):
             self.logic.revert()
-            self._checkCanApply()
+            self.checkCanApply()
 
 
 class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -206,6 +148,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.cancelRequested = False
         self._pending = None  # (transform node, its matrix to parent before the last registration)
+        self._savedView = None  # (slice logic, its state before the overlay was first shown)
         self.overlayUpdates = 0
 
     def getParameterNode(self):
@@ -261,12 +204,28 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def showOverlay(self, xrayNode, drrNode, sliceLogic=None, opacity: float = 0.5):
         """X-ray background, DRR foreground (zeros transparent) in a slice view on the detector plane;
-        returns the slice composite node."""
+        returns the slice composite node. The view's previous state (layers, opacity, orientation) is
+        saved the first time, and put back by :meth:`restoreView` (called on failure and by :meth:`revert`)."""
         from XRayNeRFMRML.nodes import cameras_from_node
-        from XRayNeRFMRML.overlay import show_overlay
+        from XRayNeRFMRML.overlay import save_slice_view, show_overlay
 
         sliceLogic = sliceLogic or self.defaultSliceLogic()
+        if self._savedView is None or self._savedView[0] is not sliceLogic:
+            if self._savedView is not None:
+                self.restoreView()
+            self._savedView = (sliceLogic, save_slice_view(sliceLogic))
         return show_overlay(sliceLogic, xrayNode, drrNode, cameras_from_node(xrayNode), opacity)
+
+    def restoreView(self) -> bool:
+        """Give the slice view back its state from before the overlay; False when there was none."""
+        from XRayNeRFMRML.overlay import restore_slice_view
+
+        if self._savedView is None:
+            return False
+        sliceLogic, state = self._savedView
+        self._savedView = None
+        restore_slice_view(sliceLogic, state)
+        return True
 
     def previewUsingParameterNode(self, p, sliceLogic=None):
         reason = self.whyCannotRegister(p)
@@ -303,7 +262,8 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
 
         engineOptions go to ``XRayNeRFLib.registration.register`` (loss, levels, max_iterations, ...).
         The overlay (DRR node, slice view) is updated every ``previewEvery`` iterations. On an error the
-        transform is restored and nodes created here are removed; a cancel keeps the best pose so far.
+        transform and the slice view (layers, opacity, orientation) are restored and nodes created here are
+        removed; a cancel keeps the best pose so far (and the overlay, until accept or revert).
         returns the engine's RegistrationResult; :meth:`accept` / :meth:`revert` close it.
         """
         import torch
@@ -360,6 +320,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         except Exception as error:
             transformNode.SetMatrixTransformToParent(array_to_matrix(before))
             ctNode.SetAndObserveTransformNodeID(previousParent)
+            self.restoreView()  # before removing the DRR node it shows
             for node in created:
                 remove_node(node)
             if isinstance(error, ValueError) and "does not overlap" in str(error):
@@ -375,10 +336,13 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return result
 
     def accept(self) -> None:
+        """Keep the registered transform; the overlay stays on screen (the previous view is forgotten)."""
         self._pending = None
+        self._savedView = None
 
     def revert(self) -> None:
-        """Restore the transform as it was before the last registration."""
+        """Restore the transform as it was before the last registration, and the slice view as it was
+        before the overlay."""
         from XRayNeRFMRML.nodes import array_to_matrix
 
         if self._pending is None:
@@ -386,6 +350,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         node, before = self._pending
         node.SetMatrixTransformToParent(array_to_matrix(before))
         self._pending = None
+        self.restoreView()
 
     def registerUsingParameterNode(self, p, progress: Optional[Callable] = None, sliceLogic=None, **engineOptions):
         reason = self.whyCannotRegister(p)
@@ -413,6 +378,8 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.test_RegistrationRecoversShift()
         self.setUp()
         self.test_FailureLeavesScene()
+        self.setUp()
+        self.test_ViewRestoredAfterFailureAndRevert()
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -590,3 +557,61 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.assertIsNone(ct.GetTransformNodeID())
         np.testing.assert_allclose(matrix_to_array(self._toArray(transform)), far)
         self.assertFalse(logic.hasPendingResult())
+
+    @staticmethod
+    def _viewState(sliceLogic):
+        c, n = sliceLogic.GetSliceCompositeNode(), sliceLogic.GetSliceNode()
+        m = n.GetSliceToRAS()
+        return dict(
+            background=c.GetBackgroundVolumeID(), foreground=c.GetForegroundVolumeID(), label=c.GetLabelVolumeID(),
+            opacity=round(c.GetForegroundOpacity(), 9), orientation=n.GetOrientationString(),
+            sliceToRAS=[round(m.GetElement(r, col), 9) for r in range(4) for col in range(4)],
+            fov=tuple(round(v, 9) for v in n.GetFieldOfView()), origin=tuple(round(v, 9) for v in n.GetXYZOrigin()),
+        )
+
+    def test_ViewRestoredAfterFailureAndRevert(self):
+        """The user's slice view (layers, opacity, sagittal orientation, zoom) is the same after a failed
+        registration and after a revert as before; during the run it showed the overlay."""
+        self.delayDisplay("slice view restored")
+        ct, xrayNode, transform = self._registrationScene(np.array([2.0, 0.0, 0.0]))
+        other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "user foreground")
+        slicer.util.updateVolumeFromArray(other, np.ones((2, 3, 4), np.float32))
+        sliceLogic = self._sliceLogic()
+        composite, sliceNode = sliceLogic.GetSliceCompositeNode(), sliceLogic.GetSliceNode()
+        composite.SetBackgroundVolumeID(ct.GetID())
+        composite.SetForegroundVolumeID(other.GetID())
+        composite.SetForegroundOpacity(0.3)
+        sliceNode.SetOrientation("Sagittal")
+        sliceNode.SetFieldOfView(123.0, 77.0, 1.0)
+        sliceNode.SetXYZOrigin(4.0, -2.0, 0.0)
+        sliceNode.UpdateMatrices()
+        before = self._viewState(sliceLogic)
+        self.assertEqual(before["orientation"], "Sagittal")
+        logic = XRayNeRFRegistrationLogic()
+        during = []
+
+        def failing(p):
+            during.append(self._viewState(sliceLogic))
+            raise RuntimeError("simulated failure in the optimiser")
+
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(RuntimeError):
+            logic.register(ct, xrayNode, transform, sliceLogic=sliceLogic, progress=failing, levels=(2,), max_iterations=3)
+        self.assertTrue(during)
+        self.assertEqual(during[0]["background"], xrayNode.GetID())
+        self.assertNotEqual(during[0]["orientation"], "Sagittal")
+        self.assertEqual(self._viewState(sliceLogic), before)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
+        # a registration stopped by the user keeps its best pose and the overlay; Revert gives the view back
+        result = logic.register(ct, xrayNode, transform, sliceLogic=sliceLogic, progress=lambda p: False,
+                                levels=(2,), max_iterations=3, loss="ncc")
+        self.assertTrue(result.cancelled)
+        self.assertEqual(composite.GetBackgroundVolumeID(), xrayNode.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), logic.drrNode.GetID())
+        logic.revert()
+        self.assertEqual(self._viewState(sliceLogic), before)
+        # Accept keeps the overlay on screen
+        logic.register(ct, xrayNode, transform, sliceLogic=sliceLogic, levels=(2,), max_iterations=2, loss="ncc")
+        logic.accept()
+        self.assertEqual(composite.GetBackgroundVolumeID(), xrayNode.GetID())
+        self.assertFalse(logic.restoreView())
