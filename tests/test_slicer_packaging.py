@@ -159,3 +159,103 @@ def test_every_module_ui_has_the_mixin_widgets():
         names = {w.get("name") for w in ET.parse(REPO / "Resources" / "UI" / f"{module.name}.ui").getroot().iter("widget")}
         assert used <= names, f"{module.name}.ui lacks {sorted(used - names)}"
     assert users >= 2
+
+
+# -- requirements ----------------------------------------------------------------------------------------
+def _engine():
+    slicer_harness.install()
+    sys.path.insert(0, str(REPO / "XRayNeRF"))
+    from XRayNeRFMRML import engine
+
+    return engine
+
+
+def test_requirements_file_matches_pyproject():
+    """Resources/requirements.txt lists the engine's runtime dependencies except torch, with pyproject's ranges."""
+    import tomllib
+
+    engine = _engine()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    expected = sorted(d.replace(" ", "") for d in pyproject if not d.startswith("torch"))
+    lines = [r.line.replace(" ", "") for r in engine.parse_requirements((REPO / "Resources" / "requirements.txt").read_text())]
+    assert sorted(lines) == expected and expected
+    assert engine.requirements_file() == REPO / "Resources" / "requirements.txt"
+
+
+def test_parse_requirements():
+    engine = _engine()
+    reqs = engine.parse_requirements(
+        "# comment\n\nnumpy>=1.23\npillow >= 9.1  # images\nSimpleITK>=2.2,<3\npydicom[codecs]~=3.0 ; python_version>'3.8'\nscipy\n"
+    )
+    assert [(r.name, r.import_name, r.minimum) for r in reqs] == [
+        ("numpy", "numpy", (1, 23)),
+        ("pillow", "PIL", (9, 1)),
+        ("SimpleITK", "SimpleITK", (2, 2)),
+        ("pydicom", "pydicom", (3, 0)),
+        ("scipy", "scipy", None),
+    ]
+    assert reqs[1].line == "pillow >= 9.1" and reqs[3].line.startswith("pydicom[codecs]~=3.0")
+    with pytest.raises(ValueError, match="line 2"):
+        engine.parse_requirements("numpy\n??bad\n")
+    assert engine._version_tuple("3.0rc1") == (3, 0) and engine._version_tuple("2.13.0+cpu") == (2, 13, 0)
+
+
+def test_missing_requirements(tmp_path):
+    """Not importable -> listed; older than the minimum -> listed; bundled without pip metadata -> kept."""
+    import importlib.metadata
+
+    engine = _engine()
+    req = tmp_path / "requirements.txt"
+    req.write_text("numpy>=1.23\npydicom>=3.0\npillow>=9\nSimpleITK>=2.2\n")
+    present = {"numpy": "1.26.4", "pydicom": "2.4.0", "PIL": None, "SimpleITK": None}
+
+    def find_spec(name):
+        return object() if name in present else None
+
+    def version_of(dist):
+        v = {"numpy": "1.26.4", "pydicom": "2.4.0", "SimpleITK": "2.3.1"}.get(dist)
+        if v is None:
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return v
+
+    assert engine.missing_requirements(req, find_spec, version_of) == ["torch", "pydicom>=3.0"]
+    present.pop("PIL")
+    present["torch"] = "2.13"
+    assert engine.missing_requirements(req, find_spec, version_of) == ["pydicom>=3.0", "pillow>=9"]
+    assert engine.missing_requirements() == []  # this environment has everything
+    with pytest.raises(RuntimeError, match="reinstall"):
+        engine.missing_requirements(tmp_path / "absent.txt")
+
+
+def test_ensure_engine_confirms_once_and_never_in_testing(monkeypatch):
+    engine = _engine()
+    monkeypatch.setattr(engine, "missing_requirements", lambda: ["torch", "pydicom>=3.0"])
+    monkeypatch.delenv("XRAYNERF_NO_INSTALL", raising=False)
+    asked, installed = [], []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None, **k: asked.append(text) or True)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda what: installed.append(what))
+    # testing mode (the harness's slicer.app): no dialog, an error that says what to install
+    with pytest.raises(RuntimeError, match="torch, pydicom>=3.0: install torch with the PyTorch module"):
+        engine.ensure_engine()
+    assert not asked and not installed
+    # interactive: one confirmation listing everything, then torch through PyTorchUtils, the rest with pip
+    monkeypatch.setattr(engine, "_testing", lambda: False)
+    calls = []
+
+    class _TorchLogic:
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation=True):
+            calls.append(askConfirmation)
+            return "torch module"
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=_TorchLogic))
+    engine.ensure_engine()
+    assert len(asked) == 1 and "torch (through the PyTorch extension)" in asked[0] and "pydicom>=3.0" in asked[0]
+    assert calls == [False] and installed == [["pydicom>=3.0"]]
+    # declined: nothing installed, an error
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None, **k: False)
+    with pytest.raises(RuntimeError, match="declined"):
+        engine.ensure_engine()
+    assert calls == [False] and installed == [["pydicom>=3.0"]]
