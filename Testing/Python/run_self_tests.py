@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-MODULES = ["XRayNeRFDRR", "XRayNeRFRegistration"]
+MODULES = ["XRayNeRFDRR", "XRayNeRFRegistration", "XRayNeRFReconstruction"]
 
 
 def _inside_slicer() -> bool:

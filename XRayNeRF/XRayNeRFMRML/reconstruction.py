@@ -1,0 +1,511 @@
+"""MRML <-> engine for the Reconstruction module: projections from nodes or DICOM, cameras from the chosen
+geometry source, the reconstruction written back to scalar volume nodes (HU), a live preview, and a
+scene left as the user had it when anything fails.
+
+Inputs
+------
+* a **projection sequence**: a ``vtkMRMLSequenceNode`` whose data nodes are 1-slice scalar volumes
+  (K = 1, J = H rows, I = W columns; view v is data node v, image[row, col] = array[0, row, col]);
+* a **volume stack**: a scalar volume whose K slices are the views (view v = array[v], (J, I) = (H, W)),
+  e.g. a projection stack ``.mha`` loaded in Slicer;
+* a **DICOM X-ray series** (a file or a directory): images, geometry and intensity relationship from the
+  tags through ``XRayNeRFLib.projection_set.ProjectionSet.from_dicom``.
+
+Images are in XRayNeRF's layout (beam's eye view, ``XRayNeRFLib.geometry``), except with RTK XML geometry,
+whose stacks are in RTK's row order and are flipped on reading, as ``ProjectionSet.from_stack`` does.
+
+Geometry sources (:data:`GEOMETRY_SOURCES`)
+-------------------------------------------
+* ``"images"``: the cameras stored on the image nodes (attribute ``XRayNeRF.Cameras``, written by the DRR
+  module and XRayNeRF's readers): one view per sequence item, or V views on a stack;
+* ``"circular"``: a circular orbit about the patient's superior (RAS +z) axis through an isocentre
+  (:class:`CircularOrbit`; views and detector size from the images);
+* ``"file"``: RTK XML (detector size from the images, pixel spacing and origin from the image node's
+  geometry, read back into the file's LPS frame) or XRayNeRF JSON;
+* ``"dicom"``: from the DICOM tags (DICOM input only).
+
+Values
+------
+``quantity="line_integral"``: the images are line integrals (dimensionless, as DRRs); ``"intensity"``:
+raw intensities proportional to I, converted with ``-ln(I / I0)`` (``XRayNeRFLib.intensities``), I0 given
+or estimated per view from the brightest pixels (unattenuated air).
+
+Outputs
+-------
+Volumes in Hounsfield units (mu = mu_water (1 + HU/1000), mu_water at 60 keV) with the engine's
+``ras_from_ijk`` as IJK-to-RAS (a parent transform on a given output node is compensated, so the voxels
+land where the engine put them in world RAS). Never imports qt or ctk; torch and XRayNeRFLib are imported
+when called.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import slicer
+import vtk
+
+from .nodes import CAMERAS_ATTRIBUTE, array_to_matrix, matrix_to_array, remove_node, world_from_node
+
+INPUT_KINDS = ("sequence", "stack", "dicom")
+GEOMETRY_SOURCES = ("images", "circular", "file", "dicom")
+QUANTITIES = ("line_integral", "intensity")
+METHODS = ("fdk", "voxel", "nerf")
+RENDERERS = ("siddon", "trilinear")
+RECONSTRUCTION_ATTRIBUTE = "XRayNeRF.Reconstruction"
+PREVIEW_INTERVAL_S = 0.1  # ~10 Hz
+
+
+# -- projections from nodes ---------------------------------------------------------------------------
+@dataclass
+class NodeImages:
+    """Images read from MRML nodes.
+
+    values: (V, H, W) float32 as stored (line integrals or intensities).
+    cameras: V views from the nodes' ``XRayNeRF.Cameras`` attributes, or None when any node lacks it.
+    spacing_mm: (2,) [column, row] pixel size of the (first) image node.
+    origin_lps_mm: (2,) [u, v] position of pixel (0, 0) in the node's file frame (LPS), for RTK geometry.
+    names: one name per view.
+    """
+
+    values: np.ndarray
+    cameras: Any
+    spacing_mm: np.ndarray
+    origin_lps_mm: np.ndarray
+    names: List[str] = field(default_factory=list)
+
+
+def _node_spacing_origin(node) -> Tuple[np.ndarray, np.ndarray]:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    a = matrix_to_array(m)
+    spacing = np.linalg.norm(a[:3, :2], axis=0)  # [i = column, j = row]
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ a  # Slicer converted the file's LPS to RAS on loading
+    return spacing, lps[:2, 3].copy()
+
+
+def _cameras_attribute(node, views: int):
+    from XRayNeRFLib.geometry_io import cameras_from_json
+
+    text = node.GetAttribute(CAMERAS_ATTRIBUTE)
+    if not text:
+        return None
+    try:
+        cams = cameras_from_json(json.loads(text))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"'{node.GetName()}': its camera attribute {CAMERAS_ATTRIBUTE} is not valid ({exc})") from None
+    if len(cams) != views:
+        raise ValueError(f"'{node.GetName()}' holds {views} image(s) but its camera attribute has {len(cams)} view(s)")
+    return cams
+
+
+def _scalar_array(node) -> np.ndarray:
+    image = node.GetImageData() if node is not None else None
+    if image is None or image.GetNumberOfPoints() == 0:
+        name = node.GetName() if node is not None else "(none)"
+        raise ValueError(f"'{name}' has no voxels: select a volume that holds the projections")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise ValueError(f"'{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per pixel; projections are greyscale")
+    return np.array(slicer.util.arrayFromVolume(node), dtype=np.float32)  # (K, J, I)
+
+
+def images_from_sequence(sequence_node) -> NodeImages:
+    """A sequence of 1-slice scalar volumes -> V = number of items, in item order."""
+    if sequence_node is None or not sequence_node.IsA("vtkMRMLSequenceNode"):
+        raise ValueError("select a projection sequence (a sequence node of 1-slice volumes)")
+    n = sequence_node.GetNumberOfDataNodes()
+    if n == 0:
+        raise ValueError(f"sequence '{sequence_node.GetName()}' is empty: add one 1-slice volume per view")
+    arrays, cams, names = [], [], []
+    for v in range(n):
+        item = sequence_node.GetNthDataNode(v)
+        if item is None or not item.IsA("vtkMRMLScalarVolumeNode"):
+            kind = item.GetClassName() if item is not None else "nothing"
+            raise ValueError(f"sequence '{sequence_node.GetName()}' item {v} is {kind}; each item must be a 1-slice scalar volume")
+        a = _scalar_array(item)
+        if a.shape[0] != 1:
+            raise ValueError(f"sequence '{sequence_node.GetName()}' item {v} has {a.shape[0]} slices; each item must be one image (1 slice)")
+        if arrays and a.shape != arrays[0].shape:
+            raise ValueError(
+                f"sequence '{sequence_node.GetName()}' item {v} is {a.shape[2]} x {a.shape[1]} pixels but item 0 is "
+                f"{arrays[0].shape[2]} x {arrays[0].shape[1]}: all views need the same detector size"
+            )
+        arrays.append(a)
+        cams.append(_cameras_attribute(item, 1))
+        names.append(item.GetName() or f"view {v}")
+    spacing, origin = _node_spacing_origin(sequence_node.GetNthDataNode(0))
+    cameras = None
+    if all(c is not None for c in cams):
+        from XRayNeRFLib.geometry import Cameras
+
+        cameras = Cameras.concatenate(cams)
+    return NodeImages(np.concatenate(arrays, axis=0), cameras, spacing, origin, names)
+
+
+def images_from_stack(volume_node) -> NodeImages:
+    """A scalar volume whose K slices are the views: (K, J, I) -> (V, H, W)."""
+    if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        raise ValueError("select a projection stack (a scalar volume whose slices are the views)")
+    a = _scalar_array(volume_node)
+    spacing, origin = _node_spacing_origin(volume_node)
+    cams = _cameras_attribute(volume_node, a.shape[0])
+    return NodeImages(a, cams, spacing, origin, [f"{volume_node.GetName()}[{v}]" for v in range(a.shape[0])])
+
+
+@dataclass
+class CircularOrbit:
+    """A circular cone-beam orbit about the patient's superior axis (RAS +z) through ``isocenter_ras``.
+
+    start_deg / arc_deg: gantry angle of the first view and the arc covered (C-arm primary angle, LAO
+    positive, 0 = source posterior). A 360-degree arc spreads the views evenly without repeating the first
+    angle (step 360/V); any other arc includes both ends (step arc/(V-1)).
+    sid_mm / sdd_mm: source-isocentre and source-detector distances. pixel_spacing_mm: (column, row) or
+    one value. The number of views and the detector size come from the images.
+    """
+
+    sid_mm: float
+    sdd_mm: float
+    pixel_spacing_mm: Any
+    start_deg: float = 0.0
+    arc_deg: float = 360.0
+    isocenter_ras: Sequence[float] = (0.0, 0.0, 0.0)
+
+    def angles_deg(self, views: int) -> np.ndarray:
+        if views < 2:
+            raise ValueError(f"a circular orbit needs at least 2 views, got {views}")
+        if not 0.0 < self.arc_deg <= 720.0:
+            raise ValueError(f"the orbit's arc must be in (0, 720] degrees, got {self.arc_deg}")
+        if abs(self.arc_deg - 360.0) < 1e-9:
+            return self.start_deg + 360.0 * np.arange(views) / views
+        return self.start_deg + self.arc_deg * np.arange(views) / (views - 1)
+
+    def cameras(self, views: int, size_px: Tuple[int, int]):
+        import torch
+        from XRayNeRFLib.geometry import Cameras
+
+        spacing = np.broadcast_to(np.asarray(self.pixel_spacing_mm, dtype=np.float64).reshape(-1), (2,)).copy()
+        if not (spacing > 0).all():
+            raise ValueError(f"the detector pixel spacing must be > 0 mm, got {spacing.tolist()}")
+        if not 0 < self.sid_mm < self.sdd_mm:
+            raise ValueError(
+                f"the source-isocentre distance ({self.sid_mm:g} mm) must be > 0 and smaller than the source-detector "
+                f"distance ({self.sdd_mm:g} mm)"
+            )
+        return Cameras.circular_orbit(
+            torch.from_numpy(np.radians(self.angles_deg(views))), sid_mm=float(self.sid_mm), sdd_mm=float(self.sdd_mm),
+            size_px=(int(size_px[0]), int(size_px[1])), pixel_spacing_mm=torch.from_numpy(spacing),
+            isocenter_ras=[float(x) for x in self.isocenter_ras], dtype=torch.float64,
+        )
+
+
+def _to_line_integrals(values: np.ndarray, quantity: str, i0: Optional[float]):
+    from XRayNeRFLib.intensities import to_line_integrals
+
+    if quantity == "line_integral":
+        return values, []
+    if quantity != "intensity":
+        raise ValueError(f"the image values must be 'line_integral' or 'intensity', got {quantity!r}")
+    li = to_line_integrals(values, relationship="LIN", sign=1, i0=i0 if i0 else None)
+    return li.images.numpy(), list(li.assumptions)
+
+
+def projection_set_from_nodes(
+    node,
+    geometry: str = "circular",
+    *,
+    geometry_file: Optional[str] = None,
+    orbit: Optional[CircularOrbit] = None,
+    quantity: str = "line_integral",
+    i0: Optional[float] = None,
+):
+    """A projection sequence or a stack node + a geometry source -> ``ProjectionSet`` (line integrals).
+
+    node: vtkMRMLSequenceNode (1-slice volumes) or vtkMRMLScalarVolumeNode (stack).
+    geometry: "images" | "circular" (needs ``orbit``) | "file" (needs ``geometry_file``, .xml or .json).
+    quantity / i0: see the module docstring (i0 None or 0: estimated).
+    """
+    import torch
+    from XRayNeRFLib.geometry_io import load_geometry, ours_from_rtk_layout
+    from XRayNeRFLib.projection_set import ProjectionSet
+
+    if node is None:
+        raise ValueError("select the projections (a sequence of 1-slice volumes or a volume stack)")
+    images = images_from_sequence(node) if node.IsA("vtkMRMLSequenceNode") else images_from_stack(node)
+    v, h, w = images.values.shape
+    values = images.values
+    notes: List[str] = []
+    if geometry == "images":
+        if images.cameras is None:
+            raise ValueError(
+                f"'{node.GetName()}' carries no camera geometry (attribute {CAMERAS_ATTRIBUTE}) on every image: choose "
+                "the circular-orbit form or a geometry file"
+            )
+        cams = images.cameras
+    elif geometry == "circular":
+        if orbit is None:
+            raise ValueError("the circular-orbit geometry needs its parameters (distances, pixel spacing, arc)")
+        cams = orbit.cameras(v, (w, h))
+        notes.append(f"circular orbit: {v} views from {orbit.start_deg:g} deg over {orbit.arc_deg:g} deg, SID {orbit.sid_mm:g} mm, SDD {orbit.sdd_mm:g} mm")
+    elif geometry == "file":
+        if not geometry_file:
+            raise ValueError("choose the geometry file (RTK .xml or XRayNeRF .json)")
+        if str(geometry_file).lower().endswith(".xml"):
+            cams = load_geometry(str(geometry_file), size_px=(w, h), spacing_mm=images.spacing_mm, origin_mm=images.origin_lps_mm)
+            values = np.ascontiguousarray(ours_from_rtk_layout(values))
+            notes.append(f"{geometry_file}: RTK geometry; image rows flipped from RTK's order, pixel spacing {images.spacing_mm.round(6).tolist()} mm from the images")
+        else:
+            cams = load_geometry(str(geometry_file))
+    elif geometry == "dicom":
+        raise ValueError("DICOM geometry needs a DICOM series as input; for image nodes choose 'images', 'circular' or 'file'")
+    else:
+        raise ValueError(f"unknown geometry source {geometry!r}; use one of {', '.join(GEOMETRY_SOURCES)}")
+    if len(cams) != v or tuple(cams.size_px) != (w, h):
+        raise ValueError(
+            f"the images ({v} views of {w} x {h} pixels) and the geometry ({len(cams)} views of {cams.width} x "
+            f"{cams.height}) disagree: choose the geometry that belongs to these projections"
+        )
+    values, li_notes = _to_line_integrals(values, quantity, i0)
+    metadata = [{"node": n} for n in images.names]
+    return ProjectionSet(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)), cams, None, metadata, notes + li_notes, source=node.GetName())
+
+
+def projection_set_from_dicom(path: str, *, i0: Optional[float] = None):
+    """A DICOM X-ray series (a file or a directory) -> ``ProjectionSet``, geometry and intensities from the tags."""
+    import os
+
+    from XRayNeRFLib.projection_set import ProjectionSet
+
+    if not path or not os.path.exists(str(path)):
+        raise ValueError(f"the DICOM path {str(path)!r} does not exist: choose a DICOM file or the directory of the series")
+    return ProjectionSet.from_dicom([str(path)], i0=i0 if i0 else None)
+
+
+# -- writing volumes ----------------------------------------------------------------------------------
+def write_volume_node(node, data: np.ndarray, ras_from_ijk: np.ndarray) -> None:
+    """Put ``data`` (K, J, I) into ``node`` with world IJK-to-RAS ``ras_from_ijk`` (4, 4) RAS mm; a parent
+    transform of the node is compensated."""
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(data, dtype=np.float32))
+    local = np.linalg.inv(world_from_node(node)) @ np.asarray(ras_from_ijk, dtype=np.float64)
+    node.SetIJKToRASMatrix(array_to_matrix(local))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    node.Modified()
+
+
+class SceneChanges:
+    """Records what a run does to the scene so that a failure can undo it: nodes created here are removed,
+    given nodes get their voxels, geometry, reconstruction attribute and display-node state back."""
+
+    def __init__(self) -> None:
+        self.created: List[Any] = []
+        self.saved: List[Tuple[Any, Any, np.ndarray, Optional[str], bool]] = []
+
+    def volume(self, node, name: str):
+        """``node`` (remembered as it is now) or a new scalar volume node named ``name``."""
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name))
+            self.created.append(node)
+            return node
+        image = None
+        if node.GetImageData() is not None:
+            image = vtk.vtkImageData()
+            image.DeepCopy(node.GetImageData())
+        m = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(m)
+        self.saved.append((node, image, matrix_to_array(m), node.GetAttribute(RECONSTRUCTION_ATTRIBUTE), node.GetDisplayNode() is not None))
+        return node
+
+    def rollback(self) -> None:
+        for node, image, matrix, attribute, had_display in reversed(self.saved):
+            node.SetAndObserveImageData(image)
+            node.SetIJKToRASMatrix(array_to_matrix(matrix))
+            node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, attribute) if attribute is not None else node.RemoveAttribute(RECONSTRUCTION_ATTRIBUTE)
+            if not had_display and node.GetDisplayNode() is not None:
+                display = node.GetDisplayNode()
+                node.SetAndObserveDisplayNodeID(None)
+                slicer.mrmlScene.RemoveNode(display)
+            node.Modified()
+        for node in reversed(self.created):
+            remove_node(node)
+        self.created, self.saved = [], []
+
+
+def hu_from_mu(mu) -> np.ndarray:
+    """mu (1/mm, tensor or array) -> HU as float32 numpy (XRayNeRFLib.volume.mu_to_hu, 60 keV)."""
+    import torch
+    from XRayNeRFLib.volume import mu_to_hu
+
+    return mu_to_hu(torch.as_tensor(mu).detach().double().cpu()).numpy().astype(np.float32)
+
+
+class LivePreview:
+    """Engine progress -> the output node's voxels, at most every ``interval_s`` seconds.
+
+    The iterative methods report the current mu (1/mm): its middle slice (J, I) (k = K // 2) or the whole
+    volume (K, J, I); it is written in HU into ``node`` (which already holds the output grid)."""
+
+    def __init__(self, node, shape_kji: Tuple[int, int, int], interval_s: float = PREVIEW_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        self.node, self.shape, self.interval_s, self.clock = node, tuple(shape_kji), interval_s, clock
+        self.updates = 0
+        self._last = -math.inf
+
+    def __call__(self, preview, force: bool = False) -> bool:
+        """Write ``preview`` if it is mu of the grid (a slice or the volume) and it is time; True if written."""
+        if preview is None or isinstance(preview, (dict, str)):
+            return False
+        now = self.clock()
+        if not force and now - self._last < self.interval_s:
+            return False
+        shape = tuple(getattr(preview, "shape", ()))
+        array = slicer.util.arrayFromVolume(self.node)  # (K, J, I) view of the node's voxels
+        if shape == self.shape[1:]:
+            array[self.shape[0] // 2] = hu_from_mu(preview)
+        elif shape == self.shape:
+            array[...] = hu_from_mu(preview)
+        else:
+            return False
+        slicer.util.arrayFromVolumeModified(self.node)
+        self._last = now
+        self.updates += 1
+        return True
+
+
+# -- running ------------------------------------------------------------------------------------------
+@dataclass
+class ReconstructionOutput:
+    """What :func:`run_reconstruction` made: the output node (HU), the uncertainty node (HU, std) or None,
+    the engine's ReconstructionResult, the ProjectionSet used and the number of preview updates."""
+
+    volume_node: Any
+    uncertainty_node: Any
+    result: Any
+    projections: Any
+    preview_updates: int = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(getattr(self.result, "cancelled", False))
+
+
+def output_grid(cameras, *, grid: Optional[int] = None, spacing_mm: Optional[float] = None):
+    """The engine's default grid (the scanned cylinder) with ``grid`` voxels across or ``spacing_mm`` voxels
+    (spacing wins when both are given): an empty Volume of mu (K, J, I), ras_from_ijk RAS mm."""
+    from XRayNeRFLib.recon.fov import default_grid
+
+    if spacing_mm:
+        return default_grid(cameras, spacing_mm=float(spacing_mm))
+    return default_grid(cameras, grid=int(grid) if grid else None)
+
+
+def run_reconstruction(
+    projections,
+    *,
+    method: str = "fdk",
+    renderer: str = "siddon",
+    grid: Optional[int] = None,
+    spacing_mm: Optional[float] = None,
+    iterations: Optional[int] = None,
+    uncertainty: bool = False,
+    ensemble_size: int = 4,
+    seed: int = 0,
+    options: Optional[dict] = None,
+    output_node=None,
+    uncertainty_node=None,
+    name: str = "Reconstruction",
+    progress: Optional[Callable] = None,
+    preview_interval_s: float = PREVIEW_INTERVAL_S,
+) -> ReconstructionOutput:
+    """Reconstruct a ProjectionSet with ``XRayNeRFLib.recon.api.reconstruct`` into volume nodes (HU).
+
+    The output node (created when None, named ``name``) gets the output grid at once (-1000 HU) and then
+    shows the engine's progress previews (throttled to ``preview_interval_s``). ``progress``: the engine's
+    callback (``Progress`` -> bool); False cancels: the iterative methods keep the best volume so far
+    (``output.cancelled``); FDK has no partial result and raises ``XRayNeRFLib.progress.Cancelled``.
+    On any exception (Cancelled included) the scene is put back as it was: created nodes removed, given
+    nodes restored.
+    """
+    try:  # TEMPORARY until XRayNeRFLib.recon.api lands
+        from XRayNeRFLib.recon.api import reconstruct
+    except ImportError:
+        reconstruct = _reconstruct_fallback
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    changes = SceneChanges()
+    try:
+        like = output_grid(projections.cameras, grid=grid, spacing_mm=spacing_mm)
+        ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()
+        node = changes.volume(output_node, name)
+        write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
+        preview = LivePreview(node, tuple(like.data.shape), preview_interval_s)
+
+        def on_progress(p) -> bool:
+            preview(getattr(p, "preview", None))
+            return True if progress is None else progress(p) is not False
+
+        result = reconstruct(
+            projections.images, projections.cameras, method, volume=like, renderer=renderer,
+            iterations=int(iterations) if iterations else None, units="hu", uncertainty=bool(uncertainty),
+            ensemble_size=int(ensemble_size), masks=projections.masks, seed=int(seed), progress=on_progress, options=options,
+        )
+        out = result.volume
+        got = out.ras_from_ijk.detach().double().cpu().numpy()
+        if tuple(out.data.shape) != tuple(like.data.shape) or np.abs(got - ras_from_ijk).max() > 1e-4 * max(1.0, np.abs(ras_from_ijk).max()):
+            raise RuntimeError("the engine returned a volume on another grid than the one asked for; please report this")
+        write_volume_node(node, _hu_array(out), got)
+        info = {
+            "method": method, "renderer": renderer, "views": len(projections), "seconds": round(float(result.seconds), 3),
+            "cancelled": bool(result.cancelled), "units": "HU", "assumptions": list(projections.assumptions),
+        }
+        node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(info))
+        unode = None
+        if uncertainty:
+            if result.uncertainty is None:
+                raise RuntimeError("the engine returned no uncertainty volume although it was asked for; please report this")
+            unode = changes.volume(uncertainty_node, f"{node.GetName()} uncertainty")
+            write_volume_node(unode, _hu_array(result.uncertainty, spread=True), result.uncertainty.ras_from_ijk.detach().double().cpu().numpy())
+            unode.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(dict(info, quantity="standard deviation over the ensemble")))
+    except BaseException:
+        changes.rollback()
+        raise
+    return ReconstructionOutput(node, unode, result, projections, preview.updates)
+
+
+def _hu_array(volume, spread: bool = False) -> np.ndarray:
+    """A result Volume as HU float32 (K, J, I) numpy, converted when the engine gave mu. ``spread``: the
+    values are a standard deviation (HU per 1/mm, no offset: 1000 / mu_water)."""
+    data = volume.data.detach().double().cpu()
+    if volume.units == "mu":
+        if spread:
+            from XRayNeRFLib.volume import mu_water_per_mm
+
+            return (1000.0 * data / mu_water_per_mm()).numpy().astype(np.float32)
+        return hu_from_mu(data)
+    return data.float().numpy()
+
+
+def _reconstruct_fallback(projections, cameras, method="fdk", *, volume=None, renderer="siddon", iterations=None, units="mu",
+                          uncertainty=False, ensemble_size=4, masks=None, seed=0, progress=None, options=None, **_):  # TEMPORARY
+    import types
+    from XRayNeRFLib.recon import fdk, reconstruct_voxel
+    from XRayNeRFLib.recon.optimise import FitSettings
+    from XRayNeRFLib.volume import Volume
+    import torch
+    t = time.time()
+    hist = None
+    if method == "fdk":
+        out = fdk(projections, cameras, volume=volume, window="hann", progress=progress)
+    else:
+        vols = []
+        for m in range(ensemble_size if uncertainty else 1):
+            out, hist = reconstruct_voxel(projections, cameras, volume=volume, settings=FitSettings(iterations=iterations or 100, renderer=renderer, seed=seed + m), progress=progress, return_history=True)
+            vols.append(out.data)
+    unc = None
+    if uncertainty:
+        unc = Volume(torch.stack(vols).std(0), out.ras_from_ijk, "mu")
+    return types.SimpleNamespace(volume=out, uncertainty=unc, history=hist, seconds=time.time() - t, cancelled=bool(hist and hist.cancelled))

@@ -1,0 +1,628 @@
+"""XRayNeRF Reconstruction: cone-beam CT from a few X-ray projections (FDK, voxel + TV, hash-grid NeRF).
+
+Module, Widget, Logic and Test in Slicer's scripted-module layout. The testable MRML <-> engine code lives
+in XRayNeRFMRML/reconstruction.py; the Logic wires it to the scene and the Widget only gathers inputs and
+shows state.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+
+def _addExtensionPaths() -> None:
+    """Make XRayNeRFMRML and XRayNeRFLib importable in the source tree and the build/install tree."""
+    here = Path(__file__).resolve().parent
+    for parent in (here, *here.parents):
+        for package in ("XRayNeRFMRML", "XRayNeRFLib"):
+            if (parent / package / "__init__.py").is_file() and str(parent) not in sys.path:
+                sys.path.insert(0, str(parent))
+        if (parent / "XRayNeRFLib" / "__init__.py").is_file():
+            break
+
+
+_addExtensionPaths()
+
+import numpy as np  # noqa: E402
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode  # noqa: E402
+from slicer.i18n import tr as _  # noqa: E402
+from slicer.i18n import translate  # noqa: E402
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (  # noqa: E402
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin  # noqa: E402
+
+# kept in step with XRayNeRFMRML.reconstruction (not imported here: that module is loaded on first use)
+INPUT_KINDS = ["sequence", "stack", "dicom"]
+GEOMETRY_SOURCES = ["images", "circular", "file", "dicom"]
+QUANTITIES = ["line_integral", "intensity"]
+METHODS = ["fdk", "voxel", "nerf"]
+RENDERERS = ["siddon", "trilinear"]
+
+
+#
+# Module
+#
+class XRayNeRFReconstruction(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("XRayNeRF Reconstruction")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "XRayNeRF")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["XRayNeRF developers"]
+        self.parent.helpText = _(
+            "Reconstructs a CT volume (Hounsfield units) from cone-beam X-ray projections with the XRayNeRF "
+            "engine: FDK filtered backprojection, a voxel grid with total variation, or a hash-grid neural field "
+            "(NeRF), optionally with a per-voxel uncertainty (spread over an ensemble).<br>"
+            "<b>Inputs</b>: a sequence of 1-slice volumes (one per view), a volume whose slices are the views, "
+            "or a DICOM X-ray series. <b>Geometry</b>: the cameras stored on the images (XRayNeRF DRR module, "
+            "DICOM reader), a circular orbit (gantry angle as the C-arm primary angle: LAO positive, 0 = source "
+            "posterior; about the patient's superior axis through the isocentre), an RTK XML or XRayNeRF JSON "
+            "file, or the DICOM tags. <b>Values</b>: line integrals -ln(I/I0) (as DRRs) or raw intensities "
+            "(I0 given or estimated from unattenuated air).<br>"
+            "<b>Geometry conventions</b> (docs/geometry.md in the XRayNeRF repository): scene frame patient RAS "
+            "in millimetres; images are seen from the source (beam's eye view): columns along the camera +x "
+            "axis, rows along +y; stacks for RTK geometry are in RTK's row order. Attenuation mu in 1/mm, "
+            "HU = 1000 (mu / mu_water - 1) at 60 keV. The output grid covers the scanned cylinder (voxels along "
+            "its diameter, or a voxel size); the middle slice updates while an iterative method runs, and "
+            "Cancel keeps the best volume so far."
+        )
+        self.parent.acknowledgementText = _(
+            "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
+        )
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class XRayNeRFReconstructionParameterNode:
+    """Inputs (one of sequence / stack / DICOM path), geometry source, orbit form (degrees, mm), values,
+    method and grid, outputs. Zero means "default" for i0 (estimate), voxel size (use the grid size) and
+    iterations (the method's default)."""
+
+    inputKind: Annotated[str, Choice(INPUT_KINDS)] = "sequence"
+    inputSequence: vtkMRMLSequenceNode
+    inputStack: vtkMRMLScalarVolumeNode
+    dicomPath: str = ""
+    geometrySource: Annotated[str, Choice(GEOMETRY_SOURCES)] = "circular"
+    geometryFile: str = ""
+    orbitStartDeg: Annotated[float, WithinRange(-360.0, 360.0)] = 0.0
+    orbitArcDeg: Annotated[float, WithinRange(1.0, 720.0)] = 360.0
+    sourceIsocenterDistanceMm: Annotated[float, WithinRange(10.0, 5000.0)] = 750.0
+    sourceDetectorDistanceMm: Annotated[float, WithinRange(10.0, 5000.0)] = 1200.0
+    pixelSpacingMm: Annotated[float, WithinRange(0.001, 20.0)] = 1.0
+    quantity: Annotated[str, Choice(QUANTITIES)] = "line_integral"
+    i0: Annotated[float, WithinRange(0.0, 1.0e12)] = 0.0
+    method: Annotated[str, Choice(METHODS)] = "fdk"
+    renderer: Annotated[str, Choice(RENDERERS)] = "siddon"
+    gridSize: Annotated[int, WithinRange(8, 1024)] = 128
+    voxelSpacingMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
+    iterations: Annotated[int, WithinRange(0, 100000)] = 0
+    computeUncertainty: bool = False
+    ensembleSize: Annotated[int, WithinRange(2, 32)] = 4
+    outputVolume: vtkMRMLScalarVolumeNode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# Widget
+#
+class XRayNeRFReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from XRayNeRFMRML.engine import resource_path
+
+        uiWidget = slicer.util.loadUI(resource_path("UI", "XRayNeRFReconstruction.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        for combo, items in (
+            (self.ui.inputKindComboBox, INPUT_KINDS),
+            (self.ui.geometrySourceComboBox, GEOMETRY_SOURCES),
+            (self.ui.quantityComboBox, QUANTITIES),
+            (self.ui.methodComboBox, METHODS),
+            (self.ui.rendererComboBox, RENDERERS),
+        ):
+            combo.clear()
+            combo.addItems(items)
+        self.ui.progressBar.setVisible(False)
+        self.logic = XRayNeRFReconstructionLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.dicomBrowseButton.connect("clicked(bool)", self.onBrowseDicom)
+        self.ui.geometryFileBrowseButton.connect("clicked(bool)", self.onBrowseGeometry)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        if not p.inputSequence:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+            if first:
+                p.inputSequence = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is not None:  # show only the fields that apply
+            self.ui.inputSequenceSelector.setVisible(p.inputKind == "sequence")
+            self.ui.inputStackSelector.setVisible(p.inputKind == "stack")
+            self.ui.dicomPathLineEdit.setVisible(p.inputKind == "dicom")
+            self.ui.dicomBrowseButton.setVisible(p.inputKind == "dicom")
+            self.ui.orbitCollapsibleButton.setVisible(p.geometrySource == "circular")
+            self.ui.geometryFileLineEdit.setVisible(p.geometrySource == "file")
+            self.ui.geometryFileBrowseButton.setVisible(p.geometrySource == "file")
+            self.ui.iterationsSpinBox.setEnabled(p.method != "fdk")
+            self.ui.rendererComboBox.setEnabled(p.method != "fdk")
+            self.ui.ensembleSizeSpinBox.setEnabled(p.computeUncertainty)
+            self.ui.uncertaintyVolumeSelector.setEnabled(p.computeUncertainty)
+        if self._running:
+            return
+        reason = self.logic.whyCannotReconstruct(p)
+        self.ui.applyButton.enabled = reason is None
+        self.ui.applyButton.toolTip = reason or _("Reconstruct the volume")
+        self.ui.statusLabel.text = reason or _("Ready.")
+
+    def onBrowseDicom(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getExistingDirectory(None, _("DICOM X-ray series directory"), self._parameterNode.dicomPath)
+        if path:
+            self._parameterNode.dicomPath = path
+
+    def onBrowseGeometry(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(
+            None, _("Geometry file"), self._parameterNode.geometryFile, _("Geometry (*.xml *.json)")
+        )
+        if path:
+            self._parameterNode.geometryFile = path
+
+    def _progress(self, progress) -> bool:
+        self.ui.progressBar.value = int(100 * progress.fraction)
+        self.ui.statusLabel.text = progress.message
+        slicer.app.processEvents()
+        return not self.logic.cancelRequested
+
+    def onApplyButton(self) -> None:
+        if self._running:  # the button reads "Cancel" while reconstructing
+            self.logic.cancelRequested = True
+            return
+        # no wait cursor: the run is long and the Cancel button must stay usable
+        with slicer.util.tryWithErrorDisplay(_("Reconstruction failed."), waitCursor=False):
+            from XRayNeRFMRML.engine import ensure_engine
+
+            ensure_engine()
+            from XRayNeRFLib.progress import Cancelled  # importable once the engine is
+
+            self._running = True
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.progressBar.setVisible(True)
+            try:
+                out = self.logic.reconstructUsingParameterNode(self._parameterNode, progress=self._progress)
+                name = out.volume_node.GetName()
+                if out.cancelled:
+                    text = _("Cancelled: '{name}' holds the best volume so far ({s:.1f} s).")
+                else:
+                    text = _("Reconstructed '{name}' in {s:.1f} s.")
+                self.ui.statusLabel.text = text.format(name=name, s=out.result.seconds)
+            except Cancelled:
+                self.ui.statusLabel.text = _("Cancelled: FDK keeps no partial volume; the scene is unchanged.")
+            finally:
+                self._running = False
+                self.ui.applyButton.text = _("Apply")
+                self.ui.progressBar.setVisible(False)
+                status = self.ui.statusLabel.text
+                self._checkCanApply()
+                if self.ui.applyButton.enabled:
+                    self.ui.statusLabel.text = status  # keep the run's outcome visible
+
+
+#
+# Logic
+#
+class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
+    """MRML in and out through the engine. Entry points: :meth:`projections` (inputs + geometry ->
+    ProjectionSet), :meth:`reconstruct` (explicit arguments), :meth:`reconstructUsingParameterNode`
+    (thin adapter)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.cancelRequested = False
+
+    def getParameterNode(self):
+        return XRayNeRFReconstructionParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def whyCannotReconstruct(p) -> Optional[str]:
+        """None when Apply can run, else the reason shown in the status line."""
+        if p is None:
+            return _("No parameter node.")
+        if p.inputKind == "sequence" and not p.inputSequence:
+            return _("Select the projection sequence (a sequence of 1-slice volumes, one per view).")
+        if p.inputKind == "stack" and not p.inputStack:
+            return _("Select the projection stack (a volume whose slices are the views).")
+        if p.inputKind == "dicom":
+            if not p.dicomPath.strip():
+                return _("Choose the DICOM X-ray series (a file or its directory).")
+            if not Path(p.dicomPath).exists():
+                return _("The DICOM path does not exist.")
+            if p.geometrySource != "dicom":
+                return _("A DICOM series brings its own geometry: choose the geometry source 'dicom'.")
+        elif p.geometrySource == "dicom":
+            return _("DICOM geometry needs a DICOM series as input: choose 'images', 'circular' or 'file'.")
+        if p.geometrySource == "file":
+            if not p.geometryFile.strip():
+                return _("Choose the geometry file (RTK .xml or XRayNeRF .json).")
+            if not Path(p.geometryFile).is_file():
+                return _("The geometry file does not exist.")
+        if p.geometrySource == "circular" and p.sourceDetectorDistanceMm <= p.sourceIsocenterDistanceMm:
+            return _("The source-detector distance must exceed the source-isocentre distance.")
+        if p.geometrySource == "images" and p.inputKind != "dicom":
+            node = p.inputSequence if p.inputKind == "sequence" else p.inputStack
+            first = node.GetNthDataNode(0) if node is not None and node.IsA("vtkMRMLSequenceNode") and node.GetNumberOfDataNodes() else node
+            if first is None or not first.GetAttribute("XRayNeRF.Cameras"):
+                return _("The images carry no camera geometry: choose the circular-orbit form or a geometry file.")
+        return None
+
+    def projections(
+        self,
+        inputNode=None,
+        *,
+        dicomPath: Optional[str] = None,
+        geometrySource: str = "circular",
+        geometryFile: Optional[str] = None,
+        orbitStartDeg: float = 0.0,
+        orbitArcDeg: float = 360.0,
+        sourceIsocenterDistanceMm: float = 750.0,
+        sourceDetectorDistanceMm: float = 1200.0,
+        pixelSpacingMm: float = 1.0,
+        isocenterRas=(0.0, 0.0, 0.0),
+        quantity: str = "line_integral",
+        i0: Optional[float] = None,
+    ):
+        """The projections as an ``XRayNeRFLib.projection_set.ProjectionSet`` (line integrals + cameras).
+
+        inputNode: vtkMRMLSequenceNode of 1-slice volumes or a stack vtkMRMLScalarVolumeNode; or dicomPath.
+        geometrySource: "images" | "circular" (orbit arguments: degrees, mm) | "file" | "dicom".
+        quantity: "line_integral" | "intensity" (i0 None or 0: estimated per view)."""
+        from XRayNeRFMRML.reconstruction import CircularOrbit, projection_set_from_dicom, projection_set_from_nodes
+
+        if dicomPath:
+            if inputNode is not None:
+                raise ValueError("give either image nodes or a DICOM path, not both")
+            if geometrySource != "dicom":
+                raise ValueError("a DICOM series brings its own geometry: use the geometry source 'dicom'")
+            return projection_set_from_dicom(dicomPath, i0=i0)
+        orbit = CircularOrbit(
+            sid_mm=float(sourceIsocenterDistanceMm), sdd_mm=float(sourceDetectorDistanceMm),
+            pixel_spacing_mm=float(pixelSpacingMm), start_deg=float(orbitStartDeg), arc_deg=float(orbitArcDeg),
+            isocenter_ras=tuple(float(x) for x in isocenterRas),
+        )
+        return projection_set_from_nodes(
+            inputNode, geometrySource, geometry_file=geometryFile, orbit=orbit, quantity=quantity, i0=i0
+        )
+
+    def reconstruct(
+        self,
+        inputNode=None,
+        outputNode=None,
+        uncertaintyNode=None,
+        *,
+        method: str = "fdk",
+        renderer: str = "siddon",
+        gridSize: Optional[int] = 128,
+        voxelSpacingMm: Optional[float] = None,
+        iterations: Optional[int] = None,
+        uncertainty: bool = False,
+        ensembleSize: int = 4,
+        seed: int = 0,
+        options: Optional[dict] = None,
+        progress: Optional[Callable] = None,
+        previewIntervalS: float = 0.1,
+        showResult: bool = True,
+        **inputs,
+    ):
+        """Reconstruct into scalar volume nodes (HU) through ``XRayNeRFLib.recon.api.reconstruct``.
+
+        inputNode / inputs: as :meth:`projections` (dicomPath, geometrySource, orbit, quantity, i0, ...).
+        outputNode / uncertaintyNode: nodes to overwrite; created (named after the input) when None.
+        method "fdk" | "voxel" | "nerf"; renderer for the iterative methods; gridSize voxels across the scanned
+        cylinder or voxelSpacingMm (wins when > 0); iterations None or 0: the method's default.
+        progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
+        stops: iterative methods keep the best volume so far (``output.cancelled``), FDK raises
+        ``XRayNeRFLib.progress.Cancelled``. On any error the scene is left as it was.
+        returns XRayNeRFMRML.reconstruction.ReconstructionOutput (volume_node, uncertainty_node, result, ...).
+        """
+        import time
+
+        from XRayNeRFMRML.reconstruction import run_reconstruction
+
+        self.cancelRequested = False
+        projections = self.projections(inputNode, **inputs)
+        if inputNode is not None:
+            name = f"{inputNode.GetName()} {method.upper()}"
+        else:
+            name = f"{Path(str(inputs.get('dicomPath'))).name} {method.upper()}"
+        lastEvents = [0.0]
+
+        def onProgress(p) -> bool:
+            keepGoing = progress(p) if progress is not None else True
+            now = time.monotonic()
+            if now - lastEvents[0] >= previewIntervalS:  # let the views redraw the preview (~10 Hz)
+                slicer.app.processEvents()
+                lastEvents[0] = now
+            return keepGoing is not False and not self.cancelRequested
+
+        out = run_reconstruction(
+            projections, method=method, renderer=renderer, grid=gridSize or None,
+            spacing_mm=voxelSpacingMm or None, iterations=iterations or None, uncertainty=uncertainty,
+            ensemble_size=ensembleSize, seed=seed, options=options, output_node=outputNode,
+            uncertainty_node=uncertaintyNode, name=name, progress=onProgress, preview_interval_s=previewIntervalS,
+        )
+        for note in projections.assumptions:
+            logging.info(f"XRayNeRF reconstruction: {note}")
+        logging.info(
+            f"XRayNeRF reconstruction: {method} of {len(projections)} views in {out.result.seconds:.2f} s"
+            + (" (cancelled: best so far)" if out.cancelled else "")
+        )
+        if showResult:
+            self.showVolume(out.volume_node)
+        return out
+
+    @staticmethod
+    def showVolume(volumeNode) -> None:
+        """Make ``volumeNode`` the background of every slice view (the application's volume selection)."""
+        appLogic = slicer.app.applicationLogic()
+        selection = appLogic.GetSelectionNode() if appLogic is not None else None
+        if selection is None:
+            return
+        selection.SetActiveVolumeID(volumeNode.GetID())
+        appLogic.PropagateVolumeSelection(0)
+
+    def reconstructUsingParameterNode(self, p, progress: Optional[Callable] = None, **extra):
+        """Adapter: read the parameter node, reconstruct, store the output nodes back on it."""
+        reason = self.whyCannotReconstruct(p)
+        if reason is not None:
+            raise ValueError(reason)
+        inputs = dict(
+            geometrySource=p.geometrySource, geometryFile=p.geometryFile or None, orbitStartDeg=p.orbitStartDeg,
+            orbitArcDeg=p.orbitArcDeg, sourceIsocenterDistanceMm=p.sourceIsocenterDistanceMm,
+            sourceDetectorDistanceMm=p.sourceDetectorDistanceMm, pixelSpacingMm=p.pixelSpacingMm,
+            quantity=p.quantity, i0=p.i0 or None,
+        )
+        if p.inputKind == "dicom":
+            inputNode, inputs["dicomPath"] = None, p.dicomPath
+        else:
+            inputNode = p.inputSequence if p.inputKind == "sequence" else p.inputStack
+        inputs.update(extra)
+        out = self.reconstruct(
+            inputNode, p.outputVolume, p.uncertaintyVolume if p.computeUncertainty else None, method=p.method,
+            renderer=p.renderer, gridSize=p.gridSize, voxelSpacingMm=p.voxelSpacingMm or None,
+            iterations=p.iterations or None, uncertainty=p.computeUncertainty, ensembleSize=p.ensembleSize,
+            progress=progress, **inputs,
+        )
+        p.outputVolume = out.volume_node
+        if out.uncertainty_node is not None:
+            p.uncertaintyVolume = out.uncertainty_node
+        return out
+
+
+#
+# Test
+#
+class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
+    """Self-test on tiny scenes built in code (Slicer and slicer-core)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_SequenceFDKMatchesEngine()
+        self.setUp()
+        self.test_CancelKeepsBestSoFar()
+        self.setUp()
+        self.test_FailureLeavesScene()
+        self.setUp()
+        self.test_ParameterNode()
+
+    # -- helpers -------------------------------------------------------------------------------------
+    ORBIT = dict(sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=2.0)
+
+    @classmethod
+    def _phantom(cls):
+        """A 40 mm water ball with a denser 12 mm ball inside, as mu (1/mm) on a 2 mm grid about the origin."""
+        import torch
+        from XRayNeRFLib.volume import Volume
+
+        k = (np.arange(32) - 15.5) * 2.0
+        zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
+        mu = 0.02 * ((xx**2 + yy**2 + zz**2) <= 20.0**2)
+        mu = mu + 0.02 * (((xx - 6) ** 2 + (yy + 4) ** 2 + zz**2) <= 6.0**2)
+        a = np.diag([2.0, 2.0, 2.0, 1.0])
+        a[:3, 3] = -31.0
+        return Volume(torch.tensor(mu, dtype=torch.float32), torch.tensor(a, dtype=torch.float32), "mu")
+
+    @classmethod
+    def _projections(cls, views=24, size=(40, 32)):
+        """(V, H, W) Siddon line integrals of the phantom on the module's circular orbit, and the cameras."""
+        import torch
+        from XRayNeRFLib.geometry import Cameras
+        from XRayNeRFLib.render import render
+
+        angles = torch.arange(views, dtype=torch.float64) * (2 * np.pi / views)
+        cams = Cameras.circular_orbit(angles, sid_mm=250.0, sdd_mm=400.0, size_px=size, pixel_spacing_mm=2.0, dtype=torch.float64)
+        with torch.no_grad():
+            images = render(cls._phantom(), cams.to(dtype=torch.float32), method="siddon").double().numpy()
+        return images, cams
+
+    @staticmethod
+    def _sequence(images, name="projections"):
+        """A sequence node with one 1-slice volume per view (unit spacing, no cameras on the items)."""
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+        item = slicer.vtkMRMLScalarVolumeNode()
+        for v, image in enumerate(images):
+            slicer.util.updateVolumeFromArray(item, np.ascontiguousarray(image[None], dtype=np.float32))
+            item.SetName(f"view {v}")
+            sequence.SetDataNodeAtValue(item, str(v))
+        return sequence
+
+    @staticmethod
+    def _ijkToRas(node) -> np.ndarray:
+        m = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(m)
+        return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    # -- tests -------------------------------------------------------------------------------------------
+    def test_SequenceFDKMatchesEngine(self):
+        """A projection sequence with the circular-orbit form: the node's IJK-to-RAS is the engine's grid,
+        its voxels are the engine's FDK in HU, and the water ball reads about 0 HU."""
+        self.delayDisplay("FDK from a projection sequence")
+        import torch
+        from XRayNeRFLib.recon.fdk import fdk
+        from XRayNeRFLib.recon.fov import default_grid
+        from XRayNeRFLib.volume import mu_to_hu
+
+        images, cams = self._projections()
+        sequence = self._sequence(images)
+        logic = XRayNeRFReconstructionLogic()
+        out = logic.reconstruct(sequence, method="fdk", gridSize=24, geometrySource="circular", **self.ORBIT)
+        node = out.volume_node
+        like = default_grid(cams, grid=24)
+        np.testing.assert_allclose(self._ijkToRas(node), like.ras_from_ijk.double().numpy(), atol=1e-5)
+        got = slicer.util.arrayFromVolume(node)
+        engine = fdk(torch.from_numpy(images).float(), cams, volume=like, window="hann")
+        np.testing.assert_allclose(got, mu_to_hu(engine.data.double()).numpy(), atol=0.5)
+        k, j, i = (np.array(got.shape) - 1) / 2.0
+        centre = got[int(k) - 1 : int(k) + 2, int(j) + 3 : int(j) + 6, int(i) - 7 : int(i) - 4]  # water, off the dense ball
+        self.assertLess(abs(float(np.median(centre))), 120.0, f"water reads {np.median(centre):.0f} HU")
+        self.assertEqual(node.GetName(), "projections FDK")
+        self.assertFalse(out.cancelled)
+
+    def test_CancelKeepsBestSoFar(self):
+        """Cancelling a voxel reconstruction after two progress reports keeps the best volume so far in a
+        node on the right grid and creates no other node."""
+        self.delayDisplay("cancel keeps the best so far")
+        images, _ = self._projections(views=8, size=(24, 20))
+        sequence = self._sequence(images)
+        logic = XRayNeRFReconstructionLogic()
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        calls = []
+
+        def stopAfterTwo(p):
+            calls.append(p.done)
+            return len(calls) < 2
+
+        out = logic.reconstruct(
+            sequence, method="voxel", renderer="trilinear", gridSize=12, iterations=200, progress=stopAfterTwo,
+            previewIntervalS=0.0, geometrySource="circular", **self.ORBIT,
+        )
+        self.assertTrue(out.cancelled)
+        self.assertEqual(len(calls), 2)
+        self.assertGreaterEqual(out.preview_updates, 1)
+        hu = slicer.util.arrayFromVolume(out.volume_node)
+        self.assertTrue(np.isfinite(hu).all() and hu.min() >= -1000.5 and hu.max() > -900.0)
+        created = slicer.mrmlScene.GetNumberOfNodes() - before
+        self.assertEqual(created, 2, "the output volume and its display node")  # nothing else
+
+    def test_FailureLeavesScene(self):
+        """Images and geometry that disagree, a missing geometry file, an all-zero stack: errors, and the
+        scene (including a given output node's voxels) is as it was."""
+        self.delayDisplay("bad input leaves the scene unchanged")
+        images, _ = self._projections(views=6, size=(24, 20))
+        sequence = self._sequence(images)
+        keep = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "user's volume")
+        slicer.util.updateVolumeFromArray(keep, np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+        keep.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([-1.5, -1.5, 2.0, 1.0])))
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        logic = XRayNeRFReconstructionLogic()
+        with self.assertRaises(ValueError):
+            logic.reconstruct(sequence, keep, geometrySource="file", geometryFile="/nonexistent/geometry.json")
+        with self.assertRaises(ValueError):  # an orbit without an arc
+            logic.reconstruct(sequence, keep, geometrySource="circular", orbitArcDeg=0.0, **self.ORBIT)
+        flat = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "flat")
+        slicer.util.updateVolumeFromArray(flat, -np.ones((6, 20, 24), np.float32))
+        before += 1
+        with self.assertRaises(ValueError):  # negative "line integrals": intensities given as line integrals
+            logic.reconstruct(flat, keep, method="fdk", gridSize=12, geometrySource="circular", **self.ORBIT)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(keep), np.arange(24).reshape(2, 3, 4))
+        np.testing.assert_allclose(self._ijkToRas(keep), np.diag([-1.5, -1.5, 2.0, 1.0]))
+
+    def test_ParameterNode(self):
+        """The adapter says why Apply is disabled, validates ranges, and writes into the nodes it names."""
+        self.delayDisplay("parameter node")
+        logic = XRayNeRFReconstructionLogic()
+        p = logic.getParameterNode()
+        self.assertIn("projection sequence", logic.whyCannotReconstruct(p))
+        with self.assertRaises(ValueError):
+            p.orbitArcDeg = 0.0
+        with self.assertRaises(ValueError):
+            p.method = "art"
+        images, _ = self._projections(views=12, size=(24, 20))
+        p.inputSequence = self._sequence(images)
+        p.geometrySource = "images"
+        self.assertIn("no camera geometry", logic.whyCannotReconstruct(p))
+        p.geometrySource = "dicom"
+        self.assertIn("DICOM series as input", logic.whyCannotReconstruct(p))
+        p.geometrySource = "circular"
+        p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm = 500.0, 400.0
+        self.assertIn("source-detector distance", logic.whyCannotReconstruct(p))
+        p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm, p.pixelSpacingMm = 250.0, 400.0, 2.0
+        p.gridSize = 10
+        self.assertIsNone(logic.whyCannotReconstruct(p))
+        out = logic.reconstructUsingParameterNode(p)
+        self.assertIs(p.outputVolume, out.volume_node)
+        self.assertEqual(slicer.util.arrayFromVolume(out.volume_node).shape[1:], (10, 10))
+        again = logic.reconstructUsingParameterNode(p)  # a second run overwrites the same node
+        self.assertEqual(again.volume_node.GetID(), out.volume_node.GetID())
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")), 1)
