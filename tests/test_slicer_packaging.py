@@ -259,3 +259,132 @@ def test_ensure_engine_confirms_once_and_never_in_testing(monkeypatch):
     with pytest.raises(RuntimeError, match="declined"):
         engine.ensure_engine()
     assert calls == [False] and installed == [["pydicom>=3.0"]]
+
+
+# -- sample data -----------------------------------------------------------------------------------------
+SAMPLE_DIR = REPO / "Resources" / "SampleData"
+
+
+def _sampledata():
+    _engine()
+    from XRayNeRFMRML import sampledata
+
+    return sampledata
+
+
+def test_sample_checksums_match_files():
+    sd = _sampledata()
+    assert set(sd.CHECKSUMS) == {sd.CT_FILE, *sd.PROJECTIONS_FILES, *sd.FLUOROSCOPY_FILES}
+    for name, checksum in sd.CHECKSUMS.items():
+        assert sd.sha256(SAMPLE_DIR / name) == checksum, f"{name}: rebuild with scripts/make_sample_data.py and update CHECKSUMS"
+        assert sd.verify(SAMPLE_DIR / name) == SAMPLE_DIR / name
+    total = sum(p.stat().st_size for p in SAMPLE_DIR.iterdir())
+    assert total < 2.5e6, f"Resources/SampleData holds {total} bytes"
+
+
+def test_damaged_sample_is_refused(tmp_path):
+    sd = _sampledata()
+    copy = tmp_path / "chest_fluoroscopy_setup.json"
+    copy.write_bytes((SAMPLE_DIR / copy.name).read_bytes() + b" ")
+    with pytest.raises(RuntimeError, match="damaged .* reinstall"):
+        sd.verify(copy)
+    with pytest.raises(RuntimeError, match="missing"):
+        sd.verify(tmp_path / "chest_ct_128.nii.gz")
+
+
+def test_module_startup_registers_sample_data(core):
+    """Each module connects startupCompleted() to the registration; the Sample Data module (stand-in)
+    receives three sources with file URIs of the installed files and their SHA256 sums."""
+    sd = _sampledata()
+    connections = []
+    slicer.app.connect = lambda signal, slot: connections.append((signal, slot))
+    try:
+        module = slicer_harness.load_module("XRayNeRFRegistration")
+        module.XRayNeRFRegistration(None)
+    finally:
+        del slicer.app.connect
+    assert [s for s, _ in connections] == ["startupCompleted()"]
+    stand_in = slicer_harness.install_sample_data_stand_in()
+    try:
+        sd._registered = False
+        connections[0][1]()  # what Slicer does once started
+        assert sd.register_sample_data()  # a second call (the other module) registers nothing more
+    finally:
+        sys.modules.pop("SampleData", None)
+    calls = stand_in.registered
+    assert [c["sampleName"] for c in calls] == ["XRayNeRFChestCT", "XRayNeRFChestProjections", "XRayNeRFChestFluoroscopy"]
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    for c in calls:
+        assert c["category"] == "XRayNeRF"
+        assert len(c["uris"]) == len(c["fileNames"]) == len(c["checksums"]) == len(c["nodeNames"])
+        for uri, name, checksum in zip(c["uris"], c["fileNames"], c["checksums"]):
+            assert uri.startswith("file://")
+            path = Path(url2pathname(urlparse(uri).path))
+            assert path == SAMPLE_DIR / name and sd.sha256(path) == checksum and checksum.startswith("SHA256:")
+    assert calls[0]["loadFileTypes"] == ["VolumeFile"] and calls[0]["customDownloader"] is None
+    assert calls[1]["customDownloader"] is sd.load_projections and calls[2]["customDownloader"] is sd.load_fluoroscopy
+
+
+def _source(sd, index):
+    kwargs = sd.sources()[index]
+    return types.SimpleNamespace(**{k: kwargs[k] for k in ("uris", "fileNames", "nodeNames", "checksums")})
+
+
+def test_fluoroscopy_sample_loads_with_its_dicom_geometry(core):
+    """The XA file becomes an X-ray node whose camera is LAO 20 / CRA 10 about the setup's isocentre and
+    whose line integrals match the CT, moved by the setup's true transform, rendered at that camera."""
+    import torch
+    from XRayNeRFLib.geometry import Cameras
+    from XRayNeRFLib.render import render
+    from XRayNeRFLib.volume import Volume, as_mu, load_volume
+    from XRayNeRFMRML.nodes import cameras_from_node
+
+    sd = _sampledata()
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    (node,) = sd.load_fluoroscopy(_source(sd, 2))
+    assert node.GetName() == "XRayNeRF chest fluoroscopy" and slicer.mrmlScene.GetNumberOfNodes() > n
+    setup = sd.fluoroscopy_setup()
+    cams = cameras_from_node(node)
+    truth = Cameras.carm(20.0, 10.0, sid_mm=800.0, sdd_mm=1200.0, size_px=(160, 160), pixel_spacing_mm=1.6,
+                         isocenter_ras=setup["isocenter_ras"], dtype=torch.float64)
+    np.testing.assert_allclose(cams.world_from_camera.numpy(), truth.world_from_camera.numpy(), atol=1e-6)
+    ct = as_mu(load_volume(str(SAMPLE_DIR / "chest_ct_128.nii.gz")))
+    moved = Volume(ct.data, torch.as_tensor(setup["ct_to_parent_ras"], dtype=torch.float32) @ ct.ras_from_ijk, "mu")
+    expected = render(moved, truth.to(dtype=torch.float32))[0].numpy()
+    got = slicer.util.arrayFromVolume(node)[0]
+    assert expected.min() > 1.0  # the chest fills the detector
+    assert np.median(np.abs(got - expected)) < 0.04  # Poisson noise of I0 = 20000
+    assert np.median(np.abs(got[:, ::-1] - expected)) > 0.2  # and not mirrored
+    rotation = setup["ct_to_parent_ras"][:3, :3]
+    assert np.degrees(np.arccos((np.trace(rotation) - 1) / 2)) == pytest.approx(3.0, abs=1e-6)
+
+
+def test_projection_sample_loads_as_stack_with_cameras(core):
+    import json as _json
+
+    import torch
+    from XRayNeRFLib.geometry_io import cameras_from_json, load_geometry
+    from XRayNeRFLib.projections_io import load_projection_stack
+    from XRayNeRFMRML.nodes import matrix_to_array
+
+    sd = _sampledata()
+    (node,) = sd.load_projections(_source(sd, 1))
+    array = slicer.util.arrayFromVolume(node)
+    images, spacing, origin = load_projection_stack(str(SAMPLE_DIR / "chest_projections_30.mha"))
+    assert array.shape == (30, 77, 72) == tuple(images.shape)
+    np.testing.assert_array_equal(array, images.numpy())
+    assert float(array.max()) > 3.0 and float(array.min()) == 0.0  # the chest, and air around it
+    cams = cameras_from_json(_json.loads(node.GetAttribute("XRayNeRF.Cameras")))
+    ref = load_geometry(str(SAMPLE_DIR / "chest_projections_30.json"))
+    assert len(cams) == 30 and cams.size_px == (72, 77)
+    np.testing.assert_allclose(cams.world_from_camera.numpy(), ref.world_from_camera.numpy(), atol=1e-9)
+    import vtk
+
+    vtk_matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(vtk_matrix)
+    a = matrix_to_array(vtk_matrix)
+    np.testing.assert_allclose(np.diag(a)[:3], [-8.0, -8.0, 1.0])
+    np.testing.assert_allclose(a[:2, 3], -origin.numpy())
+    assert torch.allclose(spacing, torch.tensor([8.0, 8.0], dtype=spacing.dtype))

@@ -11,6 +11,8 @@ the Slicer application is stood in for here, and nothing else:
 - ``slicer.ScriptedLoadableModule``: the four base classes (Module, Widget, Logic, Test) with the
   behaviour the modules rely on (``getParameterNode`` returns the scene's singleton
   ``vtkMRMLScriptedModuleNode`` for the module, as in Slicer; the Test class is a ``unittest.TestCase``).
+- ``SampleData`` (a Qt module), only when a test asks for it (:func:`install_sample_data_stand_in`):
+  ``SampleDataLogic.registerCustomSampleDataSource`` records its arguments.
 - ``slicer.parameterNodeWrapper``: a small typed wrapper over that node (float, int, bool, str and MRML
   node references; validators ``WithinRange``, ``Minimum``, ``Maximum``, ``Choice``, ``Default``) with the
   same attribute behaviour as Slicer's; ``connectGui`` is a no-op (there is no GUI); ``AddObserver`` /
@@ -424,6 +426,28 @@ def blended_slice_rgba(slice_logic):
     image = producer.GetOutputDataObject(0)
     w, h, _ = image.GetDimensions()
     return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1).copy()
+
+
+def install_sample_data_stand_in() -> types.ModuleType:
+    """A stand-in for Slicer's SampleData module (a Qt module): ``SampleDataLogic.registerCustomSampleDataSource``
+    records its keyword arguments in ``SampleData.registered`` (fresh list on each call of this function)."""
+    module = types.ModuleType("SampleData")
+    module.registered = []
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None, nodeNames=None,
+                                           customDownloader=None, thumbnailFileName=None, loadFileTypes=None,
+                                           loadFiles=None, loadFileProperties={}, checksums=None, loadFileType=None):
+            module.registered.append(dict(
+                category=category, sampleName=sampleName, uris=uris, fileNames=fileNames, nodeNames=nodeNames,
+                customDownloader=customDownloader, thumbnailFileName=thumbnailFileName, loadFileTypes=loadFileTypes,
+                loadFiles=loadFiles, loadFileProperties=loadFileProperties, checksums=checksums,
+            ))
+
+    module.SampleDataLogic = SampleDataLogic
+    sys.modules["SampleData"] = module
+    return module
 
 
 def load_module(name: str):

@@ -72,6 +72,15 @@ class XRayNeRFDRR(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
         )
+        # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add XRayNeRF's sample data sets to the Sample Data module (XRayNeRFMRML/sampledata.py)."""
+    from XRayNeRFMRML.sampledata import register_sample_data
+
+    register_sample_data()
 
 
 #
