@@ -79,6 +79,15 @@ class XRayNeRFReconstruction(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
         )
+        # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add XRayNeRF's sample data sets to the Sample Data module (XRayNeRFMRML/sampledata.py)."""
+    from XRayNeRFMRML.sampledata import register_sample_data
+
+    register_sample_data()
 
 
 #
@@ -142,11 +151,20 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         self.initializeParameterNode()
 
     def onParameterNodeInitialized(self) -> None:
+        """Default input: the first sequence; else the first stack that carries cameras (e.g. the sample
+        projections), with the geometry taken from it."""
         p = self._parameterNode
-        if p is not None and not p.inputSequence:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
-            if first:
-                p.inputSequence = first
+        if p is None or p.inputSequence or p.inputStack:
+            return
+        first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+        if first:
+            p.inputSequence = first
+            return
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            image = node.GetImageData()
+            if node.GetAttribute("XRayNeRF.Cameras") and image is not None and image.GetDimensions()[2] > 1:
+                p.inputKind, p.inputStack, p.geometrySource = "stack", node, "images"
+                return
 
     def whyCannotApply(self) -> Optional[str]:
         return self.logic.whyCannotReconstruct(self._parameterNode)
