@@ -1,0 +1,153 @@
+"""Render the README's screenshots from real MRML scenes, without OpenGL: each picture is a slice view's
+blended image (``vtkMRMLSliceLogic``'s blend output: background, foreground and opacity composited as
+Slicer draws them), on Slicer's Qt-free core (pip package ``slicer-core``) with the test harness.
+
+usage (from the repository root)::
+
+    .venv/bin/python scripts/make_screenshots.py [--out docs/images]
+
+Writes (PNG, 8-bit RGB):
+
+- ``drr_node.png``: the DRR module's output, a DRR of the sample chest CT (LAO 30, 256 x 256 px of 1.5 mm)
+  shown as a volume node in a slice view turned to its detector plane;
+- ``registration_before.png`` / ``registration_after.png``: the Registration module's live overlay, the
+  DRR (green, opacity 0.5; for the picture only its densest third is drawn) over the sample fluoroscopy (grey), at the initial pose and
+  after registration (the sample CT starts 3 degrees and 7 mm away from the pose the fluoroscopy was
+  simulated at; the script prints the remaining error).
+
+Deterministic up to floating-point noise of the optimiser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+VIEW_PX = 400
+
+
+def _setup():
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "XRayNeRF"))
+    sys.path.insert(0, str(REPO / "Testing" / "Python"))
+    import slicer_harness
+
+    core = slicer_harness.new_scene()
+    return core, slicer_harness
+
+
+def _save(rgba: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(rgba[::-1, :, :3])).save(path)  # VTK rows bottom-up -> top-down
+    print(f"{path}: {rgba.shape[1]} x {rgba.shape[0]}")
+
+
+def _view(core, harness, name: str):
+    logic = harness.add_slice_view(core, name)
+    logic.GetSliceNode().SetDimensions(VIEW_PX, VIEW_PX, 1)
+    return logic
+
+
+def _load_ct(slicer, name="chest CT"):
+    """The sample CT as a scalar volume node (HU), placed as Slicer places it (engine reader, LPS -> RAS)."""
+    from XRayNeRFLib.volume import load_volume
+    from XRayNeRFMRML.nodes import array_to_matrix
+
+    volume = load_volume(str(REPO / "Resources" / "SampleData" / "chest_ct_128.nii.gz"))
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, volume.data.numpy().astype(np.float32))
+    node.SetIJKToRASMatrix(array_to_matrix(volume.ras_from_ijk.double().numpy()))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def drr_node(core, harness, out: Path) -> None:
+    import slicer
+    from XRayNeRFMRML.nodes import cameras_from_node
+    from XRayNeRFMRML.overlay import align_slice_to_detector
+
+    module = harness.load_module("XRayNeRFDRR")
+    ct = _load_ct(slicer)
+    drr, _model = module.XRayNeRFDRRLogic().renderDRR(
+        ct, primaryAngleDeg=30.0, secondaryAngleDeg=0.0, detectorColumns=256, detectorRows=256, pixelSpacingMm=1.5,
+    )
+    view = _view(core, harness, "Red")
+    view.GetSliceCompositeNode().SetBackgroundVolumeID(drr.GetID())
+    display = drr.GetDisplayNode()
+    values = slicer.util.arrayFromVolume(drr)
+    display.SetAutoWindowLevel(0)
+    lo, hi = np.percentile(values, [1, 99.5])
+    display.SetWindowLevel(float(hi - lo), float((hi + lo) / 2))
+    align_slice_to_detector(view.GetSliceNode(), cameras_from_node(drr))
+    _save(harness.blended_slice_rgba(view), out / "drr_node.png")
+
+
+def registration(core, harness, out: Path) -> None:
+    import slicer
+    from XRayNeRFMRML import sampledata
+    from XRayNeRFMRML.nodes import matrix_to_array
+
+    module = harness.load_module("XRayNeRFRegistration")
+    ct = _load_ct(slicer)
+    source = sampledata.sources()[2]
+    (xray,) = sampledata.load_fluoroscopy(type("Source", (), {k: source[k] for k in ("uris", "fileNames", "nodeNames")}))
+    display = xray.GetDisplayNode()
+    values = slicer.util.arrayFromVolume(xray)
+    display.SetAutoWindowLevel(0)
+    lo, hi = np.percentile(values, [1, 99])
+    display.SetWindowLevel(float(hi - lo), float((hi + lo) / 2))
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "CT pose")
+    view = _view(core, harness, "Red")
+    logic = module.XRayNeRFRegistrationLogic()
+    drr = logic.updateDRR(ct, xray)
+    ct.SetAndObserveTransformNodeID(transform.GetID())
+    logic.showOverlay(xray, drr, view, opacity=0.5)
+    lo, hi = np.percentile(slicer.util.arrayFromVolume(drr), [67, 99.5])
+
+    def style():  # for the picture, the DRR shows only its densest third (spine, heart): the X-ray stays visible
+        d = drr.GetDisplayNode()
+        d.SetThreshold(float(lo), 1e30)
+        d.SetAutoWindowLevel(0)
+        d.SetWindowLevel(float(hi - lo), float((hi + lo) / 2))
+
+    style()
+    _save(harness.blended_slice_rgba(view), out / "registration_before.png")
+    logic.register(ct, xray, transform, drr, sliceLogic=view, loss="mi")
+    style()
+    _save(harness.blended_slice_rgba(view), out / "registration_after.png")
+    m = vtk_matrix(transform)
+    truth = sampledata.fluoroscopy_setup()["ct_to_parent_ras"]
+    centre = np.asarray(sampledata.fluoroscopy_setup()["isocenter_ras"] + [1.0])
+    print(f"registration: isocentre error {np.linalg.norm((matrix_to_array(m) - truth) @ centre):.2f} mm (start "
+          f"{np.linalg.norm((np.eye(4) - truth) @ centre):.2f} mm)")
+
+
+def vtk_matrix(transform):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToParent(m)
+    return m
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(REPO / "docs" / "images"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    core, harness = _setup()
+    drr_node(core, harness, out)
+    core, _ = _setup()
+    registration(core, harness, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
