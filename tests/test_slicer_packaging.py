@@ -388,3 +388,75 @@ def test_projection_sample_loads_as_stack_with_cameras(core):
     np.testing.assert_allclose(np.diag(a)[:3], [-8.0, -8.0, 1.0])
     np.testing.assert_allclose(a[:2, 3], -origin.numpy())
     assert torch.allclose(spacing, torch.tensor([8.0, 8.0], dtype=spacing.dtype))
+
+
+# -- Extensions Index entry and CMake metadata -------------------------------------------------------------
+CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json"
+
+
+def _cmake_sets(text: str) -> dict:
+    import re
+
+    values = {}
+    for name, value in re.findall(r'^set\((\w+)\s+(".*?"|\S+)\)', text, flags=re.M):
+        value = value.strip('"')
+        for ref, sub in values.items():
+            value = value.replace("${" + ref + "}", sub)
+        values[name] = value
+    return values
+
+
+def test_extensions_index_entry_follows_the_schema():
+    """XRayNeRF.json: the catalog-entry schema v1.0.1's rules (required keys, no other keys, types, enums)."""
+    import json
+
+    entry = json.loads((REPO / "XRayNeRF.json").read_text())
+    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= set(allowed)
+    for key, value in entry.items():
+        assert isinstance(value, allowed[key]), key
+    assert entry["$schema"].rstrip("#") == CATALOG_SCHEMA
+    assert entry.get("scm_type", "git") in ("git", "local") and entry.get("tier", 5) in (1, 3, 5)
+    assert all(isinstance(d, str) for d in entry["build_dependencies"])
+    assert entry["scm_url"].startswith("https://") and entry["scm_revision"]
+
+
+def test_cmake_metadata_matches_the_index_entry():
+    import json
+
+    entry = json.loads((REPO / "XRayNeRF.json").read_text())
+    text = (REPO / "CMakeLists.txt").read_text()
+    sets = _cmake_sets(text)
+    assert entry["build_dependencies"] == sets["EXTENSION_DEPENDS"].split() == ["PyTorch"]
+    assert entry["category"] == sets["EXTENSION_CATEGORY"]
+    repository = entry["scm_url"].removesuffix(".git")
+    assert sets["EXTENSION_HOMEPAGE"].startswith(repository)
+    assert sets["EXTENSION_DESCRIPTION"] and sets["EXTENSION_CONTRIBUTORS"]
+    assert "project(XRayNeRF)" in text and "add_subdirectory(XRayNeRF)" in text
+    # icon and screenshots: raw URLs of files in this repository (published at scm_revision)
+    raw = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/" + entry["scm_revision"] + "/"
+    urls = [sets["EXTENSION_ICONURL"], *sets["EXTENSION_SCREENSHOTURLS"].split()]
+    assert len(urls) >= 2
+    for url in urls:
+        assert url.startswith(raw), url
+        assert (REPO / url[len(raw):]).is_file(), url
+    from PIL import Image
+
+    assert Image.open(REPO / sets["EXTENSION_ICONURL"][len(raw):]).size == (128, 128)
+    for name in ("LICENSE", "README.md"):
+        assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{name}" in text
+
+
+def test_module_cmake_installs_what_the_modules_load():
+    """Every module directory has slicerMacroBuildScriptedModule with generic tests and its unittest; the
+    shared CMake copies the engine, requirements.txt and the registered sample files."""
+    text = (REPO / "XRayNeRF" / "CMakeLists.txt").read_text()
+    for module in sorted(p.name for p in (REPO / "XRayNeRF").iterdir() if (p / f"{p.name}.py").is_file()):
+        assert f"add_subdirectory({module})" in text
+        cm = (REPO / "XRayNeRF" / module / "CMakeLists.txt").read_text()
+        assert "slicerMacroBuildScriptedModule" in cm and "WITH_GENERIC_TESTS" in cm and "slicer_add_python_unittest" in cm
+    assert "Resources/requirements.txt" in text and "XRayNeRFLib/*.py" in text
+    sd = _sampledata()
+    for name in sd.CHECKSUMS:
+        assert f"Resources/SampleData/*{''.join(Path(name).suffixes)}" in text, name
