@@ -6,7 +6,7 @@ usage (from the repository root)::
 
     .venv/bin/python scripts/make_screenshots.py [--out docs/images]
 
-Writes (PNG, 8-bit RGB):
+Writes (PNG, 8-bit RGB), and the Sample Data thumbnails ``Resources/SampleData/*.png`` (128 x 128 grey):
 
 - ``drr_node.png``: the DRR module's output, a DRR of the sample chest CT (LAO 30, 256 x 256 px of 1.5 mm)
   shown as a volume node in a slice view turned to its detector plane;
@@ -128,6 +128,42 @@ def registration(core, harness, out: Path) -> None:
           f"{np.linalg.norm((np.eye(4) - truth) @ centre):.2f} mm)")
 
 
+def _grey_thumbnail(image: np.ndarray, path: Path, size: int = 128) -> None:
+    """(H, W) values -> a size x size grey PNG (1st..99.5th percentile stretched, aspect kept, centred)."""
+    from PIL import Image
+
+    lo, hi = np.percentile(image, [1, 99.5])
+    grey = (255 * np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)).astype(np.uint8)
+    picture = Image.fromarray(grey)
+    picture.thumbnail((size, size), Image.LANCZOS)
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(picture, ((size - picture.width) // 2, (size - picture.height) // 2))
+    canvas.save(path)
+    print(f"{path}: {size} x {size}")
+
+
+def thumbnails(sample_dir: Path) -> None:
+    """Sample Data thumbnails in Resources/SampleData: a coronal slab of the CT, view 0 of the projection
+    set, the fluoroscopy (line integrals, as the DICOM reader gives them)."""
+    from XRayNeRFLib.dicom_xray import GeometryOverrides
+    from XRayNeRFLib.projection_set import ProjectionSet
+    from XRayNeRFLib.projections_io import load_projection_stack
+    from XRayNeRFLib.volume import load_volume
+    from XRayNeRFMRML import sampledata
+
+    ct = load_volume(str(sample_dir / "chest_ct_128.nii.gz")).data.numpy()  # (K, J, I) HU
+    coronal = ct[:, ct.shape[1] // 2 - 4 : ct.shape[1] // 2 + 4, :].mean(axis=1)  # (K, I)
+    # rows from superior to inferior, patient right on screen left (radiological): k and i of this file
+    # run towards superior and towards the left, so flip rows
+    _grey_thumbnail(np.repeat(coronal[::-1], 2, axis=0), sample_dir / "chest_ct_128.png")  # 5 mm slices: x2
+    stack, _, _ = load_projection_stack(str(sample_dir / "chest_projections_30.mha"))
+    _grey_thumbnail(stack[0].numpy(), sample_dir / "chest_projections_30.png")
+    setup = sampledata.fluoroscopy_setup(sample_dir / "chest_fluoroscopy_setup.json")
+    xray = ProjectionSet.from_dicom([str(sample_dir / "chest_fluoroscopy_lao20_cra10.dcm")],
+                                   GeometryOverrides(isocenter_ras=setup["isocenter_ras"]), i0=setup["i0"])
+    _grey_thumbnail(xray.images[0].numpy(), sample_dir / "chest_fluoroscopy.png")
+
+
 def vtk_matrix(transform):
     import vtk
 
@@ -139,10 +175,14 @@ def vtk_matrix(transform):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "images"))
+    parser.add_argument("--thumbnails-only", action="store_true", help="only the Sample Data thumbnails (Resources/SampleData/*.png)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     core, harness = _setup()
+    thumbnails(REPO / "Resources" / "SampleData")
+    if args.thumbnails_only:
+        return 0
     drr_node(core, harness, out)
     core, _ = _setup()
     registration(core, harness, out)

@@ -278,7 +278,7 @@ def test_sample_checksums_match_files():
     for name, checksum in sd.CHECKSUMS.items():
         assert sd.sha256(SAMPLE_DIR / name) == checksum, f"{name}: rebuild with scripts/make_sample_data.py and update CHECKSUMS"
         assert sd.verify(SAMPLE_DIR / name) == SAMPLE_DIR / name
-    total = sum(p.stat().st_size for p in SAMPLE_DIR.iterdir())
+    total = sum(p.stat().st_size for p in SAMPLE_DIR.iterdir())  # CT 1.1 MB, projections 0.5 MB, the rest small
     assert total < 2.5e6, f"Resources/SampleData holds {total} bytes"
 
 
@@ -318,6 +318,8 @@ def test_module_startup_registers_sample_data(core):
 
     for c in calls:
         assert c["category"] == "XRayNeRF"
+        assert c["thumbnailFileName"] and Path(c["thumbnailFileName"]).parent == SAMPLE_DIR
+        assert Path(c["thumbnailFileName"]).is_file()
         assert len(c["uris"]) == len(c["fileNames"]) == len(c["checksums"]) == len(c["nodeNames"])
         for uri, name, checksum in zip(c["uris"], c["fileNames"], c["checksums"]):
             assert uri.startswith("file://")
