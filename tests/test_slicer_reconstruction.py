@@ -333,13 +333,16 @@ def _hu_spread(volume):
 
 
 def test_preview_updates_the_middle_slice(core, module, sparse):
-    """While the voxel method runs, the output node's middle slice is the engine's current mu in HU."""
+    """While the voxel method runs, the output node is the Red slice view's background and its middle
+    slice is the engine's current mu in HU."""
     cams, images = sparse
+    red = slicer_harness.add_slice_view(core, "Red")
     logic = module.XRayNeRFReconstructionLogic()
     seen = []
 
     def check(p):
         node = slicer.util.getNode("stack VOXEL")
+        assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == node.GetID()
         if p.preview is not None:
             arr = slicer.util.arrayFromVolume(node)
             expect = 1000.0 * (p.preview.double().numpy() / MU_WATER - 1.0)
@@ -404,20 +407,25 @@ def test_cancel_voxel_keeps_best_so_far_and_fdk_keeps_nothing(core, module, spar
 def test_failure_mid_run_restores_given_nodes(core, module, sparse, monkeypatch):
     """The engine fails after a preview was written: the user's output node gets back its voxels,
     geometry and display state, a created uncertainty node disappears, nothing else is left."""
-    import XRayNeRFLib.recon.api as api
+    import types
+
     from XRayNeRFLib.progress import Progress
 
     cams, images = sparse
     stack = _stack(images)
     mine = _stack(np.arange(60, dtype=np.float32).reshape(3, 4, 5), "mine")
     mine.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([2.0, 3.0, 4.0, 1.0])))
+    composite = slicer_harness.add_slice_view(core, "Red").GetSliceCompositeNode()
+    composite.SetBackgroundVolumeID(stack.GetID())  # what the user was looking at
     before = slicer.mrmlScene.GetNumberOfNodes()
+    shown = []
 
     def failing(projections, cameras, method="fdk", *, progress=None, volume=None, **kw):
         progress(Progress(1, 10, "step 1", volume.data[0] + 0.05))  # a preview lands in the node
+        shown.append(composite.GetBackgroundVolumeID())
         raise RuntimeError("the data loss became nan at step 1")
 
-    monkeypatch.setattr(api, "reconstruct", failing)
+    monkeypatch.setitem(sys.modules, "XRayNeRFLib.recon.api", types.SimpleNamespace(reconstruct=failing))
     logic = module.XRayNeRFReconstructionLogic()
     with pytest.raises(RuntimeError, match="nan"):
         logic.reconstruct(stack, mine, method="voxel", gridSize=12, uncertainty=True, previewIntervalS=0.0,
@@ -426,6 +434,7 @@ def test_failure_mid_run_restores_given_nodes(core, module, sparse, monkeypatch)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(mine), np.arange(60).reshape(3, 4, 5))
     np.testing.assert_allclose(_ijk_to_ras(mine), np.diag([2.0, 3.0, 4.0, 1.0]))
     assert mine.GetDisplayNode() is None and mine.GetAttribute("XRayNeRF.Reconstruction") is None
+    assert shown == [mine.GetID()] and composite.GetBackgroundVolumeID() == stack.GetID()
 
 
 @pytest.mark.parametrize(

@@ -419,6 +419,8 @@ def run_reconstruction(
     name: str = "Reconstruction",
     progress: Optional[Callable] = None,
     preview_interval_s: float = PREVIEW_INTERVAL_S,
+    on_output_node: Optional[Callable[[Any], None]] = None,
+    on_failure: Optional[Callable[[], None]] = None,
 ) -> ReconstructionOutput:
     """Reconstruct a ProjectionSet with ``XRayNeRFLib.recon.api.reconstruct`` into volume nodes (HU).
 
@@ -427,7 +429,9 @@ def run_reconstruction(
     callback (``Progress`` -> bool); False cancels: the iterative methods keep the best volume so far
     (``output.cancelled``); FDK has no partial result and raises ``XRayNeRFLib.progress.Cancelled``.
     On any exception (Cancelled included) the scene is put back as it was: created nodes removed, given
-    nodes restored.
+    nodes restored. ``on_output_node(node)`` is called once the output node holds the grid (to show it);
+    ``on_failure()`` first thing on an exception, before the scene is put back (to restore the views, so that
+    no slice view still shows a node being restored or removed).
     """
     try:  # TEMPORARY until XRayNeRFLib.recon.api lands
         from XRayNeRFLib.recon.api import reconstruct
@@ -443,6 +447,8 @@ def run_reconstruction(
         node = changes.volume(output_node, name)
         write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
         preview = LivePreview(node, tuple(like.data.shape), preview_interval_s)
+        if on_output_node is not None:
+            on_output_node(node)
 
         def on_progress(p) -> bool:
             preview(getattr(p, "preview", None))
@@ -471,7 +477,11 @@ def run_reconstruction(
             write_volume_node(unode, _hu_array(result.uncertainty, spread=True), result.uncertainty.ras_from_ijk.detach().double().cpu().numpy())
             unode.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(dict(info, quantity="standard deviation over the ensemble")))
     except BaseException:
-        changes.rollback()
+        try:
+            if on_failure is not None:
+                on_failure()
+        finally:
+            changes.rollback()
         raise
     return ReconstructionOutput(node, unode, result, projections, preview.updates)
 

@@ -337,6 +337,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
         stops: iterative methods keep the best volume so far (``output.cancelled``), FDK raises
         ``XRayNeRFLib.progress.Cancelled``. On any error the scene is left as it was.
+        showResult: make the output node the slice views' background as soon as it exists (the preview).
         returns XRayNeRFMRML.reconstruction.ReconstructionOutput (volume_node, uncertainty_node, result, ...).
         """
         import time
@@ -359,11 +360,14 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
                 lastEvents[0] = now
             return keepGoing is not False and not self.cancelRequested
 
+        views = self._sliceBackgrounds()
         out = run_reconstruction(
             projections, method=method, renderer=renderer, grid=gridSize or None,
             spacing_mm=voxelSpacingMm or None, iterations=iterations or None, uncertainty=uncertainty,
             ensemble_size=ensembleSize, seed=seed, options=options, output_node=outputNode,
             uncertainty_node=uncertaintyNode, name=name, progress=onProgress, preview_interval_s=previewIntervalS,
+            on_output_node=self.showVolume if showResult else None,
+            on_failure=lambda: self._restoreSliceBackgrounds(views),  # the views show what they showed before
         )
         for note in projections.assumptions:
             logging.info(f"XRayNeRF reconstruction: {note}")
@@ -371,9 +375,26 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
             f"XRayNeRF reconstruction: {method} of {len(projections)} views in {out.result.seconds:.2f} s"
             + (" (cancelled: best so far)" if out.cancelled else "")
         )
-        if showResult:
-            self.showVolume(out.volume_node)
         return out
+
+    @staticmethod
+    def _sliceBackgrounds():
+        """(active volume ID, [(slice composite node, background volume ID)]) as they are now."""
+        appLogic = slicer.app.applicationLogic()
+        selection = appLogic.GetSelectionNode() if appLogic is not None else None
+        composites = slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")
+        return (selection.GetActiveVolumeID() if selection else None, [(c, c.GetBackgroundVolumeID()) for c in composites])
+
+    @staticmethod
+    def _restoreSliceBackgrounds(state) -> None:
+        active, composites = state
+        appLogic = slicer.app.applicationLogic()
+        selection = appLogic.GetSelectionNode() if appLogic is not None else None
+        if selection is not None:
+            selection.SetActiveVolumeID(active)
+        for composite, background in composites:
+            if composite.GetScene() is not None:
+                composite.SetBackgroundVolumeID(background)
 
     @staticmethod
     def showVolume(volumeNode) -> None:
