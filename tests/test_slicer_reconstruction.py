@@ -9,7 +9,6 @@ against the phantom (PSNR on the output grid)."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 import unittest
 import xml.etree.ElementTree as ET

@@ -324,7 +324,10 @@ class SceneChanges:
         for node, image, matrix, attribute, had_display in reversed(self.saved):
             node.SetAndObserveImageData(image)
             node.SetIJKToRASMatrix(array_to_matrix(matrix))
-            node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, attribute) if attribute is not None else node.RemoveAttribute(RECONSTRUCTION_ATTRIBUTE)
+            if attribute is None:
+                node.RemoveAttribute(RECONSTRUCTION_ATTRIBUTE)
+            else:
+                node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, attribute)
             if not had_display and node.GetDisplayNode() is not None:
                 display = node.GetDisplayNode()
                 node.SetAndObserveDisplayNodeID(None)
