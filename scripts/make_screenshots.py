@@ -21,7 +21,6 @@ Deterministic up to floating-point noise of the optimiser.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
