@@ -1,0 +1,305 @@
+"""Multiresolution hash-grid neural field for mu (Instant-NGP style), pure torch.
+
+The field lives on the unit cube of *normalised coordinates* p = (x, y, z) in [0, 1]^3 (x along the
+output grid's i axis, y along j, z along k; :mod:`nerf` maps millimetres to p). It has
+
+- ``levels`` grids with geometrically spaced resolutions R_l = floor(base * b^l), b chosen so that the
+  last level has ``finest_resolution`` cells per unit; level l has vertices at integer multiples of
+  1/R_l, and each vertex owns a ``features_per_level`` vector.
+- Vertex storage: one table of ``min(2^log2_table_size, (R_l + 1)^3)`` rows per level. A level whose
+  (R_l + 1)^3 vertices fit is indexed densely (x + y (R+1) + z (R+1)^2, no collisions); finer levels
+  use the spatial hash (x * 1 XOR y * 2654435761 XOR z * 805459861) mod T of Teschner et al.
+- Encoding: per level, trilinear interpolation of the 8 cell-corner features; the level features are
+  concatenated (C = levels * features_per_level).
+- ``normalize``: a LayerNorm over those C features (zero mean and unit variance per point, then a
+  learned affine), the "normalized hash encoder" of arXiv 2506.19742.
+- Head: MLP (ReLU hidden layers) to one value t; mu = MU_SCALE * softplus(t) >= 0 in 1/mm (MU_SCALE
+  as in :mod:`voxel`: t of order 1 <-> soft tissue).
+
+Two evaluation paths give the same values: :meth:`HashGridField.forward` for arbitrary points (gather
+of the 8 corners, chunked) and :meth:`HashGridField.evaluate_grid` for a regular grid of points
+(a tensor product of axis coordinates), which is separable: it gathers the level's vertex block once
+and interpolates along x, y, z in turn, about 8x less work and memory than the corner gather. The MLP
+is applied in chunks (with activation checkpointing under autograd) so memory stays bounded.
+
+The head (MLP and LayerNorm) can be saved and loaded alone with a header holding the encoding config
+(:meth:`save_head`, :meth:`load_head`): the mapping-consistency initialisation (MCI) loads a head
+pre-fitted on a prior CT and re-seeds the hash table (:meth:`reset_table`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+MU_SCALE = 0.01  # 1/mm, same scale as voxel.MU_SCALE
+HEAD_FORMAT = "xraynerf-hashgrid-head"
+HEAD_VERSION = 1
+_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """Encoding and head layout. Resolutions are cells per unit of normalised coordinate (the longest
+    side of the output box is 1)."""
+
+    levels: int = 12
+    features_per_level: int = 2
+    log2_table_size: int = 17
+    base_resolution: int = 8
+    finest_resolution: int = 128
+    hidden_width: int = 32
+    hidden_layers: int = 1
+    normalize: bool = True
+    table_init_scale: float = 1e-4  # hash entries start uniform in +-scale (Instant-NGP)
+
+    def __post_init__(self) -> None:
+        if self.levels < 1 or self.features_per_level < 1 or self.hidden_width < 1 or self.hidden_layers < 0:
+            raise ValueError(f"hash grid sizes must be positive (levels, features, width >= 1, hidden_layers >= 0), got {self}")
+        if not 4 <= self.log2_table_size <= 26:
+            raise ValueError(f"log2_table_size must be in 4..26, got {self.log2_table_size}")
+        if not 1 <= self.base_resolution <= self.finest_resolution:
+            raise ValueError(
+                f"need 1 <= base_resolution <= finest_resolution, got {self.base_resolution} and {self.finest_resolution}"
+            )
+
+    @property
+    def feature_dim(self) -> int:
+        return self.levels * self.features_per_level
+
+    def resolutions(self) -> List[int]:
+        if self.levels == 1:
+            return [self.finest_resolution]
+        growth = math.exp((math.log(self.finest_resolution) - math.log(self.base_resolution)) / (self.levels - 1))
+        res = [int(math.floor(self.base_resolution * growth**l + 1e-6)) for l in range(self.levels)]
+        res[-1] = self.finest_resolution
+        return res
+
+    def header(self) -> dict:
+        """The fields a saved head must match (all but the table's initial scale)."""
+        d = asdict(self)
+        d.pop("table_init_scale")
+        return d
+
+
+@dataclass
+class GridPlan:
+    """Precomputed indices for :meth:`HashGridField.evaluate_grid` on one tensor-product grid."""
+
+    shape: Tuple[int, int, int]  # (K, J, I)
+    table_index: List[Tensor]  # per level: (nz, ny, nx) int64 rows of the level's vertex block
+    lerp: List[Tuple[Tuple[Tensor, Tensor, Tensor], ...]]  # per level, per axis (z, y, x): (i0, i1, w)
+
+
+class HashGridField(nn.Module):
+    """mu(p) = MU_SCALE * softplus(MLP(LayerNorm?(hash_encoding(p)))), p (N, 3) in [0, 1]^3."""
+
+    def __init__(self, config: Optional[HashGridConfig] = None, seed: int = 0, chunk_points: int = 1 << 20):
+        super().__init__()
+        self.config = config if config is not None else HashGridConfig()
+        self.chunk_points = int(chunk_points)
+        cfg = self.config
+        self.res = cfg.resolutions()
+        t_max = 1 << cfg.log2_table_size
+        sizes = [min(t_max, (r + 1) ** 3) for r in self.res]
+        self.dense = [(r + 1) ** 3 <= t_max for r in self.res]
+        self.sizes = sizes
+        self.offsets = [0]
+        for s in sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.table = nn.Parameter(torch.zeros(cfg.features_per_level, self.offsets[-1]))  # (F, rows): channels first
+        c = cfg.feature_dim
+        if cfg.normalize:
+            self.norm_weight = nn.Parameter(torch.ones(c))
+            self.norm_bias = nn.Parameter(torch.zeros(c))
+        widths = [c] + [cfg.hidden_width] * cfg.hidden_layers + [1]
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.reset_table(seed)
+        self.reset_head(seed)
+
+    # ------------------------------------------------------------------ initialisation
+    def reset_table(self, seed: int) -> None:
+        """Re-draw every hash/dense table entry uniformly in +-table_init_scale (seeded)."""
+        g = torch.Generator().manual_seed(int(seed))
+        s = self.config.table_init_scale
+        with torch.no_grad():
+            vals = (torch.rand(self.table.shape, generator=g, dtype=torch.float32) * 2 - 1) * s
+            self.table.copy_(vals.to(self.table))
+
+    def reset_head(self, seed: int, initial_mu: float = 0.002) -> None:
+        """Random MLP (Kaiming-uniform as nn.Linear, seeded), identity LayerNorm affine; the output bias
+        is set so that mu starts near ``initial_mu`` (1/mm) where the features are small."""
+        g = torch.Generator().manual_seed(int(seed) + 1)
+        with torch.no_grad():
+            for lin in self.mlp:
+                bound = 1.0 / math.sqrt(lin.in_features)
+                lin.weight.copy_((torch.rand(lin.weight.shape, generator=g) * 2 - 1) * math.sqrt(6.0 / lin.in_features) / math.sqrt(2.0))
+                lin.bias.copy_((torch.rand(lin.bias.shape, generator=g) * 2 - 1) * bound)
+            y = initial_mu / MU_SCALE
+            self.mlp[-1].bias.fill_(y + math.log(-math.expm1(-y)))  # softplus^-1
+            if self.config.normalize:
+                self.norm_weight.fill_(1.0)
+                self.norm_bias.zero_()
+
+    # ------------------------------------------------------------------ indexing
+    def _vertex_rows(self, level: int, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        """Table rows (broadcast shape) of integer vertex coordinates x, y, z (int64) at ``level``."""
+        r = self.res[level]
+        if self.dense[level]:
+            idx = x + y * (r + 1) + z * (r + 1) ** 2
+        else:
+            idx = ((x * _PRIMES[0]) ^ (y * _PRIMES[1]) ^ (z * _PRIMES[2])) % self.sizes[level]
+        return idx + self.offsets[level]
+
+    # ------------------------------------------------------------------ encodings
+    def encode(self, points: Tensor) -> Tensor:
+        """Hash encoding of points (N, 3) float in normalised coordinates (clamped to [0, 1]):
+        (C, N) float32, level-major (level 0's features first), channels first like the head's input."""
+        p = points.to(self.table.dtype).clamp(0.0, 1.0)
+        feats = []
+        for level, r in enumerate(self.res):
+            u = p * r
+            i0 = u.floor().clamp(0, r - 1)
+            w = u - i0  # (N, 3) in [0, 1]
+            i0 = i0.long()
+            acc = 0.0
+            for corner in range(8):
+                bits = [(corner >> a) & 1 for a in range(3)]
+                rows = self._vertex_rows(level, i0[:, 0] + bits[0], i0[:, 1] + bits[1], i0[:, 2] + bits[2])
+                wt = 1.0
+                for a in range(3):
+                    wt = wt * (w[:, a] if bits[a] else 1.0 - w[:, a])
+                acc = acc + wt[None, :] * self.table[:, rows]
+            feats.append(acc)
+        return torch.cat(feats, dim=0)
+
+    def plan_grid(self, axes_zyx: Sequence[Tensor]) -> GridPlan:
+        """Plan the separable evaluation on the tensor-product grid of normalised axis coordinates
+        ``axes_zyx = (z (K,), y (J,), x (I,))`` (output shape (K, J, I))."""
+        if len(axes_zyx) != 3:
+            raise ValueError("axes_zyx must hold three 1-D coordinate tensors (z, y, x)")
+        axes = [a.detach().to(device=self.table.device, dtype=torch.float64).reshape(-1).clamp(0.0, 1.0) for a in axes_zyx]
+        rows, lerps = [], []
+        for level, r in enumerate(self.res):
+            per_axis, verts = [], []
+            for a in axes:
+                u = a * r
+                i0 = u.floor().clamp(0, r - 1)
+                w = (u - i0).to(self.table.dtype)
+                i0 = i0.long()
+                lo, hi = int(i0.min()), int(i0.max()) + 1
+                verts.append(torch.arange(lo, hi + 1, device=a.device))
+                per_axis.append((i0 - lo, i0 - lo + 1, w))
+            vz, vy, vx = verts
+            rows.append(self._vertex_rows(level, vx[None, None, :], vy[None, :, None], vz[:, None, None]))
+            lerps.append(tuple(per_axis))
+        return GridPlan(tuple(len(a) for a in axes), rows, lerps)
+
+    def encode_grid(self, plan: GridPlan) -> Tensor:
+        """Hash encoding on a planned grid: (C, K, J, I) float32, the same values as :meth:`encode`."""
+        feats = []
+        for rows, (lz, ly, lx) in zip(plan.table_index, plan.lerp):
+            v = self.table[:, rows]  # (F, nz, ny, nx)
+            for dim, (i0, i1, w) in ((3, lx), (2, ly), (1, lz)):
+                shape = [1, 1, 1, 1]
+                shape[dim] = -1
+                v = torch.lerp(v.index_select(dim, i0), v.index_select(dim, i1), w.reshape(shape))
+            feats.append(v)
+        return torch.cat(feats, dim=0)
+
+    # ------------------------------------------------------------------ head
+    def normalized_features(self, feats_cn: Tensor) -> Tensor:
+        """The head's input: (C, N) features, LayerNorm'd over C when ``normalize`` (else unchanged)."""
+        if not self.config.normalize:
+            return feats_cn
+        mean = feats_cn.mean(0, keepdim=True)
+        var = feats_cn.var(0, unbiased=False, keepdim=True)
+        return (feats_cn - mean) * torch.rsqrt(var + 1e-5) * self.norm_weight[:, None] + self.norm_bias[:, None]
+
+    def _head(self, feats_cn: Tensor) -> Tensor:
+        h = self.normalized_features(feats_cn)
+        for n, lin in enumerate(self.mlp):
+            h = torch.addmm(lin.bias[:, None], lin.weight, h)
+            if n < len(self.mlp) - 1:
+                h = torch.relu(h)
+        return MU_SCALE * F.softplus(h[0])
+
+    def head(self, feats_cn: Tensor) -> Tensor:
+        """mu (N,) 1/mm from features (C, N), in chunks of ``chunk_points`` (checkpointed under autograd)."""
+        n = feats_cn.shape[1]
+        if n <= self.chunk_points:
+            return self._head(feats_cn)
+        out = []
+        for s in range(0, n, self.chunk_points):
+            part = feats_cn[:, s : s + self.chunk_points]
+            if torch.is_grad_enabled() and part.requires_grad:
+                out.append(checkpoint(self._head, part, use_reentrant=False))
+            else:
+                out.append(self._head(part))
+        return torch.cat(out)
+
+    def forward(self, points: Tensor) -> Tensor:
+        """mu (N,) float32 1/mm at points (N, 3) normalised coordinates, evaluated in chunks."""
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise ValueError(f"points must be (N, 3) normalised coordinates, got {tuple(points.shape)}")
+        out = []
+        for s in range(0, points.shape[0], self.chunk_points):
+            out.append(self._head(self.encode(points[s : s + self.chunk_points])))
+        return torch.cat(out) if out else points.new_zeros(0)
+
+    def evaluate_grid(self, plan: GridPlan) -> Tensor:
+        """mu (K, J, I) float32 1/mm on a planned grid (see :meth:`plan_grid`)."""
+        feats = self.encode_grid(plan)
+        c = feats.shape[0]
+        return self.head(feats.reshape(c, -1)).reshape(plan.shape)
+
+    # ------------------------------------------------------------------ head I/O
+    def head_state(self) -> dict:
+        keys = [k for k in self.state_dict() if k != "table"]
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in keys}
+
+    def save_head(self, path, meta: Optional[dict] = None) -> None:
+        """Save the MLP (and LayerNorm) weights with a header (format, version, encoding config, meta)."""
+        payload = {
+            "format": HEAD_FORMAT,
+            "version": HEAD_VERSION,
+            "config": self.config.header(),
+            "meta": dict(meta or {}),
+            "state": self.head_state(),
+        }
+        torch.save(payload, str(path))
+
+    def load_head(self, path) -> dict:
+        """Load a head saved by :meth:`save_head`; refuses a file whose encoding config differs from this
+        field's (ValueError naming the fields). Returns the file's ``meta``."""
+        try:
+            payload = torch.load(str(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"hash-grid head file {path} does not exist; give a file made by scripts/prefit_hashgrid_mlp.py or mci=None") from None
+        except (RuntimeError, OSError, EOFError) as exc:
+            raise ValueError(f"{path} is not a readable hash-grid head file ({exc}); regenerate it with scripts/prefit_hashgrid_mlp.py") from None
+        if not isinstance(payload, dict) or payload.get("format") != HEAD_FORMAT:
+            raise ValueError(f"{path} is not a hash-grid head file (no '{HEAD_FORMAT}' header); use scripts/prefit_hashgrid_mlp.py to make one")
+        if payload.get("version") != HEAD_VERSION:
+            raise ValueError(f"{path} has head format version {payload.get('version')}, this engine reads version {HEAD_VERSION}")
+        saved, mine = payload["config"], self.config.header()
+        diff = [f"{k}: file {saved.get(k)!r} vs requested {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        if diff:
+            raise ValueError(
+                f"the pre-fitted head {path} was made for another hash-grid layout ({'; '.join(diff)}); "
+                "use the file's settings, pre-fit a head for these settings, or pass mci=None"
+            )
+        state = payload["state"]
+        expected = set(self.head_state())
+        if set(state) != expected:
+            raise ValueError(f"{path} holds weights {sorted(state)}, expected {sorted(expected)}; the file is damaged, regenerate it")
+        full = self.state_dict()
+        full.update({k: v.to(full[k]) for k, v in state.items()})
+        self.load_state_dict(full)
+        return dict(payload.get("meta", {}))
