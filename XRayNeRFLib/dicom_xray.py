@@ -45,6 +45,7 @@ __all__ = [
     "list_dicom_files",
     "SUPPORTED_SOP_CLASSES",
     "Orientation",
+    "rotate_detector",
 ]
 
 SUPPORTED_SOP_CLASSES = {
@@ -174,6 +175,23 @@ class Orientation:
 
     def __repr__(self) -> str:
         return f"Orientation({self.ops})"
+
+
+def rotate_detector(cameras: Cameras, rotation_deg) -> Cameras:
+    """Turn each view's detector about its central ray (the principal ray, through the principal point).
+
+    rotation_deg: (V,) or scalar, DICOM Positioner Isocenter Detector Rotation Angle (0018,9465), Ap3 of the
+    positioner frame (PS3.3 C.8.19.6.13.1.2): positive turns the detector axes right-handed about Yp, the
+    isocentre-to-source axis, i.e. counter-clockwise as seen from the source. Our camera z is -Yp, so the
+    camera frame turns by ``-rotation`` about its own z: ``R' = R . Rz(-rotation)``; source, principal point
+    and distances are unchanged.
+    """
+    from .geometry import rotation_z
+
+    rot = torch.deg2rad(torch.as_tensor(np.asarray(rotation_deg, dtype=np.float64)).reshape(-1)).expand(len(cameras))
+    m = cameras.world_from_camera.clone()
+    m[:, :3, :3] = m[:, :3, :3] @ rotation_z(-rot).to(m.dtype)
+    return Cameras(m, cameras.sdd_mm, cameras.pixel_spacing_mm, cameras.principal_point_px, cameras.size_px)
 
 
 def _fov_orientation(rotation_deg: float, horizontal_flip: bool, where: str) -> Orientation:
@@ -344,6 +362,34 @@ def _check_image(ds, path: str) -> str:
     return modality
 
 
+# Transfer syntaxes that pydicom decodes with the `dicom-codecs` extra (pylibjpeg + its libjpeg and openjpeg
+# plugins); the others need a converter (e.g. dcmdjpeg / gdcmconv --raw) or another pydicom plugin (GDCM).
+_CODEC_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless (process 14)",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless (process 14, SV1)",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
+    "1.2.840.10008.1.2.4.202": "HTJ2K Lossless RPCL",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
+}
+CODECS_HINT = 'pip install "xraynerf[dicom-codecs]" (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)'
+
+
+def _decoder_available(ts) -> bool:
+    """Whether pydicom has a working decoder plugin for transfer syntax ``ts``."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except (ImportError, NotImplementedError, ValueError):
+        return False
+
+
 def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
         raise ValueError(f"{path}: {ds.SamplesPerPixel} samples per pixel (colour); X-ray images must be greyscale")
@@ -351,13 +397,15 @@ def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
         arr = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, TypeError, EOFError, struct.error) as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        tsname = getattr(ts, "name", str(ts))
-        hint = (
-            "; install a decoder for this transfer syntax (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
-            if ts is not None and getattr(ts, "is_compressed", False)
-            else ""
-        )
-        raise ValueError(f"{path}: cannot decode Pixel Data (7FE0,0010) ({tsname}): {str(exc).splitlines()[0]}{hint}") from None
+        tsname = f"{getattr(ts, 'name', str(ts))} {ts}" if ts is not None else "no Transfer Syntax UID (0002,0010)"
+        if ts is not None and str(ts) in _CODEC_SYNTAXES:
+            hint = f"; no decoder for this transfer syntax is installed: {CODECS_HINT}" if not _decoder_available(ts) else " (the compressed data may be corrupt)"
+        elif ts is not None and getattr(ts, "is_compressed", False):
+            hint = "; pydicom has no decoder for this transfer syntax here: convert the file to an uncompressed one (e.g. gdcmconv --raw, dcmdjpeg)"
+        else:
+            hint = ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: cannot decode Pixel Data (7FE0,0010) (transfer syntax {tsname}): {first}{hint}") from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
@@ -489,30 +537,85 @@ def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnificati
     raise _missing(path, "pixel spacing", "Imager Pixel Spacing (0018,1164) / Pixel Spacing (0028,0030)", "pixel_spacing_mm")
 
 
-def _shutter_mask(fr: _Frames, h: int, w: int, frame: int, path: str, notes: List[str]) -> np.ndarray:
-    """True inside the shutter (stored layout). DICOM edges are 1-based row/column numbers, inclusive."""
-    shape = fr.text("ShutterShape", frame)
-    mask = np.ones((h, w), dtype=bool)
+def _polygon_mask(vertices: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(h, w) bool: pixel centres inside the closed polygon or on its edges. vertices: (N, 2) 1-based
+    (row, column) pixel coordinates, as in DICOM. Even-odd rule (DICOM polygons do not self-intersect)."""
+    rr, cc = np.mgrid[1 : h + 1, 1 : w + 1].astype(np.float64)
+    inside = np.zeros((h, w), dtype=bool)
+    on_edge = np.zeros((h, w), dtype=bool)
+    n = len(vertices)
+    for k in range(n):
+        (r1, c1), (r2, c2) = vertices[k], vertices[(k + 1) % n]
+        crosses = (r1 > rr) != (r2 > rr)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c_at = c1 + (rr - r1) * (c2 - c1) / (r2 - r1)
+        inside ^= crosses & (cc < c_at)
+        # on the segment: collinear and within its bounding box
+        cross = (r2 - r1) * (cc - c1) - (c2 - c1) * (rr - r1)
+        length = math.hypot(r2 - r1, c2 - c1)
+        within = (np.minimum(r1, r2) - 1e-9 <= rr) & (rr <= np.maximum(r1, r2) + 1e-9) & (np.minimum(c1, c2) - 1e-9 <= cc) & (cc <= np.maximum(c1, c2) + 1e-9)
+        on_edge |= within & (np.abs(cross) <= 1e-9 * max(length, 1.0))
+    return inside | on_edge
+
+
+# Shutters (display, C.7.6.11 / Frame Display Shutter (0018,9472)) and collimators (X-Ray Collimator,
+# Collimator Shape Sequence (0018,9407)) share one structure: 1-based stored-pixel coordinates.
+_APERTURES = {
+    "shutter": dict(shape="ShutterShape", left="ShutterLeftVerticalEdge", right="ShutterRightVerticalEdge", upper="ShutterUpperHorizontalEdge",
+                    lower="ShutterLowerHorizontalEdge", centre="CenterOfCircularShutter", radius="RadiusOfCircularShutter",
+                    vertices="VerticesOfThePolygonalShutter", tags="(0018,1600-1620)"),
+    "collimator": dict(shape="CollimatorShape", left="CollimatorLeftVerticalEdge", right="CollimatorRightVerticalEdge",
+                       upper="CollimatorUpperHorizontalEdge", lower="CollimatorLowerHorizontalEdge", centre="CenterOfCircularCollimator",
+                       radius="RadiusOfCircularCollimator", vertices="VerticesOfThePolygonalCollimator", tags="(0018,1700-1720)"),
+}
+
+
+def _aperture_mask(fr: _Frames, h: int, w: int, frame: int, path: str, notes: List[str], which: str) -> Optional[np.ndarray]:
+    """True inside the shutter or collimator (stored layout), None when the file has none. RECTANGULAR edges
+    are 1-based row/column numbers, inclusive; CIRCULAR centre (row, column) and radius in pixels;
+    POLYGONAL vertices (row, column) pairs, closed from the last vertex to the first."""
+    t = _APERTURES[which]
+    shape = fr.text(t["shape"], frame)
     if not shape:
-        return mask
+        return None
+    mask = np.ones((h, w), dtype=bool)
     rr, cc = np.mgrid[1 : h + 1, 1 : w + 1]
     for kind in shape.split("\\"):
+        kind = kind.strip()
         if kind == "RECTANGULAR":
-            left, right = fr.number("ShutterLeftVerticalEdge", frame), fr.number("ShutterRightVerticalEdge", frame)
-            top, bottom = fr.number("ShutterUpperHorizontalEdge", frame), fr.number("ShutterLowerHorizontalEdge", frame)
+            left, right = fr.number(t["left"], frame), fr.number(t["right"], frame)
+            top, bottom = fr.number(t["upper"], frame), fr.number(t["lower"], frame)
             if None in (left, right, top, bottom):
-                raise ValueError(f"{path}: Shutter Shape RECTANGULAR without its four edges (0018,1602-1608)")
+                raise ValueError(f"{path}: {_name(t['shape'])} RECTANGULAR without its four edges {_tag(t['left'])}-{_tag(t['lower'])}")
             mask &= (cc >= left) & (cc <= right) & (rr >= top) & (rr <= bottom)
         elif kind == "CIRCULAR":
-            centre = fr.numbers("CenterOfCircularShutter", frame)
-            radius = fr.number("RadiusOfCircularShutter", frame)
+            centre = fr.numbers(t["centre"], frame)
+            radius = fr.number(t["radius"], frame)
             if centre is None or radius is None or centre.size != 2:
-                raise ValueError(f"{path}: Shutter Shape CIRCULAR without Center Of Circular Shutter (0018,1610) / Radius (0018,1612)")
+                raise ValueError(f"{path}: {_name(t['shape'])} CIRCULAR without {_name(t['centre'])} (row, column) and {_name(t['radius'])}")
             mask &= (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+        elif kind == "POLYGONAL":
+            v = fr.numbers(t["vertices"], frame)
+            if v is None or v.size % 2 or v.size < 6:
+                got = "none" if v is None else f"{v.size} values"
+                raise ValueError(f"{path}: {_name(t['shape'])} POLYGONAL needs {_name(t['vertices'])} as three or more (row, column) pairs; got {got}")
+            mask &= _polygon_mask(v.reshape(-1, 2), h, w)
         elif kind:
-            notes.append(f"{path}: shutter shape {kind} ignored (only RECTANGULAR and CIRCULAR are read)")
+            notes.append(f"{path}: {which} shape {kind} ignored (RECTANGULAR, CIRCULAR and POLYGONAL are read)")
+    return mask
+
+
+def _shutter_mask(fr: _Frames, h: int, w: int, frame: int, path: str, notes: List[str]) -> np.ndarray:
+    """True where the beam reached the detector (stored layout): inside every shutter and collimator shape."""
+    mask = np.ones((h, w), dtype=bool)
+    for which in ("shutter", "collimator"):
+        m = _aperture_mask(fr, h, w, frame, path, notes, which)
+        if m is not None:
+            mask &= m
+            if not m.any():
+                raise ValueError(f"{path}: frame {frame}: the {which} {_APERTURES[which]['tags']} leaves no pixel exposed")
     if not mask.any():
-        raise ValueError(f"{path}: the shutter (0018,1600-1612) leaves no pixel exposed")
+        raise ValueError(f"{path}: frame {frame}: shutter and collimator together leave no pixel exposed")
     return mask
 
 
@@ -607,16 +710,19 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
                 a = fr.number(kw, f)
                 if a is not None and abs(a) > 1e-3:
                     raise ValueError(f"{path}: frame {f}: {_name(kw)} is {a:g} degrees; rotated or tilted tables are not supported")
-        for f in range(n):
-            rot = fr.number("PositionerIsocenterDetectorRotationAngle", f)
-            if rot is not None and abs(rot) > 1e-3:
-                raise ValueError(
-                    f"{path}: frame {f}: Positioner Isocenter Detector Rotation Angle (0018,9465) is {rot:g} degrees; rotated detectors "
-                    "are not supported with equipment angles (patient-based angles (0018,9405) would be used if present)"
-                )
         camera_position = position
     else:
         camera_position = "HFS"  # anatomical angles: already in the patient frame
+
+    # Detector rotation about the central ray (Enhanced XA Isocenter Reference System, Ap3). It turns the
+    # detector whatever frame the beam direction was given in, so it applies to every angle source.
+    det_rot = np.array([fr.number("PositionerIsocenterDetectorRotationAngle", f) or 0.0 for f in range(n)])
+    if np.abs(det_rot).max() > 1e-9:
+        notes.append(
+            f"{path}: detector rotated about the central ray by Positioner Isocenter Detector Rotation Angle (0018,9465) "
+            f"{', '.join(f'{a:g}' for a in det_rot[:4])}{'...' if n > 4 else ''} degrees (positive: counter-clockwise seen from the source, "
+            "i.e. right-handed about the isocentre-to-source axis Yp; see docs/dicom.md)"
+        )
 
     # Isocentre: given, or table motion relative to the first frame, or the RAS origin.
     iso = np.zeros((n, 3))
@@ -635,6 +741,7 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
 
     # Image layout: Patient Orientation > Field of View rotation/flip > radiological default.
     cam0 = Cameras.carm(primary[:1], secondary[:1], sid_mm=sid, sdd_mm=sdd, size_px=(w, h), pixel_spacing_mm=1.0, patient_position=camera_position, dtype=torch.float64)
+    cam0 = rotate_detector(cam0, det_rot[:1])
     r0 = cam0.world_from_camera[0, :3, :3].numpy()
     fov_rot = fr.number("FieldOfViewRotation") or 0.0
     fov_flip = (fr.text("FieldOfViewHorizontalFlip") or "NO") == "YES"
@@ -699,6 +806,7 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
             primary[f : f + 1], secondary[f : f + 1], sid_mm=sid, sdd_mm=sdd, size_px=(w_out, h_out), pixel_spacing_mm=torch.from_numpy(spacing),
             isocenter_ras=torch.from_numpy(iso[f]), patient_position=camera_position, dtype=torch.float64,
         )
+        c = rotate_detector(c, det_rot[f : f + 1])
         cams.append(Cameras(c.world_from_camera, c.sdd_mm, c.pixel_spacing_mm, torch.from_numpy(principal)[None], (w_out, h_out)))
     cameras = Cameras.concatenate(cams)
 
@@ -741,6 +849,7 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
                 "principal_point_px": [float(principal[0]), float(principal[1])],
                 "principal_point_from": pp_src,
                 "isocenter_ras": iso[f].tolist(),
+                "detector_rotation_deg": float(det_rot[f]),
                 "patient_position": position or None,
                 "layout": layout_src,
                 "layout_ops": list(orient.ops),

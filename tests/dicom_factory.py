@@ -25,6 +25,7 @@ SOP = {
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",
     "CR": "1.2.840.10008.5.1.4.1.1.1",
     "ENHANCED_XA": "1.2.840.10008.5.1.4.1.1.12.1.1",
+    "ENHANCED_XRF": "1.2.840.10008.5.1.4.1.1.12.2.1",
 }
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -59,7 +60,7 @@ def base_dataset(kind: str, series_uid: str, *, instance: int = 1) -> Dataset:
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
     ds.SeriesInstanceUID = series_uid
-    ds.Modality = {"ENHANCED_XA": "XA"}.get(kind, kind) if kind in SOP else "OT"
+    ds.Modality = {"ENHANCED_XA": "XA", "ENHANCED_XRF": "RF"}.get(kind, kind) if kind in SOP else "OT"
     ds.PatientName = "Phantom^DRR"
     ds.PatientID = "XRN0001"
     ds.InstanceNumber = instance
@@ -102,6 +103,91 @@ def set_pixels(ds: Dataset, stored: np.ndarray, *, jpeg: bool = False) -> None:
     ds.PixelData = (arr if f > 1 else arr[0]).tobytes()
 
 
+# ---------------------------------------------------------------------------------------------
+# Lossless compression
+# ---------------------------------------------------------------------------------------------
+LOSSLESS = {
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless: pydicom + pyjpegls (CharLS) encode
+    "jpeg2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless: pydicom + pylibjpeg-openjpeg encode
+    "jpeg-lossless": "1.2.840.10008.1.2.4.57",  # JPEG Lossless process 14: encode_jpeg_lossless below
+    "jpeg-lossless-sv1": "1.2.840.10008.1.2.4.70",  # ... selection value 1: encode_jpeg_lossless below
+    "rle": "1.2.840.10008.1.2.5",  # RLE Lossless: pydicom's own encoder
+}
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def encode_jpeg_lossless(image: np.ndarray, precision: int = 16) -> bytes:
+    """One greyscale frame -> a JPEG lossless (ITU T.81 process 14, Annex H) bitstream, predictor 1
+    (the left neighbour; the first row uses the left neighbour, the first column the pixel above, the first
+    pixel 2^(P-1)), point transform 0, one Huffman table in which all 17 difference categories get 5-bit
+    codes (valid, not optimal). Written here because pydicom has no encoder for it; the tests decode the
+    result with pylibjpeg-libjpeg and compare every pixel, so the bitstream is checked by an independent
+    decoder. image: (H, W) integers in [0, 2^precision)."""
+    img = np.asarray(image).astype(np.int64)
+    h, w = img.shape
+    if img.min() < 0 or img.max() >= 2**precision or not 2 <= precision <= 16:
+        raise ValueError("encode_jpeg_lossless: values must lie in [0, 2^precision), precision 2..16")
+    pred = np.empty_like(img)
+    pred[0, 0] = 1 << (precision - 1)
+    pred[0, 1:] = img[0, :-1]
+    pred[1:, 0] = img[:-1, 0]
+    pred[1:, 1:] = img[1:, :-1]
+    diff = (img - pred) % 65536  # differences are modulo 2^16 (H.1.2.1)
+    diff = np.where(diff > 32768, diff - 65536, diff).ravel()
+    mag = np.abs(diff)
+    ssss = np.zeros_like(mag)
+    nz = mag > 0
+    ssss[nz] = np.floor(np.log2(mag[nz])).astype(np.int64) + 1
+    # Huffman table: 17 symbols, all of length 5 -> canonical codes 0..16.
+    bits_counts = [0] * 16
+    bits_counts[4] = 17
+    dht = bytes([0x00]) + bytes(bits_counts) + bytes(range(17))
+    out = bytearray()
+    acc, nacc = 0, 0
+    for d, s in zip(diff.tolist(), ssss.tolist()):
+        acc = (acc << 5) | s
+        nacc += 5
+        if 0 < s < 16:
+            extra = d if d > 0 else d + (1 << s) - 1
+            acc = (acc << s) | (extra & ((1 << s) - 1))
+            nacc += s
+        while nacc >= 8:
+            nacc -= 8
+            byte = (acc >> nacc) & 0xFF
+            out.append(byte)
+            if byte == 0xFF:
+                out.append(0x00)  # byte stuffing
+        acc &= (1 << nacc) - 1
+    if nacc:
+        byte = ((acc << (8 - nacc)) | ((1 << (8 - nacc)) - 1)) & 0xFF  # pad with 1-bits
+        out.append(byte)
+        if byte == 0xFF:
+            out.append(0x00)
+    sof = bytes([precision]) + h.to_bytes(2, "big") + w.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    sos = bytes([1, 1, 0x00, 1, 0, 0])  # 1 component, table 0, Ss = predictor 1, Se = 0, Ah/Al = 0
+    return b"\xff\xd8" + _jpeg_segment(0xC4, dht) + _jpeg_segment(0xC3, sof) + _jpeg_segment(0xDA, sos) + bytes(out) + b"\xff\xd9"
+
+
+def compress_lossless(ds: Dataset, name: str) -> None:
+    """Re-encode the dataset's (uncompressed, 16-bit) Pixel Data losslessly: ``name`` is a key of LOSSLESS."""
+    from pydicom.uid import UID
+
+    uid = UID(LOSSLESS[name])
+    if name.startswith("jpeg-lossless"):
+        from pydicom.encaps import encapsulate
+
+        arr = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(-1, ds.Rows, ds.Columns)
+        ds.PixelData = encapsulate([encode_jpeg_lossless(frame, precision=int(ds.BitsStored)) for frame in arr])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = uid
+        return
+    plugin = {"jpeg-ls": "pyjpegls", "jpeg2000": "pylibjpeg", "rle": ""}[name]
+    ds.compress(uid, encoding_plugin=plugin) if plugin else ds.compress(uid)
+
+
 def write_xray(
     path: str,
     stored: np.ndarray,
@@ -131,9 +217,11 @@ def write_xray(
     compress: bool = False,
     jpeg: bool = False,
     instance: int = 1,
+    lossless: Optional[str] = None,
 ) -> str:
     """Write a (multi-frame) XA/RF/DX/CR file. stored: (F, H, W) stored pixel values.
-    shutter_rc: (left, right, upper, lower) 1-based inclusive edges. detector: dict of DICOM keywords."""
+    shutter_rc: (left, right, upper, lower) 1-based inclusive edges. detector: dict of DICOM keywords.
+    compress: RLE Lossless. lossless: a key of LOSSLESS (JPEG-LS, JPEG 2000, JPEG lossless, RLE)."""
     ds = base_dataset(kind, series_uid or generate_uid(), instance=instance)
     f = stored.shape[0]
     if f > 1:
@@ -178,6 +266,8 @@ def write_xray(
     set_pixels(ds, stored, jpeg=jpeg)
     if compress:
         ds.compress(RLELossless)
+    if lossless is not None:
+        compress_lossless(ds, lossless)
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -199,11 +289,18 @@ def write_enhanced_xa(
     sign: int = -1,
     per_frame_items: Optional[int] = None,
     series_uid: Optional[str] = None,
+    detector_rotation_deg: Optional[Sequence[float]] = None,
+    frame_shutters: Optional[Sequence[dict]] = None,
+    collimator: Optional[dict] = None,
+    kind: str = "ENHANCED_XA",
 ) -> str:
-    """Enhanced XA: geometry in functional groups. Shared: X-Ray Geometry (SID, SDD), Frame Pixel Data
-    Properties (Imager Pixel Spacing, intensity relationship). Per frame: Positioner Position Sequence
-    (patient angles) and/or Isocenter Reference System (equipment angles, table positions)."""
-    ds = base_dataset("ENHANCED_XA", series_uid or generate_uid())
+    """Enhanced XA (or XRF, ``kind="ENHANCED_XRF"``): geometry in functional groups. Shared: X-Ray Geometry
+    (SID, SDD), Frame Pixel Data Properties (Imager Pixel Spacing, intensity relationship), X-Ray Collimator
+    (Collimator Shape Sequence (0018,9407), keywords in ``collimator``). Per frame: Positioner Position
+    Sequence (patient angles) and/or Isocenter Reference System (equipment angles, detector rotation
+    ``detector_rotation_deg`` (0018,9465), table positions), Frame Display Shutter Sequence (0018,9472) from
+    ``frame_shutters`` (one dict of shutter keywords per frame)."""
+    ds = base_dataset(kind, series_uid or generate_uid())
     n = stored.shape[0]
     ds.NumberOfFrames = n
     ds.PatientPosition = patient_position
@@ -219,6 +316,11 @@ def write_enhanced_xa(
     shared = Dataset()
     shared.XRayGeometrySequence = DicomSequence([geo])
     shared.FramePixelDataPropertiesSequence = DicomSequence([props])
+    if collimator is not None:
+        col = Dataset()
+        for key, value in collimator.items():
+            setattr(col, key, value)
+        shared.CollimatorShapeSequence = DicomSequence([col])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     items = []
     for f in range(per_frame_items if per_frame_items is not None else n):
@@ -232,13 +334,18 @@ def write_enhanced_xa(
             iso = Dataset()
             iso.PositionerIsocenterPrimaryAngle = float(isocenter_primary_deg[f])
             iso.PositionerIsocenterSecondaryAngle = float(isocenter_secondary_deg[f])
-            iso.PositionerIsocenterDetectorRotationAngle = 0.0
+            iso.PositionerIsocenterDetectorRotationAngle = float(detector_rotation_deg[f]) if detector_rotation_deg is not None else 0.0
             t = table_xyz_mm[f] if table_xyz_mm is not None else (0.0, 0.0, 0.0)
             iso.TableXPositionToIsocenter, iso.TableYPositionToIsocenter, iso.TableZPositionToIsocenter = (float(x) for x in t)
             iso.TableHorizontalRotationAngle = 0.0
             iso.TableHeadTiltAngle = 0.0
             iso.TableCradleTiltAngle = 0.0
             g.IsocenterReferenceSystemSequence = DicomSequence([iso])
+        if frame_shutters is not None:
+            sh = Dataset()
+            for key, value in frame_shutters[f].items():
+                setattr(sh, key, value)
+            g.FrameDisplayShutterSequence = DicomSequence([sh])
         items.append(g)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(items)
     set_pixels(ds, stored)

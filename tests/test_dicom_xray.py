@@ -400,3 +400,248 @@ def test_circular_shutter_mask(tmp_path):
     m = read_dicom_xray(path).masks[0].numpy()[:, ::-1]  # back to the stored layout
     rr, cc = np.mgrid[1 : SIZE[1] + 1, 1 : SIZE[0] + 1]
     assert (m == ((rr - 20) ** 2 + (cc - 30) ** 2 <= 100)).all() and m.sum() > 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Lossless compressed transfer syntaxes (the `dicom-codecs` extra: pylibjpeg + libjpeg + openjpeg)
+# ---------------------------------------------------------------------------------------------
+def _only_dicom_codecs(monkeypatch, uid):
+    """Decode ``uid`` with the `dicom-codecs` extra's plugin only (pylibjpeg), as a user who installed
+    `xraynerf[dicom-codecs]` would: pyjpegls and Pillow, installed for the tests' encoders, are hidden."""
+    from pydicom.pixels import get_decoder
+
+    dec = get_decoder(uid)
+    assert "pylibjpeg" in dec._available, f"pylibjpeg cannot decode {uid.name}: install the test extra"
+    monkeypatch.setattr(dec, "_available", {"pylibjpeg": dec._available["pylibjpeg"]})
+
+
+@pytest.mark.parametrize("codec", ["jpeg-ls", "jpeg2000", "jpeg-lossless", "jpeg-lossless-sv1"])
+def test_lossless_compressed_rotational_run_decodes_to_the_original_pixels(tmp_path, monkeypatch, codec):
+    """A 3-frame rotational XA, 16-bit LOG pixels, stored uncompressed and compressed: the compressed file
+    holds a different (encapsulated) bitstream, decodes to exactly the same pixels, the same cameras and
+    the DRR line integrals."""
+    import pydicom
+    from pydicom.uid import UID
+
+    angles = np.array([-25.0, 5.0, 35.0])
+    cams = truth_cameras(angles, [0.0] * 3)
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=300.0, log_scale=3000.0))
+    kw = dict(primary_deg=angles[0], primary_increments=angles - angles[0], sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
+              relationship="LOG", sign=-1, series_uid="1.2.826.0.1.3680043.8.498.5")
+    plain = fac.write_xray(str(tmp_path / "plain.dcm"), stored, **kw)
+    packed = fac.write_xray(str(tmp_path / f"{codec}.dcm"), stored, lossless=codec, **kw)
+    ds = pydicom.dcmread(packed)
+    uid = UID(fac.LOSSLESS[codec])
+    assert ds.file_meta.TransferSyntaxUID == uid and uid.is_compressed
+    raw = pydicom.dcmread(plain).PixelData
+    assert ds.PixelData[:4] == b"\xfe\xff\x00\xe0" and len(ds.PixelData) < len(raw)  # encapsulated and smaller than the raw frames
+    _only_dicom_codecs(monkeypatch, uid)
+    a, b = read_dicom_xray(plain), read_dicom_xray(packed)
+    assert torch.equal(a.images, b.images)  # lossless: every pixel
+    assert b.images.std() > 100  # not a blank image
+    _assert_same_geometry(b.cameras, cams)
+    li = _line_integrals(b, i0=300.0, log_scale=3000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 1e-3
+    _assert_aligned(li, b.cameras, tol=0.01)
+
+
+def test_jpeg_lossless_encoder_edge_values_decode_exactly():
+    """The tests' own JPEG lossless encoder against libjpeg: full 16-bit range, the +32768 difference
+    (category 16, no extra bits), 12-bit precision, 0xFF bytes that need stuffing."""
+    from libjpeg import decode
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 65536, size=(9, 17)).astype(np.uint16)
+    img[1, ::2], img[1, 1::2] = 0, 32768
+    img[2] = 65535
+    assert (decode(fac.encode_jpeg_lossless(img, 16)) == img).all()
+    img12 = rng.integers(0, 4096, size=(5, 7)).astype(np.uint16)
+    assert (decode(fac.encode_jpeg_lossless(img12, 12)) == img12).all()
+
+
+def test_missing_or_unknown_decoder_names_the_syntax_and_what_to_do(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    stored = np.full((1, SIZE[1], SIZE[0]), 1000.0)
+    path = fac.write_xray(str(tmp_path / "jls.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], lossless="jpeg-ls")
+    assert read_dicom_xray(path).images.max() == 1000.0
+    dec = get_decoder(JPEGLSLossless)
+    monkeypatch.setattr(dec, "_available", {})  # a user without the codecs
+    with pytest.raises(ValueError) as err:
+        read_dicom_xray(path)
+    msg = str(err.value)
+    assert "jls.dcm" in msg and "(7FE0,0010)" in msg and "JPEG-LS Lossless" in msg and "1.2.840.10008.1.2.4.80" in msg
+    assert 'pip install "xraynerf[dicom-codecs]"' in msg
+    # a compressed syntax that pydicom cannot decode at all: say how to convert, not which extra to install
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264
+    odd = str(tmp_path / "video.dcm")
+    ds.save_as(odd)
+    with pytest.raises(ValueError, match=r"video\.dcm.*1\.2\.840\.10008\.1\.2\.4\.102.*convert the file") as err:
+        read_dicom_xray(odd)
+    assert "dicom-codecs" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector rotation (0018,9465)
+# ---------------------------------------------------------------------------------------------
+def _rotate_about_axis(axis: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Rodrigues: right-handed rotation by angle about the unit vector axis (a world-frame statement)."""
+    k = axis / np.linalg.norm(axis)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    t = np.deg2rad(angle_deg)
+    return np.eye(3) + np.sin(t) * kx + (1 - np.cos(t)) * kx @ kx
+
+
+def _with_rotated_detector(cams: Cameras, rotation_deg) -> Cameras:
+    """The truth: each detector turned about the isocentre->source axis (DICOM Yp) by the right-hand rule."""
+    m = cams.world_from_camera.clone().numpy()
+    for v, a in enumerate(rotation_deg):
+        yp = -m[v, :3, 2]  # camera z runs source -> detector: Yp (isocentre -> source) is its opposite
+        m[v, :3, :3] = _rotate_about_axis(yp, a) @ m[v, :3, :3]
+    return Cameras(torch.from_numpy(m), cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
+
+
+def test_enhanced_xa_detector_rotation_round_trips(tmp_path):
+    """Equipment angles, head-first prone, with the detector turned about the central ray by a different
+    angle per frame: read back to the same projection matrices and line integrals."""
+    iso_p, iso_s, rot = [20.0, -35.0, 60.0], [10.0, 0.0, -15.0], [90.0, -30.0, 12.5]
+    base = Cameras.carm(iso_p, iso_s, sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, patient_position="HFP", dtype=torch.float64)
+    cams = _with_rotated_detector(base, rot)
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
+    path = fac.write_enhanced_xa(str(tmp_path / "rot.dcm"), stored, isocenter_primary_deg=iso_p, isocenter_secondary_deg=iso_s, detector_rotation_deg=rot,
+                                 sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], patient_position="HFP")
+    x = read_dicom_xray(path)
+    _assert_same_geometry(x.cameras, cams)
+    assert [v["detector_rotation_deg"] for v in x.views] == rot
+    assert any("(0018,9465)" in a for a in x.assumptions)
+    li = _line_integrals(x, i0=100.0, log_scale=1000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 1e-3
+    _assert_aligned(li, x.cameras, tol=0.01)
+    # without the rotation the matrices differ by 1000x the tolerance: the test can tell
+    unrotated = (normalized_p(base) - normalized_p(x.cameras)).abs().max().item()
+    assert unrotated > 1e-3
+
+
+def test_detector_rotation_sign_counter_clockwise_seen_from_the_source(tmp_path):
+    """HFS, PA beam, Ap3 = +90: the detector's +Xp (stored +column, the patient's left at 0) turns
+    counter-clockwise as seen from the source (behind the patient) to point at the feet, and +Zp (stored
+    'up', the head at 0) to the patient's left. A bead on the patient's left near the head must therefore
+    land in the stored image's first rows (towards the patient's left = -row) and first columns (towards the
+    head = -column); Patient Orientation written for that layout (columns F, rows R) agrees with the reader."""
+    vol = ct_volume()
+    bead = vol.data.clone() * 0
+    ijk = torch.linalg.inv(vol.ras_from_ijk.double()) @ torch.tensor([-90.0, 0.0, 90.0, 1.0], dtype=torch.float64)
+    i, j, k = (int(round(float(x))) for x in ijk[:3])
+    bead[k - 1 : k + 2, j - 1 : j + 2, i - 1 : i + 2] = 0.5
+    from XRayNeRFLib.volume import Volume
+
+    stored = np.full((1, SIZE[1], SIZE[0]), 100.0)
+    path = fac.write_enhanced_xa(str(tmp_path / "r90.dcm"), stored, isocenter_primary_deg=[0.0], isocenter_secondary_deg=[0.0], detector_rotation_deg=[90.0],
+                                 sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], patient_position="HFS")
+    x = read_dicom_xray(path)
+    ours = drr(x.cameras, Volume(bead, vol.ras_from_ijk, "mu"))[0].numpy()
+    as_stored = ours[:, ::-1]  # the reader mirrored the columns of the radiological layout
+    r, c = np.unravel_index(np.argmax(as_stored), as_stored.shape)
+    assert as_stored.max() > 1.0
+    assert r < SIZE[1] / 2 - 5 and c < SIZE[0] / 2 - 5, (r, c)
+    # Patient Orientation letters of that stored layout: +column towards the feet, +row towards the right
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.PatientOrientation = ["F", "R"]
+    po = str(tmp_path / "r90_po.dcm")
+    ds.save_as(po)
+    y = read_dicom_xray(po)
+    assert y.views[0]["layout_ops"] == x.views[0]["layout_ops"] == ["fliplr"]
+    assert not any("disagrees" in a for a in y.assumptions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shutters and collimators
+# ---------------------------------------------------------------------------------------------
+def _convex_polygon_mask(vertices_rc, h, w):
+    """Independent reference for convex polygons: inside (or on) every edge's half-plane."""
+    rr, cc = np.mgrid[1 : h + 1, 1 : w + 1].astype(np.float64)
+    v = np.asarray(vertices_rc, dtype=np.float64)
+    area2 = sum(v[i, 1] * v[(i + 1) % len(v), 0] - v[(i + 1) % len(v), 1] * v[i, 0] for i in range(len(v)))
+    inside = np.ones((h, w), dtype=bool)
+    for i in range(len(v)):
+        (r1, c1), (r2, c2) = v[i], v[(i + 1) % len(v)]
+        side = (c2 - c1) * (rr - r1) - (r2 - r1) * (cc - c1)
+        inside &= side * np.sign(area2) >= 0
+    return inside
+
+
+def test_polygonal_shutter_and_rectangle_become_the_mask(tmp_path):
+    h, w = SIZE[1], SIZE[0]
+    pentagon = [(5, 20), (18, 58), (44, 50), (40, 8), (20, 3)]  # (row, column), 1-based, edges through pixel centres
+    det = {"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [int(x) for rc in pentagon for x in rc]}
+    stored = np.full((1, h, w), 1000.0)
+    path = fac.write_xray(str(tmp_path / "poly.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], detector=det)
+    m = read_dicom_xray(path).masks[0].numpy()[:, ::-1]  # back to the stored layout
+    expect = _convex_polygon_mask(pentagon, h, w)
+    assert (m == expect).all() and 0.3 * h * w < m.sum() < 0.9 * h * w
+    assert m[4, 19] and m[17, 57] and not m[0, 0]  # vertices are inside, corners are not
+    # a concave polygon (even-odd): an L shape
+    ell = [(3, 3), (3, 30), (20, 30), (20, 15), (40, 15), (40, 3)]
+    det = {"ShutterShape": "RECTANGULAR\\POLYGONAL", "VerticesOfThePolygonalShutter": [x for rc in ell for x in rc],
+           "ShutterLeftVerticalEdge": 10, "ShutterRightVerticalEdge": 64, "ShutterUpperHorizontalEdge": 1, "ShutterLowerHorizontalEdge": 48}
+    path = fac.write_xray(str(tmp_path / "ell.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], detector=det)
+    m = read_dicom_xray(path).masks[0].numpy()[:, ::-1]
+    rr, cc = np.mgrid[1 : h + 1, 1 : w + 1]
+    ell_ref = ((rr >= 3) & (rr <= 20) & (cc >= 3) & (cc <= 30)) | ((rr >= 20) & (rr <= 40) & (cc >= 3) & (cc <= 15))
+    assert (m == (ell_ref & (cc >= 10))).all()
+    bad = fac.write_xray(str(tmp_path / "bad.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
+                         detector={"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [1, 1, 5, 5]})
+    with pytest.raises(ValueError, match=r"bad\.dcm.*\(0018,1620\).*pairs"):
+        read_dicom_xray(bad)
+
+
+def test_enhanced_xrf_frame_shutters_and_collimator(tmp_path):
+    """Enhanced XRF: per-frame Frame Display Shutter (0018,9472) (polygon, circle) and a shared Collimator
+    Shape Sequence (0018,9407) rectangle: each frame's mask is the intersection; geometry still reads."""
+    h, w = SIZE[1], SIZE[0]
+    prim, sec = [0.0, 30.0], [0.0, 0.0]
+    cams = truth_cameras(prim, sec)
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
+    tri = [(2, 2), (2, 60), (46, 31)]
+    shutters = [{"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [x for rc in tri for x in rc]},
+                {"ShutterShape": "CIRCULAR", "CenterOfCircularShutter": [24, 32], "RadiusOfCircularShutter": 20}]
+    coll = {"CollimatorShape": "RECTANGULAR", "CollimatorLeftVerticalEdge": 5, "CollimatorRightVerticalEdge": 56,
+            "CollimatorUpperHorizontalEdge": 4, "CollimatorLowerHorizontalEdge": 44}
+    path = fac.write_enhanced_xa(str(tmp_path / "xrf.dcm"), stored, primary_deg=prim, secondary_deg=sec, sdd_mm=SDD, sid_mm=SID,
+                                 imager_spacing_rc=SPACING[::-1], frame_shutters=shutters, collimator=coll, kind="ENHANCED_XRF")
+    x = read_dicom_xray(path)
+    assert x.modality == "RF"
+    _assert_same_geometry(x.cameras, cams)
+    rr, cc = np.mgrid[1 : h + 1, 1 : w + 1]
+    rect = (cc >= 5) & (cc <= 56) & (rr >= 4) & (rr <= 44)
+    m = x.masks.numpy()[:, :, ::-1]
+    assert (m[0] == (_convex_polygon_mask(tri, h, w) & rect)).all()
+    assert (m[1] == (((rr - 24) ** 2 + (cc - 32) ** 2 <= 400) & rect)).all()
+    li = _line_integrals(x, i0=100.0, log_scale=1000.0)
+    inside = x.masks
+    assert (li - torch.from_numpy(p))[inside].abs().max() < 1e-3
+
+
+def test_cr_with_uncalibrated_pixel_spacing(tmp_path):
+    """CR: no Imager Pixel Spacing, Pixel Spacing without a calibration type (taken at the detector, noted),
+    View Position PA, LIN intensities."""
+    cams = truth_cameras([0.0], [0.0])
+    p = drr(cams).numpy()
+    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LIN", i0=60000.0))
+    path = fac.write_xray(str(tmp_path / "cr.dcm"), stored, kind="CR", angles=False, view_position="PA", sdd_mm=SDD, sid_mm=SID,
+                          imager_spacing_rc=None, pixel_spacing_rc=SPACING[::-1])
+    x = read_dicom_xray(path)
+    assert x.modality == "CR"
+    _assert_same_geometry(x.cameras, cams)
+    assert any("taken as the detector-plane spacing" in a for a in x.assumptions)
+    li = _line_integrals(x, i0=60000.0)
+    assert (li - torch.from_numpy(p)).abs().max() < 0.02
+    _assert_aligned(li, x.cameras, tol=0.02)
