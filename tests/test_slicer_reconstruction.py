@@ -371,8 +371,12 @@ def test_live_preview_is_throttled(core):
     now[0] = 0.2
     assert preview(torch.zeros(3, 4, 5))  # a whole volume: air everywhere
     np.testing.assert_allclose(slicer.util.arrayFromVolume(node), -1000.0, atol=1e-3)
+    now[0] = 0.4
+    coarse = torch.tensor([[0.0, 0.0], [MU_WATER, MU_WATER]])  # a coarse-to-fine fit's half-size slice
+    assert preview(coarse)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node)[1, :, 0], [-1000.0, -2000.0 / 3, -1000.0 / 3, 0.0], atol=1e-3)
     now[0] = 1.0
-    assert not preview(torch.zeros(2, 2)) and not preview({"drr": 1}) and preview.updates == 2
+    assert not preview(torch.zeros(2, 2, 2)) and not preview({"drr": 1}) and not preview(torch.zeros(5)) and preview.updates == 3
 
 
 def test_cancel_voxel_keeps_best_so_far_and_fdk_keeps_nothing(core, module, sparse):

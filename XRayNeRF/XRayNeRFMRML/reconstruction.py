@@ -349,8 +349,9 @@ def hu_from_mu(mu) -> np.ndarray:
 class LivePreview:
     """Engine progress -> the output node's voxels, at most every ``interval_s`` seconds.
 
-    The iterative methods report the current mu (1/mm): its middle slice (J, I) (k = K // 2) or the whole
-    volume (K, J, I); it is written in HU into ``node`` (which already holds the output grid)."""
+    The iterative methods report the current mu (1/mm): its middle slice (J, I) (k = K // 2; of a coarser
+    grid during a coarse-to-fine fit's first phase) or the whole volume (K, J, I); it is written in HU into
+    ``node`` (which already holds the output grid)."""
 
     def __init__(self, node, shape_kji: Tuple[int, int, int], interval_s: float = PREVIEW_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self.node, self.shape, self.interval_s, self.clock = node, tuple(shape_kji), interval_s, clock
@@ -358,18 +359,27 @@ class LivePreview:
         self._last = -math.inf
 
     def __call__(self, preview, force: bool = False) -> bool:
-        """Write ``preview`` if it is mu of the grid (a slice or the volume) and it is time; True if written."""
-        if preview is None or isinstance(preview, (dict, str)):
+        """Write ``preview`` if it is mu of the grid (a slice or the volume) and it is time; True if written.
+        A slice of another size (a coarse-to-fine fit's coarse phase) is resized bilinearly to (J, I)."""
+        if preview is None or isinstance(preview, (dict, str)) or getattr(preview, "ndim", 0) not in (2, 3):
             return False
         now = self.clock()
         if not force and now - self._last < self.interval_s:
             return False
-        shape = tuple(getattr(preview, "shape", ()))
+        shape = tuple(preview.shape)
         array = slicer.util.arrayFromVolume(self.node)  # (K, J, I) view of the node's voxels
-        if shape == self.shape[1:]:
-            array[self.shape[0] // 2] = hu_from_mu(preview)
-        elif shape == self.shape:
+        if shape == self.shape:
             array[...] = hu_from_mu(preview)
+        elif len(shape) == 2:
+            if shape != self.shape[1:]:
+                import torch
+
+                if min(shape) < 2:
+                    return False
+                preview = torch.nn.functional.interpolate(
+                    torch.as_tensor(preview).detach().double()[None, None], size=self.shape[1:], mode="bilinear", align_corners=True
+                )[0, 0]
+            array[self.shape[0] // 2] = hu_from_mu(preview)
         else:
             return False
         slicer.util.arrayFromVolumeModified(self.node)
