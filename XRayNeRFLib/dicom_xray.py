@@ -7,6 +7,8 @@ docs/dicom.md has the tag -> geometry table, the precedence rules and the assump
   per-frame increments (0018,1520/1521). Enhanced XA: per-frame Positioner Position Sequence (0018,9405),
   else the equipment-based Isocenter Reference System (0018,9462: angles 9463-9465, table 9466-9471),
   which goes through Patient Position (0018,5100). DX/CR without angles: View Position (AP/PA/LL/RL).
+  Detector Rotation Angle (0018,9465), when present, turns the detector about the central ray
+  (:func:`rotate_detector`: counter-clockwise seen from the source for positive angles).
 * Distances: Distance Source to Detector (0018,1110); source-to-isocentre from Distance Source to
   Isocenter (0018,9402), else Distance Source to Patient (0018,1111), else SDD / Estimated Radiographic
   Magnification Factor (0018,1114).
@@ -18,6 +20,10 @@ docs/dicom.md has the tag -> geometry table, the precedence rules and the assump
   camera looks from the source (beam's eye view), so the reader mirrors the columns. Patient
   Orientation (0020,0020), when present, decides instead (it describes the stored pixels); otherwise
   Field of View Rotation/Horizontal Flip (0018,7032/7034) are undone first.
+* Masks: shutters (0018,1600-1620) and collimators (0018,1700-1720), rectangular, circular or polygonal,
+  top level or in the Enhanced functional groups, intersected.
+* Compressed pixel data: whatever pydicom decodes; JPEG-LS / JPEG 2000 / JPEG lossless need the
+  ``dicom-codecs`` extra, and the error says so.
 
 Explicit overrides (:class:`GeometryOverrides`, the CLI flags) win over the tags; every fallback and
 disagreement is written to ``assumptions``.
