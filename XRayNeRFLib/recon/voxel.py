@@ -3,10 +3,18 @@
 mu = scale * softplus(theta) (or scale * mu_max_factor * sigmoid(theta)) keeps mu >= 0; theta is fitted
 by :func:`optimise.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay, ray mini-batches,
 Siddon or trilinear renderer). Initialisation: zeros (a tiny positive mu) or FDK.
+
+Coarse to fine (``coarse_to_fine=True``): the first half of the Adam steps fit a grid with twice the
+voxel spacing to the projections binned 2 x 2 (``Cameras.downsampled(2)``); the result, trilinearly
+upsampled, starts the fine fit (the remaining steps). A coarse step renders half as many voxels per ray
+and (with all pixels) a quarter of the rays, so the whole run is cheaper for a similar or better result.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -14,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import Cameras
-from ..progress import ProgressCallback
+from ..progress import Progress, ProgressCallback
 from ..volume import Volume
 from .fdk import check_projections, fdk
 from .fov import check_fov_hits_object, default_grid
@@ -46,6 +54,72 @@ class VoxelGrid(nn.Module):
         return 10 * MU_SCALE * torch.sigmoid(self.theta)
 
 
+def coarse_grid(like: Volume) -> Volume:
+    """A grid with twice the voxel spacing over the same box: (ceil(K/2), ceil(J/2), ceil(I/2)) voxels,
+    coarse voxel c centred on fine index 2c + 1/2 (the middle of the fine pair it covers)."""
+    k, j, i = like.data.shape
+    scale = torch.eye(4, dtype=torch.float64)
+    scale[:3, :3] *= 2.0
+    scale[:3, 3] = 0.5
+    a = like.ras_from_ijk.double() @ scale
+    shape = (max(1, math.ceil(k / 2)), max(1, math.ceil(j / 2)), max(1, math.ceil(i / 2)))
+    return Volume(torch.zeros(shape, dtype=like.data.dtype), a.to(like.ras_from_ijk.dtype), like.units)
+
+
+def upsample_to(coarse: Volume, like: Volume) -> Tensor:
+    """Trilinear resampling of ``coarse`` at the voxel centres of ``like`` (any grids, RAS mm); points
+    outside the coarse grid take the nearest edge value. Returns (K, J, I) float32."""
+    k, j, i = like.data.shape
+    m = (coarse.ijk_from_ras().double() @ like.ras_from_ijk.double())  # coarse ijk <- fine ijk
+    kk, jj, ii = torch.meshgrid(
+        torch.arange(k, dtype=torch.float64), torch.arange(j, dtype=torch.float64), torch.arange(i, dtype=torch.float64), indexing="ij"
+    )
+    fine = torch.stack([ii, jj, kk, torch.ones_like(ii)], -1)  # (K, J, I, 4)
+    c = fine @ m.T  # (K, J, I, 4) coarse continuous indices
+    ck, cj, ci = coarse.data.shape
+    norm = torch.stack([(2 * c[..., 0] + 1) / ci - 1, (2 * c[..., 1] + 1) / cj - 1, (2 * c[..., 2] + 1) / ck - 1], -1)
+    out = F.grid_sample(
+        coarse.data.float()[None, None], norm.float()[None], mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out[0, 0]
+
+
+def bin_projections(projections: Tensor, factor: int) -> Tensor:
+    """Mean over factor x factor pixel blocks (the rule of ``Cameras.downsampled``): (V, H, W) ->
+    (V, H // factor, W // factor)."""
+    v, h, w = projections.shape
+    f = int(factor)
+    hh, ww = h // f, w // f
+    return projections[:, : hh * f, : ww * f].reshape(v, hh, f, ww, f).mean((2, 4))
+
+
+def _fit_accepts_masks() -> bool:
+    return "masks" in inspect.signature(fit).parameters
+
+
+def _fit(model, projections, cameras, like, settings, progress, masks):
+    if masks is None:
+        return fit(model, projections, cameras, like, settings, progress)
+    return fit(model, projections, cameras, like, settings, progress, masks=masks)
+
+
+def check_masks(masks: Optional[Tensor], projections: Tensor) -> Optional[Tensor]:
+    """Validate per-view pixel masks (True: the pixel saw the beam). None or all True -> None."""
+    if masks is None:
+        return None
+    masks = torch.as_tensor(masks).to(torch.bool)
+    if masks.ndim == 2:
+        masks = masks.expand(projections.shape)
+    if tuple(masks.shape) != tuple(projections.shape):
+        raise ValueError(f"masks must have the projections' shape {tuple(projections.shape)}, got {tuple(masks.shape)}")
+    if bool(masks.all()):
+        return None
+    empty = [v for v in range(masks.shape[0]) if not bool(masks[v].any())]
+    if empty:
+        raise ValueError(f"the masks of views {empty[:10]} exclude every pixel; drop those views or fix the collimator masks")
+    return masks
+
+
 def reconstruct_voxel(
     projections: Tensor,
     cameras: Cameras,
@@ -56,6 +130,8 @@ def reconstruct_voxel(
     init: str = "fdk",
     positivity: str = "softplus",
     settings: Optional[FitSettings] = None,
+    coarse_to_fine: bool = False,
+    masks: Optional[Tensor] = None,
     progress: ProgressCallback = None,
     return_history: bool = False,
 ):
@@ -66,18 +142,72 @@ def reconstruct_voxel(
     init: "zeros" or "fdk" (Hann-windowed FDK, clamped at >= 0).
     settings: :class:`optimise.FitSettings` (iterations, lr, rays per view, lambda_TV, learned
         weights, renderer, seed).
-    returns: Volume of mu (1/mm) (and the :class:`FitHistory` with ``return_history``).
+    coarse_to_fine: spend ``iterations // 2`` Adam steps on a 2x coarser grid and 2x2-binned detector
+        first (see the module docstring); the fine fit gets the rest.
+    masks: optional (V, H, W) bool, True where a pixel saw the beam; False pixels are left out of the
+        data term (needs ``optimise.fit`` with mask support, else ValueError).
+    returns: Volume of mu (1/mm) (and the :class:`FitHistory` with ``return_history``; with
+        coarse_to_fine its lists hold the coarse steps then the fine ones).
     """
     projections = check_projections(projections, cameras)
     check_fov_hits_object(projections)
+    masks = check_masks(masks, projections)
+    if masks is not None and not _fit_accepts_masks():
+        raise ValueError(
+            "collimator masks were given but this version of optimise.fit cannot leave pixels out of the data term; "
+            "pass masks=None (masked pixels are then fitted as measured)"
+        )
     settings = settings if settings is not None else FitSettings()
-    like = volume if volume is not None else default_grid(cameras, grid=grid, spacing_mm=spacing_mm)
-    if init == "fdk":
-        start = fdk(projections, cameras, volume=like, window="hann").data.clamp_min(0)
-    elif init == "zeros":
-        start = torch.zeros_like(like.data)
-    else:
+    if init not in ("zeros", "fdk"):
         raise ValueError(f"init must be 'zeros' or 'fdk', got {init!r}")
+    like = volume if volume is not None else default_grid(cameras, grid=grid, spacing_mm=spacing_mm)
+    if not coarse_to_fine:
+        model = VoxelGrid(_start(init, projections, cameras, like), positivity)
+        out, history = _fit(model, projections, cameras, like, settings, progress, masks)
+        return (out, history) if return_history else out
+
+    n_coarse = settings.iterations // 2
+    n_fine = settings.iterations - n_coarse
+    if n_coarse < 1 or min(cameras.size_px) < 4 or min(like.data.shape[1:]) < 4:
+        raise ValueError(
+            f"coarse_to_fine needs at least 2 iterations, a detector of at least 4 x 4 pixels and a grid at least 4 voxels "
+            f"across; got {settings.iterations} iterations, {cameras.size_px} pixels, grid {tuple(like.data.shape)}"
+        )
+    total = settings.iterations
+
+    def stage(offset: int, label: str) -> ProgressCallback:
+        if progress is None:
+            return None
+        return lambda p: progress(Progress(offset + p.done, total, f"{label}: {p.message}", p.preview))
+
+    c_like = coarse_grid(like)
+    c_cams = cameras.downsampled(2)
+    c_proj = bin_projections(projections, 2)
+    c_masks = None if masks is None else bin_projections(masks.float(), 2) > 0.999  # a binned pixel is used only when all of it saw the beam
+    if c_masks is not None and not all(bool(c_masks[v].any()) for v in range(len(cameras))):
+        c_masks = bin_projections(masks.float(), 2) > 0.0
+    c_settings = replace(settings, iterations=n_coarse, snapshot_every=0, on_snapshot=None)
+    c_model = VoxelGrid(_start(init, c_proj, c_cams, c_like), positivity)
+    c_out, c_hist = _fit(c_model, c_proj, c_cams, c_like, c_settings, stage(0, "coarse"), c_masks)
+    start = upsample_to(c_out, like)
+    if c_hist.cancelled:
+        out = Volume(start, like.ras_from_ijk, "mu")
+        return (out, c_hist) if return_history else out
+    f_settings = replace(settings, iterations=n_fine, seed=settings.seed + 1)
     model = VoxelGrid(start, positivity)
-    out, history = fit(model, projections, cameras, like, settings, progress)
+    out, f_hist = _fit(model, projections, cameras, like, f_settings, stage(n_coarse, "fine"), masks)
+    history = FitHistory(
+        data=c_hist.data + f_hist.data,
+        tv=c_hist.tv + f_hist.tv,
+        total=c_hist.total + f_hist.total,
+        weights=c_hist.weights + f_hist.weights,
+        cancelled=f_hist.cancelled,
+        best_step=n_coarse + f_hist.best_step,
+    )
     return (out, history) if return_history else out
+
+
+def _start(init: str, projections: Tensor, cameras: Cameras, like: Volume) -> Tensor:
+    if init == "fdk":
+        return fdk(projections, cameras, volume=like, window="hann").data.clamp_min(0)
+    return torch.zeros_like(like.data)
