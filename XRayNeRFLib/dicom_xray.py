@@ -703,6 +703,9 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
 
     # Angles and patient position
     primary, secondary, angle_frame, angle_src = _angles(fr, n, path, ov, notes, enhanced)
+    positioner = fr.text("PositionerType")
+    if positioner and positioner != "CARM":
+        notes.append(f"{path}: Positioner Type (0018,1508) is {positioner}: the angles and distances are read as those of an isocentric C-arm")
     pp_tag = fr.text("PatientPosition")
     position = (ov.patient_position or pp_tag or "").strip().upper()
     if position and position not in PATIENT_FROM_CARM:

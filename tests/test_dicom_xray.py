@@ -277,6 +277,7 @@ def good_file(tmp_path):
         (dict(sid_mm=1500.0), ["not smaller", "(0018,1110)"]),
         (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), primary_increments=[0.0, 1.0]), ["(0018,1520)", "2 values", "3 frames"]),
         (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), secondary_increments=[0.0]), ["(0018,1521)"]),
+        (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), detector={"PositionerMotion": "DYNAMIC"}), ["(0018,1500)", "(0018,1520/1521)", "--primary-deg"]),
         (dict(detector={"DetectorPrimaryAngle": 5.0}), ["(0018,1530)", "not perpendicular"]),
         (dict(patient_position="SITTING"), ["(0018,5100)", "--patient-position"]),
         (dict(imager_spacing_rc=[0.0, 0.8]), ["(0018,1164)", "--pixel-spacing-mm"]),
@@ -331,6 +332,12 @@ def test_mixed_series_and_modalities_refused(tmp_path, good_file):
     c = good_file("c.dcm", series_uid="1.2.3.1", kind="RF")
     with pytest.raises(ValueError, match="mixed modalities"):
         read_dicom_series([a, c])
+    d = good_file("d.dcm", series_uid="1.2.3.1", stored=np.full((1, SIZE[1] - 2, SIZE[0]), 1000.0))
+    with pytest.raises(ValueError, match=r"d\.dcm.*one detector size per series"):
+        read_dicom_series([a, d])
+    e = good_file("e.dcm", series_uid="1.2.3.1", relationship="LOG", sign=-1)
+    with pytest.raises(ValueError, match=r"e\.dcm.*\(0028,1040/1041\)"):
+        read_dicom_series([a, e])
     non = fac.write_non_image(str(tmp_path / "plan.dcm"))
     with pytest.raises(ValueError, match=r"plan\.dcm.*holds no image"):
         read_dicom_series([a, non])  # named explicitly: not skipped
@@ -645,3 +652,21 @@ def test_cr_with_uncalibrated_pixel_spacing(tmp_path):
     li = _line_integrals(x, i0=60000.0)
     assert (li - torch.from_numpy(p)).abs().max() < 0.02
     _assert_aligned(li, x.cameras, tol=0.02)
+
+
+def test_source_isocentre_distance_precedence(tmp_path):
+    """(0018,9402) wins over a disagreeing (0018,1111) (noted); without both, SDD / (0018,1114) gives it.
+    Positioner Type other than CARM is read as a C-arm and noted."""
+    cams = truth_cameras([10.0], [0.0])
+    stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
+    kw = dict(primary_deg=10, sdd_mm=SDD, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1)
+    a = fac.write_xray(str(tmp_path / "iso.dcm"), stored, sid_mm=SID, sid_tag="DistanceSourceToIsocenter",
+                       detector={"DistanceSourceToPatient": SID - 60.0}, **kw)
+    x = read_dicom_xray(a)
+    _assert_same_geometry(x.cameras, cams)
+    assert x.views[0]["sid_from"].startswith("Distance Source to Isocenter") and any("(0018,1111)" in n and "differs" in n for n in x.assumptions)
+    b = fac.write_xray(str(tmp_path / "mag.dcm"), stored, sid_mm=None, detector={"EstimatedRadiographicMagnificationFactor": SDD / SID, "PositionerType": "COLUMN"}, **kw)
+    y = read_dicom_xray(b)
+    _assert_same_geometry(y.cameras, cams)
+    assert "(0018,1114)" in y.views[0]["sid_from"]
+    assert any("Positioner Type (0018,1508) is COLUMN" in n for n in y.assumptions)
