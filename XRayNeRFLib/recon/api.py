@@ -1,0 +1,206 @@
+"""One entry point for every reconstruction method: :func:`reconstruct`.
+
+    result = reconstruct(projections, cameras, "voxel", grid=128, iterations=300, uncertainty=True)
+    result.volume        # Volume on the output grid, mu (1/mm) or HU
+    result.uncertainty   # same grid and units: grouped-jackknife spread over an ensemble, or None
+
+Methods: "fdk" (filtered backprojection, :func:`fdk.fdk`), "voxel" (voxel grid + TV through the
+renderer, :func:`voxel.reconstruct_voxel`), "nerf" (hash-grid neural field, :func:`nerf.reconstruct_nerf`).
+Units: "mu" (1/mm) or "hu" (HU = 1000 (mu / mu_water - 1), mu_water from NIST XCOM at the effective
+energy ``options["energy_kev"]``, default 60 keV: 0.02059 /mm, the default of :func:`volume.hu_to_mu`).
+Masks (V, H, W) bool (True: the pixel saw the beam): the iterative methods leave False pixels out of the
+data term; FDK cannot leave rays out of a filtered backprojection and uses the pixels as measured
+(a RuntimeWarning says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from ..geometry import Cameras
+from ..progress import ProgressCallback
+from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, mu_to_hu, mu_water_per_mm
+from .fdk import check_projections
+from .fov import default_grid
+from .optimise import FitHistory, FitSettings
+from .uncertainty import ensemble
+from .voxel import check_masks
+
+__all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "NERF_FIT_OPTIONS"]
+
+METHODS = ("fdk", "voxel", "nerf")
+COMMON_OPTIONS = ("energy_kev",)
+FDK_OPTIONS = ("window", "short_scan", "max_memory_mb")
+_FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
+VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine")
+NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
+
+
+@dataclass
+class ReconstructionResult:
+    """volume: the reconstruction on the output grid, units "mu" (1/mm) or "hu".
+    uncertainty: same grid and units, per-voxel spread (grouped-jackknife std, see
+        :mod:`uncertainty`) over an ensemble, or None.
+    history: :class:`FitHistory` of the iterative methods (the first member's with an ensemble), else None.
+    seconds: wall time of the whole call.
+    cancelled: a progress callback returned False: volume is the best so far."""
+
+    volume: Volume
+    uncertainty: Optional[Volume]
+    history: Optional[FitHistory]
+    seconds: float
+    cancelled: bool
+
+
+def _nerf_module():
+    try:
+        from . import nerf
+    except ImportError as exc:
+        raise ValueError(f"method 'nerf' is not available in this installation ({exc}); use 'fdk' or 'voxel'") from None
+    return nerf
+
+
+def _accepted_options(method: str) -> tuple:
+    if method == "fdk":
+        return COMMON_OPTIONS + FDK_OPTIONS
+    if method == "voxel":
+        return COMMON_OPTIONS + VOXEL_OPTIONS
+    nerf = _nerf_module()
+    names = tuple(f.name for f in dataclasses.fields(nerf.NerfSettings) if f.name not in ("iterations", "renderer", "seed"))
+    return COMMON_OPTIONS + tuple(dict.fromkeys(NERF_FIT_OPTIONS + names))
+
+
+def _check_options(method: str, options: Dict[str, Any]) -> None:
+    accepted = _accepted_options(method)
+    for key in options:
+        if key not in accepted:
+            raise ValueError(f"unknown option {key!r} for method {method!r}; accepted: {', '.join(accepted)}")
+
+
+def reconstruct(
+    projections: Tensor,
+    cameras: Cameras,
+    method: str = "fdk",
+    *,
+    volume: Optional[Volume] = None,
+    grid: Optional[int] = None,
+    spacing_mm: Optional[float] = None,
+    renderer: str = "siddon",
+    iterations: Optional[int] = None,
+    units: str = "mu",
+    uncertainty: bool = False,
+    ensemble_size: int = 4,
+    masks: Optional[Tensor] = None,
+    seed: int = 0,
+    progress: ProgressCallback = None,
+    options: Optional[dict] = None,
+) -> ReconstructionResult:
+    """Reconstruct a volume from cone-beam projections.
+
+    projections: (V, H, W) line integrals (dimensionless), image[row, column] in our camera layout.
+    cameras: the V views. method: "fdk" | "voxel" | "nerf".
+    volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
+        ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
+    renderer: "siddon" | "trilinear" (iterative methods). iterations: Adam steps (default: the
+        method's, 300 for voxel). units: "mu" (1/mm) or "hu".
+    uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
+        reconstructed without a different random 1/ensemble_size of the views and with seed + m; the
+        returned volume is then the members' mean (cost: ensemble_size reconstructions).
+    masks: (V, H, W) or (H, W) bool collimator masks (see the module docstring). seed: ray sampling,
+        network initialisation and view grouping.
+    progress: ``Progress`` callback; returning False stops: the iterative methods return the best so
+        far (``cancelled``), FDK raises :class:`progress.Cancelled` (a partial FDK is meaningless).
+    options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
+        max_memory_mb; voxel: lr, tv_weight, rays_per_view, learned_weights, final_lr_fraction, init
+        ("fdk" | "zeros"), positivity ("softplus" | "sigmoid"), coarse_to_fine, report_every,
+        snapshot_every, on_snapshot; nerf: the same fit settings and any ``NerfSettings`` field
+        (normalize, mci, ...); all: energy_kev (HU conversion). Unknown keys raise ValueError.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown reconstruction method {method!r}; use one of {', '.join(METHODS)}")
+    if units not in ("mu", "hu"):
+        raise ValueError(f"units must be 'mu' (1/mm) or 'hu', got {units!r}")
+    if renderer not in ("siddon", "trilinear"):
+        raise ValueError(f"unknown renderer {renderer!r}; use 'siddon' or 'trilinear'")
+    if iterations is not None and int(iterations) < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    options = dict(options or {})
+    _check_options(method, options)
+    energy = float(options.pop("energy_kev", DEFAULT_EFFECTIVE_ENERGY_KEV))
+    mu_water_per_mm(energy)  # validates the energy range before any work
+    projections = check_projections(projections, cameras)
+    masks = check_masks(masks, projections)
+    if masks is not None and method == "fdk":
+        warnings.warn(
+            f"FDK cannot leave collimated pixels out of a filtered backprojection: the {int((~masks).sum())} masked pixels are "
+            "used as measured; use method 'voxel' or 'nerf' to exclude them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    like = volume if volume is not None else default_grid(cameras, grid=grid, spacing_mm=spacing_mm)
+    like = Volume(torch.zeros(like.data.shape, dtype=torch.float32), like.ras_from_ijk.float(), "mu")
+
+    def one(keep: Optional[Tensor], member_seed: int, member_progress: ProgressCallback):
+        p = projections if keep is None else projections[keep]
+        c = cameras if keep is None else cameras[keep]
+        mk = None if masks is None else (masks if keep is None else masks[keep])
+        return _run_method(method, p, c, like, renderer, iterations, mk, member_seed, member_progress, options)
+
+    if uncertainty:
+        ens = ensemble(one, len(cameras), ensemble_size=ensemble_size, seed=seed, progress=progress)
+        mean, std, cancelled = ens.mean, ens.std, ens.cancelled
+        history = ens.histories[0] if ens.histories else None
+    else:
+        mean, history, cancelled = one(None, seed, progress)
+        std = None
+    mean.check_finite("the reconstruction")
+    if units == "hu":
+        scale = 1000.0 / mu_water_per_mm(energy)
+        mean = Volume(mu_to_hu(mean.data, energy), mean.ras_from_ijk, "hu")
+        std = None if std is None else Volume(std.data * scale, std.ras_from_ijk, "hu")
+    return ReconstructionResult(mean, std, history, time.perf_counter() - t0, bool(cancelled))
+
+
+def _fit_settings(cls, iterations, renderer, seed, options: Dict[str, Any], exclude=()) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in options.items() if k in names and k not in exclude}
+    kw.update(renderer=renderer, seed=seed)
+    if iterations is not None:
+        kw["iterations"] = int(iterations)
+    return cls(**kw)
+
+
+def _run_method(method, projections, cameras, like, renderer, iterations, masks, seed, progress, options):
+    """-> (Volume mu, history or None, cancelled)"""
+    if method == "fdk":
+        from .fdk import fdk
+
+        vol = fdk(projections, cameras, volume=like, progress=progress, **options)
+        return vol, None, False
+    if method == "voxel":
+        from .voxel import reconstruct_voxel
+
+        settings = _fit_settings(FitSettings, iterations, renderer, seed, options)
+        extra = {k: options[k] for k in ("init", "positivity", "coarse_to_fine") if k in options}
+        vol, hist = reconstruct_voxel(
+            projections, cameras, volume=like, settings=settings, masks=masks, progress=progress, return_history=True, **extra
+        )
+        return vol, hist, hist.cancelled
+    nerf = _nerf_module()
+    settings = _fit_settings(nerf.NerfSettings, iterations, renderer, seed, options)
+    kw = {}
+    if masks is not None:
+        if "masks" not in inspect.signature(nerf.reconstruct_nerf).parameters:
+            raise ValueError("collimator masks were given but reconstruct_nerf cannot leave pixels out; pass masks=None")
+        kw["masks"] = masks
+    vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, **kw)
+    return vol, hist, bool(getattr(hist, "cancelled", False))
