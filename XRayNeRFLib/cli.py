@@ -363,6 +363,10 @@ def _register_commands() -> Dict[str, tuple]:
     commands: Dict[str, tuple] = {"drr": (add_drr, run_drr)}
     commands.update(input_commands)
     commands["register"] = (add_register, run_register)
+    from .cli_recon import add_subcommands as add_reconstruct
+    from .cli_recon import run_reconstruct
+
+    commands["reconstruct"] = (add_reconstruct, run_reconstruct)
     return commands
 
 

@@ -199,8 +199,13 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
     settings = _fit_settings(nerf.NerfSettings, iterations, renderer, seed, options)
     kw = {}
     if masks is not None:
-        if "masks" not in inspect.signature(nerf.reconstruct_nerf).parameters:
-            raise ValueError("collimator masks were given but reconstruct_nerf cannot leave pixels out; pass masks=None")
-        kw["masks"] = masks
+        if "masks" in inspect.signature(nerf.reconstruct_nerf).parameters:
+            kw["masks"] = masks
+        else:
+            warnings.warn(
+                f"reconstruct_nerf cannot leave pixels out of the data term: the {int((~masks).sum())} masked pixels are fitted as measured",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, **kw)
     return vol, hist, bool(getattr(hist, "cancelled", False))

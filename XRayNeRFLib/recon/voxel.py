@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import replace
 from typing import Optional
 
@@ -145,7 +146,7 @@ def reconstruct_voxel(
     coarse_to_fine: spend ``iterations // 2`` Adam steps on a 2x coarser grid and 2x2-binned detector
         first (see the module docstring); the fine fit gets the rest.
     masks: optional (V, H, W) bool, True where a pixel saw the beam; False pixels are left out of the
-        data term (needs ``optimise.fit`` with mask support, else ValueError).
+        data term (needs ``optimise.fit`` with mask support; otherwise a RuntimeWarning says they are used).
     returns: Volume of mu (1/mm) (and the :class:`FitHistory` with ``return_history``; with
         coarse_to_fine its lists hold the coarse steps then the fine ones).
     """
@@ -153,10 +154,13 @@ def reconstruct_voxel(
     check_fov_hits_object(projections)
     masks = check_masks(masks, projections)
     if masks is not None and not _fit_accepts_masks():
-        raise ValueError(
-            "collimator masks were given but this version of optimise.fit cannot leave pixels out of the data term; "
-            "pass masks=None (masked pixels are then fitted as measured)"
+        warnings.warn(
+            f"this version of optimise.fit cannot leave pixels out of the data term: the {int((~masks).sum())} masked "
+            "(collimated) pixels are fitted as measured",
+            RuntimeWarning,
+            stacklevel=2,
         )
+        masks = None
     settings = settings if settings is not None else FitSettings()
     if init not in ("zeros", "fdk"):
         raise ValueError(f"init must be 'zeros' or 'fdk', got {init!r}")

@@ -1,0 +1,391 @@
+"""``xraynerf reconstruct``: cone-beam CT reconstruction from X-ray projections on the command line.
+
+    xraynerf reconstruct --projections P [--geometry G] --out vol.nii.gz --method fdk|voxel|nerf
+        [--renderer siddon|trilinear] [--grid N | --spacing-mm S] [--iterations K]
+        [--uncertainty u.nii.gz] [--reference gt.nii.gz] [--units hu|mu] [DICOM geometry overrides]
+
+Inputs go through :class:`XRayNeRFLib.projection_set.ProjectionSet`: a DICOM file/series/directory
+(geometry and intensities from the tags; the override flags of ``xraynerf convert`` apply), or a
+projection stack (.mha/.nrrd/.nii/.nii.gz) or image folder with ``--geometry`` (RTK .xml or XRayNeRF
+.json). The engine is :func:`XRayNeRFLib.recon.api.reconstruct`.
+
+Outputs are written only when complete (temporary file + rename); Ctrl-C during an iterative method
+stops it and writes the best volume so far with a warning (a second Ctrl-C aborts without output);
+Ctrl-C during FDK writes nothing (exit 130). Errors: one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from typing import List, Optional
+
+from .cli_inputs import _geometry_options, _overrides
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+DESCRIPTION = """\
+Reconstruct a 3D volume (mu in 1/mm or HU) from cone-beam X-ray projections.
+
+methods:
+  fdk    Feldkamp filtered backprojection (Hann window by default; Parker weights for short scans).
+  voxel  voxel grid + total variation, fitted through the differentiable renderer (Adam, L1 on line
+         integrals, FDK start); --coarse-to-fine fits a 2x coarser grid first.
+  nerf   hash-grid neural field (normalised encoder, pre-fitted MLP initialisation by default).
+
+inputs:
+  --projections P   a DICOM X-ray file, several files, or a directory of one series (geometry from the
+                    tags), or a projection stack (.mha/.nrrd/.nii/.nii.gz) or a folder of .tif/.png
+                    with --geometry G (RTK .xml or XRayNeRF .json). Stack values are line integrals
+                    unless the stack says otherwise (--quantity intensity converts -ln(I/I0)).
+
+output grid: the cylinder seen by every view, --grid N voxels across (default 128) or --spacing-mm S,
+placed in patient RAS (the geometry's frame); --units hu converts with mu_water at --energy-kev
+(default 60 keV: 0.02059 /mm).
+
+--uncertainty U   also write a per-voxel uncertainty (same grid and units): the grouped-jackknife
+                  spread over --ensemble-size reconstructions, each without a different random part
+                  of the views; the main output is then the ensemble mean. Costs --ensemble-size runs.
+--reference GT    print PSNR (data range: the reference's max - min), SSIM (3D Gaussian window) and
+                  MAE (everywhere and inside the body) against a ground-truth volume, resampled
+                  onto the output grid when needed.
+
+examples:
+  xraynerf reconstruct --projections proj.mha --geometry geom.xml --out fdk.nii.gz --method fdk --grid 128
+  xraynerf reconstruct --projections dicom_dir/ --out vol.nii.gz --method voxel --iterations 300 \\
+                       --renderer trilinear --units hu --uncertainty std.nii.gz
+"""
+
+
+def add_subcommands(subparsers) -> argparse.ArgumentParser:
+    """Register ``reconstruct`` on an argparse sub-parser collection; returns its parser."""
+    p = subparsers.add_parser(
+        "reconstruct",
+        help="reconstruct a volume from X-ray projections (fdk, voxel + TV, hash-grid nerf)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument("--projections", required=True, nargs="+", metavar="P", help="DICOM file(s)/directory, or one projection stack / image folder")
+    io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json")
+    io.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
+    io.add_argument("--quantity", choices=("line_integral", "intensity"), help="stack values (default: the stack's header, else line integrals)")
+    io.add_argument("--out", required=True, metavar="VOL", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
+    io.add_argument("--uncertainty", metavar="U", help="also write the uncertainty volume here (ensemble; see above)")
+    io.add_argument("--reference", metavar="GT", help="ground-truth volume: print PSNR / SSIM / MAE against it")
+    io.add_argument("--units", choices=("mu", "hu"), default="mu", help="output units: mu (1/mm, default) or hu")
+    io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
+    m = p.add_argument_group("method")
+    m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
+    m.add_argument("--renderer", choices=("siddon", "trilinear"), default="siddon", help="projector of the iterative methods (default siddon)")
+    g = m.add_mutually_exclusive_group()
+    g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
+    g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
+    m.add_argument("--iterations", type=int, metavar="K", help="optimisation steps (voxel default 300)")
+    m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
+    m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
+    m.add_argument("--window", choices=("hann", "shepp-logan", "ram-lak"), help="fdk: ramp filter window (default hann)")
+    m.add_argument("--tv-weight", type=float, metavar="L", help="voxel/nerf: total-variation weight lambda_TV")
+    m.add_argument("--lr", type=float, help="voxel/nerf: Adam step size")
+    m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel/nerf: rays per view and step (0: all pixels)")
+    m.add_argument("--learned-weights", action="store_true", help="voxel/nerf: learn the data/TV weights (task uncertainty)")
+    m.add_argument("--coarse-to-fine", action="store_true", help="voxel: fit a 2x coarser grid first")
+    m.add_argument("--no-normalize", action="store_true", help="nerf: no LayerNorm on the hash features")
+    m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    _geometry_options(p)
+    p.set_defaults(func=run_reconstruct, run=run_reconstruct)
+    return p
+
+
+def _fail(exc: BaseException) -> int:
+    sys.stderr.write(f"xraynerf reconstruct: error: {' '.join(str(exc).split()) or type(exc).__name__}\n")
+    return EXIT_ERROR
+
+
+def _check_out(path: str, flag: str) -> None:
+    if not path.lower().endswith(VOLUME_EXTENSIONS):
+        raise ValueError(f"{flag} {path!r}: use one of {', '.join(VOLUME_EXTENSIONS)}")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ValueError(f"{flag} {path!r}: directory {d!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name such as {os.path.join(path, 'volume.nii.gz')}")
+
+
+def _options(args) -> dict:
+    opts = {}
+    method = args.method
+    iterative = method in ("voxel", "nerf")
+
+    def need(ok: bool, flag: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{flag} applies to {what} only, not --method {method}")
+
+    if args.window is not None:
+        need(method == "fdk", "--window", "--method fdk")
+        opts["window"] = args.window
+    for flag, name in (("--tv-weight", "tv_weight"), ("--lr", "lr"), ("--rays-per-view", "rays_per_view")):
+        value = getattr(args, name)
+        if value is not None:
+            need(iterative, flag, "--method voxel or nerf")
+            if name == "rays_per_view":
+                if value < 0:
+                    raise ValueError(f"--rays-per-view must be >= 0 (0: all pixels), got {value}")
+                value = None if value == 0 else value
+            elif not value >= 0 or (name == "lr" and value == 0):
+                raise ValueError(f"{flag} must be {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+            opts[name] = value
+    if args.learned_weights:
+        need(iterative, "--learned-weights", "--method voxel or nerf")
+        opts["learned_weights"] = True
+    if args.coarse_to_fine:
+        need(method == "voxel", "--coarse-to-fine", "--method voxel")
+        opts["coarse_to_fine"] = True
+    if args.no_normalize:
+        need(method == "nerf", "--no-normalize", "--method nerf")
+        opts["normalize"] = False
+    if args.mci is not None:
+        need(method == "nerf", "--mci", "--method nerf")
+        if args.mci.lower() != "none" and not os.path.isfile(args.mci):
+            raise ValueError(f"--mci {args.mci!r} does not exist; give a weight file, or 'none' for a random MLP")
+        opts["mci"] = None if args.mci.lower() == "none" else args.mci
+    if args.iterations is not None:
+        need(iterative, "--iterations", "--method voxel or nerf")
+        if args.iterations < 1:
+            raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.renderer != "siddon" and not iterative:
+        raise ValueError(f"--renderer applies to --method voxel or nerf only (FDK backprojects without a renderer)")
+    if args.energy_kev is not None:
+        if args.units != "hu" and not args.reference:
+            raise ValueError("--energy-kev applies to --units hu (or an HU --reference) only")
+        opts["energy_kev"] = args.energy_kev
+    return opts
+
+
+def _is_stack(path: str) -> bool:
+    low = path.lower()
+    return low.endswith((".mha", ".mhd", ".nrrd", ".nii", ".nii.gz")) or (
+        os.path.isdir(path) and any(n.lower().endswith((".tif", ".tiff", ".png")) for n in os.listdir(path))
+    )
+
+
+def load_projections(args):
+    """The ProjectionSet named by --projections (+ --geometry / DICOM overrides)."""
+    from .projection_set import ProjectionSet
+
+    inputs = [str(p) for p in args.projections]
+    for p in inputs:
+        if not os.path.exists(p):
+            raise ValueError(f"--projections {p!r} does not exist")
+    if args.geometry:
+        if len(inputs) != 1:
+            raise ValueError(f"--geometry goes with one projection stack or image folder, got {len(inputs)} inputs")
+        if not os.path.isfile(args.geometry):
+            raise ValueError(f"--geometry {args.geometry!r} does not exist")
+        return ProjectionSet.from_stack(inputs[0], args.geometry, quantity=args.quantity, i0=args.i0, spacing_mm=args.detector_spacing)
+    if len(inputs) == 1 and _is_stack(inputs[0]):
+        raise ValueError(f"{inputs[0]} is a projection stack: give its geometry with --geometry (.xml or .json)")
+    if args.quantity or args.detector_spacing:
+        raise ValueError("--quantity and --detector-spacing apply to projection stacks with --geometry; DICOM files carry their own")
+    return ProjectionSet.from_dicom(
+        inputs, _overrides(args), relationship=args.intensity, sign=args.sign, i0=args.i0, log_scale=args.log_scale, sort=args.sort
+    )
+
+
+def _save_atomic(pairs) -> None:
+    """Write every (Volume, path) to a temporary file beside it, then rename them all."""
+    from .volume import save_volume
+
+    temps: List[str] = []
+    try:
+        for vol, path in pairs:
+            ext = next(e for e in VOLUME_EXTENSIONS if path.lower().endswith(e))
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[: -len(ext)] + ".", suffix=".part" + ext, dir=os.path.dirname(os.path.abspath(path)))
+            os.close(fd)
+            temps.append(tmp)
+            save_volume(vol, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the usual permissions of a new file
+        for (_, path), tmp in zip(pairs, temps):
+            os.replace(tmp, path)
+        temps = []
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+class _Interrupt:
+    """First Ctrl-C: ask the engine to stop (best so far is kept); second: KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nxraynerf reconstruct: stopping after this step (Ctrl-C again to abort without output)\n")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def reference_metrics(result_volume, reference_path: str, energy_kev: Optional[float]) -> dict:
+    """PSNR / SSIM / MAE of the result against a reference volume file (resampled onto the result's
+    grid when the grids differ), in the result's units."""
+    import torch
+
+    from . import metrics
+    from .volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, load_volume, mu_to_hu, hu_to_mu
+
+    e = DEFAULT_EFFECTIVE_ENERGY_KEV if energy_kev is None else energy_kev
+    ref = load_volume(reference_path)
+    if ref.units != result_volume.units:
+        data = hu_to_mu(ref.data, e) if ref.units == "hu" else mu_to_hu(ref.data, e)
+        ref = Volume(data, ref.ras_from_ijk, result_volume.units)
+    same = tuple(ref.data.shape) == tuple(result_volume.data.shape) and torch.allclose(
+        ref.ras_from_ijk.double(), result_volume.ras_from_ijk.double(), atol=1e-4
+    )
+    resampled = not same
+    ref_data = ref.data if same else metrics.resample_like(ref, result_volume)
+    # the reference must overlap the output grid: its box must contain some output voxel centres
+    if not same:
+        a = ref.ijk_from_ras().double() @ result_volume.ras_from_ijk.double()
+        k, j, i = result_volume.data.shape
+        centre = a @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0], dtype=torch.float64)
+        rk, rj, ri = ref.data.shape
+        if not (-0.5 <= centre[0] <= ri - 0.5 and -0.5 <= centre[1] <= rj - 0.5 and -0.5 <= centre[2] <= rk - 0.5):
+            raise ValueError(
+                f"--reference {reference_path!r} does not contain the centre of the reconstruction grid: it is in another frame or "
+                "another place; give a reference in the geometry's patient RAS frame"
+            )
+    threshold = -500.0 if result_volume.units == "hu" else 0.005
+    mask = metrics.body_mask(ref_data, threshold)
+    out = metrics.all_metrics(result_volume.data, ref_data, mask=mask if bool(mask.any()) else None)
+    out["resampled"] = resampled
+    out["body_threshold"] = threshold
+    return out
+
+
+def run_reconstruct(args) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\nxraynerf reconstruct: cancelled; no output written\n")
+        return EXIT_INTERRUPTED
+    except (ValueError, RuntimeError, OSError) as exc:
+        if os.environ.get("XRAYNERF_DEBUG", "") == "1":
+            raise
+        return _fail(exc)
+
+
+def _run(args) -> int:
+    import torch
+
+    from .progress import Cancelled
+    from .recon.api import reconstruct
+
+    t0 = time.monotonic()
+    _check_out(args.out, "--out")
+    if args.uncertainty:
+        _check_out(args.uncertainty, "--uncertainty")
+        if os.path.abspath(args.uncertainty) == os.path.abspath(args.out):
+            raise ValueError("--uncertainty and --out must be different files")
+    if args.reference and not os.path.exists(args.reference):
+        raise ValueError(f"--reference {args.reference!r} does not exist")
+    if args.grid is not None and args.grid < 2:
+        raise ValueError(f"--grid must be at least 2, got {args.grid}")
+    if args.spacing_mm is not None and not args.spacing_mm > 0:
+        raise ValueError(f"--spacing-mm must be > 0, got {args.spacing_mm}")
+    opts = _options(args)
+    ps = load_projections(args)
+    images = ps.images
+    if float(images.abs().max()) < 1e-3:
+        raise ValueError(
+            f"the projections of {ps.source} are empty (all line integrals below 1e-3): the object is outside the field of view, "
+            "or the values are intensities (pass --quantity intensity)"
+        )
+    masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
+    if masks is not None and args.method == "fdk":
+        masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
+        if not args.quiet:
+            sys.stderr.write("xraynerf reconstruct: note: FDK uses collimated pixels as measured (voxel/nerf leave them out)\n")
+    from .cli import TextProgress
+
+    bar = None if args.quiet else TextProgress(f"reconstruct {args.method}")
+    with _Interrupt() as interrupt, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def progress(p):
+            if bar is not None:
+                bar(p)
+            return not interrupt.requested
+
+        try:
+            result = reconstruct(
+                images, ps.cameras.to(dtype=torch.float64), args.method, grid=args.grid, spacing_mm=args.spacing_mm,
+                renderer=args.renderer, iterations=args.iterations, units=args.units, uncertainty=bool(args.uncertainty),
+                ensemble_size=args.ensemble_size, masks=masks, seed=args.seed, progress=progress, options=opts,
+            )
+        except Cancelled:
+            if bar is not None:
+                bar.close()
+            sys.stderr.write("\nxraynerf reconstruct: cancelled; no output written\n")
+            return EXIT_INTERRUPTED
+        finally:
+            if bar is not None:
+                bar.close()
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning):  # the engine's warnings (torch's UserWarnings are not for users)
+            sys.stderr.write(f"xraynerf reconstruct: warning: {w.message}\n")
+    pairs = [(result.volume, args.out)]
+    if args.uncertainty:
+        if result.uncertainty is None:
+            raise RuntimeError("the ensemble was stopped before two members finished: no uncertainty can be computed; nothing written")
+        pairs.append((result.uncertainty, args.uncertainty))
+    _save_atomic(pairs)
+    if result.cancelled:
+        sys.stderr.write(f"xraynerf reconstruct: warning: stopped early; wrote the best volume so far to {args.out}\n")
+    if args.reference:
+        m = reference_metrics(result.volume, args.reference, args.energy_kev)
+        unit = "HU" if args.units == "hu" else "1/mm"
+        line = (
+            f"reference {args.reference}{' (resampled onto the output grid)' if m['resampled'] else ''}: "
+            f"PSNR {m['psnr_db']:.2f} dB (data range {m['data_range']:.4g} {unit}), SSIM {m['ssim']:.4f}, MAE {m['mae']:.4g} {unit}"
+        )
+        if "mae_masked" in m:
+            line += f", MAE inside the body (reference > {m['body_threshold']:g} {unit}) {m['mae_masked']:.4g} {unit}"
+        sys.stdout.write(line + "\n")
+    if not args.quiet:
+        k, j, i = result.volume.data.shape
+        sp = result.volume.spacing_mm.tolist()
+        sys.stderr.write(
+            f"wrote {args.out}: {i} x {j} x {k} voxels of {sp[0]:.3g} mm ({args.units}), {args.method}, {len(ps)} views, "
+            f"{time.monotonic() - t0:.1f} s" + (f"; uncertainty {args.uncertainty}" if args.uncertainty else "") + "\n"
+        )
+    return EXIT_OK
+
+
+COMMANDS = {"reconstruct": (add_subcommands, run_reconstruct)}
