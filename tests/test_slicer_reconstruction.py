@@ -55,10 +55,7 @@ def sparse():
 
 
 def _engine(images, cams, method="fdk", **kw):
-    try:  # TEMPORARY until the API lands
-        from XRayNeRFLib.recon.api import reconstruct
-    except ImportError:
-        from XRayNeRFMRML.reconstruction import _reconstruct_fallback as reconstruct
+    from XRayNeRFLib.recon.api import reconstruct
 
     return reconstruct(torch.as_tensor(images, dtype=torch.float32), cams, method, **kw)
 
@@ -354,6 +351,21 @@ def test_preview_updates_the_middle_slice(core, module, sparse):
     )
     assert len(seen) >= 3 and max(seen) < 0.05
     assert out.preview_updates == len(seen)
+
+
+def test_nerf_runs_with_coarse_previews(core, module, sparse):
+    """method "nerf" through the module (a small random-start field: options mci=None, 4 levels; 4 steps, the first two on the
+    coarse grid): previews of both phases land in the node, and the result is the engine's on our grid."""
+    cams, images = sparse
+    shapes = []
+    out = module.XRayNeRFReconstructionLogic().reconstruct(
+        _stack(images), method="nerf", renderer="trilinear", gridSize=16, iterations=4, previewIntervalS=0.0,
+        options={"mci": None, "report_every": 1, "levels": 4, "finest_resolution": 16}, progress=lambda p: shapes.append(tuple(p.preview.shape)) is None,
+        geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+    )
+    assert (8, 8) in shapes and (16, 16) in shapes and out.preview_updates == len(shapes)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node), _hu(out.result.volume), atol=0.05)
+    assert out.volume_node.GetName() == "stack NERF" and out.result.history is not None
 
 
 def test_live_preview_is_throttled(core):

@@ -446,10 +446,7 @@ def run_reconstruction(
     ``on_failure()`` first thing on an exception, before the scene is put back (to restore the views, so that
     no slice view still shows a node being restored or removed).
     """
-    try:  # TEMPORARY until XRayNeRFLib.recon.api lands
-        from XRayNeRFLib.recon.api import reconstruct
-    except ImportError:
-        reconstruct = _reconstruct_fallback
+    from XRayNeRFLib.recon.api import reconstruct
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -460,6 +457,7 @@ def run_reconstruction(
         node = changes.volume(output_node, name)
         write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
         preview = LivePreview(node, tuple(like.data.shape), preview_interval_s)
+        masks = projections.masks if projections.masks is not None and not bool(projections.masks.all()) else None
         if on_output_node is not None:
             on_output_node(node)
 
@@ -470,7 +468,7 @@ def run_reconstruction(
         result = reconstruct(
             projections.images, projections.cameras, method, volume=like, renderer=renderer,
             iterations=int(iterations) if iterations else None, units="hu", uncertainty=bool(uncertainty),
-            ensemble_size=int(ensemble_size), masks=projections.masks, seed=int(seed), progress=on_progress, options=options,
+            ensemble_size=int(ensemble_size), masks=masks, seed=int(seed), progress=on_progress, options=options,
         )
         out = result.volume
         got = out.ras_from_ijk.detach().double().cpu().numpy()
@@ -511,24 +509,3 @@ def _hu_array(volume, spread: bool = False) -> np.ndarray:
         return hu_from_mu(data)
     return data.float().numpy()
 
-
-def _reconstruct_fallback(projections, cameras, method="fdk", *, volume=None, renderer="siddon", iterations=None, units="mu",
-                          uncertainty=False, ensemble_size=4, masks=None, seed=0, progress=None, options=None, **_):  # TEMPORARY
-    import types
-    from XRayNeRFLib.recon import fdk, reconstruct_voxel
-    from XRayNeRFLib.recon.optimise import FitSettings
-    from XRayNeRFLib.volume import Volume
-    import torch
-    t = time.time()
-    hist = None
-    if method == "fdk":
-        out = fdk(projections, cameras, volume=volume, window="hann", progress=progress)
-    else:
-        vols = []
-        for m in range(ensemble_size if uncertainty else 1):
-            out, hist = reconstruct_voxel(projections, cameras, volume=volume, settings=FitSettings(iterations=iterations or 100, renderer=renderer, seed=seed + m), progress=progress, return_history=True)
-            vols.append(out.data)
-    unc = None
-    if uncertainty:
-        unc = Volume(torch.stack(vols).std(0), out.ras_from_ijk, "mu")
-    return types.SimpleNamespace(volume=out, uncertainty=unc, history=hist, seconds=time.time() - t, cancelled=bool(hist and hist.cancelled))
