@@ -524,6 +524,9 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert ui.applyButton.enabled and ui.statusLabel.text == "Ready."
     assert ui.orbitCollapsibleButton.visible and not ui.geometryFileLineEdit.visible
     assert not ui.iterationsSpinBox.enabled  # FDK has no iterations
+    assert ui.quantityComboBox.enabled and not ui.i0SpinBox.enabled
+    p.quantity = "intensity"
+    assert ui.i0SpinBox.enabled
     p.geometrySource = "file"
     assert not ui.applyButton.enabled and "geometry file" in ui.statusLabel.text and ui.geometryFileLineEdit.visible
     p.geometrySource = "circular"

@@ -185,6 +185,8 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         ui.orbitCollapsibleButton.setVisible(p.geometrySource == "circular")
         ui.geometryFileLineEdit.setVisible(p.geometrySource == "file")
         ui.geometryFileBrowseButton.setVisible(p.geometrySource == "file")
+        ui.quantityComboBox.setEnabled(p.inputKind != "dicom")  # DICOM: the Pixel Intensity Relationship tag
+        ui.i0SpinBox.setEnabled(p.inputKind == "dicom" or p.quantity == "intensity")
         ui.iterationsSpinBox.setEnabled(p.method != "fdk")
         ui.rendererComboBox.setEnabled(p.method != "fdk")
         ui.ensembleSizeSpinBox.setEnabled(p.computeUncertainty)
