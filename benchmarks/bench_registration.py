@@ -26,14 +26,17 @@ Protocol (issue 5):
            another torch), so stub modules that raise if called are put in sys.modules.
   capture  success vs initial offset (5/10, 10/20, 20/30, 30/50 deg/mm) for ours, with and without a
            coarse search over the offset's range.
-  NeTT     "real" X-rays whose physics the DRR lacks (bone excess attenuation doubled, plus the gray curve);
-           a NeTT model is trained (NCC, 100 Adam steps) on 3 views of patient A (the CT at 48^3, 64 px)
-           and used on patient B (the same CT mirrored left-right: other anatomy, same tissues): the
-           DRR/X-ray discrepancy (1 - NCC at the true poses) and registration mTRE from 10 deg / 20 mm
-           with and without it, for the ncc and mi losses; the true physics as appearance is the bound.
+  NeTT     "real" X-rays whose physics the DRR lacks (bone excess attenuation doubled, plus the gray curve,
+           noise and blur); NeTT models are trained on 3 views of patient A (the CT at 48^3, 64 px): the first
+           version (local MLP, 1 - NCC), a monotone water-anchored map trained with mutual information over
+           the whole range (x_free = 0) and the default (the same, identity below 1.2 x water); used on patient B (the same CT
+           mirrored left-right: other anatomy, same tissues): learned curves, DRR/X-ray agreement at the
+           true poses (1 - NCC and MI) and registration mTRE from 10 deg / 20 mm with each appearance, for
+           the mi and ncc losses; the true physics as appearance is the bound.
 
     python benchmarks/bench_registration.py --quick   # 128^3 CT, 128 px X-rays, 8 cases, writes RESULTS_registration.md
     python benchmarks/bench_registration.py           # 128^3 CT, 256 px X-rays, 20 cases
+    python benchmarks/bench_registration.py --nett-only --out /tmp/nett.md   # the NeTT experiment alone
     (raw numbers per case: benchmarks/_work/<out name>.json)
 """
 
@@ -181,14 +184,16 @@ class DiffDRRRunner:
         return score(w_est, case, centre, lms, time.perf_counter() - t, it + 1)
 
 
-def nett_experiment(seed: int = 0, n_cases: int = 4) -> dict:
-    from XRayNeRFLib.registration.losses import ncc
-    from XRayNeRFLib.registration.nett import train_nett
+def nett_experiment(seed: int = 0, n_cases: int = 8) -> dict:
+    from XRayNeRFLib.registration.losses import mutual_information, ncc
+    from XRayNeRFLib.registration.nett import NeTT, train_nett
     from XRayNeRFLib.render import render
     from XRayNeRFLib.volume import Volume, mu_water_per_mm
 
+    mw = mu_water_per_mm()
+
     def real_physics(vol):
-        w = 1.2 * mu_water_per_mm()
+        w = 1.2 * mw
         return Volume(torch.where(vol.data > w, 2 * vol.data - w, vol.data), vol.ras_from_ijk, "mu")
 
     a = load_ct(48)
@@ -201,19 +206,30 @@ def nett_experiment(seed: int = 0, n_cases: int = 4) -> dict:
     ca = views(a, [-20.0, 0.0, 20.0])
     cb = views(b, list(np.linspace(-12, 12, n_cases)))
     ia, ib = simulate_xray(real_physics(a), ca, seed=seed).float(), simulate_xray(real_physics(b), cb, seed=seed + 1).float()
-    torch.manual_seed(seed)
-    t = time.perf_counter()
-    model, history = train_nett([a], [ia], [ca.to(dtype=torch.float32)], iterations=100, learning_rate=2e-2)
-    train_s = time.perf_counter() - t
-
-    def discrepancy(app):
+    ca32 = ca.to(dtype=torch.float32)
+    variants = {
+        "nett v1 (local MLP, NCC)": dict(model=NeTT(kind="local"), loss="ncc", iterations=100, learning_rate=2e-2, identity_weight=0.0),
+        "nett (monotone, MI, whole range)": dict(model=NeTT(x_free=0.0), loss="mi", iterations=100),
+        "nett (default: monotone, MI, bone range)": dict(loss="mi", iterations=100),
+    }
+    apps = {"plain": None, "true physics": real_physics}
+    out = {"training": {}, "curves": {}, "discrepancy_B": {}, "mtre_mm": {}}
+    xs = torch.tensor([0.25, 0.5, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0])
+    out["curves"]["x = mu / mu_water"] = xs.tolist()
+    out["curves"]["true physics"] = (real_physics(Volume(xs[None, None] * mw, torch.eye(4), "mu")).data[0, 0] / mw).tolist()
+    for name, kw in variants.items():
+        torch.manual_seed(seed)
+        t = time.perf_counter()
+        model, history = train_nett([a], [ia], [ca32], **kw)
+        out["training"][name] = {"seconds": time.perf_counter() - t, "loss_first": history[0], "loss_last": history[-1], "loss": kw["loss"]}
+        with torch.no_grad():
+            out["curves"][name] = (model.curve(xs * mw) / mw).tolist()
+        apps[name] = model
+        print(f"NeTT {name}: trained in {out['training'][name]['seconds']:.1f} s", flush=True)
+    for name, app in apps.items():
         with torch.no_grad():
             drr = render(app(b) if app is not None else b, cb.to(dtype=torch.float32))
-        return float(1 - ncc(drr, ib).mean())
-
-    out = {"train_seconds": train_s, "train_loss_first": history[0], "train_loss_last": history[-1],
-           "discrepancy_B": {"plain": discrepancy(None), "nett": discrepancy(model), "true physics": discrepancy(real_physics)},
-           "mtre_mm": {}}
+        out["discrepancy_B"][name] = {"1 - NCC": float(1 - ncc(drr, ib).mean()), "MI (nats)": float(mutual_information(drr, ib).mean())}
     lms = landmarks(b, 20, seed=seed)
     centre = b.center_ras().double()
     rng = np.random.default_rng(seed + 7)
@@ -221,12 +237,34 @@ def nett_experiment(seed: int = 0, n_cases: int = 4) -> dict:
         cam = cb[k]
         w0 = perturb_pose(cam.world_from_camera[0], centre, 10.0, 20.0, rng)
         init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
-        for loss in ("ncc", "mi"):
-            for name, app in (("plain", None), ("nett", model), ("true physics", real_physics)):
+        for loss in ("mi", "ncc"):
+            for name, app in apps.items():
                 r = register(b, ib[k], init, loss=loss, levels=(4, 2, 1), appearance=app)
                 m = float(target_registration_error(r.world_from_camera, cam.world_from_camera[0], lms).mean())
                 out["mtre_mm"].setdefault(f"{loss} / {name}", []).append(m)
+        print(f"NeTT case {k} done", flush=True)
     return out
+
+
+def nett_report(n) -> list:
+    L = ["", "NeTT (protocol in the docstring; patient B never seen in training; 64 px X-rays, 5 mm pixels at the isocentre):", "",
+         "| model | training loss | first -> last | seconds |", "|---|---|---|---|"]
+    for k, v in n["training"].items():
+        L.append(f"| {k} | {v['loss']} | {v['loss_first']:.4f} -> {v['loss_last']:.4f} | {v['seconds']:.1f} |")
+    xs = n["curves"]["x = mu / mu_water"]
+    L += ["", "Learned density curves F(x), x = mu / mu_water (the plain CT is F(x) = x):", "",
+          "| curve | " + " | ".join(f"{x:g}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
+    for k, v in n["curves"].items():
+        if k != "x = mu / mu_water":
+            L.append(f"| {k} | " + " | ".join(f"{x:.2f}" for x in v) + " |")
+    L += ["", "DRR/X-ray agreement on patient B at the true poses (1 - NCC: lower is closer; MI: higher is closer):", "",
+          "| appearance | 1 - NCC | MI (nats) |", "|---|---|---|"]
+    for k, v in n["discrepancy_B"].items():
+        L.append(f"| {k} | {v['1 - NCC']:.4f} | {v['MI (nats)']:.4f} |")
+    L += ["", "Registration on patient B from 10 deg / 20 mm (mTRE, mm):", "", "| loss / appearance | mTRE per case (mm) | median | mean |", "|---|---|---|---|"]
+    for k, v in n["mtre_mm"].items():
+        L.append(f"| {k} | {' '.join(f'{x:.2f}' for x in v)} | {float(np.median(v)):.2f} | {float(np.mean(v)):.2f} |")
+    return L
 
 
 def summary(rows):
@@ -236,6 +274,7 @@ def summary(rows):
         "success_rate": float(np.mean([r["success"] for r in rows])),
         "median_mtre_mm": float(np.median(m)),
         "mean_mtre_mm": float(np.mean(m)),
+        "max_mtre_mm": float(np.max(m)),
         "median_rotation_deg": float(np.median([r["rotation_deg"] for r in rows])),
         "median_translation_mm": float(np.median([r["translation_mm"] for r in rows])),
         "median_seconds": float(np.median([r["seconds"] for r in rows])),
@@ -245,7 +284,7 @@ def summary(rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="8 cases, 128 px X-rays, 3 capture-range cases per offset")
+    ap.add_argument("--quick", action="store_true", help="8 cases, 128 px X-rays")
     ap.add_argument("--cases", type=int)
     ap.add_argument("--ct-size", type=int, default=128)
     ap.add_argument("--detector-px", type=int)
@@ -260,6 +299,8 @@ def main():
     ap.add_argument("--capture-cases", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-nett", action="store_true", help="skip the NeTT experiment")
+    ap.add_argument("--nett-only", action="store_true", help="run only the NeTT experiment (a few minutes)")
+    ap.add_argument("--nett-cases", type=int, default=8, help="registration cases on patient B in the NeTT experiment")
     ap.add_argument("--compare-losses", nargs="*", default=["ncc", "gncc", "mncc"],
                     help="our other losses run on the same cases (the default loss is chosen from this table)")
     ap.add_argument("--out", default=str(HERE / "RESULTS_registration.md"))
@@ -268,9 +309,22 @@ def main():
     args.cases = args.cases or (8 if quick else 20)
     args.detector_px = args.detector_px or (128 if quick else 256)
     args.levels = args.levels or ([4, 2, 1] if quick and args.detector_px == 128 else [8, 4, 2])
-    args.capture_cases = args.capture_cases if args.capture_cases is not None else (3 if quick else 10)
+    args.capture_cases = args.capture_cases if args.capture_cases is not None else 10
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
+    if args.nett_only:
+        nett = nett_experiment(args.seed, args.nett_cases)
+        raw = HERE / "_work" / (Path(args.out).stem + ".json")
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"elapsed_s": time.perf_counter() - t_all, "load_avg": os.getloadavg(), "torch": torch.__version__,
+                "date": datetime.datetime.now().isoformat(timespec="seconds")}
+        raw.write_text(json.dumps({"nett": nett, **meta}, indent=1, default=float))
+        cmd = "python benchmarks/bench_registration.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+        text = "\n".join([f"# NeTT experiment", "", f"Command: `{cmd}` ({meta['date']}, {meta['elapsed_s'] / 60:.1f} min; "
+                          f"load average at the end {meta['load_avg'][0]:.1f})"] + nett_report(nett)) + "\n"
+        Path(args.out).write_text(text)
+        print(text)
+        return
     vol = load_ct(args.ct_size)
     centre = vol.center_ras().double()
     lms = landmarks(vol, 20, seed=args.seed)
@@ -293,16 +347,18 @@ def main():
             rows[f"ours {loss}"].append(run_ours(vol, c, w0, centre, lms, args, loss=loss))
         print(f"ours with {loss}: median mTRE {np.median([r['mtre_mm'] for r in rows[f'ours {loss}']]):.2f} mm", flush=True)
     capture = []
+    capture_cases = cases if len(cases) >= args.capture_cases else make_cases(vol, args.capture_cases, args.detector_px, args.seed)
+    capture_cases = capture_cases[: args.capture_cases]  # the same seed: the first cases are the main ones
     for rot, tr in ((5, 10), (10, 20), (20, 30), (30, 50)):
         for search in (False, True):
             rs = []
-            for c in cases[: args.capture_cases]:
+            for c in capture_cases:
                 w0 = start_pose(c, centre, rot, tr, seed=500 + c["index"] + rot)
                 extra = {"capture_range_deg": rot, "capture_range_mm": tr, "n_starts": 32, "keep_starts": 3} if search else {}
                 rs.append(run_ours(vol, c, w0, centre, lms, args, **extra))
             capture.append({"rotation_deg": rot, "translation_mm": tr, "coarse_search": search, **summary(rs)})
             print(f"capture {rot} deg / {tr} mm search={search}: success {capture[-1]['success_rate']:.2f}", flush=True)
-    nett = None if args.no_nett else nett_experiment(args.seed)
+    nett = None if args.no_nett else nett_experiment(args.seed, args.nett_cases)
     results = {"nett": nett, "args": vars(args), "summary": {k: summary(v) for k, v in rows.items() if v}, "rows": rows, "capture": capture,
                "elapsed_s": time.perf_counter() - t_all, "load_avg": os.getloadavg(), "machine": platform.platform(),
                "cpus": os.cpu_count(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -335,19 +391,12 @@ def report(r) -> str:
     for i in range(a["cases"]):
         L.append(f"| {i} | " + " | ".join(f"{r['rows'][k][i]['mtre_mm']:.2f} / {r['rows'][k][i]['seconds']:.1f}" for k in s) + " |")
     L += ["", f"Capture range (ours, {a['capture_cases']} cases per offset; coarse search: 32 poses over the offset's range, best 3 refined):", "",
-          "| initial offset | coarse search | success | median mTRE (mm) | median s/case |", "|---|---|---|---|---|"]
+          "| initial offset | coarse search | success | median mTRE (mm) | worst mTRE (mm) | median s/case |", "|---|---|---|---|---|---|"]
     for c in r["capture"]:
         L.append(f"| {c['rotation_deg']} deg / {c['translation_mm']} mm | {'yes' if c['coarse_search'] else 'no'} | "
-                 f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c['median_seconds']:.1f} |")
+                 f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c.get('max_mtre_mm', float('nan')):.2f} | {c['median_seconds']:.1f} |")
     if r.get("nett"):
-        n = r["nett"]
-        L += ["", "NeTT (protocol in the docstring; patient B never seen in training):", "",
-              f"- training on patient A: 1 - NCC {n['train_loss_first']:.4f} -> {n['train_loss_last']:.4f} in {n['train_seconds']:.1f} s",
-              "- DRR/X-ray discrepancy on patient B at the true poses (1 - NCC): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in n["discrepancy_B"].items()), "",
-              "| loss / appearance | mTRE per case (mm) | median |", "|---|---|---|"]
-        for k, v in n["mtre_mm"].items():
-            L.append(f"| {k} | {' '.join(f'{x:.2f}' for x in v)} | {float(np.median(v)):.2f} |")
+        L += nett_report(r["nett"])
     L += ["", "Targets (issue 5):", ""]
     o = s["ours"]
     d = s.get("DiffDRR")

@@ -1,23 +1,53 @@
 """NeTT: neural tuning of CT densities so that DRRs look like real X-rays.
 
-A small MLP maps local CT features to a density correction: for every voxel, features
-``f = (mu / mu_water, mean of mu / mu_water over the 3x3x3 neighbourhood)`` and
+A small MLP re-maps CT attenuation voxel by voxel so that the DRR of the tuned CT matches real X-rays
+better (e.g. bone attenuating more than the HU->mu conversion says at the X-ray's real spectrum).
+Because the model sees only intensities (no position), the same weights apply to any CT in mu (other
+patients): it learns how tissue classes should be weighted, not an anatomy.
 
-    tuned_mu = mu * exp(g(f)),    g: 2 -> hidden -> hidden -> 1 (SiLU), last layer initialised to 0,
+Two model kinds:
 
-so an untrained model is the identity, tuned densities stay >= 0 and air stays air. Because ``g`` sees
-only local intensities (no position), the same weights apply to any CT in mu (other patients): the model
-learns how tissue classes should be weighted (bone vs soft tissue at the X-ray's effective energy, a
-detector's compression of dense paths), not an anatomy.
+``"monotone"`` (default): ``tuned_mu = mu_water * F(mu / mu_water)`` with
 
-Training (:func:`train_nett`) renders the tuned CT at known poses of (X-ray, pose) pairs and minimises
-a similarity loss (default 1 - NCC, which is sensitive to exactly the gray-level differences that the
-model can fix) with Adam. Weights are saved with :func:`save_nett` and loaded with :func:`load_nett`;
-a model is a callable Volume -> Volume, the ``appearance`` argument of :func:`.optimize.register`.
+    F(x) = integral_0^x slope(s) ds,   slope(s) = 1 for s <= x_free,  exp(h(s)) above,
+    h: 1 -> hidden -> hidden -> 1 (SiLU), last layer initialised to 0,
+
+evaluated on a fine table over [0, ``x_max``] and linearly interpolated (extrapolated beyond with the last
+slope), divided by F(1) (water keeps its attenuation; the losses cannot see a global scale). F is
+strictly increasing with F(0) = 0: air stays air and the order of tissues is kept. Below ``x_free``
+(default 1.2 x water, about +200 HU) F is the identity: air, lung, fat and soft tissue attenuate like
+water at any spectrum, only bone-containing voxels need another weight. An untrained model (h = 0) is
+exactly the identity.
+
+``"local"`` (the first version, kept to read old weight files): ``tuned_mu = mu * exp(g(x, local mean))``
+with ``g`` an MLP of the voxel's value and its 3x3x3 mean; not monotone, no fixed range.
+
+Why these constraints (measured; numbers in benchmarks/RESULTS_registration.md):
+
+1. The first version was trained with 1 - NCC. NCC also scores the *detector's* gray-level curve (a
+   nonlinear function of the whole line integral), which no per-voxel density map can reproduce; the
+   free model imitated it by inflating lung and soft tissue (x 2.8 at a quarter of water, a
+   non-monotone curve). That lowered the NCC discrepancy at the true poses but flattened the MI
+   landscape (depth halved) and moved its optimum ~12 mm in depth: registration mTRE went from ~1 mm
+   to ~12 mm. Mutual information is blind to monotone detector curves, so NeTT is now trained with the
+   registration loss (MI by default).
+2. MI (and NCC) cannot see a global scale of the DRR, so without the F(1) = 1 anchor the scale drifts
+   freely during training (measured: to the clamp, x 148).
+3. Trained with MI over the whole range, the monotone map recovered the bone weighting well but also
+   raised the slope between water and 1.2 x water to ~1.3 (more soft-tissue contrast spreads the MI
+   histogram, a bias of the estimator, not physics); with that part alone registration was ~0.7 mm
+   worse than plain, with the bone part alone as good as the true physics. Hence ``x_free``.
+
+Training (:func:`train_nett`) renders the tuned CT at the known poses of (X-ray, pose) pairs and
+minimises the similarity loss with Adam. Weights are saved with :func:`save_nett` and loaded with
+:func:`load_nett`; a model is a callable Volume -> Volume, the ``appearance`` argument of
+:func:`.optimize.register`.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import List, Optional, Sequence
 
 import torch
@@ -32,39 +62,104 @@ from ..volume import Volume, as_mu, mu_water_per_mm
 from .intensity import bin_image
 from .losses import make_loss
 
+NETT_KINDS = ("monotone", "local")
+
 
 class NeTT(nn.Module):
-    """Density tuning MLP. hidden: width of the two hidden layers. mu_water: the normalising
-    attenuation (1/mm)."""
+    """Density tuning MLP.
 
-    def __init__(self, hidden: int = 16, mu_water: Optional[float] = None, local: bool = True):
+    kind: "monotone" (default) or "local" (see the module docstring). hidden: width of the two hidden
+    layers. mu_water: the normalising attenuation (1/mm; default water at 60 keV). x_max: the monotone
+    map's table covers x = mu / mu_water in [0, x_max] (``table_size`` nodes); beyond it F continues
+    with its last slope. x_free: the monotone map is the identity for x <= x_free (default 1.2, about
+    +200 HU, the usual bone threshold): air, lung, fat, water and soft tissue attenuate like water at
+    any spectrum, so only denser (bone-containing) voxels are re-weighted; 0 frees the whole range."""
+
+    def __init__(self, hidden: int = 16, mu_water: Optional[float] = None, local: Optional[bool] = None,
+                 kind: str = "monotone", x_max: float = 4.0, table_size: int = 81, x_free: float = 1.2):
         super().__init__()
+        if local is not None:  # the first version's switch
+            kind = "local" if local else kind
+        if kind not in NETT_KINDS:
+            raise ValueError(f"unknown NeTT kind {kind!r}; use one of {', '.join(NETT_KINDS)}")
+        if not x_max >= 1.5 or int(table_size) < 2:
+            raise ValueError(f"x_max must be >= 1.5 (water is 1) and table_size >= 2, got {x_max}, {table_size}")
+        self.kind = kind
         self.hidden = int(hidden)
-        self.local = bool(local)
+        self.local = kind == "local"
+        if not 0.0 <= x_free < x_max:
+            raise ValueError(f"x_free must be in [0, x_max) = [0, {x_max}), got {x_free}")
+        self.x_free = float(x_free)
+        self.x_max = float(x_max)
+        self.table_size = int(table_size)
         self.mu_water = float(mu_water_per_mm() if mu_water is None else mu_water)
-        self.net = nn.Sequential(nn.Linear(2 if local else 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        n_in = 2 if self.local else 1
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def tuned(self, mu: Tensor) -> Tensor:
-        """(K, J, I) mu in 1/mm -> (K, J, I) tuned mu in 1/mm (differentiable in the weights)."""
+    # --- the monotone map ---------------------------------------------------------------------------
+    def _nodes(self) -> Tensor:
+        w = self.net[0].weight
+        return torch.linspace(0.0, self.x_max, self.table_size, dtype=w.dtype, device=w.device)
+
+    def log_slope(self) -> Tensor:
+        """log of the map's slope dF/dx at the table nodes: (table_size,); h where x > x_free, 0 (slope 1)
+        at and below it (0 everywhere = identity)."""
+        nodes = self._nodes()
+        h = self.net(nodes[:, None])[:, 0].clamp(-5, 5)
+        return torch.where(nodes > self.x_free, h, torch.zeros_like(h))
+
+    def _monotone(self, x: Tensor) -> Tensor:
+        """F(x) for x = mu / mu_water >= 0, any shape; differentiable in the weights."""
+        slope = torch.exp(self.log_slope())  # (N,)
+        dx = self.x_max / (self.table_size - 1)
+        table = torch.cat([slope.new_zeros(1), torch.cumsum(0.5 * (slope[1:] + slope[:-1]) * dx, 0)])  # F at the nodes
+        xt = x.to(slope.dtype).clamp(min=0)
+        pos = (xt / dx).clamp(max=self.table_size - 1)
+        i0 = pos.floor().long().clamp(max=self.table_size - 2)
+        frac = pos - i0.to(pos.dtype)
+        inside = table[i0] + frac * (table[i0 + 1] - table[i0])
+        beyond = table[-1] + slope[-1] * (xt - self.x_max)
+        # Gauge: water keeps its attenuation, F(1) = 1. Similarity losses are blind to a global scale of
+        # the DRR, so without this the scale drifts freely during training (measured: to the clamp).
+        p1 = min(1.0 / dx, self.table_size - 1.0)
+        j0 = min(int(math.floor(p1)), self.table_size - 2)
+        f1 = table[j0] + (p1 - j0) * (table[j0 + 1] - table[j0])
+        return torch.where(xt > self.x_max, beyond, inside) / f1
+
+    # --- the first version -------------------------------------------------------------------------
+    def _local(self, mu: Tensor) -> Tensor:
         x = mu / self.mu_water
-        if self.local:
-            local = F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
-            feats = torch.stack([x, local], dim=-1)  # (K, J, I, 2)
-        else:
-            feats = x[..., None]  # (K, J, I, 1)
+        local = F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+        feats = torch.stack([x, local], dim=-1)  # (K, J, I, 2)
         g = self.net(feats.to(self.net[0].weight.dtype))[..., 0].to(mu.dtype)
         return mu * torch.exp(g.clamp(-5, 5))
+
+    def tuned(self, mu: Tensor) -> Tensor:
+        """(K, J, I) mu in 1/mm -> (K, J, I) tuned mu in 1/mm (differentiable in the weights)."""
+        if self.local:
+            return self._local(mu)
+        return (self.mu_water * self._monotone(mu / self.mu_water)).to(mu.dtype)
 
     def forward(self, volume: Volume) -> Volume:
         vol = as_mu(volume) if volume.units == "hu" else volume
         return Volume(self.tuned(vol.data), vol.ras_from_ijk, "mu")
 
     def curve(self, mu_values: Tensor) -> Tensor:
-        """Tuned value of a homogeneous region of attenuation ``mu_values`` (for plots/inspection)."""
-        x = (mu_values / self.mu_water)[..., None].expand(*mu_values.shape, 2 if self.local else 1)
+        """Tuned value (1/mm) of a homogeneous region of attenuation ``mu_values`` (1/mm), any shape."""
+        if not self.local:
+            return (self.mu_water * self._monotone(mu_values / self.mu_water)).to(mu_values.dtype)
+        x = (mu_values / self.mu_water)[..., None].expand(*mu_values.shape, 2)
         return mu_values * torch.exp(self.net(x.to(self.net[0].weight.dtype))[..., 0].clamp(-5, 5).to(mu_values.dtype))
+
+    def identity_penalty(self) -> Tensor:
+        """Mean squared log slope over the table (monotone) or of g over the same x range (local):
+        0 for the identity."""
+        if not self.local:
+            return self.log_slope().pow(2).mean()  # 0 below x_free by construction
+        x = self._nodes()[:, None].expand(-1, 2)
+        return self.net(x)[:, 0].pow(2).mean()
 
 
 def train_nett(
@@ -73,18 +168,23 @@ def train_nett(
     cameras: Sequence[Cameras],
     *,
     model: Optional[NeTT] = None,
-    loss: str = "ncc",
-    iterations: int = 150,
-    learning_rate: float = 1e-2,
+    loss: str = "mi",
+    iterations: int = 100,
+    learning_rate: float = 2e-2,
+    identity_weight: float = 1e-3,
     bin_factor: int = 2,
     method: str = "trilinear",
     progress: ProgressCallback = None,
 ) -> tuple:
     """Fit a NeTT model on (CT, X-rays, known cameras) triples.
 
-    volumes: CTs (HU or mu), one per patient; images[p]: (V_p, H, W) X-rays of patient p; cameras[p]:
-    their V_p registered cameras. The images are binned by ``bin_factor`` (and the cameras downsampled
-    alike) for speed. Returns (model, history) with history a list of per-iteration mean losses.
+    volumes: CTs (HU or mu), one per patient; images[p]: (V_p, H, W) X-rays of patient p (the values the
+    registration will see: any monotone detector curve is fine for "mi"); cameras[p]: their V_p
+    registered cameras. loss: a :func:`~.losses.make_loss` name; use the loss you will register with
+    ("mi", the default: see the module docstring for why "ncc" training hurt registration).
+    identity_weight: weight of :meth:`NeTT.identity_penalty` added to the mean loss. The images are
+    binned by ``bin_factor`` (and the cameras downsampled alike) for speed.
+    Returns (model, history) with history a list of per-iteration mean losses (without the penalty).
     A progress callback returning False stops early (the model trained so far is returned).
     """
     if not (len(volumes) == len(images) == len(cameras)) or len(volumes) == 0:
@@ -112,31 +212,42 @@ def train_nett(
             val = loss_fn(drr, img).mean() / len(data)
             if not torch.isfinite(val):
                 raise RuntimeError(f"NeTT training loss became NaN at iteration {it}; lower the learning rate")
-            val.backward()
             total += float(val.detach())
+            val.backward()
+        if identity_weight > 0:
+            (identity_weight * model.identity_penalty()).backward()
         opt.step()
         history.append(total)
         if progress is not None and progress(Progress(it + 1, iterations, f"NeTT: iteration {it + 1}, loss {total:.4f}")) is False:
             break
+    model.eval()
     return model, history
 
 
 def save_nett(model: NeTT, path: str) -> None:
     """Save weights and configuration (torch .pt)."""
-    torch.save({"format": "xraynerf-nett-1", "hidden": model.hidden, "mu_water": model.mu_water, "local": model.local,
-                "state_dict": model.state_dict()}, path)
+    torch.save({"format": "xraynerf-nett-2", "kind": model.kind, "hidden": model.hidden, "mu_water": model.mu_water,
+                "x_max": model.x_max, "x_free": model.x_free, "table_size": model.table_size, "state_dict": model.state_dict()}, path)
 
 
 def load_nett(path: str) -> NeTT:
-    """Load a model saved by :func:`save_nett`."""
-    import os
-
+    """Load a model saved by :func:`save_nett` (this or the first version's format)."""
     if not os.path.exists(path):
         raise ValueError(f"NeTT weights {path!r} do not exist")
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != "xraynerf-nett-1":
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt == "xraynerf-nett-1":
+        model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]), kind="local" if blob.get("local", True) else "monotone")
+        if not model.local:
+            raise ValueError(f"{path!r} holds a first-version non-local NeTT model, which is no longer supported; retrain it")
+    elif fmt == "xraynerf-nett-2":
+        model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]), kind=str(blob["kind"]),
+                     x_max=float(blob["x_max"]), table_size=int(blob["table_size"]), x_free=float(blob["x_free"]))
+    else:
         raise ValueError(f"{path!r} is not a NeTT weights file written by XRayNeRFLib.registration.nett.save_nett")
-    model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]), local=bool(blob.get("local", True)))
     model.load_state_dict(blob["state_dict"])
     model.eval()
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError(f"NeTT weights {path!r} contain NaN or infinite values; retrain the model")
     return model
+
