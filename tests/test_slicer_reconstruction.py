@@ -140,7 +140,7 @@ def test_module_metadata_and_registration(module):
 # -- inputs -> the engine's result, in HU, on the engine's grid --------------------------------------------
 def test_stack_and_sequence_fdk_match_engine_and_phantom(core, module, full):
     """A stack and a sequence of the same projections with the circular-orbit form: both nodes have the
-    engine's IJK-to-RAS and voxels (HU of the engine's mu), and the phantom is recovered (PSNR > 25 dB)."""
+    engine's IJK-to-RAS and voxels (HU of the engine's mu), and the phantom is recovered (PSNR > 31 dB)."""
     cams, images = full
     logic = module.XRayNeRFReconstructionLogic()
     stack = logic.reconstruct(_stack(images), gridSize=40, geometrySource="circular", **ORBIT)
@@ -157,7 +157,7 @@ def test_stack_and_sequence_fdk_match_engine_and_phantom(core, module, full):
         assert json.loads(node.GetAttribute("XRayNeRF.Reconstruction"))["views"] == 60
     gt = ground_truth(like)
     score = psnr(torch.from_numpy(_mu(stack.volume_node)).float(), gt)
-    assert score > 25.0, f"PSNR {score:.1f} dB"
+    assert score > 31.0, f"PSNR {score:.1f} dB"  # measured 34.3 dB
     assert stack.volume_node.GetName() == "stack FDK" and seq.volume_node.GetName() == "projections FDK"
 
 
@@ -298,7 +298,7 @@ def test_dicom_rotational_run(core, module, tmp_path):
     engine = _engine(ps.images, ps.cameras, volume=like, units="mu")
     np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node), _hu(engine.volume), atol=0.05)
     score = psnr(torch.from_numpy(_mu(out.volume_node)).float(), ground_truth(like))
-    assert score > 22.0, f"PSNR {score:.1f} dB"
+    assert score > 31.0, f"PSNR {score:.1f} dB"  # measured 34.6 dB
     assert out.volume_node.GetName() == f"{tmp_path.name} FDK"
     with pytest.raises(ValueError, match="own geometry"):
         logic.reconstruct(dicomPath=str(tmp_path), geometrySource="circular", **ORBIT)
