@@ -9,12 +9,19 @@ CONFIG.json:
     geometry:    RTK ThreeDCircularProjectionGeometry XML (written by XRayNeRFLib.geometry_io.write_rtk_xml)
     like:        .mha volume whose grid (origin, spacing, direction, size) the reconstructions take
     threads:     number of ITK threads
-    methods:     list of {"name": "fdk"|"sart"|"cg"|"admm_tv", "out": path.mha, ...parameters}
+    methods:     list of {"name": "fdk"|"sart"|"cg"|"admm_tv"|"joseph", "out": path.mha, ...parameters}
                  fdk: hann (cut frequency, 0 = off), short_scan (bool: Parker weights)
-                 sart: iterations, lambda, subsets (projections per update)
+                 joseph: forward projection of "volume" (.mha) onto the projections' grid (simulation;
+                         "projections" then only gives the detector layout)
+                 sart: iterations, lambda, subsets (projections per update), division_threshold (mm of ray
+                       length through the volume below which a ray's normalised update is zeroed; RTK's
+                       default 0 lets rays that graze the box blow up the outermost voxels)
                  cg: iterations
                  admm_tv: iterations (AL), cg_iterations, alpha, beta
     report:      JSON path receiving per-method wall time (s) and this process's peak RSS (MB)
+    gt_npy:      optional (K, J, I) ground truth on the "like" grid: iterative methods then record a
+                 PSNR-versus-time curve from itk.IterationEvent (the callback's own time is excluded from
+                 the method's seconds); "data_range" (float) is the PSNR peak
 
 Everything is RTK's own filters with their documented parameters; nothing is re-implemented here.
 """
@@ -56,9 +63,17 @@ def main(cfg_path: str) -> None:
         source.Update()
         return source.GetOutput()
 
+    gt = None
+    if cfg.get("gt_npy"):
+        import numpy as np
+
+        gt = np.load(cfg["gt_npy"]).astype(np.float64)
+        data_range = float(cfg["data_range"])
+
     results = {}
     for m in cfg["methods"]:
         name = m["name"]
+        curve, cb_s, count = [], [0.0], [0]
         t0 = time.perf_counter()
         if name == "fdk":
             proj = projections
@@ -82,12 +97,20 @@ def main(cfg_path: str) -> None:
             filt.SetLambda(float(m.get("lambda", 0.3)))
             filt.SetNumberOfProjectionsPerSubset(int(m.get("subsets", 1)))
             filt.SetEnforcePositivity(True)
+            filt.SetDivisionThreshold(float(m.get("division_threshold", 0.0)))
         elif name == "cg":
             filt = rtk.ConjugateGradientConeBeamReconstructionFilter[image_type].New()
             filt.SetInput(0, empty_volume())
             filt.SetInput(1, projections)
             filt.SetGeometry(geometry)
             filt.SetNumberOfIterations(int(m.get("iterations", 10)))
+        elif name == "joseph":
+            vol = itk.imread(m["volume"], itk.F)
+            filt = rtk.JosephForwardProjectionImageFilter[image_type, image_type].New()
+            filt.SetInput(0, projections)
+            filt.SetInput(1, vol)
+            filt.SetGeometry(geometry)
+            filt.SetInPlace(False)
         elif name == "admm_tv":
             filt = rtk.ADMMTotalVariationConeBeamReconstructionFilter[image_type].New()
             filt.SetInput(0, empty_volume())
@@ -99,21 +122,45 @@ def main(cfg_path: str) -> None:
             filt.SetBeta(float(m.get("beta", 1.0)))
         else:
             raise ValueError(f"unknown RTK method {name!r}")
+        if gt is not None and name in ("sart", "cg", "admm_tv"):
+
+            def on_iteration(filt=filt, curve=curve, cb_s=cb_s, count=count, t0=t0):
+                t = time.perf_counter()
+                count[0] += 1
+                x = itk.array_from_image(filt.GetOutput()).astype(np.float64)
+                if x.shape == gt.shape:
+                    mse = float(((x - gt) ** 2).mean())
+                    curve.append((count[0], t - t0 - cb_s[0], 10.0 * np.log10(data_range**2 / mse)))
+                cb_s[0] += time.perf_counter() - t
+
+            filt.AddObserver(itk.IterationEvent(), on_iteration)
         filt.Update()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - cb_s[0]
         itk.imwrite(filt.GetOutput(), m["out"])
-        results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve}
     if cfg.get("report"):
         with open(cfg["report"], "w") as f:
             json.dump(results, f, indent=1)
 
 
-def run_rtk_reconstructions(projections, cameras, like, methods, workdir, threads=2, timeout_s=3600):
+def read_rtk_projections(path):
+    """An RTK projection stack (.mha) as a (V, H, W) float32 numpy array in our row order."""
+    import SimpleITK as sitk
+
+    from XRayNeRFLib.geometry_io import ours_from_rtk_layout
+
+    return ours_from_rtk_layout(sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)))
+
+
+def run_rtk_reconstructions(projections, cameras, like, methods, workdir, threads=2, timeout_s=3600, load=True, gt_npy=None, data_range=None):
     """Run RTK reconstructions in a subprocess (called from the torch side; imports no itk).
 
     projections: (V, H, W) line integrals in our layout; cameras: the matching Cameras; like: Volume
     giving the output grid; methods: list of dicts as in CONFIG.json minus "out" (add "label" to run
-    one method several times). Returns ({label: Volume (mu)}, {label: {"seconds", "peak_rss_mb"}}).
+    one method several times); gt_npy / data_range: see CONFIG.json (PSNR-versus-time curves). Returns ({label: Volume (mu)}, {label: {"seconds", "peak_rss_mb"}});
+    with ``load=False`` the first item maps labels to the output .mha paths instead (a "joseph" output
+    is a projection stack: read it with :func:`read_rtk_projections`).
+    All methods of one call share one process: call once per method for separate peak memories.
     """
     import os
     import subprocess
@@ -151,6 +198,8 @@ def run_rtk_reconstructions(projections, cameras, like, methods, workdir, thread
         "methods": jobs,
         "report": os.path.join(workdir, "rtk_report.json"),
     }
+    if gt_npy is not None:
+        cfg["gt_npy"], cfg["data_range"] = str(gt_npy), float(data_range)
     cfg_path = os.path.join(workdir, "rtk_config.json")
     with open(cfg_path, "w") as f:
         json.dump(cfg, f, indent=1)
@@ -159,6 +208,8 @@ def run_rtk_reconstructions(projections, cameras, like, methods, workdir, thread
         raise RuntimeError(f"RTK worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     with open(cfg["report"]) as f:
         report = json.load(f)
+    if not load:
+        return {m["label"]: m["out"] for m in jobs}, report
     volumes = {m["label"]: load_volume(m["out"], units="mu") for m in jobs}
     return volumes, report
 
