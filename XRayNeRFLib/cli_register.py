@@ -87,7 +87,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="invert the image (dark bone -> bright)")
     p.add_argument("--equalize", action="store_true", help="histogram-equalise the image")
     p.add_argument("--no-mask", action="store_true", help="do not mask flat (collimated) borders")
-    p.add_argument("--nett", help="NeTT appearance weights (.pt) applied to the CT before rendering")
+    p.add_argument("--nett", help="NeTT appearance weights (.pt, written by XRayNeRFLib.registration.save_nett after "
+                   "train_nett) applied to the CT (in mu) before rendering; opt-in, see docs/registration.md")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is often fastest on small images)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_register, run=run_register)
@@ -346,10 +347,11 @@ def _run(args) -> int:
         "volume": os.path.abspath(args.volume), "image": os.path.abspath(args.image),
         "initial_world_from_camera": cams.world_from_camera[0].tolist(), "frame": "patient RAS, mm",
         "camera_convention": "origin at the source, +z towards the detector, +x along columns, +y along rows",
+        "nett": os.path.abspath(args.nett) if args.nett else None,
     })
     if args.overlay:
-        vol = volume if appearance is None else appearance(volume)
         with torch.no_grad():
+            vol = volume if appearance is None else appearance(volume)
             drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), method="trilinear")[0]
         write_overlay(args.overlay, image.numpy(), drr.numpy())
     if args.transform_out:

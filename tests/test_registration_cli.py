@@ -142,3 +142,27 @@ def test_register_a_dicom_xray(tmp_path, capsys):
     e = pose_errors(torch.tensor(res["world_from_camera"]), truth.world_from_camera[0], centre)
     assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 2.0, e
     assert res["size_px"] == list(fac.SIZE) and res["pixel_spacing_mm"] == pytest.approx(list(fac.SPACING))
+
+
+def test_register_with_nett_weights_and_a_bad_weights_file(files, capsys):
+    """--nett: a saved NeTT model (a monotone bone re-weighting) is applied and recorded; the pose is still
+    recovered (the X-ray's bone weighting differs from the CT's anyway); a foreign .pt file is one clear error."""
+    from XRayNeRFLib.registration.nett import NeTT, save_nett
+
+    d = files["dir"]
+    model = NeTT()
+    with torch.no_grad():
+        model.net[-1].bias.fill_(0.4)  # slope e^0.4 = 1.5 above 1.2 x water
+    weights = str(d / "nett.pt")
+    save_nett(model, weights)
+    out = d / "result_nett.json"
+    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", files["init"],
+               "--out", str(out), "--levels", "4", "2", "1", "--threads", "1", "--quiet", "--nett", weights])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["nett"] == weights
+    e = pose_errors(torch.tensor(res["world_from_camera"]), files["truth"], files["centre"])
+    assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 1.5, e
+    bogus = d / "bogus.pt"
+    torch.save({"weights": [1, 2]}, str(bogus))
+    assert "not a NeTT weights file" in run_bad(files, capsys, **{"--nett": str(bogus)})
