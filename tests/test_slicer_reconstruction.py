@@ -658,3 +658,21 @@ def test_sample_projections_reconstruct_the_sample_ct(core, module):
     r = float(np.corrcoef(got[inner], ref[inner])[0, 1])
     err = float(np.median(np.abs(got[inner] - ref[inner])))
     assert r > 0.93 and err < 100.0, f"correlation {r:.3f}, median |error| {err:.0f} HU"  # measured 0.963, 62 HU
+
+
+def test_energy_option_reaches_the_hu_conversion(core, module, sparse):
+    """options energy_kev=80: the node holds HU at 80 keV's mu_water (the engine's mu, converted)."""
+    from XRayNeRFLib.recon.fov import default_grid
+    from XRayNeRFLib.volume import DEFAULT_EFFECTIVE_ENERGY_KEV, mu_water_per_mm
+    from XRayNeRFMRML.reconstruction import DEFAULT_ENERGY_KEV
+
+    assert DEFAULT_ENERGY_KEV == DEFAULT_EFFECTIVE_ENERGY_KEV
+    cams, images = sparse
+    out = module.XRayNeRFReconstructionLogic().reconstruct(
+        _stack(images), gridSize=16, options={"energy_kev": 80.0}, geometrySource="circular",
+        sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+    )
+    mu = _engine(images, cams, volume=default_grid(cams, grid=16), units="mu").volume.data.double().numpy()
+    w80 = mu_water_per_mm(80.0)
+    assert abs(w80 - MU_WATER) > 1e-3
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node), 1000.0 * (mu / w80 - 1.0), atol=0.05)

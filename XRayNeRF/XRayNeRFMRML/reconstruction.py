@@ -59,6 +59,7 @@ METHODS = ("fdk", "voxel", "nerf")
 RENDERERS = ("siddon", "trilinear")
 RECONSTRUCTION_ATTRIBUTE = "XRayNeRF.Reconstruction"
 PREVIEW_INTERVAL_S = 0.1  # ~10 Hz
+DEFAULT_ENERGY_KEV = 60.0  # = XRayNeRFLib.volume.DEFAULT_EFFECTIVE_ENERGY_KEV (not imported here: torch loads lazily)
 
 
 # -- projections from nodes ---------------------------------------------------------------------------
@@ -338,12 +339,12 @@ class SceneChanges:
         self.created, self.saved = [], []
 
 
-def hu_from_mu(mu) -> np.ndarray:
-    """mu (1/mm, tensor or array) -> HU as float32 numpy (XRayNeRFLib.volume.mu_to_hu, 60 keV)."""
+def hu_from_mu(mu, energy_kev: float = DEFAULT_ENERGY_KEV) -> np.ndarray:
+    """mu (1/mm, tensor or array) -> HU as float32 numpy (XRayNeRFLib.volume.mu_to_hu at ``energy_kev``)."""
     import torch
     from XRayNeRFLib.volume import mu_to_hu
 
-    return mu_to_hu(torch.as_tensor(mu).detach().double().cpu()).numpy().astype(np.float32)
+    return mu_to_hu(torch.as_tensor(mu).detach().double().cpu(), energy_kev).numpy().astype(np.float32)
 
 
 class LivePreview:
@@ -353,8 +354,12 @@ class LivePreview:
     grid during a coarse-to-fine fit's first phase) or the whole volume (K, J, I); it is written in HU into
     ``node`` (which already holds the output grid)."""
 
-    def __init__(self, node, shape_kji: Tuple[int, int, int], interval_s: float = PREVIEW_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, node, shape_kji: Tuple[int, int, int], interval_s: float = PREVIEW_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic, energy_kev: float = DEFAULT_ENERGY_KEV,
+    ):
         self.node, self.shape, self.interval_s, self.clock = node, tuple(shape_kji), interval_s, clock
+        self.energy_kev = float(energy_kev)
         self.updates = 0
         self._last = -math.inf
 
@@ -369,7 +374,7 @@ class LivePreview:
         shape = tuple(preview.shape)
         array = slicer.util.arrayFromVolume(self.node)  # (K, J, I) view of the node's voxels
         if shape == self.shape:
-            array[...] = hu_from_mu(preview)
+            array[...] = hu_from_mu(preview, self.energy_kev)
         elif len(shape) == 2:
             if shape != self.shape[1:]:
                 import torch
@@ -379,7 +384,7 @@ class LivePreview:
                 preview = torch.nn.functional.interpolate(
                     torch.as_tensor(preview).detach().double()[None, None], size=self.shape[1:], mode="bilinear", align_corners=True
                 )[0, 0]
-            array[self.shape[0] // 2] = hu_from_mu(preview)
+            array[self.shape[0] // 2] = hu_from_mu(preview, self.energy_kev)
         else:
             return False
         slicer.util.arrayFromVolumeModified(self.node)
@@ -456,7 +461,8 @@ def run_reconstruction(
         ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()
         node = changes.volume(output_node, name)
         write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
-        preview = LivePreview(node, tuple(like.data.shape), preview_interval_s)
+        energy_kev = float((options or {}).get("energy_kev", DEFAULT_ENERGY_KEV))  # the API's HU conversion energy
+        preview = LivePreview(node, tuple(like.data.shape), preview_interval_s, energy_kev=energy_kev)
         masks = projections.masks if projections.masks is not None and not bool(projections.masks.all()) else None
         if on_output_node is not None:
             on_output_node(node)
@@ -474,7 +480,7 @@ def run_reconstruction(
         got = out.ras_from_ijk.detach().double().cpu().numpy()
         if tuple(out.data.shape) != tuple(like.data.shape) or np.abs(got - ras_from_ijk).max() > 1e-4 * max(1.0, np.abs(ras_from_ijk).max()):
             raise RuntimeError("the engine returned a volume on another grid than the one asked for; please report this")
-        write_volume_node(node, _hu_array(out), got)
+        write_volume_node(node, _hu_array(out, energy_kev), got)
         info = {
             "method": method, "renderer": renderer, "views": len(projections), "seconds": round(float(result.seconds), 3),
             "cancelled": bool(result.cancelled), "units": "HU", "assumptions": list(projections.assumptions),
@@ -485,7 +491,7 @@ def run_reconstruction(
             if result.uncertainty is None:
                 raise RuntimeError("the engine returned no uncertainty volume although it was asked for; please report this")
             unode = changes.volume(uncertainty_node, f"{node.GetName()} uncertainty")
-            write_volume_node(unode, _hu_array(result.uncertainty, spread=True), result.uncertainty.ras_from_ijk.detach().double().cpu().numpy())
+            write_volume_node(unode, _hu_array(result.uncertainty, energy_kev, spread=True), result.uncertainty.ras_from_ijk.detach().double().cpu().numpy())
             unode.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(dict(info, quantity="standard deviation over the ensemble")))
     except BaseException:
         try:
@@ -497,7 +503,7 @@ def run_reconstruction(
     return ReconstructionOutput(node, unode, result, projections, preview.updates)
 
 
-def _hu_array(volume, spread: bool = False) -> np.ndarray:
+def _hu_array(volume, energy_kev: float = DEFAULT_ENERGY_KEV, spread: bool = False) -> np.ndarray:
     """A result Volume as HU float32 (K, J, I) numpy, converted when the engine gave mu. ``spread``: the
     values are a standard deviation (HU per 1/mm, no offset: 1000 / mu_water)."""
     data = volume.data.detach().double().cpu()
@@ -505,7 +511,7 @@ def _hu_array(volume, spread: bool = False) -> np.ndarray:
         if spread:
             from XRayNeRFLib.volume import mu_water_per_mm
 
-            return (1000.0 * data / mu_water_per_mm()).numpy().astype(np.float32)
-        return hu_from_mu(data)
+            return (1000.0 * data / mu_water_per_mm(energy_kev)).numpy().astype(np.float32)
+        return hu_from_mu(data, energy_kev)
     return data.float().numpy()
 
