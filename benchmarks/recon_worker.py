@@ -68,6 +68,9 @@ def run(cfg: dict) -> None:
         from XRayNeRFLib.recon.api import reconstruct
     except ImportError:
         reconstruct = None
+    # torch.optim's first Adam imports torch._dynamo (seconds, once per process): a library import like
+    # RTK's `import itk`, which its worker also does before its clock starts
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     t0 = time.perf_counter()
     if reconstruct is not None:
         if method not in ("fdk", "voxel", "nerf"):
