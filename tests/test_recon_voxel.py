@@ -59,3 +59,101 @@ def test_diverging_run_raises(sparse):
     bad[0, 0, 0] = float("inf")
     with pytest.raises((RuntimeError, ValueError)):
         reconstruct_voxel(bad, cams, volume=like, settings=FitSettings(iterations=3, rays_per_view=None, renderer="trilinear"))
+
+
+# -- Siddon path, sigmoid positivity, coarse to fine (measured values in the docstrings) -----------
+@pytest.fixture(scope="module")
+def sparse20():
+    cams = orbit(12)
+    proj = analytic_projections(cams)
+    like = default_grid(cams, grid=20)
+    return cams, proj, like, ground_truth(like)
+
+
+def test_siddon_path_beats_fdk(sparse20):
+    """Exact Siddon projector in the loop (mini-batches of 200 rays, 40 steps): measured 31.5 dB vs FDK
+    27.2 dB on a 20-voxel grid."""
+    cams, proj, like, gt = sparse20
+    settings = FitSettings(iterations=40, lr=0.05, rays_per_view=200, tv_weight=0.1, renderer="siddon")
+    vol, hist = reconstruct_voxel(proj, cams, volume=like, settings=settings, return_history=True)
+    p_fdk = psnr(fdk(proj, cams, volume=like, window="hann").data, gt)
+    assert psnr(vol.data, gt) > p_fdk + 2.5, (psnr(vol.data, gt), p_fdk)
+    assert hist.data[-1] < 0.6 * hist.data[0]  # the data term fell
+
+
+def test_sigmoid_positivity(sparse20):
+    """mu = 0.1/mm * sigmoid(theta): the start reproduces the initial mu inside (0, 0.1), the result is
+    bounded by [0, 0.1] /mm (even from a start pushed to the bounds) and as good as softplus (31.7 dB)."""
+    from XRayNeRFLib.recon.voxel import VoxelGrid
+
+    cams, proj, like, gt = sparse20
+    mu = torch.tensor([[[0.0005, 0.02, 0.05, 0.09]]])
+    assert torch.allclose(VoxelGrid(mu, "sigmoid")(), mu, rtol=1e-4)
+    clipped = VoxelGrid(torch.tensor([[[-1.0, 0.5]]]), "sigmoid")().detach()
+    assert 0 < float(clipped[0, 0, 0]) < 1e-3 and 0.099 < float(clipped[0, 0, 1]) < 0.1
+    settings = FitSettings(iterations=40, lr=0.05, rays_per_view=200, tv_weight=0.1, renderer="trilinear")
+    vol = reconstruct_voxel(proj, cams, volume=like, settings=settings, positivity="sigmoid")
+    assert float(vol.data.min()) >= 0.0 and float(vol.data.max()) <= 0.1
+    assert psnr(vol.data, gt) > psnr(fdk(proj, cams, volume=like).data, gt) + 2.5
+    with pytest.raises(ValueError, match="positivity"):
+        VoxelGrid(mu, "relu")
+
+
+def test_coarse_to_fine_same_psnr_in_less_time():
+    """Coarse to fine (half of 100 steps on a 2x coarser grid and 2x2-binned detector) against the plain
+    fit with the same 100 steps: all pixels, trilinear, 32-voxel grid, 12 views. Measured: plain 34.2 dB,
+    coarse to fine 34.3 dB in ~60 % of the CPU time (coarse steps cost ~1/8). Asserted: at least the
+    plain PSNR - 0.2 dB in less than 85 % of its CPU time. Timed on one thread (process time then
+    counts no idle spinning of worker threads, which made it meaningless on a loaded machine)."""
+    import time
+
+    cams = orbit(12)
+    proj = analytic_projections(cams)
+    like = default_grid(cams, grid=32)
+    gt = ground_truth(like)
+
+    def run(c2f):
+        s = FitSettings(iterations=100, lr=0.05, rays_per_view=None, tv_weight=0.1, renderer="trilinear")
+        t0 = time.process_time()
+        vol, hist = reconstruct_voxel(proj, cams, volume=like, settings=s, coarse_to_fine=c2f, return_history=True)
+        return psnr(vol.data, gt), time.process_time() - t0, vol, hist
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p_plain, t_plain, _, _ = run(False)
+        p_c2f, t_c2f, vol, hist = run(True)
+    finally:
+        torch.set_num_threads(threads)
+    assert vol.data.shape == like.data.shape and torch.equal(vol.ras_from_ijk, like.ras_from_ijk)
+    assert len(hist.data) == 100
+    assert p_c2f >= p_plain - 0.2, (p_c2f, p_plain)
+    assert t_c2f < 0.85 * t_plain, (t_c2f, t_plain)
+
+
+def test_coarse_grid_and_upsampling_geometry():
+    """The coarse grid covers the fine box; upsampling a linear field is exact inside."""
+    from XRayNeRFLib.recon.voxel import bin_projections, coarse_grid, upsample_to
+    from XRayNeRFLib.volume import Volume
+
+    a = torch.eye(4)
+    a[:3, :3] *= 1.5
+    a[:3, 3] = torch.tensor([-10.0, 4.0, 2.0])
+    fine = Volume(torch.zeros(7, 8, 9), a)
+    c = coarse_grid(fine)
+    assert c.data.shape == (4, 4, 5)
+    assert torch.allclose(c.spacing_mm, 2 * fine.spacing_mm)
+    lo_f, hi_f = fine.corners_ras().amin(0), fine.corners_ras().amax(0)
+    lo_c, hi_c = c.corners_ras().amin(0), c.corners_ras().amax(0)
+    assert (lo_c <= lo_f + 1e-5).all() and (hi_c >= hi_f - 1e-5).all()
+    kk, jj, ii = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), torch.arange(5.0), indexing="ij")
+    ras = torch.stack([ii, jj, kk, torch.ones_like(ii)], -1) @ c.ras_from_ijk.T
+    coarse = Volume(0.01 + 0.001 * ras[..., 0] + 0.0005 * ras[..., 2], c.ras_from_ijk)
+    up = upsample_to(coarse, fine)
+    kk, jj, ii = torch.meshgrid(torch.arange(7.0), torch.arange(8.0), torch.arange(9.0), indexing="ij")
+    fr = torch.stack([ii, jj, kk, torch.ones_like(ii)], -1) @ fine.ras_from_ijk.T
+    expect = 0.01 + 0.001 * fr[..., 0] + 0.0005 * fr[..., 2]
+    assert torch.allclose(up[1:-1, 1:-1, 1:-1], expect[1:-1, 1:-1, 1:-1], atol=1e-6)
+    p = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 4, 6)
+    b = bin_projections(p, 2)
+    assert b.shape == (2, 2, 3) and float(b[0, 0, 0]) == pytest.approx((0 + 1 + 6 + 7) / 4)
