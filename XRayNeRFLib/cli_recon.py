@@ -252,35 +252,38 @@ class _Interrupt:
         return False
 
 
-def reference_metrics(result_volume, reference_path: str, energy_kev: Optional[float]) -> dict:
-    """PSNR / SSIM / MAE of the result against a reference volume file (resampled onto the result's
-    grid when the grids differ), in the result's units."""
+def load_reference(reference_path: str, like, units: str, energy_kev: Optional[float]):
+    """The reference volume on ``like``'s grid (resampled when the grids differ) in ``units``:
+    (data (K, J, I), resampled: bool). Refuses a reference that does not contain the grid's centre."""
     import torch
 
     from . import metrics
-    from .volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, load_volume, mu_to_hu, hu_to_mu
+    from .volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, hu_to_mu, load_volume, mu_to_hu
 
     e = DEFAULT_EFFECTIVE_ENERGY_KEV if energy_kev is None else energy_kev
     ref = load_volume(reference_path)
-    if ref.units != result_volume.units:
+    if ref.units != units:
         data = hu_to_mu(ref.data, e) if ref.units == "hu" else mu_to_hu(ref.data, e)
-        ref = Volume(data, ref.ras_from_ijk, result_volume.units)
-    same = tuple(ref.data.shape) == tuple(result_volume.data.shape) and torch.allclose(
-        ref.ras_from_ijk.double(), result_volume.ras_from_ijk.double(), atol=1e-4
-    )
-    resampled = not same
-    ref_data = ref.data if same else metrics.resample_like(ref, result_volume)
-    # the reference must overlap the output grid: its box must contain some output voxel centres
-    if not same:
-        a = ref.ijk_from_ras().double() @ result_volume.ras_from_ijk.double()
-        k, j, i = result_volume.data.shape
-        centre = a @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0], dtype=torch.float64)
-        rk, rj, ri = ref.data.shape
-        if not (-0.5 <= centre[0] <= ri - 0.5 and -0.5 <= centre[1] <= rj - 0.5 and -0.5 <= centre[2] <= rk - 0.5):
-            raise ValueError(
-                f"--reference {reference_path!r} does not contain the centre of the reconstruction grid: it is in another frame or "
-                "another place; give a reference in the geometry's patient RAS frame"
-            )
+        ref = Volume(data, ref.ras_from_ijk, units)
+    same = tuple(ref.data.shape) == tuple(like.data.shape) and torch.allclose(ref.ras_from_ijk.double(), like.ras_from_ijk.double(), atol=1e-4)
+    if same:
+        return ref.data, False
+    a = ref.ijk_from_ras().double() @ like.ras_from_ijk.double()
+    k, j, i = like.data.shape
+    centre = a @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0], dtype=torch.float64)
+    rk, rj, ri = ref.data.shape
+    if not (-0.5 <= centre[0] <= ri - 0.5 and -0.5 <= centre[1] <= rj - 0.5 and -0.5 <= centre[2] <= rk - 0.5):
+        raise ValueError(
+            f"--reference {reference_path!r} does not contain the centre of the reconstruction grid: it is in another frame or "
+            "another place; give a reference in the geometry's patient RAS frame"
+        )
+    return metrics.resample_like(ref, like), True
+
+
+def reference_metrics(result_volume, ref_data, resampled: bool) -> dict:
+    """PSNR / SSIM / MAE (everywhere and inside the body: reference above 0.005 /mm or -500 HU)."""
+    from . import metrics
+
     threshold = -500.0 if result_volume.units == "hu" else 0.005
     mask = metrics.body_mask(ref_data, threshold)
     out = metrics.all_metrics(result_volume.data, ref_data, mask=mask if bool(mask.any()) else None)
@@ -327,6 +330,11 @@ def _run(args) -> int:
             f"the projections of {ps.source} are empty (all line integrals below 1e-3): the object is outside the field of view, "
             "or the values are intensities (pass --quantity intensity)"
         )
+    from .recon.fov import default_grid
+
+    cams = ps.cameras.to(dtype=torch.float64)
+    like = default_grid(cams, grid=args.grid, spacing_mm=args.spacing_mm)
+    reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
     masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
     if masks is not None and args.method == "fdk":
         masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
@@ -345,7 +353,7 @@ def _run(args) -> int:
 
         try:
             result = reconstruct(
-                images, ps.cameras.to(dtype=torch.float64), args.method, grid=args.grid, spacing_mm=args.spacing_mm,
+                images, cams, args.method, volume=like,
                 renderer=args.renderer, iterations=args.iterations, units=args.units, uncertainty=bool(args.uncertainty),
                 ensemble_size=args.ensemble_size, masks=masks, seed=args.seed, progress=progress, options=opts,
             )
@@ -369,7 +377,7 @@ def _run(args) -> int:
     if result.cancelled:
         sys.stderr.write(f"xraynerf reconstruct: warning: stopped early; wrote the best volume so far to {args.out}\n")
     if args.reference:
-        m = reference_metrics(result.volume, args.reference, args.energy_kev)
+        m = reference_metrics(result.volume, *reference)
         unit = "HU" if args.units == "hu" else "1/mm"
         line = (
             f"reference {args.reference}{' (resampled onto the output grid)' if m['resampled'] else ''}: "
