@@ -144,8 +144,7 @@ def make_case(ct: dict, fine: dict, meta: dict, n_views: int, noisy: bool, *, of
 
 def run_ours(case: dict, label: str, method: str, params: dict, *, threads: int, snapshot_every: int = 0, timeout_s: int = 7200) -> tuple:
     """One of our methods on one case in a fresh process. Returns (mu (K, J, I) numpy, report dict)."""
-    tag = label.replace(" ", "_").replace("/", "-").replace("=", "")
-    out = Path(case["dir"]) / f"ours_{tag}.npy"
+    out = Path(case["dir"]) / f"ours_{_tag(label)}.npy"
     cfg = {"projections_npy": case["projections_npy"], "geometry_json": case["geometry_json"], "like_npy": case["ct"]["gt_npy"],
            "ras_from_ijk_npy": case["ct"]["ras_from_ijk_npy"], "threads": threads, "method": method, "params": params,
            "snapshot_every": snapshot_every, "out_npy": str(out), "report": str(out) + ".json"}
@@ -170,8 +169,7 @@ def run_rtk(case: dict, label: str, params: dict, *, threads: int, curve: bool =
     cams = load_geometry(case["geometry_json"], dtype=torch.float64)
     proj = torch.from_numpy(np.load(case["projections_npy"]))
     like = load_like(case["ct"])
-    tag = label.replace(" ", "_").replace("/", "-").replace("=", "")
-    wdir = Path(case["dir"]) / f"rtk_{tag}"
+    wdir = Path(case["dir"]) / f"rtk_{_tag(label)}"
     kw = {"gt_npy": case["ct"]["gt_npy"], "data_range": float(like.data.max() - like.data.min())} if curve else {}
     paths, report = run_rtk_reconstructions(proj, cams, like, [dict(params, label=label)], str(wdir), threads=threads, timeout_s=timeout_s, load=False, **kw)
     mu = sitk.GetArrayFromImage(sitk.ReadImage(paths[label], sitk.sitkFloat32))
@@ -450,13 +448,14 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
           "- Output grid: the ground-truth grid for every method (same `ras_from_ijk`); no method sees the ground truth",
           f"- Metrics ({'XRayNeRFLib.metrics' if extra.get('lib_metrics') else 'benchmarks/recon_common.py'}): PSNR over the whole grid with data range R = max - min of the ground truth ({extra.get('data_range', float('nan')):.4f} /mm); SSIM 3D (Gaussian sigma 1.5 voxels, K1 0.01, K2 0.03, same R, valid region); MAE in 1/mm inside the body (ground truth > mu(-500 HU)); wall time of the reconstruction call in its own process (input I/O and the curves' callbacks excluded); peak RSS = VmHWM of that process (the RTK process carries ~1 GB of ITK libraries)",
           "",
-          "## Targets (issue 4) at 30 noisy views, 128^3",
+          f"## Targets (issue 4) at 30 noisy views, 128^3 (this run: {extra.get('target_case', '?').split('_')[0]}^3)",
           ""]
     L += targets(results, extra.get("target_case", ""), extra.get("ten_case", ""))
     L += ["", "## Settings and the tuning sweep", "",
           f"Tuning case: `{extra.get('tune_case', '?')}` (views shifted by half the angular step, noise seed 2: not a reported case). Criterion: PSNR. "
           "RTK's iterative methods' iteration counts are the best point of their PSNR-per-iteration curve within the sweep's maximum; ours run a fixed budget "
-          f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 decaying linearly to 0.005, FDK (Hann) start, softplus positivity; nerf {extra['budget']['nerf_iterations']} steps).", "",
+          f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 decaying linearly to 0.005, FDK (Hann) start, softplus positivity; "
+          f"nerf {extra['budget']['nerf_iterations']} steps; 'long': {extra['budget'].get('long_iterations', '-')} steps of {extra['budget'].get('long_rays_per_view', '-')} rays, the 30-view noisy case only).", "",
           "Chosen: " + ", ".join(f"{k} = {v}" for k, v in tuned.items()), "",
           "| method | parameters | PSNR dB | SSIM | wall s | note |", "|---|---|---|---|---|---|"]
     for r in tune_rows:
@@ -481,9 +480,9 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
 # ---------------------------------------------------------------------------------------------
 FULL = {
     "size": 128, "fine": 256, "detector": (192, 160),
-    "budget": {"voxel_iterations": 100, "rays_per_view": 512, "nerf_iterations": 100},
-    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "rtk_hann": [0.0, 0.5, 1.0], "sart_lambda_threshold": [(0.3, 0.0), (0.3, 5.0), (0.6, 5.0), (0.9, 5.0)], "sart_max_iterations": 8,
-             "cg_max_iterations": 15, "admm_alpha": [0.003, 0.03, 0.3], "admm_beta": [1.0], "admm_max_iterations": 6, "tv_weight": [0.1, 0.5, 2.0],
+    "budget": {"voxel_iterations": 100, "rays_per_view": 512, "nerf_iterations": 100, "long_iterations": 300, "long_rays_per_view": 1024},
+    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "rtk_hann": [0.0, 0.5, 1.0], "sart_lambda_threshold": [(0.3, 0.0), (0.3, 5.0), (0.6, 5.0), (0.9, 5.0)], "sart_max_iterations": 20,
+             "cg_max_iterations": 30, "admm_alpha": [0.003, 0.03, 0.3], "admm_beta": [1.0], "admm_max_iterations": 10, "tv_weight": [0.1, 0.5, 2.0],
              "nerf_tv_weight": []},
     # (views, noisy, all methods?) in the order they run; the target case first
     "cases": [(30, True, True), (10, True, True), (30, False, False), (20, True, False), (50, True, False), (10, False, False)],
@@ -491,7 +490,7 @@ FULL = {
 }
 QUICK = {
     "size": 64, "fine": 128, "detector": (96, 80),
-    "budget": {"voxel_iterations": 40, "rays_per_view": 256, "nerf_iterations": 40},
+    "budget": {"voxel_iterations": 40, "rays_per_view": 256, "nerf_iterations": 40, "long_iterations": 120, "long_rays_per_view": 512},
     "grid": {"window": ["hann"], "rtk_hann": [0.5], "sart_lambda_threshold": [(0.3, 0.0), (0.6, 5.0)], "sart_max_iterations": 3, "cg_max_iterations": 6,
              "admm_alpha": [0.03], "admm_beta": [1.0], "admm_max_iterations": 3, "tv_weight": [0.1, 0.5], "nerf_tv_weight": []},
     "cases": [(30, True, True), (10, True, True)],
@@ -511,10 +510,80 @@ NOTES = [
 ]
 
 
+def _tag(label: str) -> str:
+    return label.replace(" ", "_").replace("/", "-").replace("=", "")
+
+
+def _saved_volume(case_dir: Path, label: str, kind: str, rtk_name: str = ""):
+    """The volume a run left in its case directory (see run_ours / run_rtk), as a tensor, or None."""
+    import SimpleITK as sitk
+    import torch
+
+    path = case_dir / f"ours_{_tag(label)}.npy" if kind == "ours" else case_dir / f"rtk_{_tag(label)}" / f"rtk_0_{rtk_name}.mha"
+    if not path.exists():
+        return None
+    arr = np.load(path) if kind == "ours" else sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
+    return torch.from_numpy(arr)
+
+
+def _tune_run(row: dict) -> tuple:
+    """(label, kind, rtk name) under which tune() ran a sweep row."""
+    m, p = row["method"], row["params"]
+    if m == "ours FDK":
+        return f"tune fdk {p['window']}", "ours", ""
+    if m == "RTK FDK":
+        return f"tune fdk {p['hann']}", "rtk", "fdk"
+    if m == "RTK SART":
+        return f"tune sart {p['lambda']} {p.get('division_threshold', 0.0)}", "rtk", "sart"
+    if m == "RTK CG":
+        return "tune cg", "rtk", "cg"
+    if m == "RTK ADMM-TV":
+        return f"tune admm {p['alpha']} {p['beta']}", "rtk", "admm_tv"
+    if m.startswith("ours voxel"):
+        return f"tune voxel tv{p['tv_weight']}", "ours", ""
+    return f"tune nerf tv{p['tv_weight']}", "ours", ""
+
+
+def recompute_metrics(work: Path, saved: dict) -> None:
+    """Recompute every metric from the volumes on disk (after a change of metric code)."""
+    import torch
+
+    gts = {}
+
+    def gt_for(size):
+        if size not in gts:
+            gts[size] = torch.from_numpy(np.load(work / f"gt{size}_mu.npy"))
+        return gts[size]
+
+    for name, res in saved["results"].items():
+        size = int(name.split("_")[0])
+        for label, r in res.items():
+            if "psnr_db" in r:
+                x = _saved_volume(work / "cases" / name, label, r.get("kind", "ours"), r.get("params", {}).get("name", ""))
+                if x is not None:
+                    r.update(metrics(x, gt_for(size)))
+    tname = saved["extra"].get("tune_case")
+    if tname:
+        for row in saved["tune_rows"]:
+            label, kind, rtk_name = _tune_run(row)
+            x = _saved_volume(work / "cases" / tname, label, kind, rtk_name)
+            if x is not None:
+                m = metrics(x, gt_for(int(tname.split("_")[0])))
+                row["psnr_db"], row["ssim"] = m["psnr_db"], m["ssim"]
+
+
 def rewrite_report(work: Path, conf: dict, args, out_path: Path) -> None:
-    """The report from a saved results.json (e.g. after editing the report code, or from a partial run)."""
+    """The report from a saved results.json (e.g. after editing the report code, or from a partial
+    run), with every metric recomputed from the volumes on disk."""
     with open(work / "results.json") as f:
         saved = json.load(f)
+    recompute_metrics(work, saved)
+    try:
+        import XRayNeRFLib.metrics  # noqa: F401
+
+        saved["extra"]["lib_metrics"] = True
+    except ImportError:
+        saved["extra"]["lib_metrics"] = False
     extra = saved["extra"]
     extra["notes"] = list(dict.fromkeys(list(NOTES) + [n for n in extra.get("notes", []) if n not in NOTES]))
     cases = saved.get("cases") or {}
@@ -600,6 +669,9 @@ def main() -> None:
         rtk = rtk_methods(tuned)
         if not all_methods:
             ours = {k: v for k, v in ours.items() if k in ("ours FDK", "ours voxel+TV trilinear")}
+        if i == 0:  # where would ours get with a larger budget (the curve shows the way there)
+            m, p = ours["ours voxel+TV trilinear"]
+            ours["ours voxel+TV trilinear long"] = (m, dict(p, iterations=conf["budget"]["long_iterations"], rays_per_view=conf["budget"]["long_rays_per_view"]))
         log(f"case {case['name']}: {len(ours) + len(rtk)} methods")
         repeats = args.repeats if i == 0 and not args.quick else 1
         results[case["name"]] = {}

@@ -7,10 +7,10 @@ RTK's FDK derives its angular weights from gantry angles about that axis, so the
 about world y, around the patient's long axis as a CBCT orbit does (same set-up as
 tests/test_recon_fdk.py::test_fdk_matches_rtk_fdk).
 
-Metrics (until ``XRayNeRFLib.metrics`` exists; then that module is used and these are the check):
+Metrics (``XRayNeRFLib.metrics`` when it exists, checked against these; else these):
   PSNR   10 log10(R^2 / MSE) over the whole grid, R = the data range of the ground truth (max - min mu,
          min is 0 = air)
-  SSIM   3D, Gaussian window sigma 1.5 voxels (truncated at 3.5 sigma, 11^3), K1 = 0.01, K2 = 0.03, the
+  SSIM   3D, Gaussian window sigma 1.5 voxels (radius int(3.5 sigma + 0.5) = 5: 11^3), K1 = 0.01, K2 = 0.03, the
          same R, mean over the voxels whose window lies inside the grid ("valid" convolution)
   MAE    mean |x - gt| in 1/mm over the body mask: gt > mu(-500 HU)
   PSNR inner (supplementary) the same PSNR without a 3-voxel border on every face: RTK's SART puts a few
@@ -110,7 +110,7 @@ def ssim3d(x, gt, data_range: float, sigma: float = 1.5) -> float:
     import torch
     import torch.nn.functional as F
 
-    radius = int(math.ceil(3.5 * sigma))
+    radius = int(3.5 * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     g = torch.exp(-0.5 * (t / sigma) ** 2)
     g = g / g.sum()
@@ -138,14 +138,20 @@ def mae_body(x, gt) -> float:
 
 
 def metrics(x, gt) -> dict:
-    """PSNR (dB), SSIM and body MAE (1/mm) of x against gt, both (K, J, I) tensors in 1/mm. Uses
-    XRayNeRFLib.metrics when present (with the same data range) and records which."""
+    """PSNR (dB), SSIM and body MAE (1/mm) of x against gt, both (K, J, I) tensors in 1/mm, plus the
+    supplementary inner PSNR. Uses XRayNeRFLib.metrics when present (same definitions, same data range)
+    and checks it against this module's versions."""
     data_range = float(gt.max() - gt.min())
-    try:
-        from XRayNeRFLib import metrics as lib  # noqa: F401
-    except ImportError:
-        lib = None
     b = INNER_BORDER
     out = {"psnr_db": psnr_db(x, gt, data_range), "ssim": ssim3d(x, gt, data_range), "mae_body_per_mm": mae_body(x, gt), "data_range": data_range,
-           "psnr_inner_db": psnr_db(x[b:-b, b:-b, b:-b], gt[b:-b, b:-b, b:-b], data_range), "metrics": "benchmark"}
+           "psnr_inner_db": psnr_db(x[b:-b, b:-b, b:-b], gt[b:-b, b:-b, b:-b], data_range), "metrics": "benchmarks/recon_common.py"}
+    try:
+        from XRayNeRFLib import metrics as lib
+    except ImportError:
+        return out
+    lib_out = {"psnr_db": lib.psnr(x, gt, data_range), "ssim": lib.ssim(x, gt, data_range), "mae_body_per_mm": lib.mae(x, gt, mask=body_mask(gt))}
+    for k, v in lib_out.items():
+        if not abs(v - out[k]) <= 1e-6 * max(1.0, abs(v)):
+            raise RuntimeError(f"XRayNeRFLib.metrics and the benchmark disagree on {k}: {v} vs {out[k]}")
+    out.update(lib_out, metrics="XRayNeRFLib.metrics")
     return out
