@@ -485,7 +485,9 @@ FULL = {
              "cg_max_iterations": 30, "admm_alpha": [0.003, 0.03, 0.3], "admm_beta": [1.0], "admm_max_iterations": 10, "tv_weight": [0.1, 0.5, 2.0],
              "nerf_tv_weight": []},
     # (views, noisy, all methods?) in the order they run; the target case first
-    "cases": [(30, True, True), (10, True, True), (30, False, False), (20, True, False), (50, True, False), (10, False, False)],
+    # (views, noisy, which methods: "all" | "most" (no nerf but the first variant, no Siddon) | "few" (FDKs, voxel trilinear,
+    # SART, ADMM-TV)) in the order they run; the target case first
+    "cases": [(30, True, "all"), (10, True, "most"), (30, False, "few"), (20, True, "few"), (50, True, "few")],
     "big": {"size": 256, "fine": 384, "detector": (384, 320), "views": 30},
 }
 QUICK = {
@@ -493,7 +495,7 @@ QUICK = {
     "budget": {"voxel_iterations": 40, "rays_per_view": 256, "nerf_iterations": 40, "long_iterations": 120, "long_rays_per_view": 512},
     "grid": {"window": ["hann"], "rtk_hann": [0.5], "sart_lambda_threshold": [(0.3, 0.0), (0.6, 5.0)], "sart_max_iterations": 3, "cg_max_iterations": 6,
              "admm_alpha": [0.03], "admm_beta": [1.0], "admm_max_iterations": 3, "tv_weight": [0.1, 0.5], "nerf_tv_weight": []},
-    "cases": [(30, True, True), (10, True, True)],
+    "cases": [(30, True, "all"), (10, True, "most")],
     "big": None,
 }
 
@@ -605,7 +607,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="64^3, 10 and 30 noisy views, a minimal sweep, no repeats (a few minutes)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ITK threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=3, help="runs per method for the timings of the 30-view noisy case (default 3)")
-    p.add_argument("--max-seconds", type=float, default=120.0, help="methods whose first run takes longer are not repeated (default 120)")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="methods whose first run takes longer are not repeated (default 60)")
     p.add_argument("--no-big", action="store_true", help="skip the 256^3 run")
     p.add_argument("--no-nerf", action="store_true", help="skip the hash-grid methods")
     p.add_argument("--no-uncertainty", action="store_true", help="skip the uncertainty/error correlation")
@@ -658,7 +660,7 @@ def main() -> None:
         extra["notes"].append("XRayNeRFLib.recon.nerf is not importable here: no hash-grid rows")
     elif nerf and len(nerf_variants()) < 4:
         extra["notes"].append("the shipped MCI heads (Resources/Models/hashgrid_head_prior_*.pt) are missing: nerf runs with a random MLP only")
-    for i, (views, noisy, all_methods) in enumerate(conf["cases"]):
+    for i, (views, noisy, which) in enumerate(conf["cases"]):
         case = make_case(ct, fine, meta, views, noisy, work=work, threads=args.threads)
         cases[case["name"]] = case
         if i == 0:
@@ -667,8 +669,12 @@ def main() -> None:
             extra["ten_case"] = case["name"]
         ours = ours_methods(tuned, conf["budget"], nerf=nerf)
         rtk = rtk_methods(tuned)
-        if not all_methods:
+        if which == "most":
+            nerfs = [k for k in ours if "nerf" in k]
+            ours = {k: v for k, v in ours.items() if "nerf" not in k and "Siddon" not in k or (nerfs and k == nerfs[0])}
+        elif which == "few":
             ours = {k: v for k, v in ours.items() if k in ("ours FDK", "ours voxel+TV trilinear")}
+            rtk = {k: v for k, v in rtk.items() if k in ("RTK FDK", "RTK SART", "RTK ADMM-TV")}
         if i == 0:  # where would ours get with a larger budget (the curve shows the way there)
             m, p = ours["ours voxel+TV trilinear"]
             ours["ours voxel+TV trilinear long"] = (m, dict(p, iterations=conf["budget"]["long_iterations"], rays_per_view=conf["budget"]["long_rays_per_view"]))
