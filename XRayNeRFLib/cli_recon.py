@@ -164,7 +164,7 @@ def _options(args) -> dict:
         if args.iterations < 1:
             raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
     if args.renderer != "siddon" and not iterative:
-        raise ValueError(f"--renderer applies to --method voxel or nerf only (FDK backprojects without a renderer)")
+        raise ValueError("--renderer applies to --method voxel or nerf only (FDK backprojects without a renderer)")
     if args.energy_kev is not None:
         if args.units != "hu" and not args.reference:
             raise ValueError("--energy-kev applies to --units hu (or an HU --reference) only")
