@@ -482,7 +482,7 @@ FULL = {
     "size": 128, "fine": 256, "detector": (192, 160),
     "budget": {"voxel_iterations": 100, "rays_per_view": 512, "nerf_iterations": 100, "long_iterations": 300, "long_rays_per_view": 1024},
     "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "rtk_hann": [0.0, 0.5, 1.0], "sart_lambda_threshold": [(0.3, 0.0), (0.3, 5.0), (0.6, 5.0), (0.9, 5.0)], "sart_max_iterations": 20,
-             "cg_max_iterations": 30, "admm_alpha": [0.003, 0.03, 0.3], "admm_beta": [1.0], "admm_max_iterations": 10, "tv_weight": [0.1, 0.5, 2.0],
+             "cg_max_iterations": 30, "admm_alpha": [0.03, 1.0, 30.0], "admm_beta": [1.0], "admm_max_iterations": 10, "tv_weight": [0.1, 0.5, 2.0],
              "nerf_tv_weight": []},
     # (views, noisy, all methods?) in the order they run; the target case first
     # (views, noisy, which methods: "all" | "most" (no nerf but the first variant, no Siddon) | "few" (FDKs, voxel trilinear,
@@ -612,6 +612,8 @@ def main() -> None:
     p.add_argument("--no-nerf", action="store_true", help="skip the hash-grid methods")
     p.add_argument("--no-uncertainty", action="store_true", help="skip the uncertainty/error correlation")
     p.add_argument("--ensemble-size", type=int, default=4, help="ensemble members for the uncertainty check (default 4)")
+    p.add_argument("--reuse-tuning", action="store_true", help="take the tuned settings and sweep rows from the last run's results.json instead of sweeping again")
+    p.add_argument("--cases", type=int, default=None, help="run only the first N reported cases (the target case is the first)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's benchmarks/_work/recon/{full,quick}/results.json (no runs)")
     p.add_argument("--output", default=None, help="report path (default benchmarks/RESULTS_reconstruction.md, or RESULTS_reconstruction-quick.md with --quick)")
     args = p.parse_args()
@@ -652,7 +654,13 @@ def main() -> None:
     log(f"tuning on {conf['size']}^3, 30 noisy views shifted by half a step, noise seed 2")
     tcase = make_case(ct, fine, meta, 30, True, offset_fraction=0.5, seed=2, work=work, threads=args.threads)
     extra["tune_case"] = tcase["name"]
-    tuned, tune_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log)
+    if args.reuse_tuning:
+        with open(work / "results.json") as f:
+            saved = json.load(f)
+        tuned, tune_rows = saved["tuned"], saved["tune_rows"]
+        extra["notes"].append(f"tuning reused from the run started {saved['info']['started']} (--reuse-tuning)")
+    else:
+        tuned, tune_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log)
     log(f"tuned: {tuned}")
     report()
     nerf = not args.no_nerf
@@ -660,7 +668,7 @@ def main() -> None:
         extra["notes"].append("XRayNeRFLib.recon.nerf is not importable here: no hash-grid rows")
     elif nerf and len(nerf_variants()) < 4:
         extra["notes"].append("the shipped MCI heads (Resources/Models/hashgrid_head_prior_*.pt) are missing: nerf runs with a random MLP only")
-    for i, (views, noisy, which) in enumerate(conf["cases"]):
+    for i, (views, noisy, which) in enumerate(conf["cases"][: args.cases]):
         case = make_case(ct, fine, meta, views, noisy, work=work, threads=args.threads)
         cases[case["name"]] = case
         if i == 0:
@@ -700,7 +708,7 @@ def main() -> None:
             vox = ours_methods(tuned, conf["budget"], nerf=False)["ours voxel+TV trilinear"][1]
             extra["uncertainty"] = uncertainty_check(case, args.threads, log, vox, args.ensemble_size)
             report()
-    if conf["big"] and not args.no_big:
+    if conf["big"] and not args.no_big and args.cases is None:
         b = conf["big"]
         log(f"{b['size']}^3 run (memory and time; 30 noisy views)")
         ct_b = prepare_ct(b["size"], work)
