@@ -42,6 +42,7 @@ MU_SCALE = 0.01  # 1/mm, same scale as voxel.MU_SCALE
 HEAD_FORMAT = "xraynerf-hashgrid-head"
 HEAD_VERSION = 1
 _PRIMES = (1, 2654435761, 805459861)
+LAYERNORM_EPS = 1e-12  # small: the hash entries start at +-1e-4 (variance ~1e-9), which the LayerNorm must still scale up
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class HashGridField(nn.Module):
             return feats_cn
         mean = feats_cn.mean(0, keepdim=True)
         var = feats_cn.var(0, unbiased=False, keepdim=True)
-        return (feats_cn - mean) * torch.rsqrt(var + 1e-5) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        return (feats_cn - mean) * torch.rsqrt(var + LAYERNORM_EPS) * self.norm_weight[:, None] + self.norm_bias[:, None]
 
     def _head(self, feats_cn: Tensor) -> Tensor:
         h = self.normalized_features(feats_cn)

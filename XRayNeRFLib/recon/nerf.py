@@ -36,7 +36,12 @@ from .fov import check_fov_hits_object, default_grid
 from .hashgrid import GridPlan, HashGridConfig, HashGridField
 from .optimise import FitHistory, FitSettings, fit
 
-DEFAULT_MCI_PATH = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "hashgrid_mlp_prior.pt"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def default_mci_path(normalize: bool) -> Path:
+    """The shipped pre-fitted head for the default layout, with or without the LayerNorm."""
+    return MODELS_DIR / ("hashgrid_head_prior_norm.pt" if normalize else "hashgrid_head_prior_plain.pt")
 
 
 @dataclass
@@ -47,7 +52,8 @@ class NerfSettings:
     report_every, snapshot_every, on_snapshot: as FitSettings (``seed`` also seeds the hash table and a
     random MLP). levels ... hidden_layers: :class:`hashgrid.HashGridConfig` (resolutions in cells per
     longest box side). normalize: LayerNorm over the level features. mci: path of a pre-fitted head,
-    "default" (the shipped Resources/Models/hashgrid_mlp_prior.pt) or None (random MLP).
+    "default" (the shipped Resources/Models/hashgrid_head_prior_{norm,plain}.pt, by ``normalize``; made
+    for the default layout) or None (random MLP).
     coarse_to_fine: first ``coarse_fraction`` of the steps on a half-resolution grid.
     chunk_points: MLP evaluation chunk (bounds memory; checkpointed under autograd).
     """
@@ -104,7 +110,14 @@ class NerfGridModel(nn.Module):
         self.plan = plan
 
     def forward(self) -> Tensor:
-        return self.field.evaluate_grid(self.plan)
+        mu = self.field.evaluate_grid(self.plan)
+        if not bool(torch.isfinite(mu.detach()).all()):
+            bad = int((~torch.isfinite(mu.detach())).sum())
+            raise RuntimeError(
+                f"the hash-grid field gave non-finite mu in {bad} voxels: the optimisation diverged or the "
+                "pre-fitted MLP (mci) holds NaN/inf weights; lower the learning rate or pass another mci file (or None)"
+            )
+        return mu
 
 
 def grid_axes(like: Volume) -> tuple:
@@ -133,7 +146,7 @@ def make_field(settings: NerfSettings, device=None) -> HashGridField:
     """The field for ``settings``: MCI head loaded (hash table re-drawn with the seed) or a random MLP."""
     field = HashGridField(settings.hash_config(), seed=settings.seed, chunk_points=settings.chunk_points)
     if settings.mci is not None:
-        path = DEFAULT_MCI_PATH if settings.mci == "default" else Path(settings.mci)
+        path = default_mci_path(settings.normalize) if settings.mci == "default" else Path(settings.mci)
         if not path.is_file():
             raise ValueError(
                 f"the pre-fitted hash-grid MLP {path} is missing; run scripts/prefit_hashgrid_mlp.py to make it, "

@@ -141,7 +141,7 @@ def fit(
                 snapshot(step + 1, model())
         if progress is not None and (step % settings.report_every == 0 or step == n_it - 1):
             preview = mu.detach()[mu.shape[0] // 2].clone()
-            msg = f"step {step + 1}/{n_it}: L1 {d:.4g}, TV {float(tv):.3g}"
+            msg = f"step {step + 1}/{n_it}: L1 {d:.4g}, TV {float(tv.detach()):.3g}"
             if progress(Progress(step + 1, n_it, msg, preview)) is False:
                 history.cancelled = True
                 break
