@@ -18,8 +18,8 @@ Geometry sources (:data:`GEOMETRY_SOURCES`)
 -------------------------------------------
 * ``"images"``: the cameras stored on the image nodes (attribute ``XRayNeRF.Cameras``, written by the DRR
   module and XRayNeRF's readers): one view per sequence item, or V views on a stack;
-* ``"circular"``: a circular orbit about the patient's superior (RAS +z) axis through an isocentre
-  (:class:`CircularOrbit`; views and detector size from the images);
+* ``"circular"``: a circular orbit about a patient axis (S, R or A) through an isocentre, with a start
+  angle, an arc and a detector offset (:class:`CircularOrbit`; views and detector size from the images);
 * ``"file"``: RTK XML (detector size from the images, pixel spacing and origin from the image node's
   geometry, read back into the file's LPS frame) or XRayNeRF JSON;
 * ``"dicom"``: from the DICOM tags (DICOM input only).
@@ -158,15 +158,30 @@ def images_from_stack(volume_node) -> NodeImages:
     return NodeImages(a, cams, spacing, origin, [f"{volume_node.GetName()}[{v}]" for v in range(a.shape[0])])
 
 
+# orbit axis -> rotation taking the engine's orbit (about RAS +S, angle 0: source posterior) to an orbit about
+# that axis, chosen so that angle 0 keeps the source posterior where it can (axes S and R; for A the
+# source starts superior). Columns: images of e_R, e_A, e_S.
+ORBIT_AXES = ("S", "R", "A")
+_ORBIT_ROTATION = {
+    "S": np.eye(3),
+    "R": np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]),  # S -> R, A -> A, R -> -S
+    "A": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]),  # S -> A, A -> -S, R -> R
+}
+
+
 @dataclass
 class CircularOrbit:
-    """A circular cone-beam orbit about the patient's superior axis (RAS +z) through ``isocenter_ras``.
+    """A circular cone-beam orbit about the patient axis ``axis`` ("S", "R" or "A": RAS +z, +x or +y)
+    through ``isocenter_ras`` (3,) RAS mm.
 
-    start_deg / arc_deg: gantry angle of the first view and the arc covered (C-arm primary angle, LAO
-    positive, 0 = source posterior). A 360-degree arc spreads the views evenly without repeating the first
-    angle (step 360/V); any other arc includes both ends (step arc/(V-1)).
+    start_deg / arc_deg: angle of the first view and the arc covered; positive angles turn right-handed
+    about the axis. Angle 0 puts the source posterior (axes S and R) or superior (axis A); about S this is
+    the C-arm primary angle (LAO positive). A 360-degree arc spreads the views evenly without repeating the
+    first angle (step 360/V); any other arc includes both ends (step arc/(V-1)).
     sid_mm / sdd_mm: source-isocentre and source-detector distances. pixel_spacing_mm: (column, row) or
-    one value. The number of views and the detector size come from the images.
+    one value. detector_offset_mm: (2,) [column, row] in-plane shift of the detector (an offset detector
+    for a wider field of view): the principal point moves by -offset / spacing pixels. The number of views
+    and the detector size come from the images.
     """
 
     sid_mm: float
@@ -175,6 +190,8 @@ class CircularOrbit:
     start_deg: float = 0.0
     arc_deg: float = 360.0
     isocenter_ras: Sequence[float] = (0.0, 0.0, 0.0)
+    axis: str = "S"
+    detector_offset_mm: Sequence[float] = (0.0, 0.0)
 
     def angles_deg(self, views: int) -> np.ndarray:
         if views < 2:
@@ -186,6 +203,7 @@ class CircularOrbit:
         return self.start_deg + self.arc_deg * np.arange(views) / (views - 1)
 
     def cameras(self, views: int, size_px: Tuple[int, int]):
+        """V cameras (float64) for ``views`` images of ``size_px`` (columns, rows)."""
         import torch
         from XRayNeRFLib.geometry import Cameras
 
@@ -197,11 +215,35 @@ class CircularOrbit:
                 f"the source-isocentre distance ({self.sid_mm:g} mm) must be > 0 and smaller than the source-detector "
                 f"distance ({self.sdd_mm:g} mm)"
             )
-        return Cameras.circular_orbit(
+        axis = str(self.axis).upper()
+        if axis not in _ORBIT_ROTATION:
+            raise ValueError(f"the orbit axis must be one of {', '.join(ORBIT_AXES)} (patient right, anterior, superior), got {self.axis!r}")
+        iso = np.asarray(self.isocenter_ras, dtype=np.float64).reshape(-1)
+        offset = np.asarray(self.detector_offset_mm, dtype=np.float64).reshape(-1)
+        if iso.shape != (3,) or not np.isfinite(iso).all():
+            raise ValueError(f"the isocentre must be three finite RAS coordinates in mm, got {iso.tolist()}")
+        if offset.shape != (2,) or not np.isfinite(offset).all():
+            raise ValueError(f"the detector offset must be two finite values [column, row] in mm, got {offset.tolist()}")
+        cams = Cameras.circular_orbit(
             torch.from_numpy(np.radians(self.angles_deg(views))), sid_mm=float(self.sid_mm), sdd_mm=float(self.sdd_mm),
             size_px=(int(size_px[0]), int(size_px[1])), pixel_spacing_mm=torch.from_numpy(spacing),
-            isocenter_ras=[float(x) for x in self.isocenter_ras], dtype=torch.float64,
-        )
+            detector_offset_mm=torch.from_numpy(offset), dtype=torch.float64,
+        )  # about +S through the origin
+        moved = np.eye(4)
+        moved[:3, :3] = _ORBIT_ROTATION[axis]
+        moved[:3, 3] = iso  # world <- engine orbit frame: rotate the axis into place, then shift to the isocentre
+        world_from_camera = torch.from_numpy(moved) @ cams.world_from_camera
+        return Cameras(world_from_camera, cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
+
+
+def isocenter_from_markups(markups_node) -> Tuple[float, float, float]:
+    """The first control point of a markups node in world RAS mm (parent transforms applied)."""
+    if markups_node is None or markups_node.GetNumberOfControlPoints() < 1:
+        name = markups_node.GetName() if markups_node is not None else "(none)"
+        raise ValueError(f"the isocentre point list '{name}' has no point: place one point at the rotation centre")
+    point = [0.0, 0.0, 0.0]
+    markups_node.GetNthControlPointPositionWorld(0, point)
+    return (float(point[0]), float(point[1]), float(point[2]))
 
 
 def _to_line_integrals(values: np.ndarray, quantity: str, i0: Optional[float]):
@@ -275,15 +317,67 @@ def projection_set_from_nodes(
     return ProjectionSet(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)), cams, None, metadata, notes + li_notes, source=node.GetName())
 
 
-def projection_set_from_dicom(path: str, *, i0: Optional[float] = None):
-    """A DICOM X-ray series (a file or a directory) -> ``ProjectionSet``, geometry and intensities from the tags."""
+# DICOM tag overrides the module offers: GeometryOverrides key -> the field's label in the module panel
+DICOM_OVERRIDE_FIELDS = {
+    "sdd_mm": "DICOM overrides > Source-detector distance",
+    "sid_mm": "DICOM overrides > Source-isocentre distance",
+    "pixel_spacing_mm": "DICOM overrides > Detector pixel spacing",
+}
+
+
+def _dicom_error_for_the_panel(message: str) -> str:
+    """The engine's DICOM error names the command-line flag that supplies a missing value; in Slicer, name
+    the module's field instead (or say that the module has no field for it)."""
+    import re
+
+    from XRayNeRFLib.dicom_xray import FLAG
+
+    for key, flag in FLAG.items():
+        field_label = DICOM_OVERRIDE_FIELDS.get(key)
+        if field_label is not None:
+            fill = f"enter it in the field '{field_label}'"
+        else:
+            fill = f"this module has no field for it: convert the series with `xraynerf convert ... {flag}` and load the result as a stack"
+        message = re.sub(rf"pass it with {re.escape(flag)} \(or {key}= in GeometryOverrides\)", fill, message)
+        message = re.sub(rf"pass {re.escape(flag)}(?![\w-])", fill, message)
+        if field_label is not None:  # other wordings ("pass the spacing with --flag", "or pass --flag")
+            message = re.sub(rf"{re.escape(flag)}(?![\w-])", f"the field '{field_label}'", message)
+    return message
+
+
+def projection_set_from_dicom(
+    path: str,
+    *,
+    i0: Optional[float] = None,
+    sdd_mm: Optional[float] = None,
+    sid_mm: Optional[float] = None,
+    pixel_spacing_mm: Optional[float] = None,
+):
+    """A DICOM X-ray series (a file or a directory) -> ``ProjectionSet``, geometry and intensities from the tags.
+
+    sdd_mm / sid_mm / pixel_spacing_mm (square pixels): values that win over the tags (None or 0: the tags),
+    for files that lack Distance Source to Detector (0018,1110), Distance Source to Isocenter (0018,9402) or
+    Imager Pixel Spacing (0018,1164). A missing tag raises ValueError naming the field to fill
+    (:data:`DICOM_OVERRIDE_FIELDS`)."""
     import os
 
+    from XRayNeRFLib.dicom_xray import GeometryOverrides
     from XRayNeRFLib.projection_set import ProjectionSet
 
     if not path or not os.path.exists(str(path)):
         raise ValueError(f"the DICOM path {str(path)!r} does not exist: choose a DICOM file or the directory of the series")
-    return ProjectionSet.from_dicom([str(path)], i0=i0 if i0 else None)
+    for label, value in (("source-detector distance", sdd_mm), ("source-isocentre distance", sid_mm), ("pixel spacing", pixel_spacing_mm)):
+        if value is not None and not (math.isfinite(float(value)) and float(value) >= 0.0):
+            raise ValueError(f"the DICOM override {label} must be > 0 mm (or 0 to use the tag), got {value}")
+    overrides = GeometryOverrides(
+        sdd_mm=float(sdd_mm) if sdd_mm else None,
+        sid_mm=float(sid_mm) if sid_mm else None,
+        pixel_spacing_mm=[float(pixel_spacing_mm)] * 2 if pixel_spacing_mm else None,
+    )
+    try:
+        return ProjectionSet.from_dicom([str(path)], overrides, i0=i0 if i0 else None)
+    except ValueError as error:
+        raise ValueError(_dicom_error_for_the_panel(str(error))) from None
 
 
 # -- writing volumes ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ _addExtensionPaths()
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode  # noqa: E402
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode  # noqa: E402
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
@@ -44,6 +44,7 @@ from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 # kept in step with XRayNeRFMRML.reconstruction (not imported here: that module is loaded on first use)
 INPUT_KINDS = ["sequence", "stack", "dicom"]
 GEOMETRY_SOURCES = ["images", "circular", "file", "dicom"]
+ORBIT_AXES = ["S", "R", "A"]
 QUANTITIES = ["line_integral", "intensity"]
 METHODS = ["fdk", "voxel", "nerf"]
 RENDERERS = ["siddon", "trilinear"]
@@ -66,7 +67,8 @@ class XRayNeRFReconstruction(ScriptedLoadableModule):
             "<b>Inputs</b>: a sequence of 1-slice volumes (one per view), a volume whose slices are the views, "
             "or a DICOM X-ray series. <b>Geometry</b>: the cameras stored on the images (XRayNeRF DRR module, "
             "DICOM reader), a circular orbit (gantry angle as the C-arm primary angle: LAO positive, 0 = source "
-            "posterior; about the patient's superior axis through the isocentre), an RTK XML or XRayNeRF JSON "
+            "posterior; about the patient's superior, right or anterior axis through an isocentre given as "
+            "coordinates or a markups point, with an optional detector offset), an RTK XML or XRayNeRF JSON "
             "file, or the DICOM tags. <b>Values</b>: line integrals -ln(I/I0) (as DRRs) or raw intensities "
             "(I0 given or estimated from unattenuated air).<br>"
             "<b>Geometry conventions</b> (docs/geometry.md in the XRayNeRF repository): scene frame patient RAS "
@@ -95,9 +97,10 @@ def registerSampleData() -> None:
 #
 @parameterNodeWrapper
 class XRayNeRFReconstructionParameterNode:
-    """Inputs (one of sequence / stack / DICOM path), geometry source, orbit form (degrees, mm), values,
-    method and grid, outputs. Zero means "default" for i0 (estimate), voxel size (use the grid size) and
-    iterations (the method's default)."""
+    """Inputs (one of sequence / stack / DICOM path), geometry source, orbit form (degrees, mm; axis R/A/S;
+    isocentre: the markups point when one is chosen, else the R/A/S coordinates), DICOM tag overrides,
+    values, method and grid, outputs. Zero means "default" for i0 (estimate), voxel size (use the grid
+    size), iterations (the method's default) and the DICOM overrides (use the tag)."""
 
     inputKind: Annotated[str, Choice(INPUT_KINDS)] = "sequence"
     inputSequence: vtkMRMLSequenceNode
@@ -107,9 +110,19 @@ class XRayNeRFReconstructionParameterNode:
     geometryFile: str = ""
     orbitStartDeg: Annotated[float, WithinRange(-360.0, 360.0)] = 0.0
     orbitArcDeg: Annotated[float, WithinRange(1.0, 720.0)] = 360.0
+    orbitAxis: Annotated[str, Choice(ORBIT_AXES)] = "S"
+    isocenterPoint: vtkMRMLMarkupsFiducialNode
+    isocenterR: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
+    isocenterA: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
+    isocenterS: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
+    detectorOffsetColumnMm: Annotated[float, WithinRange(-1000.0, 1000.0)] = 0.0
+    detectorOffsetRowMm: Annotated[float, WithinRange(-1000.0, 1000.0)] = 0.0
     sourceIsocenterDistanceMm: Annotated[float, WithinRange(10.0, 5000.0)] = 750.0
     sourceDetectorDistanceMm: Annotated[float, WithinRange(10.0, 5000.0)] = 1200.0
     pixelSpacingMm: Annotated[float, WithinRange(0.001, 20.0)] = 1.0
+    dicomSddMm: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    dicomSidMm: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    dicomPixelSpacingMm: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
     quantity: Annotated[str, Choice(QUANTITIES)] = "line_integral"
     i0: Annotated[float, WithinRange(0.0, 1.0e12)] = 0.0
     method: Annotated[str, Choice(METHODS)] = "fdk"
@@ -140,6 +153,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         for combo, items in (
             (self.ui.inputKindComboBox, INPUT_KINDS),
             (self.ui.geometrySourceComboBox, GEOMETRY_SOURCES),
+            (self.ui.orbitAxisComboBox, ORBIT_AXES),
             (self.ui.quantityComboBox, QUANTITIES),
             (self.ui.methodComboBox, METHODS),
             (self.ui.rendererComboBox, RENDERERS),
@@ -182,6 +196,9 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         ui.inputStackSelector.setVisible(p.inputKind == "stack")
         ui.dicomPathLineEdit.setVisible(p.inputKind == "dicom")
         ui.dicomBrowseButton.setVisible(p.inputKind == "dicom")
+        ui.dicomOverridesCollapsibleButton.setVisible(p.inputKind == "dicom")
+        for spinBox in (ui.isocenterRSpinBox, ui.isocenterASpinBox, ui.isocenterSSpinBox):
+            spinBox.setEnabled(not p.isocenterPoint)  # a chosen point wins over the coordinates
         ui.orbitCollapsibleButton.setVisible(p.geometrySource == "circular")
         ui.geometryFileLineEdit.setVisible(p.geometrySource == "file")
         ui.geometryFileBrowseButton.setVisible(p.geometrySource == "file")
@@ -265,6 +282,10 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
                 return _("The geometry file does not exist.")
         if p.geometrySource == "circular" and p.sourceDetectorDistanceMm <= p.sourceIsocenterDistanceMm:
             return _("The source-detector distance must exceed the source-isocentre distance.")
+        if p.geometrySource == "circular" and p.isocenterPoint and p.isocenterPoint.GetNumberOfControlPoints() < 1:
+            return _("The isocentre point list is empty: place a point at the rotation centre, or choose none to use the coordinates.")
+        if p.inputKind == "dicom" and p.dicomSddMm and p.dicomSidMm and p.dicomSddMm <= p.dicomSidMm:
+            return _("DICOM overrides: the source-detector distance must exceed the source-isocentre distance.")
         if p.geometrySource == "images" and p.inputKind != "dicom":
             node = p.inputSequence if p.inputKind == "sequence" else p.inputStack
             first = node.GetNthDataNode(0) if node is not None and node.IsA("vtkMRMLSequenceNode") and node.GetNumberOfDataNodes() else node
@@ -285,6 +306,12 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         sourceDetectorDistanceMm: float = 1200.0,
         pixelSpacingMm: float = 1.0,
         isocenterRas=(0.0, 0.0, 0.0),
+        isocenterNode=None,
+        orbitAxis: str = "S",
+        detectorOffsetMm=(0.0, 0.0),
+        dicomSddMm: Optional[float] = None,
+        dicomSidMm: Optional[float] = None,
+        dicomPixelSpacingMm: Optional[float] = None,
         quantity: str = "line_integral",
         i0: Optional[float] = None,
     ):
@@ -292,19 +319,30 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
 
         inputNode: vtkMRMLSequenceNode of 1-slice volumes or a stack vtkMRMLScalarVolumeNode; or dicomPath.
         geometrySource: "images" | "circular" (orbit arguments: degrees, mm) | "file" | "dicom".
+        Circular orbit: about ``orbitAxis`` "S" | "R" | "A" through the isocentre, which is the first point of
+        ``isocenterNode`` (a markups point list, world RAS) when given, else ``isocenterRas`` (3,) RAS mm;
+        ``detectorOffsetMm`` [column, row] mm shifts the detector in its plane.
+        dicomSddMm / dicomSidMm / dicomPixelSpacingMm: values that win over the DICOM tags (None or 0: the tags).
         quantity: "line_integral" | "intensity" (i0 None or 0: estimated per view)."""
-        from XRayNeRFMRML.reconstruction import CircularOrbit, projection_set_from_dicom, projection_set_from_nodes
+        from XRayNeRFMRML.reconstruction import (
+            CircularOrbit, isocenter_from_markups, projection_set_from_dicom, projection_set_from_nodes,
+        )
 
         if dicomPath:
             if inputNode is not None:
                 raise ValueError("give either image nodes or a DICOM path, not both")
             if geometrySource != "dicom":
                 raise ValueError("a DICOM series brings its own geometry: use the geometry source 'dicom'")
-            return projection_set_from_dicom(dicomPath, i0=i0)
+            return projection_set_from_dicom(
+                dicomPath, i0=i0, sdd_mm=dicomSddMm, sid_mm=dicomSidMm, pixel_spacing_mm=dicomPixelSpacingMm
+            )
+        if geometrySource == "circular" and isocenterNode is not None:
+            isocenterRas = isocenter_from_markups(isocenterNode)
         orbit = CircularOrbit(
             sid_mm=float(sourceIsocenterDistanceMm), sdd_mm=float(sourceDetectorDistanceMm),
             pixel_spacing_mm=float(pixelSpacingMm), start_deg=float(orbitStartDeg), arc_deg=float(orbitArcDeg),
-            isocenter_ras=tuple(float(x) for x in isocenterRas),
+            isocenter_ras=tuple(float(x) for x in isocenterRas), axis=orbitAxis,
+            detector_offset_mm=tuple(float(x) for x in detectorOffsetMm),
         )
         return projection_set_from_nodes(
             inputNode, geometrySource, geometry_file=geometryFile, orbit=orbit, quantity=quantity, i0=i0
@@ -417,8 +455,13 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
             geometrySource=p.geometrySource, geometryFile=p.geometryFile or None, orbitStartDeg=p.orbitStartDeg,
             orbitArcDeg=p.orbitArcDeg, sourceIsocenterDistanceMm=p.sourceIsocenterDistanceMm,
             sourceDetectorDistanceMm=p.sourceDetectorDistanceMm, pixelSpacingMm=p.pixelSpacingMm,
+            orbitAxis=p.orbitAxis, isocenterNode=p.isocenterPoint or None,
+            isocenterRas=(p.isocenterR, p.isocenterA, p.isocenterS),
+            detectorOffsetMm=(p.detectorOffsetColumnMm, p.detectorOffsetRowMm),
             quantity=p.quantity, i0=p.i0 or None,
         )
+        if p.inputKind == "dicom":
+            inputs.update(dicomSddMm=p.dicomSddMm or None, dicomSidMm=p.dicomSidMm or None, dicomPixelSpacingMm=p.dicomPixelSpacingMm or None)
         if p.inputKind == "dicom":
             inputNode, inputs["dicomPath"] = None, p.dicomPath
         else:
