@@ -362,6 +362,48 @@ def test_dicom_overrides_fill_missing_tags(core, module, tmp_path):
     np.testing.assert_allclose(slicer.util.arrayFromVolume(spaced.volume_node), slicer.util.arrayFromVolume(full.volume_node), atol=1e-3)
 
 
+def test_voxel_solver_option_reaches_the_engine(core, module, sparse, monkeypatch):
+    """The parameter node's voxel solver: 'default' passes no option; a named solver reaches the engine's
+    options['solver'] when the engine offers solvers, and is refused (scene unchanged) when it does not;
+    FDK ignores it."""
+    from XRayNeRFLib.recon import api
+
+    cams, images = sparse
+    seen = []
+    real = api.reconstruct
+
+    def spy(*args, **kwargs):
+        seen.append(dict(kwargs.get("options") or {}))
+        options = {k: v for k, v in (kwargs.get("options") or {}).items() if k != "solver" or "solver" in real_options}
+        return real(*args, **dict(kwargs, options=options or None))
+
+    real_options = tuple(getattr(api, "VOXEL_OPTIONS", ()))
+    monkeypatch.setattr(api, "reconstruct", spy)
+    logic = module.XRayNeRFReconstructionLogic()
+    p = logic.getParameterNode()
+    p.inputStack, p.inputKind, p.geometrySource = _stack(images), "stack", "circular"
+    p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm, p.pixelSpacingMm = 250.0, 400.0, 3.0
+    p.method, p.renderer, p.gridSize, p.iterations = "voxel", "trilinear", 10, 4
+    logic.reconstructUsingParameterNode(p)
+    assert "solver" not in seen[-1]
+    with pytest.raises(ValueError):
+        p.voxelSolver = "cg"
+    p.voxelSolver = "os-tv"
+    monkeypatch.setattr(api, "VOXEL_OPTIONS", tuple(o for o in real_options if o != "solver"), raising=False)
+    n, calls = slicer.mrmlScene.GetNumberOfNodes(), len(seen)
+    before = slicer.util.arrayFromVolume(p.outputVolume).copy()
+    with pytest.raises(ValueError, match="no voxel solver 'os-tv'.*choose the solver 'default'"):
+        logic.reconstructUsingParameterNode(p)
+    assert slicer.mrmlScene.GetNumberOfNodes() == n and len(seen) == calls
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(p.outputVolume), before)
+    monkeypatch.setattr(api, "VOXEL_OPTIONS", real_options + ("solver",), raising=False)
+    logic.reconstructUsingParameterNode(p)
+    assert seen[-1]["solver"] == "os-tv"
+    p.method = "fdk"
+    logic.reconstructUsingParameterNode(p)
+    assert "solver" not in seen[-1]
+
+
 def test_intensities_with_given_and_estimated_i0(core, module, sparse):
     """Raw intensities I0 exp(-p): converted with the given I0 they reconstruct as the line integrals do;
     with I0 estimated from the air (the phantom leaves air in every view) too, within noise."""
@@ -658,10 +700,15 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert not ui.applyButton.enabled and "projection sequence" in ui.statusLabel.text
     p.inputKind = "stack"
     assert not ui.inputSequenceSelector.visible and ui.inputStackSelector.visible and not ui.dicomPathLineEdit.visible
+    assert not ui.dicomOverridesCollapsibleButton.visible
+    assert ui.isocenterRSpinBox.enabled  # no isocentre point chosen: the coordinates apply
+    p.isocenterPoint = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "iso")
+    assert not ui.isocenterRSpinBox.enabled and not ui.isocenterSSpinBox.enabled
+    p.isocenterPoint.AddControlPoint(0.0, 0.0, 0.0)
     p.inputStack = _stack(sparse[1])
     assert ui.applyButton.enabled and ui.statusLabel.text == "Ready."
     assert ui.orbitCollapsibleButton.visible and not ui.geometryFileLineEdit.visible
-    assert not ui.iterationsSpinBox.enabled  # FDK has no iterations
+    assert not ui.iterationsSpinBox.enabled and not ui.voxelSolverComboBox.enabled  # FDK has no iterations
     assert ui.quantityComboBox.enabled and not ui.i0SpinBox.enabled
     p.quantity = "intensity"
     assert ui.i0SpinBox.enabled
@@ -669,9 +716,11 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert not ui.applyButton.enabled and "geometry file" in ui.statusLabel.text and ui.geometryFileLineEdit.visible
     p.geometrySource = "circular"
     p.method = "voxel"
-    assert ui.iterationsSpinBox.enabled and not ui.ensembleSizeSpinBox.enabled
+    assert ui.iterationsSpinBox.enabled and not ui.ensembleSizeSpinBox.enabled and ui.voxelSolverComboBox.enabled
     p.computeUncertainty = True
     assert ui.ensembleSizeSpinBox.enabled and ui.uncertaintyVolumeSelector.enabled
+    p.inputKind = "dicom"
+    assert ui.dicomOverridesCollapsibleButton.visible and ui.dicomPathLineEdit.visible
 
 
 def test_widget_picks_a_stack_with_cameras(core, module, sparse):

@@ -504,6 +504,33 @@ class ReconstructionOutput:
         return bool(getattr(self.result, "cancelled", False))
 
 
+VOXEL_SOLVERS = ("default", "adam", "os-tv")  # "default": the engine's own choice (no option passed)
+
+
+def engine_voxel_solvers() -> Tuple[str, ...]:
+    """The voxel solvers this engine accepts (``options["solver"]`` of XRayNeRFLib.recon.api); () when the
+    engine has no solver choice (an older engine)."""
+    from XRayNeRFLib.recon import api
+
+    return ("adam", "os-tv") if "solver" in getattr(api, "VOXEL_OPTIONS", ()) else ()
+
+
+def solver_options(method: str, solver: Optional[str], options: Optional[dict]) -> Optional[dict]:
+    """``options`` with ``solver`` added for the voxel method ("default"/None: unchanged). Raises ValueError
+    when the engine has no such solver."""
+    if method != "voxel" or solver in (None, "", "default"):
+        return options
+    if solver not in VOXEL_SOLVERS:
+        raise ValueError(f"unknown voxel solver {solver!r}; use one of {', '.join(VOXEL_SOLVERS)}")
+    accepted = engine_voxel_solvers()
+    if solver not in accepted:
+        raise ValueError(
+            f"this XRayNeRF engine has no voxel solver {solver!r} (it offers {', '.join(accepted) or 'no solver choice'}): "
+            "choose the solver 'default', or update the XRayNeRF extension"
+        )
+    return dict(options or {}, solver=solver)
+
+
 def output_grid(cameras, *, grid: Optional[int] = None, spacing_mm: Optional[float] = None):
     """The engine's default grid (the scanned cylinder) with ``grid`` voxels across or ``spacing_mm`` voxels
     (spacing wins when both are given): an empty Volume of mu (K, J, I), ras_from_ijk RAS mm."""

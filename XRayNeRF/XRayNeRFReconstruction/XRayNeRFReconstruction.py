@@ -48,6 +48,7 @@ ORBIT_AXES = ["S", "R", "A"]
 QUANTITIES = ["line_integral", "intensity"]
 METHODS = ["fdk", "voxel", "nerf"]
 RENDERERS = ["siddon", "trilinear"]
+VOXEL_SOLVERS = ["default", "adam", "os-tv"]
 
 
 #
@@ -127,6 +128,7 @@ class XRayNeRFReconstructionParameterNode:
     i0: Annotated[float, WithinRange(0.0, 1.0e12)] = 0.0
     method: Annotated[str, Choice(METHODS)] = "fdk"
     renderer: Annotated[str, Choice(RENDERERS)] = "siddon"
+    voxelSolver: Annotated[str, Choice(VOXEL_SOLVERS)] = "default"
     gridSize: Annotated[int, WithinRange(8, 1024)] = 128
     voxelSpacingMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
     iterations: Annotated[int, WithinRange(0, 100000)] = 0
@@ -157,6 +159,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
             (self.ui.quantityComboBox, QUANTITIES),
             (self.ui.methodComboBox, METHODS),
             (self.ui.rendererComboBox, RENDERERS),
+            (self.ui.voxelSolverComboBox, VOXEL_SOLVERS),
         ):
             combo.clear()
             combo.addItems(items)
@@ -206,6 +209,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         ui.i0SpinBox.setEnabled(p.inputKind == "dicom" or p.quantity == "intensity")
         ui.iterationsSpinBox.setEnabled(p.method != "fdk")
         ui.rendererComboBox.setEnabled(p.method != "fdk")
+        ui.voxelSolverComboBox.setEnabled(p.method == "voxel")
         ui.ensembleSizeSpinBox.setEnabled(p.computeUncertainty)
         ui.uncertaintyVolumeSelector.setEnabled(p.computeUncertainty)
 
@@ -356,6 +360,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         *,
         method: str = "fdk",
         renderer: str = "siddon",
+        voxelSolver: Optional[str] = None,
         gridSize: Optional[int] = 128,
         voxelSpacingMm: Optional[float] = None,
         iterations: Optional[int] = None,
@@ -372,7 +377,8 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
 
         inputNode / inputs: as :meth:`projections` (dicomPath, geometrySource, orbit, quantity, i0, ...).
         outputNode / uncertaintyNode: nodes to overwrite; created (named after the input) when None.
-        method "fdk" | "voxel" | "nerf"; renderer for the iterative methods; gridSize voxels across the scanned
+        method "fdk" | "voxel" | "nerf"; renderer for the iterative methods; voxelSolver for "voxel":
+        None / "default" (the engine's default), "adam" or "os-tv" (when the engine offers them); gridSize voxels across the scanned
         cylinder or voxelSpacingMm (wins when > 0); iterations None or 0: the method's default.
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
         stops: iterative methods keep the best volume so far (``output.cancelled``), FDK raises
@@ -382,9 +388,10 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         """
         import time
 
-        from XRayNeRFMRML.reconstruction import run_reconstruction
+        from XRayNeRFMRML.reconstruction import run_reconstruction, solver_options
 
         self.cancelRequested = False
+        options = solver_options(method, voxelSolver, options)
         projections = self.projections(inputNode, **inputs)
         if inputNode is not None:
             name = f"{inputNode.GetName()} {method.upper()}"
@@ -469,7 +476,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         inputs.update(extra)
         out = self.reconstruct(
             inputNode, p.outputVolume, p.uncertaintyVolume if p.computeUncertainty else None, method=p.method,
-            renderer=p.renderer, gridSize=p.gridSize, voxelSpacingMm=p.voxelSpacingMm or None,
+            renderer=p.renderer, voxelSolver=p.voxelSolver, gridSize=p.gridSize, voxelSpacingMm=p.voxelSpacingMm or None,
             iterations=p.iterations or None, uncertainty=p.computeUncertainty, ensembleSize=p.ensembleSize,
             progress=progress, **inputs,
         )
