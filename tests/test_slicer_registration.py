@@ -97,3 +97,99 @@ def test_parameter_node_reasons(core, module):
     assert logic.whyCannotRegister(p) is None
     with pytest.raises(RuntimeError, match="nothing to revert"):
         logic.revert()
+
+
+# -- Widget (fake .ui built from the .ui's widget names) and the C-arm in 3D --------------------------------
+class _W:
+    """Stand-in for a Qt widget: plain attributes."""
+
+    def __init__(self, **kw):
+        self.visible, self.enabled = True, True
+        self.__dict__.update(kw)
+
+    def setVisible(self, visible):
+        self.visible = bool(visible)
+
+
+def _widget(module):
+    import xml.etree.ElementTree as ET
+
+    names = {w.get("name") for w in ET.parse(REPO / "Resources" / "UI" / "XRayNeRFRegistration.ui").getroot().iter("widget")}
+    widget = module.XRayNeRFRegistrationWidget(None)
+    widget.ui = type("UI", (), {n: _W(text="", value=0, toolTip="") for n in names})()
+    widget.logic = module.XRayNeRFRegistrationLogic()
+    widget.initializeParameterNode()
+    return widget
+
+
+def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
+    """Through the Widget: Apply reads Cancel with the progress bar while the optimiser runs and the overlay
+    is live in the Red view; afterwards the status line asks to Accept or Revert, the C-arm model shows the
+    X-ray's camera in 3D only (source and detector corners at the camera's RAS points), Revert restores the
+    initial pose and disables Accept/Revert; a second run accepted keeps its pose."""
+    from XRayNeRFMRML.nodes import camera_points_ras, cameras_from_node, matrix_to_array
+
+    T = module.XRayNeRFRegistrationTest
+    red = slicer_harness.add_slice_view(core, "Red")
+    ct, xray, transform = T._registrationScene(T, np.array([3.0, 0.0, -2.0]))
+    start = matrix_to_array(T._toArray(transform))
+    widget = _widget(module)
+    ui, p = widget.ui, widget._parameterNode
+    assert not ui.applyButton.enabled and ui.statusLabel.text == "Select the CT volume."
+    p.inputVolume, p.xrayVolume, p.transform, p.similarity, p.previewEvery = ct, xray, transform, "ncc", 2
+    assert ui.applyButton.enabled and ui.previewButton.enabled and not ui.acceptButton.enabled and not ui.revertButton.enabled
+    during = []
+
+    def events(*args):
+        composite = red.GetSliceCompositeNode()
+        during.append((ui.applyButton.text, ui.progressBar.visible, composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()))
+
+    slicer.app.processEvents = events
+    try:
+        widget.onApplyButton()
+    finally:
+        del slicer.app.processEvents
+    assert during and during[0][:3] == ("Cancel", True, xray.GetID())
+    assert during[-1][3] == p.outputDRR.GetID()  # the DRR is the foreground while it runs
+    assert ui.applyButton.text == "Apply" and not ui.progressBar.visible and "Accept or Revert" in ui.statusLabel.text
+    assert ui.acceptButton.enabled and ui.revertButton.enabled
+    moved = matrix_to_array(T._toArray(transform))
+    assert np.abs(moved - start).max() > 0.5
+    model = p.cameraModel
+    assert model is not None and model.GetTransformNodeID() is None
+    points = np.array([model.GetPolyData().GetPoint(i) for i in range(model.GetPolyData().GetNumberOfPoints())])
+    np.testing.assert_allclose(points, camera_points_ras(cameras_from_node(xray)), atol=1e-4)
+    np.testing.assert_allclose(points[0], cameras_from_node(xray).source_positions()[0].numpy(), atol=1e-4)
+    display = model.GetDisplayNode()
+    assert display.GetVisibility() and display.GetVisibility3D() and not display.GetVisibility2D()
+    widget.onRevertButton()
+    np.testing.assert_allclose(matrix_to_array(T._toArray(transform)), start, atol=1e-12)
+    assert not ui.acceptButton.enabled and not ui.revertButton.enabled
+    modelID = model.GetID()
+    widget.onApplyButton()  # again, this time accepted
+    again = matrix_to_array(T._toArray(transform))
+    widget.onAcceptButton()
+    assert not widget.logic.hasPendingResult() and not ui.revertButton.enabled
+    np.testing.assert_allclose(matrix_to_array(T._toArray(transform)), again)
+    assert p.cameraModel.GetID() == modelID  # the same C-arm node reused
+    assert [m.GetName() for m in slicer.util.getNodesByClass("vtkMRMLModelNode") if "C-arm" in m.GetName()] == ["xray C-arm"]
+
+
+def test_widget_bad_input_says_why_and_keeps_scene(core, module):
+    """A CT far outside the X-ray: the status line says to move the CT's transform; nothing is added, the
+    transform and the Red view are as they were, Apply is back."""
+    T = module.XRayNeRFRegistrationTest
+    red = slicer_harness.add_slice_view(core, "Red")
+    ct, xray, transform = T._registrationScene(T, np.array([0.0, 0.0, 400.0]))
+    widget = _widget(module)
+    p = widget._parameterNode
+    p.inputVolume, p.xrayVolume, p.transform = ct, xray, transform
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    background = red.GetSliceCompositeNode().GetBackgroundVolumeID()
+    with pytest.raises(ValueError, match="move the CT's transform"):
+        widget.onApplyButton()
+    assert slicer.mrmlScene.GetNumberOfNodes() == n
+    assert widget.ui.statusLabel.text.startswith("Registration failed.") and "move the CT's transform" in widget.ui.statusLabel.text
+    assert widget.ui.applyButton.text == "Apply" and not widget.running and not widget.ui.acceptButton.enabled
+    assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == background
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(T._toArray(transform))[:3, 3], [0.0, 0.0, 400.0])

@@ -49,7 +49,16 @@ _installed = False
 
 
 # -- qt / ctk placeholders ----------------------------------------------------------------------------
-class _Placeholder:
+class _PlaceholderType(type):
+    """Class-level attributes of a placeholder class are placeholders too (``qt.Qt.WaitCursor``)."""
+
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder()
+
+
+class _Placeholder(metaclass=_PlaceholderType):
     """Inert stand-in for any Qt/CTK class or constant: instances accept any call and attribute."""
 
     def __init__(self, *args, **kwargs):
@@ -69,7 +78,7 @@ def _placeholder_module(name: str) -> types.ModuleType:
     def __getattr__(attr):  # PEP 562: qt.QTimer, qt.Qt.WaitCursor, ctk.ctkCollapsibleButton, ...
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return type(attr, (_Placeholder,), {})
+        return _PlaceholderType(attr, (_Placeholder,), {})
 
     module.__getattr__ = __getattr__
     return module
