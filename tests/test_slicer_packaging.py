@@ -462,3 +462,47 @@ def test_module_cmake_installs_what_the_modules_load():
     sd = _sampledata()
     for name in sd.CHECKSUMS:
         assert f"Resources/SampleData/*{''.join(Path(name).suffixes)}" in text, name
+
+
+# -- documented self-test command ------------------------------------------------------------------------
+def _documented_commands():
+    import re
+
+    out = {}
+    for doc in (REPO / "README.md", REPO / "docs" / "slicer.md", REPO / "Testing" / "Python" / "run_self_tests.py"):
+        text = doc.read_text().replace("\\\n", " ")
+        out[doc.name] = [c for c in re.findall(r"Slicer --testing[^`\n]*(?:\n[^`\n]*)*?run_self_tests\.py\"?", text)]
+    return out
+
+
+def test_documented_slicer_command_names_every_module_and_the_script():
+    """README, docs/slicer.md and run_self_tests.py give `Slicer --testing --no-main-window
+    --additional-module-paths <every module directory> --python-script <run_self_tests.py>`."""
+    import re
+    import shlex
+
+    modules = sorted(p.name for p in (REPO / "XRayNeRF").iterdir() if (p / f"{p.name}.py").is_file())
+    assert len(modules) == 3
+    for doc, commands in _documented_commands().items():
+        assert commands, f"{doc} documents no Slicer --testing command"
+        for command in commands:
+            words = shlex.split(" ".join(command.split()).replace("$PWD", str(REPO)))
+            assert words[:3] == ["Slicer", "--testing", "--no-main-window"], (doc, words[:3])
+            paths = words[words.index("--additional-module-paths") + 1 : words.index("--python-script")]
+            assert sorted(Path(p).name for p in paths) == modules, (doc, paths)
+            for p in paths:
+                assert (REPO / p if not Path(p).is_absolute() else Path(p)).joinpath(f"{Path(p).name}.py").is_file(), (doc, p)
+            script = Path(words[words.index("--python-script") + 1])
+            assert (script if script.is_absolute() else REPO / script) == REPO / "Testing" / "Python" / "run_self_tests.py", doc
+    assert re.search(r"MODULES = \[.*\]", (REPO / "Testing" / "Python" / "run_self_tests.py").read_text())
+
+
+def test_run_self_tests_script_passes_under_the_harness():
+    """The documented script itself (not only the test methods): every module's Test class passes, exit 0."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(REPO / "Testing" / "Python" / "run_self_tests.py")], capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ran = [line for line in run.stderr.splitlines() if line.startswith("Ran ")]
+    assert len(ran) == 3, run.stderr[-2000:]

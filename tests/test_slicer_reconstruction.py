@@ -26,7 +26,10 @@ import slicer_harness  # noqa: E402
 from recon_phantoms import analytic_projections, ground_truth, orbit, psnr  # noqa: E402
 
 NAME = "XRayNeRFReconstruction"
-SELF_TESTS = ["test_SequenceFDKMatchesEngine", "test_CancelKeepsBestSoFar", "test_FailureLeavesScene", "test_ParameterNode"]
+SELF_TESTS = [
+    "test_SequenceFDKMatchesEngine", "test_CancelKeepsBestSoFar", "test_FailureLeavesScene", "test_ParameterNode",
+    "test_OrbitAboutRightAxisThroughPoint",
+]
 ORBIT = dict(sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=2.0)  # recon_phantoms.orbit
 MU_WATER = 0.02059  # 1/mm at 60 keV (XRayNeRFLib.volume)
 

@@ -1,9 +1,11 @@
 """Run the XRayNeRF modules' self-tests (their ScriptedLoadableModuleTest classes).
 
-Inside Slicer (the classes run unchanged)::
+Inside Slicer (the classes run unchanged), from the repository root, with torch already in Slicer's Python
+(the PyTorch extension; testing mode installs nothing)::
 
-    Slicer --testing --no-main-window --additional-module-paths XRayNeRF/XRayNeRFDRR XRayNeRF/XRayNeRFRegistration \
-        --python-script Testing/Python/run_self_tests.py
+    Slicer --testing --no-main-window \
+        --additional-module-paths "$PWD/XRayNeRF/XRayNeRFDRR" "$PWD/XRayNeRF/XRayNeRFRegistration" \
+        "$PWD/XRayNeRF/XRayNeRFReconstruction" --python-script "$PWD/Testing/Python/run_self_tests.py"
 
 Outside Slicer, on slicer-core with the stand-ins of slicer_harness.py::
 

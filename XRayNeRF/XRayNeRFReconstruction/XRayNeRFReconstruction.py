@@ -504,6 +504,8 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
         self.test_FailureLeavesScene()
         self.setUp()
         self.test_ParameterNode()
+        self.setUp()
+        self.test_OrbitAboutRightAxisThroughPoint()
 
     # -- helpers -------------------------------------------------------------------------------------
     ORBIT = dict(sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=2.0)
@@ -628,6 +630,30 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(keep), np.arange(24).reshape(2, 3, 4))
         np.testing.assert_allclose(self._ijkToRas(keep), np.diag([-1.5, -1.5, 2.0, 1.0]))
+
+    def test_OrbitAboutRightAxisThroughPoint(self):
+        """The orbit form about the patient's right axis through a markups point with a detector offset:
+        sources on a circle of radius SID about that axis through the point, posterior at angle 0, the
+        principal rays through the point, the principal point moved by -offset / spacing."""
+        self.delayDisplay("orbit about R through a point")
+        iso = np.array([15.0, -25.0, 40.0])
+        point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "isocentre")
+        point.AddControlPoint(*iso)
+        images, _ = self._projections(views=6, size=(24, 20))
+        logic = XRayNeRFReconstructionLogic()
+        ps = logic.projections(
+            self._sequence(images), geometrySource="circular", orbitAxis="R", isocenterNode=point,
+            detectorOffsetMm=(8.0, -4.0), **self.ORBIT,
+        )
+        cams = ps.cameras
+        src = cams.source_positions().double().numpy() - iso  # (V, 3)
+        np.testing.assert_allclose(np.linalg.norm(src, axis=1), 250.0, atol=1e-6)
+        np.testing.assert_allclose(src[:, 0], 0.0, atol=1e-6)  # in the plane through the point, normal to R
+        np.testing.assert_allclose(src[0], [0.0, -250.0, 0.0], atol=1e-6)  # posterior at angle 0
+        beam = cams.principal_directions().double().numpy()
+        miss = -src - np.einsum("vi,vi->v", -src, beam)[:, None] * beam
+        np.testing.assert_allclose(np.linalg.norm(miss, axis=1), 0.0, atol=1e-6)
+        np.testing.assert_allclose(cams.principal_point_px.double().numpy()[0], [11.5 - 4.0, 9.5 + 2.0], atol=1e-9)
 
     def test_ParameterNode(self):
         """The adapter says why Apply is disabled, validates ranges, and writes into the nodes it names."""
