@@ -246,19 +246,49 @@ def test_ensure_engine_confirms_once_and_never_in_testing(monkeypatch):
         def torchInstalled(self):
             return False
 
-        def installTorch(self, askConfirmation=True):
-            calls.append(askConfirmation)
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):  # PyTorchUtilsLogic's signature
+            calls.append((askConfirmation, torchVersionRequirement))
             return "torch module"
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=_TorchLogic))
     engine.ensure_engine()
-    assert len(asked) == 1 and "torch (through the PyTorch extension)" in asked[0] and "pydicom>=3.0" in asked[0]
-    assert calls == [False] and installed == [["pydicom>=3.0"]]
+    assert len(asked) == 1 and "torch>=2.1 and torchvision (through the PyTorch extension" in asked[0] and "pydicom>=3.0" in asked[0]
+    assert calls == [(False, ">=2.1")] and installed == [["pydicom>=3.0"]]
     # declined: nothing installed, an error
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None, **k: False)
     with pytest.raises(RuntimeError, match="declined"):
         engine.ensure_engine()
-    assert calls == [False] and installed == [["pydicom>=3.0"]]
+    assert calls == [(False, ">=2.1")] and installed == [["pydicom>=3.0"]]
+    # without the PyTorch extension: the fallback pip-installs torch with the engine's range
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title=None, **k: asked.append(text) or True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import PyTorchUtils -> ImportError
+    engine.ensure_engine()
+    assert installed[-2:] == ["torch>=2.1", ["pydicom>=3.0"]] and len(asked) == 2
+
+
+def test_widget_without_torch_says_what_to_install_and_changes_nothing(core, drr_module, monkeypatch):
+    """Apply with torch missing (testing mode: nothing is installed): the error and the status line say to
+    install torch with the PyTorch module; no node is added; Apply stays Apply."""
+    from XRayNeRFMRML import engine
+
+    widget = _drr_widget(drr_module)
+    widget._parameterNode.inputVolume = _ct(drr_module)
+    monkeypatch.setattr(engine, "missing_requirements", lambda: ["torch"])
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError, match="install torch with the PyTorch module"):
+        widget.onApplyButton()
+    assert slicer.mrmlScene.GetNumberOfNodes() == n
+    assert widget.ui.applyButton.text == "Apply" and not widget.running and not widget.ui.progressBar.visible
+    assert "install torch with the PyTorch module" in widget.ui.statusLabel.text
+
+
+def test_torch_requirement_matches_pyproject():
+    import tomllib
+
+    engine = _engine()
+    torch_line = [d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"] if d.startswith("torch")]
+    assert torch_line == ["torch" + engine.TORCH_REQUIREMENT]
 
 
 # -- sample data -----------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ def resource_path(*parts: str) -> str:
     return str(path)
 
 
+# torch's range, as in the engine's pyproject.toml (a test keeps them equal); passed to the PyTorch extension
+TORCH_REQUIREMENT = ">=2.1"
+
 # distribution name -> import name, where they differ
 IMPORT_NAMES = {"pillow": "PIL", "Pillow": "PIL", "scikit-image": "skimage", "pyyaml": "yaml"}
 _SPECIFIER = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*?)\s*$")
@@ -137,7 +140,11 @@ def ensure_engine(ask: bool = True) -> None:
                 f"XRayNeRF needs {', '.join(missing)}: install torch with the PyTorch module (PyTorch extension) "
                 "and the others with slicer.util.pip_install, then retry"
             )
-        shown = ["torch (through the PyTorch extension)" if m == "torch" else m for m in missing]
+        shown = [
+            f"torch{TORCH_REQUIREMENT} and torchvision (through the PyTorch extension, which picks the CPU or CUDA build)"
+            if m == "torch" else m
+            for m in missing
+        ]
         text = "XRayNeRF needs these Python packages, which will now be installed:\n  " + "\n  ".join(shown)
         if ask and not slicer.util.confirmOkCancelDisplay(text, "XRayNeRF: install dependencies"):
             raise RuntimeError("XRayNeRF cannot run without " + ", ".join(missing) + " (installation declined)")
@@ -145,11 +152,11 @@ def ensure_engine(ask: bool = True) -> None:
             try:
                 import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS)
             except ImportError:
-                slicer.util.pip_install("torch")
+                slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
             else:
                 torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-                if not torch_logic.torchInstalled():
-                    if torch_logic.installTorch(askConfirmation=False) is None:
+                if not torch_logic.torchInstalled():  # the one confirmation was ours: none from the extension
+                    if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                         raise RuntimeError("PyTorch could not be installed: use the PyTorch module to install it")
         others = [m for m in missing if m != "torch"]
         if others:

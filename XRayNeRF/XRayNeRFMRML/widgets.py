@@ -178,7 +178,11 @@ class XRayNeRFWidgetMixin(VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(errorMessage):
             from XRayNeRFMRML.engine import ensure_engine
 
-            ensure_engine()
+            try:
+                ensure_engine()
+            except Exception as error:  # torch or a package missing (or declined): say what to install
+                self.ui.statusLabel.text = f"{errorMessage} {error}"
+                raise
             from XRayNeRFLib.progress import Cancelled
 
             self.logic.cancelRequested = False
