@@ -28,6 +28,7 @@ DRR_TESTS = [
     "test_DRRParentTransform",
     "test_DRRFailureLeavesScene",
     "test_ParameterNode",
+    "test_DRRObliqueFileFixture",
 ]
 
 

@@ -489,6 +489,9 @@ def test_module_cmake_installs_what_the_modules_load():
         cm = (REPO / "XRayNeRF" / module / "CMakeLists.txt").read_text()
         assert "slicerMacroBuildScriptedModule" in cm and "WITH_GENERIC_TESTS" in cm and "slicer_add_python_unittest" in cm
     assert "Resources/requirements.txt" in text and "XRayNeRFLib/*.py" in text
+    fixtures = sorted(p.name for p in (REPO / "Testing" / "Data").iterdir() if p.suffix == ".nrrd")
+    assert fixtures and "Testing/Data/*.nrrd" in text  # the self-tests' fixtures reach the install tree
+    assert sum((REPO / "Testing" / "Data" / f).stat().st_size for f in fixtures) < 20000
     sd = _sampledata()
     for name in sd.CHECKSUMS:
         assert f"Resources/SampleData/*{''.join(Path(name).suffixes)}" in text, name

@@ -319,6 +319,8 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         self.test_DRRFailureLeavesScene()
         self.setUp()
         self.test_ParameterNode()
+        self.setUp()
+        self.test_DRRObliqueFileFixture()
 
     # -- helpers --------------------------------------------------------------------------------------
     @staticmethod
@@ -348,7 +350,48 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         out[:3, 3] = origin
         return out
 
+    @staticmethod
+    def _testData(name: str) -> str:
+        """Testing/Data/<name> above this file (source tree; build/install tree: qt-scripted-modules)."""
+        here = Path(__file__).resolve().parent
+        for parent in (here, *here.parents):
+            candidate = parent / "Testing" / "Data" / name
+            if candidate.is_file():
+                return str(candidate)
+        raise RuntimeError(f"test fixture Testing/Data/{name} not found above {here}: reinstall the XRayNeRF extension")
+
     # -- tests ----------------------------------------------------------------------------------------
+    def test_DRRObliqueFileFixture(self):
+        """Testing/Data/TinyObliqueSlabCT.nrrd (7^3 voxels of 4 mm turned 30 degrees about S, written in LPS)
+        read by Slicer's volumes logic: IJK-to-RAS is the header's LPS geometry flipped to RAS; at LAO 30 the
+        beam crosses the 12 mm water slab perpendicularly (central pixel = 12 mu_water), and the DRR equals
+        the engine's rendering of the file read by XRayNeRFLib (its own LPS -> RAS conversion)."""
+        self.delayDisplay("DRR of an oblique CT file")
+        import torch
+        from XRayNeRFLib.render import render
+        from XRayNeRFLib.volume import as_mu, load_volume, mu_water_per_mm
+
+        path = self._testData("TinyObliqueSlabCT.nrrd")
+        volumesLogic = slicer.vtkSlicerVolumesLogic()
+        volumesLogic.SetMRMLScene(slicer.mrmlScene)
+        ct = volumesLogic.AddArchetypeVolume(path, "TinyObliqueSlabCT")
+        self.assertIsNotNone(ct)
+        c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+        lps = np.array([[4 * c, -4 * s, 0.0, 10.0], [4 * s, 4 * c, 0.0, 20.0], [0.0, 0.0, 4.0, -12.0], [0.0, 0.0, 0.0, 1.0]])
+        np.testing.assert_allclose(self._ijkToRas(ct), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-6)
+        hu = slicer.util.arrayFromVolume(ct)
+        self.assertEqual(hu.shape, (7, 7, 7))
+        self.assertTrue((hu[:, 2:5, :] == 0).all() and (hu[:, [0, 1, 5, 6], :] == -1000).all())
+        pose = dict(primaryAngleDeg=30.0, secondaryAngleDeg=0.0, sourceIsocenterDistanceMm=400.0,
+                    sourceDetectorDistanceMm=600.0, detectorColumns=9, detectorRows=7, pixelSpacingMm=1.5)
+        logic = XRayNeRFDRRLogic()
+        drr, _model = logic.renderDRR(ct, **pose)
+        got = slicer.util.arrayFromVolume(drr)[0]
+        self.assertAlmostEqual(float(got[3, 4]), 12.0 * mu_water_per_mm(), delta=1e-4)
+        cams = logic.cameras(ct, **pose)
+        engine = render(as_mu(load_volume(path)), cams.to(dtype=torch.float32), method="siddon")[0].numpy()
+        np.testing.assert_allclose(got, engine, atol=1e-4)
+
     def test_DRRGeometry(self):
         """The DRR node lies on the detector: voxel (0,0,0) at pixel (0,0)'s centre, spacing = pixel
         spacing, the central pixel on the source-isocentre line at the source-detector distance."""
