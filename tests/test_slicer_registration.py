@@ -193,3 +193,62 @@ def test_widget_bad_input_says_why_and_keeps_scene(core, module):
     assert widget.ui.applyButton.text == "Apply" and not widget.running and not widget.ui.acceptButton.enabled
     assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == background
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(T._toArray(transform))[:3, 3], [0.0, 0.0, 400.0])
+
+
+def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
+    """"Load X-ray" (the Widget's button, real MRML): a 3-frame XA file without Distance Source to Detector
+    is refused with the field to fill and nothing added; with the override, frame 2 becomes an X-ray node
+    on its detector whose camera is the C-arm at frame 2's angle about the CT's centre, holding that frame's
+    line integrals; the node is selected and Apply becomes possible."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import dicom_factory as fac
+    from XRayNeRFLib.intensities import intensities_from_line_integrals
+    from XRayNeRFLib.projection_set import ProjectionSet
+    from XRayNeRFLib.dicom_xray import GeometryOverrides
+    from XRayNeRFMRML.nodes import cameras_from_node, detector_ras_from_ijk, matrix_to_array
+
+    T = module.XRayNeRFRegistrationTest
+    ct, _xray, transform = T._registrationScene(T, np.zeros(3))
+    m = np.eye(4)
+    m[:3, 3] = (30.0, -20.0, 15.0)  # the CT sits away from the origin
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(m))
+    ct.SetAndObserveTransformNodeID(transform.GetID())
+    centre = module.XRayNeRFRegistrationLogic.volumeCentreRas(ct)
+    np.testing.assert_allclose(centre, [30.0, -20.0, 15.0], atol=1e-9)  # grid centred at the origin, then moved
+    angles = np.array([0.0, 20.0, 40.0])
+    cams = fac.truth_cameras(angles, np.zeros(3), sid_mm=500.0, sdd_mm=800.0, size_px=(24, 20), pixel_spacing_mm=(2.0, 2.0))
+    lines = np.stack([np.full((20, 24), 0.5 + 0.5 * v) for v in range(3)]) + np.linspace(0.0, 1.0, 24)[None, None, :]
+    stored = fac.stored_from_bev(intensities_from_line_integrals(lines, relationship="LIN", i0=40000.0))
+    path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=0.0, secondary_deg=0.0, primary_increments=angles,
+                          sdd_mm=None, sid_mm=500.0, imager_spacing_rc=(2.0, 2.0), relationship="LIN", sign=1)
+    widget = _widget(module)
+    p = widget._parameterNode
+    p.inputVolume, p.transform = ct, transform
+    assert not widget.ui.loadXRayButton.enabled
+    p.xrayDicomPath, p.xrayDicomFrame = path, 2
+    assert widget.ui.loadXRayButton.enabled
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="DICOM overrides > Source-detector distance") as error:
+        widget.onLoadXRayButton()
+    assert "--sdd-mm" not in str(error.value) and slicer.mrmlScene.GetNumberOfNodes() == n
+    assert "Source-detector distance" in widget.ui.statusLabel.text and p.xrayVolume is None
+    p.dicomSddMm = 800.0
+    node = widget.onLoadXRayButton()
+    assert p.xrayVolume is node and node.GetAttribute("XRayNeRF.Quantity") == "line_integral"
+    truth = fac.truth_cameras(angles[2:], np.zeros(1), sid_mm=500.0, sdd_mm=800.0, size_px=(24, 20), pixel_spacing_mm=(2.0, 2.0),
+                              isocenter_ras=centre.tolist())
+    got = cameras_from_node(node)
+    np.testing.assert_allclose(got.world_from_camera.numpy(), truth.world_from_camera.numpy(), atol=1e-6)
+    import vtk
+
+    ijk = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk)
+    np.testing.assert_allclose(matrix_to_array(ijk), detector_ras_from_ijk(truth), atol=1e-6)
+    reference = ProjectionSet.from_dicom([path], GeometryOverrides(sdd_mm=800.0, isocenter_ras=centre.tolist()))
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node)[0], reference.images[2].numpy(), atol=1e-5)
+    # I0 estimated from the brightest pixels (no air in this image: the lowest line integral reads 0)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node)[0], lines[2] - lines[2].min(), atol=2e-3)
+    assert widget.ui.applyButton.enabled and "Loaded" in widget.ui.statusLabel.text
+    p.xrayDicomFrame = 3
+    with pytest.raises(ValueError, match="3 frame"):
+        widget.onLoadXRayButton()

@@ -352,13 +352,14 @@ def projection_set_from_dicom(
     sdd_mm: Optional[float] = None,
     sid_mm: Optional[float] = None,
     pixel_spacing_mm: Optional[float] = None,
+    isocenter_ras: Optional[Sequence[float]] = None,
 ):
     """A DICOM X-ray series (a file or a directory) -> ``ProjectionSet``, geometry and intensities from the tags.
 
     sdd_mm / sid_mm / pixel_spacing_mm (square pixels): values that win over the tags (None or 0: the tags),
     for files that lack Distance Source to Detector (0018,1110), Distance Source to Isocenter (0018,9402) or
     Imager Pixel Spacing (0018,1164). A missing tag raises ValueError naming the field to fill
-    (:data:`DICOM_OVERRIDE_FIELDS`)."""
+    (:data:`DICOM_OVERRIDE_FIELDS`). isocenter_ras: (3,) RAS mm of the C-arm's isocentre (None: the origin)."""
     import os
 
     from XRayNeRFLib.dicom_xray import GeometryOverrides
@@ -373,6 +374,7 @@ def projection_set_from_dicom(
         sdd_mm=float(sdd_mm) if sdd_mm else None,
         sid_mm=float(sid_mm) if sid_mm else None,
         pixel_spacing_mm=[float(pixel_spacing_mm)] * 2 if pixel_spacing_mm else None,
+        isocenter_ras=None if isocenter_ras is None else [float(x) for x in isocenter_ras],
     )
     try:
         return ProjectionSet.from_dicom([str(path)], overrides, i0=i0 if i0 else None)

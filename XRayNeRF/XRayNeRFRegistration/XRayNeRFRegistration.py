@@ -60,7 +60,10 @@ class XRayNeRFRegistration(ScriptedLoadableModule):
             "RAS in millimetres; the X-ray is a 1-slice volume lying on its detector plane, seen from the source "
             "(beam's eye view), with its camera stored on the node. The live overlay shows the DRR (green, "
             "zeros transparent) over the X-ray in the Red slice view turned to the detector plane (screen right = "
-            "increasing column, screen up = decreasing row). Accept keeps the transform; Revert restores it."
+            "increasing column, screen up = decreasing row). Accept keeps the transform; Revert restores it. "
+            "<b>X-ray from DICOM</b>: <i>Load X-ray</i> reads a frame of an XA/RF/DX/CR file with XRayNeRF's reader "
+            "(C-arm angles, distances and pixel spacing from the tags, or from the overrides when a tag is missing); "
+            "the C-arm's isocentre is put at the selected CT's centre, so start by selecting the CT."
         )
         self.parent.acknowledgementText = _(
             "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
@@ -78,7 +81,8 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class XRayNeRFRegistrationParameterNode:
-    """inputVolume: CT (HU); xrayVolume: 1-slice X-ray with its camera; transform: the CT's pose."""
+    """inputVolume: CT (HU); xrayVolume: 1-slice X-ray with its camera; transform: the CT's pose.
+    xrayDicom*: a DICOM X-ray file, its frame and tag overrides (0: the tag), read by "Load X-ray"."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
@@ -88,6 +92,11 @@ class XRayNeRFRegistrationParameterNode:
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     outputDRR: vtkMRMLScalarVolumeNode
     cameraModel: vtkMRMLModelNode
+    xrayDicomPath: str = ""
+    xrayDicomFrame: Annotated[int, WithinRange(0, 100000)] = 0
+    dicomSddMm: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    dicomSidMm: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    dicomPixelSpacingMm: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
 
 
 class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
@@ -104,6 +113,8 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         self.ui.similarityComboBox.clear()
         self.ui.similarityComboBox.addItems(SIMILARITIES)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
+        self.ui.xrayDicomBrowseButton.connect("clicked(bool)", self.onBrowseXRayDicom)
+        self.ui.loadXRayButton.connect("clicked(bool)", self.onLoadXRayButton)
         self.ui.acceptButton.connect("clicked(bool)", self.onAcceptButton)
         self.ui.revertButton.connect("clicked(bool)", self.onRevertButton)
         self.initializeParameterNode()
@@ -118,6 +129,36 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         idle = not self.running
         self.ui.previewButton.enabled = idle and reason is None
         self.ui.acceptButton.enabled = self.ui.revertButton.enabled = idle and self.logic.hasPendingResult()
+        path = self._parameterNode.xrayDicomPath.strip() if self._parameterNode else ""
+        self.ui.loadXRayButton.enabled = idle and bool(path) and Path(path).is_file()
+        self.ui.loadXRayButton.toolTip = (
+            _("Read the X-ray and its C-arm geometry from the DICOM file") if self.ui.loadXRayButton.enabled
+            else _("Choose a DICOM X-ray file (XA, RF, DX, CR) first")
+        )
+
+    def onBrowseXRayDicom(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(None, _("DICOM X-ray file"), self._parameterNode.xrayDicomPath, _("DICOM (*.dcm *)"))
+        if path:
+            self._parameterNode.xrayDicomPath = path
+
+    def onLoadXRayButton(self):
+        """Read the chosen DICOM frame into an X-ray node with its camera and select it; the isocentre is
+        put at the selected CT's centre (else the RAS origin). Returns the node (None on error)."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the X-ray."), waitCursor=True):
+            from XRayNeRFMRML.engine import ensure_engine
+
+            try:
+                ensure_engine()
+                node = self.logic.loadXRayUsingParameterNode(p)
+            except Exception as error:
+                self.ui.statusLabel.text = _("Failed to load the X-ray.") + f" {error}"
+                raise
+            self.checkCanApply()
+            self.ui.statusLabel.text = _("Loaded '{name}' with its C-arm geometry.").format(name=node.GetName())
+            return node
 
     def onPreviewButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the overlay."), waitCursor=True):
@@ -176,6 +217,68 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         if not p.transform:
             return _("Select or create the CT's transform (the initial pose).")
         return None
+
+    # -- X-ray from DICOM -------------------------------------------------------------------------------
+    def loadXRay(
+        self,
+        dicomPath: str,
+        frame: int = 0,
+        *,
+        sddMm: Optional[float] = None,
+        sidMm: Optional[float] = None,
+        pixelSpacingMm: Optional[float] = None,
+        isocenterRas=None,
+        name: Optional[str] = None,
+    ):
+        """A DICOM X-ray file -> a new 1-slice X-ray node on its detector with its camera (attribute
+        ``XRayNeRF.Cameras``), holding line integrals -ln(I/I0) of frame ``frame``.
+
+        sddMm / sidMm / pixelSpacingMm: values that win over the tags (None or 0: the tags); a missing tag
+        raises ValueError naming the field to fill ("DICOM overrides > ..."). isocenterRas: (3,) RAS mm of
+        the C-arm's isocentre (None: the origin; DICOM does not register the C-arm to the CT). Nothing is
+        added to the scene on error."""
+        from XRayNeRFMRML.nodes import remove_node, write_image_node
+        from XRayNeRFMRML.reconstruction import projection_set_from_dicom
+
+        xray = projection_set_from_dicom(
+            dicomPath, sdd_mm=sddMm, sid_mm=sidMm, pixel_spacing_mm=pixelSpacingMm, isocenter_ras=isocenterRas,
+        )
+        if not 0 <= int(frame) < len(xray):
+            raise ValueError(f"'{dicomPath}' holds {len(xray)} frame(s); choose a frame from 0 to {len(xray) - 1}")
+        node = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name or Path(str(dicomPath)).stem)
+        )
+        try:
+            write_image_node(node, xray.images[int(frame)].double().numpy(), xray.cameras, view=int(frame))
+            node.SetAttribute("XRayNeRF.Quantity", "line_integral")
+        except Exception:
+            remove_node(node)
+            raise
+        for note in xray.assumptions:
+            logging.info(f"XRayNeRF X-ray: {note}")
+        return node
+
+    @staticmethod
+    def volumeCentreRas(volumeNode) -> np.ndarray:
+        """The centre of a volume's voxel grid in world RAS mm (parent transforms applied): (3,)."""
+        from XRayNeRFMRML.nodes import ras_from_ijk_world
+
+        dims = np.array(volumeNode.GetImageData().GetDimensions(), dtype=np.float64)
+        return (ras_from_ijk_world(volumeNode) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
+
+    def loadXRayUsingParameterNode(self, p):
+        """Adapter: read the DICOM file named on the parameter node, select the new X-ray node. The
+        isocentre is the selected CT's centre (else the origin)."""
+        path = p.xrayDicomPath.strip()
+        if not path:
+            raise ValueError("Choose the DICOM X-ray file first.")
+        centre = self.volumeCentreRas(p.inputVolume) if p.inputVolume and p.inputVolume.GetImageData() else None
+        node = self.loadXRay(
+            path, p.xrayDicomFrame, sddMm=p.dicomSddMm or None, sidMm=p.dicomSidMm or None,
+            pixelSpacingMm=p.dicomPixelSpacingMm or None, isocenterRas=centre,
+        )
+        p.xrayVolume = node
+        return node
 
     def hasPendingResult(self) -> bool:
         return self._pending is not None
