@@ -213,7 +213,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         if not p.xrayVolume:
             return _("Select the X-ray (a 1-slice volume with its camera, e.g. from DICOM).")
         if not p.xrayVolume.GetAttribute("XRayNeRF.Cameras"):
-            return _("The X-ray has no camera geometry: load it with XRayNeRF's DICOM reader.")
+            return _("The X-ray has no camera geometry: read the DICOM file with 'X-ray from DICOM > Load X-ray' (or render a DRR).")
         if not p.transform:
             return _("Select or create the CT's transform (the initial pose).")
         return None
