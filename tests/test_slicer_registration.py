@@ -252,3 +252,13 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
     p.xrayDicomFrame = 3
     with pytest.raises(ValueError, match="3 frame"):
         widget.onLoadXRayButton()
+
+
+def test_module_metadata(module):
+    """Title, category, help stating the geometry conventions, acknowledgement."""
+    p = module.XRayNeRFRegistration(None).parent
+    assert p.title == "XRayNeRF Registration" and p.categories == ["XRayNeRF"]
+    for phrase in ("docs/geometry.md", "RAS", "millimetres", "beam's eye view", "detector plane", "zeros transparent",
+                   "Accept", "Revert", "DICOM"):
+        assert phrase in p.helpText, phrase
+    assert "Slicer" in p.acknowledgementText and "PyTorch" in p.acknowledgementText
