@@ -514,7 +514,10 @@ def engine_voxel_solvers() -> Tuple[str, ...]:
     engine has no solver choice (an older engine)."""
     from XRayNeRFLib.recon import api
 
-    return ("adam", "os-tv") if "solver" in getattr(api, "VOXEL_OPTIONS", ()) else ()
+    if "solver" not in getattr(api, "VOXEL_OPTIONS", ()):
+        return ()
+    named = getattr(api, "VOXEL_SOLVERS", None)  # the engine's own list, when it publishes one
+    return tuple(named) if named else ("adam", "os-tv")
 
 
 def solver_options(method: str, solver: Optional[str], options: Optional[dict]) -> Optional[dict]:
