@@ -142,7 +142,8 @@ def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
 
     def events(*args):
         composite = red.GetSliceCompositeNode()
-        during.append((ui.applyButton.text, ui.progressBar.visible, composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()))
+        carm = [m.GetName() for m in slicer.util.getNodesByClass("vtkMRMLModelNode") if "C-arm" in m.GetName()]
+        during.append((ui.applyButton.text, ui.progressBar.visible, composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), carm))
 
     slicer.app.processEvents = events
     try:
@@ -151,6 +152,7 @@ def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
         del slicer.app.processEvents
     assert during and during[0][:3] == ("Cancel", True, xray.GetID())
     assert during[-1][3] == p.outputDRR.GetID()  # the DRR is the foreground while it runs
+    assert during[0][4] == ["xray C-arm"]  # the C-arm is in 3D from the start of the run
     assert ui.applyButton.text == "Apply" and not ui.progressBar.visible and "Accept or Revert" in ui.statusLabel.text
     assert ui.acceptButton.enabled and ui.revertButton.enabled
     moved = matrix_to_array(T._toArray(transform))

@@ -401,6 +401,12 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
                 drrNode = self.updateDRR(ctNode, xrayNode)
                 created.append(drrNode)
             self.showOverlay(xrayNode, drrNode, sliceLogic, opacity)
+            if cameraModelNode is None:  # the X-ray's C-arm in 3D, from the start of the run
+                cameraModelNode = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLModelNode", slicer.mrmlScene.GenerateUniqueName(f"{xrayNode.GetName()} C-arm")
+                )
+                created.append(cameraModelNode)
+            update_camera_model(cameraModelNode, cameras)
             self.overlayUpdates = 0
 
             def setCorrection(worldFromCamera):
@@ -423,12 +429,6 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             result = register(volume, image, cameras, progress=onProgress, progress_every=int(previewEvery), **engineOptions)
             setCorrection(result.world_from_camera)
             self.updateDRR(ctNode, xrayNode, drrNode)
-            if cameraModelNode is None:
-                cameraModelNode = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLModelNode", slicer.mrmlScene.GenerateUniqueName(f"{xrayNode.GetName()} C-arm")
-                )
-                created.append(cameraModelNode)
-            update_camera_model(cameraModelNode, cameras)
         except Exception as error:
             transformNode.SetMatrixTransformToParent(array_to_matrix(before))
             ctNode.SetAndObserveTransformNodeID(previousParent)
