@@ -543,7 +543,7 @@ def test_nerf_runs_with_coarse_previews(core, module, sparse):
     shapes = []
     out = module.XRayNeRFReconstructionLogic().reconstruct(
         _stack(images), method="nerf", renderer="trilinear", gridSize=16, iterations=4, previewIntervalS=0.0,
-        options={"mci": None, "report_every": 1, "levels": 4, "finest_resolution": 16}, progress=lambda p: shapes.append(tuple(p.preview.shape)) is None,
+        options={"mci": None, "report_every": 1, "levels": 4, "finest_resolution": 16}, progress=lambda p: p.preview is None or shapes.append(tuple(p.preview.shape)) is None,
         geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
     )
     assert (8, 8) in shapes and (16, 16) in shapes and out.preview_updates == len(shapes)
