@@ -17,8 +17,18 @@ CONFIG.json:
                        length through the volume below which a ray's normalised update is zeroed; RTK's
                        default 0 lets rays that graze the box blow up the outermost voxels)
                  cg: iterations
-                 admm_tv: iterations (AL), cg_iterations, alpha, beta
-    report:      JSON path receiving per-method wall time (s) and this process's peak RSS (MB)
+                 admm_tv: iterations (AL), cg_iterations, alpha, beta (RTK's names: SetAL_iterations,
+                       SetCG_iterations, SetAlpha, SetBeta). RTK solves min |Af - p|^2 + alpha TV(f) by ADMM
+                       with the split g = grad f: the f-step is CG on (A^T A + beta' grad^T grad), the g-step a
+                       soft threshold of |grad f + d| at alpha / (2 beta'), with beta' = beta (k+1) / AL at AL
+                       iteration k (a ramp over the whole run: the k-th iterate of an AL = N run is not the
+                       result of an AL = k run). beta must be comparable to A^T A (~1e3 here; RTK's example
+                       uses alpha 1, beta 1000): with beta = 1 the TV term is negligible and ADMM-TV is plain CG
+                 sart, cg, admm_tv also take fp ("joseph", RTK's default) and bp ("voxel" = RTK's default
+                       voxel-based back projector, or "joseph" = Joseph's adjoint)
+    report:      JSON path receiving per-method wall time (s), this process's peak RSS (MB) and "applied":
+                 the filter's settings read back from it after the run (Get* methods), as evidence that
+                 every parameter reached RTK
     gt_npy:      optional (K, J, I) ground truth on the "like" grid: iterative methods then record a
                  PSNR-versus-time curve from itk.IterationEvent (the callback's own time is excluded from
                  the method's seconds); "data_range" (float) is the PSNR peak
@@ -122,6 +132,11 @@ def main(cfg_path: str) -> None:
             filt.SetBeta(float(m.get("beta", 1.0)))
         else:
             raise ValueError(f"unknown RTK method {name!r}")
+        if name in ("sart", "cg", "admm_tv"):
+            fp = {"joseph": 0}[m.get("fp", "joseph")]
+            bp = {"voxel": 0, "joseph": 1}[m.get("bp", "voxel")]
+            filt.SetForwardProjectionFilter(fp)
+            filt.SetBackProjectionFilter(bp)
         if gt is not None and name in ("sart", "cg", "admm_tv"):
 
             def on_iteration(filt=filt, curve=curve, cb_s=cb_s, count=count, t0=t0):
@@ -137,7 +152,15 @@ def main(cfg_path: str) -> None:
         filt.Update()
         seconds = time.perf_counter() - t0 - cb_s[0]
         itk.imwrite(filt.GetOutput(), m["out"])
-        results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve}
+        applied = {}
+        for getter in ("NumberOfIterations", "Lambda", "EnforcePositivity", "DivisionThreshold", "NumberOfProjectionsPerSubset", "AL_iterations",
+                       "CG_iterations", "Alpha", "Beta", "ForwardProjectionFilter", "BackProjectionFilter"):
+            if hasattr(filt, "Get" + getter):
+                v = getattr(filt, "Get" + getter)()
+                applied[getter] = v if isinstance(v, (int, float, bool)) else (v.GetNameOfClass() if hasattr(v, "GetNameOfClass") else str(v))
+        if name == "fdk":
+            applied["HannCutFrequency"] = filt.GetRampFilter().GetHannCutFrequency()
+        results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve, "applied": applied}
     if cfg.get("report"):
         with open(cfg["report"], "w") as f:
             json.dump(results, f, indent=1)
