@@ -32,15 +32,19 @@ from .fdk import check_projections
 from .fov import default_grid
 from .optimise import FitHistory, FitSettings
 from .uncertainty import ensemble
+from .voxel import VOXEL_SOLVERS as _VOXEL_SOLVERS
 from .voxel import check_masks
 
-__all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "NERF_FIT_OPTIONS"]
+__all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "VOXEL_SOLVERS", "NERF_FIT_OPTIONS"]
 
 METHODS = ("fdk", "voxel", "nerf")
 COMMON_OPTIONS = ("energy_kev",)
 FDK_OPTIONS = ("window", "short_scan", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
-VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine")
+_OSTV_KEYS = ("subsets", "relaxation", "tv_inner", "statistical_weights", "momentum", "max_memory_mb")
+VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
+VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("os-tv", "adam"): options["solver"] of method "voxel"; the first is the default
+DEFAULT_VOXEL_SOLVER = VOXEL_SOLVERS[0]
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
 
@@ -110,7 +114,8 @@ def reconstruct(
     volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
         ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
     renderer: "siddon" | "trilinear" (iterative methods). iterations: Adam steps (default: the
-        method's, 300 for voxel). units: "mu" (1/mm) or "hu".
+        method's: 300 Adam steps for voxel's "adam" solver; for voxel's "os-tv" solver: passes over all
+        views, default 6). units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
         reconstructed without a different random 1/ensemble_size of the views and with seed + m; the
         returned volume is then the members' mean (cost: ensemble_size reconstructions).
@@ -119,9 +124,14 @@ def reconstruct(
     progress: ``Progress`` callback; returning False stops: the iterative methods return the best so
         far (``cancelled``), FDK raises :class:`progress.Cancelled` (a partial FDK is meaningless).
     options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
-        max_memory_mb; voxel: lr, tv_weight, rays_per_view, learned_weights, final_lr_fraction, init
-        ("fdk" | "zeros"), positivity ("softplus" | "sigmoid"), coarse_to_fine, report_every,
-        snapshot_every, on_snapshot; nerf: the same fit settings and any ``NerfSettings`` field
+        max_memory_mb; voxel: solver ("os-tv" (default) | "adam"), init ("fdk" | "zeros"), tv_weight,
+        report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
+        - solver "os-tv" (:mod:`ostv`): subsets (10), relaxation (1.0), tv_weight (beta, 0.004),
+          tv_inner (FGP iterations per TV step, 10), statistical_weights (False: w = exp(-p) when True),
+          momentum (False), max_memory_mb (renderer chunk bound, 1024);
+        - solver "adam" (:mod:`optimise`): lr, tv_weight (1.0), rays_per_view, learned_weights,
+          final_lr_fraction, positivity ("softplus" | "sigmoid"), coarse_to_fine;
+        options of the other solver raise ValueError; nerf: the same fit settings and any ``NerfSettings`` field
         (normalize, mci, ...); all: energy_kev (HU conversion). Unknown keys raise ValueError.
     """
     t0 = time.perf_counter()
@@ -189,6 +199,27 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
     if method == "voxel":
         from .voxel import reconstruct_voxel
 
+        solver = options.get("solver", DEFAULT_VOXEL_SOLVER)
+        if solver not in VOXEL_SOLVERS:
+            raise ValueError(f"unknown voxel solver {solver!r}; use one of {', '.join(VOXEL_SOLVERS)}")
+        if solver == "os-tv":
+            from .ostv import OSTVSettings
+
+            adam_only = [k for k in options if k in ("lr", "final_lr_fraction", "rays_per_view", "learned_weights", "positivity", "coarse_to_fine")]
+            if adam_only:
+                raise ValueError(f"options {', '.join(adam_only)} belong to the 'adam' voxel solver; drop them or set options['solver'] = 'adam'")
+            kw = {k: options[k] for k in ("tv_weight", "report_every", "snapshot_every", "on_snapshot") + _OSTV_KEYS if k in options}
+            if iterations is not None:
+                kw["passes"] = int(iterations)
+            ostv = OSTVSettings(renderer=renderer, **kw)
+            vol, hist = reconstruct_voxel(
+                projections, cameras, volume=like, masks=masks, progress=progress, return_history=True, solver="os-tv", ostv=ostv,
+                init=options.get("init", "fdk"),
+            )
+            return vol, hist, hist.cancelled
+        if any(k in options for k in _OSTV_KEYS):
+            extra_keys = [k for k in _OSTV_KEYS if k in options]
+            raise ValueError(f"options {', '.join(extra_keys)} belong to the 'os-tv' voxel solver; drop them or set options['solver'] = 'os-tv'")
         settings = _fit_settings(FitSettings, iterations, renderer, seed, options)
         extra = {k: options[k] for k in ("init", "positivity", "coarse_to_fine") if k in options}
         vol, hist = reconstruct_voxel(

@@ -28,6 +28,9 @@ from ..volume import Volume
 from .fdk import check_projections, fdk
 from .fov import check_fov_hits_object, default_grid
 from .optimise import FitHistory, FitSettings, fit
+from .ostv import OSTVSettings, reconstruct_ostv
+
+VOXEL_SOLVERS = ("os-tv", "adam")  # the first is the default
 
 MU_SCALE = 0.01  # 1/mm: theta of order 1 <-> soft tissue
 
@@ -135,8 +138,15 @@ def reconstruct_voxel(
     masks: Optional[Tensor] = None,
     progress: ProgressCallback = None,
     return_history: bool = False,
+    solver: str = "adam",
+    ostv: Optional[OSTVSettings] = None,
 ):
     """Voxel + TV reconstruction.
+
+    solver: "adam" (L1 + TV through Adam on ray mini-batches, ``settings``) or "os-tv" (ordered-subset
+        SART-preconditioned weighted least squares with a TV proximal step, ``ostv``: an
+        :class:`ostv.OSTVSettings`; see :mod:`ostv`). ``settings``, ``positivity`` and
+        ``coarse_to_fine`` apply to "adam" only; with "os-tv" the history is an :class:`ostv.OSTVHistory`.
 
     projections: (V, H, W) line integrals; cameras: V views.
     volume / grid / spacing_mm: output grid (default: the scanned cylinder, see :func:`fov.default_grid`).
@@ -153,7 +163,7 @@ def reconstruct_voxel(
     projections = check_projections(projections, cameras)
     check_fov_hits_object(projections)
     masks = check_masks(masks, projections)
-    if masks is not None and not _fit_accepts_masks():
+    if masks is not None and solver == "adam" and not _fit_accepts_masks():
         warnings.warn(
             f"this version of optimise.fit cannot leave pixels out of the data term: the {int((~masks).sum())} masked "
             "(collimated) pixels are fitted as measured",
@@ -164,7 +174,17 @@ def reconstruct_voxel(
     settings = settings if settings is not None else FitSettings()
     if init not in ("zeros", "fdk"):
         raise ValueError(f"init must be 'zeros' or 'fdk', got {init!r}")
+    if solver not in VOXEL_SOLVERS:
+        raise ValueError(f"unknown voxel solver {solver!r}; use one of {', '.join(VOXEL_SOLVERS)}")
     like = volume if volume is not None else default_grid(cameras, grid=grid, spacing_mm=spacing_mm)
+    if solver == "os-tv":
+        if coarse_to_fine:
+            raise ValueError("coarse_to_fine is an option of the 'adam' solver; the 'os-tv' solver starts from FDK on the output grid")
+        like32 = Volume(torch.zeros(like.data.shape, dtype=torch.float32), like.ras_from_ijk.float(), "mu")
+        out, history = reconstruct_ostv(
+            projections, cameras, like32, _start(init, projections, cameras, like32), ostv if ostv is not None else OSTVSettings(), masks, progress
+        )
+        return (out, history) if return_history else out
     if not coarse_to_fine:
         model = VoxelGrid(_start(init, projections, cameras, like), positivity)
         out, history = _fit(model, projections, cameras, like, settings, progress, masks)
