@@ -1,7 +1,7 @@
 """``xraynerf reconstruct``: cone-beam CT reconstruction from X-ray projections on the command line.
 
     xraynerf reconstruct --projections P [--geometry G] --out vol.nii.gz --method fdk|voxel|nerf
-        [--renderer siddon|trilinear] [--grid N | --spacing-mm S] [--iterations K]
+        [--renderer siddon|trilinear] [--grid N | --spacing-mm S] [--iterations K] [--solver adam|os-tv]
         [--uncertainty u.nii.gz] [--reference gt.nii.gz] [--units hu|mu] [DICOM geometry overrides]
 
 Inputs go through :class:`XRayNeRFLib.projection_set.ProjectionSet`: a DICOM file/series/directory
@@ -90,7 +90,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
-    m.add_argument("--iterations", type=int, metavar="K", help="optimisation steps (voxel default 300)")
+    m.add_argument("--iterations", type=int, metavar="K", help="optimisation steps (voxel default 300 Adam steps; --solver os-tv: passes, default 6)")
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
     m.add_argument("--window", choices=("hann", "shepp-logan", "ram-lak"), help="fdk: ramp filter window (default hann)")
@@ -98,6 +98,11 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--lr", type=float, help="voxel/nerf: Adam step size")
     m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel/nerf: rays per view and step (0: all pixels)")
     m.add_argument("--learned-weights", action="store_true", help="voxel/nerf: learn the data/TV weights (task uncertainty)")
+    m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: adam (L1 + TV, Adam on ray mini-batches; default) or os-tv "
+                   "(ordered-subset SART-preconditioned least squares + TV prox; --iterations then counts passes over all views, default 6)")
+    m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 10)")
+    m.add_argument("--relaxation", type=float, metavar="LAMBDA", help="voxel --solver os-tv: SART relaxation in (0, 2) (default 1)")
+    m.add_argument("--statistical-weights", action="store_true", help="voxel --solver os-tv: weight rays by exp(-line integral) (Poisson)")
     m.add_argument("--coarse-to-fine", action="store_true", help="voxel: fit a 2x coarser grid first")
     m.add_argument("--no-normalize", action="store_true", help="nerf: no LayerNorm on the hash features")
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
@@ -148,6 +153,22 @@ def _options(args) -> dict:
     if args.learned_weights:
         need(iterative, "--learned-weights", "--method voxel or nerf")
         opts["learned_weights"] = True
+    if args.solver is not None:
+        need(method == "voxel", "--solver", "--method voxel")
+        opts["solver"] = args.solver
+    ostv = method == "voxel" and args.solver == "os-tv"
+    for flag, name in (("--subsets", "subsets"), ("--relaxation", "relaxation")):
+        if getattr(args, name) is not None:
+            need(ostv, flag, "--method voxel --solver os-tv")
+            opts[name] = getattr(args, name)
+    if args.statistical_weights:
+        need(ostv, "--statistical-weights", "--method voxel --solver os-tv")
+        opts["statistical_weights"] = True
+    if ostv:
+        adam_flags = [f for f, on in (("--lr", args.lr is not None), ("--rays-per-view", args.rays_per_view is not None),
+                                      ("--learned-weights", args.learned_weights), ("--coarse-to-fine", args.coarse_to_fine)) if on]
+        if adam_flags:
+            raise ValueError(f"{', '.join(adam_flags)} apply to --solver adam only, not --solver os-tv")
     if args.coarse_to_fine:
         need(method == "voxel", "--coarse-to-fine", "--method voxel")
         opts["coarse_to_fine"] = True

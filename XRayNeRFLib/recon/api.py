@@ -43,8 +43,8 @@ FDK_OPTIONS = ("window", "short_scan", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
 _OSTV_KEYS = ("subsets", "relaxation", "tv_inner", "statistical_weights", "momentum", "max_memory_mb")
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
-VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("os-tv", "adam"): options["solver"] of method "voxel"; the first is the default
-DEFAULT_VOXEL_SOLVER = VOXEL_SOLVERS[0]
+VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
+DEFAULT_VOXEL_SOLVER = "adam"  # iterations mean Adam steps (300) for it; os-tv counts passes (6)
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
 
@@ -124,7 +124,7 @@ def reconstruct(
     progress: ``Progress`` callback; returning False stops: the iterative methods return the best so
         far (``cancelled``), FDK raises :class:`progress.Cancelled` (a partial FDK is meaningless).
     options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
-        max_memory_mb; voxel: solver ("os-tv" (default) | "adam"), init ("fdk" | "zeros"), tv_weight,
+        max_memory_mb; voxel: solver ("adam" (default) | "os-tv"), init ("fdk" | "zeros"), tv_weight,
         report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
         - solver "os-tv" (:mod:`ostv`): subsets (10), relaxation (1.0), tv_weight (beta, 0.004),
           tv_inner (FGP iterations per TV step, 10), statistical_weights (False: w = exp(-p) when True),

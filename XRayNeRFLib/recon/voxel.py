@@ -30,7 +30,7 @@ from .fov import check_fov_hits_object, default_grid
 from .optimise import FitHistory, FitSettings, fit
 from .ostv import OSTVSettings, reconstruct_ostv
 
-VOXEL_SOLVERS = ("os-tv", "adam")  # the first is the default
+VOXEL_SOLVERS = ("adam", "os-tv")  # reconstruct_voxel's solver argument; "adam" is the default
 
 MU_SCALE = 0.01  # 1/mm: theta of order 1 <-> soft tissue
 
