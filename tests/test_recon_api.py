@@ -53,6 +53,23 @@ def test_voxel_matches_direct_call(case):
     assert len(res.history.data) == 8
 
 
+def test_voxel_os_tv_matches_direct_call(case):
+    """options['solver'] = 'os-tv' reaches ostv.reconstruct_ostv with the options and iterations = passes."""
+    from XRayNeRFLib.recon.ostv import OSTVSettings
+    from XRayNeRFLib.volume import Volume
+
+    cams, proj = case
+    like = default_grid(cams, grid=12)
+    res = reconstruct(proj, cams, "voxel", volume=like, iterations=3, renderer="trilinear",
+                      options={"solver": "os-tv", "subsets": 4, "relaxation": 0.8, "tv_weight": 0.01, "tv_inner": 5})
+    like32 = Volume(torch.zeros(like.data.shape), like.ras_from_ijk.float(), "mu")
+    direct = reconstruct_voxel(proj, cams, volume=like32, solver="os-tv",
+                               ostv=OSTVSettings(passes=3, subsets=4, relaxation=0.8, tv_weight=0.01, tv_inner=5, renderer="trilinear"))
+    assert torch.allclose(res.volume.data, direct.data, atol=1e-6)
+    assert res.history.passes_done == 3 and len(res.history.data) == 3
+    assert float(res.volume.data.max()) > 0.005
+
+
 def test_bad_arguments(case):
     cams, proj = case
     with pytest.raises(ValueError, match="unknown option 'tv' for method 'voxel'; accepted: .*tv_weight"):
