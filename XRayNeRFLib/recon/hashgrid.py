@@ -42,6 +42,9 @@ MU_SCALE = 0.01  # 1/mm, same scale as voxel.MU_SCALE
 HEAD_FORMAT = "xraynerf-hashgrid-head"
 HEAD_VERSION = 1
 _PRIMES = (1, 2654435761, 805459861)
+# layout fields a loaded head need not match: they place the table's vertices (re-drawn by MCI anyway) but
+# leave the head's shapes and the level order (coarse to fine) unchanged, so one head serves every grid size
+HEAD_FREE_FIELDS = ("finest_resolution", "log2_table_size")
 LAYERNORM_EPS = 1e-12  # small: the hash entries start at +-1e-4 (variance ~1e-9), which the LayerNorm must still scale up
 
 
@@ -278,7 +281,8 @@ class HashGridField(nn.Module):
 
     def load_head(self, path) -> dict:
         """Load a head saved by :meth:`save_head`; refuses a file whose encoding config differs from this
-        field's (ValueError naming the fields). Returns the file's ``meta``."""
+        field's (ValueError naming the fields) except in :data:`HEAD_FREE_FIELDS` (finest resolution and
+        table size, which follow the output grid). Returns the file's ``meta``."""
         try:
             payload = torch.load(str(path), map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -290,7 +294,7 @@ class HashGridField(nn.Module):
         if payload.get("version") != HEAD_VERSION:
             raise ValueError(f"{path} has head format version {payload.get('version')}, this engine reads version {HEAD_VERSION}")
         saved, mine = payload["config"], self.config.header()
-        diff = [f"{k}: file {saved.get(k)!r} vs requested {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        diff = [f"{k}: file {saved.get(k)!r} vs requested {v!r}" for k, v in mine.items() if saved.get(k) != v and k not in HEAD_FREE_FIELDS]
         if diff:
             raise ValueError(
                 f"the pre-fitted head {path} was made for another hash-grid layout ({'; '.join(diff)}); "
