@@ -23,7 +23,7 @@ saved; reconstructions re-draw the table. The hash-grid layout is ``NerfSettings
 written, with and without the LayerNorm (``normalize``), the names ``reconstruct_nerf(mci="default")``
 looks for.
 
-    python scripts/prefit_hashgrid_mlp.py [--out-dir Resources/Models] [--grid 64] [--steps 300]
+    python scripts/prefit_hashgrid_mlp.py [--out-dir Resources/Models] [--grid 64] [--steps 60]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def phantom_volume(grid: int, supersample: int = 2) -> Volume:
 
 
 def prefit(settings: NerfSettings, target: Volume, steps: int, lr: float, seed: int, log=print) -> HashGridField:
-    field = HashGridField(settings.hash_config(), seed=seed, chunk_points=settings.chunk_points)
+    field = HashGridField(settings.hash_config(max(target.data.shape)), seed=seed, chunk_points=settings.chunk_points)
     plan = field.plan_grid(grid_axes(target))
     opt = torch.optim.Adam(field.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * min(s, steps) / steps)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", default=str(ROOT / "Resources" / "Models"))
     ap.add_argument("--grid", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
