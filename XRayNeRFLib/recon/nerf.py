@@ -7,7 +7,7 @@ exact renderer through :func:`optimise.fit` (L1 on line integrals + lambda_TV * 
 so the data term, the TV term, the learned loss weights, progress, cancellation and the NaN checks are
 the voxel method's. By default the field first distils the Hann FDK volume (:func:`distill`, see
 ``NerfSettings.init``) and its finest level matches the output grid with every level dense.
-``coarse_to_fine`` (off by default) spends the first ``coarse_fraction`` of the steps on a grid of
+``coarse_to_fine`` spends the first ``coarse_fraction`` of the steps on a grid of
 half the resolution over the same box (8x fewer field evaluations), then refines on the output grid.
 
 Coordinates: the field's unit cube is the output box (voxel boundaries) scaled isotropically by its
@@ -61,8 +61,8 @@ class NerfSettings:
     normalize: LayerNorm over the level features. mci: path of a pre-fitted head, "default" (the
     shipped Resources/Models/hashgrid_head_prior_{norm,plain}.pt, by ``normalize``; a head loads at any
     finest resolution / table size, the other layout fields must match) or None (random MLP).
-    coarse_to_fine: first ``coarse_fraction`` of the steps on a half-resolution grid (off by default: the
-    coarse stage only constrains the field at the coarse voxel centres).
+    coarse_to_fine: first ``coarse_fraction`` of the steps on a half-resolution grid (with the former
+    layout it helped, 30.1 vs 23.9 dB; not re-measured with the grid-matched layout and the FDK start).
     init: "fdk" (default) fits the field to the Hann FDK volume (clamped >= 0) before the projection fit:
     ``init_steps`` Adam steps at ``init_lr`` of the squared error on ``init_points`` random voxels a step
     (no rendering, cheap), the field's counterpart of the voxel method's FDK start; "none": start from
@@ -90,7 +90,7 @@ class NerfSettings:
     hidden_layers: int = 1
     normalize: bool = True
     mci: Optional[str] = "default"
-    coarse_to_fine: bool = False
+    coarse_to_fine: bool = True
     coarse_fraction: float = 0.6
     chunk_points: int = 1 << 21
     init: str = "fdk"
