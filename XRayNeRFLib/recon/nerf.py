@@ -204,7 +204,7 @@ def distill(field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, l
         opt.step()
         sched.step()
         if progress is not None and step % 10 == 0:
-            if progress(Progress(0, 1, f"fitting the field to the FDK start: step {step + 1}/{steps}, MSE {float(loss):.3g}")) is False:
+            if progress(Progress(0, 1, f"fitting the field to the FDK start: step {step + 1}/{steps}, MSE {float(loss.detach()):.3g}")) is False:
                 return False
     return True
 
