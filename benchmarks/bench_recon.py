@@ -198,7 +198,7 @@ def nerf_variants() -> list:
 
 def ours_methods(tuned: dict, budget: dict, *, nerf: bool = True) -> dict:
     """label -> (method, params) of our methods with the tuned settings."""
-    vox = {"iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tuned["tv_weight"], "seed": 0}
+    vox = {"solver": "adam", "iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tuned["tv_weight"], "seed": 0}
     out = {
         "ours FDK": ("fdk", {"window": tuned["window"]}),
         "ours voxel+TV Siddon": ("voxel", dict(vox, renderer="siddon")),
@@ -218,6 +218,14 @@ def ours_methods(tuned: dict, budget: dict, *, nerf: bool = True) -> dict:
 # The OS-TV voxel solver (XRayNeRFLib.recon.ostv through api.reconstruct(method="voxel", options=...)): the
 # fixed part of its options; the sweep ("ostv" in the grid) varies the rest on the tuning case
 OSTV_BASE = {"solver": "os-tv", "renderer": "trilinear", "seed": 0}
+
+
+def ostv_available() -> bool:
+    try:
+        from XRayNeRFLib.recon.api import VOXEL_SOLVERS
+    except ImportError:
+        return False
+    return "os-tv" in VOXEL_SOLVERS
 
 
 def rtk_methods(tuned: dict) -> dict:
@@ -255,19 +263,23 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
     gt = torch.from_numpy(np.load(case["ct"]["gt_npy"]))
     rows, tuned = [], {}
     cache_path = Path(case["dir"]) / "sweep_cache.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+
+    def load_cache():  # re-read each time: another tuning process may share the file
+        return json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
     def run(kind, method, params, curve=False):
         label = _run_label(kind, method, params)
         key = json.dumps([kind, method, params], sort_keys=True)
+        cache = load_cache()
         if reuse_sweep and key in cache:
             x = _saved_volume(Path(case["dir"]), label, kind, params.get("name", ""))
             if x is not None:
                 return x.numpy(), dict(cache[key]["report"], cached=cache[key]["when"]), label
         if kind == "ours":
-            mu, rep = run_ours(case, label, method, params, threads=threads, snapshot_every=10 if curve else 0)
+            mu, rep = run_ours(case, label, method, params, threads=threads, snapshot_every=(1 if params.get("solver") == "os-tv" else 10) if curve else 0)
         else:
             mu, rep = run_rtk(case, label, params, threads=threads, curve=curve)
+        cache = load_cache()
         cache[key] = {"report": rep, "when": datetime.datetime.now().isoformat(timespec="seconds"), "label": label}
         save_json(cache_path, cache)
         return mu, rep, label
@@ -281,51 +293,59 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
         log(f"  tune {method_label} {params}: {m['psnr_db']:.2f} dB SSIM {m['ssim']:.3f} {rep['seconds']:.1f} s {extra}")
         return m["psnr_db"]
 
-    cands = []
-    for w in grid["window"]:
-        mu, rep, label = run("ours", "fdk", {"window": w})
-        cands.append((score("ours FDK", {"window": w}, mu, rep, label), w))
-    tuned["window"] = max(cands)[1]
-    cands = []
-    for h in grid["rtk_hann"]:
-        params = {"name": "fdk", "hann": h}
-        mu, rep, label = run("rtk", "fdk", params)
-        cands.append((score("RTK FDK", params, mu, rep, label), h))
-    tuned["rtk_hann"] = max(cands)[1]
-    cands = []
-    for sp in grid["sart"]:
-        params = {"name": "sart", "iterations": grid["sart_max_iterations"], "lambda": sp["lambda"], "division_threshold": sp["division_threshold"], "bp": sp.get("bp", "voxel")}
-        mu, rep, label = run("rtk", "sart", params, curve=True)
+    if grid.get("window"):  # (a grid without this key skips the section)
+        cands = []
+        for w in grid["window"]:
+            mu, rep, label = run("ours", "fdk", {"window": w})
+            cands.append((score("ours FDK", {"window": w}, mu, rep, label), w))
+        tuned["window"] = max(cands)[1]
+    if grid.get("rtk_hann"):  # (a grid without this key skips the section)
+        cands = []
+        for h in grid["rtk_hann"]:
+            params = {"name": "fdk", "hann": h}
+            mu, rep, label = run("rtk", "fdk", params)
+            cands.append((score("RTK FDK", params, mu, rep, label), h))
+        tuned["rtk_hann"] = max(cands)[1]
+    if grid.get("sart"):  # (a grid without this key skips the section)
+        cands = []
+        for sp in grid["sart"]:
+            params = {"name": "sart", "iterations": grid["sart_max_iterations"], "lambda": sp["lambda"], "division_threshold": sp["division_threshold"], "bp": sp.get("bp", "voxel")}
+            mu, rep, label = run("rtk", "sart", params, curve=True)
+            it, p = best_on_curve(rep["curve"])
+            score("RTK SART", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["sart_max_iterations"] else ""))
+            cands.append((p, sp["lambda"], sp["division_threshold"], sp.get("bp", "voxel"), it))
+        _, tuned["sart_lambda"], tuned["sart_division_threshold"], tuned["sart_bp"], tuned["sart_iterations"] = max(cands)
+    if grid.get("cg_max_iterations"):  # (a grid without this key skips the section)
+        params = {"name": "cg", "iterations": grid["cg_max_iterations"]}
+        mu, rep, label = run("rtk", "cg", params, curve=True)
         it, p = best_on_curve(rep["curve"])
-        score("RTK SART", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["sart_max_iterations"] else ""))
-        cands.append((p, sp["lambda"], sp["division_threshold"], sp.get("bp", "voxel"), it))
-    _, tuned["sart_lambda"], tuned["sart_division_threshold"], tuned["sart_bp"], tuned["sart_iterations"] = max(cands)
-    params = {"name": "cg", "iterations": grid["cg_max_iterations"]}
-    mu, rep, label = run("rtk", "cg", params, curve=True)
-    it, p = best_on_curve(rep["curve"])
-    score("RTK CG", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["cg_max_iterations"] else ""))
-    tuned["cg_iterations"] = it
-    cands = []
-    for alpha, beta, al, cg in grid["admm"]:
-        params = {"name": "admm_tv", "iterations": al, "cg_iterations": cg, "alpha": alpha, "beta": beta}
-        mu, rep, label = run("rtk", "admm_tv", params, curve=True)
-        p = score("RTK ADMM-TV", params, mu, rep, label, "curve: " + ", ".join(f"{c[2]:.2f}" for c in rep["curve"]))
-        cands.append((p, alpha, beta, al, cg))
-    _, tuned["admm_alpha"], tuned["admm_beta"], tuned["admm_iterations"], tuned["admm_cg_iterations"] = max(cands)
-    cands = []
-    for tv in grid["tv_weight"]:
-        params = {"iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tv, "renderer": "trilinear", "seed": 0}
-        mu, rep, label = run("ours", "voxel", params)
-        cands.append((score("ours voxel+TV trilinear", params, mu, rep, label), tv))
-    tuned["tv_weight"] = max(cands)[1]
-    if grid.get("ostv"):
+        score("RTK CG", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["cg_max_iterations"] else ""))
+        tuned["cg_iterations"] = it
+    if grid.get("admm"):  # (a grid without this key skips the section)
+        cands = []
+        for alpha, beta, al, cg in grid["admm"]:
+            params = {"name": "admm_tv", "iterations": al, "cg_iterations": cg, "alpha": alpha, "beta": beta}
+            mu, rep, label = run("rtk", "admm_tv", params, curve=True)
+            p = score("RTK ADMM-TV", params, mu, rep, label, "curve: " + ", ".join(f"{c[2]:.2f}" for c in rep["curve"]))
+            cands.append((p, alpha, beta, al, cg))
+        _, tuned["admm_alpha"], tuned["admm_beta"], tuned["admm_iterations"], tuned["admm_cg_iterations"] = max(cands)
+    if grid.get("tv_weight"):  # (a grid without this key skips the section)
+        cands = []
+        for tv in grid["tv_weight"]:
+            params = {"solver": "adam", "iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tv, "renderer": "trilinear", "seed": 0}
+            mu, rep, label = run("ours", "voxel", params)
+            cands.append((score("ours voxel+TV trilinear", params, mu, rep, label), tv))
+        tuned["tv_weight"] = max(cands)[1]
+    if grid.get("ostv") and ostv_available():
         cands = []
         for op in grid["ostv"]:
-            params = dict(OSTV_BASE, **op)
-            mu, rep, label = run("ours", "voxel", params)
-            cands.append((score("ours voxel OS-TV trilinear", params, mu, rep, label), json.dumps(op, sort_keys=True)))
+            params = dict(OSTV_BASE, **dict({"iterations": grid["ostv_max_passes"]}, **op))  # an entry may set its own pass count
+            mu, rep, label = run("ours", "voxel", params, curve=True)
+            it, p = best_on_curve(rep["curve"])
+            score("ours voxel OS-TV trilinear", params, mu, rep, label, f"best pass {it}: {p:.2f} dB" + (" (the run's last)" if it == params["iterations"] else ""))
+            cands.append((p, json.dumps(dict(op, iterations=it), sort_keys=True)))
         tuned["ostv"] = json.loads(max(cands)[1])
-    tuned["nerf_tv_weight"] = tuned["tv_weight"]
+    tuned["nerf_tv_weight"] = tuned.get("tv_weight")
     variants = nerf_variants()
     if variants and grid.get("nerf_tv_weight"):
         label0, p = variants[0]
@@ -354,7 +374,8 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
         try:
             for r in range(repeats):
                 if kind == "ours":
-                    mu, rep = run_ours(case, label, method, params, threads=threads, snapshot_every=snapshot_every if method != "fdk" else 0)
+                    every = 0 if method == "fdk" or not snapshot_every else (1 if params.get("solver") == "os-tv" else snapshot_every)  # os-tv: per pass
+                    mu, rep = run_ours(case, label, method, params, threads=threads, snapshot_every=every)
                 else:
                     mu, rep = run_rtk(case, label, params, threads=threads, curve=method != "fdk")
                 secs.append(rep["seconds"])
@@ -542,11 +563,13 @@ FULL = {
     # (alpha 1, beta 1000; see rtk_recon_worker.py for why beta must be ~1e3 here)
     "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "rtk_hann": [0.0, 0.5, 1.0],
              "sart": [{"lambda": 0.5, "division_threshold": 5.0}, {"lambda": 0.9, "division_threshold": 5.0}, {"lambda": 1.2, "division_threshold": 5.0},
-                      {"lambda": 0.9, "division_threshold": 5.0, "bp": "joseph"}],
+                      {"lambda": 1.5, "division_threshold": 5.0}, {"lambda": 1.8, "division_threshold": 5.0}, {"lambda": 0.9, "division_threshold": 5.0, "bp": "joseph"},
+                      {"lambda": 1.2, "division_threshold": 5.0, "bp": "joseph"}],
              "sart_max_iterations": 30, "cg_max_iterations": 40,
-             "admm": [(1.0, 1000.0, 20, 3), (3.0, 1000.0, 10, 3), (3.0, 1000.0, 20, 3), (5.0, 1000.0, 20, 3)],
+             "admm": [(3.0, 1000.0, 10, 3), (3.0, 1000.0, 20, 3), (1.0, 1000.0, 20, 3), (1.0, 1000.0, 40, 3)],
              "tv_weight": [0.5, 2.0, 5.0, 10.0, 20.0], "nerf_tv_weight": [],
-             "ostv": []},
+             "ostv": [{"tv_weight": tv, "subsets": ns} for tv, ns in ((0.002, 10), (0.004, 10), (0.008, 15))]
+             + [{"tv_weight": 0.002, "subsets": 10, "iterations": 12}, {"tv_weight": 0.001, "subsets": 10, "iterations": 12}], "ostv_max_passes": 8},
     # (views, noisy, all methods?) in the order they run; the target case first
     # (views, noisy, which methods: "all" | "most" (no nerf but the first variant, no Siddon) | "few" (FDKs, voxel trilinear,
     # SART, ADMM-TV)) in the order they run; the target case first
@@ -557,7 +580,8 @@ QUICK = {
     "size": 64, "fine": 128, "detector": (96, 80),
     "budget": {"voxel_iterations": 40, "rays_per_view": 256, "nerf_iterations": 40, "long_iterations": 120, "long_rays_per_view": 512},
     "grid": {"window": ["hann"], "rtk_hann": [0.5], "sart": [{"lambda": 0.9, "division_threshold": 5.0}], "sart_max_iterations": 6, "cg_max_iterations": 10,
-             "admm": [(1.0, 1000.0, 5, 3)], "tv_weight": [0.5, 2.0], "nerf_tv_weight": [], "ostv": []},
+             "admm": [(1.0, 1000.0, 5, 3)], "tv_weight": [0.5, 2.0], "nerf_tv_weight": [],
+             "ostv": [{"tv_weight": 0.01, "subsets": 10}], "ostv_max_passes": 6},
     "cases": [(30, True, "all"), (10, True, "most")],
     "big": None,
 }
@@ -574,6 +598,15 @@ NOTES = [
     "beta 1, alpha 3 -> 29.725 dB; beta 1000, alpha 1 -> 29.722 dB (SSIM 0.685 -> 0.702); beta 1000, alpha 10 -> 29.17 dB; 10 AL "
     "iterations, beta 1000: alpha 0.3 / 1 / 3 / 10 -> 31.20 / 32.08 / 32.28 / 30.27 dB. The sweep is now around RTK's own example "
     "(alpha 1, beta 1000) and sweeps the AL count; the previous ADMM rows were under-regularised.",
+    "RTK SART and CG: the earlier sweeps stopped at 8 SART passes and 15 CG iterations, the best points of both curves (under-tuned). "
+    "Now SART runs up to 30 passes for each relaxation lambda (0.5 to 1.5), division threshold 5 mm and back projector, CG up to 40; "
+    "the chosen counts lie inside the curves (see the sweep rows). SART: RTK's SARTConeBeamReconstructionFilter with "
+    "NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), EnforcePositivity on, forward projector Joseph (RTK's default), "
+    "back projector voxel-based (RTK's default) or Joseph (swept); the settings read back from the filter are in each run's rtk_report.json.",
+    "Ours, OS-TV: the ordered-subset solver (XRayNeRFLib/recon/ostv.py: subsets of full views with SART row/column normalisation, an FGP "
+    "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its pass count "
+    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run). The Adam rows pass solver='adam' explicitly "
+    "(os-tv became the API's default voxel solver).",
     "The RTK worker process holds ~1 GB of ITK/RTK libraries before any reconstruction (its peak RSS includes them); ours ~0.5 GB of torch.",
     "Library start-up is outside every timing: `import itk` for RTK, and for ours the one-off `import torch._dynamo` that torch.optim's "
     "first Adam triggers (seconds on a loaded machine).",
@@ -686,6 +719,7 @@ def main() -> None:
     p.add_argument("--ensemble-size", type=int, default=4, help="ensemble members for the uncertainty check (default 4)")
     p.add_argument("--reuse-tuning", action="store_true", help="take the tuned settings and sweep rows from the last run's results.json instead of sweeping again")
     p.add_argument("--reuse-sweep", action="store_true", help="tune again, but reuse every sweep point that already ran with the same parameters on the tuning case (its time is the one measured then)")
+    p.add_argument("--resume", action="store_true", help="keep the last run's tuning and finished cases (results.json) and run only the cases it lacks (e.g. --cases 2 after --cases 1)")
     p.add_argument("--tune-only", action="store_true", help="run the tuning sweep, write the report and results.json, and stop")
     p.add_argument("--cases", type=int, default=None, help="run only the first N reported cases (the target case is the first)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's benchmarks/_work/recon/{full,quick}/results.json (no runs)")
@@ -728,7 +762,15 @@ def main() -> None:
     log(f"tuning on {conf['size']}^3, 30 noisy views shifted by half a step, noise seed 2")
     tcase = make_case(ct, fine, meta, 30, True, offset_fraction=0.5, seed=2, work=work, threads=args.threads)
     extra["tune_case"] = tcase["name"]
-    if args.reuse_tuning:
+    if args.resume:
+        with open(work / "results.json") as f:
+            saved = json.load(f)
+        tuned, tune_rows, results, cases, info = saved["tuned"], saved["tune_rows"], saved["results"], saved["cases"], saved["info"]
+        extra = saved["extra"]
+        t_start -= saved.get("elapsed_s", 0.0)
+        extra["notes"].append(f"--resume at {datetime.datetime.now().isoformat(timespec='seconds')} (load {', '.join(f'{x:.2f}' for x in os.getloadavg())}): "
+                              f"cases {', '.join(results)} and the tuning come from the run started {info['started']}; the later cases ran then")
+    elif args.reuse_tuning:
         with open(work / "results.json") as f:
             saved = json.load(f)
         tuned, tune_rows = saved["tuned"], saved["tune_rows"]
@@ -752,6 +794,9 @@ def main() -> None:
         extra["notes"].append("the shipped MCI heads (Resources/Models/hashgrid_head_prior_*.pt) are missing: nerf runs with a random MLP only")
     for i, (views, noisy, which) in enumerate(conf["cases"][: args.cases]):
         case = make_case(ct, fine, meta, views, noisy, work=work, threads=args.threads)
+        if args.resume and case["name"] in results:
+            log(f"case {case['name']}: kept from the resumed run")
+            continue
         cases[case["name"]] = case
         if i == 0:
             extra["target_case"] = case["name"]
