@@ -100,7 +100,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--learned-weights", action="store_true", help="voxel/nerf: learn the data/TV weights (task uncertainty)")
     m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: adam (L1 + TV, Adam on ray mini-batches; default) or os-tv "
                    "(ordered-subset SART-preconditioned least squares + TV prox; --iterations then counts passes over all views, default 6)")
-    m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 10)")
+    m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 15)")
     m.add_argument("--relaxation", type=float, metavar="LAMBDA", help="voxel --solver os-tv: SART relaxation in (0, 2) (default 1)")
     m.add_argument("--statistical-weights", action="store_true", help="voxel --solver os-tv: weight rays by exp(-line integral) (Poisson)")
     m.add_argument("--coarse-to-fine", action="store_true", help="voxel: fit a 2x coarser grid first")

@@ -126,7 +126,7 @@ def reconstruct(
     options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
         max_memory_mb; voxel: solver ("adam" (default) | "os-tv"), init ("fdk" | "zeros"), tv_weight,
         report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
-        - solver "os-tv" (:mod:`ostv`): subsets (10), relaxation (1.0), tv_weight (beta, 0.004),
+        - solver "os-tv" (:mod:`ostv`): subsets (15), relaxation (1.0), tv_weight (beta, 0.002),
           tv_inner (FGP iterations per TV step, 10), statistical_weights (False: w = exp(-p) when True),
           momentum (False), max_memory_mb (renderer chunk bound, 1024);
         - solver "adam" (:mod:`optimise`): lr, tv_weight (1.0), rays_per_view, learned_weights,

@@ -26,7 +26,7 @@ spacing of each grid axis and multiplied by the smallest spacing (per voxel step
 so anisotropic voxels are handled. With ``momentum`` the passes are accelerated by Nesterov's
 extrapolation (as in OS-SQS with momentum, Kim, Ramani & Fessler 2015); ordered subsets with momentum
 are not guaranteed to converge, so it is off by default. ``beta`` is dimensionless with respect to the
-data scale only through the SART normalisation; a value of order 1e-3..1e-2 suits mu in 1/mm with a
+data scale only through the SART normalisation; a value of order 1e-3 suits mu in 1/mm with a
 few percent Poisson noise (tuned on a chest CT, see docs/reconstruction.md).
 
 The initial volume is Hann-windowed FDK clamped at 0 (``init="fdk"``) or zeros.
@@ -62,9 +62,9 @@ class OSTVSettings:
     wall time so far without the callbacks; ``mu`` (K, J, I) float32 1/mm, detached)."""
 
     passes: int = 6
-    subsets: int = 10
+    subsets: int = 15
     relaxation: float = 1.0
-    tv_weight: float = 0.004
+    tv_weight: float = 0.002
     tv_inner: int = 10
     statistical_weights: bool = False
     momentum: bool = False
