@@ -403,6 +403,9 @@ def test_console_script_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         _console_script() + ["drr", "--volume", str(tmp_path / "cube.mha"), "--geometry", str(tmp_path / "g.json"), "--out", str(out), "--renderer", "siddon", "--max-memory-mb", "4"],
         stderr=subprocess.PIPE, text=True,
+        # a test run started in the background (nohup, `cmd &`) inherits SIGINT ignored, and Python then
+        # keeps ignoring it: give the CLI the default disposition a terminal user has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []

@@ -59,7 +59,7 @@ class XRayNeRFWidgetMixin(VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._running = False
-        self._lastProgressTime = 0.0
+        self._lastProgressTime = None  # None: nothing shown yet (the next update goes through)
 
     # -- to override ----------------------------------------------------------------------------------
     def whyCannotApply(self) -> Optional[str]:
@@ -146,7 +146,7 @@ class XRayNeRFWidgetMixin(VTKObservationMixin):
         events (the Cancel click), returns False once Cancel was pressed."""
         now = time.monotonic()
         final = progress.total > 0 and progress.done >= progress.total
-        if final or now - self._lastProgressTime >= self.PROGRESS_INTERVAL_S:
+        if final or self._lastProgressTime is None or now - self._lastProgressTime >= self.PROGRESS_INTERVAL_S:
             self._lastProgressTime = now
             self.ui.progressBar.value = int(round(100 * progress.fraction))
             if progress.message:
@@ -186,7 +186,7 @@ class XRayNeRFWidgetMixin(VTKObservationMixin):
             from XRayNeRFLib.progress import Cancelled
 
             self.logic.cancelRequested = False
-            self._lastProgressTime = 0.0
+            self._lastProgressTime = None  # None: nothing shown yet (the next update goes through)
             self._setRunning(True)
             try:
                 result = work(self.progressCallback)
