@@ -79,7 +79,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json")
     io.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
     io.add_argument("--quantity", choices=("line_integral", "intensity"), help="stack values (default: the stack's header, else line integrals)")
-    io.add_argument("--out", required=True, metavar="VOL", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
+    io.add_argument("--out", required=True, metavar="VOL", help="output volume (.nii.gz, .nii, .nrrd, .mha); missing directories are created when the result is written")
     io.add_argument("--uncertainty", metavar="U", help="also write the uncertainty volume here (ensemble; see above)")
     io.add_argument("--reference", metavar="GT", help="ground-truth volume: print PSNR / SSIM / MAE against it")
     io.add_argument("--units", choices=("mu", "hu"), default="mu", help="output units: mu (1/mm, default) or hu")
@@ -121,8 +121,13 @@ def _check_out(path: str, flag: str) -> None:
     if not path.lower().endswith(VOLUME_EXTENSIONS):
         raise ValueError(f"{flag} {path!r}: use one of {', '.join(VOLUME_EXTENSIONS)}")
     d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise ValueError(f"{flag} {path!r}: directory {d!r} does not exist")
+    existing = d  # missing directories are created once the result is ready (as `xraynerf drr` does)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path!r}: cannot create directory {d!r}: {existing!r} is a file")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: cannot write to {existing!r} (permission denied); choose another path")
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; give a file name such as {os.path.join(path, 'volume.nii.gz')}")
 
@@ -228,6 +233,8 @@ def _save_atomic(pairs) -> None:
     from .volume import save_volume
 
     temps: List[str] = []
+    for _, path in pairs:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # only now: a failed run creates nothing
     try:
         for vol, path in pairs:
             ext = next(e for e in VOLUME_EXTENSIONS if path.lower().endswith(e))

@@ -53,6 +53,20 @@ def test_stack_xml_fdk_with_reference(data, capsys):
     assert not [n for n in os.listdir(d) if ".part" in n]
 
 
+def test_missing_output_directories_are_created_only_on_success(data, tmp_path, capsys):
+    d, *_ = data
+    out = tmp_path / "new" / "deeper" / "fdk.nii.gz"
+    bad = main(["reconstruct", "--projections", str(d / "p6.mha"), "--geometry", str(d / "g.json"), "--out", str(out), "--grid", "8", "--quiet"])
+    assert bad == 2 and not (tmp_path / "new").exists()  # a failed run creates nothing
+    rc = main(["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", str(out), "--grid", "8", "--quiet"])
+    assert rc == 0 and load_volume(str(out)).data.shape[1:] == (8, 8)  # 8 across the scanned cylinder
+    (tmp_path / "afile").write_text("x")
+    capsys.readouterr()
+    rc = main(["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", str(tmp_path / "afile" / "v.nii.gz"), "--grid", "8", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a file" in err and err.count("\n") == 1
+
+
 def test_stack_json_voxel_hu_uncertainty(data, capsys):
     d, *_ = data
     out, unc = str(d / "vox.nii.gz"), str(d / "unc.nrrd")
