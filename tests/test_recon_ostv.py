@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 
+from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.progress import Progress
 from XRayNeRFLib.recon import reconstruct
 from XRayNeRFLib.recon.fdk import fdk
 from XRayNeRFLib.recon.fov import default_grid
-from XRayNeRFLib.recon.ostv import OSTVSettings, isotropic_tv, reconstruct_ostv, subset_order, tv_prox
+from XRayNeRFLib.recon.backproject import voxel_backproject
+from XRayNeRFLib.recon.ostv import OSTVSettings, _grad, _grad_t, coarse_grid, isotropic_tv, reconstruct_ostv, subset_order, tv_prox
 from XRayNeRFLib.recon.voxel import reconstruct_voxel
 from XRayNeRFLib.render import render
 from XRayNeRFLib.volume import Volume
@@ -66,13 +68,90 @@ def test_beats_fdk_and_no_tv_on_noisy_data(case):
     assert p_on > p_off + 1.0, (p_off, p_on)
 
 
-def test_data_term_decreases_without_tv(case):
+@pytest.mark.parametrize("backprojector", ["matched", "voxel"])
+def test_data_term_decreases_without_tv(case, backprojector):
+    """Plain SART passes (one subset, no TV, no momentum) lower the data term, with the exact adjoint and
+    with the unmatched voxel-driven back projector."""
     cams, clean, _, like, _ = case
     start = torch.zeros(like.data.shape)
-    _, hist = reconstruct_ostv(clean, cams, like, start, OSTVSettings(passes=5, subsets=1, tv_weight=0.0, relaxation=1.0))
+    s = OSTVSettings(passes=5, subsets=1, tv_weight=0.0, relaxation=1.0, backprojector=backprojector, momentum=False, coarse_passes=0)
+    _, hist = reconstruct_ostv(clean, cams, like, start, s)
     d = hist.data
     assert all(b < a for a, b in zip(d, d[1:])), d
     assert d[-1] < 0.2 * d[0]
+
+
+def _tv_prox_reference(b, t, iterations, c, dual=None):
+    """The FGP iteration written plainly with _grad / _grad_t (the solver's tv_prox works in place)."""
+    p = torch.zeros((3,) + tuple(b.shape)) if dual is None else dual
+    lip = 4.0 * float((c**2).sum())
+    r, tk = p.clone(), 1.0
+    for _ in range(iterations):
+        z = (b - t * _grad_t(r, c)).clamp_min(0)
+        q = r + _grad(z, c) / (lip * t)
+        q = q / q.pow(2).sum(0, keepdim=True).sqrt().clamp_min(1.0)
+        tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
+        r = q + ((tk - 1.0) / tn) * (q - p)
+        p, tk = q, tn
+    return (b - t * _grad_t(p, c)).clamp_min(0), p
+
+
+def test_tv_prox_in_place_equals_the_plain_fgp():
+    g = torch.Generator().manual_seed(1)
+    b = torch.rand(9, 11, 7, generator=g)
+    c = torch.tensor([1.0, 0.8, 0.5])
+    z_ref, p_ref = _tv_prox_reference(b, 0.1, 6, c)
+    z, p = tv_prox(b, 0.1, 6, c)
+    assert torch.allclose(z, z_ref, atol=1e-6) and torch.allclose(p, p_ref, atol=1e-6)
+    z_ref2, _ = _tv_prox_reference(b, 0.1, 4, c, p_ref.clone())  # warm start
+    z2, _ = tv_prox(b, 0.1, 4, c, p.clone())
+    assert torch.allclose(z2, z_ref2, atol=1e-6)
+    assert float((z2 - z).abs().max()) > 1e-4  # the warm start did something
+
+
+def test_voxel_backprojector_approximates_the_adjoint():
+    """On smooth images, B y (voxel driven) agrees with the renderer's exact adjoint A^T y: the inner
+    products <x, B y> and <A x, y> agree within 0.5 % for a smooth x, and B y is within 3 % (relative L2)
+    of A^T y over the voxels the views see. A short source distance (SID 150 mm, the grid reaching 60 mm
+    from the axis) makes the 1 / depth^2 weighting matter: without it (1 / SID^2 instead) the inner products
+    differ by 11 % and B y by 14 %. Measured when written: 0.2 % and 2.1 %; at 128^3 on the chest benchmark's geometry 0.001 % and 3.5 %."""
+    ang = torch.linspace(0, 2 * math.pi, 13, dtype=torch.float64)[:-1]
+    cams = Cameras.circular_orbit(ang, sid_mm=150.0, sdd_mm=300.0, size_px=(48, 40), pixel_spacing_mm=5.0, dtype=torch.float64).to(dtype=torch.float32)
+    like = default_grid(cams, grid=24)
+    like = Volume(torch.zeros(like.data.shape), like.ras_from_ijk.float(), "mu")
+    g = torch.Generator().manual_seed(2)
+    y = torch.nn.functional.avg_pool2d(torch.rand(len(cams), 1, cams.height, cams.width, generator=g), 7, 1, 3)[:, 0]
+    x = torch.nn.functional.avg_pool3d(torch.rand((1, 1) + tuple(like.data.shape), generator=g), 5, 1, 2)[0, 0]
+    xr = x.clone().requires_grad_(True)
+    ax = render(Volume(xr, like.ras_from_ijk, "mu"), cams, method="trilinear")
+    (aty,) = torch.autograd.grad(ax, xr, grad_outputs=y)
+    by = voxel_backproject(y, cams, like)
+    lhs, rhs = float((ax.detach() * y).sum()), float((x * by).sum())
+    seen = aty > 0.05 * aty.max()
+    rel = float((by - aty)[seen].norm() / aty[seen].norm())
+    assert abs(rhs - lhs) < 0.005 * abs(lhs), (lhs, rhs)
+    assert rel < 0.03, rel
+
+
+def test_coarse_grid_and_coarse_passes(case):
+    """coarse_grid covers the same box at twice the spacing; coarse passes before the fine ones keep the
+    result within 0.5 dB of the same fine passes alone on the phantom (and run the coarse grid)."""
+    cams, _, noisy, like, gt = case
+    lc = coarse_grid(like)
+    assert lc.data.shape == tuple((n + 1) // 2 for n in like.data.shape)
+    assert torch.allclose(lc.ras_from_ijk[:3, :3], 2 * like.ras_from_ijk[:3, :3])
+    # coarse voxel 0 is the centre of the fine 2x2x2 block 0..1
+    c0 = like.ras_from_ijk @ torch.tensor([0.5, 0.5, 0.5, 1.0])
+    assert torch.allclose(lc.ras_from_ijk[:, 3], c0, atol=1e-5)
+    start = fdk(noisy, cams, volume=like, window="hann").data.clamp_min(0)
+    snaps = []
+    base = dict(subsets=5, tv_weight=0.02)
+    with_c, h = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=4, coarse_passes=3, snapshot_every=1,
+                                                                         on_snapshot=lambda k, t, mu: snaps.append(mu.shape), **base))
+    without, _ = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=4, coarse_passes=0, **base))
+    assert h.passes_done == 7 and len(snaps) == 7 and all(sh == like.data.shape for sh in snaps)
+    assert psnr(with_c.data, gt) > psnr(without.data, gt) - 0.5, (psnr(with_c.data, gt), psnr(without.data, gt))
+    assert psnr(with_c.data, gt) > psnr(start, gt) + 3.0
 
 
 def test_one_subset_no_tv_is_sart(case):
@@ -80,7 +159,7 @@ def test_one_subset_no_tv_is_sart(case):
     x1 = A^T (p / A1) / A^T 1 (where A^T 1 > 0), computed here independently from the renderer's adjoint."""
     cams, clean, _, like, _ = case
     x0 = torch.zeros(like.data.shape)
-    out, _ = reconstruct_ostv(clean, cams, like, x0, OSTVSettings(passes=1, subsets=1, tv_weight=0.0))
+    out, _ = reconstruct_ostv(clean, cams, like, x0, OSTVSettings(passes=1, subsets=1, tv_weight=0.0, backprojector="matched", coarse_passes=0, momentum=False))
     x = x0.clone().requires_grad_(True)
     y = render(Volume(x, like.ras_from_ijk, "mu"), cams, method="trilinear")
     ray_len = render(Volume(torch.ones_like(x0), like.ras_from_ijk, "mu"), cams, method="trilinear")
@@ -155,5 +234,9 @@ def test_solver_options_are_checked(case):
         reconstruct(clean, cams, "voxel", volume=like, options={"solver": "cg"})
     with pytest.raises(ValueError, match="relaxation must be in"):
         reconstruct(clean, cams, "voxel", volume=like, options={"solver": "os-tv", "relaxation": 2.5})
+    with pytest.raises(ValueError, match="unknown backprojector"):
+        reconstruct_ostv(clean, cams, like, torch.zeros(like.data.shape), OSTVSettings(backprojector="ray"))
+    with pytest.raises(ValueError, match="coarse_passes must be"):
+        reconstruct_ostv(clean, cams, like, torch.zeros(like.data.shape), OSTVSettings(coarse_passes=-1))
     with pytest.raises(ValueError, match="coarse_to_fine is an option of the 'adam' solver"):
         reconstruct_voxel(clean, cams, volume=like, solver="os-tv", coarse_to_fine=True)

@@ -40,14 +40,18 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import render
 from ..volume import Volume
+from .backproject import voxel_backproject
 
-__all__ = ["OSTVSettings", "OSTVHistory", "reconstruct_ostv", "tv_prox", "subset_order", "isotropic_tv"]
+BACKPROJECTORS = ("voxel", "matched")
+
+__all__ = ["OSTVSettings", "coarse_grid", "OSTVHistory", "reconstruct_ostv", "tv_prox", "subset_order", "isotropic_tv"]
 
 
 @dataclass
@@ -68,6 +72,8 @@ class OSTVSettings:
     tv_inner: int = 10
     statistical_weights: bool = False
     momentum: bool = False
+    backprojector: str = "matched"
+    coarse_passes: int = 0
     renderer: str = "trilinear"
     max_memory_mb: float = 1024.0
     report_every: int = 1
@@ -135,29 +141,150 @@ def isotropic_tv(x: Tensor, axis_weights: Optional[Tensor] = None) -> float:
 
 def tv_prox(b: Tensor, t: float, iterations: int, axis_weights: Optional[Tensor] = None, dual: Optional[Tensor] = None, nonneg: bool = True):
     """argmin_z (z >= 0) 0.5 ||z - b||^2 + t TV(z) by FGP on the dual; b: (K, J, I). Returns (z, dual)
-    where dual (3, K, J, I) may warm-start the next call."""
-    c = torch.ones(3) if axis_weights is None else axis_weights.to(b.dtype)
-    c = c.to(b.device)
+    where dual (3, K, J, I) may warm-start the next call. In-place on preallocated buffers (the
+    differences of :func:`_grad` and the divergence of :func:`_grad_t` written slice-wise)."""
+    c = torch.ones(3) if axis_weights is None else axis_weights
+    cw = [float(v) for v in c]
     p = torch.zeros((3,) + tuple(b.shape), dtype=b.dtype, device=b.device) if dual is None else dual
     if t <= 0 or iterations < 1:
         return (b.clamp_min(0) if nonneg else b), p
-    lip = 4.0 * float((c**2).sum())  # ||grad||^2 bound
-    r, tk = p.clone(), 1.0
-    for _ in range(iterations):
-        z = b - t * _grad_t(r, c)
+    lip = 4.0 * sum(v * v for v in cw)  # ||grad||^2 bound
+    r, q = p.clone(), torch.empty_like(p)
+    z = torch.empty_like(b)
+    nrm = torch.empty_like(b)
+    tk = 1.0
+
+    def primal(u: Tensor) -> None:  # z = b - t grad^T u
+        z.copy_(b)
+        for a in range(3):
+            ua = u[a].narrow(a, 0, b.shape[a] - 1)
+            z.narrow(a, 0, b.shape[a] - 1).add_(ua, alpha=t * cw[a])
+            z.narrow(a, 1, b.shape[a] - 1).sub_(ua, alpha=t * cw[a])
         if nonneg:
-            z = z.clamp_min(0)
-        q = r + _grad(z, c) / (lip * t)
-        q = q / q.pow(2).sum(0, keepdim=True).sqrt().clamp_min(1.0)
+            z.clamp_min_(0)
+
+    for _ in range(iterations):
+        primal(r)
+        # q = r + grad z / (lip t), projected on the unit ball per voxel
+        s = 1.0 / (lip * t)
+        for a in range(3):
+            n = b.shape[a] - 1
+            qa, ra = q[a], r[a]
+            torch.sub(z.narrow(a, 1, n), z.narrow(a, 0, n), out=qa.narrow(a, 0, n))
+            qa.narrow(a, 0, n).mul_(s * cw[a]).add_(ra.narrow(a, 0, n))
+            qa.narrow(a, n, 1).copy_(ra.narrow(a, n, 1))
+        torch.mul(q[0], q[0], out=nrm)
+        nrm.addcmul_(q[1], q[1]).addcmul_(q[2], q[2]).sqrt_().clamp_min_(1.0)
+        q.div_(nrm)
         tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
-        r = q + ((tk - 1.0) / tn) * (q - p)
-        p, tk = q, tn
-    z = b - t * _grad_t(p, c)
-    return (z.clamp_min(0) if nonneg else z), p
+        # r = q + ((tk - 1) / tn) (q - p); then p <- q (buffers swapped)
+        torch.sub(q, p, out=r)
+        r.mul_((tk - 1.0) / tn).add_(q)
+        p, q = q, p
+        tk = tn
+    primal(p)
+    return z, p
 
 
 def _project(x: Tensor, like: Volume, cams: Cameras, settings: OSTVSettings) -> Tensor:
     return render(Volume(x, like.ras_from_ijk, "mu"), cams, method=settings.renderer, max_memory_mb=settings.max_memory_mb)
+
+
+def coarse_grid(like: Volume) -> Volume:
+    """The grid with twice the spacing over (about) the same box: (ceil(K/2), ceil(J/2), ceil(I/2)) voxels;
+    coarse index c sits at fine index 2 c + 0.5 (the centre of the fine 2x2x2 block)."""
+    a = like.ras_from_ijk.double()
+    s = torch.eye(4, dtype=torch.float64)
+    s[:3, :3] *= 2.0
+    s[:3, 3] = 0.5
+    shape = tuple((n + 1) // 2 for n in like.data.shape)
+    return Volume(torch.zeros(shape, dtype=torch.float32, device=like.data.device), (a @ s).to(like.ras_from_ijk.dtype), "mu")
+
+
+def _downsample(x: Tensor) -> Tensor:
+    """(K, J, I) -> coarse_grid's shape: means of 2x2x2 blocks (partial blocks at odd ends)."""
+    return F.avg_pool3d(x[None, None], 2, ceil_mode=True)[0, 0]
+
+
+def _upsample(xc: Tensor, shape) -> Tensor:
+    """Coarse (K', J', I') -> fine ``shape`` by trilinear interpolation (fine i at coarse i / 2 - 0.25)."""
+    up = F.interpolate(xc[None, None], scale_factor=2.0, mode="trilinear", align_corners=False)[0, 0]
+    return up[: shape[0], : shape[1], : shape[2]].contiguous()
+
+
+def _bin2(img: Tensor, cams: Cameras) -> Tensor:
+    """(V, H, W) -> (V, H // 2, W // 2) means of 2x2 pixels, the layout of ``cams.downsampled(2)``."""
+    v, h, w = img.shape
+    hh, ww = h // 2, w // 2
+    return img[:, : 2 * hh, : 2 * ww].reshape(v, hh, 2, ww, 2).mean((2, 4))
+
+
+class _Level:
+    """One grid of the solver: its data, weights, subsets and (lazily) per-subset column sums."""
+
+    def __init__(self, p: Tensor, cams: Cameras, like: Volume, masks: Optional[Tensor], s: OSTVSettings, n_sub: int) -> None:
+        self.p, self.cams, self.like, self.s = p, cams, like, s
+        shape = tuple(like.data.shape)
+        ones = torch.ones(shape, dtype=torch.float32, device=p.device)
+        with torch.no_grad():
+            r = _project(ones, like, cams, s)  # (V, H, W) mm: ray lengths through the grid
+        w = (r > 1e-3 * float(r.max())).float()  # rays that (nearly) miss the grid are not used
+        if masks is not None:
+            w = w * masks.to(torch.float32)
+        if s.statistical_weights:
+            sw = torch.exp(-p.clamp_min(0))
+            w = w * sw / float((sw * w).sum() / w.sum().clamp_min(1))
+        self.w = w
+        self.rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
+        self.wsum = float(w.sum().clamp_min(1))
+        n_views = p.shape[0]
+        self.groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
+        self.sub_cams = [cams[torch.tensor(g)] for g in self.groups]
+        self.inv_col: List[Optional[Tensor]] = [None] * n_sub
+        self.col_all = torch.zeros(shape, dtype=torch.float32, device=p.device)
+        self.t_tv: Optional[float] = None
+        self.axis_w = _axis_weights(like)
+        self.dual: Optional[Tensor] = None
+
+    def step(self, y: Tensor, si: int) -> tuple:
+        """One subset update of y (not in place); returns (new y, this subset's data term)."""
+        s, g = self.s, self.groups[si]
+        if s.backprojector == "voxel":
+            with torch.no_grad():
+                ax = _project(y, self.like, self.sub_cams[si], s)
+            res = (self.p[g] - ax) * self.rw[g]  # (v, H, W)
+            if self.inv_col[si] is None:
+                self._set_col(si, voxel_backproject(self.w[g], self.sub_cams[si], self.like))
+            bt = voxel_backproject(res, self.sub_cams[si], self.like)
+        else:
+            yr = y.detach().requires_grad_(True)
+            ax_g = _project(yr, self.like, self.sub_cams[si], s)
+            ax = ax_g.detach()
+            res = (self.p[g] - ax) * self.rw[g]
+            if self.inv_col[si] is None:
+                (cs,) = torch.autograd.grad(ax_g, yr, grad_outputs=self.w[g], retain_graph=True)
+                self._set_col(si, cs)
+            (bt,) = torch.autograd.grad(ax_g, yr, grad_outputs=res)
+            del ax_g, yr
+        data = 0.5 * float(((self.p[g] - ax) ** 2 * self.rw[g]).sum()) / self.wsum
+        return (y + s.relaxation * bt * self.inv_col[si]).clamp_min(0), data
+
+    def _set_col(self, si: int, cs: Tensor) -> None:
+        # column normalisation of the subset, A_s^T w (or its voxel-driven approximation); the full-set sum
+        # (for the TV step size) accumulates over the subsets of the first pass
+        self.col_all += cs
+        self.inv_col[si] = torch.where(cs > 1e-3 * float(cs.max()), 1.0 / cs.clamp_min(1e-12), torch.zeros_like(cs))
+
+    def prox(self, y: Tensor, n_sub: int) -> Tensor:
+        s = self.s
+        if self.t_tv is None:
+            # the subset steps of a pass add up to about lambda * n_sub / mean(A^T w) per unit gradient of the
+            # data term; the prox step uses the same effective step size (SQS with a scalar majoriser)
+            seen = self.col_all > 1e-3 * float(self.col_all.max())
+            self.t_tv = s.relaxation * s.tv_weight * n_sub / float(self.col_all[seen].mean()) if s.tv_weight > 0 and bool(seen.any()) else 0.0
+        if self.t_tv > 0:
+            y, self.dual = tv_prox(y, self.t_tv, s.tv_inner, self.axis_w, self.dual)
+        return y
 
 
 def reconstruct_ostv(
@@ -180,6 +307,8 @@ def reconstruct_ostv(
     s = settings if settings is not None else OSTVSettings()
     if s.passes < 1:
         raise ValueError(f"passes (iterations) must be >= 1, got {s.passes}")
+    if s.coarse_passes < 0:
+        raise ValueError(f"coarse_passes must be >= 0, got {s.coarse_passes}")
     if s.subsets < 1:
         raise ValueError(f"subsets must be >= 1, got {s.subsets}")
     if not 0.0 < s.relaxation < 2.0:
@@ -190,6 +319,8 @@ def reconstruct_ostv(
         raise ValueError(f"tv_inner must be >= 0, got {s.tv_inner}")
     if s.renderer not in ("siddon", "trilinear"):
         raise ValueError(f"unknown renderer {s.renderer!r}; use 'siddon' or 'trilinear'")
+    if s.backprojector not in BACKPROJECTORS:
+        raise ValueError(f"unknown backprojector {s.backprojector!r}; use one of {', '.join(BACKPROJECTORS)}")
     p = projections.detach().to(torch.float32)
     if not bool(torch.isfinite(p).all()):
         raise ValueError(f"the projections contain {int((~torch.isfinite(p)).sum())} non-finite values (NaN/inf); fix or mask those pixels")
@@ -199,32 +330,14 @@ def reconstruct_ostv(
     cams = cameras.to(dtype=torch.float32)
     n_views = p.shape[0]
     n_sub = min(int(s.subsets), n_views)
-    c = _axis_weights(like)
-
-    # row normalisation: ray lengths through the grid; rays that (nearly) miss the grid are not used
-    ones = torch.ones_like(x)
-    r = _project(ones, like, cams, s)  # (V, H, W) mm
-    w = (r > 1e-3 * float(r.max())).float()
-    if masks is not None:
-        w = w * masks.to(torch.float32)
-    if s.statistical_weights:
-        sw = torch.exp(-p.clamp_min(0))
-        w = w * sw / float((sw * w).sum() / w.sum().clamp_min(1))
-    rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
-
-    groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
     order = subset_order(n_sub)
-    sub_cams = [cams[torch.tensor(g)] for g in groups]
-    # column normalisation per subset, A_s^T w: computed in the first pass from the same forward pass
-    # as the subset's update (a second backward), then kept; the full-set A^T w (for the TV step size)
-    # is A^T w restricted to the grid voxels that any ray sees
-    inv_col: List[Optional[Tensor]] = [None] * n_sub
-    col_all = torch.zeros_like(x)
-    t_tv = None
+    fine_shape = tuple(x.shape)
+    coarse = s.coarse_passes > 0 and min(fine_shape) >= 4 and min(cams.width, cams.height) >= 4
     hist = OSTVHistory()
     snap = s.on_snapshot if s.snapshot_every > 0 and s.on_snapshot is not None else None
     t0, t_snap = time.perf_counter(), 0.0
-    wsum = float(w.sum().clamp_min(1))
+    total_passes = (s.coarse_passes if coarse else 0) + s.passes
+    total_steps = total_passes * n_sub
 
     def snapshot(n_done: int, vol: Tensor) -> None:
         nonlocal t_snap
@@ -232,64 +345,73 @@ def reconstruct_ostv(
         snap(n_done, ts - t0 - t_snap, vol.detach().to(torch.float32).clone())
         t_snap += time.perf_counter() - ts
 
-    dual = None
-    x_prev, tk = x.clone(), 1.0
-    y = x.clone()
-    total_steps = s.passes * n_sub
-    for it in range(s.passes):
-        data = 0.0
-        for j, si in enumerate(order):
-            g = groups[si]
-            yr = y.detach().requires_grad_(True)
-            ax_g = _project(yr, like, sub_cams[si], s)
-            ax = ax_g.detach()
-            res = (p[g] - ax) * rw[g]  # (v, H, W)
-            data += 0.5 * float(((p[g] - ax) ** 2 * rw[g]).sum()) / wsum
-            if inv_col[si] is None:
-                (cs,) = torch.autograd.grad(ax_g, yr, grad_outputs=w[g], retain_graph=True)
-                col_all += cs
-                inv_col[si] = torch.where(cs > 1e-3 * float(cs.max()), 1.0 / cs.clamp_min(1e-12), torch.zeros_like(cs))
-            (bt,) = torch.autograd.grad(ax_g, yr, grad_outputs=res)
-            del ax_g, yr
-            y = (y + s.relaxation * bt * inv_col[si]).clamp_min(0)
-            if not bool(torch.isfinite(y).all()):
-                raise RuntimeError(
-                    f"the OS-TV iterate became non-finite at pass {it + 1}, subset {j + 1}: lower the relaxation (now {s.relaxation}) "
-                    "or check the projections for extreme values"
-                )
-            if progress is not None and j < n_sub - 1:
-                done = it * n_sub + j + 1
-                if progress(Progress(done, total_steps, f"pass {it + 1}/{s.passes}, subset {j + 1}/{n_sub}", None)) is False:
+    # (level, passes): the 2x coarser grid and detector first (coarse_passes), then the output grid
+    plan = []
+    if coarse:
+        like_c = coarse_grid(like)
+        m_c = None if masks is None else _bin2(masks.to(torch.float32), cams) > 0.999  # a coarse pixel needs all four
+        plan.append((lambda: _Level(_bin2(p, cams), cams.downsampled(2), like_c, m_c, s, n_sub), s.coarse_passes))
+        x_fine0 = x
+        x = _downsample(x)
+        x_coarse0 = x.clone()
+    plan.append((lambda: _Level(p, cams, like, masks, s, n_sub), s.passes))
+
+    def to_fine(xc: Tensor) -> Tensor:
+        # the coarse passes' correction, upsampled, is added to the fine start: the fine detail of the start
+        # (FDK) is kept, the coarse grid fixes the low frequencies
+        return (x_fine0 + _upsample(xc - x_coarse0, fine_shape)).clamp_min(0)
+
+    done_passes = 0
+    for li, (make, n_passes) in enumerate(plan):
+        lvl = make()
+        is_fine = li == len(plan) - 1
+        if li > 0:
+            x = to_fine(x)
+        x_prev, tk = x.clone(), 1.0
+        y = x.clone()
+        for it in range(n_passes):
+            data = 0.0
+            for j, si in enumerate(order):
+                y, d = lvl.step(y, si)
+                data += d
+                if not bool(torch.isfinite(y).all()):
+                    raise RuntimeError(
+                        f"the OS-TV iterate became non-finite at pass {done_passes + 1}, subset {j + 1}: lower the relaxation (now {s.relaxation}) "
+                        "or check the projections for extreme values"
+                    )
+                if progress is not None and j < n_sub - 1:
+                    done = done_passes * n_sub + j + 1
+                    if progress(Progress(done, total_steps, f"pass {done_passes + 1}/{total_passes}, subset {j + 1}/{n_sub}", None)) is False:
+                        hist.cancelled = True
+                        x = y  # the last finished subset step (non-negative)
+                        break
+            if hist.cancelled:
+                break
+            y = lvl.prox(y, n_sub)
+            if s.momentum:
+                tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
+                x_new = y
+                y = (x_new + ((tk - 1.0) / tn) * (x_new - x_prev)).clamp_min(0)
+                x_prev, x, tk = x_new, x_new, tn
+            else:
+                x = y
+            done_passes += 1
+            x_out = x if is_fine else to_fine(x)
+            hist.data.append(data)
+            hist.tv.append(isotropic_tv(x_out, _axis_weights(like)) if s.tv_weight > 0 else 0.0)
+            hist.passes_done = done_passes
+            hist.best_step = done_passes
+            if snap is not None and done_passes % s.snapshot_every == 0 and done_passes < total_passes:
+                snapshot(done_passes, x_out)
+            if progress is not None and (done_passes % max(1, s.report_every) == 0 or done_passes == total_passes):
+                msg = f"pass {done_passes}/{total_passes}{'' if is_fine else ' (coarse grid)'}: data {data:.4g}"
+                if progress(Progress(done_passes * n_sub, total_steps, msg, x_out[x_out.shape[0] // 2].clone())) is False:
                     hist.cancelled = True
-                    x = y  # the last finished subset step (non-negative)
                     break
         if hist.cancelled:
             break
-        if t_tv is None:
-            # the subset steps of a pass add up to about lambda * n_sub / mean(A^T w) per unit gradient of the
-            # data term; the prox step uses the same effective step size (SQS with a scalar majoriser)
-            seen = col_all > 1e-3 * float(col_all.max())
-            t_tv = s.relaxation * s.tv_weight * n_sub / float(col_all[seen].mean()) if s.tv_weight > 0 and bool(seen.any()) else 0.0
-        if t_tv > 0:
-            y, dual = tv_prox(y, t_tv, s.tv_inner, c, dual)
-        if s.momentum:
-            tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
-            x_new = y
-            y = (x_new + ((tk - 1.0) / tn) * (x_new - x_prev)).clamp_min(0)
-            x_prev, x, tk = x_new, x_new, tn
-        else:
-            x = y
-        hist.data.append(data)
-        hist.tv.append(isotropic_tv(x, c) if s.tv_weight > 0 else 0.0)
-        hist.passes_done = it + 1
-        hist.best_step = it + 1
-        if snap is not None and (it + 1) % s.snapshot_every == 0 and it + 1 < s.passes:
-            snapshot(it + 1, x)
-        if progress is not None and ((it + 1) % max(1, s.report_every) == 0 or it == s.passes - 1):
-            msg = f"pass {it + 1}/{s.passes}: data {data:.4g}"
-            if progress(Progress((it + 1) * n_sub, total_steps, msg, x[x.shape[0] // 2].clone())) is False:
-                hist.cancelled = True
-                break
+    if x.shape != fine_shape:  # cancelled on the coarse grid
+        x = to_fine(x)
     if snap is not None:
         snapshot(hist.passes_done, x)
     return Volume(x, like.ras_from_ijk, "mu"), hist
