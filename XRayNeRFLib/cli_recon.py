@@ -100,9 +100,12 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--learned-weights", action="store_true", help="voxel/nerf: learn the data/TV weights (task uncertainty)")
     m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: adam (L1 + TV, Adam on ray mini-batches; default) or os-tv "
                    "(ordered-subset SART-preconditioned least squares + TV prox; --iterations then counts passes over all views, default 6)")
-    m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 15)")
+    m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 30, at most one per view)")
     m.add_argument("--relaxation", type=float, metavar="LAMBDA", help="voxel --solver os-tv: SART relaxation in (0, 2) (default 1)")
     m.add_argument("--statistical-weights", action="store_true", help="voxel --solver os-tv: weight rays by exp(-line integral) (Poisson)")
+    m.add_argument("--backprojector", choices=("voxel", "matched"), help="voxel --solver os-tv: voxel-driven back projection (fast, "
+                   "unmatched; default) or the renderer's exact adjoint (matched)")
+    m.add_argument("--coarse-passes", type=int, metavar="N", help="voxel --solver os-tv: passes on a 2x coarser grid before --iterations passes on the output grid")
     m.add_argument("--coarse-to-fine", action="store_true", help="voxel: fit a 2x coarser grid first")
     m.add_argument("--no-normalize", action="store_true", help="nerf: no LayerNorm on the hash features")
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
@@ -162,7 +165,7 @@ def _options(args) -> dict:
         need(method == "voxel", "--solver", "--method voxel")
         opts["solver"] = args.solver
     ostv = method == "voxel" and args.solver == "os-tv"
-    for flag, name in (("--subsets", "subsets"), ("--relaxation", "relaxation")):
+    for flag, name in (("--subsets", "subsets"), ("--relaxation", "relaxation"), ("--backprojector", "backprojector"), ("--coarse-passes", "coarse_passes")):
         if getattr(args, name) is not None:
             need(ostv, flag, "--method voxel --solver os-tv")
             opts[name] = getattr(args, name)

@@ -41,7 +41,7 @@ METHODS = ("fdk", "voxel", "nerf")
 COMMON_OPTIONS = ("energy_kev",)
 FDK_OPTIONS = ("window", "short_scan", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
-_OSTV_KEYS = ("subsets", "relaxation", "tv_inner", "statistical_weights", "momentum", "max_memory_mb")
+_OSTV_KEYS = ("subsets", "relaxation", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass", "max_memory_mb")
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
 DEFAULT_VOXEL_SOLVER = "adam"  # iterations mean Adam steps (300) for it; os-tv counts passes (6)
@@ -126,9 +126,10 @@ def reconstruct(
     options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
         max_memory_mb; voxel: solver ("adam" (default) | "os-tv"), init ("fdk" | "zeros"), tv_weight,
         report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
-        - solver "os-tv" (:mod:`ostv`): subsets (15), relaxation (1.0), tv_weight (beta, 0.002),
-          tv_inner (FGP iterations per TV step, 10), statistical_weights (False: w = exp(-p) when True),
-          momentum (False), max_memory_mb (renderer chunk bound, 1024);
+        - solver "os-tv" (:mod:`ostv`): subsets (30), relaxation (1.0), tv_weight (beta, 0.0015),
+          tv_inner (FGP iterations per TV step, 3), tv_steps_per_pass (2), statistical_weights (False:
+          w = exp(-p) when True), momentum (True), backprojector ("voxel" | "matched"), coarse_passes (0),
+          relaxation_decay (0), max_memory_mb (renderer chunk bound, 1024);
         - solver "adam" (:mod:`optimise`): lr, tv_weight (1.0), rays_per_view, learned_weights,
           final_lr_fraction, positivity ("softplus" | "sigmoid"), coarse_to_fine;
         options of the other solver raise ValueError; nerf: the same fit settings and any ``NerfSettings`` field

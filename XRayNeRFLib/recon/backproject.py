@@ -18,6 +18,8 @@ cheaper than autograd's exact adjoint of the trilinear renderer (a gather instea
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,7 +27,7 @@ from torch import Tensor
 from ..geometry import Cameras
 from ..volume import Volume
 
-__all__ = ["voxel_backproject"]
+__all__ = ["voxel_backproject", "VoxelBackprojector"]
 
 
 def voxel_backproject(images: Tensor, cameras: Cameras, like: Volume, max_memory_mb: float = 64.0) -> Tensor:
@@ -36,48 +38,79 @@ def voxel_backproject(images: Tensor, cameras: Cameras, like: Volume, max_memory
     max_memory_mb: bound on the working memory of one chunk of voxel slices.
     returns: (K, J, I) float32 on the images' device (units of images x mm).
     """
-    if images.ndim != 3 or images.shape[0] != len(cameras) or (images.shape[2], images.shape[1]) != tuple(cameras.size_px):
-        raise ValueError(
-            f"images {tuple(images.shape)} do not match the cameras ({len(cameras)} views of {cameras.height} x {cameras.width})"
-        )
-    dev = images.device
-    cams = cameras.to(device=dev, dtype=torch.float64)
-    n_views, height, width = images.shape
-    nk, nj, ni = like.data.shape
-    a = like.ras_from_ijk.to(device=dev, dtype=torch.float64)
-    dv = float(torch.linalg.det(a[:3, :3]).abs())
-    kmat = cams.intrinsic_matrices()  # (V, 3, 3)
-    fx, fy, cu, cv = kmat[:, 0, 0], kmat[:, 1, 1], kmat[:, 0, 2], kmat[:, 1, 2]
-    # the pixel-only part of the weight, folded into the images: sqrt(1 + xn^2 + yn^2) * fx * fy * dV
-    cols = torch.arange(width, dtype=torch.float64, device=dev)
-    rows = torch.arange(height, dtype=torch.float64, device=dev)
-    xn = (cols[None, None, :] - cu[:, None, None]) / fx[:, None, None]  # (V, 1, W)
-    yn = (rows[None, :, None] - cv[:, None, None]) / fy[:, None, None]  # (V, H, 1)
-    pix_w = torch.sqrt(1.0 + xn**2 + yn**2) * (fx * fy * dv)[:, None, None]  # (V, H, W)
-    imgs = (images.to(torch.float64) * pix_w).to(torch.float32)[:, None]  # (V, 1, H, W)
-    # P (A [i, j, k, 1]) is affine in i, j, k: M = P A, evaluated by broadcasting. Rows 0 and 1 are
-    # turned into grid_sample's normalised coordinates (align_corners=False: g = (2 c + 1) / W - 1)
-    # before the division by depth (row 2), so one division gives the sampling grid.
-    m = cams.projection_matrices() @ a  # (V, 3, 4)
-    m = torch.stack([m[:, 0] * (2.0 / width) + m[:, 2] * (1.0 / width - 1.0), m[:, 1] * (2.0 / height) + m[:, 2] * (1.0 / height - 1.0), m[:, 2]], 1)
-    mt = m.transpose(1, 2).to(torch.float32).contiguous()  # (V, 4, 3): columns i, j, k, 1
-    ii = torch.arange(ni, dtype=torch.float32, device=dev)
-    jj = torch.arange(nj, dtype=torch.float32, device=dev)
-    out = torch.empty(nk, nj, ni, dtype=torch.float32, device=dev)
-    per_slice = nj * ni * 4 * 12  # bytes of the temporaries for one slice and view
-    k_chunk = max(1, min(nk, int(max_memory_mb * 2**20 // per_slice)))
-    for k0 in range(0, nk, k_chunk):
-        k1 = min(nk, k0 + k_chunk)
-        kk = torch.arange(k0, k1, dtype=torch.float32, device=dev)
-        acc = torch.zeros(k1 - k0, nj, ni, dtype=torch.float32, device=dev)
-        for v in range(n_views):
-            col = mt[v]  # (4, 3)
-            row_i = ii[:, None] * col[0]  # (I, 3)
-            plane = jj[:, None, None] * col[1] + row_i  # (J, I, 3)
-            h_ = plane + (kk[:, None] * col[2] + col[3])[:, None, None, :]  # (k, J, I, 3) homogeneous
-            depth = h_[..., 2].clamp_min(1e-6)  # voxels behind the source (depth <= 0) land off the detector
-            grid = h_[..., :2] / depth[..., None]  # (k, J, I, 2)
-            val = F.grid_sample(imgs[v : v + 1], grid.reshape(1, k1 - k0, nj * ni, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
-            acc.addcdiv_(val.reshape(k1 - k0, nj, ni), depth * depth)
-        out[k0:k1] = acc
-    return out
+    return VoxelBackprojector(cameras, like, max_memory_mb=max_memory_mb)(images)
+
+
+class VoxelBackprojector:
+    """:func:`voxel_backproject` for a fixed set of views and grid, called many times (iterative solvers):
+    ``bp(images, views)`` back projects images (len(views), H, W) of the given views (indices into
+    ``cameras``; default all). With ``cache_mb`` > 0 the per-view sampling grids and depth weights
+    (12 bytes per voxel and view) are kept after their first use while they fit in cache_mb: later calls
+    for a cached view are a bilinear gather and a multiply-add (about 2x faster on the CPU)."""
+
+    def __init__(self, cameras: Cameras, like: Volume, *, max_memory_mb: float = 64.0, cache_mb: float = 0.0) -> None:
+        self.cams = cameras
+        self.shape = tuple(like.data.shape)
+        self.dev = like.data.device
+        nk, nj, ni = self.shape
+        cams = cameras.to(device=self.dev, dtype=torch.float64)
+        self.width, self.height = cameras.width, cameras.height
+        a = like.ras_from_ijk.to(device=self.dev, dtype=torch.float64)
+        dv = float(torch.linalg.det(a[:3, :3]).abs())
+        kmat = cams.intrinsic_matrices()  # (V, 3, 3)
+        fx, fy, cu, cv = kmat[:, 0, 0], kmat[:, 1, 1], kmat[:, 0, 2], kmat[:, 1, 2]
+        # the pixel-only part of the weight, applied to the images: sqrt(1 + xn^2 + yn^2) * fx * fy * dV
+        cols = torch.arange(self.width, dtype=torch.float64, device=self.dev)
+        rows = torch.arange(self.height, dtype=torch.float64, device=self.dev)
+        xn = (cols[None, None, :] - cu[:, None, None]) / fx[:, None, None]  # (V, 1, W)
+        yn = (rows[None, :, None] - cv[:, None, None]) / fy[:, None, None]  # (V, H, 1)
+        self.pix_w = (torch.sqrt(1.0 + xn**2 + yn**2) * (fx * fy * dv)[:, None, None]).to(torch.float32)  # (V, H, W)
+        # P (A [i, j, k, 1]) is affine in i, j, k: M = P A, evaluated by broadcasting. Rows 0 and 1 are
+        # turned into grid_sample's normalised coordinates (align_corners=False: g = (2 c + 1) / W - 1)
+        # before the division by depth (row 2), so one division gives the sampling grid.
+        w, h = self.width, self.height
+        m = cams.projection_matrices() @ a  # (V, 3, 4)
+        m = torch.stack([m[:, 0] * (2.0 / w) + m[:, 2] * (1.0 / w - 1.0), m[:, 1] * (2.0 / h) + m[:, 2] * (1.0 / h - 1.0), m[:, 2]], 1)
+        self.mt = m.transpose(1, 2).to(torch.float32).contiguous()  # (V, 4, 3): columns i, j, k, 1
+        self.ii = torch.arange(ni, dtype=torch.float32, device=self.dev)
+        self.jj = torch.arange(nj, dtype=torch.float32, device=self.dev)
+        per_slice = nj * ni * 4 * 12  # bytes of the temporaries for one slice and view
+        self.k_chunk = max(1, min(nk, int(max_memory_mb * 2**20 // per_slice)))
+        self.cache_left = float(cache_mb) * 2**20
+        self.cache = {}
+
+    def _geometry(self, v: int, k0: int, k1: int) -> tuple:
+        """(grid (1, k, J*I, 2), 1 / depth^2 (k, J, I)) of view v for slices k0..k1."""
+        key = (v, k0)
+        if key in self.cache:
+            return self.cache[key]
+        nj, ni = self.shape[1], self.shape[2]
+        kk = torch.arange(k0, k1, dtype=torch.float32, device=self.dev)
+        col = self.mt[v]  # (4, 3)
+        plane = self.jj[:, None, None] * col[1] + self.ii[:, None] * col[0]  # (J, I, 3)
+        h_ = plane + (kk[:, None] * col[2] + col[3])[:, None, None, :]  # (k, J, I, 3) homogeneous
+        depth = h_[..., 2].clamp_min(1e-6)  # voxels behind the source (depth <= 0) land off the detector
+        grid = (h_[..., :2] / depth[..., None]).reshape(1, k1 - k0, nj * ni, 2)
+        inv_d2 = depth.mul_(depth).reciprocal_()
+        nbytes = 12 * (k1 - k0) * nj * ni
+        if nbytes <= self.cache_left:
+            self.cache[key] = (grid, inv_d2)
+            self.cache_left -= nbytes
+        return grid, inv_d2
+
+    def __call__(self, images: Tensor, views: Optional[Sequence[int]] = None) -> Tensor:
+        views = list(range(len(self.cams))) if views is None else [int(v) for v in views]
+        if images.ndim != 3 or images.shape[0] != len(views) or (images.shape[2], images.shape[1]) != (self.width, self.height):
+            raise ValueError(f"images {tuple(images.shape)} do not match the cameras ({len(views)} views of {self.height} x {self.width})")
+        nk, nj, ni = self.shape
+        imgs = (images.to(device=self.dev, dtype=torch.float32) * self.pix_w[views])[:, None]  # (V, 1, H, W)
+        out = torch.empty(nk, nj, ni, dtype=torch.float32, device=self.dev)
+        for k0 in range(0, nk, self.k_chunk):
+            k1 = min(nk, k0 + self.k_chunk)
+            acc = torch.zeros(k1 - k0, nj, ni, dtype=torch.float32, device=self.dev)
+            for n, v in enumerate(views):
+                grid, inv_d2 = self._geometry(v, k0, k1)
+                val = F.grid_sample(imgs[n : n + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                acc.addcmul_(val.reshape(k1 - k0, nj, ni), inv_d2)
+            out[k0:k1] = acc
+        return out

@@ -15,19 +15,32 @@ Subset step (SART / OS-SQS with the column normalisation of the subset)::
 
     x <- max(0, x + lambda * A_s^T (w (p - A_s x) / r) / A_s^T w)
 
-(columns with A_s^T w below 1e-3 of its maximum are not updated). A^T is the renderer's autograd, the
-exact adjoint of its forward projector. After every pass, the TV proximal step::
+(columns with A_s^T w below 1e-3 of its maximum are not updated). ``backprojector="voxel"`` (default)
+uses the voxel-driven back projector B of :mod:`backproject` (each voxel projected with the view's
+matrix, bilinear on the detector, weighted by the ray density; RTK's SART does the same) in place of A^T
+in both the numerator and the column sum; it approximates A^T within a few percent on smooth data and
+its per-view sampling grids are cached (``bp_cache_mb``), so a back projection costs a gather instead of
+autograd's scatter-add. ``"matched"`` uses the renderer's autograd, the exact adjoint. The relaxation of
+pass k (0-based, on the output grid) is ``relaxation / (1 + relaxation_decay * k)``.
 
-    x <- argmin_z>=0  0.5 ||z - x||^2 + t TV(z),     t = lambda * beta / mean(A^T w over the grid voxels seen)
+TV proximal step, ``tv_steps_per_pass`` times per pass (after equal shares of the subsets)::
 
-solved by FGP (Beck & Teboulle 2009, fast gradient projection on the dual) with ``tv_inner`` iterations,
-warm-started from the previous pass's dual. TV is the isotropic 3D TV with differences divided by the
-spacing of each grid axis and multiplied by the smallest spacing (per voxel step on an isotropic grid),
-so anisotropic voxels are handled. With ``momentum`` the passes are accelerated by Nesterov's
-extrapolation (as in OS-SQS with momentum, Kim, Ramani & Fessler 2015); ordered subsets with momentum
-are not guaranteed to converge, so it is off by default. ``beta`` is dimensionless with respect to the
-data scale only through the SART normalisation; a value of order 1e-3 suits mu in 1/mm with a
-few percent Poisson noise (tuned on a chest CT, see docs/reconstruction.md).
+    x <- argmin_z>=0  0.5 ||z - x||^2 + t TV(z),     t = lambda * beta * S / mean(A^T w) / tv_steps_per_pass
+
+(A^T w over the grid voxels seen; the subset steps of a pass add up to about lambda S / mean(A^T w) per
+unit gradient of the data term, so the prox uses the same step), solved by FGP (Beck & Teboulle 2009, fast
+gradient projection on the dual) with ``tv_inner`` iterations, warm-started from the previous step's dual.
+TV is the isotropic 3D TV with differences divided by the spacing of each grid axis and multiplied by the
+smallest spacing (per voxel step on an isotropic grid), so anisotropic voxels are handled. With
+``momentum`` (default on) the passes are accelerated by Nesterov's extrapolation (as in OS-SQS with
+momentum, Kim, Ramani & Fessler 2015; ordered subsets with momentum are not guaranteed to converge: the
+pass count is the regulariser of last resort, and the data term is reported per pass). ``beta`` is
+dimensionless with respect to the data scale only through the SART normalisation; a value of order 1e-3
+suits mu in 1/mm with a few percent Poisson noise (tuned on a chest CT, see docs/reconstruction.md).
+
+``coarse_passes`` > 0 runs that many passes first on a grid with twice the spacing (:func:`coarse_grid`)
+against 2 x 2-binned projections; their correction (coarse result minus the downsampled start) is
+upsampled trilinearly and added to the fine start, keeping the start's fine detail.
 
 The initial volume is Hann-windowed FDK clamped at 0 (``init="fdk"``) or zeros.
 """
@@ -47,7 +60,7 @@ from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import render
 from ..volume import Volume
-from .backproject import voxel_backproject
+from .backproject import VoxelBackprojector
 
 BACKPROJECTORS = ("voxel", "matched")
 
@@ -56,24 +69,38 @@ __all__ = ["OSTVSettings", "coarse_grid", "OSTVHistory", "reconstruct_ostv", "tv
 
 @dataclass
 class OSTVSettings:
-    """passes: passes over all views; subsets: ordered subsets per pass (clamped to the view count);
-    relaxation: lambda of the subset step (0 < lambda < 2; 1 is plain SART); tv_weight: beta (0: no TV,
-    plain OS-SART); tv_inner: FGP iterations per TV proximal step; statistical_weights: w = exp(-p);
-    momentum: Nesterov extrapolation across passes; renderer: "trilinear" | "siddon"; max_memory_mb:
+    """passes: passes over all views on the output grid; subsets: ordered subsets per pass (clamped to
+    the view count: 30 gives one view per subset at 30 views); relaxation: lambda of the subset step
+    (0 < lambda < 2; 1 is plain SART); relaxation_decay: lambda / (1 + decay * pass); tv_weight: beta
+    (0: no TV, plain OS-SART); tv_inner: FGP iterations per TV proximal step; tv_steps_per_pass: TV
+    proximal steps per pass; statistical_weights: w = exp(-p); momentum: Nesterov extrapolation across
+    passes; backprojector: "voxel" (voxel-driven, unmatched, fast) | "matched" (the renderer's autograd);
+    bp_cache_mb: memory for the voxel back projector's per-view sampling grids (12 bytes per voxel and
+    view: 755 MB at 128^3 and 30 views; views beyond it are recomputed each time, 0: no cache);
+    coarse_passes: passes on the 2x coarser grid first; renderer: "trilinear" | "siddon"; max_memory_mb:
     the renderer's bound per chunk of rays; report_every: passes between progress reports (a progress
     call also follows every subset so that cancellation is prompt); snapshot_every / on_snapshot: call
     ``on_snapshot(pass, seconds, mu)`` every that many passes (0: never) and once at the end (``seconds``:
-    wall time so far without the callbacks; ``mu`` (K, J, I) float32 1/mm, detached)."""
+    wall time so far without the callbacks; ``mu`` (K, J, I) float32 1/mm, detached).
+
+    Defaults (chosen on the benchmark's tuning case, chest CT 128^3, 30 noisy views of 192 x 160 px, see
+    docs/reconstruction.md): the best setting found whose wall time, FDK start included, stays within
+    2x RTK SART's (~14 s on a quiet 2-core machine, 2 threads): 6 passes of 30 one-view subsets with
+    momentum, voxel back projection, two TV steps of 3 FGP iterations per pass, beta 0.0015. More passes
+    keep improving (8 passes +0.4 dB); raise ``passes`` when time allows."""
 
     passes: int = 6
-    subsets: int = 15
+    subsets: int = 30
     relaxation: float = 1.0
-    tv_weight: float = 0.002
-    tv_inner: int = 10
+    tv_weight: float = 0.0015
+    tv_inner: int = 3
     statistical_weights: bool = False
-    momentum: bool = False
-    backprojector: str = "matched"
+    momentum: bool = True
+    backprojector: str = "voxel"
     coarse_passes: int = 0
+    tv_steps_per_pass: int = 2
+    relaxation_decay: float = 0.0
+    bp_cache_mb: float = 1024.0
     renderer: str = "trilinear"
     max_memory_mb: float = 1024.0
     report_every: int = 1
@@ -245,6 +272,8 @@ class _Level:
         self.t_tv: Optional[float] = None
         self.axis_w = _axis_weights(like)
         self.dual: Optional[Tensor] = None
+        self.lam = s.relaxation  # the relaxation of the current pass
+        self.bp = VoxelBackprojector(cams, like, cache_mb=s.bp_cache_mb) if s.backprojector == "voxel" else None
 
     def step(self, y: Tensor, si: int) -> tuple:
         """One subset update of y (not in place); returns (new y, this subset's data term)."""
@@ -254,8 +283,8 @@ class _Level:
                 ax = _project(y, self.like, self.sub_cams[si], s)
             res = (self.p[g] - ax) * self.rw[g]  # (v, H, W)
             if self.inv_col[si] is None:
-                self._set_col(si, voxel_backproject(self.w[g], self.sub_cams[si], self.like))
-            bt = voxel_backproject(res, self.sub_cams[si], self.like)
+                self._set_col(si, self.bp(self.w[g], g))
+            bt = self.bp(res, g)
         else:
             yr = y.detach().requires_grad_(True)
             ax_g = _project(yr, self.like, self.sub_cams[si], s)
@@ -267,7 +296,7 @@ class _Level:
             (bt,) = torch.autograd.grad(ax_g, yr, grad_outputs=res)
             del ax_g, yr
         data = 0.5 * float(((self.p[g] - ax) ** 2 * self.rw[g]).sum()) / self.wsum
-        return (y + s.relaxation * bt * self.inv_col[si]).clamp_min(0), data
+        return bt.mul_(self.inv_col[si]).mul_(self.lam).add_(y).clamp_min_(0), data  # y + lambda bt / col, >= 0
 
     def _set_col(self, si: int, cs: Tensor) -> None:
         # column normalisation of the subset, A_s^T w (or its voxel-driven approximation); the full-set sum
@@ -275,15 +304,21 @@ class _Level:
         self.col_all += cs
         self.inv_col[si] = torch.where(cs > 1e-3 * float(cs.max()), 1.0 / cs.clamp_min(1e-12), torch.zeros_like(cs))
 
-    def prox(self, y: Tensor, n_sub: int) -> Tensor:
+    def prox(self, y: Tensor, n_sub: int, fraction: float = 1.0) -> Tensor:
+        """The TV proximal step after ``fraction`` of a pass's subsets."""
         s = self.s
-        if self.t_tv is None:
+        if s.tv_weight <= 0:
+            return y.clamp_min(0)
+        n_known = sum(c is not None for c in self.inv_col)
+        if self.t_tv is None or n_known < n_sub:
             # the subset steps of a pass add up to about lambda * n_sub / mean(A^T w) per unit gradient of the
-            # data term; the prox step uses the same effective step size (SQS with a scalar majoriser)
+            # data term; the prox step uses the same effective step size (SQS with a scalar majoriser). Within
+            # the first pass, A^T w is extrapolated from the subsets seen so far.
             seen = self.col_all > 1e-3 * float(self.col_all.max())
-            self.t_tv = s.relaxation * s.tv_weight * n_sub / float(self.col_all[seen].mean()) if s.tv_weight > 0 and bool(seen.any()) else 0.0
+            mean_col = float(self.col_all[seen].mean()) * n_sub / max(1, n_known) if bool(seen.any()) else 0.0
+            self.t_tv = s.tv_weight * n_sub / mean_col if mean_col > 0 else 0.0
         if self.t_tv > 0:
-            y, self.dual = tv_prox(y, self.t_tv, s.tv_inner, self.axis_w, self.dual)
+            y, self.dual = tv_prox(y, self.lam * self.t_tv * fraction, s.tv_inner, self.axis_w, self.dual)
         return y
 
 
@@ -313,8 +348,12 @@ def reconstruct_ostv(
         raise ValueError(f"subsets must be >= 1, got {s.subsets}")
     if not 0.0 < s.relaxation < 2.0:
         raise ValueError(f"relaxation must be in (0, 2), got {s.relaxation}")
+    if s.relaxation_decay < 0:
+        raise ValueError(f"relaxation_decay must be >= 0, got {s.relaxation_decay}")
     if s.tv_weight < 0:
         raise ValueError(f"tv_weight must be >= 0, got {s.tv_weight}")
+    if s.tv_steps_per_pass < 1:
+        raise ValueError(f"tv_steps_per_pass must be >= 1, got {s.tv_steps_per_pass}")
     if s.tv_inner < 0:
         raise ValueError(f"tv_inner must be >= 0, got {s.tv_inner}")
     if s.renderer not in ("siddon", "trilinear"):
@@ -331,6 +370,9 @@ def reconstruct_ostv(
     n_views = p.shape[0]
     n_sub = min(int(s.subsets), n_views)
     order = subset_order(n_sub)
+    n_tv = max(1, min(int(s.tv_steps_per_pass), n_sub))
+    prox_after = [round((k + 1) * n_sub / n_tv) for k in range(n_tv)]  # subset counts after which the TV step runs
+    tv_fraction = 1.0 / n_tv
     fine_shape = tuple(x.shape)
     coarse = s.coarse_passes > 0 and min(fine_shape) >= 4 and min(cams.width, cams.height) >= 4
     hist = OSTVHistory()
@@ -371,10 +413,14 @@ def reconstruct_ostv(
         y = x.clone()
         for it in range(n_passes):
             data = 0.0
+            lvl.lam = s.relaxation / (1.0 + s.relaxation_decay * it)
             for j, si in enumerate(order):
                 y, d = lvl.step(y, si)
                 data += d
-                if not bool(torch.isfinite(y).all()):
+                if j + 1 in prox_after[:-1]:  # intermediate TV steps (tv_steps_per_pass > 1)
+                    y = lvl.prox(y, n_sub, tv_fraction)
+                # a non-finite voxel reaches the next subset's data term; the full check runs once per pass
+                if not math.isfinite(d) or (j == n_sub - 1 and not bool(torch.isfinite(y).all())):
                     raise RuntimeError(
                         f"the OS-TV iterate became non-finite at pass {done_passes + 1}, subset {j + 1}: lower the relaxation (now {s.relaxation}) "
                         "or check the projections for extreme values"
@@ -387,7 +433,7 @@ def reconstruct_ostv(
                         break
             if hist.cancelled:
                 break
-            y = lvl.prox(y, n_sub)
+            y = lvl.prox(y, n_sub, tv_fraction)
             if s.momentum:
                 tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
                 x_new = y
