@@ -279,3 +279,20 @@ def test_solver_options_are_checked(case):
         reconstruct_ostv(clean, cams, like, torch.zeros(like.data.shape), OSTVSettings(coarse_passes=-1))
     with pytest.raises(ValueError, match="coarse_to_fine is an option of the 'adam' solver"):
         reconstruct_voxel(clean, cams, volume=like, solver="os-tv", coarse_to_fine=True)
+
+
+def test_cli_os_tv_flags():
+    """--backprojector and --coarse-passes reach the os-tv options, and are refused without --solver os-tv."""
+    import argparse
+
+    from XRayNeRFLib import cli_recon
+
+    top = argparse.ArgumentParser()
+    cli_recon.add_subcommands(top.add_subparsers(dest="command"))
+    base = ["reconstruct", "--projections", "p.mha", "--geometry", "g.json", "--out", "o.nrrd", "--method", "voxel"]
+    opts = cli_recon._options(top.parse_args(base + ["--solver", "os-tv", "--backprojector", "matched", "--coarse-passes", "2"]))
+    assert opts["backprojector"] == "matched" and opts["coarse_passes"] == 2 and opts["solver"] == "os-tv"
+    with pytest.raises(ValueError, match="--backprojector applies to --method voxel --solver os-tv"):
+        cli_recon._options(top.parse_args(base + ["--backprojector", "voxel"]))
+    with pytest.raises(ValueError, match="--coarse-passes applies to --method voxel --solver os-tv"):
+        cli_recon._options(top.parse_args(base + ["--solver", "adam", "--coarse-passes", "1"]))
