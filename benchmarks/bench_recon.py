@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -38,7 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from recon_common import I0_PHOTONS, SDD_MM, SID_MM, WORK, cameras_for, load_like, metrics, placement, save_json, view_angles  # noqa: E402
+from recon_common import I0_PHOTONS, SDD_MM, SID_MM, WORK, OtherLoad, cameras_for, load_like, metrics, placement, save_json, view_angles  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,11 +151,13 @@ def run_ours(case: dict, label: str, method: str, params: dict, *, threads: int,
            "snapshot_every": snapshot_every, "out_npy": str(out), "report": str(out) + ".json"}
     cfg_path = str(out) + ".cfg.json"
     save_json(cfg_path, cfg)
-    done = subprocess.run([sys.executable, str(HERE / "recon_worker.py"), cfg_path], capture_output=True, text=True, timeout=timeout_s)
+    with OtherLoad() as ol:
+        done = subprocess.run([sys.executable, str(HERE / "recon_worker.py"), cfg_path], capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"{label} on {case['name']} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     with open(cfg["report"]) as f:
         report = json.load(f)
+    report["other_cores"] = ol.cores
     return np.load(out), report
 
 
@@ -171,9 +174,10 @@ def run_rtk(case: dict, label: str, params: dict, *, threads: int, curve: bool =
     like = load_like(case["ct"])
     wdir = Path(case["dir"]) / f"rtk_{_tag(label)}"
     kw = {"gt_npy": case["ct"]["gt_npy"], "data_range": float(like.data.max() - like.data.min())} if curve else {}
-    paths, report = run_rtk_reconstructions(proj, cams, like, [dict(params, label=label)], str(wdir), threads=threads, timeout_s=timeout_s, load=False, **kw)
+    with OtherLoad() as ol:
+        paths, report = run_rtk_reconstructions(proj, cams, like, [dict(params, label=label)], str(wdir), threads=threads, timeout_s=timeout_s, load=False, **kw)
     mu = sitk.GetArrayFromImage(sitk.ReadImage(paths[label], sitk.sitkFloat32))
-    return mu, report[label]
+    return mu, dict(report[label], other_cores=ol.cores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +215,8 @@ def ours_methods(tuned: dict, budget: dict, *, nerf: bool = True) -> dict:
         out["ours voxel OS-TV Siddon"] = ("voxel", dict(ostv, renderer="siddon"))
     if nerf:
         for label, p in nerf_variants():
-            out[label] = ("nerf", dict(p, iterations=budget["nerf_iterations"], rays_per_view=budget["rays_per_view"], tv_weight=tuned["nerf_tv_weight"], renderer="trilinear", seed=0))
+            out[label] = ("nerf", dict(p, init="fdk", iterations=budget["nerf_iterations"], rays_per_view=budget["rays_per_view"], tv_weight=tuned["nerf_tv_weight"],
+                                       renderer="trilinear", seed=0))
     return out
 
 
@@ -228,15 +233,55 @@ def ostv_available() -> bool:
     return "os-tv" in VOXEL_SOLVERS
 
 
+def ostv_defaults() -> dict:
+    """The OS-TV solver's own defaults (XRayNeRFLib.recon.ostv.OSTVSettings) of every option that
+    api.reconstruct passes to it and that changes the result (not max_memory_mb, the callbacks or the
+    renderer), plus ``passes``. Sweep points spell all of them out, so that a sweep point cached before a
+    change of the solver's defaults is never mistaken for one with the new defaults."""
+    import dataclasses
+
+    from XRayNeRFLib.recon.api import VOXEL_OPTIONS
+    from XRayNeRFLib.recon.ostv import OSTVSettings
+
+    skip = {"max_memory_mb", "report_every", "snapshot_every", "on_snapshot", "renderer", "passes"}
+    out = {f.name: f.default for f in dataclasses.fields(OSTVSettings) if f.name in VOXEL_OPTIONS and f.name not in skip}
+    out["passes"] = OSTVSettings().passes
+    return out
+
+
+def ostv_grid(spec, n_views: int = 30) -> list:
+    """OS-TV sweep points (option dicts without the pass count): an explicit list, or "defaults": the
+    solver's defaults and their neighbours (tv_weight x 0.5 and x 2, subsets x 2/3 and x 3/2, the latter
+    x 1/2 instead where x 3/2 exceeds the ``n_views`` views (the solver clamps subsets to the view count)),
+    or "defaults-only"."""
+    if not isinstance(spec, str):
+        return list(spec)
+    base = {k: v for k, v in ostv_defaults().items() if k != "passes"}
+    pts = [base]
+    if spec == "defaults":
+        pts += [dict(base, tv_weight=base["tv_weight"] * f) for f in (0.5, 2.0)]
+        s0 = base["subsets"]
+        up = round(s0 * 3 / 2) if round(s0 * 3 / 2) <= n_views else round(s0 / 2)
+        pts += [dict(base, subsets=max(1, n)) for n in dict.fromkeys((round(s0 * 2 / 3), up)) if n != s0]
+    elif spec != "defaults-only":
+        raise ValueError(f"unknown OS-TV grid {spec!r}")
+    return pts
+
+
 def rtk_methods(tuned: dict) -> dict:
-    return {
-        "RTK FDK": {"name": "fdk", "hann": tuned["rtk_hann"]},
-        "RTK SART": {"name": "sart", "iterations": tuned["sart_iterations"], "lambda": tuned["sart_lambda"], "subsets": 1, "division_threshold": tuned["sart_division_threshold"],
-                     "bp": tuned.get("sart_bp", "voxel")},
-        "RTK CG": {"name": "cg", "iterations": tuned["cg_iterations"]},
-        "RTK ADMM-TV": {"name": "admm_tv", "iterations": tuned["admm_iterations"], "cg_iterations": tuned.get("admm_cg_iterations", 3), "alpha": tuned["admm_alpha"],
-                        "beta": tuned["admm_beta"]},
-    }
+    """label -> RTK parameters with the tuned settings (a method whose sweep section has not run yet is left out)."""
+    out = {}
+    if "rtk_hann" in tuned:
+        out["RTK FDK"] = {"name": "fdk", "hann": tuned["rtk_hann"]}
+    if "sart_iterations" in tuned:
+        out["RTK SART"] = {"name": "sart", "iterations": tuned["sart_iterations"], "lambda": tuned["sart_lambda"], "subsets": 1,
+                           "division_threshold": tuned["sart_division_threshold"], "bp": tuned.get("sart_bp", "voxel")}
+    if "cg_iterations" in tuned:
+        out["RTK CG"] = {"name": "cg", "iterations": tuned["cg_iterations"]}
+    if "admm_iterations" in tuned:
+        out["RTK ADMM-TV"] = {"name": "admm_tv", "iterations": tuned["admm_iterations"], "cg_iterations": tuned.get("admm_cg_iterations", 3),
+                              "alpha": tuned["admm_alpha"], "beta": tuned["admm_beta"]}
+    return out
 
 
 def best_on_curve(curve: list) -> tuple:
@@ -250,15 +295,30 @@ def _run_label(kind: str, method: str, params: dict) -> str:
     return f"tune {kind} {method} " + " ".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "name")
 
 
-def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: bool = False) -> tuple:
+TUNE_SECTIONS = ("fdk", "sart", "cg", "admm", "adam", "ostv", "nerf")
+
+
+def tune_section(method_label: str) -> str:
+    """The tune() section a sweep row belongs to (see TUNE_SECTIONS), from its method label."""
+    for key, sec in (("FDK", "fdk"), ("SART", "sart"), ("RTK CG", "cg"), ("ADMM", "admm"), ("OS-TV", "ostv"), ("nerf", "nerf")):
+        if key in method_label:
+            return sec
+    return "adam"
+
+
+def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: bool = False, only=None) -> tuple:
     """The documented sweep on the tuning case: returns (tuned settings, rows for the report).
     Criterion: PSNR on the tuning case. SART's and CG's iteration counts are read off their
     PSNR-per-iteration curves (the k-th iterate of those filters is exactly a k-iteration run); ADMM-TV's
     AL iteration count is swept explicitly (RTK ramps beta over the whole run, so an intermediate iterate
     is not what a shorter run gives). With ``reuse_sweep`` a sweep point that already ran with the same
     parameters on the same case (benchmarks/_work/.../sweep_cache.json, volume still on disk) is
-    reused: its row says so and keeps the time measured then."""
+    reused: its row says so and keeps the time measured then. ``only``: run just these TUNE_SECTIONS
+    (the caller merges their settings and rows into an earlier sweep's)."""
     import torch
+
+    def want(section):
+        return only is None or section in only
 
     gt = torch.from_numpy(np.load(case["ct"]["gt_npy"]))
     rows, tuned = [], {}
@@ -284,74 +344,80 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
         save_json(cache_path, cache)
         return mu, rep, label
 
-    def score(method_label, params, mu, rep, label, extra=""):
+    def score(method_label, params, mu, rep, label, extra="", **info):
         m = metrics(torch.from_numpy(mu), gt)
         if rep.get("cached"):
             extra = (extra + "; " if extra else "") + f"reused sweep point (ran {rep['cached']})"
         rows.append({"method": method_label, "params": {k: v for k, v in params.items() if k != "name"}, "psnr_db": m["psnr_db"], "ssim": m["ssim"],
-                     "seconds": rep["seconds"], "note": extra, "run_label": label, "kind": "rtk" if method_label.startswith("RTK") else "ours"})
+                     "seconds": rep["seconds"], "note": extra, "run_label": label, "kind": "rtk" if method_label.startswith("RTK") else "ours",
+                     "section": tune_section(method_label), "other_cores": rep.get("other_cores"), **info})
         log(f"  tune {method_label} {params}: {m['psnr_db']:.2f} dB SSIM {m['ssim']:.3f} {rep['seconds']:.1f} s {extra}")
         return m["psnr_db"]
 
-    if grid.get("window"):  # (a grid without this key skips the section)
+    if grid.get("window") and want("fdk"):  # (a grid without this key skips the section)
         cands = []
         for w in grid["window"]:
             mu, rep, label = run("ours", "fdk", {"window": w})
             cands.append((score("ours FDK", {"window": w}, mu, rep, label), w))
         tuned["window"] = max(cands)[1]
-    if grid.get("rtk_hann"):  # (a grid without this key skips the section)
+    if grid.get("rtk_hann") and want("fdk"):  # (a grid without this key skips the section)
         cands = []
         for h in grid["rtk_hann"]:
             params = {"name": "fdk", "hann": h}
             mu, rep, label = run("rtk", "fdk", params)
             cands.append((score("RTK FDK", params, mu, rep, label), h))
         tuned["rtk_hann"] = max(cands)[1]
-    if grid.get("sart"):  # (a grid without this key skips the section)
+    if grid.get("sart") and want("sart"):  # (a grid without this key skips the section)
         cands = []
         for sp in grid["sart"]:
             params = {"name": "sart", "iterations": grid["sart_max_iterations"], "lambda": sp["lambda"], "division_threshold": sp["division_threshold"], "bp": sp.get("bp", "voxel")}
             mu, rep, label = run("rtk", "sart", params, curve=True)
             it, p = best_on_curve(rep["curve"])
-            score("RTK SART", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["sart_max_iterations"] else ""))
+            score("RTK SART", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["sart_max_iterations"] else ""),
+                  best_iteration=it, best_psnr_db=p, max_iterations=grid["sart_max_iterations"])
             cands.append((p, sp["lambda"], sp["division_threshold"], sp.get("bp", "voxel"), it))
         _, tuned["sart_lambda"], tuned["sart_division_threshold"], tuned["sart_bp"], tuned["sart_iterations"] = max(cands)
-    if grid.get("cg_max_iterations"):  # (a grid without this key skips the section)
+    if grid.get("cg_max_iterations") and want("cg"):  # (a grid without this key skips the section)
         params = {"name": "cg", "iterations": grid["cg_max_iterations"]}
         mu, rep, label = run("rtk", "cg", params, curve=True)
         it, p = best_on_curve(rep["curve"])
-        score("RTK CG", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["cg_max_iterations"] else ""))
+        score("RTK CG", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["cg_max_iterations"] else ""),
+              best_iteration=it, best_psnr_db=p, max_iterations=grid["cg_max_iterations"])
         tuned["cg_iterations"] = it
-    if grid.get("admm"):  # (a grid without this key skips the section)
+    if grid.get("admm") and want("admm"):  # (a grid without this key skips the section)
         cands = []
         for alpha, beta, al, cg in grid["admm"]:
             params = {"name": "admm_tv", "iterations": al, "cg_iterations": cg, "alpha": alpha, "beta": beta}
             mu, rep, label = run("rtk", "admm_tv", params, curve=True)
-            p = score("RTK ADMM-TV", params, mu, rep, label, "curve: " + ", ".join(f"{c[2]:.2f}" for c in rep["curve"]))
+            p = score("RTK ADMM-TV", params, mu, rep, label, "curve: " + ", ".join(f"{c[2]:.2f}" for c in rep["curve"]), curve_psnr_db=[c[2] for c in rep["curve"]])
             cands.append((p, alpha, beta, al, cg))
         _, tuned["admm_alpha"], tuned["admm_beta"], tuned["admm_iterations"], tuned["admm_cg_iterations"] = max(cands)
-    if grid.get("tv_weight"):  # (a grid without this key skips the section)
+    if grid.get("tv_weight") and want("adam"):  # (a grid without this key skips the section)
         cands = []
         for tv in grid["tv_weight"]:
             params = {"solver": "adam", "iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tv, "renderer": "trilinear", "seed": 0}
             mu, rep, label = run("ours", "voxel", params)
             cands.append((score("ours voxel+TV trilinear", params, mu, rep, label), tv))
         tuned["tv_weight"] = max(cands)[1]
-    if grid.get("ostv") and ostv_available():
+    if grid.get("ostv") and ostv_available() and want("ostv"):
         cands = []
-        for op in grid["ostv"]:
-            params = dict(OSTV_BASE, **dict({"iterations": grid["ostv_max_passes"]}, **op))  # an entry may set its own pass count
+        max_passes = max(grid["ostv_max_passes"], 2 * ostv_defaults()["passes"])
+        for op in ostv_grid(grid["ostv"], case["views"]):
+            params = dict(OSTV_BASE, **dict({"iterations": max_passes}, **op))  # an entry may set its own pass count
             mu, rep, label = run("ours", "voxel", params, curve=True)
             it, p = best_on_curve(rep["curve"])
-            score("ours voxel OS-TV trilinear", params, mu, rep, label, f"best pass {it}: {p:.2f} dB" + (" (the run's last)" if it == params["iterations"] else ""))
+            score("ours voxel OS-TV trilinear", params, mu, rep, label, f"best pass {it}: {p:.2f} dB" + (" (the run's last)" if it == params["iterations"] else ""),
+                  best_iteration=it, best_psnr_db=p, max_iterations=params["iterations"], curve_psnr_db=[c[2] for c in rep["curve"]])
             cands.append((p, json.dumps(dict(op, iterations=it), sort_keys=True)))
         tuned["ostv"] = json.loads(max(cands)[1])
-    tuned["nerf_tv_weight"] = tuned.get("tv_weight")
+    if want("adam"):
+        tuned["nerf_tv_weight"] = tuned.get("tv_weight")
     variants = nerf_variants()
-    if variants and grid.get("nerf_tv_weight"):
+    if variants and grid.get("nerf_tv_weight") and want("nerf"):
         label0, p = variants[0]
         cands = []
         for tv in grid["nerf_tv_weight"]:
-            params = dict(p, iterations=budget["nerf_iterations"], rays_per_view=budget["rays_per_view"], tv_weight=tv, renderer="trilinear", seed=0)
+            params = dict(p, init="fdk", iterations=budget["nerf_iterations"], rays_per_view=budget["rays_per_view"], tv_weight=tv, renderer="trilinear", seed=0)
             mu, rep, label = run("ours", "nerf", params)
             cands.append((score(label0, params, mu, rep, label), tv))
         tuned["nerf_tv_weight"] = max(cands)[1]
@@ -370,7 +436,7 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
     out = {}
     jobs = [(label, "rtk", p["name"], p) for label, p in rtk.items()] + [(label, "ours", m, p) for label, (m, p) in ours.items()]
     for label, kind, method, params in jobs:
-        secs, peaks, curve, mu = [], [], None, None
+        secs, peaks, curve, mu, others = [], [], None, None, []
         try:
             for r in range(repeats):
                 if kind == "ours":
@@ -380,14 +446,17 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
                     mu, rep = run_rtk(case, label, params, threads=threads, curve=method != "fdk")
                 secs.append(rep["seconds"])
                 peaks.append(rep["peak_rss_mb"])
+                others.append(rep.get("other_cores"))
                 curve = curve if curve is not None else rep.get("curve", [])
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             log(f"  {label}: FAILED {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
             out[label] = {"failed": str(exc)[-500:], "params": params}
             continue
         m = metrics(torch.from_numpy(mu), gt)
-        out[label] = dict(m, seconds=float(np.median(secs)), seconds_all=secs, peak_rss_mb=max(peaks), curve=curve, params=params, kind=kind)
-        log(f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, {np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB")
+        out[label] = dict(m, seconds=float(np.median(secs)), seconds_all=secs, peak_rss_mb=max(peaks), curve=curve, params=params, kind=kind,
+                          other_cores_all=others, ran=datetime.datetime.now().isoformat(timespec="seconds"))
+        log(f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, {np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB, "
+            f"other load {_fmt_other(others)}")
     return out
 
 
@@ -399,15 +468,18 @@ def uncertainty_check(case: dict, threads: int, log, params: dict, ensemble_size
         from XRayNeRFLib.recon.api import reconstruct  # noqa: F401
     except ImportError:
         return None
-    cfg_path = Path(case["dir"]) / "uncertainty.cfg.json"
-    out_json = Path(case["dir"]) / "uncertainty.json"
+    tag = _tag(f"{params.get('solver', 'adam')}_{params.get('renderer', 'siddon')}_{ensemble_size}")
+    cfg_path = Path(case["dir"]) / f"uncertainty_{tag}.cfg.json"
+    out_json = Path(case["dir"]) / f"uncertainty_{tag}.json"
     save_json(cfg_path, {"case": case, "threads": threads, "params": params, "ensemble_size": ensemble_size, "out": str(out_json)})
-    done = subprocess.run([sys.executable, str(HERE / "recon_uncertainty.py"), str(cfg_path)], capture_output=True, text=True, timeout=7200)
+    with OtherLoad() as ol:
+        done = subprocess.run([sys.executable, str(HERE / "recon_uncertainty.py"), str(cfg_path)], capture_output=True, text=True, timeout=7200)
     if done.returncode != 0:
         log(f"  uncertainty: FAILED {done.stderr[-800:]}")
         return {"failed": done.stderr[-800:]}
     with open(out_json) as f:
         res = json.load(f)
+    res["other_cores"] = ol.cores
     log(f"  uncertainty: {res}")
     return res
 
@@ -430,6 +502,12 @@ def machine_info(threads: int) -> dict:
             "loadavg_start": os.getloadavg(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
+def _fmt_other(vals) -> str:
+    """The largest 'other load' (cores used by other processes, recon_common.OtherLoad) of a method's runs."""
+    v = [x for x in (vals or []) if x is not None]
+    return f"{max(v):.2f}" if v else "-"
+
+
 def _f2(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -447,15 +525,15 @@ def best_of(res: dict, kind: str):
 def case_table(res: dict) -> list:
     rtk_best, rb = best_of(res, "rtk")
     sart = res.get("RTK SART", {}).get("seconds")
-    lines = ["| method | PSNR dB | SSIM | MAE body 1e-3/mm | PSNR inner dB | wall s (median [min-max] n) | peak RSS MB | time / RTK SART | PSNR - best RTK dB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | PSNR dB | SSIM | MAE body 1e-3/mm | PSNR inner dB | wall s (median [min-max] n) | other load | peak RSS MB | time / RTK SART | PSNR - best RTK dB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in res.items():
         if "failed" in r:
-            lines.append(f"| {label} | failed: {r['failed'].strip().splitlines()[-1][:120] if r['failed'].strip() else '?'} | | | | | | | |")
+            lines.append(f"| {label} | failed: {r['failed'].strip().splitlines()[-1][:120] if r['failed'].strip() else '?'} | | | | | | | | |")
             continue
         ratio = f"{r['seconds'] / sart:.2f}" if sart else "-"
         delta = f"{r['psnr_db'] - rb['psnr_db']:+.2f}" if rb else "-"
-        lines.append(f"| {label} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['mae_body_per_mm'] * 1e3:.3f} | {_f2(r.get('psnr_inner_db'))} | {fmt_time(r)} | {r['peak_rss_mb']:.0f} | {ratio} | {delta} |")
+        lines.append(f"| {label} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['mae_body_per_mm'] * 1e3:.3f} | {_f2(r.get('psnr_inner_db'))} | {fmt_time(r)} | {_fmt_other(r.get('other_cores_all'))} | {r['peak_rss_mb']:.0f} | {ratio} | {delta} |")
     return lines
 
 
@@ -536,9 +614,10 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
           f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 decaying linearly to 0.005, FDK (Hann) start, softplus positivity; "
           f"nerf {extra['budget']['nerf_iterations']} steps; 'long': {extra['budget'].get('long_iterations', '-')} steps of {extra['budget'].get('long_rays_per_view', '-')} rays, the 30-view noisy case only).", "",
           "Chosen: " + ", ".join(f"{k} = {v}" for k, v in tuned.items()), "",
-          "| method | parameters | PSNR dB | SSIM | wall s | note |", "|---|---|---|---|---|---|"]
+          "| method | parameters | PSNR dB | SSIM | wall s | other load | note |", "|---|---|---|---|---|---|---|"]
     for r in tune_rows:
-        L.append(f"| {r['method']} | {', '.join(f'{k}={v}' for k, v in r['params'].items())} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['seconds']:.1f} | {r['note']} |")
+        L.append(f"| {r['method']} | {', '.join(f'{k}={v}' for k, v in r['params'].items())} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['seconds']:.1f} | "
+                 f"{_fmt_other([r.get('other_cores')])} | {r['note']} |")
     for name, res in results.items():
         c = cases[name]
         L += ["", f"## {c['size']}^3, {c['views']} views, {'noisy' if c['noisy'] else 'clean'} (`{name}`)", ""]
@@ -548,9 +627,22 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
             L += ["", "PSNR versus time (first run; ours: every snapshot of FitSettings.on_snapshot, RTK: itk IterationEvent):", ""] + cl
     if extra.get("uncertainty"):
         u = extra["uncertainty"]
-        L += ["", "## Uncertainty versus error", ""] + [f"- {k}: {v}" for k, v in u.items()]
-    if extra.get("notes"):
-        L += ["", "## Notes", ""] + [f"- {n}" for n in extra["notes"]]
+        L += ["", "## Uncertainty versus error", "",
+              "api.reconstruct(..., uncertainty=True): the grouped-jackknife spread (XRayNeRFLib.recon.uncertainty) of an ensemble whose members each leave out "
+              "a different random 1/E of the views, against the absolute error of the ensemble mean inside the body (30 noisy views).", ""]
+        if "spearman_body" in u:  # an older results.json: one ensemble
+            u = {"ours voxel+TV trilinear": u}
+        L += ["| method | ensemble | Spearman (body) | Pearson (body) | MAE top 10% uncertain 1e-3/mm | MAE other 90% 1e-3/mm | ratio | mean PSNR dB | mean SSIM | wall s | other load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, r in u.items():
+            if not r or "failed" in r:
+                L.append(f"| {label} | failed: {(r or {}).get('failed', '?').strip().splitlines()[-1][:120] if r else 'not run'} | | | | | | | | | |")
+                continue
+            L.append(f"| {label} | {r['method']} | {r['spearman_body']:.3f} | {r['pearson_body']:.3f} | {r['mae_top10pct_uncertain_per_mm'] * 1e3:.3f} | "
+                     f"{r['mae_other90pct_per_mm'] * 1e3:.3f} | {r['mae_top10pct_uncertain_per_mm'] / r['mae_other90pct_per_mm']:.2f} | {r['ensemble_mean_psnr_db']:.2f} | "
+                     f"{r['ensemble_mean_ssim']:.3f} | {r['seconds']:.1f} | {_fmt_other([r.get('other_cores')])} |")
+    notes = list(NOTES) + sweep_edge_notes(tune_rows, tuned) + [default_solver_note()] + list(extra.get("notes", []))
+    L += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path.write_text("\n".join(L) + "\n")
 
 
@@ -563,15 +655,15 @@ FULL = {
     # SART: relaxation, division threshold (mm), back projector (RTK's default voxel-based or Joseph's adjoint), each up to
     # sart_max_iterations full passes; ADMM-TV: (alpha, beta, AL iterations, CG iterations) around RTK's own example
     # (alpha 1, beta 1000; see rtk_recon_worker.py for why beta must be ~1e3 here)
+    # The sweep is the neighbourhood of the settings chosen by the 2026-11-22 run (its wider sweep: SART lambda 0.5-1.8 with
+    # the best at 1.8 (pass 4) and Joseph's back projector ahead of the voxel-based one at equal lambda; CG's best at 19 of
+    # 40; ADMM-TV's best its longest run, alpha 1, beta 1000, 40 AL, still gaining; Adam's lambda_TV peak at 10 of 0.5-20)
     "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "rtk_hann": [0.0, 0.5, 1.0],
-             "sart": [{"lambda": 0.5, "division_threshold": 5.0}, {"lambda": 0.9, "division_threshold": 5.0}, {"lambda": 1.2, "division_threshold": 5.0},
-                      {"lambda": 1.5, "division_threshold": 5.0}, {"lambda": 1.8, "division_threshold": 5.0}, {"lambda": 0.9, "division_threshold": 5.0, "bp": "joseph"},
-                      {"lambda": 1.2, "division_threshold": 5.0, "bp": "joseph"}],
-             "sart_max_iterations": 30, "cg_max_iterations": 40,
-             "admm": [(3.0, 1000.0, 10, 3), (3.0, 1000.0, 20, 3), (1.0, 1000.0, 20, 3), (1.0, 1000.0, 40, 3)],
-             "tv_weight": [0.5, 2.0, 5.0, 10.0, 20.0], "nerf_tv_weight": [],
-             "ostv": [{"tv_weight": tv, "subsets": ns} for tv, ns in ((0.002, 10), (0.004, 10), (0.008, 15))]
-             + [{"tv_weight": 0.002, "subsets": 10, "iterations": 12}, {"tv_weight": 0.001, "subsets": 10, "iterations": 12}], "ostv_max_passes": 8},
+             "sart": [{"lambda": lam, "division_threshold": 5.0, "bp": bp} for bp, lams in (("voxel", (1.5, 1.8, 1.95)), ("joseph", (1.5, 1.8, 1.95))) for lam in lams],
+             "sart_max_iterations": 12, "cg_max_iterations": 30,
+             "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
+             "tv_weight": [5.0, 10.0, 20.0], "nerf_tv_weight": [],
+             "ostv": "defaults", "ostv_max_passes": 16},
     # (views, noisy, all methods?) in the order they run; the target case first
     # (views, noisy, which methods: "all" | "most" (no nerf but the first variant, no Siddon) | "few" (FDKs, voxel trilinear,
     # SART, ADMM-TV)) in the order they run; the target case first
@@ -583,7 +675,7 @@ QUICK = {
     "budget": {"voxel_iterations": 40, "rays_per_view": 256, "nerf_iterations": 40, "long_iterations": 120, "long_rays_per_view": 512},
     "grid": {"window": ["hann"], "rtk_hann": [0.5], "sart": [{"lambda": 0.9, "division_threshold": 5.0}], "sart_max_iterations": 6, "cg_max_iterations": 10,
              "admm": [(1.0, 1000.0, 5, 3)], "tv_weight": [0.5, 2.0], "nerf_tv_weight": [],
-             "ostv": [{"tv_weight": 0.01, "subsets": 10}], "ostv_max_passes": 6},
+             "ostv": "defaults-only", "ostv_max_passes": 8},
     "cases": [(30, True, "all"), (10, True, "most")],
     "big": None,
 }
@@ -600,26 +692,101 @@ NOTES = [
     "beta 1, alpha 3 -> 29.725 dB; beta 1000, alpha 1 -> 29.722 dB (SSIM 0.685 -> 0.702); beta 1000, alpha 10 -> 29.17 dB; 10 AL "
     "iterations, beta 1000: alpha 0.3 / 1 / 3 / 10 -> 31.20 / 32.08 / 32.28 / 30.27 dB. The sweep is now around RTK's own example "
     "(alpha 1, beta 1000) and sweeps the AL count; the previous ADMM rows were under-regularised.",
-    "RTK SART and CG: the earlier sweeps stopped at 8 SART passes and 15 CG iterations, the best points of both curves (under-tuned). "
-    "Now SART runs up to 30 passes for each relaxation lambda (0.5 to 1.8), division threshold 5 mm and back projector, CG up to 40; "
-    "the chosen counts lie inside the curves (see the sweep rows). SART: RTK's SARTConeBeamReconstructionFilter with "
-    "NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), EnforcePositivity on, forward projector Joseph (RTK's default), "
-    "back projector voxel-based (RTK's default) or Joseph (swept); the settings read back from the filter are in each run's rtk_report.json.",
+    "The sweep is the neighbourhood of the settings the 2026-11-22 run chose with a wider sweep (its rows: SART lambda 0.5 / 0.9 / 1.2 / 1.5 / 1.8 "
+    "with the voxel-based back projector, best passes 20 / 10 / 7 / 5 / 4 at 32.69 / 32.76 / 32.82 / 32.89 / 32.96 dB, and lambda 0.9 / 1.2 with "
+    "Joseph's, 32.82 / 32.86 dB; CG best at 19 of 40 iterations; ADMM-TV alpha 3 below alpha 1 at 20 AL iterations (32.95 vs 33.47 dB) and "
+    "alpha 1 best at its longest run, 40 AL; Adam lambda_TV 0.5 / 2 / 5 / 10 / 20 -> 30.81 / 31.03 / 31.31 / 31.49 / 31.48 dB): now SART lambda "
+    "1.5 / 1.8 / 1.95 (the filter accepts lambda < 2) with both back projectors up to 12 passes, CG up to 30, ADMM-TV alpha 1 at 60 / 80 "
+    "AL iterations (40: 34.41 dB in the 2026-11-22 run) and alpha 0.5 / 2 at 60, Adam lambda_TV 5 / 10 / 20, OS-TV the solver's defaults (OSTVSettings) and their neighbours.",
+    "SART: RTK's SARTConeBeamReconstructionFilter with NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), "
+    "EnforcePositivity on, forward projector Joseph (RTK's default), back projector voxel-based (RTK's default) or Joseph (swept). SART's "
+    "and CG's k-th iterate is exactly a k-iteration run, so their counts are read off one long run's curve; the settings read back from "
+    "every RTK filter are in each run's rtk_report.json.",
     "Ours, OS-TV: the ordered-subset solver (XRayNeRFLib/recon/ostv.py: subsets of full views with SART row/column normalisation, an FGP "
     "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its pass count "
-    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run). The Adam rows pass solver='adam' explicitly "
-    "(os-tv became the API's default voxel solver).",
-    "Sweep edges (2026-11-22 run): RTK ADMM-TV's best is its longest run (40 AL iterations, still gaining ~0.05 dB per iteration) and "
-    "ours OS-TV's best is its last pass (12, still gaining ~0.1 dB per pass): both would gain with longer runs, so RTK's best PSNR here "
-    "is a lower bound of what ADMM-TV reaches; SART's best relaxation is 1.8 (the filter accepts lambda < 2); ours Adam lambda_TV peaks "
-    "inside its range (10 vs 20). The tuning rows' times were measured while other jobs loaded the machine (load up to ~20): only "
-    "their PSNR/SSIM count.",
+    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run); 'OS-TV trilinear defaults' (30-view noisy case) "
+    "is the solver exactly as shipped (no option but the solver). The Adam rows pass solver='adam' explicitly.",
+    "Ours, nerf: the hash-grid field (XRayNeRFLib.recon.nerf) at the voxel rows' budget (same steps and rays per view), FDK start "
+    "(init='fdk': the field is first fitted to the Hann FDK volume), with and without the LayerNorm over the level features ('norm' / "
+    "'plain') and with the shipped pre-fitted head (MCI) or a random MLP; lambda_TV = the Adam voxel rows' tuned value (not swept for nerf).",
+    "'other load': cores used by other processes while the method's process ran (busy CPU time of the machine in /proc/stat minus the "
+    "benchmark's own, over the wall time; the largest over a method's runs). Near 0: the time is this method's alone; >= 0.5: the machine "
+    "was shared and the time is inflated (PSNR/SSIM/MAE are not affected).",
     "The RTK worker process holds ~1 GB of ITK/RTK libraries before any reconstruction (its peak RSS includes them); ours ~0.5 GB of torch.",
     "Library start-up is outside every timing: `import itk` for RTK, and for ours the one-off `import torch._dynamo` that torch.optim's "
     "first Adam triggers (seconds on a loaded machine).",
-    "Ours: each Adam step renders rays_per_view random rays per view (a mini-batch); RTK's SART/CG/ADMM iterations use every ray of "
-    "every view.",
+    "Ours: each Adam step renders rays_per_view random rays per view (a mini-batch); RTK's SART/CG/ADMM iterations and our OS-TV passes use "
+    "every ray of every view.",
 ]
+
+# notes that a run adds to results.json (the rest of the Notes are NOTES and generated at write time)
+RUN_NOTE_PREFIXES = ("--", "tuning reused", "XRayNeRFLib.recon.nerf is not", "the shipped MCI", "256^3", "uncertainty")
+
+
+def default_solver_note() -> str:
+    """What api.reconstruct(method='voxel') runs without options['solver'], read when the report is written."""
+    try:
+        from XRayNeRFLib.recon.api import DEFAULT_VOXEL_SOLVER
+    except ImportError:
+        return "XRayNeRFLib.recon.api has no DEFAULT_VOXEL_SOLVER here"
+    return (f"api.reconstruct(method='voxel') without options['solver'] runs {DEFAULT_VOXEL_SOLVER!r} (api.DEFAULT_VOXEL_SOLVER when this report "
+            "was written); every voxel row here names its solver explicitly.")
+
+
+def sweep_edge_notes(rows: list, tuned: dict) -> list:
+    """One note saying, per method, whether the chosen setting lies inside the swept range or on its edge
+    (where a wider sweep might have gained), generated from the sweep rows."""
+    def sec(name):
+        return [r for r in rows if r.get("section", tune_section(r["method"])) == name]
+
+    def edge(value, values):
+        vals = sorted(set(values))
+        if len(vals) < 2:
+            return " (the only value swept)"
+        return " (the smallest swept)" if value == vals[0] else " (the largest swept)" if value == vals[-1] else " (inside the swept range)"
+
+    def gain(curve, n):
+        return (curve[-1] - curve[-1 - n]) / n if curve and len(curve) > n else None
+
+    parts = []
+    sart = [r for r in sec("sart") if "best_psnr_db" in r]
+    if sart:
+        b = max(sart, key=lambda r: r["best_psnr_db"])
+        parts.append(f"RTK SART: best lambda {b['params']['lambda']}{edge(b['params']['lambda'], [r['params']['lambda'] for r in sart])}"
+                     + (" (RTK's SART takes lambda < 2)" if b["params"]["lambda"] >= 1.9 else "") + " with the "
+                     f"{b['params'].get('bp', 'voxel')} back projector, at pass {b['best_iteration']} of {b['max_iterations']}"
+                     + (" (the sweep's last pass)" if b["best_iteration"] == b["max_iterations"] else ""))
+    cg = [r for r in sec("cg") if "best_iteration" in r]
+    if cg:
+        b = cg[0]
+        parts.append(f"RTK CG: best iteration {b['best_iteration']} of {b['max_iterations']}" + (" (the last: more might gain)" if b["best_iteration"] == b["max_iterations"] else ""))
+    admm = sec("admm")
+    if admm and "admm_alpha" in tuned:
+        a, al = tuned["admm_alpha"], tuned["admm_iterations"]
+        same_alpha = [r["params"]["iterations"] for r in admm if r["params"]["alpha"] == a and r["params"]["beta"] == tuned["admm_beta"]]
+        chosen = [r for r in admm if r["params"]["alpha"] == a and r["params"]["iterations"] == al and r["params"]["beta"] == tuned["admm_beta"]]
+        g = gain(chosen[0].get("curve_psnr_db"), 10) if chosen else None
+        txt = f"RTK ADMM-TV: best alpha {a}{edge(a, [r['params']['alpha'] for r in admm])}, beta {tuned['admm_beta']}, {al} AL iterations"
+        if al == max(same_alpha):
+            txt += (f" = its longest run at that alpha (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))})"
+                    + (f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count)" if g is not None else "")
+                    + ": RTK's best PSNR here is a lower bound of what longer ADMM-TV runs reach")
+        else:
+            txt += f" (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))}: inside)"
+        parts.append(txt)
+    adam = sec("adam")
+    if adam and "tv_weight" in tuned:
+        parts.append(f"ours Adam: lambda_TV {tuned['tv_weight']}{edge(tuned['tv_weight'], [r['params']['tv_weight'] for r in adam])} at a fixed budget of steps")
+    ostv = [r for r in sec("ostv") if "best_psnr_db" in r]
+    if ostv and "ostv" in tuned:
+        b = max(ostv, key=lambda r: r["best_psnr_db"])
+        g = gain(b.get("curve_psnr_db"), 3)
+        txt = (f"ours OS-TV: best tv_weight {b['params']['tv_weight']}{edge(b['params']['tv_weight'], [r['params']['tv_weight'] for r in ostv])}, subsets "
+               f"{b['params']['subsets']}{edge(b['params']['subsets'], [r['params']['subsets'] for r in ostv])}, at pass {b['best_iteration']} of {b['max_iterations']}")
+        if b["best_iteration"] == b["max_iterations"]:
+            txt += " (the run's last" + (f", still gaining {g:.3f} dB per pass over the last 3" if g is not None else "") + ")"
+        parts.append(txt)
+    return ["Sweep edges (this run's sweep): " + "; ".join(parts) + "."] if parts else []
 
 
 def _tag(label: str) -> str:
@@ -699,7 +866,7 @@ def rewrite_report(work: Path, conf: dict, args, out_path: Path) -> None:
     except ImportError:
         saved["extra"]["lib_metrics"] = False
     extra = saved["extra"]
-    extra["notes"] = list(dict.fromkeys(list(NOTES) + [n for n in extra.get("notes", []) if n not in NOTES]))
+    extra["notes"] = [n for n in extra.get("notes", []) if n.startswith(RUN_NOTE_PREFIXES)]  # NOTES and the generated ones are added by write_report
     cases = saved.get("cases") or {}
     for name in saved["results"]:
         if name not in cases:  # older results.json: rebuild the case description from its name
@@ -729,6 +896,12 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="keep the last run's tuning and finished cases (results.json) and run only the cases it lacks (e.g. --cases 2 after --cases 1)")
     p.add_argument("--tune-only", action="store_true", help="run the tuning sweep, write the report and results.json, and stop")
     p.add_argument("--cases", type=int, default=None, help="run only the first N reported cases (the target case is the first)")
+    p.add_argument("--retune", default=None, help="with results.json: re-run only these comma-separated sweep sections (" + ", ".join(TUNE_SECTIONS) + ") and keep the rest "
+                   "(e.g. --resume --retune ostv --rerun OS-TV after a change of the OS-TV solver)")
+    p.add_argument("--rerun", default=None, help="with --resume: re-run the methods whose label matches this regular expression in the kept cases (and their uncertainty check)")
+    p.add_argument("--rerun-case", default=None, help="with --rerun: only in the kept cases whose name matches this regular expression")
+    p.add_argument("--only", default=None, help="run only the methods whose label matches this regular expression (a later --resume adds the others)")
+    p.add_argument("--big", action="store_true", help="run the 256^3 case even with --cases")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's benchmarks/_work/recon/{full,quick}/results.json (no runs)")
     p.add_argument("--output", default=None, help="report path (default benchmarks/RESULTS_reconstruction.md, or RESULTS_reconstruction-quick.md with --quick)")
     args = p.parse_args()
@@ -752,7 +925,7 @@ def main() -> None:
     meta = detector_for(ct, conf["detector"])
     geometry = {"fine": f"{conf['fine']}^3", "detector": f"{conf['detector'][0]} x {conf['detector'][1]}", "pixel_mm": meta["pixel_spacing_mm"]}
     gt = load_like(ct).data
-    extra = {"budget": conf["budget"], "data_range": float(gt.max() - gt.min()), "notes": list(NOTES), "geometry": geometry}
+    extra = {"budget": conf["budget"], "data_range": float(gt.max() - gt.min()), "notes": [], "geometry": geometry}
     try:
         import XRayNeRFLib.metrics  # noqa: F401
 
@@ -769,25 +942,39 @@ def main() -> None:
     log(f"tuning on {conf['size']}^3, 30 noisy views shifted by half a step, noise seed 2")
     tcase = make_case(ct, fine, meta, 30, True, offset_fraction=0.5, seed=2, work=work, threads=args.threads)
     extra["tune_case"] = tcase["name"]
-    if args.resume:
-        with open(work / "results.json") as f:
-            saved = json.load(f)
-        tuned, tune_rows, results, cases, info = saved["tuned"], saved["tune_rows"], saved["results"], saved["cases"], saved["info"]
-        extra = saved["extra"]
-        t_start -= saved.get("elapsed_s", 0.0)
-        extra["notes"].append(f"--resume at {datetime.datetime.now().isoformat(timespec='seconds')} (load {', '.join(f'{x:.2f}' for x in os.getloadavg())}): "
-                              f"cases {', '.join(results)} and the tuning come from the run started {info['started']} ({' '.join(saved.get('argv', []))}); the later cases ran then")
-    elif args.reuse_tuning:
-        with open(work / "results.json") as f:
-            saved = json.load(f)
+    now = lambda: f"{datetime.datetime.now().isoformat(timespec='seconds')} (load {', '.join(f'{x:.2f}' for x in os.getloadavg())})"  # noqa: E731
+    if args.resume or args.reuse_tuning or args.retune:
+        if (work / "results.json").exists() or not args.retune:
+            with open(work / "results.json") as f:
+                saved = json.load(f)
+        else:  # --retune before any results.json: start from an empty sweep
+            saved = {"tuned": {}, "tune_rows": [], "results": {}, "cases": {}, "info": info, "extra": extra}
         tuned, tune_rows = saved["tuned"], saved["tune_rows"]
-        extra["notes"].append(f"tuning reused from the run started {saved['info']['started']} (--reuse-tuning)")
+        if args.resume:
+            results, cases, info = saved["results"], saved["cases"], saved["info"]
+            extra = saved["extra"]
+            t_start -= saved.get("elapsed_s", 0.0)
+            extra["notes"].append(f"--resume at {now()}: cases {', '.join(results) or '(none)'} and the tuning come from the run started {info['started']} "
+                                  f"({' '.join(saved.get('argv', []))}); the later cases ran then" + (f"; --rerun {args.rerun!r} re-ran the matching methods of the kept cases" if args.rerun else ""))
+        else:
+            extra["notes"].append(f"tuning reused from the run started {saved['info']['started']}")
+        if args.retune:
+            only = [x.strip() for x in args.retune.split(",") if x.strip()]
+            bad = [x for x in only if x not in TUNE_SECTIONS]
+            if bad:
+                raise SystemExit(f"--retune: unknown section(s) {bad}; use {', '.join(TUNE_SECTIONS)}")
+            log(f"re-tuning {only}")
+            new_tuned, new_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log, reuse_sweep=args.reuse_sweep, only=set(only))
+            kept = [r for r in tune_rows if r.get("section", tune_section(r["method"])) not in only]
+            tune_rows = sorted(kept + new_rows, key=lambda r: TUNE_SECTIONS.index(r.get("section", tune_section(r["method"]))))
+            tuned.update(new_tuned)
+            extra["notes"].append(f"--retune {','.join(only)} at {now()}: these sections of the sweep re-ran then; the others come from the run started {saved['info']['started']}")
     else:
         tuned, tune_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log, reuse_sweep=args.reuse_sweep)
-        n_cached = sum("reused sweep point" in r["note"] for r in tune_rows)
-        if n_cached:
-            extra["notes"].append(f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning case with the same "
-                                  "parameters (their rows say when they ran; their PSNR/SSIM are recomputed, their times are those measured then)")
+    n_cached = sum("reused sweep point" in r["note"] for r in tune_rows)
+    if n_cached and not any(n.startswith("--reuse-sweep") for n in extra["notes"]):
+        extra["notes"].append(f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning case with the same "
+                              "parameters (their rows say when they ran; their PSNR/SSIM are recomputed, their times are those measured then)")
     log(f"tuned: {tuned}")
     report()
     if args.tune_only:
@@ -799,12 +986,56 @@ def main() -> None:
         extra["notes"].append("XRayNeRFLib.recon.nerf is not importable here: no hash-grid rows")
     elif nerf and len(nerf_variants()) < 4:
         extra["notes"].append("the shipped MCI heads (Resources/Models/hashgrid_head_prior_*.pt) are missing: nerf runs with a random MLP only")
+    rerun = re.compile(args.rerun) if args.rerun else None
+    rerun_case = re.compile(args.rerun_case) if args.rerun_case else None
+    only = re.compile(args.only) if args.only else None
+
+    def run_methods(case, ours, rtk, repeats):
+        """evaluate() with ``repeats`` runs of the methods whose first run is quick enough."""
+        res = evaluate(case, ours, rtk, 1, args.threads, log, snapshot_every=10)
+        if repeats > 1:
+            for label, r in res.items():
+                if "failed" in r or r["seconds"] > args.max_seconds:
+                    continue
+                more = evaluate(case, {label: ours[label]} if label in ours else {}, {label: rtk[label]} if label in rtk else {}, repeats - 1, args.threads, log, snapshot_every=0)
+                if "failed" not in more[label]:
+                    r["seconds_all"] = r["seconds_all"] + more[label]["seconds_all"]
+                    r["seconds"] = float(np.median(r["seconds_all"]))
+                    r["peak_rss_mb"] = max(r["peak_rss_mb"], more[label]["peak_rss_mb"])
+                    r["other_cores_all"] = r.get("other_cores_all", []) + more[label].get("other_cores_all", [])
+        return res
+
+    def run_case(case, ours, rtk, repeats):
+        """Every method of a new case; of a kept one (--resume), the methods it lacks and those matching --rerun
+        (where the case matches --rerun-case). --only restricts both to the matching methods."""
+        name = case["name"]
+        order = list(rtk) + list(ours)  # the table's row order
+        if only is not None:
+            ours = {k: v for k, v in ours.items() if only.search(k)}
+            rtk = {k: v for k, v in rtk.items() if only.search(k)}
+        if args.resume and name in results:
+            old = results[name]
+            again = rerun is not None and (rerun_case is None or rerun_case.search(name))
+            ours = {k: v for k, v in ours.items() if k not in old or (again and rerun.search(k))}
+            rtk = {k: v for k, v in rtk.items() if k not in old or (again and rerun.search(k))}
+            if not ours and not rtk:
+                log(f"case {name}: kept from the resumed run")
+                return False
+            log(f"case {name}: running {', '.join(list(rtk) + list(ours))} (the others kept)")
+            new = run_methods(case, ours, rtk, repeats)
+            merged = dict(results[name], **new)
+            results[name] = {k: merged[k] for k in order if k in merged}
+            results[name].update({k: v for k, v in merged.items() if k not in results[name]})
+        else:
+            cases[name] = case
+            log(f"case {name}: {len(ours) + len(rtk)} methods")
+            results[name] = {}
+            results[name] = run_methods(case, ours, rtk, repeats)
+        report()
+        return True
+
     for i, (views, noisy, which) in enumerate(conf["cases"][: args.cases]):
         case = make_case(ct, fine, meta, views, noisy, work=work, threads=args.threads)
-        if args.resume and case["name"] in results:
-            log(f"case {case['name']}: kept from the resumed run")
-            continue
-        cases[case["name"]] = case
         if i == 0:
             extra["target_case"] = case["name"]
         if views == 10 and noisy:
@@ -815,48 +1046,50 @@ def main() -> None:
             nerfs = [k for k in ours if "nerf" in k]
             ours = {k: v for k, v in ours.items() if "nerf" not in k and "Siddon" not in k or (nerfs and k == nerfs[0])}
         elif which == "few":
-            ours = {k: v for k, v in ours.items() if k in ("ours FDK", "ours voxel+TV trilinear")}
-            rtk = {k: v for k, v in rtk.items() if k in ("RTK FDK", "RTK SART", "RTK ADMM-TV")}
-        if i == 0:  # where would ours get with a larger budget (the curve shows the way there)
+            ours = {k: v for k, v in ours.items() if k in FEW_OURS}
+            rtk = {k: v for k, v in rtk.items() if k in FEW_RTK}
+        if i == 0:  # where would ours get with a larger budget (the curve shows the way there), and the OS-TV solver as shipped
             m, p = ours["ours voxel+TV trilinear"]
             ours["ours voxel+TV trilinear long"] = (m, dict(p, iterations=conf["budget"]["long_iterations"], rays_per_view=conf["budget"]["long_rays_per_view"]))
-        log(f"case {case['name']}: {len(ours) + len(rtk)} methods")
-        repeats = args.repeats if i == 0 and not args.quick else 1
-        results[case["name"]] = {}
-        if repeats > 1:  # repeat only the methods that are quick enough
-            res = evaluate(case, ours, rtk, 1, args.threads, log, snapshot_every=10)
-            for label, r in res.items():
-                if "failed" in r or r["seconds"] > args.max_seconds:
-                    continue
-                more = evaluate(case, {label: ours[label]} if label in ours else {}, {label: rtk[label]} if label in rtk else {}, repeats - 1, args.threads, log, snapshot_every=0)
-                if "failed" not in more[label]:
-                    r["seconds_all"] = r["seconds_all"] + more[label]["seconds_all"]
-                    r["seconds"] = float(np.median(r["seconds_all"]))
-                    r["peak_rss_mb"] = max(r["peak_rss_mb"], more[label]["peak_rss_mb"])
-            results[case["name"]] = res
-        else:
-            results[case["name"]] = evaluate(case, ours, rtk, 1, args.threads, log, snapshot_every=10)
-        report()
+            if ostv_available():
+                ours["ours voxel OS-TV trilinear defaults"] = ("voxel", dict(OSTV_BASE))
+        run_case(case, ours, rtk, args.repeats if i == 0 and not args.quick else 1)
         if i == 0 and not args.no_uncertainty:
-            log("uncertainty (api.reconstruct(uncertainty=True), voxel+TV trilinear, tuned settings)")
-            vox = ours_methods(tuned, conf["budget"], nerf=False)["ours voxel+TV trilinear"][1]
-            extra["uncertainty"] = uncertainty_check(case, args.threads, log, vox, args.ensemble_size)
-            report()
-    if conf["big"] and not args.no_big and args.cases is None:
+            unc = extra.get("uncertainty") if isinstance(extra.get("uncertainty"), dict) and "spearman_body" not in extra["uncertainty"] else {}
+            extra["uncertainty"] = unc
+            todo = [k for k in UNCERTAINTY_METHODS if k in ours and (only is None or only.search(k))]
+            for label in todo:
+                if label in unc and not (rerun and rerun.search(label) and (rerun_case is None or rerun_case.search(case["name"]))):
+                    continue
+                log(f"uncertainty (api.reconstruct(uncertainty=True), {label}, tuned settings, ensemble of {args.ensemble_size})")
+                unc[label] = uncertainty_check(case, args.threads, log, ours[label][1], args.ensemble_size)
+                report()
+    if conf["big"] and not args.no_big and (args.cases is None or args.big):
         b = conf["big"]
         log(f"{b['size']}^3 run (memory and time; 30 noisy views)")
         ct_b = prepare_ct(b["size"], work)
         fine_b = prepare_ct(b["fine"], work)
         meta_b = detector_for(ct_b, b["detector"])
         case = make_case(ct_b, fine_b, meta_b, b["views"], True, work=work, threads=args.threads)
-        cases[case["name"]] = case
-        ours = {k: v for k, v in ours_methods(tuned, conf["budget"], nerf=False).items() if k in ("ours FDK", "ours voxel+TV trilinear")}
-        rtk = {k: v for k, v in rtk_methods(tuned).items() if k in ("RTK FDK", "RTK SART", "RTK ADMM-TV")}
-        results[case["name"]] = evaluate(case, ours, rtk, 1, args.threads, log, snapshot_every=0)
-        extra["notes"].append(f"{b['size']}^3: data from a {b['fine']}^3 grid, detector {b['detector'][0]} x {b['detector'][1]} px of {meta_b['pixel_spacing_mm']:.2f} mm; settings as tuned at 128^3 (not re-tuned)")
-        report()
+        ours = {k: v for k, v in ours_methods(tuned, conf["budget"], nerf=False).items() if k in BIG_OURS}
+        rtk = {k: v for k, v in rtk_methods(tuned).items() if k in BIG_RTK}
+        if run_case(case, ours, rtk, 1):
+            note = (f"{b['size']}^3: data from a {b['fine']}^3 grid, detector {b['detector'][0]} x {b['detector'][1]} px of {meta_b['pixel_spacing_mm']:.2f} mm; settings as "
+                    f"tuned at 128^3 (not re-tuned); methods: {', '.join(list(rtk) + list(ours))} (RTK ADMM-TV left out: its tuned AL count would take tens of minutes here)")
+            if note not in extra["notes"]:
+                extra["notes"].append(note)
+            report()
     report(finished=True)
     log(f"done: {out_path}")
+
+
+# which methods run in the "few" cases and at 256^3
+FEW_OURS = ("ours FDK", "ours voxel+TV trilinear", "ours voxel OS-TV trilinear")
+FEW_RTK = ("RTK FDK", "RTK SART", "RTK ADMM-TV")
+BIG_OURS = ("ours FDK", "ours voxel+TV trilinear", "ours voxel OS-TV trilinear")
+BIG_RTK = ("RTK FDK", "RTK SART")
+# the uncertainty check (30 noisy views): a grouped-jackknife ensemble of each of these, with its tuned settings
+UNCERTAINTY_METHODS = ("ours voxel+TV trilinear", "ours voxel OS-TV trilinear")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import resource
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,45 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class OtherLoad:
+    """Cores used by *other* processes while a block runs: the machine's busy CPU time (/proc/stat)
+    minus this process's and its (waited-for) children's CPU time, over the block's wall time. A
+    benchmark run whose other_cores is well above 0 shared the CPU with someone else: its time is
+    inflated.
+
+        with OtherLoad() as ol:
+            subprocess.run(...)
+        ol.cores  # float, or None where /proc/stat is missing
+    """
+
+    @staticmethod
+    def _busy_s():
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    def __enter__(self):
+        self.cores = None
+        self._t, self._busy, self._own = time.perf_counter(), self._busy_s(), self._own_s()
+        return self
+
+    def __exit__(self, *exc):
+        busy = self._busy_s()
+        wall = time.perf_counter() - self._t
+        if busy is not None and self._busy is not None and wall > 0:
+            self.cores = max(0.0, (busy - self._busy - (self._own_s() - self._own)) / wall)
+        return False
 
 
 def placement():

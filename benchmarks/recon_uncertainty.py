@@ -52,7 +52,8 @@ def main(cfg: dict) -> None:
     top = s >= torch.quantile(s[torch.randperm(s.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]], 0.9)
     m = metrics(mu, gt)
     save_json(cfg["out"], {
-        "method": f"voxel+TV {renderer}, ensemble of {cfg['ensemble_size']} (grouped jackknife over views), {iterations} steps each",
+        "method": f"{cfg['ensemble_size']} members, {'OS-TV' if params.get('solver') == 'os-tv' else 'Adam'} {renderer}, "
+                  f"{iterations} {'passes' if params.get('solver') == 'os-tv' else 'steps'} each",
         "spearman_body": spearman(s, e),
         "pearson_body": pearson,
         "mae_top10pct_uncertain_per_mm": float(e[top].mean()),
