@@ -15,7 +15,7 @@ from XRayNeRFLib.recon import reconstruct
 from XRayNeRFLib.recon.fdk import fdk
 from XRayNeRFLib.recon.fov import default_grid
 from XRayNeRFLib.recon.backproject import VoxelBackprojector, voxel_backproject
-from XRayNeRFLib.recon.ostv import OSTVSettings, _grad, _grad_t, coarse_grid, isotropic_tv, reconstruct_ostv, subset_order, tv_prox
+from XRayNeRFLib.recon.ostv import OSTVSettings, _grad, _grad_t, _Level, coarse_grid, isotropic_tv, reconstruct_ostv, subset_order, tv_prox
 from XRayNeRFLib.recon.voxel import reconstruct_voxel
 from XRayNeRFLib.render import render
 from XRayNeRFLib.volume import Volume
@@ -149,6 +149,24 @@ def test_voxel_backprojector_cache_and_view_subsets(case):
     assert torch.allclose(no_cache(clean[views], views), ref, rtol=1e-5, atol=1e-7) and len(no_cache.cache) == 0
     with pytest.raises(ValueError, match="do not match"):
         bp(clean[:2], views)
+
+
+def test_only_used_pixels_are_rendered(case):
+    """The solver renders only the pixels that some view of the subset uses (masked or missing the grid
+    are skipped): equal to the full render there, zero elsewhere."""
+    cams, clean, _, like, gt = case
+    masks = torch.ones(clean.shape, dtype=torch.bool)
+    masks[:, :, :12] = False
+    masks[::2, :8, :] = False  # even views lose rows too: a subset's union of pixels
+    lvl = _Level(clean.float(), cams, like, masks, OSTVSettings(), 5)
+    full = render(Volume(gt, like.ras_from_ijk, "mu"), cams, method="trilinear")
+    for si, g in enumerate(lvl.groups):
+        assert lvl.pix[si] is not None
+        used = (lvl.w[g] > 0).any(0)
+        got = lvl.forward(gt, si)
+        assert torch.allclose(got[:, used], full[g][:, used], rtol=1e-5, atol=1e-6)
+        assert float(got[:, ~used].abs().max()) == 0.0
+        assert int(used.sum()) < used.numel()
 
 
 def test_relaxation_decay_and_tv_steps(case):
