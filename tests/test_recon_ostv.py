@@ -169,6 +169,21 @@ def test_only_used_pixels_are_rendered(case):
         assert int(used.sum()) < used.numel()
 
 
+@pytest.mark.parametrize("backprojector", ["voxel", "matched"])
+def test_a_fully_masked_view_is_skipped(case, backprojector):
+    """One-view subsets where one view is entirely masked: that subset changes nothing, the others fit."""
+    cams, clean, _, like, gt = case
+    masks = torch.ones(clean.shape, dtype=torch.bool)
+    masks[3] = False
+    bad = clean.clone()
+    bad[3] = 50.0
+    s = OSTVSettings(passes=2, subsets=len(cams), backprojector=backprojector)
+    out, hist = reconstruct_ostv(bad, cams, like, torch.zeros(like.data.shape), s, masks=masks)
+    ref, _ = reconstruct_ostv(clean, cams, like, torch.zeros(like.data.shape), s, masks=masks)
+    assert torch.allclose(out.data, ref.data, atol=1e-6)
+    assert hist.data[1] < hist.data[0] and psnr(out.data, gt) > 25.0
+
+
 def test_relaxation_decay_and_tv_steps(case):
     """relaxation / (1 + decay * pass): a huge decay freezes the iterate after the first pass (subset
     steps and TV steps both scale with the relaxation); tv_steps_per_pass splits the pass's TV step

@@ -293,6 +293,8 @@ class _Level:
         if self.pix[si] is None:
             return _project(y, self.like, cams, s)
         idx, px = self.pix[si]
+        if idx.numel() == 0:  # every pixel of the subset masked or off the grid
+            return y.new_zeros(len(cams), cams.height, cams.width) * y.sum()  # zeros, still attached to y's graph
         vals = render(Volume(y, self.like.ras_from_ijk, "mu"), cams, method=s.renderer, pixels=px, max_memory_mb=s.max_memory_mb)  # (v, N)
         out = vals.new_zeros(len(cams), cams.height * cams.width).index_copy(1, idx, vals)
         return out.reshape(len(cams), cams.height, cams.width)
@@ -318,6 +320,7 @@ class _Level:
             (bt,) = torch.autograd.grad(ax_g, yr, grad_outputs=res)
             del ax_g, yr
         data = 0.5 * float(((self.p[g] - ax) ** 2 * self.rw[g]).sum()) / self.wsum
+        bt = bt.contiguous()  # autograd may return an expanded zero tensor (a subset with nothing to fit)
         return bt.mul_(self.inv_col[si]).mul_(self.lam).add_(y).clamp_min_(0), data  # y + lambda bt / col, >= 0
 
     def _set_col(self, si: int, cs: Tensor) -> None:
