@@ -251,18 +251,17 @@ def ostv_defaults() -> dict:
 
 def ostv_grid(spec, n_views: int = 30) -> list:
     """OS-TV sweep points (option dicts without the pass count): an explicit list, or "defaults": the
-    solver's defaults and their neighbours (tv_weight x 0.5 and x 2, subsets x 2/3 and x 3/2, the latter
-    x 1/2 instead where x 3/2 exceeds the ``n_views`` views (the solver clamps subsets to the view count)),
-    or "defaults-only"."""
+    solver's defaults and their neighbours (tv_weight x 0.25, x 0.5 and x 2; subsets x 2/3, at most
+    ``n_views``: the solver clamps subsets to the view count), or "defaults-only"."""
     if not isinstance(spec, str):
         return list(spec)
     base = {k: v for k, v in ostv_defaults().items() if k != "passes"}
     pts = [base]
     if spec == "defaults":
-        pts += [dict(base, tv_weight=base["tv_weight"] * f) for f in (0.5, 2.0)]
-        s0 = base["subsets"]
-        up = round(s0 * 3 / 2) if round(s0 * 3 / 2) <= n_views else round(s0 / 2)
-        pts += [dict(base, subsets=max(1, n)) for n in dict.fromkeys((round(s0 * 2 / 3), up)) if n != s0]
+        pts += [dict(base, tv_weight=base["tv_weight"] * f) for f in (0.25, 0.5, 2.0)]
+        n = max(1, min(n_views, round(base["subsets"] * 2 / 3)))
+        if n != base["subsets"]:
+            pts.append(dict(base, subsets=n))
     elif spec != "defaults-only":
         raise ValueError(f"unknown OS-TV grid {spec!r}")
     return pts
@@ -663,7 +662,7 @@ FULL = {
              "sart_max_iterations": 12, "cg_max_iterations": 30,
              "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
              "tv_weight": [5.0, 10.0, 20.0], "nerf_tv_weight": [],
-             "ostv": "defaults", "ostv_max_passes": 16},
+             "ostv": "defaults", "ostv_max_passes": 24},
     # (views, noisy, all methods?) in the order they run; the target case first
     # (views, noisy, which methods: "all" | "most" (no nerf but the first variant, no Siddon) | "few" (FDKs, voxel trilinear,
     # SART, ADMM-TV)) in the order they run; the target case first
@@ -697,7 +696,8 @@ NOTES = [
     "Joseph's, 32.82 / 32.86 dB; CG best at 19 of 40 iterations; ADMM-TV alpha 3 below alpha 1 at 20 AL iterations (32.95 vs 33.47 dB) and "
     "alpha 1 best at its longest run, 40 AL; Adam lambda_TV 0.5 / 2 / 5 / 10 / 20 -> 30.81 / 31.03 / 31.31 / 31.49 / 31.48 dB): now SART lambda "
     "1.5 / 1.8 / 1.95 (the filter accepts lambda < 2) with both back projectors up to 12 passes, CG up to 30, ADMM-TV alpha 1 at 60 / 80 "
-    "AL iterations (40: 34.41 dB in the 2026-11-22 run) and alpha 0.5 / 2 at 60, Adam lambda_TV 5 / 10 / 20, OS-TV the solver's defaults (OSTVSettings) and their neighbours.",
+    "AL iterations (40: 34.41 dB in the 2026-11-22 run) and alpha 0.5 / 2 at 60, Adam lambda_TV 5 / 10 / 20, OS-TV the solver's defaults (OSTVSettings) and their neighbours (tv_weight x 0.25 / "
+    "0.5 / 2, subsets x 2/3) up to 24 passes.",
     "SART: RTK's SARTConeBeamReconstructionFilter with NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), "
     "EnforcePositivity on, forward projector Joseph (RTK's default), back projector voxel-based (RTK's default) or Joseph (swept). SART's "
     "and CG's k-th iterate is exactly a k-iteration run, so their counts are read off one long run's curve; the settings read back from "
