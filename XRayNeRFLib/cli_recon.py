@@ -1,7 +1,7 @@
 """``xraynerf reconstruct``: cone-beam CT reconstruction from X-ray projections on the command line.
 
     xraynerf reconstruct --projections P [--geometry G] --out vol.nii.gz --method fdk|voxel|nerf
-        [--renderer siddon|trilinear] [--grid N | --spacing-mm S] [--iterations K] [--solver adam|os-tv]
+        [--renderer siddon|trilinear] [--grid N | --spacing-mm S] [--iterations K] [--solver os-tv|adam]
         [--uncertainty u.nii.gz] [--reference gt.nii.gz] [--units hu|mu] [DICOM geometry overrides]
 
 Inputs go through :class:`XRayNeRFLib.projection_set.ProjectionSet`: a DICOM file/series/directory
@@ -38,8 +38,10 @@ Reconstruct a 3D volume (mu in 1/mm or HU) from cone-beam X-ray projections.
 
 methods:
   fdk    Feldkamp filtered backprojection (Hann window by default; Parker weights for short scans).
-  voxel  voxel grid + total variation, fitted through the differentiable renderer (Adam, L1 on line
-         integrals, FDK start); --coarse-to-fine fits a 2x coarser grid first.
+  voxel  voxel grid + total variation through the renderer, FDK start. --solver os-tv (default):
+         ordered-subset SART-preconditioned least squares with a TV proximal step, --iterations
+         passes over all views (default 6); --solver adam: L1 on line integrals + TV by Adam on ray
+         mini-batches, --iterations steps (default 300), --coarse-to-fine fits a 2x coarser grid first.
   nerf   hash-grid neural field (normalised encoder, pre-fitted MLP initialisation by default).
 
 inputs:
@@ -61,7 +63,7 @@ placed in patient RAS (the geometry's frame); --units hu converts with mu_water 
 
 examples:
   xraynerf reconstruct --projections proj.mha --geometry geom.xml --out fdk.nii.gz --method fdk --grid 128
-  xraynerf reconstruct --projections dicom_dir/ --out vol.nii.gz --method voxel --iterations 300 \\
+  xraynerf reconstruct --projections dicom_dir/ --out vol.nii.gz --method voxel --iterations 8 \\
                        --renderer trilinear --units hu --uncertainty std.nii.gz
 """
 
@@ -90,23 +92,23 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
-    m.add_argument("--iterations", type=int, metavar="K", help="optimisation steps (voxel default 300 Adam steps; --solver os-tv: passes, default 6)")
+    m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default 6); voxel --solver adam and nerf: Adam steps (default 300)")
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
     m.add_argument("--window", choices=("hann", "shepp-logan", "ram-lak"), help="fdk: ramp filter window (default hann)")
     m.add_argument("--tv-weight", type=float, metavar="L", help="voxel/nerf: total-variation weight lambda_TV")
-    m.add_argument("--lr", type=float, help="voxel/nerf: Adam step size")
-    m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel/nerf: rays per view and step (0: all pixels)")
-    m.add_argument("--learned-weights", action="store_true", help="voxel/nerf: learn the data/TV weights (task uncertainty)")
-    m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: adam (L1 + TV, Adam on ray mini-batches; default) or os-tv "
-                   "(ordered-subset SART-preconditioned least squares + TV prox; --iterations then counts passes over all views, default 6)")
+    m.add_argument("--lr", type=float, help="voxel --solver adam / nerf: Adam step size")
+    m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel --solver adam / nerf: rays per view and step (0: all pixels)")
+    m.add_argument("--learned-weights", action="store_true", help="voxel --solver adam / nerf: learn the data/TV weights (task uncertainty)")
+    m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: os-tv (default: ordered-subset SART-preconditioned least squares + TV prox; "
+                   "--iterations counts passes over all views, default 6) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)")
     m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 30, at most one per view)")
     m.add_argument("--relaxation", type=float, metavar="LAMBDA", help="voxel --solver os-tv: SART relaxation in (0, 2) (default 1)")
     m.add_argument("--statistical-weights", action="store_true", help="voxel --solver os-tv: weight rays by exp(-line integral) (Poisson)")
     m.add_argument("--backprojector", choices=("voxel", "matched"), help="voxel --solver os-tv: voxel-driven back projection (fast, "
                    "unmatched; default) or the renderer's exact adjoint (matched)")
     m.add_argument("--coarse-passes", type=int, metavar="N", help="voxel --solver os-tv: passes on a 2x coarser grid before --iterations passes on the output grid")
-    m.add_argument("--coarse-to-fine", action="store_true", help="voxel: fit a 2x coarser grid first")
+    m.add_argument("--coarse-to-fine", action="store_true", help="voxel --solver adam: fit a 2x coarser grid first")
     m.add_argument("--no-normalize", action="store_true", help="nerf: no LayerNorm on the hash features")
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
@@ -164,7 +166,9 @@ def _options(args) -> dict:
     if args.solver is not None:
         need(method == "voxel", "--solver", "--method voxel")
         opts["solver"] = args.solver
-    ostv = method == "voxel" and args.solver == "os-tv"
+    from .recon.api import DEFAULT_VOXEL_SOLVER
+
+    ostv = method == "voxel" and (args.solver or DEFAULT_VOXEL_SOLVER) == "os-tv"
     for flag, name in (("--subsets", "subsets"), ("--relaxation", "relaxation"), ("--backprojector", "backprojector"), ("--coarse-passes", "coarse_passes")):
         if getattr(args, name) is not None:
             need(ostv, flag, "--method voxel --solver os-tv")
@@ -176,7 +180,8 @@ def _options(args) -> dict:
         adam_flags = [f for f, on in (("--lr", args.lr is not None), ("--rays-per-view", args.rays_per_view is not None),
                                       ("--learned-weights", args.learned_weights), ("--coarse-to-fine", args.coarse_to_fine)) if on]
         if adam_flags:
-            raise ValueError(f"{', '.join(adam_flags)} apply to --solver adam only, not --solver os-tv")
+            how = "" if args.solver else " (the default voxel solver); add --solver adam to use them"
+            raise ValueError(f"{', '.join(adam_flags)} apply to --solver adam only, not --solver os-tv{how}")
     if args.coarse_to_fine:
         need(method == "voxel", "--coarse-to-fine", "--method voxel")
         opts["coarse_to_fine"] = True

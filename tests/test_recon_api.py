@@ -47,7 +47,7 @@ def test_voxel_matches_direct_call(case):
     cams, proj = case
     like = default_grid(cams, grid=12)
     opts = {"lr": 0.05, "rays_per_view": 100, "tv_weight": 0.2}
-    res = reconstruct(proj, cams, "voxel", volume=like, iterations=8, renderer="trilinear", seed=5, options=opts)
+    res = reconstruct(proj, cams, "voxel", volume=like, iterations=8, renderer="trilinear", seed=5, options=dict(opts, solver="adam"))
     direct = reconstruct_voxel(proj, cams, volume=like, settings=FitSettings(iterations=8, renderer="trilinear", seed=5, **opts))
     assert torch.allclose(res.volume.data, direct.data, atol=1e-6)
     assert len(res.history.data) == 8
@@ -102,6 +102,14 @@ def test_fdk_masks_warn_and_cancel_raises(case):
         reconstruct(proj, cams, "fdk", grid=8, progress=lambda p: False)
 
 
+def test_default_voxel_solver_is_os_tv_and_adam_options_say_how_to_get_adam(case):
+    cams, proj = case
+    res = reconstruct(proj, cams, "voxel", grid=8, iterations=2, renderer="trilinear")
+    assert res.history.passes_done == 2  # an OSTVHistory: passes, not Adam steps
+    with pytest.raises(ValueError, match=r"options lr belong to the 'adam' voxel solver; drop them or set options\['solver'\] = 'adam'"):
+        reconstruct(proj, cams, "voxel", grid=8, options={"lr": 0.1})
+
+
 def test_voxel_cancel_returns_best_so_far(case):
     cams, proj = case
     seen = []
@@ -110,7 +118,7 @@ def test_voxel_cancel_returns_best_so_far(case):
         seen.append(p.fraction)
         return len(seen) < 2
 
-    res = reconstruct(proj, cams, "voxel", grid=10, iterations=50, renderer="trilinear", progress=stop, options={"report_every": 2, "rays_per_view": 50})
+    res = reconstruct(proj, cams, "voxel", grid=10, iterations=50, renderer="trilinear", progress=stop, options={"report_every": 2, "rays_per_view": 50, "solver": "adam"})
     assert res.cancelled and len(res.history.data) < 50
     assert torch.isfinite(res.volume.data).all() and float(res.volume.data.max()) > 0.005
     assert all(0 <= f <= 1 for f in seen)

@@ -71,8 +71,8 @@ def test_stack_json_voxel_hu_uncertainty(data, capsys):
     d, *_ = data
     out, unc = str(d / "vox.nii.gz"), str(d / "unc.nrrd")
     rc = main(["reconstruct", "--projections", str(d / "pj.mha"), "--geometry", str(d / "g.json"), "--out", out, "--grid", "12",
-               "--method", "voxel", "--iterations", "8", "--renderer", "trilinear", "--rays-per-view", "100", "--units", "hu",
-               "--uncertainty", unc, "--ensemble-size", "2", "--quiet"])
+               "--method", "voxel", "--iterations", "8", "--renderer", "trilinear", "--units", "hu",
+               "--uncertainty", unc, "--ensemble-size", "2", "--quiet"])  # the default voxel solver: os-tv, 8 passes
     assert rc == 0, capsys.readouterr().err
     v, u = load_volume(out, units="hu"), load_volume(unc, units="hu")
     assert float(v.data.min()) < -500 and float(v.data.max()) > 0  # air and the water-like body in HU
@@ -128,7 +128,7 @@ def test_ctrl_c_writes_best_so_far(data, capsys, monkeypatch):
     monkeypatch.setattr(cli_recon, "_Interrupt", SoonInterrupted)
     out = str(d / "stopped.nii.gz")
     rc = main(["reconstruct", "--projections", str(d / "pj.mha"), "--geometry", str(d / "g.json"), "--out", out, "--grid", "12",
-               "--method", "voxel", "--iterations", "200", "--renderer", "trilinear", "--rays-per-view", "50"])
+               "--method", "voxel", "--iterations", "200", "--renderer", "trilinear"])
     err = capsys.readouterr().err
     assert rc == 0 and "stopped early; wrote the best volume so far" in err
     assert float(load_volume(out).data.max()) > 0.005
@@ -148,8 +148,10 @@ def test_ctrl_c_writes_best_so_far(data, capsys, monkeypatch):
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--reference", "{d}/far.nii.gz"], "does not contain the centre"),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "os-tv", "--lr", "0.1"],
          "--lr apply to --solver adam only"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--subsets", "4"], "--subsets applies to --method voxel --solver os-tv"),
+        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "adam", "--subsets", "4"], "--subsets applies to --method voxel --solver os-tv"),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--solver", "os-tv"], "--solver applies to --method voxel"),
+        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--rays-per-view", "50"],
+         "(the default voxel solver); add --solver adam to use them"),
     ],
 )
 def test_bad_inputs(data, capsys, args, message):

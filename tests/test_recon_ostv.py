@@ -297,7 +297,7 @@ def test_solver_options_are_checked(case):
     with pytest.raises(ValueError, match="belong to the 'adam' voxel solver"):
         reconstruct(clean, cams, "voxel", volume=like, options={"solver": "os-tv", "lr": 0.1})
     with pytest.raises(ValueError, match="belong to the 'os-tv' voxel solver"):
-        reconstruct(clean, cams, "voxel", volume=like, options={"subsets": 4})
+        reconstruct(clean, cams, "voxel", volume=like, options={"solver": "adam", "subsets": 4})
     with pytest.raises(ValueError, match="unknown voxel solver 'cg'"):
         reconstruct(clean, cams, "voxel", volume=like, options={"solver": "cg"})
     with pytest.raises(ValueError, match="relaxation must be in"):
@@ -315,7 +315,8 @@ def test_solver_options_are_checked(case):
 
 
 def test_cli_os_tv_flags():
-    """--backprojector and --coarse-passes reach the os-tv options, and are refused without --solver os-tv."""
+    """--backprojector and --coarse-passes reach the os-tv options (the default voxel solver), and are refused
+    with --solver adam."""
     import argparse
 
     from XRayNeRFLib import cli_recon
@@ -325,7 +326,8 @@ def test_cli_os_tv_flags():
     base = ["reconstruct", "--projections", "p.mha", "--geometry", "g.json", "--out", "o.nrrd", "--method", "voxel"]
     opts = cli_recon._options(top.parse_args(base + ["--solver", "os-tv", "--backprojector", "matched", "--coarse-passes", "2"]))
     assert opts["backprojector"] == "matched" and opts["coarse_passes"] == 2 and opts["solver"] == "os-tv"
+    assert cli_recon._options(top.parse_args(base + ["--backprojector", "voxel"]))["backprojector"] == "voxel"  # os-tv by default
     with pytest.raises(ValueError, match="--backprojector applies to --method voxel --solver os-tv"):
-        cli_recon._options(top.parse_args(base + ["--backprojector", "voxel"]))
+        cli_recon._options(top.parse_args(base + ["--solver", "adam", "--backprojector", "voxel"]))
     with pytest.raises(ValueError, match="--coarse-passes applies to --method voxel --solver os-tv"):
         cli_recon._options(top.parse_args(base + ["--solver", "adam", "--coarse-passes", "1"]))

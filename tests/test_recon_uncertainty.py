@@ -74,11 +74,21 @@ def test_voxel_uncertainty_tracks_error(grid24):
     cams = orbit(16)
     res = reconstruct(
         analytic_projections(cams), cams, "voxel", volume=like, uncertainty=True, iterations=30, renderer="trilinear",
-        options={"rays_per_view": 300, "tv_weight": 0.1},
+        options={"solver": "adam", "rays_per_view": 300, "tv_weight": 0.1},
     )
     rho = spearman(res.uncertainty.data, (res.volume.data - gt).abs())
     assert rho > 0.6, rho
     assert res.history is not None and len(res.history.data) == 30
+
+
+def test_os_tv_uncertainty_tracks_error(grid24):
+    """The default voxel solver (os-tv, deterministic): the spread over view subsets alone tracks the error."""
+    like, gt = grid24
+    cams = orbit(16)
+    res = reconstruct(analytic_projections(cams), cams, "voxel", volume=like, uncertainty=True, iterations=6, renderer="trilinear")
+    rho = spearman(res.uncertainty.data, (res.volume.data - gt).abs())
+    assert rho > 0.6, rho
+    assert res.history is not None and res.history.passes_done == 6
 
 
 def test_ensemble_uses_subsets_seeds_and_stops():

@@ -44,7 +44,7 @@ _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_w
 _OSTV_KEYS = ("subsets", "relaxation", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass", "max_memory_mb")
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
-DEFAULT_VOXEL_SOLVER = "adam"  # iterations mean Adam steps (300) for it; os-tv counts passes (6)
+DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (6) for it; Adam steps (300) for "adam"
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
 
@@ -113,9 +113,9 @@ def reconstruct(
     cameras: the V views. method: "fdk" | "voxel" | "nerf".
     volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
         ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
-    renderer: "siddon" | "trilinear" (iterative methods). iterations: Adam steps (default: the
-        method's: 300 Adam steps for voxel's "adam" solver; for voxel's "os-tv" solver: passes over all
-        views, default 6). units: "mu" (1/mm) or "hu".
+    renderer: "siddon" | "trilinear" (iterative methods). iterations: default the method's: for voxel's
+        "os-tv" solver (the default) passes over all views, 6; for voxel's "adam" solver and for nerf,
+        Adam steps (300). units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
         reconstructed without a different random 1/ensemble_size of the views and with seed + m; the
         returned volume is then the members' mean (cost: ensemble_size reconstructions).
@@ -124,7 +124,7 @@ def reconstruct(
     progress: ``Progress`` callback; returning False stops: the iterative methods return the best so
         far (``cancelled``), FDK raises :class:`progress.Cancelled` (a partial FDK is meaningless).
     options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
-        max_memory_mb; voxel: solver ("adam" (default) | "os-tv"), init ("fdk" | "zeros"), tv_weight,
+        max_memory_mb; voxel: solver ("os-tv" (default) | "adam"), init ("fdk" | "zeros"), tv_weight,
         report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
         - solver "os-tv" (:mod:`ostv`): subsets (30), relaxation (1.0), tv_weight (beta, 0.0015),
           tv_inner (FGP iterations per TV step, 3), tv_steps_per_pass (2), statistical_weights (False:
