@@ -944,7 +944,8 @@ def main() -> None:
     extra["tune_case"] = tcase["name"]
     now = lambda: f"{datetime.datetime.now().isoformat(timespec='seconds')} (load {', '.join(f'{x:.2f}' for x in os.getloadavg())})"  # noqa: E731
     if args.resume or args.reuse_tuning or args.retune:
-        if (work / "results.json").exists() or not args.retune:
+        fresh = args.retune and not (work / "results.json").exists()
+        if not fresh:
             with open(work / "results.json") as f:
                 saved = json.load(f)
         else:  # --retune before any results.json: start from an empty sweep
@@ -956,7 +957,7 @@ def main() -> None:
             t_start -= saved.get("elapsed_s", 0.0)
             extra["notes"].append(f"--resume at {now()}: cases {', '.join(results) or '(none)'} and the tuning come from the run started {info['started']} "
                                   f"({' '.join(saved.get('argv', []))}); the later cases ran then" + (f"; --rerun {args.rerun!r} re-ran the matching methods of the kept cases" if args.rerun else ""))
-        else:
+        elif not fresh:
             extra["notes"].append(f"tuning reused from the run started {saved['info']['started']}")
         if args.retune:
             only = [x.strip() for x in args.retune.split(",") if x.strip()]
@@ -968,7 +969,8 @@ def main() -> None:
             kept = [r for r in tune_rows if r.get("section", tune_section(r["method"])) not in only]
             tune_rows = sorted(kept + new_rows, key=lambda r: TUNE_SECTIONS.index(r.get("section", tune_section(r["method"]))))
             tuned.update(new_tuned)
-            extra["notes"].append(f"--retune {','.join(only)} at {now()}: these sections of the sweep re-ran then; the others come from the run started {saved['info']['started']}")
+            extra["notes"].append(f"--retune {','.join(only)} at {now()}: these sections of the sweep ran then" +
+                                  ("" if fresh else f"; the others come from the run started {saved['info']['started']}"))
     else:
         tuned, tune_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log, reuse_sweep=args.reuse_sweep)
     n_cached = sum("reused sweep point" in r["note"] for r in tune_rows)
