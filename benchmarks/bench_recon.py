@@ -157,7 +157,7 @@ def run_ours(case: dict, label: str, method: str, params: dict, *, threads: int,
         raise RuntimeError(f"{label} on {case['name']} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     with open(cfg["report"]) as f:
         report = json.load(f)
-    report["other_cores"] = ol.cores
+    report["other_cores"], report["own_cores"] = ol.cores, ol.own_cores
     return np.load(out), report
 
 
@@ -177,7 +177,7 @@ def run_rtk(case: dict, label: str, params: dict, *, threads: int, curve: bool =
     with OtherLoad() as ol:
         paths, report = run_rtk_reconstructions(proj, cams, like, [dict(params, label=label)], str(wdir), threads=threads, timeout_s=timeout_s, load=False, **kw)
     mu = sitk.GetArrayFromImage(sitk.ReadImage(paths[label], sitk.sitkFloat32))
-    return mu, dict(report[label], other_cores=ol.cores)
+    return mu, dict(report[label], other_cores=ol.cores, own_cores=ol.own_cores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +435,7 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
     out = {}
     jobs = [(label, "rtk", p["name"], p) for label, p in rtk.items()] + [(label, "ours", m, p) for label, (m, p) in ours.items()]
     for label, kind, method, params in jobs:
-        secs, peaks, curve, mu, others = [], [], None, None, []
+        secs, peaks, curve, mu, others, owns = [], [], None, None, [], []
         try:
             for r in range(repeats):
                 if kind == "ours":
@@ -446,6 +446,7 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
                 secs.append(rep["seconds"])
                 peaks.append(rep["peak_rss_mb"])
                 others.append(rep.get("other_cores"))
+                owns.append(rep.get("own_cores"))
                 curve = curve if curve is not None else rep.get("curve", [])
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             log(f"  {label}: FAILED {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
@@ -453,7 +454,7 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
             continue
         m = metrics(torch.from_numpy(mu), gt)
         out[label] = dict(m, seconds=float(np.median(secs)), seconds_all=secs, peak_rss_mb=max(peaks), curve=curve, params=params, kind=kind,
-                          other_cores_all=others, ran=datetime.datetime.now().isoformat(timespec="seconds"))
+                          other_cores_all=others, own_cores_all=owns, ran=datetime.datetime.now().isoformat(timespec="seconds"))
         log(f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, {np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB, "
             f"other load {_fmt_other(others)}")
     return out
@@ -720,7 +721,7 @@ NOTES = [
 ]
 
 # notes that a run adds to results.json (the rest of the Notes are NOTES and generated at write time)
-RUN_NOTE_PREFIXES = ("--", "tuning reused", "XRayNeRFLib.recon.nerf is not", "the shipped MCI", "256^3", "uncertainty")
+RUN_NOTE_PREFIXES = ("--", "tuning reused", "XRayNeRFLib.recon.nerf is not", "the shipped MCI", "256^3", "uncertainty", "This run")
 
 
 def default_solver_note() -> str:
@@ -974,7 +975,8 @@ def main() -> None:
     else:
         tuned, tune_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log, reuse_sweep=args.reuse_sweep)
     n_cached = sum("reused sweep point" in r["note"] for r in tune_rows)
-    if n_cached and not any(n.startswith("--reuse-sweep") for n in extra["notes"]):
+    extra["notes"] = [n for n in extra["notes"] if not n.startswith("--reuse-sweep")]
+    if n_cached:
         extra["notes"].append(f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning case with the same "
                               "parameters (their rows say when they ran; their PSNR/SSIM are recomputed, their times are those measured then)")
     log(f"tuned: {tuned}")

@@ -75,15 +75,17 @@ class OtherLoad:
         return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
     def __enter__(self):
-        self.cores = None
+        self.cores = self.own_cores = None
         self._t, self._busy, self._own = time.perf_counter(), self._busy_s(), self._own_s()
         return self
 
     def __exit__(self, *exc):
         busy = self._busy_s()
         wall = time.perf_counter() - self._t
+        own = self._own_s() - self._own
+        self.own_cores = own / wall if wall > 0 else None  # this process and its children (e.g. how many cores a worker kept busy)
         if busy is not None and self._busy is not None and wall > 0:
-            self.cores = max(0.0, (busy - self._busy - (self._own_s() - self._own)) / wall)
+            self.cores = max(0.0, (busy - self._busy - own) / wall)
         return False
 
 
