@@ -641,7 +641,8 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
             L.append(f"| {label} | {r['method']} | {r['spearman_body']:.3f} | {r['pearson_body']:.3f} | {r['mae_top10pct_uncertain_per_mm'] * 1e3:.3f} | "
                      f"{r['mae_other90pct_per_mm'] * 1e3:.3f} | {r['mae_top10pct_uncertain_per_mm'] / r['mae_other90pct_per_mm']:.2f} | {r['ensemble_mean_psnr_db']:.2f} | "
                      f"{r['ensemble_mean_ssim']:.3f} | {r['seconds']:.1f} | {_fmt_other([r.get('other_cores')])} |")
-    notes = list(NOTES) + sweep_edge_notes(tune_rows, tuned) + [default_solver_note()] + list(extra.get("notes", []))
+    tviews = re.search(r"_(\d+)v_", extra.get("tune_case", ""))
+    notes = list(NOTES) + sweep_edge_notes(tune_rows, tuned, int(tviews.group(1)) if tviews else 0) + [default_solver_note()] + list(extra.get("notes", []))
     L += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path.write_text("\n".join(L) + "\n")
 
@@ -734,7 +735,7 @@ def default_solver_note() -> str:
             "was written); every voxel row here names its solver explicitly.")
 
 
-def sweep_edge_notes(rows: list, tuned: dict) -> list:
+def sweep_edge_notes(rows: list, tuned: dict, n_views: int = 0) -> list:
     """One note saying, per method, whether the chosen setting lies inside the swept range or on its edge
     (where a wider sweep might have gained), generated from the sweep rows."""
     def sec(name):
@@ -769,9 +770,13 @@ def sweep_edge_notes(rows: list, tuned: dict) -> list:
         g = gain(chosen[0].get("curve_psnr_db"), 10) if chosen else None
         txt = f"RTK ADMM-TV: best alpha {a}{edge(a, [r['params']['alpha'] for r in admm])}, beta {tuned['admm_beta']}, {al} AL iterations"
         if al == max(same_alpha):
-            txt += (f" = its longest run at that alpha (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))})"
-                    + (f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count)" if g is not None else "")
-                    + ": RTK's best PSNR here is a lower bound of what longer ADMM-TV runs reach")
+            txt += f" = its longest run at that alpha (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))})"
+            if g is not None and g < 0.005:
+                txt += (f", on a plateau: {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count), "
+                        "so longer runs would add little")
+            else:
+                txt += ((f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count)" if g is not None else "")
+                        + ": RTK's best PSNR here is a lower bound of what longer ADMM-TV runs reach")
         else:
             txt += f" (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))}: inside)"
         parts.append(txt)
@@ -783,7 +788,9 @@ def sweep_edge_notes(rows: list, tuned: dict) -> list:
         b = max(ostv, key=lambda r: r["best_psnr_db"])
         g = gain(b.get("curve_psnr_db"), 3)
         txt = (f"ours OS-TV: best tv_weight {b['params']['tv_weight']}{edge(b['params']['tv_weight'], [r['params']['tv_weight'] for r in ostv])}, subsets "
-               f"{b['params']['subsets']}{edge(b['params']['subsets'], [r['params']['subsets'] for r in ostv])}, at pass {b['best_iteration']} of {b['max_iterations']}")
+               f"{b['params']['subsets']}{edge(b['params']['subsets'], [r['params']['subsets'] for r in ostv])}"
+               + (" (= the tuning case's view count: one view per subset, the most there can be)" if b["params"]["subsets"] == n_views else "")
+               + f", at pass {b['best_iteration']} of {b['max_iterations']}")
         if b["best_iteration"] == b["max_iterations"]:
             txt += " (the run's last" + (f", still gaining {g:.3f} dB per pass over the last 3" if g is not None else "") + ")"
         parts.append(txt)
