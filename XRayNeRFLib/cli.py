@@ -257,21 +257,14 @@ def run_drr(args) -> int:
 
     from .geometry_io import load_geometry, rtk_default_origin_mm, rtk_layout_from_ours
     from .projections_io import save_projection_stack, stack_extension
+    from .cli_inputs import check_output_file
     from .render import beer_lambert, render
 
     t0 = time.monotonic()
     _check_drr_options(args)
     stack_extension(args.out)
+    check_output_file(args.out, "--out", "projections.mha")
     out_dir = os.path.dirname(os.path.abspath(args.out))
-    existing = out_dir
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"cannot create output directory {out_dir!r}: {existing!r} is a file")
-    if not os.access(existing, os.W_OK):
-        raise ValueError(f"cannot write to {existing!r} (permission denied); choose another --out")
-    if os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out!r} is a directory; give a file name such as {os.path.join(args.out, 'projections.mha')}")
     device = _device(args.device)
     is_rtk = args.geometry.lower().endswith(".xml")
 

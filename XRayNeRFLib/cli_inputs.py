@@ -30,6 +30,22 @@ EXIT_OK = 0
 EXIT_ERROR = 2
 
 
+def check_output_file(path: str, flag: str, example: str) -> None:
+    """Refuse an output path that cannot be written: a file where a directory must be, no write permission,
+    or a directory given as the file (``example``: a file name to suggest). Missing directories are fine:
+    the commands create them once the result is ready."""
+    out_dir = os.path.dirname(os.path.abspath(path))
+    existing = out_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"cannot create output directory {out_dir!r}: {existing!r} is a file")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"cannot write to {existing!r} (permission denied); choose another {flag}")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name such as {os.path.join(path, example)}")
+
+
 def _geometry_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("geometry (each value given here wins over the DICOM tag; see docs/dicom.md)")
     g.add_argument("--sdd-mm", type=float, help="source-to-detector distance, mm (Distance Source to Detector (0018,1110))")

@@ -25,7 +25,7 @@ import time
 import warnings
 from typing import List, Optional
 
-from .cli_inputs import _geometry_options, _overrides
+from .cli_inputs import _geometry_options, _overrides, check_output_file
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -125,16 +125,7 @@ def _fail(exc: BaseException) -> int:
 def _check_out(path: str, flag: str) -> None:
     if not path.lower().endswith(VOLUME_EXTENSIONS):
         raise ValueError(f"{flag} {path!r}: use one of {', '.join(VOLUME_EXTENSIONS)}")
-    d = os.path.dirname(os.path.abspath(path))
-    existing = d  # missing directories are created once the result is ready (as `xraynerf drr` does)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"{flag} {path!r}: cannot create directory {d!r}: {existing!r} is a file")
-    if not os.access(existing, os.W_OK):
-        raise ValueError(f"{flag} {path!r}: cannot write to {existing!r} (permission denied); choose another path")
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name such as {os.path.join(path, 'volume.nii.gz')}")
+    check_output_file(path, flag, "volume.nii.gz")  # missing directories are created once the result is ready
 
 
 def _options(args) -> dict:
