@@ -102,6 +102,89 @@ def test_gradient_reaches_the_eight_corners_with_trilinear_weights():
     assert float(f.table.grad[1].abs().sum()) == 0.0  # the second feature channel was not used
 
 
+def reference_encode(f: HashGridField, points: torch.Tensor) -> torch.Tensor:
+    """The encoding written out plainly: per level and corner, advanced indexing of the table and the
+    trilinear weight (what hashgrid.encode / encode_grid compute with one gather / interpolation matrices)."""
+    p = points.to(f.table.dtype).clamp(0.0, 1.0)
+    feats = []
+    for level, r in enumerate(f.res):
+        u = p * r
+        i0 = u.floor().clamp(0, r - 1)
+        w = u - i0
+        i0 = i0.long()
+        acc = 0.0
+        for dx in (0, 1):
+            for dy in (0, 1):
+                for dz in (0, 1):
+                    rows = f._vertex_rows(level, i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz)
+                    wt = (w[:, 0] if dx else 1 - w[:, 0]) * (w[:, 1] if dy else 1 - w[:, 1]) * (w[:, 2] if dz else 1 - w[:, 2])
+                    acc = acc + wt[None, :] * f.table[:, rows]
+        feats.append(acc)
+    return torch.cat(feats, dim=0)
+
+
+def table_grad(f: HashGridField, fn) -> torch.Tensor:
+    f.table.grad = None
+    fn().backward()
+    return f.table.grad.clone()
+
+
+@pytest.mark.parametrize("log2", [8, 14])  # two hashed levels (collisions: rows hit by many points) / all dense
+def test_encodings_and_table_gradients_equal_the_reference(log2):
+    f = small_field(seed=4, log2_table_size=log2)
+    assert all(f.dense) == (log2 == 14)
+    gen = torch.Generator().manual_seed(5)
+    pts = torch.rand(300, 3, generator=gen, dtype=torch.float64)
+    weights = torch.randn(f.config.feature_dim, 300, generator=gen)
+    ref = reference_encode(f, pts)
+    torch.testing.assert_close(f.encode(pts), ref, rtol=1e-6, atol=1e-6)  # float32 features of order 1
+    g_ref = table_grad(f, lambda: (reference_encode(f, pts) * weights).sum())
+    g_new = table_grad(f, lambda: (f.encode(pts) * weights).sum())
+    assert float(g_ref.abs().max()) > 0.1
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-5, atol=1e-6)
+    # the separable grid path: same values and the same (exactly linear) table gradient as the points
+    axes = (torch.linspace(0.0, 0.7, 5), torch.linspace(0.05, 1.0, 7), torch.linspace(0.2, 0.9, 6))
+    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
+    grid_pts = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
+    plan = f.plan_grid(axes)
+    gw = torch.randn(f.config.feature_dim, 5, 7, 6, generator=gen)
+    on_grid = f.encode_grid(plan)
+    torch.testing.assert_close(on_grid, reference_encode(f, grid_pts).reshape(-1, 5, 7, 6), rtol=1e-5, atol=1e-6)
+    g_grid = table_grad(f, lambda: (f.encode_grid(plan) * gw).sum())
+    g_pts = table_grad(f, lambda: (reference_encode(f, grid_pts) * gw.reshape(-1, 5 * 7 * 6)).sum())
+    torch.testing.assert_close(g_grid, g_pts, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize,hidden_layers", [(True, 1), (False, 1), (True, 2), (False, 0)])
+def test_fused_head_equals_autograd_reference(monkeypatch, normalize, hidden_layers):
+    from XRayNeRFLib.recon import hashgrid
+
+    monkeypatch.setattr(hashgrid, "HEAD_CHUNK", 64)  # several blocks and a partial last one
+    f = small_field(seed=6, normalize=normalize, hidden_layers=hidden_layers).double()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    gen = torch.Generator().manual_seed(7)
+    feats = torch.randn(f.config.feature_dim, 200, generator=gen, dtype=torch.float64, requires_grad=True)
+    g_out = torch.randn(200, generator=gen, dtype=torch.float64)
+    grads = []
+    for head in (f.head_reference, f.head):
+        f.zero_grad()
+        feats.grad = None
+        out = head(feats)
+        (out * g_out).sum().backward()
+        grads.append((out.detach(), feats.grad.clone(), [p.grad.clone() for p in f.head_params()]))
+    (ref, gx_ref, gp_ref), (new, gx_new, gp_new) = grads
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(gx_new, gx_ref, rtol=1e-10, atol=1e-13)
+    for a, b in zip(gp_new, gp_ref):
+        assert float(b.abs().max()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    # and against finite differences (the reference could share a mistake)
+    small = feats.detach()[:, :70].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, *ps: hashgrid._FusedHead.apply(normalize, 64, x, *ps), (small, *f.head_params()))
+
+
 def test_layernorm_switch():
     on, off = small_field(normalize=True), small_field(normalize=False)
     with torch.no_grad():

@@ -67,7 +67,8 @@ class NerfSettings:
     ``init_steps`` Adam steps at ``init_lr`` of the squared error on ``init_points`` random voxels a step
     (no rendering, cheap), the field's counterpart of the voxel method's FDK start; "none": start from
     the initial field.
-    chunk_points: MLP evaluation chunk (bounds memory; checkpointed under autograd).
+    chunk_points: points per chunk of the point-wise evaluation (:meth:`HashGridField.forward`, bounds
+    memory); the grid evaluation's fused head works in cache-sized blocks (hashgrid.HEAD_CHUNK) anyway.
     """
 
     iterations: int = 300
@@ -190,7 +191,10 @@ def distill(field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, l
     tgt = (target.detach().to(torch.float32) / MU_SCALE).reshape(-1)
     dev = field.table.device
     z, y, x = (a.to(dev, torch.float32) for a in axes_zyx)
-    opt = torch.optim.Adam(field.parameters(), lr=lr)
+    # the fused Adam (one pass over the parameters) is ~8x cheaper than the multi-tensor one on the field's
+    # millions of table entries and equal to rounding; on devices without it the default
+    fused = True if dev.type in ("cpu", "cuda") else None
+    opt = torch.optim.Adam(field.parameters(), lr=lr, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * min(s, steps) / max(steps, 1))
     n = min(int(points), tgt.numel())
     for step in range(steps):
