@@ -227,7 +227,7 @@ def test_one_subset_no_tv_is_sart(case):
     x1 = A^T (p / A1) / A^T 1 (where A^T 1 > 0), computed here independently from the renderer's adjoint."""
     cams, clean, _, like, _ = case
     x0 = torch.zeros(like.data.shape)
-    out, _ = reconstruct_ostv(clean, cams, like, x0, OSTVSettings(passes=1, subsets=1, tv_weight=0.0, backprojector="matched", coarse_passes=0, momentum=False))
+    out, _ = reconstruct_ostv(clean, cams, like, x0, OSTVSettings(passes=1, subsets=1, tv_weight=0.0, relaxation=1.0, backprojector="matched", coarse_passes=0, momentum=False))
     x = x0.clone().requires_grad_(True)
     y = render(Volume(x, like.ras_from_ijk, "mu"), cams, method="trilinear")
     ray_len = render(Volume(torch.ones_like(x0), like.ras_from_ijk, "mu"), cams, method="trilinear")
@@ -331,3 +331,31 @@ def test_cli_os_tv_flags():
         cli_recon._options(top.parse_args(base + ["--solver", "adam", "--backprojector", "voxel"]))
     with pytest.raises(ValueError, match="--coarse-passes applies to --method voxel --solver os-tv"):
         cli_recon._options(top.parse_args(base + ["--solver", "adam", "--coarse-passes", "1"]))
+
+
+def test_default_passes_scale_with_views(case):
+    """Without an explicit pass count the solver spends about the same number of one-view updates
+    whatever the view count (a pass costs about its views), with a floor: 8 passes at 30 views, 24 at 10."""
+    from XRayNeRFLib.recon.ostv import MIN_DEFAULT_PASSES, default_passes
+
+    assert default_passes(30) == 8 and default_passes(10) == 24 and default_passes(20) == 12
+    assert default_passes(200) == MIN_DEFAULT_PASSES and default_passes(1) >= 24
+    cams, clean, _, like, _ = case
+    res = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", options={"solver": "os-tv"})
+    assert res.history.passes_done == default_passes(len(cams))
+    res3 = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options={"solver": "os-tv"})
+    assert res3.history.passes_done == 3
+
+
+def test_api_passes_relaxation_decay_and_cache_size(case):
+    """relaxation_decay and bp_cache_mb reach the solver through api.reconstruct: a huge decay freezes
+    the iterate after the first pass; the cache size changes the time, not the result."""
+    cams, clean, _, like, _ = case
+    opts = {"solver": "os-tv", "subsets": 4}
+    one = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=1, options=opts).volume.data
+    frozen = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=dict(opts, relaxation_decay=1e7)).volume.data
+    free = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=opts).volume.data
+    assert float((frozen - one).abs().max()) < 1e-5 * float(one.abs().max())
+    assert float((free - one).abs().max()) > 1e-3 * float(one.abs().max())
+    uncached = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=dict(opts, bp_cache_mb=0)).volume.data
+    assert torch.allclose(uncached, free, atol=1e-6)

@@ -41,10 +41,11 @@ METHODS = ("fdk", "voxel", "nerf")
 COMMON_OPTIONS = ("energy_kev",)
 FDK_OPTIONS = ("window", "short_scan", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
-_OSTV_KEYS = ("subsets", "relaxation", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass", "max_memory_mb")
+_OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass",
+              "bp_cache_mb", "max_memory_mb")
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
-DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (6) for it; Adam steps (300) for "adam"
+DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (ostv.default_passes: 8 at 30 views) for it; Adam steps (300) for "adam"
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
 
@@ -114,7 +115,7 @@ def reconstruct(
     volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
         ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
     renderer: "siddon" | "trilinear" (iterative methods). iterations: default the method's: for voxel's
-        "os-tv" solver (the default) passes over all views, 6; for voxel's "adam" solver and for nerf,
+        "os-tv" solver (the default) passes over all views, ostv.default_passes (8 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
         Adam steps (300). units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
         reconstructed without a different random 1/ensemble_size of the views and with seed + m; the
@@ -126,10 +127,10 @@ def reconstruct(
     options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
         max_memory_mb; voxel: solver ("os-tv" (default) | "adam"), init ("fdk" | "zeros"), tv_weight,
         report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
-        - solver "os-tv" (:mod:`ostv`): subsets (30), relaxation (1.0), tv_weight (beta, 0.0015),
-          tv_inner (FGP iterations per TV step, 3), tv_steps_per_pass (2), statistical_weights (False:
+        - solver "os-tv" (:mod:`ostv`): subsets (30), relaxation (1.4), tv_weight (beta, 0.00075),
+          tv_inner (FGP iterations per TV step, 3), tv_steps_per_pass (1), statistical_weights (False:
           w = exp(-p) when True), momentum (True), backprojector ("voxel" | "matched"), coarse_passes (0),
-          relaxation_decay (0), max_memory_mb (renderer chunk bound, 1024);
+          relaxation_decay (0), bp_cache_mb (back projector cache, 1024), max_memory_mb (renderer chunk bound, 1024);
         - solver "adam" (:mod:`optimise`): lr, tv_weight (1.0), rays_per_view, learned_weights,
           final_lr_fraction, positivity ("softplus" | "sigmoid"), coarse_to_fine;
         options of the other solver raise ValueError; nerf: the same fit settings and any ``NerfSettings`` field

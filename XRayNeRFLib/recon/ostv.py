@@ -69,13 +69,15 @@ from ..volume import Volume
 from .backproject import VoxelBackprojector
 
 BACKPROJECTORS = ("voxel", "matched")
+DEFAULT_VIEW_UPDATES = 240  # default passes x views (see default_passes)
+MIN_DEFAULT_PASSES = 6
 
-__all__ = ["OSTVSettings", "coarse_grid", "OSTVHistory", "reconstruct_ostv", "tv_prox", "subset_order", "isotropic_tv"]
+__all__ = ["OSTVSettings", "default_passes", "coarse_grid", "OSTVHistory", "reconstruct_ostv", "tv_prox", "subset_order", "isotropic_tv"]
 
 
 @dataclass
 class OSTVSettings:
-    """passes: passes over all views on the output grid; subsets: ordered subsets per pass (clamped to
+    """passes: passes over all views on the output grid (None: :func:`default_passes`); subsets: ordered subsets per pass (clamped to
     the view count: 30 gives one view per subset at 30 views); relaxation: lambda of the subset step
     (0 < lambda < 2; 1 is plain SART); relaxation_decay: lambda / (1 + decay * pass); tv_weight: beta
     (0: no TV, plain OS-SART); tv_inner: FGP iterations per TV proximal step; tv_steps_per_pass: TV
@@ -90,23 +92,25 @@ class OSTVSettings:
     wall time so far without the callbacks; ``mu`` (K, J, I) float32 1/mm, detached).
 
     Defaults (chosen on the benchmark's tuning case, chest CT 128^3, 30 noisy views of 192 x 160 px, see
-    docs/reconstruction.md): the best setting found whose wall time, FDK start included, is about 2x
-    RTK SART's (the budget: ~14 s on a quiet 2-core machine, 2 threads; measured 0.47x the CPU time of
-    the previous defaults, which took 26.2 s there, so ~12.3 s; 7 passes ~13.4 s): 6 passes of 30 one-view subsets with
-    momentum, voxel back projection, two TV steps of 3 FGP iterations per pass, beta 0.0015: 34.64 dB /
-    SSIM 0.916 (RTK ADMM-TV 34.41 / 0.912). More passes keep improving (8: +0.4 dB); with time to spare,
-    about 20 passes at beta 0.0007 reach 35.84 dB / 0.938 on the same case."""
+    docs/reconstruction.md; 2026-12-06, one thread on a shared machine, PSNR at 8 / 12 / 16 passes): 30
+    one-view subsets with momentum, voxel back projection, relaxation 1.4, one TV step of 3 FGP iterations
+    per pass, beta 0.00075: 35.35 / 35.77 / 35.89 dB (the previous defaults, relaxation 1.0, two TV steps,
+    beta 0.0015: 34.43 dB at 6 passes; relaxation 1.0 with these: 34.96 / 35.57 / 35.80 dB). ``passes``
+    None: :func:`default_passes` (8 at 30 views, 24 at 10: about the same time, a pass costs about its view
+    count). Relaxation 1.8 is faster early (35.56 dB at 8 passes) but not stable: at 10 views it peaked at
+    30.26 dB (14 passes) and fell to 24.6 dB by 48 passes; 1.4 peaked at 30.74 dB (30-40 passes) and held
+    30.63 dB at 60; at 30 views 1.4 held 35.85 dB at 40 passes."""
 
-    passes: int = 6
+    passes: Optional[int] = None
     subsets: int = 30
-    relaxation: float = 1.0
-    tv_weight: float = 0.0015
+    relaxation: float = 1.4
+    tv_weight: float = 0.00075
     tv_inner: int = 3
     statistical_weights: bool = False
     momentum: bool = True
     backprojector: str = "voxel"
     coarse_passes: int = 0
-    tv_steps_per_pass: int = 2
+    tv_steps_per_pass: int = 1
     relaxation_decay: float = 0.0
     bp_cache_mb: float = 1024.0
     renderer: str = "trilinear"
@@ -127,6 +131,12 @@ class OSTVHistory:
     cancelled: bool = False
     passes_done: int = 0
     best_step: int = -1
+
+
+def default_passes(n_views: int) -> int:
+    """Passes when ``OSTVSettings.passes`` is None: about DEFAULT_VIEW_UPDATES one-view updates in all
+    (a pass costs about its view count), at least MIN_DEFAULT_PASSES: 8 passes at 30 views, 24 at 10."""
+    return max(MIN_DEFAULT_PASSES, math.ceil(DEFAULT_VIEW_UPDATES / max(1, int(n_views))))
 
 
 def subset_order(n_subsets: int) -> List[int]:
@@ -384,7 +394,7 @@ def reconstruct_ostv(
     settings or non-finite projections.
     """
     s = settings if settings is not None else OSTVSettings()
-    if s.passes < 1:
+    if s.passes is not None and s.passes < 1:
         raise ValueError(f"passes (iterations) must be >= 1, got {s.passes}")
     if s.coarse_passes < 0:
         raise ValueError(f"coarse_passes must be >= 0, got {s.coarse_passes}")
@@ -412,6 +422,7 @@ def reconstruct_ostv(
         raise RuntimeError("the initial volume (FDK) is not finite; check the projections and the geometry")
     cams = cameras.to(dtype=torch.float32)
     n_views = p.shape[0]
+    passes = int(s.passes) if s.passes is not None else default_passes(n_views)
     n_sub = min(int(s.subsets), n_views)
     order = subset_order(n_sub)
     n_tv = max(1, min(int(s.tv_steps_per_pass), n_sub))
@@ -422,7 +433,7 @@ def reconstruct_ostv(
     hist = OSTVHistory()
     snap = s.on_snapshot if s.snapshot_every > 0 and s.on_snapshot is not None else None
     t0, t_snap = time.perf_counter(), 0.0
-    total_passes = (s.coarse_passes if coarse else 0) + s.passes
+    total_passes = (s.coarse_passes if coarse else 0) + passes
     total_steps = total_passes * n_sub
 
     def snapshot(n_done: int, vol: Tensor) -> None:
@@ -440,7 +451,7 @@ def reconstruct_ostv(
         x_fine0 = x
         x = _downsample(x)
         x_coarse0 = x.clone()
-    plan.append((lambda: _Level(p, cams, like, masks, s, n_sub), s.passes))
+    plan.append((lambda: _Level(p, cams, like, masks, s, n_sub), passes))
 
     def to_fine(xc: Tensor) -> Tensor:
         # the coarse passes' correction, upsampled, is added to the fine start: the fine detail of the start
