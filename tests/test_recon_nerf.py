@@ -182,7 +182,7 @@ def test_fused_head_equals_autograd_reference(monkeypatch, normalize, hidden_lay
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
     # and against finite differences (the reference could share a mistake)
     small = feats.detach()[:, :70].clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, *ps: hashgrid._FusedHead.apply(normalize, 64, x, *ps), (small, *f.head_params()))
+    assert torch.autograd.gradcheck(lambda x, *ps: hashgrid._FusedHead.apply(normalize, 64, True, x, *ps), (small, *f.head_params()))
 
 
 def test_layernorm_switch():
@@ -391,3 +391,23 @@ def test_cancellation_returns_the_volume_so_far(sparse, stop_at):
     assert snaps and all(s[2] == like.data.shape for s in snaps)
     assert [s[0] for s in snaps] == sorted(s[0] for s in snaps)
     assert [s[1] for s in snaps] == sorted(s[1] for s in snaps)
+
+
+def test_coarse_to_fine_follows_one_learning_rate_decay(sparse, monkeypatch):
+    # the fine stage starts at the rate the coarse stage ended with (a fresh start at the full rate knocked
+    # the chest benchmark down by 1.7 dB at the switch), and both stages together decay lr -> lr * final
+    from XRayNeRFLib.recon import nerf
+
+    cams, proj, like, _ = sparse
+    seen, real_fit = [], nerf.fit
+
+    def spy(model, projections, cameras, stage_like, fs, progress=None):
+        seen.append((fs.iterations, fs.lr, fs.lr * fs.final_lr_fraction, stage_like.data.shape))
+        return real_fit(model, projections, cameras, stage_like, fs, progress)
+
+    monkeypatch.setattr(nerf, "fit", spy)
+    reconstruct_nerf(proj, cams, volume=like, settings=quick(iterations=10, lr=0.02, final_lr_fraction=0.1, coarse_to_fine=True, coarse_fraction=0.6))
+    assert [s[0] for s in seen] == [6, 4] and seen[1][3] == like.data.shape and seen[0][3] != like.data.shape
+    lr_at = lambda k: 0.02 * (1.0 - 0.9 * k / 10)  # noqa: E731
+    assert seen[0][1] == pytest.approx(0.02) and seen[0][2] == pytest.approx(lr_at(6))
+    assert seen[1][1] == pytest.approx(lr_at(6)) and seen[1][2] == pytest.approx(0.002)

@@ -128,94 +128,111 @@ def gather_columns(table: Tensor, rows: Tensor) -> Tensor:
     return _GatherColumns.apply(table, rows)
 
 
-HEAD_CHUNK = 1 << 12  # points per block of the fused head: its activations (C + 2 * width floats a point) stay in cache
+HEAD_CHUNK = 1 << 13  # points per block of the fused head: its activations (C + 2 * width floats a point) stay in cache
 
 
-def _head_block_forward(x: Tensor, params: Sequence[Tensor], normalize: bool, keep: bool):
-    """The head on one block x (C, n): returns t (n,) before the softplus and, with ``keep``, what the
-    backward needs (LayerNorm's xhat and rstd, each layer's input)."""
-    saved = {}
-    if normalize:
-        w_n, b_n = params[0], params[1]
-        mean = x.mean(0, keepdim=True)
-        d = x - mean
-        var = (d * d).mean(0, keepdim=True)
-        rstd = torch.rsqrt(var + LAYERNORM_EPS)
-        xhat = d.mul_(rstd)
-        h = torch.addcmul(b_n[:, None], xhat, w_n[:, None])
-        layers = params[2:]
-        if keep:
-            saved["xhat"], saved["rstd"] = xhat, rstd
-    else:
-        h = x
-        layers = params
-    inputs = []
-    n_lin = len(layers) // 2
-    for n in range(n_lin):
+def _layer_norm_block(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(x - mean) / sqrt(var + eps) over the channels of a block x (C, n): xhat (C, n) and rstd (1, n)."""
+    d = x - x.mean(0, keepdim=True)
+    rstd = torch.rsqrt((d * d).mean(0, keepdim=True) + LAYERNORM_EPS)
+    return d.mul_(rstd), rstd
+
+
+def _mlp_block(x: Tensor, layers: Sequence[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+    """t (n,) before the softplus, and each layer's input, for a block x (in, n)."""
+    inputs, h = [], x
+    for n, (w, b) in enumerate(layers):
         inputs.append(h)
-        h = torch.addmm(layers[2 * n + 1][:, None], layers[2 * n], h)
-        if n < n_lin - 1:
+        h = torch.addmm(b[:, None], w, h)
+        if n < len(layers) - 1:
             h = h.relu_()
-    if keep:
-        saved["inputs"] = inputs
-    return h[0], saved
+    return h[0], inputs
 
 
 class _FusedHead(torch.autograd.Function):
     """mu (N,) = MU_SCALE * softplus(MLP(LayerNorm?(feats))) for feats (C, N), evaluated block by block
     (:data:`HEAD_CHUNK` points) so that the activations stay in cache; the backward recomputes each block's
-    activations and applies the hand-written chain rule (the same values as autograd through
-    :meth:`HashGridField.head_reference`, in about a third of the time and without (C, N)-sized temporaries).
+    MLP activations and applies the hand-written chain rule (the same values as autograd through
+    :meth:`HashGridField.head_reference` up to rounding, in about a third of its time and without
+    (C, N)-sized temporaries). The LayerNorm's affine is folded into the first layer (W1 diag(w),
+    b1 + W1 b); with ``keep`` the normalised features (C, N) are kept for the backward in place of feats.
     params: LayerNorm weight and bias (when ``normalize``), then weight, bias of each linear layer."""
 
     @staticmethod
-    def forward(ctx, normalize: bool, chunk: int, feats: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx, normalize: bool, chunk: int, keep: bool, feats: Tensor, *params: Tensor) -> Tensor:
         n = feats.shape[1]
         out = feats.new_empty(n)
+        layers = [(params[i], params[i + 1]) for i in range(2 if normalize else 0, len(params), 2)]
+        if normalize:
+            w1, b1 = layers[0]
+            layers[0] = (w1 * params[0][None, :], torch.addmv(b1, w1, params[1]))
+        blocks = []
         for s in range(0, n, chunk):
-            t, _ = _head_block_forward(feats[:, s : s + chunk], params, normalize, keep=False)
+            x = feats[:, s : s + chunk]
+            if normalize:
+                x, rstd = _layer_norm_block(x)
+                if keep:
+                    blocks.append((x, rstd))
+            t, _ = _mlp_block(x, layers)
             out[s : s + chunk] = F.softplus(t).mul_(MU_SCALE)
-        ctx.normalize, ctx.chunk = normalize, chunk
-        ctx.save_for_backward(feats, *params)
+        ctx.normalize, ctx.chunk, ctx.blocks = normalize, chunk, blocks
+        ctx.save_for_backward(*(params if normalize else (feats, *params)))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        feats, *params = ctx.saved_tensors
         normalize, chunk = ctx.normalize, ctx.chunk
-        need_x = ctx.needs_input_grad[2]
-        gx = torch.empty_like(feats) if need_x else None
-        gp = [torch.zeros_like(p) for p in params]
+        if normalize:
+            params = ctx.saved_tensors
+            blocks = ctx.blocks
+            if not blocks:
+                raise RuntimeError("the fused hash-grid head was evaluated without keep=True and cannot be differentiated")
+            n_points = sum(b[0].shape[1] for b in blocks)
+            c = blocks[0][0].shape[0]
+        else:
+            feats, *params = ctx.saved_tensors
+            n_points, c = feats.shape[1], feats.shape[0]
         first = 2 if normalize else 0
-        n_lin = (len(params) - first) // 2
+        layers = [(params[i], params[i + 1]) for i in range(first, len(params), 2)]
+        if normalize:
+            w1_raw, b1_raw = layers[0]
+            layers[0] = (w1_raw * params[0][None, :], torch.addmv(b1_raw, w1_raw, params[1]))
+        need_x = ctx.needs_input_grad[3]
+        gx = grad.new_empty(c, n_points) if need_x else None
+        g_layers = [[torch.zeros_like(w), torch.zeros_like(b)] for w, b in layers]
         grad = grad.contiguous()
-        for s in range(0, feats.shape[1], chunk):
-            x = feats[:, s : s + chunk]
-            t, saved = _head_block_forward(x, params, normalize, keep=True)
-            g = (grad[s : s + chunk] * MU_SCALE * torch.sigmoid(t))[None, :]  # d mu / d t (softplus' = sigmoid), (1, n)
-            inputs = saved["inputs"]
-            for n in range(n_lin - 1, -1, -1):
-                w_i = first + 2 * n
-                a = inputs[n]  # (in, n): this layer's input (post-ReLU for hidden layers)
-                gp[w_i].addmm_(g, a.t())
-                gp[w_i + 1].add_(g.sum(1))
-                if n == 0 and not normalize and not need_x:
-                    break
-                g = params[w_i].t().mm(g)  # (in, n)
-                if n > 0:
-                    g.mul_(a > 0)  # ReLU: a = relu(pre), a > 0 <=> pre > 0
+        for k, s in enumerate(range(0, n_points, chunk)):
             if normalize:
-                xhat, rstd = saved["xhat"], saved["rstd"]
-                gp[0].add_((g * xhat).sum(1))
-                gp[1].add_(g.sum(1))
-                if need_x:
-                    gh = g.mul_(params[0][:, None])  # d/d xhat
-                    m1 = gh.mean(0, keepdim=True)
-                    m2 = (gh * xhat).mean(0, keepdim=True)
-                    gx[:, s : s + chunk] = (gh - m1 - xhat * m2) * rstd
-            elif need_x:
+                x, rstd = blocks[k]
+            else:
+                x = feats[:, s : s + chunk]
+            t, inputs = _mlp_block(x, layers)
+            g = (grad[s : s + chunk] * torch.sigmoid(t)).mul_(MU_SCALE)[None, :]  # d mu / d t (softplus' = sigmoid), (1, n)
+            for n in range(len(layers) - 1, -1, -1):
+                a = inputs[n]  # (in, n): this layer's input (post-ReLU for hidden layers)
+                g_layers[n][0].addmm_(g, a.t())
+                g_layers[n][1].add_(g.sum(1))
+                if n == 0 and not need_x:
+                    break
+                g = layers[n][0].t().mm(g)  # (in, n)
+                if n > 0:
+                    g = torch.ops.aten.threshold_backward(g, a, 0.0)  # ReLU: a = relu(pre) > 0 <=> pre > 0
+            if need_x:
+                if normalize:  # LayerNorm backward; g is the gradient of xhat (the affine is folded into layer 1)
+                    m1 = g.mean(0, keepdim=True)
+                    m2 = (g * x).mean(0, keepdim=True)
+                    g = (g - m1).addcmul_(x, m2, value=-1.0).mul_(rstd)
                 gx[:, s : s + chunk] = g
-        return (None, None, gx, *[gp[i] if ctx.needs_input_grad[3 + i] else None for i in range(len(params))])
+        grads = []
+        if normalize:  # unfold: W1' = W1 diag(w), b1' = b1 + W1 b
+            gw1f, gb1f = g_layers[0]
+            g_norm_w = (w1_raw * gw1f).sum(0)
+            g_norm_b = w1_raw.t().mv(gb1f)
+            g_layers[0] = [gw1f * params[0][None, :] + torch.outer(gb1f, params[1]), gb1f]
+            grads += [g_norm_w, g_norm_b]
+        for gw, gb in g_layers:
+            grads += [gw, gb]
+        return (None, None, None, gx, *[gr if ctx.needs_input_grad[4 + i] else None for i, gr in enumerate(grads)])
 
 
 class HashGridField(nn.Module):
@@ -397,7 +414,8 @@ class HashGridField(nn.Module):
         """mu (N,) 1/mm from features (C, N): the fused block-wise head (:class:`_FusedHead`; memory
         bounded by the (C, N) input and its gradient)."""
         x = feats_cn if feats_cn.is_contiguous() else feats_cn.contiguous()
-        return _FusedHead.apply(self.config.normalize, HEAD_CHUNK, x, *self.head_params())
+        keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.head_params()))
+        return _FusedHead.apply(self.config.normalize, HEAD_CHUNK, keep, x, *self.head_params())
 
     def forward(self, points: Tensor) -> Tensor:
         """mu (N,) float32 1/mm at points (N, 3) normalised coordinates, evaluated in chunks."""

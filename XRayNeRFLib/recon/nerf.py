@@ -8,7 +8,10 @@ so the data term, the TV term, the learned loss weights, progress, cancellation 
 the voxel method's. By default the field first distils the Hann FDK volume (:func:`distill`, see
 ``NerfSettings.init``) and its finest level matches the output grid with every level dense.
 ``coarse_to_fine`` spends the first ``coarse_fraction`` of the steps on a grid of
-half the resolution over the same box (8x fewer field evaluations), then refines on the output grid.
+half the resolution over the same box (8x fewer field evaluations), then refines on the output grid;
+the learning rate follows one linear decay over both stages (each stage's Adam starts afresh, but the
+fine stage at the decayed rate: restarting at the full rate dropped the chest benchmark's PSNR from
+30.1 to 28.4 dB at the switch and ended at 29.9 dB, continuing ends at 30.5 dB).
 
 Coordinates: the field's unit cube is the output box (voxel boundaries) scaled isotropically by its
 longest side, x along the grid's i axis, y along j, z along k; voxel (k, j, i) has its centre at
@@ -279,6 +282,9 @@ def reconstruct_nerf(
             return progress(Progress(_o + p.done, s.iterations, p.message.replace(f"/{p.total}", f"/{s.iterations}", 1), p.preview))
 
         fs = s.fit_settings(n_it, on_snapshot if (s.on_snapshot is not None and s.snapshot_every > 0) else None)
+        if len(stages) > 1:  # one linear lr decay over both stages: the fine stage starts where the coarse one ended
+            frac0, frac1 = (1.0 - (1.0 - s.final_lr_fraction) * k / s.iterations for k in (done, done + n_it))
+            fs = replace(fs, lr=s.lr * frac0, final_lr_fraction=frac1 / frac0)
         t0 = time.perf_counter()
         out, h = fit(model, projections, cameras, stage_like, fs, stage_progress if progress is not None else None)
         elapsed = time.perf_counter() - t0
