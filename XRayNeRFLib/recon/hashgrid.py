@@ -303,21 +303,20 @@ class HashGridField(nn.Module):
         table's gradient)."""
         p = points.to(self.table.dtype).clamp(0.0, 1.0)
         rows, weights = [], []
+        two = torch.arange(2, device=p.device)
         for level, r in enumerate(self.res):
             u = p * r
             i0 = u.floor().clamp(0, r - 1)
             w = u - i0  # (N, 3) in [0, 1]
             i0 = i0.long()
-            for corner in range(8):
-                bits = [(corner >> a) & 1 for a in range(3)]
-                rows.append(self._vertex_rows(level, i0[:, 0] + bits[0], i0[:, 1] + bits[1], i0[:, 2] + bits[2]))
-                wt = 1.0
-                for a in range(3):
-                    wt = wt * (w[:, a] if bits[a] else 1.0 - w[:, a])
-                weights.append(wt)
+            # the 8 corners as a (2, 2, 2) block indexed [bz, by, bx]: corner bx + 2 by + 4 bz after a reshape
+            v = [i0[:, a][None, :] + two[:, None] for a in range(3)]  # per axis (2, N): lower, upper vertex
+            rows.append(self._vertex_rows(level, v[0][None, None], v[1][None, :, None], v[2][:, None, None]).reshape(8, -1))
+            lw = [torch.stack([1.0 - w[:, a], w[:, a]]) for a in range(3)]  # per axis (2, N): lower, upper weight
+            weights.append(((lw[0][None, None] * lw[1][None, :, None]) * lw[2][:, None, None]).reshape(8, -1))
         n_lev, f, n = len(self.res), self.config.features_per_level, p.shape[0]
-        v = gather_columns(self.table, torch.stack(rows))  # (F, 8 L, N)
-        prod = (v * torch.stack(weights)).view(f, n_lev, 8, n)
+        v = gather_columns(self.table, torch.cat(rows))  # (F, 8 L, N)
+        prod = (v * torch.cat(weights)).view(f, n_lev, 8, n)
         corners = prod.unbind(2)  # one backward (a stack), where indexing each corner would fill a full-size gradient
         acc = corners[0]
         for c in corners[1:]:
