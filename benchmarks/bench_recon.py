@@ -668,8 +668,8 @@ FULL = {
              "sart_max_iterations": 12, "cg_max_iterations": 30,
              "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
              "tv_weight": [5.0, 10.0, 20.0], "nerf_tv_weight": [],
-             # OS-TV's passes are capped at what fits twice RTK SART's time on a quiet machine (the issue's time target:
-             # ~0.85 s a pass at 30 views plus ~2.5 s FDK start and set-up, SART ~8.5 s); on the tuning case longer runs gain
+             # OS-TV's passes are capped at what surely fits twice RTK SART's time on a quiet machine (the issue's time target;
+             # SART ~8.5 s; 14 passes took 11.1 s quiet, FDK start included); on the tuning case longer runs gain
              # < 0.05 dB (16 passes 35.89, 40 passes 35.85 dB with the 2026-12-06 defaults)
              "ostv": "defaults", "ostv_max_passes": 14},
     # (views, noisy, all methods?) in the order they run; the target case first
@@ -706,8 +706,8 @@ NOTES = [
     "alpha 1 best at its longest run, 40 AL; Adam lambda_TV 0.5 / 2 / 5 / 10 / 20 -> 30.81 / 31.03 / 31.31 / 31.49 / 31.48 dB): now SART lambda "
     "1.5 / 1.8 / 1.95 (the filter accepts lambda < 2) with both back projectors up to 12 passes, CG up to 30, ADMM-TV alpha 1 at 60 / 80 "
     "AL iterations (40: 34.41 dB in the 2026-11-22 run) and alpha 0.5 / 2 at 60, Adam lambda_TV 5 / 10 / 20, OS-TV the solver's defaults (OSTVSettings) and their neighbours (tv_weight x 0.25 / "
-    "0.5 / 2, relaxation 1, subsets x 2/3) up to 14 passes: the passes that fit twice RTK SART's time on a quiet machine (the issue's time "
-    "target; ~0.85 s a pass at 30 views plus ~2.5 s for the FDK start and set-up); on the tuning case longer runs gain < 0.05 dB "
+    "0.5 / 2, relaxation 1, subsets x 2/3) up to 14 passes: a pass count that surely fits twice RTK SART's time on a quiet machine (the issue's time "
+    "target; 14 passes took 11.1 s, FDK start included, against SART's 8.5 s); on the tuning case longer runs gain < 0.05 dB "
     "(16 passes 35.89 dB, 40 passes 35.85 dB with these defaults; the 2026-12-06 morning run swept up to 24 passes with the previous defaults).",
     "SART: RTK's SARTConeBeamReconstructionFilter with NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), "
     "EnforcePositivity on, forward projector Joseph (RTK's default), back projector voxel-based (RTK's default) or Joseph (swept). SART's "
@@ -715,8 +715,8 @@ NOTES = [
     "every RTK filter are in each run's rtk_report.json.",
     "Ours, OS-TV: the ordered-subset solver (XRayNeRFLib/recon/ostv.py: subsets of full views with SART row/column normalisation, an FGP "
     "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its pass count "
-    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run); 'OS-TV trilinear defaults' (30-view noisy case) "
-    "is the solver exactly as shipped (no option but the solver). The Adam rows pass solver='adam' explicitly.",
+    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run) and used for every view count; 'OS-TV trilinear defaults' "
+    "is the solver exactly as shipped (no option but the solver; its passes follow the view count: max(6, ceil(240 / views)), 8 at 30 views, 24 at 10). The Adam rows pass solver='adam' explicitly.",
     "Ours, nerf: the hash-grid field (XRayNeRFLib.recon.nerf) at the voxel rows' budget (same steps and rays per view), FDK start "
     "(init='fdk': the field is first fitted to the Hann FDK volume), with and without the LayerNorm over the level features ('norm' / "
     "'plain') and with the shipped pre-fitted head (MCI) or a random MLP; lambda_TV = the Adam voxel rows' tuned value (not swept for nerf).",
@@ -1075,11 +1075,11 @@ def main() -> None:
         elif which == "few":
             ours = {k: v for k, v in ours.items() if k in FEW_OURS}
             rtk = {k: v for k, v in rtk.items() if k in FEW_RTK}
-        if i == 0:  # where would ours get with a larger budget (the curve shows the way there), and the OS-TV solver as shipped
+        if i == 0:  # where would ours get with a larger budget (the curve shows the way there)
             m, p = ours["ours voxel+TV trilinear"]
             ours["ours voxel+TV trilinear long"] = (m, dict(p, iterations=conf["budget"]["long_iterations"], rays_per_view=conf["budget"]["long_rays_per_view"]))
-            if ostv_available():
-                ours["ours voxel OS-TV trilinear defaults"] = ("voxel", dict(OSTV_BASE))
+        if "ours voxel OS-TV trilinear" in ours:  # the OS-TV solver as shipped (its pass count follows the view count)
+            ours["ours voxel OS-TV trilinear defaults"] = ("voxel", dict(OSTV_BASE))
         run_case(case, ours, rtk, args.repeats if i == 0 and not args.quick else 1)
         if i == 0 and not args.no_uncertainty:
             unc = extra.get("uncertainty") if isinstance(extra.get("uncertainty"), dict) and "spearman_body" not in extra["uncertainty"] else {}

@@ -145,6 +145,7 @@ def test_ctrl_c_writes_best_so_far(data, capsys, monkeypatch):
         (["--projections", "{d}/nan.mha", "--geometry", "{d}/g.json"], "NaN"),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--window", "hann", "--method", "voxel"], "--window applies to --method fdk"),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--iterations", "5"], "--iterations applies to --method voxel or nerf"),
+        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--renderer", "siddon"], "--renderer applies to --method voxel or nerf only"),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--reference", "{d}/far.nii.gz"], "does not contain the centre"),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "os-tv", "--lr", "0.1"],
          "--lr apply to --solver adam only"),

@@ -127,7 +127,7 @@ class XRayNeRFReconstructionParameterNode:
     quantity: Annotated[str, Choice(QUANTITIES)] = "line_integral"
     i0: Annotated[float, WithinRange(0.0, 1.0e12)] = 0.0
     method: Annotated[str, Choice(METHODS)] = "fdk"
-    renderer: Annotated[str, Choice(RENDERERS)] = "siddon"
+    renderer: Annotated[str, Choice(RENDERERS)] = "trilinear"
     voxelSolver: Annotated[str, Choice(VOXEL_SOLVERS)] = "default"
     gridSize: Annotated[int, WithinRange(8, 1024)] = 128
     voxelSpacingMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
@@ -359,7 +359,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         uncertaintyNode=None,
         *,
         method: str = "fdk",
-        renderer: str = "siddon",
+        renderer: str = "trilinear",
         voxelSolver: Optional[str] = None,
         gridSize: Optional[int] = 128,
         voxelSpacingMm: Optional[float] = None,

@@ -45,6 +45,7 @@ _OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statisti
               "bp_cache_mb", "max_memory_mb")
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
+DEFAULT_RENDERER = "trilinear"  # projector of the iterative methods when none is named
 DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (ostv.default_passes: 8 at 30 views) for it; Adam steps (300) for "adam"
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
@@ -98,7 +99,7 @@ def reconstruct(
     volume: Optional[Volume] = None,
     grid: Optional[int] = None,
     spacing_mm: Optional[float] = None,
-    renderer: str = "siddon",
+    renderer: str = DEFAULT_RENDERER,
     iterations: Optional[int] = None,
     units: str = "mu",
     uncertainty: bool = False,
@@ -114,7 +115,9 @@ def reconstruct(
     cameras: the V views. method: "fdk" | "voxel" | "nerf".
     volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
         ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
-    renderer: "siddon" | "trilinear" (iterative methods). iterations: default the method's: for voxel's
+    renderer: "trilinear" (default) | "siddon" (iterative methods): on the chest benchmark trilinear ray
+        marching reconstructs as well as the exact Siddon path lengths (OS-TV 35.68 vs 35.29 dB) and 4-9x
+        faster with os-tv, 2x with adam. iterations: default the method's: for voxel's
         "os-tv" solver (the default) passes over all views, ostv.default_passes (8 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
         Adam steps (300). units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
