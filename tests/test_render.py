@@ -413,6 +413,11 @@ def test_bad_inputs_raise_useful_errors():
     bad[1, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         render(Volume(bad, vol.ras_from_ijk), cams)
+    # check_finite=False skips the scan (solvers that check their own iterate): the NaN reaches the rays through it
+    centre = vol.data.clone()
+    centre[tuple(n // 2 for n in centre.shape)] = float("nan")
+    out = render(Volume(centre, vol.ras_from_ijk), cams, check_finite=False)
+    assert bool(torch.isnan(out).any()) and bool(torch.isfinite(out).any())
     with pytest.raises(ValueError, match="as_mu"):
         render(Volume(vol.data * 1000 - 1000, vol.ras_from_ijk, "hu"), cams)
     with pytest.raises(ValueError, match="unknown renderer 'joseph'"):

@@ -50,7 +50,6 @@ The initial volume is Hann-windowed FDK clamped at 0 (``init="fdk"``) or zeros.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -61,10 +60,7 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import _CPU_CHUNK_MB, _chunks, render, render_rays
-from ..render.rays import rays_for_views
-from ..render.siddon import siddon_bytes_per_ray
-from ..render.trilinear import SliceStacks, trilinear_bytes_per_ray
+from ..render import render
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 
@@ -236,20 +232,9 @@ def _project(x: Tensor, like: Volume, cams: Cameras, settings: OSTVSettings) -> 
 
 
 def _project_pixels(x: Tensor, like: Volume, cams: Cameras, pixels: Tensor, settings: OSTVSettings) -> Tensor:
-    """render(..., pixels=pixels) (V, N) without its per-call finiteness scan of the whole volume (~half the
-    cost of a one-view call at 128^3; the solver checks its iterate itself): the same chunks and kernels."""
-    cams = cams.to(device=x.device, dtype=x.dtype)
-    grid = pixels.to(device=x.device, dtype=x.dtype).unsqueeze(0)  # (1, N, 2) shared by the views
-    vol = Volume(x, like.ras_from_ijk, "mu")
-    method = settings.renderer
-    per_ray = siddon_bytes_per_ray(x.shape, x.dtype) if method == "siddon" else trilinear_bytes_per_ray(x.shape, 1.0, x.dtype)
-    chunk_mb = min(settings.max_memory_mb, _CPU_CHUNK_MB[method]) if x.device.type == "cpu" else settings.max_memory_mb
-    rays_per_chunk = max(1, int(chunk_mb * 2**20 // per_ray))
-    stacks = SliceStacks(x, 1)
-    compiled = os.environ.get("XRAYNERF_COMPILE", "") == "1"  # as render()'s default
-    out = [render_rays(x, rays_for_views(vol, cams, grid, views, pix), method=method, stacks=stacks, compiled=compiled)
-           for views, pix in _chunks(len(cams), grid.shape[1], rays_per_chunk)]
-    return torch.cat(out).reshape(len(cams), grid.shape[1])
+    """render(..., pixels=pixels) (V, N) without its finiteness scan of the whole volume (~half the cost
+    of a one-view call at 128^3; the solver checks its iterate itself)."""
+    return render(Volume(x, like.ras_from_ijk, "mu"), cams, method=settings.renderer, pixels=pixels, max_memory_mb=settings.max_memory_mb, check_finite=False)
 
 
 def coarse_grid(like: Volume) -> Volume:
