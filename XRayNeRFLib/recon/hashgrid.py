@@ -128,6 +128,53 @@ def gather_columns(table: Tensor, rows: Tensor) -> Tensor:
     return _GatherColumns.apply(table, rows)
 
 
+class _GridEncode(torch.autograd.Function):
+    """The separable grid encoding (see :meth:`HashGridField.encode_grid`) as one function of the whole table:
+    each level's interpolated block is written straight into its channels of the (C, K, J, I) output (no
+    concatenation), and the backward writes each level's vertex-block gradient straight into one (F, T)
+    table gradient (a slice copy for dense levels, an ``index_add_`` for hashed ones)."""
+
+    @staticmethod
+    def forward(ctx, field: "HashGridField", plan: "GridPlan", table: Tensor) -> Tensor:
+        f = table.shape[0]
+        k, j, i = plan.shape
+        out = table.new_empty(len(field.res) * f, k, j, i)
+        for level, rows in enumerate(plan.table_index):
+            v = field._vertex_block(table, plan, level)  # (F, nz, ny, nx)
+            mz, my, mx = plan.interp[level]
+            nz, ny, nx = v.shape[1:]
+            v = v.reshape(-1, nx).mm(mx.t()).view(f, nz, ny, i)  # along x
+            v = torch.matmul(my, v)  # along y: (F, nz, J, I)
+            for c in range(f):  # along z, into the output's channels
+                torch.mm(mz, v[c].view(nz, j * i), out=out[level * f + c].view(k, j * i))
+        ctx.field, ctx.plan, ctx.table_shape = field, plan, table.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        field, plan = ctx.field, ctx.plan
+        f, _ = ctx.table_shape
+        k, j, i = plan.shape
+        grad = grad.contiguous()
+        out = grad.new_zeros(ctx.table_shape)
+        for level, rows in enumerate(plan.table_index):
+            mz, my, mx = plan.interp[level]
+            (z0, z1), (y0, y1), (x0, x1) = plan.block[level]
+            nz, ny, nx = z1 - z0, y1 - y0, x1 - x0
+            g = grad.new_empty(f, nz, j, i)
+            for c in range(f):
+                torch.mm(mz.t(), grad[level * f + c].view(k, j * i), out=g[c].view(nz, j * i))
+            g = torch.matmul(my.t(), g)  # (F, nz, ny, I)
+            g = g.view(-1, i).mm(mx).view(f, nz, ny, nx)
+            lvl = out[:, field.offsets[level] : field.offsets[level + 1]]
+            if rows is None:
+                r1 = field.res[level] + 1
+                lvl.view(f, r1, r1, r1)[:, z0:z1, y0:y1, x0:x1].copy_(g)  # the block's vertices are distinct
+            else:
+                lvl.index_add_(1, rows.reshape(-1), g.reshape(f, -1))
+        return None, None, out
+
+
 HEAD_CHUNK = 1 << 13  # points per block of the fused head: its activations (C + 2 * width floats a point) stay in cache
 
 
@@ -356,32 +403,25 @@ class HashGridField(nn.Module):
             mats.append(tuple(per_axis))
         return GridPlan(tuple(len(a) for a in axes), rows, blocks, mats)
 
-    def level_tables(self) -> List[Tensor]:
-        """The table split by level: (F, size_l) views."""
-        return list(torch.split(self.table, self.sizes, dim=1))
+    def _vertex_block(self, table: Tensor, plan: GridPlan, level: int) -> Tensor:
+        """(F, nz, ny, nx) vertex features of ``level``'s block in ``plan``: a slice of a dense level's
+        (R+1)^3 table, a gather from a hashed level's."""
+        f = self.config.features_per_level
+        lvl = table[:, self.offsets[level] : self.offsets[level + 1]]
+        rows = plan.table_index[level]
+        if rows is None:
+            r1 = self.res[level] + 1
+            (z0, z1), (y0, y1), (x0, x1) = plan.block[level]
+            return lvl.view(f, r1, r1, r1)[:, z0:z1, y0:y1, x0:x1]
+        return lvl.index_select(1, rows.reshape(-1)).view(f, *rows.shape)
 
     def encode_grid(self, plan: GridPlan) -> Tensor:
         """Hash encoding on a planned grid: (C, K, J, I) float32, the same values as :meth:`encode` (up to
         rounding). Per level the vertex block (dense levels: a slice of the level's table, hashed levels: a
         gather) is interpolated along x, y, z in turn by the plan's 1-D interpolation matrices (matrix
-        products: cheaper than gathers along an axis, and their backward needs no scatter)."""
-        feats = []
-        tables = self.level_tables()
-        f = self.config.features_per_level
-        for level, rows in enumerate(plan.table_index):
-            if rows is None:
-                r1 = self.res[level] + 1
-                (z0, z1), (y0, y1), (x0, x1) = plan.block[level]
-                v = tables[level].view(f, r1, r1, r1)[:, z0:z1, y0:y1, x0:x1]  # (F, nz, ny, nx)
-            else:
-                v = gather_columns(tables[level], rows)  # (F, nz, ny, nx)
-            mz, my, mx = plan.interp[level]
-            v = torch.matmul(v, mx.t())  # (F, nz, ny, I)
-            v = torch.matmul(my, v)  # (F, nz, J, I)
-            nz, nj, ni = v.shape[1:]
-            v = torch.matmul(mz, v.reshape(f, nz, nj * ni)).reshape(f, -1, nj, ni)  # (F, K, J, I)
-            feats.append(v)
-        return torch.cat(feats, dim=0)
+        products: cheaper than gathers along an axis, and their backward needs no scatter); one autograd
+        function (:class:`_GridEncode`) writes the levels into the output and their gradients into the table's."""
+        return _GridEncode.apply(self, plan, self.table)
 
     # ------------------------------------------------------------------ head
     def normalized_features(self, feats_cn: Tensor) -> Tensor:
