@@ -97,6 +97,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
     m.add_argument("--window", choices=("hann", "shepp-logan", "ram-lak"), help="fdk: ramp filter window (default hann)")
+    m.add_argument("--window-cutoff", type=float, metavar="C",
+                   help="fdk: the window's cut-off as a fraction of the Nyquist frequency, (0, 1] (default 1; 0.5 smooths noisy data)")
     m.add_argument("--tv-weight", type=float, metavar="L", help="voxel/nerf: total-variation weight lambda_TV")
     m.add_argument("--lr", type=float, help="voxel --solver adam / nerf: Adam step size")
     m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel --solver adam / nerf: rays per view and step (0: all pixels)")
@@ -141,6 +143,9 @@ def _options(args) -> dict:
     if args.window is not None:
         need(method == "fdk", "--window", "--method fdk")
         opts["window"] = args.window
+    if args.window_cutoff is not None:
+        need(method == "fdk", "--window-cutoff", "--method fdk")
+        opts["window_cutoff"] = args.window_cutoff
     for flag, name in (("--tv-weight", "tv_weight"), ("--lr", "lr"), ("--rays-per-view", "rays_per_view")):
         value = getattr(args, name)
         if value is not None:

@@ -204,7 +204,7 @@ def ours_methods(tuned: dict, budget: dict, *, nerf: bool = True) -> dict:
     """label -> (method, params) of our methods with the tuned settings."""
     vox = {"solver": "adam", "iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tuned["tv_weight"], "seed": 0}
     out = {
-        "ours FDK": ("fdk", {"window": tuned["window"]}),
+        "ours FDK": ("fdk", {"window": tuned["window"]} if tuned.get("window_cutoff", 1.0) == 1.0 else {"window": tuned["window"], "window_cutoff": tuned["window_cutoff"]}),
         "ours voxel+TV Siddon": ("voxel", dict(vox, renderer="siddon")),
         "ours voxel+TV trilinear": ("voxel", dict(vox, renderer="trilinear")),
         "ours voxel learned-weights trilinear": ("voxel", dict(vox, renderer="trilinear", learned_weights=True)),
@@ -357,10 +357,13 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
 
     if grid.get("window") and want("fdk"):  # (a grid without this key skips the section)
         cands = []
-        for w in grid["window"]:
-            mu, rep, label = run("ours", "fdk", {"window": w})
-            cands.append((score("ours FDK", {"window": w}, mu, rep, label), w))
-        tuned["window"] = max(cands)[1]
+        # windows over the whole band, then Hann with its cut-off below Nyquist (RTK's HannCutFrequency)
+        points = [{"window": w} for w in grid["window"]] + [{"window": "hann", "window_cutoff": c} for c in grid.get("window_cutoff", [])]
+        for fp in points:
+            mu, rep, label = run("ours", "fdk", fp)
+            cands.append((score("ours FDK", fp, mu, rep, label), json.dumps(fp, sort_keys=True)))
+        best = json.loads(max(cands)[1])
+        tuned["window"], tuned["window_cutoff"] = best["window"], best.get("window_cutoff", 1.0)
     if grid.get("rtk_hann") and want("fdk"):  # (a grid without this key skips the section)
         cands = []
         for h in grid["rtk_hann"]:
@@ -663,7 +666,7 @@ FULL = {
     # The sweep is the neighbourhood of the settings chosen by the 2026-11-22 run (its wider sweep: SART lambda 0.5-1.8 with
     # the best at 1.8 (pass 4) and Joseph's back projector ahead of the voxel-based one at equal lambda; CG's best at 19 of
     # 40; ADMM-TV's best its longest run, alpha 1, beta 1000, 40 AL, still gaining; Adam's lambda_TV peak at 10 of 0.5-20)
-    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "rtk_hann": [0.0, 0.5, 1.0],
+    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "window_cutoff": [0.5, 0.75], "rtk_hann": [0.0, 0.5, 1.0],
              "sart": [{"lambda": lam, "division_threshold": 5.0, "bp": bp} for bp, lams in (("voxel", (1.5, 1.8, 1.95)), ("joseph", (1.5, 1.8, 1.95))) for lam in lams],
              "sart_max_iterations": 12, "cg_max_iterations": 30,
              "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
@@ -835,7 +838,7 @@ def _tune_run(row: dict) -> tuple:
     if row.get("run_label"):
         return row["run_label"], row["kind"], {"RTK FDK": "fdk", "RTK SART": "sart", "RTK CG": "cg", "RTK ADMM-TV": "admm_tv"}.get(m, "")
     if m == "ours FDK":
-        return f"tune fdk {p['window']}", "ours", ""
+        return f"tune fdk {p['window']}" + (f" c{p['window_cutoff']}" if "window_cutoff" in p else ""), "ours", ""
     if m == "RTK FDK":
         return f"tune fdk {p['hann']}", "rtk", "fdk"
     if m == "RTK SART":

@@ -60,6 +60,25 @@ def test_ramp_filter_dc_and_windows():
     assert float(ramp_filter_response(256, "shepp-logan")[-1]) == pytest.approx(0.5 * 2 / math.pi, abs=1e-3)
 
 
+def test_window_cutoff_stretches_the_window_and_zeroes_above():
+    """window_cutoff c: the window reaches its end at c x Nyquist and the response is 0 above; c = 1 is the
+    plain window; out-of-range values are refused."""
+    full = ramp_filter_response(256, "hann")
+    assert torch.equal(ramp_filter_response(256, "hann", cutoff=1.0), full)
+    half = ramp_filter_response(256, "hann", cutoff=0.5)
+    ramp = ramp_filter_response(256, "ram-lak")
+    f = torch.fft.rfftfreq(256, dtype=torch.float64)
+    below = f < 0.25
+    expect = ramp * 0.5 * (1 + torch.cos(2 * math.pi * f / 0.5))
+    assert torch.allclose(half[below], expect[below], atol=1e-12)
+    assert float(half[f >= 0.25].abs().max()) < 1e-12 and float(half[below].abs().max()) > 0.05  # ramp x window peaks at 0.066
+    rl = ramp_filter_response(256, "ram-lak", cutoff=0.5)
+    assert torch.equal(rl[below], ramp[below]) and float(rl[f > 0.25].abs().max()) == 0.0
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="window_cutoff must be in"):
+            ramp_filter_response(256, "hann", cutoff=bad)
+
+
 def test_parker_weights_sum_to_one_on_redundant_rays():
     delta = 0.2
     beta = torch.linspace(0, math.pi + 2 * delta, 101, dtype=torch.float64)
@@ -185,3 +204,25 @@ def test_fdk_matches_rtk_fdk(tmp_path):
     assert abs(p_ours - p_rtk) < 0.5, (p_ours, p_rtk)
     rel = float((ours.data - theirs).norm() / theirs.norm())
     assert rel < 0.01, rel  # measured 0.26%
+    # Hann with a cut-off at half the Nyquist frequency: RTK's HannCutFrequency 0.5 and our window_cutoff 0.5
+    ours_h = fdk(proj, cams, grid=40, window="hann", window_cutoff=0.5)
+    vols_h, _ = run_rtk_reconstructions(proj.float(), cams, ours, [{"name": "fdk", "hann": 0.5}], str(tmp_path / "hann"))
+    theirs_h = vols_h["fdk"].data
+    rel_h = float((ours_h.data - theirs_h).norm() / theirs_h.norm())
+    assert rel_h < 0.01, rel_h
+    assert float((ours_h.data - ours.data).norm() / ours.data.norm()) > 5 * rel_h  # the cut-off changes the result
+
+
+def test_cli_window_cutoff_flag():
+    """--window-cutoff reaches fdk's window_cutoff and is refused with the iterative methods."""
+    import argparse
+
+    from XRayNeRFLib import cli_recon
+
+    top = argparse.ArgumentParser()
+    cli_recon.add_subcommands(top.add_subparsers(dest="command"))
+    base = ["reconstruct", "--projections", "p.mha", "--geometry", "g.json", "--out", "o.nrrd"]
+    opts = cli_recon._options(top.parse_args(base + ["--method", "fdk", "--window", "hann", "--window-cutoff", "0.5"]))
+    assert opts["window"] == "hann" and opts["window_cutoff"] == 0.5
+    with pytest.raises(ValueError, match="--window-cutoff applies to --method fdk"):
+        cli_recon._options(top.parse_args(base + ["--method", "voxel", "--window-cutoff", "0.5"]))

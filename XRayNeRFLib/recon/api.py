@@ -39,7 +39,7 @@ __all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "
 
 METHODS = ("fdk", "voxel", "nerf")
 COMMON_OPTIONS = ("energy_kev",)
-FDK_OPTIONS = ("window", "short_scan", "max_memory_mb")
+FDK_OPTIONS = ("window", "window_cutoff", "short_scan", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
 _OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass",
               "bp_cache_mb", "max_memory_mb")
@@ -127,7 +127,8 @@ def reconstruct(
         network initialisation and view grouping.
     progress: ``Progress`` callback; returning False stops: the iterative methods return the best so
         far (``cancelled``), FDK raises :class:`progress.Cancelled` (a partial FDK is meaningless).
-    options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), short_scan,
+    options: method-specific settings; fdk: window ("hann" | "shepp-logan" | "ram-lak"), window_cutoff
+        (the window's cut-off, fraction of Nyquist, (0, 1], default 1), short_scan,
         max_memory_mb; voxel: solver ("os-tv" (default) | "adam"), init ("fdk" | "zeros"), tv_weight,
         report_every, snapshot_every, on_snapshot (for "os-tv" counted in passes) and
         - solver "os-tv" (:mod:`ostv`): subsets (30), relaxation (1.4), tv_weight (beta, 0.00075),

@@ -72,11 +72,15 @@ def line_integrals_from_intensities(intensities: Tensor, i0: float, *, floor: fl
     return -torch.log(intensities.clamp_min(floor) / i0)
 
 
-def ramp_filter_response(n: int, window: str = "hann", dtype=torch.float64) -> Tensor:
+def ramp_filter_response(n: int, window: str = "hann", dtype=torch.float64, cutoff: float = 1.0) -> Tensor:
     """Frequency response (rfft layout, length n // 2 + 1) of the discrete Ram-Lak kernel for unit sample
-    spacing, times the window. n: padded length (even)."""
+    spacing, times the window. n: padded length (even). cutoff: the window's cut-off as a fraction of the
+    Nyquist frequency, in (0, 1]: the window is stretched to reach its end (0 for Hann) at cutoff x Nyquist
+    and the response is 0 above it (1: the window spans the whole band; RTK's HannCutFrequency has the same
+    meaning for Hann)."""
     if window not in WINDOWS:
         raise ValueError(f"unknown ramp window {window!r}; use one of {WINDOWS}")
+    check_window_cutoff(cutoff)
     k = torch.arange(n, dtype=dtype)
     k = torch.where(k < n // 2, k, k - n)  # signed offsets, circularly arranged
     g = torch.zeros(n, dtype=dtype)
@@ -84,12 +88,17 @@ def ramp_filter_response(n: int, window: str = "hann", dtype=torch.float64) -> T
     odd = (k.remainder(2) == 1)
     g[odd] = -1.0 / (math.pi**2 * k[odd] ** 2)
     response = torch.fft.rfft(g).real
-    f = torch.fft.rfftfreq(n, dtype=dtype)  # cycles / sample, 0 .. 0.5
+    f = torch.fft.rfftfreq(n, dtype=dtype) / cutoff  # cycles / sample, 0 .. 0.5 at the cut-off
     if window == "hann":
         response = response * 0.5 * (1 + torch.cos(2 * math.pi * f))
     elif window == "shepp-logan":
         response = response * torch.sinc(f)
-    return response
+    return torch.where(f <= 0.5 + 1e-12, response, torch.zeros_like(response))
+
+
+def check_window_cutoff(cutoff: float) -> None:
+    if not (isinstance(cutoff, (int, float)) and 0.0 < float(cutoff) <= 1.0):
+        raise ValueError(f"window_cutoff must be in (0, 1] (a fraction of the Nyquist frequency), got {cutoff!r}")
 
 
 def parker_weights(angles_rad: Tensor, gamma_rad: Tensor, half_fan_rad: float) -> Tensor:
@@ -118,6 +127,7 @@ def fdk(
     grid: Optional[int] = None,
     spacing_mm: Optional[float] = None,
     window: str = "hann",
+    window_cutoff: float = 1.0,
     short_scan: Optional[bool] = None,
     max_memory_mb: float = 256.0,
     progress: ProgressCallback = None,
@@ -129,6 +139,9 @@ def fdk(
     volume: output grid (its data is ignored); default the scanned cylinder (``grid`` voxels across or
         ``spacing_mm``), see :func:`fov.default_grid`.
     window: "ram-lak", "shepp-logan" or "hann" apodisation of the ramp filter.
+    window_cutoff: the window's cut-off as a fraction of the detector's Nyquist frequency, (0, 1]
+        (default 1: the whole band); lower values smooth more (noisy or fine detectors; see
+        :func:`ramp_filter_response`).
     short_scan: force Parker weighting on/off; default: on when the views cover less than 360 degrees.
     progress: called per view; returning False raises ``Cancelled`` (a partial FDK is meaningless).
     returns: Volume of mu (1/mm), float32, on the given grid.
@@ -137,6 +150,7 @@ def fdk(
     check_fov_hits_object(projections)
     if window not in WINDOWS:
         raise ValueError(f"unknown ramp window {window!r}; use one of {WINDOWS}")
+    check_window_cutoff(window_cutoff)
     cams = cameras_float64(cameras)
     orbit = analyse_orbit(cams)
     if volume is None:
@@ -195,7 +209,7 @@ def fdk(
 
     # ramp filter along the last axis, sampling du * R / D at the isocentre
     n_fft = 1 << int(math.ceil(math.log2(2 * n_u)))
-    response = ramp_filter_response(n_fft, window)
+    response = ramp_filter_response(n_fft, window, cutoff=window_cutoff)
     q = torch.fft.irfft(torch.fft.rfft(p, n=n_fft, dim=-1) * response, n=n_fft, dim=-1)[..., :n_u]
     du_iso = du * orbit.sid_mm / sdd
     q = q / du_iso[:, None, None]
