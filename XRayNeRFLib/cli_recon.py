@@ -89,7 +89,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
     m.add_argument("--renderer", choices=("siddon", "trilinear"), default=None,
-                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the benchmark and 4-9x faster with os-tv) or siddon (exact path lengths)")
+                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the benchmark and ~4x faster with os-tv, quiet: 11.0 vs 47.8 s) or siddon (exact path lengths)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")

@@ -116,7 +116,7 @@ def reconstruct(
     volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
         ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
     renderer: "trilinear" (default) | "siddon" (iterative methods): on the chest benchmark trilinear ray
-        marching reconstructs as well as the exact Siddon path lengths (OS-TV 35.68 vs 35.29 dB) and 4-9x
+        marching reconstructs as well as the exact Siddon path lengths (OS-TV 35.68 vs 35.29 dB) and ~4x
         faster with os-tv, 2x with adam. iterations: default the method's: for voxel's
         "os-tv" solver (the default) passes over all views, ostv.default_passes (8 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
         Adam steps (300). units: "mu" (1/mm) or "hu".
