@@ -39,7 +39,7 @@ from ..volume import Volume
 from .fdk import check_projections, fdk
 from .fov import check_fov_hits_object, default_grid
 from .hashgrid import MU_SCALE, GridPlan, HashGridConfig, HashGridField
-from .optimise import FitHistory, FitSettings, fit
+from .optimise import FitHistory, FitSettings, fit, make_adam
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
@@ -198,10 +198,7 @@ def distill(field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, l
     tgt = (target.detach().to(torch.float32) / MU_SCALE).reshape(-1)
     dev = field.table.device
     z, y, x = (a.to(dev, torch.float32) for a in axes_zyx)
-    # the fused Adam (one pass over the parameters) is ~8x cheaper than the multi-tensor one on the field's
-    # millions of table entries and equal to rounding; on devices without it the default
-    fused = True if dev.type in ("cpu", "cuda") else None
-    opt = torch.optim.Adam(field.parameters(), lr=lr, fused=fused)
+    opt = make_adam(field.parameters(), lr)  # fused: ~8x cheaper on the field's millions of table entries
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * min(s, steps) / max(steps, 1))
     n = min(int(points), tgt.numel())
     for step in range(steps):

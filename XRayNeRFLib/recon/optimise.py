@@ -61,6 +61,15 @@ class FitHistory:
     best_step: int = -1
 
 
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam over ``params``, fused where the parameters allow it: one pass over each parameter, several
+    times cheaper per step than the default multi-tensor Adam on large parameters (a hash table of 8.2 M
+    entries: 87 -> 11 ms a step) and equal to rounding; on other devices the default implementation."""
+    params = list(params)
+    fused = True if all(q.device.type in ("cpu", "cuda") and q.is_floating_point() for q in params) else None
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
 def fit(
     model: nn.Module,
     projections: Tensor,
@@ -84,11 +93,7 @@ def fit(
     n_views, height, width = target.shape
     weights = LearnedLossWeights(["data", "tv"], [1.0, max(settings.tv_weight, 1e-8)]) if settings.learned_weights else None
     params = list(model.parameters()) + (list(weights.parameters()) if weights is not None else [])
-    # the fused Adam (one pass over each parameter) is several times cheaper per step than the default
-    # multi-tensor one on large parameters (hash table: 87 -> 11 ms a step at 8.2 M entries) and equal to
-    # rounding; on other devices the default
-    fused = True if all(q.device.type in ("cpu", "cuda") and q.is_floating_point() for q in params) else None
-    opt = torch.optim.Adam(params, lr=settings.lr, fused=fused)
+    opt = make_adam(params, settings.lr)
     n_it = settings.iterations
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - (1.0 - settings.final_lr_fraction) * min(s, n_it) / n_it)
     history = FitHistory()
