@@ -40,7 +40,7 @@ methods:
   fdk    Feldkamp filtered backprojection (Hann window by default; Parker weights for short scans).
   voxel  voxel grid + total variation through the renderer, FDK start. --solver os-tv (default):
          ordered-subset SART-preconditioned least squares with a TV proximal step, --iterations
-         passes over all views (default 8 at 30 views, scaled with 1/views); --solver adam: L1 + TV by Adam on ray
+         passes over all views (default 12 at 30 views, more below 20 views); --solver adam: L1 + TV by Adam on ray
          mini-batches, --iterations steps (default 300), --coarse-to-fine fits a 2x coarser grid first.
   nerf   hash-grid neural field (pre-fitted MLP initialisation by default; --normalize adds the LayerNorm).
 
@@ -93,7 +93,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
-    m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default max(6, ceil(240 / views)): 8 at 30 views); voxel --solver adam and nerf: Adam steps (default 300)")
+    m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)")
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
     m.add_argument("--window", choices=("hann", "shepp-logan", "ram-lak"), help="fdk: ramp filter window (default hann)")
@@ -104,7 +104,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel --solver adam / nerf: rays per view and step (0: all pixels)")
     m.add_argument("--learned-weights", action="store_true", help="voxel --solver adam / nerf: learn the data/TV weights (task uncertainty)")
     m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: os-tv (default: ordered-subset SART-preconditioned least squares + TV prox; "
-                   "--iterations counts passes over all views, default 8 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)")
+                   "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)")
     m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 30, at most one per view)")
     m.add_argument("--relaxation", type=float, metavar="LAMBDA", help="voxel --solver os-tv: SART relaxation in (0, 2) (default 1.4)")
     m.add_argument("--statistical-weights", action="store_true", help="voxel --solver os-tv: weight rays by exp(-line integral) (Poisson)")

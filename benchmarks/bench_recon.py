@@ -666,7 +666,9 @@ FULL = {
     # The sweep is the neighbourhood of the settings chosen by the 2026-11-22 run (its wider sweep: SART lambda 0.5-1.8 with
     # the best at 1.8 (pass 4) and Joseph's back projector ahead of the voxel-based one at equal lambda; CG's best at 19 of
     # 40; ADMM-TV's best its longest run, alpha 1, beta 1000, 40 AL, still gaining; Adam's lambda_TV peak at 10 of 0.5-20)
-    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "window_cutoff": [0.5, 0.75], "rtk_hann": [0.0, 0.5, 1.0],
+    # FDK: both sweep the same Hann cut-offs (RTK's hann=0 is the plain ramp, our ram-lak; hann=c is our Hann window with
+    # window_cutoff c), so the two FDK rows compare the implementations at the settings each picks from one grid
+    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "window_cutoff": [0.5, 0.75], "rtk_hann": [0.0, 0.5, 0.75, 1.0],
              "sart": [{"lambda": lam, "division_threshold": 5.0, "bp": bp} for bp, lams in (("voxel", (1.5, 1.8, 1.95)), ("joseph", (1.5, 1.8, 1.95))) for lam in lams],
              "sart_max_iterations": 12, "cg_max_iterations": 30,
              "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
@@ -719,7 +721,7 @@ NOTES = [
     "Ours, OS-TV: the ordered-subset solver (XRayNeRFLib/recon/ostv.py: subsets of full views with SART row/column normalisation, an FGP "
     "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its pass count "
     "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run) and used for every view count; 'OS-TV trilinear defaults' "
-    "is the solver exactly as shipped (no option but the solver; its passes follow the view count: max(6, ceil(240 / views)), 8 at 30 views, 24 at 10). The Adam rows pass solver='adam' explicitly.",
+    "is the solver exactly as shipped (no option but the solver; its passes follow the view count: max(12, ceil(240 / views)), 12 at 30 views, 24 at 10; until the evening of 2026-12-06 max(6, ...), 8 at 30 views). The Adam rows pass solver='adam' explicitly.",
     "Ours, nerf: the hash-grid field (XRayNeRFLib.recon.nerf) at the voxel rows' budget (same steps and rays per view), FDK start "
     "(init='fdk': the field is first fitted to the Hann FDK volume), with and without the LayerNorm over the level features ('norm' / "
     "'plain') and with the shipped pre-fitted head (MCI) or a random MLP; lambda_TV = the Adam voxel rows' tuned value (not swept for nerf).",

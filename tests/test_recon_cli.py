@@ -72,7 +72,7 @@ def test_stack_json_voxel_hu_uncertainty(data, capsys):
     out, unc = str(d / "vox.nii.gz"), str(d / "unc.nrrd")
     rc = main(["reconstruct", "--projections", str(d / "pj.mha"), "--geometry", str(d / "g.json"), "--out", out, "--grid", "12",
                "--method", "voxel", "--iterations", "8", "--renderer", "trilinear", "--units", "hu",
-               "--uncertainty", unc, "--ensemble-size", "2", "--quiet"])  # the default voxel solver: os-tv, 8 passes
+               "--uncertainty", unc, "--ensemble-size", "2", "--quiet"])  # the default voxel solver: os-tv, default passes
     assert rc == 0, capsys.readouterr().err
     v, u = load_volume(out, units="hu"), load_volume(unc, units="hu")
     assert float(v.data.min()) < -500 and float(v.data.max()) > 0  # air and the water-like body in HU

@@ -335,10 +335,10 @@ def test_cli_os_tv_flags():
 
 def test_default_passes_scale_with_views(case):
     """Without an explicit pass count the solver spends about the same number of one-view updates
-    whatever the view count (a pass costs about its views), with a floor: 8 passes at 30 views, 24 at 10."""
+    whatever the view count (a pass costs about its views), with a floor: 12 passes at 30, 20 or 50 views, 24 at 10."""
     from XRayNeRFLib.recon.ostv import MIN_DEFAULT_PASSES, default_passes
 
-    assert default_passes(30) == 8 and default_passes(10) == 24 and default_passes(20) == 12
+    assert default_passes(30) == 12 and default_passes(10) == 24 and default_passes(20) == 12 and default_passes(50) == 12
     assert default_passes(200) == MIN_DEFAULT_PASSES and default_passes(1) >= 24
     cams, clean, _, like, _ = case
     res = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", options={"solver": "os-tv"})

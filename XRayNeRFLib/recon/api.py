@@ -46,7 +46,7 @@ _OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statisti
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
 DEFAULT_RENDERER = "trilinear"  # projector of the iterative methods when none is named
-DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (ostv.default_passes: 8 at 30 views) for it; Adam steps (300) for "adam"
+DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (ostv.default_passes: 12 at 30 views) for it; Adam steps (300) for "adam"
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
 
@@ -118,7 +118,7 @@ def reconstruct(
     renderer: "trilinear" (default) | "siddon" (iterative methods): on the chest benchmark trilinear ray
         marching reconstructs as well as the exact Siddon path lengths (OS-TV 35.68 vs 35.29 dB) and ~4x
         faster with os-tv, 2x with adam. iterations: default the method's: for voxel's
-        "os-tv" solver (the default) passes over all views, ostv.default_passes (8 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
+        "os-tv" solver (the default) passes over all views, ostv.default_passes (12 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
         Adam steps (300). units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
         reconstructed without a different random 1/ensemble_size of the views and with seed + m; the
