@@ -157,3 +157,29 @@ def test_coarse_grid_and_upsampling_geometry():
     p = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 4, 6)
     b = bin_projections(p, 2)
     assert b.shape == (2, 2, 3) and float(b[0, 0, 0]) == pytest.approx((0 + 1 + 6 + 7) / 4)
+
+
+def test_fit_carry_continues_adam_across_fits(sparse):
+    """Two fits sharing ``carry`` (full batch, constant lr) end exactly where one fit of their summed steps
+    ends: the Adam moments, step counts and learned weights continue instead of restarting (the nerf
+    coarse-to-fine stages rely on it); without carry the second fit restarts Adam and lands elsewhere."""
+    from XRayNeRFLib.recon.optimise import fit
+    from XRayNeRFLib.recon.voxel import VoxelGrid
+
+    cams, proj, like, _ = sparse
+    start = fdk(proj, cams, volume=like, window="hann").data.clamp_min(0.0)
+    s = FitSettings(iterations=6, lr=0.05, final_lr_fraction=1.0, rays_per_view=None, tv_weight=0.1, learned_weights=True, renderer="trilinear")
+    one = VoxelGrid(start.clone())
+    fit(one, proj, cams, like, FitSettings(**{**s.__dict__, "iterations": 10}))
+    two, carry = VoxelGrid(start.clone()), {}
+    fit(two, proj, cams, like, s, carry=carry)
+    w = carry["weights"]
+    fit(two, proj, cams, like, FitSettings(**{**s.__dict__, "iterations": 4}), carry=carry)
+    assert carry["weights"] is w
+    assert all(int(st["step"]) == 10 for st in carry["adam"]["state"].values())
+    for a, b in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    restarted = VoxelGrid(start.clone())
+    fit(restarted, proj, cams, like, s)
+    fit(restarted, proj, cams, like, FitSettings(**{**s.__dict__, "iterations": 4}))
+    assert not torch.allclose(next(one.parameters()), next(restarted.parameters()), rtol=1e-5, atol=1e-6)

@@ -77,10 +77,17 @@ def fit(
     like: Volume,
     settings: FitSettings,
     progress: ProgressCallback = None,
+    carry: Optional[dict] = None,
 ) -> tuple[Volume, FitHistory]:
     """Fit ``model`` to the projections. Returns the best volume (lowest running mean of the data loss)
     and the history. A progress callback returning False stops and returns the best volume so far
-    (``history.cancelled``). A non-finite loss raises RuntimeError naming the term and the step."""
+    (``history.cancelled``). A non-finite loss raises RuntimeError naming the term and the step.
+
+    carry: None, or a dict shared by consecutive fits of the same parameters (the hash-grid field's
+    coarse-to-fine stages): a fit starts from the Adam moments and step counts (and the learned loss
+    weights) that the previous fit left in it, at ``settings.lr``, and leaves its own there. A fresh
+    Adam's first steps move every parameter by about the full learning rate (bias correction), which
+    showed as a dip at the nerf stage switch."""
     if settings.iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {settings.iterations}")
     if settings.renderer not in ("siddon", "trilinear"):
@@ -91,9 +98,18 @@ def fit(
     cams = cameras.to(dtype=torch.float32)
     target = projections.detach().to(torch.float32)
     n_views, height, width = target.shape
-    weights = LearnedLossWeights(["data", "tv"], [1.0, max(settings.tv_weight, 1e-8)]) if settings.learned_weights else None
+    weights = None
+    if settings.learned_weights:
+        weights = carry.get("weights") if carry is not None else None
+        if weights is None:
+            weights = LearnedLossWeights(["data", "tv"], [1.0, max(settings.tv_weight, 1e-8)])
     params = list(model.parameters()) + (list(weights.parameters()) if weights is not None else [])
     opt = make_adam(params, settings.lr)
+    if carry is not None and "adam" in carry:
+        opt.load_state_dict(carry["adam"])  # raises if the parameters differ from the previous fit's
+        for group in opt.param_groups:
+            group["lr"] = settings.lr
+            group.pop("initial_lr", None)
     n_it = settings.iterations
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - (1.0 - settings.final_lr_fraction) * min(s, n_it) / n_it)
     history = FitHistory()
@@ -161,4 +177,7 @@ def fit(
         history.best_step = n_it
     if snap is not None:
         snapshot(len(history.data), best)
+    if carry is not None:
+        carry["adam"] = opt.state_dict()
+        carry["weights"] = weights
     return Volume(best, like.ras_from_ijk, "mu"), history
