@@ -712,6 +712,7 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert ui.applyButton.enabled and ui.statusLabel.text == "Ready."
     assert ui.orbitCollapsibleButton.visible and not ui.geometryFileLineEdit.visible
     assert not ui.iterationsSpinBox.enabled and not ui.voxelSolverComboBox.enabled  # FDK has no iterations
+    assert ui.fdkWindowComboBox.enabled and ui.fdkWindowCutoffSpinBox.enabled  # ... but a ramp-filter window
     assert ui.quantityComboBox.enabled and not ui.i0SpinBox.enabled
     p.quantity = "intensity"
     assert ui.i0SpinBox.enabled
@@ -720,6 +721,7 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     p.geometrySource = "circular"
     p.method = "voxel"
     assert ui.iterationsSpinBox.enabled and not ui.ensembleSizeSpinBox.enabled and ui.voxelSolverComboBox.enabled
+    assert not ui.fdkWindowComboBox.enabled and not ui.fdkWindowCutoffSpinBox.enabled
     p.computeUncertainty = True
     assert ui.ensembleSizeSpinBox.enabled and ui.uncertaintyVolumeSelector.enabled
     p.inputKind = "dicom"

@@ -49,6 +49,7 @@ QUANTITIES = ["line_integral", "intensity"]
 METHODS = ["fdk", "voxel", "nerf"]
 RENDERERS = ["siddon", "trilinear"]
 VOXEL_SOLVERS = ["default", "adam", "os-tv"]
+FDK_WINDOWS = ["hann", "shepp-logan", "ram-lak"]
 
 
 #
@@ -129,6 +130,8 @@ class XRayNeRFReconstructionParameterNode:
     method: Annotated[str, Choice(METHODS)] = "fdk"
     renderer: Annotated[str, Choice(RENDERERS)] = "trilinear"
     voxelSolver: Annotated[str, Choice(VOXEL_SOLVERS)] = "default"
+    fdkWindow: Annotated[str, Choice(FDK_WINDOWS)] = "hann"
+    fdkWindowCutoff: Annotated[float, WithinRange(0.05, 1.0)] = 1.0
     gridSize: Annotated[int, WithinRange(8, 1024)] = 128
     voxelSpacingMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
     iterations: Annotated[int, WithinRange(0, 100000)] = 0
@@ -160,6 +163,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
             (self.ui.methodComboBox, METHODS),
             (self.ui.rendererComboBox, RENDERERS),
             (self.ui.voxelSolverComboBox, VOXEL_SOLVERS),
+            (self.ui.fdkWindowComboBox, FDK_WINDOWS),
         ):
             combo.clear()
             combo.addItems(items)
@@ -210,6 +214,8 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         ui.iterationsSpinBox.setEnabled(p.method != "fdk")
         ui.rendererComboBox.setEnabled(p.method != "fdk")
         ui.voxelSolverComboBox.setEnabled(p.method == "voxel")
+        ui.fdkWindowComboBox.setEnabled(p.method == "fdk")
+        ui.fdkWindowCutoffSpinBox.setEnabled(p.method == "fdk")
         ui.ensembleSizeSpinBox.setEnabled(p.computeUncertainty)
         ui.uncertaintyVolumeSelector.setEnabled(p.computeUncertainty)
 
@@ -474,11 +480,12 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         else:
             inputNode = p.inputSequence if p.inputKind == "sequence" else p.inputStack
         inputs.update(extra)
+        options = {"window": p.fdkWindow, "window_cutoff": float(p.fdkWindowCutoff)} if p.method == "fdk" else None
         out = self.reconstruct(
             inputNode, p.outputVolume, p.uncertaintyVolume if p.computeUncertainty else None, method=p.method,
             renderer=p.renderer, voxelSolver=p.voxelSolver, gridSize=p.gridSize, voxelSpacingMm=p.voxelSpacingMm or None,
             iterations=p.iterations or None, uncertainty=p.computeUncertainty, ensembleSize=p.ensembleSize,
-            progress=progress, **inputs,
+            options=options, progress=progress, **inputs,
         )
         p.outputVolume = out.volume_node
         if out.uncertainty_node is not None:
@@ -683,3 +690,21 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
         again = logic.reconstructUsingParameterNode(p)  # a second run overwrites the same node
         self.assertEqual(again.volume_node.GetID(), out.volume_node.GetID())
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")), 1)
+        # the FDK window reaches the engine: a lower Hann cut-off smooths, the plain ramp sharpens
+        self.assertEqual((p.fdkWindow, p.fdkWindowCutoff), ("hann", 1.0))
+        with self.assertRaises(ValueError):
+            p.fdkWindowCutoff = 0.0
+        with self.assertRaises(ValueError):
+            p.fdkWindow = "cosine"
+
+        def roughness():
+            a = slicer.util.arrayFromVolume(logic.reconstructUsingParameterNode(p).volume_node).astype(float)
+            return float(np.abs(np.diff(a, axis=2)).mean() + np.abs(np.diff(a, axis=1)).mean())
+
+        full = roughness()
+        p.fdkWindowCutoff = 0.5
+        half = roughness()
+        p.fdkWindow, p.fdkWindowCutoff = "ram-lak", 1.0
+        ramp = roughness()
+        self.assertLess(half, 0.9 * full)
+        self.assertGreater(ramp, 1.1 * full)
