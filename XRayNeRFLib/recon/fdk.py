@@ -33,6 +33,9 @@ from ..volume import Volume
 from .fov import analyse_orbit, cameras_float64, check_fov_hits_object, default_grid
 
 WINDOWS = ("ram-lak", "shepp-logan", "hann")
+# back-projection working set per chunk of voxel rows (MB): cache-sized chunks ran 2x faster than 256 MB ones
+# (chest 128^3, 30 views, 1 thread: 0.59 vs 1.25 s); max_memory_mb lowers it further
+CHUNK_MB = 16.0
 
 
 def check_projections(projections: Tensor, cameras: Cameras, name: str = "projections") -> Tensor:
@@ -217,30 +220,34 @@ def fdk(
         q = q.transpose(1, 2)  # back to (V, H, W)
     q = q.to(torch.float32)
 
-    # voxel-driven backprojection
+    # voxel-driven backprojection. Pn maps a voxel's homogeneous (i, j, k, 1) straight to (gx w, gy w, w):
+    # the projection matrix after the grid's ras_from_ijk, its first two rows already in grid_sample's
+    # normalised coordinates (align_corners=False: gx = (2 col + 1) / W - 1 with col = u / w), so each voxel
+    # costs one broadcast sum, one division and the sampling (the per-voxel matrix products, stacks and
+    # normalisations it replaced took ~90 % of the time).
     weight = (dbeta * orbit.sid_mm**2).to(torch.float32)  # (V,)
-    pm = cams.projection_matrices().to(torch.float32)  # (V, 3, 4)
+    pm = cams.projection_matrices().to(torch.float64) @ volume.ras_from_ijk.to(torch.float64)  # (V, 3, 4) from ijk
+    norm = torch.tensor([[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    pn = (norm @ pm).to(torch.float32).transpose(1, 2).contiguous()  # (V, 4, 3): rows i, j, k, 1
     nk, nj, ni = volume.data.shape
-    a = volume.ras_from_ijk.to(torch.float64)
-    out = torch.zeros(nk, nj, ni, dtype=torch.float32)
-    jj, ii = torch.meshgrid(torch.arange(nj, dtype=torch.float64), torch.arange(ni, dtype=torch.float64), indexing="ij")
-    slice_pts = nj * ni
-    k_per_chunk = max(1, int(max_memory_mb * 2**20 / (n_views * slice_pts * 4 * 6)))
+    out = torch.zeros(nk * nj, ni, dtype=torch.float32)  # rows (k, j) of I voxels
+    row_i = pn[:, None, 0, :] * torch.arange(ni, dtype=torch.float32)[None, :, None]  # (V, I, 3)
+    # chunks of rows small enough to stay in cache (CHUNK_MB; the working set is ~24 bytes per voxel and view)
+    rows_per_chunk = max(1, int(min(max_memory_mb, CHUNK_MB) * 2**20 / (n_views * ni * 24)))
     images = q[:, None]  # (V, 1, H, W)
-    for k0 in range(0, nk, k_per_chunk):
-        k1 = min(nk, k0 + k_per_chunk)
-        kk = torch.arange(k0, k1, dtype=torch.float64)[:, None, None].expand(-1, nj, ni)
-        ijk = torch.stack([ii.expand(k1 - k0, -1, -1), jj.expand(k1 - k0, -1, -1), kk, torch.ones_like(kk)], -1)
-        ras = (ijk.reshape(-1, 4) @ a.T).to(torch.float32)  # (M, 4)
-        uvw = torch.einsum("vij,mj->vmi", pm, ras)  # (V, M, 3)
+    for r0 in range(0, nk * nj, rows_per_chunk):
+        r1 = min(nk * nj, r0 + rows_per_chunk)
+        r = torch.arange(r0, r1)
+        kk, jj = (r // nj).to(torch.float32), (r % nj).to(torch.float32)
+        offset = pn[:, None, 1, :] * jj[None, :, None] + pn[:, None, 2, :] * kk[None, :, None] + pn[:, None, 3, :]  # (V, R, 3)
+        uvw = offset[:, :, None, :] + row_i[:, None, :, :]  # (V, R, I, 3)
         depth = uvw[..., 2]
-        cr = uvw[..., :2] / depth[..., None]
-        gx = (cr[..., 0] + 0.5) / width * 2 - 1
-        gy = (cr[..., 1] + 0.5) / height * 2 - 1
-        sampled = F.grid_sample(images, torch.stack([gx, gy], -1)[:, None], mode="bilinear", padding_mode="zeros", align_corners=False)
-        contrib = sampled[:, 0, 0] * weight[:, None] / depth**2  # (V, M)
-        out[k0:k1] = contrib.sum(0).reshape(k1 - k0, nj, ni)
-        report(progress, k1, nk, f"FDK backprojection: slice {k1}/{nk}")
+        grid = (uvw[..., :2] / depth[..., None]).reshape(n_views, 1, -1, 2)
+        sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, 0]  # (V, M)
+        scale = depth.reciprocal().square_().mul_(weight[:, None, None]).reshape(n_views, -1)
+        out[r0:r1] = sampled.mul_(scale).sum(0).reshape(r1 - r0, ni)
+        report(progress, r1 // nj, nk, f"FDK backprojection: slice {r1 // nj}/{nk}")
+    out = out.reshape(nk, nj, ni)
     return Volume(out, volume.ras_from_ijk.to(torch.float32), "mu")
 
 
