@@ -933,7 +933,7 @@ def main() -> None:
     p.add_argument("--rerun-case", default=None, help="with --rerun: only in the kept cases whose name matches this regular expression")
     p.add_argument("--only", default=None, help="run only the methods whose label matches this regular expression (a later --resume adds the others)")
     p.add_argument("--big", action="store_true", help="run the 256^3 case even with --cases")
-    p.add_argument("--big-admm", action="store_true", help="run RTK ADMM-TV at 256^3 too (its tuned AL count takes ~45 min on 2 cores; left out by default)")
+    p.add_argument("--big-admm", action="store_true", help="run RTK ADMM-TV at 256^3 too (its tuned 80 AL iterations took 35 min on 2 cores; left out by default)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's benchmarks/_work/recon/{full,quick}/results.json (no runs)")
     p.add_argument("--output", default=None, help="report path (default benchmarks/RESULTS_reconstruction.md, or RESULTS_reconstruction-quick.md with --quick)")
     args = p.parse_args()

@@ -9,9 +9,9 @@ the voxel method's. By default the field first distils the Hann FDK volume (:fun
 ``NerfSettings.init``) and its finest level matches the output grid with every level dense.
 ``coarse_to_fine`` spends the first ``coarse_fraction`` of the steps on a grid of
 half the resolution over the same box (8x fewer field evaluations), then refines on the output grid;
-the learning rate follows one linear decay over both stages (each stage's Adam starts afresh, but the
-fine stage at the decayed rate: restarting at the full rate dropped the chest benchmark's PSNR from
-30.1 to 28.4 dB at the switch and ended at 29.9 dB, continuing ends at 30.5 dB).
+the learning rate follows one linear decay over both stages (restarting it at the full rate dropped the
+chest benchmark's PSNR from 30.1 to 28.4 dB at the switch and ended at 29.9 dB, continuing ends at
+30.5 dB) and the fine stage continues the coarse stage's Adam state (``optimise.fit``'s ``carry``).
 
 Coordinates: the field's unit cube is the output box (voxel boundaries) scaled isotropically by its
 longest side, x along the grid's i axis, y along j, z along k; voxel (k, j, i) has its centre at
@@ -63,7 +63,8 @@ class NerfSettings:
     four hashed levels, 16x collisions) gave 24-25 dB, the grid-matched dense layout 33.5 dB.
     normalize: LayerNorm over the level features (the normalised encoder of arXiv 2506.19742; off by
     default: on the chest benchmark, 128^3, 30 noisy views, 100 steps, it cost 1 dB: plain 31.53 / norm
-    30.52 dB with the shipped head, 31.33 / 30.45 dB with a random MLP; at 64^3 plain 23.6 > norm 21.3 dB).
+    30.52 dB with the shipped head, 31.33 / 30.45 dB with a random MLP; with lambda_TV 3 and one Adam
+    state across the stages 31.75 / 30.96 and 31.52 / 31.00 dB; at 64^3 plain 23.6 > norm 21.3 dB).
     mci: path of a pre-fitted head, "default" (the
     shipped Resources/Models/hashgrid_head_prior_{norm,plain}.pt, by ``normalize``; a head loads at any
     finest resolution / table size, the other layout fields must match) or None (random MLP).
