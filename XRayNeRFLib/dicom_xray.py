@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import MissingTagError, NotAnXrayImageError
 from .geometry import PATIENT_FROM_CARM, Cameras
 
 __all__ = [
@@ -357,13 +358,17 @@ def _check_image(ds, path: str) -> str:
         from pydicom.uid import UID
 
         what = UID(sop).name if sop else "an object"
-        raise ValueError(f"{path}: {what} (Modality {modality or '?'}) holds no image (no Pixel Data (7FE0,0010)); give X-ray images (XA, RF, DX, CR)")
+        raise NotAnXrayImageError(
+            f"{path}: {what} (Modality {modality or '?'}) holds no image (no Pixel Data (7FE0,0010)); give X-ray images (XA, RF, DX, CR)",
+            path=path, reason="no-pixel-data",
+        )
     if sop not in SUPPORTED_SOP_CLASSES and modality not in _SUPPORTED_MODALITIES:
         from pydicom.uid import UID
 
-        raise ValueError(
+        raise NotAnXrayImageError(
             f"{path}: {UID(sop).name if sop else 'unknown SOP class'} (Modality {modality or '?'}) is not a projection X-ray image; "
-            "supported: XA, RF, DX, CR and Enhanced XA/XRF"
+            "supported: XA, RF, DX, CR and Enhanced XA/XRF",
+            path=path, reason="not-projection-xray",
         )
     return modality
 
@@ -427,8 +432,11 @@ def _positive(value: float, keyword: str, path: str, flag: Optional[str]) -> flo
     return value
 
 
-def _missing(path: str, what: str, tags: str, key: str) -> ValueError:
-    return ValueError(f"{path}: no {what} ({tags}); pass it with {FLAG[key]} (or {key}= in GeometryOverrides)")
+def _missing(path: str, what: str, tags: str, key: str) -> MissingTagError:
+    return MissingTagError(
+        f"{path}: no {what} ({tags}); pass it with {FLAG[key]} (or {key}= in GeometryOverrides)",
+        path=path, what=what, tags=tags, flag=FLAG[key], override=key,
+    )
 
 
 def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[str], enhanced: bool):
@@ -947,8 +955,8 @@ def read_dicom_series(inputs: Sequence[str], overrides: Optional[GeometryOverrid
     for f in files:
         try:
             parts.append(read_dicom_xray(f, overrides))
-        except ValueError as exc:
-            if os.path.abspath(f) not in explicit and ("holds no image" in str(exc) or "is not a projection X-ray image" in str(exc)):
+        except NotAnXrayImageError as exc:
+            if os.path.abspath(f) not in explicit:
                 notes.append(f"skipped {exc}")
                 continue
             raise

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dicom_factory as fac
+from XRayNeRFLib.errors import MissingTagError, NotAnXrayImageError
 from XRayNeRFLib.dicom_xray import GeometryOverrides, Orientation, read_dicom_series, read_dicom_xray
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.intensities import intensities_from_line_integrals, to_line_integrals
@@ -290,6 +291,8 @@ def test_bad_geometry_names_file_tag_and_flag(good_file, kwargs, needles):
         read_dicom_xray(path)
     msg = str(err.value)
     assert path in msg
+    if isinstance(err.value, MissingTagError):  # the typed error carries what a caller needs
+        assert err.value.path == path and err.value.flag in msg and err.value.tags in msg
     for needle in needles:
         assert needle in msg, msg
 
@@ -311,8 +314,9 @@ def test_corrupt_truncated_and_non_image_files(tmp_path, good_file):
         read_dicom_xray(str(garbage))
     for kind in ("RT_PLAN", "SR"):
         p = fac.write_non_image(str(tmp_path / f"{kind}.dcm"), kind)
-        with pytest.raises(ValueError, match=r"holds no image.*\(7FE0,0010\)"):
+        with pytest.raises(NotAnXrayImageError, match=r"holds no image.*\(7FE0,0010\)") as err:
             read_dicom_xray(p)
+        assert err.value.path == p and err.value.reason == "no-pixel-data"
     with pytest.raises(ValueError, match="no such file"):
         read_dicom_xray(str(tmp_path / "missing.dcm"))
 

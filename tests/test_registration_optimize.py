@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from XRayNeRFLib.errors import NoOverlapError
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration import pose_errors, register, target_registration_error
 from XRayNeRFLib.registration.simulate import landmarks, perturb_pose, resample_volume, simulate_xray
@@ -139,12 +140,14 @@ def test_bad_inputs(case):
     vol, image, cam = case["volume"], case["image"], case["camera"]
     far = cam.world_from_camera.clone()
     far[0, :3, 3] += 2000.0 * far[0, :3, 0]  # 2 m sideways: the CT projects beside the detector
-    with pytest.raises(ValueError, match="does not overlap"):
+    with pytest.raises(NoOverlapError, match="does not overlap") as err:
         register(vol, image, Cameras(far, cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px))
+    assert not err.value.behind_source
     behind = cam.world_from_camera.clone()
     behind[0, :3, 3] += 2000.0 * behind[0, :3, 2]  # source 2 m past the CT, looking away from it
-    with pytest.raises(ValueError, match="behind the X-ray source"):
+    with pytest.raises(NoOverlapError, match="behind the X-ray source") as err:
         register(vol, image, Cameras(behind, cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px))
+    assert err.value.behind_source
     with pytest.raises(ValueError, match="constant"):
         register(vol, torch.full_like(image, 3.0), cam)
     nan_image = image.clone()

@@ -379,6 +379,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         returns the engine's RegistrationResult; :meth:`accept` / :meth:`revert` close it.
         """
         import torch
+        from XRayNeRFLib.errors import NoOverlapError
         from XRayNeRFLib.registration import register
         from XRayNeRFMRML.nodes import (
             array_to_matrix, cameras_from_node, remove_node, update_camera_model, volume_from_node, world_from_node,
@@ -435,7 +436,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             self.restoreView()  # before removing the DRR node it shows
             for node in created:
                 remove_node(node)
-            if isinstance(error, ValueError) and "does not overlap" in str(error):
+            if isinstance(error, NoOverlapError) and not error.behind_source:
                 raise ValueError(
                     "The CT does not project onto the X-ray at the initial pose: move the CT's transform "
                     "(Transforms module) so that the anatomy roughly overlays the X-ray, then retry. "

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import NoOverlapError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import render
@@ -116,14 +117,15 @@ def _halton(n: int, dim: int) -> Tensor:
 
 
 def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
-    """Raise ValueError when the CT's projected bounding box misses the (masked) image."""
+    """Raise NoOverlapError when the CT's projected bounding box misses the (masked) image."""
     corners = volume.corners_ras().to(torch.float64)
     c = cams.to(dtype=torch.float64)
     cam_pts = (c.camera_from_world()[0, :3, :3] @ corners.T).T + c.camera_from_world()[0, :3, 3]
     if (cam_pts[:, 2] <= 0).all():
-        raise ValueError(
+        raise NoOverlapError(
             "the CT lies behind the X-ray source at the initial pose: the X-ray does not overlap the CT's "
-            "projection. Check the initial world_from_camera (camera +z must point from the source towards the patient)"
+            "projection. Check the initial world_from_camera (camera +z must point from the source towards the patient)",
+            behind_source=True,
         )
     if (cam_pts[:, 2] <= 0).any():
         return  # the source is inside the CT box: its projection covers the whole image
@@ -136,7 +138,7 @@ def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
     inside_u = (uv[:, 0].max() >= float(cols.min()) - 0.5) and (uv[:, 0].min() <= float(cols.max()) + 0.5)
     inside_v = (uv[:, 1].max() >= float(rows.min()) - 0.5) and (uv[:, 1].min() <= float(rows.max()) + 0.5)
     if not (inside_u and inside_v):
-        raise ValueError(
+        raise NoOverlapError(
             "the X-ray does not overlap the CT's projection at the initial pose (the CT's projected box spans "
             f"columns {float(uv[:, 0].min()):.0f}..{float(uv[:, 0].max()):.0f}, rows {float(uv[:, 1].min()):.0f}.."
             f"{float(uv[:, 1].max()):.0f} of a {cams.width}x{cams.height} image). Fix the initial pose (init.json) "

@@ -1,0 +1,60 @@
+"""Typed errors of the engine: callers branch on the class and its fields, never on the message text.
+
+Every class derives from ``ValueError`` (bad input a user can fix), so code that catches ``ValueError``
+keeps working; the message stays the one line a user reads (file, tag, flag).
+
+- :class:`NotAnXrayImageError` — a DICOM object that is no projection X-ray image (no pixel data, or
+  another SOP class / modality). Directory readers skip these; an explicitly named file is an error.
+- :class:`MissingTagError` — a DICOM file lacks a value the geometry needs; ``flag`` is the command-line
+  option (and ``override`` the ``GeometryOverrides`` field) that supplies it.
+- :class:`NoOverlapError` — the CT does not project onto the X-ray at the given pose.
+- :class:`GeometryError` — cameras, poses or matrices that are not usable (non-rigid, mirrored, skewed,
+  inconsistent with the images).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class XRayNeRFError(ValueError):
+    """Base class of the engine's typed input errors."""
+
+
+class NotAnXrayImageError(XRayNeRFError):
+    """path: the DICOM file; reason: "no-pixel-data" or "not-projection-xray"."""
+
+    def __init__(self, message: str, *, path: str, reason: str):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class MissingTagError(XRayNeRFError):
+    """path: the file; what: the quantity (e.g. "source-to-detector distance"); tags: the DICOM tags looked
+    for; flag: the CLI option that supplies it; override: the GeometryOverrides field."""
+
+    def __init__(self, message: str, *, path: str, what: str, tags: str, flag: Optional[str] = None, override: Optional[str] = None):
+        super().__init__(message)
+        self.path = path
+        self.what = what
+        self.tags = tags
+        self.flag = flag
+        self.override = override
+
+
+class NoOverlapError(XRayNeRFError):
+    """The CT's projection misses the (masked) X-ray at the given pose; ``behind_source`` is True when the CT
+    lies behind the X-ray source."""
+
+    def __init__(self, message: str, *, behind_source: bool = False):
+        super().__init__(message)
+        self.behind_source = behind_source
+
+
+class GeometryError(XRayNeRFError):
+    """Unusable geometry; ``name`` names the offending input (e.g. "init pose", "view 3 matrix")."""
+
+    def __init__(self, message: str, *, name: str = ""):
+        super().__init__(message)
+        self.name = name
