@@ -28,12 +28,11 @@ from torch import Tensor
 from ..geometry import Cameras
 from ..progress import ProgressCallback
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, mu_to_hu, mu_water_per_mm
-from .fdk import check_projections
+from .checks import check_masks, check_projections
 from .fov import default_grid
 from .optimise import FitHistory, FitSettings
 from .uncertainty import ensemble
 from .voxel import VOXEL_SOLVERS as _VOXEL_SOLVERS
-from .voxel import check_masks
 
 __all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "VOXEL_SOLVERS", "NERF_FIT_OPTIONS"]
 
@@ -153,7 +152,7 @@ def reconstruct(
     _check_options(method, options)
     energy = float(options.pop("energy_kev", DEFAULT_EFFECTIVE_ENERGY_KEV))
     mu_water_per_mm(energy)  # validates the energy range before any work
-    projections = check_projections(projections, cameras)
+    projections = check_projections(projections, cameras)  # once per request: the methods get checked=True
     masks = check_masks(masks, projections)
     if masks is not None and method == "fdk":
         warnings.warn(
@@ -200,7 +199,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
     if method == "fdk":
         from .fdk import fdk
 
-        vol = fdk(projections, cameras, volume=like, progress=progress, **options)
+        vol = fdk(projections, cameras, volume=like, progress=progress, checked=True, **options)
         return vol, None, False
     if method == "voxel":
         from .voxel import reconstruct_voxel
@@ -220,7 +219,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
             ostv = OSTVSettings(renderer=renderer, **kw)
             vol, hist = reconstruct_voxel(
                 projections, cameras, volume=like, masks=masks, progress=progress, return_history=True, solver="os-tv", ostv=ostv,
-                init=options.get("init", "fdk"),
+                init=options.get("init", "fdk"), checked=True,
             )
             return vol, hist, hist.cancelled
         if any(k in options for k in _OSTV_KEYS):
@@ -229,7 +228,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
         settings = _fit_settings(FitSettings, iterations, renderer, seed, options)
         extra = {k: options[k] for k in ("init", "positivity", "coarse_to_fine") if k in options}
         vol, hist = reconstruct_voxel(
-            projections, cameras, volume=like, settings=settings, masks=masks, progress=progress, return_history=True, **extra
+            projections, cameras, volume=like, settings=settings, masks=masks, progress=progress, return_history=True, checked=True, **extra
         )
         return vol, hist, hist.cancelled
     nerf = _nerf_module()
@@ -244,5 +243,5 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
                 RuntimeWarning,
                 stacklevel=3,
             )
-    vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, **kw)
+    vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, checked=True, **kw)
     return vol, hist, bool(getattr(hist, "cancelled", False))

@@ -36,8 +36,9 @@ from torch import Tensor, nn
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..volume import Volume
-from .fdk import check_projections, fdk
-from .fov import check_fov_hits_object, default_grid
+from .checks import check_projections
+from .fdk import fdk
+from .fov import default_grid
 from .hashgrid import MU_SCALE, GridPlan, HashGridConfig, HashGridField
 from .optimise import FitHistory, FitSettings, fit, make_adam
 
@@ -230,6 +231,7 @@ def reconstruct_nerf(
     settings: Optional[NerfSettings] = None,
     progress: ProgressCallback = None,
     return_history: bool = False,
+    checked: bool = False,
 ):
     """Hash-grid neural-field reconstruction.
 
@@ -240,9 +242,10 @@ def reconstruct_nerf(
         the current field on the output grid (``history.cancelled``).
     returns: Volume of mu (1/mm) on the output grid (and the :class:`FitHistory`, both stages'
         steps concatenated, with ``return_history``).
+    checked: the caller already ran :func:`checks.check_projections` on these inputs.
     """
-    projections = check_projections(projections, cameras)
-    check_fov_hits_object(projections)
+    if not checked:
+        projections = check_projections(projections, cameras)
     s = settings if settings is not None else NerfSettings()
     if s.iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {s.iterations}")
@@ -254,7 +257,7 @@ def reconstruct_nerf(
     field = make_field(s, grid_cells=max(like.data.shape))
     fine_plan = field.plan_grid(grid_axes(like))
     if s.init == "fdk" and s.init_steps > 0:
-        start = fdk(projections, cameras, volume=like, window="hann").data.clamp_min(0.0)
+        start = fdk(projections, cameras, volume=like, window="hann", checked=True).data.clamp_min(0.0)
         if not distill(field, start, grid_axes(like), s.init_steps, s.init_lr, s.init_points, s.seed, progress):
             with torch.no_grad():
                 out = Volume(field.evaluate_grid(fine_plan).detach(), like.ras_from_ijk, "mu")
@@ -276,8 +279,8 @@ def reconstruct_nerf(
         offset_steps, offset_s = done, seconds_done
         last_s = [0.0]
 
-        def on_snapshot(step, sec, mu, _fine=fine, _o=offset_steps, _t=offset_s):
-            last_s[0] = sec
+        def on_snapshot(step, sec, mu, _fine=fine, _o=offset_steps, _t=offset_s, _last=last_s):
+            _last[0] = sec
             if not _fine:
                 with torch.no_grad():
                     mu = field.evaluate_grid(fine_plan)
