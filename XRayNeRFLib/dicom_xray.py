@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import MissingTagError, NotAnXrayImageError
+from .errors import MissingTagError, NotAnXrayImageError, TagValueError
 from .geometry import PATIENT_FROM_CARM, Cameras
 
 __all__ = [
@@ -425,11 +425,19 @@ def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _positive(value: float, keyword: str, path: str, flag: Optional[str]) -> float:
+def _positive(value: float, keyword: str, path: str, key: Optional[str]) -> float:
+    """``value`` when > 0; else an error (a TagValueError naming the override ``key`` when the value came from a tag)."""
     if not value > 0:
-        hint = f"; fix the file or pass the value with {flag}" if flag else ""
-        raise ValueError(f"{path}: {_name(keyword)} is {value:g}; distances must be > 0 mm{hint}")
+        problem = f"{_name(keyword)} is {value:g}; distances must be > 0 mm"
+        if key is None:
+            raise ValueError(f"{path}: {problem}")
+        raise _bad_value(path, problem, f"fix the file or pass the value with {FLAG[key]}", key)
     return value
+
+
+def _bad_value(path: str, problem: str, remedy: str, *keys: str) -> TagValueError:
+    """A tag value the user can supply instead (GeometryOverrides ``keys``): "<path>: <problem>; <remedy>"."""
+    return TagValueError(f"{path}: {problem}; {remedy}", path=path, problem=f"{path}: {problem}", overrides=keys, flags=[FLAG[k] for k in keys])
 
 
 def _missing(path: str, what: str, tags: str, key: str) -> MissingTagError:
@@ -501,9 +509,10 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
             src += f" + increments ({mode})"
         elif n > 1:
             if motion == "DYNAMIC":
-                raise ValueError(
-                    f"{path}: Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment "
-                    f"(0018,1520/1521) are missing; pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}"
+                raise _bad_value(
+                    path,
+                    "Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment (0018,1520/1521) are missing",
+                    f"pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}", "primary_deg", "secondary_deg",
                 )
             notes.append(f"{path}: {n} frames without angle increments: all frames share the first frame's angles (static positioner)")
         return prim, sec, "patient", src
@@ -524,7 +533,8 @@ def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnificati
     ps = fr.numbers("PixelSpacing")
     for kw, a in (("ImagerPixelSpacing", ips), ("PixelSpacing", ps)):
         if a is not None and (a.size != 2 or (a <= 0).any()):
-            raise ValueError(f"{path}: {_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm; pass {FLAG['pixel_spacing_mm']}")
+            raise _bad_value(path, f"{_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm",
+                             f"pass {FLAG['pixel_spacing_mm']}", "pixel_spacing_mm")
     if ov.pixel_spacing_mm is not None:
         given = np.broadcast_to(np.asarray(ov.pixel_spacing_mm, dtype=np.float64).reshape(-1), (2,)).copy()
         if (given <= 0).any():
@@ -540,9 +550,9 @@ def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnificati
         cal = fr.text("PixelSpacingCalibrationType")
         if cal in ("GEOMETRY", "FIDUCIAL"):
             if magnification is None:
-                raise ValueError(
-                    f"{path}: Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known "
-                    f"(no SID/SDD); pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}"
+                raise _bad_value(
+                    path, f"Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known (no SID/SDD)",
+                    f"pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}", "pixel_spacing_mm",
                 )
             notes.append(f"{path}: detector pixel spacing = Pixel Spacing (0028,0030) x magnification {magnification:.6g} (calibration {cal})")
             return ps[::-1] * magnification, f"Pixel Spacing x magnification ({cal})"
@@ -731,7 +741,7 @@ def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distanc
         if sdd_tag is not None and abs(sdd_tag - sdd) > 1e-6 * sdd:
             notes.append(f"{path}: given SDD {sdd:g} mm used instead of Distance Source to Detector (0018,1110) {sdd_tag:g} mm")
     elif sdd_tag is not None:
-        sdd = _positive(sdd_tag, "DistanceSourceToDetector", path, FLAG["sdd_mm"])
+        sdd = _positive(sdd_tag, "DistanceSourceToDetector", path, "sdd_mm")
     else:
         raise _missing(path, "source-to-detector distance", "Distance Source to Detector (0018,1110)", "sdd_mm")
     sid_iso, sid_pat = fr.number("DistanceSourceToIsocenter"), fr.number("DistanceSourceToPatient")
@@ -740,12 +750,12 @@ def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distanc
         sid = _positive(float(ov.sid_mm), "DistanceSourceToIsocenter", "given value", None)
         sid_src = "given"
     elif sid_iso is not None:
-        sid = _positive(sid_iso, "DistanceSourceToIsocenter", path, FLAG["sid_mm"])
+        sid = _positive(sid_iso, "DistanceSourceToIsocenter", path, "sid_mm")
         sid_src = "Distance Source to Isocenter (0018,9402)"
         if sid_pat is not None and abs(sid_pat - sid_iso) > 1e-3 * sid_iso:
             notes.append(f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter (0018,9402) {sid_iso:g} mm; the isocentre distance is used")
     elif sid_pat is not None:
-        sid = _positive(sid_pat, "DistanceSourceToPatient", path, FLAG["sid_mm"])
+        sid = _positive(sid_pat, "DistanceSourceToPatient", path, "sid_mm")
         sid_src = "Distance Source to Patient (0018,1111)"
         notes.append(f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric C-arm assumed)")
     elif mag_tag is not None and mag_tag > 1:
@@ -755,9 +765,9 @@ def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distanc
     else:
         raise _missing(path, "source-to-isocentre distance", "Distance Source to Isocenter (0018,9402) / Distance Source to Patient (0018,1111)", "sid_mm")
     if sid >= sdd:
-        raise ValueError(
-            f"{path}: source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm; "
-            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}"
+        raise _bad_value(
+            path, f"source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm",
+            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}", "sid_mm", "sdd_mm",
         )
     magnification = sdd / sid
     if mag_tag is not None and abs(mag_tag - magnification) > 0.01 * magnification:
@@ -776,7 +786,8 @@ def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
     pp_tag = fr.text("PatientPosition")
     position = (ov.patient_position or pp_tag or "").strip().upper()
     if position and position not in PATIENT_FROM_CARM:
-        raise ValueError(f"{path}: Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}; pass {FLAG['patient_position']}")
+        raise _bad_value(path, f"Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}",
+                         f"pass {FLAG['patient_position']}", "patient_position")
     if angle_frame == "equipment":
         if not position:
             position = "HFS"

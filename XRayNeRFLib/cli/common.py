@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
+import torch
+
 from ..progress import Cancelled, Progress
 
 EXIT_OK = 0
@@ -112,8 +114,6 @@ def progress_bar(label: str, quiet: bool) -> Optional[TextProgress]:
 
 def select_device(name: str):
     """``--device`` -> torch.device: cpu, cuda or cuda:N; ValueError naming what to use instead."""
-    import torch
-
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -13,7 +13,7 @@ import torch
 from ..geometry import views_missing_volume
 from ..geometry_io import load_geometry, rtk_default_origin_mm, rtk_layout_from_ours
 from ..projections_io import save_projection_stack, stack_extension
-from ..render import beer_lambert, render
+from ..render import DEFAULT_RENDERER, RENDERERS, beer_lambert, render
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, as_mu, load_volume
 from .common import EXIT_OK, check_output_file, note, progress_bar, select_device
 
@@ -81,7 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     ren = p.add_argument_group("rendering")
     ren.add_argument(
-        "--renderer", choices=("siddon", "trilinear"), default="trilinear",
+        "--renderer", choices=RENDERERS, default=DEFAULT_RENDERER,
         help="trilinear: ray marching with trilinear interpolation (default, fast); siddon: exact radiological path through the voxels",
     )
     ren.add_argument("--samples-per-voxel", type=int, default=None, metavar="N", help="trilinear samples per voxel along each ray (default 1)")
@@ -179,7 +179,7 @@ def run(args) -> int:
             line = render(
                 volume,
                 cams,
-                method=args.renderer,
+                renderer=args.renderer,
                 samples_per_voxel=float(args.samples_per_voxel or 1),
                 max_memory_mb=args.max_memory_mb,
                 progress=bar,

@@ -29,8 +29,9 @@ from typing import List, Optional
 import torch
 
 from .. import metrics
-from ..recon.api import DEFAULT_RENDERER, DEFAULT_VOXEL_SOLVER, reconstruct
+from ..recon.api import DEFAULT_VOXEL_SOLVER, reconstruct
 from ..recon.fov import default_grid
+from ..render import DEFAULT_RENDERER, RENDERERS
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, hu_to_mu, load_volume, mu_to_hu, save_volume
 from .common import EXIT_OK, check_output_file, progress_bar
 from .inputs import add_geometry_options, projections_from_args
@@ -92,8 +93,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
-    m.add_argument("--renderer", choices=("siddon", "trilinear"), default=None,
-                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the benchmark and ~4x faster with os-tv, quiet: 11.0 vs 47.8 s) or siddon (exact path lengths)")
+    m.add_argument("--renderer", choices=RENDERERS, default=None,
+                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
@@ -117,7 +118,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--coarse-passes", type=int, metavar="N", help="voxel --solver os-tv: passes on a 2x coarser grid before --iterations passes on the output grid")
     m.add_argument("--coarse-to-fine", action="store_true", help="voxel --solver adam: fit a 2x coarser grid first")
     m.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it cost 1 dB on the chest benchmark)")
+                   help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, benchmarks/RESULTS_reconstruction.md)")
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     add_geometry_options(p)

@@ -22,11 +22,11 @@ from ..geometry import Cameras
 from ..progress import Progress
 from ..projection_set import ProjectionSet
 from ..registration import register
-from ..registration.intensity import collimator_mask, equalise, invert, log_linearise
+from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
 from ..registration.nett import load_nett
 from ..registration.pose import check_rigid, ct_isocenter_ras, pose_errors
 from ..registration.transform_io import write_ct_correction
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu, load_volume
 from .common import EXIT_OK, note, progress_bar, refuse_overwriting_inputs
 
@@ -98,7 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refine-intrinsics", action="store_true", help="also refine the source-detector distance and principal point")
     p.add_argument("--log", action="store_true", help="the image holds intensities: use -log(I / I0)")
     p.add_argument("--invert", action="store_true", help="invert the image (dark bone -> bright)")
-    p.add_argument("--equalize", action="store_true", help="histogram-equalise the image")
+    p.add_argument("--equalize", action="store_true", help="histogram-equalize the image")
     p.add_argument("--no-mask", action="store_true", help="do not mask flat (collimated) borders")
     p.add_argument("--nett", help="NeTT appearance weights (.pt, written by XRayNeRFLib.registration.save_nett after "
                    "train_nett) applied to the CT (in mu) before rendering; opt-in, see docs/registration.md")
@@ -232,7 +232,7 @@ def _image_file_xray(args):
         raise ValueError(f"image {args.image} is constant: nothing to register to")
     mask = torch.ones(image.shape, dtype=torch.bool) if args.no_mask else collimator_mask(image)
     if args.log:
-        image = log_linearise(image)
+        image = log_linearize(image)
     return image, mask, cams, []
 
 
@@ -243,7 +243,7 @@ def load_xray(args, volume: Volume):
     if args.invert:
         image = invert(image)
     if args.equalize:
-        image = equalise(image, mask)
+        image = equalize(image, mask)
     return image, mask, cams, notes
 
 
@@ -314,7 +314,7 @@ def run(args) -> int:
     if args.overlay:
         with torch.no_grad():
             vol = volume if appearance is None else appearance(volume)
-            drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), method="trilinear")[0]
+            drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0]
         write_overlay(args.overlay, image.numpy(), drr.numpy())
     if args.transform_out:
         write_ct_correction(args.transform_out, result.ct_correction_ras)

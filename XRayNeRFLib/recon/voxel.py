@@ -1,7 +1,7 @@
 """Voxel-grid reconstruction with TV, optimised through the differentiable renderer.
 
 mu = scale * softplus(theta) (or scale * mu_max_factor * sigmoid(theta)) keeps mu >= 0; theta is fitted
-by :func:`optimise.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay, ray mini-batches,
+by :func:`optimize.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay, ray mini-batches,
 Siddon or trilinear renderer). Initialisation: zeros (a tiny positive mu) or FDK.
 
 Coarse to fine (``coarse_to_fine=True``): the first half of the Adam steps fit a grid with twice the
@@ -28,7 +28,7 @@ from ..volume import Volume
 from .checks import check_masks, check_projections
 from .fdk import fdk
 from .fov import default_grid
-from .optimise import FitHistory, FitSettings, fit
+from .optimize import FitHistory, FitSettings, fit
 from .ostv import OSTVSettings, reconstruct_ostv
 
 VOXEL_SOLVERS = ("adam", "os-tv")  # reconstruct_voxel's solver argument; "adam" is the default
@@ -136,12 +136,12 @@ def reconstruct_voxel(
     projections: (V, H, W) line integrals; cameras: V views.
     volume / grid / spacing_mm: output grid (default: the scanned cylinder, see :func:`fov.default_grid`).
     init: "zeros" or "fdk" (Hann-windowed FDK, clamped at >= 0).
-    settings: :class:`optimise.FitSettings` (iterations, lr, rays per view, lambda_TV, learned
+    settings: :class:`optimize.FitSettings` (iterations, lr, rays per view, lambda_TV, learned
         weights, renderer, seed).
     coarse_to_fine: spend ``iterations // 2`` Adam steps on a 2x coarser grid and 2x2-binned detector
         first (see the module docstring); the fine fit gets the rest.
     masks: optional (V, H, W) bool, True where a pixel saw the beam; False pixels are left out of the
-        data term (needs ``optimise.fit`` with mask support; otherwise a RuntimeWarning says they are used).
+        data term (needs ``optimize.fit`` with mask support; otherwise a RuntimeWarning says they are used).
     returns: Volume of mu (1/mm) (and the :class:`FitHistory` with ``return_history``; with
         coarse_to_fine its lists hold the coarse steps then the fine ones).
     checked: the caller already ran :func:`checks.check_projections` and :func:`checks.check_masks`.
@@ -151,7 +151,7 @@ def reconstruct_voxel(
         masks = check_masks(masks, projections)
     if masks is not None and solver == "adam" and not _fit_accepts_masks():
         warnings.warn(
-            f"this version of optimise.fit cannot leave pixels out of the data term: the {int((~masks).sum())} masked "
+            f"this version of optimize.fit cannot leave pixels out of the data term: the {int((~masks).sum())} masked "
             "(collimated) pixels are fitted as measured",
             RuntimeWarning,
             stacklevel=2,

@@ -105,7 +105,7 @@ def check_rigid(matrix: Tensor, name: str = "pose", tol: float = 1e-4) -> Tensor
 
 
 @dataclass
-class PoseParametrisation:
+class PoseParametrization:
     """Maps 6 (or 6 + intrinsics) dimensionless parameters to camera poses; see the module docstring.
 
     world_from_camera_init: (4, 4) rigid, RAS mm.
@@ -163,10 +163,13 @@ class PoseParametrisation:
         return rigid_inverse(self.correction(x.detach().double()))
 
 
+PoseParametrisation = PoseParametrization  # the former spelling, still imported by registration/optimize.py
+
+
 def ct_correction_from_poses(world_from_camera: Tensor, world_from_camera_init: Tensor) -> Tensor:
     """The CT's rigid correction (4, 4) float64, RAS mm, 'to parent': moving the CT by it, the *initial*
     camera sees what the registered camera sees. The camera moved by M = w @ w0^-1, so the CT moves by
-    M^-1 = w0 @ w^-1 (equal to :meth:`PoseParametrisation.ct_correction_ras` of the pose's parameters).
+    M^-1 = w0 @ w^-1 (equal to :meth:`PoseParametrization.ct_correction_ras` of the pose's parameters).
 
     world_from_camera: (4, 4) the registered pose; world_from_camera_init: (4, 4) the initial pose."""
     w = torch.as_tensor(world_from_camera, dtype=torch.float64)
