@@ -9,7 +9,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from recon_phantoms import analytic_projections, orbit  # noqa: E402
 
-from XRayNeRFLib.recon import api, checks, fdk, nerf, voxel  # noqa: E402
+import importlib  # noqa: E402
+
+# the modules (XRayNeRFLib.recon.fdk is also the name of the function the package exports)
+api, checks, fdk, nerf, voxel = (importlib.import_module(f"XRayNeRFLib.recon.{m}") for m in ("api", "checks", "fdk", "nerf", "voxel"))
 
 
 @pytest.fixture
