@@ -1,6 +1,7 @@
 """recon/checks.py: the projections are validated once per request, whatever layers the request passes through
 (reconstruct -> method -> FDK start, and every ensemble member), and still by each method called directly."""
 
+import importlib
 import os
 import sys
 
@@ -8,8 +9,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from recon_phantoms import analytic_projections, orbit  # noqa: E402
-
-import importlib  # noqa: E402
 
 # the modules (XRayNeRFLib.recon.fdk is also the name of the function the package exports)
 api, checks, fdk, nerf, voxel = (importlib.import_module(f"XRayNeRFLib.recon.{m}") for m in ("api", "checks", "fdk", "nerf", "voxel"))
