@@ -325,3 +325,9 @@ def test_unusable_dicom_geometry_is_a_typed_error_naming_file_tag_and_flag(tmp_p
     assert main(["info", path]) == 2
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and "bad.dcm" in line and tag_text in line and all(f in line for f in e.flags), line
+
+
+def test_python_dash_m_runs_the_command_line():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "XRayNeRFLib.cli", "--version"], capture_output=True, text=True, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0 and proc.stdout.startswith("xraynerf "), proc.stderr
