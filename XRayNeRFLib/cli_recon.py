@@ -78,12 +78,13 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     )
     io = p.add_argument_group("input and output")
     io.add_argument("--projections", required=True, nargs="+", metavar="P", help="DICOM file(s)/directory, or one projection stack / image folder")
-    io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json")
+    io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json (cameras, or per-view projection matrices)")
     io.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
     io.add_argument("--quantity", choices=("line_integral", "intensity"), help="stack values (default: the stack's header, else line integrals)")
     io.add_argument("--out", required=True, metavar="VOL", help="output volume (.nii.gz, .nii, .nrrd, .mha); missing directories are created when the result is written")
     io.add_argument("--uncertainty", metavar="U", help="also write the uncertainty volume here (ensemble; see above)")
     io.add_argument("--reference", metavar="GT", help="ground-truth volume: print PSNR / SSIM / MAE against it")
+    io.add_argument("--fov-mask", metavar="M", help="also write the field of view on the output grid: the fraction of views that see each voxel (1: every view)")
     io.add_argument("--units", choices=("mu", "hu"), default="mu", help="output units: mu (1/mm, default) or hu")
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
     m = p.add_argument_group("method")
@@ -92,7 +93,16 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the benchmark and ~4x faster with os-tv, quiet: 11.0 vs 47.8 s) or siddon (exact path lengths)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
-    g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
+    g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid (with --size: the explicit grid's)")
+    g.add_argument("--like", metavar="REF", help="output grid of an existing 3-D image: its size, spacing, origin and direction (header only, as RTK's --like)")
+    m.add_argument("--size", type=int, nargs=3, metavar=("NX", "NY", "NZ"), help="explicit output grid along RAS x, y, z, with --spacing-mm (and --origin-ras)")
+    m.add_argument("--origin-ras", type=float, nargs=3, metavar=("X", "Y", "Z"), help="with --size: RAS mm of voxel (0, 0, 0)'s centre (default: centred on the isocentre)")
+    m.add_argument("--fov-region", choices=("every", "any"), default=None,
+                   help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)")
+    m.add_argument("--extend-grid", action=argparse.BooleanOptionalAction, default=None,
+                   help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)")
+    m.add_argument("--truncation-correction", type=float, metavar="F",
+                   help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)")
     m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)")
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
@@ -121,6 +131,24 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def output_grid(args, cams):
+    """The output grid (a descriptor, no memory) named by --like, --size/--spacing-mm/--origin-ras, or the
+    --fov-region cylinder with --grid / --spacing-mm."""
+    from .recon.grid import cylinder_grid, explicit_grid, grid_like
+
+    if args.like:
+        if args.size or args.origin_ras or args.fov_region:
+            raise ValueError("--like sets the whole output grid; drop --size, --origin-ras and --fov-region")
+        return grid_like(args.like)
+    if args.size:
+        if args.spacing_mm is None or args.fov_region:
+            raise ValueError("--size needs --spacing-mm (and optionally --origin-ras), not --grid or --fov-region")
+        return explicit_grid(args.size, args.spacing_mm, origin_ras=args.origin_ras, cameras=cams)
+    if args.origin_ras:
+        raise ValueError("--origin-ras goes with --size NX NY NZ and --spacing-mm")
+    return cylinder_grid(cams, region=args.fov_region or "every", grid=args.grid, spacing_mm=args.spacing_mm)
+
+
 def _fail(exc: BaseException) -> int:
     sys.stderr.write(f"xraynerf reconstruct: error: {' '.join(str(exc).split()) or type(exc).__name__}\n")
     return EXIT_ERROR
@@ -147,6 +175,13 @@ def _options(args) -> dict:
     if args.window_cutoff is not None:
         need(method == "fdk", "--window-cutoff", "--method fdk")
         opts["window_cutoff"] = args.window_cutoff
+    if args.truncation_correction is not None:
+        need(method == "fdk", "--truncation-correction", "--method fdk")
+        if not 0.0 <= args.truncation_correction <= 1.0:
+            raise ValueError(f"--truncation-correction must be in [0, 1] (a fraction of the detector width), got {args.truncation_correction}")
+        opts["truncation_correction"] = args.truncation_correction
+    if args.extend_grid is not None:
+        need(iterative, "--extend-grid" if args.extend_grid else "--no-extend-grid", "--method voxel or nerf")
     for flag, name in (("--tv-weight", "tv_weight"), ("--lr", "lr"), ("--rays-per-view", "rays_per_view")):
         value = getattr(args, name)
         if value is not None:
@@ -352,6 +387,14 @@ def _run(args) -> int:
             raise ValueError("--uncertainty and --out must be different files")
     if args.reference and not os.path.exists(args.reference):
         raise ValueError(f"--reference {args.reference!r} does not exist")
+    if args.fov_mask:
+        _check_out(args.fov_mask, "--fov-mask")
+        if os.path.abspath(args.fov_mask) in (os.path.abspath(args.out), os.path.abspath(args.uncertainty or args.out)):
+            raise ValueError("--fov-mask must be a file of its own")
+    if args.like:
+        from .recon.grid import grid_like
+
+        grid_like(args.like)  # refuse a missing or 2-D image before any work
     if args.grid is not None and args.grid < 2:
         raise ValueError(f"--grid must be at least 2, got {args.grid}")
     if args.spacing_mm is not None and not args.spacing_mm > 0:
@@ -364,10 +407,11 @@ def _run(args) -> int:
             f"the projections of {ps.source} are empty (all line integrals below 1e-3): the object is outside the field of view, "
             "or the values are intensities (pass --quantity intensity)"
         )
-    from .recon.fov import default_grid
-
     cams = ps.cameras.to(dtype=torch.float64)
-    like = default_grid(cams, grid=args.grid, spacing_mm=args.spacing_mm)
+    like = output_grid(args, cams)
+    from .recon.grid import check_memory
+
+    check_memory(args.method, tuple(like.data.shape), len(ps), cams.size_px, options=opts, uncertainty=bool(args.uncertainty))
     reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
     masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
     if masks is not None and args.method == "fdk":
@@ -387,7 +431,7 @@ def _run(args) -> int:
 
         try:
             result = reconstruct(
-                images, cams, args.method, volume=like,
+                images, cams, args.method, volume=like, extend_grid=args.extend_grid, fov_counts=bool(args.fov_mask),
                 renderer=args.renderer or DEFAULT_RENDERER, iterations=args.iterations, units=args.units, uncertainty=bool(args.uncertainty),
                 ensemble_size=args.ensemble_size, masks=masks, seed=args.seed, progress=progress, options=opts,
             )
@@ -403,6 +447,11 @@ def _run(args) -> int:
         if issubclass(w.category, RuntimeWarning):  # the engine's warnings (torch's UserWarnings are not for users)
             sys.stderr.write(f"xraynerf reconstruct: warning: {w.message}\n")
     pairs = [(result.volume, args.out)]
+    if args.fov_mask:
+        from .volume import Volume
+
+        fraction = result.fov.counts.float() / float(result.fov.n_views)
+        pairs.append((Volume(fraction, result.volume.ras_from_ijk, "mu"), args.fov_mask))
     if args.uncertainty:
         if result.uncertainty is None:
             raise RuntimeError("the ensemble was stopped before two members finished: no uncertainty can be computed; nothing written")
@@ -427,6 +476,9 @@ def _run(args) -> int:
             f"wrote {args.out}: {i} x {j} x {k} voxels of {sp[0]:.3g} mm ({args.units}), {args.method}, {len(ps)} views, "
             f"{time.monotonic() - t0:.1f} s" + (f"; uncertainty {args.uncertainty}" if args.uncertainty else "") + "\n"
         )
+        fov_line = result.fov.summary() if result.fov is not None else ""
+        if fov_line:
+            sys.stderr.write(f"field of view: {fov_line}\n")
     return EXIT_OK
 
 
