@@ -7,12 +7,12 @@ import argparse
 import json
 import math
 
+import dicom_factory as fac
 import numpy as np
 import pytest
 import torch
-
-import dicom_factory as fac
 from dicom_factory import SDD, SID, SPACING, drr, normalized_p, truth_cameras
+
 from XRayNeRFLib.cli import main
 from XRayNeRFLib.cli_inputs import add_subcommands
 from XRayNeRFLib.errors import GeometryError

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from recon_phantoms import analytic_projections, orbit
+
 from XRayNeRFLib.recon import grid as grid_mod
 from XRayNeRFLib.recon.api import reconstruct
 from XRayNeRFLib.recon.fov import analyse_orbit, default_grid

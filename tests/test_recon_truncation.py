@@ -16,14 +16,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from recon_phantoms import analytic_projections, ground_truth, orbit, rel_error
+
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.recon.api import reconstruct
 from XRayNeRFLib.recon.displaced import displaced_detector_weights
 from XRayNeRFLib.recon.fdk import fdk, ramp_filter_response
 from XRayNeRFLib.recon.grid import cylinder_grid, field_of_view, view_counts
-from XRayNeRFLib.recon.truncation import detect_truncation, extension_pixels, extrapolate_rows
+from XRayNeRFLib.recon.truncation import (
+    detect_truncation,
+    extension_pixels,
+    extrapolate_rows,
+)
 
 F64 = torch.float64
 TOOL = os.path.join(os.path.dirname(__file__), "rtk_tools", "rtk_filters.py")

@@ -29,10 +29,10 @@ from ..geometry import Cameras
 from ..progress import ProgressCallback
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, mu_to_hu, mu_water_per_mm
 from .fdk import check_projections
-from .grid import REGIONS, check_memory, cylinder_grid, field_of_view, view_counts
 from .fov import analyse_orbit, cameras_float64
-from .truncation import Truncation, crop_to, detect_truncation, extended_grid
+from .grid import REGIONS, check_memory, cylinder_grid, field_of_view, view_counts
 from .optimise import FitHistory, FitSettings
+from .truncation import Truncation, crop_to, detect_truncation, extended_grid
 from .uncertainty import ensemble
 from .voxel import VOXEL_SOLVERS as _VOXEL_SOLVERS
 from .voxel import check_masks

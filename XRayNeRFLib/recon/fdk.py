@@ -33,7 +33,12 @@ from .backproject import VoxelBackprojector
 from .displaced import displaced_detector_weights
 from .fov import analyse_orbit, cameras_float64, check_fov_hits_object, default_grid
 from .grid import DISPLACED_FRACTION, lateral_axis_is_columns
-from .truncation import DEFAULT_EXTENSION, detect_truncation, extension_pixels, extrapolate_rows
+from .truncation import (
+    DEFAULT_EXTENSION,
+    detect_truncation,
+    extension_pixels,
+    extrapolate_rows,
+)
 
 WINDOWS = ("ram-lak", "shepp-logan", "hann")
 

@@ -25,7 +25,6 @@ methods: mass outside the grid would otherwise be pushed into it (recon/truncati
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
