@@ -101,6 +101,9 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)")
     m.add_argument("--extend-grid", action=argparse.BooleanOptionalAction, default=None,
                    help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)")
+    m.add_argument("--refine-geometry", metavar="GEOM",
+                   help="self-calibration: first correct each view's pose from the data (recon/selfcal.py), reconstruct with the corrected "
+                        "cameras and write them here (.json, .matrices.json or .xml); nothing moves when there is nothing to correct")
     m.add_argument("--truncation-correction", type=float, metavar="F",
                    help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)")
     m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)")
@@ -395,6 +398,11 @@ def _run(args) -> int:
         from .recon.grid import grid_like
 
         grid_like(args.like)  # refuse a missing or 2-D image before any work
+    if args.refine_geometry:
+        low = args.refine_geometry.lower()
+        if not low.endswith((".json", ".xml")):
+            raise ValueError(f"--refine-geometry {args.refine_geometry!r}: use .json, .matrices.json or .xml")
+        check_output_file(args.refine_geometry, "--refine-geometry", "geometry.json")
     if args.grid is not None and args.grid < 2:
         raise ValueError(f"--grid must be at least 2, got {args.grid}")
     if args.spacing_mm is not None and not args.spacing_mm > 0:
@@ -413,6 +421,13 @@ def _run(args) -> int:
 
     check_memory(args.method, tuple(like.data.shape), len(ps), cams.size_px, options=opts, uncertainty=bool(args.uncertainty))
     reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
+    refined = None
+    if args.refine_geometry:
+        from .recon.selfcal import RefineSettings, refine_geometry
+
+        refined = refine_geometry(images, cams, like, settings=RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed),
+                                  masks=ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None)
+        cams = refined.cameras
     masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
     if masks is not None and args.method == "fdk":
         masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
@@ -457,6 +472,18 @@ def _run(args) -> int:
             raise RuntimeError("the ensemble was stopped before two members finished: no uncertainty can be computed; nothing written")
         pairs.append((result.uncertainty, args.uncertainty))
     _save_atomic(pairs)
+    if refined is not None:
+        from .geometry_io import save_geometry
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.refine_geometry)), exist_ok=True)
+        save_geometry(cams, args.refine_geometry)
+        rot = refined.corrections[:, :3].norm(dim=1) * 57.29577951308232
+        tra = refined.corrections[:, 3:].norm(dim=1)
+        if not args.quiet:
+            sys.stderr.write(
+                f"geometry refinement: per-view corrections mean {float(rot.mean()):.3f} deg / {float(tra.mean()):.3f} mm (max {float(rot.max()):.3f} deg / "
+                f"{float(tra.max()):.3f} mm); data term {refined.data_terms[0]:.4g} -> {refined.data_terms[-1]:.4g}; {refined.stopped}; wrote {args.refine_geometry}\n"
+            )
     if result.cancelled:
         sys.stderr.write(f"xraynerf reconstruct: warning: stopped early; wrote the best volume so far to {args.out}\n")
     if args.reference:
