@@ -19,7 +19,7 @@ from XRayNeRFLib.recon.selfcal import (
 )
 
 F64 = torch.float64
-SETTINGS = RefineSettings(rounds=2, steps=40, lr=0.1, passes=6)
+SETTINGS = RefineSettings(rounds=2, steps=25, lr=0.1, passes=4, rays_per_view=256)
 
 
 def _case(seed=5, n=16):
@@ -54,10 +54,10 @@ def test_refinement_reduces_jitter_and_error():
     like = cylinder_grid(nominal, grid=16)
     gt = ground_truth(like)
     body = gt > 0.005
-    e_nominal = rel_error(reconstruct(p, nominal, "voxel", volume=like, iterations=6).volume.data[body], gt[body])
-    e_true = rel_error(reconstruct(p, true, "voxel", volume=like, iterations=6).volume.data[body], gt[body])
+    e_nominal = rel_error(reconstruct(p, nominal, "voxel", volume=like, iterations=4).volume.data[body], gt[body])
+    e_true = rel_error(reconstruct(p, true, "voxel", volume=like, iterations=4).volume.data[body], gt[body])
     r = refine_geometry(p, nominal, like, settings=SETTINGS)
-    e_refined = rel_error(reconstruct(p, r.cameras, "voxel", volume=like, iterations=6).volume.data[body], gt[body])
+    e_refined = rel_error(r.volume.data[body], gt[body])  # the refinement's own reconstruction: the same os-tv passes
     assert r.data_terms[-1] < 0.3 * r.data_terms[0], r.data_terms
     assert e_refined < e_nominal - 0.5 * (e_nominal - e_true), (e_nominal, e_refined, e_true)
     assert _rotation_error_deg(r.cameras, true) < 0.75 * _rotation_error_deg(nominal, true)
@@ -66,7 +66,7 @@ def test_refinement_reduces_jitter_and_error():
 def test_exact_geometry_does_not_drift():
     _, true, p = _case()
     like = cylinder_grid(true, grid=16)
-    r = refine_geometry(p, true, like, settings=SETTINGS)
+    r = refine_geometry(p, true, like, settings=RefineSettings(rounds=1, steps=15, passes=4, rays_per_view=256))
     assert "nothing" in r.stopped and len(r.data_terms) == 1
     assert torch.allclose(r.cameras.world_from_camera, true.world_from_camera, atol=1e-5)
     assert float(r.corrections.abs().max()) == 0.0
