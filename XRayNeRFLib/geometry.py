@@ -43,6 +43,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .errors import GeometryError
+
 TensorLike = Union[Tensor, float, Sequence[float]]
 
 # DICOM Patient Position (0018,5100) -> rotation taking directions in the C-arm/table frame to patient
@@ -355,7 +357,7 @@ class Cameras:
 
         A projection matrix fixes the focal lengths in pixels (sdd/su, sdd/sv) but not sdd and the
         pixel spacing separately, so the detector pixel spacing (from the image header) is required;
-        sdd_mm follows. The overall scale and sign of each matrix are free. Raises ValueError for
+        sdd_mm follows. The overall scale and sign of each matrix are free. Raises GeometryError (a ValueError) for
         skewed or mirrored detectors and for matrices whose two focal lengths disagree with the
         given spacing by more than ``rtol``. ``scene_point_ras`` (3,), e.g. the volume centre, must lie in
         front of every source; a matrix of a mirrored detector decomposes into a camera looking away
@@ -367,14 +369,14 @@ class Cameras:
         if p.ndim == 2:
             p = p.unsqueeze(0)
         if p.ndim != 3 or p.shape[-2:] != (3, 4):
-            raise ValueError(f"projection matrices must be (V, 3, 4), got {tuple(projection_matrices.shape)}")
+            raise GeometryError(f"projection matrices must be (V, 3, 4), got {tuple(projection_matrices.shape)}")
         if not torch.isfinite(p).all():
-            raise ValueError("projection matrices contain NaN or infinite values")
+            raise GeometryError("projection matrices contain NaN or infinite values")
         dtype = p.dtype if torch.is_floating_point(p) else torch.get_default_dtype()
         pd = p.detach().to(torch.float64)
         m = pd[:, :, :3]
         if (torch.linalg.det(m).abs() < 1e-12 * m.abs().amax(dim=(-1, -2)) ** 3).any():
-            raise ValueError("a projection matrix has a singular left 3x3 block: it is not a pinhole (cone-beam) camera")
+            raise GeometryError("a projection matrix has a singular left 3x3 block: it is not a pinhole (cone-beam) camera")
         # RQ decomposition of M = K R through QR of the reversed, transposed matrix.
         flip = torch.flip(torch.eye(3, dtype=torch.float64), dims=[0])
         q, r = torch.linalg.qr((flip @ m).transpose(-1, -2))
@@ -394,14 +396,14 @@ class Cameras:
         t = torch.where(neg[:, None], -t, t)
         skew = k[:, 0, 1].abs() / k[:, 0, 0]
         if (skew > rtol).any():
-            raise ValueError(f"projection matrix of view {int(torch.nonzero(skew > rtol)[0, 0])} has a skewed detector; not supported")
+            raise GeometryError(f"projection matrix of view {int(torch.nonzero(skew > rtol)[0, 0])} has a skewed detector; not supported")
         spacing = _as_tensor(pixel_spacing_mm, torch.float64).expand(p.shape[0], 2)
         sdd_u = k[:, 0, 0] * spacing[:, 0]
         sdd_v = k[:, 1, 1] * spacing[:, 1]
         mismatch = (sdd_u - sdd_v).abs() / sdd_u
         if (mismatch > rtol).any():
             i = int(torch.nonzero(mismatch > rtol)[0, 0])
-            raise ValueError(
+            raise GeometryError(
                 f"view {i}: the projection matrix's focal lengths ({k[i, 0, 0]:.6g}, {k[i, 1, 1]:.6g} px) "
                 f"imply different source-detector distances for pixel spacing {spacing[i].tolist()} mm; "
                 "check the pixel spacing (column, row order)"
@@ -413,7 +415,7 @@ class Cameras:
             _, depth = cams.project(_as_tensor(scene_point_ras, dtype).reshape(1, 3))
             if (depth <= 0).any():
                 i = int(torch.nonzero(depth[:, 0] <= 0)[0, 0])
-                raise ValueError(
+                raise GeometryError(
                     f"view {i}: the scene lies behind the source for this projection matrix; the matrix "
                     "describes a mirrored detector (left-handed pixel axes): flip the image columns or rows "
                     "and the matrix rows accordingly"

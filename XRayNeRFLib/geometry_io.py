@@ -55,7 +55,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import GeometryError
 from .geometry import Cameras
+from .projection_matrices import (
+    MATRICES_FORMAT,
+    MATRICES_SUFFIX,
+    cameras_from_matrices_json,
+    is_matrices_path,
+    save_projection_matrices,
+)
 
 __all__ = [
     "read_rtk_xml",
@@ -606,7 +614,8 @@ def cameras_from_json(data: Dict[str, Any], *, dtype: torch.dtype = torch.float6
 # Files
 # ---------------------------------------------------------------------------------------------
 def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, dtype: torch.dtype = torch.float64) -> Cameras:
-    """Read cameras from ``.json`` (XRayNeRF) or ``.xml`` (RTK). The RTK XML stores no detector size
+    """Read cameras from ``.json`` (XRayNeRF geometry, or a per-view projection-matrix file, told apart by
+    its ``format`` field) or ``.xml`` (RTK). The RTK XML stores no detector size
     or spacing: ``size_px`` (columns, rows) and ``spacing_mm`` ([u, v] or one value) are required
     for it, ``origin_mm`` is optional. For JSON they are optional checks against the file."""
     ext = os.path.splitext(str(path))[1].lower()
@@ -624,10 +633,16 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"geometry file {str(path)!r} is not valid JSON: {exc}") from None
-    try:
-        cams = cameras_from_json(data, dtype=dtype)
-    except ValueError as exc:
-        raise ValueError(f"geometry file {str(path)!r}: {exc}") from None
+    if isinstance(data, dict) and data.get("format") == MATRICES_FORMAT:
+        try:
+            cams = cameras_from_matrices_json(data, dtype=dtype)
+        except GeometryError as exc:
+            raise GeometryError(f"projection-matrix file {str(path)!r}: {exc}", name=exc.name) from None
+    else:
+        try:
+            cams = cameras_from_json(data, dtype=dtype)
+        except ValueError as exc:
+            raise ValueError(f"geometry file {str(path)!r}: {exc}") from None
     if size_px is not None and _size(size_px) != cams.size_px:
         raise ValueError(f"geometry file {str(path)!r} has detector size {list(cams.size_px)}, but {list(_size(size_px))} was given")
     if spacing_mm is not None:
@@ -638,9 +653,19 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
     return cams
 
 
-def save_geometry(cameras: Cameras, path: str, *, origin_mm=None) -> None:
+def save_geometry(cameras: Cameras, path: str, *, origin_mm=None, form: Optional[str] = None) -> None:
     """Write cameras to ``.json`` (explicit XRayNeRF form) or ``.xml`` (RTK; ``origin_mm`` as in
-    :func:`write_rtk_xml`)."""
+    :func:`write_rtk_xml`). ``form="matrices"``, or a name ending in ``.matrices.json``, writes the
+    per-view projection-matrix form instead (:mod:`XRayNeRFLib.projection_matrices`)."""
+    if form not in (None, "matrices"):
+        raise ValueError(f"unknown geometry form {form!r}; use None (by extension) or 'matrices'")
+    if form == "matrices" or is_matrices_path(path):
+        if not str(path).lower().endswith(".json"):
+            raise ValueError(f"projection-matrix file {str(path)!r}: use the extension {MATRICES_SUFFIX}")
+        if origin_mm is not None:
+            raise ValueError("origin_mm applies to RTK XML only; projection matrices map to pixels")
+        save_projection_matrices(cameras, str(path))
+        return
     ext = os.path.splitext(str(path))[1].lower()
     if ext == ".xml":
         write_rtk_xml(cameras, str(path), origin_mm=origin_mm)

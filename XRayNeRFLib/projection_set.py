@@ -31,6 +31,7 @@ from .dicom_xray import GeometryOverrides, read_dicom_series
 from .geometry import Cameras
 from .geometry_io import load_geometry, ours_from_rtk_layout, rtk_layout_from_ours, save_geometry
 from .intensities import to_line_integrals
+from .projection_matrices import is_matrices_path
 from .projections_io import (
     STACK_EXTENSIONS,
     check_projections_match,
@@ -227,7 +228,7 @@ class ProjectionSet:
         stack_written = False
         done = False
         try:
-            save_geometry(self.cameras, tmp_geometry)
+            save_geometry(self.cameras, tmp_geometry, form="matrices" if is_matrices_path(geometry_path) else None)
             images = rtk_layout_from_ours(self.images) if gext == ".xml" else self.images
             meta = {"quantity": "line_integral", "row_order": "rtk" if gext == ".xml" else "xraynerf"}
             save_projection_stack(images, stack_path, spacing_mm=spacing[0].tolist(), metadata=meta, compress=compress)

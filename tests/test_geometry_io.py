@@ -494,9 +494,19 @@ def test_json_examples_in_docs_load():
 
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "geometry_io.md")).read()
     blocks = re.findall(r"```json\n(.*?)```", doc, flags=re.S)
-    assert len(blocks) == 3
-    cams = [cameras_from_json(json.loads(b)) for b in blocks]
+    assert len(blocks) == 4
+    from XRayNeRFLib.projection_matrices import MATRICES_FORMAT, cameras_from_matrices_json
+
+    data = [json.loads(b) for b in blocks]
+    matrices = [d for d in data if d["format"] == MATRICES_FORMAT]
+    cams = [cameras_from_json(d) for d in data if d["format"] != MATRICES_FORMAT]
     assert [len(c) for c in cams] == [1, 5, 2]
+    # the projection-matrix example is the worked example of docs/geometry.md (rounded to 4 decimals)
+    (example,) = [cameras_from_matrices_json(d) for d in matrices]
+    worked = Cameras.carm(30.0, 10.0, sid_mm=750.0, sdd_mm=1200.0, size_px=(1024, 768), pixel_spacing_mm=0.4,
+                          isocenter_ras=(10.0, -20.0, 30.0), dtype=torch.float64)
+    assert torch.allclose(example.source_positions(), worked.source_positions(), atol=1.0)
+    assert torch.allclose(example.sdd_mm, worked.sdd_mm, rtol=1e-3)
     # the explicit example is the PA view it claims to be
     pa = Cameras.circular_orbit([0.0], sid_mm=600.0, sdd_mm=1000.0, size_px=(4, 3), pixel_spacing_mm=0.5, dtype=torch.float64)
     assert_same_cameras(cams[0], pa, 1e-12)

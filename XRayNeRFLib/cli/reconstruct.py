@@ -29,8 +29,10 @@ from typing import List, Optional
 import torch
 
 from .. import metrics
+from ..geometry_io import save_geometry
 from ..recon.api import DEFAULT_VOXEL_SOLVER, reconstruct
-from ..recon.fov import default_grid
+from ..recon.grid import check_memory, cylinder_grid, explicit_grid, grid_like
+from ..recon.selfcal import RefineSettings, refine_geometry
 from ..render import DEFAULT_RENDERER, RENDERERS
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, hu_to_mu, load_volume, mu_to_hu, save_volume
 from .common import EXIT_OK, check_output_file, progress_bar
@@ -83,12 +85,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     io = p.add_argument_group("input and output")
     io.add_argument("--projections", required=True, nargs="+", metavar="P", help="DICOM file(s)/directory, or one projection stack / image folder")
-    io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json")
+    io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json (cameras, or per-view projection matrices)")
     io.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
     io.add_argument("--quantity", choices=("line_integral", "intensity"), help="stack values (default: the stack's header, else line integrals)")
     io.add_argument("--out", required=True, metavar="VOL", help="output volume (.nii.gz, .nii, .nrrd, .mha); missing directories are created when the result is written")
     io.add_argument("--uncertainty", metavar="U", help="also write the uncertainty volume here (ensemble; see above)")
     io.add_argument("--reference", metavar="GT", help="ground-truth volume: print PSNR / SSIM / MAE against it")
+    io.add_argument("--fov-mask", metavar="M", help="also write the field of view on the output grid: the fraction of views that see each voxel (1: every view)")
     io.add_argument("--units", choices=("mu", "hu"), default="mu", help="output units: mu (1/mm, default) or hu")
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
     m = p.add_argument_group("method")
@@ -97,7 +100,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
-    g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
+    g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid (with --size: the explicit grid's)")
+    g.add_argument("--like", metavar="REF", help="output grid of an existing 3-D image: its size, spacing, origin and direction (header only, as RTK's --like)")
+    m.add_argument("--size", type=int, nargs=3, metavar=("NX", "NY", "NZ"), help="explicit output grid along RAS x, y, z, with --spacing-mm (and --origin-ras)")
+    m.add_argument("--origin-ras", type=float, nargs=3, metavar=("X", "Y", "Z"), help="with --size: RAS mm of voxel (0, 0, 0)'s centre (default: centred on the isocentre)")
+    m.add_argument("--fov-region", choices=("every", "any"), default=None,
+                   help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)")
+    m.add_argument("--extend-grid", action=argparse.BooleanOptionalAction, default=None,
+                   help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)")
+    m.add_argument("--refine-geometry", metavar="GEOM",
+                   help="self-calibration: first correct each view's pose from the data (recon/selfcal.py), reconstruct with the corrected "
+                        "cameras and write them here (.json, .matrices.json or .xml); nothing moves when there is nothing to correct")
+    m.add_argument("--truncation-correction", type=float, metavar="F",
+                   help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)")
     m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)")
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
@@ -125,6 +140,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def output_grid(args, cams):
+    """The output grid (a descriptor, no memory) named by --like, --size/--spacing-mm/--origin-ras, or the
+    --fov-region cylinder with --grid / --spacing-mm."""
+    if args.like:
+        if args.size or args.origin_ras or args.fov_region:
+            raise ValueError("--like sets the whole output grid; drop --size, --origin-ras and --fov-region")
+        return grid_like(args.like)
+    if args.size:
+        if args.spacing_mm is None or args.fov_region:
+            raise ValueError("--size needs --spacing-mm (and optionally --origin-ras), not --grid or --fov-region")
+        return explicit_grid(args.size, args.spacing_mm, origin_ras=args.origin_ras, cameras=cams)
+    if args.origin_ras:
+        raise ValueError("--origin-ras goes with --size NX NY NZ and --spacing-mm")
+    return cylinder_grid(cams, region=args.fov_region or "every", grid=args.grid, spacing_mm=args.spacing_mm)
+
+
 def _check_out(path: str, flag: str) -> None:
     if not path.lower().endswith(VOLUME_EXTENSIONS):
         raise ValueError(f"{flag} {path!r}: use one of {', '.join(VOLUME_EXTENSIONS)}")
@@ -146,6 +177,13 @@ def _options(args) -> dict:
     if args.window_cutoff is not None:
         need(method == "fdk", "--window-cutoff", "--method fdk")
         opts["window_cutoff"] = args.window_cutoff
+    if args.truncation_correction is not None:
+        need(method == "fdk", "--truncation-correction", "--method fdk")
+        if not 0.0 <= args.truncation_correction <= 1.0:
+            raise ValueError(f"--truncation-correction must be in [0, 1] (a fraction of the detector width), got {args.truncation_correction}")
+        opts["truncation_correction"] = args.truncation_correction
+    if args.extend_grid is not None:
+        need(iterative, "--extend-grid" if args.extend_grid else "--no-extend-grid", "--method voxel or nerf")
     for flag, name in (("--tv-weight", "tv_weight"), ("--lr", "lr"), ("--rays-per-view", "rays_per_view")):
         value = getattr(args, name)
         if value is not None:
@@ -293,6 +331,17 @@ def run(args) -> int:
             raise ValueError("--uncertainty and --out must be different files")
     if args.reference and not os.path.exists(args.reference):
         raise ValueError(f"--reference {args.reference!r} does not exist")
+    if args.fov_mask:
+        _check_out(args.fov_mask, "--fov-mask")
+        if os.path.abspath(args.fov_mask) in (os.path.abspath(args.out), os.path.abspath(args.uncertainty or args.out)):
+            raise ValueError("--fov-mask must be a file of its own")
+    if args.like:
+        grid_like(args.like)  # refuse a missing or 2-D image before any work
+    if args.refine_geometry:
+        low = args.refine_geometry.lower()
+        if not low.endswith((".json", ".xml")):
+            raise ValueError(f"--refine-geometry {args.refine_geometry!r}: use .json, .matrices.json or .xml")
+        check_output_file(args.refine_geometry, "--refine-geometry", "geometry.json")
     if args.grid is not None and args.grid < 2:
         raise ValueError(f"--grid must be at least 2, got {args.grid}")
     if args.spacing_mm is not None and not args.spacing_mm > 0:
@@ -306,8 +355,14 @@ def run(args) -> int:
             "or the values are intensities (pass --quantity intensity)"
         )
     cams = ps.cameras.to(dtype=torch.float64)
-    like = default_grid(cams, grid=args.grid, spacing_mm=args.spacing_mm)
+    like = output_grid(args, cams)
+    check_memory(args.method, tuple(like.data.shape), len(ps), cams.size_px, options=opts, uncertainty=bool(args.uncertainty))
     reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
+    refined = None
+    if args.refine_geometry:
+        refined = refine_geometry(images, cams, like, settings=RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed),
+                                  masks=ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None)
+        cams = refined.cameras
     masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
     if masks is not None and args.method == "fdk":
         masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
@@ -324,7 +379,7 @@ def run(args) -> int:
 
         try:
             result = reconstruct(
-                images, cams, args.method, volume=like,
+                images, cams, args.method, volume=like, extend_grid=args.extend_grid, fov_counts=bool(args.fov_mask),
                 renderer=args.renderer or DEFAULT_RENDERER, iterations=args.iterations, units=args.units, uncertainty=bool(args.uncertainty),
                 ensemble_size=args.ensemble_size, masks=masks, seed=args.seed, progress=progress, options=opts,
             )
@@ -335,11 +390,24 @@ def run(args) -> int:
         if issubclass(w.category, RuntimeWarning):  # the engine's warnings (torch's UserWarnings are not for users)
             sys.stderr.write(f"xraynerf reconstruct: warning: {w.message}\n")
     pairs = [(result.volume, args.out)]
+    if args.fov_mask:
+        fraction = result.fov.counts.float() / float(result.fov.n_views)
+        pairs.append((Volume(fraction, result.volume.ras_from_ijk, "mu"), args.fov_mask))
     if args.uncertainty:
         if result.uncertainty is None:
             raise RuntimeError("the ensemble was stopped before two members finished: no uncertainty can be computed; nothing written")
         pairs.append((result.uncertainty, args.uncertainty))
     _save_atomic(pairs)
+    if refined is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.refine_geometry)), exist_ok=True)
+        save_geometry(cams, args.refine_geometry)
+        rot = refined.corrections[:, :3].norm(dim=1) * 57.29577951308232
+        tra = refined.corrections[:, 3:].norm(dim=1)
+        if not args.quiet:
+            sys.stderr.write(
+                f"geometry refinement: per-view corrections mean {float(rot.mean()):.3f} deg / {float(tra.mean()):.3f} mm (max {float(rot.max()):.3f} deg / "
+                f"{float(tra.max()):.3f} mm); data term {refined.data_terms[0]:.4g} -> {refined.data_terms[-1]:.4g}; {refined.stopped}; wrote {args.refine_geometry}\n"
+            )
     if result.cancelled:
         sys.stderr.write(f"xraynerf reconstruct: warning: stopped early; wrote the best volume so far to {args.out}\n")
     if args.reference:
@@ -359,5 +427,8 @@ def run(args) -> int:
             f"wrote {args.out}: {i} x {j} x {k} voxels of {sp[0]:.3g} mm ({args.units}), {args.method}, {len(ps)} views, "
             f"{time.monotonic() - t0:.1f} s" + (f"; uncertainty {args.uncertainty}" if args.uncertainty else "") + "\n"
         )
+        fov_line = result.fov.summary() if result.fov is not None else ""
+        if fov_line:
+            sys.stderr.write(f"field of view: {fov_line}\n")
     return EXIT_OK
 

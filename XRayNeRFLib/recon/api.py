@@ -30,16 +30,18 @@ from ..progress import ProgressCallback
 from ..render import DEFAULT_RENDERER, RENDERERS
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, mu_to_hu, mu_water_per_mm
 from .checks import check_masks, check_projections
-from .fov import default_grid
+from .fov import analyse_orbit, cameras_float64
+from .grid import REGIONS, check_memory, cylinder_grid, field_of_view, view_counts
 from .optimize import FitHistory, FitSettings
+from .truncation import Truncation, crop_to, detect_truncation, extended_grid
 from .uncertainty import ensemble
 from .voxel import VOXEL_SOLVERS as _VOXEL_SOLVERS
 
-__all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "VOXEL_SOLVERS", "NERF_FIT_OPTIONS"]
+__all__ = ["ReconstructionResult", "FieldOfViewReport", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "VOXEL_SOLVERS", "NERF_FIT_OPTIONS"]
 
 METHODS = ("fdk", "voxel", "nerf")
 COMMON_OPTIONS = ("energy_kev",)
-FDK_OPTIONS = ("window", "window_cutoff", "short_scan", "max_memory_mb")
+FDK_OPTIONS = ("window", "window_cutoff", "short_scan", "truncation_correction", "displaced_detector", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
 _OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass",
               "bp_cache_mb", "max_memory_mb")
@@ -56,13 +58,58 @@ class ReconstructionResult:
         :mod:`uncertainty`) over an ensemble, or None.
     history: :class:`FitHistory` of the iterative methods (the first member's with an ensemble), else None.
     seconds: wall time of the whole call.
-    cancelled: a progress callback returned False: volume is the best so far."""
+    cancelled: a progress callback returned False: volume is the best so far.
+    fov: :class:`FieldOfViewReport` (truncation, the regions, and with ``fov_counts`` the views that see
+        each output voxel), or None."""
 
     volume: Volume
     uncertainty: Optional[Volume]
     history: Optional[FitHistory]
     seconds: float
     cancelled: bool
+    fov: Optional["FieldOfViewReport"] = None
+
+
+@dataclass
+class FieldOfViewReport:
+    """What the views cover. truncation: :class:`truncation.Truncation` (which views are laterally
+    truncated); every_radius_mm / any_radius_mm: the cylinders of :mod:`grid`; displaced: offset detector;
+    reconstructed_on: shape (K, J, I) of the grid the method ran on (larger than the output when it was
+    extended for truncated data); counts: (K, J, I) int16 views that see each output voxel (None unless
+    asked for); n_views."""
+
+    truncation: Truncation
+    every_radius_mm: float
+    any_radius_mm: float
+    displaced: bool
+    reconstructed_on: tuple
+    n_views: int
+    counts: Optional[Tensor] = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.truncation.any
+
+    def summary(self) -> str:
+        """One or two lines for a user: truncation, the regions, and the share of voxels every view sees."""
+        parts = []
+        if self.truncated:
+            parts.append(
+                f"the projections are laterally truncated in {self.truncation.count} of {self.n_views} views (the object is wider "
+                f"than the region every view sees, radius {self.every_radius_mm:.1f} mm); voxels outside that region are less "
+                f"reliable; the region seen by any view (radius {self.any_radius_mm:.1f} mm) is reconstructed with fov_region='any' (--fov-region any)"
+            )
+        elif self.displaced:
+            parts.append(
+                f"offset detector: every view sees a cylinder of radius {self.every_radius_mm:.1f} mm, the half-fan field of view has "
+                f"radius {self.any_radius_mm:.1f} mm (fov_region='any', --fov-region any)"
+            )
+        if self.counts is not None:
+            n = self.counts.numel()
+            every = int((self.counts >= self.n_views).sum())
+            none = int((self.counts == 0).sum())
+            parts.append(f"{100.0 * every / n:.1f}% of the output voxels are seen by every view, {100.0 * none / n:.1f}% by none")
+        return "; ".join(parts)
 
 
 def _nerf_module():
@@ -98,6 +145,9 @@ def reconstruct(
     volume: Optional[Volume] = None,
     grid: Optional[int] = None,
     spacing_mm: Optional[float] = None,
+    fov_region: str = "every",
+    extend_grid: Optional[bool] = None,
+    fov_counts: bool = False,
     renderer: str = DEFAULT_RENDERER,
     iterations: Optional[int] = None,
     units: str = "mu",
@@ -112,8 +162,15 @@ def reconstruct(
 
     projections: (V, H, W) line integrals (dimensionless), image[row, column] in our camera layout.
     cameras: the V views. method: "fdk" | "voxel" | "nerf".
-    volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
-        ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
+    volume / grid / spacing_mm: output grid (its data is ignored; a :mod:`grid` descriptor costs no memory);
+        default the ``fov_region`` cylinder ("every": seen by every view, as :func:`fov.default_grid`; "any":
+        the larger region of :mod:`grid`) with ``grid`` voxels across (128) or ``spacing_mm``.
+    extend_grid: the iterative methods run on the output grid extended to the "any" region and return the
+        output grid cut out of it, so that mass outside the output grid is not folded into it
+        (:mod:`truncation`); None (default): when the projections are laterally truncated.
+    fov_counts: also count the views that see each output voxel (``result.fov.counts``).
+        The estimated memory of the run is checked before anything is allocated
+        (:func:`grid.check_memory`, a :class:`grid.GridMemoryError` with both numbers).
     renderer: "trilinear" (:data:`DEFAULT_RENDERER`) | "siddon", the projector of the iterative methods: on the chest
         benchmark trilinear ray marching reconstructs as well as the exact Siddon path lengths and several times faster
         (benchmarks/RESULTS_reconstruction.md). iterations: default the method's: for voxel's
@@ -161,14 +218,32 @@ def reconstruct(
             RuntimeWarning,
             stacklevel=2,
         )
-    like = volume if volume is not None else default_grid(cameras, grid=grid, spacing_mm=spacing_mm)
+    if fov_region not in REGIONS:
+        raise ValueError(f"unknown fov_region {fov_region!r}; use one of {', '.join(REGIONS)}")
+    cams64 = cameras_float64(cameras)
+    orbit = analyse_orbit(cams64)
+    fov = field_of_view(cams64, orbit)
+    truncation = detect_truncation(projections, cams64, orbit)
+    like = volume if volume is not None else cylinder_grid(cams64, region=fov_region, grid=grid, spacing_mm=spacing_mm, orbit=orbit)
+    if extend_grid is None:
+        extend_grid = truncation.any
+    run_like, offset = like, (0, 0, 0)
+    if extend_grid and method != "fdk":
+        run_like, offset = extended_grid(like, fov.any_radius_mm, fov.any_half_height_mm, orbit)
+    check_memory(method, tuple(run_like.data.shape), len(cameras), cameras.size_px, options=options, uncertainty=uncertainty)
     like = Volume(torch.zeros(like.data.shape, dtype=torch.float32), like.ras_from_ijk.float(), "mu")
+    run_like = like if run_like.data.shape == like.data.shape and offset == (0, 0, 0) else Volume(
+        torch.zeros(run_like.data.shape, dtype=torch.float32), run_like.ras_from_ijk.float(), "mu"
+    )
 
     def one(keep: Optional[Tensor], member_seed: int, member_progress: ProgressCallback):
         p = projections if keep is None else projections[keep]
         c = cameras if keep is None else cameras[keep]
         mk = None if masks is None else (masks if keep is None else masks[keep])
-        return _run_method(method, p, c, like, renderer, iterations, mk, member_seed, member_progress, options)
+        vol, hist, stopped = _run_method(method, p, c, run_like, renderer, iterations, mk, member_seed, member_progress, options)
+        if run_like is not like:
+            vol = crop_to(vol, like, offset)
+        return vol, hist, stopped
 
     if uncertainty:
         ens = ensemble(one, len(cameras), ensemble_size=ensemble_size, seed=seed, progress=progress)
@@ -182,7 +257,9 @@ def reconstruct(
         scale = 1000.0 / mu_water_per_mm(energy)
         mean = Volume(mu_to_hu(mean.data, energy), mean.ras_from_ijk, "hu")
         std = None if std is None else Volume(std.data * scale, std.ras_from_ijk, "hu")
-    return ReconstructionResult(mean, std, history, time.perf_counter() - t0, bool(cancelled))
+    report = FieldOfViewReport(truncation, fov.every_radius_mm, fov.any_radius_mm, fov.displaced, tuple(run_like.data.shape), len(cameras),
+                               view_counts(cams64, like) if fov_counts else None)
+    return ReconstructionResult(mean, std, history, time.perf_counter() - t0, bool(cancelled), report)
 
 
 def _fit_settings(cls, iterations, renderer, seed, options: Dict[str, Any], exclude=()) -> Any:

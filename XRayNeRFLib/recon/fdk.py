@@ -31,7 +31,15 @@ from ..progress import ProgressCallback, report
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 from .checks import check_projections  # noqa: F401  (also re-exported: older code imports it from here)
+from .displaced import displaced_detector_weights
 from .fov import analyse_orbit, cameras_float64, default_grid
+from .grid import DISPLACED_FRACTION, lateral_axis_is_columns
+from .truncation import (
+    DEFAULT_EXTENSION,
+    detect_truncation,
+    extension_pixels,
+    extrapolate_rows,
+)
 
 WINDOWS = ("ram-lak", "shepp-logan", "hann")
 
@@ -105,6 +113,8 @@ def fdk(
     window: str = "hann",
     window_cutoff: float = 1.0,
     short_scan: Optional[bool] = None,
+    truncation_correction: Optional[float] = None,
+    displaced_detector: Optional[bool] = None,
     max_memory_mb: float = 256.0,
     progress: ProgressCallback = None,
     checked: bool = False,
@@ -120,6 +130,12 @@ def fdk(
         (default 1: the whole band); lower values smooth more (noisy or fine detectors; see
         :func:`ramp_filter_response`).
     short_scan: force Parker weighting on/off; default: on when the views cover less than 360 degrees.
+    truncation_correction: rows extrapolated before filtering by this fraction of the detector width on
+        each side (:mod:`truncation`; RTK's ``--tc``); None (default): ``truncation.DEFAULT_EXTENSION`` when
+        :func:`truncation.detect_truncation` finds truncated views, else none; 0: never.
+    displaced_detector: Wang's weights for an offset detector (:mod:`displaced`) instead of the full scan's
+        1/2; None (default): when a view's two lateral sides differ by more than ``grid.DISPLACED_FRACTION``
+        of the detector width (full scans only: a short scan with an offset detector warns).
     progress: called per view; returning False raises ``Cancelled`` (a partial FDK is meaningless).
     checked: the caller already ran :func:`checks.check_projections` on these inputs.
     returns: Volume of mu (1/mm), float32, on the given grid.
@@ -137,9 +153,9 @@ def fdk(
     n_views, height, width = p.shape
 
     # filtered direction: the detector axis (camera x or y) most perpendicular to the orbit axis
-    cam_x = cams.world_from_camera[:, :3, 0] @ orbit.axis
-    cam_y = cams.world_from_camera[:, :3, 1] @ orbit.axis
-    along_columns = bool(cam_x.abs().mean() <= cam_y.abs().mean())
+    along_columns = lateral_axis_is_columns(cams, orbit)
+    if truncation_correction is None:
+        truncation_correction = DEFAULT_EXTENSION if detect_truncation(projections, cams, orbit).any else 0.0
     du = cams.pixel_spacing_mm[:, 0] if along_columns else cams.pixel_spacing_mm[:, 1]
     dt = cams.pixel_spacing_mm[:, 1] if along_columns else cams.pixel_spacing_mm[:, 0]
     cu = cams.principal_point_px[:, 0] if along_columns else cams.principal_point_px[:, 1]
@@ -168,6 +184,21 @@ def fdk(
     if short_scan is None:
         short_scan = not full
     dbeta = _angular_steps(beta, periodic=full and not short_scan)
+    near = cu * du  # mm from the principal point to the outermost pixel centres (RTK's Delta)
+    far = (n_u - 1 - cu) * du
+    offset = bool(((far - near).abs() > DISPLACED_FRACTION * (near + far)).any())
+    if displaced_detector is None:
+        displaced_detector = offset and not short_scan
+    if displaced_detector and short_scan:
+        raise ValueError("displaced-detector weighting needs a full orbit; this is a short scan: pass displaced_detector=False "
+                         "(FDK then reconstructs the region every view sees) or use an iterative method")
+    if offset and short_scan:
+        warnings.warn(
+            "an offset detector on a short scan: FDK has complete data only in the region every view sees; "
+            "use an iterative method (voxel) for the rest",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if short_scan:
         gamma = sign * torch.atan2(u, sdd[:, None])  # (V, U)
         half_fan = float(torch.atan2(u.abs().max(), sdd.min()))
@@ -182,13 +213,18 @@ def fdk(
         delta = max(delta, 1e-3)
         w = torch.stack([parker_weights(beta[v : v + 1], gamma[v], delta)[0] for v in range(n_views)])  # (V, U)
         p = p * w[:, None, :]
+    elif displaced_detector:
+        p = p * displaced_detector_weights(u, near, far)[:, None, :]
     else:
         p = p * 0.5
 
-    # ramp filter along the last axis, sampling du * R / D at the isocentre
-    n_fft = 1 << int(math.ceil(math.log2(2 * n_u)))
+    # ramp filter along the last axis, sampling du * R / D at the isocentre, after the rows were
+    # extrapolated beyond truncated edges (truncation.py)
+    n_ext = extension_pixels(n_u, truncation_correction)
+    p = extrapolate_rows(p, n_ext)
+    n_fft = 1 << int(math.ceil(math.log2(2 * p.shape[-1])))
     response = ramp_filter_response(n_fft, window, cutoff=window_cutoff)
-    q = torch.fft.irfft(torch.fft.rfft(p, n=n_fft, dim=-1) * response, n=n_fft, dim=-1)[..., :n_u]
+    q = torch.fft.irfft(torch.fft.rfft(p, n=n_fft, dim=-1) * response, n=n_fft, dim=-1)[..., n_ext : n_ext + n_u]
     du_iso = du * orbit.sid_mm / sdd
     q = q / du_iso[:, None, None]
     if not along_columns:

@@ -167,6 +167,19 @@ def default_grid(
     returns: Volume with data (K, J, I) zeros, ``ras_from_ijk`` placing voxel centres symmetrically about
     the isocentre, k along the orbit axis.
     """
+    shape, a = default_grid_layout(cameras, grid=grid, spacing_mm=spacing_mm, orbit=orbit)
+    return Volume(torch.zeros(shape, dtype=dtype), a.to(dtype))
+
+
+def default_grid_layout(
+    cameras: Cameras,
+    *,
+    grid: Optional[int] = None,
+    spacing_mm: Optional[float] = None,
+    orbit: Optional[Orbit] = None,
+):
+    """The layout of :func:`default_grid` without allocating it: (shape (K, J, I), ras_from_ijk (4, 4) float64).
+    ``orbit`` (with another ``radius_mm`` / ``half_height_mm``) places other cylinders about the orbit axis."""
     orbit = orbit if orbit is not None else analyse_orbit(cameras)
     diameter = 2.0 * orbit.radius_mm
     if grid is not None and spacing_mm is not None:
@@ -189,4 +202,4 @@ def default_grid(
     a = torch.eye(4, dtype=torch.float64)
     a[:3, :3] = frame
     a[:3, 3] = orbit.isocenter - frame @ centre_ijk
-    return Volume(torch.zeros(nk, n, n, dtype=dtype), a.to(dtype))
+    return (nk, n, n), a
