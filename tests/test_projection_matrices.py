@@ -3,7 +3,6 @@ worked example, refusals (one line, GeometryError), and use by ``drr``, ``recons
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -14,7 +13,6 @@ import torch
 from dicom_factory import SDD, SID, SPACING, drr, normalized_p, truth_cameras
 
 from XRayNeRFLib.cli import main
-from XRayNeRFLib.cli_inputs import add_subcommands
 from XRayNeRFLib.errors import GeometryError
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.geometry_io import cameras_to_json, load_geometry, save_geometry
@@ -177,11 +175,8 @@ def test_convert_writes_matrices(tmp_path, capsys):
     stored = fac.stored_from_bev(intensities_from_line_integrals(p.numpy(), relationship="LIN", i0=50000.0))
     path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=angles[0], secondary_deg=10.0, primary_increments=angles - angles[0],
                           sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LIN", sign=1)
-    parser = argparse.ArgumentParser(prog="xraynerf")
-    add_subcommands(parser.add_subparsers(dest="command"))
     out, geom = str(tmp_path / "proj.mha"), str(tmp_path / "geom.matrices.json")
-    args = parser.parse_args(["convert", path, "--out", out, "--geometry-out", geom, "--quiet"])
-    assert args.func(args) == 0, capsys.readouterr().err
+    assert main(["convert", path, "--out", out, "--geometry-out", geom, "--quiet"]) == 0, capsys.readouterr().err
     assert json.loads(open(geom).read())["format"] == MATRICES_FORMAT
     back = ProjectionSet.from_stack(out, geom)
     assert (back.images - p).abs().max() < 0.01

@@ -108,7 +108,7 @@ def add_convert(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="DICOM", help="DICOM files or directories of one series")
     p.add_argument("--out", required=True, metavar="PROJ", help="projection stack to write (.mha, .nrrd, .nii, .nii.gz)")
-    p.add_argument("--geometry-out", required=True, metavar="GEOM", help="geometry to write: .xml (RTK) or .json (XRayNeRF)")
+    p.add_argument("--geometry-out", required=True, metavar="GEOM", help="geometry to write: .xml (RTK), .json (XRayNeRF) or .matrices.json (one projection matrix per view)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     add_geometry_options(p)
     return p
