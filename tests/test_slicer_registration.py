@@ -22,6 +22,7 @@ REGISTRATION_TESTS = [
     "test_RegistrationRecoversShift",
     "test_FailureLeavesScene",
     "test_ViewRestoredAfterFailureAndRevert",
+    "test_ParameterNode",
 ]
 
 
@@ -127,12 +128,12 @@ def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
     is live in the Red view; afterwards the status line asks to Accept or Revert, the C-arm model shows the
     X-ray's camera in 3D only (source and detector corners at the camera's RAS points), Revert restores the
     initial pose and disables Accept/Revert; a second run accepted keeps its pose."""
-    from XRayNeRFMRML.nodes import camera_points_ras, cameras_from_node, matrix_to_array
+    from XRayNeRFMRML.nodes import camera_points_ras, cameras_from_node
 
     T = module.XRayNeRFRegistrationTest
     red = slicer_harness.add_slice_view(core, "Red")
     ct, xray, transform = T._registrationScene(T, np.array([3.0, 0.0, -2.0]))
-    start = matrix_to_array(T._toArray(transform))
+    start = slicer.util.arrayFromTransformMatrix(transform)
     widget = _widget(module)
     ui, p = widget.ui, widget._parameterNode
     assert not ui.applyButton.enabled and ui.statusLabel.text == "Select the CT volume."
@@ -155,7 +156,7 @@ def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
     assert during[0][4] == ["xray C-arm"]  # the C-arm is in 3D from the start of the run
     assert ui.applyButton.text == "Apply" and not ui.progressBar.visible and "Accept or Revert" in ui.statusLabel.text
     assert ui.acceptButton.enabled and ui.revertButton.enabled
-    moved = matrix_to_array(T._toArray(transform))
+    moved = slicer.util.arrayFromTransformMatrix(transform)
     assert np.abs(moved - start).max() > 0.5
     model = p.cameraModel
     assert model is not None and model.GetTransformNodeID() is None
@@ -165,14 +166,14 @@ def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
     display = model.GetDisplayNode()
     assert display.GetVisibility() and display.GetVisibility3D() and not display.GetVisibility2D()
     widget.onRevertButton()
-    np.testing.assert_allclose(matrix_to_array(T._toArray(transform)), start, atol=1e-12)
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), start, atol=1e-12)
     assert not ui.acceptButton.enabled and not ui.revertButton.enabled
     modelID = model.GetID()
     widget.onApplyButton()  # again, this time accepted
-    again = matrix_to_array(T._toArray(transform))
+    again = slicer.util.arrayFromTransformMatrix(transform)
     widget.onAcceptButton()
     assert not widget.logic.hasPendingResult() and not ui.revertButton.enabled
-    np.testing.assert_allclose(matrix_to_array(T._toArray(transform)), again)
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), again)
     assert p.cameraModel.GetID() == modelID  # the same C-arm node reused
     assert [m.GetName() for m in slicer.util.getNodesByClass("vtkMRMLModelNode") if "C-arm" in m.GetName()] == ["xray C-arm"]
 
@@ -194,7 +195,7 @@ def test_widget_bad_input_says_why_and_keeps_scene(core, module):
     assert widget.ui.statusLabel.text.startswith("Registration failed.") and "move the CT's transform" in widget.ui.statusLabel.text
     assert widget.ui.applyButton.text == "Apply" and not widget.running and not widget.ui.acceptButton.enabled
     assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == background
-    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(T._toArray(transform))[:3, 3], [0.0, 0.0, 400.0])
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform)[:3, 3], [0.0, 0.0, 400.0])
 
 
 def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
@@ -207,7 +208,7 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
     from XRayNeRFLib.intensities import intensities_from_line_integrals
     from XRayNeRFLib.projection_set import ProjectionSet
     from XRayNeRFLib.dicom_xray import GeometryOverrides
-    from XRayNeRFMRML.nodes import cameras_from_node, detector_ras_from_ijk, matrix_to_array
+    from XRayNeRFMRML.nodes import cameras_from_node, detector_ras_from_ijk, ijk_to_ras
 
     T = module.XRayNeRFRegistrationTest
     ct, _xray, transform = T._registrationScene(T, np.zeros(3))
@@ -218,7 +219,6 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
     centre = module.XRayNeRFRegistrationLogic.volumeCentreRas(ct)
     np.testing.assert_allclose(centre, [30.0, -20.0, 15.0], atol=1e-9)  # grid centred at the origin, then moved
     angles = np.array([0.0, 20.0, 40.0])
-    cams = fac.truth_cameras(angles, np.zeros(3), sid_mm=500.0, sdd_mm=800.0, size_px=(24, 20), pixel_spacing_mm=(2.0, 2.0))
     lines = np.stack([np.full((20, 24), 0.5 + 0.5 * v) for v in range(3)]) + np.linspace(0.0, 1.0, 24)[None, None, :]
     stored = fac.stored_from_bev(intensities_from_line_integrals(lines, relationship="LIN", i0=40000.0))
     path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=0.0, secondary_deg=0.0, primary_increments=angles,
@@ -241,11 +241,7 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
                               isocenter_ras=centre.tolist())
     got = cameras_from_node(node)
     np.testing.assert_allclose(got.world_from_camera.numpy(), truth.world_from_camera.numpy(), atol=1e-6)
-    import vtk
-
-    ijk = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(ijk)
-    np.testing.assert_allclose(matrix_to_array(ijk), detector_ras_from_ijk(truth), atol=1e-6)
+    np.testing.assert_allclose(ijk_to_ras(node), detector_ras_from_ijk(truth), atol=1e-6)
     reference = ProjectionSet.from_dicom([path], GeometryOverrides(sdd_mm=800.0, isocenter_ras=centre.tolist()))
     np.testing.assert_allclose(slicer.util.arrayFromVolume(node)[0], reference.images[2].numpy(), atol=1e-5)
     # I0 estimated from the brightest pixels (no air in this image: the lowest line integral reads 0)
