@@ -100,8 +100,8 @@ def _oblique(rotation_axis, angle_deg, spacing, origin):
     return out
 
 
-@pytest.mark.parametrize("method", ["siddon", "trilinear"])
-def test_oblique_ct_drr_equals_engine_render(core, drr_module, method):
+@pytest.mark.parametrize("renderer", ["siddon", "trilinear"])
+def test_oblique_ct_drr_equals_engine_render(core, drr_module, renderer):
     """An oblique CT (direction cosines about a skew axis, anisotropic spacing): the DRR node's values
     equal the engine's render of the same voxels and affine, and the node's camera round-trips."""
     from XRayNeRFLib.geometry import Cameras
@@ -117,13 +117,13 @@ def test_oblique_ct_drr_equals_engine_render(core, drr_module, method):
                 sourceDetectorDistanceMm=600.0, detectorColumns=24, detectorRows=20, pixelSpacingMm=4.0,
                 patientPosition="FFS")
     logic = drr_module.XRayNeRFDRRLogic()
-    drr = logic.renderDRR(ct, method=method, **pose).volume_node
+    drr = logic.renderDRR(ct, renderer=renderer, **pose).volume_node
     # independent path: the engine on the numpy voxels and the affine we wrote
     centre = (affine @ np.r_[(13 - 1) / 2, (11 - 1) / 2, (9 - 1) / 2, 1.0])[:3]
     cams = Cameras.carm(25.0, -15.0, sid_mm=350.0, sdd_mm=600.0, size_px=(24, 20), pixel_spacing_mm=4.0,
                         isocenter_ras=centre, patient_position="FFS", dtype=torch.float64)
     vol = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
-    expected = render(vol, cams, method=method)[0].numpy()
+    expected = render(vol, cams, method=renderer)[0].numpy()
     got = slicer.util.arrayFromVolume(drr)[0]
     assert expected.max() > 0.3 and (expected == 0).sum() > 0  # CT seen partly, not filling the detector
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)

@@ -94,7 +94,7 @@ class XRayNeRFDRRParameterNode:
     detectorRows: Annotated[int, WithinRange(2, 4096)] = 256
     pixelSpacingMm: Annotated[float, WithinRange(0.01, 20.0)] = 1.5
     patientPosition: Annotated[str, Choice(PATIENT_POSITIONS)] = "HFS"
-    method: Annotated[str, Choice(RENDERERS)] = "siddon"
+    renderer: Annotated[str, Choice(RENDERERS)] = "siddon"
     outputVolume: vtkMRMLScalarVolumeNode
     cameraModel: vtkMRMLModelNode
 
@@ -114,8 +114,8 @@ class XRayNeRFDRRWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
         self.setupWidget("XRayNeRFDRR.ui", XRayNeRFDRRLogic())
         self.ui.patientPositionComboBox.clear()
         self.ui.patientPositionComboBox.addItems(list(PATIENT_POSITIONS))
-        self.ui.methodComboBox.clear()
-        self.ui.methodComboBox.addItems(list(RENDERERS))
+        self.ui.rendererComboBox.clear()
+        self.ui.rendererComboBox.addItems(list(RENDERERS))
         self.initializeParameterNode()
 
     def onParameterNodeInitialized(self) -> None:
@@ -200,14 +200,14 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         outputNode=None,
         cameraModelNode=None,
         *,
-        method: str = "siddon",
+        renderer: str = "siddon",
         progress: Optional[Callable] = None,
         **pose,
     ):
         """Render the DRR of ``ctNode`` (scalar volume, HU; linear parent transforms applied).
 
         pose: keyword arguments of :meth:`cameras` (angles in degrees, distances and spacing in mm,
-        detector size in pixels, patient position, isocentre).
+        detector size in pixels, patient position, isocentre). renderer: "siddon" (exact) or "trilinear".
         outputNode / cameraModelNode: nodes to overwrite; new ones are created (named after the CT) when
         None, and only after the rendering succeeded, so a failed or cancelled run leaves the scene as it was.
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
@@ -226,7 +226,7 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
             return bool(keepGoing) and not self.cancelRequested
 
         return render_drr(
-            ctNode, self.cameras(ctNode, **pose), renderer=method, output_node=outputNode,
+            ctNode, self.cameras(ctNode, **pose), renderer=renderer, output_node=outputNode,
             camera_model_node=cameraModelNode, progress=onProgress,
         )
 
@@ -240,7 +240,7 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
             p.inputVolume,
             p.outputVolume,
             p.cameraModel,
-            method=p.method,
+            renderer=p.renderer,
             progress=progress,
             primaryAngleDeg=p.primaryAngleDeg,
             secondaryAngleDeg=p.secondaryAngleDeg,
@@ -454,6 +454,9 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.whyCannotRender(p), "Select an input CT volume.")
         with self.assertRaises(ValueError):
             p.primaryAngleDeg = 200.0
+        with self.assertRaises(ValueError):
+            p.renderer = "cone"  # not one of the engine's renderers
+        self.assertEqual(p.renderer, "siddon")
         p.inputVolume = self._ctNode(np.zeros((4, 4, 4)), np.eye(4))
         p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm = 500.0, 400.0
         self.assertIn("source-detector distance", logic.whyCannotRender(p))

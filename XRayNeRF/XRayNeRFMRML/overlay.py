@@ -108,3 +108,32 @@ def restore_slice_view(slice_logic, state: dict) -> None:
     node.SetXYZOrigin(*state["XYZOrigin"])
     node.UpdateMatrices()
     node.EndModify(wasModifying)
+
+
+# -- every slice view's background, for a run that shows its output while it runs (Reconstruction) ------
+def save_slice_backgrounds(app_logic, scene) -> tuple:
+    """(active volume ID of the application's selection node, [(slice composite node, background volume
+    ID)] of every slice view in ``scene``) as they are now. app_logic: the vtkMRMLApplicationLogic (or None)."""
+    selection = app_logic.GetSelectionNode() if app_logic is not None else None
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    return (selection.GetActiveVolumeID() if selection else None, [(c, c.GetBackgroundVolumeID()) for c in composites])
+
+
+def restore_slice_backgrounds(app_logic, state: tuple) -> None:
+    """Put back what :func:`save_slice_backgrounds` saved (composite nodes since removed are skipped)."""
+    active, composites = state
+    selection = app_logic.GetSelectionNode() if app_logic is not None else None
+    if selection is not None:
+        selection.SetActiveVolumeID(active)
+    for composite, background in composites:
+        if composite.GetScene() is not None:
+            composite.SetBackgroundVolumeID(background)
+
+
+def show_volume(app_logic, volume_node) -> None:
+    """Make ``volume_node`` the background of every slice view (the application's volume selection)."""
+    selection = app_logic.GetSelectionNode() if app_logic is not None else None
+    if selection is None:
+        return
+    selection.SetActiveVolumeID(volume_node.GetID())
+    app_logic.PropagateVolumeSelection(0)

@@ -386,6 +386,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         """
         import time
 
+        from XRayNeRFMRML.overlay import restore_slice_backgrounds, save_slice_backgrounds
         from XRayNeRFMRML.reconstruction import run_reconstruction, solver_options
 
         self.cancelRequested = False
@@ -405,14 +406,15 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
                 lastEvents[0] = now
             return keepGoing is not False and not self.cancelRequested
 
-        views = self._sliceBackgrounds()
+        appLogic = slicer.app.applicationLogic()
+        views = save_slice_backgrounds(appLogic, slicer.mrmlScene)
         out = run_reconstruction(
             projections, method=method, renderer=renderer, grid=gridSize or None,
             spacing_mm=voxelSpacingMm or None, iterations=iterations or None, uncertainty=uncertainty,
             ensemble_size=ensembleSize, seed=seed, options=options, output_node=outputNode,
             uncertainty_node=uncertaintyNode, name=name, progress=onProgress, preview_interval_s=previewIntervalS,
             on_output_node=self.showVolume if showResult else None,
-            on_failure=lambda: self._restoreSliceBackgrounds(views),  # the views show what they showed before
+            on_failure=lambda: restore_slice_backgrounds(appLogic, views),  # the views show what they showed before
         )
         for note in projections.assumptions:
             logging.info(f"XRayNeRF reconstruction: {note}")
@@ -423,33 +425,11 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         return out
 
     @staticmethod
-    def _sliceBackgrounds():
-        """(active volume ID, [(slice composite node, background volume ID)]) as they are now."""
-        appLogic = slicer.app.applicationLogic()
-        selection = appLogic.GetSelectionNode() if appLogic is not None else None
-        composites = slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")
-        return (selection.GetActiveVolumeID() if selection else None, [(c, c.GetBackgroundVolumeID()) for c in composites])
-
-    @staticmethod
-    def _restoreSliceBackgrounds(state) -> None:
-        active, composites = state
-        appLogic = slicer.app.applicationLogic()
-        selection = appLogic.GetSelectionNode() if appLogic is not None else None
-        if selection is not None:
-            selection.SetActiveVolumeID(active)
-        for composite, background in composites:
-            if composite.GetScene() is not None:
-                composite.SetBackgroundVolumeID(background)
-
-    @staticmethod
     def showVolume(volumeNode) -> None:
         """Make ``volumeNode`` the background of every slice view (the application's volume selection)."""
-        appLogic = slicer.app.applicationLogic()
-        selection = appLogic.GetSelectionNode() if appLogic is not None else None
-        if selection is None:
-            return
-        selection.SetActiveVolumeID(volumeNode.GetID())
-        appLogic.PropagateVolumeSelection(0)
+        from XRayNeRFMRML.overlay import show_volume
+
+        show_volume(slicer.app.applicationLogic(), volumeNode)
 
     def reconstructUsingParameterNode(self, p, progress: Optional[Callable] = None, **extra):
         """Adapter: read the parameter node, reconstruct, store the output nodes back on it."""
