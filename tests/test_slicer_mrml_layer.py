@@ -257,3 +257,30 @@ def test_xray_node_from_dicom_frame_and_scene(core, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         xray_node_from_dicom(str(tmp_path / "none.dcm"), scene=other)
     assert other.GetNumberOfNodes() == n
+
+
+# -- Reconstruction --------------------------------------------------------------------------------------
+def test_run_reconstruction_into_another_scene_with_the_engines_default_renderer(core):
+    """run_reconstruction creates its output node in the given scene (not slicer.mrmlScene), records the
+    engine's default renderer when none is named, and a failure removes what it created there."""
+    import json
+
+    from XRayNeRFLib.geometry import Cameras
+    from XRayNeRFLib.projection_set import ProjectionSet
+    from XRayNeRFLib.recon.api import DEFAULT_RENDERER
+    from XRayNeRFMRML.reconstruction import RECONSTRUCTION_ATTRIBUTE, run_reconstruction
+
+    cams = Cameras.circular_orbit(torch.arange(8, dtype=torch.float64) * (np.pi / 4), sid_mm=250.0, sdd_mm=400.0,
+                                  size_px=(16, 12), pixel_spacing_mm=3.0, dtype=torch.float64)
+    projections = ProjectionSet(torch.full((8, 12, 16), 0.1), cams)
+    other = slicer.vtkMRMLScene()
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    out = run_reconstruction(projections, method="fdk", grid=8, name="recon", scene=other)
+    assert out.volume_node.GetScene() is other and slicer.mrmlScene.GetNumberOfNodes() == before
+    assert json.loads(out.volume_node.GetAttribute(RECONSTRUCTION_ATTRIBUTE))["renderer"] == DEFAULT_RENDERER
+    n = other.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="unknown method"):
+        run_reconstruction(projections, method="art", scene=other)
+    with pytest.raises(ValueError):
+        run_reconstruction(projections, method="voxel", renderer="cone", grid=8, scene=other)
+    assert other.GetNumberOfNodes() == n

@@ -593,6 +593,7 @@ def test_failure_mid_run_restores_given_nodes(core, module, sparse, monkeypatch)
     geometry and display state, a created uncertainty node disappears, nothing else is left."""
     import types
 
+    import XRayNeRFLib.recon.fov  # noqa: F401  (the real package loaded before its api module is stubbed)
     from XRayNeRFLib.progress import Progress
 
     cams, images = sparse
@@ -609,7 +610,7 @@ def test_failure_mid_run_restores_given_nodes(core, module, sparse, monkeypatch)
         shown.append(composite.GetBackgroundVolumeID())
         raise RuntimeError("the data loss became nan at step 1")
 
-    monkeypatch.setitem(sys.modules, "XRayNeRFLib.recon.api", types.SimpleNamespace(reconstruct=failing))
+    monkeypatch.setitem(sys.modules, "XRayNeRFLib.recon.api", types.SimpleNamespace(reconstruct=failing, DEFAULT_RENDERER="trilinear"))
     logic = module.XRayNeRFReconstructionLogic()
     with pytest.raises(RuntimeError, match="nan"):
         logic.reconstruct(stack, mine, method="voxel", gridSize=12, uncertainty=True, previewIntervalS=0.0,

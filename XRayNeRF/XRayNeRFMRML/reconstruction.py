@@ -51,7 +51,7 @@ import slicer
 import vtk
 
 from . import choices
-from .nodes import CAMERAS_ATTRIBUTE, ijk_to_ras, remove_node, world_from_node
+from .nodes import CAMERAS_ATTRIBUTE, ijk_to_ras, new_node, remove_node, scene_of, world_from_node
 
 INPUT_KINDS = ("sequence", "stack", "dicom")
 GEOMETRY_SOURCES = ("images", "circular", "file", "dicom")
@@ -330,16 +330,18 @@ def write_volume_node(node, data: np.ndarray, ras_from_ijk: np.ndarray) -> None:
 
 class SceneChanges:
     """Records what a run does to the scene so that a failure can undo it: nodes created here are removed,
-    given nodes get their voxels, geometry, reconstruction attribute and display-node state back."""
+    given nodes get their voxels, geometry, reconstruction attribute and display-node state back. New nodes
+    go into ``scene`` (default ``slicer.mrmlScene``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scene=None) -> None:
+        self.scene = scene if scene is not None else slicer.mrmlScene
         self.created: List[Any] = []
         self.saved: List[Tuple[Any, Any, np.ndarray, Optional[str], bool]] = []
 
     def volume(self, node, name: str):
         """``node`` (remembered as it is now) or a new scalar volume node named ``name``."""
         if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name))
+            node = new_node(self.scene, "vtkMRMLScalarVolumeNode", name)
             self.created.append(node)
             return node
         image = None
@@ -360,7 +362,8 @@ class SceneChanges:
             if not had_display and node.GetDisplayNode() is not None:
                 display = node.GetDisplayNode()
                 node.SetAndObserveDisplayNodeID(None)
-                slicer.mrmlScene.RemoveNode(display)
+                if display.GetScene() is not None:
+                    display.GetScene().RemoveNode(display)
             node.Modified()
         for node in reversed(self.created):
             remove_node(node)
@@ -465,7 +468,7 @@ def run_reconstruction(
     projections,
     *,
     method: str = "fdk",
-    renderer: str = "siddon",
+    renderer: Optional[str] = None,
     grid: Optional[int] = None,
     spacing_mm: Optional[float] = None,
     iterations: Optional[int] = None,
@@ -480,6 +483,7 @@ def run_reconstruction(
     preview_interval_s: float = PREVIEW_INTERVAL_S,
     on_output_node: Optional[Callable[[Any], None]] = None,
     on_failure: Optional[Callable[[], None]] = None,
+    scene=None,
 ) -> ReconstructionOutput:
     """Reconstruct a ProjectionSet with ``XRayNeRFLib.recon.api.reconstruct`` into volume nodes (HU).
 
@@ -490,13 +494,16 @@ def run_reconstruction(
     On any exception (Cancelled included) the scene is put back as it was: created nodes removed, given
     nodes restored. ``on_output_node(node)`` is called once the output node holds the grid (to show it);
     ``on_failure()`` first thing on an exception, before the scene is put back (to restore the views, so that
-    no slice view still shows a node being restored or removed).
+    no slice view still shows a node being restored or removed). renderer: the iterative methods' projector
+    (None: the engine's default, ``XRayNeRFLib.recon.api.DEFAULT_RENDERER``). scene: where new nodes go
+    (default: the given output node's scene, else ``slicer.mrmlScene``).
     """
-    from XRayNeRFLib.recon.api import reconstruct
+    from XRayNeRFLib.recon.api import DEFAULT_RENDERER, reconstruct
 
+    renderer = renderer or DEFAULT_RENDERER
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    changes = SceneChanges()
+    changes = SceneChanges(scene if scene is not None else scene_of(output_node, uncertainty_node))
     try:
         like = output_grid(projections.cameras, grid=grid, spacing_mm=spacing_mm)
         ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()

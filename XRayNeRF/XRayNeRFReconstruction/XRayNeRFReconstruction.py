@@ -357,7 +357,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         uncertaintyNode=None,
         *,
         method: str = "fdk",
-        renderer: str = "trilinear",
+        renderer: Optional[str] = None,
         voxelSolver: Optional[str] = None,
         gridSize: Optional[int] = 128,
         voxelSpacingMm: Optional[float] = None,
@@ -375,7 +375,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
 
         inputNode / inputs: as :meth:`projections` (dicomPath, geometrySource, orbit, quantity, i0, ...).
         outputNode / uncertaintyNode: nodes to overwrite; created (named after the input) when None.
-        method "fdk" | "voxel" | "nerf"; renderer for the iterative methods; voxelSolver for "voxel":
+        method "fdk" | "voxel" | "nerf"; renderer for the iterative methods (None: the engine's default); voxelSolver for "voxel":
         None / "default" (the engine's default), "adam" or "os-tv" (when the engine offers them); gridSize voxels across the scanned
         cylinder or voxelSpacingMm (wins when > 0); iterations None or 0: the method's default.
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
