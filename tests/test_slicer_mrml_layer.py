@@ -53,17 +53,18 @@ def test_choice_lists_are_the_engines():
 
     from XRayNeRFLib.recon import api, voxel
     from XRayNeRFLib.registration.losses import LOSS_NAMES
-    from XRayNeRFLib.render import METHODS
+    from XRayNeRFLib import render
     from XRayNeRFMRML import choices
 
-    assert choices.RENDERERS == tuple(METHODS)
+    assert choices.RENDERERS == tuple(getattr(render, "RENDERERS", None) or render.METHODS)
     assert choices.PATIENT_POSITIONS == tuple(PATIENT_FROM_CARM)
     assert choices.SIMILARITIES == tuple(LOSS_NAMES)
     assert choices.RECONSTRUCTION_METHODS == tuple(api.METHODS)
     assert choices.VOXEL_SOLVERS == tuple(voxel.VOXEL_SOLVERS) == tuple(api.VOXEL_SOLVERS)
     assert choices.FDK_WINDOWS == tuple(importlib.import_module("XRayNeRFLib.recon.fdk").WINDOWS)
-    with pytest.raises(RuntimeError, match="defines no literal NO_SUCH_NAME"):
-        choices.engine_choices("render/__init__.py", "NO_SUCH_NAME")
+    with pytest.raises(RuntimeError, match="defines no literal NO_SUCH_NAME or OTHER"):
+        choices.engine_choices("render/__init__.py", "NO_SUCH_NAME", "OTHER")
+    assert choices.engine_choices("recon/fdk.py", "NO_SUCH_NAME", "WINDOWS") == choices.FDK_WINDOWS
 
 
 def test_module_files_load_without_torch():
@@ -229,6 +230,25 @@ def test_missing_tag_error_is_worded_from_its_fields():
     assert "no field for it" in dicom_error_for_the_panel(angles) and "--primary-deg" in dicom_error_for_the_panel(angles)
     plain = ValueError("c.dcm: Pixel Spacing is calibrated in the patient; pass the detector pixel spacing with --pixel-spacing-mm")
     assert dicom_error_for_the_panel(plain).endswith("the field 'DICOM overrides > Detector pixel spacing'")
+
+
+def test_tag_value_error_is_worded_from_its_fields():
+    """An unusable tag value (TagValueError: problem, overrides) names the panel's fields, whatever the
+    message says; overrides without a panel field name the command line's flags."""
+    from XRayNeRFLib import errors
+    from XRayNeRFMRML.inputs import dicom_error_for_the_panel
+
+    if not hasattr(errors, "TagValueError"):
+        pytest.skip("this engine has no TagValueError yet (issue 15, engine half)")
+    error = errors.TagValueError("any text", path="a.dcm", problem="a.dcm: Distance Source to Patient is 0",
+                                 overrides=("sid_mm", "sdd_mm"), flags=("--sid-mm", "--sdd-mm"))
+    assert dicom_error_for_the_panel(error) == (
+        "a.dcm: Distance Source to Patient is 0; fix the file or enter the value in the field "
+        "'DICOM overrides > Source-isocentre distance' or 'DICOM overrides > Source-detector distance'"
+    )
+    angles = errors.TagValueError("any text", path="b.dcm", problem="b.dcm: angles", overrides=("primary_deg",),
+                                  flags=("--primary-deg",))
+    assert dicom_error_for_the_panel(angles).startswith("b.dcm: angles; this module has no field for it")
 
 
 def test_xray_node_from_dicom_frame_and_scene(core, tmp_path):

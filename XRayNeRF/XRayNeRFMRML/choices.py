@@ -15,24 +15,31 @@ from typing import Tuple
 from .engine import extension_root
 
 
-def engine_choices(relative_path: str, name: str) -> Tuple[str, ...]:
-    """The value of the top-level literal ``name`` in ``XRayNeRFLib/<relative_path>``: a tuple or list as a
-    tuple, a dict as the tuple of its keys. Raises RuntimeError when the file or the literal is missing."""
+def engine_choices(relative_path: str, *names: str) -> Tuple[str, ...]:
+    """The value of the first of ``names`` assigned a literal at the top level of
+    ``XRayNeRFLib/<relative_path>``: a tuple or list as a tuple, a dict as the tuple of its keys. Raises
+    RuntimeError when the file or every literal is missing."""
     path = extension_root() / "XRayNeRFLib" / relative_path
     if not path.is_file():
         raise RuntimeError(f"missing {path}: reinstall the XRayNeRF extension")
+    literals = {}
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                break
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in names and node.value is not None:
+                try:
+                    literals.setdefault(target.id, ast.literal_eval(node.value))
+                except ValueError:  # not a literal
+                    pass
+    for name in names:
+        if name in literals:
+            value = literals[name]
             return tuple(value.keys() if isinstance(value, dict) else value)
-    raise RuntimeError(f"XRayNeRFLib/{relative_path} defines no literal {name}: reinstall the XRayNeRF extension")
+    raise RuntimeError(f"XRayNeRFLib/{relative_path} defines no literal {' or '.join(names)}: reinstall the XRayNeRF extension")
 
 
-RENDERERS = engine_choices("render/__init__.py", "METHODS")  # the projector: "siddon" (exact), "trilinear"
+# the projector: "siddon" (exact), "trilinear" (render.RENDERERS; render.METHODS before the engine named it so)
+RENDERERS = engine_choices("render/__init__.py", "RENDERERS", "METHODS")
 PATIENT_POSITIONS = engine_choices("geometry.py", "PATIENT_FROM_CARM")  # DICOM Patient Position (0018,5100)
 SIMILARITIES = engine_choices("registration/losses.py", "LOSS_NAMES")  # registration losses
 RECONSTRUCTION_METHODS = engine_choices("recon/api.py", "METHODS")  # "fdk", "voxel", "nerf"
