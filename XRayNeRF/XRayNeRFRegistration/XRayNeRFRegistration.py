@@ -462,9 +462,8 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.assertTrue(d.GetApplyThreshold())
         self.assertGreater(d.GetLowerThreshold(), 0.0)
         # slice plane = detector plane: normal along the beam, centre at the detector centre
-        m = sliceNode.GetSliceToRAS()
-        normal = np.array([m.GetElement(r, 2) for r in range(3)])
-        centre = np.array([m.GetElement(r, 3) for r in range(3)])
+        m = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+        normal, centre = m[:3, 2], m[:3, 3]
         beam = cams.principal_directions()[0].numpy()
         np.testing.assert_allclose(normal, -beam, atol=1e-9)
         np.testing.assert_allclose(centre, cams.detector_centers()[0].numpy(), atol=1e-6)
@@ -567,11 +566,11 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
     @staticmethod
     def _viewState(sliceLogic):
         c, n = sliceLogic.GetSliceCompositeNode(), sliceLogic.GetSliceNode()
-        m = n.GetSliceToRAS()
+        m = slicer.util.arrayFromVTKMatrix(n.GetSliceToRAS())
         return dict(
             background=c.GetBackgroundVolumeID(), foreground=c.GetForegroundVolumeID(), label=c.GetLabelVolumeID(),
             opacity=round(c.GetForegroundOpacity(), 9), orientation=n.GetOrientationString(),
-            sliceToRAS=[round(m.GetElement(r, col), 9) for r in range(4) for col in range(4)],
+            sliceToRAS=np.round(m, 9).ravel().tolist(),
             fov=tuple(round(v, 9) for v in n.GetFieldOfView()), origin=tuple(round(v, 9) for v in n.GetXYZOrigin()),
         )
 
