@@ -371,7 +371,7 @@ def _levenberg_marquardt(r: Tensor, t: Tensor, pts: Tensor, pix: Tensor, k: Tens
     cost = cost_of(r, t)
     lam = 1e-3
     it = 0
-    for it in range(1, max_iterations + 1):
+    for it in range(1, max_iterations + 1):  # noqa: B007 (it is returned: the iterations used)
         res = _residuals(r, t, pts, pix, k).reshape(-1)
         jac = _jacobian(r, t, pts, k)  # (2N, 6)
         a = jac.T @ jac
