@@ -70,6 +70,7 @@ def _load_ct(slicer, name="chest CT"):
 
 def drr_node(core, harness, out: Path) -> None:
     import slicer
+
     from XRayNeRFMRML.nodes import cameras_from_node
     from XRayNeRFMRML.overlay import align_slice_to_detector
 
@@ -91,6 +92,7 @@ def drr_node(core, harness, out: Path) -> None:
 
 def registration(core, harness, out: Path) -> None:
     import slicer
+
     from XRayNeRFMRML import sampledata
 
     module = harness.load_module("XRayNeRFRegistration")
@@ -130,6 +132,7 @@ def registration(core, harness, out: Path) -> None:
 
 def reconstruction(core, harness, out: Path) -> None:
     import slicer
+
     from XRayNeRFMRML import sampledata
 
     module = harness.load_module("XRayNeRFReconstruction")

@@ -384,6 +384,7 @@ def test_fluoroscopy_sample_loads_with_its_dicom_geometry(core):
     """The XA file becomes an X-ray node whose camera is LAO 20 / CRA 10 about the setup's isocentre and
     whose line integrals match the CT, moved by the setup's true transform, rendered at that camera."""
     import torch
+
     from XRayNeRFLib.geometry import Cameras
     from XRayNeRFLib.render import render
     from XRayNeRFLib.volume import Volume, as_mu, load_volume
@@ -413,6 +414,7 @@ def test_projection_sample_loads_as_stack_with_cameras(core):
     import json as _json
 
     import torch
+
     from XRayNeRFLib.geometry_io import cameras_from_json, load_geometry
     from XRayNeRFLib.projections_io import load_projection_stack
 

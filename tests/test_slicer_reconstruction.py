@@ -287,6 +287,7 @@ def test_orbit_about_r_through_a_point_reconstructs_the_shifted_phantom(core, mo
     right axis through that point (a markups point) reconstructs on a grid centred there (PSNR > 30 dB);
     the same images read as an orbit about S do not (PSNR < 22 dB)."""
     from recon_phantoms import ELLIPSOIDS
+
     from XRayNeRFLib.recon.fov import default_grid
     from XRayNeRFMRML.reconstruction import CircularOrbit
 
@@ -321,6 +322,7 @@ def test_dicom_overrides_fill_missing_tags(core, module, tmp_path):
     the module field to fill (not a command-line flag) and changes nothing; with the field filled the
     cameras equal those of the complete file and the volume is the same."""
     import dicom_factory as fac
+
     from XRayNeRFLib.intensities import intensities_from_line_integrals
     from XRayNeRFLib.projection_set import ProjectionSet
 
@@ -447,6 +449,7 @@ def test_dicom_rotational_run(core, module, tmp_path):
     integrals from the tags; the node equals the engine's result on ProjectionSet.from_dicom and recovers
     the phantom."""
     import dicom_factory as fac
+
     from XRayNeRFLib.intensities import intensities_from_line_integrals
     from XRayNeRFLib.projection_set import ProjectionSet
     from XRayNeRFLib.recon.fov import default_grid
@@ -822,8 +825,8 @@ def test_sample_projections_reconstruct_the_sample_ct(core, module):
     out = module.XRayNeRFReconstructionLogic().reconstruct(
         node, gridSize=32, geometrySource="file", geometryFile=str(sample / "chest_projections_30.json")
     )
-    from XRayNeRFLib.recon.fov import default_grid
     from XRayNeRFLib.geometry_io import load_geometry
+    from XRayNeRFLib.recon.fov import default_grid
 
     like = default_grid(load_geometry(str(sample / "chest_projections_30.json")), grid=32)
     np.testing.assert_allclose(_ijk_to_ras(out.volume_node), like.ras_from_ijk.double().numpy(), atol=1e-4)

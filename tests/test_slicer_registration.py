@@ -205,9 +205,10 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
     line integrals; the node is selected and Apply becomes possible."""
     sys.path.insert(0, str(REPO / "tests"))
     import dicom_factory as fac
+
+    from XRayNeRFLib.dicom_xray import GeometryOverrides
     from XRayNeRFLib.intensities import intensities_from_line_integrals
     from XRayNeRFLib.projection_set import ProjectionSet
-    from XRayNeRFLib.dicom_xray import GeometryOverrides
     from XRayNeRFMRML.nodes import cameras_from_node, detector_ras_from_ijk, ijk_to_ras
 
     T = module.XRayNeRFRegistrationTest

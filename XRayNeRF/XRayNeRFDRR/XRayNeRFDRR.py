@@ -37,6 +37,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+
 from XRayNeRFMRML.choices import PATIENT_POSITIONS, RENDERERS  # noqa: E402  (the engine's lists)
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 
@@ -322,6 +323,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         the engine's rendering of the file read by XRayNeRFLib (its own LPS -> RAS conversion)."""
         self.delayDisplay("DRR of an oblique CT file")
         import torch
+
         from XRayNeRFLib.render import render
         from XRayNeRFLib.volume import as_mu, load_volume, mu_water_per_mm
 
@@ -400,6 +402,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         by the camera moved by inverse(T)."""
         self.delayDisplay("DRR of a transformed CT")
         import torch
+
         from XRayNeRFLib.geometry import Cameras
         from XRayNeRFLib.render import render
         from XRayNeRFLib.volume import Volume, hu_to_mu

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from .nodes import new_node, remove_node, scene_of, update_camera_model, volume_centre_ras, volume_from_node, write_image_node
 
-DEFAULT_RENDERER = "siddon"  # the DRR module renders exactly (Siddon) unless told otherwise
+DEFAULT_RENDERER = "siddon"  # the DRR module's own default (exact); the engine's is render.DEFAULT_RENDERER
 
 
 def carm_cameras(
@@ -42,6 +42,7 @@ def carm_cameras(
     isocenter_ras: (3,) RAS mm; default the centre of ``ct_node``'s voxel grid in world coordinates (parent
     transforms applied). Raises ValueError when neither is given or the distances are inconsistent."""
     import torch
+
     from XRayNeRFLib.geometry import Cameras
 
     if isocenter_ras is None:
@@ -90,6 +91,7 @@ def render_drr(
     rendering succeeded. progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False cancels
     (raises ``XRayNeRFLib.Cancelled``, the scene unchanged)."""
     import torch
+
     from XRayNeRFLib.render import render
     from XRayNeRFLib.volume import as_mu
 
@@ -98,7 +100,7 @@ def render_drr(
     volume = as_mu(volume_from_node(ct_node, units="hu"))
     start = time.monotonic()
     with torch.no_grad():
-        image = render(volume, cameras.to(dtype=torch.float32), method=renderer, progress=progress)[0]  # (H, W)
+        image = render(volume, cameras.to(dtype=torch.float32), renderer=renderer, progress=progress)[0]  # (H, W)
     seconds = time.monotonic() - start
     logging.info(f"XRayNeRF DRR: {cameras.width}x{cameras.height} {renderer} in {seconds:.2f} s")
 

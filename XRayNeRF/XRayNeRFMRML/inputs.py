@@ -45,8 +45,8 @@ def _fill_hint(override: Optional[str], flag: Optional[str]) -> str:
 def dicom_error_for_the_panel(error: ValueError) -> str:
     """The engine's DICOM error as the module panel words it: the panel's field instead of the CLI's flag.
 
-    Typed errors are rebuilt from their fields: a ``MissingTagError`` (file, quantity, tags, override) and,
-    with an engine that has it, a ``TagValueError`` (problem, overrides). Other errors keep their text, with
+    Typed errors are rebuilt from their fields: a ``MissingTagError`` (file, quantity, tags, override) and a
+    ``TagValueError`` (problem, overrides). Other errors keep their text, with
     the command-line flags they name turned into the panel's fields ("pass --flag" into what to do in the
     panel; other mentions into the field's label)."""
     from XRayNeRFLib import errors
@@ -54,8 +54,7 @@ def dicom_error_for_the_panel(error: ValueError) -> str:
 
     if isinstance(error, errors.MissingTagError):
         return f"{error.path}: no {error.what} ({error.tags}); {_fill_hint(error.override, error.flag)}"
-    tag_value_error = getattr(errors, "TagValueError", None)  # unusable tag values (newer engines)
-    if tag_value_error is not None and isinstance(error, tag_value_error):
+    if isinstance(error, errors.TagValueError):  # an unusable tag value
         labels = [DICOM_OVERRIDE_FIELDS[k] for k in error.overrides if k in DICOM_OVERRIDE_FIELDS]
         if labels:
             return f"{error.problem}; fix the file or enter the value in the field " + " or ".join(f"'{x}'" for x in labels)

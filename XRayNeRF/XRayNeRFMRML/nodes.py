@@ -85,6 +85,7 @@ def volume_from_node(volume_node, units: str = "hu", dtype=None):
     volume_node: vtkMRMLScalarVolumeNode with a single-component image. units: "hu" (CT) or "mu" (1/mm).
     returns Volume(data (K, J, I) float32 copy, ras_from_ijk (4, 4) world RAS mm, units)."""
     import torch
+
     from XRayNeRFLib.volume import Volume
 
     if volume_node is None:

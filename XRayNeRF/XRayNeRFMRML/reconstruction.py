@@ -204,6 +204,7 @@ class CircularOrbit:
     def cameras(self, views: int, size_px: Tuple[int, int]):
         """V cameras (float64) for ``views`` images of ``size_px`` (columns, rows)."""
         import torch
+
         from XRayNeRFLib.geometry import Cameras
 
         spacing = np.broadcast_to(np.asarray(self.pixel_spacing_mm, dtype=np.float64).reshape(-1), (2,)).copy()
@@ -272,6 +273,7 @@ def projection_set_from_nodes(
     quantity / i0: see the module docstring (i0 None or 0: estimated).
     """
     import torch
+
     from XRayNeRFLib.geometry_io import load_geometry, ours_from_rtk_layout
     from XRayNeRFLib.projection_set import ProjectionSet
 
@@ -373,6 +375,7 @@ class SceneChanges:
 def hu_from_mu(mu, energy_kev: float = DEFAULT_ENERGY_KEV) -> np.ndarray:
     """mu (1/mm, tensor or array) -> HU as float32 numpy (XRayNeRFLib.volume.mu_to_hu at ``energy_kev``)."""
     import torch
+
     from XRayNeRFLib.volume import mu_to_hu
 
     return mu_to_hu(torch.as_tensor(mu).detach().double().cpu(), energy_kev).numpy().astype(np.float32)

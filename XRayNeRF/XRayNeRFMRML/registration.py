@@ -31,11 +31,15 @@ import numpy as np
 import slicer
 
 from .nodes import (
-    cameras_from_node, new_node, remove_node, scene_of, update_camera_model, volume_from_node, world_from_node,
+    cameras_from_node,
+    new_node,
+    remove_node,
+    scene_of,
+    update_camera_model,
+    volume_from_node,
+    world_from_node,
     write_image_node,
 )
-
-OVERLAY_RENDERER = "siddon"  # the overlay's DRR outside the optimiser (initial, final, Preview): exact
 
 
 # -- pieces ---------------------------------------------------------------------------------------------
@@ -53,26 +57,29 @@ def transform_to_parent(transform_node) -> np.ndarray:
 
 def ct_to_parent(world_from_camera, world_from_camera_init, parent_to_world: np.ndarray, before: np.ndarray) -> np.ndarray:
     """(4, 4) float64: the transform node's new matrix to parent for the registered camera (module docstring):
-    ``inv(P) @ C @ P @ B`` with ``C = w0 @ inv(w)``. world_from_camera (w) / world_from_camera_init (w0):
-    (4, 4) RAS mm (tensors or arrays); parent_to_world (P), before (B): (4, 4)."""
-    w = np.asarray(world_from_camera, dtype=np.float64)
-    w0 = np.asarray(world_from_camera_init, dtype=np.float64)
-    correction = w0 @ np.linalg.inv(w)
+    ``inv(P) @ C @ P @ B`` with ``C = w0 @ inv(w)`` (``XRayNeRFLib.registration.pose.ct_correction_from_poses``).
+    world_from_camera (w) / world_from_camera_init (w0): (4, 4) RAS mm (tensors or arrays); parent_to_world
+    (P), before (B): (4, 4)."""
+    from XRayNeRFLib.registration.pose import ct_correction_from_poses
+
+    correction = ct_correction_from_poses(world_from_camera, world_from_camera_init).numpy()
     return np.linalg.inv(parent_to_world) @ correction @ parent_to_world @ before
 
 
-def render_image(volume, cameras, world_from_camera=None, renderer: str = OVERLAY_RENDERER):
+def render_image(volume, cameras, world_from_camera=None, renderer: Optional[str] = None):
     """The DRR (H, W) float32 tensor of ``volume`` (mu) seen by ``cameras`` (1 view), or by a camera with the
-    same intrinsics at ``world_from_camera`` (4, 4) RAS mm when given."""
+    same intrinsics at ``world_from_camera`` (4, 4) RAS mm when given. renderer: None for the engine's
+    ``DEFAULT_RENDERER`` (the overlay's projector, as the command line's)."""
     import torch
+
     from XRayNeRFLib.geometry import Cameras
-    from XRayNeRFLib.render import render
+    from XRayNeRFLib.render import DEFAULT_RENDERER, render
 
     if world_from_camera is not None:
         w = torch.as_tensor(world_from_camera, dtype=cameras.world_from_camera.dtype).reshape(1, 4, 4)
         cameras = Cameras(w, cameras.sdd_mm, cameras.pixel_spacing_mm, cameras.principal_point_px, cameras.size_px)
     with torch.no_grad():
-        return render(volume, cameras.to(dtype=torch.float32), method=renderer)[0]
+        return render(volume, cameras.to(dtype=torch.float32), renderer=renderer or DEFAULT_RENDERER)[0]
 
 
 def write_drr(drr_node, image, cameras, *, name: str = "DRR", scene=None):
@@ -92,9 +99,9 @@ def write_drr(drr_node, image, cameras, *, name: str = "DRR", scene=None):
     return drr_node
 
 
-def update_drr(ct_node, xray_node, drr_node=None, *, renderer: str = OVERLAY_RENDERER):
+def update_drr(ct_node, xray_node, drr_node=None, *, renderer: Optional[str] = None):
     """The DRR of the CT (with its current transforms) at the X-ray's camera, written into ``drr_node``
-    (created beside the CT, named after it, when None). Returns the node."""
+    (created beside the CT, named after it, when None); renderer as :func:`render_image`. Returns the node."""
     from XRayNeRFLib.volume import as_mu
 
     cameras = cameras_from_node(xray_node)
@@ -201,6 +208,7 @@ def register_ct_to_xray(
     On an error the transform, the CT's parent and the slice view are restored and the nodes created here
     removed; a CT that does not project onto the X-ray raises ValueError saying to move its transform."""
     import torch
+
     from XRayNeRFLib.errors import NoOverlapError
     from XRayNeRFLib.registration import register
     from XRayNeRFLib.volume import as_mu

@@ -38,9 +38,16 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+
 from XRayNeRFMRML.choices import FDK_WINDOWS  # noqa: E402  (the engine's list)
 from XRayNeRFMRML.reconstruction import (  # noqa: E402  (numpy, slicer and vtk only: torch loads on first use)
-    GEOMETRY_SOURCES, INPUT_KINDS, METHODS, ORBIT_AXES, QUANTITIES, RENDERERS, VOXEL_SOLVERS,
+    GEOMETRY_SOURCES,
+    INPUT_KINDS,
+    METHODS,
+    ORBIT_AXES,
+    QUANTITIES,
+    RENDERERS,
+    VOXEL_SOLVERS,
 )
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 
@@ -497,6 +504,7 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
         """Exact line integrals (V, H, W) float64 of the balls (chord lengths, no renderer involved) on a
         full circular orbit (SID 250 mm, SDD 400 mm, 2 mm pixels), and its cameras."""
         import torch
+
         from XRayNeRFLib.geometry import Cameras
 
         angles = torch.arange(views, dtype=torch.float64) * (2 * np.pi / views)
@@ -537,6 +545,7 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
         its voxels are the engine's FDK in HU, and the water ball reads about 0 HU."""
         self.delayDisplay("FDK from a projection sequence")
         import torch
+
         from XRayNeRFLib.recon.fdk import fdk
         from XRayNeRFLib.recon.fov import default_grid
         from XRayNeRFLib.volume import mu_to_hu

@@ -40,6 +40,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+
 from XRayNeRFMRML.choices import SIMILARITIES  # noqa: E402  (the engine's list)
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 
@@ -401,6 +402,7 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
     @staticmethod
     def _cameras(cols=8, rows=6, spacing=2.0, primary=20.0, secondary=10.0, iso=(1.0, 2.0, 3.0)):
         import torch
+
         from XRayNeRFLib.geometry import Cameras
 
         return Cameras.carm(primary, secondary, sid_mm=500.0, sdd_mm=800.0, size_px=(cols, rows),
@@ -488,6 +490,7 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
 
     def _registrationScene(self, shiftMm):
         import torch
+
         from XRayNeRFLib.render import render
         from XRayNeRFLib.volume import Volume, hu_to_mu
 
