@@ -23,8 +23,9 @@ from ..progress import Progress
 from ..projection_set import ProjectionSet
 from ..registration import register
 from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
+from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
 from ..registration.nett import load_nett
-from ..registration.pose import check_rigid, ct_isocenter_ras, pose_errors
+from ..registration.pose import check_rigid, ct_correction_from_poses, ct_isocenter_ras, pose_errors
 from ..registration.transform_io import write_ct_correction
 from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu, load_volume
@@ -49,12 +50,19 @@ inputs:
                     Camera frame: origin at the X-ray source, +z towards the detector along the
                     principal ray, +x along increasing columns, +y along increasing rows (row 0 = the
                     first row of the stored image). Optional for DICOM input (its tags give the pose).
+  --landmarks JSON  {"pairs": [{"label": "carina", "ct_mm": [x, y, z], "pixel": [column, row]}, ...]}: >= 4
+                    points marked on the CT (RAS mm; "frame": "LPS" for LPS) and on the X-ray (0-based
+                    pixel-centre [column, row]); the start pose is solved from them (PnP with the camera's
+                    intrinsics) instead of taken from --init / the DICOM tags, and each pair's reprojection
+                    error is reported. With --init or a DICOM pose as well, that pose stays the reference
+                    of ct_correction_ras (the CT moves, the camera keeps its nominal pose).
 
 outputs:
   --out JSON        the registered "world_from_camera" (same convention), the camera intrinsics (refined
                     with --refine-intrinsics), "ct_correction_ras" (4x4, RAS, to parent: moves the CT so
                     that from the initial camera it looks as from the registered one), the final and
-                    initial loss, iterations, seconds and the per-iteration trace.
+                    initial loss, iterations, seconds and the per-iteration trace; with --landmarks also
+                    "landmark_start" (the solved pose, RMS and per-pair errors in px, detector mm, mm).
   --transform-out   the same CT correction as an ITK transform (.h5 or .tfm, LPS, resampling direction)
                     that 3D Slicer loads as a transform node: put the CT under it.
   --overlay PNG     the X-ray in gray with the final DRR's edges in red, for a human check.
@@ -81,7 +89,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--volume", required=True, help="CT volume file or DICOM series directory")
     p.add_argument("--image", required=True, help="DICOM X-ray, or an image file with --camera")
     p.add_argument("--camera", help="camera JSON (intrinsics) for a non-DICOM image")
-    p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images")
+    p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images without --landmarks")
+    p.add_argument("--landmarks", help="landmark pairs JSON (CT RAS mm <-> X-ray [column, row]); the start pose is solved from them")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--loss", default="mi", choices=["mi", "ncc", "gncc", "mncc", "pncc"],
                    help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)")
@@ -214,14 +223,15 @@ def _image_file_xray(args):
     """An image file with --camera and --init -> (image (H, W), mask (H, W) bool, cameras (1 view, float64), notes)."""
     if not args.camera:
         raise ValueError(f"{args.image} is not DICOM: give its camera with --camera camera.json")
-    if not args.init:
-        raise ValueError(f"{args.image} is not DICOM: give the initial pose with --init init.json")
+    if not args.init and not args.landmarks:
+        raise ValueError(f"{args.image} is not DICOM: give the initial pose with --init init.json or --landmarks points.json")
     cam = read_camera_json(args.camera)
     arr = _read_image_file(args.image)
     if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
         raise ValueError(f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
                          f"{cam['size_px']}: fix size_px in {args.camera}")
-    w = read_init_json(args.init)
+    # Without --init, --landmarks gives the pose (run() solves it); identity holds the intrinsics until then.
+    w = read_init_json(args.init) if args.init else torch.eye(4, dtype=torch.float64)
     cams = Cameras(w[None], torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
                    torch.tensor([cam["pixel_spacing_mm"]], dtype=torch.float64),
                    torch.tensor([cam["principal_point_px"]], dtype=torch.float64), tuple(cam["size_px"]))
@@ -273,6 +283,18 @@ def _write_json_atomic(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def landmark_start_pose(path: str, cams: Cameras, quiet: bool = False) -> LandmarkPose:
+    """The start pose solved from the landmark file ``path`` with the intrinsics of ``cams`` (1 view); notes
+    the reprojection error (RMS and the worst pair)."""
+    pairs = read_landmarks_json(path)
+    start = solve_landmark_pose(pairs, cameras=cams)
+    worst = int(start.error_px.argmax())
+    note(f"landmark start from {len(pairs)} pairs: reprojection RMS {start.rms_px:.2f} px ({start.rms_detector_mm:.2f} mm at "
+         f"the detector, {start.rms_object_mm:.2f} mm at the landmarks); largest: pair {worst} ({start.labels[worst]}) "
+         f"{float(start.error_px[worst]):.2f} px", quiet)
+    return start
+
+
 def run(args) -> int:
     t0 = time.monotonic()
     refuse_overwriting_inputs((args.volume, args.image), (args.overlay, args.transform_out))
@@ -287,6 +309,14 @@ def run(args) -> int:
     image, mask, cams, notes = load_xray(args, volume)
     for n in notes:
         note(f"note: {n}", args.quiet)
+    # The CT correction is stated relative to the nominal pose (DICOM tags or --init) when there is one.
+    reference = cams.world_from_camera[0]
+    landmark_start = None
+    if args.landmarks:
+        landmark_start = landmark_start_pose(args.landmarks, cams, args.quiet)
+        if not (args.init or _is_dicom(args.image)):
+            reference = landmark_start.world_from_camera
+        cams = landmark_start.cameras
     appearance = load_nett(args.nett) if args.nett else None
     progress = progress_bar("register", args.quiet)
     iterations = None
@@ -304,7 +334,11 @@ def run(args) -> int:
     finally:
         if progress is not None:
             progress.close()
+    ct_correction = ct_correction_from_poses(result.world_from_camera, reference)
     data = result.to_json()
+    data["ct_correction_ras"] = ct_correction.tolist()
+    if landmark_start is not None:
+        data["landmark_start"] = landmark_start.to_json()
     data.update({
         "volume": os.path.abspath(args.volume), "image": os.path.abspath(args.image),
         "initial_world_from_camera": cams.world_from_camera[0].tolist(), "frame": "patient RAS, mm",
@@ -317,7 +351,7 @@ def run(args) -> int:
             drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0]
         write_overlay(args.overlay, image.numpy(), drr.numpy())
     if args.transform_out:
-        write_ct_correction(args.transform_out, result.ct_correction_ras)
+        write_ct_correction(args.transform_out, ct_correction)
     _write_json_atomic(args.out, data)
     moved = pose_errors(result.world_from_camera, cams.world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist()))
     note(f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
