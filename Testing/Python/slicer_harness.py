@@ -40,7 +40,7 @@ import sys
 import types
 import unittest
 from pathlib import Path
-from typing import Annotated, Any, Dict, Optional, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Dict, get_args, get_origin, get_type_hints
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULES_DIR = REPO_ROOT / "XRayNeRF"
@@ -447,7 +447,7 @@ def install_sample_data_stand_in() -> types.ModuleType:
         @staticmethod
         def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None, nodeNames=None,
                                            customDownloader=None, thumbnailFileName=None, loadFileTypes=None,
-                                           loadFiles=None, loadFileProperties={}, checksums=None, loadFileType=None):
+                                           loadFiles=None, loadFileProperties={}, checksums=None, loadFileType=None):  # noqa: B006  (Slicer's signature)
             module.registered.append(dict(
                 category=category, sampleName=sampleName, uris=uris, fileNames=fileNames, nodeNames=nodeNames,
                 customDownloader=customDownloader, thumbnailFileName=thumbnailFileName, loadFileTypes=loadFileTypes,
