@@ -21,7 +21,7 @@ from .runtime import bind, use_headless_rendering
 log = logging.getLogger("XRayNeRFWeb")
 
 POSE_KEYS = ("rx", "ry", "rz", "tr", "ta", "ts")
-LOSSES = ("ncc", "gncc", "mi", "mncc", "pncc")
+LOSSES = ("mi", "ncc", "gncc", "mncc", "pncc")  # the engine's similarity choices; mi its default
 METHODS = ("fdk", "voxel", "nerf")
 PATIENT_POSITIONS = ("HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL")
 PUSH_INTERVAL_S = 0.1
@@ -84,7 +84,7 @@ class XRayNeRFWebApp:
             files=self.data.listing(),
             # registration
             reg_ct="", reg_xray="", reg_ct_path="", reg_xray_path="", reg_ready=False, reg_pending=False,
-            opacity=0.5, loss="ncc", overlay_updates=0, reg_result="",
+            opacity=0.5, loss="mi", overlay_updates=0, reg_result="",
             **{k: 0.0 for k in POSE_KEYS},
             # reconstruction
             rec_projections="", rec_stack_path="", rec_geometry_path="", rec_method="voxel", rec_grid=64,
@@ -455,6 +455,14 @@ class XRayNeRFWebApp:
             self._render_views()
 
         self._start("DRR", lambda job: self.session.drr_work(job, pose, renderer), done, "Rendering the DRR.")
+
+    @_action
+    def use_drr_as_xray(self) -> None:
+        self._refuse_if_busy("changing the X-ray")
+        self.session.use_drr_as_xray()
+        self._after_registration_inputs()
+        self.state.tab = "registration"
+        self._say(f"The DRR '{self.state.reg_xray}' is now the Registration X-ray.", "success")
 
     @_action
     def download_drr(self):

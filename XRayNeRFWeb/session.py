@@ -86,6 +86,8 @@ class Session:
         if self.transform is None:
             self.transform = self.sa.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "CT pose")
         self.ct = node
+        self.set_transform_matrix(np.eye(4))  # a new CT starts where its file puts it
+        self.last_registration = None
         node.SetAndObserveTransformNodeID(self.transform.GetID())
         self.base = self.transform_matrix()
         dm = self.sa.display_manager
@@ -206,7 +208,7 @@ class Session:
             self.red.GetSliceCompositeNode().SetForegroundOpacity(float(opacity))
 
     # -- registration: the optimiser ------------------------------------------------------------------
-    def register_work(self, job: JobState, loss: str, opacity: float, levels=(4, 2), max_iterations=(60, 30)):
+    def register_work(self, job: JobState, loss: str, opacity: float, **engine_options):
         import XRayNeRFLib.registration as registration_module
         import XRayNeRFLib.render as render_module
 
@@ -220,7 +222,7 @@ class Session:
                 engine_off_the_loop(job.gate, render_module, "render"):
             result = self.registration.register(
                 self.ct, self.xray, self.transform, self.overlay_drr, None, sliceLogic=self.red, opacity=float(opacity),
-                previewEvery=3, progress=progress, loss=loss, levels=tuple(levels), max_iterations=tuple(max_iterations),
+                previewEvery=3, progress=progress, loss=loss, **engine_options,
             )
         self.overlay_drr = self.registration.drrNode
         self.last_registration = result
@@ -304,6 +306,12 @@ class Session:
             self.drr_node, self.drr_model = self.drr_logic.renderDRR(
                 self.ct, self.drr_node, self.drr_model, method=renderer, progress=progress, **pose)
         return self.drr_node
+
+    def use_drr_as_xray(self) -> None:
+        """The rendered DRR (a 1-slice node with its camera) becomes the Registration X-ray."""
+        if self.drr_node is None:
+            raise ValueError("render a DRR first")
+        self._set_xray(self.drr_node)
 
     def drr_image(self) -> np.ndarray:
         """The DRR node's image (H, W) float32 line integrals."""

@@ -123,6 +123,8 @@ def _drr_tab(app) -> None:
                density="compact", hide_details=True, classes="mb-2")
     v3.VBtn("Render DRR", id="render-drr", click=app.render_drr, color="primary", classes="mr-2 mb-2")
     _download(app, "DRR (NRRD)", "drr.nrrd", app.download_drr, "download-drr", "drr_done")
+    v3.VBtn("Use as the Registration X-ray", id="drr-as-xray", click=app.use_drr_as_xray, size="small",
+            variant="tonal", classes="mb-2", disabled=("busy || !drr_done",))
 
 
 def build(app) -> None:
