@@ -59,12 +59,11 @@ def _view(core, harness, name: str):
 def _load_ct(slicer, name="chest CT"):
     """The sample CT as a scalar volume node (HU), placed as Slicer places it (engine reader, LPS -> RAS)."""
     from XRayNeRFLib.volume import load_volume
-    from XRayNeRFMRML.nodes import array_to_matrix
 
     volume = load_volume(str(REPO / "Resources" / "SampleData" / "chest_ct_128.nii.gz"))
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, volume.data.numpy().astype(np.float32))
-    node.SetIJKToRASMatrix(array_to_matrix(volume.ras_from_ijk.double().numpy()))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ras_from_ijk.double().numpy()))
     node.CreateDefaultDisplayNodes()
     return node
 
@@ -76,9 +75,9 @@ def drr_node(core, harness, out: Path) -> None:
 
     module = harness.load_module("XRayNeRFDRR")
     ct = _load_ct(slicer)
-    drr, _model = module.XRayNeRFDRRLogic().renderDRR(
+    drr = module.XRayNeRFDRRLogic().renderDRR(
         ct, primaryAngleDeg=30.0, secondaryAngleDeg=0.0, detectorColumns=256, detectorRows=256, pixelSpacingMm=1.5,
-    )
+    ).volume_node
     view = _view(core, harness, "Red")
     view.GetSliceCompositeNode().SetBackgroundVolumeID(drr.GetID())
     display = drr.GetDisplayNode()
@@ -93,7 +92,6 @@ def drr_node(core, harness, out: Path) -> None:
 def registration(core, harness, out: Path) -> None:
     import slicer
     from XRayNeRFMRML import sampledata
-    from XRayNeRFMRML.nodes import matrix_to_array
 
     module = harness.load_module("XRayNeRFRegistration")
     ct = _load_ct(slicer)
@@ -123,10 +121,10 @@ def registration(core, harness, out: Path) -> None:
     logic.register(ct, xray, transform, drr, sliceLogic=view, loss="mi")
     style()
     _save(harness.blended_slice_rgba(view), out / "registration_after.png")
-    m = vtk_matrix(transform)
+    m = slicer.util.arrayFromTransformMatrix(transform)
     truth = sampledata.fluoroscopy_setup()["ct_to_parent_ras"]
     centre = np.asarray(sampledata.fluoroscopy_setup()["isocenter_ras"] + [1.0])
-    print(f"registration: isocentre error {np.linalg.norm((matrix_to_array(m) - truth) @ centre):.2f} mm (start "
+    print(f"registration: isocentre error {np.linalg.norm((m - truth) @ centre):.2f} mm (start "
           f"{np.linalg.norm((np.eye(4) - truth) @ centre):.2f} mm)")
 
 
@@ -195,13 +193,6 @@ def thumbnails(sample_dir: Path) -> None:
                                    GeometryOverrides(isocenter_ras=setup["isocenter_ras"]), i0=setup["i0"])
     _grey_thumbnail(xray.images[0].numpy(), sample_dir / "chest_fluoroscopy.png")
 
-
-def vtk_matrix(transform):
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    transform.GetMatrixTransformToParent(m)
-    return m
 
 
 def main(argv=None) -> int:

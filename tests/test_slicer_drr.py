@@ -100,8 +100,8 @@ def _oblique(rotation_axis, angle_deg, spacing, origin):
     return out
 
 
-@pytest.mark.parametrize("method", ["siddon", "trilinear"])
-def test_oblique_ct_drr_equals_engine_render(core, drr_module, method):
+@pytest.mark.parametrize("renderer", ["siddon", "trilinear"])
+def test_oblique_ct_drr_equals_engine_render(core, drr_module, renderer):
     """An oblique CT (direction cosines about a skew axis, anisotropic spacing): the DRR node's values
     equal the engine's render of the same voxels and affine, and the node's camera round-trips."""
     from XRayNeRFLib.geometry import Cameras
@@ -117,13 +117,13 @@ def test_oblique_ct_drr_equals_engine_render(core, drr_module, method):
                 sourceDetectorDistanceMm=600.0, detectorColumns=24, detectorRows=20, pixelSpacingMm=4.0,
                 patientPosition="FFS")
     logic = drr_module.XRayNeRFDRRLogic()
-    drr, _model = logic.renderDRR(ct, method=method, **pose)
+    drr = logic.renderDRR(ct, renderer=renderer, **pose).volume_node
     # independent path: the engine on the numpy voxels and the affine we wrote
     centre = (affine @ np.r_[(13 - 1) / 2, (11 - 1) / 2, (9 - 1) / 2, 1.0])[:3]
     cams = Cameras.carm(25.0, -15.0, sid_mm=350.0, sdd_mm=600.0, size_px=(24, 20), pixel_spacing_mm=4.0,
                         isocenter_ras=centre, patient_position="FFS", dtype=torch.float64)
     vol = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
-    expected = render(vol, cams, method=method)[0].numpy()
+    expected = render(vol, cams, method=renderer)[0].numpy()
     got = slicer.util.arrayFromVolume(drr)[0]
     assert expected.max() > 0.3 and (expected == 0).sum() > 0  # CT seen partly, not filling the detector
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
@@ -137,10 +137,10 @@ def test_drr_pixels_project_onto_their_voxels(core, drr_module):
     from XRayNeRFMRML.nodes import cameras_from_node
 
     ct = drr_module.XRayNeRFDRRTest._ctNode(np.zeros((5, 5, 5)), _oblique((0, 0, 1), 10, (2, 2, 2), (0, 0, 0)))
-    drr, _ = drr_module.XRayNeRFDRRLogic().renderDRR(
+    drr = drr_module.XRayNeRFDRRLogic().renderDRR(
         ct, primaryAngleDeg=-70.0, secondaryAngleDeg=30.0, detectorColumns=7, detectorRows=4, pixelSpacingMm=0.7,
         sourceIsocenterDistanceMm=500.0, sourceDetectorDistanceMm=900.0, patientPosition="HFP",
-    )
+    ).volume_node
     a = drr_module.XRayNeRFDRRTest._ijkToRas(drr)
     jj, ii = np.meshgrid(np.arange(4), np.arange(7), indexing="ij")
     ijk = np.stack([ii.ravel(), jj.ravel(), np.zeros(28), np.ones(28)], axis=1)
@@ -160,9 +160,9 @@ def test_drr_under_parent_transform_lands_on_detector(core, drr_module):
     out = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "out")
     out.SetAndObserveTransformNodeID(t.GetID())
     logic = drr_module.XRayNeRFDRRLogic()
-    drr, _ = logic.renderDRR(ct, out, detectorColumns=4, detectorRows=4)
+    drr = logic.renderDRR(ct, out, detectorColumns=4, detectorRows=4).volume_node
     assert drr is out
-    free, _ = logic.renderDRR(ct, detectorColumns=4, detectorRows=4)
+    free = logic.renderDRR(ct, detectorColumns=4, detectorRows=4).volume_node
     np.testing.assert_allclose(ras_from_ijk_world(out), ras_from_ijk_world(free), atol=1e-9)
 
 

@@ -128,6 +128,22 @@ def test_widget_failure_says_why_and_resets(core, drr_module):
     assert widget.ui.applyButton.text == "Apply" and not widget.ui.progressBar.visible and not widget.running
 
 
+def test_widget_resets_after_an_interrupt(core, drr_module):
+    """An exception that is no Exception (Ctrl-C in the Python console during a run) still gives Apply
+    back: the widget's running state is reset in a ``finally``."""
+    widget = _drr_widget(drr_module)
+    widget._parameterNode.inputVolume = _ct(drr_module)
+
+    def interrupted(progress):
+        assert widget.running and widget.ui.applyButton.text == "Cancel"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        widget.runApply("Failed.", interrupted)
+    assert not widget.running and widget.ui.applyButton.text == "Apply" and widget.ui.applyButton.enabled
+    assert not widget.ui.progressBar.visible and widget.ui.statusLabel.text == "Ready."
+
+
 def test_progress_is_throttled(core, drr_module):
     from XRayNeRFLib.progress import Progress
 
@@ -399,7 +415,6 @@ def test_projection_sample_loads_as_stack_with_cameras(core):
     import torch
     from XRayNeRFLib.geometry_io import cameras_from_json, load_geometry
     from XRayNeRFLib.projections_io import load_projection_stack
-    from XRayNeRFMRML.nodes import matrix_to_array
 
     sd = _sampledata()
     (node,) = sd.load_projections(_source(sd, 1))
@@ -416,7 +431,7 @@ def test_projection_sample_loads_as_stack_with_cameras(core):
 
     vtk_matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(vtk_matrix)
-    a = matrix_to_array(vtk_matrix)
+    a = slicer.util.arrayFromVTKMatrix(vtk_matrix)
     np.testing.assert_allclose(np.diag(a)[:3], [-8.0, -8.0, 1.0])
     np.testing.assert_allclose(a[:2, 3], -origin.numpy())
     assert torch.allclose(spacing, torch.tensor([8.0, 8.0], dtype=spacing.dtype))

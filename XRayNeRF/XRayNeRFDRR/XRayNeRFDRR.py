@@ -6,11 +6,9 @@ engine's tensors (XRayNeRFLib) and back; the Widget only gathers inputs and show
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional, Sequence, Tuple
+from typing import Annotated, Callable, Optional, Sequence
 
 
 def _addExtensionPaths() -> None:
@@ -29,7 +27,6 @@ _addExtensionPaths()
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
-import vtk  # noqa: E402
 from slicer import vtkMRMLModelNode, vtkMRMLScalarVolumeNode  # noqa: E402
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
@@ -40,10 +37,8 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from XRayNeRFMRML.choices import PATIENT_POSITIONS, RENDERERS  # noqa: E402  (the engine's lists)
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
-
-PATIENT_POSITIONS = ["HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL"]
-METHODS = ["siddon", "trilinear"]
 
 
 #
@@ -99,7 +94,7 @@ class XRayNeRFDRRParameterNode:
     detectorRows: Annotated[int, WithinRange(2, 4096)] = 256
     pixelSpacingMm: Annotated[float, WithinRange(0.01, 20.0)] = 1.5
     patientPosition: Annotated[str, Choice(PATIENT_POSITIONS)] = "HFS"
-    method: Annotated[str, Choice(METHODS)] = "siddon"
+    renderer: Annotated[str, Choice(RENDERERS)] = "siddon"
     outputVolume: vtkMRMLScalarVolumeNode
     cameraModel: vtkMRMLModelNode
 
@@ -118,9 +113,9 @@ class XRayNeRFDRRWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.setup(self)
         self.setupWidget("XRayNeRFDRR.ui", XRayNeRFDRRLogic())
         self.ui.patientPositionComboBox.clear()
-        self.ui.patientPositionComboBox.addItems(PATIENT_POSITIONS)
-        self.ui.methodComboBox.clear()
-        self.ui.methodComboBox.addItems(METHODS)
+        self.ui.patientPositionComboBox.addItems(list(PATIENT_POSITIONS))
+        self.ui.rendererComboBox.clear()
+        self.ui.rendererComboBox.addItems(list(RENDERERS))
         self.initializeParameterNode()
 
     def onParameterNodeInitialized(self) -> None:
@@ -137,13 +132,14 @@ class XRayNeRFDRRWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
 
     def onApplyButton(self) -> None:
         def work(progress):
-            drr, model = self.logic.renderDRRUsingParameterNode(self._parameterNode, progress=progress)
+            out = self.logic.renderDRRUsingParameterNode(self._parameterNode, progress=progress)
             layoutManager = getattr(slicer.app, "layoutManager", lambda: None)()  # None without main window
-            slicer.util.setSliceViewerLayers(background=drr, fit=layoutManager is not None)
-            return drr
+            slicer.util.setSliceViewerLayers(background=out.volume_node, fit=layoutManager is not None)
+            return out
 
         self.runApply(
-            _("Failed to render the DRR."), work, lambda drr: _("Rendered '{name}'.").format(name=drr.GetName())
+            _("Failed to render the DRR."), work,
+            lambda out: _("Rendered '{name}'.").format(name=out.volume_node.GetName()),
         )
 
 
@@ -174,8 +170,8 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
             return _("The source-detector distance must exceed the source-isocentre distance.")
         return None
 
+    @staticmethod
     def cameras(
-        self,
         ctNode,
         *,
         primaryAngleDeg: float = 0.0,
@@ -190,25 +186,12 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
     ):
         """The C-arm view as XRayNeRFLib Cameras (1 view, float64, world RAS). isocenterRas: (3,) RAS mm;
         default the centre of the CT in world coordinates (parent transforms applied)."""
-        import torch
-        from XRayNeRFLib.geometry import Cameras
-        from XRayNeRFMRML.nodes import ras_from_ijk_world
+        from XRayNeRFMRML.drr import carm_cameras
 
-        if isocenterRas is None:
-            if ctNode is None or ctNode.GetImageData() is None:
-                raise ValueError("no input volume: select a CT volume")
-            dims = np.array(ctNode.GetImageData().GetDimensions(), dtype=np.float64)  # (I, J, K)
-            isocenterRas = (ras_from_ijk_world(ctNode) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3].tolist()
-        return Cameras.carm(
-            float(primaryAngleDeg),
-            float(secondaryAngleDeg),
-            sid_mm=float(sourceIsocenterDistanceMm),
-            sdd_mm=float(sourceDetectorDistanceMm),
-            size_px=(int(detectorColumns), int(detectorRows)),
-            pixel_spacing_mm=(float(pixelSpacingMm), float(pixelSpacingMm)),
-            isocenter_ras=[float(x) for x in isocenterRas],
-            patient_position=patientPosition,
-            dtype=torch.float64,
+        return carm_cameras(
+            ctNode, primary_deg=primaryAngleDeg, secondary_deg=secondaryAngleDeg, sid_mm=sourceIsocenterDistanceMm,
+            sdd_mm=sourceDetectorDistanceMm, size_px=(detectorColumns, detectorRows), pixel_spacing_mm=pixelSpacingMm,
+            patient_position=patientPosition, isocenter_ras=isocenterRas,
         )
 
     def renderDRR(
@@ -217,60 +200,35 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         outputNode=None,
         cameraModelNode=None,
         *,
-        method: str = "siddon",
+        renderer: str = "siddon",
         progress: Optional[Callable] = None,
         **pose,
-    ) -> Tuple[object, object]:
+    ):
         """Render the DRR of ``ctNode`` (scalar volume, HU; linear parent transforms applied).
 
         pose: keyword arguments of :meth:`cameras` (angles in degrees, distances and spacing in mm,
-        detector size in pixels, patient position, isocentre).
+        detector size in pixels, patient position, isocentre). renderer: "siddon" (exact) or "trilinear".
         outputNode / cameraModelNode: nodes to overwrite; new ones are created (named after the CT) when
         None, and only after the rendering succeeded, so a failed or cancelled run leaves the scene as it was.
-        progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False cancels (raises
-        XRayNeRFLib.Cancelled).
-        returns (DRR scalar volume node: 1-slice (1, H, W) line integrals on the detector plane, with the
-        camera in its ``XRayNeRF.Cameras`` attribute; camera line model node).
+        progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
+        cancels (raises XRayNeRFLib.Cancelled).
+        returns XRayNeRFMRML.drr.DRROutput (volume_node: 1-slice (1, H, W) line integrals on the detector
+        plane with the camera in its ``XRayNeRF.Cameras`` attribute; camera_model_node: the C-arm lines).
         """
-        import torch
-        from XRayNeRFLib.render import render
-        from XRayNeRFLib.volume import as_mu
-        from XRayNeRFMRML.nodes import remove_node, update_camera_model, volume_from_node, write_image_node
+        from XRayNeRFMRML.drr import render_drr
 
         self.cancelRequested = False
         if ctNode is None:
             raise ValueError("no input volume: select a CT volume")
-        cameras = self.cameras(ctNode, **pose)
-        volume = as_mu(volume_from_node(ctNode, units="hu"))
-        start = time.time()
 
-        def _progress(p):
+        def onProgress(p):
             keepGoing = progress(p) if progress is not None else True
             return bool(keepGoing) and not self.cancelRequested
 
-        with torch.no_grad():
-            image = render(volume, cameras.to(dtype=torch.float32), method=method, progress=_progress)[0]
-        logging.info(f"XRayNeRF DRR: {cameras.width}x{cameras.height} {method} in {time.time() - start:.2f} s")
-
-        created = []
-        try:
-            if outputNode is None:
-                outputNode = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} DRR")
-                )
-                created.append(outputNode)
-            if cameraModelNode is None:
-                cameraModelNode = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLModelNode", slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} C-arm")
-                )
-                created.append(cameraModelNode)
-            write_image_node(outputNode, image.double().numpy(), cameras)
-            update_camera_model(cameraModelNode, cameras)
-        except Exception:
-            for node in created:
-                remove_node(node)
-            raise
-        return outputNode, cameraModelNode
+        return render_drr(
+            ctNode, self.cameras(ctNode, **pose), renderer=renderer, output_node=outputNode,
+            camera_model_node=cameraModelNode, progress=onProgress,
+        )
 
     def renderDRRUsingParameterNode(self, parameterNode, progress: Optional[Callable] = None):
         """Adapter: read the parameter node, render, store the output nodes back on it."""
@@ -278,11 +236,11 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         if reason is not None:
             raise ValueError(reason)
         p = parameterNode
-        drr, model = self.renderDRR(
+        out = self.renderDRR(
             p.inputVolume,
             p.outputVolume,
             p.cameraModel,
-            method=p.method,
+            renderer=p.renderer,
             progress=progress,
             primaryAngleDeg=p.primaryAngleDeg,
             secondaryAngleDeg=p.secondaryAngleDeg,
@@ -293,9 +251,9 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
             pixelSpacingMm=p.pixelSpacingMm,
             patientPosition=p.patientPosition,
         )
-        p.outputVolume = drr
-        p.cameraModel = model
-        return drr, model
+        p.outputVolume = out.volume_node
+        p.cameraModel = out.camera_model_node
+        return out
 
 
 #
@@ -327,19 +285,15 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
     def _ctNode(array_kji: np.ndarray, ras_from_ijk: np.ndarray, name: str = "CT"):
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array_kji, dtype=np.float32))
-        m = vtk.vtkMatrix4x4()
-        for r in range(4):
-            for c in range(4):
-                m.SetElement(r, c, float(ras_from_ijk[r, c]))
-        node.SetIJKToRASMatrix(m)
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ras_from_ijk))
         node.CreateDefaultDisplayNodes()
         return node
 
     @staticmethod
     def _ijkToRas(node) -> np.ndarray:
-        m = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(m)
-        return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        from XRayNeRFMRML.nodes import ijk_to_ras
+
+        return ijk_to_ras(node)
 
     @staticmethod
     def _obliqueAffine(spacing, angleDeg, origin) -> np.ndarray:
@@ -385,7 +339,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         pose = dict(primaryAngleDeg=30.0, secondaryAngleDeg=0.0, sourceIsocenterDistanceMm=400.0,
                     sourceDetectorDistanceMm=600.0, detectorColumns=9, detectorRows=7, pixelSpacingMm=1.5)
         logic = XRayNeRFDRRLogic()
-        drr, _model = logic.renderDRR(ct, **pose)
+        drr = logic.renderDRR(ct, **pose).volume_node
         got = slicer.util.arrayFromVolume(drr)[0]
         self.assertAlmostEqual(float(got[3, 4]), 12.0 * mu_water_per_mm(), delta=1e-4)
         cams = logic.cameras(ct, **pose)
@@ -399,10 +353,11 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         ct = self._ctNode(np.zeros((6, 7, 8)), self._obliqueAffine((2.0, 2.5, 3.0), 30.0, (-5.0, 4.0, 10.0)))
         logic = XRayNeRFDRRLogic()
         sid, sdd, cols, rows, spacing = 400.0, 700.0, 9, 5, 1.25
-        drr, model = logic.renderDRR(
+        out = logic.renderDRR(
             ct, primaryAngleDeg=30.0, secondaryAngleDeg=-20.0, sourceIsocenterDistanceMm=sid,
             sourceDetectorDistanceMm=sdd, detectorColumns=cols, detectorRows=rows, pixelSpacingMm=spacing,
         )
+        drr, model = out.volume_node, out.camera_model_node
         self.assertEqual(slicer.util.arrayFromVolume(drr).shape, (1, rows, cols))
         a = self._ijkToRas(drr)
         np.testing.assert_allclose(np.linalg.norm(a[:3, :3], axis=0), [spacing, spacing, 1.0], atol=1e-9)
@@ -432,10 +387,10 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         hu = np.full((10, 10, 10), -1000.0)
         hu[:, 3:7, :] = 0.0  # 4 voxels of 5 mm along j = anterior (A): 20 mm of water
         ct = self._ctNode(hu, self._obliqueAffine((5.0, 5.0, 5.0), 0.0, (-22.5, -22.5, -22.5)))
-        drr, _model = XRayNeRFDRRLogic().renderDRR(
+        drr = XRayNeRFDRRLogic().renderDRR(
             ct, detectorColumns=5, detectorRows=5, pixelSpacingMm=1.0, sourceIsocenterDistanceMm=600.0,
             sourceDetectorDistanceMm=1000.0,
-        )
+        ).volume_node
         values = slicer.util.arrayFromVolume(drr)[0]
         self.assertAlmostEqual(float(values[2, 2]), mu_water_per_mm() * 20.0, delta=1e-4)
         self.assertAlmostEqual(mu_water_per_mm(), 0.02059, delta=1e-5)
@@ -461,7 +416,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
                     sourceDetectorDistanceMm=500.0, detectorColumns=12, detectorRows=10, pixelSpacingMm=3.0,
                     isocenterRas=(2.0, 1.0, -1.0))
         logic = XRayNeRFDRRLogic()
-        drr, _model = logic.renderDRR(ct, **pose)
+        drr = logic.renderDRR(ct, **pose).volume_node
         cams = logic.cameras(ct, **pose)
         moved = Cameras(torch.tensor(np.linalg.inv(t)) @ cams.world_from_camera, cams.sdd_mm,
                         cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
@@ -472,7 +427,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
         # and it differs from the DRR of the CT without its transform
         ct.SetAndObserveTransformNodeID(None)
-        drr2, _ = logic.renderDRR(ct, **pose)
+        drr2 = logic.renderDRR(ct, **pose).volume_node
         self.assertGreater(float(np.abs(slicer.util.arrayFromVolume(drr2)[0] - got).max()), 0.1)
 
     def test_DRRFailureLeavesScene(self):
@@ -499,14 +454,19 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.whyCannotRender(p), "Select an input CT volume.")
         with self.assertRaises(ValueError):
             p.primaryAngleDeg = 200.0
+        with self.assertRaises(ValueError):
+            p.renderer = "cone"  # not one of the engine's renderers
+        self.assertEqual(p.renderer, "siddon")
         p.inputVolume = self._ctNode(np.zeros((4, 4, 4)), np.eye(4))
         p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm = 500.0, 400.0
         self.assertIn("source-detector distance", logic.whyCannotRender(p))
         p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm = 300.0, 400.0
         p.detectorColumns, p.detectorRows = 6, 4
-        drr, model = logic.renderDRRUsingParameterNode(p)
+        out = logic.renderDRRUsingParameterNode(p)
+        drr = out.volume_node
         self.assertIs(p.outputVolume, drr)
+        self.assertIs(p.cameraModel, out.camera_model_node)
         self.assertEqual(slicer.util.arrayFromVolume(drr).shape, (1, 4, 6))
-        again, _ = logic.renderDRRUsingParameterNode(p)  # second run overwrites the same nodes
+        again = logic.renderDRRUsingParameterNode(p).volume_node  # second run overwrites the same nodes
         self.assertEqual(again.GetID(), drr.GetID())
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLModelNode")), 1)

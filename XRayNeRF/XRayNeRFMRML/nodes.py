@@ -20,7 +20,6 @@ geometry.
 from __future__ import annotations
 
 import json
-from typing import Optional, Tuple
 
 import numpy as np
 import slicer
@@ -29,16 +28,25 @@ import vtk
 CAMERAS_ATTRIBUTE = "XRayNeRF.Cameras"
 
 
-def matrix_to_array(m: "vtk.vtkMatrix4x4") -> np.ndarray:
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
-
-
-def array_to_matrix(a: np.ndarray) -> "vtk.vtkMatrix4x4":
+def ijk_to_ras(volume_node) -> np.ndarray:
+    """(4, 4) float64: the node's own IJK-to-RAS (relative to its parent transform)."""
     m = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            m.SetElement(r, c, float(a[r, c]))
-    return m
+    volume_node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+def new_node(scene, class_name: str, name: str):
+    """A new node of ``class_name`` in ``scene`` named ``name`` (made unique in that scene)."""
+    return scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+
+
+def scene_of(*nodes):
+    """The scene of the first node that has one (else ``slicer.mrmlScene``): new nodes go beside the inputs."""
+    for node in nodes:
+        scene = node.GetScene() if node is not None else None
+        if scene is not None:
+            return scene
+    return slicer.mrmlScene
 
 
 def world_from_node(node) -> np.ndarray:
@@ -55,14 +63,20 @@ def world_from_node(node) -> np.ndarray:
         )
     m = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(m)
-    return matrix_to_array(m)
+    return slicer.util.arrayFromVTKMatrix(m)
 
 
 def ras_from_ijk_world(volume_node) -> np.ndarray:
     """(4, 4) float64: world RAS mm <- continuous IJK of the node's voxel centres, parent transforms included."""
-    m = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(m)
-    return world_from_node(volume_node) @ matrix_to_array(m)
+    return world_from_node(volume_node) @ ijk_to_ras(volume_node)
+
+
+def volume_centre_ras(volume_node) -> np.ndarray:
+    """(3,) float64 world RAS mm: the centre of the node's voxel grid (parent transforms applied)."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise ValueError("no input volume: select a CT volume")
+    dims = np.array(volume_node.GetImageData().GetDimensions(), dtype=np.float64)  # (I, J, K)
+    return (ras_from_ijk_world(volume_node) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
 
 
 def volume_from_node(volume_node, units: str = "hu", dtype=None):
@@ -129,7 +143,7 @@ def write_image_node(node, image: np.ndarray, cameras, view: int = 0) -> None:
         raise ValueError(f"image must be (H, W) = {(cameras.height, cameras.width)}, got {image.shape}")
     slicer.util.updateVolumeFromArray(node, image[None].copy())  # (1, H, W) = (K, J, I)
     local = np.linalg.inv(world_from_node(node)) @ detector_ras_from_ijk(cameras, view)
-    node.SetIJKToRASMatrix(array_to_matrix(local))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(local))
     set_cameras_attribute(node, cameras[view : view + 1])
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()

@@ -10,9 +10,7 @@ layer, the DRR the foreground layer (a colour lookup table, opacity ``opacity``)
 from __future__ import annotations
 
 import numpy as np
-import vtk
-
-from .nodes import array_to_matrix
+import slicer
 
 DRR_COLOR_NODE_ID = "vtkMRMLColorTableNodeGreen"
 ZERO_THRESHOLD = 1e-6  # line integrals below this (no CT on the ray) are not drawn
@@ -32,7 +30,7 @@ def align_slice_to_detector(slice_node, cameras, view: int = 0, fit: bool = True
     """Turn a slice view to the detector plane; with ``fit`` its field of view is the detector's extent
     (the view's dimensions keep their aspect: Slicer widens one side when they differ)."""
     m = slice_to_ras_for_detector(cameras, view)
-    slice_node.GetSliceToRAS().DeepCopy(array_to_matrix(m))
+    slicer.util.updateVTKMatrixFromArray(slice_node.GetSliceToRAS(), m)
     if fit:
         su, sv = cameras.pixel_spacing_mm[view].detach().double().tolist()
         slice_node.SetFieldOfView(cameras.width * su, cameras.height * sv, 1.0)
@@ -86,8 +84,7 @@ def save_slice_view(slice_logic) -> dict:
     slice node's orientation preset, SliceToRAS (4, 4), field of view and XYZ origin (mm)."""
     composite, node = slice_logic.GetSliceCompositeNode(), slice_logic.GetSliceNode()
     state = {name: getattr(composite, "Get" + name)() for name, _kind in _COMPOSITE_FIELDS}
-    m = node.GetSliceToRAS()
-    state["SliceToRAS"] = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    state["SliceToRAS"] = slicer.util.arrayFromVTKMatrix(node.GetSliceToRAS())
     state["Orientation"] = node.GetOrientationString()
     state["FieldOfView"] = tuple(node.GetFieldOfView())
     state["XYZOrigin"] = tuple(node.GetXYZOrigin())
@@ -106,8 +103,37 @@ def restore_slice_view(slice_logic, state: dict) -> None:
         getattr(composite, "Set" + name)(value)
     composite.EndModify(wasModifying)
     wasModifying = node.StartModify()
-    node.GetSliceToRAS().DeepCopy(array_to_matrix(state["SliceToRAS"]))
+    slicer.util.updateVTKMatrixFromArray(node.GetSliceToRAS(), state["SliceToRAS"])
     node.SetFieldOfView(*state["FieldOfView"])
     node.SetXYZOrigin(*state["XYZOrigin"])
     node.UpdateMatrices()
     node.EndModify(wasModifying)
+
+
+# -- every slice view's background, for a run that shows its output while it runs (Reconstruction) ------
+def save_slice_backgrounds(app_logic, scene) -> tuple:
+    """(active volume ID of the application's selection node, [(slice composite node, background volume
+    ID)] of every slice view in ``scene``) as they are now. app_logic: the vtkMRMLApplicationLogic (or None)."""
+    selection = app_logic.GetSelectionNode() if app_logic is not None else None
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    return (selection.GetActiveVolumeID() if selection else None, [(c, c.GetBackgroundVolumeID()) for c in composites])
+
+
+def restore_slice_backgrounds(app_logic, state: tuple) -> None:
+    """Put back what :func:`save_slice_backgrounds` saved (composite nodes since removed are skipped)."""
+    active, composites = state
+    selection = app_logic.GetSelectionNode() if app_logic is not None else None
+    if selection is not None:
+        selection.SetActiveVolumeID(active)
+    for composite, background in composites:
+        if composite.GetScene() is not None:
+            composite.SetBackgroundVolumeID(background)
+
+
+def show_volume(app_logic, volume_node) -> None:
+    """Make ``volume_node`` the background of every slice view (the application's volume selection)."""
+    selection = app_logic.GetSelectionNode() if app_logic is not None else None
+    if selection is None:
+        return
+    selection.SetActiveVolumeID(volume_node.GetID())
+    app_logic.PropagateVolumeSelection(0)

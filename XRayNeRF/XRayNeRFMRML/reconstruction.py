@@ -9,7 +9,7 @@ Inputs
 * a **volume stack**: a scalar volume whose K slices are the views (view v = array[v], (J, I) = (H, W)),
   e.g. a projection stack ``.mha`` loaded in Slicer;
 * a **DICOM X-ray series** (a file or a directory): images, geometry and intensity relationship from the
-  tags through ``XRayNeRFLib.projection_set.ProjectionSet.from_dicom``.
+  tags, read by ``XRayNeRFMRML.inputs.projection_set_from_dicom`` (the modules' one DICOM route).
 
 Images are in XRayNeRF's layout (beam's eye view, ``XRayNeRFLib.geometry``), except with RTK XML geometry,
 whose stacks are in RTK's row order and are flipped on reading, as ``ProjectionSet.from_stack`` does.
@@ -50,13 +50,14 @@ import numpy as np
 import slicer
 import vtk
 
-from .nodes import CAMERAS_ATTRIBUTE, array_to_matrix, matrix_to_array, remove_node, world_from_node
+from . import choices
+from .nodes import CAMERAS_ATTRIBUTE, ijk_to_ras, remove_node, world_from_node
 
 INPUT_KINDS = ("sequence", "stack", "dicom")
 GEOMETRY_SOURCES = ("images", "circular", "file", "dicom")
 QUANTITIES = ("line_integral", "intensity")
-METHODS = ("fdk", "voxel", "nerf")
-RENDERERS = ("siddon", "trilinear")
+METHODS = choices.RECONSTRUCTION_METHODS  # the engine's (XRayNeRFLib.recon.api.METHODS)
+RENDERERS = choices.RENDERERS
 RECONSTRUCTION_ATTRIBUTE = "XRayNeRF.Reconstruction"
 PREVIEW_INTERVAL_S = 0.1  # ~10 Hz
 DEFAULT_ENERGY_KEV = 60.0  # = XRayNeRFLib.volume.DEFAULT_EFFECTIVE_ENERGY_KEV (not imported here: torch loads lazily)
@@ -82,9 +83,7 @@ class NodeImages:
 
 
 def _node_spacing_origin(node) -> Tuple[np.ndarray, np.ndarray]:
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    a = matrix_to_array(m)
+    a = ijk_to_ras(node)
     spacing = np.linalg.norm(a[:3, :2], axis=0)  # [i = column, j = row]
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ a  # Slicer converted the file's LPS to RAS on loading
     return spacing, lps[:2, 3].copy()
@@ -317,78 +316,13 @@ def projection_set_from_nodes(
     return ProjectionSet(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)), cams, None, metadata, notes + li_notes, source=node.GetName())
 
 
-# DICOM tag overrides the module offers: GeometryOverrides key -> the field's label in the module panel
-DICOM_OVERRIDE_FIELDS = {
-    "sdd_mm": "DICOM overrides > Source-detector distance",
-    "sid_mm": "DICOM overrides > Source-isocentre distance",
-    "pixel_spacing_mm": "DICOM overrides > Detector pixel spacing",
-}
-
-
-def _dicom_error_for_the_panel(message: str) -> str:
-    """The engine's DICOM error names the command-line flag that supplies a missing value; in Slicer, name
-    the module's field instead (or say that the module has no field for it)."""
-    import re
-
-    from XRayNeRFLib.dicom_xray import FLAG
-
-    for key, flag in FLAG.items():
-        field_label = DICOM_OVERRIDE_FIELDS.get(key)
-        if field_label is not None:
-            fill = f"enter it in the field '{field_label}'"
-        else:
-            fill = f"this module has no field for it: convert the series with `xraynerf convert ... {flag}` and load the result as a stack"
-        message = re.sub(rf"pass it with {re.escape(flag)} \(or {key}= in GeometryOverrides\)", fill, message)
-        message = re.sub(rf"pass {re.escape(flag)}(?![\w-])", fill, message)
-        if field_label is not None:  # other wordings ("pass the spacing with --flag", "or pass --flag")
-            message = re.sub(rf"{re.escape(flag)}(?![\w-])", f"the field '{field_label}'", message)
-    return message
-
-
-def projection_set_from_dicom(
-    path: str,
-    *,
-    i0: Optional[float] = None,
-    sdd_mm: Optional[float] = None,
-    sid_mm: Optional[float] = None,
-    pixel_spacing_mm: Optional[float] = None,
-    isocenter_ras: Optional[Sequence[float]] = None,
-):
-    """A DICOM X-ray series (a file or a directory) -> ``ProjectionSet``, geometry and intensities from the tags.
-
-    sdd_mm / sid_mm / pixel_spacing_mm (square pixels): values that win over the tags (None or 0: the tags),
-    for files that lack Distance Source to Detector (0018,1110), Distance Source to Isocenter (0018,9402) or
-    Imager Pixel Spacing (0018,1164). A missing tag raises ValueError naming the field to fill
-    (:data:`DICOM_OVERRIDE_FIELDS`). isocenter_ras: (3,) RAS mm of the C-arm's isocentre (None: the origin)."""
-    import os
-
-    from XRayNeRFLib.dicom_xray import GeometryOverrides
-    from XRayNeRFLib.projection_set import ProjectionSet
-
-    if not path or not os.path.exists(str(path)):
-        raise ValueError(f"the DICOM path {str(path)!r} does not exist: choose a DICOM file or the directory of the series")
-    for label, value in (("source-detector distance", sdd_mm), ("source-isocentre distance", sid_mm), ("pixel spacing", pixel_spacing_mm)):
-        if value is not None and not (math.isfinite(float(value)) and float(value) >= 0.0):
-            raise ValueError(f"the DICOM override {label} must be > 0 mm (or 0 to use the tag), got {value}")
-    overrides = GeometryOverrides(
-        sdd_mm=float(sdd_mm) if sdd_mm else None,
-        sid_mm=float(sid_mm) if sid_mm else None,
-        pixel_spacing_mm=[float(pixel_spacing_mm)] * 2 if pixel_spacing_mm else None,
-        isocenter_ras=None if isocenter_ras is None else [float(x) for x in isocenter_ras],
-    )
-    try:
-        return ProjectionSet.from_dicom([str(path)], overrides, i0=i0 if i0 else None)
-    except ValueError as error:
-        raise ValueError(_dicom_error_for_the_panel(str(error))) from None
-
-
 # -- writing volumes ----------------------------------------------------------------------------------
 def write_volume_node(node, data: np.ndarray, ras_from_ijk: np.ndarray) -> None:
     """Put ``data`` (K, J, I) into ``node`` with world IJK-to-RAS ``ras_from_ijk`` (4, 4) RAS mm; a parent
     transform of the node is compensated."""
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(data, dtype=np.float32))
     local = np.linalg.inv(world_from_node(node)) @ np.asarray(ras_from_ijk, dtype=np.float64)
-    node.SetIJKToRASMatrix(array_to_matrix(local))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(local))
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     node.Modified()
@@ -412,15 +346,13 @@ class SceneChanges:
         if node.GetImageData() is not None:
             image = vtk.vtkImageData()
             image.DeepCopy(node.GetImageData())
-        m = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(m)
-        self.saved.append((node, image, matrix_to_array(m), node.GetAttribute(RECONSTRUCTION_ATTRIBUTE), node.GetDisplayNode() is not None))
+        self.saved.append((node, image, ijk_to_ras(node), node.GetAttribute(RECONSTRUCTION_ATTRIBUTE), node.GetDisplayNode() is not None))
         return node
 
     def rollback(self) -> None:
         for node, image, matrix, attribute, had_display in reversed(self.saved):
             node.SetAndObserveImageData(image)
-            node.SetIJKToRASMatrix(array_to_matrix(matrix))
+            node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
             if attribute is None:
                 node.RemoveAttribute(RECONSTRUCTION_ATTRIBUTE)
             else:
@@ -506,33 +438,16 @@ class ReconstructionOutput:
         return bool(getattr(self.result, "cancelled", False))
 
 
-VOXEL_SOLVERS = ("default", "adam", "os-tv")  # "default": the engine's own choice (no option passed)
-
-
-def engine_voxel_solvers() -> Tuple[str, ...]:
-    """The voxel solvers this engine accepts (``options["solver"]`` of XRayNeRFLib.recon.api); () when the
-    engine has no solver choice (an older engine)."""
-    from XRayNeRFLib.recon import api
-
-    if "solver" not in getattr(api, "VOXEL_OPTIONS", ()):
-        return ()
-    named = getattr(api, "VOXEL_SOLVERS", None)  # the engine's own list, when it publishes one
-    return tuple(named) if named else ("adam", "os-tv")
+VOXEL_SOLVERS = ("default",) + choices.VOXEL_SOLVERS  # "default": the engine's own choice (no option passed)
 
 
 def solver_options(method: str, solver: Optional[str], options: Optional[dict]) -> Optional[dict]:
     """``options`` with ``solver`` added for the voxel method ("default"/None: unchanged). Raises ValueError
-    when the engine has no such solver."""
+    for a solver the engine does not name."""
     if method != "voxel" or solver in (None, "", "default"):
         return options
     if solver not in VOXEL_SOLVERS:
         raise ValueError(f"unknown voxel solver {solver!r}; use one of {', '.join(VOXEL_SOLVERS)}")
-    accepted = engine_voxel_solvers()
-    if solver not in accepted:
-        raise ValueError(
-            f"this XRayNeRF engine has no voxel solver {solver!r} (it offers {', '.join(accepted) or 'no solver choice'}): "
-            "choose the solver 'default', or update the XRayNeRF extension"
-        )
     return dict(options or {}, solver=solver)
 
 

@@ -156,7 +156,7 @@ def load_projections(source) -> list:
     ensure_engine()
     from XRayNeRFLib.geometry_io import load_geometry
     from XRayNeRFLib.projections_io import check_projections_match, load_projection_stack
-    from XRayNeRFMRML.nodes import array_to_matrix, remove_node, set_cameras_attribute
+    from XRayNeRFMRML.nodes import remove_node, set_cameras_attribute
 
     images, spacing, origin = load_projection_stack(str(stack_path))  # (V, H, W), [su, sv], [u0, v0]
     cameras = load_geometry(str(geometry_path))
@@ -166,7 +166,7 @@ def load_projections(source) -> list:
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(images.numpy(), dtype=np.float32))
         ijk_to_ras = np.diag([-float(spacing[0]), -float(spacing[1]), 1.0, 1.0])  # LPS -> RAS, as Slicer loads it
         ijk_to_ras[:3, 3] = (-float(origin[0]), -float(origin[1]), 0.0)
-        node.SetIJKToRASMatrix(array_to_matrix(ijk_to_ras))
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
         set_cameras_attribute(node, cameras)
         node.SetAttribute("XRayNeRF.Quantity", "line_integral")
         node.CreateDefaultDisplayNodes()
@@ -186,23 +186,18 @@ def fluoroscopy_setup(path=None) -> dict:
 
 def load_fluoroscopy(source) -> list:
     """Read the XA file with the engine's DICOM reader (geometry from its tags, the isocentre and I0 from
-    the setup JSON) into a 1-slice X-ray node (line integrals) on its detector with its camera.
-    returns [X-ray volume node]."""
+    the setup JSON) into a 1-slice X-ray node (line integrals) on its detector with its camera, through the
+    modules' DICOM route (``XRayNeRFMRML.inputs``). returns [X-ray volume node]."""
     from XRayNeRFMRML.engine import ensure_engine
 
     dicom_path, setup_path = _local_paths(source)
     ensure_engine()
-    from XRayNeRFLib.dicom_xray import GeometryOverrides
-    from XRayNeRFLib.projection_set import ProjectionSet
-    from XRayNeRFMRML.nodes import remove_node, write_image_node
+    from XRayNeRFMRML.inputs import xray_node_from_dicom
 
     setup = fluoroscopy_setup(setup_path)
-    xray = ProjectionSet.from_dicom([str(dicom_path)], GeometryOverrides(isocenter_ras=setup["isocenter_ras"]), i0=setup["i0"])
-    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", _node_name(source, "XRayNeRF chest fluoroscopy"))
-    try:
-        write_image_node(node, xray.images[0].double().numpy(), xray.cameras)
-        node.SetAttribute("XRayNeRF.Quantity", "line_integral")
-    except Exception:
-        remove_node(node)
-        raise
+    names = [n for n in (getattr(source, "nodeNames", None) or []) if n]
+    node = xray_node_from_dicom(
+        str(dicom_path), 0, isocenter_ras=setup["isocenter_ras"], i0=setup["i0"],
+        name=names[0] if names else "XRayNeRF chest fluoroscopy", scene=slicer.mrmlScene,
+    )
     return [node]

@@ -188,20 +188,19 @@ class XRayNeRFWidgetMixin(VTKObservationMixin):
             self.logic.cancelRequested = False
             self._lastProgressTime = None  # None: nothing shown yet (the next update goes through)
             self._setRunning(True)
+            status = None  # the status line once the run is over (None: checkCanApply's)
             try:
                 result = work(self.progressCallback)
+                status = doneMessage(result) if doneMessage is not None else None
+                return result
             except Cancelled:
-                self._setRunning(False)
-                self.checkCanApply()
-                self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
+                status = _("Cancelled: nothing was changed.")
                 return None
             except Exception as error:
+                status = f"{errorMessage} {error}"
+                raise
+            finally:  # whatever happened (an interrupt included): Apply back, buttons and status line
                 self._setRunning(False)
                 self.checkCanApply()
-                self.ui.statusLabel.text = f"{errorMessage} {error}"
-                raise
-            self._setRunning(False)
-            self.checkCanApply()
-            if doneMessage is not None:
-                self.ui.statusLabel.text = doneMessage(result)
-            return result
+                if status is not None:
+                    self.ui.statusLabel.text = status

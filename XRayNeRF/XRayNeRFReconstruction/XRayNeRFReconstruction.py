@@ -28,7 +28,6 @@ _addExtensionPaths()
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
-import vtk  # noqa: E402
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode  # noqa: E402
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
@@ -39,17 +38,11 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from XRayNeRFMRML.choices import FDK_WINDOWS  # noqa: E402  (the engine's list)
+from XRayNeRFMRML.reconstruction import (  # noqa: E402  (numpy, slicer and vtk only: torch loads on first use)
+    GEOMETRY_SOURCES, INPUT_KINDS, METHODS, ORBIT_AXES, QUANTITIES, RENDERERS, VOXEL_SOLVERS,
+)
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
-
-# kept in step with XRayNeRFMRML.reconstruction (not imported here: that module is loaded on first use)
-INPUT_KINDS = ["sequence", "stack", "dicom"]
-GEOMETRY_SOURCES = ["images", "circular", "file", "dicom"]
-ORBIT_AXES = ["S", "R", "A"]
-QUANTITIES = ["line_integral", "intensity"]
-METHODS = ["fdk", "voxel", "nerf"]
-RENDERERS = ["siddon", "trilinear"]
-VOXEL_SOLVERS = ["default", "adam", "os-tv"]
-FDK_WINDOWS = ["hann", "shepp-logan", "ram-lak"]
 
 
 #
@@ -166,7 +159,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
             (self.ui.fdkWindowComboBox, FDK_WINDOWS),
         ):
             combo.clear()
-            combo.addItems(items)
+            combo.addItems(list(items))
         self.ui.dicomBrowseButton.connect("clicked(bool)", self.onBrowseDicom)
         self.ui.geometryFileBrowseButton.connect("clicked(bool)", self.onBrowseGeometry)
         self.initializeParameterNode()
@@ -334,9 +327,8 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         ``detectorOffsetMm`` [column, row] mm shifts the detector in its plane.
         dicomSddMm / dicomSidMm / dicomPixelSpacingMm: values that win over the DICOM tags (None or 0: the tags).
         quantity: "line_integral" | "intensity" (i0 None or 0: estimated per view)."""
-        from XRayNeRFMRML.reconstruction import (
-            CircularOrbit, isocenter_from_markups, projection_set_from_dicom, projection_set_from_nodes,
-        )
+        from XRayNeRFMRML.inputs import projection_set_from_dicom
+        from XRayNeRFMRML.reconstruction import CircularOrbit, isocenter_from_markups, projection_set_from_nodes
 
         if dicomPath:
             if inputNode is not None:
@@ -394,6 +386,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         """
         import time
 
+        from XRayNeRFMRML.overlay import restore_slice_backgrounds, save_slice_backgrounds
         from XRayNeRFMRML.reconstruction import run_reconstruction, solver_options
 
         self.cancelRequested = False
@@ -413,14 +406,15 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
                 lastEvents[0] = now
             return keepGoing is not False and not self.cancelRequested
 
-        views = self._sliceBackgrounds()
+        appLogic = slicer.app.applicationLogic()
+        views = save_slice_backgrounds(appLogic, slicer.mrmlScene)
         out = run_reconstruction(
             projections, method=method, renderer=renderer, grid=gridSize or None,
             spacing_mm=voxelSpacingMm or None, iterations=iterations or None, uncertainty=uncertainty,
             ensemble_size=ensembleSize, seed=seed, options=options, output_node=outputNode,
             uncertainty_node=uncertaintyNode, name=name, progress=onProgress, preview_interval_s=previewIntervalS,
             on_output_node=self.showVolume if showResult else None,
-            on_failure=lambda: self._restoreSliceBackgrounds(views),  # the views show what they showed before
+            on_failure=lambda: restore_slice_backgrounds(appLogic, views),  # the views show what they showed before
         )
         for note in projections.assumptions:
             logging.info(f"XRayNeRF reconstruction: {note}")
@@ -431,33 +425,11 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         return out
 
     @staticmethod
-    def _sliceBackgrounds():
-        """(active volume ID, [(slice composite node, background volume ID)]) as they are now."""
-        appLogic = slicer.app.applicationLogic()
-        selection = appLogic.GetSelectionNode() if appLogic is not None else None
-        composites = slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")
-        return (selection.GetActiveVolumeID() if selection else None, [(c, c.GetBackgroundVolumeID()) for c in composites])
-
-    @staticmethod
-    def _restoreSliceBackgrounds(state) -> None:
-        active, composites = state
-        appLogic = slicer.app.applicationLogic()
-        selection = appLogic.GetSelectionNode() if appLogic is not None else None
-        if selection is not None:
-            selection.SetActiveVolumeID(active)
-        for composite, background in composites:
-            if composite.GetScene() is not None:
-                composite.SetBackgroundVolumeID(background)
-
-    @staticmethod
     def showVolume(volumeNode) -> None:
         """Make ``volumeNode`` the background of every slice view (the application's volume selection)."""
-        appLogic = slicer.app.applicationLogic()
-        selection = appLogic.GetSelectionNode() if appLogic is not None else None
-        if selection is None:
-            return
-        selection.SetActiveVolumeID(volumeNode.GetID())
-        appLogic.PropagateVolumeSelection(0)
+        from XRayNeRFMRML.overlay import show_volume
+
+        show_volume(slicer.app.applicationLogic(), volumeNode)
 
     def reconstructUsingParameterNode(self, p, progress: Optional[Callable] = None, **extra):
         """Adapter: read the parameter node, reconstruct, store the output nodes back on it."""
@@ -555,9 +527,9 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _ijkToRas(node) -> np.ndarray:
-        m = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(m)
-        return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        from XRayNeRFMRML.nodes import ijk_to_ras
+
+        return ijk_to_ras(node)
 
     # -- tests -------------------------------------------------------------------------------------------
     def test_SequenceFDKMatchesEngine(self):

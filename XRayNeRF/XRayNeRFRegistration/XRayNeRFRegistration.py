@@ -30,7 +30,6 @@ _addExtensionPaths()
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
-import vtk  # noqa: E402
 from slicer import vtkMRMLLinearTransformNode, vtkMRMLModelNode, vtkMRMLScalarVolumeNode  # noqa: E402
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
@@ -41,9 +40,8 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from XRayNeRFMRML.choices import SIMILARITIES  # noqa: E402  (the engine's list)
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
-
-SIMILARITIES = ["mi", "ncc", "gncc", "mncc", "pncc"]
 
 
 class XRayNeRFRegistration(ScriptedLoadableModule):
@@ -111,7 +109,7 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         self.setupWidget("XRayNeRFRegistration.ui", XRayNeRFRegistrationLogic())
         self.ui.xrayVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", "XRayNeRF.Cameras")
         self.ui.similarityComboBox.clear()
-        self.ui.similarityComboBox.addItems(SIMILARITIES)
+        self.ui.similarityComboBox.addItems(list(SIMILARITIES))
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.xrayDicomBrowseButton.connect("clicked(bool)", self.onBrowseXRayDicom)
         self.ui.loadXRayButton.connect("clicked(bool)", self.onLoadXRayButton)
@@ -192,14 +190,14 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
 
 class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
     """Entry points: :meth:`register` (explicit arguments), :meth:`registerUsingParameterNode` (adapter),
-    :meth:`updateDRR` and :meth:`showOverlay` (the overlay alone), :meth:`accept` / :meth:`revert`."""
+    :meth:`updateDRR` and :meth:`showOverlay` (the overlay alone), :meth:`accept` / :meth:`revert`,
+    :meth:`loadXRay` (DICOM). The MRML <-> engine code is XRayNeRFMRML.registration and .inputs."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.cancelRequested = False
-        self._pending = None  # (transform node, its matrix to parent before the last registration)
-        self._savedView = None  # (slice logic, its state before the overlay was first shown)
-        self.overlayUpdates = 0
+        self._pending = None  # the last run's RegistrationOutput until accept or revert
+        self._overlay = None  # XRayNeRFMRML.registration.OverlayView (created on first use)
 
     def getParameterNode(self):
         return XRayNeRFRegistrationParameterNode(super().getParameterNode())
@@ -219,8 +217,8 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return None
 
     # -- X-ray from DICOM -------------------------------------------------------------------------------
+    @staticmethod
     def loadXRay(
-        self,
         dicomPath: str,
         frame: int = 0,
         *,
@@ -237,34 +235,19 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         raises ValueError naming the field to fill ("DICOM overrides > ..."). isocenterRas: (3,) RAS mm of
         the C-arm's isocentre (None: the origin; DICOM does not register the C-arm to the CT). Nothing is
         added to the scene on error."""
-        from XRayNeRFMRML.nodes import remove_node, write_image_node
-        from XRayNeRFMRML.reconstruction import projection_set_from_dicom
+        from XRayNeRFMRML.inputs import xray_node_from_dicom
 
-        xray = projection_set_from_dicom(
-            dicomPath, sdd_mm=sddMm, sid_mm=sidMm, pixel_spacing_mm=pixelSpacingMm, isocenter_ras=isocenterRas,
+        return xray_node_from_dicom(
+            dicomPath, frame, sdd_mm=sddMm, sid_mm=sidMm, pixel_spacing_mm=pixelSpacingMm, isocenter_ras=isocenterRas,
+            name=name, scene=slicer.mrmlScene,
         )
-        if not 0 <= int(frame) < len(xray):
-            raise ValueError(f"'{dicomPath}' holds {len(xray)} frame(s); choose a frame from 0 to {len(xray) - 1}")
-        node = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name or Path(str(dicomPath)).stem)
-        )
-        try:
-            write_image_node(node, xray.images[int(frame)].double().numpy(), xray.cameras, view=int(frame))
-            node.SetAttribute("XRayNeRF.Quantity", "line_integral")
-        except Exception:
-            remove_node(node)
-            raise
-        for note in xray.assumptions:
-            logging.info(f"XRayNeRF X-ray: {note}")
-        return node
 
     @staticmethod
     def volumeCentreRas(volumeNode) -> np.ndarray:
         """The centre of a volume's voxel grid in world RAS mm (parent transforms applied): (3,)."""
-        from XRayNeRFMRML.nodes import ras_from_ijk_world
+        from XRayNeRFMRML.nodes import volume_centre_ras
 
-        dims = np.array(volumeNode.GetImageData().GetDimensions(), dtype=np.float64)
-        return (ras_from_ijk_world(volumeNode) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
+        return volume_centre_ras(volumeNode)
 
     def loadXRayUsingParameterNode(self, p):
         """Adapter: read the DICOM file named on the parameter node, select the new X-ray node. The
@@ -288,56 +271,31 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return slicer.app.applicationLogic().GetSliceLogicByLayoutName("Red")
 
     # -- overlay -----------------------------------------------------------------------------------------
-    def updateDRR(self, ctNode, xrayNode, drrNode=None, cameras=None, image=None):
-        """Write into ``drrNode`` (created if None) the DRR of the CT (with its current transform) at the
-        X-ray's camera, or ``image`` (h, w) seen by ``cameras`` (a binned preview) when given."""
-        import torch
-        from XRayNeRFLib.render import render
-        from XRayNeRFLib.volume import as_mu
-        from XRayNeRFMRML.nodes import cameras_from_node, remove_node, volume_from_node, write_image_node
+    @property
+    def overlay(self):
+        from XRayNeRFMRML.registration import OverlayView
 
-        if image is None:
-            cameras = cameras_from_node(xrayNode)
-            volume = as_mu(volume_from_node(ctNode))
-            with torch.no_grad():
-                image = render(volume, cameras.to(dtype=torch.float32), method="siddon")[0]
-        created = drrNode is None
-        if created:
-            drrNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} DRR")
-            )
-        try:
-            write_image_node(drrNode, np.asarray(torch.as_tensor(image).detach().double().cpu()), cameras)
-        except Exception:
-            if created:
-                remove_node(drrNode)
-            raise
-        return drrNode
+        if self._overlay is None:
+            self._overlay = OverlayView()
+        return self._overlay
+
+    @staticmethod
+    def updateDRR(ctNode, xrayNode, drrNode=None):
+        """Write into ``drrNode`` (created if None) the DRR of the CT (with its current transform) at the
+        X-ray's camera; returns the node."""
+        from XRayNeRFMRML.registration import update_drr
+
+        return update_drr(ctNode, xrayNode, drrNode)
 
     def showOverlay(self, xrayNode, drrNode, sliceLogic=None, opacity: float = 0.5):
         """X-ray background, DRR foreground (zeros transparent) in a slice view on the detector plane;
         returns the slice composite node. The view's previous state (layers, opacity, orientation) is
         saved the first time, and put back by :meth:`restoreView` (called on failure and by :meth:`revert`)."""
-        from XRayNeRFMRML.nodes import cameras_from_node
-        from XRayNeRFMRML.overlay import save_slice_view, show_overlay
-
-        sliceLogic = sliceLogic or self.defaultSliceLogic()
-        if self._savedView is None or self._savedView[0] is not sliceLogic:
-            if self._savedView is not None:
-                self.restoreView()
-            self._savedView = (sliceLogic, save_slice_view(sliceLogic))
-        return show_overlay(sliceLogic, xrayNode, drrNode, cameras_from_node(xrayNode), opacity)
+        return self.overlay.show(sliceLogic or self.defaultSliceLogic(), xrayNode, drrNode, opacity)
 
     def restoreView(self) -> bool:
         """Give the slice view back its state from before the overlay; False when there was none."""
-        from XRayNeRFMRML.overlay import restore_slice_view
-
-        if self._savedView is None:
-            return False
-        sliceLogic, state = self._savedView
-        self._savedView = None
-        restore_slice_view(sliceLogic, state)
-        return True
+        return self.overlay.restore()
 
     def previewUsingParameterNode(self, p, sliceLogic=None):
         reason = self.whyCannotRegister(p)
@@ -348,14 +306,6 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return self.showOverlay(p.xrayVolume, p.outputDRR, sliceLogic, p.overlayOpacity)
 
     # -- registration ------------------------------------------------------------------------------------
-    @staticmethod
-    def _toParent(transformNode) -> np.ndarray:
-        from XRayNeRFMRML.nodes import matrix_to_array
-
-        m = vtk.vtkMatrix4x4()
-        transformNode.GetMatrixTransformToParent(m)
-        return matrix_to_array(m)
-
     def register(
         self,
         ctNode,
@@ -375,107 +325,58 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         engineOptions go to ``XRayNeRFLib.registration.register`` (loss, levels, max_iterations, ...).
         The overlay (DRR node, slice view) is updated every ``previewEvery`` iterations. On an error the
         transform and the slice view (layers, opacity, orientation) are restored and nodes created here are
-        removed; a cancel keeps the best pose so far (and the overlay, until accept or revert).
-        returns the engine's RegistrationResult; :meth:`accept` / :meth:`revert` close it.
+        removed; a cancel (``progress`` returning False, or ``cancelRequested``) keeps the best pose so far
+        (and the overlay, until accept or revert).
+        returns XRayNeRFMRML.registration.RegistrationOutput (result: the engine's RegistrationResult,
+        drr_node, camera_model_node, overlay_updates, ...); :meth:`accept` / :meth:`revert` close it.
         """
-        import torch
-        from XRayNeRFLib.errors import NoOverlapError
-        from XRayNeRFLib.registration import register
-        from XRayNeRFMRML.nodes import (
-            array_to_matrix, cameras_from_node, remove_node, update_camera_model, volume_from_node, world_from_node,
-        )
+        from XRayNeRFMRML.registration import register_ct_to_xray
 
-        if ctNode is None or xrayNode is None or transformNode is None:
-            raise ValueError("select the CT, the X-ray and the CT's transform")
         self.cancelRequested = False
-        cameras = cameras_from_node(xrayNode)
-        image = torch.from_numpy(np.array(slicer.util.arrayFromVolume(xrayNode)[0], dtype=np.float32))
-        before = self._toParent(transformNode)
-        previousParent = ctNode.GetTransformNodeID()
-        created = []
-        try:
-            ctNode.SetAndObserveTransformNodeID(transformNode.GetID())
-            volume = volume_from_node(ctNode)  # world, initial pose included
-            w0 = cameras.world_from_camera[0].double()
-            parentToWorld = world_from_node(transformNode)
-            if drrNode is None:
-                drrNode = self.updateDRR(ctNode, xrayNode)
-                created.append(drrNode)
-            self.showOverlay(xrayNode, drrNode, sliceLogic, opacity)
-            if cameraModelNode is None:  # the X-ray's C-arm in 3D, from the start of the run
-                cameraModelNode = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLModelNode", slicer.mrmlScene.GenerateUniqueName(f"{xrayNode.GetName()} C-arm")
-                )
-                created.append(cameraModelNode)
-            update_camera_model(cameraModelNode, cameras)
-            self.overlayUpdates = 0
 
-            def setCorrection(worldFromCamera):
-                # camera moved by M = w @ inv(w0)  <=>  CT moved by inv(M) in world
-                correction = (w0 @ torch.linalg.inv(torch.as_tensor(worldFromCamera).double())).numpy()
-                toParent = np.linalg.inv(parentToWorld) @ correction @ parentToWorld @ before
-                transformNode.SetMatrixTransformToParent(array_to_matrix(toParent))
+        def onProgress(p):
+            keepGoing = progress(p) if progress is not None else True
+            return bool(keepGoing) and not self.cancelRequested
 
-            def onProgress(p):
-                keepGoing = progress(p) if progress is not None else True
-                preview = p.preview or {}
-                if preview.get("drr") is not None:
-                    setCorrection(preview["world_from_camera"])
-                    level = int(preview.get("level", 1))
-                    self.updateDRR(ctNode, xrayNode, drrNode, cameras.downsampled(level), preview["drr"])
-                    self.overlayUpdates += 1
-                    slicer.app.processEvents()
-                return bool(keepGoing) and not self.cancelRequested
-
-            result = register(volume, image, cameras, progress=onProgress, progress_every=int(previewEvery), **engineOptions)
-            setCorrection(result.world_from_camera)
-            self.updateDRR(ctNode, xrayNode, drrNode)
-        except Exception as error:
-            transformNode.SetMatrixTransformToParent(array_to_matrix(before))
-            ctNode.SetAndObserveTransformNodeID(previousParent)
-            self.restoreView()  # before removing the DRR node it shows
-            for node in created:
-                remove_node(node)
-            if isinstance(error, NoOverlapError) and not error.behind_source:
-                raise ValueError(
-                    "The CT does not project onto the X-ray at the initial pose: move the CT's transform "
-                    "(Transforms module) so that the anatomy roughly overlays the X-ray, then retry. "
-                    f"Details: {error}"
-                ) from error
-            raise
-        self._pending = (transformNode, before)
-        self.drrNode, self.cameraModelNode = drrNode, cameraModelNode
-        logging.info(f"XRayNeRF registration: loss {result.initial_loss:.4f} -> {result.loss:.4f}, {result.iterations} iterations")
-        return result
+        out = register_ct_to_xray(
+            ctNode, xrayNode, transformNode, drr_node=drrNode, camera_model_node=cameraModelNode,
+            slice_logic=sliceLogic or self.defaultSliceLogic(), overlay=self.overlay, opacity=opacity,
+            preview_every=previewEvery, progress=onProgress, on_preview=lambda: slicer.app.processEvents(), **engineOptions,
+        )
+        self._pending = out
+        logging.info(
+            f"XRayNeRF registration: loss {out.initial_loss:.4f} -> {out.loss:.4f}, {out.result.iterations} iterations"
+        )
+        return out
 
     def accept(self) -> None:
         """Keep the registered transform; the overlay stays on screen (the previous view is forgotten)."""
         self._pending = None
-        self._savedView = None
+        self.overlay.forget()
 
     def revert(self) -> None:
         """Restore the transform as it was before the last registration, and the slice view as it was
         before the overlay."""
-        from XRayNeRFMRML.nodes import array_to_matrix
+        from XRayNeRFMRML.registration import restore_transform
 
         if self._pending is None:
             raise RuntimeError("nothing to revert: run a registration first")
-        node, before = self._pending
-        node.SetMatrixTransformToParent(array_to_matrix(before))
+        restore_transform(self._pending)
         self._pending = None
         self.restoreView()
 
     def registerUsingParameterNode(self, p, progress: Optional[Callable] = None, sliceLogic=None, **engineOptions):
+        """Adapter: read the parameter node, register, store the DRR and C-arm nodes back on it."""
         reason = self.whyCannotRegister(p)
         if reason is not None:
             raise ValueError(reason)
         engineOptions.setdefault("loss", p.similarity)
-        result = self.register(
+        out = self.register(
             p.inputVolume, p.xrayVolume, p.transform, p.outputDRR, p.cameraModel, sliceLogic=sliceLogic,
             opacity=p.overlayOpacity, previewEvery=p.previewEvery, progress=progress, **engineOptions,
         )
-        p.outputDRR, p.cameraModel = self.drrNode, self.cameraModelNode
-        return result
+        p.outputDRR, p.cameraModel = out.drr_node, out.camera_model_node
+        return out
 
 
 class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
@@ -493,6 +394,8 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.test_FailureLeavesScene()
         self.setUp()
         self.test_ViewRestoredAfterFailureAndRevert()
+        self.setUp()
+        self.test_ParameterNode()
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -619,40 +522,30 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         """A CT shifted by 4 mm (in the detector plane) is brought back: the transform's translation
         shrinks below 1 mm, the overlay was updated live, Revert restores the start."""
         self.delayDisplay("registration with live overlay")
-        from XRayNeRFMRML.nodes import matrix_to_array
-
         shift = np.array([4.0, 0.0, -3.0])  # mostly in the detector plane (beam at LAO 30: (-0.5, 0.87, 0))
         ct, xrayNode, transform = self._registrationScene(shift)
         logic = XRayNeRFRegistrationLogic()
         seen = []
-        result = logic.register(
+        out = logic.register(
             ct, xrayNode, transform, sliceLogic=self._sliceLogic(), previewEvery=5,
             progress=lambda p: seen.append(p.done) is None, loss="ncc", levels=(2, 1),
             max_iterations=(20, 10), learning_rate=(1.0, 0.5), method="trilinear",
         )
-        after = matrix_to_array(self._toArray(transform))
-        self.assertLess(result.loss, result.initial_loss)
+        after = slicer.util.arrayFromTransformMatrix(transform)
+        self.assertLess(out.loss, out.initial_loss)
         beam = np.array([-0.5, np.sqrt(3) / 2, 0.0])
         inPlane = after[:3, 3] - np.dot(after[:3, 3], beam) * beam
         self.assertLess(float(np.linalg.norm(inPlane)), 1.0, f"translation left: {after[:3, 3]}")
-        self.assertGreater(logic.overlayUpdates, 2)
+        self.assertGreater(out.overlay_updates, 2)
         self.assertTrue(seen)
         self.assertEqual(ct.GetTransformNodeID(), transform.GetID())
-        self.assertIsNotNone(logic.drrNode.GetImageData())
+        self.assertIsNotNone(out.drr_node.GetImageData())
         logic.revert()
-        np.testing.assert_allclose(matrix_to_array(self._toArray(transform))[:3, 3], shift, atol=1e-9)
-
-    @staticmethod
-    def _toArray(transform):
-        m = vtk.vtkMatrix4x4()
-        transform.GetMatrixTransformToParent(m)
-        return m
+        np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform)[:3, 3], shift, atol=1e-9)
 
     def test_FailureLeavesScene(self):
         """An X-ray without camera, or a CT that does not overlap the X-ray: error, scene unchanged."""
         self.delayDisplay("bad input")
-        from XRayNeRFMRML.nodes import matrix_to_array
-
         ct, xrayNode, transform = self._registrationScene(np.zeros(3))
         bare = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no camera")
         slicer.util.updateVolumeFromArray(bare, np.ones((1, 4, 4), np.float32))
@@ -668,7 +561,7 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
             logic.register(ct, xrayNode, transform, sliceLogic=sliceLogic, levels=(2,), max_iterations=5)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
         self.assertIsNone(ct.GetTransformNodeID())
-        np.testing.assert_allclose(matrix_to_array(self._toArray(transform)), far)
+        np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), far)
         self.assertFalse(logic.hasPendingResult())
 
     @staticmethod
@@ -720,7 +613,7 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
                                 levels=(2,), max_iterations=3, loss="ncc")
         self.assertTrue(result.cancelled)
         self.assertEqual(composite.GetBackgroundVolumeID(), xrayNode.GetID())
-        self.assertEqual(composite.GetForegroundVolumeID(), logic.drrNode.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), result.drr_node.GetID())
         logic.revert()
         self.assertEqual(self._viewState(sliceLogic), before)
         # Accept keeps the overlay on screen
@@ -728,3 +621,38 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         logic.accept()
         self.assertEqual(composite.GetBackgroundVolumeID(), xrayNode.GetID())
         self.assertFalse(logic.restoreView())
+
+    def test_ParameterNode(self):
+        """The adapter says why Apply is disabled, validates ranges and choices, registers with the chosen
+        similarity into the nodes it names (stored back on the parameter node), and reuses them."""
+        self.delayDisplay("parameter node")
+        logic = XRayNeRFRegistrationLogic()
+        p = logic.getParameterNode()
+        self.assertEqual(logic.whyCannotRegister(p), "Select the CT volume.")
+        with self.assertRaises(ValueError):
+            p.similarity = "ssd"
+        with self.assertRaises(ValueError):
+            p.overlayOpacity = 1.5
+        with self.assertRaises(ValueError):
+            p.previewEvery = 0
+        ct, xrayNode, transform = self._registrationScene(np.array([2.0, 0.0, -1.0]))
+        p.inputVolume = ct
+        self.assertIn("X-ray", logic.whyCannotRegister(p))
+        p.xrayVolume = xrayNode
+        self.assertIn("transform", logic.whyCannotRegister(p))
+        p.transform = transform
+        self.assertIsNone(logic.whyCannotRegister(p))
+        p.similarity, p.previewEvery, p.overlayOpacity = "ncc", 2, 0.25
+        sliceLogic = self._sliceLogic()
+        out = logic.registerUsingParameterNode(p, sliceLogic=sliceLogic, levels=(2,), max_iterations=4)
+        self.assertEqual(out.result.loss_name, "ncc")
+        self.assertIs(p.outputDRR, out.drr_node)
+        self.assertIs(p.cameraModel, out.camera_model_node)
+        self.assertAlmostEqual(sliceLogic.GetSliceCompositeNode().GetForegroundOpacity(), 0.25)
+        self.assertTrue(logic.hasPendingResult())
+        logic.accept()
+        again = logic.registerUsingParameterNode(p, sliceLogic=sliceLogic, levels=(2,), max_iterations=2)
+        self.assertEqual(again.drr_node.GetID(), out.drr_node.GetID())
+        self.assertEqual(again.camera_model_node.GetID(), out.camera_model_node.GetID())
+        carms = [m for m in slicer.util.getNodesByClass("vtkMRMLModelNode") if m.GetName().endswith("C-arm")]
+        self.assertEqual([m.GetID() for m in carms], [out.camera_model_node.GetID()])
