@@ -21,9 +21,12 @@ from .runtime import bind, use_headless_rendering
 log = logging.getLogger("XRayNeRFWeb")
 
 POSE_KEYS = ("rx", "ry", "rz", "tr", "ta", "ts")
-LOSSES = ("mi", "ncc", "gncc", "mncc", "pncc")  # the engine's similarity choices; mi its default
-METHODS = ("fdk", "voxel", "nerf")
-PATIENT_POSITIONS = ("HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL")
+
+
+def _choices():
+    from XRayNeRFMRML.choices import SIMILARITIES
+
+    return SIMILARITIES
 PUSH_INTERVAL_S = 0.1
 
 
@@ -77,6 +80,7 @@ class XRayNeRFWebApp:
         self.runner = JobRunner(asyncio.get_event_loop())
 
     def _init_state(self) -> None:
+        SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
         s = self.state
         s.update(dict(
             tab="registration", message="", message_type="info", busy=False, job_kind="", progress=0.0,
@@ -84,7 +88,7 @@ class XRayNeRFWebApp:
             files=self.data.listing(),
             # registration
             reg_ct="", reg_xray="", reg_ct_path="", reg_xray_path="", reg_ready=False, reg_pending=False,
-            opacity=0.5, loss="mi", overlay_updates=0, reg_result="",
+            opacity=0.5, loss=SIMILARITIES[0], overlay_updates=0, reg_result="",
             **{k: 0.0 for k in POSE_KEYS},
             # reconstruction
             rec_projections="", rec_stack_path="", rec_geometry_path="", rec_method="voxel", rec_grid=64,
@@ -186,6 +190,7 @@ class XRayNeRFWebApp:
         self._refuse_if_busy("loading the sample data")
         self.session.load_sample_registration()
         self._after_registration_inputs()
+        self.state.reg_xray_path = self.state.reg_ct_path = ""
         self._say("Loaded the sample chest CT and fluoroscopy (LAO 20 / CRA 10). Move the CT with the sliders "
                   "or press Register.", "success")
 
@@ -206,16 +211,16 @@ class XRayNeRFWebApp:
             self._request_overlay()
 
     @_action
-    def load_ct_path(self) -> None:
+    def load_ct_path(self, relative: str) -> None:
         self._refuse_if_busy("loading a CT")
-        self.session.load_ct(self._resolve(self.state.reg_ct_path))
+        self.session.load_ct(self._resolve(relative))
         self._after_registration_inputs()
         self._say(f"Loaded the CT '{self.state.reg_ct}'.", "success")
 
     @_action
-    def load_xray_path(self) -> None:
+    def load_xray_path(self, relative: str) -> None:
         self._refuse_if_busy("loading an X-ray")
-        self.session.load_xray_dicom(self._resolve(self.state.reg_xray_path))
+        self.session.load_xray_dicom(self._resolve(relative))
         self._after_registration_inputs()
         self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
 
@@ -264,19 +269,24 @@ class XRayNeRFWebApp:
                 self.state[key] = 0.0
 
     @_action
-    def register(self) -> None:
-        self.session.require_registration_inputs()
-        loss, opacity = self.state.loss, float(self.state.opacity)
+    def register(self, loss: str, opacity: float) -> None:
+        from XRayNeRFMRML.choices import SIMILARITIES
 
-        def done(result) -> None:
+        self.session.require_registration_inputs()
+        if loss not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {loss!r}; use one of {', '.join(SIMILARITIES)}")
+        opacity = float(opacity)
+
+        def done(output) -> None:
+            r = output.result  # the engine's RegistrationResult
             self.session.base = self.session.transform_matrix()
             self._zero_controls()
             self.state.reg_pending = True
             self.state.overlay_updates = self.session.overlay_updates
-            state = "cancelled: the best pose so far is kept" if result.cancelled else "done"
-            self.state.reg_result = f"{result.loss_name} {result.initial_loss:.4f} -> {result.loss:.4f}"
-            self._say(f"Registration {state} ({result.loss_name} {result.initial_loss:.4f} -> {result.loss:.4f}, "
-                      f"{result.iterations} iterations). Accept or Revert.", "success")
+            state = "cancelled: the best pose so far is kept" if r.cancelled else "done"
+            self.state.reg_result = f"{r.loss_name} {r.initial_loss:.4f} -> {r.loss:.4f}"
+            self._say(f"Registration {state} ({self.state.reg_result}, {r.iterations} iterations). Accept or Revert.",
+                      "success")
             self._render_views()
 
         self._start("registration", lambda job: self.session.register_work(job, loss, opacity), done,
@@ -307,7 +317,7 @@ class XRayNeRFWebApp:
         self.session.revert()
         self._zero_controls()
         self.state.reg_pending = False
-        self._render_views()
+        self._request_overlay()
         self._say("Reverted: the CT is back where it was before the registration.", "success")
 
     @_action
@@ -337,10 +347,10 @@ class XRayNeRFWebApp:
         self._say(f"Loaded {self.state.rec_projections}.", "success")
 
     @_action
-    def load_projections_path(self) -> None:
+    def load_projections_path(self, stack_relative: str, geometry_relative: str) -> None:
         self._refuse_if_busy("loading projections")
-        stack = self._resolve(self.state.rec_stack_path)
-        geometry = self._resolve(self.state.rec_geometry_path) if str(self.state.rec_geometry_path).strip() else None
+        stack = self._resolve(stack_relative)
+        geometry = self._resolve(geometry_relative) if str(geometry_relative or "").strip() else None
         self.session.load_projections(stack, geometry)
         self._after_projections()
 
@@ -355,15 +365,20 @@ class XRayNeRFWebApp:
         self._say(f"Uploaded {self.state.rec_geometry_path}.", "info")
 
     @_action
-    def reconstruct(self) -> None:
+    def reconstruct(self, form: dict) -> None:
+        """form: the tab's fields as the page shows them (method, grid, iterations, renderer, uncertainty)."""
         s = self.state
-        if s.rec_method not in METHODS:
-            raise ValueError(f"unknown method {s.rec_method!r}")
-        grid = int(s.rec_grid)
-        if not 16 <= grid <= 512:
-            raise ValueError("the grid must be 16 to 512 voxels across")
-        iterations = int(s.rec_iterations) or None
-        method, renderer, uncertainty = s.rec_method, s.rec_renderer, bool(s.rec_uncertainty)
+        from XRayNeRFMRML.choices import RECONSTRUCTION_METHODS, RENDERERS
+
+        from .session import finite
+
+        method, renderer, uncertainty = form.get("method"), form.get("renderer"), bool(form.get("uncertainty"))
+        if method not in RECONSTRUCTION_METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        grid = int(finite(form.get("grid"), "the grid (voxels across)", 16, 512))
+        iterations = int(finite(form.get("iterations") or 0, "iterations", 0, 100000)) or None
+        if renderer not in RENDERERS:
+            raise ValueError(f"unknown renderer {renderer!r}")
 
         def show(node) -> None:  # in the worker, holding the scene
             self.sa.display_manager.show_volume_in_slice_background(node)
@@ -413,30 +428,37 @@ class XRayNeRFWebApp:
         self._after_registration_inputs()
         self._say("Loaded the sample chest CT.", "success")
 
-    def drr_pose(self) -> dict:
+    @staticmethod
+    def drr_pose(form: dict) -> dict:
+        """The DRR tab's fields as keywords of XRayNeRFMRML.drr.carm_cameras (checked)."""
+        from XRayNeRFMRML.choices import PATIENT_POSITIONS
+
         from .session import finite
 
-        s = self.state
-        if s.drr_position not in PATIENT_POSITIONS:
-            raise ValueError(f"unknown patient position {s.drr_position!r}")
+        if form.get("position") not in PATIENT_POSITIONS:
+            raise ValueError(f"unknown patient position {form.get('position')!r}")
         return dict(
-            primaryAngleDeg=finite(s.drr_primary, "LAO/RAO", -180, 180),
-            secondaryAngleDeg=finite(s.drr_secondary, "CRA/CAU", -90, 90),
-            sourceIsocenterDistanceMm=finite(s.drr_sid, "source-isocentre distance (mm)", 10, 5000),
-            sourceDetectorDistanceMm=finite(s.drr_sdd, "source-detector distance (mm)", 10, 5000),
-            detectorColumns=int(finite(s.drr_cols, "detector columns", 2, 2048)),
-            detectorRows=int(finite(s.drr_rows, "detector rows", 2, 2048)),
-            pixelSpacingMm=finite(s.drr_spacing, "pixel spacing (mm)", 0.01, 20),
-            patientPosition=s.drr_position,
+            primary_deg=finite(form.get("primary"), "LAO/RAO", -180, 180),
+            secondary_deg=finite(form.get("secondary"), "CRA/CAU", -90, 90),
+            sid_mm=finite(form.get("sid"), "source-isocentre distance (mm)", 10, 5000),
+            sdd_mm=finite(form.get("sdd"), "source-detector distance (mm)", 10, 5000),
+            size_px=(int(finite(form.get("cols"), "detector columns", 2, 2048)),
+                     int(finite(form.get("rows"), "detector rows", 2, 2048))),
+            pixel_spacing_mm=finite(form.get("spacing"), "pixel spacing (mm)", 0.01, 20),
+            patient_position=form.get("position"),
         )
 
     @_action
-    def render_drr(self) -> None:
-        pose, renderer = self.drr_pose(), self.state.drr_renderer
-        if renderer not in ("siddon", "trilinear"):
+    def render_drr(self, form: dict) -> None:
+        """form: the tab's fields as the page shows them."""
+        from XRayNeRFMRML.choices import RENDERERS
+
+        pose, renderer = self.drr_pose(form), form.get("renderer")
+        if renderer not in RENDERERS:
             raise ValueError(f"unknown renderer {renderer!r}")
 
-        def done(node) -> None:
+        def done(output) -> None:
+            node = output.volume_node
             from XRayNeRFMRML.nodes import cameras_from_node
             from XRayNeRFMRML.overlay import align_slice_to_detector
 
@@ -445,13 +467,13 @@ class XRayNeRFWebApp:
             green.GetSliceCompositeNode().SetForegroundVolumeID(None)
             align_slice_to_detector(green.GetSliceNode(), cameras_from_node(node))
             green.GetSliceNode().SetSliceVisible(True)  # the DRR on its detector plane in 3D
-            model = self.session.drr_model
+            model = output.camera_model_node
             if model.GetDisplayNode() is None:
                 model.CreateDefaultDisplayNodes()
             model.GetDisplayNode().SetColor(1.0, 0.8, 0.1)
             self.session.show_volume_rendering(self.session.ct)
             self.state.drr_done = True
-            self._say(f"DRR rendered: {node.GetName()} ({self.state.drr_cols} x {self.state.drr_rows}, {renderer}).", "success")
+            self._say(f"DRR rendered: {node.GetName()} ({pose['size_px'][0]} x {pose['size_px'][1]}, {renderer}).", "success")
             self._render_views()
 
         self._start("DRR", lambda job: self.session.drr_work(job, pose, renderer), done, "Rendering the DRR.")

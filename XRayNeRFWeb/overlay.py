@@ -1,14 +1,15 @@
 """The overlay while the manual-alignment controls move: a quick DRR per control change, the exact one after.
 
-While the user drags, each control change needs a new DRR in the page within ~100 ms. The Registration Logic's
-``updateDRR`` renders the exact Siddon DRR of the CT node (read from MRML each time) at the X-ray's full
-detector: right for a still pose, several times too slow for a drag on 2 CPU cores. :class:`QuickDRR` keeps the
-CT's attenuation volume (read once per CT through the MRML layer) and re-poses it by the transform, then renders
-with the engine's trilinear projector on the CT pooled 2 x 2 x 2; the image goes back into the scene through the
-same ``updateDRR(..., cameras, image)`` the Logic uses for its live previews. When the controls stop, the app
-asks for the exact DRR (``updateDRR`` alone). Measured in benchmarks/bench_web.py.
+While the user drags, each control change needs a new DRR in the page within ~100 ms. The MRML layer's
+``registration.update_drr`` reads the CT node and renders the exact (Siddon) DRR at the X-ray's full detector:
+right for a still pose (the registration's first and last DRR), several times too slow for a drag on 2 CPU
+cores. :class:`QuickDRR` reads the CT's attenuation volume once per CT (``nodes.volume_from_node``) and re-poses
+it by the CT's transform at each change, then renders it with the engine's trilinear projector (the
+registration optimiser's renderer) on the CT pooled 2 x 2 x 2 (as the optimiser's coarse levels), through the
+layer's ``registration.render_image``; the image goes into the DRR node through ``registration.write_drr``, as
+the optimiser's previews do. Measured in benchmarks/bench_web.py.
 
-Engine calls only: nodes are read with XRayNeRFMRML.nodes and written by the Logic.
+Nothing here reads or writes MRML itself: the XRayNeRFMRML layer does.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ class QuickDRR:
         mu = pooled_volume(mu, pool) if pool > 1 else mu
         self.volume = dataclasses.replace(mu, data=mu.data.to(torch.float32).contiguous())
         self.world_at_read = world_from_node(ct_node)  # (4, 4) the CT's parent-to-world when read
-        self.cameras = cameras_from_node(xray_node).to(dtype=torch.float32)
-        self.checked = False  # the volume's values are checked for NaN / inf on the first render only
+        self.cameras = cameras_from_node(xray_node)
 
     def matches(self, ct_node, xray_node) -> bool:
         return ct_node is self.ct_node and xray_node is self.xray_node
@@ -51,11 +51,14 @@ class QuickDRR:
         return dataclasses.replace(self.volume, ras_from_ijk=ras)
 
     def render(self, volume):
-        """(H, W) float32 line integrals at the X-ray's camera (engine's trilinear projector)."""
-        import torch
-        from XRayNeRFLib.render import render
+        """(H, W) float32 line integrals of ``volume`` at the X-ray's camera (no MRML: runs off the event loop)."""
+        from XRayNeRFMRML.registration import render_image
 
-        with torch.no_grad():
-            image = render(volume, self.cameras, method=RENDERER, check_finite=not self.checked)[0]
-        self.checked = True
-        return image
+        return render_image(volume, self.cameras, renderer=RENDERER)
+
+    def write(self, drr_node, image):
+        """Put ``image`` into ``drr_node`` (created beside the CT when None); returns the node."""
+        from XRayNeRFMRML.nodes import scene_of
+        from XRayNeRFMRML.registration import write_drr
+
+        return write_drr(drr_node, image, self.cameras, name=f"{self.ct_node.GetName()} DRR", scene=scene_of(self.ct_node))

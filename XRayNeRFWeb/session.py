@@ -29,13 +29,6 @@ import logging
 log = logging.getLogger("XRayNeRFWeb")
 
 
-def _logics():
-    """The Registration and DRR Logic classes (the shared MRML layer's Registration / DRR code)."""
-    from . import mrml_bridge
-
-    return mrml_bridge.registration_logic_class(), mrml_bridge.drr_logic_class()
-
-
 @dataclass
 class ProgressView:
     """What a job reports, as the page shows it."""
@@ -50,14 +43,16 @@ class Session:
     def __init__(self, slicer_app, data: DataDir, red_slice_logic, green_slice_logic):
         self.sa, self.data = slicer_app, data
         self.red, self.green = red_slice_logic, green_slice_logic
-        registration_cls, drr_cls = _logics()
-        self.registration = registration_cls()
-        self.drr_logic = drr_cls()
+        from XRayNeRFMRML.registration import OverlayView
+
+        self.overlay_view = OverlayView()  # the Red view's overlay and its state from before it
         self.ct = None  # vtkMRMLScalarVolumeNode, HU
         self.xray = None  # 1-slice X-ray node with its camera
         self.transform = None  # vtkMRMLLinearTransformNode: the CT's pose
         self.base = np.eye(4)  # the pose the manual controls nudge (pose.py)
         self.overlay_drr = None
+        self.camera_model = None  # the X-ray's C-arm in 3D
+        self.registration_output = None  # XRayNeRFMRML.registration.RegistrationOutput awaiting Accept / Revert
         self.quick = None  # overlay.QuickDRR of the current CT and X-ray
         self.overlay_updates = 0
         self.last_registration = None
@@ -65,8 +60,7 @@ class Session:
         self.projections_node = None
         self.projections = None  # ProjectionSet
         self.recon_output = None
-        self.drr_node = None
-        self.drr_model = None
+        self.drr_output = None  # XRayNeRFMRML.drr.DRROutput
 
     # -- loading ---------------------------------------------------------------------------------------
     def load_ct(self, path: Path, name: str = "CT"):
@@ -88,6 +82,7 @@ class Session:
         self.ct = node
         self.set_transform_matrix(np.eye(4))  # a new CT starts where its file puts it
         self.last_registration = None
+        self.registration_output = None
         node.SetAndObserveTransformNodeID(self.transform.GetID())
         self.base = self.transform_matrix()
         dm = self.sa.display_manager
@@ -108,8 +103,11 @@ class Session:
 
     def load_xray_dicom(self, path: Path):
         """A DICOM X-ray frame with its C-arm geometry (isocentre at the CT's centre when a CT is loaded)."""
-        centre = self.registration.volumeCentreRas(self.ct) if self.ct is not None else None
-        node = self.registration.loadXRay(str(path), 0, isocenterRas=centre, name=Path(path).stem)
+        from XRayNeRFMRML.inputs import xray_node_from_dicom
+        from XRayNeRFMRML.nodes import volume_centre_ras
+
+        centre = volume_centre_ras(self.ct) if self.ct is not None else None
+        node = xray_node_from_dicom(str(path), 0, isocenter_ras=centre, name=Path(path).stem, scene=self.sa.scene)
         self._set_xray(node)
         return node
 
@@ -161,27 +159,21 @@ class Session:
             raise ValueError("load an X-ray with its geometry first (a DICOM XA/RF/DX file, or the sample data)")
 
     def transform_matrix(self) -> np.ndarray:
-        import vtk
-        from XRayNeRFMRML.nodes import matrix_to_array
+        from XRayNeRFMRML.registration import transform_to_parent
 
-        m = vtk.vtkMatrix4x4()
-        self.transform.GetMatrixTransformToParent(m)
-        return matrix_to_array(m)
+        return transform_to_parent(self.transform)
 
     def set_transform_matrix(self, m: np.ndarray) -> None:
-        from XRayNeRFMRML.nodes import array_to_matrix
+        import slicer
 
-        self.transform.SetMatrixTransformToParent(array_to_matrix(m))
+        self.transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.asarray(m, dtype=np.float64)))
 
     def ct_centre_local(self) -> np.ndarray:
         """The CT grid's centre in the CT's own frame (before its transform): (3,) RAS mm."""
-        dims = np.array(self.ct.GetImageData().GetDimensions(), dtype=np.float64)
-        import vtk
-        from XRayNeRFMRML.nodes import matrix_to_array
+        from XRayNeRFMRML.nodes import ijk_to_ras
 
-        m = vtk.vtkMatrix4x4()
-        self.ct.GetIJKToRASMatrix(m)
-        return (matrix_to_array(m) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
+        dims = np.array(self.ct.GetImageData().GetDimensions(), dtype=np.float64)
+        return (ijk_to_ras(self.ct) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
 
     def overlay_work(self, job: JobState, rotation_deg, translation_mm, opacity: float) -> None:
         """Move the CT by the controls and show its quick DRR (overlay.py) over the X-ray in the Red view."""
@@ -194,13 +186,13 @@ class Session:
         volume = self.quick.volume_now()
         with job.gate.released():
             image = self.quick.render(volume)
-        self.overlay_drr = self.registration.updateDRR(self.ct, self.xray, self.overlay_drr, self.quick.cameras, image)
+        self.overlay_drr = self.quick.write(self.overlay_drr, image)
         self.show_overlay(opacity)
         self.overlay_updates += 1
 
     def show_overlay(self, opacity: float) -> None:
         """The Logic's overlay in the Red view, its field of view widened to the view's aspect ratio."""
-        self.registration.showOverlay(self.xray, self.overlay_drr, self.red, float(opacity))
+        self.overlay_view.show(self.red, self.xray, self.overlay_drr, float(opacity))
         fit_field_of_view(self.red.GetSliceNode())
 
     def set_opacity(self, opacity: float) -> None:
@@ -209,8 +201,11 @@ class Session:
 
     # -- registration: the optimiser ------------------------------------------------------------------
     def register_work(self, job: JobState, loss: str, opacity: float, **engine_options):
+        """Register through the MRML layer (XRayNeRFMRML.registration.register_ct_to_xray), its live overlay in
+        the Red view; the engine's optimiser and renders run off the event loop."""
         import XRayNeRFLib.registration as registration_module
         import XRayNeRFLib.render as render_module
+        from XRayNeRFMRML.registration import register_ct_to_xray
 
         def progress(p) -> bool:
             job.fraction, job.message = p.fraction, p.message or ""
@@ -220,25 +215,34 @@ class Session:
 
         with engine_off_the_loop(job.gate, registration_module, "register"), \
                 engine_off_the_loop(job.gate, render_module, "render"):
-            result = self.registration.register(
-                self.ct, self.xray, self.transform, self.overlay_drr, None, sliceLogic=self.red, opacity=float(opacity),
-                previewEvery=3, progress=progress, loss=loss, **engine_options,
+            out = register_ct_to_xray(
+                self.ct, self.xray, self.transform, drr_node=self.overlay_drr, camera_model_node=self.camera_model,
+                slice_logic=self.red, overlay=self.overlay_view, opacity=float(opacity), preview_every=3,
+                progress=progress, loss=loss, **engine_options,
             )
-        self.overlay_drr = self.registration.drrNode
-        self.last_registration = result
-        return result
+        fit_field_of_view(self.red.GetSliceNode())
+        self.overlay_drr, self.camera_model = out.drr_node, out.camera_model_node
+        self.registration_output = out
+        self.last_registration = out.result
+        return out
 
     def accept(self) -> None:
-        self.registration.accept()
+        if self.registration_output is None:
+            raise ValueError("nothing to accept: run a registration first")
+        self.registration_output = None
+        self.overlay_view.forget()  # the overlay stays; the view from before it is forgotten
         self.base = self.transform_matrix()
 
     def revert(self) -> None:
-        self.registration.revert()
+        """The transform as before the last registration (the app shows the overlay again at that pose)."""
+        from XRayNeRFMRML.registration import restore_transform
+
+        if self.registration_output is None:
+            raise ValueError("nothing to revert: run a registration first")
+        restore_transform(self.registration_output)
+        self.registration_output = None
+        self.last_registration = None
         self.base = self.transform_matrix()
-        # the Logic gave the Red view back its state from before the overlay; show the overlay again
-        if self.overlay_drr is not None and self.xray is not None:
-            self.overlay_drr = self.registration.updateDRR(self.ct, self.xray, self.overlay_drr)
-            self.show_overlay(self.red.GetSliceCompositeNode().GetForegroundOpacity() or 0.5)
 
     def pose_json(self) -> dict:
         """The CT's pose (to parent, RAS mm) as the download holds it; ``ct_to_parent_ras`` is Slicer's matrix of
@@ -251,7 +255,7 @@ class Session:
             "ct": self.ct.GetName(),
             "xray": self.xray.GetName(),
         }
-        r = self.last_registration
+        r = self.last_registration  # the engine's RegistrationResult of the pose shown, if it came from one
         if r is not None:
             out.update(loss_name=r.loss_name, loss=float(r.loss), initial_loss=float(r.initial_loss),
                        iterations=int(r.iterations), cancelled=bool(r.cancelled))
@@ -293,7 +297,9 @@ class Session:
 
     # -- DRR -------------------------------------------------------------------------------------------
     def drr_work(self, job: JobState, pose: dict, renderer: str):
+        """The DRR of the CT at a C-arm pose (XRayNeRFMRML.drr), its detector plane and C-arm model."""
         import XRayNeRFLib.render as render_module
+        from XRayNeRFMRML.drr import carm_cameras, render_drr
 
         if self.ct is None:
             raise ValueError("load a CT first (or the sample CT)")
@@ -302,22 +308,25 @@ class Session:
             job.fraction, job.message = p.fraction, p.message or ""
             return not job.cancel_requested
 
+        previous = self.drr_output
+        cameras = carm_cameras(self.ct, **pose)
         with engine_off_the_loop(job.gate, render_module, "render"):
-            self.drr_node, self.drr_model = self.drr_logic.renderDRR(
-                self.ct, self.drr_node, self.drr_model, method=renderer, progress=progress, **pose)
-        return self.drr_node
+            self.drr_output = render_drr(
+                self.ct, cameras, renderer=renderer, progress=progress,
+                output_node=previous.volume_node if previous else None,
+                camera_model_node=previous.camera_model_node if previous else None,
+            )
+        return self.drr_output
+
+    @property
+    def drr_node(self):
+        return None if self.drr_output is None else self.drr_output.volume_node
 
     def use_drr_as_xray(self) -> None:
         """The rendered DRR (a 1-slice node with its camera) becomes the Registration X-ray."""
         if self.drr_node is None:
             raise ValueError("render a DRR first")
         self._set_xray(self.drr_node)
-
-    def drr_image(self) -> np.ndarray:
-        """The DRR node's image (H, W) float32 line integrals."""
-        import slicer
-
-        return np.array(slicer.util.arrayFromVolume(self.drr_node)[0], dtype=np.float32)
 
 
 def fit_field_of_view(slice_node) -> None:
@@ -334,18 +343,6 @@ def fit_field_of_view(slice_node) -> None:
     slice_node.SetFieldOfView(fx, fy, fz)
     slice_node.SetXYZOrigin(0.5 * fx / w, 0.5 * fy / h, 0.0)  # pixel centres about the detector centre, as align does
     slice_node.UpdateMatrices()
-
-
-def sample_landmarks(ct_node, n: int = 8) -> np.ndarray:
-    """The corners of the CT grid in its own frame (RAS mm): (8, 3), the points of the sample's mTRE."""
-    import vtk
-    from XRayNeRFMRML.nodes import matrix_to_array
-
-    dims = np.array(ct_node.GetImageData().GetDimensions(), dtype=np.float64) - 1.0
-    m = vtk.vtkMatrix4x4()
-    ct_node.GetIJKToRASMatrix(m)
-    corners = np.array([[i, j, k, 1.0] for i in (0, dims[0]) for j in (0, dims[1]) for k in (0, dims[2])])
-    return (corners @ matrix_to_array(m).T)[:n, :3]
 
 
 def json_bytes(data: dict) -> bytes:

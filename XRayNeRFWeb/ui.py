@@ -9,7 +9,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 
-from .app import LOSSES, METHODS, PATIENT_POSITIONS
+from XRayNeRFMRML.choices import PATIENT_POSITIONS, RECONSTRUCTION_METHODS, RENDERERS, SIMILARITIES
 
 UPLOAD_JS = (
     "trigger('{name}', [Array.from($event.target.files || []).map("
@@ -24,11 +24,12 @@ def _upload(app, label: str, handler, element_id: str, accept: str = "") -> None
                   change=UPLOAD_JS.format(name=name), prepend_icon="mdi-upload")
 
 
-def _path_loader(app, label: str, model: str, handler, element_id: str) -> None:
+def _path_loader(app, label: str, model: str, handler, element_id: str, args: str = "") -> None:
     with html.Div(classes="d-flex align-center mb-2"):
         v3.VTextField(v_model=(model,), label=label, density="compact", hide_details=True, id=f"{element_id}-path",
                       placeholder="a file in the data folder")
-        v3.VBtn("Load", click=handler, id=f"{element_id}-load", size="small", classes="ml-2", disabled=("busy",))
+        v3.VBtn("Load", click=(handler, args or f"[{model}]"), id=f"{element_id}-load", size="small", classes="ml-2",
+                disabled=("busy",))
 
 
 def _slider(key: str, label: str, low: float, high: float, step: float) -> None:
@@ -64,10 +65,10 @@ def _registration_tab(app) -> None:
                    hide_details=True)
         v3.VBtn("Reset", click=app.reset_pose, size="small", variant="text", id="reset-pose", disabled=("busy",))
     html.Div("overlay updates: {{ overlay_updates }}", id="overlay-updates", classes="text-caption")
-    v3.VSelect(v_model=("loss",), items=("losses", list(LOSSES)), label="similarity", density="compact",
+    v3.VSelect(v_model=("loss",), items=("losses", list(SIMILARITIES)), label="similarity", density="compact",
                hide_details=True, classes="my-2", disabled=("busy",))
     with html.Div(classes="d-flex flex-wrap"):
-        v3.VBtn("Register", id="register", click=app.register, color="primary", classes="mr-2 mb-2",
+        v3.VBtn("Register", id="register", click=(app.register, "[loss, opacity]"), color="primary", classes="mr-2 mb-2",
                 v_if="!(busy && job_kind === 'registration')", disabled=("!reg_ready",))
         v3.VBtn("Cancel", id="cancel-registration", click=app.cancel, color="warning", classes="mr-2 mb-2",
                 v_if="busy && job_kind === 'registration'")
@@ -84,10 +85,11 @@ def _reconstruction_tab(app) -> None:
     html.Div("{{ rec_projections || 'no projections' }}", id="rec-inputs", classes="text-caption mb-2")
     _upload(app, "Upload a projection stack or DICOM series file", app.upload_stack, "upload-stack")
     _upload(app, "Upload its geometry (.json / .xml)", app.upload_geometry, "upload-geometry")
-    _path_loader(app, "stack or DICOM in the data folder", "rec_stack_path", app.load_projections_path, "stack")
+    _path_loader(app, "stack or DICOM in the data folder", "rec_stack_path", app.load_projections_path, "stack",
+                 "[rec_stack_path, rec_geometry_path]")
     v3.VTextField(v_model=("rec_geometry_path",), label="geometry in the data folder (empty for DICOM)",
                   density="compact", hide_details=True, id="geometry-path", classes="mb-2")
-    v3.VSelect(v_model=("rec_method",), items=("methods", list(METHODS)), label="method", density="compact",
+    v3.VSelect(v_model=("rec_method",), items=("methods", list(RECONSTRUCTION_METHODS)), label="method", density="compact",
                hide_details=True, id="rec-method", classes="mb-2")
     with html.Div(classes="d-flex"):
         v3.VTextField(v_model=("rec_grid",), type="number", label="grid (voxels across)", density="compact",
@@ -97,7 +99,9 @@ def _reconstruction_tab(app) -> None:
     v3.VCheckbox(v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact",
                  hide_details=True)
     with html.Div(classes="d-flex flex-wrap"):
-        v3.VBtn("Reconstruct", id="reconstruct", click=app.reconstruct, color="primary", classes="mr-2 mb-2",
+        v3.VBtn("Reconstruct", id="reconstruct",
+                click=(app.reconstruct, "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, "
+                                        "renderer: rec_renderer, uncertainty: rec_uncertainty}]"), color="primary", classes="mr-2 mb-2",
                 v_if="!(busy && job_kind === 'reconstruction')")
         v3.VBtn("Cancel", id="cancel-reconstruction", click=app.cancel, color="warning", classes="mr-2 mb-2",
                 v_if="busy && job_kind === 'reconstruction'")
@@ -119,9 +123,12 @@ def _drr_tab(app) -> None:
                           id=key.replace("_", "-"), style="max-width: 48%", classes="mr-1 mb-2")
     v3.VSelect(v_model=("drr_position",), items=("positions", list(PATIENT_POSITIONS)), label="patient position",
                density="compact", hide_details=True, classes="mb-2")
-    v3.VSelect(v_model=("drr_renderer",), items=("renderers", ["siddon", "trilinear"]), label="renderer",
+    v3.VSelect(v_model=("drr_renderer",), items=("renderers", list(RENDERERS)), label="renderer",
                density="compact", hide_details=True, classes="mb-2")
-    v3.VBtn("Render DRR", id="render-drr", click=app.render_drr, color="primary", classes="mr-2 mb-2")
+    v3.VBtn("Render DRR", id="render-drr",
+            click=(app.render_drr, "[{primary: drr_primary, secondary: drr_secondary, sid: drr_sid, sdd: drr_sdd, "
+                                   "cols: drr_cols, rows: drr_rows, spacing: drr_spacing, position: drr_position, "
+                                   "renderer: drr_renderer}]"), color="primary", classes="mr-2 mb-2")
     _download(app, "DRR (NRRD)", "drr.nrrd", app.download_drr, "download-drr", "drr_done")
     v3.VBtn("Use as the Registration X-ray", id="drr-as-xray", click=app.use_drr_as_xray, size="small",
             variant="tonal", classes="mb-2", disabled=("busy || !drr_done",))

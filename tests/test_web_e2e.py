@@ -310,7 +310,6 @@ def test_drr_tab_equals_the_engine_render(page):
     for key, value in (("drr-primary", "30"), ("drr-secondary", "-10"), ("drr-cols", "64"), ("drr-rows", "48"),
                        ("drr-spacing", "5")):
         page.fill(f"#{key}", value)
-    time.sleep(1.0)  # the page sends typed values to the server shortly after the keystrokes
     page.click("#render-drr")
     wait_message(page, "DRR rendered")
     wait_idle(page)
