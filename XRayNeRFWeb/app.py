@@ -28,6 +28,7 @@ def _choices():
 
     return SIMILARITIES
 PUSH_INTERVAL_S = 0.1
+STILL_QUALITY = 90  # JPEG quality of the views (trame-rca's still quality)
 
 
 def _layout():
@@ -60,8 +61,10 @@ class XRayNeRFWebApp:
         self.state, self.ctrl = server.state, server.controller
         self.sa = SlicerApp()
         bind(self.sa)
+        # interactive quality = still quality: one render per change (llvmpipe renders are the server's main cost;
+        # trame-rca's default renders each change twice, a quick JPEG then a sharper one)
         register_rca_factories(self.sa.view_manager, server, slice_view_ui_f=_view_marker("slice"),
-                               three_d_view_ui_f=_view_marker("3d"))
+                               three_d_view_ui_f=_view_marker("3d"), interactive_quality=STILL_QUALITY)
         self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
         self.layout_manager.register_layout("XRayNeRF", _layout())
         self.layout_manager.set_layout("XRayNeRF")
@@ -163,9 +166,12 @@ class XRayNeRFWebApp:
                 self._render_views()
             await asyncio.sleep(PUSH_INTERVAL_S)
 
-    def _render_views(self) -> None:
+    def _render_views(self, names=None) -> None:
+        """Ask the views (all, or those named: "Red", "Green", "ThreeD") to redraw; they also redraw by themselves
+        when the nodes they show change."""
         for view in self.sa.view_manager.get_views():
-            view.schedule_render()
+            if names is None or view.get_singleton_tag() in names:
+                view.schedule_render()
 
     def _resolve(self, relative: str) -> Path:
         return self.data.resolve(relative)
@@ -258,7 +264,7 @@ class XRayNeRFWebApp:
 
         def done(_):
             s.overlay_updates = self.session.overlay_updates
-            self._render_views()
+            self._render_views(("Red",))
 
         self._start("overlay", lambda job: self.session.overlay_work(job, rotation, translation, opacity), done)
 

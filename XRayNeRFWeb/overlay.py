@@ -5,8 +5,8 @@ While the user drags, each control change needs a new DRR in the page within ~10
 right for a still pose (the registration's first and last DRR), several times too slow for a drag on 2 CPU
 cores. :class:`QuickDRR` reads the CT's attenuation volume once per CT (``nodes.volume_from_node``) and re-poses
 it by the CT's transform at each change, then renders it with the engine's trilinear projector (the
-registration optimiser's renderer) on the CT pooled 2 x 2 x 2 (as the optimiser's coarse levels), through the
-layer's ``registration.render_image``; the image goes into the DRR node through ``registration.write_drr``, as
+registration optimiser's renderer) on the CT pooled 2 x 2 x 2 and on the X-ray's detector binned to at most
+128 pixels a side (as the optimiser's coarse levels), through the layer's ``registration.render_image``; the image goes into the DRR node through ``registration.write_drr``, as
 the optimiser's previews do. Measured in benchmarks/bench_web.py.
 
 Nothing here reads or writes MRML itself: the XRayNeRFMRML layer does.
@@ -15,11 +15,13 @@ Nothing here reads or writes MRML itself: the XRayNeRFMRML layer does.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 POOL = 2  # CT voxels pooled per axis for the quick DRR (the registration's coarse levels pool the same way)
 RENDERER = "trilinear"
+MAX_SIDE_PX = 128  # the quick DRR's detector is binned (Cameras.downsampled) to at most this many pixels a side
 
 
 class QuickDRR:
@@ -36,7 +38,9 @@ class QuickDRR:
         mu = pooled_volume(mu, pool) if pool > 1 else mu
         self.volume = dataclasses.replace(mu, data=mu.data.to(torch.float32).contiguous())
         self.world_at_read = world_from_node(ct_node)  # (4, 4) the CT's parent-to-world when read
-        self.cameras = cameras_from_node(xray_node)
+        full = cameras_from_node(xray_node)
+        self.bin = max(1, math.ceil(max(full.width, full.height) / MAX_SIDE_PX))
+        self.cameras = full.downsampled(self.bin) if self.bin > 1 else full
 
     def matches(self, ct_node, xray_node) -> bool:
         return ct_node is self.ct_node and xray_node is self.xray_node

@@ -137,7 +137,7 @@ def _drr_tab(app) -> None:
 def build(app) -> None:
     with SinglePageWithDrawerLayout(app.server, full_height=True) as layout:
         layout.title.set_text("XRayNeRF")
-        layout.drawer.width = 380
+        layout.drawer.width = 420
         with layout.toolbar:
             v3.VSpacer()
             html.Div("data folder: {{ data_dir }}", classes="text-caption mr-4", id="data-dir")
@@ -149,8 +149,8 @@ def build(app) -> None:
                     html.Div("busy: {{ job_kind }} {{ progress_text }}", classes="text-caption")
                     v3.VProgressLinear(model_value=("progress",), height=8, color="primary", id="progress")
                 with v3.VTabs(v_model=("tab",), density="compact", grow=True):
-                    v3.VTab("Registration", value="registration", id="tab-registration")
-                    v3.VTab("Reconstruction", value="reconstruction", id="tab-reconstruction")
+                    v3.VTab("Register", value="registration", id="tab-registration")
+                    v3.VTab("Reconstruct", value="reconstruction", id="tab-reconstruction")
                     v3.VTab("DRR", value="drr", id="tab-drr")
                 with v3.VWindow(v_model=("tab",), classes="mt-3"):
                     with v3.VWindowItem(value="registration"):

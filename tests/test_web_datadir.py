@@ -138,3 +138,18 @@ def test_gate_parks_the_loop_while_the_worker_holds_the_scene():
     assert len([t for t in ticks if free[0] < t < free[1]]) >= 5
     assert namespace.engine.__name__ == "<lambda>"  # unpatched afterwards
     assert threading.active_count() >= 1 and runner.job is None
+
+
+def test_cli_help_and_the_host_warning():
+    """``python -m XRayNeRFWeb --help`` (the arguments of ``xraynerf web``) without importing trame or VTK."""
+    import subprocess
+    import sys
+
+    from XRayNeRFWeb.cli import host_warning
+
+    out = subprocess.run([sys.executable, "-m", "XRayNeRFWeb", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--data-dir", "--host", "--port", "--max-upload-mb"):
+        assert flag in out.stdout
+    assert host_warning("127.0.0.1") is None and host_warning("localhost") is None
+    assert "no login" in host_warning("0.0.0.0")

@@ -266,6 +266,12 @@ def test_bad_inputs_are_refused_with_a_message_and_the_server_keeps_going(page, 
     wait_message(page, "Reverted")
     assert server_answers(server)
     assert not any(p.name in ("notes.txt", "big.nii.gz") for p in (server["data"] / "uploads").glob("*"))
+    # and a good upload still goes through: the sample's XA DICOM file as the X-ray, with its C-arm geometry
+    n = overlay_count(page)
+    page.set_input_files("#upload-xray", str(SAMPLES / "chest_fluoroscopy_lao20_cra10.dcm"))
+    wait_message(page, "Loaded the X-ray 'chest_fluoroscopy_lao20_cra10' with its C-arm geometry")
+    wait_overlay_after(page, n)
+    assert (server["data"] / "uploads" / "chest_fluoroscopy_lao20_cra10.dcm").is_file()
 
 
 def test_reconstruction_beats_fdk_against_the_sample_ct(page, server):
