@@ -262,9 +262,8 @@ class XRayNeRFWebApp:
         translation = [float(s.tr), float(s.ta), float(s.ts)]
         opacity = float(s.opacity)
 
-        def done(_):
+        def done(_):  # the Red view redraws by itself: its DRR node changed
             s.overlay_updates = self.session.overlay_updates
-            self._render_views(("Red",))
 
         self._start("overlay", lambda job: self.session.overlay_work(job, rotation, translation, opacity), done)
 
@@ -293,6 +292,7 @@ class XRayNeRFWebApp:
             self.state.reg_result = f"{r.loss_name} {r.initial_loss:.4f} -> {r.loss:.4f}"
             self._say(f"Registration {state} ({self.state.reg_result}, {r.iterations} iterations). Accept or Revert.",
                       "success")
+            self.sa.view_manager.get_view("ThreeD").reset_view()  # the C-arm model in view
             self._render_views()
 
         self._start("registration", lambda job: self.session.register_work(job, loss, opacity), done,

@@ -187,13 +187,17 @@ class Session:
         with job.gate.released():
             image = self.quick.render(volume)
         self.overlay_drr = self.quick.write(self.overlay_drr, image)
-        self.show_overlay(opacity)
+        composite = self.red.GetSliceCompositeNode()
+        if (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) != (self.xray.GetID(), self.overlay_drr.GetID()):
+            self.show_overlay(opacity)  # turn the view to the detector once; later updates only change the DRR's pixels
         self.overlay_updates += 1
 
     def show_overlay(self, opacity: float) -> None:
-        """The Logic's overlay in the Red view, its field of view widened to the view's aspect ratio."""
+        """The layer's overlay in the Red view, its field of view widened to the view's aspect ratio, and the
+        page's colours (:func:`page_style`)."""
         self.overlay_view.show(self.red, self.xray, self.overlay_drr, float(opacity))
         fit_field_of_view(self.red.GetSliceNode())
+        page_style(self.xray, self.overlay_drr)
 
     def set_opacity(self, opacity: float) -> None:
         if self.overlay_drr is not None:
@@ -221,6 +225,7 @@ class Session:
                 progress=progress, loss=loss, **engine_options,
             )
         fit_field_of_view(self.red.GetSliceNode())
+        page_style(self.xray, out.drr_node)
         self.overlay_drr, self.camera_model = out.drr_node, out.camera_model_node
         self.registration_output = out
         self.last_registration = out.result
@@ -327,6 +332,26 @@ class Session:
         if self.drr_node is None:
             raise ValueError("render a DRR first")
         self._set_xray(self.drr_node)
+
+
+def page_style(xray_node, drr_node) -> None:
+    """Windows of the overlay as the page shows it: the X-ray stretched over its 1st..99.5th percentiles, and only
+    the DRR's densest third drawn (green), so that the X-ray stays visible around the spine and heart (the
+    Slicer module draws every non-zero DRR pixel; scripts/make_screenshots.py uses this same style)."""
+    import slicer
+
+    values = slicer.util.arrayFromVolume(xray_node)
+    lo, hi = np.percentile(values, [1, 99.5])
+    d = xray_node.GetDisplayNode()
+    d.SetAutoWindowLevel(0)
+    d.SetWindowLevel(float(hi - lo), float((hi + lo) / 2))
+    drr = slicer.util.arrayFromVolume(drr_node)
+    lo, hi = np.percentile(drr[drr > 0] if (drr > 0).any() else drr, [67, 99.5])
+    d = drr_node.GetDisplayNode()
+    d.SetApplyThreshold(1)
+    d.SetThreshold(float(lo), 1e30)
+    d.SetAutoWindowLevel(0)
+    d.SetWindowLevel(float(max(hi - lo, 1e-6)), float((hi + lo) / 2))
 
 
 def fit_field_of_view(slice_node) -> None:

@@ -230,6 +230,8 @@ def test_register_to_completion_within_1_mm_of_the_true_pose(page, server):
     itk = read_ct_correction(str(download(page, "#download-itk"))).numpy()
     np.testing.assert_allclose(itk, pose, atol=1e-6)
     shot_dir = os.environ.get("XRAYNERF_SCREENSHOT_DIR")
+    page.evaluate("() => document.querySelectorAll('.v-navigation-drawer__content').forEach(e => e.scrollTop = 0)")
+    time.sleep(1.0)
     page.screenshot(path=str(server["data"] / "web_registration.png"))
     if shot_dir:
         shutil.copy(server["data"] / "web_registration.png", Path(shot_dir) / "web_registration.png")
