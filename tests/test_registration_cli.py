@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from XRayNeRFLib.cli_register import main
+from XRayNeRFLib.cli import main as xraynerf
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration.pose import pose_errors
 from XRayNeRFLib.registration.simulate import perturb_pose, resample_volume, simulate_xray
@@ -16,6 +16,11 @@ from XRayNeRFLib.registration.transform_io import read_ct_correction
 from XRayNeRFLib.volume import as_mu, load_volume, save_volume
 
 sitk = pytest.importorskip("SimpleITK")
+
+
+def main(argv):
+    """``xraynerf register ARGV``."""
+    return xraynerf(["register", *argv])
 
 
 @pytest.fixture(scope="module")
