@@ -173,7 +173,7 @@ class DataDir:
     def listing(self) -> List[str]:
         """The regular files in the data folder (links skipped), relative, sorted."""
         out = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+        for dirpath, _dirnames, filenames in os.walk(self.root, followlinks=False):
             for f in filenames:
                 p = Path(dirpath) / f
                 if not p.is_symlink() and p.is_file():

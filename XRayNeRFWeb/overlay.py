@@ -29,6 +29,7 @@ class QuickDRR:
 
     def __init__(self, ct_node, xray_node, pool: int = POOL):
         import torch
+
         from XRayNeRFLib.registration.optimize import pooled_volume
         from XRayNeRFLib.volume import as_mu
         from XRayNeRFMRML.nodes import cameras_from_node, volume_from_node, world_from_node
@@ -48,6 +49,7 @@ class QuickDRR:
     def volume_now(self):
         """The volume at the CT node's current pose: ras_from_ijk = W_now @ inv(W_read) @ ras_from_ijk_read."""
         import torch
+
         from XRayNeRFMRML.nodes import world_from_node
 
         move = world_from_node(self.ct_node) @ np.linalg.inv(self.world_at_read)

@@ -12,6 +12,7 @@ runs on the event loop.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import types
 from dataclasses import dataclass
@@ -23,8 +24,6 @@ import numpy as np
 from .datadir import DataDir
 from .jobs import JobState, engine_off_the_loop
 from .pose import nudged
-
-import logging
 
 log = logging.getLogger("XRayNeRFWeb")
 

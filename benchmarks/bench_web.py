@@ -77,9 +77,9 @@ def main() -> int:
     parser.add_argument("--drag-s", type=float, default=4.0, help="seconds of continuous dragging (default 4)")
     parser.add_argument("--out", help="write the results as Markdown here")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
     import tempfile
+
+    from playwright.sync_api import sync_playwright
 
     data = tempfile.mkdtemp(prefix="xraynerf-bench-web-")
     port = free_port()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from XRayNeRFWeb.datadir import DataDir, UnreadableUploadError, UnsafePathError, UploadTooLargeError, clean_file_name
-from XRayNeRFWeb.jobs import BusyError, JobRunner, SceneGate, engine_off_the_loop
+from XRayNeRFWeb.jobs import BusyError, JobRunner, engine_off_the_loop
 from XRayNeRFWeb.pose import mean_target_error_mm, nudged
 
 pytest.importorskip("SimpleITK")

@@ -145,6 +145,7 @@ def sample_truth() -> np.ndarray:
 def ct_corners() -> np.ndarray:
     """The sample CT grid's 8 corners in its own frame (RAS mm), the points of the mTRE."""
     import torch
+
     from XRayNeRFLib.volume import load_volume
 
     v = load_volume(str(SAMPLES / "chest_ct_128.nii.gz"))
@@ -278,6 +279,7 @@ def test_bad_inputs_are_refused_with_a_message_and_the_server_keeps_going(page, 
 
 def test_reconstruction_beats_fdk_against_the_sample_ct(page, server):
     import torch
+
     from XRayNeRFLib.geometry_io import load_geometry
     from XRayNeRFLib.metrics import psnr, resample_like
     from XRayNeRFLib.projections_io import load_projection_stack
@@ -308,6 +310,7 @@ def test_reconstruction_beats_fdk_against_the_sample_ct(page, server):
 
 def test_drr_tab_equals_the_engine_render(page):
     import torch
+
     from XRayNeRFLib.geometry import Cameras
     from XRayNeRFLib.render import render
     from XRayNeRFLib.volume import as_mu, load_volume
