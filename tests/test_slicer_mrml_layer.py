@@ -53,10 +53,10 @@ def test_choice_lists_are_the_engines():
 
     from XRayNeRFLib.recon import api, voxel
     from XRayNeRFLib.registration.losses import LOSS_NAMES
-    from XRayNeRFLib.render import METHODS
+    from XRayNeRFLib.render import RENDERERS
     from XRayNeRFMRML import choices
 
-    assert choices.RENDERERS == tuple(METHODS)
+    assert choices.RENDERERS == tuple(RENDERERS)
     assert choices.PATIENT_POSITIONS == tuple(PATIENT_FROM_CARM)
     assert choices.SIMILARITIES == tuple(LOSS_NAMES)
     assert choices.RECONSTRUCTION_METHODS == tuple(api.METHODS)

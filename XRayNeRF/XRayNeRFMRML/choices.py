@@ -32,7 +32,7 @@ def engine_choices(relative_path: str, name: str) -> Tuple[str, ...]:
     raise RuntimeError(f"XRayNeRFLib/{relative_path} defines no literal {name}: reinstall the XRayNeRF extension")
 
 
-RENDERERS = engine_choices("render/__init__.py", "METHODS")  # the projector: "siddon" (exact), "trilinear"
+RENDERERS = engine_choices("render/__init__.py", "RENDERERS")  # the projector: "siddon" (exact), "trilinear"
 PATIENT_POSITIONS = engine_choices("geometry.py", "PATIENT_FROM_CARM")  # DICOM Patient Position (0018,5100)
 SIMILARITIES = engine_choices("registration/losses.py", "LOSS_NAMES")  # registration losses
 RECONSTRUCTION_METHODS = engine_choices("recon/api.py", "METHODS")  # "fdk", "voxel", "nerf"
