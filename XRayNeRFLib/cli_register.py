@@ -150,7 +150,7 @@ def read_init_json(path: str):
     """The initial world_from_camera (4, 4) float64 from {"world_from_camera": 4x4} or a bare 4x4 list."""
     import torch
 
-    from .registration.pose import check_rigid
+    from .geometry import nearest_rigid
 
     data = read_json(path, "initial pose")
     m = data.get("world_from_camera") if isinstance(data, dict) else data
@@ -160,7 +160,7 @@ def read_init_json(path: str):
         t = torch.tensor(m, dtype=torch.float64)
     except (TypeError, ValueError):
         raise ValueError(f"initial pose file {path!r}: world_from_camera must be a 4x4 list of numbers") from None
-    return check_rigid(t, f"world_from_camera in {path!r}")
+    return nearest_rigid(t, f"world_from_camera in {path!r}")  # rounded matrices snapped, non-rigid refused
 
 
 def _read_image_file(path: str):

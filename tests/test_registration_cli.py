@@ -166,3 +166,25 @@ def test_register_with_nett_weights_and_a_bad_weights_file(files, capsys):
     bogus = d / "bogus.pt"
     torch.save({"weights": [1, 2]}, str(bogus))
     assert "not a NeTT weights file" in run_bad(files, capsys, **{"--nett": str(bogus)})
+
+
+def test_init_pose_with_7_significant_digits_is_accepted(tmp_path):
+    """--init written with 7 significant digits (or from float32) is snapped, not refused; a sheared
+    one is refused by the same rule (XRayNeRFLib.geometry.nearest_rigid)."""
+    from XRayNeRFLib.cli_register import read_init_json
+    from XRayNeRFLib.errors import GeometryError
+
+    w = Cameras.carm(12.0, -7.0, sid_mm=650, sdd_mm=1020, size_px=(8, 8), pixel_spacing_mm=1.0,
+                     isocenter_ras=(3.0, -40.0, 1210.0), dtype=torch.float64).world_from_camera[0]
+    text = "[" + ", ".join("[" + ", ".join(f"{v:.7g}" for v in row) + "]" for row in w.tolist()) + "]"
+    path = tmp_path / "init7.json"
+    path.write_text('{"world_from_camera": ' + text + "}")
+    got = read_init_json(str(path))
+    assert float((got - w).abs().max()) < 1e-3  # within the printed rounding (translations ~1000 mm)
+    Cameras(got[None], torch.tensor([1020.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+            torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))  # float64 rigidity check passes
+    sheared = w.clone()
+    sheared[:3, 0] += 1e-3 * w[:3, 1]
+    path.write_text(json.dumps({"world_from_camera": sheared.tolist()}))
+    with pytest.raises(GeometryError, match="not rigid"):
+        read_init_json(str(path))
