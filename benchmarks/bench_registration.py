@@ -181,7 +181,7 @@ class DiffDRRRunner:
             val.mean().backward()
             opt.step()
         w_est = best_pose @ FLIP
-        return score(w_est, case, centre, lms, time.perf_counter() - t, it + 1)
+        return {**score(w_est, case, centre, lms, time.perf_counter() - t, it + 1), "w_est": w_est.tolist()}
 
 
 def nett_experiment(seed: int = 0, n_cases: int = 8) -> dict:

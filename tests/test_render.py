@@ -141,6 +141,29 @@ def test_trilinear_box_interior_exact(rng):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
 
+def test_both_renderers_end_the_ct_at_its_voxel_faces(rng):
+    """The CT's boundary convention (docs/geometry.md), shared by both renderers: a volume fills its voxel
+    box up to the faces at index -0.5 and n - 0.5 and is zero beyond. A volume of ones, rays parallel
+    to k (Joseph planes along k: the in-plane samples lie exactly at the ray's (i, j)) placed in the
+    outer half voxel (inside: the whole chord counts) and just beyond the faces (outside: nothing):
+    both renderers give the exact chord, K * spacing_k, or 0. (Zero padding, used before, gave a tent:
+    0.75 of the chord at 0.25 voxel inside, 0.25 at 0.25 voxel outside; RTK's Joseph, which stops at the
+    outermost voxel centres, gives (K - 1) * spacing_k and nothing beyond the centres.)"""
+    shape = (6, 7, 8)  # K, J, I
+    a = affine((1.2, 0.9, 2.5), random_rotation(rng), origin=(4.0, -3.0, 7.0))
+    vol = Volume(torch.ones(shape, dtype=F64), torch.from_numpy(a), "mu")
+    inner = [-0.45, -0.25, 7.3, 7.45]  # i in the outer half voxel (the box spans -0.5 .. 7.5)
+    outer = [-0.55, -0.75, 7.55, 7.8]
+    ij = np.array([[x, 3.0] for x in inner + outer] + [[3.0, y] for y in (-0.3, 6.3, -0.7, 6.7)])
+    o = np.concatenate([ij, np.full((len(ij), 1), -4.0)], 1)
+    e = np.concatenate([ij, np.full((len(ij), 1), 10.0)], 1)
+    cams = segment_cameras(to_ras(a, o), to_ras(a, e))
+    expected = np.array([6 * 2.5] * 4 + [0.0] * 4 + [6 * 2.5] * 2 + [0.0] * 2)
+    for method in METHODS:
+        got = render(vol, cams, method=method).reshape(-1).numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=method)
+
+
 def test_ellipsoid_error_shrinks_with_resolution(rng):
     """Voxelised ellipsoid (voxel-centre inside test) vs the analytic chord. The staircase boundary makes
     the error first order in the voxel size. Measured mean |error| (line integrals ~0.34 on average):

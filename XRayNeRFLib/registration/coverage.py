@@ -30,16 +30,17 @@ def beam_axes(volume: Volume, cameras: Cameras) -> Tensor:
     return (z @ cols).abs().argmax(dim=-1)
 
 
-def ct_coverage_mask(volume: Volume, cameras: Cameras, margin_vox: float = 1.0) -> Tensor:
+def ct_coverage_mask(volume: Volume, cameras: Cameras, margin_mm: float = 0.0) -> Tensor:
     """(V, H, W) bool: True where the pixel's ray crosses the CT's whole extent along the beam.
 
     volume: the CT (its grid only is used). cameras: V views (any dtype; no gradient).
     For a view with beam axis ``a`` (:func:`beam_axes`), a pixel is covered when its source-to-pixel
     segment reaches both faces of the box perpendicular to ``a`` (index -0.5 and n_a - 0.5: the source
-    and the pixel lie outside the CT along ``a``) and, between those faces, stays at least
-    ``margin_vox`` voxels inside the four other faces (index -0.5 + margin .. n - 0.5 - margin), i.e.
-    away from the CT's side faces, where renderers differ in their voxel convention and where the
-    anatomy outside the CT begins. Rays that miss the CT are not covered.
+    and the pixel lie outside the CT along ``a``) and, between those faces, stays inside the hull of
+    the voxel centres (index 0 .. n - 1) of the two other axes, and ``margin_mm`` further in. The outer
+    half voxel is where voxel conventions differ (docs/geometry.md: we integrate to the voxel faces,
+    RTK's Joseph to the outermost centres); ``margin_mm`` leaves room for the pose to move while the
+    mask is held fixed. Rays that miss the CT are not covered.
     """
     with torch.no_grad():
         cams = cameras.to(dtype=torch.float64)
@@ -62,9 +63,9 @@ def ct_coverage_mask(volume: Volume, cameras: Cameras, margin_vox: float = 1.0) 
         t1 = (n_a - 0.5 - o_a) / d_safe
         t_lo, t_hi = torch.minimum(t0, t1), torch.maximum(t0, t1)
         ok = (d_a.abs() >= tiny) & (t_lo > 0) & (t_hi < 1)
-        lo = -0.5 + float(margin_vox)
+        margin = float(margin_mm) / vol.spacing_mm.to(torch.float64)  # (3,) voxels along i, j, k
         for t in (t_lo, t_hi):
             p = o + t[..., None] * d  # (V, N, 3) where the ray meets the beam-axis faces
-            inside = (p >= lo) & (p <= n - 0.5 - float(margin_vox))
+            inside = (p >= margin) & (p <= n - 1 - margin)
             ok &= (inside | onehot).all(dim=-1)
         return ok.reshape(v, cams.height, cams.width)

@@ -167,8 +167,11 @@ class RegistrationSettings:
     method / samples_per_voxel: the renderer (see :func:`XRayNeRFLib.render.render`).
     pool_volume: average-pool the CT at each level to about the level's pixel footprint.
     ct_coverage: compare only pixels whose rays cross the CT's whole extent along the beam (see
-        :func:`ct_coverage_mask`); ``coverage_margin_vox``: how far (voxels of the level's CT) such a ray
-        must stay inside the CT's side faces.
+        :func:`~.coverage.ct_coverage_mask`). The mask is made at the start of each level from that
+        level's starting pose (and per candidate in the coarse search) and held fixed during the level,
+        so that the loss compares one set of pixels; ``coverage_margin_px``: how far (in the level's
+        pixels, at the CT centre's depth) covered rays must stay inside the CT's side faces, room for
+        the pose to move during the level.
     progress_every: iterations between progress calls.
     num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
         small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
@@ -195,7 +198,7 @@ class RegistrationSettings:
     samples_per_voxel: float = 1.0
     pool_volume: bool = True
     ct_coverage: bool = False
-    coverage_margin_vox: float = 1.0
+    coverage_margin_px: float = 1.0
     progress_every: int = 5
     num_threads: Optional[int] = None
 
@@ -310,6 +313,7 @@ class _Run:
         self.levels, self.iters, self.lrs = s.per_level()
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
         self.param = PoseParametrisation(w0, centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
+        self.vol, self.centre_ras = vol, vol.center_ras().double()
         self.loss_fn = s.loss if callable(s.loss) else make_loss(s.loss, **(s.loss_options or {}))
         self.loss_label = getattr(s.loss, "__name__", "custom") if callable(s.loss) else s.loss
         self.n_par = 9 if s.refine_intrinsics else 6
@@ -346,17 +350,32 @@ class _Run:
         c = Cameras(w, sdd, self.spacing.expand(b, 2), pp, self.cams0.size_px)
         return c.downsampled(factor) if factor > 1 else c
 
-    def evaluate(self, x: Tensor, factor: int, with_drr: bool = False):
-        """Loss (B,) of parameters x (B, n_par) at a level (and the DRRs (B, h, w))."""
-        im_f, m_f, vol_f = self.level_data[factor]
+    def pixel_mask(self, x: Tensor, factor: int) -> Tensor:
+        """Pixels that count at a level for parameters x (B, n_par): the image mask, and with
+        ``ct_coverage`` the CT-coverage mask at that pose: (h, w) or (B, h, w) bool."""
+        m_f = self.level_data[factor][1]
+        if not self.s.ct_coverage:
+            return m_f
+        cams = self.build(x.detach(), factor)
+        depth = (cams.camera_from_world()[:, :3, :3] @ self.centre_ras + cams.camera_from_world()[:, :3, 3])[:, 2]
+        footprint_mm = float((cams.pixel_spacing_mm.amax(-1) * depth / cams.sdd_mm).max())
+        cover = ct_coverage_mask(self.vol, cams, self.s.coverage_margin_px * footprint_mm)
+        m = m_f & cover  # (B, h, w)
+        if int(m.flatten(1).sum(1).min()) < 16:
+            raise ValueError(
+                f"fewer than 16 pixels at pyramid level {factor} see the CT over its whole extent (CT coverage mask): "
+                "the CT barely overlaps the X-ray at this pose. Check the initial pose, or register without ct_coverage")
+        return m
+
+    def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[Tensor] = None):
+        """Loss (B,) of parameters x (B, n_par) at a level (and the DRRs (B, h, w)); ``mask``: the
+        pixels that count (default :meth:`pixel_mask` at x)."""
+        im_f, _, vol_f = self.level_data[factor]
         cams = self.build(x, factor)
         drr = render(vol_f, cams, method=self.s.method, samples_per_voxel=self.s.samples_per_voxel)
         if not torch.isfinite(drr).all():
             raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
-        m = m_f
-        if self.s.ct_coverage:
-            m = m_f & ct_coverage_mask(vol_f, cams, self.s.coverage_margin_vox)  # (B, h, w)
-        val = self.loss_fn(drr, im_f, m)
+        val = self.loss_fn(drr, im_f, self.pixel_mask(x, factor) if mask is None else mask)
         return (val, drr) if with_drr else val
 
     def check_value(self, v: Tensor, where: str) -> None:
@@ -414,6 +433,7 @@ class _Run:
     def optimise_level(self, x_init: Tensor, li: int, start: int) -> Tuple[Tensor, float, bool]:
         """Run pyramid level ``li`` from x_init: (best x, best loss, stopped by the user)."""
         s, factor = self.s, self.levels[li]
+        mask = self.pixel_mask(x_init[None], factor)  # held fixed during the level
         x = x_init.clone().to(self.dtype).requires_grad_(True)
         best_x, best_v = x_init.clone().to(self.dtype), float("inf")
         since, stopped = 0, False
@@ -426,7 +446,7 @@ class _Run:
 
             def closure():
                 opt.zero_grad()
-                v, drr = self.evaluate(x[None], factor, with_drr=True)
+                v, drr = self.evaluate(x[None], factor, with_drr=True, mask=mask)
                 v = v.sum()
                 self.check_value(v, f"at pyramid level {factor}, iteration {it}")
                 v.backward()
@@ -452,7 +472,7 @@ class _Run:
                 break
         # The final iterate is usually the best; score it too.
         with torch.no_grad():
-            v_last = float(self.evaluate(x.detach()[None], factor).sum())
+            v_last = float(self.evaluate(x.detach()[None], factor, mask=mask).sum())
         self.check_value(torch.tensor(v_last), f"at the end of pyramid level {factor}")
         if v_last < best_v:
             best_v, best_x = v_last, x.detach().clone()

@@ -1,0 +1,85 @@
+"""The CT-coverage mask (XRayNeRFLib.registration.coverage): pixels whose rays cross the CT's whole
+extent along the beam. Checked against line integrals through a volume of ones (a covered ray's chord
+is the whole box along the beam axis) and against the box faces projected by hand."""
+
+import math
+
+import pytest
+import torch
+
+from XRayNeRFLib.geometry import Cameras
+from XRayNeRFLib.registration.coverage import beam_axes, ct_coverage_mask
+from XRayNeRFLib.render import render
+from XRayNeRFLib.volume import Volume
+
+
+def box_ct(shape_kji=(10, 30, 24), spacing=(1.5, 1.5, 5.0)):
+    """Ones on an anisotropic axis-aligned grid (i, j, k spacing in mm), centred at the origin."""
+    k, j, i = shape_kji
+    a = torch.eye(4, dtype=torch.float64)
+    a[:3, :3] = torch.diag(torch.tensor(spacing, dtype=torch.float64))
+    a[:3, 3] = -a[:3, :3] @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2], dtype=torch.float64)
+    return Volume(torch.ones(shape_kji, dtype=torch.float64), a, "mu")
+
+
+def pa_camera(primary=0.0, secondary=0.0, size=(40, 48), spacing=2.0):
+    return Cameras.carm(primary, secondary, sid_mm=400.0, sdd_mm=700.0, size_px=size, pixel_spacing_mm=spacing,
+                        isocenter_ras=(3.0, 0.0, -4.0), dtype=torch.float64)
+
+
+def test_beam_axis_is_the_ct_axis_along_the_principal_ray():
+    ct = box_ct()
+    assert beam_axes(ct, pa_camera()).tolist() == [1]  # PA: along j (anterior-posterior)
+    assert beam_axes(ct, pa_camera(primary=90.0)).tolist() == [0]  # lateral: along i
+
+
+@pytest.mark.parametrize("angles", [(0.0, 0.0), (12.0, -9.0)])
+def test_covered_rays_cross_the_whole_box_along_the_beam(angles):
+    ct = box_ct()
+    cam = pa_camera(*angles)
+    cover = ct_coverage_mask(ct, cam)[0]
+    assert 0.2 < float(cover.float().mean()) < 0.8, "the CT must end inside the field for this test to mean something"
+    chord = render(ct, cam, method="siddon")[0]  # mm of CT along each ray (mu = 1)
+    # Full chord along j: the ray's parameter span between the faces j = -0.5 and j = n_j - 0.5.
+    grid = cam.pixel_grid().reshape(-1, 2)
+    cam_xy = (grid - cam.principal_point_px[0]) * cam.pixel_spacing_mm[0]
+    d_world = torch.cat([cam_xy, torch.full_like(cam_xy[:, :1], float(cam.sdd_mm[0]))], -1) @ cam.world_from_camera[0, :3, :3].T
+    full = (ct.data.shape[1] * 1.5 * d_world.norm(dim=-1) / d_world[:, 1].abs()).reshape(cover.shape)
+    assert torch.allclose(chord[cover], full[cover], rtol=1e-9), "a covered ray does not cross the whole box"
+    short = chord < full - 1e-6
+    assert not (cover & short).any()
+    # Not covered but a full chord: only rays within half a voxel (+ nothing: margin 0) of the side faces.
+    src = cam.world_from_camera[0, :3, 3]
+    ijk_from_ras = torch.linalg.inv(ct.ras_from_ijk)
+    o = ijk_from_ras[:3, :3] @ src + ijk_from_ras[:3, 3]
+    d = d_world @ ijk_from_ras[:3, :3].T
+    t0, t1 = (-0.5 - o[1]) / d[:, 1], (ct.data.shape[1] - 0.5 - o[1]) / d[:, 1]
+    pts = torch.stack([o + t0[:, None] * d, o + t1[:, None] * d])  # (2, N, 3) index coords at the j faces
+    n = torch.tensor([24, 30, 10], dtype=torch.float64)
+    inside_hull = ((pts[..., [0, 2]] >= 0) & (pts[..., [0, 2]] <= n[[0, 2]] - 1)).all(-1).all(0).reshape(cover.shape)
+    assert torch.equal(cover, inside_hull)
+
+
+def test_margin_shrinks_the_mask_by_the_projected_margin():
+    """Along the central column of a PA view the covered rows form one run; a margin of m mm at the
+    CT's superior/inferior ends removes about m * magnification / pixel spacing rows at each end."""
+    ct = box_ct()
+    cam = pa_camera(size=(41, 121), spacing=1.0)
+    rows0 = int(ct_coverage_mask(ct, cam, 0.0)[0, :, 20].sum())
+    rows10 = int(ct_coverage_mask(ct, cam, 10.0)[0, :, 20].sum())
+    # Diverging rays are farthest off-axis at the exit face (depth 400 + 22.5 mm): that face binds.
+    mag = 700.0 / (400.0 + 15 * 1.5)
+    expect = 2 * 10.0 * mag  # rows lost (1 mm pixels)
+    assert abs((rows0 - rows10) - expect) <= 2.5, (rows0, rows10, expect)
+    # The hull of the voxel centres along k spans (10 - 1) * 5 = 45 mm.
+    assert abs(rows0 - 45.0 * mag) <= 2.5, rows0
+    assert not ct_coverage_mask(ct, cam, 30.0).any()
+
+
+def test_rays_that_miss_the_ct_are_not_covered():
+    ct = box_ct()
+    cam = pa_camera()
+    far = cam.world_from_camera.clone()
+    far[0, :3, 3] += torch.tensor([0.0, 0.0, 500.0], dtype=torch.float64)  # 500 mm superior: misses
+    moved = Cameras(far, cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
+    assert not ct_coverage_mask(ct, moved).any()
