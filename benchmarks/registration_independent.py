@@ -28,12 +28,16 @@ Protocol
            and the in-plane one (camera x, y); seconds per case (1 torch thread, same process).
   DiffDRR  0.6.1 on the same targets and starts (bench_registration.DiffDRRRunner: its Registration,
            multiscale NCC, Siddon at 128 px), on the first --diffdrr-cases cases only (~90 s per case).
+  groups   the main group (first slice thickness, first target model) runs every variant and DiffDRR;
+           the other slice thicknesses run the first model, the other models the first thickness,
+           with the first variant (the defaults) only: a time budget on a shared 2-core machine.
 
 Used by ``bench_registration.py --independent``; the targets are cached under benchmarks/_work/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -163,7 +167,8 @@ def xray_from_line_integrals(line: torch.Tensor, *, scatter: float = 0.0, detect
 
 def make_targets(patient: Volume, cases: list, model: str, seed: int) -> torch.Tensor:
     cams = Cameras.concatenate([c["camera_render"] for c in cases])
-    key = WORK / f"targets_{model}_{len(cases)}_{seed}.pt"
+    tag = hashlib.sha1(cams.world_from_camera.numpy().tobytes() + str(patient.data.shape).encode()).hexdigest()[:10]
+    key = WORK / f"targets_{model}_{len(cases)}_{seed}_{tag}.pt"
     if key.exists():
         return torch.load(key)
     t = time.perf_counter()
@@ -201,9 +206,9 @@ def score(w_est, case, lms, seconds, iterations) -> dict:
 def run_ours(ct: Volume, case: dict, image: torch.Tensor, w0: torch.Tensor, lms: torch.Tensor, overrides: dict) -> dict:
     cam = case["camera"]
     init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = register(ct, image, init, **overrides)
-    return score(res.world_from_camera, case, lms, time.perf_counter() - t, res.iterations)
+    return {**score(res.world_from_camera, case, lms, time.perf_counter() - t, res.iterations), "cpu_s": time.process_time() - c}
 
 
 def summary(rows: list) -> dict:
@@ -214,7 +219,8 @@ def summary(rows: list) -> dict:
             "median_abs_depth_mm": float(np.median([r["abs_depth_mm"] for r in rows])),
             "median_in_plane_mm": float(np.median([r["in_plane_mm"] for r in rows])),
             "median_seconds": float(np.median([r["seconds"] for r in rows])),
-            "max_seconds": float(np.max([r["seconds"] for r in rows]))}
+            "max_seconds": float(np.max([r["seconds"] for r in rows])),
+            "median_cpu_s": float(np.median([r.get("cpu_s", float("nan")) for r in rows]))}
 
 
 def run(args, variants: dict) -> dict:
@@ -229,9 +235,14 @@ def run(args, variants: dict) -> dict:
         centre = ct.center_ras().double()
         cases = views(ct, args.cases, args.seed)
         for model in args.models:
+            main_group = slice_mm == args.slices_mm[0] and model == args.models[0]
+            if not main_group and slice_mm != args.slices_mm[0] and model != args.models[0]:
+                continue  # other slice thicknesses with the first target model only
             images = make_targets(patient, cases, model, args.seed)
             group = {"slice_mm": slice_mm, "model": model, "ct_shape": list(ct.data.shape), "rows": {}}
-            for name, ov in variants.items():
+            for vi, (name, ov) in enumerate(variants.items()):
+                if vi > 0 and not main_group:
+                    continue  # the comparison variants on the main group only
                 rows = []
                 for c in cases:
                     w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
@@ -240,7 +251,7 @@ def run(args, variants: dict) -> dict:
                 s = summary(rows)
                 print(f"{slice_mm} mm / {model} / {name}: success {s['success_rate']:.0%}, median mTRE {s['median_mtre_mm']:.2f} mm, "
                       f"depth {s['median_depth_mm']:+.2f} mm, in-plane {s['median_in_plane_mm']:.2f} mm, {s['median_seconds']:.1f} s", flush=True)
-            if args.diffdrr_cases > 0:
+            if args.diffdrr_cases > 0 and main_group:
                 from bench_registration import DiffDRRRunner
 
                 ns = type("A", (), {"diffdrr_bin": 1, "diffdrr_iterations": args.diffdrr_iterations,
@@ -276,13 +287,13 @@ def report(res: dict, variants: dict, cmd: str, meta: dict) -> list:
     for k, v in variants.items():
         L.append(f"- `{k}`: {v if v else 'the defaults'}")
     L += ["", "| CT slices | targets | method | cases | success | median mTRE (mm) | worst mTRE (mm) | median depth (mm) | "
-          "median abs depth (mm) | median in-plane (mm) | median s/case | worst s/case |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "median abs depth (mm) | median in-plane (mm) | median s/case | worst s/case | median CPU s/case |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in res["groups"]:
         for name, rows in g["rows"].items():
             s = summary(rows)
             dep = f"{s['median_depth_mm']:+.2f} | {s['median_abs_depth_mm']:.2f} | {s['median_in_plane_mm']:.2f}" if "depth_mm" in rows[0] else "- | - | -"
             L.append(f"| {g['slice_mm']} mm | {g['model']} | {name} | {s['n']} | {100 * s['success_rate']:.0f}% | {s['median_mtre_mm']:.2f} | "
-                     f"{s['max_mtre_mm']:.2f} | {dep} | {s['median_seconds']:.1f} | {s['max_seconds']:.1f} |")
+                     f"{s['max_mtre_mm']:.2f} | {dep} | {s['median_seconds']:.1f} | {s['max_seconds']:.1f} | {s['median_cpu_s']:.1f} |")
     for g in res["groups"]:
         names = list(g["rows"])
         L += ["", f"Per case, {g['slice_mm']} mm slices, {g['model']} targets (mTRE mm / depth mm / in-plane mm / s):", "",

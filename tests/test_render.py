@@ -142,26 +142,31 @@ def test_trilinear_box_interior_exact(rng):
 
 
 def test_both_renderers_end_the_ct_at_its_voxel_faces(rng):
-    """The CT's boundary convention (docs/geometry.md), shared by both renderers: a volume fills its voxel
-    box up to the faces at index -0.5 and n - 0.5 and is zero beyond. A volume of ones, rays parallel
-    to k (Joseph planes along k: the in-plane samples lie exactly at the ray's (i, j)) placed in the
-    outer half voxel (inside: the whole chord counts) and just beyond the faces (outside: nothing):
-    both renderers give the exact chord, K * spacing_k, or 0. (Zero padding, used before, gave a tent:
-    0.75 of the chord at 0.25 voxel inside, 0.25 at 0.25 voxel outside; RTK's Joseph, which stops at the
-    outermost voxel centres, gives (K - 1) * spacing_k and nothing beyond the centres.)"""
+    """The CT's boundary convention (docs/geometry.md), shared by both renderers: the volume is its voxel
+    samples extended by zero, so a ray crossing the box gets its mass up to the outer voxel faces.
+    A volume of ones, rays parallel to k (the trilinear renderer's planes are along k, so its in-plane
+    samples lie at the ray's (i, j)) swept across the i faces: (1) inside the hull of the voxel centres
+    both give the exact chord K * spacing_k; (2) integrated over the sweep, both give I voxels of mass
+    (Siddon: a box ending at the faces; trilinear: the same mass, its edge falling linearly over the
+    voxel around each face). RTK's Joseph, which stops at the outermost voxel centres, would miss half
+    a voxel at each face: (I - 1) / I of the mass."""
     shape = (6, 7, 8)  # K, J, I
     a = affine((1.2, 0.9, 2.5), random_rotation(rng), origin=(4.0, -3.0, 7.0))
     vol = Volume(torch.ones(shape, dtype=F64), torch.from_numpy(a), "mu")
-    inner = [-0.45, -0.25, 7.3, 7.45]  # i in the outer half voxel (the box spans -0.5 .. 7.5)
-    outer = [-0.55, -0.75, 7.55, 7.8]
-    ij = np.array([[x, 3.0] for x in inner + outer] + [[3.0, y] for y in (-0.3, 6.3, -0.7, 6.7)])
+    step = 0.01
+    ci = np.arange(-1.5, 8.5 + step / 2, step)  # sweep across both i faces (box: -0.5 .. 7.5)
+    ij = np.stack([ci, np.full_like(ci, 3.0)], 1)
     o = np.concatenate([ij, np.full((len(ij), 1), -4.0)], 1)
     e = np.concatenate([ij, np.full((len(ij), 1), 10.0)], 1)
     cams = segment_cameras(to_ras(a, o), to_ras(a, e))
-    expected = np.array([6 * 2.5] * 4 + [0.0] * 4 + [6 * 2.5] * 2 + [0.0] * 2)
+    chord = 6 * 2.5
+    hull = (ci >= 0.0) & (ci <= 7.0)
     for method in METHODS:
         got = render(vol, cams, method=method).reshape(-1).numpy()
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=method)
+        np.testing.assert_allclose(got[hull], chord, rtol=0, atol=1e-9, err_msg=method)
+        mass = float(got.sum() * step) / chord  # in voxels along i
+        assert mass == pytest.approx(8.0, abs=0.03), f"{method}: {mass:.3f} voxels of mass, expected 8 (7 would be RTK's)"
+        assert np.all(got[(ci < -1.0) | (ci > 8.0)] == 0.0), method
 
 
 def test_ellipsoid_error_shrinks_with_resolution(rng):

@@ -156,7 +156,9 @@ class RegistrationSettings:
     rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
         x, y, z: the depth z is the least observable, so it gets a larger unit).
     optimizer: "adam" or "lbfgs".
-    levels: pyramid binning factors, coarse to fine; max_iterations, learning_rate: per level or one
+    levels: pyramid binning factors, coarse to fine; None (default): :func:`auto_levels` (three levels
+        whose finest has about ``finest_px`` pixels on the image's shorter side, full resolution for
+        small images). max_iterations, learning_rate: per level or one
         value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
         the others, learning rate 1.0 halved at every level). patience / tol: a level stops when its loss
         has not improved by ``tol`` for ``patience`` iterations.
@@ -182,7 +184,8 @@ class RegistrationSettings:
     rotation_scale_deg: float = 1.0
     translation_scale_mm: Sequence[float] = (1.0, 1.0, 4.0)
     optimizer: str = "adam"
-    levels: Sequence[int] = (8, 4, 2)
+    levels: Optional[Sequence[int]] = None
+    finest_px: int = 128
     max_iterations: Optional[Union[Sequence[int], int]] = None
     learning_rate: Optional[Union[Sequence[float], float]] = None
     patience: int = 12
@@ -197,14 +200,15 @@ class RegistrationSettings:
     method: str = "trilinear"
     samples_per_voxel: float = 1.0
     pool_volume: bool = True
-    ct_coverage: bool = False
-    coverage_margin_px: float = 1.0
+    ct_coverage: bool = True
+    coverage_margin_px: float = 0.0
     progress_every: int = 5
     num_threads: Optional[int] = None
 
-    def per_level(self) -> Tuple[List[int], List[int], List[float]]:
-        """(levels, iterations per level, learning rate per level), checked."""
-        levels = [int(f) for f in self.levels]
+    def per_level(self, size_px: Sequence[int]) -> Tuple[List[int], List[int], List[float]]:
+        """(levels, iterations per level, learning rate per level) for an image of ``size_px``
+        (columns, rows), checked."""
+        levels = auto_levels(size_px, self.finest_px) if self.levels is None else [int(f) for f in self.levels]
         if not levels or min(levels) < 1:
             raise ValueError(f"pyramid levels must be positive binning factors, got {levels}")
         n = len(levels)
@@ -220,6 +224,17 @@ class RegistrationSettings:
 
 
 _SETTING_NAMES = tuple(f.name for f in fields(RegistrationSettings))
+
+
+def auto_levels(size_px: Sequence[int], finest_px: int = 128) -> List[int]:
+    """Default pyramid: binning factors (4f, 2f, f) with f the largest power of two that leaves at least
+    ``finest_px`` pixels on the image's shorter side (f = 1, full resolution, for images of up to
+    2 * finest_px - 1 pixels). size_px: (columns, rows)."""
+    side = min(int(v) for v in size_px)
+    f = 1
+    while side // (2 * f) >= int(finest_px):
+        f *= 2
+    return [4 * f, 2 * f, f]
 
 
 def register(
@@ -310,7 +325,7 @@ class _Run:
         vol = volume.to(dtype=dtype)
         self.cams0 = cams0 = cameras.to(dtype=torch.float64)
         _check_overlap(vol, cams0, mask)
-        self.levels, self.iters, self.lrs = s.per_level()
+        self.levels, self.iters, self.lrs = s.per_level(cams0.size_px)
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
         self.param = PoseParametrisation(w0, centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
         self.vol, self.centre_ras = vol, vol.center_ras().double()

@@ -11,11 +11,11 @@ Quadrature: each plane stands for a slab of thickness 1/samples_per_voxel (in vo
 dominant axis; a sample's weight is the length in mm of the part of the source-to-pixel segment inside
 its slab.
 
-Boundary (the convention of docs/geometry.md, shared with Siddon): the CT fills its voxel box, from
-index -0.5 to n - 0.5 along each axis, and is zero outside. Along the dominant axis the outermost slabs
-reach the box faces; in the plane, the interpolant is held at the outermost voxels' values in the outer
-half voxel (edge clamping) and is zero beyond the faces. (RTK's Joseph projector instead stops at the
-outermost voxel centres.)
+Boundary (the convention of docs/geometry.md, shared with Siddon): the CT is its voxel samples extended
+by zero beyond the box. Along the dominant axis the outermost slabs reach the box faces (index -0.5 and
+n - 0.5); in the plane, the bilinear interpolant between the edge voxels and the zeros beyond
+(grid_sample's "zeros" padding) falls linearly from the edge value at the outermost centre to 0 one
+voxel further, half the edge value at the face: the same mass as Siddon's box, spread over one voxel.
 
 Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), through ``grid_sample``.
 """
@@ -108,11 +108,9 @@ def _march_axis(stacks: SliceStacks, axis: int, origin: Tensor, direction: Tenso
     slope = direction[:, [w_axis, h_axis]] / da[:, None]  # (R, 2) in-plane voxels per plane voxel
     x0 = other - origin[:, axis : axis + 1] * slope
     grid = torch.addcmul((2 * x0 + 1) / size - 1, pos[:, None, None], (2 * slope / size).unsqueeze(0))  # (P, R, 2)
-    # Inside the voxel box (normalised coordinates in [-1, 1]: the outer faces) the interpolant, held at
-    # the edge voxels in the outer half voxel ("border"); zero outside the box.
-    vals = F.grid_sample(planes, grid.unsqueeze(1), mode="bilinear", padding_mode="border", align_corners=False)
-    inside = (grid.detach().abs() <= 1).all(dim=-1)  # (P, R)
-    vals = vals[:, 0, 0, :] * inside  # (P, R)
+    # Outside the box the volume is zero ("zeros" padding: the outer half voxel blends towards 0).
+    vals = F.grid_sample(planes, grid.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    vals = vals[:, 0, 0, :]  # (P, R)
     # Slab weights: the part of [pos - h, pos + h] inside the segment's extent along the axis. When every
     # segment spans the whole volume along the axis (source and detector outside), all weights are 1.
     a0 = origin[:, axis]
