@@ -58,3 +58,19 @@ class GeometryError(XRayNeRFError):
     def __init__(self, message: str, *, name: str = ""):
         super().__init__(message)
         self.name = name
+
+
+class LandmarkError(XRayNeRFError):
+    """Landmark pairs that cannot give a pose (``registration/landmarks.py``).
+
+    reason: "too-few" (fewer than 4 distinct pairs), "not-finite" (NaN/inf coordinate), "outside-image"
+    (a pixel off the detector), "degenerate" (collinear CT points or collinear pixels), "shape" (arrays
+    of the wrong shape or length), "no-solution" (no pose puts every point in front of the source).
+    index: the 0-based pair at fault, or None when the set as a whole is at fault; label: its label.
+    A GUI highlights that pair (markup) instead of parsing the text."""
+
+    def __init__(self, message: str, *, reason: str, index: Optional[int] = None, label: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason
+        self.index = index
+        self.label = label

@@ -1,7 +1,9 @@
 """2D/3D registration of a CT to one X-ray: pose parametrisation (pose.py), similarity losses
-(losses.py), X-ray intensity handling (intensity.py), the optimiser (optimize.py), the CT-coverage mask (coverage.py), NeTT appearance
+(losses.py), the landmark start (landmarks.py), X-ray intensity handling (intensity.py), the optimiser
+(optimize.py), the CT-coverage mask (coverage.py), NeTT appearance
 tuning (nett.py), ITK transform files for Slicer (transform_io.py) and simulated cases (simulate.py)."""
 
+from .landmarks import LandmarkPairs, LandmarkPose, read_landmarks_json, solve_landmark_pose  # noqa: F401
 from .losses import LOSS_NAMES, gradient_ncc, make_loss, multiscale_ncc, mutual_information, ncc, patch_ncc  # noqa: F401
 from .nett import NeTT, load_nett, save_nett, train_nett  # noqa: F401
 from .coverage import ct_coverage_mask  # noqa: F401
