@@ -201,7 +201,7 @@ class RegistrationSettings:
     samples_per_voxel: float = 1.0
     pool_volume: bool = True
     ct_coverage: bool = True
-    coverage_margin_px: float = 0.0
+    coverage_margin_px: float = 1.0
     progress_every: int = 5
     num_threads: Optional[int] = None
 
