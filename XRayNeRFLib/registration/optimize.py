@@ -1,6 +1,6 @@
 """Pose optimisation of one X-ray against a CT through the differentiable renderer.
 
-``register(volume, image, cameras)`` finds the camera pose (``world_from_camera``, RAS mm) under which
+``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose (``world_from_camera``, RAS mm) under which
 the CT's DRR best matches the X-ray:
 
 1. checks the inputs (finite, non-constant image; rigid pose; the CT's projection overlaps the image);
@@ -9,8 +9,9 @@ the CT's DRR best matches the X-ray:
    render; the best ``keep_starts`` are optimised at the coarsest level and the winner goes on;
 3. coarse-to-fine pyramid (``levels`` = binning factors, e.g. (8, 4, 2)): at each level the detector is
    :meth:`Cameras.downsampled` and the X-ray binned with the same rule, the CT average-pooled to about
-   the coarse pixel footprint; Adam (or L-BFGS) on the pose parameters of :mod:`.pose`, with early stop
-   when the loss has not improved by ``tol`` for ``patience`` iterations;
+   the coarse pixel footprint; only pixels whose rays cross the CT's whole extent count (the CT-coverage
+   mask of :mod:`.coverage`, made at the level's starting pose); Adam (or L-BFGS) on the pose parameters
+   of :mod:`.pose`, with early stop when the loss has not improved by ``tol`` for ``patience`` iterations;
 4. optional intrinsics refinement (source-detector distance, principal point) for uncalibrated C-arms.
 
 A ``progress`` callback receives a :class:`~XRayNeRFLib.progress.Progress` every ``progress_every``
