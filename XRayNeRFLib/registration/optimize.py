@@ -172,7 +172,8 @@ class RegistrationSettings:
     ct_coverage: compare only pixels whose rays cross the CT's whole extent along the beam (see
         :func:`~.coverage.ct_coverage_mask`). The mask is made at the start of each level from that
         level's starting pose (and per candidate in the coarse search) and held fixed during the level,
-        so that the loss compares one set of pixels; ``coverage_margin_px``: how far (in the level's
+        so that the loss compares one set of pixels; a level where the mask would leave fewer than 16
+        pixels compares every pixel instead. ``coverage_margin_px``: how far (in the level's
         pixels, at the CT centre's depth) covered rays must stay inside the CT's side faces, room for
         the pose to move during the level.
     progress_every: iterations between progress calls.
@@ -378,9 +379,7 @@ class _Run:
         cover = ct_coverage_mask(self.vol, cams, self.s.coverage_margin_px * footprint_mm)
         m = m_f & cover  # (B, h, w)
         if int(m.flatten(1).sum(1).min()) < 16:
-            raise ValueError(
-                f"fewer than 16 pixels at pyramid level {factor} see the CT over its whole extent (CT coverage mask): "
-                "the CT barely overlaps the X-ray at this pose. Check the initial pose, or register without ct_coverage")
+            return m_f  # a level too coarse (or a CT too small) for the mask: every pixel counts there
         return m
 
     def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[Tensor] = None):
