@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import MissingTagError, NotAnXrayImageError
+from .errors import MissingTagError, NotAnXrayImageError, TagValueError
 from .geometry import PATIENT_FROM_CARM, Cameras
 
 __all__ = [
@@ -425,11 +425,19 @@ def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _positive(value: float, keyword: str, path: str, flag: Optional[str]) -> float:
+def _positive(value: float, keyword: str, path: str, key: Optional[str]) -> float:
+    """``value`` when > 0; else an error (a TagValueError naming the override ``key`` when the value came from a tag)."""
     if not value > 0:
-        hint = f"; fix the file or pass the value with {flag}" if flag else ""
-        raise ValueError(f"{path}: {_name(keyword)} is {value:g}; distances must be > 0 mm{hint}")
+        problem = f"{_name(keyword)} is {value:g}; distances must be > 0 mm"
+        if key is None:
+            raise ValueError(f"{path}: {problem}")
+        raise _bad_value(path, problem, f"fix the file or pass the value with {FLAG[key]}", key)
     return value
+
+
+def _bad_value(path: str, problem: str, remedy: str, *keys: str) -> TagValueError:
+    """A tag value the user can supply instead (GeometryOverrides ``keys``): "<path>: <problem>; <remedy>"."""
+    return TagValueError(f"{path}: {problem}; {remedy}", path=path, problem=f"{path}: {problem}", overrides=keys, flags=[FLAG[k] for k in keys])
 
 
 def _missing(path: str, what: str, tags: str, key: str) -> MissingTagError:
@@ -501,9 +509,10 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
             src += f" + increments ({mode})"
         elif n > 1:
             if motion == "DYNAMIC":
-                raise ValueError(
-                    f"{path}: Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment "
-                    f"(0018,1520/1521) are missing; pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}"
+                raise _bad_value(
+                    path,
+                    "Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment (0018,1520/1521) are missing",
+                    f"pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}", "primary_deg", "secondary_deg",
                 )
             notes.append(f"{path}: {n} frames without angle increments: all frames share the first frame's angles (static positioner)")
         return prim, sec, "patient", src
@@ -524,7 +533,8 @@ def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnificati
     ps = fr.numbers("PixelSpacing")
     for kw, a in (("ImagerPixelSpacing", ips), ("PixelSpacing", ps)):
         if a is not None and (a.size != 2 or (a <= 0).any()):
-            raise ValueError(f"{path}: {_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm; pass {FLAG['pixel_spacing_mm']}")
+            raise _bad_value(path, f"{_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm",
+                             f"pass {FLAG['pixel_spacing_mm']}", "pixel_spacing_mm")
     if ov.pixel_spacing_mm is not None:
         given = np.broadcast_to(np.asarray(ov.pixel_spacing_mm, dtype=np.float64).reshape(-1), (2,)).copy()
         if (given <= 0).any():
@@ -540,9 +550,9 @@ def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnificati
         cal = fr.text("PixelSpacingCalibrationType")
         if cal in ("GEOMETRY", "FIDUCIAL"):
             if magnification is None:
-                raise ValueError(
-                    f"{path}: Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known "
-                    f"(no SID/SDD); pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}"
+                raise _bad_value(
+                    path, f"Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known (no SID/SDD)",
+                    f"pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}", "pixel_spacing_mm",
                 )
             notes.append(f"{path}: detector pixel spacing = Pixel Spacing (0028,0030) x magnification {magnification:.6g} (calibration {cal})")
             return ps[::-1] * magnification, f"Pixel Spacing x magnification ({cal})"
@@ -633,14 +643,70 @@ def _shutter_mask(fr: _Frames, h: int, w: int, frame: int, path: str, notes: Lis
     return mask
 
 
-def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) -> DicomXRay:
-    """Read one DICOM X-ray file (single- or multi-frame): images in our layout, cameras, masks, metadata.
+@dataclass
+class _Dataset:
+    """Step 1 of :func:`read_dicom_xray`: the opened file with its frames (``values`` (n, H, W) float64: stored
+    pixels through the Modality LUT, still in the stored layout)."""
 
-    Raises ValueError naming the file, the tag and, for missing geometry, the CLI flag that supplies it.
-    """
-    ov = overrides or GeometryOverrides()
-    path = str(path)
-    notes: List[str] = []
+    ds: Any
+    fr: _Frames
+    path: str
+    modality: str
+    sop: str
+    enhanced: bool
+    n: int
+    values: np.ndarray
+    slope: np.ndarray
+    intercept: np.ndarray
+
+    @property
+    def height(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.values.shape[2]
+
+
+@dataclass
+class _Distances:
+    """Source-detector and source-isocentre distances (mm), where they came from, the stored pixel spacing."""
+
+    sdd: float
+    sid: float
+    sid_src: str
+    spacing_stored: np.ndarray
+    spacing_src: str
+
+
+@dataclass
+class _Pose:
+    """Per-frame C-arm angles (deg), how they were read, the patient position, detector rotations (deg) and
+    isocentres (n, 3) RAS mm."""
+
+    primary: np.ndarray
+    secondary: np.ndarray
+    angle_frame: str
+    angle_src: str
+    position: str
+    camera_position: str
+    det_rot: np.ndarray
+    iso: np.ndarray
+
+
+@dataclass
+class _Layout:
+    """Stored pixels -> our layout (``orient``), the field-of-view part of it (``to_ref``) and the output size."""
+
+    orient: Orientation
+    to_ref: Orientation
+    source: str
+    width: int
+    height: int
+
+
+def _read_dataset(path: str) -> _Dataset:
+    """Open the file, check it is a projection X-ray, decode its frames and apply the Modality LUT."""
     ds = _open(path)
     modality = _check_image(ds, path)
     sop = str(getattr(ds, "SOPClassUID", "") or "")
@@ -653,13 +719,9 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
         raise ValueError(f"{path}: Number of Frames (0028,0008) is {n}")
     fr = _Frames(ds, path)
     stored = _pixels(ds, path, n)
-    h, w = stored.shape[1:]
-
-    # Modality LUT
     slope = np.array([fr.number("RescaleSlope", f) or 1.0 for f in range(n)])
     intercept = np.array([fr.number("RescaleIntercept", f) or 0.0 for f in range(n)])
     values = stored * slope[:, None, None] + intercept[:, None, None]
-
     for kw in ("DetectorPrimaryAngle", "DetectorSecondaryAngle"):
         tilt = fr.number(kw)
         if tilt is not None and abs(tilt) > 1e-3:
@@ -667,15 +729,19 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
                 f"{path}: {_name(kw)} is {tilt:g} degrees: the beam is not perpendicular to the detector, which is not supported "
                 "(only perpendicular detectors, possibly off-centre)"
             )
+    return _Dataset(ds, fr, path, modality, sop, enhanced, n, values, slope, intercept)
 
-    # Distances
+
+def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distances:
+    """SDD and SID from the overrides or the tags (missing ones raise MissingTagError), and the pixel spacing."""
+    fr, path = d.fr, d.path
     sdd_tag = fr.number("DistanceSourceToDetector")
     if ov.sdd_mm is not None:
         sdd = _positive(float(ov.sdd_mm), "DistanceSourceToDetector", "given value", None)
         if sdd_tag is not None and abs(sdd_tag - sdd) > 1e-6 * sdd:
             notes.append(f"{path}: given SDD {sdd:g} mm used instead of Distance Source to Detector (0018,1110) {sdd_tag:g} mm")
     elif sdd_tag is not None:
-        sdd = _positive(sdd_tag, "DistanceSourceToDetector", path, FLAG["sdd_mm"])
+        sdd = _positive(sdd_tag, "DistanceSourceToDetector", path, "sdd_mm")
     else:
         raise _missing(path, "source-to-detector distance", "Distance Source to Detector (0018,1110)", "sdd_mm")
     sid_iso, sid_pat = fr.number("DistanceSourceToIsocenter"), fr.number("DistanceSourceToPatient")
@@ -684,12 +750,12 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
         sid = _positive(float(ov.sid_mm), "DistanceSourceToIsocenter", "given value", None)
         sid_src = "given"
     elif sid_iso is not None:
-        sid = _positive(sid_iso, "DistanceSourceToIsocenter", path, FLAG["sid_mm"])
+        sid = _positive(sid_iso, "DistanceSourceToIsocenter", path, "sid_mm")
         sid_src = "Distance Source to Isocenter (0018,9402)"
         if sid_pat is not None and abs(sid_pat - sid_iso) > 1e-3 * sid_iso:
             notes.append(f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter (0018,9402) {sid_iso:g} mm; the isocentre distance is used")
     elif sid_pat is not None:
-        sid = _positive(sid_pat, "DistanceSourceToPatient", path, FLAG["sid_mm"])
+        sid = _positive(sid_pat, "DistanceSourceToPatient", path, "sid_mm")
         sid_src = "Distance Source to Patient (0018,1111)"
         notes.append(f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric C-arm assumed)")
     elif mag_tag is not None and mag_tag > 1:
@@ -699,25 +765,29 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
     else:
         raise _missing(path, "source-to-isocentre distance", "Distance Source to Isocenter (0018,9402) / Distance Source to Patient (0018,1111)", "sid_mm")
     if sid >= sdd:
-        raise ValueError(
-            f"{path}: source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm; "
-            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}"
+        raise _bad_value(
+            path, f"source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm",
+            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}", "sid_mm", "sdd_mm",
         )
     magnification = sdd / sid
     if mag_tag is not None and abs(mag_tag - magnification) > 0.01 * magnification:
         notes.append(f"{path}: Estimated Radiographic Magnification Factor (0018,1114) {mag_tag:g} differs from SDD/SID {magnification:.6g}; SDD/SID used")
-
     spacing_stored, spacing_src = _detector_spacing(fr, path, ov, magnification, notes)
+    return _Distances(sdd, sid, sid_src, spacing_stored, spacing_src)
 
-    # Angles and patient position
-    primary, secondary, angle_frame, angle_src = _angles(fr, n, path, ov, notes, enhanced)
+
+def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
+    """C-arm angles, patient position, detector rotation about the central ray and isocentres, per frame."""
+    fr, path, n = d.fr, d.path, d.n
+    primary, secondary, angle_frame, angle_src = _angles(fr, n, path, ov, notes, d.enhanced)
     positioner = fr.text("PositionerType")
     if positioner and positioner != "CARM":
         notes.append(f"{path}: Positioner Type (0018,1508) is {positioner}: the angles and distances are read as those of an isocentric C-arm")
     pp_tag = fr.text("PatientPosition")
     position = (ov.patient_position or pp_tag or "").strip().upper()
     if position and position not in PATIENT_FROM_CARM:
-        raise ValueError(f"{path}: Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}; pass {FLAG['patient_position']}")
+        raise _bad_value(path, f"Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}",
+                         f"pass {FLAG['patient_position']}", "patient_position")
     if angle_frame == "equipment":
         if not position:
             position = "HFS"
@@ -755,10 +825,15 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
             notes.append(f"{path}: isocentre of frame 0 placed at the RAS origin; later frames follow the table positions (0018,9466-9468) ({pos})")
         else:
             notes.append(f"{path}: the isocentre is placed at the RAS origin (DICOM X-ray images carry no registration to a CT)")
+    return _Pose(primary, secondary, angle_frame, angle_src, position, camera_position, det_rot, iso)
 
-    # Image layout: Patient Orientation > Field of View rotation/flip > radiological default.
-    cam0 = Cameras.carm(primary[:1], secondary[:1], sid_mm=sid, sdd_mm=sdd, size_px=(w, h), pixel_spacing_mm=1.0, patient_position=camera_position, dtype=torch.float64)
-    cam0 = rotate_detector(cam0, det_rot[:1])
+
+def _layout(d: _Dataset, ov: GeometryOverrides, dist: _Distances, pose: _Pose, notes: List[str]) -> _Layout:
+    """Image layout: Patient Orientation > Field of View rotation/flip > radiological default."""
+    fr, path, h, w = d.fr, d.path, d.height, d.width
+    cam0 = Cameras.carm(pose.primary[:1], pose.secondary[:1], sid_mm=dist.sid, sdd_mm=dist.sdd, size_px=(w, h), pixel_spacing_mm=1.0,
+                        patient_position=pose.camera_position, dtype=torch.float64)
+    cam0 = rotate_detector(cam0, pose.det_rot[:1])
     r0 = cam0.world_from_camera[0, :3, :3].numpy()
     fov_rot = fr.number("FieldOfViewRotation") or 0.0
     fov_flip = (fr.text("FieldOfViewHorizontalFlip") or "NO") == "YES"
@@ -789,14 +864,15 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
             layout_src = f"Patient Orientation (0020,0020) {'/'.join(str(x) for x in po)}"
     else:
         notes.append(f"{path}: no Patient Orientation (0020,0020): stored pixels assumed in the radiological layout ({FLAG['image_layout']} beams_eye to change)")
-
-    images = orient.array(values)
     _, _, w_out, h_out = orient.point(0.0, 0.0, w, h)
-    spacing = spacing_stored[::-1].copy() if orient.transposes() else spacing_stored
+    return _Layout(orient, to_ref, layout_src, w_out, h_out)
 
-    # Principal point: centre of the detector's active area when the detector tags say where the field
-    # of view lies, else the image centre.
-    principal = np.array([(w_out - 1) / 2.0, (h_out - 1) / 2.0])
+
+def _principal_point(d: _Dataset, layout: _Layout, spacing_stored: np.ndarray, notes: List[str]) -> Tuple[np.ndarray, str]:
+    """[column, row] pixel-centre coordinates in our layout: the centre of the detector's active area when the
+    detector tags say where the field of view lies, else the image centre."""
+    fr, path = d.fr, d.path
+    principal = np.array([(layout.width - 1) / 2.0, (layout.height - 1) / 2.0])
     pp_src = "image centre (beam axis through the centre of the field of view assumed)"
     origin_px = fr.numbers("FieldOfViewOrigin")
     active_origin = fr.numbers("DetectorActiveOrigin")
@@ -806,31 +882,42 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
         centre_mm = active_origin + active_dims / 2.0  # (row, column) mm from the physical detector's corner
         rc = (centre_mm - origin_px * element) / spacing_stored[::-1] - 0.5  # (row, column) pixel-centre coords, unrotated FOV
         # the unrotated field of view -> stored pixels -> our layout
-        _, _, w_ref, h_ref = to_ref.point(0.0, 0.0, w, h)
-        c, r, ws, hs = to_ref.inverse().point(rc[1], rc[0], w_ref, h_ref)
-        c, r, _, _ = orient.point(c, r, ws, hs)
+        _, _, w_ref, h_ref = layout.to_ref.point(0.0, 0.0, d.width, d.height)
+        c, r, ws, hs = layout.to_ref.inverse().point(rc[1], rc[0], w_ref, h_ref)
+        c, r, _, _ = layout.orient.point(c, r, ws, hs)
         principal = np.array([c, r])
         pp_src = "centre of the detector's active area (0018,7026/7028) within the field of view (0018,7030)"
     elif origin_px is not None:
         notes.append(f"{path}: Field of View Origin (0018,7030) without Detector Active Origin/Dimensions or Element Spacing; principal point at the image centre")
     else:
         notes.append(f"{path}: principal point at the image centre (beam axis through the centre of the image assumed)")
+    return principal, pp_src
 
-    # Cameras: one per frame.
+
+def _cameras(dist: _Distances, pose: _Pose, layout: _Layout, spacing: np.ndarray, principal: np.ndarray, n: int) -> Cameras:
+    """One camera per frame (float64)."""
+    size = (layout.width, layout.height)
     cams = []
     for f in range(n):
         c = Cameras.carm(
-            primary[f : f + 1], secondary[f : f + 1], sid_mm=sid, sdd_mm=sdd, size_px=(w_out, h_out), pixel_spacing_mm=torch.from_numpy(spacing),
-            isocenter_ras=torch.from_numpy(iso[f]), patient_position=camera_position, dtype=torch.float64,
+            pose.primary[f : f + 1], pose.secondary[f : f + 1], sid_mm=dist.sid, sdd_mm=dist.sdd, size_px=size,
+            pixel_spacing_mm=torch.from_numpy(spacing), isocenter_ras=torch.from_numpy(pose.iso[f]),
+            patient_position=pose.camera_position, dtype=torch.float64,
         )
-        c = rotate_detector(c, det_rot[f : f + 1])
-        cams.append(Cameras(c.world_from_camera, c.sdd_mm, c.pixel_spacing_mm, torch.from_numpy(principal)[None], (w_out, h_out)))
-    cameras = Cameras.concatenate(cams)
+        c = rotate_detector(c, pose.det_rot[f : f + 1])
+        cams.append(Cameras(c.world_from_camera, c.sdd_mm, c.pixel_spacing_mm, torch.from_numpy(principal)[None], size))
+    return Cameras.concatenate(cams)
 
-    masks = np.stack([_shutter_mask(fr, h, w, f, path, notes) for f in range(n)])
-    masks = orient.array(masks)
 
-    # Intensity relationship
+def _masks(d: _Dataset, layout: _Layout, notes: List[str]) -> np.ndarray:
+    """(n, H, W) bool in our layout: True inside the shutters / collimator."""
+    masks = np.stack([_shutter_mask(d.fr, d.height, d.width, f, d.path, notes) for f in range(d.n)])
+    return layout.orient.array(masks)
+
+
+def _intensity(d: _Dataset, notes: List[str]) -> Dict[str, Any]:
+    """Pixel Intensity Relationship and Sign (assumed LIN, +1 when absent) and the largest storable value."""
+    fr, path = d.fr, d.path
     rel = fr.text("PixelIntensityRelationship")
     sign_v = fr.number("PixelIntensityRelationshipSign")
     if rel is None:
@@ -840,50 +927,84 @@ def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) ->
         sign_v = 1.0
         if fr.get("PixelIntensityRelationship") is not None:
             notes.append(f"{path}: no Pixel Intensity Relationship Sign (0028,1041): +1 assumed")
-    bits = int(getattr(ds, "BitsStored", 16) or 16)
-    max_value = float((2**bits - 1) * slope[0] + intercept[0])
+    bits = int(getattr(d.ds, "BitsStored", 16) or 16)
+    max_value = float((2**bits - 1) * d.slope[0] + d.intercept[0])
+    return {"relationship": rel, "sign": int(sign_v), "max_value": max_value}
 
+
+def _view_metadata(d: _Dataset, dist: _Distances, pose: _Pose, layout: _Layout, spacing: np.ndarray, principal: np.ndarray,
+                   pp_src: str, intensity: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One dict per frame: file, frame, UIDs, angles, distances, spacing, principal point, layout, intensities."""
+    ds = d.ds
     series = str(getattr(ds, "SeriesInstanceUID", "") or "")
     views = []
-    for f in range(n):
+    for f in range(d.n):
         views.append(
             {
-                "file": path,
+                "file": d.path,
                 "frame": f,
                 "sop_instance_uid": str(getattr(ds, "SOPInstanceUID", "") or ""),
                 "series_uid": series,
-                "modality": modality,
-                "sop_class": SUPPORTED_SOP_CLASSES.get(sop, sop),
+                "modality": d.modality,
+                "sop_class": SUPPORTED_SOP_CLASSES.get(d.sop, d.sop),
                 "instance_number": int(getattr(ds, "InstanceNumber", 0) or 0),
-                "primary_deg": float(primary[f]),
-                "secondary_deg": float(secondary[f]),
-                "angles_from": angle_src + (f" (equipment frame, patient position {position})" if angle_frame == "equipment" else ""),
-                "sdd_mm": sdd,
-                "sid_mm": sid,
-                "sid_from": sid_src,
+                "primary_deg": float(pose.primary[f]),
+                "secondary_deg": float(pose.secondary[f]),
+                "angles_from": pose.angle_src + (f" (equipment frame, patient position {pose.position})" if pose.angle_frame == "equipment" else ""),
+                "sdd_mm": dist.sdd,
+                "sid_mm": dist.sid,
+                "sid_from": dist.sid_src,
                 "pixel_spacing_mm": [float(spacing[0]), float(spacing[1])],
-                "pixel_spacing_from": spacing_src,
+                "pixel_spacing_from": dist.spacing_src,
                 "principal_point_px": [float(principal[0]), float(principal[1])],
                 "principal_point_from": pp_src,
-                "isocenter_ras": iso[f].tolist(),
-                "detector_rotation_deg": float(det_rot[f]),
-                "patient_position": position or None,
-                "layout": layout_src,
-                "layout_ops": list(orient.ops),
-                "size_px": [w_out, h_out],
-                "pixel_intensity_relationship": rel,
-                "pixel_intensity_sign": int(sign_v),
+                "isocenter_ras": pose.iso[f].tolist(),
+                "detector_rotation_deg": float(pose.det_rot[f]),
+                "patient_position": pose.position or None,
+                "layout": layout.source,
+                "layout_ops": list(layout.orient.ops),
+                "size_px": [layout.width, layout.height],
+                "pixel_intensity_relationship": intensity["relationship"],
+                "pixel_intensity_sign": intensity["sign"],
             }
         )
+    return views
+
+
+def read_dicom_xray(path: str, overrides: Optional[GeometryOverrides] = None) -> DicomXRay:
+    """Read one DICOM X-ray file (single- or multi-frame): images in our layout, cameras, masks, metadata.
+
+    Steps: the dataset and its frames (:func:`_read_dataset`), the geometry (:func:`_distances`,
+    :func:`_pose`, :func:`_layout`, :func:`_principal_point`, :func:`_cameras`), the shutter masks
+    (:func:`_masks`) and the intensity relationship (:func:`_intensity`); ``assumptions`` lists their notes
+    in that order.
+
+    Raises ValueError naming the file, the tag and, for missing geometry, the CLI flag that supplies it
+    (:class:`~XRayNeRFLib.errors.MissingTagError`, :class:`~XRayNeRFLib.errors.NotAnXrayImageError`).
+    """
+    ov = overrides or GeometryOverrides()
+    path = str(path)
+    notes: List[str] = []
+    d = _read_dataset(path)
+    dist = _distances(d, ov, notes)
+    pose = _pose(d, ov, notes)
+    layout = _layout(d, ov, dist, pose, notes)
+    images = layout.orient.array(d.values)
+    spacing = dist.spacing_stored[::-1].copy() if layout.orient.transposes() else dist.spacing_stored
+    principal, pp_src = _principal_point(d, layout, dist.spacing_stored, notes)
+    cameras = _cameras(dist, pose, layout, spacing, principal, d.n)
+    masks = _masks(d, layout, notes)
+    intensity = _intensity(d, notes)
+    views = _view_metadata(d, dist, pose, layout, spacing, principal, pp_src, intensity)
     return DicomXRay(
         images=torch.from_numpy(images.astype(np.float32)),
         cameras=cameras,
         masks=torch.from_numpy(masks),
         views=views,
-        intensity={"relationship": rel, "sign": int(sign_v), "max_value": max_value},
+        intensity=intensity,
         assumptions=notes,
-        series_uid=series,
-        modality=modality,
+        series_uid=str(getattr(d.ds, "SeriesInstanceUID", "") or ""),
+        modality=d.modality,
     )
 
 

@@ -5,8 +5,12 @@ keeps working; the message stays the one line a user reads (file, tag, flag).
 
 - :class:`NotAnXrayImageError` — a DICOM object that is no projection X-ray image (no pixel data, or
   another SOP class / modality). Directory readers skip these; an explicitly named file is an error.
-- :class:`MissingTagError` — a DICOM file lacks a value the geometry needs; ``flag`` is the command-line
-  option (and ``override`` the ``GeometryOverrides`` field) that supplies it.
+- :class:`TagValueError` — a DICOM geometry value is missing or unusable and the user can supply it instead:
+  ``problem`` is the message without the remedy, ``overrides`` the ``GeometryOverrides`` fields and ``flags``
+  the command-line options that supply it (a front end words its own remedy from these: the Slicer module
+  names its panel fields).
+- :class:`MissingTagError` (a :class:`TagValueError`) — a DICOM file lacks a value the geometry needs; ``flag``
+  is the command-line option (and ``override`` the ``GeometryOverrides`` field) that supplies it.
 - :class:`NoOverlapError` — the CT does not project onto the X-ray at the given pose.
 - :class:`GeometryError` — cameras, poses or matrices that are not usable (non-rigid, mirrored, skewed,
   inconsistent with the images).
@@ -14,7 +18,7 @@ keeps working; the message stays the one line a user reads (file, tag, flag).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class XRayNeRFError(ValueError):
@@ -30,13 +34,26 @@ class NotAnXrayImageError(XRayNeRFError):
         self.reason = reason
 
 
-class MissingTagError(XRayNeRFError):
+class TagValueError(XRayNeRFError):
+    """path: the file; problem: the message without its remedy (``str(error)`` is the whole line, remedy
+    included, for the command line); overrides: the GeometryOverrides fields that supply the value instead;
+    flags: the matching command-line options (same order)."""
+
+    def __init__(self, message: str, *, path: str, problem: str, overrides: Sequence[str] = (), flags: Sequence[str] = ()):
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
+        self.overrides = tuple(overrides)
+        self.flags = tuple(flags)
+
+
+class MissingTagError(TagValueError):
     """path: the file; what: the quantity (e.g. "source-to-detector distance"); tags: the DICOM tags looked
     for; flag: the CLI option that supplies it; override: the GeometryOverrides field."""
 
     def __init__(self, message: str, *, path: str, what: str, tags: str, flag: Optional[str] = None, override: Optional[str] = None):
-        super().__init__(message)
-        self.path = path
+        super().__init__(message, path=path, problem=f"{path}: no {what} ({tags})", overrides=[override] if override else [],
+                         flags=[flag] if flag else [])
         self.what = what
         self.tags = tags
         self.flag = flag

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -582,3 +582,30 @@ def short_scan_angles(n_views: int, *, sdd_mm: float, detector_width_mm: float, 
     """Evenly spaced gantry angles covering a short scan (pi plus the full fan angle): (n_views,) float64."""
     fan = 2.0 * math.atan(detector_width_mm / 2.0 / sdd_mm)
     return start_rad + torch.linspace(0.0, math.pi + fan, n_views, dtype=torch.float64)
+
+
+def views_missing_volume(volume, cameras: Cameras) -> List[bool]:
+    """For each view, True when no pixel ray (a segment from the source to the detector) can meet the
+    volume's grid box: the box lies wholly behind the source, wholly beyond the detector plane, or in
+    front of the source with the bounding box of its projected corners off the detector. Conservative:
+    False means "may see it".
+
+    volume: anything with ``corners_ras() -> (8, 3)`` RAS mm (a :class:`~XRayNeRFLib.volume.Volume`).
+    returns: V booleans, in view order."""
+    # In the cameras' own dtype: Cameras.to(float64) of float32 cameras fails validation.
+    corners = volume.corners_ras().to(device=cameras.device, dtype=cameras.dtype)
+    pix, depth = cameras.project(corners)  # (V, 8, 2), (V, 8) depth in mm along the camera z axis
+    w, h = cameras.size_px
+    missing = []
+    for v in range(len(cameras)):
+        d = depth[v]
+        if bool((d <= 0).all()) or bool((d >= cameras.sdd_mm[v]).all()):
+            missing.append(True)
+            continue
+        if bool((d <= 0).any()):
+            missing.append(False)  # the box surrounds the source plane: projections are not bounded
+            continue
+        lo, hi = pix[v].amin(0), pix[v].amax(0)
+        overlap = bool(hi[0] >= -0.5 and lo[0] <= w - 0.5 and hi[1] >= -0.5 and lo[1] <= h - 0.5)
+        missing.append(not overlap)
+    return missing

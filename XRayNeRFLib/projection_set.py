@@ -31,11 +31,31 @@ from .dicom_xray import GeometryOverrides, read_dicom_series
 from .geometry import Cameras
 from .geometry_io import load_geometry, ours_from_rtk_layout, rtk_layout_from_ours, save_geometry
 from .intensities import to_line_integrals
-from .projections_io import STACK_EXTENSIONS, check_projections_match, load_projection_stack, projection_stack_metadata, save_projection_stack
+from .projections_io import (
+    STACK_EXTENSIONS,
+    check_projections_match,
+    load_projection_stack,
+    projection_stack_metadata,
+    save_projection_stack,
+)
 
-__all__ = ["ProjectionSet", "IMAGE_FOLDER_EXTENSIONS", "read_image_folder"]
+__all__ = ["ProjectionSet", "IMAGE_FOLDER_EXTENSIONS", "STACK_INPUT_EXTENSIONS", "is_stack_input", "read_image_folder"]
 
 IMAGE_FOLDER_EXTENSIONS = (".tif", ".tiff", ".png")
+# Stacks that can be read: the written ones plus MetaImage's two-file .mhd (+ .raw), which RTK and ITK tools
+# write and SimpleITK reads (it is only refused as an output, see projections_io.stack_extension).
+STACK_INPUT_EXTENSIONS = STACK_EXTENSIONS + (".mhd",)
+
+
+def is_stack_input(path: str) -> bool:
+    """True when ``path`` names a projection stack to read with :meth:`ProjectionSet.from_stack` (a file
+    ending in one of :data:`STACK_INPUT_EXTENSIONS`, or a folder holding .tif/.tiff/.png images), False
+    for anything else (DICOM files and directories). The one rule the command line uses to tell the two
+    input kinds apart."""
+    path = str(path)
+    if os.path.isdir(path):
+        return any(n.lower().endswith(IMAGE_FOLDER_EXTENSIONS) and not n.startswith(".") for n in os.listdir(path))
+    return path.lower().endswith(STACK_INPUT_EXTENSIONS)
 
 
 @dataclass

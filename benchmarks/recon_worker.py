@@ -39,7 +39,7 @@ def run(cfg: dict) -> None:
     torch.set_num_threads(int(cfg.get("threads", 2)))
     from XRayNeRFLib.geometry_io import load_geometry
     from XRayNeRFLib.recon.fdk import fdk
-    from XRayNeRFLib.recon.optimise import FitSettings
+    from XRayNeRFLib.recon.optimize import FitSettings
     from XRayNeRFLib.recon.voxel import reconstruct_voxel
     from XRayNeRFLib.volume import Volume
 

@@ -21,7 +21,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from XRayNeRFLib import cli
+from XRayNeRFLib.cli import common as cli_common
 from XRayNeRFLib.cli import main
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.geometry_io import cameras_to_json, load_geometry, rtk_default_origin_mm, save_geometry
@@ -274,7 +274,7 @@ def test_drr_cancel_during_render_leaves_nothing(case, capsys, monkeypatch):
         calls.append(p.done)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.TextProgress, "__call__", interrupt)
+    monkeypatch.setattr(cli_common.TextProgress, "__call__", interrupt)
     out = case["dir"] / "cancelled.mha"
     before = _files(case["dir"])
     rc = main(["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(out)])

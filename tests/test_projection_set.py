@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
+import dicom_factory as fac
 import numpy as np
 import pytest
 import torch
-
-import dicom_factory as fac
 from dicom_factory import SDD, SID, SIZE, SPACING, drr, normalized_p, truth_cameras
-from XRayNeRFLib.cli_inputs import add_subcommands, run_convert
+
+from XRayNeRFLib.cli import main
 from XRayNeRFLib.geometry_io import save_geometry
 from XRayNeRFLib.intensities import intensities_from_line_integrals
 from XRayNeRFLib.projection_set import ProjectionSet
@@ -31,13 +30,6 @@ def rotational(tmp_path_factory):
     path = fac.write_xray(str(d / "run.dcm"), stored, primary_deg=ANGLES[0], secondary_deg=10.0, primary_increments=ANGLES - ANGLES[0],
                           sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LIN", sign=1)
     return path, cams, p
-
-
-def _parser():
-    parser = argparse.ArgumentParser(prog="xraynerf")
-    sub = parser.add_subparsers(dest="command")
-    add_subcommands(sub)
-    return parser
 
 
 def _files(directory):
@@ -111,22 +103,19 @@ def test_stack_geometry_mismatches_are_refused(rotational, tmp_path):
 def test_cli_convert_and_info(rotational, tmp_path, capsys):
     path, cams, p = rotational
     out, geom = str(tmp_path / "proj.nrrd"), str(tmp_path / "geom.json")
-    args = _parser().parse_args(["convert", path, "--out", out, "--geometry-out", geom])
-    assert args.func(args) == 0
+    assert main(["convert", path, "--out", out, "--geometry-out", geom]) == 0
     text = capsys.readouterr().out
     assert "4 views" in text and "wrote" in text
     back = ProjectionSet.from_stack(out, geom)
     assert (back.images - p).abs().max() < 0.01
     assert (normalized_p(back.cameras) - normalized_p(cams)).abs().max() < 1e-6
 
-    args = _parser().parse_args(["info", path])
-    assert args.func(args) == 0
+    assert main(["info", path]) == 0
     text = capsys.readouterr().out
     for needle in ("4 views", "64 x 48", "pixel spacing [column, row]: 9, 10 mm", "source-detector distance: 1200 mm",
                    "intensity relationship: LIN", "assumptions:", "radiological layout", "  60  "):
         assert needle in text, (needle, text)
-    args = _parser().parse_args(["info", out, "--geometry", geom])
-    assert args.func(args) == 0
+    assert main(["info", out, "--geometry", geom]) == 0
     assert "4 views" in capsys.readouterr().out
 
 
@@ -137,21 +126,15 @@ def test_cli_errors_write_nothing(rotational, tmp_path, capsys):
     outdir = tmp_path / "out"
     outdir.mkdir()
     out, geom = str(outdir / "proj.mha"), str(outdir / "geom.xml")
-    args = _parser().parse_args(["convert", bare, "--out", out, "--geometry-out", geom])
-    assert run_convert(args) == 2
+    assert main(["convert", bare, "--out", out, "--geometry-out", geom]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bare.dcm" in err and "(0018,1110)" in err and "--sdd-mm" in err
     assert _files(outdir) == []
     # the flag named in the message works
-    args = _parser().parse_args(["convert", bare, "--out", out, "--geometry-out", geom, "--sdd-mm", "1200", "--quiet"])
-    assert args.func(args) == 0 and _files(outdir) == ["geom.xml", "proj.mha"]
+    assert main(["convert", bare, "--out", out, "--geometry-out", geom, "--sdd-mm", "1200", "--quiet"]) == 0 and _files(outdir) == ["geom.xml", "proj.mha"]
     # a failing stack write leaves neither file (nor temporaries) behind
-    args = _parser().parse_args(["convert", path, "--out", str(tmp_path / "missing" / "p.mha"), "--geometry-out", str(outdir / "g2.json")])
-    assert args.func(args) == 2
+    assert main(["convert", path, "--out", str(tmp_path / "missing" / "p.mha"), "--geometry-out", str(outdir / "g2.json")]) == 2
     assert _files(outdir) == ["geom.xml", "proj.mha"]
-    args = _parser().parse_args(["convert", path, "--out", str(outdir / "p.png"), "--geometry-out", str(outdir / "g3.json")])
-    assert args.func(args) == 2 and "use one of" in capsys.readouterr().err
-    args = _parser().parse_args(["info", str(outdir / "proj.mha")])
-    assert args.func(args) == 2 and "--geometry" in capsys.readouterr().err
-    args = _parser().parse_args(["convert", path, "--out", out, "--geometry-out", geom, "--pixel-spacing-mm", "1", "2", "3"])
-    assert args.func(args) == 2 and "--pixel-spacing-mm" in capsys.readouterr().err
+    assert main(["convert", path, "--out", str(outdir / "p.png"), "--geometry-out", str(outdir / "g3.json")]) == 2 and "use one of" in capsys.readouterr().err
+    assert main(["info", str(outdir / "proj.mha")]) == 2 and "--geometry" in capsys.readouterr().err
+    assert main(["convert", path, "--out", out, "--geometry-out", geom, "--pixel-spacing-mm", "1", "2", "3"]) == 2 and "--pixel-spacing-mm" in capsys.readouterr().err

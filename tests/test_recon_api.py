@@ -16,7 +16,7 @@ from XRayNeRFLib.progress import Cancelled  # noqa: E402
 from XRayNeRFLib.recon.api import reconstruct  # noqa: E402
 from XRayNeRFLib.recon.fdk import fdk  # noqa: E402
 from XRayNeRFLib.recon.fov import default_grid  # noqa: E402
-from XRayNeRFLib.recon.optimise import FitSettings  # noqa: E402
+from XRayNeRFLib.recon.optimize import FitSettings  # noqa: E402
 from XRayNeRFLib.recon.voxel import reconstruct_voxel  # noqa: E402
 from XRayNeRFLib.volume import mu_water_per_mm  # noqa: E402
 

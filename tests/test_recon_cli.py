@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import dicom_factory as fac  # noqa: E402
 from recon_phantoms import analytic_projections, ground_truth, orbit  # noqa: E402
 
-from XRayNeRFLib import cli_recon  # noqa: E402
 from XRayNeRFLib.cli import main  # noqa: E402
+from XRayNeRFLib.cli import reconstruct as cli_recon  # noqa: E402
 from XRayNeRFLib.projection_set import ProjectionSet  # noqa: E402
 from XRayNeRFLib.recon.fov import default_grid  # noqa: E402
 from XRayNeRFLib.volume import Volume, load_volume, save_volume  # noqa: E402

@@ -217,10 +217,10 @@ def test_cli_window_cutoff_flag():
     """--window-cutoff reaches fdk's window_cutoff and is refused with the iterative methods."""
     import argparse
 
-    from XRayNeRFLib import cli_recon
+    from XRayNeRFLib.cli import reconstruct as cli_recon
 
     top = argparse.ArgumentParser()
-    cli_recon.add_subcommands(top.add_subparsers(dest="command"))
+    cli_recon.add_parser(top.add_subparsers(dest="command"))
     base = ["reconstruct", "--projections", "p.mha", "--geometry", "g.json", "--out", "o.nrrd"]
     opts = cli_recon._options(top.parse_args(base + ["--method", "fdk", "--window", "hann", "--window-cutoff", "0.5"]))
     assert opts["window"] == "hann" and opts["window_cutoff"] == 0.5

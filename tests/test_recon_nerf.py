@@ -425,11 +425,11 @@ def test_normalize_default_off_and_cli_switch():
     --no-normalize set the switch for nerf and are refused with the other methods."""
     import argparse
 
-    from XRayNeRFLib import cli_recon
+    from XRayNeRFLib.cli import reconstruct as cli_recon
 
     assert NerfSettings().normalize is False and NerfSettings().mci == "default"
     top = argparse.ArgumentParser()
-    cli_recon.add_subcommands(top.add_subparsers(dest="command"))
+    cli_recon.add_parser(top.add_subparsers(dest="command"))
     base = ["reconstruct", "--projections", "p.mha", "--geometry", "g.json", "--out", "o.nrrd"]
     assert "normalize" not in cli_recon._options(top.parse_args(base + ["--method", "nerf"]))
     assert cli_recon._options(top.parse_args(base + ["--method", "nerf", "--normalize"]))["normalize"] is True

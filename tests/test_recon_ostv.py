@@ -319,10 +319,10 @@ def test_cli_os_tv_flags():
     with --solver adam."""
     import argparse
 
-    from XRayNeRFLib import cli_recon
+    from XRayNeRFLib.cli import reconstruct as cli_recon
 
     top = argparse.ArgumentParser()
-    cli_recon.add_subcommands(top.add_subparsers(dest="command"))
+    cli_recon.add_parser(top.add_subparsers(dest="command"))
     base = ["reconstruct", "--projections", "p.mha", "--geometry", "g.json", "--out", "o.nrrd", "--method", "voxel"]
     opts = cli_recon._options(top.parse_args(base + ["--solver", "os-tv", "--backprojector", "matched", "--coarse-passes", "2"]))
     assert opts["backprojector"] == "matched" and opts["coarse_passes"] == 2 and opts["solver"] == "os-tv"

@@ -14,7 +14,7 @@ from recon_phantoms import analytic_projections, ground_truth, orbit, psnr  # no
 
 from XRayNeRFLib.recon.fdk import fdk  # noqa: E402
 from XRayNeRFLib.recon.fov import default_grid  # noqa: E402
-from XRayNeRFLib.recon.optimise import FitSettings  # noqa: E402
+from XRayNeRFLib.recon.optimize import FitSettings  # noqa: E402
 from XRayNeRFLib.recon.voxel import reconstruct_voxel  # noqa: E402
 
 
@@ -163,7 +163,7 @@ def test_fit_carry_continues_adam_across_fits(sparse):
     """Two fits sharing ``carry`` (full batch, constant lr) end exactly where one fit of their summed steps
     ends: the Adam moments, step counts and learned weights continue instead of restarting (the nerf
     coarse-to-fine stages rely on it); without carry the second fit restarts Adam and lands elsewhere."""
-    from XRayNeRFLib.recon.optimise import fit
+    from XRayNeRFLib.recon.optimize import fit
     from XRayNeRFLib.recon.voxel import VoxelGrid
 
     cams, proj, like, _ = sparse

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from XRayNeRFLib.cli_register import main
+from XRayNeRFLib.cli import main as xraynerf
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration.pose import pose_errors
 from XRayNeRFLib.registration.simulate import perturb_pose, resample_volume, simulate_xray
@@ -16,6 +16,11 @@ from XRayNeRFLib.registration.transform_io import read_ct_correction
 from XRayNeRFLib.volume import as_mu, load_volume, save_volume
 
 sitk = pytest.importorskip("SimpleITK")
+
+
+def main(argv):
+    """``xraynerf register ARGV``."""
+    return xraynerf(["register", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +178,7 @@ def test_register_with_nett_weights_and_a_bad_weights_file(files, capsys):
 def test_init_pose_with_7_significant_digits_is_accepted(tmp_path):
     """--init written with 7 significant digits (or from float32) is snapped, not refused; a sheared
     one is refused by the same rule (XRayNeRFLib.geometry.nearest_rigid)."""
-    from XRayNeRFLib.cli_register import read_init_json
+    from XRayNeRFLib.cli.register import read_init_json
     from XRayNeRFLib.errors import GeometryError
 
     w = Cameras.carm(12.0, -7.0, sid_mm=650, sdd_mm=1020, size_px=(8, 8), pixel_spacing_mm=1.0,
@@ -190,3 +195,63 @@ def test_init_pose_with_7_significant_digits_is_accepted(tmp_path):
     path.write_text(json.dumps({"world_from_camera": sheared.tolist()}))
     with pytest.raises(GeometryError, match="not rigid"):
         read_init_json(str(path))
+
+
+def _landmark_file(files, path, n=6, noise_px=0.3, **override):
+    """Pairs from 6 CT points inside the body projected by the true camera, with seeded pixel noise."""
+    from XRayNeRFLib.registration.simulate import landmarks
+
+    vol = as_mu(load_volume(files["ct"]))
+    pts = landmarks(vol, n, seed=5)
+    cam = Cameras(files["truth"][None], 1020.0, (8.0, 8.0), (37.0, 28.5), (72, 60))
+    g = torch.Generator().manual_seed(0)
+    pix = cam.project(pts)[0][0] + noise_px * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    pairs = [{"label": f"L{i}", "ct_mm": p.tolist(), "pixel": q.tolist()} for i, (p, q) in enumerate(zip(pts, pix))]
+    for i, pair in override.items():
+        pairs[int(i[1:])].update(pair)
+    path.write_text(json.dumps({"frame": "RAS", "pairs": pairs}))
+    return str(path)
+
+
+def test_landmarks_set_the_start_pose_and_the_correction_keeps_the_nominal_reference(files, capsys):
+    """--init 30 deg / 60 mm off (outside the optimiser's reach) with --landmarks: the start comes from the
+    landmarks, the result is within 1 mm / 1 deg, and ct_correction_ras is relative to the --init pose."""
+    d = files["dir"]
+    far = perturb_pose(files["truth"], files["centre"], 30.0, 60.0, np.random.default_rng(3))
+    far_json = d / "init_far_lm.json"
+    far_json.write_text(json.dumps({"world_from_camera": far.tolist()}))
+    out = d / "result_lm.json"
+    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", str(far_json),
+               "--landmarks", _landmark_file(files, d / "lm.json"), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "landmark start from 6 pairs: reprojection RMS" in err
+    res = json.loads(out.read_text())
+    e = pose_errors(torch.tensor(res["world_from_camera"], dtype=torch.float64), files["truth"], files["centre"])
+    assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 1.0, e
+    start = res["landmark_start"]
+    assert start["rms_px"] < 1.0 and len(start["pairs"]) == 6 and start["pairs"][0]["label"] == "L0"
+    assert torch.allclose(torch.tensor(res["initial_world_from_camera"]), torch.tensor(start["world_from_camera"]))
+    expected = far @ torch.linalg.inv(torch.tensor(res["world_from_camera"], dtype=torch.float64))
+    assert torch.allclose(torch.tensor(res["ct_correction_ras"], dtype=torch.float64), expected, atol=1e-6)
+
+
+def test_landmarks_without_init_and_bad_landmark_files(files, capsys):
+    d = files["dir"]
+    out = d / "result_lm_noinit.json"
+    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--landmarks",
+               _landmark_file(files, d / "lm2.json"), "--out", str(out), "--levels", "4", "--iterations", "2", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    # No nominal pose: the correction is relative to the landmark start.
+    expected = torch.tensor(res["landmark_start"]["world_from_camera"], dtype=torch.float64) @ torch.linalg.inv(
+        torch.tensor(res["world_from_camera"], dtype=torch.float64))
+    assert torch.allclose(torch.tensor(res["ct_correction_ras"], dtype=torch.float64), expected, atol=1e-6)
+    few = d / "lm_few.json"
+    few.write_text(json.dumps({"pairs": json.loads(Path(_landmark_file(files, d / "lm3.json")).read_text())["pairs"][:3]}))
+    assert "3 landmark pairs: a pose needs at least 4" in run_bad(files, capsys, **{"--landmarks": str(few)})
+    outside = _landmark_file(files, d / "lm_out.json", L2={"pixel": [80.0, 10.0]})
+    assert "landmark 2 (L2): pixel [column, row] = [80, 10] lies outside the 72 x 60 X-ray" in run_bad(
+        files, capsys, **{"--landmarks": outside})
+    nan = _landmark_file(files, d / "lm_nan.json", L1={"ct_mm": [float("nan"), 0.0, 0.0]})  # json writes NaN
+    assert "landmark 1 (L1): the CT point [nan, 0.0, 0.0] (RAS mm) is not finite" in run_bad(files, capsys, **{"--landmarks": nan})

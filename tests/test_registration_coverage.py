@@ -39,7 +39,7 @@ def test_covered_rays_cross_the_whole_box_along_the_beam(angles):
     cam = pa_camera(*angles)
     cover = ct_coverage_mask(ct, cam)[0]
     assert 0.2 < float(cover.float().mean()) < 0.8, "the CT must end inside the field for this test to mean something"
-    chord = render(ct, cam, method="siddon")[0]  # mm of CT along each ray (mu = 1)
+    chord = render(ct, cam, renderer="siddon")[0]  # mm of CT along each ray (mu = 1)
     # Full chord along j: the ray's parameter span between the faces j = -0.5 and j = n_j - 0.5.
     grid = cam.pixel_grid().reshape(-1, 2)
     cam_xy = (grid - cam.principal_point_px[0]) * cam.pixel_spacing_mm[0]

@@ -71,14 +71,14 @@ def test_noisy_pairs_reach_the_least_squares_optimum_within_bound():
         true_rms = float((cam.project(pts)[0][0] - pix).norm(dim=-1).pow(2).mean().sqrt())
         assert res.rms_px <= true_rms + 1e-9
 
-        def f(x, p=pts.numpy(), q=pix.numpy()):
+        def f(x, p, q):
             c = p @ Rotation.from_rotvec(x[:3]).as_matrix().T + x[3:]
             uv = c @ k.T
             return (uv[:, :2] / uv[:, 2:3] - q).ravel()
 
         cw = rigid_inverse(w_true).numpy()
         sol = least_squares(f, np.concatenate([Rotation.from_matrix(cw[:3, :3]).as_rotvec(), cw[:3, 3]]), method="lm",
-                            xtol=1e-15, ftol=1e-15, gtol=1e-15)
+                            xtol=1e-15, ftol=1e-15, gtol=1e-15, args=(pts.numpy(), pix.numpy()))
         ours = rigid_inverse(res.world_from_camera).numpy()
         assert np.abs(ours[:3, :3] - Rotation.from_rotvec(sol.x[:3]).as_matrix()).max() < 1e-7
         assert np.abs(ours[:3, 3] - sol.x[3:]).max() < 1e-4  # mm

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from XRayNeRFLib.registration.intensity import bin_image, collimator_mask, equalise, invert, log_linearise
+from XRayNeRFLib.registration.intensity import bin_image, collimator_mask, equalize, invert, log_linearize
 from XRayNeRFLib.registration.losses import (
     LOSS_NAMES,
     gradient_ncc,
@@ -90,8 +90,8 @@ def test_mi_invariant_to_monotone_gray_curves():
     mixed = 0.6 * a + 0.4 * b  # partly related to a
     curve = lambda x: torch.exp(3 * (x - x.min()) / (x.max() - x.min()))  # noqa: E731 (convex, monotone)
     # Exact: after histogram equalisation a monotone curve changes nothing.
-    mi_ref = mutual_information(equalise(mixed), a)
-    mi_curved = mutual_information(equalise(curve(mixed)), a)
+    mi_ref = mutual_information(equalize(mixed), a)
+    mi_curved = mutual_information(equalize(curve(mixed)), a)
     assert float(mi_curved) == pytest.approx(float(mi_ref), rel=1e-12)
     # Approximate without equalisation: MI of a with curve(a) stays the optimum (self-information level),
     # while NCC drops.
@@ -106,7 +106,7 @@ def test_mi_invariant_to_monotone_gray_curves():
 def test_intensity_helpers():
     line = smooth_image(0)
     intensity = 1000.0 * torch.exp(-line)
-    assert torch.allclose(log_linearise(intensity, 1000.0), line, atol=1e-12)
+    assert torch.allclose(log_linearize(intensity, 1000.0), line, atol=1e-12)
     img = torch.zeros(30, 40, dtype=torch.float64)
     img[5:25, 8:33] = smooth_image(1, 20, 25) + 0.1
     m = collimator_mask(img)

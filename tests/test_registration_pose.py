@@ -9,7 +9,7 @@ import torch
 
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration.pose import (
-    PoseParametrisation,
+    PoseParametrization,
     check_rigid,
     pose_errors,
     so3_exp,
@@ -49,7 +49,7 @@ def carm_pose():
 def test_parameters_round_trip_and_meaning():
     w0 = carm_pose()
     centre = torch.tensor([12.0, -3.0, 25.0], dtype=torch.float64)
-    p = PoseParametrisation(w0, centre, rotation_scale_rad=math.radians(2.0), translation_scale_mm=(1.0, 1.0, 5.0))
+    p = PoseParametrization(w0, centre, rotation_scale_rad=math.radians(2.0), translation_scale_mm=(1.0, 1.0, 5.0))
     x = torch.tensor([1.5, -2.0, 0.7, 3.0, -4.0, 2.0], dtype=torch.float64)
     w = p.world_from_camera(x)
     check_rigid(w)
@@ -72,7 +72,7 @@ def test_parameters_round_trip_and_meaning():
 
 
 def test_pose_gradcheck():
-    p = PoseParametrisation(carm_pose(), torch.zeros(3), math.radians(1.0), 1.0)
+    p = PoseParametrization(carm_pose(), torch.zeros(3), math.radians(1.0), 1.0)
     x = torch.tensor([0.5, -0.3, 0.2, 1.0, 2.0, -1.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(p.world_from_camera, (x,))
 
@@ -80,7 +80,7 @@ def test_pose_gradcheck():
 def test_errors_and_tre():
     w0 = carm_pose()
     centre = torch.tensor([12.0, -3.0, 25.0], dtype=torch.float64)
-    p = PoseParametrisation(w0, centre)
+    p = PoseParametrization(w0, centre)
     w = p.world_from_camera(torch.tensor([0, 0, 0, 3.0, 4.0, 0], dtype=torch.float64))
     e = pose_errors(w, w0, centre)
     assert e["rotation_deg"] == pytest.approx(0.0, abs=1e-9) and e["translation_mm"] == pytest.approx(5.0)
@@ -109,7 +109,7 @@ def test_non_rigid_and_bad_inputs():
     with pytest.raises(ValueError, match="last row"):
         check_rigid(bad, "init")
     with pytest.raises(ValueError, match="rotation centre"):
-        PoseParametrisation(w, torch.zeros(2))
+        PoseParametrization(w, torch.zeros(2))
 
 
 def _rounded(m: torch.Tensor, digits: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from XRayNeRFLib.geometry import Cameras
-from XRayNeRFLib.registration.pose import PoseParametrisation
+from XRayNeRFLib.registration.pose import PoseParametrization
 from XRayNeRFLib.registration.transform_io import read_ct_correction, write_ct_correction
 from XRayNeRFLib.render import render
 from XRayNeRFLib.volume import Volume, load_volume, save_volume
@@ -18,7 +18,7 @@ sitk = pytest.importorskip("SimpleITK")
 
 
 def rigid(seed=0):
-    p = PoseParametrisation(torch.eye(4, dtype=torch.float64), torch.tensor([5.0, -10.0, 20.0]))
+    p = PoseParametrization(torch.eye(4, dtype=torch.float64), torch.tensor([5.0, -10.0, 20.0]))
     x = torch.tensor([4.0, -3.0, 6.0, 7.0, -5.0, 3.0], dtype=torch.float64)
     return p.correction(x)
 
@@ -57,7 +57,7 @@ def test_resampled_ct_seen_from_the_initial_camera_matches_the_registered_drr(tm
     save_volume(vol, src)
     centre = vol.center_ras().double()
     cam = Cameras.carm(15.0, 10.0, sid_mm=500, sdd_mm=900, size_px=(48, 48), pixel_spacing_mm=3.0, isocenter_ras=centre, dtype=torch.float64)
-    param = PoseParametrisation(cam.world_from_camera[0], centre, math.radians(1.0), 1.0)
+    param = PoseParametrization(cam.world_from_camera[0], centre, math.radians(1.0), 1.0)
     x = torch.tensor([6.0, -4.0, 8.0, 5.0, -3.0, 4.0], dtype=torch.float64)
     registered = Cameras(param.world_from_camera(x)[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
     drr_registered = render(vol.to(dtype=torch.float64), registered, method="siddon")[0]

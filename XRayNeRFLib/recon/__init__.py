@@ -10,8 +10,8 @@ All inputs are line integrals (V, H, W) in our camera convention; outputs are :c
 (1/mm) with ``ras_from_ijk`` in patient RAS mm.
 """
 
+from .api import ReconstructionResult, reconstruct  # noqa: F401
 from .fdk import fdk, line_integrals_from_intensities  # noqa: F401
 from .fov import analyse_orbit, default_grid  # noqa: F401
-from .voxel import reconstruct_voxel  # noqa: F401
-from .api import ReconstructionResult, reconstruct  # noqa: F401
 from .uncertainty import EnsembleResult, ensemble, jackknife_std, leave_out_groups, spearman  # noqa: F401
+from .voxel import reconstruct_voxel  # noqa: F401

@@ -27,13 +27,13 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import ProgressCallback
+from ..render import DEFAULT_RENDERER, RENDERERS
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, mu_to_hu, mu_water_per_mm
-from .fdk import check_projections
+from .checks import check_masks, check_projections
 from .fov import default_grid
-from .optimise import FitHistory, FitSettings
+from .optimize import FitHistory, FitSettings
 from .uncertainty import ensemble
 from .voxel import VOXEL_SOLVERS as _VOXEL_SOLVERS
-from .voxel import check_masks
 
 __all__ = ["ReconstructionResult", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "VOXEL_SOLVERS", "NERF_FIT_OPTIONS"]
 
@@ -45,7 +45,6 @@ _OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statisti
               "bp_cache_mb", "max_memory_mb")
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
-DEFAULT_RENDERER = "trilinear"  # projector of the iterative methods when none is named
 DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (ostv.default_passes: 12 at 30 views) for it; Adam steps (300) for "adam"
 NERF_FIT_OPTIONS = _FIT_KEYS  # plus every NerfSettings field (normalize, mci, levels, ...)
 
@@ -115,9 +114,9 @@ def reconstruct(
     cameras: the V views. method: "fdk" | "voxel" | "nerf".
     volume / grid / spacing_mm: output grid (its data is ignored); default the scanned cylinder with
         ``grid`` voxels across (128) or ``spacing_mm`` (see :func:`fov.default_grid`).
-    renderer: "trilinear" (default) | "siddon" (iterative methods): on the chest benchmark trilinear ray
-        marching reconstructs as well as the exact Siddon path lengths (OS-TV 35.68 vs 35.29 dB) and ~4x
-        faster with os-tv, 2x with adam. iterations: default the method's: for voxel's
+    renderer: "trilinear" (:data:`DEFAULT_RENDERER`) | "siddon", the projector of the iterative methods: on the chest
+        benchmark trilinear ray marching reconstructs as well as the exact Siddon path lengths and several times faster
+        (benchmarks/RESULTS_reconstruction.md). iterations: default the method's: for voxel's
         "os-tv" solver (the default) passes over all views, ostv.default_passes (12 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
         Adam steps (300). units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
@@ -135,7 +134,7 @@ def reconstruct(
           tv_inner (FGP iterations per TV step, 3), tv_steps_per_pass (1), statistical_weights (False:
           w = exp(-p) when True), momentum (True), backprojector ("voxel" | "matched"), coarse_passes (0),
           relaxation_decay (0), bp_cache_mb (back projector cache, 1024), max_memory_mb (renderer chunk bound, 1024);
-        - solver "adam" (:mod:`optimise`): lr, tv_weight (1.0), rays_per_view, learned_weights,
+        - solver "adam" (:mod:`optimize`): lr, tv_weight (1.0), rays_per_view, learned_weights,
           final_lr_fraction, positivity ("softplus" | "sigmoid"), coarse_to_fine;
         options of the other solver raise ValueError; nerf: the same fit settings and any ``NerfSettings`` field
         (normalize, mci, ...); all: energy_kev (HU conversion). Unknown keys raise ValueError.
@@ -145,15 +144,15 @@ def reconstruct(
         raise ValueError(f"unknown reconstruction method {method!r}; use one of {', '.join(METHODS)}")
     if units not in ("mu", "hu"):
         raise ValueError(f"units must be 'mu' (1/mm) or 'hu', got {units!r}")
-    if renderer not in ("siddon", "trilinear"):
-        raise ValueError(f"unknown renderer {renderer!r}; use 'siddon' or 'trilinear'")
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; use one of {', '.join(RENDERERS)}")
     if iterations is not None and int(iterations) < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     options = dict(options or {})
     _check_options(method, options)
     energy = float(options.pop("energy_kev", DEFAULT_EFFECTIVE_ENERGY_KEV))
     mu_water_per_mm(energy)  # validates the energy range before any work
-    projections = check_projections(projections, cameras)
+    projections = check_projections(projections, cameras)  # once per request: the methods get checked=True
     masks = check_masks(masks, projections)
     if masks is not None and method == "fdk":
         warnings.warn(
@@ -200,7 +199,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
     if method == "fdk":
         from .fdk import fdk
 
-        vol = fdk(projections, cameras, volume=like, progress=progress, **options)
+        vol = fdk(projections, cameras, volume=like, progress=progress, checked=True, **options)
         return vol, None, False
     if method == "voxel":
         from .voxel import reconstruct_voxel
@@ -220,7 +219,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
             ostv = OSTVSettings(renderer=renderer, **kw)
             vol, hist = reconstruct_voxel(
                 projections, cameras, volume=like, masks=masks, progress=progress, return_history=True, solver="os-tv", ostv=ostv,
-                init=options.get("init", "fdk"),
+                init=options.get("init", "fdk"), checked=True,
             )
             return vol, hist, hist.cancelled
         if any(k in options for k in _OSTV_KEYS):
@@ -229,7 +228,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
         settings = _fit_settings(FitSettings, iterations, renderer, seed, options)
         extra = {k: options[k] for k in ("init", "positivity", "coarse_to_fine") if k in options}
         vol, hist = reconstruct_voxel(
-            projections, cameras, volume=like, settings=settings, masks=masks, progress=progress, return_history=True, **extra
+            projections, cameras, volume=like, settings=settings, masks=masks, progress=progress, return_history=True, checked=True, **extra
         )
         return vol, hist, hist.cancelled
     nerf = _nerf_module()
@@ -244,5 +243,5 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
                 RuntimeWarning,
                 stacklevel=3,
             )
-    vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, **kw)
+    vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, checked=True, **kw)
     return vol, hist, bool(getattr(hist, "cancelled", False))

@@ -30,34 +30,10 @@ from ..geometry import Cameras
 from ..progress import ProgressCallback, report
 from ..volume import Volume
 from .backproject import VoxelBackprojector
-from .fov import analyse_orbit, cameras_float64, check_fov_hits_object, default_grid
+from .checks import check_projections  # noqa: F401  (also re-exported: older code imports it from here)
+from .fov import analyse_orbit, cameras_float64, default_grid
 
 WINDOWS = ("ram-lak", "shepp-logan", "hann")
-
-
-def check_projections(projections: Tensor, cameras: Cameras, name: str = "projections") -> Tensor:
-    """Validate line integrals against the cameras: (V, H, W) finite. Negative values (noise on empty
-    detector regions) are allowed but a stack mostly negative is refused (intensities passed instead of
-    line integrals, or a flipped sign)."""
-    if not isinstance(projections, Tensor):
-        projections = torch.as_tensor(projections)
-    if projections.ndim != 3:
-        raise ValueError(f"{name} must be (views, rows, columns), got shape {tuple(projections.shape)}")
-    v, h, w = projections.shape
-    if v != len(cameras) or (w, h) != tuple(cameras.size_px):
-        raise ValueError(
-            f"{name} ({v} views of {h} rows x {w} columns) and geometry ({len(cameras)} views of "
-            f"{cameras.height} rows x {cameras.width} columns) disagree: load the geometry that belongs to these projections"
-        )
-    if not torch.isfinite(projections).all():
-        n = int((~torch.isfinite(projections)).sum())
-        raise ValueError(f"{name} contain {n} NaN or infinite pixels; fix or drop those views before reconstructing")
-    if float((projections < 0).float().mean()) > 0.5:
-        raise ValueError(
-            f"more than half of the {name} are negative: these are not line integrals (-log(I/I0)); convert "
-            "intensities with line_integrals_from_intensities"
-        )
-    return projections
 
 
 def line_integrals_from_intensities(intensities: Tensor, i0: float, *, floor: float = 0.5) -> Tensor:
@@ -131,6 +107,7 @@ def fdk(
     short_scan: Optional[bool] = None,
     max_memory_mb: float = 256.0,
     progress: ProgressCallback = None,
+    checked: bool = False,
 ) -> Volume:
     """FDK reconstruction.
 
@@ -144,10 +121,11 @@ def fdk(
         :func:`ramp_filter_response`).
     short_scan: force Parker weighting on/off; default: on when the views cover less than 360 degrees.
     progress: called per view; returning False raises ``Cancelled`` (a partial FDK is meaningless).
+    checked: the caller already ran :func:`checks.check_projections` on these inputs.
     returns: Volume of mu (1/mm), float32, on the given grid.
     """
-    projections = check_projections(projections, cameras)
-    check_fov_hits_object(projections)
+    if not checked:
+        projections = check_projections(projections, cameras)
     if window not in WINDOWS:
         raise ValueError(f"unknown ramp window {window!r}; use one of {WINDOWS}")
     check_window_cutoff(window_cutoff)

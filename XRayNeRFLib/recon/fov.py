@@ -8,7 +8,6 @@ isocentre is the point nearest (least squares) to all principal rays.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -191,14 +190,3 @@ def default_grid(
     a[:3, :3] = frame
     a[:3, 3] = orbit.isocenter - frame @ centre_ijk
     return Volume(torch.zeros(nk, n, n, dtype=dtype), a.to(dtype))
-
-
-def check_fov_hits_object(projections: Tensor, threshold: float = 1e-3) -> None:
-    """Warn when the line integrals are (nearly) all zero: the views probably miss the object."""
-    if float(projections.abs().max()) < threshold:
-        warnings.warn(
-            "the projections are (nearly) empty (max line integral below 1e-3): the object is outside the "
-            "field of view, or intensities were passed as line integrals",
-            RuntimeWarning,
-            stacklevel=3,
-        )

@@ -139,7 +139,7 @@ class _GridEncode(torch.autograd.Function):
         f = table.shape[0]
         k, j, i = plan.shape
         out = table.new_empty(len(field.res) * f, k, j, i)
-        for level, rows in enumerate(plan.table_index):
+        for level in range(len(plan.table_index)):
             v = field._vertex_block(table, plan, level)  # (F, nz, ny, nx)
             mz, my, mx = plan.interp[level]
             nz, ny, nx = v.shape[1:]

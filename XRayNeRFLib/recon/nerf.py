@@ -3,15 +3,15 @@
 mu(x) is a :class:`hashgrid.HashGridField` (multiresolution hash encoding, optional LayerNorm, small
 MLP, softplus >= 0). Rendering: each step evaluates the field on the output voxel grid (separable
 interpolation, :meth:`HashGridField.evaluate_grid`) and renders ray mini-batches of that grid with the
-exact renderer through :func:`optimise.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay),
+exact renderer through :func:`optimize.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay),
 so the data term, the TV term, the learned loss weights, progress, cancellation and the NaN checks are
 the voxel method's. By default the field first distils the Hann FDK volume (:func:`distill`, see
 ``NerfSettings.init``) and its finest level matches the output grid with every level dense.
 ``coarse_to_fine`` spends the first ``coarse_fraction`` of the steps on a grid of
 half the resolution over the same box (8x fewer field evaluations), then refines on the output grid;
-the learning rate follows one linear decay over both stages (restarting it at the full rate dropped the
-chest benchmark's PSNR from 30.1 to 28.4 dB at the switch and ended at 29.9 dB, continuing ends at
-30.5 dB) and the fine stage continues the coarse stage's Adam state (``optimise.fit``'s ``carry``).
+the learning rate follows one linear decay over both stages (restarting it at the full rate did worse
+on the chest benchmark) and the fine stage continues the coarse stage's Adam state (``optimize.fit``'s
+``carry``).
 
 Coordinates: the field's unit cube is the output box (voxel boundaries) scaled isotropically by its
 longest side, x along the grid's i axis, y along j, z along k; voxel (k, j, i) has its centre at
@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +36,11 @@ from torch import Tensor, nn
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..volume import Volume
-from .fdk import check_projections, fdk
-from .fov import check_fov_hits_object, default_grid
+from .checks import check_projections
+from .fdk import fdk
+from .fov import default_grid
 from .hashgrid import MU_SCALE, GridPlan, HashGridConfig, HashGridField
-from .optimise import FitHistory, FitSettings, fit, make_adam
+from .optimize import FitHistory, FitSettings, fit, make_adam
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
@@ -50,29 +51,23 @@ def default_mci_path(normalize: bool) -> Path:
 
 
 @dataclass
-class NerfSettings:
-    """Fitting (as :class:`optimise.FitSettings`) and hash-grid settings.
+class NerfSettings(FitSettings):
+    """Fitting settings (the fields of :class:`optimize.FitSettings`, with a smaller default ``lr``; ``seed``
+    also seeds the hash table and a random MLP) and hash-grid settings.
 
-    iterations, lr, final_lr_fraction, rays_per_view, tv_weight, learned_weights, renderer, seed,
-    report_every, snapshot_every, on_snapshot: as FitSettings (``seed`` also seeds the hash table and a
-    random MLP). levels ... hidden_layers: :class:`hashgrid.HashGridConfig` (resolutions in cells per
-    longest box side). finest_resolution None (default): the output grid's voxel count along its longest
-    side, so the finest level has one cell per voxel; log2_table_size None (default): large enough that
-    every level is dense (no hash collisions; at most 2^22 rows a level). On the chest CT at 64^3 (30 noisy
-    views, 100 steps) a finest level twice the grid's resolution in a 2^17 table (the former default:
-    four hashed levels, 16x collisions) gave 24-25 dB, the grid-matched dense layout 33.5 dB.
-    normalize: LayerNorm over the level features (the normalised encoder of arXiv 2506.19742; off by
-    default: on the chest benchmark, 128^3, 30 noisy views, 100 steps, it cost 1 dB: plain 31.53 / norm
-    30.52 dB with the shipped head, 31.33 / 30.45 dB with a random MLP; with lambda_TV 3 and one Adam
-    state across the stages 31.75 / 30.96 and 31.52 / 31.00 dB; at 64^3 plain 23.6 > norm 21.3 dB).
+    levels ... hidden_layers: :class:`hashgrid.HashGridConfig` (resolutions in cells per longest box side).
+    finest_resolution None (default): the output grid's voxel count along its longest side, so the finest
+    level has one cell per voxel; log2_table_size None (default): large enough that every level is dense
+    (no hash collisions; at most 2^22 rows a level), which scored well above a hashed, finer layout on the
+    chest benchmark.
+    normalize: LayerNorm over the level features (the normalised encoder of arXiv 2506.19742); off by
+    default, as it scored lower on the chest benchmark (rows "nerf norm" in benchmarks/RESULTS_reconstruction.md).
     mci: path of a pre-fitted head, "default" (the
     shipped Resources/Models/hashgrid_head_prior_{norm,plain}.pt, by ``normalize``; a head loads at any
     finest resolution / table size, the other layout fields must match) or None (random MLP).
-    coarse_to_fine: first ``coarse_fraction`` of the steps on a half-resolution grid (with the former
-    layout it helped, 30.1 vs 23.9 dB; chest benchmark 128^3, FDK start, 100 steps, 1 thread: 30.5 dB in 70 s
-    with it, 31.0 dB in 118 s without; at equal fitting time, ~50 s, 30.5 vs 30.35 dB). Both stages share one
-    learning-rate decay and one Adam state (``optimise.fit``'s ``carry``): restarting Adam at the switch
-    dipped (plain MCI, lambda_TV 3: 31.40 -> 31.30 dB) and ended at 31.63 instead of 31.75 dB.
+    coarse_to_fine: first ``coarse_fraction`` of the steps on a half-resolution grid. Both stages share one
+    learning-rate decay and one Adam state (``optimize.fit``'s ``carry``), which ended better than restarting
+    Adam at the switch (benchmarks/RESULTS_reconstruction.md).
     init: "fdk" (default) fits the field to the Hann FDK volume (clamped >= 0) before the projection fit:
     ``init_steps`` Adam steps at ``init_lr`` of the squared error on ``init_points`` random voxels a step
     (no rendering, cheap), the field's counterpart of the voxel method's FDK start; "none": start from
@@ -81,17 +76,7 @@ class NerfSettings:
     memory); the grid evaluation's fused head works in cache-sized blocks (hashgrid.HEAD_CHUNK) anyway.
     """
 
-    iterations: int = 300
     lr: float = 0.01
-    final_lr_fraction: float = 0.1
-    rays_per_view: Optional[int] = 256
-    tv_weight: float = 1.0
-    learned_weights: bool = False
-    renderer: str = "siddon"
-    seed: int = 0
-    report_every: int = 10
-    snapshot_every: int = 0
-    on_snapshot: Optional[Callable[[int, float, Tensor], None]] = None
     levels: int = 12
     features_per_level: int = 2
     log2_table_size: Optional[int] = None
@@ -230,6 +215,7 @@ def reconstruct_nerf(
     settings: Optional[NerfSettings] = None,
     progress: ProgressCallback = None,
     return_history: bool = False,
+    checked: bool = False,
 ):
     """Hash-grid neural-field reconstruction.
 
@@ -240,9 +226,10 @@ def reconstruct_nerf(
         the current field on the output grid (``history.cancelled``).
     returns: Volume of mu (1/mm) on the output grid (and the :class:`FitHistory`, both stages'
         steps concatenated, with ``return_history``).
+    checked: the caller already ran :func:`checks.check_projections` on these inputs.
     """
-    projections = check_projections(projections, cameras)
-    check_fov_hits_object(projections)
+    if not checked:
+        projections = check_projections(projections, cameras)
     s = settings if settings is not None else NerfSettings()
     if s.iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {s.iterations}")
@@ -254,7 +241,7 @@ def reconstruct_nerf(
     field = make_field(s, grid_cells=max(like.data.shape))
     fine_plan = field.plan_grid(grid_axes(like))
     if s.init == "fdk" and s.init_steps > 0:
-        start = fdk(projections, cameras, volume=like, window="hann").data.clamp_min(0.0)
+        start = fdk(projections, cameras, volume=like, window="hann", checked=True).data.clamp_min(0.0)
         if not distill(field, start, grid_axes(like), s.init_steps, s.init_lr, s.init_points, s.seed, progress):
             with torch.no_grad():
                 out = Volume(field.evaluate_grid(fine_plan).detach(), like.ras_from_ijk, "mu")
@@ -276,8 +263,8 @@ def reconstruct_nerf(
         offset_steps, offset_s = done, seconds_done
         last_s = [0.0]
 
-        def on_snapshot(step, sec, mu, _fine=fine, _o=offset_steps, _t=offset_s):
-            last_s[0] = sec
+        def on_snapshot(step, sec, mu, _fine=fine, _o=offset_steps, _t=offset_s, _last=last_s):
+            _last[0] = sec
             if not _fine:
                 with torch.no_grad():
                     mu = field.evaluate_grid(fine_plan)

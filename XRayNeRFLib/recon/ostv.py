@@ -60,13 +60,13 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 
 BACKPROJECTORS = ("voxel", "matched")
 DEFAULT_VIEW_UPDATES = 240  # default passes x views (see default_passes)
-MIN_DEFAULT_PASSES = 12  # 6 until 2026-12-06 (late): 35.19 dB / SSIM 0.928 at 30 views, 12 passes: 35.60 / 0.934
+MIN_DEFAULT_PASSES = 12  # the floor of default_passes (docs/reconstruction.md: why 12)
 
 __all__ = ["OSTVSettings", "default_passes", "coarse_grid", "OSTVHistory", "reconstruct_ostv", "tv_prox", "subset_order", "isotropic_tv"]
 
@@ -87,15 +87,10 @@ class OSTVSettings:
     ``on_snapshot(pass, seconds, mu)`` every that many passes (0: never) and once at the end (``seconds``:
     wall time so far without the callbacks; ``mu`` (K, J, I) float32 1/mm, detached).
 
-    Defaults (chosen on the benchmark's tuning case, chest CT 128^3, 30 noisy views of 192 x 160 px, see
-    docs/reconstruction.md; 2026-12-06, one thread on a shared machine, PSNR at 8 / 12 / 16 passes): 30
-    one-view subsets with momentum, voxel back projection, relaxation 1.4, one TV step of 3 FGP iterations
-    per pass, beta 0.00075: 35.35 / 35.77 / 35.89 dB (the previous defaults, relaxation 1.0, two TV steps,
-    beta 0.0015: 34.43 dB at 6 passes; relaxation 1.0 with these: 34.96 / 35.57 / 35.80 dB). ``passes``
-    None: :func:`default_passes` (12 at 30 views, 24 at 10: at least 12, more with fewer views; a pass costs
-    about its view count). Relaxation 1.8 is faster early (35.56 dB at 8 passes) but not stable: at 10 views it peaked at
-    30.26 dB (14 passes) and fell to 24.6 dB by 48 passes; 1.4 peaked at 30.74 dB (30-40 passes) and held
-    30.63 dB at 60; at 30 views 1.4 held 35.85 dB at 40 passes."""
+    Defaults: 30 one-view subsets with momentum, voxel back projection, relaxation 1.4, one TV step of 3 FGP
+    iterations per pass, beta 0.00075, ``passes`` None: :func:`default_passes` (12 at 30 views, 24 at 10; a pass
+    costs about its view count). They were chosen on the chest benchmark's tuning case; the measurements (and
+    why relaxation 1.8 was not taken) are in docs/reconstruction.md and benchmarks/RESULTS_reconstruction.md."""
 
     passes: Optional[int] = None
     subsets: int = 30
@@ -109,7 +104,7 @@ class OSTVSettings:
     tv_steps_per_pass: int = 1
     relaxation_decay: float = 0.0
     bp_cache_mb: float = 1024.0
-    renderer: str = "trilinear"
+    renderer: str = DEFAULT_RENDERER
     max_memory_mb: float = 1024.0
     report_every: int = 1
     snapshot_every: int = 0
@@ -131,9 +126,8 @@ class OSTVHistory:
 
 def default_passes(n_views: int) -> int:
     """Passes when ``OSTVSettings.passes`` is None: about DEFAULT_VIEW_UPDATES one-view updates in all
-    (a pass costs about its view count), at least MIN_DEFAULT_PASSES: 12 passes at 30 views (and at 20 or 50), 24 at 10. The floor: on the
-    benchmark (30 noisy views) 8 passes gave SSIM 0.928 < the issue's 0.93 (12: 0.934 in ~9.6 s on 2 cores, 2x RTK SART
-    is 17 s), at 50 views 6 passes gave 36.26 dB vs 37.01 dB at 14."""
+    (a pass costs about its view count), at least MIN_DEFAULT_PASSES: 12 passes at 30 views (and at 20 or 50), 24 at 10.
+    The floor is where the chest benchmark reached its SSIM target (docs/reconstruction.md)."""
     return max(MIN_DEFAULT_PASSES, math.ceil(DEFAULT_VIEW_UPDATES / max(1, int(n_views))))
 
 
@@ -230,13 +224,13 @@ def tv_prox(b: Tensor, t: float, iterations: int, axis_weights: Optional[Tensor]
 
 
 def _project(x: Tensor, like: Volume, cams: Cameras, settings: OSTVSettings) -> Tensor:
-    return render(Volume(x, like.ras_from_ijk, "mu"), cams, method=settings.renderer, max_memory_mb=settings.max_memory_mb)
+    return render(Volume(x, like.ras_from_ijk, "mu"), cams, renderer=settings.renderer, max_memory_mb=settings.max_memory_mb)
 
 
 def _project_pixels(x: Tensor, like: Volume, cams: Cameras, pixels: Tensor, settings: OSTVSettings) -> Tensor:
     """render(..., pixels=pixels) (V, N) without its finiteness scan of the whole volume (~half the cost
     of a one-view call at 128^3; the solver checks its iterate itself)."""
-    return render(Volume(x, like.ras_from_ijk, "mu"), cams, method=settings.renderer, pixels=pixels, max_memory_mb=settings.max_memory_mb, check_finite=False)
+    return render(Volume(x, like.ras_from_ijk, "mu"), cams, renderer=settings.renderer, pixels=pixels, max_memory_mb=settings.max_memory_mb, check_finite=False)
 
 
 def coarse_grid(like: Volume) -> Volume:

@@ -1,7 +1,7 @@
 """Voxel-grid reconstruction with TV, optimised through the differentiable renderer.
 
 mu = scale * softplus(theta) (or scale * mu_max_factor * sigmoid(theta)) keeps mu >= 0; theta is fitted
-by :func:`optimise.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay, ray mini-batches,
+by :func:`optimize.fit` (L1 on line integrals + lambda_TV * TV, Adam, linear decay, ray mini-batches,
 Siddon or trilinear renderer). Initialisation: zeros (a tiny positive mu) or FDK.
 
 Coarse to fine (``coarse_to_fine=True``): the first half of the Adam steps fit a grid with twice the
@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..volume import Volume
-from .fdk import check_projections, fdk
-from .fov import check_fov_hits_object, default_grid
-from .optimise import FitHistory, FitSettings, fit
+from .checks import check_masks, check_projections
+from .fdk import fdk
+from .fov import default_grid
+from .optimize import FitHistory, FitSettings, fit
 from .ostv import OSTVSettings, reconstruct_ostv
 
 VOXEL_SOLVERS = ("adam", "os-tv")  # reconstruct_voxel's solver argument; "adam" is the default
@@ -107,23 +108,6 @@ def _fit(model, projections, cameras, like, settings, progress, masks):
     return fit(model, projections, cameras, like, settings, progress, masks=masks)
 
 
-def check_masks(masks: Optional[Tensor], projections: Tensor) -> Optional[Tensor]:
-    """Validate per-view pixel masks (True: the pixel saw the beam). None or all True -> None."""
-    if masks is None:
-        return None
-    masks = torch.as_tensor(masks).to(torch.bool)
-    if masks.ndim == 2:
-        masks = masks.expand(projections.shape)
-    if tuple(masks.shape) != tuple(projections.shape):
-        raise ValueError(f"masks must have the projections' shape {tuple(projections.shape)}, got {tuple(masks.shape)}")
-    if bool(masks.all()):
-        return None
-    empty = [v for v in range(masks.shape[0]) if not bool(masks[v].any())]
-    if empty:
-        raise ValueError(f"the masks of views {empty[:10]} exclude every pixel; drop those views or fix the collimator masks")
-    return masks
-
-
 def reconstruct_voxel(
     projections: Tensor,
     cameras: Cameras,
@@ -140,6 +124,7 @@ def reconstruct_voxel(
     return_history: bool = False,
     solver: str = "adam",
     ostv: Optional[OSTVSettings] = None,
+    checked: bool = False,
 ):
     """Voxel + TV reconstruction.
 
@@ -151,21 +136,22 @@ def reconstruct_voxel(
     projections: (V, H, W) line integrals; cameras: V views.
     volume / grid / spacing_mm: output grid (default: the scanned cylinder, see :func:`fov.default_grid`).
     init: "zeros" or "fdk" (Hann-windowed FDK, clamped at >= 0).
-    settings: :class:`optimise.FitSettings` (iterations, lr, rays per view, lambda_TV, learned
+    settings: :class:`optimize.FitSettings` (iterations, lr, rays per view, lambda_TV, learned
         weights, renderer, seed).
     coarse_to_fine: spend ``iterations // 2`` Adam steps on a 2x coarser grid and 2x2-binned detector
         first (see the module docstring); the fine fit gets the rest.
     masks: optional (V, H, W) bool, True where a pixel saw the beam; False pixels are left out of the
-        data term (needs ``optimise.fit`` with mask support; otherwise a RuntimeWarning says they are used).
+        data term (needs ``optimize.fit`` with mask support; otherwise a RuntimeWarning says they are used).
     returns: Volume of mu (1/mm) (and the :class:`FitHistory` with ``return_history``; with
         coarse_to_fine its lists hold the coarse steps then the fine ones).
+    checked: the caller already ran :func:`checks.check_projections` and :func:`checks.check_masks`.
     """
-    projections = check_projections(projections, cameras)
-    check_fov_hits_object(projections)
-    masks = check_masks(masks, projections)
+    if not checked:
+        projections = check_projections(projections, cameras)
+        masks = check_masks(masks, projections)
     if masks is not None and solver == "adam" and not _fit_accepts_masks():
         warnings.warn(
-            f"this version of optimise.fit cannot leave pixels out of the data term: the {int((~masks).sum())} masked "
+            f"this version of optimize.fit cannot leave pixels out of the data term: the {int((~masks).sum())} masked "
             "(collimated) pixels are fitted as measured",
             RuntimeWarning,
             stacklevel=2,
@@ -233,5 +219,5 @@ def reconstruct_voxel(
 
 def _start(init: str, projections: Tensor, cameras: Cameras, like: Volume) -> Tensor:
     if init == "fdk":
-        return fdk(projections, cameras, volume=like, window="hann").data.clamp_min(0)
+        return fdk(projections, cameras, volume=like, window="hann", checked=True).data.clamp_min(0)
     return torch.zeros_like(like.data)

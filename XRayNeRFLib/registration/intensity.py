@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 
-def log_linearise(intensity: Tensor, i0: Optional[float] = None) -> Tensor:
+def log_linearize(intensity: Tensor, i0: Optional[float] = None) -> Tensor:
     """Detector intensities -> line integrals ``-log(I / I0)``. ``i0``: the unattenuated intensity
     (default: the 99.9th percentile of the image, i.e. the brightest air). Non-positive pixels are
     clamped to a small fraction of I0."""
@@ -27,7 +27,7 @@ def invert(image: Tensor) -> Tensor:
     return image.max() + image.min() - image
 
 
-def equalise(image: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+def equalize(image: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Histogram equalisation: each pixel -> its rank fraction in [0, 1] (over masked pixels). Any
     monotone gray-level curve of the input gives the same output (ties kept together)."""
     flat = image.flatten()

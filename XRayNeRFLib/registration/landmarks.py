@@ -48,7 +48,7 @@ from torch import Tensor
 
 from ..errors import LandmarkError
 from ..geometry import Cameras, homogeneous, rigid_inverse
-from .pose import skew, so3_exp
+from .pose import ct_correction_from_poses, skew, so3_exp
 
 __all__ = ["LandmarkPairs", "LandmarkPose", "read_landmarks_json", "solve_landmark_pose", "MIN_PAIRS"]
 
@@ -129,8 +129,7 @@ class LandmarkPose:
         """The CT's rigid correction (4, 4) float64, RAS 'to parent', that makes the CT seen from the
         reference camera (e.g. the DICOM pose) look as it does from the landmark pose:
         ``reference @ inverse(world_from_camera)``, the convention of ``RegistrationResult.ct_correction_ras``."""
-        ref = torch.as_tensor(reference_world_from_camera, dtype=_DT)
-        return ref @ rigid_inverse(self.world_from_camera)
+        return ct_correction_from_poses(self.world_from_camera, reference_world_from_camera)
 
     def to_json(self) -> dict:
         """A JSON-ready summary: the pose, the RMS errors and one row per pair."""
@@ -371,7 +370,7 @@ def _levenberg_marquardt(r: Tensor, t: Tensor, pts: Tensor, pix: Tensor, k: Tens
     cost = cost_of(r, t)
     lam = 1e-3
     it = 0
-    for it in range(1, max_iterations + 1):
+    for it in range(1, max_iterations + 1):  # noqa: B007 (it is returned: the iterations used)
         res = _residuals(r, t, pts, pix, k).reshape(-1)
         jac = _jacobian(r, t, pts, k)  # (2N, 6)
         a = jac.T @ jac

@@ -208,7 +208,7 @@ def train_nett(
         opt.zero_grad()
         total = 0.0
         for mu, img, cam in data:
-            drr = render(model(mu), cam, method=method)
+            drr = render(model(mu), cam, renderer=method)
             val = loss_fn(drr, img).mean() / len(data)
             if not torch.isfinite(val):
                 raise RuntimeError(f"NeTT training loss became NaN at iteration {it}; lower the learning rate")

@@ -39,7 +39,7 @@ from ..volume import Volume, as_mu
 from .coverage import ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
-from .pose import PoseParametrisation, check_rigid
+from .pose import PoseParametrization, check_rigid
 
 
 @dataclass
@@ -329,7 +329,7 @@ class _Run:
         _check_overlap(vol, cams0, mask)
         self.levels, self.iters, self.lrs = s.per_level(cams0.size_px)
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
-        self.param = PoseParametrisation(w0, centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
+        self.param = PoseParametrization(w0, centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
         self.vol, self.centre_ras = vol, vol.center_ras().double()
         self.loss_fn = s.loss if callable(s.loss) else make_loss(s.loss, **(s.loss_options or {}))
         self.loss_label = getattr(s.loss, "__name__", "custom") if callable(s.loss) else s.loss
@@ -387,7 +387,7 @@ class _Run:
         pixels that count (default :meth:`pixel_mask` at x)."""
         im_f, _, vol_f = self.level_data[factor]
         cams = self.build(x, factor)
-        drr = render(vol_f, cams, method=self.s.method, samples_per_voxel=self.s.samples_per_voxel)
+        drr = render(vol_f, cams, renderer=self.s.method, samples_per_voxel=self.s.samples_per_voxel)
         if not torch.isfinite(drr).all():
             raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
         val = self.loss_fn(drr, im_f, self.pixel_mask(x, factor) if mask is None else mask)

@@ -19,7 +19,11 @@ The optimiser moves the X-ray camera, not the CT. Six parameters ``x = (rx, ry, 
   change (defaults: 1 unit = 1 degree and 1 mm), which is what gradient steps need.
 
 The CT's correction (what to apply to the CT in the scene so that, seen from the *initial* camera, it
-looks as it does from the registered camera) is ``ct_moved_from_ct = M^-1`` (RAS, "to parent").
+looks as it does from the registered camera) is ``ct_moved_from_ct = M^-1`` (RAS, "to parent"):
+:func:`ct_correction_from_poses`, the one place of that formula for every front end.
+
+A DICOM X-ray does not register the C-arm to the CT; read for a registration, its isocentre is put at the
+CT's grid centre (:func:`ct_isocenter_ras`), by the command line and the Slicer module alike.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def check_rigid(matrix: Tensor, name: str = "pose", tol: float = RIGID_TOL) -> T
 
 
 @dataclass
-class PoseParametrisation:
+class PoseParametrization:
     """Maps 6 (or 6 + intrinsics) dimensionless parameters to camera poses; see the module docstring.
 
     world_from_camera_init: (4, 4) rigid, RAS mm.
@@ -142,6 +146,27 @@ class PoseParametrisation:
         """The CT's rigid correction (4, 4) RAS, 'to parent' (moves the CT; the camera stays at its
         initial pose): M(x)^-1. float64."""
         return rigid_inverse(self.correction(x.detach().double()))
+
+
+PoseParametrisation = PoseParametrization  # the former spelling, still imported by registration/optimize.py
+
+
+def ct_correction_from_poses(world_from_camera: Tensor, world_from_camera_init: Tensor) -> Tensor:
+    """The CT's rigid correction (4, 4) float64, RAS mm, 'to parent': moving the CT by it, the *initial*
+    camera sees what the registered camera sees. The camera moved by M = w @ w0^-1, so the CT moves by
+    M^-1 = w0 @ w^-1 (equal to :meth:`PoseParametrization.ct_correction_ras` of the pose's parameters).
+
+    world_from_camera: (4, 4) the registered pose; world_from_camera_init: (4, 4) the initial pose."""
+    w = torch.as_tensor(world_from_camera, dtype=torch.float64)
+    w0 = torch.as_tensor(world_from_camera_init, dtype=torch.float64)
+    return w0 @ rigid_inverse(w)
+
+
+def ct_isocenter_ras(volume) -> Tensor:
+    """(3,) float64 RAS mm: the C-arm isocentre given to a DICOM X-ray read for registration to this CT (the
+    centre of the CT's voxel grid; DICOM does not register the C-arm to the CT). ``volume``: a
+    :class:`~XRayNeRFLib.volume.Volume` (its ``ras_from_ijk`` includes any transform already applied)."""
+    return volume.center_ras().detach().to("cpu", torch.float64)
 
 
 def pose_errors(world_from_camera: Tensor, world_from_camera_true: Tensor, center_ras: Optional[Tensor] = None) -> dict:

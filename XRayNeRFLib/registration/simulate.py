@@ -51,7 +51,7 @@ def simulate_xray(
     """Target X-rays (V, H, W): Siddon line integrals -> Poisson photon counts (``photons`` per
     unattenuated pixel) -> log -> Gaussian blur -> :func:`gray_curve`. Brighter = more attenuation."""
     with torch.no_grad():
-        line = render(volume_mu, cameras, method="siddon")
+        line = render(volume_mu, cameras, renderer="siddon")
         gen = torch.Generator().manual_seed(seed)
         counts = beer_lambert(line.double(), photons, poisson=True, generator=gen).clamp(min=1)
         noisy = -torch.log(counts / photons)

@@ -23,6 +23,8 @@ from .trilinear import SliceStacks, trilinear_bytes_per_ray, trilinear_line_inte
 __all__ = [
     "render",
     "render_rays",
+    "RENDERERS",
+    "DEFAULT_RENDERER",
     "beer_lambert",
     "IndexRays",
     "box_intersection",
@@ -31,7 +33,8 @@ __all__ = [
     "trilinear_line_integrals",
 ]
 
-METHODS = ("siddon", "trilinear")
+RENDERERS = ("siddon", "trilinear")  # the projectors; every caller names one with ``renderer=``
+DEFAULT_RENDERER = "trilinear"  # the one default: DRRs, the iterative reconstructions, registration's overlay
 
 # On the CPU, chunks much larger than the caches make every elementwise pass memory-bound and every
 # allocation a fresh mmap; these sizes were the fastest on a 2-core machine (benchmarks/RESULTS.md).
@@ -42,19 +45,20 @@ def render(
     volume: Volume,
     cameras: Cameras,
     *,
-    method: str = "trilinear",
+    renderer: str = DEFAULT_RENDERER,
     pixels: Optional[Tensor] = None,
     samples_per_voxel: float = 1.0,
     max_memory_mb: float = 1024.0,
     progress: ProgressCallback = None,
     compiled: Optional[bool] = None,
     check_finite: bool = True,
+    method: Optional[str] = None,
 ) -> Tensor:
     """Line integrals of the volume's mu for every view.
 
     volume: mu in 1/mm (convert HU first with ``volume.as_mu``); data (K, J, I) may require grad.
     cameras: V views; cast to the volume's dtype and device. Their tensors may require grad.
-    method: "siddon" (exact radiological path) or "trilinear" (ray marching with ``samples_per_voxel``
+    renderer: "siddon" (exact radiological path) or "trilinear" (default; ray marching with ``samples_per_voxel``
         (integer) samples per voxel along each ray's dominant axis; see render/trilinear.py).
     pixels: optional (V, N, 2) or (N, 2) [column, row] pixel-centre coordinates to render (ray
         mini-batches, coarse detectors); default every pixel.
@@ -66,11 +70,16 @@ def render(
         XRAYNERF_COMPILE=1 turns it on. Ignored by the trilinear renderer (grid_sample bound).
     check_finite: refuse a volume with NaN/inf (default). False skips that scan of the whole volume
         (about half the cost of a one-view render at 128^3) for loops that check their own iterate.
+    method: the former name of ``renderer``, still accepted (a value that contradicts ``renderer`` is refused).
 
     returns: (V, H, W) when ``pixels`` is None, else (V, N); dtype of the volume.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown renderer {method!r}; use one of {METHODS}")
+    if method is not None:
+        if renderer not in (method, DEFAULT_RENDERER):
+            raise ValueError(f"renderer {renderer!r} and method {method!r} disagree; give renderer only")
+        renderer = method
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; use one of {RENDERERS}")
     if volume.units != "mu":
         raise ValueError("the renderer needs linear attenuation (1/mm); convert HU with XRayNeRFLib.volume.as_mu")
     mu = volume.data
@@ -88,21 +97,21 @@ def render(
             raise ValueError(f"pixels must be (N, 2) or (V, N, 2) with V={len(cams)}, got {tuple(pixels.shape)}")
     n_views, n_pix = len(cams), grid.shape[1]
     total = n_views * n_pix
-    if method == "siddon":
+    if renderer == "siddon":
         per_ray = siddon_bytes_per_ray(mu.shape, mu.dtype)
     else:
         per_ray = trilinear_bytes_per_ray(mu.shape, samples_per_voxel, mu.dtype)
     use_compile = compiled if compiled is not None else os.environ.get("XRAYNERF_COMPILE", "") == "1"
-    chunk_mb = min(max_memory_mb, _CPU_CHUNK_MB[method]) if mu.device.type == "cpu" else max_memory_mb
+    chunk_mb = min(max_memory_mb, _CPU_CHUNK_MB[renderer]) if mu.device.type == "cpu" else max_memory_mb
     rays_per_chunk = max(1, int(chunk_mb * 2**20 // per_ray))
-    stacks = SliceStacks(mu, int(round(samples_per_voxel)) if method == "trilinear" else 1)
+    stacks = SliceStacks(mu, int(round(samples_per_voxel)) if renderer == "trilinear" else 1)
     out = []
     done = 0
     for views, pix in _chunks(n_views, n_pix, rays_per_chunk):
         rays = rays_for_views(volume, cams, grid, views, pix)
-        out.append(render_rays(mu, rays, method=method, samples_per_voxel=samples_per_voxel, stacks=stacks, compiled=use_compile))
+        out.append(render_rays(mu, rays, renderer=renderer, samples_per_voxel=samples_per_voxel, stacks=stacks, compiled=use_compile))
         done += rays.length_mm.shape[0]
-        report(progress, done, total, f"{method}: {done}/{total} rays")
+        report(progress, done, total, f"{renderer}: {done}/{total} rays")
     result = torch.cat(out).reshape(len(cams), n_pix)
     if full_image:
         result = result.reshape(len(cams), cams.height, cams.width)
@@ -126,18 +135,18 @@ def render_rays(
     mu: Tensor,
     rays: IndexRays,
     *,
-    method: str = "trilinear",
+    renderer: str = DEFAULT_RENDERER,
     samples_per_voxel: float = 1.0,
     stacks: Optional[SliceStacks] = None,
     compiled: bool = False,
 ) -> Tensor:
     """Line integrals along rays already in index space: (R,). ``stacks`` (re-stacked mu) may be
     shared between calls on the same volume; ``compiled`` applies to Siddon only."""
-    if method == "siddon":
+    if renderer == "siddon":
         return siddon_line_integrals(mu, rays, stacks, compiled=compiled)
-    if method == "trilinear":
+    if renderer == "trilinear":
         return trilinear_line_integrals(mu, rays, samples_per_voxel, stacks)
-    raise ValueError(f"unknown renderer {method!r}; use one of {METHODS}")
+    raise ValueError(f"unknown renderer {renderer!r}; use one of {RENDERERS}")
 
 
 def beer_lambert(

@@ -26,7 +26,6 @@ from torch import Tensor
 from .rays import IndexRays, box_intersection
 from .trilinear import _SLICING, SliceStacks
 
-
 _COMPILED = {}
 
 

@@ -22,7 +22,6 @@ Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), th
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Tuple
 
 import torch

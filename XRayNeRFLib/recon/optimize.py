@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume
 from .losses import LearnedLossWeights, l1_photometric, total_variation
 
@@ -28,7 +28,7 @@ class FitSettings:
     """iterations: Adam steps; lr: initial step (decays linearly to lr * final_lr_fraction);
     rays_per_view: rays per view and step (None: all pixels); tv_weight: lambda_TV (or the initial
     weight when learned); learned_weights: learn the data/TV weights (task uncertainty);
-    renderer: "siddon" | "trilinear"; seed: ray sampling (and model init) seed; report_every: steps
+    renderer: "trilinear" (``render.DEFAULT_RENDERER``) | "siddon"; seed: ray sampling (and model init) seed; report_every: steps
     between progress reports.
 
     snapshot_every: call ``on_snapshot(step, seconds, mu)`` every that many steps (0: never) and once
@@ -42,7 +42,7 @@ class FitSettings:
     rays_per_view: Optional[int] = 256
     tv_weight: float = 1.0
     learned_weights: bool = False
-    renderer: str = "siddon"
+    renderer: str = DEFAULT_RENDERER
     seed: int = 0
     report_every: int = 10
     snapshot_every: int = 0
@@ -129,12 +129,12 @@ def fit(
         mu = model()
         vol = Volume(mu, like.ras_from_ijk, "mu")
         if settings.rays_per_view is None or settings.rays_per_view >= height * width:
-            pred = render(vol, cams, method=settings.renderer).reshape(n_views, -1)
+            pred = render(vol, cams, renderer=settings.renderer).reshape(n_views, -1)
             meas = flat_target
         else:
             idx = torch.randint(0, height * width, (n_views, settings.rays_per_view), generator=gen)
             pix = torch.stack([(idx % width).float(), (idx // width).float()], -1)  # (V, N, 2) [col, row]
-            pred = render(vol, cams, method=settings.renderer, pixels=pix)
+            pred = render(vol, cams, renderer=settings.renderer, pixels=pix)
             meas = torch.gather(flat_target, 1, idx)
         data = l1_photometric(pred, meas)
         tv = total_variation(mu) if settings.tv_weight > 0 else mu.new_zeros(())

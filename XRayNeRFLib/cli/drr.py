@@ -1,28 +1,21 @@
-"""The ``xraynerf`` command line: ``xraynerf drr ...`` (more subcommands to come: info, convert,
-reconstruct, register).
-
-Each subcommand is a pair ``add_<name>(subparsers)`` / ``run_<name>(args) -> int`` registered in
-:data:`COMMANDS`. :func:`main` turns the errors a user can fix (``ValueError``, ``RuntimeError``,
-``OSError``) into one line on stderr and exit status 2; Ctrl-C gives status 130. Nothing is written
-unless the whole result is ready (projection stacks are written to a temporary file and renamed).
-Set ``XRAYNERF_DEBUG=1`` to get tracebacks instead.
-"""
+"""``xraynerf drr``: digitally reconstructed radiographs of a volume for every view of a geometry file,
+written as one projection stack (engine: :func:`XRayNeRFLib.render.render`)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import sys
 import time
-from typing import Dict, List, Optional, Sequence, TextIO
 
-from . import __version__
-from .progress import Cancelled, Progress
+import torch
 
-EXIT_OK = 0
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
+from ..geometry import views_missing_volume
+from ..geometry_io import load_geometry, rtk_default_origin_mm, rtk_layout_from_ours
+from ..projections_io import save_projection_stack, stack_extension
+from ..render import DEFAULT_RENDERER, RENDERERS, beer_lambert, render
+from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, as_mu, load_volume
+from .common import EXIT_OK, check_output_file, note, progress_bar, select_device
 
 CONVENTIONS = """\
 conventions:
@@ -50,66 +43,7 @@ conventions:
 """
 
 
-# ---------------------------------------------------------------------------------------------
-# Progress bar (stderr, no dependency)
-# ---------------------------------------------------------------------------------------------
-class TextProgress:
-    """Progress callback drawing a bar on ``stream``.
 
-    On a terminal the bar is redrawn in place at most ``1 / min_interval_s`` times a second; on a
-    file or pipe one line is written per 10 % step. Never asks to stop (returns True)."""
-
-    def __init__(self, label: str, stream: Optional[TextIO] = None, min_interval_s: float = 0.1, width: int = 30):
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.min_interval_s = min_interval_s
-        self.width = width
-        self.start = time.monotonic()
-        self._last_draw = -math.inf
-        self._last_decile = -1
-        self._drawn = False
-
-    def __call__(self, p: Progress) -> bool:
-        now = time.monotonic()
-        frac = p.fraction
-        if self.tty:
-            if now - self._last_draw >= self.min_interval_s or frac >= 1.0:
-                self._last_draw = now
-                self._write("\r" + self._line(p, frac, now))
-        else:
-            decile = int(frac * 10 + 1e-9)
-            if decile > self._last_decile:
-                self._last_decile = decile
-                self._write(self._line(p, frac, now) + "\n")
-        return True
-
-    def _line(self, p: Progress, frac: float, now: float) -> str:
-        filled = int(round(frac * self.width))
-        elapsed = now - self.start
-        eta = f" ETA {elapsed * (1 - frac) / frac:5.1f} s" if 0 < frac < 1 else f" {elapsed:5.1f} s"
-        return f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {100 * frac:5.1f}%{eta}"
-
-    def _write(self, text: str) -> None:
-        self._drawn = True
-        self.stream.write(text)
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-        self._drawn = False
-
-
-def _note(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# drr
-# ---------------------------------------------------------------------------------------------
 DRR_DESCRIPTION = """\
 Render digitally reconstructed radiographs (DRRs) of a CT or attenuation volume for every view of a
 cone-beam geometry and write them as one projection stack (.mha, .nrrd, .nii, .nii.gz).
@@ -121,7 +55,7 @@ example:
 """
 
 
-def add_drr(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "drr",
         help="render DRRs (line integrals or intensities) of a volume for a geometry file",
@@ -147,7 +81,7 @@ def add_drr(subparsers) -> argparse.ArgumentParser:
     )
     ren = p.add_argument_group("rendering")
     ren.add_argument(
-        "--renderer", choices=("siddon", "trilinear"), default="trilinear",
+        "--renderer", choices=RENDERERS, default=DEFAULT_RENDERER,
         help="trilinear: ray marching with trilinear interpolation (default, fast); siddon: exact radiological path through the voxels",
     )
     ren.add_argument("--samples-per-voxel", type=int, default=None, metavar="N", help="trilinear samples per voxel along each ray (default 1)")
@@ -162,7 +96,7 @@ def add_drr(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _check_drr_options(args) -> None:
+def check_options(args) -> None:
     if args.i0 is not None and not args.intensity:
         raise ValueError("--i0 applies to --intensity output only; add --intensity")
     if args.poisson and not args.intensity:
@@ -189,30 +123,14 @@ def _check_drr_options(args) -> None:
         raise ValueError("--detector-origin applies to RTK .xml geometry only (JSON geometry places pixels with its principal points)")
 
 
-def _device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available to this PyTorch build ({torch.__version__}); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
-    return device
-
-
 def _load_mu_volume(args, quiet: bool):
     """The volume in mu (1/mm), float32, with the units decision explained on stderr."""
-    from .volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, as_mu, load_volume
-
     units = None if args.input_units == "auto" else args.input_units
     vol = load_volume(args.volume, units=units)
     lo, hi = float(vol.data.min()), float(vol.data.max())
     if units is None and not quiet:
         why = "minimum below -100" if vol.units == "hu" else "minimum not below -100"
-        _note(f"volume values {lo:g}..{hi:g} read as {'HU' if vol.units == 'hu' else 'mu (1/mm)'} ({why}; --input-units overrides)")
+        note(f"volume values {lo:g}..{hi:g} read as {'HU' if vol.units == 'hu' else 'mu (1/mm)'} ({why}; --input-units overrides)")
     if vol.units == "mu" and lo < -0.5:
         raise ValueError(
             f"volume {args.volume!r} read as mu (1/mm) has values down to {lo:g}, impossible for attenuation; "
@@ -224,48 +142,17 @@ def _load_mu_volume(args, quiet: bool):
     return as_mu(Volume(vol.data, vol.ras_from_ijk, vol.units), energy)
 
 
-def views_missing_volume(volume, cameras) -> List[bool]:
-    """For each view, True when no pixel ray (a segment from the source to the detector) can meet the
-    volume's grid box: the box lies wholly behind the source, wholly beyond the detector plane, or in
-    front of the source with the bounding box of its projected corners off the detector. Conservative:
-    False means "may see it"."""
-    # In the cameras' own dtype: Cameras.to(float64) of float32 cameras fails validation.
-    corners = volume.corners_ras().to(device=cameras.device, dtype=cameras.dtype)
-    pix, depth = cameras.project(corners)  # (V, 8, 2), (V, 8) depth in mm along the camera z axis
-    w, h = cameras.size_px
-    missing = []
-    for v in range(len(cameras)):
-        d = depth[v]
-        if bool((d <= 0).all()) or bool((d >= cameras.sdd_mm[v]).all()):
-            missing.append(True)
-            continue
-        if bool((d <= 0).any()):
-            missing.append(False)  # the box surrounds the source plane: projections are not bounded
-            continue
-        lo, hi = pix[v].amin(0), pix[v].amax(0)
-        overlap = bool(hi[0] >= -0.5 and lo[0] <= w - 0.5 and hi[1] >= -0.5 and lo[1] <= h - 0.5)
-        missing.append(not overlap)
-    return missing
-
-
 def _vec(t) -> str:
     return "(" + ", ".join(f"{float(x):.1f}" for x in t) + ")"
 
 
-def run_drr(args) -> int:
-    import torch
-
-    from .geometry_io import load_geometry, rtk_default_origin_mm, rtk_layout_from_ours
-    from .projections_io import save_projection_stack, stack_extension
-    from .cli_inputs import check_output_file
-    from .render import beer_lambert, render
-
+def run(args) -> int:
     t0 = time.monotonic()
-    _check_drr_options(args)
+    check_options(args)
     stack_extension(args.out)
     check_output_file(args.out, "--out", "projections.mha")
     out_dir = os.path.dirname(os.path.abspath(args.out))
-    device = _device(args.device)
+    device = select_device(args.device)
     is_rtk = args.geometry.lower().endswith(".xml")
 
     cams = load_geometry(args.geometry, size_px=args.detector_size, spacing_mm=args.detector_spacing, origin_mm=args.detector_origin)
@@ -284,15 +171,15 @@ def run_drr(args) -> int:
         )
     if any(missing) and not args.quiet:
         idx = [i for i, m in enumerate(missing) if m]
-        _note(f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views {idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero")
+        note(f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views {idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero")
 
-    bar = None if args.quiet else TextProgress(f"drr {args.renderer}")
+    bar = progress_bar(f"drr {args.renderer}", args.quiet)
     try:
         with torch.no_grad():
             line = render(
                 volume,
                 cams,
-                method=args.renderer,
+                renderer=args.renderer,
                 samples_per_voxel=float(args.samples_per_voxel or 1),
                 max_memory_mb=args.max_memory_mb,
                 progress=bar,
@@ -337,68 +224,8 @@ def run_drr(args) -> int:
     )
     if not args.quiet:
         w, h = cams.size_px
-        _note(
+        note(
             f"wrote {args.out}: {len(cams)} views of {w} x {h} px ({quantity.replace('_', ' ')}s "
             f"{float(result.min()):.4g}..{float(result.max()):.4g}, {row_order} row order) in {time.monotonic() - t0:.1f} s"
         )
     return EXIT_OK
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
-def _register_commands() -> Dict[str, tuple]:
-    """All subcommands, name -> (add_parser, run). Imported here so each module stays separate."""
-    from .cli_inputs import COMMANDS as input_commands
-    from .cli_register import add_subcommands as add_register
-    from .cli_register import run_register
-
-    commands: Dict[str, tuple] = {"drr": (add_drr, run_drr)}
-    commands.update(input_commands)
-    commands["register"] = (add_register, run_register)
-    from .cli_recon import add_subcommands as add_reconstruct
-    from .cli_recon import run_reconstruct
-
-    commands["reconstruct"] = (add_reconstruct, run_reconstruct)
-    return commands
-
-
-COMMANDS: Dict[str, tuple] = _register_commands()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xraynerf",
-        description="XRayNeRF: cone-beam X-ray geometry, DRRs, reconstruction and 2D/3D registration (engine command line).",
-        epilog=CONVENTIONS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    for name, (add, run) in COMMANDS.items():
-        add(subparsers).set_defaults(run=run)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 error, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    prog = f"xraynerf {args.command}"
-    debug = os.environ.get("XRAYNERF_DEBUG", "") == "1"
-    try:
-        return args.run(args)
-    except (KeyboardInterrupt, Cancelled):
-        sys.stderr.write(f"\n{prog}: cancelled; no output written\n")
-        return EXIT_INTERRUPTED
-    except (ValueError, RuntimeError, OSError) as exc:
-        if debug:
-            raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        sys.stderr.write(f"{prog}: error: {message}\n")
-        return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,8 @@
 """``xraynerf register``: 2D/3D registration of a CT to one X-ray (engine: XRayNeRFLib.registration).
 
-Wire into cli.py with ``cli_register.add_subcommands(subparsers)`` (sets ``func`` and ``run``).
+A DICOM X-ray is read as the Slicer module reads it, through
+:meth:`~XRayNeRFLib.projection_set.ProjectionSet.from_dicom`, with the C-arm's isocentre at the CT's centre
+(:func:`XRayNeRFLib.registration.pose.ct_isocenter_ras`); an image file comes with a camera JSON.
 """
 
 from __future__ import annotations
@@ -8,15 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from typing import List, Optional
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
 
-EXIT_OK = 0
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
+from ..dicom_xray import GeometryOverrides
+from ..geometry import Cameras, nearest_rigid
+from ..progress import Progress
+from ..projection_set import ProjectionSet
+from ..registration import register
+from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
+from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
+from ..registration.nett import load_nett
+from ..registration.pose import ct_correction_from_poses, ct_isocenter_ras, pose_errors
+from ..registration.transform_io import write_ct_correction
+from ..render import DEFAULT_RENDERER, render
+from ..volume import Volume, as_mu, load_volume
+from .common import EXIT_OK, note, progress_bar, refuse_overwriting_inputs
 
 REGISTER_DESCRIPTION = """\
 Register a CT to one X-ray: find the X-ray camera pose under which the CT's DRR matches the image, by
@@ -25,8 +38,9 @@ default), and write the pose, the CT's rigid correction and a visual check.
 
 inputs:
   --volume CT       a CT (.nii/.nrrd/.mha or a DICOM series directory), HU or mu (1/mm).
-  --image IMG       a DICOM X-ray (geometry, intensity relationship and shutter from its tags), or an
-                    image file (.mha/.nrrd/.nii/.png/.tif, one 2D image) with --camera.
+  --image IMG       a DICOM X-ray (geometry, intensity relationship and shutter from its tags; the
+                    C-arm's isocentre is put at the CT's centre, as DICOM does not register the C-arm
+                    to the CT), or an image file (.mha/.nrrd/.nii/.png/.tif, one 2D image) with --camera.
   --camera JSON     {"sdd_mm": 1020, "pixel_spacing_mm": [0.5, 0.5], "principal_point_px": [511.5, 511.5],
                     "size_px": [1024, 1024]}: source-detector distance (mm), pixel spacing [column, row]
                     (mm), principal point [column, row] (0-based pixel-centre coordinates: the foot of
@@ -36,12 +50,19 @@ inputs:
                     Camera frame: origin at the X-ray source, +z towards the detector along the
                     principal ray, +x along increasing columns, +y along increasing rows (row 0 = the
                     first row of the stored image). Optional for DICOM input (its tags give the pose).
+  --landmarks JSON  {"pairs": [{"label": "carina", "ct_mm": [x, y, z], "pixel": [column, row]}, ...]}: >= 4
+                    points marked on the CT (RAS mm; "frame": "LPS" for LPS) and on the X-ray (0-based
+                    pixel-centre [column, row]); the start pose is solved from them (PnP with the camera's
+                    intrinsics) instead of taken from --init / the DICOM tags, and each pair's reprojection
+                    error is reported. With --init or a DICOM pose as well, that pose stays the reference
+                    of ct_correction_ras (the CT moves, the camera keeps its nominal pose).
 
 outputs:
   --out JSON        the registered "world_from_camera" (same convention), the camera intrinsics (refined
                     with --refine-intrinsics), "ct_correction_ras" (4x4, RAS, to parent: moves the CT so
                     that from the initial camera it looks as from the registered one), the final and
-                    initial loss, iterations, seconds and the per-iteration trace.
+                    initial loss, iterations, seconds and the per-iteration trace; with --landmarks also
+                    "landmark_start" (the solved pose, RMS and per-pair errors in px, detector mm, mm).
   --transform-out   the same CT correction as an ITK transform (.h5 or .tfm, LPS, resampling direction)
                     that 3D Slicer loads as a transform node: put the CT under it.
   --overlay PNG     the X-ray in gray with the final DRR's edges in red, for a human check.
@@ -57,8 +78,8 @@ example:
 """
 
 
-def add_subcommands(subparsers) -> argparse.ArgumentParser:
-    """Register ``register`` on an argparse sub-parser collection; returns its parser."""
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``register`` to an argparse sub-parser collection; returns its parser."""
     p = subparsers.add_parser(
         "register",
         help="register a CT to one X-ray (pose through the differentiable DRR)",
@@ -68,7 +89,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--volume", required=True, help="CT volume file or DICOM series directory")
     p.add_argument("--image", required=True, help="DICOM X-ray, or an image file with --camera")
     p.add_argument("--camera", help="camera JSON (intrinsics) for a non-DICOM image")
-    p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images")
+    p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images without --landmarks")
+    p.add_argument("--landmarks", help="landmark pairs JSON (CT RAS mm <-> X-ray [column, row]); the start pose is solved from them")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--loss", default="mi", choices=["mi", "ncc", "gncc", "mncc", "pncc"],
                    help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)")
@@ -89,20 +111,13 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refine-intrinsics", action="store_true", help="also refine the source-detector distance and principal point")
     p.add_argument("--log", action="store_true", help="the image holds intensities: use -log(I / I0)")
     p.add_argument("--invert", action="store_true", help="invert the image (dark bone -> bright)")
-    p.add_argument("--equalize", action="store_true", help="histogram-equalise the image")
+    p.add_argument("--equalize", action="store_true", help="histogram-equalize the image")
     p.add_argument("--no-mask", action="store_true", help="do not mask flat (collimated) borders")
     p.add_argument("--nett", help="NeTT appearance weights (.pt, written by XRayNeRFLib.registration.save_nett after "
                    "train_nett) applied to the CT (in mu) before rendering; opt-in, see docs/registration.md")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is often fastest on small images)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_register, run=run_register)
     return p
-
-
-def _note(text: str, quiet: bool) -> None:
-    if not quiet:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
 
 
 def read_json(path: str, what: str) -> dict:
@@ -152,10 +167,6 @@ def read_camera_json(path: str) -> dict:
 
 def read_init_json(path: str):
     """The initial world_from_camera (4, 4) float64 from {"world_from_camera": 4x4} or a bare 4x4 list."""
-    import torch
-
-    from .geometry import nearest_rigid
-
     data = read_json(path, "initial pose")
     m = data.get("world_from_camera") if isinstance(data, dict) else data
     if m is None:
@@ -169,8 +180,6 @@ def read_init_json(path: str):
 
 def _read_image_file(path: str):
     """A 2D image file -> (H, W) float32 numpy array, row 0 = first stored row."""
-    import SimpleITK as sitk
-
     if not os.path.exists(path):
         raise ValueError(f"image file {path!r} does not exist")
     try:
@@ -198,67 +207,62 @@ def _is_dicom(path: str) -> bool:
     return head[128:132] == b"DICM" or path.lower().endswith(".dcm")
 
 
-def load_xray(args):
-    """(image (H, W) tensor, mask (H, W) bool tensor, cameras (1 view, float64), notes)."""
-    import torch
-
-    from .geometry import Cameras
-    from .registration.intensity import collimator_mask, equalise, invert, log_linearise
-
-    notes: List[str] = []
-    if _is_dicom(args.image):
-        from .dicom_xray import read_dicom_xray
-        from .intensities import to_line_integrals
-
-        dx = read_dicom_xray(args.image)
-        if len(dx.cameras) != 1:
-            raise ValueError(f"{args.image} holds {len(dx.cameras)} frames; register one X-ray at a time (extract one frame)")
-        li = to_line_integrals(dx.images, relationship=dx.intensity["relationship"], sign=dx.intensity["sign"],
-                               max_value=dx.intensity.get("max_value"), mask=dx.masks)
-        image = li.images[0].float()
-        mask = dx.masks[0].bool()
-        cams = dx.cameras.to(dtype=torch.float64)
-        notes += list(dx.assumptions) + list(li.assumptions)
-        if args.camera:
-            notes.append("--camera ignored: the DICOM tags give the camera")
-        if args.init:
-            w = read_init_json(args.init)
-            cams = Cameras(w[None], cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
-    else:
-        if not args.camera:
-            raise ValueError(f"{args.image} is not DICOM: give its camera with --camera camera.json")
-        if not args.init:
-            raise ValueError(f"{args.image} is not DICOM: give the initial pose with --init init.json")
-        cam = read_camera_json(args.camera)
-        arr = _read_image_file(args.image)
-        if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
-            raise ValueError(f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
-                             f"{cam['size_px']}: fix size_px in {args.camera}")
+def _dicom_xray(args, volume: Volume):
+    """A one-frame DICOM X-ray -> (image (H, W) line integrals, mask (H, W) bool, cameras (1 view, float64), notes):
+    the ProjectionSet route of the Slicer module, isocentre at the CT's centre."""
+    ps = ProjectionSet.from_dicom([args.image], GeometryOverrides(isocenter_ras=ct_isocenter_ras(volume).tolist()))
+    if len(ps) != 1:
+        raise ValueError(f"{args.image} holds {len(ps)} frames; register one X-ray at a time (extract one frame)")
+    notes = list(ps.assumptions)
+    cams = ps.cameras.to(dtype=torch.float64)
+    if args.camera:
+        notes.append("--camera ignored: the DICOM tags give the camera")
+    if args.init:
         w = read_init_json(args.init)
-        cams = Cameras(w[None], torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
-                       torch.tensor([cam["pixel_spacing_mm"]], dtype=torch.float64),
-                       torch.tensor([cam["principal_point_px"]], dtype=torch.float64), tuple(cam["size_px"]))
-        image = torch.from_numpy(arr)
-        if not torch.isfinite(image).all():
-            raise ValueError(f"image {args.image} contains NaN or infinite pixels")
-        if float(image.max() - image.min()) <= 0:
-            raise ValueError(f"image {args.image} is constant: nothing to register to")
-        mask = torch.ones(image.shape, dtype=torch.bool) if args.no_mask else collimator_mask(image)
-        if args.log:
-            image = log_linearise(image)
+        cams = Cameras(w[None], cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
+    return ps.images[0].float(), ps.masks[0].bool(), cams, notes
+
+
+def _image_file_xray(args):
+    """An image file with --camera and --init -> (image (H, W), mask (H, W) bool, cameras (1 view, float64), notes)."""
+    if not args.camera:
+        raise ValueError(f"{args.image} is not DICOM: give its camera with --camera camera.json")
+    if not args.init and not args.landmarks:
+        raise ValueError(f"{args.image} is not DICOM: give the initial pose with --init init.json or --landmarks points.json")
+    cam = read_camera_json(args.camera)
+    arr = _read_image_file(args.image)
+    if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
+        raise ValueError(f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
+                         f"{cam['size_px']}: fix size_px in {args.camera}")
+    # Without --init, --landmarks gives the pose (run() solves it); identity holds the intrinsics until then.
+    w = read_init_json(args.init) if args.init else torch.eye(4, dtype=torch.float64)
+    cams = Cameras(w[None], torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
+                   torch.tensor([cam["pixel_spacing_mm"]], dtype=torch.float64),
+                   torch.tensor([cam["principal_point_px"]], dtype=torch.float64), tuple(cam["size_px"]))
+    image = torch.from_numpy(arr)
+    if not torch.isfinite(image).all():
+        raise ValueError(f"image {args.image} contains NaN or infinite pixels")
+    if float(image.max() - image.min()) <= 0:
+        raise ValueError(f"image {args.image} is constant: nothing to register to")
+    mask = torch.ones(image.shape, dtype=torch.bool) if args.no_mask else collimator_mask(image)
+    if args.log:
+        image = log_linearize(image)
+    return image, mask, cams, []
+
+
+def load_xray(args, volume: Volume):
+    """(image (H, W) tensor, mask (H, W) bool tensor, cameras (1 view, float64), notes) of --image, with
+    --invert / --equalize applied. ``volume``: the CT (its centre is a DICOM X-ray's isocentre)."""
+    image, mask, cams, notes = _dicom_xray(args, volume) if _is_dicom(args.image) else _image_file_xray(args)
     if args.invert:
         image = invert(image)
     if args.equalize:
-        image = equalise(image, mask)
+        image = equalize(image, mask)
     return image, mask, cams, notes
 
 
 def write_overlay(path: str, image, drr) -> None:
     """PNG: the X-ray (1st-99th percentile window, gray) with the DRR's strongest edges in red."""
-    import SimpleITK as sitk
-    import torch
-    import torch.nn.functional as F
-
     x = np.asarray(image, dtype=np.float64)
     lo, hi = np.percentile(x, [1, 99])
     gray = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
@@ -283,31 +287,21 @@ def _write_json_atomic(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_register(args) -> int:
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("\nxraynerf register: cancelled; no output written\n")
-        return EXIT_INTERRUPTED
-    except (ValueError, RuntimeError, OSError) as exc:
-        if os.environ.get("XRAYNERF_DEBUG", "") == "1":
-            raise
-        sys.stderr.write(f"xraynerf register: error: {' '.join(str(exc).split()) or type(exc).__name__}\n")
-        return EXIT_ERROR
+def landmark_start_pose(path: str, cams: Cameras, quiet: bool = False) -> LandmarkPose:
+    """The start pose solved from the landmark file ``path`` with the intrinsics of ``cams`` (1 view); notes
+    the reprojection error (RMS and the worst pair)."""
+    pairs = read_landmarks_json(path)
+    start = solve_landmark_pose(pairs, cameras=cams)
+    worst = int(start.error_px.argmax())
+    note(f"landmark start from {len(pairs)} pairs: reprojection RMS {start.rms_px:.2f} px ({start.rms_detector_mm:.2f} mm at "
+         f"the detector, {start.rms_object_mm:.2f} mm at the landmarks); largest: pair {worst} ({start.labels[worst]}) "
+         f"{float(start.error_px[worst]):.2f} px", quiet)
+    return start
 
 
-def _run(args) -> int:
-    import torch
-
-    from .registration import register
-    from .registration.transform_io import write_ct_correction
-    from .render import render
-    from .volume import as_mu, load_volume
-
+def run(args) -> int:
     t0 = time.monotonic()
-    for out in (args.overlay, args.transform_out):
-        if out and os.path.abspath(out) in (os.path.abspath(args.volume), os.path.abspath(args.image)):
-            raise ValueError(f"{out} is both an input and an output")
+    refuse_overwriting_inputs((args.volume, args.image), (args.overlay, args.transform_out))
     if args.overlay and not args.overlay.lower().endswith(".png"):
         raise ValueError(f"--overlay {args.overlay}: write a .png file")
     if args.transform_out and not args.transform_out.lower().endswith((".h5", ".hdf5", ".tfm", ".txt")):
@@ -315,21 +309,21 @@ def _run(args) -> int:
     n_levels = len(args.levels) if args.levels else 3  # auto_levels gives three
     if args.iterations is not None and len(args.iterations) not in (1, n_levels):
         raise ValueError(f"--iterations needs one value or one per level ({n_levels})")
-    image, mask, cams, notes = load_xray(args)
-    for n in notes:
-        _note(f"note: {n}", args.quiet)
     volume = load_volume(args.volume, units=None if args.input_units == "auto" else args.input_units)
     volume = as_mu(volume) if volume.units == "hu" else volume
-    appearance = None
-    if args.nett:
-        from .registration.nett import load_nett
-
-        appearance = load_nett(args.nett)
-    progress = None
-    if not args.quiet:
-        from .cli import TextProgress
-
-        progress = TextProgress("register")
+    image, mask, cams, notes = load_xray(args, volume)
+    for n in notes:
+        note(f"note: {n}", args.quiet)
+    # The CT correction is stated relative to the nominal pose (DICOM tags or --init) when there is one.
+    reference = cams.world_from_camera[0]
+    landmark_start = None
+    if args.landmarks:
+        landmark_start = landmark_start_pose(args.landmarks, cams, args.quiet)
+        if not (args.init or _is_dicom(args.image)):
+            reference = landmark_start.world_from_camera
+        cams = landmark_start.cameras
+    appearance = load_nett(args.nett) if args.nett else None
+    progress = progress_bar("register", args.quiet)
     iterations = None
     if args.iterations is not None:
         iterations = args.iterations[0] if len(args.iterations) == 1 else args.iterations
@@ -342,13 +336,15 @@ def _run(args) -> int:
             ct_coverage=not args.no_ct_coverage,
         )
         if progress is not None:
-            from .progress import Progress
-
             progress(Progress(1, 1, "done"))  # early stops end below 100 %
     finally:
         if progress is not None:
             progress.close()
+    ct_correction = ct_correction_from_poses(result.world_from_camera, reference)
     data = result.to_json()
+    data["ct_correction_ras"] = ct_correction.tolist()
+    if landmark_start is not None:
+        data["landmark_start"] = landmark_start.to_json()
     data.update({
         "volume": os.path.abspath(args.volume), "image": os.path.abspath(args.image),
         "initial_world_from_camera": cams.world_from_camera[0].tolist(), "frame": "patient RAS, mm",
@@ -358,28 +354,14 @@ def _run(args) -> int:
     if args.overlay:
         with torch.no_grad():
             vol = volume if appearance is None else appearance(volume)
-            drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), method="trilinear")[0]
+            drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0]
         write_overlay(args.overlay, image.numpy(), drr.numpy())
     if args.transform_out:
-        write_ct_correction(args.transform_out, result.ct_correction_ras)
+        write_ct_correction(args.transform_out, ct_correction)
     _write_json_atomic(args.out, data)
-    from .registration.pose import pose_errors
-
     moved = pose_errors(result.world_from_camera, cams.world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist()))
-    _note(f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
+    note(f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
           f"{result.loss:.4f}; pose moved by {moved['rotation_deg']:.2f} deg, {moved['translation_mm']:.2f} mm at the CT centre"
           + (" (cancelled: best pose so far)" if result.cancelled else "") + f"; wrote {args.out}", args.quiet)
     return EXIT_OK
 
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (until cli.py wires the subcommand): ``python -m XRayNeRFLib.cli_register ...``."""
-    parser = argparse.ArgumentParser(prog="xraynerf")
-    sub = parser.add_subparsers(dest="command")
-    add_subcommands(sub)
-    args = parser.parse_args(["register"] + list(sys.argv[1:] if argv is None else argv))
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

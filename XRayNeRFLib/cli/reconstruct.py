@@ -11,7 +11,8 @@ projection stack (.mha/.nrrd/.nii/.nii.gz) or image folder with ``--geometry`` (
 
 Outputs are written only when complete (temporary file + rename); Ctrl-C during an iterative method
 stops it and writes the best volume so far with a warning (a second Ctrl-C aborts without output);
-Ctrl-C during FDK writes nothing (exit 130). Errors: one line on stderr, exit status 2.
+Ctrl-C during FDK writes nothing (exit 130). Errors: one line on stderr, exit status 2
+(:func:`XRayNeRFLib.cli.common.run_command`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ import time
 import warnings
 from typing import List, Optional
 
-from .cli_inputs import _geometry_options, _overrides, check_output_file
+import torch
 
-EXIT_OK = 0
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
+from .. import metrics
+from ..recon.api import DEFAULT_VOXEL_SOLVER, reconstruct
+from ..recon.fov import default_grid
+from ..render import DEFAULT_RENDERER, RENDERERS
+from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, hu_to_mu, load_volume, mu_to_hu, save_volume
+from .common import EXIT_OK, check_output_file, progress_bar
+from .inputs import add_geometry_options, projections_from_args
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -68,8 +73,8 @@ examples:
 """
 
 
-def add_subcommands(subparsers) -> argparse.ArgumentParser:
-    """Register ``reconstruct`` on an argparse sub-parser collection; returns its parser."""
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``reconstruct`` to an argparse sub-parser collection; returns its parser."""
     p = subparsers.add_parser(
         "reconstruct",
         help="reconstruct a volume from X-ray projections (fdk, voxel + TV, hash-grid nerf)",
@@ -88,8 +93,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
-    m.add_argument("--renderer", choices=("siddon", "trilinear"), default=None,
-                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the benchmark and ~4x faster with os-tv, quiet: 11.0 vs 47.8 s) or siddon (exact path lengths)")
+    m.add_argument("--renderer", choices=RENDERERS, default=None,
+                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid")
@@ -113,17 +118,11 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--coarse-passes", type=int, metavar="N", help="voxel --solver os-tv: passes on a 2x coarser grid before --iterations passes on the output grid")
     m.add_argument("--coarse-to-fine", action="store_true", help="voxel --solver adam: fit a 2x coarser grid first")
     m.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it cost 1 dB on the chest benchmark)")
+                   help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, benchmarks/RESULTS_reconstruction.md)")
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    _geometry_options(p)
-    p.set_defaults(func=run_reconstruct, run=run_reconstruct)
+    add_geometry_options(p)
     return p
-
-
-def _fail(exc: BaseException) -> int:
-    sys.stderr.write(f"xraynerf reconstruct: error: {' '.join(str(exc).split()) or type(exc).__name__}\n")
-    return EXIT_ERROR
 
 
 def _check_out(path: str, flag: str) -> None:
@@ -164,8 +163,6 @@ def _options(args) -> dict:
     if args.solver is not None:
         need(method == "voxel", "--solver", "--method voxel")
         opts["solver"] = args.solver
-    from .recon.api import DEFAULT_VOXEL_SOLVER
-
     ostv = method == "voxel" and (args.solver or DEFAULT_VOXEL_SOLVER) == "os-tv"
     for flag, name in (("--subsets", "subsets"), ("--relaxation", "relaxation"), ("--backprojector", "backprojector"), ("--coarse-passes", "coarse_passes")):
         if getattr(args, name) is not None:
@@ -204,40 +201,8 @@ def _options(args) -> dict:
     return opts
 
 
-def _is_stack(path: str) -> bool:
-    low = path.lower()
-    return low.endswith((".mha", ".mhd", ".nrrd", ".nii", ".nii.gz")) or (
-        os.path.isdir(path) and any(n.lower().endswith((".tif", ".tiff", ".png")) for n in os.listdir(path))
-    )
-
-
-def load_projections(args):
-    """The ProjectionSet named by --projections (+ --geometry / DICOM overrides)."""
-    from .projection_set import ProjectionSet
-
-    inputs = [str(p) for p in args.projections]
-    for p in inputs:
-        if not os.path.exists(p):
-            raise ValueError(f"--projections {p!r} does not exist")
-    if args.geometry:
-        if len(inputs) != 1:
-            raise ValueError(f"--geometry goes with one projection stack or image folder, got {len(inputs)} inputs")
-        if not os.path.isfile(args.geometry):
-            raise ValueError(f"--geometry {args.geometry!r} does not exist")
-        return ProjectionSet.from_stack(inputs[0], args.geometry, quantity=args.quantity, i0=args.i0, spacing_mm=args.detector_spacing)
-    if len(inputs) == 1 and _is_stack(inputs[0]):
-        raise ValueError(f"{inputs[0]} is a projection stack: give its geometry with --geometry (.xml or .json)")
-    if args.quantity or args.detector_spacing:
-        raise ValueError("--quantity and --detector-spacing apply to projection stacks with --geometry; DICOM files carry their own")
-    return ProjectionSet.from_dicom(
-        inputs, _overrides(args), relationship=args.intensity, sign=args.sign, i0=args.i0, log_scale=args.log_scale, sort=args.sort
-    )
-
-
 def _save_atomic(pairs) -> None:
     """Write every (Volume, path) to a temporary file beside it, then rename them all."""
-    from .volume import save_volume
-
     temps: List[str] = []
     for _, path in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # only now: a failed run creates nothing
@@ -289,11 +254,6 @@ class _Interrupt:
 def load_reference(reference_path: str, like, units: str, energy_kev: Optional[float]):
     """The reference volume on ``like``'s grid (resampled when the grids differ) in ``units``:
     (data (K, J, I), resampled: bool). Refuses a reference that does not contain the grid's centre."""
-    import torch
-
-    from . import metrics
-    from .volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, hu_to_mu, load_volume, mu_to_hu
-
     e = DEFAULT_EFFECTIVE_ENERGY_KEV if energy_kev is None else energy_kev
     ref = load_volume(reference_path)
     if ref.units != units:
@@ -316,8 +276,6 @@ def load_reference(reference_path: str, like, units: str, energy_kev: Optional[f
 
 def reference_metrics(result_volume, ref_data, resampled: bool) -> dict:
     """PSNR / SSIM / MAE (everywhere and inside the body: reference above 0.005 /mm or -500 HU)."""
-    from . import metrics
-
     threshold = -500.0 if result_volume.units == "hu" else 0.005
     mask = metrics.body_mask(ref_data, threshold)
     out = metrics.all_metrics(result_volume.data, ref_data, mask=mask if bool(mask.any()) else None)
@@ -326,24 +284,7 @@ def reference_metrics(result_volume, ref_data, resampled: bool) -> dict:
     return out
 
 
-def run_reconstruct(args) -> int:
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("\nxraynerf reconstruct: cancelled; no output written\n")
-        return EXIT_INTERRUPTED
-    except (ValueError, RuntimeError, OSError) as exc:
-        if os.environ.get("XRAYNERF_DEBUG", "") == "1":
-            raise
-        return _fail(exc)
-
-
-def _run(args) -> int:
-    import torch
-
-    from .progress import Cancelled
-    from .recon.api import DEFAULT_RENDERER, reconstruct
-
+def run(args) -> int:
     t0 = time.monotonic()
     _check_out(args.out, "--out")
     if args.uncertainty:
@@ -357,15 +298,13 @@ def _run(args) -> int:
     if args.spacing_mm is not None and not args.spacing_mm > 0:
         raise ValueError(f"--spacing-mm must be > 0, got {args.spacing_mm}")
     opts = _options(args)
-    ps = load_projections(args)
+    ps = projections_from_args(args, args.projections, args.geometry, flag="--projections", quantity=args.quantity)
     images = ps.images
     if float(images.abs().max()) < 1e-3:
         raise ValueError(
             f"the projections of {ps.source} are empty (all line integrals below 1e-3): the object is outside the field of view, "
             "or the values are intensities (pass --quantity intensity)"
         )
-    from .recon.fov import default_grid
-
     cams = ps.cameras.to(dtype=torch.float64)
     like = default_grid(cams, grid=args.grid, spacing_mm=args.spacing_mm)
     reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
@@ -374,9 +313,7 @@ def _run(args) -> int:
         masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
         if not args.quiet:
             sys.stderr.write("xraynerf reconstruct: note: FDK uses collimated pixels as measured (voxel/nerf leave them out)\n")
-    from .cli import TextProgress
-
-    bar = None if args.quiet else TextProgress(f"reconstruct {args.method}")
+    bar = progress_bar(f"reconstruct {args.method}", args.quiet)
     with _Interrupt() as interrupt, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
 
@@ -391,12 +328,7 @@ def _run(args) -> int:
                 renderer=args.renderer or DEFAULT_RENDERER, iterations=args.iterations, units=args.units, uncertainty=bool(args.uncertainty),
                 ensemble_size=args.ensemble_size, masks=masks, seed=args.seed, progress=progress, options=opts,
             )
-        except Cancelled:
-            if bar is not None:
-                bar.close()
-            sys.stderr.write("\nxraynerf reconstruct: cancelled; no output written\n")
-            return EXIT_INTERRUPTED
-        finally:
+        finally:  # Cancelled (FDK) and KeyboardInterrupt go on to common.run_command: 130, nothing written
             if bar is not None:
                 bar.close()
     for w in caught:
@@ -429,5 +361,3 @@ def _run(args) -> int:
         )
     return EXIT_OK
 
-
-COMMANDS = {"reconstruct": (add_subcommands, run_reconstruct)}

@@ -1,4 +1,5 @@
-"""``xraynerf convert`` and ``xraynerf info``: clinical X-ray inputs on the command line.
+"""``xraynerf convert`` and ``xraynerf info``: clinical X-ray inputs on the command line, and the input options
+that ``reconstruct`` shares with them.
 
     xraynerf convert DICOM... --out proj.mha --geometry-out geom.xml|geom.json [geometry/intensity options]
     xraynerf info FILE... [--geometry geom.xml|.json] [options]
@@ -8,10 +9,8 @@ writes a projection stack plus its geometry (RTK XML: stack in RTK row order; JS
 outputs appear together or not at all. ``info`` prints what was read: views, angles, distances, pixel
 spacing, intensity relationship and every assumption made, without writing anything.
 
-Registration: :func:`add_subcommands` adds both to an argparse ``subparsers``; each sets ``func`` (and
-``run``, the convention of :mod:`XRayNeRFLib.cli`) to a function ``(args) -> exit status``: 0 on success,
-2 with one line on stderr for an error the user can fix. :data:`COMMANDS` lists them as
-``{name: (add, run)}`` pairs.
+Every input goes through :class:`~XRayNeRFLib.projection_set.ProjectionSet`: :func:`projections_from_args`
+is the one place that tells a projection stack from DICOM (:func:`~XRayNeRFLib.projection_set.is_stack_input`).
 """
 
 from __future__ import annotations
@@ -19,34 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
-from .dicom_xray import GeometryOverrides
-from .projection_set import ProjectionSet
-
-__all__ = ["add_subcommands", "add_convert", "add_info", "run_convert", "run_info", "COMMANDS"]
-
-EXIT_OK = 0
-EXIT_ERROR = 2
+from ..dicom_xray import GeometryOverrides
+from ..projection_set import ProjectionSet, is_stack_input
+from .common import EXIT_OK, refuse_overwriting_inputs
 
 
-def check_output_file(path: str, flag: str, example: str) -> None:
-    """Refuse an output path that cannot be written: a file where a directory must be, no write permission,
-    or a directory given as the file (``example``: a file name to suggest). Missing directories are fine:
-    the commands create them once the result is ready."""
-    out_dir = os.path.dirname(os.path.abspath(path))
-    existing = out_dir
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"cannot create output directory {out_dir!r}: {existing!r} is a file")
-    if not os.access(existing, os.W_OK):
-        raise ValueError(f"cannot write to {existing!r} (permission denied); choose another {flag}")
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name such as {os.path.join(path, example)}")
-
-
-def _geometry_options(p: argparse.ArgumentParser) -> None:
+def add_geometry_options(p: argparse.ArgumentParser) -> None:
+    """The DICOM geometry and intensity overrides (and --sort) of convert, info and reconstruct."""
     g = p.add_argument_group("geometry (each value given here wins over the DICOM tag; see docs/dicom.md)")
     g.add_argument("--sdd-mm", type=float, help="source-to-detector distance, mm (Distance Source to Detector (0018,1110))")
     g.add_argument("--sid-mm", type=float, help="source-to-isocentre distance, mm ((0018,9402) / (0018,1111))")
@@ -68,10 +48,13 @@ def _geometry_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sort", choices=("angle", "instance"), default="angle", help="view order (default: by primary, then secondary angle)")
 
 
-def _overrides(args) -> GeometryOverrides:
+def geometry_overrides(args, isocenter_ras: Optional[Sequence[float]] = None) -> GeometryOverrides:
+    """The :class:`GeometryOverrides` of the flags of :func:`add_geometry_options`; ``isocenter_ras`` is the
+    default isocentre when --isocenter-ras is not given (None: the origin)."""
     ps = args.pixel_spacing_mm
     if ps is not None and len(ps) not in (1, 2):
         raise ValueError(f"--pixel-spacing-mm takes one value or COLUMN ROW, got {len(ps)} values")
+    iso = args.isocenter_ras if args.isocenter_ras is not None else isocenter_ras
     return GeometryOverrides(
         sdd_mm=args.sdd_mm,
         sid_mm=args.sid_mm,
@@ -79,16 +62,38 @@ def _overrides(args) -> GeometryOverrides:
         primary_deg=args.primary_deg,
         secondary_deg=args.secondary_deg,
         patient_position=args.patient_position,
-        isocenter_ras=args.isocenter_ras,
+        isocenter_ras=None if iso is None else [float(x) for x in iso],
         angle_increments=args.angle_increments,
         image_layout=args.image_layout,
     )
 
 
-def _from_dicom(args, inputs) -> ProjectionSet:
+def projections_from_dicom(args, inputs: Sequence[str], isocenter_ras: Optional[Sequence[float]] = None) -> ProjectionSet:
+    """A DICOM series (files/directories) with the override flags: the one DICOM route of the command line."""
     return ProjectionSet.from_dicom(
-        inputs, _overrides(args), relationship=args.intensity, sign=args.sign, i0=args.i0, log_scale=args.log_scale, sort=args.sort
+        list(inputs), geometry_overrides(args, isocenter_ras), relationship=args.intensity, sign=args.sign, i0=args.i0,
+        log_scale=args.log_scale, sort=args.sort,
     )
+
+
+def projections_from_args(args, inputs: Sequence[str], geometry: Optional[str], *, flag: str, quantity: Optional[str] = None) -> ProjectionSet:
+    """The ProjectionSet named on the command line: one projection stack (or image folder) with ``geometry``,
+    else a DICOM series. ``flag`` names the input option in messages (``--projections``, ``FILE``)."""
+    inputs = [str(p) for p in inputs]
+    for path in inputs:
+        if not os.path.exists(path):
+            raise ValueError(f"{flag} {path!r} does not exist")
+    if geometry and not os.path.isfile(geometry):
+        raise ValueError(f"--geometry {geometry!r} does not exist")
+    if geometry:
+        if len(inputs) != 1:
+            raise ValueError(f"--geometry goes with one projection stack or image folder, got {len(inputs)} inputs")
+        return ProjectionSet.from_stack(inputs[0], geometry, quantity=quantity, i0=args.i0, spacing_mm=args.detector_spacing)
+    if len(inputs) == 1 and is_stack_input(inputs[0]):
+        raise ValueError(f"{inputs[0]} is a projection stack: give its geometry with --geometry (.xml or .json)")
+    if quantity or args.detector_spacing:
+        raise ValueError("--quantity and --detector-spacing apply to projection stacks with --geometry; DICOM files carry their own")
+    return projections_from_dicom(args, inputs)
 
 
 def add_convert(subparsers) -> argparse.ArgumentParser:
@@ -105,8 +110,7 @@ def add_convert(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PROJ", help="projection stack to write (.mha, .nrrd, .nii, .nii.gz)")
     p.add_argument("--geometry-out", required=True, metavar="GEOM", help="geometry to write: .xml (RTK) or .json (XRayNeRF)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
-    _geometry_options(p)
-    p.set_defaults(func=run_convert, run=run_convert)
+    add_geometry_options(p)
     return p
 
 
@@ -115,81 +119,31 @@ def add_info(subparsers) -> argparse.ArgumentParser:
         "info",
         help="print what an X-ray input holds: views, angles, distances, spacing, intensities, assumptions",
         description=(
-            "Describe DICOM X-ray files/directories, or a projection stack (.mha/.nrrd/.nii/.nii.gz or an image folder) "
+            "Describe DICOM X-ray files/directories, or a projection stack (.mha/.mhd/.nrrd/.nii/.nii.gz or an image folder) "
             "with --geometry. Nothing is written."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM files/directories, or one projection stack")
     p.add_argument("--geometry", metavar="GEOM", help="geometry (.xml/.json) of a projection stack")
     p.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
-    _geometry_options(p)
-    p.set_defaults(func=run_info, run=run_info)
+    add_geometry_options(p)
     return p
 
 
-def add_subcommands(subparsers) -> None:
-    """Register ``convert`` and ``info`` on an argparse sub-parser collection."""
-    add_convert(subparsers)
-    add_info(subparsers)
-
-
-def _fail(command: str, exc: BaseException) -> int:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    sys.stderr.write(f"xraynerf {command}: error: {message}\n")
-    return EXIT_ERROR
-
-
 def run_convert(args) -> int:
-    try:
-        out, geom = str(args.out), str(args.geometry_out)
-        for path in args.inputs:
-            if os.path.abspath(str(path)) in (os.path.abspath(out), os.path.abspath(geom)):
-                raise ValueError(f"{path} is both an input and an output")
-        ps = _from_dicom(args, args.inputs)
-        ps.save(out, geom)
-    except (ValueError, RuntimeError, OSError) as exc:
-        return _fail("convert", exc)
+    out, geom = str(args.out), str(args.geometry_out)
+    refuse_overwriting_inputs(args.inputs, (out, geom))
+    ps = projections_from_dicom(args, args.inputs)
+    ps.save(out, geom)
     if not args.quiet:
         sys.stdout.write(ps.summary() + f"\nwrote {out} and {geom}\n")
     return EXIT_OK
 
 
-def _is_stack(path: str) -> bool:
-    low = path.lower()
-    return low.endswith((".mha", ".nrrd", ".nii", ".nii.gz")) or (
-        os.path.isdir(path) and any(n.lower().endswith((".tif", ".tiff", ".png")) for n in os.listdir(path))
-    )
-
-
 def run_info(args) -> int:
-    try:
-        files = [str(f) for f in args.files]
-        if len(files) == 1 and _is_stack(files[0]):
-            if not args.geometry:
-                raise ValueError(f"{files[0]} is a projection stack: pass its geometry with --geometry (.xml or .json)")
-            ps = ProjectionSet.from_stack(files[0], args.geometry, i0=args.i0, spacing_mm=args.detector_spacing)
-        else:
-            if args.geometry:
-                raise ValueError("--geometry applies to projection stacks; DICOM files carry their own geometry")
-            ps = _from_dicom(args, files)
-    except (ValueError, RuntimeError, OSError) as exc:
-        return _fail("info", exc)
+    files = [str(f) for f in args.files]
+    if args.geometry and not (len(files) == 1 and is_stack_input(files[0])):
+        raise ValueError("--geometry applies to projection stacks; DICOM files carry their own geometry")
+    ps = projections_from_args(args, files, args.geometry, flag="FILE")
     sys.stdout.write(f"source: {ps.source}\n{ps.summary()}\n")
     return EXIT_OK
-
-
-COMMANDS = {"convert": (add_convert, run_convert), "info": (add_info, run_info)}
-
-
-def main(argv: Optional[list] = None) -> int:
-    """Stand-alone entry point (until these are wired into ``xraynerf``)."""
-    parser = argparse.ArgumentParser(prog="xraynerf")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    add_subcommands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
