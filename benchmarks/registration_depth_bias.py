@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import registration_independent as ri  # noqa: E402
+
 from XRayNeRFLib.geometry import Cameras  # noqa: E402
 from XRayNeRFLib.registration.simulate import landmarks  # noqa: E402
 from XRayNeRFLib.render import render  # noqa: E402

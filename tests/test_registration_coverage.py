@@ -2,7 +2,6 @@
 extent along the beam. Checked against line integrals through a volume of ones (a covered ray's chord
 is the whole box along the beam axis) and against the box faces projected by hand."""
 
-import math
 
 import pytest
 import torch
