@@ -109,6 +109,64 @@ def homogeneous(rotation: Tensor, translation: Tensor) -> Tensor:
     return torch.cat([top, bottom], dim=-2)
 
 
+# Largest |R^T R - I| (and |det R - 1|, |last row - [0, 0, 0, 1]|) accepted as "rigid, rounded": a
+# matrix printed with 7 significant digits or born in float32 deviates by ~1e-7; a real scale, shear
+# or skew by far more. The one rule for every pose a user gives (geometry JSON, --init, register()).
+RIGID_TOL = 1e-5
+
+
+def nearest_rotation(rotation, name: str = "rotation", tol: float = RIGID_TOL) -> Tensor:
+    """The rotation nearest (Frobenius) to a near-orthonormal 3x3 matrix: (3, 3) float64.
+
+    rotation: (3, 3) array-like. Accepted when |R^T R - I| <= ``tol`` and det R > 0; snapped by SVD
+    (R = U S V^T -> U V^T). Raises :class:`~XRayNeRFLib.errors.GeometryError` (``name`` in the
+    message and in ``.name``) for non-finite values, a reflection (det < 0) or a real non-rotation
+    (scale, shear).
+    """
+    from .errors import GeometryError
+
+    r = torch.as_tensor(rotation, dtype=torch.float64).detach()
+    if tuple(r.shape) != (3, 3):
+        raise GeometryError(f"{name} must be a 3x3 matrix, got shape {tuple(r.shape)}", name=name)
+    if not torch.isfinite(r).all():
+        raise GeometryError(f"{name} contains NaN or infinite values", name=name)
+    det = float(torch.linalg.det(r))
+    dev = float((r.T @ r - torch.eye(3, dtype=r.dtype)).abs().max())
+    if det < 0:
+        raise GeometryError(
+            f"{name} is not rigid: its 3x3 block is a reflection (determinant {det:.4g} < 0). Give a rotation "
+            "plus translation in mm (no mirroring); mirror the image instead of the pose", name=name)
+    if dev > tol or abs(det - 1) > tol:
+        raise GeometryError(
+            f"{name} is not rigid: its 3x3 block is not a rotation (|R^T R - I| = {dev:.3g}, det = {det:.6g}; "
+            f"rounding is accepted up to {tol:g}). Give a rotation plus translation in mm, without scaling or shear",
+            name=name)
+    u, _, vt = torch.linalg.svd(r)
+    return u @ vt
+
+
+def nearest_rigid(matrix, name: str = "pose", tol: float = RIGID_TOL) -> Tensor:
+    """A near-rigid 4x4 transform snapped to the nearest rigid one: (4, 4) float64, same units.
+
+    matrix: (4, 4) array-like (row-major, [R | t; 0 0 0 1]). The rotation block goes through
+    :func:`nearest_rotation` (same ``tol``), the last row must be [0, 0, 0, 1] within ``tol`` and is
+    set exactly; the translation is kept. Raises :class:`~XRayNeRFLib.errors.GeometryError`.
+    """
+    from .errors import GeometryError
+
+    m = torch.as_tensor(matrix, dtype=torch.float64).detach()
+    if tuple(m.shape) != (4, 4):
+        raise GeometryError(f"{name} must be a 4x4 matrix (row-major list of 4 rows), got shape {tuple(m.shape)}", name=name)
+    if not torch.isfinite(m).all():
+        raise GeometryError(f"{name} contains NaN or infinite values", name=name)
+    if float((m[3] - torch.tensor([0, 0, 0, 1.0], dtype=m.dtype)).abs().max()) > tol:
+        raise GeometryError(f"{name}: the last row must be [0, 0, 0, 1], got {m[3].tolist()}", name=name)
+    out = torch.eye(4, dtype=torch.float64)
+    out[:3, :3] = nearest_rotation(m[:3, :3], name, tol)
+    out[:3, 3] = m[:3, 3]
+    return out
+
+
 @dataclass
 class Cameras:
     """A batch of V cone-beam views sharing one detector size.

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from .errors import GeometryError
-from .geometry import Cameras
+from .geometry import Cameras, nearest_rigid
 from .projection_matrices import (
     MATRICES_FORMAT,
     MATRICES_SUFFIX,
@@ -516,17 +516,6 @@ def _check_keys(d: Any, allowed, where: str) -> None:
         raise ValueError(f"geometry {where} has unknown field(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def _nearest_rotation(r: np.ndarray, field: str) -> np.ndarray:
-    dev = np.abs(r.T @ r - np.eye(3)).max()
-    if dev > 1e-5 or np.linalg.det(r) < 0:
-        why = "a reflection (det < 0)" if np.linalg.det(r) < 0 else f"not a rotation (|R^T R - I| = {dev:.2g})"
-        raise ValueError(f"geometry field {field!r}: the 3x3 block is {why}")
-    if dev > 1e-13:  # values rounded by hand: snap to the nearest rotation
-        u, _, vt = np.linalg.svd(r)
-        r = u @ vt
-    return r
-
-
 def cameras_from_json(data: Dict[str, Any], *, dtype: torch.dtype = torch.float64) -> Cameras:
     """Cameras from the JSON form (explicit ``views``, or compact ``circular_orbit`` / ``carm``).
     Raises ValueError naming the offending field. Returns float64 cameras unless ``dtype`` says otherwise."""
@@ -553,9 +542,7 @@ def cameras_from_json(data: Dict[str, Any], *, dtype: torch.dtype = torch.float6
             where = f"views[{i}]"
             _check_keys(view, _VIEW_KEYS, where)
             m = _numbers(_require(view, "world_from_camera", where), f"{where}.world_from_camera", (4, 4))
-            if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-12:
-                raise ValueError(f"geometry field '{where}.world_from_camera' must have last row [0, 0, 0, 1], got {m[3].tolist()}")
-            m[:3, :3] = _nearest_rotation(m[:3, :3], f"{where}.world_from_camera")
+            m = nearest_rigid(m, f"geometry field '{where}.world_from_camera'").numpy()  # rounded values snapped
             w.append(m)
             sdd.append(float(_numbers(_require(view, "sdd_mm", where), f"{where}.sdd_mm", ())))
             spacing.append(_numbers(_require(view, "pixel_spacing_mm", where), f"{where}.pixel_spacing_mm", (2,), allow_scalar=True))

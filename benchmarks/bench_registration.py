@@ -37,6 +37,8 @@ Protocol (issue 5):
     python benchmarks/bench_registration.py --quick   # 128^3 CT, 128 px X-rays, 8 cases, writes RESULTS_registration.md
     python benchmarks/bench_registration.py           # 128^3 CT, 256 px X-rays, 20 cases
     python benchmarks/bench_registration.py --nett-only --out /tmp/nett.md   # the NeTT experiment alone
+    python benchmarks/bench_registration.py --independent --out /tmp/indep.md  # issue 14: RTK / other-physics
+        targets, thick-slice CTs ending in the field, today's protocol as one row (registration_independent.py)
     (raw numbers per case: benchmarks/_work/<out name>.json)
 """
 
@@ -181,7 +183,7 @@ class DiffDRRRunner:
             val.mean().backward()
             opt.step()
         w_est = best_pose @ FLIP
-        return score(w_est, case, centre, lms, time.perf_counter() - t, it + 1)
+        return {**score(w_est, case, centre, lms, time.perf_counter() - t, it + 1), "w_est": w_est.tolist()}
 
 
 def nett_experiment(seed: int = 0, n_cases: int = 8) -> dict:
@@ -303,8 +305,16 @@ def main():
     ap.add_argument("--nett-cases", type=int, default=8, help="registration cases on patient B in the NeTT experiment")
     ap.add_argument("--compare-losses", nargs="*", default=["ncc", "gncc", "mncc"],
                     help="our other losses run on the same cases (the default loss is chosen from this table)")
+    ap.add_argument("--independent", action="store_true",
+                    help="issue 14's benchmark: targets from RTK's Joseph projector and from another physics, thick-slice CTs "
+                         "that end inside the field (benchmarks/registration_independent.py), plus today's protocol as one row")
+    ap.add_argument("--slices-mm", type=float, nargs="+", default=[5.0, 2.5], help="--independent: CT slice thicknesses")
+    ap.add_argument("--models", nargs="+", default=["rtk", "physics"], help="--independent: target models (rtk, physics)")
+    ap.add_argument("--diffdrr-cases", type=int, default=3, help="--independent: DiffDRR on the first N cases of each group (~90 s each)")
     ap.add_argument("--out", default=str(HERE / "RESULTS_registration.md"))
     args = ap.parse_args()
+    if args.independent:
+        return independent_main(args)
     quick = args.quick
     args.cases = args.cases or (8 if quick else 20)
     args.detector_px = args.detector_px or (128 if quick else 256)
@@ -367,6 +377,71 @@ def main():
     raw.write_text(json.dumps(results, indent=1, default=float))
     Path(args.out).write_text(report(results))
     print(report(results))
+
+
+# Settings as they were before issue 14 (the "before" rows): no coverage mask, finest level 2x binned.
+BEFORE_ISSUE_14 = {"ct_coverage": False, "levels": (8, 4, 2)}
+
+
+def independent_main(args) -> None:
+    import registration_independent as ri
+
+    t_all = time.perf_counter()
+    load_start = os.getloadavg()
+    args.cases = args.cases or 20
+    torch.set_num_threads(args.threads)
+    variants = {"ours (defaults)": {}, "ours before issue 14": BEFORE_ISSUE_14}
+    res = ri.run(args, variants)
+    # Today's protocol (issue 5): our Siddon-simulated targets from the 128^3 CT, 256 px.
+    vol = load_ct(args.ct_size)
+    centre = vol.center_ras().double()
+    lms = landmarks(vol, 20, seed=args.seed)
+    cases = make_cases(vol, args.cases, 256, args.seed)
+    today = {"slice_mm": "128^3 (2.6)", "model": "our Siddon, today's protocol", "rows": {}}
+    for name, ov in variants.items():
+        rows = []
+        for c in cases:
+            w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+            init = Cameras(w0[None], c["camera"].sdd_mm, c["camera"].pixel_spacing_mm, c["camera"].principal_point_px, c["camera"].size_px)
+            t, cpu = time.perf_counter(), time.process_time()
+            r = register(vol, c["image"], init, **ov)
+            rows.append({**ri.score(r.world_from_camera, c, lms, time.perf_counter() - t, r.iterations),
+                         "cpu_s": time.process_time() - cpu})
+        today["rows"][name] = rows
+        print(f"today's protocol / {name}: median mTRE {np.median([r['mtre_mm'] for r in rows]):.2f} mm", flush=True)
+    res["groups"].append(today)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "elapsed_s": time.perf_counter() - t_all,
+            "torch": torch.__version__, "threads": args.threads, "cpus": os.cpu_count(), "load_start": load_start,
+            "load_end": os.getloadavg()}
+    raw = HERE / "_work" / (Path(args.out).stem + ".json")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps({"results": res, "meta": meta, "args": {k: v for k, v in vars(args).items()}}, indent=1, default=float))
+    cmd = "python benchmarks/bench_registration.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    L = ri.report(res, variants, cmd, meta)
+    L += ["", "Targets (issue 14), on RTK-made targets from the thick-slice (5 mm), end-in-field CT, ours with its defaults:", ""]
+    for g in res["groups"]:
+        if g["model"] != "rtk" or g["slice_mm"] != 5.0:
+            continue
+        o = ri.summary(g["rows"]["ours (defaults)"])
+        L.append(f"- success >= 95%: {'met' if o['success_rate'] >= 0.95 else 'NOT met'} ({100 * o['success_rate']:.0f}%, {o['n']} cases)")
+        L.append(f"- median mTRE < 1 mm: {'met' if o['median_mtre_mm'] < 1 else 'NOT met'} ({o['median_mtre_mm']:.2f} mm)")
+        L.append(f"- <= 15 s per case: {'met' if o['max_seconds'] <= 15 else 'NOT met'} (median {o['median_seconds']:.1f} s, worst "
+                 f"{o['max_seconds']:.1f} s; load average {meta['load_start'][0]:.1f} at the start)")
+        if "DiffDRR" in g["rows"]:
+            d = g["rows"]["DiffDRR"]
+            mine = g["rows"]["ours (defaults)"][: len(d)]
+            L.append(f"- ahead of DiffDRR (its {len(d)} cases): mTRE median {np.median([r['mtre_mm'] for r in mine]):.2f} vs "
+                     f"{np.median([r['mtre_mm'] for r in d]):.2f} mm, success {sum(r['success'] for r in mine)}/{len(d)} vs "
+                     f"{sum(r['success'] for r in d)}/{len(d)}, median {np.median([r['seconds'] for r in mine]):.1f} vs "
+                     f"{np.median([r['seconds'] for r in d]):.1f} s")
+    t = ri.summary(today["rows"]["ours (defaults)"])
+    b = ri.summary(today["rows"]["ours before issue 14"])
+    L.append(f"- no loss on today's protocol: {'met' if t['success_rate'] >= b['success_rate'] and t['median_mtre_mm'] <= b['median_mtre_mm'] + 0.05 else 'NOT met'} "
+             f"(defaults {100 * t['success_rate']:.0f}% / {t['median_mtre_mm']:.2f} mm / {t['median_seconds']:.1f} s vs before "
+             f"{100 * b['success_rate']:.0f}% / {b['median_mtre_mm']:.2f} mm / {b['median_seconds']:.1f} s)")
+    text = "\n".join(L) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
 
 
 def report(r) -> str:

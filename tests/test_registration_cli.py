@@ -53,7 +53,9 @@ def test_register_writes_pose_overlay_and_transform(files, capsys):
     d = files["dir"]
     out, overlay, tfm = d / "result.json", d / "overlay.png", d / "correction.h5"
     rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", files["init"],
-               "--out", str(out), "--overlay", str(overlay), "--transform-out", str(tfm), "--levels", "4", "2", "1", "--threads", "1"])
+               "--out", str(out), "--overlay", str(overlay), "--transform-out", str(tfm), "--levels", "4", "2", "1", "--threads", "1",
+               # the X-ray is rendered from this very CT box: its ends are in the X-ray, so every pixel is signal
+               "--no-ct-coverage"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "registered in" in err
@@ -173,6 +175,28 @@ def test_register_with_nett_weights_and_a_bad_weights_file(files, capsys):
     assert "not a NeTT weights file" in run_bad(files, capsys, **{"--nett": str(bogus)})
 
 
+def test_init_pose_with_7_significant_digits_is_accepted(tmp_path):
+    """--init written with 7 significant digits (or from float32) is snapped, not refused; a sheared
+    one is refused by the same rule (XRayNeRFLib.geometry.nearest_rigid)."""
+    from XRayNeRFLib.cli.register import read_init_json
+    from XRayNeRFLib.errors import GeometryError
+
+    w = Cameras.carm(12.0, -7.0, sid_mm=650, sdd_mm=1020, size_px=(8, 8), pixel_spacing_mm=1.0,
+                     isocenter_ras=(3.0, -40.0, 1210.0), dtype=torch.float64).world_from_camera[0]
+    text = "[" + ", ".join("[" + ", ".join(f"{v:.7g}" for v in row) + "]" for row in w.tolist()) + "]"
+    path = tmp_path / "init7.json"
+    path.write_text('{"world_from_camera": ' + text + "}")
+    got = read_init_json(str(path))
+    assert float((got - w).abs().max()) < 1e-3  # within the printed rounding (translations ~1000 mm)
+    Cameras(got[None], torch.tensor([1020.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+            torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))  # float64 rigidity check passes
+    sheared = w.clone()
+    sheared[:3, 0] += 1e-3 * w[:3, 1]
+    path.write_text(json.dumps({"world_from_camera": sheared.tolist()}))
+    with pytest.raises(GeometryError, match="not rigid"):
+        read_init_json(str(path))
+
+
 def _landmark_file(files, path, n=6, noise_px=0.3, **override):
     """Pairs from 6 CT points inside the body projected by the true camera, with seeded pixel noise."""
     from XRayNeRFLib.registration.simulate import landmarks
@@ -198,7 +222,9 @@ def test_landmarks_set_the_start_pose_and_the_correction_keeps_the_nominal_refer
     far_json.write_text(json.dumps({"world_from_camera": far.tolist()}))
     out = d / "result_lm.json"
     rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", str(far_json),
-               "--landmarks", _landmark_file(files, d / "lm.json"), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1"])
+               "--landmarks", _landmark_file(files, d / "lm.json"), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1",
+               # the X-ray is rendered from this very CT box: its ends are in the X-ray, so every pixel is signal
+               "--no-ct-coverage"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "landmark start from 6 pairs: reprojection RMS" in err

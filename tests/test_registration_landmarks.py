@@ -235,7 +235,8 @@ def test_landmark_start_brings_a_far_pose_into_the_optimiser_capture_range():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        res = register(vol, image, start.cameras, loss="mi", levels=(4, 2, 1))
+        # The X-ray is rendered from this very CT box (its ends are in the X-ray): every pixel is signal here.
+        res = register(vol, image, start.cameras, loss="mi", levels=(4, 2, 1), ct_coverage=False)
     finally:
         torch.set_num_threads(before)
     assert float(target_registration_error(res.world_from_camera, truth, targets).mean()) < 1.0

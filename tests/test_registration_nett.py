@@ -133,7 +133,8 @@ def test_registration_with_nett_is_at_least_as_accurate_and_ncc_training_would_w
         for name, app in (("plain", None), ("nett", mi_model[0]), ("ncc-trained", ncc_model)):
             if name == "ncc-trained" and k > 0:
                 continue
-            r = register(b, ib[k], init, loss="mi", levels=(4, 2, 1), appearance=app)
+            # X-rays rendered from this very CT box (its ends are in the X-ray): every pixel is signal here.
+            r = register(b, ib[k], init, loss="mi", levels=(4, 2, 1), appearance=app, ct_coverage=False)
             err[name].append(float(target_registration_error(r.world_from_camera, cam.world_from_camera[0], lms).mean()))
     plain, nett = float(np.mean(err["plain"])), float(np.mean(err["nett"]))
     # Measured (mTRE, mm; 5 mm detector pixels at the isocentre): plain 0.93 and 0.86, nett 0.74 and 0.65,

@@ -85,7 +85,9 @@ def test_coarse_search_over_a_capture_range(case):
 
 
 def test_lbfgs(case):
-    res = register(case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs")
+    # The X-ray is rendered from this very CT box (its ends are in the X-ray): every pixel is signal here.
+    res = register(case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs",
+                   ct_coverage=False)
     e = errors(case, res)
     assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
 

@@ -110,3 +110,48 @@ def test_non_rigid_and_bad_inputs():
         check_rigid(bad, "init")
     with pytest.raises(ValueError, match="rotation centre"):
         PoseParametrization(w, torch.zeros(2))
+
+
+def _rounded(m: torch.Tensor, digits: int) -> torch.Tensor:
+    """Each entry rounded to ``digits`` significant digits (as a person or a float32 printer writes it)."""
+    return torch.tensor([[float(f"{v:.{digits - 1}e}") for v in row] for row in m.tolist()], dtype=torch.float64)
+
+
+def test_rounded_poses_are_snapped_to_rigid():
+    """A pose born in float32 or written with 7 significant digits is not rigid at float64 precision
+    (~1e-7 off) but must be accepted everywhere a pose is read, snapped to the nearest rigid matrix:
+    the snap is exactly rigid (Cameras' float64 check passes) and within rounding of the input."""
+    from XRayNeRFLib.geometry import nearest_rigid
+
+    w = carm_pose()
+    for m in (w.float().double(), _rounded(w, 7)):
+        r = m[:3, :3]
+        assert float((r.T @ r - torch.eye(3, dtype=torch.float64)).abs().max()) > 1e-9  # really off at float64
+        with pytest.raises(ValueError):
+            Cameras(m[None], torch.tensor([1000.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+                    torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))
+        for snapped in (nearest_rigid(m, "init"), check_rigid(m, "init")):
+            rs = snapped[:3, :3]
+            assert float((rs.T @ rs - torch.eye(3, dtype=torch.float64)).abs().max()) < 1e-13
+            assert float(torch.linalg.det(rs)) == pytest.approx(1.0, abs=1e-13)
+            assert float((snapped - w).abs().max()) < 1e-5 * 600  # entries within rounding (translations ~600 mm)
+            assert float((snapped[:3, :3] - w[:3, :3]).abs().max()) < 1e-6
+            Cameras(snapped[None], torch.tensor([1000.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+                    torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))
+
+
+def test_real_non_rigid_poses_are_refused_with_geometry_error():
+    from XRayNeRFLib.errors import GeometryError
+    from XRayNeRFLib.geometry import nearest_rigid
+
+    w = carm_pose()
+    shear = torch.eye(4, dtype=torch.float64)
+    shear[0, 1] = 1e-3  # 0.1 % shear: small, but 100x the rounding tolerance
+    mirror = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+    scale = torch.diag(torch.tensor([1.0, 1.0, 1.0 + 1e-4, 1.0], dtype=torch.float64))
+    for bad, text in ((w @ shear, "not a rotation"), (w @ mirror, "reflection"), (w @ scale, "not a rotation")):
+        with pytest.raises(GeometryError, match=text) as info:
+            nearest_rigid(bad, "init pose")
+        assert info.value.name == "init pose"
+        with pytest.raises(GeometryError, match=text):
+            check_rigid(_rounded(bad, 7), "init pose")

@@ -141,6 +141,34 @@ def test_trilinear_box_interior_exact(rng):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
 
+def test_both_renderers_end_the_ct_at_its_voxel_faces(rng):
+    """The CT's boundary convention (docs/geometry.md), shared by both renderers: the volume is its voxel
+    samples extended by zero, so a ray crossing the box gets its mass up to the outer voxel faces.
+    A volume of ones, rays parallel to k (the trilinear renderer's planes are along k, so its in-plane
+    samples lie at the ray's (i, j)) swept across the i faces: (1) inside the hull of the voxel centres
+    both give the exact chord K * spacing_k; (2) integrated over the sweep, both give I voxels of mass
+    (Siddon: a box ending at the faces; trilinear: the same mass, its edge falling linearly over the
+    voxel around each face). RTK's Joseph, which stops at the outermost voxel centres, would miss half
+    a voxel at each face: (I - 1) / I of the mass."""
+    shape = (6, 7, 8)  # K, J, I
+    a = affine((1.2, 0.9, 2.5), random_rotation(rng), origin=(4.0, -3.0, 7.0))
+    vol = Volume(torch.ones(shape, dtype=F64), torch.from_numpy(a), "mu")
+    step = 0.01
+    ci = np.arange(-1.5, 8.5 + step / 2, step)  # sweep across both i faces (box: -0.5 .. 7.5)
+    ij = np.stack([ci, np.full_like(ci, 3.0)], 1)
+    o = np.concatenate([ij, np.full((len(ij), 1), -4.0)], 1)
+    e = np.concatenate([ij, np.full((len(ij), 1), 10.0)], 1)
+    cams = segment_cameras(to_ras(a, o), to_ras(a, e))
+    chord = 6 * 2.5
+    hull = (ci >= 0.0) & (ci <= 7.0)
+    for method in METHODS:
+        got = render(vol, cams, method=method).reshape(-1).numpy()
+        np.testing.assert_allclose(got[hull], chord, rtol=0, atol=1e-9, err_msg=method)
+        mass = float(got.sum() * step) / chord  # in voxels along i
+        assert mass == pytest.approx(8.0, abs=0.03), f"{method}: {mass:.3f} voxels of mass, expected 8 (7 would be RTK's)"
+        assert np.all(got[(ci < -1.0) | (ci > 8.0)] == 0.0), method
+
+
 def test_ellipsoid_error_shrinks_with_resolution(rng):
     """Voxelised ellipsoid (voxel-centre inside test) vs the analytic chord. The staircase boundary makes
     the error first order in the voxel size. Measured mean |error| (line integrals ~0.34 on average):

@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from ..dicom_xray import GeometryOverrides
-from ..geometry import Cameras
+from ..geometry import Cameras, nearest_rigid
 from ..progress import Progress
 from ..projection_set import ProjectionSet
 from ..registration import register
 from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
 from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
 from ..registration.nett import load_nett
-from ..registration.pose import check_rigid, ct_correction_from_poses, ct_isocenter_ras, pose_errors
+from ..registration.pose import ct_correction_from_poses, ct_isocenter_ras, pose_errors
 from ..registration.transform_io import write_ct_correction
 from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu, load_volume
@@ -99,7 +99,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input-units", default="auto", choices=["auto", "hu", "mu"], help="CT values (auto: HU when below -100)")
     p.add_argument("--center", type=float, nargs=3, metavar=("R", "A", "S"), help="rotation centre, RAS mm (default: the CT centre)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
-    p.add_argument("--levels", type=int, nargs="+", default=[8, 4, 2], help="pyramid binning factors, coarse to fine (default 8 4 2)")
+    p.add_argument("--no-ct-coverage", action="store_true",
+                   help="compare every pixel, also those whose rays cross the CT's end faces (default: only pixels whose "
+                        "rays cross the CT's whole extent; see docs/registration.md)")
+    p.add_argument("--levels", type=int, nargs="+", default=None,
+                   help="pyramid binning factors, coarse to fine (default: the engine's, registration.optimize.auto_levels)")
     p.add_argument("--iterations", type=int, nargs="+", help="maximum iterations per level (default 80 then 50)")
     p.add_argument("--capture-range-deg", type=float, default=0.0, help="coarse search over +- this rotation (deg)")
     p.add_argument("--capture-range-mm", type=float, default=0.0, help="coarse search over +- this translation (mm)")
@@ -171,7 +175,7 @@ def read_init_json(path: str):
         t = torch.tensor(m, dtype=torch.float64)
     except (TypeError, ValueError):
         raise ValueError(f"initial pose file {path!r}: world_from_camera must be a 4x4 list of numbers") from None
-    return check_rigid(t, f"world_from_camera in {path!r}")
+    return nearest_rigid(t, f"world_from_camera in {path!r}")  # rounded matrices snapped, non-rigid refused
 
 
 def _read_image_file(path: str):
@@ -302,8 +306,9 @@ def run(args) -> int:
         raise ValueError(f"--overlay {args.overlay}: write a .png file")
     if args.transform_out and not args.transform_out.lower().endswith((".h5", ".hdf5", ".tfm", ".txt")):
         raise ValueError(f"--transform-out {args.transform_out}: use .h5 or .tfm (ITK transform files Slicer loads)")
-    if args.iterations is not None and len(args.iterations) not in (1, len(args.levels)):
-        raise ValueError(f"--iterations needs one value or one per level ({len(args.levels)})")
+    n_levels = len(args.levels) if args.levels else 3  # auto_levels gives three
+    if args.iterations is not None and len(args.iterations) not in (1, n_levels):
+        raise ValueError(f"--iterations needs one value or one per level ({n_levels})")
     volume = load_volume(args.volume, units=None if args.input_units == "auto" else args.input_units)
     volume = as_mu(volume) if volume.units == "hu" else volume
     image, mask, cams, notes = load_xray(args, volume)
@@ -328,6 +333,7 @@ def run(args) -> int:
             levels=args.levels, max_iterations=iterations, capture_range_deg=args.capture_range_deg,
             capture_range_mm=args.capture_range_mm, n_starts=args.starts, keep_starts=min(3, max(1, args.starts)),
             refine_intrinsics=args.refine_intrinsics, appearance=appearance, progress=progress, num_threads=args.threads,
+            ct_coverage=not args.no_ct_coverage,
         )
         if progress is not None:
             progress(Progress(1, 1, "done"))  # early stops end below 100 %

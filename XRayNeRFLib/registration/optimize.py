@@ -1,6 +1,6 @@
 """Pose optimisation of one X-ray against a CT through the differentiable renderer.
 
-``register(volume, image, cameras)`` finds the camera pose (``world_from_camera``, RAS mm) under which
+``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose (``world_from_camera``, RAS mm) under which
 the CT's DRR best matches the X-ray:
 
 1. checks the inputs (finite, non-constant image; rigid pose; the CT's projection overlaps the image);
@@ -9,8 +9,9 @@ the CT's DRR best matches the X-ray:
    render; the best ``keep_starts`` are optimised at the coarsest level and the winner goes on;
 3. coarse-to-fine pyramid (``levels`` = binning factors, e.g. (8, 4, 2)): at each level the detector is
    :meth:`Cameras.downsampled` and the X-ray binned with the same rule, the CT average-pooled to about
-   the coarse pixel footprint; Adam (or L-BFGS) on the pose parameters of :mod:`.pose`, with early stop
-   when the loss has not improved by ``tol`` for ``patience`` iterations;
+   the coarse pixel footprint; only pixels whose rays cross the CT's whole extent count (the CT-coverage
+   mask of :mod:`.coverage`, made at the level's starting pose); Adam (or L-BFGS) on the pose parameters
+   of :mod:`.pose`, with early stop when the loss has not improved by ``tol`` for ``patience`` iterations;
 4. optional intrinsics refinement (source-detector distance, principal point) for uncalibrated C-arms.
 
 A ``progress`` callback receives a :class:`~XRayNeRFLib.progress.Progress` every ``progress_every``
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,10 @@ from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import render
 from ..volume import Volume, as_mu
+from .coverage import ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
-from .pose import PoseParametrisation, check_rigid
+from .pose import PoseParametrization, check_rigid
 
 
 @dataclass
@@ -146,76 +148,139 @@ def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
         )
 
 
+@dataclass
+class RegistrationSettings:
+    """How :func:`register` optimises (everything but the data). Defaults are the shipped recipe.
+
+    loss: a name of :func:`~.losses.make_loss` ("mi", "ncc", "gncc", "mncc", "pncc") or a callable
+        (drr (B, h, w), image (B, h, w), mask) -> (B,) loss to minimise; loss_options go to make_loss.
+    rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
+        x, y, z: the depth z is the least observable, so it gets a larger unit).
+    optimizer: "adam" or "lbfgs".
+    levels: pyramid binning factors, coarse to fine; None (default): :func:`auto_levels` (three levels
+        whose finest has about ``finest_px`` pixels on the image's shorter side, full resolution for
+        small images). max_iterations, learning_rate: per level or one
+        value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
+        the others, learning rate 1.0 halved at every level). patience / tol: a level stops when its loss
+        has not improved by ``tol`` for ``patience`` iterations.
+    capture_range_deg / capture_range_mm / n_starts / keep_starts: coarse global search over +- these
+        offsets (rotations about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
+    refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
+        principal_point_scale_px full-resolution pixels).
+    method / samples_per_voxel: the renderer (see :func:`XRayNeRFLib.render.render`).
+    pool_volume: average-pool the CT at each level to about the level's pixel footprint.
+    ct_coverage: compare only pixels whose rays cross the CT's whole extent along the beam (see
+        :func:`~.coverage.ct_coverage_mask`). The mask is made at the start of each level from that
+        level's starting pose (and per candidate in the coarse search) and held fixed during the level,
+        so that the loss compares one set of pixels; a level where the mask would leave fewer than 16
+        pixels compares every pixel instead. ``coverage_margin_px``: how far (in the level's
+        pixels, at the CT centre's depth) covered rays must stay inside the CT's side faces, room for
+        the pose to move during the level.
+    progress_every: iterations between progress calls.
+    num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
+        small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
+    """
+
+    loss: Union[str, Callable] = "mi"
+    loss_options: Optional[dict] = None
+    rotation_scale_deg: float = 1.0
+    translation_scale_mm: Sequence[float] = (1.0, 1.0, 4.0)
+    optimizer: str = "adam"
+    levels: Optional[Sequence[int]] = None
+    finest_px: int = 128
+    max_iterations: Optional[Union[Sequence[int], int]] = None
+    learning_rate: Optional[Union[Sequence[float], float]] = None
+    patience: int = 12
+    tol: float = 1e-4
+    capture_range_deg: float = 0.0
+    capture_range_mm: float = 0.0
+    n_starts: int = 1
+    keep_starts: int = 2
+    refine_intrinsics: bool = False
+    sdd_scale_mm: float = 5.0
+    principal_point_scale_px: float = 2.0
+    method: str = "trilinear"
+    samples_per_voxel: float = 1.0
+    pool_volume: bool = True
+    ct_coverage: bool = True
+    coverage_margin_px: float = 1.0
+    progress_every: int = 5
+    num_threads: Optional[int] = None
+
+    def per_level(self, size_px: Sequence[int]) -> Tuple[List[int], List[int], List[float]]:
+        """(levels, iterations per level, learning rate per level) for an image of ``size_px``
+        (columns, rows), checked."""
+        levels = auto_levels(size_px, self.finest_px) if self.levels is None else [int(f) for f in self.levels]
+        if not levels or min(levels) < 1:
+            raise ValueError(f"pyramid levels must be positive binning factors, got {levels}")
+        n = len(levels)
+        it = [80] + [50] * (n - 1) if self.max_iterations is None else self.max_iterations
+        lr = [0.5**i for i in range(n)] if self.learning_rate is None else self.learning_rate
+        iters = [int(it)] * n if isinstance(it, (int, float)) else [int(v) for v in it]
+        lrs = [float(lr)] * n if isinstance(lr, (int, float)) else [float(v) for v in lr]
+        if len(iters) != n or len(lrs) != n:
+            raise ValueError(f"max_iterations and learning_rate need one value per level ({n})")
+        if self.optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'lbfgs'")
+        return levels, iters, lrs
+
+
+_SETTING_NAMES = tuple(f.name for f in fields(RegistrationSettings))
+
+
+def auto_levels(size_px: Sequence[int], finest_px: int = 128) -> List[int]:
+    """Default pyramid: binning factors (4f, 2f, f) with f the largest power of two that leaves at least
+    ``finest_px`` pixels on the image's shorter side (f = 1, full resolution, for images of up to
+    2 * finest_px - 1 pixels). size_px: (columns, rows)."""
+    side = min(int(v) for v in size_px)
+    f = 1
+    while side // (2 * f) >= int(finest_px):
+        f *= 2
+    return [4 * f, 2 * f, f]
+
+
 def register(
     volume: Volume,
     image: Tensor,
     cameras: Cameras,
+    settings: Optional[RegistrationSettings] = None,
     *,
-    loss="mi",
-    loss_options: Optional[dict] = None,
     mask: Optional[Tensor] = None,
     center_ras: Optional[Sequence[float]] = None,
-    rotation_scale_deg: float = 1.0,
-    translation_scale_mm: Sequence[float] = (1.0, 1.0, 4.0),
-    optimizer: str = "adam",
-    levels: Sequence[int] = (8, 4, 2),
-    max_iterations: Optional[Sequence[int] | int] = None,
-    learning_rate: Optional[Sequence[float] | float] = None,
-    patience: int = 12,
-    tol: float = 1e-4,
-    capture_range_deg: float = 0.0,
-    capture_range_mm: float = 0.0,
-    n_starts: int = 1,
-    keep_starts: int = 2,
-    refine_intrinsics: bool = False,
-    sdd_scale_mm: float = 5.0,
-    principal_point_scale_px: float = 2.0,
-    method: str = "trilinear",
-    samples_per_voxel: float = 1.0,
-    pool_volume: bool = True,
     appearance: Optional[Callable[[Volume], Volume]] = None,
     progress: ProgressCallback = None,
-    progress_every: int = 5,
-    num_threads: Optional[int] = None,
+    **overrides,
 ) -> RegistrationResult:
     """Register the CT ``volume`` (HU or mu) to the X-ray ``image`` (H, W) seen by ``cameras`` (1 view,
     its world_from_camera the initial pose).
 
     image: (H, W) float, any monotone function of the line integral for "mi"; for the NCC losses,
         brighter must mean more attenuation (log-linearise and/or invert first: see intensity.py).
-    loss: a name of :func:`~.losses.make_loss` ("mi", "ncc", "gncc", "mncc", "pncc") or a callable
-        (drr (B, h, w), image (B, h, w), mask) -> (B,) loss to minimise.
+    settings: a :class:`RegistrationSettings` (default: its defaults); ``overrides`` replace single
+        fields of it by name (``register(v, x, c, loss="ncc", levels=(4, 2, 1))``).
     mask: (H, W) bool, pixels that count (e.g. :func:`~.intensity.collimator_mask`).
-    center_ras: rotation centre (default the CT centre).
-    rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
-        x, y, z: the depth z is the least observable, so it gets a larger unit).
-    levels: pyramid binning factors, coarse to fine; max_iterations, learning_rate: per level or one
-        value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
-        the others, learning rate 1.0 halved at every level).
-    capture_range_deg / capture_range_mm / n_starts: coarse global search over +- these offsets (rotations
-        about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
-    refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
-        principal_point_scale_px full-resolution pixels).
+    center_ras: (3,) rotation centre, RAS mm (default the CT centre).
     appearance: optional map Volume -> Volume applied to the mu volume first (a NeTT model).
-    num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
-        small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
+    progress: see the module docstring.
     """
-    if num_threads is None:
-        return _register(**locals())
+    unknown = sorted(set(overrides) - set(_SETTING_NAMES))
+    if unknown:
+        raise TypeError(f"register() got unknown option(s) {unknown}; RegistrationSettings has {list(_SETTING_NAMES)}")
+    s = replace(settings or RegistrationSettings(), **overrides)
     before = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
+    if s.num_threads is not None:
+        torch.set_num_threads(int(s.num_threads))
     try:
-        return _register(**locals())
+        run = _Run(volume, image, cameras, s, mask, center_ras, appearance, progress)
+        return run.execute()
     finally:
-        torch.set_num_threads(before)
+        if s.num_threads is not None:
+            torch.set_num_threads(before)
 
 
-def _register(volume, image, cameras, *, loss, loss_options, mask, center_ras, rotation_scale_deg, translation_scale_mm,
-              optimizer, levels, max_iterations, learning_rate, patience, tol, capture_range_deg, capture_range_mm,
-              n_starts, keep_starts, refine_intrinsics, sdd_scale_mm, principal_point_scale_px, method,
-              samples_per_voxel, pool_volume, appearance, progress, progress_every, num_threads,
-              before=None) -> RegistrationResult:
-    t_start = time.perf_counter()
+def _checked_image_and_mask(image: Tensor, cameras: Cameras, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The X-ray as (H, W) and its mask (H, W) bool, after the input checks (one view, size, finite,
+    not constant inside the mask)."""
     if len(cameras) != 1:
         raise ValueError(f"register one X-ray at a time: cameras has {len(cameras)} views")
     img = torch.as_tensor(image)
@@ -239,202 +304,228 @@ def _register(volume, image, cameras, *, loss, loss_options, mask, center_ras, r
     if sel.numel() == 0 or float(sel.max() - sel.min()) <= 1e-12 * max(1.0, float(sel.abs().max())):
         raise ValueError("the X-ray is constant (inside the mask): nothing to register to; check the file, its "
                          "windowing and the collimator mask")
-    w0 = check_rigid(cameras.world_from_camera[0].detach(), "initial world_from_camera")
-    if volume.units == "hu":
-        volume = as_mu(volume)
-    volume.check_finite("the CT")
-    if appearance is not None:
-        with torch.no_grad():
-            volume = appearance(volume)
-    dtype = torch.float32
-    vol = volume.to(dtype=dtype)
-    cams0 = cameras.to(dtype=torch.float64)
-    _check_overlap(vol, cams0, mask)
-    levels = [int(f) for f in levels]
-    if not levels or min(levels) < 1:
-        raise ValueError(f"pyramid levels must be positive binning factors, got {levels}")
-    n_lv = len(levels)
-    if max_iterations is None:
-        max_iterations = [80] + [50] * (n_lv - 1)
-    if learning_rate is None:
-        learning_rate = [0.5**i for i in range(n_lv)]
-    iters = [int(max_iterations)] * n_lv if isinstance(max_iterations, (int, float)) else [int(v) for v in max_iterations]
-    lrs = [float(learning_rate)] * n_lv if isinstance(learning_rate, (int, float)) else [float(v) for v in learning_rate]
-    if len(iters) != n_lv or len(lrs) != n_lv:
-        raise ValueError(f"max_iterations and learning_rate need one value per level ({n_lv})")
-    centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
-    param = PoseParametrisation(w0, centre, math.radians(rotation_scale_deg), translation_scale_mm)
-    loss_fn = loss if callable(loss) else make_loss(loss, **(loss_options or {}))
-    loss_label = getattr(loss, "__name__", "custom") if callable(loss) else loss
-    n_par = 9 if refine_intrinsics else 6
-    sdd0 = cams0.sdd_mm[0].clone()
-    pp0 = cams0.principal_point_px[0].clone()
-    spacing = cams0.pixel_spacing_mm[0].clone()
+    return img, mask
 
-    def build(x: Tensor, factor: int) -> Cameras:
+
+class _Run:
+    """One registration: the prepared data (pyramid, parametrisation, loss) and the named steps
+    (coarse search, one pyramid level, result) that :meth:`execute` chains."""
+
+    def __init__(self, volume, image, cameras, settings: RegistrationSettings, mask, center_ras, appearance, progress):
+        self.t_start = time.perf_counter()
+        self.s = s = settings
+        self.progress = progress
+        img, mask = _checked_image_and_mask(image, cameras, mask)
+        w0 = check_rigid(cameras.world_from_camera[0].detach(), "initial world_from_camera")
+        if volume.units == "hu":
+            volume = as_mu(volume)
+        volume.check_finite("the CT")
+        if appearance is not None:
+            with torch.no_grad():
+                volume = appearance(volume)
+        self.dtype = dtype = torch.float32
+        vol = volume.to(dtype=dtype)
+        self.cams0 = cams0 = cameras.to(dtype=torch.float64)
+        _check_overlap(vol, cams0, mask)
+        self.levels, self.iters, self.lrs = s.per_level(cams0.size_px)
+        centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
+        self.param = PoseParametrization(w0, centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
+        self.vol, self.centre_ras = vol, vol.center_ras().double()
+        self.loss_fn = s.loss if callable(s.loss) else make_loss(s.loss, **(s.loss_options or {}))
+        self.loss_label = getattr(s.loss, "__name__", "custom") if callable(s.loss) else s.loss
+        self.n_par = 9 if s.refine_intrinsics else 6
+        self.sdd0 = cams0.sdd_mm[0].clone()
+        self.pp0 = cams0.principal_point_px[0].clone()
+        self.spacing = cams0.pixel_spacing_mm[0].clone()
+        self.level_data = self._pyramid(img, mask, vol)
+        self.trace: List[dict] = []
+        self.iterations = 0
+        self.total_budget = sum(self.iters)
+
+    # -- data ------------------------------------------------------------------------------------
+    def _pyramid(self, img: Tensor, mask: Tensor, vol: Volume) -> dict:
+        """Per binning factor: (binned image (h, w), binned mask (h, w) bool, pooled volume)."""
+        out = {}
+        for f in sorted(set(self.levels) | {1}):
+            im_f, m_f = bin_image(img.to(self.dtype), f, mask)
+            if m_f.sum() < 16:
+                raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
+            vol_f = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
+            out[f] = (im_f, m_f, vol_f)
+        return out
+
+    def build(self, x: Tensor, factor: int) -> Cameras:
         """Cameras (B views) for parameters x (B, n_par) at a pyramid level."""
-        w = param.world_from_camera(x[:, :6].double())
+        s = self.s
+        w = self.param.world_from_camera(x[:, :6].double())
         b = x.shape[0]
-        if refine_intrinsics:
-            sdd = sdd0 + x[:, 6].double() * sdd_scale_mm
-            pp = pp0 + x[:, 7:9].double() * principal_point_scale_px
+        if s.refine_intrinsics:
+            sdd = self.sdd0 + x[:, 6].double() * s.sdd_scale_mm
+            pp = self.pp0 + x[:, 7:9].double() * s.principal_point_scale_px
         else:
-            sdd, pp = sdd0.expand(b), pp0.expand(b, 2)
-        c = Cameras(w, sdd, spacing.expand(b, 2), pp, cams0.size_px)
+            sdd, pp = self.sdd0.expand(b), self.pp0.expand(b, 2)
+        c = Cameras(w, sdd, self.spacing.expand(b, 2), pp, self.cams0.size_px)
         return c.downsampled(factor) if factor > 1 else c
 
-    # Per-level data: binned image/mask and pooled volume.
-    level_data = {}
-    for f in sorted(set(levels) | {1}):
-        im_f, m_f = bin_image(img.to(dtype), f, mask)
-        if m_f.sum() < 16:
-            raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
-        vol_f = pooled_volume(vol, max(1, f // 2)) if pool_volume else vol
-        level_data[f] = (im_f, m_f, vol_f)
+    def pixel_mask(self, x: Tensor, factor: int) -> Tensor:
+        """Pixels that count at a level for parameters x (B, n_par): the image mask, and with
+        ``ct_coverage`` the CT-coverage mask at that pose: (h, w) or (B, h, w) bool."""
+        m_f = self.level_data[factor][1]
+        if not self.s.ct_coverage:
+            return m_f
+        cams = self.build(x.detach(), factor)
+        depth = (cams.camera_from_world()[:, :3, :3] @ self.centre_ras + cams.camera_from_world()[:, :3, 3])[:, 2]
+        footprint_mm = float((cams.pixel_spacing_mm.amax(-1) * depth / cams.sdd_mm).max())
+        cover = ct_coverage_mask(self.vol, cams, self.s.coverage_margin_px * footprint_mm)
+        m = m_f & cover  # (B, h, w)
+        if int(m.flatten(1).sum(1).min()) < 16:
+            return m_f  # a level too coarse (or a CT too small) for the mask: every pixel counts there
+        return m
 
-    def evaluate(x: Tensor, factor: int, with_drr: bool = False):
-        im_f, m_f, vol_f = level_data[factor]
-        drr = render(vol_f, build(x, factor), method=method, samples_per_voxel=samples_per_voxel)
+    def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[Tensor] = None):
+        """Loss (B,) of parameters x (B, n_par) at a level (and the DRRs (B, h, w)); ``mask``: the
+        pixels that count (default :meth:`pixel_mask` at x)."""
+        im_f, _, vol_f = self.level_data[factor]
+        cams = self.build(x, factor)
+        drr = render(vol_f, cams, renderer=self.s.method, samples_per_voxel=self.s.samples_per_voxel)
         if not torch.isfinite(drr).all():
             raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
-        val = loss_fn(drr, im_f, m_f)
+        val = self.loss_fn(drr, im_f, self.pixel_mask(x, factor) if mask is None else mask)
         return (val, drr) if with_drr else val
 
-    trace: List[dict] = []
-    counters = {"it": 0}
-    total_budget = sum(iters)
-    cancelled = False
-
-    def check_value(v: Tensor, where: str) -> None:
+    def check_value(self, v: Tensor, where: str) -> None:
         if not torch.isfinite(v).all():
             raise RuntimeError(
-                f"the registration loss {loss_label!r} became NaN/infinite {where}; the DRR or the X-ray is degenerate "
+                f"the registration loss {self.loss_label!r} became NaN/infinite {where}; the DRR or the X-ray is degenerate "
                 "there (flat image, pose far outside the CT). Lower the learning rate, use a smaller capture range "
                 "or another loss"
             )
 
-    def call_progress(x: Tensor, factor: int, val: float, drr: Optional[Tensor], message: str) -> bool:
-        if progress is None:
+    def call_progress(self, x: Tensor, factor: int, val: float, drr: Optional[Tensor], message: str) -> bool:
+        if self.progress is None:
             return True
         preview = {
-            "world_from_camera": param.world_from_camera(x[:6].detach().double()),
+            "world_from_camera": self.param.world_from_camera(x[:6].detach().double()),
             "drr": None if drr is None else drr.detach()[0],
             "loss": val,
             "level": factor,
         }
-        return progress(Progress(counters["it"], total_budget, message, preview)) is not False
+        return self.progress(Progress(self.iterations, self.total_budget, message, preview)) is not False
 
-    def optimise_level(x_init: Tensor, li: int, start: int) -> tuple:
-        """Run one level from x_init; returns (best x, best loss, stopped_by_user)."""
-        factor = levels[li]
-        x = x_init.clone().to(dtype).requires_grad_(True)
-        best_x, best_v = x_init.clone().to(dtype), float("inf")
-        since = 0
-        stopped = False
-        if optimizer == "adam":
-            opt = torch.optim.Adam([x], lr=lrs[li])
-        elif optimizer == "lbfgs":
-            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+    # -- steps -----------------------------------------------------------------------------------
+    def initial_loss(self, x0: Tensor) -> float:
+        """Loss at the initial pose (full resolution); raises when the DRR is flat over the X-ray."""
+        with torch.no_grad():
+            initial = float(self.evaluate(x0[None], 1).sum())
+            _, drr0 = self.evaluate(x0[None], self.levels[0], with_drr=True)
+        self.check_value(torch.tensor(initial), "at the initial pose")
+        if float(drr0[0][self.level_data[self.levels[0]][1]].std()) <= 0:
+            raise ValueError("the CT's DRR is flat over the X-ray at the initial pose: the X-ray does not overlap the CT's "
+                             "projection. Fix the initial pose (init.json) or the camera")
+        return initial
+
+    def coarse_search(self, x0: Tensor) -> List[Tensor]:
+        """Starting parameters for the coarsest level: x0 alone, or the best ``keep_starts`` of
+        ``n_starts`` Halton-spread poses over the capture range (x0 first), scored in batches."""
+        s = self.s
+        if not (s.n_starts > 1 and (s.capture_range_deg > 0 or s.capture_range_mm > 0)):
+            return [x0]
+        h = _halton(s.n_starts - 1, 6) * 2 - 1  # (n-1, 6) in [-1, 1)
+        cand = torch.zeros(s.n_starts, self.n_par, dtype=self.dtype)
+        cand[1:, :3] = (h[:, :3] * s.capture_range_deg / s.rotation_scale_deg).to(self.dtype)
+        cand[1:, 3:6] = (h[:, 3:6] * s.capture_range_mm / self.param.translation_scale_mm).to(self.dtype)
+        scores = []
+        with torch.no_grad():
+            for b0 in range(0, s.n_starts, 16):
+                scores.append(self.evaluate(cand[b0 : b0 + 16], self.levels[0]))
+        scores = torch.cat(scores)
+        self.check_value(scores.min(), "during the coarse search")
+        order = torch.argsort(torch.nan_to_num(scores, nan=float("inf")))
+        self.trace.append({"level": self.levels[0], "start": -1, "iteration": -1, "loss": float(scores.min()),
+                           "parameters": cand[int(order[0])].tolist(), "coarse_search_candidates": s.n_starts})
+        return [cand[int(i)] for i in order[: max(1, s.keep_starts)]]
+
+    def optimise_level(self, x_init: Tensor, li: int, start: int) -> Tuple[Tensor, float, bool]:
+        """Run pyramid level ``li`` from x_init: (best x, best loss, stopped by the user)."""
+        s, factor = self.s, self.levels[li]
+        mask = self.pixel_mask(x_init[None], factor)  # held fixed during the level
+        x = x_init.clone().to(self.dtype).requires_grad_(True)
+        best_x, best_v = x_init.clone().to(self.dtype), float("inf")
+        since, stopped = 0, False
+        if s.optimizer == "adam":
+            opt = torch.optim.Adam([x], lr=self.lrs[li])
         else:
-            raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'lbfgs'")
-        for it in range(iters[li]):
+            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+        for it in range(self.iters[li]):
             state = {}
 
             def closure():
                 opt.zero_grad()
-                v, drr = evaluate(x[None], factor, with_drr=True)
+                v, drr = self.evaluate(x[None], factor, with_drr=True, mask=mask)
                 v = v.sum()
-                check_value(v, f"at pyramid level {factor}, iteration {it}")
+                self.check_value(v, f"at pyramid level {factor}, iteration {it}")
                 v.backward()
                 if not torch.isfinite(x.grad).all():
-                    raise RuntimeError(f"the gradient of the loss {loss_label!r} became NaN at level {factor}, iteration {it}; "
-                                       "lower the learning rate or use another loss")
+                    raise RuntimeError(f"the gradient of the loss {self.loss_label!r} became NaN at level {factor}, "
+                                       f"iteration {it}; lower the learning rate or use another loss")
                 if "v" not in state:
                     state.update(v=float(v.detach()), x=x.detach().clone(), drr=drr.detach())
                 return v
 
             opt.step(closure)
-            counters["it"] += 1
+            self.iterations += 1
             v = state["v"]
-            trace.append({"level": factor, "start": start, "iteration": it, "loss": v, "parameters": state["x"].tolist()})
-            if v < best_v - tol:
-                since = 0
-            else:
-                since += 1
+            self.trace.append({"level": factor, "start": start, "iteration": it, "loss": v, "parameters": state["x"].tolist()})
+            since = 0 if v < best_v - s.tol else since + 1
             if v < best_v:
                 best_v, best_x = v, state["x"].clone()
-            if progress is not None and (it % max(1, progress_every) == 0):
-                if not call_progress(state["x"], factor, v, state["drr"], f"level {factor}: iteration {it}, loss {v:.4f}"):
+            if self.progress is not None and (it % max(1, s.progress_every) == 0):
+                if not self.call_progress(state["x"], factor, v, state["drr"], f"level {factor}: iteration {it}, loss {v:.4f}"):
                     stopped = True
                     break
-            if since >= patience:
+            if since >= s.patience:
                 break
         # The final iterate is usually the best; score it too.
         with torch.no_grad():
-            v_last = float(evaluate(x.detach()[None], factor).sum())
-        check_value(torch.tensor(v_last), f"at the end of pyramid level {factor}")
+            v_last = float(self.evaluate(x.detach()[None], factor, mask=mask).sum())
+        self.check_value(torch.tensor(v_last), f"at the end of pyramid level {factor}")
         if v_last < best_v:
             best_v, best_x = v_last, x.detach().clone()
         return best_x, best_v, stopped
 
-    x0 = torch.zeros(n_par, dtype=dtype)
-    with torch.no_grad():
-        initial_loss = float(evaluate(x0[None], 1).sum())
-        _, drr0 = evaluate(x0[None], levels[0], with_drr=True)
-    check_value(torch.tensor(initial_loss), "at the initial pose")
-    if float(drr0[0][level_data[levels[0]][1]].std()) <= 0:
-        raise ValueError("the CT's DRR is flat over the X-ray at the initial pose: the X-ray does not overlap the CT's "
-                         "projection. Fix the initial pose (init.json) or the camera")
-
-    # Coarse global search.
-    starts = [x0]
-    if n_starts > 1 and (capture_range_deg > 0 or capture_range_mm > 0):
-        h = _halton(n_starts - 1, 6) * 2 - 1  # (n-1, 6) in [-1, 1)
-        cand = torch.zeros(n_starts, n_par, dtype=dtype)
-        cand[1:, :3] = (h[:, :3] * capture_range_deg / rotation_scale_deg).to(dtype)
-        cand[1:, 3:6] = (h[:, 3:6] * capture_range_mm / param.translation_scale_mm).to(dtype)
-        scores = []
+    def result(self, best_x: Tensor, initial_loss: float, cancelled: bool) -> RegistrationResult:
         with torch.no_grad():
-            for b0 in range(0, n_starts, 16):
-                scores.append(evaluate(cand[b0 : b0 + 16], levels[0]))
-        scores = torch.cat(scores)
-        check_value(scores.min(), "during the coarse search")
-        order = torch.argsort(torch.nan_to_num(scores, nan=float("inf")))
-        starts = [cand[int(i)] for i in order[: max(1, keep_starts)]]
-        trace.append({"level": levels[0], "start": -1, "iteration": -1, "loss": float(scores.min()),
-                      "parameters": cand[int(order[0])].tolist(), "coarse_search_candidates": n_starts})
+            final_loss = float(self.evaluate(best_x[None], 1).sum())
+        c = self.build(best_x[None].double(), 1)
+        c = Cameras(c.world_from_camera.detach(), c.sdd_mm.detach(), c.pixel_spacing_mm.detach(),
+                    c.principal_point_px.detach(), c.size_px)
+        return RegistrationResult(
+            world_from_camera=c.world_from_camera[0].clone(),
+            cameras=c,
+            ct_correction_ras=self.param.ct_correction_ras(best_x[:6]),
+            loss=final_loss,
+            initial_loss=initial_loss,
+            iterations=self.iterations,
+            seconds=time.perf_counter() - self.t_start,
+            parameters=best_x.tolist(),
+            trace=self.trace,
+            cancelled=cancelled,
+            loss_name=self.loss_label,
+        )
 
-    best_x, best_v = starts[0], float("inf")
-    for s, xs in enumerate(starts):
-        xb, vb, stopped = optimise_level(xs, 0, s)
-        if vb < best_v:
-            best_x, best_v = xb, vb
-        if stopped:
-            cancelled = True
-            break
-    if not cancelled:
-        for li in range(1, n_lv):
-            best_x, best_v, stopped = optimise_level(best_x, li, 0)
+    def execute(self) -> RegistrationResult:
+        x0 = torch.zeros(self.n_par, dtype=self.dtype)
+        initial = self.initial_loss(x0)
+        best_x, best_v, cancelled = x0, float("inf"), False
+        for start, xs in enumerate(self.coarse_search(x0)):
+            xb, vb, stopped = self.optimise_level(xs, 0, start)
+            if vb < best_v:
+                best_x, best_v = xb, vb
             if stopped:
                 cancelled = True
                 break
-    with torch.no_grad():
-        final_loss = float(evaluate(best_x[None], 1).sum())
-    cams_final = build(best_x[None].double(), 1)
-    cams_final = Cameras(
-        cams_final.world_from_camera.detach(), cams_final.sdd_mm.detach(), cams_final.pixel_spacing_mm.detach(),
-        cams_final.principal_point_px.detach(), cams_final.size_px,
-    )
-    return RegistrationResult(
-        world_from_camera=cams_final.world_from_camera[0].clone(),
-        cameras=cams_final,
-        ct_correction_ras=param.ct_correction_ras(best_x[:6]),
-        loss=final_loss,
-        initial_loss=initial_loss,
-        iterations=counters["it"],
-        seconds=time.perf_counter() - t_start,
-        parameters=best_x.tolist(),
-        trace=trace,
-        cancelled=cancelled,
-        loss_name=loss_label,
-    )
+        for li in range(1, len(self.levels)):
+            if cancelled:
+                break
+            best_x, best_v, cancelled = self.optimise_level(best_x, li, 0)
+        return self.result(best_x, initial, cancelled)

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..geometry import homogeneous, rigid_inverse
+from ..geometry import RIGID_TOL, homogeneous, nearest_rigid, rigid_inverse
 
 
 def skew(v: Tensor) -> Tensor:
@@ -83,25 +83,10 @@ def rotation_angle_deg(rotation: Tensor) -> Tensor:
     return torch.rad2deg(so3_log(rotation).norm(dim=-1))
 
 
-def check_rigid(matrix: Tensor, name: str = "pose", tol: float = 1e-4) -> Tensor:
-    """Validate a 4x4 rigid transform (float64 returned); raise ValueError saying what is wrong."""
-    m = torch.as_tensor(matrix, dtype=torch.float64)
-    if tuple(m.shape) != (4, 4):
-        raise ValueError(f"{name} must be a 4x4 matrix (row-major list of 4 rows), got shape {tuple(m.shape)}")
-    if not torch.isfinite(m).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if (m[3] - torch.tensor([0, 0, 0, 1.0], dtype=m.dtype)).abs().max() > tol:
-        raise ValueError(f"{name}: the last row must be [0, 0, 0, 1], got {m[3].tolist()}")
-    r = m[:3, :3]
-    ortho = (r.T @ r - torch.eye(3, dtype=m.dtype)).abs().max()
-    det = torch.linalg.det(r)
-    if ortho > tol or abs(float(det) - 1) > tol:
-        what = "a reflection (determinant -1)" if det < 0 else f"not a rotation (|R^T R - I| = {float(ortho):.3g}, det = {float(det):.4g})"
-        raise ValueError(
-            f"{name} is not rigid: its 3x3 block is {what}. Give a rotation plus translation in mm "
-            "(no scaling, shear or mirroring); mirror the image instead of the pose."
-        )
-    return m
+def check_rigid(matrix: Tensor, name: str = "pose", tol: float = RIGID_TOL) -> Tensor:
+    """A rigid 4x4 transform (float64) from a near-rigid one: :func:`XRayNeRFLib.geometry.nearest_rigid`
+    (rounded matrices snapped; scale, shear or mirroring raise ``GeometryError``, a ValueError)."""
+    return nearest_rigid(matrix, name, tol)
 
 
 @dataclass

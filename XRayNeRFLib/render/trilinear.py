@@ -9,8 +9,13 @@ by bilinear interpolation in the plane, so all rays' samples on one plane are a 
 
 Quadrature: each plane stands for a slab of thickness 1/samples_per_voxel (in voxels) along the
 dominant axis; a sample's weight is the length in mm of the part of the source-to-pixel segment inside
-its slab. The volume is zero outside its voxel box, and the interpolation blends towards zero in the
-outer half voxel (grid_sample's "zeros" padding).
+its slab.
+
+Boundary (the convention of docs/geometry.md, shared with Siddon): the CT is its voxel samples extended
+by zero beyond the box. Along the dominant axis the outermost slabs reach the box faces (index -0.5 and
+n - 0.5); in the plane, the bilinear interpolant between the edge voxels and the zeros beyond
+(grid_sample's "zeros" padding) falls linearly from the edge value at the outermost centre to 0 one
+voxel further, half the edge value at the face: the same mass as Siddon's box, spread over one voxel.
 
 Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), through ``grid_sample``.
 """
