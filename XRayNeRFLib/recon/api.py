@@ -31,7 +31,7 @@ from ..render import DEFAULT_RENDERER, RENDERERS
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, mu_to_hu, mu_water_per_mm
 from .checks import check_masks, check_projections
 from .fov import analyse_orbit, cameras_float64
-from .grid import REGIONS, check_memory, cylinder_grid, field_of_view, view_counts
+from .grid import REGIONS, FieldOfView, check_memory, cylinder_grid, field_of_view, view_counts
 from .optimize import FitHistory, FitSettings
 from .truncation import Truncation, crop_to, detect_truncation, extended_grid
 from .uncertainty import ensemble
@@ -197,6 +197,26 @@ def reconstruct(
         (normalize, mci, ...); all: energy_kev (HU conversion). Unknown keys raise ValueError.
     """
     t0 = time.perf_counter()
+    options, energy = _check_request(method, units, renderer, iterations, options)
+    projections = check_projections(projections, cameras)  # once per request: the methods get checked=True
+    masks = check_masks(masks, projections)
+    if masks is not None and method == "fdk":
+        warnings.warn(
+            f"FDK cannot leave collimated pixels out of a filtered backprojection: the {int((~masks).sum())} masked pixels are "
+            "used as measured; use method 'voxel' or 'nerf' to exclude them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    plan = _plan_grids(projections, cameras, method, volume, grid, spacing_mm, fov_region, extend_grid, options, uncertainty)
+    mean, std, history, cancelled = _run_request(
+        plan, projections, cameras, masks, method, renderer, iterations, uncertainty, ensemble_size, seed, progress, options
+    )
+    return _assemble_result(plan, mean, std, history, cancelled, units, energy, fov_counts, len(cameras), t0)
+
+
+def _check_request(method: str, units: str, renderer: str, iterations: Optional[int], options: Optional[dict]):
+    """The argument checks of :func:`reconstruct` that need no data. -> (options: a copy without
+    energy_kev, energy_kev)"""
     if method not in METHODS:
         raise ValueError(f"unknown reconstruction method {method!r}; use one of {', '.join(METHODS)}")
     if units not in ("mu", "hu"):
@@ -209,15 +229,26 @@ def reconstruct(
     _check_options(method, options)
     energy = float(options.pop("energy_kev", DEFAULT_EFFECTIVE_ENERGY_KEV))
     mu_water_per_mm(energy)  # validates the energy range before any work
-    projections = check_projections(projections, cameras)  # once per request: the methods get checked=True
-    masks = check_masks(masks, projections)
-    if masks is not None and method == "fdk":
-        warnings.warn(
-            f"FDK cannot leave collimated pixels out of a filtered backprojection: the {int((~masks).sum())} masked pixels are "
-            "used as measured; use method 'voxel' or 'nerf' to exclude them",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    return options, energy
+
+
+@dataclass
+class _GridPlan:
+    """Where :func:`reconstruct` runs: like, the output grid; run_like, the grid the method runs on
+    (``like`` itself, or ``like`` extended for truncated data, which is cropped back at ``offset``); both
+    zero-filled float32 mu volumes. cams64, fov and truncation describe the views."""
+
+    cams64: Cameras
+    fov: FieldOfView
+    truncation: Truncation
+    like: Volume
+    run_like: Volume
+    offset: tuple
+
+
+def _plan_grids(projections, cameras, method, volume, grid, spacing_mm, fov_region, extend_grid, options, uncertainty) -> _GridPlan:
+    """Grid and field-of-view preparation: the output grid (``volume`` or the ``fov_region`` cylinder), the
+    grid the method runs on (extended when the data are truncated), and the memory check before allocating."""
     if fov_region not in REGIONS:
         raise ValueError(f"unknown fov_region {fov_region!r}; use one of {', '.join(REGIONS)}")
     cams64 = cameras_float64(cameras)
@@ -235,6 +266,13 @@ def reconstruct(
     run_like = like if run_like.data.shape == like.data.shape and offset == (0, 0, 0) else Volume(
         torch.zeros(run_like.data.shape, dtype=torch.float32), run_like.ras_from_ijk.float(), "mu"
     )
+    return _GridPlan(cams64, fov, truncation, like, run_like, offset)
+
+
+def _run_request(plan, projections, cameras, masks, method, renderer, iterations, uncertainty, ensemble_size, seed, progress, options):
+    """Method dispatch: one reconstruction on ``plan.run_like`` cropped to ``plan.like``, or an ensemble of them
+    (``uncertainty``). -> (mean Volume mu, std Volume mu or None, history or None, cancelled)"""
+    like, run_like, offset = plan.like, plan.run_like, plan.offset
 
     def one(keep: Optional[Tensor], member_seed: int, member_progress: ProgressCallback):
         p = projections if keep is None else projections[keep]
@@ -252,13 +290,19 @@ def reconstruct(
     else:
         mean, history, cancelled = one(None, seed, progress)
         std = None
+    return mean, std, history, cancelled
+
+
+def _assemble_result(plan, mean, std, history, cancelled, units, energy, fov_counts, n_views, t0) -> ReconstructionResult:
+    """Result assembly: the finiteness check, the conversion to ``units`` and the field-of-view report."""
     mean.check_finite("the reconstruction")
     if units == "hu":
         scale = 1000.0 / mu_water_per_mm(energy)
         mean = Volume(mu_to_hu(mean.data, energy), mean.ras_from_ijk, "hu")
         std = None if std is None else Volume(std.data * scale, std.ras_from_ijk, "hu")
-    report = FieldOfViewReport(truncation, fov.every_radius_mm, fov.any_radius_mm, fov.displaced, tuple(run_like.data.shape), len(cameras),
-                               view_counts(cams64, like) if fov_counts else None)
+    fov = plan.fov
+    report = FieldOfViewReport(plan.truncation, fov.every_radius_mm, fov.any_radius_mm, fov.displaced, tuple(plan.run_like.data.shape), n_views,
+                               view_counts(plan.cams64, plan.like) if fov_counts else None)
     return ReconstructionResult(mean, std, history, time.perf_counter() - t0, bool(cancelled), report)
 
 
@@ -318,7 +362,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
             warnings.warn(
                 f"reconstruct_nerf cannot leave pixels out of the data term: the {int((~masks).sum())} masked pixels are fitted as measured",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # _run_method <- one <- _run_request <- reconstruct, as before the split
             )
     vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, checked=True, **kw)
     return vol, hist, bool(getattr(hist, "cancelled", False))

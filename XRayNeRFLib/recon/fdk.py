@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from ..volume import Volume
 from .backproject import VoxelBackprojector
 from .checks import check_projections  # noqa: F401  (also re-exported: older code imports it from here)
 from .displaced import displaced_detector_weights
-from .fov import analyse_orbit, cameras_float64, default_grid
+from .fov import Orbit, analyse_orbit, cameras_float64, default_grid
 from .grid import DISPLACED_FRACTION, lateral_axis_is_columns
 from .truncation import (
     DEFAULT_EXTENSION,
@@ -149,13 +150,34 @@ def fdk(
     orbit = analyse_orbit(cams)
     if volume is None:
         volume = default_grid(cams, grid=grid, spacing_mm=spacing_mm, orbit=orbit)
-    p = projections.detach().to(torch.float64).cpu()
-    n_views, height, width = p.shape
-
-    # filtered direction: the detector axis (camera x or y) most perpendicular to the orbit axis
-    along_columns = lateral_axis_is_columns(cams, orbit)
+    p, det = _cosine_weighted(projections, cams, orbit)
     if truncation_correction is None:
         truncation_correction = DEFAULT_EXTENSION if detect_truncation(projections, cams, orbit).any else 0.0
+    p, dbeta = _angular_weighted(p, det, cams, orbit, short_scan, displaced_detector)
+    q = _ramp_filtered(p, det, orbit, window, window_cutoff, truncation_correction)
+    return _backproject(q, dbeta, cams, orbit, volume, max_memory_mb, progress)
+
+
+@dataclass(frozen=True)
+class _Detector:
+    """FDK's detector sampling (float64, per view): u along the filtered direction, i.e. the detector axis
+    (camera x or y) most perpendicular to the orbit axis. along_columns: that axis is camera x (the
+    projections' last axis); du: (V,) pixel spacing along it, mm; cu: (V,) principal point on it, pixels;
+    u: (V, U) mm of the pixel centres from the principal point; n_u: U; sdd: (V,) cams.sdd_mm."""
+
+    along_columns: bool
+    du: Tensor
+    cu: Tensor
+    u: Tensor
+    n_u: int
+    sdd: Tensor
+
+
+def _cosine_weighted(projections: Tensor, cams: Cameras, orbit: Orbit) -> Tuple[Tensor, _Detector]:
+    """Step 1: (V, T, U) float64 CPU projections with the filtered axis last, times the cosine weight
+    D / sqrt(D^2 + u^2 + t^2), and the detector sampling."""
+    p = projections.detach().to(torch.float64).cpu()
+    along_columns = lateral_axis_is_columns(cams, orbit)
     du = cams.pixel_spacing_mm[:, 0] if along_columns else cams.pixel_spacing_mm[:, 1]
     dt = cams.pixel_spacing_mm[:, 1] if along_columns else cams.pixel_spacing_mm[:, 0]
     cu = cams.principal_point_px[:, 0] if along_columns else cams.principal_point_px[:, 1]
@@ -167,25 +189,28 @@ def fdk(
     u = (torch.arange(n_u, dtype=torch.float64)[None, :] - cu[:, None]) * du[:, None]  # (V, U) mm
     t = (torch.arange(n_t, dtype=torch.float64)[None, :] - ct[:, None]) * dt[:, None]  # (V, T) mm
     cosine = sdd[:, None, None] / torch.sqrt(sdd[:, None, None] ** 2 + u[:, None, :] ** 2 + t[:, :, None] ** 2)
-    p = p * cosine
+    return p * cosine, _Detector(along_columns, du, cu, u, n_u, sdd)
 
-    # angular weights (with Parker for short scans)
+
+def _angular_weighted(
+    p: Tensor, det: _Detector, cams: Cameras, orbit: Orbit, short_scan: Optional[bool], displaced_detector: Optional[bool]
+) -> Tuple[Tensor, Tensor]:
+    """Step 2: p times Parker's weights (short scans), the displaced-detector weights or 1/2 (full scans),
+    and the angular step dbeta (V,) of each view. Warnings are attributed to the caller of :func:`fdk`."""
+    n_views = p.shape[0]
+    u, sdd = det.u, det.sdd
     beta = orbit.angles_rad
-    sign = 1.0
-    if along_columns:
-        # orientation of the camera x axis relative to the direction of rotation decides the sign of gamma
-        tangent = torch.linalg.cross(orbit.axis.expand(n_views, 3), cams.principal_directions())
-        sign = float(torch.sign((cams.world_from_camera[:, :3, 0] * tangent).sum(-1).mean()))
-    else:
-        tangent = torch.linalg.cross(orbit.axis.expand(n_views, 3), cams.principal_directions())
-        sign = float(torch.sign((cams.world_from_camera[:, :3, 1] * tangent).sum(-1).mean()))
+    # orientation of the filtered camera axis relative to the direction of rotation decides the sign of gamma
+    tangent = torch.linalg.cross(orbit.axis.expand(n_views, 3), cams.principal_directions())
+    camera_axis = 0 if det.along_columns else 1
+    sign = float(torch.sign((cams.world_from_camera[:, :3, camera_axis] * tangent).sum(-1).mean()))
     step = float(orbit.angular_range_rad) / max(1, n_views - 1)
     full = orbit.angular_range_rad + step >= 2 * math.pi - 0.5 * step
     if short_scan is None:
         short_scan = not full
     dbeta = _angular_steps(beta, periodic=full and not short_scan)
-    near = cu * du  # mm from the principal point to the outermost pixel centres (RTK's Delta)
-    far = (n_u - 1 - cu) * du
+    near = det.cu * det.du  # mm from the principal point to the outermost pixel centres (RTK's Delta)
+    far = (det.n_u - 1 - det.cu) * det.du
     offset = bool(((far - near).abs() > DISPLACED_FRACTION * (near + far)).any())
     if displaced_detector is None:
         displaced_detector = offset and not short_scan
@@ -197,7 +222,7 @@ def fdk(
             "an offset detector on a short scan: FDK has complete data only in the region every view sees; "
             "use an iterative method (voxel) for the rest",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     if short_scan:
         gamma = sign * torch.atan2(u, sdd[:, None])  # (V, U)
@@ -208,7 +233,7 @@ def fdk(
                 f"the views cover {math.degrees(orbit.angular_range_rad):.1f} degrees, less than a short scan "
                 f"(180 + fan angle {math.degrees(2 * half_fan):.1f} degrees): expect missing-wedge artefacts",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         delta = max(delta, 1e-3)
         w = torch.stack([parker_weights(beta[v : v + 1], gamma[v], delta)[0] for v in range(n_views)])  # (V, U)
@@ -217,25 +242,33 @@ def fdk(
         p = p * displaced_detector_weights(u, near, far)[:, None, :]
     else:
         p = p * 0.5
+    return p, dbeta
 
-    # ramp filter along the last axis, sampling du * R / D at the isocentre, after the rows were
-    # extrapolated beyond truncated edges (truncation.py)
+
+def _ramp_filtered(p: Tensor, det: _Detector, orbit: Orbit, window: str, window_cutoff: float, truncation_correction: float) -> Tensor:
+    """Step 3: ramp filter along the last axis, sampling du * R / D at the isocentre, after the rows were
+    extrapolated beyond truncated edges (truncation.py). -> (V, H, W) float32."""
+    n_u = det.n_u
     n_ext = extension_pixels(n_u, truncation_correction)
     p = extrapolate_rows(p, n_ext)
     n_fft = 1 << int(math.ceil(math.log2(2 * p.shape[-1])))
     response = ramp_filter_response(n_fft, window, cutoff=window_cutoff)
     q = torch.fft.irfft(torch.fft.rfft(p, n=n_fft, dim=-1) * response, n=n_fft, dim=-1)[..., n_ext : n_ext + n_u]
-    du_iso = du * orbit.sid_mm / sdd
+    du_iso = det.du * orbit.sid_mm / det.sdd
     q = q / du_iso[:, None, None]
-    if not along_columns:
+    if not det.along_columns:
         q = q.transpose(1, 2)  # back to (V, H, W)
-    q = q.to(torch.float32)
+    return q.to(torch.float32)
 
-    # voxel-driven back projection: sum_v q_v(P_v X) * weight_v / depth_v(X)^2, which is the iterative
-    # solvers' voxel back projector (backproject.py: the projection and grid matrices folded into one, one
-    # division and a bilinear gather per voxel and view) applied to q_v * weight_v / its pixel weights;
-    # views in groups, for the progress reports (until 2026-12-06 FDK had its own loop of per-voxel
-    # matrix products: 4x slower)
+
+def _backproject(q: Tensor, dbeta: Tensor, cams: Cameras, orbit: Orbit, volume: Volume, max_memory_mb: float,
+                 progress: ProgressCallback) -> Volume:
+    """Step 4: voxel-driven back projection: sum_v q_v(P_v X) * weight_v / depth_v(X)^2, which is the iterative
+    solvers' voxel back projector (backproject.py: the projection and grid matrices folded into one, one
+    division and a bilinear gather per voxel and view) applied to q_v * weight_v / its pixel weights;
+    views in groups, for the progress reports (until 2026-12-06 FDK had its own loop of per-voxel
+    matrix products: 4x slower)."""
+    n_views = q.shape[0]
     weight = (dbeta * orbit.sid_mm**2).to(torch.float32)  # (V,)
     bp = VoxelBackprojector(cams, volume, max_memory_mb=min(max_memory_mb, 16.0))  # cache-sized chunks: faster
     images = q * weight[:, None, None] / bp.pix_w.cpu()
