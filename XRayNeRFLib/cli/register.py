@@ -25,6 +25,7 @@ from ..registration import register
 from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
 from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
 from ..registration.nett import load_nett
+from ..registration.optimize import auto_levels
 from ..registration.pose import ct_correction_from_poses, ct_isocenter_ras, pose_errors
 from ..registration.transform_io import write_ct_correction
 from ..render import DEFAULT_RENDERER, render
@@ -306,12 +307,15 @@ def run(args) -> int:
         raise ValueError(f"--overlay {args.overlay}: write a .png file")
     if args.transform_out and not args.transform_out.lower().endswith((".h5", ".hdf5", ".tfm", ".txt")):
         raise ValueError(f"--transform-out {args.transform_out}: use .h5 or .tfm (ITK transform files Slicer loads)")
-    n_levels = len(args.levels) if args.levels else 3  # auto_levels gives three
-    if args.iterations is not None and len(args.iterations) not in (1, n_levels):
-        raise ValueError(f"--iterations needs one value or one per level ({n_levels})")
+    if args.iterations is not None and args.levels and len(args.iterations) not in (1, len(args.levels)):
+        raise ValueError(f"--iterations needs one value or one per level ({len(args.levels)})")
     volume = load_volume(args.volume, units=None if args.input_units == "auto" else args.input_units)
     volume = as_mu(volume) if volume.units == "hu" else volume
     image, mask, cams, notes = load_xray(args, volume)
+    n_levels = len(auto_levels(cams.size_px))
+    if args.iterations is not None and not args.levels and len(args.iterations) not in (1, n_levels):
+        raise ValueError(f"--iterations needs one value or one per level ({n_levels}: the default pyramid for "
+                         f"{cams.size_px[0]}x{cams.size_px[1]} px; or give --levels)")
     for n in notes:
         note(f"note: {n}", args.quiet)
     # The CT correction is stated relative to the nominal pose (DICOM tags or --init) when there is one.

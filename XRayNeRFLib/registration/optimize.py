@@ -157,9 +157,9 @@ class RegistrationSettings:
     rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
         x, y, z: the depth z is the least observable, so it gets a larger unit).
     optimizer: "adam" or "lbfgs".
-    levels: pyramid binning factors, coarse to fine; None (default): :func:`auto_levels` (three levels
-        whose finest has about ``finest_px`` pixels on the image's shorter side, full resolution for
-        small images). max_iterations, learning_rate: per level or one
+    levels: pyramid binning factors, coarse to fine; None (default): :func:`auto_levels` (the finest
+        has about ``finest_px`` pixels on the image's shorter side, full resolution for small images;
+        the coarsest about 20-40). max_iterations, learning_rate: per level or one
         value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
         the others, learning rate 1.0 halved at every level). patience / tol: a level stops when its loss
         has not improved by ``tol`` for ``patience`` iterations.
@@ -228,15 +228,23 @@ class RegistrationSettings:
 _SETTING_NAMES = tuple(f.name for f in fields(RegistrationSettings))
 
 
-def auto_levels(size_px: Sequence[int], finest_px: int = 128) -> List[int]:
-    """Default pyramid: binning factors (4f, 2f, f) with f the largest power of two that leaves at least
-    ``finest_px`` pixels on the image's shorter side (f = 1, full resolution, for images of up to
-    2 * finest_px - 1 pixels). size_px: (columns, rows)."""
+def auto_levels(size_px: Sequence[int], finest_px: int = 128, coarsest_px: int = 20) -> List[int]:
+    """Default pyramid: binning factors (F, ..., 2f, f), powers of two, coarse to fine. f is the largest
+    power of two that leaves at least ``finest_px`` pixels on the image's shorter side (f = 1, full
+    resolution, for images of up to 2 * finest_px - 1 pixels); F is the largest that leaves at least
+    ``coarsest_px`` pixels there, and at least 4f (three levels or more). size_px: (columns, rows).
+    E.g. 128 px: 4 2 1; 160 px: 8 4 2 1; 256 px: 8 4 2."""
     side = min(int(v) for v in size_px)
     f = 1
     while side // (2 * f) >= int(finest_px):
         f *= 2
-    return [4 * f, 2 * f, f]
+    coarsest = 4 * f
+    while side // (2 * coarsest) >= int(coarsest_px):
+        coarsest *= 2
+    levels = [coarsest]
+    while levels[-1] > f:
+        levels.append(levels[-1] // 2)
+    return levels
 
 
 def register(
