@@ -79,7 +79,16 @@ FLAG = {
     "image_layout": "--image-layout",
 }
 
-_LETTERS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1), "S": (0, 0, 1), "I": (0, 0, -1)}
+_LETTERS = {
+    "R": (1, 0, 0),
+    "L": (-1, 0, 0),
+    "A": (0, 1, 0),
+    "P": (0, -1, 0),
+    "H": (0, 0, 1),
+    "F": (0, 0, -1),
+    "S": (0, 0, 1),
+    "I": (0, 0, -1),
+}
 _TABLE_TO_CARM = np.diag([-1.0, -1.0, 1.0])  # table axes (X_t left, Y_t down, Z_t head) -> C-arm (right, up, head)
 
 
@@ -222,7 +231,9 @@ def _direction(letters: str) -> Optional[np.ndarray]:
     return v / n if n > 0 else None
 
 
-def _orientation_from_patient_orientation(row_dir: np.ndarray, col_dir: np.ndarray, cam_x: np.ndarray, cam_y: np.ndarray) -> Optional[Orientation]:
+def _orientation_from_patient_orientation(
+    row_dir: np.ndarray, col_dir: np.ndarray, cam_x: np.ndarray, cam_y: np.ndarray
+) -> Optional[Orientation]:
     """Stored pixels whose +column points along ``row_dir`` and +row along ``col_dir`` (RAS unit vectors,
     from Patient Orientation) -> our layout, whose +column is ``cam_x`` and +row ``cam_y``."""
     a = np.array([[row_dir @ cam_x, row_dir @ cam_y], [col_dir @ cam_x, col_dir @ cam_y]])
@@ -360,7 +371,8 @@ def _check_image(ds, path: str) -> str:
         what = UID(sop).name if sop else "an object"
         raise NotAnXrayImageError(
             f"{path}: {what} (Modality {modality or '?'}) holds no image (no Pixel Data (7FE0,0010)); give X-ray images (XA, RF, DX, CR)",
-            path=path, reason="no-pixel-data",
+            path=path,
+            reason="no-pixel-data",
         )
     if sop not in SUPPORTED_SOP_CLASSES and modality not in _SUPPORTED_MODALITIES:
         from pydicom.uid import UID
@@ -368,7 +380,8 @@ def _check_image(ds, path: str) -> str:
         raise NotAnXrayImageError(
             f"{path}: {UID(sop).name if sop else 'unknown SOP class'} (Modality {modality or '?'}) is not a projection X-ray image; "
             "supported: XA, RF, DX, CR and Enhanced XA/XRF",
-            path=path, reason="not-projection-xray",
+            path=path,
+            reason="not-projection-xray",
         )
     return modality
 
@@ -410,7 +423,11 @@ def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         tsname = f"{getattr(ts, 'name', str(ts))} {ts}" if ts is not None else "no Transfer Syntax UID (0002,0010)"
         if ts is not None and str(ts) in _CODEC_SYNTAXES:
-            hint = f"; no decoder for this transfer syntax is installed: {CODECS_HINT}" if not _decoder_available(ts) else " (the compressed data may be corrupt)"
+            hint = (
+                f"; no decoder for this transfer syntax is installed: {CODECS_HINT}"
+                if not _decoder_available(ts)
+                else " (the compressed data may be corrupt)"
+            )
         elif ts is not None and getattr(ts, "is_compressed", False):
             hint = "; pydicom has no decoder for this transfer syntax here: convert the file to an uncompressed one (e.g. gdcmconv --raw, dcmdjpeg)"
         else:
@@ -437,13 +454,19 @@ def _positive(value: float, keyword: str, path: str, key: Optional[str]) -> floa
 
 def _bad_value(path: str, problem: str, remedy: str, *keys: str) -> TagValueError:
     """A tag value the user can supply instead (GeometryOverrides ``keys``): "<path>: <problem>; <remedy>"."""
-    return TagValueError(f"{path}: {problem}; {remedy}", path=path, problem=f"{path}: {problem}", overrides=keys, flags=[FLAG[k] for k in keys])
+    return TagValueError(
+        f"{path}: {problem}; {remedy}", path=path, problem=f"{path}: {problem}", overrides=keys, flags=[FLAG[k] for k in keys]
+    )
 
 
 def _missing(path: str, what: str, tags: str, key: str) -> MissingTagError:
     return MissingTagError(
         f"{path}: no {what} ({tags}); pass it with {FLAG[key]} (or {key}= in GeometryOverrides)",
-        path=path, what=what, tags=tags, flag=FLAG[key], override=key,
+        path=path,
+        what=what,
+        tags=tags,
+        flag=FLAG[key],
+        override=key,
     )
 
 
@@ -457,7 +480,9 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
             if a.size not in (1, n) or not np.isfinite(a).all():
                 raise ValueError(f"{path}: the given {name} must be one finite value or one per frame ({n}), got {a.size} values")
             given.append(np.broadcast_to(a, (n,)).copy())
-        notes.append(f"{path}: C-arm angles given on the command line ({FLAG['primary_deg']}/{FLAG['secondary_deg']}) used instead of the tags")
+        notes.append(
+            f"{path}: C-arm angles given on the command line ({FLAG['primary_deg']}/{FLAG['secondary_deg']}) used instead of the tags"
+        )
         return given[0], given[1], "patient", "given"
     p0 = fr.number("PositionerPrimaryAngle", 0)
     s0 = fr.number("PositionerSecondaryAngle", 0)
@@ -467,9 +492,14 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
         prim, sec = [fr.number("PositionerPrimaryAngle", f) for f in range(n)], [fr.number("PositionerSecondaryAngle", f) for f in range(n)]
         if all(x is not None for x in prim + sec):
             if fr.number("PositionerIsocenterPrimaryAngle", 0) is not None:
-                notes.append(f"{path}: patient-based angles (0018,9405) used; the equipment-based Isocenter Reference System angles (0018,9463/9464) are not")
+                notes.append(
+                    f"{path}: patient-based angles (0018,9405) used; the equipment-based Isocenter Reference System angles (0018,9463/9464) are not"
+                )
             return np.array(prim), np.array(sec), "patient", "Positioner Position Sequence (0018,9405) per frame"
-        iso = [fr.number("PositionerIsocenterPrimaryAngle", f) for f in range(n)], [fr.number("PositionerIsocenterSecondaryAngle", f) for f in range(n)]
+        iso = (
+            [fr.number("PositionerIsocenterPrimaryAngle", f) for f in range(n)],
+            [fr.number("PositionerIsocenterSecondaryAngle", f) for f in range(n)],
+        )
         if all(x is not None for x in iso[0] + iso[1]):
             return np.array(iso[0]), np.array(iso[1]), "equipment", "Isocenter Reference System (0018,9462) per frame"
     if p0 is not None or s0 is not None:
@@ -494,10 +524,14 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
             if mode is None:
                 if (abs(inc_p[0] - p0) < 1e-6 and abs(p0) > 1e-6) or (abs(inc_s[0] - s0) < 1e-6 and abs(s0) > 1e-6):
                     mode = "absolute"
-                    notes.append(f"{path}: the first angle increments equal the first-frame angles: the increments were read as absolute angles ({FLAG['angle_increments']} to change)")
+                    notes.append(
+                        f"{path}: the first angle increments equal the first-frame angles: the increments were read as absolute angles ({FLAG['angle_increments']} to change)"
+                    )
                 else:
                     mode = "first"
-                    notes.append(f"{path}: angle increments (0018,1520/1521) read as relative to the first frame ({FLAG['angle_increments']} previous|absolute to change)")
+                    notes.append(
+                        f"{path}: angle increments (0018,1520/1521) read as relative to the first frame ({FLAG['angle_increments']} previous|absolute to change)"
+                    )
             if mode == "first":
                 prim, sec = p0 + inc_p - inc_p[0], s0 + inc_s - inc_s[0]
             elif mode == "previous":
@@ -512,7 +546,9 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
                 raise _bad_value(
                     path,
                     "Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment (0018,1520/1521) are missing",
-                    f"pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}", "primary_deg", "secondary_deg",
+                    f"pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}",
+                    "primary_deg",
+                    "secondary_deg",
                 )
             notes.append(f"{path}: {n} frames without angle increments: all frames share the first frame's angles (static positioner)")
         return prim, sec, "patient", src
@@ -522,41 +558,64 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
     view = fr.text("ViewPosition")
     views = {"PA": (0.0, 0.0), "AP": (180.0, 0.0), "LL": (90.0, 0.0), "LAT": (90.0, 0.0), "RL": (-90.0, 0.0)}
     if view in views:
-        notes.append(f"{path}: no positioner angles; View Position (0018,5101) {view} taken as primary {views[view][0]:g}, secondary 0 degrees")
+        notes.append(
+            f"{path}: no positioner angles; View Position (0018,5101) {view} taken as primary {views[view][0]:g}, secondary 0 degrees"
+        )
         return np.full(n, views[view][0]), np.full(n, views[view][1]), "patient", f"View Position {view}"
     raise _missing(path, "C-arm angles", "Positioner Primary/Secondary Angle (0018,1510/1511)", "primary_deg")
 
 
-def _detector_spacing(fr: _Frames, path: str, ov: GeometryOverrides, magnification: Optional[float], notes: List[str]) -> Tuple[np.ndarray, str]:
+def _detector_spacing(
+    fr: _Frames, path: str, ov: GeometryOverrides, magnification: Optional[float], notes: List[str]
+) -> Tuple[np.ndarray, str]:
     """Detector-plane pixel spacing [column, row] mm of the stored image (before any transpose)."""
     ips = fr.numbers("ImagerPixelSpacing")
     ps = fr.numbers("PixelSpacing")
     for kw, a in (("ImagerPixelSpacing", ips), ("PixelSpacing", ps)):
         if a is not None and (a.size != 2 or (a <= 0).any()):
-            raise _bad_value(path, f"{_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm",
-                             f"pass {FLAG['pixel_spacing_mm']}", "pixel_spacing_mm")
+            raise _bad_value(
+                path,
+                f"{_name(kw)} is {a.tolist()}; expected two values > 0 (row spacing, column spacing) mm",
+                f"pass {FLAG['pixel_spacing_mm']}",
+                "pixel_spacing_mm",
+            )
     if ov.pixel_spacing_mm is not None:
         given = np.broadcast_to(np.asarray(ov.pixel_spacing_mm, dtype=np.float64).reshape(-1), (2,)).copy()
         if (given <= 0).any():
             raise ValueError(f"the given pixel spacing must be > 0 mm, got {given.tolist()}")
         if ips is not None and np.abs(ips[::-1] - given).max() > 1e-6 * given.max():
-            notes.append(f"{path}: given pixel spacing {given.tolist()} mm used instead of Imager Pixel Spacing (0018,1164) {ips[::-1].tolist()} [column, row]")
+            notes.append(
+                f"{path}: given pixel spacing {given.tolist()} mm used instead of Imager Pixel Spacing (0018,1164) {ips[::-1].tolist()} [column, row]"
+            )
         return given, "given"
     if ips is not None:
-        if ps is not None and magnification is not None and np.abs(ps * magnification - ips).max() > 0.01 * ips.max() and np.abs(ps - ips).max() > 1e-6 * ips.max():
-            notes.append(f"{path}: Pixel Spacing (0028,0030) {ps.tolist()} disagrees with Imager Pixel Spacing (0018,1164) {ips.tolist()} / magnification; Imager Pixel Spacing (detector plane) used")
+        if (
+            ps is not None
+            and magnification is not None
+            and np.abs(ps * magnification - ips).max() > 0.01 * ips.max()
+            and np.abs(ps - ips).max() > 1e-6 * ips.max()
+        ):
+            notes.append(
+                f"{path}: Pixel Spacing (0028,0030) {ps.tolist()} disagrees with Imager Pixel Spacing (0018,1164) {ips.tolist()} / magnification; Imager Pixel Spacing (detector plane) used"
+            )
         return ips[::-1].copy(), "Imager Pixel Spacing (0018,1164)"
     if ps is not None:
         cal = fr.text("PixelSpacingCalibrationType")
         if cal in ("GEOMETRY", "FIDUCIAL"):
             if magnification is None:
                 raise _bad_value(
-                    path, f"Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known (no SID/SDD)",
-                    f"pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}", "pixel_spacing_mm",
+                    path,
+                    f"Pixel Spacing (0028,0030) is calibrated in the patient ({cal}) and no magnification is known (no SID/SDD)",
+                    f"pass the detector pixel spacing with {FLAG['pixel_spacing_mm']}",
+                    "pixel_spacing_mm",
                 )
-            notes.append(f"{path}: detector pixel spacing = Pixel Spacing (0028,0030) x magnification {magnification:.6g} (calibration {cal})")
+            notes.append(
+                f"{path}: detector pixel spacing = Pixel Spacing (0028,0030) x magnification {magnification:.6g} (calibration {cal})"
+            )
             return ps[::-1] * magnification, f"Pixel Spacing x magnification ({cal})"
-        notes.append(f"{path}: no Imager Pixel Spacing (0018,1164); Pixel Spacing (0028,0030) {ps.tolist()} taken as the detector-plane spacing")
+        notes.append(
+            f"{path}: no Imager Pixel Spacing (0018,1164); Pixel Spacing (0028,0030) {ps.tolist()} taken as the detector-plane spacing"
+        )
         return ps[::-1].copy(), "Pixel Spacing (0028,0030), assumed at the detector"
     raise _missing(path, "pixel spacing", "Imager Pixel Spacing (0018,1164) / Pixel Spacing (0028,0030)", "pixel_spacing_mm")
 
@@ -577,7 +636,12 @@ def _polygon_mask(vertices: np.ndarray, h: int, w: int) -> np.ndarray:
         # on the segment: collinear and within its bounding box
         cross = (r2 - r1) * (cc - c1) - (c2 - c1) * (rr - r1)
         length = math.hypot(r2 - r1, c2 - c1)
-        within = (np.minimum(r1, r2) - 1e-9 <= rr) & (rr <= np.maximum(r1, r2) + 1e-9) & (np.minimum(c1, c2) - 1e-9 <= cc) & (cc <= np.maximum(c1, c2) + 1e-9)
+        within = (
+            (np.minimum(r1, r2) - 1e-9 <= rr)
+            & (rr <= np.maximum(r1, r2) + 1e-9)
+            & (np.minimum(c1, c2) - 1e-9 <= cc)
+            & (cc <= np.maximum(c1, c2) + 1e-9)
+        )
         on_edge |= within & (np.abs(cross) <= 1e-9 * max(length, 1.0))
     return inside | on_edge
 
@@ -585,12 +649,28 @@ def _polygon_mask(vertices: np.ndarray, h: int, w: int) -> np.ndarray:
 # Shutters (display, C.7.6.11 / Frame Display Shutter (0018,9472)) and collimators (X-Ray Collimator,
 # Collimator Shape Sequence (0018,9407)) share one structure: 1-based stored-pixel coordinates.
 _APERTURES = {
-    "shutter": dict(shape="ShutterShape", left="ShutterLeftVerticalEdge", right="ShutterRightVerticalEdge", upper="ShutterUpperHorizontalEdge",
-                    lower="ShutterLowerHorizontalEdge", centre="CenterOfCircularShutter", radius="RadiusOfCircularShutter",
-                    vertices="VerticesOfThePolygonalShutter", tags="(0018,1600-1620)"),
-    "collimator": dict(shape="CollimatorShape", left="CollimatorLeftVerticalEdge", right="CollimatorRightVerticalEdge",
-                       upper="CollimatorUpperHorizontalEdge", lower="CollimatorLowerHorizontalEdge", centre="CenterOfCircularCollimator",
-                       radius="RadiusOfCircularCollimator", vertices="VerticesOfThePolygonalCollimator", tags="(0018,1700-1720)"),
+    "shutter": dict(
+        shape="ShutterShape",
+        left="ShutterLeftVerticalEdge",
+        right="ShutterRightVerticalEdge",
+        upper="ShutterUpperHorizontalEdge",
+        lower="ShutterLowerHorizontalEdge",
+        centre="CenterOfCircularShutter",
+        radius="RadiusOfCircularShutter",
+        vertices="VerticesOfThePolygonalShutter",
+        tags="(0018,1600-1620)",
+    ),
+    "collimator": dict(
+        shape="CollimatorShape",
+        left="CollimatorLeftVerticalEdge",
+        right="CollimatorRightVerticalEdge",
+        upper="CollimatorUpperHorizontalEdge",
+        lower="CollimatorLowerHorizontalEdge",
+        centre="CenterOfCircularCollimator",
+        radius="RadiusOfCircularCollimator",
+        vertices="VerticesOfThePolygonalCollimator",
+        tags="(0018,1700-1720)",
+    ),
 }
 
 
@@ -616,13 +696,17 @@ def _aperture_mask(fr: _Frames, h: int, w: int, frame: int, path: str, notes: Li
             centre = fr.numbers(t["centre"], frame)
             radius = fr.number(t["radius"], frame)
             if centre is None or radius is None or centre.size != 2:
-                raise ValueError(f"{path}: {_name(t['shape'])} CIRCULAR without {_name(t['centre'])} (row, column) and {_name(t['radius'])}")
+                raise ValueError(
+                    f"{path}: {_name(t['shape'])} CIRCULAR without {_name(t['centre'])} (row, column) and {_name(t['radius'])}"
+                )
             mask &= (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
         elif kind == "POLYGONAL":
             v = fr.numbers(t["vertices"], frame)
             if v is None or v.size % 2 or v.size < 6:
                 got = "none" if v is None else f"{v.size} values"
-                raise ValueError(f"{path}: {_name(t['shape'])} POLYGONAL needs {_name(t['vertices'])} as three or more (row, column) pairs; got {got}")
+                raise ValueError(
+                    f"{path}: {_name(t['shape'])} POLYGONAL needs {_name(t['vertices'])} as three or more (row, column) pairs; got {got}"
+                )
             mask &= _polygon_mask(v.reshape(-1, 2), h, w)
         elif kind:
             notes.append(f"{path}: {which} shape {kind} ignored (RECTANGULAR, CIRCULAR and POLYGONAL are read)")
@@ -753,25 +837,39 @@ def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distanc
         sid = _positive(sid_iso, "DistanceSourceToIsocenter", path, "sid_mm")
         sid_src = "Distance Source to Isocenter (0018,9402)"
         if sid_pat is not None and abs(sid_pat - sid_iso) > 1e-3 * sid_iso:
-            notes.append(f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter (0018,9402) {sid_iso:g} mm; the isocentre distance is used")
+            notes.append(
+                f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter (0018,9402) {sid_iso:g} mm; the isocentre distance is used"
+            )
     elif sid_pat is not None:
         sid = _positive(sid_pat, "DistanceSourceToPatient", path, "sid_mm")
         sid_src = "Distance Source to Patient (0018,1111)"
-        notes.append(f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric C-arm assumed)")
+        notes.append(
+            f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric C-arm assumed)"
+        )
     elif mag_tag is not None and mag_tag > 1:
         sid = sdd / mag_tag
         sid_src = "SDD / Estimated Radiographic Magnification Factor (0018,1114)"
         notes.append(f"{path}: source-to-isocentre distance = SDD / magnification (0018,1114) = {sid:.6g} mm")
     else:
-        raise _missing(path, "source-to-isocentre distance", "Distance Source to Isocenter (0018,9402) / Distance Source to Patient (0018,1111)", "sid_mm")
+        raise _missing(
+            path,
+            "source-to-isocentre distance",
+            "Distance Source to Isocenter (0018,9402) / Distance Source to Patient (0018,1111)",
+            "sid_mm",
+        )
     if sid >= sdd:
         raise _bad_value(
-            path, f"source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm",
-            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}", "sid_mm", "sdd_mm",
+            path,
+            f"source-to-isocentre distance {sid:g} mm ({sid_src}) is not smaller than Distance Source to Detector (0018,1110) {sdd:g} mm",
+            f"fix the file or pass {FLAG['sid_mm']} / {FLAG['sdd_mm']}",
+            "sid_mm",
+            "sdd_mm",
         )
     magnification = sdd / sid
     if mag_tag is not None and abs(mag_tag - magnification) > 0.01 * magnification:
-        notes.append(f"{path}: Estimated Radiographic Magnification Factor (0018,1114) {mag_tag:g} differs from SDD/SID {magnification:.6g}; SDD/SID used")
+        notes.append(
+            f"{path}: Estimated Radiographic Magnification Factor (0018,1114) {mag_tag:g} differs from SDD/SID {magnification:.6g}; SDD/SID used"
+        )
     spacing_stored, spacing_src = _detector_spacing(fr, path, ov, magnification, notes)
     return _Distances(sdd, sid, sid_src, spacing_stored, spacing_src)
 
@@ -782,16 +880,24 @@ def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
     primary, secondary, angle_frame, angle_src = _angles(fr, n, path, ov, notes, d.enhanced)
     positioner = fr.text("PositionerType")
     if positioner and positioner != "CARM":
-        notes.append(f"{path}: Positioner Type (0018,1508) is {positioner}: the angles and distances are read as those of an isocentric C-arm")
+        notes.append(
+            f"{path}: Positioner Type (0018,1508) is {positioner}: the angles and distances are read as those of an isocentric C-arm"
+        )
     pp_tag = fr.text("PatientPosition")
     position = (ov.patient_position or pp_tag or "").strip().upper()
     if position and position not in PATIENT_FROM_CARM:
-        raise _bad_value(path, f"Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}",
-                         f"pass {FLAG['patient_position']}", "patient_position")
+        raise _bad_value(
+            path,
+            f"Patient Position (0018,5100) {position!r} is not one of {sorted(PATIENT_FROM_CARM)}",
+            f"pass {FLAG['patient_position']}",
+            "patient_position",
+        )
     if angle_frame == "equipment":
         if not position:
             position = "HFS"
-            notes.append(f"{path}: equipment-based isocentre angles with no Patient Position (0018,5100): head-first supine (HFS) assumed ({FLAG['patient_position']} to change)")
+            notes.append(
+                f"{path}: equipment-based isocentre angles with no Patient Position (0018,5100): head-first supine (HFS) assumed ({FLAG['patient_position']} to change)"
+            )
         for kw in ("TableHorizontalRotationAngle", "TableHeadTiltAngle", "TableCradleTiltAngle"):
             for f in range(n):
                 a = fr.number(kw, f)
@@ -816,13 +922,18 @@ def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
     if ov.isocenter_ras is not None:
         iso[:] = np.asarray(ov.isocenter_ras, dtype=np.float64).reshape(3)
     else:
-        table = [[fr.number(k, f) for k in ("TableXPositionToIsocenter", "TableYPositionToIsocenter", "TableZPositionToIsocenter")] for f in range(n)]
+        table = [
+            [fr.number(k, f) for k in ("TableXPositionToIsocenter", "TableYPositionToIsocenter", "TableZPositionToIsocenter")]
+            for f in range(n)
+        ]
         if all(None not in t for t in table):
             t = np.array(table)
             pos = position or "HFS"
             ras_from_table = np.array(PATIENT_FROM_CARM[pos], dtype=np.float64).T @ _TABLE_TO_CARM
             iso = -(t - t[0]) @ ras_from_table.T
-            notes.append(f"{path}: isocentre of frame 0 placed at the RAS origin; later frames follow the table positions (0018,9466-9468) ({pos})")
+            notes.append(
+                f"{path}: isocentre of frame 0 placed at the RAS origin; later frames follow the table positions (0018,9466-9468) ({pos})"
+            )
         else:
             notes.append(f"{path}: the isocentre is placed at the RAS origin (DICOM X-ray images carry no registration to a CT)")
     return _Pose(primary, secondary, angle_frame, angle_src, position, camera_position, det_rot, iso)
@@ -831,8 +942,16 @@ def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
 def _layout(d: _Dataset, ov: GeometryOverrides, dist: _Distances, pose: _Pose, notes: List[str]) -> _Layout:
     """Image layout: Patient Orientation > Field of View rotation/flip > radiological default."""
     fr, path, h, w = d.fr, d.path, d.height, d.width
-    cam0 = Cameras.carm(pose.primary[:1], pose.secondary[:1], sid_mm=dist.sid, sdd_mm=dist.sdd, size_px=(w, h), pixel_spacing_mm=1.0,
-                        patient_position=pose.camera_position, dtype=torch.float64)
+    cam0 = Cameras.carm(
+        pose.primary[:1],
+        pose.secondary[:1],
+        sid_mm=dist.sid,
+        sdd_mm=dist.sdd,
+        size_px=(w, h),
+        pixel_spacing_mm=1.0,
+        patient_position=pose.camera_position,
+        dtype=torch.float64,
+    )
     cam0 = rotate_detector(cam0, pose.det_rot[:1])
     r0 = cam0.world_from_camera[0, :3, :3].numpy()
     fov_rot = fr.number("FieldOfViewRotation") or 0.0
@@ -863,7 +982,9 @@ def _layout(d: _Dataset, ov: GeometryOverrides, dist: _Distances, pose: _Pose, n
             orient = from_po
             layout_src = f"Patient Orientation (0020,0020) {'/'.join(str(x) for x in po)}"
     else:
-        notes.append(f"{path}: no Patient Orientation (0020,0020): stored pixels assumed in the radiological layout ({FLAG['image_layout']} beams_eye to change)")
+        notes.append(
+            f"{path}: no Patient Orientation (0020,0020): stored pixels assumed in the radiological layout ({FLAG['image_layout']} beams_eye to change)"
+        )
     _, _, w_out, h_out = orient.point(0.0, 0.0, w, h)
     return _Layout(orient, to_ref, layout_src, w_out, h_out)
 
@@ -888,7 +1009,9 @@ def _principal_point(d: _Dataset, layout: _Layout, spacing_stored: np.ndarray, n
         principal = np.array([c, r])
         pp_src = "centre of the detector's active area (0018,7026/7028) within the field of view (0018,7030)"
     elif origin_px is not None:
-        notes.append(f"{path}: Field of View Origin (0018,7030) without Detector Active Origin/Dimensions or Element Spacing; principal point at the image centre")
+        notes.append(
+            f"{path}: Field of View Origin (0018,7030) without Detector Active Origin/Dimensions or Element Spacing; principal point at the image centre"
+        )
     else:
         notes.append(f"{path}: principal point at the image centre (beam axis through the centre of the image assumed)")
     return principal, pp_src
@@ -900,9 +1023,15 @@ def _cameras(dist: _Distances, pose: _Pose, layout: _Layout, spacing: np.ndarray
     cams = []
     for f in range(n):
         c = Cameras.carm(
-            pose.primary[f : f + 1], pose.secondary[f : f + 1], sid_mm=dist.sid, sdd_mm=dist.sdd, size_px=size,
-            pixel_spacing_mm=torch.from_numpy(spacing), isocenter_ras=torch.from_numpy(pose.iso[f]),
-            patient_position=pose.camera_position, dtype=torch.float64,
+            pose.primary[f : f + 1],
+            pose.secondary[f : f + 1],
+            sid_mm=dist.sid,
+            sdd_mm=dist.sdd,
+            size_px=size,
+            pixel_spacing_mm=torch.from_numpy(spacing),
+            isocenter_ras=torch.from_numpy(pose.iso[f]),
+            patient_position=pose.camera_position,
+            dtype=torch.float64,
         )
         c = rotate_detector(c, pose.det_rot[f : f + 1])
         cams.append(Cameras(c.world_from_camera, c.sdd_mm, c.pixel_spacing_mm, torch.from_numpy(principal)[None], size))
@@ -932,8 +1061,16 @@ def _intensity(d: _Dataset, notes: List[str]) -> Dict[str, Any]:
     return {"relationship": rel, "sign": int(sign_v), "max_value": max_value}
 
 
-def _view_metadata(d: _Dataset, dist: _Distances, pose: _Pose, layout: _Layout, spacing: np.ndarray, principal: np.ndarray,
-                   pp_src: str, intensity: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _view_metadata(
+    d: _Dataset,
+    dist: _Distances,
+    pose: _Pose,
+    layout: _Layout,
+    spacing: np.ndarray,
+    principal: np.ndarray,
+    pp_src: str,
+    intensity: Dict[str, Any],
+) -> List[Dict[str, Any]]:
     """One dict per frame: file, frame, UIDs, angles, distances, spacing, principal point, layout, intensities."""
     ds = d.ds
     series = str(getattr(ds, "SeriesInstanceUID", "") or "")
@@ -950,7 +1087,8 @@ def _view_metadata(d: _Dataset, dist: _Distances, pose: _Pose, layout: _Layout, 
                 "instance_number": int(getattr(ds, "InstanceNumber", 0) or 0),
                 "primary_deg": float(pose.primary[f]),
                 "secondary_deg": float(pose.secondary[f]),
-                "angles_from": pose.angle_src + (f" (equipment frame, patient position {pose.position})" if pose.angle_frame == "equipment" else ""),
+                "angles_from": pose.angle_src
+                + (f" (equipment frame, patient position {pose.position})" if pose.angle_frame == "equipment" else ""),
                 "sdd_mm": dist.sdd,
                 "sid_mm": dist.sid,
                 "sid_from": dist.sid_src,
@@ -1091,14 +1229,23 @@ def read_dicom_series(inputs: Sequence[str], overrides: Optional[GeometryOverrid
                 f"{p.series_uid or '?'} (Series Instance UID (0020,000E)); convert one series at a time"
             )
         if p.modality != first.modality:
-            raise ValueError(f"mixed modalities: {first.views[0]['file']} is {first.modality}, {p.views[0]['file']} is {p.modality}; convert one series at a time")
+            raise ValueError(
+                f"mixed modalities: {first.views[0]['file']} is {first.modality}, {p.views[0]['file']} is {p.modality}; convert one series at a time"
+            )
         if p.cameras.size_px != first.cameras.size_px:
-            raise ValueError(f"{p.views[0]['file']}: {p.cameras.size_px} pixels, but {first.views[0]['file']} has {first.cameras.size_px}; one detector size per series")
+            raise ValueError(
+                f"{p.views[0]['file']}: {p.cameras.size_px} pixels, but {first.views[0]['file']} has {first.cameras.size_px}; one detector size per series"
+            )
         if p.intensity["relationship"] != first.intensity["relationship"] or p.intensity["sign"] != first.intensity["sign"]:
             raise ValueError(f"{p.views[0]['file']}: pixel intensity relationship differs from {first.views[0]['file']} (0028,1040/1041)")
     views = [v for p in parts for v in p.views]
     if sort == "angle":
-        key = lambda i: (round(views[i]["primary_deg"], 6), round(views[i]["secondary_deg"], 6), views[i]["instance_number"], views[i]["frame"])  # noqa: E731
+        key = lambda i: (
+            round(views[i]["primary_deg"], 6),
+            round(views[i]["secondary_deg"], 6),
+            views[i]["instance_number"],
+            views[i]["frame"],
+        )  # noqa: E731
     elif sort == "instance":
         key = lambda i: (views[i]["instance_number"], views[i]["file"], views[i]["frame"])  # noqa: E731
     else:

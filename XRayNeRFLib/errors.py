@@ -52,8 +52,13 @@ class MissingTagError(TagValueError):
     for; flag: the CLI option that supplies it; override: the GeometryOverrides field."""
 
     def __init__(self, message: str, *, path: str, what: str, tags: str, flag: Optional[str] = None, override: Optional[str] = None):
-        super().__init__(message, path=path, problem=f"{path}: no {what} ({tags})", overrides=[override] if override else [],
-                         flags=[flag] if flag else [])
+        super().__init__(
+            message,
+            path=path,
+            problem=f"{path}: no {what} ({tags})",
+            overrides=[override] if override else [],
+            flags=[flag] if flag else [],
+        )
         self.what = what
         self.tags = tags
         self.flag = flag

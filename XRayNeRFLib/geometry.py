@@ -135,12 +135,15 @@ def nearest_rotation(rotation, name: str = "rotation", tol: float = RIGID_TOL) -
     if det < 0:
         raise GeometryError(
             f"{name} is not rigid: its 3x3 block is a reflection (determinant {det:.4g} < 0). Give a rotation "
-            "plus translation in mm (no mirroring); mirror the image instead of the pose", name=name)
+            "plus translation in mm (no mirroring); mirror the image instead of the pose",
+            name=name,
+        )
     if dev > tol or abs(det - 1) > tol:
         raise GeometryError(
             f"{name} is not rigid: its 3x3 block is not a rotation (|R^T R - I| = {dev:.3g}, det = {det:.6g}; "
             f"rounding is accepted up to {tol:g}). Give a rotation plus translation in mm, without scaling or shear",
-            name=name)
+            name=name,
+        )
     u, _, vt = torch.linalg.svd(r)
     return u @ vt
 
@@ -241,7 +244,11 @@ class Cameras:
         ortho = (r.transpose(-1, -2) @ r - eye).abs().amax(dim=(-1, -2))
         det = torch.linalg.det(r)
         tol = 1e-4 if self.world_from_camera.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
-        bad = (ortho > tol) | ((det - 1).abs() > tol) | ((w[:, 3] - torch.tensor([0, 0, 0, 1.0], dtype=w.dtype, device=w.device)).abs().amax(-1) > tol)
+        bad = (
+            (ortho > tol)
+            | ((det - 1).abs() > tol)
+            | ((w[:, 3] - torch.tensor([0, 0, 0, 1.0], dtype=w.dtype, device=w.device)).abs().amax(-1) > tol)
+        )
         if bad.any():
             i = int(torch.nonzero(bad)[0, 0])
             why = "is a reflection (det -1): the image is mirrored; flip the image instead" if det[i] < 0 else "is not a rigid transform"

@@ -462,7 +462,17 @@ def rtk_layout_from_ours(images: Union[Tensor, np.ndarray]) -> Union[Tensor, np.
 # ---------------------------------------------------------------------------------------------
 _VIEW_KEYS = ("world_from_camera", "sdd_mm", "pixel_spacing_mm", "principal_point_px")
 _ORBIT_KEYS = {"angles_deg", "angles_rad", "sid_mm", "sdd_mm", "size_px", "pixel_spacing_mm", "isocenter_ras", "detector_offset_mm"}
-_CARM_KEYS = {"primary_deg", "secondary_deg", "sid_mm", "sdd_mm", "size_px", "pixel_spacing_mm", "isocenter_ras", "patient_position", "detector_offset_mm"}
+_CARM_KEYS = {
+    "primary_deg",
+    "secondary_deg",
+    "sid_mm",
+    "sdd_mm",
+    "size_px",
+    "pixel_spacing_mm",
+    "isocenter_ras",
+    "patient_position",
+    "detector_offset_mm",
+}
 _TOP_KEYS = {"format", "version", "frame", "units", "size_px", "views", "circular_orbit", "carm", "description"}
 
 
@@ -569,7 +579,9 @@ def cameras_from_json(data: Dict[str, Any], *, dtype: torch.dtype = torch.float6
     if "detector_offset_mm" in block:
         off = _numbers(block["detector_offset_mm"], f"{form}.detector_offset_mm")
         if off.shape != (2,) and (off.ndim != 2 or off.shape[1] != 2):
-            raise ValueError(f"geometry field '{form}.detector_offset_mm' must be [column, row] or a list of them, got shape {list(off.shape)}")
+            raise ValueError(
+                f"geometry field '{form}.detector_offset_mm' must be [column, row] or a list of them, got shape {list(off.shape)}"
+            )
         kw["detector_offset_mm"] = off
     if form == "circular_orbit":
         which = [k for k in ("angles_deg", "angles_rad") if k in block]
@@ -582,7 +594,9 @@ def cameras_from_json(data: Dict[str, Any], *, dtype: torch.dtype = torch.float6
         if kw["sid_mm"].size != 1 or kw["sdd_mm"].size != 1:
             raise ValueError("geometry fields 'circular_orbit.sid_mm' and 'sdd_mm' must be single numbers")
         kw["sid_mm"], kw["sdd_mm"] = float(kw["sid_mm"][0]), float(kw["sdd_mm"][0])
-        return Cameras.circular_orbit(torch.from_numpy(angles_rad), **{k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()})
+        return Cameras.circular_orbit(
+            torch.from_numpy(angles_rad), **{k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        )
     primary = _numbers(_require(block, "primary_deg", form), "carm.primary_deg").reshape(-1)
     secondary = _numbers(_require(block, "secondary_deg", form), "carm.secondary_deg").reshape(-1)
     n = max(primary.size, secondary.size)
@@ -609,7 +623,9 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
     if ext == ".xml":
         missing = [n for n, v in (("size_px", size_px), ("spacing_mm", spacing_mm)) if v is None]
         if missing:
-            raise ValueError(f"RTK geometry {str(path)!r} stores no detector size or pixel spacing (missing: {', '.join(missing)}): {_CLI_HINT}")
+            raise ValueError(
+                f"RTK geometry {str(path)!r} stores no detector size or pixel spacing (missing: {', '.join(missing)}): {_CLI_HINT}"
+            )
         return read_rtk_xml(str(path), size_px=size_px, spacing_mm=spacing_mm, origin_mm=origin_mm, dtype=dtype)
     if ext != ".json":
         raise ValueError(f"geometry file {str(path)!r}: unknown extension {ext!r}; use .json (XRayNeRF) or .xml (RTK)")
@@ -636,7 +652,9 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
         want = _pair(spacing_mm, "spacing_mm")
         have = cams.pixel_spacing_mm.detach().cpu().double().numpy()
         if np.abs(have - want).max() > 1e-9 * want.max():
-            raise ValueError(f"geometry file {str(path)!r} has pixel spacing {np.unique(have, axis=0).tolist()} mm, but {want.tolist()} was given")
+            raise ValueError(
+                f"geometry file {str(path)!r} has pixel spacing {np.unique(have, axis=0).tolist()} mm, but {want.tolist()} was given"
+            )
     return cams
 
 

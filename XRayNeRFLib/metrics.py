@@ -28,7 +28,9 @@ def _pair(x: Tensor, ref: Tensor, name: str = "volume") -> tuple:
     x = torch.as_tensor(x).detach().double()
     ref = torch.as_tensor(ref).detach().double()
     if x.shape != ref.shape:
-        raise ValueError(f"{name} {tuple(x.shape)} and reference {tuple(ref.shape)} have different shapes; resample one onto the other's grid")
+        raise ValueError(
+            f"{name} {tuple(x.shape)} and reference {tuple(ref.shape)} have different shapes; resample one onto the other's grid"
+        )
     if not (torch.isfinite(x).all() and torch.isfinite(ref).all()):
         raise ValueError(f"{name} or reference contains NaN or infinite values")
     return x, ref
@@ -117,7 +119,12 @@ def all_metrics(x: Tensor, ref: Tensor, data_range: Optional[float] = None, mask
     """{"psnr_db", "ssim", "mae", "mae_masked" (when mask given), "data_range"} of x against ref."""
     _, r64 = _pair(x, ref)
     r = _range(r64, data_range)
-    out = {"psnr_db": psnr(x, ref, r), "ssim": ssim(x, ref, r) if min(r64.shape) >= 11 else float("nan"), "mae": mae(x, ref), "data_range": r}
+    out = {
+        "psnr_db": psnr(x, ref, r),
+        "ssim": ssim(x, ref, r) if min(r64.shape) >= 11 else float("nan"),
+        "mae": mae(x, ref),
+        "data_range": r,
+    }
     if mask is not None:
         out["mae_masked"] = mae(x, ref, mask)
     return out

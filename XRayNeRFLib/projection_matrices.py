@@ -69,7 +69,9 @@ def check_projection_matrices(p: np.ndarray, *, n_views: Optional[int] = None, r
         a = m[:, :3]
         det = float(np.linalg.det(a))
         if abs(det) <= 1e-12 * float(np.abs(a).max()) ** 3:
-            raise GeometryError(f"view {i} matrix has a singular left 3x3 block: it is not a cone-beam (pinhole) camera", name=f"view {i} matrix")
+            raise GeometryError(
+                f"view {i} matrix has a singular left 3x3 block: it is not a cone-beam (pinhole) camera", name=f"view {i} matrix"
+            )
         if det < 0:
             raise GeometryError(
                 f"view {i} matrix describes a mirrored detector (det of its left 3x3 block < 0; or w < 0 in front of the source, "
@@ -85,7 +87,8 @@ def check_projection_matrices(p: np.ndarray, *, n_views: Optional[int] = None, r
         skew = (a0 @ r2) / np.linalg.norm(a0 - (a0 @ r2) * r2)
         if abs(skew) > rtol:
             raise GeometryError(
-                f"view {i} matrix has a skewed detector (pixel axes not perpendicular, skew {skew:.3g}); not supported", name=f"view {i} matrix"
+                f"view {i} matrix has a skewed detector (pixel axes not perpendicular, skew {skew:.3g}); not supported",
+                name=f"view {i} matrix",
             )
 
 
@@ -136,7 +139,9 @@ def cameras_from_matrices_json(data: Dict[str, Any], *, n_views: Optional[int] =
     if data.get("version") != MATRICES_VERSION:
         raise GeometryError(f"field 'version' must be {MATRICES_VERSION}, got {data.get('version')!r}", name="version")
     if data.get("frame", "RAS") != "RAS" or data.get("units", "mm") != "mm":
-        raise GeometryError("projection matrices must map patient RAS millimetres (frame 'RAS', units 'mm'); convert LPS with diag(-1, -1, 1)", name="frame")
+        raise GeometryError(
+            "projection matrices must map patient RAS millimetres (frame 'RAS', units 'mm'); convert LPS with diag(-1, -1, 1)", name="frame"
+        )
     for key in ("size_px", "pixel_spacing_mm", "matrices"):
         if key not in data:
             raise GeometryError(f"missing field {key!r}", name=key)

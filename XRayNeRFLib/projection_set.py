@@ -98,10 +98,15 @@ class ProjectionSet:
     def __getitem__(self, index) -> "ProjectionSet":
         idx = torch.arange(len(self))[index].reshape(-1)
         cams = Cameras(
-            self.cameras.world_from_camera[idx], self.cameras.sdd_mm[idx], self.cameras.pixel_spacing_mm[idx],
-            self.cameras.principal_point_px[idx], self.cameras.size_px,
+            self.cameras.world_from_camera[idx],
+            self.cameras.sdd_mm[idx],
+            self.cameras.pixel_spacing_mm[idx],
+            self.cameras.principal_point_px[idx],
+            self.cameras.size_px,
         )
-        return ProjectionSet(self.images[idx], cams, self.masks[idx], [self.metadata[i] for i in idx.tolist()], list(self.assumptions), self.source)
+        return ProjectionSet(
+            self.images[idx], cams, self.masks[idx], [self.metadata[i] for i in idx.tolist()], list(self.assumptions), self.source
+        )
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
@@ -131,7 +136,9 @@ class ProjectionSet:
         if relationship is not None and relationship.upper() != x.intensity["relationship"]:
             notes.append(f"intensity relationship {relationship.upper()} given; the files say {x.intensity['relationship']}")
         try:
-            li = to_line_integrals(x.images, relationship=rel, sign=sg, i0=i0, log_scale=log_scale, max_value=x.intensity["max_value"], mask=x.masks)
+            li = to_line_integrals(
+                x.images, relationship=rel, sign=sg, i0=i0, log_scale=log_scale, max_value=x.intensity["max_value"], mask=x.masks
+            )
         except ValueError as exc:
             raise ValueError(f"{', '.join(sorted({v['file'] for v in x.views}))[:300]}: {exc}") from None
         notes.extend(li.assumptions)
@@ -176,24 +183,37 @@ class ProjectionSet:
         row_order = meta.get("row_order")
         if gext == ".xml":
             if row_order == "xraynerf":
-                raise ValueError(f"{stack}: the stack is in XRayNeRF row order (xraynerf_row_order) but {geometry} is RTK geometry; use the JSON geometry written with it")
+                raise ValueError(
+                    f"{stack}: the stack is in XRayNeRF row order (xraynerf_row_order) but {geometry} is RTK geometry; use the JSON geometry written with it"
+                )
             if spacing is None:
-                raise ValueError(f"{stack}: an image folder has no pixel spacing and RTK geometry {geometry} stores none; pass spacing_mm (command line: --detector-spacing COLUMN_MM ROW_MM)")
+                raise ValueError(
+                    f"{stack}: an image folder has no pixel spacing and RTK geometry {geometry} stores none; pass spacing_mm (command line: --detector-spacing COLUMN_MM ROW_MM)"
+                )
             cams = load_geometry(geometry, size_px=(w, h), spacing_mm=spacing, origin_mm=origin)
             images = ours_from_rtk_layout(images)
             notes.append(f"{stack}: RTK projection layout; rows flipped into the XRayNeRF layout")
         else:
             if row_order == "rtk":
-                raise ValueError(f"{stack}: the stack is in RTK row order (xraynerf_row_order) but {geometry} is XRayNeRF JSON; use the RTK XML written with it")
+                raise ValueError(
+                    f"{stack}: the stack is in RTK row order (xraynerf_row_order) but {geometry} is XRayNeRF JSON; use the RTK XML written with it"
+                )
             cams = load_geometry(geometry)
         try:
-            check_projections_match(images, cams, what=f"projection stack {stack}", spacing_mm=header_spacing if gext == ".json" and spacing_mm is None else None)
+            check_projections_match(
+                images,
+                cams,
+                what=f"projection stack {stack}",
+                spacing_mm=header_spacing if gext == ".json" and spacing_mm is None else None,
+            )
         except ValueError as exc:
             raise ValueError(f"{exc} ({geometry})") from None
         q = (quantity or meta.get("quantity") or "").lower()
         if not q:
             q = "line_integral"
-            notes.append(f"{stack}: values taken as line integrals (no xraynerf_quantity header; pass quantity='intensity' for raw intensities)")
+            notes.append(
+                f"{stack}: values taken as line integrals (no xraynerf_quantity header; pass quantity='intensity' for raw intensities)"
+            )
         if q == "intensity":
             li = to_line_integrals(images, relationship="LIN", sign=1, i0=i0)
             notes.extend(li.assumptions)
@@ -247,10 +267,17 @@ class ProjectionSet:
         c = self.cameras
         lines = [f"{len(self)} views, {c.width} x {c.height} pixels (columns x rows)"]
         sp = c.pixel_spacing_mm.detach().double()
-        lines.append(f"pixel spacing [column, row]: {', '.join(f'{float(x):g}' for x in sp[0])} mm" + (" (varies)" if (sp - sp[0]).abs().max() > 1e-9 else ""))
+        lines.append(
+            f"pixel spacing [column, row]: {', '.join(f'{float(x):g}' for x in sp[0])} mm"
+            + (" (varies)" if (sp - sp[0]).abs().max() > 1e-9 else "")
+        )
         sdd = c.sdd_mm.detach().double()
         src = c.source_positions().detach().double()
-        lines.append(f"source-detector distance: {float(sdd.min()):g}" + (f"..{float(sdd.max()):g}" if float(sdd.max() - sdd.min()) > 1e-9 else "") + " mm")
+        lines.append(
+            f"source-detector distance: {float(sdd.min()):g}"
+            + (f"..{float(sdd.max()):g}" if float(sdd.max() - sdd.min()) > 1e-9 else "")
+            + " mm"
+        )
         li = self.images[self.masks] if self.masks is not None else self.images
         lines.append(f"line integrals: min {float(li.min()):.4g}, median {float(li.median()):.4g}, max {float(li.max()):.4g}")
         lines.append("view  primary  secondary   SID mm   SDD mm  source RAS mm")

@@ -148,7 +148,9 @@ def load_projection_stack(path: str, dtype: torch.dtype = torch.float32) -> Tupl
     if dim not in (2, 3):
         raise ValueError(f"projection stack {str(path)!r} is {dim}D; expected a 3D stack (columns, rows, views) or one 2D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"projection stack {str(path)!r} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected scalar images")
+        raise ValueError(
+            f"projection stack {str(path)!r} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected scalar images"
+        )
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
     if np.abs(direction - np.eye(dim)).max() > 1e-6:
         raise ValueError(
@@ -176,7 +178,7 @@ def projection_stack_metadata(path: str) -> Dict[str, str]:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise ValueError(f"cannot read projection stack {str(path)!r}: {str(exc).strip().splitlines()[-1]}") from None
-    return {k[len(_META_PREFIX):]: reader.GetMetaData(k) for k in reader.GetMetaDataKeys() if k.startswith(_META_PREFIX)}
+    return {k[len(_META_PREFIX) :]: reader.GetMetaData(k) for k in reader.GetMetaDataKeys() if k.startswith(_META_PREFIX)}
 
 
 def check_projections_match(images: Tensor, cameras, *, what: str = "projection stack", spacing_mm=None) -> None:
@@ -189,7 +191,9 @@ def check_projections_match(images: Tensor, cameras, *, what: str = "projection 
     if v != len(cameras):
         raise ValueError(f"{what} has {v} projections but the geometry has {len(cameras)} views; use the geometry file that made the stack")
     if (w, h) != tuple(cameras.size_px):
-        raise ValueError(f"{what} images are {w} x {h} pixels (columns x rows) but the geometry's detector is {cameras.size_px[0]} x {cameras.size_px[1]}")
+        raise ValueError(
+            f"{what} images are {w} x {h} pixels (columns x rows) but the geometry's detector is {cameras.size_px[0]} x {cameras.size_px[1]}"
+        )
     if spacing_mm is not None:
         want = torch.as_tensor(np.asarray(spacing_mm, dtype=np.float64))
         have = cameras.pixel_spacing_mm.detach().cpu().double()

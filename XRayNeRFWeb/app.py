@@ -27,6 +27,8 @@ def _choices():
     from XRayNeRFMRML.choices import SIMILARITIES
 
     return SIMILARITIES
+
+
 PUSH_INTERVAL_S = 0.1
 STILL_QUALITY = 90  # JPEG quality of the views (trame-rca's still quality)
 
@@ -63,8 +65,13 @@ class XRayNeRFWebApp:
         bind(self.sa)
         # interactive quality = still quality: one render per change (llvmpipe renders are the server's main cost;
         # trame-rca's default renders each change twice, a quick JPEG then a sharper one)
-        register_rca_factories(self.sa.view_manager, server, slice_view_ui_f=_view_marker("slice"),
-                               three_d_view_ui_f=_view_marker("3d"), interactive_quality=STILL_QUALITY)
+        register_rca_factories(
+            self.sa.view_manager,
+            server,
+            slice_view_ui_f=_view_marker("slice"),
+            three_d_view_ui_f=_view_marker("3d"),
+            interactive_quality=STILL_QUALITY,
+        )
         self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
         self.layout_manager.register_layout("XRayNeRF", _layout())
         self.layout_manager.set_layout("XRayNeRF")
@@ -85,21 +92,54 @@ class XRayNeRFWebApp:
     def _init_state(self) -> None:
         SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
         s = self.state
-        s.update(dict(
-            tab="registration", message="", message_type="info", busy=False, job_kind="", progress=0.0,
-            progress_text="", max_upload_bytes=self.data.max_upload_bytes, data_dir=str(self.data.root),
-            files=self.data.listing(),
-            # registration
-            reg_ct="", reg_xray="", reg_ct_path="", reg_xray_path="", reg_ready=False, reg_pending=False,
-            opacity=0.5, loss=SIMILARITIES[0], overlay_updates=0, reg_result="",
-            **{k: 0.0 for k in POSE_KEYS},
-            # reconstruction
-            rec_projections="", rec_stack_path="", rec_geometry_path="", rec_method="voxel", rec_grid=64,
-            rec_iterations=0, rec_renderer="trilinear", rec_uncertainty=False, rec_done=False, rec_result="",
-            # DRR
-            drr_primary=30.0, drr_secondary=0.0, drr_sid=800.0, drr_sdd=1200.0, drr_cols=256, drr_rows=256,
-            drr_spacing=1.6, drr_position="HFS", drr_renderer="siddon", drr_done=False,
-        ))
+        s.update(
+            dict(
+                tab="registration",
+                message="",
+                message_type="info",
+                busy=False,
+                job_kind="",
+                progress=0.0,
+                progress_text="",
+                max_upload_bytes=self.data.max_upload_bytes,
+                data_dir=str(self.data.root),
+                files=self.data.listing(),
+                # registration
+                reg_ct="",
+                reg_xray="",
+                reg_ct_path="",
+                reg_xray_path="",
+                reg_ready=False,
+                reg_pending=False,
+                opacity=0.5,
+                loss=SIMILARITIES[0],
+                overlay_updates=0,
+                reg_result="",
+                **{k: 0.0 for k in POSE_KEYS},
+                # reconstruction
+                rec_projections="",
+                rec_stack_path="",
+                rec_geometry_path="",
+                rec_method="voxel",
+                rec_grid=64,
+                rec_iterations=0,
+                rec_renderer="trilinear",
+                rec_uncertainty=False,
+                rec_done=False,
+                rec_result="",
+                # DRR
+                drr_primary=30.0,
+                drr_secondary=0.0,
+                drr_sid=800.0,
+                drr_sdd=1200.0,
+                drr_cols=256,
+                drr_rows=256,
+                drr_spacing=1.6,
+                drr_position="HFS",
+                drr_renderer="siddon",
+                drr_done=False,
+            )
+        )
         for key in POSE_KEYS:
             s.change(key)(self._on_pose_change)
         s.change("opacity")(self._on_opacity)
@@ -197,8 +237,9 @@ class XRayNeRFWebApp:
         self.session.load_sample_registration()
         self._after_registration_inputs()
         self.state.reg_xray_path = self.state.reg_ct_path = ""
-        self._say("Loaded the sample chest CT and fluoroscopy (LAO 20 / CRA 10). Move the CT with the sliders "
-                  "or press Register.", "success")
+        self._say(
+            "Loaded the sample chest CT and fluoroscopy (LAO 20 / CRA 10). Move the CT with the sliders or press Register.", "success"
+        )
 
     def _refuse_if_busy(self, what: str) -> None:
         if self.runner is not None and self.runner.job is not None:
@@ -290,13 +331,16 @@ class XRayNeRFWebApp:
             self.state.overlay_updates = self.session.overlay_updates
             state = "cancelled: the best pose so far is kept" if r.cancelled else "done"
             self.state.reg_result = f"{r.loss_name} {r.initial_loss:.4f} -> {r.loss:.4f}"
-            self._say(f"Registration {state} ({self.state.reg_result}, {r.iterations} iterations). Accept or Revert.",
-                      "success")
+            self._say(f"Registration {state} ({self.state.reg_result}, {r.iterations} iterations). Accept or Revert.", "success")
             self.sa.view_manager.get_view("ThreeD").reset_view()  # the C-arm model in view
             self._render_views()
 
-        self._start("registration", lambda job: self.session.register_work(job, loss, opacity), done,
-                    "Registering: the overlay follows the optimiser.")
+        self._start(
+            "registration",
+            lambda job: self.session.register_work(job, loss, opacity),
+            done,
+            "Registering: the overlay follows the optimiser.",
+        )
 
     def _zero_controls(self) -> None:
         # the controls nudge the current pose: after it changed under them they start again from zero
@@ -406,9 +450,12 @@ class XRayNeRFWebApp:
             self._say(f"Reconstruction done{kept}: {s.rec_result}.", "success")
             self._render_views()
 
-        self._start("reconstruction", lambda job: self.session.reconstruct_work(job, method, grid, iterations, renderer,
-                                                                                uncertainty, show), done,
-                    f"Reconstructing ({method}); the preview slice updates while it runs.")
+        self._start(
+            "reconstruction",
+            lambda job: self.session.reconstruct_work(job, method, grid, iterations, renderer, uncertainty, show),
+            done,
+            f"Reconstructing ({method}); the preview slice updates while it runs.",
+        )
 
     @_action
     def download_volume(self, suffix: str, which: str = "volume"):
@@ -448,8 +495,7 @@ class XRayNeRFWebApp:
             secondary_deg=finite(form.get("secondary"), "CRA/CAU", -90, 90),
             sid_mm=finite(form.get("sid"), "source-isocentre distance (mm)", 10, 5000),
             sdd_mm=finite(form.get("sdd"), "source-detector distance (mm)", 10, 5000),
-            size_px=(int(finite(form.get("cols"), "detector columns", 2, 2048)),
-                     int(finite(form.get("rows"), "detector rows", 2, 2048))),
+            size_px=(int(finite(form.get("cols"), "detector columns", 2, 2048)), int(finite(form.get("rows"), "detector rows", 2, 2048))),
             pixel_spacing_mm=finite(form.get("spacing"), "pixel spacing (mm)", 0.01, 20),
             patient_position=form.get("position"),
         )
@@ -522,8 +568,7 @@ def serve(data: DataDir, host: str = "127.0.0.1", port: int = 8080) -> int:
     server.controller.on_server_ready.add(announce)
     started = time.monotonic()
     log.info("starting on %s:%s", host, port)
-    server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0,
-                 disable_logging=True)
+    server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0, disable_logging=True)
     del app, started
     return 0
 

@@ -28,23 +28,25 @@ benchmarks/bench_web.py and benchmarks/RESULTS_web.md.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="the only folder the server reads and writes (default: a new folder in the temp directory)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; another address prints a warning)")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="the only folder the server reads and writes (default: a new folder in the temp directory)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; another address prints a warning)"
+    )
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
-    parser.add_argument("--max-upload-mb", type=float, default=512.0, metavar="N",
-                        help="largest upload accepted, in MB (default 512)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the engine (default: torch's choice)")
+    parser.add_argument("--max-upload-mb", type=float, default=512.0, metavar="N", help="largest upload accepted, in MB (default 512)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the engine (default: torch's choice)")
 
 
 def host_warning(host: str) -> Optional[str]:
     """The warning printed for a bind address other than this machine's loopback (None for loopback)."""
     if host in LOCAL_HOSTS:
         return None
-    return (f"WARNING: binding {host}: the XRayNeRF web app has no login; anyone who can reach this address can "
-            "use it and read or write files in the data folder. Use 127.0.0.1 (the default) unless the network is trusted.")
+    return (
+        f"WARNING: binding {host}: the XRayNeRF web app has no login; anyone who can reach this address can "
+        "use it and read or write files in the data folder. Use 127.0.0.1 (the default) unless the network is trusted."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m XRayNeRFWeb", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m XRayNeRFWeb", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -179,4 +179,3 @@ class DataDir:
                 if not p.is_symlink() and p.is_file():
                     out.append(p.relative_to(self.root).as_posix())
         return sorted(out)
-

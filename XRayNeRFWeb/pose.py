@@ -28,8 +28,9 @@ def rotation_deg(rx: float, ry: float, rz: float) -> np.ndarray:
     return rzm @ rym @ rxm
 
 
-def nudged(base: np.ndarray, centre_ras: Sequence[float], rotation_deg_rxyz: Sequence[float],
-           translation_mm: Sequence[float]) -> np.ndarray:
+def nudged(
+    base: np.ndarray, centre_ras: Sequence[float], rotation_deg_rxyz: Sequence[float], translation_mm: Sequence[float]
+) -> np.ndarray:
     """(4, 4) float64 to-parent matrix: ``base`` moved by the controls (see the module docstring).
     centre_ras: (3,) the CT grid centre in the CT's own frame (before ``base``), RAS mm."""
     base = np.asarray(base, dtype=np.float64)

@@ -94,8 +94,9 @@ class Session:
         while the overlay is dragged, where every pose change would redraw it)."""
         vr = self.sa.volume_rendering
         if visible:
-            display = vr.get_vr_display_node(node) if vr.has_vr_display_node(node) else vr.create_display_node(
-                node, "CT-Chest-Contrast-Enhanced")
+            display = (
+                vr.get_vr_display_node(node) if vr.has_vr_display_node(node) else vr.create_display_node(node, "CT-Chest-Contrast-Enhanced")
+            )
             display.SetVisibility(True)
         elif vr.has_vr_display_node(node):
             vr.get_vr_display_node(node).SetVisibility(False)
@@ -216,12 +217,20 @@ class Session:
                 job.previews += 1
             return not job.cancel_requested
 
-        with engine_off_the_loop(job.gate, registration_module, "register"), \
-                engine_off_the_loop(job.gate, render_module, "render"):
+        with engine_off_the_loop(job.gate, registration_module, "register"), engine_off_the_loop(job.gate, render_module, "render"):
             out = register_ct_to_xray(
-                self.ct, self.xray, self.transform, drr_node=self.overlay_drr, camera_model_node=self.camera_model,
-                slice_logic=self.red, overlay=self.overlay_view, opacity=float(opacity), preview_every=3,
-                progress=progress, loss=loss, **engine_options,
+                self.ct,
+                self.xray,
+                self.transform,
+                drr_node=self.overlay_drr,
+                camera_model_node=self.camera_model,
+                slice_logic=self.red,
+                overlay=self.overlay_view,
+                opacity=float(opacity),
+                preview_every=3,
+                progress=progress,
+                loss=loss,
+                **engine_options,
             )
         fit_field_of_view(self.red.GetSliceNode())
         page_style(self.xray, out.drr_node)
@@ -261,8 +270,13 @@ class Session:
         }
         r = self.last_registration  # the engine's RegistrationResult of the pose shown, if it came from one
         if r is not None:
-            out.update(loss_name=r.loss_name, loss=float(r.loss), initial_loss=float(r.initial_loss),
-                       iterations=int(r.iterations), cancelled=bool(r.cancelled))
+            out.update(
+                loss_name=r.loss_name,
+                loss=float(r.loss),
+                initial_loss=float(r.initial_loss),
+                iterations=int(r.iterations),
+                cancelled=bool(r.cancelled),
+            )
         return out
 
     def write_itk_transform(self, path: Path) -> None:
@@ -272,8 +286,16 @@ class Session:
         write_ct_correction(str(path), self.transform_matrix())
 
     # -- reconstruction -------------------------------------------------------------------------------
-    def reconstruct_work(self, job: JobState, method: str, grid: int, iterations: Optional[int], renderer: str,
-                         uncertainty: bool, show: Callable[[object], None]):
+    def reconstruct_work(
+        self,
+        job: JobState,
+        method: str,
+        grid: int,
+        iterations: Optional[int],
+        renderer: str,
+        uncertainty: bool,
+        show: Callable[[object], None],
+    ):
         import XRayNeRFLib.recon.api as api_module
         from XRayNeRFMRML.reconstruction import run_reconstruction
 
@@ -289,8 +311,15 @@ class Session:
         previous = self.recon_output
         with engine_off_the_loop(job.gate, api_module, "reconstruct"):
             out = run_reconstruction(
-                self.projections, method=method, renderer=renderer, grid=int(grid), iterations=iterations,
-                uncertainty=bool(uncertainty), ensemble_size=2, progress=progress, name=f"Reconstruction {method}",
+                self.projections,
+                method=method,
+                renderer=renderer,
+                grid=int(grid),
+                iterations=iterations,
+                uncertainty=bool(uncertainty),
+                ensemble_size=2,
+                progress=progress,
+                name=f"Reconstruction {method}",
                 on_output_node=show,
             )
         self.recon_output = out
@@ -316,7 +345,10 @@ class Session:
         cameras = carm_cameras(self.ct, **pose)
         with engine_off_the_loop(job.gate, render_module, "render"):
             self.drr_output = render_drr(
-                self.ct, cameras, renderer=renderer, progress=progress,
+                self.ct,
+                cameras,
+                renderer=renderer,
+                progress=progress,
                 output_node=previous.volume_node if previous else None,
                 camera_model_node=previous.camera_model_node if previous else None,
             )

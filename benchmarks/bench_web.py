@@ -85,8 +85,14 @@ def main() -> int:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     t_start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", data],
-                            cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", data],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     results = {}
     try:
         url = None
@@ -102,8 +108,9 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1400, "height": 860})
             page.set_default_timeout(300_000)
             page.goto(url)
-            page.wait_for_function("() => { const i = document.querySelector('div:has(> .xr-view-Red) img');"
-                                   " return i && i.src && i.src.startsWith('blob:'); }")
+            page.wait_for_function(
+                "() => { const i = document.querySelector('div:has(> .xr-view-Red) img'); return i && i.src && i.src.startsWith('blob:'); }"
+            )
             results["first page with views, from server start (s)"] = time.monotonic() - t_start
             # samples: registration (CT + fluoroscopy), projections
             page.click("#sample-registration")
@@ -114,8 +121,13 @@ def main() -> int:
             results["server memory with the samples (MB RSS)"] = rss_mb(proc.pid)
             # a 256 x 256 X-ray: the DRR of the sample CT at LAO 20 / CRA 10, 1 mm pixels
             page.click("#tab-drr")
-            for key, value in (("drr-primary", "20"), ("drr-secondary", "10"), ("drr-cols", "256"),
-                               ("drr-rows", "256"), ("drr-spacing", "1.0")):
+            for key, value in (
+                ("drr-primary", "20"),
+                ("drr-secondary", "10"),
+                ("drr-cols", "256"),
+                ("drr-rows", "256"),
+                ("drr-spacing", "1.0"),
+            ):
                 page.fill(f"#{key}", value)
             page.click("#render-drr")
             wait_message(page, "DRR rendered")
@@ -134,7 +146,8 @@ def main() -> int:
                 page.keyboard.press("ArrowRight" if (i // 10) % 2 == 0 else "ArrowLeft")
                 page.wait_for_function(
                     f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}"
-                    f" && window.__frames.length > {frames_before}")
+                    f" && window.__frames.length > {frames_before}"
+                )
                 key_t = page.evaluate("window.__keys[window.__keys.length - 1]")
                 frame_t = page.evaluate(f"window.__frames[{frames_before}]")
                 latencies.append((frame_t - key_t) / 1000.0)
@@ -164,7 +177,8 @@ def main() -> int:
             proc.kill()
     load = os.getloadavg()
     lines = [
-        "| measure | value |", "|---|---|",
+        "| measure | value |",
+        "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in results.items()],
         "",
         f"{os.cpu_count()} CPU cores, torch threads default, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "

@@ -105,8 +105,14 @@ def cameras_for(meta: dict, angles_deg, dtype=None):
 
     dtype = dtype or torch.float64
     ang = torch.tensor([math.radians(a) for a in angles_deg], dtype=torch.float64)
-    cams = Cameras.circular_orbit(ang, sid_mm=meta["sid_mm"], sdd_mm=meta["sdd_mm"], size_px=tuple(meta["detector_px"]),
-                                  pixel_spacing_mm=meta["pixel_spacing_mm"], dtype=torch.float64)
+    cams = Cameras.circular_orbit(
+        ang,
+        sid_mm=meta["sid_mm"],
+        sdd_mm=meta["sdd_mm"],
+        size_px=tuple(meta["detector_px"]),
+        pixel_spacing_mm=meta["pixel_spacing_mm"],
+        dtype=torch.float64,
+    )
     w = torch.from_numpy(placement()) @ cams.world_from_camera
     return Cameras(w, cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px).to(dtype=dtype)
 
@@ -137,8 +143,9 @@ def save_json(path, obj) -> None:
 # Metrics (fallback until XRayNeRFLib.metrics lands)
 # ---------------------------------------------------------------------------------------------
 def body_mask(gt):
-    from XRayNeRFLib.volume import hu_to_mu
     import torch
+
+    from XRayNeRFLib.volume import hu_to_mu
 
     return gt > float(hu_to_mu(torch.tensor(BODY_HU)))
 
@@ -185,13 +192,23 @@ def metrics(x, gt) -> dict:
     and checks it against this module's versions."""
     data_range = float(gt.max() - gt.min())
     b = INNER_BORDER
-    out = {"psnr_db": psnr_db(x, gt, data_range), "ssim": ssim3d(x, gt, data_range), "mae_body_per_mm": mae_body(x, gt), "data_range": data_range,
-           "psnr_inner_db": psnr_db(x[b:-b, b:-b, b:-b], gt[b:-b, b:-b, b:-b], data_range), "metrics": "benchmarks/recon_common.py"}
+    out = {
+        "psnr_db": psnr_db(x, gt, data_range),
+        "ssim": ssim3d(x, gt, data_range),
+        "mae_body_per_mm": mae_body(x, gt),
+        "data_range": data_range,
+        "psnr_inner_db": psnr_db(x[b:-b, b:-b, b:-b], gt[b:-b, b:-b, b:-b], data_range),
+        "metrics": "benchmarks/recon_common.py",
+    }
     try:
         from XRayNeRFLib import metrics as lib
     except ImportError:
         return out
-    lib_out = {"psnr_db": lib.psnr(x, gt, data_range), "ssim": lib.ssim(x, gt, data_range), "mae_body_per_mm": lib.mae(x, gt, mask=body_mask(gt))}
+    lib_out = {
+        "psnr_db": lib.psnr(x, gt, data_range),
+        "ssim": lib.ssim(x, gt, data_range),
+        "mae_body_per_mm": lib.mae(x, gt, mask=body_mask(gt)),
+    }
     for k, v in lib_out.items():
         if not abs(v - out[k]) <= 1e-6 * max(1.0, abs(v)):
             raise RuntimeError(f"XRayNeRFLib.metrics and the benchmark disagree on {k}: {v} vs {out[k]}")

@@ -41,8 +41,18 @@ def main(cfg: dict) -> None:
     renderer = params.pop("renderer", "siddon")
     seed = params.pop("seed", 0)
     t0 = time.perf_counter()
-    res = reconstruct(proj, cams, "voxel", volume=like, renderer=renderer, iterations=iterations, seed=seed, uncertainty=True,
-                      ensemble_size=int(cfg["ensemble_size"]), options=params)
+    res = reconstruct(
+        proj,
+        cams,
+        "voxel",
+        volume=like,
+        renderer=renderer,
+        iterations=iterations,
+        seed=seed,
+        uncertainty=True,
+        ensemble_size=int(cfg["ensemble_size"]),
+        options=params,
+    )
     seconds = time.perf_counter() - t0
     mu, u = res.volume.data.float(), res.uncertainty.data.float()
     err = (mu - gt).abs()
@@ -51,18 +61,21 @@ def main(cfg: dict) -> None:
     pearson = float(((e - e.mean()) * (s - s.mean())).sum() / ((e - e.mean()).norm() * (s - s.mean()).norm()))
     top = s >= torch.quantile(s[torch.randperm(s.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]], 0.9)
     m = metrics(mu, gt)
-    save_json(cfg["out"], {
-        "method": f"{cfg['ensemble_size']} members, {'OS-TV' if params.get('solver') == 'os-tv' else 'Adam'} {renderer}, "
-                  f"{iterations} {'passes' if params.get('solver') == 'os-tv' else 'steps'} each",
-        "spearman_body": spearman(s, e),
-        "pearson_body": pearson,
-        "mae_top10pct_uncertain_per_mm": float(e[top].mean()),
-        "mae_other90pct_per_mm": float(e[~top].mean()),
-        "ensemble_mean_psnr_db": m["psnr_db"],
-        "ensemble_mean_ssim": m["ssim"],
-        "seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
-    })
+    save_json(
+        cfg["out"],
+        {
+            "method": f"{cfg['ensemble_size']} members, {'OS-TV' if params.get('solver') == 'os-tv' else 'Adam'} {renderer}, "
+            f"{iterations} {'passes' if params.get('solver') == 'os-tv' else 'steps'} each",
+            "spearman_body": spearman(s, e),
+            "pearson_body": pearson,
+            "mae_top10pct_uncertain_per_mm": float(e[top].mean()),
+            "mae_other90pct_per_mm": float(e[~top].mean()),
+            "ensemble_mean_psnr_db": m["psnr_db"],
+            "ensemble_mean_ssim": m["ssim"],
+            "seconds": seconds,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
 
 
 if __name__ == "__main__":

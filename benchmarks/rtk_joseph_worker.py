@@ -100,14 +100,18 @@ def main(cfg_path: str) -> None:
     u1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (u1.ru_utime + u1.ru_stime) - (u0.ru_utime + u0.ru_stime)
     np.save(cfg["images_npy"], np.stack(images).astype(np.float32))
-    Path(cfg["result_json"]).write_text(json.dumps({
-        "times_s": times,
-        "warmup_s": warm,
-        "cores_busy": cpu_s / max(sum(times), 1e-9),
-        "baseline_rss_mb": baseline,
-        "peak_rss_mb": peak_rss_mb(),
-        "threads": int(cfg["threads"]),
-    }))
+    Path(cfg["result_json"]).write_text(
+        json.dumps(
+            {
+                "times_s": times,
+                "warmup_s": warm,
+                "cores_busy": cpu_s / max(sum(times), 1e-9),
+                "baseline_rss_mb": baseline,
+                "peak_rss_mb": peak_rss_mb(),
+                "threads": int(cfg["threads"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -153,11 +153,24 @@ def main(cfg_path: str) -> None:
         seconds = time.perf_counter() - t0 - cb_s[0]
         itk.imwrite(filt.GetOutput(), m["out"])
         applied = {}
-        for getter in ("NumberOfIterations", "Lambda", "EnforcePositivity", "DivisionThreshold", "NumberOfProjectionsPerSubset", "AL_iterations",
-                       "CG_iterations", "Alpha", "Beta", "ForwardProjectionFilter", "BackProjectionFilter"):
+        for getter in (
+            "NumberOfIterations",
+            "Lambda",
+            "EnforcePositivity",
+            "DivisionThreshold",
+            "NumberOfProjectionsPerSubset",
+            "AL_iterations",
+            "CG_iterations",
+            "Alpha",
+            "Beta",
+            "ForwardProjectionFilter",
+            "BackProjectionFilter",
+        ):
             if hasattr(filt, "Get" + getter):
                 v = getattr(filt, "Get" + getter)()
-                applied[getter] = v if isinstance(v, (int, float, bool)) else (v.GetNameOfClass() if hasattr(v, "GetNameOfClass") else str(v))
+                applied[getter] = (
+                    v if isinstance(v, (int, float, bool)) else (v.GetNameOfClass() if hasattr(v, "GetNameOfClass") else str(v))
+                )
         if name == "fdk":
             applied["HannCutFrequency"] = filt.GetRampFilter().GetHannCutFrequency()
         results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve, "applied": applied}
@@ -175,7 +188,9 @@ def read_rtk_projections(path):
     return ours_from_rtk_layout(sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)))
 
 
-def run_rtk_reconstructions(projections, cameras, like, methods, workdir, threads=2, timeout_s=3600, load=True, gt_npy=None, data_range=None):
+def run_rtk_reconstructions(
+    projections, cameras, like, methods, workdir, threads=2, timeout_s=3600, load=True, gt_npy=None, data_range=None
+):
     """Run RTK reconstructions in a subprocess (called from the torch side; imports no itk).
 
     projections: (V, H, W) line integrals in our layout; cameras: the matching Cameras; like: Volume

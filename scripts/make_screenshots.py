@@ -76,9 +76,18 @@ def drr_node(core, harness, out: Path) -> None:
 
     module = harness.load_module("XRayNeRFDRR")
     ct = _load_ct(slicer)
-    drr = module.XRayNeRFDRRLogic().renderDRR(
-        ct, primaryAngleDeg=30.0, secondaryAngleDeg=0.0, detectorColumns=256, detectorRows=256, pixelSpacingMm=1.5,
-    ).volume_node
+    drr = (
+        module.XRayNeRFDRRLogic()
+        .renderDRR(
+            ct,
+            primaryAngleDeg=30.0,
+            secondaryAngleDeg=0.0,
+            detectorColumns=256,
+            detectorRows=256,
+            pixelSpacingMm=1.5,
+        )
+        .volume_node
+    )
     view = _view(core, harness, "Red")
     view.GetSliceCompositeNode().SetBackgroundVolumeID(drr.GetID())
     display = drr.GetDisplayNode()
@@ -126,8 +135,10 @@ def registration(core, harness, out: Path) -> None:
     m = slicer.util.arrayFromTransformMatrix(transform)
     truth = sampledata.fluoroscopy_setup()["ct_to_parent_ras"]
     centre = np.asarray(sampledata.fluoroscopy_setup()["isocenter_ras"] + [1.0])
-    print(f"registration: isocentre error {np.linalg.norm((m - truth) @ centre):.2f} mm (start "
-          f"{np.linalg.norm((np.eye(4) - truth) @ centre):.2f} mm)")
+    print(
+        f"registration: isocentre error {np.linalg.norm((m - truth) @ centre):.2f} mm (start "
+        f"{np.linalg.norm((np.eye(4) - truth) @ centre):.2f} mm)"
+    )
 
 
 def reconstruction(core, harness, out: Path) -> None:
@@ -192,10 +203,10 @@ def thumbnails(sample_dir: Path) -> None:
     stack, _, _ = load_projection_stack(str(sample_dir / "chest_projections_30.mha"))
     _grey_thumbnail(stack[0].numpy(), sample_dir / "chest_projections_30.png")
     setup = sampledata.fluoroscopy_setup(sample_dir / "chest_fluoroscopy_setup.json")
-    xray = ProjectionSet.from_dicom([str(sample_dir / "chest_fluoroscopy_lao20_cra10.dcm")],
-                                   GeometryOverrides(isocenter_ras=setup["isocenter_ras"]), i0=setup["i0"])
+    xray = ProjectionSet.from_dicom(
+        [str(sample_dir / "chest_fluoroscopy_lao20_cra10.dcm")], GeometryOverrides(isocenter_ras=setup["isocenter_ras"]), i0=setup["i0"]
+    )
     _grey_thumbnail(xray.images[0].numpy(), sample_dir / "chest_fluoroscopy.png")
-
 
 
 def main(argv=None) -> int:

@@ -260,7 +260,9 @@ def write_xray(
         ds.ViewPosition = view_position
     if shutter_rc is not None:
         ds.ShutterShape = "RECTANGULAR"
-        ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge, ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = [int(x) for x in shutter_rc]
+        ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge, ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = [
+            int(x) for x in shutter_rc
+        ]
     for key, value in (detector or {}).items():
         setattr(ds, key, value)
     set_pixels(ds, stored, jpeg=jpeg)
@@ -419,7 +421,9 @@ def truth_cameras(primary_deg, secondary_deg, **kw):
 
     args = dict(sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, dtype=torch.float64)
     args.update(kw)
-    return Cameras.carm(torch.as_tensor(np.asarray(primary_deg, dtype=np.float64)), torch.as_tensor(np.asarray(secondary_deg, dtype=np.float64)), **args)
+    return Cameras.carm(
+        torch.as_tensor(np.asarray(primary_deg, dtype=np.float64)), torch.as_tensor(np.asarray(secondary_deg, dtype=np.float64)), **args
+    )
 
 
 def drr(cameras, volume=None):

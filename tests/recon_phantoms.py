@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import torch
-
 from conftest import segment_ellipsoid_length_mm
+
 from XRayNeRFLib.geometry import Cameras, homogeneous, rotation_x
 from XRayNeRFLib.volume import Volume
 
@@ -23,7 +23,11 @@ ELLIPSOIDS = [
 def orbit(n_views: int, *, arc_rad: float = 2 * math.pi, size_px=(48, 40), spacing=2.0, full=True, axis: str = "z") -> Cameras:
     """Circular orbit (SID 250, SDD 400 mm) about RAS z, or about RAS y (``axis="y"``: RTK's gantry
     axis, which RTK's FDK angular weighting needs)."""
-    ang = torch.linspace(0, arc_rad, n_views + 1, dtype=torch.float64)[:-1] if full else torch.linspace(0, arc_rad, n_views, dtype=torch.float64)
+    ang = (
+        torch.linspace(0, arc_rad, n_views + 1, dtype=torch.float64)[:-1]
+        if full
+        else torch.linspace(0, arc_rad, n_views, dtype=torch.float64)
+    )
     cams = Cameras.circular_orbit(ang, sid_mm=250.0, sdd_mm=400.0, size_px=size_px, pixel_spacing_mm=spacing, dtype=torch.float64)
     if axis == "y":
         w = homogeneous(rotation_x(torch.tensor(-math.pi / 2, dtype=torch.float64)), torch.zeros(3, dtype=torch.float64))

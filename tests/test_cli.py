@@ -63,7 +63,9 @@ def _hu_data() -> np.ndarray:
 
 def _cameras(n_views: int = 4, size=(24, 18), iso=ISO) -> Cameras:
     angles = torch.arange(n_views, dtype=torch.float64) * (2 * math.pi / n_views) + 0.3
-    return Cameras.circular_orbit(angles, sid_mm=300.0, sdd_mm=450.0, size_px=size, pixel_spacing_mm=(4.0, 5.0), isocenter_ras=iso, dtype=torch.float64)
+    return Cameras.circular_orbit(
+        angles, sid_mm=300.0, sdd_mm=450.0, size_px=size, pixel_spacing_mm=(4.0, 5.0), isocenter_ras=iso, dtype=torch.float64
+    )
 
 
 def _write_json(cams: Cameras, path: Path) -> Path:
@@ -182,7 +184,10 @@ def test_drr_rtk_xml_layout(case, capsys):
     assert projection_stack_metadata(str(out))["row_order"] == "rtk"
     # a shifted RTK detector origin shifts the cameras' principal points and is written to the header
     out2 = d / "rtk_shift.mha"
-    assert main(base + ["--out", str(out2), "--detector-size", "24", "18", "--detector-spacing", "4", "5", "--detector-origin", "-42", "-40"]) == 0
+    assert (
+        main(base + ["--out", str(out2), "--detector-size", "24", "18", "--detector-spacing", "4", "5", "--detector-origin", "-42", "-40"])
+        == 0
+    )
     assert load_projection_stack(str(out2))[2].tolist() == [-42.0, -40.0]
     ref2 = _reference(case["hu"], xml, "hu", size_px=(24, 18), spacing_mm=(4, 5), origin_mm=(-42, -40))
     assert torch.allclose(load_projection_stack(str(out2))[0], ref2.flip(-2), rtol=1e-5, atol=1e-5)
@@ -223,7 +228,9 @@ def test_drr_errors(case, capsys):
     data_nan = _hu_data()
     data_nan[3, 4, 5] = np.nan
     nan_path = d / "nan.nrrd"  # (ITK's NIfTI reader turns NaN into 0)
-    save_volume(Volume(torch.tensor(data_nan, dtype=torch.float32), torch.tensor(_ras_from_ijk(), dtype=torch.float32), "hu"), str(nan_path))
+    save_volume(
+        Volume(torch.tensor(data_nan, dtype=torch.float32), torch.tensor(_ras_from_ijk(), dtype=torch.float32), "hu"), str(nan_path)
+    )
     msg = _error(capsys, ["drr", "--volume", str(nan_path), "--geometry", str(case["geometry"])] + common)
     assert "NaN" in msg and "nan.nrrd" in msg
     # a detector that sees nothing: orbit centred 2 m away from the volume (some views face it, but the
@@ -240,10 +247,14 @@ def test_drr_errors(case, capsys):
     msg = _error(capsys, ["drr", "--volume", str(air_path), "--geometry", str(case["geometry"]), "--input-units", "hu"] + common)
     assert "line integrals are zero" in msg
     # inconsistent options, unsupported output type, missing output directory
-    assert "--i0" in _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--intensity", "--poisson"] + common)
+    assert "--i0" in _error(
+        capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--intensity", "--poisson"] + common
+    )
     msg = _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(d / "x.png"), "-q"])
     assert ".mha" in msg
-    msg = _error(capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(bad / "sub" / "x.mha"), "-q"])
+    msg = _error(
+        capsys, ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(bad / "sub" / "x.mha"), "-q"]
+    )
     assert "bad.json' is a file" in msg
     assert not out.exists()
     assert not any(name.startswith(".") for name in _files(d))
@@ -360,7 +371,17 @@ def test_help_explains_conventions(capsys):
         main(["drr", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("patient RAS", "millimetres", "beam's eye view", "image[row, col]", "pixel-centre", "1/mm", "line", "--detector-size", "exit status 2"):
+    for needle in (
+        "patient RAS",
+        "millimetres",
+        "beam's eye view",
+        "image[row, col]",
+        "pixel-centre",
+        "1/mm",
+        "line",
+        "--detector-size",
+        "exit status 2",
+    ):
         assert needle in text, needle
 
 
@@ -372,8 +393,11 @@ def _console_script() -> list:
 def test_console_script_subprocess(case):
     out = case["dir"] / "sub.nii.gz"
     run = subprocess.run(
-        _console_script() + ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(out), "--renderer", "siddon"],
-        capture_output=True, text=True, timeout=120,
+        _console_script()
+        + ["drr", "--volume", str(case["hu"]), "--geometry", str(case["geometry"]), "--out", str(out), "--renderer", "siddon"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     images, spacing, _ = load_projection_stack(str(out))
@@ -383,7 +407,9 @@ def test_console_script_subprocess(case):
     # an error: status 2, one line, no traceback
     run = subprocess.run(
         _console_script() + ["drr", "--volume", str(case["dir"] / "missing.nrrd"), "--geometry", str(case["geometry"]), "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and run.stderr.strip().count("\n") == 0
@@ -397,12 +423,28 @@ def test_console_script_ctrl_c(tmp_path):
     vol = Volume(torch.full((n, n, n), 0.02), torch.eye(4), "mu")
     save_volume(vol, str(tmp_path / "cube.mha"))
     angles = torch.linspace(0, 2 * math.pi, 400, dtype=torch.float64)[:-1]
-    cams = Cameras.circular_orbit(angles, sid_mm=200.0, sdd_mm=300.0, size_px=(96, 96), pixel_spacing_mm=1.0, isocenter_ras=(23.5, 23.5, 23.5), dtype=torch.float64)
+    cams = Cameras.circular_orbit(
+        angles, sid_mm=200.0, sdd_mm=300.0, size_px=(96, 96), pixel_spacing_mm=1.0, isocenter_ras=(23.5, 23.5, 23.5), dtype=torch.float64
+    )
     _write_json(cams, tmp_path / "g.json")
     out = tmp_path / "big.mha"
     proc = subprocess.Popen(
-        _console_script() + ["drr", "--volume", str(tmp_path / "cube.mha"), "--geometry", str(tmp_path / "g.json"), "--out", str(out), "--renderer", "siddon", "--max-memory-mb", "4"],
-        stderr=subprocess.PIPE, text=True,
+        _console_script()
+        + [
+            "drr",
+            "--volume",
+            str(tmp_path / "cube.mha"),
+            "--geometry",
+            str(tmp_path / "g.json"),
+            "--out",
+            str(out),
+            "--renderer",
+            "siddon",
+            "--max-memory-mb",
+            "4",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
         # a test run started in the background (nohup, `cmd &`) inherits SIGINT ignored, and Python then
         # keeps ignoring it: give the CLI the default disposition a terminal user has
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

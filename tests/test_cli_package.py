@@ -89,8 +89,23 @@ def test_register_sample_fluoroscopy_without_init(tmp_path, capsys):
     transform the sample was made with (Resources/SampleData/chest_fluoroscopy_setup.json)."""
     setup = json.loads((SAMPLE / "chest_fluoroscopy_setup.json").read_text())
     out = tmp_path / "r.json"
-    rc = main(["register", "--volume", str(SAMPLE / "chest_ct_128.nii.gz"), "--image", str(SAMPLE / setup["dicom"]),
-               "--out", str(out), "--levels", "4", "2", "--threads", "1", "--quiet"])
+    rc = main(
+        [
+            "register",
+            "--volume",
+            str(SAMPLE / "chest_ct_128.nii.gz"),
+            "--image",
+            str(SAMPLE / setup["dicom"]),
+            "--out",
+            str(out),
+            "--levels",
+            "4",
+            "2",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
     from XRayNeRFLib.registration.pose import pose_errors
@@ -171,8 +186,17 @@ def test_stack_input_rule(tmp_path):
     (tmp_path / "pngs" / "a.png").write_bytes(b"")
     (tmp_path / "dicoms").mkdir()
     (tmp_path / "dicoms" / "a.dcm").write_bytes(b"")
-    for name, stack in (("p.mha", True), ("P.MHD", True), ("p.nrrd", True), ("p.nii", True), ("p.nii.gz", True), ("x.dcm", False),
-                        ("IM0001", False), ("pngs", True), ("dicoms", False)):
+    for name, stack in (
+        ("p.mha", True),
+        ("P.MHD", True),
+        ("p.nrrd", True),
+        ("p.nii", True),
+        ("p.nii.gz", True),
+        ("x.dcm", False),
+        ("IM0001", False),
+        ("pngs", True),
+        ("dicoms", False),
+    ):
         assert is_stack_input(str(tmp_path / name)) is stack, name
 
 
@@ -183,7 +207,9 @@ def test_mhd_stack_is_read_as_a_stack_by_info_and_reconstruct(tmp_path, capsys):
 
     from XRayNeRFLib.geometry import Cameras
 
-    cams = Cameras.circular_orbit(torch.linspace(0, 6.0, 8), sid_mm=500.0, sdd_mm=800.0, size_px=(12, 10), pixel_spacing_mm=4.0, dtype=torch.float64)
+    cams = Cameras.circular_orbit(
+        torch.linspace(0, 6.0, 8), sid_mm=500.0, sdd_mm=800.0, size_px=(12, 10), pixel_spacing_mm=4.0, dtype=torch.float64
+    )
     ProjectionSet(torch.rand(8, 10, 12) + 0.5, cams).save(str(tmp_path / "p.mha"), str(tmp_path / "g.json"))
     sitk.WriteImage(sitk.ReadImage(str(tmp_path / "p.mha")), str(tmp_path / "p.mhd"))
     assert main(["info", str(tmp_path / "p.mhd")]) == 2
@@ -219,8 +245,15 @@ def test_exit_codes_and_error_wrapper_live_in_common_only():
 
 def test_no_branching_on_error_message_text():
     """No ``... in str(exc)`` / ``str(error).startswith`` on exceptions: callers branch on the class (errors.py)."""
-    pattern = re.compile(r"""(["'][^"']*["']\s+(not\s+)?in\s+str\((e|exc|err|error|ex)\))|str\((e|exc|err|error|ex)\)\.(startswith|endswith|find)""")
-    offenders = [f"{p}:{i}" for p in _py_files(LIB, ROOT / "XRayNeRF") for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    pattern = re.compile(
+        r"""(["'][^"']*["']\s+(not\s+)?in\s+str\((e|exc|err|error|ex)\))|str\((e|exc|err|error|ex)\)\.(startswith|endswith|find)"""
+    )
+    offenders = [
+        f"{p}:{i}"
+        for p in _py_files(LIB, ROOT / "XRayNeRF")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []
 
 
@@ -304,11 +337,14 @@ def test_progress_bar_counts_deciles_on_a_pipe():
 # ----------------------------------------------------------------------------------------------------
 # Typed DICOM errors: a front end words its own remedy from the fields, the command line prints one line
 # ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tags, overrides, tag_text", [
-    ({"sdd_mm": 0.0}, ("sdd_mm",), "(0018,1110)"),
-    ({"sdd_mm": 700.0, "sid_mm": 900.0}, ("sid_mm", "sdd_mm"), "(0018,1110)"),
-    ({"sdd_mm": None}, ("sdd_mm",), "(0018,1110)"),
-])
+@pytest.mark.parametrize(
+    "tags, overrides, tag_text",
+    [
+        ({"sdd_mm": 0.0}, ("sdd_mm",), "(0018,1110)"),
+        ({"sdd_mm": 700.0, "sid_mm": 900.0}, ("sid_mm", "sdd_mm"), "(0018,1110)"),
+        ({"sdd_mm": None}, ("sdd_mm",), "(0018,1110)"),
+    ],
+)
 def test_unusable_dicom_geometry_is_a_typed_error_naming_file_tag_and_flag(tmp_path, capsys, tags, overrides, tag_text):
     fac = pytest.importorskip("dicom_factory")
     from XRayNeRFLib.dicom_xray import FLAG, read_dicom_xray

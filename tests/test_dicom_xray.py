@@ -5,23 +5,23 @@ files must fail with the file, the tag and the flag that supplies a missing valu
 
 from __future__ import annotations
 
-
+import dicom_factory as fac
 import numpy as np
 import pytest
 import torch
+from dicom_factory import SDD, SID, SIZE, SPACING, ct_volume, drr, normalized_p, truth_cameras
 
-import dicom_factory as fac
-from XRayNeRFLib.errors import MissingTagError, NotAnXrayImageError
 from XRayNeRFLib.dicom_xray import GeometryOverrides, Orientation, read_dicom_series, read_dicom_xray
+from XRayNeRFLib.errors import MissingTagError, NotAnXrayImageError
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.intensities import intensities_from_line_integrals, to_line_integrals
-
-from dicom_factory import SDD, SID, SIZE, SPACING, ct_volume, drr, normalized_p, truth_cameras
 
 
 def _line_integrals(x, **kw):
     rel = x.intensity["relationship"]
-    return to_line_integrals(x.images, relationship=rel, sign=x.intensity["sign"], max_value=x.intensity["max_value"], mask=x.masks, **kw).images
+    return to_line_integrals(
+        x.images, relationship=rel, sign=x.intensity["sign"], max_value=x.intensity["max_value"], mask=x.masks, **kw
+    ).images
 
 
 def _assert_same_geometry(read: Cameras, truth: Cameras, tol: float = 1e-6):
@@ -58,7 +58,15 @@ def test_radiological_layout_puts_patient_left_on_the_right_and_reader_returns_b
     stored = fac.stored_from_bev(p[None])
     r2, c2 = np.unravel_index(np.argmax(stored[0]), stored[0].shape)
     assert c2 > SIZE[0] / 2 + 5 and r2 == r  # radiological display: patient's left on the viewer's right
-    path = fac.write_xray(str(tmp_path / "bead.dcm"), stored * 1000 + 100, relationship="LOG", sign=-1, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1])
+    path = fac.write_xray(
+        str(tmp_path / "bead.dcm"),
+        stored * 1000 + 100,
+        relationship="LOG",
+        sign=-1,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+    )
     x = read_dicom_xray(path)
     r3, c3 = np.unravel_index(int(torch.argmax(x.images[0])), x.images[0].shape)
     assert (r3, c3) == (r, c)
@@ -72,7 +80,9 @@ def test_xa_single_frame_lin(tmp_path):
     cams = truth_cameras([30.0], [10.0])
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LIN", i0=60000.0))
-    path = fac.write_xray(str(tmp_path / "xa.dcm"), stored, primary_deg=30, secondary_deg=10, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1])
+    path = fac.write_xray(
+        str(tmp_path / "xa.dcm"), stored, primary_deg=30, secondary_deg=10, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1]
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     li = _line_integrals(x, i0=60000.0)
@@ -91,8 +101,18 @@ def test_xa_rotational_multiframe_with_increments_rle(tmp_path, mode):
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=200.0, log_scale=2000.0))
     inc = angles - angles[0] if mode == "first" else np.diff(angles, prepend=angles[0])
     path = fac.write_xray(
-        str(tmp_path / "rot.dcm"), stored, primary_deg=angles[0], secondary_deg=5.0, primary_increments=inc, secondary_increments=np.zeros(5),
-        sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1, compress=True,
+        str(tmp_path / "rot.dcm"),
+        stored,
+        primary_deg=angles[0],
+        secondary_deg=5.0,
+        primary_increments=inc,
+        secondary_increments=np.zeros(5),
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+        compress=True,
     )
     x = read_dicom_xray(path, GeometryOverrides(angle_increments=mode))
     assert [v["primary_deg"] for v in x.views] == pytest.approx(angles.tolist(), abs=1e-9)
@@ -106,7 +126,17 @@ def test_absolute_angle_lists_are_detected(tmp_path):
     angles = np.array([10.0, 30.0, 50.0])
     cams = truth_cameras(angles, [0.0] * 3)
     stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
-    path = fac.write_xray(str(tmp_path / "abs.dcm"), stored, primary_deg=10.0, primary_increments=angles, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1)
+    path = fac.write_xray(
+        str(tmp_path / "abs.dcm"),
+        stored,
+        primary_deg=10.0,
+        primary_increments=angles,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     assert any("absolute" in a for a in x.assumptions)
@@ -119,9 +149,21 @@ def test_rf_stored_in_beams_eye_layout_follows_patient_orientation(tmp_path):
     r = cams.world_from_camera[0, :3, :3].numpy()
     po = [fac.letters(r[:, 0]), fac.letters(r[:, 1])]  # +column, +row directions of the stored pixels
     assert po == ["RP", "F"]  # RAO 20: columns towards the right and a little posterior
-    stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0), layout="beams_eye")
-    path = fac.write_xray(str(tmp_path / "rf.dcm"), stored, kind="RF", primary_deg=-20, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
-                          relationship="LOG", sign=-1, patient_orientation=po)
+    stored = fac.stored_from_bev(
+        intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0), layout="beams_eye"
+    )
+    path = fac.write_xray(
+        str(tmp_path / "rf.dcm"),
+        stored,
+        kind="RF",
+        primary_deg=-20,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+        patient_orientation=po,
+    )
     x = read_dicom_xray(path)
     assert x.modality == "RF" and x.views[0]["layout_ops"] == []
     assert any("Patient Orientation (0020,0020)" in a and "disagrees" in a for a in x.assumptions)
@@ -137,8 +179,20 @@ def test_dx_view_position_and_calibrated_pixel_spacing(tmp_path):
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=1, i0=60000.0, log_scale=4000.0))
     mag = SDD / SID
-    path = fac.write_xray(str(tmp_path / "dx.dcm"), stored, kind="DX", angles=False, view_position="AP", sdd_mm=SDD, sid_mm=SID,
-                          imager_spacing_rc=None, pixel_spacing_rc=[s / mag for s in SPACING[::-1]], calibration="GEOMETRY", relationship="LOG", sign=1)
+    path = fac.write_xray(
+        str(tmp_path / "dx.dcm"),
+        stored,
+        kind="DX",
+        angles=False,
+        view_position="AP",
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=None,
+        pixel_spacing_rc=[s / mag for s in SPACING[::-1]],
+        calibration="GEOMETRY",
+        relationship="LOG",
+        sign=1,
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     li = _line_integrals(x, i0=60000.0, log_scale=4000.0)
@@ -154,9 +208,18 @@ def test_enhanced_xa_per_frame_patient_angles(tmp_path):
     cams = truth_cameras(prim, sec)
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
-    path = fac.write_enhanced_xa(str(tmp_path / "exa.dcm"), stored, primary_deg=prim, secondary_deg=sec, sdd_mm=SDD, sid_mm=SID,
-                                 imager_spacing_rc=SPACING[::-1], patient_position="FFS",
-                                 isocenter_primary_deg=[0, 0, 0], isocenter_secondary_deg=[0, 0, 0])
+    path = fac.write_enhanced_xa(
+        str(tmp_path / "exa.dcm"),
+        stored,
+        primary_deg=prim,
+        secondary_deg=sec,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        patient_position="FFS",
+        isocenter_primary_deg=[0, 0, 0],
+        isocenter_secondary_deg=[0, 0, 0],
+    )
     x = read_dicom_xray(path)
     assert x.intensity == {"relationship": "LOG", "sign": -1, "max_value": 65535.0}
     _assert_same_geometry(x.cameras, cams)  # patient-based angles win and are anatomical (FFS does not change them)
@@ -169,15 +232,35 @@ def test_enhanced_xa_isocenter_angles_and_table_motion(tmp_path):
     iso_p, iso_s = [20.0, 40.0], [0.0, 5.0]
     table = [(0.0, 0.0, 0.0), (10.0, -5.0, 30.0)]
     iso1 = -(np.array([1.0, 0, 0]) * 10.0 + np.array([0, -1.0, 0]) * -5.0 + np.array([0, 0, -1.0]) * 30.0)
-    cams = Cameras.concatenate([
-        Cameras.carm([iso_p[f]], [iso_s[f]], sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, patient_position="FFS",
-                     isocenter_ras=iso, dtype=torch.float64)
-        for f, iso in enumerate([np.zeros(3), iso1])
-    ])
+    cams = Cameras.concatenate(
+        [
+            Cameras.carm(
+                [iso_p[f]],
+                [iso_s[f]],
+                sid_mm=SID,
+                sdd_mm=SDD,
+                size_px=SIZE,
+                pixel_spacing_mm=SPACING,
+                patient_position="FFS",
+                isocenter_ras=iso,
+                dtype=torch.float64,
+            )
+            for f, iso in enumerate([np.zeros(3), iso1])
+        ]
+    )
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
-    path = fac.write_enhanced_xa(str(tmp_path / "iso.dcm"), stored, isocenter_primary_deg=iso_p, isocenter_secondary_deg=iso_s, table_xyz_mm=table,
-                                 sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], patient_position="FFS")
+    path = fac.write_enhanced_xa(
+        str(tmp_path / "iso.dcm"),
+        stored,
+        isocenter_primary_deg=iso_p,
+        isocenter_secondary_deg=iso_s,
+        table_xyz_mm=table,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        patient_position="FFS",
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     assert x.views[1]["isocenter_ras"] == pytest.approx(iso1.tolist())
@@ -191,8 +274,19 @@ def test_field_of_view_rotation_and_flip_are_undone(tmp_path, rotation, flip):
     stored = fac.stored_from_bev(1000.0 * p + 100.0, fov_rotation_deg=rotation, fov_flip=flip)
     assert stored.shape[1:] == ((SIZE[0], SIZE[1]) if rotation % 180 else (SIZE[1], SIZE[0]))
     spacing_rc = SPACING[::-1] if rotation % 180 == 0 else SPACING  # the stored rows run along the camera's columns
-    path = fac.write_xray(str(tmp_path / "fov.dcm"), stored, primary_deg=15, secondary_deg=-5, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=spacing_rc,
-                          fov_rotation_deg=rotation, fov_flip=flip, relationship="LOG", sign=-1)
+    path = fac.write_xray(
+        str(tmp_path / "fov.dcm"),
+        stored,
+        primary_deg=15,
+        secondary_deg=-5,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=spacing_rc,
+        fov_rotation_deg=rotation,
+        fov_flip=flip,
+        relationship="LOG",
+        sign=-1,
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     assert (_line_integrals(x, i0=100.0, log_scale=1000.0) - torch.from_numpy(p)).abs().max() < 1e-3
@@ -218,8 +312,17 @@ def test_shutter_mask_and_offset_detector_principal_point(tmp_path):
     cams = Cameras(base.world_from_camera, base.sdd_mm, base.pixel_spacing_mm, torch.from_numpy(pp_ours)[None], base.size_px)
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(1000.0 * p + 100.0)
-    path = fac.write_xray(str(tmp_path / "sh.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1,
-                          shutter_rc=(5, 30, 3, 40), detector=det)
+    path = fac.write_xray(
+        str(tmp_path / "sh.dcm"),
+        stored,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+        shutter_rc=(5, 30, 3, 40),
+        detector=det,
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     m = x.masks[0].numpy()
@@ -247,8 +350,18 @@ def test_series_directory_sorted_by_angle_and_non_images_skipped(tmp_path):
     uid = "1.2.826.0.1.3680043.8.498.77"
     for i, a in enumerate(angles):
         cams = truth_cameras([a], [0.0])
-        fac.write_xray(str(tmp_path / f"im{i}.dcm"), fac.stored_from_bev(1000 * drr(cams).numpy() + 100), primary_deg=a, series_uid=uid,
-                       sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1, instance=i + 1)
+        fac.write_xray(
+            str(tmp_path / f"im{i}.dcm"),
+            fac.stored_from_bev(1000 * drr(cams).numpy() + 100),
+            primary_deg=a,
+            series_uid=uid,
+            sdd_mm=SDD,
+            sid_mm=SID,
+            imager_spacing_rc=SPACING[::-1],
+            relationship="LOG",
+            sign=-1,
+            instance=i + 1,
+        )
     fac.write_non_image(str(tmp_path / "report.dcm"), "SR")
     (tmp_path / "README.txt").write_text("not dicom")
     x = read_dicom_series([str(tmp_path)])
@@ -263,7 +376,9 @@ def test_series_directory_sorted_by_angle_and_non_images_skipped(tmp_path):
 @pytest.fixture()
 def good_file(tmp_path):
     stored = np.full((1, SIZE[1], SIZE[0]), 1000.0)
-    return lambda name="ok.dcm", **kw: fac.write_xray(str(tmp_path / name), kw.pop("stored", stored), **{**dict(sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1]), **kw})
+    return lambda name="ok.dcm", **kw: fac.write_xray(
+        str(tmp_path / name), kw.pop("stored", stored), **{**dict(sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1]), **kw}
+    )
 
 
 @pytest.mark.parametrize(
@@ -278,7 +393,10 @@ def good_file(tmp_path):
         (dict(sid_mm=1500.0), ["not smaller", "(0018,1110)"]),
         (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), primary_increments=[0.0, 1.0]), ["(0018,1520)", "2 values", "3 frames"]),
         (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), secondary_increments=[0.0]), ["(0018,1521)"]),
-        (dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), detector={"PositionerMotion": "DYNAMIC"}), ["(0018,1500)", "(0018,1520/1521)", "--primary-deg"]),
+        (
+            dict(stored=np.full((3, SIZE[1], SIZE[0]), 10.0), detector={"PositionerMotion": "DYNAMIC"}),
+            ["(0018,1500)", "(0018,1520/1521)", "--primary-deg"],
+        ),
         (dict(detector={"DetectorPrimaryAngle": 5.0}), ["(0018,1530)", "not perpendicular"]),
         (dict(patient_position="SITTING"), ["(0018,5100)", "--patient-position"]),
         (dict(imager_spacing_rc=[0.0, 0.8]), ["(0018,1164)", "--pixel-spacing-mm"]),
@@ -365,7 +483,9 @@ def test_jpeg_baseline_compressed_xa_decodes(tmp_path):
     cams = truth_cameras([45.0], [0.0])
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(250.0 * np.exp(-p))
-    path = fac.write_xray(str(tmp_path / "jpeg.dcm"), stored, primary_deg=45, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], jpeg=True)
+    path = fac.write_xray(
+        str(tmp_path / "jpeg.dcm"), stored, primary_deg=45, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], jpeg=True
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     expect = np.rint(250.0 * np.exp(-p[0]))
@@ -389,8 +509,16 @@ def test_given_angles_per_frame_and_display_processed_pixels(tmp_path):
     angles = [0.0, 20.0, 40.0]
     cams = truth_cameras(angles, [0.0] * 3)
     stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
-    path = fac.write_xray(str(tmp_path / "noangles.dcm"), stored, angles=False, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
-                          relationship="DISP", sign=-1)
+    path = fac.write_xray(
+        str(tmp_path / "noangles.dcm"),
+        stored,
+        angles=False,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="DISP",
+        sign=-1,
+    )
     with pytest.raises(ValueError, match="--primary-deg"):
         read_dicom_xray(path)
     x = read_dicom_xray(path, GeometryOverrides(primary_deg=angles))
@@ -438,8 +566,16 @@ def test_lossless_compressed_rotational_run_decodes_to_the_original_pixels(tmp_p
     cams = truth_cameras(angles, [0.0] * 3)
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=300.0, log_scale=3000.0))
-    kw = dict(primary_deg=angles[0], primary_increments=angles - angles[0], sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
-              relationship="LOG", sign=-1, series_uid="1.2.826.0.1.3680043.8.498.5")
+    kw = dict(
+        primary_deg=angles[0],
+        primary_increments=angles - angles[0],
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+        series_uid="1.2.826.0.1.3680043.8.498.5",
+    )
     plain = fac.write_xray(str(tmp_path / "plain.dcm"), stored, **kw)
     packed = fac.write_xray(str(tmp_path / f"{codec}.dcm"), stored, lossless=codec, **kw)
     ds = pydicom.dcmread(packed)
@@ -520,12 +656,23 @@ def test_enhanced_xa_detector_rotation_round_trips(tmp_path):
     """Equipment angles, head-first prone, with the detector turned about the central ray by a different
     angle per frame: read back to the same projection matrices and line integrals."""
     iso_p, iso_s, rot = [20.0, -35.0, 60.0], [10.0, 0.0, -15.0], [90.0, -30.0, 12.5]
-    base = Cameras.carm(iso_p, iso_s, sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, patient_position="HFP", dtype=torch.float64)
+    base = Cameras.carm(
+        iso_p, iso_s, sid_mm=SID, sdd_mm=SDD, size_px=SIZE, pixel_spacing_mm=SPACING, patient_position="HFP", dtype=torch.float64
+    )
     cams = _with_rotated_detector(base, rot)
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
-    path = fac.write_enhanced_xa(str(tmp_path / "rot.dcm"), stored, isocenter_primary_deg=iso_p, isocenter_secondary_deg=iso_s, detector_rotation_deg=rot,
-                                 sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], patient_position="HFP")
+    path = fac.write_enhanced_xa(
+        str(tmp_path / "rot.dcm"),
+        stored,
+        isocenter_primary_deg=iso_p,
+        isocenter_secondary_deg=iso_s,
+        detector_rotation_deg=rot,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        patient_position="HFP",
+    )
     x = read_dicom_xray(path)
     _assert_same_geometry(x.cameras, cams)
     assert [v["detector_rotation_deg"] for v in x.views] == rot
@@ -552,8 +699,17 @@ def test_detector_rotation_sign_counter_clockwise_seen_from_the_source(tmp_path)
     from XRayNeRFLib.volume import Volume
 
     stored = np.full((1, SIZE[1], SIZE[0]), 100.0)
-    path = fac.write_enhanced_xa(str(tmp_path / "r90.dcm"), stored, isocenter_primary_deg=[0.0], isocenter_secondary_deg=[0.0], detector_rotation_deg=[90.0],
-                                 sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], patient_position="HFS")
+    path = fac.write_enhanced_xa(
+        str(tmp_path / "r90.dcm"),
+        stored,
+        isocenter_primary_deg=[0.0],
+        isocenter_secondary_deg=[0.0],
+        detector_rotation_deg=[90.0],
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        patient_position="HFS",
+    )
     x = read_dicom_xray(path)
     ours = drr(x.cameras, Volume(bead, vol.ras_from_ijk, "mu"))[0].numpy()
     as_stored = ours[:, ::-1]  # the reader mirrored the columns of the radiological layout
@@ -600,15 +756,27 @@ def test_polygonal_shutter_and_rectangle_become_the_mask(tmp_path):
     assert m[4, 19] and m[17, 57] and not m[0, 0]  # vertices are inside, corners are not
     # a concave polygon (even-odd): an L shape
     ell = [(3, 3), (3, 30), (20, 30), (20, 15), (40, 15), (40, 3)]
-    det = {"ShutterShape": "RECTANGULAR\\POLYGONAL", "VerticesOfThePolygonalShutter": [x for rc in ell for x in rc],
-           "ShutterLeftVerticalEdge": 10, "ShutterRightVerticalEdge": 64, "ShutterUpperHorizontalEdge": 1, "ShutterLowerHorizontalEdge": 48}
+    det = {
+        "ShutterShape": "RECTANGULAR\\POLYGONAL",
+        "VerticesOfThePolygonalShutter": [x for rc in ell for x in rc],
+        "ShutterLeftVerticalEdge": 10,
+        "ShutterRightVerticalEdge": 64,
+        "ShutterUpperHorizontalEdge": 1,
+        "ShutterLowerHorizontalEdge": 48,
+    }
     path = fac.write_xray(str(tmp_path / "ell.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], detector=det)
     m = read_dicom_xray(path).masks[0].numpy()[:, ::-1]
     rr, cc = np.mgrid[1 : h + 1, 1 : w + 1]
     ell_ref = ((rr >= 3) & (rr <= 20) & (cc >= 3) & (cc <= 30)) | ((rr >= 20) & (rr <= 40) & (cc >= 3) & (cc <= 15))
     assert (m == (ell_ref & (cc >= 10))).all()
-    bad = fac.write_xray(str(tmp_path / "bad.dcm"), stored, sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1],
-                         detector={"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [1, 1, 5, 5]})
+    bad = fac.write_xray(
+        str(tmp_path / "bad.dcm"),
+        stored,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        detector={"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [1, 1, 5, 5]},
+    )
     with pytest.raises(ValueError, match=r"bad\.dcm.*\(0018,1620\).*pairs"):
         read_dicom_xray(bad)
 
@@ -622,12 +790,29 @@ def test_enhanced_xrf_frame_shutters_and_collimator(tmp_path):
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LOG", sign=-1, i0=100.0, log_scale=1000.0))
     tri = [(2, 2), (2, 60), (46, 31)]
-    shutters = [{"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [x for rc in tri for x in rc]},
-                {"ShutterShape": "CIRCULAR", "CenterOfCircularShutter": [24, 32], "RadiusOfCircularShutter": 20}]
-    coll = {"CollimatorShape": "RECTANGULAR", "CollimatorLeftVerticalEdge": 5, "CollimatorRightVerticalEdge": 56,
-            "CollimatorUpperHorizontalEdge": 4, "CollimatorLowerHorizontalEdge": 44}
-    path = fac.write_enhanced_xa(str(tmp_path / "xrf.dcm"), stored, primary_deg=prim, secondary_deg=sec, sdd_mm=SDD, sid_mm=SID,
-                                 imager_spacing_rc=SPACING[::-1], frame_shutters=shutters, collimator=coll, kind="ENHANCED_XRF")
+    shutters = [
+        {"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [x for rc in tri for x in rc]},
+        {"ShutterShape": "CIRCULAR", "CenterOfCircularShutter": [24, 32], "RadiusOfCircularShutter": 20},
+    ]
+    coll = {
+        "CollimatorShape": "RECTANGULAR",
+        "CollimatorLeftVerticalEdge": 5,
+        "CollimatorRightVerticalEdge": 56,
+        "CollimatorUpperHorizontalEdge": 4,
+        "CollimatorLowerHorizontalEdge": 44,
+    }
+    path = fac.write_enhanced_xa(
+        str(tmp_path / "xrf.dcm"),
+        stored,
+        primary_deg=prim,
+        secondary_deg=sec,
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        frame_shutters=shutters,
+        collimator=coll,
+        kind="ENHANCED_XRF",
+    )
     x = read_dicom_xray(path)
     assert x.modality == "RF"
     _assert_same_geometry(x.cameras, cams)
@@ -647,8 +832,17 @@ def test_cr_with_uncalibrated_pixel_spacing(tmp_path):
     cams = truth_cameras([0.0], [0.0])
     p = drr(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LIN", i0=60000.0))
-    path = fac.write_xray(str(tmp_path / "cr.dcm"), stored, kind="CR", angles=False, view_position="PA", sdd_mm=SDD, sid_mm=SID,
-                          imager_spacing_rc=None, pixel_spacing_rc=SPACING[::-1])
+    path = fac.write_xray(
+        str(tmp_path / "cr.dcm"),
+        stored,
+        kind="CR",
+        angles=False,
+        view_position="PA",
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=None,
+        pixel_spacing_rc=SPACING[::-1],
+    )
     x = read_dicom_xray(path)
     assert x.modality == "CR"
     _assert_same_geometry(x.cameras, cams)
@@ -664,12 +858,26 @@ def test_source_isocentre_distance_precedence(tmp_path):
     cams = truth_cameras([10.0], [0.0])
     stored = fac.stored_from_bev(1000 * drr(cams).numpy() + 100)
     kw = dict(primary_deg=10, sdd_mm=SDD, imager_spacing_rc=SPACING[::-1], relationship="LOG", sign=-1)
-    a = fac.write_xray(str(tmp_path / "iso.dcm"), stored, sid_mm=SID, sid_tag="DistanceSourceToIsocenter",
-                       detector={"DistanceSourceToPatient": SID - 60.0}, **kw)
+    a = fac.write_xray(
+        str(tmp_path / "iso.dcm"),
+        stored,
+        sid_mm=SID,
+        sid_tag="DistanceSourceToIsocenter",
+        detector={"DistanceSourceToPatient": SID - 60.0},
+        **kw,
+    )
     x = read_dicom_xray(a)
     _assert_same_geometry(x.cameras, cams)
-    assert x.views[0]["sid_from"].startswith("Distance Source to Isocenter") and any("(0018,1111)" in n and "differs" in n for n in x.assumptions)
-    b = fac.write_xray(str(tmp_path / "mag.dcm"), stored, sid_mm=None, detector={"EstimatedRadiographicMagnificationFactor": SDD / SID, "PositionerType": "COLUMN"}, **kw)
+    assert x.views[0]["sid_from"].startswith("Distance Source to Isocenter") and any(
+        "(0018,1111)" in n and "differs" in n for n in x.assumptions
+    )
+    b = fac.write_xray(
+        str(tmp_path / "mag.dcm"),
+        stored,
+        sid_mm=None,
+        detector={"EstimatedRadiographicMagnificationFactor": SDD / SID, "PositionerType": "COLUMN"},
+        **kw,
+    )
     y = read_dicom_xray(b)
     _assert_same_geometry(y.cameras, cams)
     assert "(0018,1114)" in y.views[0]["sid_from"]

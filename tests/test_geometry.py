@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_rotation
+
 from XRayNeRFLib.geometry import PATIENT_FROM_CARM, Cameras, fan_angle_rad, homogeneous, short_scan_angles
 
 F64 = torch.float64
@@ -165,7 +165,12 @@ def random_cameras(rng, views=4, max_shift_mm=100.0):
 
 
 def test_projection_matrix_round_trip(rng):
-    cams = Cameras.concatenate([random_cameras(rng), carm([25, -70], [-5, 12], size_px=(512, 384), pixel_spacing_mm=(0.3, 0.45), detector_offset_mm=[[40.0, -12.0], [-75.0, 0.0]])])
+    cams = Cameras.concatenate(
+        [
+            random_cameras(rng),
+            carm([25, -70], [-5, 12], size_px=(512, 384), pixel_spacing_mm=(0.3, 0.45), detector_offset_mm=[[40.0, -12.0], [-75.0, 0.0]]),
+        ]
+    )
     p = cams.projection_matrices()
     scale = torch.tensor(rng.uniform(1e-3, 1e3, len(cams)) * rng.choice([-1.0, 1.0], len(cams)))
     back = Cameras.from_projection_matrices(p * scale[:, None, None], (512, 384), cams.pixel_spacing_mm, scene_point_ras=None)
@@ -225,7 +230,9 @@ def test_circular_orbit():
     close(src[:, 2], [20.0] * 12, 1e-9)  # ... in the axial plane through the isocentre
     close(orbit.principal_directions()[:, 2], [0.0] * 12, 1e-12)  # principal rays stay axial
     # angle theta is the C-arm primary angle theta (LAO positive), secondary 0
-    ref = Cameras.carm(torch.rad2deg(angles), 0.0, sid_mm=500, sdd_mm=900, size_px=(8, 6), pixel_spacing_mm=2.0, isocenter_ras=iso, dtype=F64)
+    ref = Cameras.carm(
+        torch.rad2deg(angles), 0.0, sid_mm=500, sdd_mm=900, size_px=(8, 6), pixel_spacing_mm=2.0, isocenter_ras=iso, dtype=F64
+    )
     close(orbit.world_from_camera, ref.world_from_camera, 1e-9)
     # a quarter turn puts the detector at the patient's left
     close(orbit.principal_directions()[3], [-1.0, 0.0, 0.0], 1e-12)
@@ -330,8 +337,14 @@ def test_projection_is_differentiable_in_pose_and_intrinsics():
 def test_worked_example_in_docs():
     """Recompute the numbers printed in docs/geometry.md; each must appear there verbatim."""
     cams = Cameras.carm(
-        30.0, 10.0, sid_mm=750.0, sdd_mm=1200.0, size_px=(1024, 768), pixel_spacing_mm=0.4,
-        isocenter_ras=(10.0, -20.0, 30.0), dtype=F64,
+        30.0,
+        10.0,
+        sid_mm=750.0,
+        sdd_mm=1200.0,
+        size_px=(1024, 768),
+        pixel_spacing_mm=0.4,
+        isocenter_ras=(10.0, -20.0, 30.0),
+        dtype=F64,
     )
     point = torch.tensor([[40.0, -50.0, 80.0]], dtype=F64)
     x, y, z, src = axes(cams)
@@ -348,7 +361,9 @@ def test_worked_example_in_docs():
         return "(" + ", ".join(f"{float(c):.{digits}f}" for c in t) + ")"
 
     expected = [
-        vec(x, 6), vec(y, 6), vec(z, 6),
+        vec(x, 6),
+        vec(y, 6),
+        vec(z, 6),
         vec(src, 3),
         vec(cam[:3], 3),
         vec(pix[0, 0], 3),

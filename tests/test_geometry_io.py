@@ -56,12 +56,25 @@ def general_cameras() -> Cameras:
     and a free pose with an off-centre principal point."""
     d = torch.float64
     orbit = Cameras.circular_orbit(
-        torch.tensor([0.0, 0.7, 2.0, 4.1], dtype=d), sid_mm=700.0, sdd_mm=1100.0, size_px=SIZE,
-        pixel_spacing_mm=SPACING, isocenter_ras=(5.0, -3.0, 12.0), detector_offset_mm=(2.5, -1.5), dtype=d,
+        torch.tensor([0.0, 0.7, 2.0, 4.1], dtype=d),
+        sid_mm=700.0,
+        sdd_mm=1100.0,
+        size_px=SIZE,
+        pixel_spacing_mm=SPACING,
+        isocenter_ras=(5.0, -3.0, 12.0),
+        detector_offset_mm=(2.5, -1.5),
+        dtype=d,
     )
     carm = Cameras.carm(
-        [30.0, -65.0], [15.0, -35.0], sid_mm=[650.0, 720.0], sdd_mm=[1000.0, 1150.0], size_px=SIZE,
-        pixel_spacing_mm=SPACING, isocenter_ras=(-8.0, 20.0, 3.0), patient_position="HFP", dtype=d,
+        [30.0, -65.0],
+        [15.0, -35.0],
+        sid_mm=[650.0, 720.0],
+        sdd_mm=[1000.0, 1150.0],
+        size_px=SIZE,
+        pixel_spacing_mm=SPACING,
+        isocenter_ras=(-8.0, 20.0, 3.0),
+        patient_position="HFP",
+        dtype=d,
     )
     g = torch.Generator().manual_seed(3)
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=d))
@@ -107,16 +120,52 @@ def _angle_diff_deg(a: float, b: float) -> float:
 # RTK in a subprocess, once per module
 # ---------------------------------------------------------------------------------------------
 VARIED = [
-    dict(SourceToIsocenterDistance=1000.0, SourceToDetectorDistance=1500.0, GantryAngle=30.0, ProjectionOffsetX=5.0,
-         ProjectionOffsetY=7.0, OutOfPlaneAngle=2.0, InPlaneAngle=3.0, SourceOffsetX=10.0, SourceOffsetY=20.0),
-    dict(SourceToIsocenterDistance=900.0, SourceToDetectorDistance=1400.0, GantryAngle=160.0, ProjectionOffsetX=-5.0,
-         ProjectionOffsetY=3.0, OutOfPlaneAngle=-8.0, InPlaneAngle=4.0, SourceOffsetX=11.0, SourceOffsetY=-21.0),
-    dict(SourceToIsocenterDistance=950.0, SourceToDetectorDistance=1450.0, GantryAngle=275.5, ProjectionOffsetX=0.0,
-         ProjectionOffsetY=-2.0, OutOfPlaneAngle=91.0, InPlaneAngle=-40.0, SourceOffsetX=0.0, SourceOffsetY=3.0),
+    dict(
+        SourceToIsocenterDistance=1000.0,
+        SourceToDetectorDistance=1500.0,
+        GantryAngle=30.0,
+        ProjectionOffsetX=5.0,
+        ProjectionOffsetY=7.0,
+        OutOfPlaneAngle=2.0,
+        InPlaneAngle=3.0,
+        SourceOffsetX=10.0,
+        SourceOffsetY=20.0,
+    ),
+    dict(
+        SourceToIsocenterDistance=900.0,
+        SourceToDetectorDistance=1400.0,
+        GantryAngle=160.0,
+        ProjectionOffsetX=-5.0,
+        ProjectionOffsetY=3.0,
+        OutOfPlaneAngle=-8.0,
+        InPlaneAngle=4.0,
+        SourceOffsetX=11.0,
+        SourceOffsetY=-21.0,
+    ),
+    dict(
+        SourceToIsocenterDistance=950.0,
+        SourceToDetectorDistance=1450.0,
+        GantryAngle=275.5,
+        ProjectionOffsetX=0.0,
+        ProjectionOffsetY=-2.0,
+        OutOfPlaneAngle=91.0,
+        InPlaneAngle=-40.0,
+        SourceOffsetX=0.0,
+        SourceOffsetY=3.0,
+    ),
 ]
 GLOBAL = [
-    dict(SourceToIsocenterDistance=1000.0, SourceToDetectorDistance=1536.0, GantryAngle=a, ProjectionOffsetX=0.0,
-         ProjectionOffsetY=0.0, OutOfPlaneAngle=0.0, InPlaneAngle=0.0, SourceOffsetX=0.0, SourceOffsetY=0.0)
+    dict(
+        SourceToIsocenterDistance=1000.0,
+        SourceToDetectorDistance=1536.0,
+        GantryAngle=a,
+        ProjectionOffsetX=0.0,
+        ProjectionOffsetY=0.0,
+        OutOfPlaneAngle=0.0,
+        InPlaneAngle=0.0,
+        SourceOffsetX=0.0,
+        SourceOffsetY=0.0,
+    )
     for a in (0.0, 72.0, 144.0, 216.0, 288.0)
 ]
 
@@ -130,21 +179,30 @@ def _sticky_xml(path: str) -> None:
         dict(GLOBAL[0], GantryAngle=20.0, SourceOffsetX=5.0, ProjectionOffsetY=-3.0),
         dict(GLOBAL[0], GantryAngle=30.0, SourceOffsetX=5.0, ProjectionOffsetY=-3.0),
     ]
-    extra = ["<GantryAngle>10</GantryAngle><SourceOffsetX>5</SourceOffsetX>", "<Angle>20</Angle><projectionoffsety>-3</projectionoffsety>", "<GantryAngle>30</GantryAngle>"]
+    extra = [
+        "<GantryAngle>10</GantryAngle><SourceOffsetX>5</SourceOffsetX>",
+        "<Angle>20</Angle><projectionoffsety>-3</projectionoffsety>",
+        "<GantryAngle>30</GantryAngle>",
+    ]
     body = "".join(
         f"<Projection>{e}<Matrix>{' '.join(repr(float(v)) for v in rtk_matrix(p).ravel())}</Matrix></Projection>\n"
         for p, e in zip(params, extra)
     )
     with open(path, "w") as f:
-        f.write('<?xml version="1.0"?>\n<RTKThreeDCircularGeometry version="3">\n<SourceToIsocenterDistance>1000</SourceToIsocenterDistance>\n'
-                f"<sourcetodetectordistance>1536</sourcetodetectordistance>\n{body}</RTKThreeDCircularGeometry>\n")
+        f.write(
+            '<?xml version="1.0"?>\n<RTKThreeDCircularGeometry version="3">\n<SourceToIsocenterDistance>1000</SourceToIsocenterDistance>\n'
+            f"<sourcetodetectordistance>1536</sourcetodetectordistance>\n{body}</RTKThreeDCircularGeometry>\n"
+        )
 
 
 @pytest.fixture(scope="module")
 def rtk(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rtk_geometry")
     cams = general_cameras()
-    files = {name: str(tmp / f"{name}.xml") for name in ("ours", "ours_default", "rtk_global", "rtk_varied", "rtk_from_ours", "sticky", "bad_matrix")}
+    files = {
+        name: str(tmp / f"{name}.xml")
+        for name in ("ours", "ours_default", "rtk_global", "rtk_varied", "rtk_from_ours", "sticky", "bad_matrix")
+    }
     write_rtk_xml(cams, files["ours"], origin_mm=ORIGIN)
     write_rtk_xml(cams, files["ours_default"])
     _sticky_xml(files["sticky"])
@@ -188,7 +246,9 @@ def test_rtk_matrices_equal_ours(rtk, name):
     assert got.shape == expected.shape == (len(cams), 3, 4)
     for v in range(len(cams)):
         rel = np.linalg.norm(got[v] - expected[v]) / np.linalg.norm(got[v])
-        assert rel < 1e-6, f"{name}.xml view {v}: RTK matrix differs from ours by {rel:.2e} (relative)\nRTK:\n{got[v]}\nours:\n{expected[v]}"
+        assert rel < 1e-6, (
+            f"{name}.xml view {v}: RTK matrix differs from ours by {rel:.2e} (relative)\nRTK:\n{got[v]}\nours:\n{expected[v]}"
+        )
     sources_lps = np.asarray(res["sources"])
     sources_ours = cams.source_positions().numpy() * np.array([-1.0, -1.0, 1.0])
     assert np.abs(sources_lps - sources_ours).max() < 1e-6, f"{name}.xml: source positions differ"
@@ -270,7 +330,9 @@ def test_rtk_xml_origin_moves_offsets_not_cameras(tmp_path):
     write_rtk_xml(cams, path, origin_mm=ORIGIN)
     wrong = read_rtk_xml(path, size_px=SIZE, spacing_mm=SPACING)
     shift = (torch.tensor(ORIGIN, dtype=torch.float64) - torch.from_numpy(o0)) / torch.tensor(SPACING, dtype=torch.float64)
-    assert torch.allclose(wrong.principal_point_px - cams.principal_point_px, torch.stack([shift[0], -shift[1]]).expand(len(cams), 2), atol=1e-9)
+    assert torch.allclose(
+        wrong.principal_point_px - cams.principal_point_px, torch.stack([shift[0], -shift[1]]).expand(len(cams), 2), atol=1e-9
+    )
 
 
 def test_rtk_parameters_of_a_plain_rtk_orbit():
@@ -315,12 +377,31 @@ MALFORMED_XML = {
     "wrong_root": ('<?xml version="1.0"?><Geometry><Projection/></Geometry>', "root element is <Geometry>"),
     "old_version": ('<RTKThreeDCircularGeometry version="1"><Projection/></RTKThreeDCircularGeometry>', "version 1"),
     "no_projection": (HEAD + "<SourceToDetectorDistance>1500</SourceToDetectorDistance></RTKThreeDCircularGeometry>", "no <Projection>"),
-    "no_sdd": (HEAD + "<SourceToIsocenterDistance>1000</SourceToIsocenterDistance><Projection><GantryAngle>0</GantryAngle></Projection></RTKThreeDCircularGeometry>", "no SourceToDetectorDistance"),
-    "not_a_number": (HEAD + "<SourceToDetectorDistance>15OO</SourceToDetectorDistance><Projection/></RTKThreeDCircularGeometry>", "is not a number: '15OO'"),
-    "nan": (HEAD + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><Projection><GantryAngle>nan</GantryAngle></Projection></RTKThreeDCircularGeometry>", "must be finite"),
-    "cylindrical": (HEAD + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><RadiusCylindricalDetector>1200</RadiusCylindricalDetector><Projection/></RTKThreeDCircularGeometry>", "cylindrical detector"),
+    "no_sdd": (
+        HEAD
+        + "<SourceToIsocenterDistance>1000</SourceToIsocenterDistance><Projection><GantryAngle>0</GantryAngle></Projection></RTKThreeDCircularGeometry>",
+        "no SourceToDetectorDistance",
+    ),
+    "not_a_number": (
+        HEAD + "<SourceToDetectorDistance>15OO</SourceToDetectorDistance><Projection/></RTKThreeDCircularGeometry>",
+        "is not a number: '15OO'",
+    ),
+    "nan": (
+        HEAD
+        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><Projection><GantryAngle>nan</GantryAngle></Projection></RTKThreeDCircularGeometry>",
+        "must be finite",
+    ),
+    "cylindrical": (
+        HEAD
+        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><RadiusCylindricalDetector>1200</RadiusCylindricalDetector><Projection/></RTKThreeDCircularGeometry>",
+        "cylindrical detector",
+    ),
     "parallel": (HEAD + "<SourceToDetectorDistance>0</SourceToDetectorDistance><Projection/></RTKThreeDCircularGeometry>", "parallel-beam"),
-    "short_matrix": (HEAD + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><Projection><Matrix>1 2 3 4 5 6 7 8 9 10 11</Matrix></Projection></RTKThreeDCircularGeometry>", "has 11 numbers, expected 12"),
+    "short_matrix": (
+        HEAD
+        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><Projection><Matrix>1 2 3 4 5 6 7 8 9 10 11</Matrix></Projection></RTKThreeDCircularGeometry>",
+        "has 11 numbers, expected 12",
+    ),
 }
 
 
@@ -335,8 +416,12 @@ def test_malformed_rtk_xml(tmp_path, case):
 
 
 def test_rtk_xml_without_matrix_is_read(tmp_path):
-    path = _write(tmp_path, "m.xml", HEAD + "<SourceToIsocenterDistance>1000</SourceToIsocenterDistance><SourceToDetectorDistance>1500</SourceToDetectorDistance>"
-                  "<Projection><GantryAngle>90</GantryAngle></Projection></RTKThreeDCircularGeometry>")
+    path = _write(
+        tmp_path,
+        "m.xml",
+        HEAD + "<SourceToIsocenterDistance>1000</SourceToIsocenterDistance><SourceToDetectorDistance>1500</SourceToDetectorDistance>"
+        "<Projection><GantryAngle>90</GantryAngle></Projection></RTKThreeDCircularGeometry>",
+    )
     cams = load_geometry(path, size_px=SIZE, spacing_mm=SPACING)
     # gantry 90: RTK's source moves from +z to +x LPS (patient's left) = -x RAS
     assert torch.allclose(cams.source_positions()[0], torch.tensor([-1000.0, 0.0, 0.0], dtype=torch.float64), atol=1e-9)
@@ -377,21 +462,56 @@ def test_json_round_trip_exact(tmp_path):
 
 
 def test_json_compact_forms_equal_constructors():
-    orbit = {"format": "xraynerf-geometry", "version": 1, "size_px": [40, 30],
-             "circular_orbit": {"angles_deg": [0, 90, 200], "sid_mm": 700, "sdd_mm": 1100, "pixel_spacing_mm": [0.7, 0.9],
-                                "isocenter_ras": [5, -3, 12], "detector_offset_mm": [2.5, -1.5]}}
-    expected = Cameras.circular_orbit(torch.deg2rad(torch.tensor([0.0, 90.0, 200.0], dtype=torch.float64)), sid_mm=700.0, sdd_mm=1100.0,
-                                      size_px=SIZE, pixel_spacing_mm=SPACING, isocenter_ras=(5.0, -3.0, 12.0),
-                                      detector_offset_mm=(2.5, -1.5), dtype=torch.float64)
+    orbit = {
+        "format": "xraynerf-geometry",
+        "version": 1,
+        "size_px": [40, 30],
+        "circular_orbit": {
+            "angles_deg": [0, 90, 200],
+            "sid_mm": 700,
+            "sdd_mm": 1100,
+            "pixel_spacing_mm": [0.7, 0.9],
+            "isocenter_ras": [5, -3, 12],
+            "detector_offset_mm": [2.5, -1.5],
+        },
+    }
+    expected = Cameras.circular_orbit(
+        torch.deg2rad(torch.tensor([0.0, 90.0, 200.0], dtype=torch.float64)),
+        sid_mm=700.0,
+        sdd_mm=1100.0,
+        size_px=SIZE,
+        pixel_spacing_mm=SPACING,
+        isocenter_ras=(5.0, -3.0, 12.0),
+        detector_offset_mm=(2.5, -1.5),
+        dtype=torch.float64,
+    )
     assert_same_cameras(cameras_from_json(orbit), expected, 1e-12)
     rad = copy.deepcopy(orbit)
     rad["circular_orbit"]["angles_rad"] = [math.radians(a) for a in rad["circular_orbit"].pop("angles_deg")]
     assert_same_cameras(cameras_from_json(rad), expected, 1e-12)
-    carm = {"format": "xraynerf-geometry", "version": 1,
-            "carm": {"primary_deg": [30, -65], "secondary_deg": [15, -35], "sid_mm": [650, 720], "sdd_mm": [1000, 1150],
-                     "size_px": [40, 30], "pixel_spacing_mm": 0.7, "patient_position": "HFP"}}
-    expected = Cameras.carm([30.0, -65.0], [15.0, -35.0], sid_mm=[650.0, 720.0], sdd_mm=[1000.0, 1150.0], size_px=SIZE,
-                            pixel_spacing_mm=0.7, patient_position="HFP", dtype=torch.float64)
+    carm = {
+        "format": "xraynerf-geometry",
+        "version": 1,
+        "carm": {
+            "primary_deg": [30, -65],
+            "secondary_deg": [15, -35],
+            "sid_mm": [650, 720],
+            "sdd_mm": [1000, 1150],
+            "size_px": [40, 30],
+            "pixel_spacing_mm": 0.7,
+            "patient_position": "HFP",
+        },
+    }
+    expected = Cameras.carm(
+        [30.0, -65.0],
+        [15.0, -35.0],
+        sid_mm=[650.0, 720.0],
+        sdd_mm=[1000.0, 1150.0],
+        size_px=SIZE,
+        pixel_spacing_mm=0.7,
+        patient_position="HFP",
+        dtype=torch.float64,
+    )
     assert_same_cameras(cameras_from_json(carm), expected, 1e-12)
 
 
@@ -420,6 +540,7 @@ def _set(path, value):
         else:
             target[path[-1]] = value
         return doc
+
     return mutate
 
 
@@ -455,8 +576,12 @@ def test_malformed_json(tmp_path, case):
 
 
 def test_malformed_compact_json():
-    base = {"format": "xraynerf-geometry", "version": 1, "size_px": [40, 30],
-            "circular_orbit": {"angles_deg": [0, 90], "sid_mm": 700, "sdd_mm": 1100, "pixel_spacing_mm": 0.7}}
+    base = {
+        "format": "xraynerf-geometry",
+        "version": 1,
+        "size_px": [40, 30],
+        "circular_orbit": {"angles_deg": [0, 90], "sid_mm": 700, "sdd_mm": 1100, "pixel_spacing_mm": 0.7},
+    }
     for mutate, message in (
         (_set(["circular_orbit", "angles_deg"], KeyError), "exactly one of 'angles_deg', 'angles_rad'"),
         (_set(["circular_orbit", "sid_mm"], KeyError), "missing the field 'circular_orbit.sid_mm'"),
@@ -467,8 +592,12 @@ def test_malformed_compact_json():
         with pytest.raises(ValueError) as info:
             cameras_from_json(mutate(copy.deepcopy(base)))
         assert message in str(info.value), str(info.value)
-    carm = {"format": "xraynerf-geometry", "version": 1, "size_px": [40, 30],
-            "carm": {"primary_deg": [0, 10, 20], "secondary_deg": [0, 5], "sid_mm": 700, "sdd_mm": 1100, "pixel_spacing_mm": 0.7}}
+    carm = {
+        "format": "xraynerf-geometry",
+        "version": 1,
+        "size_px": [40, 30],
+        "carm": {"primary_deg": [0, 10, 20], "secondary_deg": [0, 5], "sid_mm": 700, "sdd_mm": 1100, "pixel_spacing_mm": 0.7},
+    }
     with pytest.raises(ValueError, match="'carm.secondary_deg' has 2 values; expected 1 or 3"):
         cameras_from_json(carm)
 
@@ -503,8 +632,16 @@ def test_json_examples_in_docs_load():
     assert [len(c) for c in cams] == [1, 5, 2]
     # the projection-matrix example is the worked example of docs/geometry.md (rounded to 4 decimals)
     (example,) = [cameras_from_matrices_json(d) for d in matrices]
-    worked = Cameras.carm(30.0, 10.0, sid_mm=750.0, sdd_mm=1200.0, size_px=(1024, 768), pixel_spacing_mm=0.4,
-                          isocenter_ras=(10.0, -20.0, 30.0), dtype=torch.float64)
+    worked = Cameras.carm(
+        30.0,
+        10.0,
+        sid_mm=750.0,
+        sdd_mm=1200.0,
+        size_px=(1024, 768),
+        pixel_spacing_mm=0.4,
+        isocenter_ras=(10.0, -20.0, 30.0),
+        dtype=torch.float64,
+    )
     assert torch.allclose(example.source_positions(), worked.source_positions(), atol=1.0)
     assert torch.allclose(example.sdd_mm, worked.sdd_mm, rtol=1e-3)
     # the explicit example is the PA view it claims to be

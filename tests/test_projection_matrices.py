@@ -37,9 +37,17 @@ def _wobbly_carm(n: int = 7, seed: int = 3) -> Cameras:
     rng = np.random.default_rng(seed)
     prim = np.linspace(-100, 100, n) + rng.uniform(-0.5, 0.5, n)
     sec = rng.uniform(-0.5, 0.5, n)
-    cams = Cameras.carm(torch.tensor(prim), torch.tensor(sec), sid_mm=785.0, sdd_mm=torch.tensor(1200.0 + rng.uniform(-2, 2, n)),
-                        size_px=(300, 200), pixel_spacing_mm=(0.8, 0.6), isocenter_ras=(12.0, -340.0, 905.0),
-                        detector_offset_mm=torch.tensor(rng.uniform(-30, 30, (n, 2))), dtype=F64)
+    cams = Cameras.carm(
+        torch.tensor(prim),
+        torch.tensor(sec),
+        sid_mm=785.0,
+        sdd_mm=torch.tensor(1200.0 + rng.uniform(-2, 2, n)),
+        size_px=(300, 200),
+        pixel_spacing_mm=(0.8, 0.6),
+        isocenter_ras=(12.0, -340.0, 905.0),
+        detector_offset_mm=torch.tensor(rng.uniform(-30, 30, (n, 2))),
+        dtype=F64,
+    )
     return cams
 
 
@@ -68,15 +76,22 @@ def test_file_round_trip_exact(tmp_path):
 
 def test_worked_example_matrix_and_any_scale():
     # docs/geometry.md section 11: LAO 30 / CRA 10, sid 750, sdd 1200, 1024 x 768 px of 0.4 mm, isocentre (10, -20, 30)
-    documented = np.array([[2346.2116, 1936.2423, 88.8210, 396223.0975],
-                           [-449.3092, 778.2263, -2887.8292, 394317.4926],
-                           [-0.4924, 0.8529, 0.1736, 766.7720]])
-    cams = Cameras.carm(30.0, 10.0, sid_mm=750.0, sdd_mm=1200.0, size_px=(1024, 768), pixel_spacing_mm=0.4,
-                        isocenter_ras=(10.0, -20.0, 30.0), dtype=F64)
+    documented = np.array(
+        [[2346.2116, 1936.2423, 88.8210, 396223.0975], [-449.3092, 778.2263, -2887.8292, 394317.4926], [-0.4924, 0.8529, 0.1736, 766.7720]]
+    )
+    cams = Cameras.carm(
+        30.0, 10.0, sid_mm=750.0, sdd_mm=1200.0, size_px=(1024, 768), pixel_spacing_mm=0.4, isocenter_ras=(10.0, -20.0, 30.0), dtype=F64
+    )
     written = np.asarray(matrices_to_json(cams)["matrices"][0])
     assert np.abs(written - documented).max() < 1e-3 * np.abs(documented).max()
     # the scale of a matrix is free (positive): x 1e-3 reads back the same camera
-    data = {"format": MATRICES_FORMAT, "version": 1, "size_px": [1024, 768], "pixel_spacing_mm": 0.4, "matrices": [(written * 1e-3).tolist()]}
+    data = {
+        "format": MATRICES_FORMAT,
+        "version": 1,
+        "size_px": [1024, 768],
+        "pixel_spacing_mm": 0.4,
+        "matrices": [(written * 1e-3).tolist()],
+    }
     back = cameras_from_matrices_json(data)
     _close(back.world_from_camera, cams.world_from_camera, 1e-6)
     _close(back.sdd_mm, [1200.0], 1e-6)
@@ -106,7 +121,9 @@ def _base(p) -> dict:
     ],
 )
 def test_refusals_are_one_line_geometry_errors(case, match):
-    cams = Cameras.carm(torch.tensor([20.0, 60.0, 100.0]), torch.zeros(3), sid_mm=500.0, sdd_mm=800.0, size_px=(64, 48), pixel_spacing_mm=0.5, dtype=F64)
+    cams = Cameras.carm(
+        torch.tensor([20.0, 60.0, 100.0]), torch.zeros(3), sid_mm=500.0, sdd_mm=800.0, size_px=(64, 48), pixel_spacing_mm=0.5, dtype=F64
+    )
     p = cams.projection_matrices().numpy().copy()
     data = _base(p)
     n_views = None
@@ -142,7 +159,9 @@ def test_count_mismatch_with_a_stack_is_refused(tmp_path):
 
 
 def test_varying_spacing_cannot_be_written(tmp_path):
-    cams = Cameras.concatenate([_wobbly_carm(2), Cameras.carm(0.0, 0.0, sid_mm=785.0, sdd_mm=1200.0, size_px=(300, 200), pixel_spacing_mm=0.5, dtype=F64)])
+    cams = Cameras.concatenate(
+        [_wobbly_carm(2), Cameras.carm(0.0, 0.0, sid_mm=785.0, sdd_mm=1200.0, size_px=(300, 200), pixel_spacing_mm=0.5, dtype=F64)]
+    )
     with pytest.raises(GeometryError, match="different pixel spacings"):
         save_projection_matrices(cams, str(tmp_path / "x.matrices.json"))
 
@@ -154,13 +173,24 @@ def test_drr_with_matrices_equals_drr_with_json(tmp_path, capsys):
     ras[:3, :3] *= 3.0
     ras[:3, 3] = torch.tensor([12.0, -340.0, 905.0]) - 16.5
     save_volume(Volume(k, ras, "mu"), str(tmp_path / "mu.mha"))
-    cams = Cameras.carm(torch.tensor([-20.0, 40.0, 95.0]), torch.tensor([3.0, 0.0, -4.0]), sid_mm=300.0, sdd_mm=450.0,
-                        size_px=(20, 16), pixel_spacing_mm=(4.0, 5.0), isocenter_ras=(12.0, -340.0, 905.0), detector_offset_mm=(7.0, -3.0), dtype=F64)
+    cams = Cameras.carm(
+        torch.tensor([-20.0, 40.0, 95.0]),
+        torch.tensor([3.0, 0.0, -4.0]),
+        sid_mm=300.0,
+        sdd_mm=450.0,
+        size_px=(20, 16),
+        pixel_spacing_mm=(4.0, 5.0),
+        isocenter_ras=(12.0, -340.0, 905.0),
+        detector_offset_mm=(7.0, -3.0),
+        dtype=F64,
+    )
     with open(tmp_path / "g.json", "w") as f:
         json.dump(cameras_to_json(cams), f)
     save_projection_matrices(cams, str(tmp_path / "g.matrices.json"))
     for g in ("g.json", "g.matrices.json"):
-        rc = main(["drr", "--volume", str(tmp_path / "mu.mha"), "--geometry", str(tmp_path / g), "--out", str(tmp_path / (g + ".mha")), "-q"])
+        rc = main(
+            ["drr", "--volume", str(tmp_path / "mu.mha"), "--geometry", str(tmp_path / g), "--out", str(tmp_path / (g + ".mha")), "-q"]
+        )
         assert rc == 0, capsys.readouterr().err
     a, _, _ = load_projection_stack(str(tmp_path / "g.json.mha"))
     b, _, _ = load_projection_stack(str(tmp_path / "g.matrices.json.mha"))
@@ -173,8 +203,18 @@ def test_convert_writes_matrices(tmp_path, capsys):
     cams = truth_cameras(angles, [10.0] * 4)
     p = drr(cams)
     stored = fac.stored_from_bev(intensities_from_line_integrals(p.numpy(), relationship="LIN", i0=50000.0))
-    path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=angles[0], secondary_deg=10.0, primary_increments=angles - angles[0],
-                          sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LIN", sign=1)
+    path = fac.write_xray(
+        str(tmp_path / "run.dcm"),
+        stored,
+        primary_deg=angles[0],
+        secondary_deg=10.0,
+        primary_increments=angles - angles[0],
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LIN",
+        sign=1,
+    )
     out, geom = str(tmp_path / "proj.mha"), str(tmp_path / "geom.matrices.json")
     assert main(["convert", path, "--out", out, "--geometry-out", geom, "--quiet"]) == 0, capsys.readouterr().err
     assert json.loads(open(geom).read())["format"] == MATRICES_FORMAT

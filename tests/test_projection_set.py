@@ -27,8 +27,18 @@ def rotational(tmp_path_factory):
     cams = truth_cameras(ANGLES, [10.0] * 4)
     p = drr(cams)
     stored = fac.stored_from_bev(intensities_from_line_integrals(p.numpy(), relationship="LIN", i0=50000.0))
-    path = fac.write_xray(str(d / "run.dcm"), stored, primary_deg=ANGLES[0], secondary_deg=10.0, primary_increments=ANGLES - ANGLES[0],
-                          sdd_mm=SDD, sid_mm=SID, imager_spacing_rc=SPACING[::-1], relationship="LIN", sign=1)
+    path = fac.write_xray(
+        str(d / "run.dcm"),
+        stored,
+        primary_deg=ANGLES[0],
+        secondary_deg=10.0,
+        primary_increments=ANGLES - ANGLES[0],
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LIN",
+        sign=1,
+    )
     return path, cams, p
 
 
@@ -112,8 +122,16 @@ def test_cli_convert_and_info(rotational, tmp_path, capsys):
 
     assert main(["info", path]) == 0
     text = capsys.readouterr().out
-    for needle in ("4 views", "64 x 48", "pixel spacing [column, row]: 9, 10 mm", "source-detector distance: 1200 mm",
-                   "intensity relationship: LIN", "assumptions:", "radiological layout", "  60  "):
+    for needle in (
+        "4 views",
+        "64 x 48",
+        "pixel spacing [column, row]: 9, 10 mm",
+        "source-detector distance: 1200 mm",
+        "intensity relationship: LIN",
+        "assumptions:",
+        "radiological layout",
+        "  60  ",
+    ):
         assert needle in text, (needle, text)
     assert main(["info", out, "--geometry", geom]) == 0
     assert "4 views" in capsys.readouterr().out
@@ -131,10 +149,19 @@ def test_cli_errors_write_nothing(rotational, tmp_path, capsys):
     assert err.count("\n") == 1 and "bare.dcm" in err and "(0018,1110)" in err and "--sdd-mm" in err
     assert _files(outdir) == []
     # the flag named in the message works
-    assert main(["convert", bare, "--out", out, "--geometry-out", geom, "--sdd-mm", "1200", "--quiet"]) == 0 and _files(outdir) == ["geom.xml", "proj.mha"]
+    assert main(["convert", bare, "--out", out, "--geometry-out", geom, "--sdd-mm", "1200", "--quiet"]) == 0 and _files(outdir) == [
+        "geom.xml",
+        "proj.mha",
+    ]
     # a failing stack write leaves neither file (nor temporaries) behind
     assert main(["convert", path, "--out", str(tmp_path / "missing" / "p.mha"), "--geometry-out", str(outdir / "g2.json")]) == 2
     assert _files(outdir) == ["geom.xml", "proj.mha"]
-    assert main(["convert", path, "--out", str(outdir / "p.png"), "--geometry-out", str(outdir / "g3.json")]) == 2 and "use one of" in capsys.readouterr().err
+    assert (
+        main(["convert", path, "--out", str(outdir / "p.png"), "--geometry-out", str(outdir / "g3.json")]) == 2
+        and "use one of" in capsys.readouterr().err
+    )
     assert main(["info", str(outdir / "proj.mha")]) == 2 and "--geometry" in capsys.readouterr().err
-    assert main(["convert", path, "--out", out, "--geometry-out", geom, "--pixel-spacing-mm", "1", "2", "3"]) == 2 and "--pixel-spacing-mm" in capsys.readouterr().err
+    assert (
+        main(["convert", path, "--out", out, "--geometry-out", geom, "--pixel-spacing-mm", "1", "2", "3"]) == 2
+        and "--pixel-spacing-mm" in capsys.readouterr().err
+    )

@@ -60,11 +60,23 @@ def test_voxel_os_tv_matches_direct_call(case):
 
     cams, proj = case
     like = default_grid(cams, grid=12)
-    res = reconstruct(proj, cams, "voxel", volume=like, iterations=3, renderer="trilinear",
-                      options={"solver": "os-tv", "subsets": 4, "relaxation": 0.8, "tv_weight": 0.01, "tv_inner": 5})
+    res = reconstruct(
+        proj,
+        cams,
+        "voxel",
+        volume=like,
+        iterations=3,
+        renderer="trilinear",
+        options={"solver": "os-tv", "subsets": 4, "relaxation": 0.8, "tv_weight": 0.01, "tv_inner": 5},
+    )
     like32 = Volume(torch.zeros(like.data.shape), like.ras_from_ijk.float(), "mu")
-    direct = reconstruct_voxel(proj, cams, volume=like32, solver="os-tv",
-                               ostv=OSTVSettings(passes=3, subsets=4, relaxation=0.8, tv_weight=0.01, tv_inner=5, renderer="trilinear"))
+    direct = reconstruct_voxel(
+        proj,
+        cams,
+        volume=like32,
+        solver="os-tv",
+        ostv=OSTVSettings(passes=3, subsets=4, relaxation=0.8, tv_weight=0.01, tv_inner=5, renderer="trilinear"),
+    )
     assert torch.allclose(res.volume.data, direct.data, atol=1e-6)
     assert res.history.passes_done == 3 and len(res.history.data) == 3
     assert float(res.volume.data.max()) > 0.005
@@ -118,7 +130,16 @@ def test_voxel_cancel_returns_best_so_far(case):
         seen.append(p.fraction)
         return len(seen) < 2
 
-    res = reconstruct(proj, cams, "voxel", grid=10, iterations=50, renderer="trilinear", progress=stop, options={"report_every": 2, "rays_per_view": 50, "solver": "adam"})
+    res = reconstruct(
+        proj,
+        cams,
+        "voxel",
+        grid=10,
+        iterations=50,
+        renderer="trilinear",
+        progress=stop,
+        options={"report_every": 2, "rays_per_view": 50, "solver": "adam"},
+    )
     assert res.cancelled and len(res.history.data) < 50
     assert torch.isfinite(res.volume.data).all() and float(res.volume.data.max()) > 0.005
     assert all(0 <= f <= 1 for f in seen)
@@ -133,7 +154,12 @@ def test_nerf_through_the_api(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         res = reconstruct(
-            proj, cams, "nerf", volume=like, iterations=6, renderer="trilinear",
+            proj,
+            cams,
+            "nerf",
+            volume=like,
+            iterations=6,
+            renderer="trilinear",
             options={"mci": None, "rays_per_view": 100, "levels": 4, "finest_resolution": 16, "coarse_to_fine": False},
         )
     assert res.volume.data.shape == like.data.shape and torch.allclose(res.volume.ras_from_ijk, like.ras_from_ijk)

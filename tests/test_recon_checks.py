@@ -28,15 +28,19 @@ def calls(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("method, options", [("fdk", {}), ("voxel", {}), ("voxel", {"solver": "adam", "rays_per_view": 50}),
-                                             ("nerf", {"rays_per_view": 50, "init_steps": 2})])
+@pytest.mark.parametrize(
+    "method, options",
+    [("fdk", {}), ("voxel", {}), ("voxel", {"solver": "adam", "rays_per_view": 50}), ("nerf", {"rays_per_view": 50, "init_steps": 2})],
+)
 def test_one_check_per_request(calls, method, options):
     cams = orbit(8)
     proj = analytic_projections(cams)
     api.reconstruct(proj, cams, method, grid=8, iterations=None if method == "fdk" else 2, options=options)
     assert calls == [tuple(proj.shape)]
     calls.clear()
-    api.reconstruct(proj, cams, method, grid=8, iterations=None if method == "fdk" else 2, options=options, uncertainty=True, ensemble_size=2)
+    api.reconstruct(
+        proj, cams, method, grid=8, iterations=None if method == "fdk" else 2, options=options, uncertainty=True, ensemble_size=2
+    )
     assert calls == [tuple(proj.shape)]  # not again for each member (nor for its FDK start)
 
 

@@ -42,8 +42,22 @@ def _psnr(out: str) -> float:
 def test_stack_xml_fdk_with_reference(data, capsys):
     d, cams, proj, like = data
     out = str(d / "fdk.nii.gz")
-    rc = main(["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", out, "--grid", "16",
-               "--reference", str(d / "gt.nii.gz"), "--quiet"])
+    rc = main(
+        [
+            "reconstruct",
+            "--projections",
+            str(d / "p.mha"),
+            "--geometry",
+            str(d / "g.xml"),
+            "--out",
+            out,
+            "--grid",
+            "16",
+            "--reference",
+            str(d / "gt.nii.gz"),
+            "--quiet",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     vol = load_volume(out)
@@ -56,13 +70,30 @@ def test_stack_xml_fdk_with_reference(data, capsys):
 def test_missing_output_directories_are_created_only_on_success(data, tmp_path, capsys):
     d, *_ = data
     out = tmp_path / "new" / "deeper" / "fdk.nii.gz"
-    bad = main(["reconstruct", "--projections", str(d / "p6.mha"), "--geometry", str(d / "g.json"), "--out", str(out), "--grid", "8", "--quiet"])
+    bad = main(
+        ["reconstruct", "--projections", str(d / "p6.mha"), "--geometry", str(d / "g.json"), "--out", str(out), "--grid", "8", "--quiet"]
+    )
     assert bad == 2 and not (tmp_path / "new").exists()  # a failed run creates nothing
-    rc = main(["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", str(out), "--grid", "8", "--quiet"])
+    rc = main(
+        ["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", str(out), "--grid", "8", "--quiet"]
+    )
     assert rc == 0 and load_volume(str(out)).data.shape[1:] == (8, 8)  # 8 across the scanned cylinder
     (tmp_path / "afile").write_text("x")
     capsys.readouterr()
-    rc = main(["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", str(tmp_path / "afile" / "v.nii.gz"), "--grid", "8", "--quiet"])
+    rc = main(
+        [
+            "reconstruct",
+            "--projections",
+            str(d / "p.mha"),
+            "--geometry",
+            str(d / "g.xml"),
+            "--out",
+            str(tmp_path / "afile" / "v.nii.gz"),
+            "--grid",
+            "8",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "is a file" in err and err.count("\n") == 1
 
@@ -70,9 +101,32 @@ def test_missing_output_directories_are_created_only_on_success(data, tmp_path, 
 def test_stack_json_voxel_hu_uncertainty(data, capsys):
     d, *_ = data
     out, unc = str(d / "vox.nii.gz"), str(d / "unc.nrrd")
-    rc = main(["reconstruct", "--projections", str(d / "pj.mha"), "--geometry", str(d / "g.json"), "--out", out, "--grid", "12",
-               "--method", "voxel", "--iterations", "8", "--renderer", "trilinear", "--units", "hu",
-               "--uncertainty", unc, "--ensemble-size", "2", "--quiet"])  # the default voxel solver: os-tv, default passes
+    rc = main(
+        [
+            "reconstruct",
+            "--projections",
+            str(d / "pj.mha"),
+            "--geometry",
+            str(d / "g.json"),
+            "--out",
+            out,
+            "--grid",
+            "12",
+            "--method",
+            "voxel",
+            "--iterations",
+            "8",
+            "--renderer",
+            "trilinear",
+            "--units",
+            "hu",
+            "--uncertainty",
+            unc,
+            "--ensemble-size",
+            "2",
+            "--quiet",
+        ]
+    )  # the default voxel solver: os-tv, default passes
     assert rc == 0, capsys.readouterr().err
     v, u = load_volume(out, units="hu"), load_volume(unc, units="hu")
     assert float(v.data.min()) < -500 and float(v.data.max()) > 0  # air and the water-like body in HU
@@ -83,11 +137,44 @@ def test_stack_voxel_os_tv_solver(data, capsys):
     """--solver os-tv (3 passes of 4 subsets) beats FDK against the reference on the same data."""
     d, *_ = data
     psnrs = {}
-    for name, extra in (("fdk", []), ("ostv", ["--method", "voxel", "--solver", "os-tv", "--iterations", "3", "--subsets", "4",
-                                                "--relaxation", "1.0", "--renderer", "trilinear"])):
+    for name, extra in (
+        ("fdk", []),
+        (
+            "ostv",
+            [
+                "--method",
+                "voxel",
+                "--solver",
+                "os-tv",
+                "--iterations",
+                "3",
+                "--subsets",
+                "4",
+                "--relaxation",
+                "1.0",
+                "--renderer",
+                "trilinear",
+            ],
+        ),
+    ):
         out = str(d / f"cmp_{name}.nii.gz")
-        rc = main(["reconstruct", "--projections", str(d / "pj.mha"), "--geometry", str(d / "g.json"), "--out", out, "--grid", "16",
-                   "--reference", str(d / "gt.nii.gz"), "--quiet", *extra])
+        rc = main(
+            [
+                "reconstruct",
+                "--projections",
+                str(d / "pj.mha"),
+                "--geometry",
+                str(d / "g.json"),
+                "--out",
+                out,
+                "--grid",
+                "16",
+                "--reference",
+                str(d / "gt.nii.gz"),
+                "--quiet",
+                *extra,
+            ]
+        )
         text = capsys.readouterr().out
         assert rc == 0, text
         psnrs[name] = _psnr(text)
@@ -99,12 +186,35 @@ def test_dicom_rotational_run(tmp_path, capsys):
     cams = fac.truth_cameras(angles, [0.0] * len(angles))
     vol = fac.phantom_volume()
     stored = fac.stored_from_bev(1000 * fac.drr(cams, vol).numpy() + 100)
-    path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=float(angles[0]), primary_increments=angles, sdd_mm=fac.SDD,
-                          sid_mm=fac.SID, imager_spacing_rc=fac.SPACING[::-1], relationship="LOG", sign=-1)
+    path = fac.write_xray(
+        str(tmp_path / "run.dcm"),
+        stored,
+        primary_deg=float(angles[0]),
+        primary_increments=angles,
+        sdd_mm=fac.SDD,
+        sid_mm=fac.SID,
+        imager_spacing_rc=fac.SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+    )
     save_volume(vol, str(tmp_path / "phantom.nii.gz"))
     out = str(tmp_path / "d.nii.gz")
-    rc = main(["reconstruct", "--projections", path, "--out", out, "--grid", "32", "--log-scale", "1000",
-               "--reference", str(tmp_path / "phantom.nii.gz"), "--quiet"])
+    rc = main(
+        [
+            "reconstruct",
+            "--projections",
+            path,
+            "--out",
+            out,
+            "--grid",
+            "32",
+            "--log-scale",
+            "1000",
+            "--reference",
+            str(tmp_path / "phantom.nii.gz"),
+            "--quiet",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0
     assert "resampled" in text and _psnr(text) > 25.0  # measured 27.7 dB (12 views, FDK)
@@ -127,8 +237,25 @@ def test_ctrl_c_writes_best_so_far(data, capsys, monkeypatch):
 
     monkeypatch.setattr(cli_recon, "_Interrupt", SoonInterrupted)
     out = str(d / "stopped.nii.gz")
-    rc = main(["reconstruct", "--projections", str(d / "pj.mha"), "--geometry", str(d / "g.json"), "--out", out, "--grid", "12",
-               "--method", "voxel", "--iterations", "200", "--renderer", "trilinear"])
+    rc = main(
+        [
+            "reconstruct",
+            "--projections",
+            str(d / "pj.mha"),
+            "--geometry",
+            str(d / "g.json"),
+            "--out",
+            out,
+            "--grid",
+            "12",
+            "--method",
+            "voxel",
+            "--iterations",
+            "200",
+            "--renderer",
+            "trilinear",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0 and "stopped early; wrote the best volume so far" in err
     assert float(load_volume(out).data.max()) > 0.005
@@ -143,16 +270,32 @@ def test_ctrl_c_writes_best_so_far(data, capsys, monkeypatch):
         (["--projections", "{d}/zero.mha", "--geometry", "{d}/g.json"], "outside the field of view"),
         (["--projections", "{d}/same.mha", "--geometry", "{d}/same.json"], "same direction"),
         (["--projections", "{d}/nan.mha", "--geometry", "{d}/g.json"], "NaN"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--window", "hann", "--method", "voxel"], "--window applies to --method fdk"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--iterations", "5"], "--iterations applies to --method voxel or nerf"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--renderer", "siddon"], "--renderer applies to --method voxel or nerf only"),
+        (
+            ["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--window", "hann", "--method", "voxel"],
+            "--window applies to --method fdk",
+        ),
+        (
+            ["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--iterations", "5"],
+            "--iterations applies to --method voxel or nerf",
+        ),
+        (
+            ["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--renderer", "siddon"],
+            "--renderer applies to --method voxel or nerf only",
+        ),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--reference", "{d}/far.nii.gz"], "does not contain the centre"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "os-tv", "--lr", "0.1"],
-         "--lr apply to --solver adam only"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "adam", "--subsets", "4"], "--subsets applies to --method voxel --solver os-tv"),
+        (
+            ["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "os-tv", "--lr", "0.1"],
+            "--lr apply to --solver adam only",
+        ),
+        (
+            ["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--solver", "adam", "--subsets", "4"],
+            "--subsets applies to --method voxel --solver os-tv",
+        ),
         (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--solver", "os-tv"], "--solver applies to --method voxel"),
-        (["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--rays-per-view", "50"],
-         "(the default voxel solver); add --solver adam to use them"),
+        (
+            ["--projections", "{d}/pj.mha", "--geometry", "{d}/g.json", "--method", "voxel", "--rays-per-view", "50"],
+            "(the default voxel solver); add --solver adam to use them",
+        ),
     ],
 )
 def test_bad_inputs(data, capsys, args, message):
@@ -165,7 +308,9 @@ def test_bad_inputs(data, capsys, args, message):
 
         bad = proj.clone()
         bad[2, 3, 4] = float("nan")
-        save_projection_stack(bad, str(d / "nan.mha"), spacing_mm=[2.0, 2.0], metadata={"quantity": "line_integral", "row_order": "xraynerf"})
+        save_projection_stack(
+            bad, str(d / "nan.mha"), spacing_mm=[2.0, 2.0], metadata={"quantity": "line_integral", "row_order": "xraynerf"}
+        )
         a = like.ras_from_ijk.clone()
         a[:3, 3] += 1000.0
         save_volume(Volume(torch.ones(like.data.shape), a), str(d / "far.nii.gz"))
@@ -195,8 +340,17 @@ def test_documented_examples(data, tmp_path, monkeypatch, capsys):
     dcams = fac.truth_cameras(angles, [0.0] * len(angles))
     stored = fac.stored_from_bev(1000 * fac.drr(dcams, fac.phantom_volume()).numpy() + 100)
     os.makedirs(tmp_path / "dicom_dir")
-    fac.write_xray(str(tmp_path / "dicom_dir" / "run.dcm"), stored, primary_deg=float(angles[0]), primary_increments=angles,
-                   sdd_mm=fac.SDD, sid_mm=fac.SID, imager_spacing_rc=fac.SPACING[::-1], relationship="LOG", sign=-1)
+    fac.write_xray(
+        str(tmp_path / "dicom_dir" / "run.dcm"),
+        stored,
+        primary_deg=float(angles[0]),
+        primary_increments=angles,
+        sdd_mm=fac.SDD,
+        sid_mm=fac.SID,
+        imager_spacing_rc=fac.SPACING[::-1],
+        relationship="LOG",
+        sign=-1,
+    )
     monkeypatch.chdir(tmp_path)
     pytest.importorskip("XRayNeRFLib.recon.nerf")
     for line in lines:

@@ -55,7 +55,9 @@ def test_grid_like_and_explicit(carm, capsys):
     assert rc == 0, capsys.readouterr().err
     ref, got = load_volume(str(d / "ref.nrrd")), load_volume(str(d / "like.nii.gz"))
     assert got.data.shape == ref.data.shape and torch.allclose(got.ras_from_ijk, ref.ras_from_ijk, atol=1e-4)
-    rc = _run(d, "--out", str(d / "size.nii.gz"), "--size", "10", "8", "6", "--spacing-mm", "2.5", "--origin-ras", "-11", "-9", "-6", "--quiet")
+    rc = _run(
+        d, "--out", str(d / "size.nii.gz"), "--size", "10", "8", "6", "--spacing-mm", "2.5", "--origin-ras", "-11", "-9", "-6", "--quiet"
+    )
     assert rc == 0, capsys.readouterr().err
     got = load_volume(str(d / "size.nii.gz"))
     assert got.data.shape == (6, 8, 10)
@@ -88,6 +90,16 @@ def test_bad_grid_inputs(carm, capsys, monkeypatch, args, message):
 def test_matrix_count_mismatch(carm, capsys, tmp_path):
     d, cams, proj = carm
     ProjectionSet(proj[:5], cams[:5]).save(str(tmp_path / "p5.mha"), str(tmp_path / "g5.matrices.json"))
-    rc = main(["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(tmp_path / "g5.matrices.json"), "--out", str(tmp_path / "x.nii.gz")])
+    rc = main(
+        [
+            "reconstruct",
+            "--projections",
+            str(d / "p.mha"),
+            "--geometry",
+            str(tmp_path / "g5.matrices.json"),
+            "--out",
+            str(tmp_path / "x.nii.gz"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "16 projections but the geometry has 5 views" in err and not (tmp_path / "x.nii.gz").exists()

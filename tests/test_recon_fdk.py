@@ -10,7 +10,6 @@ far better than the same views unweighted. Thresholds below leave margin for pla
 import math
 import os
 import sys
-import warnings
 
 import pytest
 import torch
@@ -128,7 +127,9 @@ def test_oblique_orbit_and_offset_isocentre():
     """Tilted orbit axis (rotation about RAS x by 20 deg) around an off-origin isocentre: the grid
     follows the orbit and the phantom (moved with it) is recovered as well as for the plain orbit."""
     cams0 = orbit(60)
-    tilt = homogeneous(rotation_x(torch.tensor(math.radians(20.0), dtype=torch.float64)), torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64))
+    tilt = homogeneous(
+        rotation_x(torch.tensor(math.radians(20.0), dtype=torch.float64)), torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64)
+    )
     cams = Cameras(tilt @ cams0.world_from_camera, cams0.sdd_mm, cams0.pixel_spacing_mm, cams0.principal_point_px, cams0.size_px)
     moved = []
     from recon_phantoms import ELLIPSOIDS
@@ -181,7 +182,11 @@ def _rtk_available() -> bool:
     import importlib.util
 
     spec = importlib.util.find_spec("itk")
-    return bool(spec and spec.submodule_search_locations and any(os.path.exists(os.path.join(p, "RTKPython.py")) for p in spec.submodule_search_locations))
+    return bool(
+        spec
+        and spec.submodule_search_locations
+        and any(os.path.exists(os.path.join(p, "RTKPython.py")) for p in spec.submodule_search_locations)
+    )
 
 
 @pytest.mark.skipif(not _rtk_available(), reason="itk-rtk is not installed")
@@ -253,4 +258,6 @@ def test_backprojection_chunking_does_not_change_the_result(full_scan):
         assert torch.allclose(few_slices, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
     # the rotated, shifted grid samples the same object: its voxels read the analytic phantom there
     gt = ground_truth(oblique)
-    assert psnr(ref, gt) > 33.0 and psnr(fdk(proj, cams, volume=like).data, ground_truth(like)) > 33.0  # 36.7 / 37.5 dB (22 dB against the other grid's truth)
+    assert (
+        psnr(ref, gt) > 33.0 and psnr(fdk(proj, cams, volume=like).data, ground_truth(like)) > 33.0
+    )  # 36.7 / 37.5 dB (22 dB against the other grid's truth)

@@ -24,7 +24,9 @@ from XRayNeRFLib.recon.nerf import NerfSettings, coarser_grid, default_mci_path,
 
 
 def small_field(seed=0, **kw) -> HashGridField:
-    cfg = dict(levels=4, features_per_level=2, log2_table_size=8, base_resolution=2, finest_resolution=12, hidden_width=8, table_init_scale=1.0)
+    cfg = dict(
+        levels=4, features_per_level=2, log2_table_size=8, base_resolution=2, finest_resolution=12, hidden_width=8, table_init_scale=1.0
+    )
     cfg.update(kw)
     return HashGridField(HashGridConfig(**cfg), seed=seed)
 
@@ -293,8 +295,21 @@ def sparse():
 
 
 def quick(**kw) -> NerfSettings:
-    base = dict(iterations=80, lr=0.02, rays_per_view=None, tv_weight=0.1, renderer="trilinear", levels=6, log2_table_size=14,
-                base_resolution=4, finest_resolution=32, hidden_width=16, mci=None, coarse_to_fine=False, init="none")
+    base = dict(
+        iterations=80,
+        lr=0.02,
+        rays_per_view=None,
+        tv_weight=0.1,
+        renderer="trilinear",
+        levels=6,
+        log2_table_size=14,
+        base_resolution=4,
+        finest_resolution=32,
+        hidden_width=16,
+        mci=None,
+        coarse_to_fine=False,
+        init="none",
+    )
     base.update(kw)
     return NerfSettings(**base)
 
@@ -322,7 +337,9 @@ def test_switches_change_the_result(sparse, tmp_path):
         for p in prior.mlp.parameters():
             p.mul_(1.5)
     prior.save_head(tmp_path / "prior.pt")
-    vol, hist = reconstruct_nerf(proj, cams, volume=like, settings=quick(iterations=30, mci=str(tmp_path / "prior.pt")), return_history=True)
+    vol, hist = reconstruct_nerf(
+        proj, cams, volume=like, settings=quick(iterations=30, mci=str(tmp_path / "prior.pt")), return_history=True
+    )
     assert float((vol.data - runs["plain"][0]).abs().max()) > 1e-3
     assert hist.data[0] != pytest.approx(runs["plain"][1][0], rel=1e-3)
     with pytest.raises(ValueError, match="another hash-grid layout"):
@@ -338,7 +355,9 @@ def test_fdk_start_converges_faster(sparse):
     p_fdk = psnr(fdk(proj, cams, volume=like).data.clamp_min(0), gt)
     runs = {}
     for init in ("none", "fdk"):
-        vol, hist = reconstruct_nerf(proj, cams, volume=like, settings=quick(iterations=15, init=init, init_steps=60, init_lr=0.02), return_history=True)
+        vol, hist = reconstruct_nerf(
+            proj, cams, volume=like, settings=quick(iterations=15, init=init, init_steps=60, init_lr=0.02), return_history=True
+        )
         runs[init] = (psnr(vol.data, gt), hist.data[0])
     # the field starts from the distilled FDK volume: a far smaller first data loss and a better result
     # after the same 15 projection steps (measured 30.3 vs 22.8 dB), better than the FDK it started from (29.4 dB)
@@ -356,7 +375,9 @@ def test_cancel_while_fitting_the_fdk_start(sparse):
         calls.append(p.message)
         return False
 
-    vol, hist = reconstruct_nerf(proj, cams, volume=like, settings=quick(iterations=10, init="fdk", init_steps=50), progress=progress, return_history=True)
+    vol, hist = reconstruct_nerf(
+        proj, cams, volume=like, settings=quick(iterations=10, init="fdk", init_steps=50), progress=progress, return_history=True
+    )
     assert hist.cancelled and len(hist.data) == 0 and len(calls) == 1 and "FDK start" in calls[0]
     assert vol.data.shape == like.data.shape and torch.isfinite(vol.data).all()
 
@@ -384,8 +405,15 @@ def test_cancellation_returns_the_volume_so_far(sparse, stop_at):
     # normalize=True: with a random MLP and no FDK start, the LayerNorm lifts the freshly drawn table's tiny
     # features (~1e-4) to unit scale, so the field leaves its flat start within the first 5 steps and the
     # partial result below is a fitted one; the plain encoder (the default) takes longer to move from it
-    settings = quick(iterations=40, report_every=5, coarse_to_fine=True, coarse_fraction=0.5, snapshot_every=5, normalize=True,
-                     on_snapshot=lambda step, sec, mu: snaps.append((step, sec, tuple(mu.shape))))
+    settings = quick(
+        iterations=40,
+        report_every=5,
+        coarse_to_fine=True,
+        coarse_fraction=0.5,
+        snapshot_every=5,
+        normalize=True,
+        on_snapshot=lambda step, sec, mu: snaps.append((step, sec, tuple(mu.shape))),
+    )
     vol, hist = reconstruct_nerf(proj, cams, volume=like, settings=settings, progress=progress, return_history=True)
     assert hist.cancelled and len(hist.data) < 40
     assert vol.data.shape == like.data.shape and torch.isfinite(vol.data).all() and float(vol.data.max()) > 0.005
@@ -411,7 +439,9 @@ def test_coarse_to_fine_follows_one_learning_rate_decay(sparse, monkeypatch):
         return real_fit(model, projections, cameras, stage_like, fs, progress, carry=carry)
 
     monkeypatch.setattr(nerf, "fit", spy)
-    reconstruct_nerf(proj, cams, volume=like, settings=quick(iterations=10, lr=0.02, final_lr_fraction=0.1, coarse_to_fine=True, coarse_fraction=0.6))
+    reconstruct_nerf(
+        proj, cams, volume=like, settings=quick(iterations=10, lr=0.02, final_lr_fraction=0.1, coarse_to_fine=True, coarse_fraction=0.6)
+    )
     assert [s[0] for s in seen] == [6, 4] and seen[1][3] == like.data.shape and seen[0][3] != like.data.shape
     # and one Adam state: the fine stage starts with the coarse stage's 6 steps of moments (not a fresh Adam)
     assert seen[0][4] == [] and seen[1][4] == [6]

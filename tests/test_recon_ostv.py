@@ -8,19 +8,18 @@ import math
 
 import pytest
 import torch
+from recon_phantoms import analytic_projections, ground_truth, orbit, psnr
 
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.progress import Progress
 from XRayNeRFLib.recon import reconstruct
+from XRayNeRFLib.recon.backproject import VoxelBackprojector, voxel_backproject
 from XRayNeRFLib.recon.fdk import fdk
 from XRayNeRFLib.recon.fov import default_grid
-from XRayNeRFLib.recon.backproject import VoxelBackprojector, voxel_backproject
 from XRayNeRFLib.recon.ostv import OSTVSettings, _grad, _grad_t, _Level, coarse_grid, isotropic_tv, reconstruct_ostv, subset_order, tv_prox
 from XRayNeRFLib.recon.voxel import reconstruct_voxel
 from XRayNeRFLib.render import render
 from XRayNeRFLib.volume import Volume
-
-from recon_phantoms import analytic_projections, ground_truth, orbit, psnr
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,9 @@ def test_voxel_backprojector_approximates_the_adjoint():
     from the axis) makes the 1 / depth^2 weighting matter: without it (1 / SID^2 instead) the inner products
     differ by 11 % and B y by 14 %. Measured when written: 0.2 % and 2.1 %; at 128^3 on the chest benchmark's geometry 0.001 % and 3.5 %."""
     ang = torch.linspace(0, 2 * math.pi, 13, dtype=torch.float64)[:-1]
-    cams = Cameras.circular_orbit(ang, sid_mm=150.0, sdd_mm=300.0, size_px=(48, 40), pixel_spacing_mm=5.0, dtype=torch.float64).to(dtype=torch.float32)
+    cams = Cameras.circular_orbit(ang, sid_mm=150.0, sdd_mm=300.0, size_px=(48, 40), pixel_spacing_mm=5.0, dtype=torch.float64).to(
+        dtype=torch.float32
+    )
     like = default_grid(cams, grid=24)
     like = Volume(torch.zeros(like.data.shape), like.ras_from_ijk.float(), "mu")
     g = torch.Generator().manual_seed(2)
@@ -214,8 +215,13 @@ def test_coarse_grid_and_coarse_passes(case):
     start = fdk(noisy, cams, volume=like, window="hann").data.clamp_min(0)
     snaps = []
     base = dict(subsets=5, tv_weight=0.02)
-    with_c, h = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=4, coarse_passes=3, snapshot_every=1,
-                                                                         on_snapshot=lambda k, t, mu: snaps.append(mu.shape), **base))
+    with_c, h = reconstruct_ostv(
+        noisy,
+        cams,
+        like,
+        start,
+        OSTVSettings(passes=4, coarse_passes=3, snapshot_every=1, on_snapshot=lambda k, t, mu: snaps.append(mu.shape), **base),
+    )
     without, _ = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=4, coarse_passes=0, **base))
     assert h.passes_done == 7 and len(snaps) == 7 and all(sh == like.data.shape for sh in snaps)
     assert psnr(with_c.data, gt) > psnr(without.data, gt) - 0.5, (psnr(with_c.data, gt), psnr(without.data, gt))
@@ -227,7 +233,13 @@ def test_one_subset_no_tv_is_sart(case):
     x1 = A^T (p / A1) / A^T 1 (where A^T 1 > 0), computed here independently from the renderer's adjoint."""
     cams, clean, _, like, _ = case
     x0 = torch.zeros(like.data.shape)
-    out, _ = reconstruct_ostv(clean, cams, like, x0, OSTVSettings(passes=1, subsets=1, tv_weight=0.0, relaxation=1.0, backprojector="matched", coarse_passes=0, momentum=False))
+    out, _ = reconstruct_ostv(
+        clean,
+        cams,
+        like,
+        x0,
+        OSTVSettings(passes=1, subsets=1, tv_weight=0.0, relaxation=1.0, backprojector="matched", coarse_passes=0, momentum=False),
+    )
     x = x0.clone().requires_grad_(True)
     y = render(Volume(x, like.ras_from_ijk, "mu"), cams, method="trilinear")
     ray_len = render(Volume(torch.ones_like(x0), like.ras_from_ijk, "mu"), cams, method="trilinear")
@@ -263,8 +275,9 @@ def test_cancel_returns_last_finished_step(case):
         calls.append(p.done)
         return len(calls) < 7
 
-    res = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=50, progress=stop,
-                      options={"solver": "os-tv", "subsets": 5})
+    res = reconstruct(
+        clean, cams, "voxel", volume=like, renderer="trilinear", iterations=50, progress=stop, options={"solver": "os-tv", "subsets": 5}
+    )
     assert res.cancelled and res.history.cancelled
     assert len(calls) == 7 and res.history.passes_done == 1
     fdk_psnr = psnr(fdk(clean, cams, volume=like, window="hann").data.clamp_min(0), gt)
@@ -284,8 +297,15 @@ def test_nan_projections_raise(case):
 def test_siddon_path_and_snapshots(case):
     cams, clean, _, like, gt = case
     snaps = []
-    res = reconstruct(clean, cams, "voxel", volume=like, renderer="siddon", iterations=3,
-                      options={"solver": "os-tv", "subsets": 5, "snapshot_every": 1, "on_snapshot": lambda k, t, mu: snaps.append((k, t, psnr(mu, gt)))})
+    res = reconstruct(
+        clean,
+        cams,
+        "voxel",
+        volume=like,
+        renderer="siddon",
+        iterations=3,
+        options={"solver": "os-tv", "subsets": 5, "snapshot_every": 1, "on_snapshot": lambda k, t, mu: snaps.append((k, t, psnr(mu, gt)))},
+    )
     assert [k for k, _, _ in snaps] == [1, 2, 3]
     assert all(b[1] >= a[1] for a, b in zip(snaps, snaps[1:]))
     assert snaps[-1][2] == pytest.approx(psnr(res.volume.data, gt), abs=1e-6)
@@ -353,9 +373,13 @@ def test_api_passes_relaxation_decay_and_cache_size(case):
     cams, clean, _, like, _ = case
     opts = {"solver": "os-tv", "subsets": 4}
     one = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=1, options=opts).volume.data
-    frozen = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=dict(opts, relaxation_decay=1e7)).volume.data
+    frozen = reconstruct(
+        clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=dict(opts, relaxation_decay=1e7)
+    ).volume.data
     free = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=opts).volume.data
     assert float((frozen - one).abs().max()) < 1e-5 * float(one.abs().max())
     assert float((free - one).abs().max()) > 1e-3 * float(one.abs().max())
-    uncached = reconstruct(clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=dict(opts, bp_cache_mb=0)).volume.data
+    uncached = reconstruct(
+        clean, cams, "voxel", volume=like, renderer="trilinear", iterations=3, options=dict(opts, bp_cache_mb=0)
+    ).volume.data
     assert torch.allclose(uncached, free, atol=1e-6)

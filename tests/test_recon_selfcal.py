@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
-
 from recon_phantoms import analytic_projections, ground_truth, orbit, rel_error
+
 from XRayNeRFLib.recon.api import reconstruct
 from XRayNeRFLib.recon.grid import cylinder_grid
 from XRayNeRFLib.recon.selfcal import (
@@ -37,7 +37,9 @@ def _rotation_error_deg(cams, true) -> float:
 
 def test_twist_and_common_motion_round_trip():
     nominal, true, _ = _case()
-    t = _twists_between(nominal.to(dtype=torch.float32), apply_corrections(nominal, torch.full((16, 6), 0.01, dtype=F64)).to(dtype=torch.float32))
+    t = _twists_between(
+        nominal.to(dtype=torch.float32), apply_corrections(nominal, torch.full((16, 6), 0.01, dtype=F64)).to(dtype=torch.float32)
+    )
     assert torch.allclose(t, torch.full((16, 6), 0.01), atol=1e-5)
     # a rigid motion of every view is removed entirely
     g = apply_corrections(nominal, torch.zeros(16, 6, dtype=F64))

@@ -35,8 +35,10 @@ TOOL = os.path.join(os.path.dirname(__file__), "rtk_tools", "rtk_filters.py")
 
 def _rtk_available() -> bool:
     spec = importlib.util.find_spec("itk")
-    return spec is not None and bool(spec.submodule_search_locations) and any(
-        os.path.exists(os.path.join(p, "RTKPython.py")) for p in spec.submodule_search_locations
+    return (
+        spec is not None
+        and bool(spec.submodule_search_locations)
+        and any(os.path.exists(os.path.join(p, "RTKPython.py")) for p in spec.submodule_search_locations)
     )
 
 
@@ -64,8 +66,10 @@ def test_row_extrapolation_and_displaced_weights_match_rtk(tmp_path):
     x = np.arange(64, dtype=np.float64)
     rows = np.stack([3.0 + 2.0 * np.cos((x - 40) / 20.0), 1.0 + 0.5 * np.sin(x / 15.0) + 0.01 * x])  # both truncated at both edges
     rows[:, 0] = rows[:, 1]  # RTK mirrors the left side about its second pixel, we about the first
-    job = {"ramp": {"rows": rows.tolist(), "truncation_correction": [0.0, 0.25]},
-           "displaced": {"width": 40, "height": 3, "spacing": 2.0, "views": 8, "sid": 500.0, "sdd": 800.0, "offsets_x": [20.0, -24.0]}}
+    job = {
+        "ramp": {"rows": rows.tolist(), "truncation_correction": [0.0, 0.25]},
+        "displaced": {"width": 40, "height": 3, "spacing": 2.0, "views": 8, "sid": 500.0, "sdd": 800.0, "offsets_x": [20.0, -24.0]},
+    }
     res = _run_rtk(job, tmp_path)
     t = torch.tensor(rows)
     plain = _filter_rows(t, 0.0)
@@ -165,17 +169,22 @@ def test_iterative_on_extended_grid(truncated):
 # ----------------------------------------------------------------------------------------------------
 def _offset_orbit(n, offset_mm, width_px, arc=2 * math.pi):
     ang = torch.linspace(0, arc, n + 1, dtype=F64)[:-1]
-    return Cameras.circular_orbit(ang, sid_mm=250.0, sdd_mm=400.0, size_px=(width_px, 32), pixel_spacing_mm=2.0,
-                                  detector_offset_mm=(offset_mm, 0.0), dtype=F64)
+    return Cameras.circular_orbit(
+        ang, sid_mm=250.0, sdd_mm=400.0, size_px=(width_px, 32), pixel_spacing_mm=2.0, detector_offset_mm=(offset_mm, 0.0), dtype=F64
+    )
 
 
-WIDE_BODY = [((2.0, -1.0, 1.0), (30.0, 22.0, 12.0), 0.02), ((8.0, 3.0, 2.0), (5.0, 4.0, 5.0), 0.02), ((-7.0, -4.0, -2.0), (4.0, 5.0, 4.0), -0.015)]
+WIDE_BODY = [
+    ((2.0, -1.0, 1.0), (30.0, 22.0, 12.0), 0.02),
+    ((8.0, 3.0, 2.0), (5.0, 4.0, 5.0), 0.02),
+    ((-7.0, -4.0, -2.0), (4.0, 5.0, 4.0), -0.015),
+]
 
 
 @pytest.fixture(scope="module")
 def offset_case():
     cams = _offset_orbit(48, 14.0, 44)  # sides 29 and 57 mm on the detector: every-view radius ~18 mm, half fan ~35 mm
-    wide = _offset_orbit(48, 0.0, 60)   # a centred detector seeing the same half-fan field of view
+    wide = _offset_orbit(48, 0.0, 60)  # a centred detector seeing the same half-fan field of view
     return cams, analytic_projections(cams, WIDE_BODY).float(), wide, analytic_projections(wide, WIDE_BODY).float()
 
 

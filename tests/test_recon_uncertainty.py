@@ -73,7 +73,13 @@ def test_voxel_uncertainty_tracks_error(grid24):
     like, gt = grid24
     cams = orbit(16)
     res = reconstruct(
-        analytic_projections(cams), cams, "voxel", volume=like, uncertainty=True, iterations=30, renderer="trilinear",
+        analytic_projections(cams),
+        cams,
+        "voxel",
+        volume=like,
+        uncertainty=True,
+        iterations=30,
+        renderer="trilinear",
         options={"solver": "adam", "rays_per_view": 300, "tv_weight": 0.1},
     )
     rho = spearman(res.uncertainty.data, (res.volume.data - gt).abs())

@@ -168,7 +168,9 @@ def test_fit_carry_continues_adam_across_fits(sparse):
 
     cams, proj, like, _ = sparse
     start = fdk(proj, cams, volume=like, window="hann").data.clamp_min(0.0)
-    s = FitSettings(iterations=6, lr=0.05, final_lr_fraction=1.0, rays_per_view=None, tv_weight=0.1, learned_weights=True, renderer="trilinear")
+    s = FitSettings(
+        iterations=6, lr=0.05, final_lr_fraction=1.0, rays_per_view=None, tv_weight=0.1, learned_weights=True, renderer="trilinear"
+    )
     one = VoxelGrid(start.clone())
     fit(one, proj, cams, like, FitSettings(**{**s.__dict__, "iterations": 10}))
     two, carry = VoxelGrid(start.clone()), {}

@@ -33,29 +33,68 @@ def files(tmp_path_factory):
     vol = as_mu(load_volume(ct))
     centre = vol.center_ras().double()
     # A non-square detector with an off-centre principal point, to catch column/row mix-ups.
-    cam = Cameras(Cameras.carm(10.0, 5.0, sid_mm=650, sdd_mm=1020, size_px=(72, 60), pixel_spacing_mm=(8.0, 8.0),
-                               isocenter_ras=centre, dtype=torch.float64).world_from_camera,
-                  1020.0, (8.0, 8.0), (37.0, 28.5), (72, 60))
+    cam = Cameras(
+        Cameras.carm(
+            10.0, 5.0, sid_mm=650, sdd_mm=1020, size_px=(72, 60), pixel_spacing_mm=(8.0, 8.0), isocenter_ras=centre, dtype=torch.float64
+        ).world_from_camera,
+        1020.0,
+        (8.0, 8.0),
+        (37.0, 28.5),
+        (72, 60),
+    )
     image = simulate_xray(vol, cam)[0].numpy().astype(np.float32)
     assert image.shape == (60, 72)
     xray = str(d / "xray.mha")
     sitk.WriteImage(sitk.GetImageFromArray(image), xray)
     camera = d / "camera.json"
-    camera.write_text(json.dumps({"sdd_mm": 1020.0, "pixel_spacing_mm": [8.0, 8.0], "principal_point_px": [37.0, 28.5], "size_px": [72, 60]}))
+    camera.write_text(
+        json.dumps({"sdd_mm": 1020.0, "pixel_spacing_mm": [8.0, 8.0], "principal_point_px": [37.0, 28.5], "size_px": [72, 60]})
+    )
     w_init = perturb_pose(cam.world_from_camera[0], centre, 4.0, 8.0, np.random.default_rng(0))
     init = d / "init.json"
     init.write_text(json.dumps({"world_from_camera": w_init.tolist()}))
-    return {"dir": d, "ct": ct, "xray": xray, "camera": str(camera), "init": str(init), "truth": cam.world_from_camera[0],
-            "w_init": w_init, "centre": centre, "image": image}
+    return {
+        "dir": d,
+        "ct": ct,
+        "xray": xray,
+        "camera": str(camera),
+        "init": str(init),
+        "truth": cam.world_from_camera[0],
+        "w_init": w_init,
+        "centre": centre,
+        "image": image,
+    }
 
 
 def test_register_writes_pose_overlay_and_transform(files, capsys):
     d = files["dir"]
     out, overlay, tfm = d / "result.json", d / "overlay.png", d / "correction.h5"
-    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", files["init"],
-               "--out", str(out), "--overlay", str(overlay), "--transform-out", str(tfm), "--levels", "4", "2", "1", "--threads", "1",
-               # the X-ray is rendered from this very CT box: its ends are in the X-ray, so every pixel is signal
-               "--no-ct-coverage"])
+    rc = main(
+        [
+            "--volume",
+            files["ct"],
+            "--image",
+            files["xray"],
+            "--camera",
+            files["camera"],
+            "--init",
+            files["init"],
+            "--out",
+            str(out),
+            "--overlay",
+            str(overlay),
+            "--transform-out",
+            str(tfm),
+            "--levels",
+            "4",
+            "2",
+            "1",
+            "--threads",
+            "1",
+            # the X-ray is rendered from this very CT box: its ends are in the X-ray, so every pixel is signal
+            "--no-ct-coverage",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "registered in" in err
@@ -84,8 +123,13 @@ def test_help_documents_the_conventions(capsys):
 
 
 def run_bad(files, capsys, **over):
-    args = {"--volume": files["ct"], "--image": files["xray"], "--camera": files["camera"], "--init": files["init"],
-            "--out": str(files["dir"] / "bad.json")}
+    args = {
+        "--volume": files["ct"],
+        "--image": files["xray"],
+        "--camera": files["camera"],
+        "--init": files["init"],
+        "--out": str(files["dir"] / "bad.json"),
+    }
     args.update(over)
     argv = [x for kv in args.items() for x in kv]
     rc = main(argv + ["--quiet"])
@@ -111,7 +155,9 @@ def test_bad_camera_pose_and_image_files(files, capsys):
     mm_pp.write_text(json.dumps(dict(cam, principal_point_px=[300.0, 240.0])))
     assert "not mm" in run_bad(files, capsys, **{"--camera": str(mm_pp)})
     scaled = d / "init_scaled.json"
-    scaled.write_text(json.dumps({"world_from_camera": (files["w_init"] @ torch.diag(torch.tensor([1.05, 1.0, 1.0, 1.0], dtype=torch.float64))).tolist()}))
+    scaled.write_text(
+        json.dumps({"world_from_camera": (files["w_init"] @ torch.diag(torch.tensor([1.05, 1.0, 1.0, 1.0], dtype=torch.float64))).tolist()})
+    )
     assert "not rigid" in run_bad(files, capsys, **{"--init": str(scaled)})
     far = files["w_init"].clone()
     far[:3, 3] += 3000.0 * far[:3, 0]
@@ -136,14 +182,23 @@ def test_register_a_dicom_xray(tmp_path, capsys):
     save_volume(vol, ct)
     truth = fac.truth_cameras([10.0], [5.0])
     stored = fac.stored_from_bev(intensities_from_line_integrals(fac.drr(truth).numpy(), relationship="LIN", i0=60000.0))
-    xray = fac.write_xray(str(tmp_path / "xa.dcm"), stored, primary_deg=10, secondary_deg=5, sdd_mm=fac.SDD, sid_mm=fac.SID,
-                          imager_spacing_rc=fac.SPACING[::-1])
+    xray = fac.write_xray(
+        str(tmp_path / "xa.dcm"),
+        stored,
+        primary_deg=10,
+        secondary_deg=5,
+        sdd_mm=fac.SDD,
+        sid_mm=fac.SID,
+        imager_spacing_rc=fac.SPACING[::-1],
+    )
     centre = vol.center_ras().double()
     w_init = perturb_pose(truth.world_from_camera[0], centre, 3.0, 6.0, np.random.default_rng(1))
     init = tmp_path / "init.json"
     init.write_text(json.dumps({"world_from_camera": w_init.tolist()}))
     out = tmp_path / "r.json"
-    rc = main(["--volume", ct, "--image", xray, "--init", str(init), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1", "--quiet"])
+    rc = main(
+        ["--volume", ct, "--image", xray, "--init", str(init), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1", "--quiet"]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
     e = pose_errors(torch.tensor(res["world_from_camera"]), truth.world_from_camera[0], centre)
@@ -163,8 +218,29 @@ def test_register_with_nett_weights_and_a_bad_weights_file(files, capsys):
     weights = str(d / "nett.pt")
     save_nett(model, weights)
     out = d / "result_nett.json"
-    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", files["init"],
-               "--out", str(out), "--levels", "4", "2", "1", "--threads", "1", "--quiet", "--nett", weights])
+    rc = main(
+        [
+            "--volume",
+            files["ct"],
+            "--image",
+            files["xray"],
+            "--camera",
+            files["camera"],
+            "--init",
+            files["init"],
+            "--out",
+            str(out),
+            "--levels",
+            "4",
+            "2",
+            "1",
+            "--threads",
+            "1",
+            "--quiet",
+            "--nett",
+            weights,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
     assert res["nett"] == weights
@@ -181,15 +257,21 @@ def test_init_pose_with_7_significant_digits_is_accepted(tmp_path):
     from XRayNeRFLib.cli.register import read_init_json
     from XRayNeRFLib.errors import GeometryError
 
-    w = Cameras.carm(12.0, -7.0, sid_mm=650, sdd_mm=1020, size_px=(8, 8), pixel_spacing_mm=1.0,
-                     isocenter_ras=(3.0, -40.0, 1210.0), dtype=torch.float64).world_from_camera[0]
+    w = Cameras.carm(
+        12.0, -7.0, sid_mm=650, sdd_mm=1020, size_px=(8, 8), pixel_spacing_mm=1.0, isocenter_ras=(3.0, -40.0, 1210.0), dtype=torch.float64
+    ).world_from_camera[0]
     text = "[" + ", ".join("[" + ", ".join(f"{v:.7g}" for v in row) + "]" for row in w.tolist()) + "]"
     path = tmp_path / "init7.json"
     path.write_text('{"world_from_camera": ' + text + "}")
     got = read_init_json(str(path))
     assert float((got - w).abs().max()) < 1e-3  # within the printed rounding (translations ~1000 mm)
-    Cameras(got[None], torch.tensor([1020.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
-            torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))  # float64 rigidity check passes
+    Cameras(
+        got[None],
+        torch.tensor([1020.0], dtype=torch.float64),
+        torch.ones(1, 2, dtype=torch.float64),
+        torch.full((1, 2), 4.0, dtype=torch.float64),
+        (8, 8),
+    )  # float64 rigidity check passes
     sheared = w.clone()
     sheared[:3, 0] += 1e-3 * w[:3, 1]
     path.write_text(json.dumps({"world_from_camera": sheared.tolist()}))
@@ -221,10 +303,30 @@ def test_landmarks_set_the_start_pose_and_the_correction_keeps_the_nominal_refer
     far_json = d / "init_far_lm.json"
     far_json.write_text(json.dumps({"world_from_camera": far.tolist()}))
     out = d / "result_lm.json"
-    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--init", str(far_json),
-               "--landmarks", _landmark_file(files, d / "lm.json"), "--out", str(out), "--levels", "4", "2", "1", "--threads", "1",
-               # the X-ray is rendered from this very CT box: its ends are in the X-ray, so every pixel is signal
-               "--no-ct-coverage"])
+    rc = main(
+        [
+            "--volume",
+            files["ct"],
+            "--image",
+            files["xray"],
+            "--camera",
+            files["camera"],
+            "--init",
+            str(far_json),
+            "--landmarks",
+            _landmark_file(files, d / "lm.json"),
+            "--out",
+            str(out),
+            "--levels",
+            "4",
+            "2",
+            "1",
+            "--threads",
+            "1",
+            # the X-ray is rendered from this very CT box: its ends are in the X-ray, so every pixel is signal
+            "--no-ct-coverage",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "landmark start from 6 pairs: reprojection RMS" in err
@@ -241,19 +343,38 @@ def test_landmarks_set_the_start_pose_and_the_correction_keeps_the_nominal_refer
 def test_landmarks_without_init_and_bad_landmark_files(files, capsys):
     d = files["dir"]
     out = d / "result_lm_noinit.json"
-    rc = main(["--volume", files["ct"], "--image", files["xray"], "--camera", files["camera"], "--landmarks",
-               _landmark_file(files, d / "lm2.json"), "--out", str(out), "--levels", "4", "--iterations", "2", "--quiet"])
+    rc = main(
+        [
+            "--volume",
+            files["ct"],
+            "--image",
+            files["xray"],
+            "--camera",
+            files["camera"],
+            "--landmarks",
+            _landmark_file(files, d / "lm2.json"),
+            "--out",
+            str(out),
+            "--levels",
+            "4",
+            "--iterations",
+            "2",
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
     # No nominal pose: the correction is relative to the landmark start.
     expected = torch.tensor(res["landmark_start"]["world_from_camera"], dtype=torch.float64) @ torch.linalg.inv(
-        torch.tensor(res["world_from_camera"], dtype=torch.float64))
+        torch.tensor(res["world_from_camera"], dtype=torch.float64)
+    )
     assert torch.allclose(torch.tensor(res["ct_correction_ras"], dtype=torch.float64), expected, atol=1e-6)
     few = d / "lm_few.json"
     few.write_text(json.dumps({"pairs": json.loads(Path(_landmark_file(files, d / "lm3.json")).read_text())["pairs"][:3]}))
     assert "3 landmark pairs: a pose needs at least 4" in run_bad(files, capsys, **{"--landmarks": str(few)})
     outside = _landmark_file(files, d / "lm_out.json", L2={"pixel": [80.0, 10.0]})
     assert "landmark 2 (L2): pixel [column, row] = [80, 10] lies outside the 72 x 60 X-ray" in run_bad(
-        files, capsys, **{"--landmarks": outside})
+        files, capsys, **{"--landmarks": outside}
+    )
     nan = _landmark_file(files, d / "lm_nan.json", L1={"ct_mm": [float("nan"), 0.0, 0.0]})  # json writes NaN
     assert "landmark 1 (L1): the CT point [nan, 0.0, 0.0] (RAS mm) is not finite" in run_bad(files, capsys, **{"--landmarks": nan})

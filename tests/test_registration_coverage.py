@@ -2,7 +2,6 @@
 extent along the beam. Checked against line integrals through a volume of ones (a covered ray's chord
 is the whole box along the beam axis) and against the box faces projected by hand."""
 
-
 import pytest
 import torch
 
@@ -22,8 +21,16 @@ def box_ct(shape_kji=(10, 30, 24), spacing=(1.5, 1.5, 5.0)):
 
 
 def pa_camera(primary=0.0, secondary=0.0, size=(40, 48), spacing=2.0):
-    return Cameras.carm(primary, secondary, sid_mm=400.0, sdd_mm=700.0, size_px=size, pixel_spacing_mm=spacing,
-                        isocenter_ras=(3.0, 0.0, -4.0), dtype=torch.float64)
+    return Cameras.carm(
+        primary,
+        secondary,
+        sid_mm=400.0,
+        sdd_mm=700.0,
+        size_px=size,
+        pixel_spacing_mm=spacing,
+        isocenter_ras=(3.0, 0.0, -4.0),
+        dtype=torch.float64,
+    )
 
 
 def test_beam_axis_is_the_ct_axis_along_the_principal_ray():
@@ -110,8 +117,9 @@ def test_registration_of_a_ct_that_ends_inside_the_field():
         lms = landmarks(ct, 20, seed=0)
         err = {True: [], False: []}
         for prim, sec in ((0.0, 0.0), (8.0, -6.0)):
-            cam = Cameras.carm(prim, sec, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0,
-                               isocenter_ras=centre, dtype=torch.float64)
+            cam = Cameras.carm(
+                prim, sec, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0, isocenter_ras=centre, dtype=torch.float64
+            )
             image = simulate_xray(patient, cam, seed=0)[0].float()
             w0 = perturb_pose(cam.world_from_camera[0], centre, 4.0, 8.0, np.random.default_rng(1))
             init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)

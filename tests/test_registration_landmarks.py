@@ -21,8 +21,7 @@ ISO = torch.tensor([5.0, -10.0, 20.0], dtype=F64)
 
 
 def camera(primary=25.0, secondary=-8.0, size=(512, 512)):
-    return Cameras.carm(primary, secondary, sid_mm=800, sdd_mm=1200, size_px=size, pixel_spacing_mm=0.6,
-                        isocenter_ras=ISO, dtype=F64)
+    return Cameras.carm(primary, secondary, sid_mm=800, sdd_mm=1200, size_px=size, pixel_spacing_mm=0.6, isocenter_ras=ISO, dtype=F64)
 
 
 def points(n, seed, spread_mm=160.0, plane_y=None):
@@ -33,13 +32,16 @@ def points(n, seed, spread_mm=160.0, plane_y=None):
     return p
 
 
-@pytest.mark.parametrize("n, coplanar, angles", [
-    (4, False, (25.0, -8.0)),
-    (4, True, (25.0, -8.0)),
-    (5, False, (90.0, 0.0)),
-    (6, True, (-40.0, 20.0)),
-    (12, False, (0.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "n, coplanar, angles",
+    [
+        (4, False, (25.0, -8.0)),
+        (4, True, (25.0, -8.0)),
+        (5, False, (90.0, 0.0)),
+        (6, True, (-40.0, 20.0)),
+        (12, False, (0.0, 0.0)),
+    ],
+)
 def test_exact_pairs_recover_the_pose(n, coplanar, angles):
     cam = camera(*angles)
     pts = points(n, seed=n, plane_y=-10.0 if coplanar else None)
@@ -77,8 +79,15 @@ def test_noisy_pairs_reach_the_least_squares_optimum_within_bound():
             return (uv[:, :2] / uv[:, 2:3] - q).ravel()
 
         cw = rigid_inverse(w_true).numpy()
-        sol = least_squares(f, np.concatenate([Rotation.from_matrix(cw[:3, :3]).as_rotvec(), cw[:3, 3]]), method="lm",
-                            xtol=1e-15, ftol=1e-15, gtol=1e-15, args=(pts.numpy(), pix.numpy()))
+        sol = least_squares(
+            f,
+            np.concatenate([Rotation.from_matrix(cw[:3, :3]).as_rotvec(), cw[:3, 3]]),
+            method="lm",
+            xtol=1e-15,
+            ftol=1e-15,
+            gtol=1e-15,
+            args=(pts.numpy(), pix.numpy()),
+        )
         ours = rigid_inverse(res.world_from_camera).numpy()
         assert np.abs(ours[:3, :3] - Rotation.from_rotvec(sol.x[:3]).as_matrix()).max() < 1e-7
         assert np.abs(ours[:3, 3] - sol.x[3:]).max() < 1e-4  # mm

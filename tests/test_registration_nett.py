@@ -45,8 +45,16 @@ def patients():
     b = Volume(a.data.flip(-1).contiguous(), a.ras_from_ijk, "mu")
 
     def views(vol, angles):
-        return Cameras.carm(torch.tensor(angles, dtype=torch.float64), 0.0, sid_mm=650, sdd_mm=1020, size_px=(64, 64),
-                            pixel_spacing_mm=8.0, isocenter_ras=vol.center_ras().double(), dtype=torch.float32)
+        return Cameras.carm(
+            torch.tensor(angles, dtype=torch.float64),
+            0.0,
+            sid_mm=650,
+            sdd_mm=1020,
+            size_px=(64, 64),
+            pixel_spacing_mm=8.0,
+            isocenter_ras=vol.center_ras().double(),
+            dtype=torch.float32,
+        )
 
     ca, cb = views(a, [-20.0, 0.0, 20.0]), views(b, [-10.0, 10.0])
     return a, b, ca, cb, simulate_xray(bone_heavy(a), ca).float(), simulate_xray(bone_heavy(b), cb).float()

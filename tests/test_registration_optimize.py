@@ -36,8 +36,7 @@ def chest_ct_path() -> Path:
 def case():
     vol = as_mu(resample_volume(load_volume(str(chest_ct_path())), (48, 48, 48)))
     centre = vol.center_ras().double()
-    cam = Cameras.carm(0.0, 0.0, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0,
-                       isocenter_ras=centre, dtype=torch.float64)
+    cam = Cameras.carm(0.0, 0.0, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0, isocenter_ras=centre, dtype=torch.float64)
     image = simulate_xray(vol, cam, seed=0)[0].float()
     return {"volume": vol, "centre": centre, "camera": cam, "image": image, "landmarks": landmarks(vol, 20, seed=0)}
 
@@ -74,8 +73,17 @@ def test_recovers_known_pose_with_mi_and_ncc_is_biased_by_the_gray_curve(case):
 
 def test_coarse_search_over_a_capture_range(case):
     init = start_from(case, 20.0, 40.0, seed=2)
-    res = register(case["volume"], case["image"], init, loss="mi", levels=LEVELS, capture_range_deg=20.0,
-                   capture_range_mm=40.0, n_starts=32, keep_starts=3)
+    res = register(
+        case["volume"],
+        case["image"],
+        init,
+        loss="mi",
+        levels=LEVELS,
+        capture_range_deg=20.0,
+        capture_range_mm=40.0,
+        n_starts=32,
+        keep_starts=3,
+    )
     search = res.trace[0]
     assert search["coarse_search_candidates"] == 32
     assert search["loss"] < res.trace[1]["loss"] + 1e-6  # the best candidate is where the first start begins
@@ -86,16 +94,22 @@ def test_coarse_search_over_a_capture_range(case):
 
 def test_lbfgs(case):
     # The X-ray is rendered from this very CT box (its ends are in the X-ray): every pixel is signal here.
-    res = register(case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs",
-                   ct_coverage=False)
+    res = register(
+        case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs", ct_coverage=False
+    )
     e = errors(case, res)
     assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
 
 
 def test_intrinsics_refinement_moves_towards_the_true_camera(case):
     cam = case["camera"]
-    true_cam = Cameras(cam.world_from_camera, cam.sdd_mm + 40.0, cam.pixel_spacing_mm,
-                       cam.principal_point_px + torch.tensor([3.0, -2.0], dtype=torch.float64), cam.size_px)
+    true_cam = Cameras(
+        cam.world_from_camera,
+        cam.sdd_mm + 40.0,
+        cam.pixel_spacing_mm,
+        cam.principal_point_px + torch.tensor([3.0, -2.0], dtype=torch.float64),
+        cam.size_px,
+    )
     image = simulate_xray(case["volume"], true_cam, seed=1)[0].float()
     init = start_from(case, 2.0, 4.0)
     res = register(case["volume"], image, init, loss="mi", levels=LEVELS, refine_intrinsics=True)
@@ -166,8 +180,14 @@ def test_bad_inputs(case):
 
 @pytest.mark.parametrize(
     "size_px, levels",
-    [((64, 64), [4, 2, 1]), ((128, 128), [4, 2, 1]), ((160, 160), [8, 4, 2, 1]), ((256, 200), [8, 4, 2, 1]),
-     ((256, 256), [8, 4, 2]), ((512, 512), [16, 8, 4])],
+    [
+        ((64, 64), [4, 2, 1]),
+        ((128, 128), [4, 2, 1]),
+        ((160, 160), [8, 4, 2, 1]),
+        ((256, 200), [8, 4, 2, 1]),
+        ((256, 256), [8, 4, 2]),
+        ((512, 512), [16, 8, 4]),
+    ],
 )
 def test_auto_levels_finest_about_128_px_coarsest_about_20_to_40(size_px, levels):
     from XRayNeRFLib.registration.optimize import auto_levels

@@ -42,8 +42,9 @@ def test_so3_exp_gradcheck_at_and_away_from_zero():
 
 
 def carm_pose():
-    return Cameras.carm(20.0, -10.0, sid_mm=600, sdd_mm=1000, size_px=(8, 8), pixel_spacing_mm=1.0,
-                        isocenter_ras=(10.0, -5.0, 30.0), dtype=torch.float64).world_from_camera[0]
+    return Cameras.carm(
+        20.0, -10.0, sid_mm=600, sdd_mm=1000, size_px=(8, 8), pixel_spacing_mm=1.0, isocenter_ras=(10.0, -5.0, 30.0), dtype=torch.float64
+    ).world_from_camera[0]
 
 
 def test_parameters_round_trip_and_meaning():
@@ -128,16 +129,26 @@ def test_rounded_poses_are_snapped_to_rigid():
         r = m[:3, :3]
         assert float((r.T @ r - torch.eye(3, dtype=torch.float64)).abs().max()) > 1e-9  # really off at float64
         with pytest.raises(ValueError):
-            Cameras(m[None], torch.tensor([1000.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
-                    torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))
+            Cameras(
+                m[None],
+                torch.tensor([1000.0], dtype=torch.float64),
+                torch.ones(1, 2, dtype=torch.float64),
+                torch.full((1, 2), 4.0, dtype=torch.float64),
+                (8, 8),
+            )
         for snapped in (nearest_rigid(m, "init"), check_rigid(m, "init")):
             rs = snapped[:3, :3]
             assert float((rs.T @ rs - torch.eye(3, dtype=torch.float64)).abs().max()) < 1e-13
             assert float(torch.linalg.det(rs)) == pytest.approx(1.0, abs=1e-13)
             assert float((snapped - w).abs().max()) < 1e-5 * 600  # entries within rounding (translations ~600 mm)
             assert float((snapped[:3, :3] - w[:3, :3]).abs().max()) < 1e-6
-            Cameras(snapped[None], torch.tensor([1000.0], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
-                    torch.full((1, 2), 4.0, dtype=torch.float64), (8, 8))
+            Cameras(
+                snapped[None],
+                torch.tensor([1000.0], dtype=torch.float64),
+                torch.ones(1, 2, dtype=torch.float64),
+                torch.full((1, 2), 4.0, dtype=torch.float64),
+                (8, 8),
+            )
 
 
 def test_real_non_rigid_poses_are_refused_with_geometry_error():

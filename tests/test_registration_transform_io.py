@@ -56,7 +56,9 @@ def test_resampled_ct_seen_from_the_initial_camera_matches_the_registered_drr(tm
     src = str(tmp_path / "ct.mha")
     save_volume(vol, src)
     centre = vol.center_ras().double()
-    cam = Cameras.carm(15.0, 10.0, sid_mm=500, sdd_mm=900, size_px=(48, 48), pixel_spacing_mm=3.0, isocenter_ras=centre, dtype=torch.float64)
+    cam = Cameras.carm(
+        15.0, 10.0, sid_mm=500, sdd_mm=900, size_px=(48, 48), pixel_spacing_mm=3.0, isocenter_ras=centre, dtype=torch.float64
+    )
     param = PoseParametrization(cam.world_from_camera[0], centre, math.radians(1.0), 1.0)
     x = torch.tensor([6.0, -4.0, 8.0, 5.0, -3.0, 4.0], dtype=torch.float64)
     registered = Cameras(param.world_from_camera(x)[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import (
     affine,
     box_volume,
@@ -26,6 +25,7 @@ from conftest import (
     segment_cameras,
     segment_ellipsoid_length_mm,
 )
+
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.progress import Cancelled, Progress
 from XRayNeRFLib.render import beer_lambert, render
@@ -203,8 +203,13 @@ def test_siddon_trilinear_agree_on_smooth_volume(rng):
     trilinear-exact 2.1 %; at h = 1 mm: 3.3 %, 3.2 %, 0.56 %."""
     center, sigma = (1.0, -1.0, 2.0), 6.0
     cams = Cameras.carm(
-        [0, 37, -70, 120], [0, 15, -20, 40], sid_mm=200, sdd_mm=350, size_px=(16, 12),
-        pixel_spacing_mm=(3.0, 3.5), dtype=F64,
+        [0, 37, -70, 120],
+        [0, 15, -20, 40],
+        sid_mm=200,
+        sdd_mm=350,
+        size_px=(16, 12),
+        pixel_spacing_mm=(3.0, 3.5),
+        dtype=F64,
     )
     src, tgt = pixel_segments(cams)
     exact = gaussian_line_integral(src, tgt, center, sigma)
@@ -233,8 +238,13 @@ def small_setup(views: int = 2):
     """Tiny oblique grid (4x5x6 voxels of 2 mm) and a 3x4 detector whose rays all cross it."""
     a = centred_affine(SMALL_SHAPE, (2.0, 1.7, 2.3), random_rotation(np.random.default_rng(5)))
     cams = Cameras.carm(
-        [10.0, 75.0][:views], [5.0, -30.0][:views], sid_mm=60, sdd_mm=100, size_px=(4, 3),
-        pixel_spacing_mm=(2.5, 2.5), dtype=F64,
+        [10.0, 75.0][:views],
+        [5.0, -30.0][:views],
+        sid_mm=60,
+        sdd_mm=100,
+        size_px=(4, 3),
+        pixel_spacing_mm=(2.5, 2.5),
+        dtype=F64,
     )
     return torch.tensor(a), cams
 
@@ -328,8 +338,10 @@ def test_siddon_pose_gradient_matches_central_differences():
         for p in range(6):
             e = torch.zeros(6, dtype=F64)
             e[p] = step
-            fd[:, p] = (render(vol, with_pose(cams, xi0 + e), method="siddon").reshape(-1)
-                        - render(vol, with_pose(cams, xi0 - e), method="siddon").reshape(-1)) / (2 * step)
+            fd[:, p] = (
+                render(vol, with_pose(cams, xi0 + e), method="siddon").reshape(-1)
+                - render(vol, with_pose(cams, xi0 - e), method="siddon").reshape(-1)
+            ) / (2 * step)
     np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-7)
     assert jac.abs().max() > 1e-3
 

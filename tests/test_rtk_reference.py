@@ -63,7 +63,9 @@ def phantom(n: int = 64) -> Volume:
     rot = rotation_z(torch.tensor(0.35, dtype=torch.float64)) @ rotation_x(torch.tensor(-0.2, dtype=torch.float64))
     ras_from_ijk = torch.eye(4, dtype=torch.float64)
     ras_from_ijk[:3, :3] = rot @ torch.diag(torch.tensor([1.0, 1.25, 1.5], dtype=torch.float64))
-    ras_from_ijk[:3, 3] = torch.tensor([12.0, -7.0, 20.0], dtype=torch.float64) - ras_from_ijk[:3, :3] @ torch.full((3,), (n - 1) / 2, dtype=torch.float64)
+    ras_from_ijk[:3, 3] = torch.tensor([12.0, -7.0, 20.0], dtype=torch.float64) - ras_from_ijk[:3, :3] @ torch.full(
+        (3,), (n - 1) / 2, dtype=torch.float64
+    )
     return Volume(mu, ras_from_ijk, "mu")
 
 

@@ -113,15 +113,31 @@ def test_oblique_ct_drr_equals_engine_render(core, drr_module, renderer):
     hu = rng.uniform(-1000, 1500, size=(9, 11, 13)).astype(np.float32)
     affine = _oblique((1, 2, 3), 35.0, (1.5, 2.0, 2.5), (-10.0, -12.0, -9.0))
     ct = drr_module.XRayNeRFDRRTest._ctNode(hu, affine)
-    pose = dict(primaryAngleDeg=25.0, secondaryAngleDeg=-15.0, sourceIsocenterDistanceMm=350.0,
-                sourceDetectorDistanceMm=600.0, detectorColumns=24, detectorRows=20, pixelSpacingMm=4.0,
-                patientPosition="FFS")
+    pose = dict(
+        primaryAngleDeg=25.0,
+        secondaryAngleDeg=-15.0,
+        sourceIsocenterDistanceMm=350.0,
+        sourceDetectorDistanceMm=600.0,
+        detectorColumns=24,
+        detectorRows=20,
+        pixelSpacingMm=4.0,
+        patientPosition="FFS",
+    )
     logic = drr_module.XRayNeRFDRRLogic()
     drr = logic.renderDRR(ct, renderer=renderer, **pose).volume_node
     # independent path: the engine on the numpy voxels and the affine we wrote
     centre = (affine @ np.r_[(13 - 1) / 2, (11 - 1) / 2, (9 - 1) / 2, 1.0])[:3]
-    cams = Cameras.carm(25.0, -15.0, sid_mm=350.0, sdd_mm=600.0, size_px=(24, 20), pixel_spacing_mm=4.0,
-                        isocenter_ras=centre, patient_position="FFS", dtype=torch.float64)
+    cams = Cameras.carm(
+        25.0,
+        -15.0,
+        sid_mm=350.0,
+        sdd_mm=600.0,
+        size_px=(24, 20),
+        pixel_spacing_mm=4.0,
+        isocenter_ras=centre,
+        patient_position="FFS",
+        dtype=torch.float64,
+    )
     vol = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
     expected = render(vol, cams, method=renderer)[0].numpy()
     got = slicer.util.arrayFromVolume(drr)[0]
@@ -137,10 +153,21 @@ def test_drr_pixels_project_onto_their_voxels(core, drr_module):
     from XRayNeRFMRML.nodes import cameras_from_node
 
     ct = drr_module.XRayNeRFDRRTest._ctNode(np.zeros((5, 5, 5)), _oblique((0, 0, 1), 10, (2, 2, 2), (0, 0, 0)))
-    drr = drr_module.XRayNeRFDRRLogic().renderDRR(
-        ct, primaryAngleDeg=-70.0, secondaryAngleDeg=30.0, detectorColumns=7, detectorRows=4, pixelSpacingMm=0.7,
-        sourceIsocenterDistanceMm=500.0, sourceDetectorDistanceMm=900.0, patientPosition="HFP",
-    ).volume_node
+    drr = (
+        drr_module.XRayNeRFDRRLogic()
+        .renderDRR(
+            ct,
+            primaryAngleDeg=-70.0,
+            secondaryAngleDeg=30.0,
+            detectorColumns=7,
+            detectorRows=4,
+            pixelSpacingMm=0.7,
+            sourceIsocenterDistanceMm=500.0,
+            sourceDetectorDistanceMm=900.0,
+            patientPosition="HFP",
+        )
+        .volume_node
+    )
     a = drr_module.XRayNeRFDRRTest._ijkToRas(drr)
     jj, ii = np.meshgrid(np.arange(4), np.arange(7), indexing="ij")
     ijk = np.stack([ii.ravel(), jj.ravel(), np.zeros(28), np.ones(28)], axis=1)

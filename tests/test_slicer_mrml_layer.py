@@ -148,8 +148,9 @@ def _xray_scene(scene, shift_mm):
     from XRayNeRFMRML.nodes import write_image_node
 
     ct, hu, affine = _phantom_ct(scene)
-    cams = Cameras.carm(30.0, 0.0, sid_mm=500.0, sdd_mm=800.0, size_px=(32, 32), pixel_spacing_mm=3.0,
-                        isocenter_ras=(0.0, 0.0, 0.0), dtype=torch.float64)
+    cams = Cameras.carm(
+        30.0, 0.0, sid_mm=500.0, sdd_mm=800.0, size_px=(32, 32), pixel_spacing_mm=3.0, isocenter_ras=(0.0, 0.0, 0.0), dtype=torch.float64
+    )
     xray = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "xray")
     write_image_node(xray, render(Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu"), cams, method="siddon")[0].numpy(), cams)
     parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table")
@@ -177,8 +178,15 @@ def test_registration_reads_the_ct_once_and_ends_on_the_moved_ct(core, monkeypat
     monkeypatch.setattr(registration, "volume_from_node", lambda node, *a, **k: reads.append(node.GetName()) or real(node, *a, **k))
     previews = []
     out = registration.register_ct_to_xray(
-        ct, xray, transform, preview_every=2, on_preview=lambda: previews.append(1), loss="ncc", levels=(2, 1),
-        max_iterations=(6, 4), method="trilinear",
+        ct,
+        xray,
+        transform,
+        preview_every=2,
+        on_preview=lambda: previews.append(1),
+        loss="ncc",
+        levels=(2, 1),
+        max_iterations=(6, 4),
+        method="trilinear",
     )
     assert reads == ["CT"] and len(previews) == out.overlay_updates >= 2
     assert out.drr_node.GetScene() is scene and ct.GetTransformNodeID() == transform.GetID()
@@ -219,14 +227,21 @@ def test_missing_tag_error_is_worded_from_its_fields():
     from XRayNeRFLib.errors import MissingTagError
     from XRayNeRFMRML.inputs import dicom_error_for_the_panel
 
-    error = MissingTagError("any text", path="a.dcm", what="source-to-detector distance",
-                            tags="Distance Source to Detector (0018,1110)", flag="--sdd-mm", override="sdd_mm")
+    error = MissingTagError(
+        "any text",
+        path="a.dcm",
+        what="source-to-detector distance",
+        tags="Distance Source to Detector (0018,1110)",
+        flag="--sdd-mm",
+        override="sdd_mm",
+    )
     assert dicom_error_for_the_panel(error) == (
         "a.dcm: no source-to-detector distance (Distance Source to Detector (0018,1110)); enter it in the field "
         "'DICOM overrides > Source-detector distance'"
     )
-    angles = MissingTagError("any text", path="b.dcm", what="C-arm angles", tags="(0018,1510/1511)",
-                             flag="--primary-deg", override="primary_deg")
+    angles = MissingTagError(
+        "any text", path="b.dcm", what="C-arm angles", tags="(0018,1510/1511)", flag="--primary-deg", override="primary_deg"
+    )
     assert "no field for it" in dicom_error_for_the_panel(angles) and "--primary-deg" in dicom_error_for_the_panel(angles)
     plain = ValueError("c.dcm: Pixel Spacing is calibrated in the patient; pass the detector pixel spacing with --pixel-spacing-mm")
     assert dicom_error_for_the_panel(plain).endswith("the field 'DICOM overrides > Detector pixel spacing'")
@@ -238,14 +253,18 @@ def test_tag_value_error_is_worded_from_its_fields():
     from XRayNeRFLib import errors
     from XRayNeRFMRML.inputs import dicom_error_for_the_panel
 
-    error = errors.TagValueError("any text", path="a.dcm", problem="a.dcm: Distance Source to Patient is 0",
-                                 overrides=("sid_mm", "sdd_mm"), flags=("--sid-mm", "--sdd-mm"))
+    error = errors.TagValueError(
+        "any text",
+        path="a.dcm",
+        problem="a.dcm: Distance Source to Patient is 0",
+        overrides=("sid_mm", "sdd_mm"),
+        flags=("--sid-mm", "--sdd-mm"),
+    )
     assert dicom_error_for_the_panel(error) == (
         "a.dcm: Distance Source to Patient is 0; fix the file or enter the value in the field "
         "'DICOM overrides > Source-isocentre distance' or 'DICOM overrides > Source-detector distance'"
     )
-    angles = errors.TagValueError("any text", path="b.dcm", problem="b.dcm: angles", overrides=("primary_deg",),
-                                  flags=("--primary-deg",))
+    angles = errors.TagValueError("any text", path="b.dcm", problem="b.dcm: angles", overrides=("primary_deg",), flags=("--primary-deg",))
     assert dicom_error_for_the_panel(angles).startswith("b.dcm: angles; this module has no field for it")
 
 
@@ -261,15 +280,26 @@ def test_xray_node_from_dicom_frame_and_scene(core, tmp_path):
 
     lines = np.stack([np.full((10, 12), 0.5 + v) for v in range(2)]) + np.linspace(0.0, 1.0, 12)[None, None, :]
     stored = fac.stored_from_bev(intensities_from_line_integrals(lines, relationship="LIN", i0=1000.0))
-    path = fac.write_xray(str(tmp_path / "two.dcm"), stored, primary_deg=0.0, secondary_deg=0.0,
-                          primary_increments=np.array([0.0, 30.0]), sdd_mm=900.0, sid_mm=600.0,
-                          imager_spacing_rc=(1.0, 1.0), relationship="LIN", sign=1)
+    path = fac.write_xray(
+        str(tmp_path / "two.dcm"),
+        stored,
+        primary_deg=0.0,
+        secondary_deg=0.0,
+        primary_increments=np.array([0.0, 30.0]),
+        sdd_mm=900.0,
+        sid_mm=600.0,
+        imager_spacing_rc=(1.0, 1.0),
+        relationship="LIN",
+        sign=1,
+    )
     other = slicer.vtkMRMLScene()
     node = xray_node_from_dicom(path, 1, isocenter_ras=(1.0, 2.0, 3.0), scene=other)
     assert node.GetScene() is other and node.GetName() == "two"
     reference = projection_set_from_dicom(path, isocenter_ras=(1.0, 2.0, 3.0))
     np.testing.assert_allclose(slicer.util.arrayFromVolume(node)[0], reference.images[1].numpy(), atol=1e-6)
-    np.testing.assert_allclose(cameras_from_node(node).world_from_camera[0].numpy(), reference.cameras.world_from_camera[1].numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        cameras_from_node(node).world_from_camera[0].numpy(), reference.cameras.world_from_camera[1].numpy(), atol=1e-9
+    )
     n = other.GetNumberOfNodes()
     with pytest.raises(ValueError, match="2 frame"):
         xray_node_from_dicom(path, 2, scene=other)
@@ -289,8 +319,14 @@ def test_run_reconstruction_into_another_scene_with_the_engines_default_renderer
     from XRayNeRFLib.recon.api import DEFAULT_RENDERER
     from XRayNeRFMRML.reconstruction import RECONSTRUCTION_ATTRIBUTE, run_reconstruction
 
-    cams = Cameras.circular_orbit(torch.arange(8, dtype=torch.float64) * (np.pi / 4), sid_mm=250.0, sdd_mm=400.0,
-                                  size_px=(16, 12), pixel_spacing_mm=3.0, dtype=torch.float64)
+    cams = Cameras.circular_orbit(
+        torch.arange(8, dtype=torch.float64) * (np.pi / 4),
+        sid_mm=250.0,
+        sdd_mm=400.0,
+        size_px=(16, 12),
+        pixel_spacing_mm=3.0,
+        dtype=torch.float64,
+    )
     projections = ProjectionSet(torch.full((8, 12, 16), 0.1), cams)
     other = slicer.vtkMRMLScene()
     before = slicer.mrmlScene.GetNumberOfNodes()

@@ -262,8 +262,9 @@ def test_ensure_engine_confirms_once_and_never_in_testing(monkeypatch):
         def torchInstalled(self):
             return False
 
-        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
-                         torchvisionVersionRequirement=None):  # PyTorchUtilsLogic's signature
+        def installTorch(
+            self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None, torchvisionVersionRequirement=None
+        ):  # PyTorchUtilsLogic's signature
             calls.append((askConfirmation, torchVersionRequirement))
             return "torch module"
 
@@ -396,8 +397,16 @@ def test_fluoroscopy_sample_loads_with_its_dicom_geometry(core):
     assert node.GetName() == "XRayNeRF chest fluoroscopy" and slicer.mrmlScene.GetNumberOfNodes() > n
     setup = sd.fluoroscopy_setup()
     cams = cameras_from_node(node)
-    truth = Cameras.carm(20.0, 10.0, sid_mm=800.0, sdd_mm=1200.0, size_px=(160, 160), pixel_spacing_mm=1.6,
-                         isocenter_ras=setup["isocenter_ras"], dtype=torch.float64)
+    truth = Cameras.carm(
+        20.0,
+        10.0,
+        sid_mm=800.0,
+        sdd_mm=1200.0,
+        size_px=(160, 160),
+        pixel_spacing_mm=1.6,
+        isocenter_ras=setup["isocenter_ras"],
+        dtype=torch.float64,
+    )
     np.testing.assert_allclose(cams.world_from_camera.numpy(), truth.world_from_camera.numpy(), atol=1e-6)
     ct = as_mu(load_volume(str(SAMPLE_DIR / "chest_ct_128.nii.gz")))
     moved = Volume(ct.data, torch.as_tensor(setup["ct_to_parent_ras"], dtype=torch.float32) @ ct.ras_from_ijk, "mu")
@@ -460,8 +469,17 @@ def test_extensions_index_entry_follows_the_schema():
     import json
 
     entry = json.loads((REPO / "XRayNeRF.json").read_text())
-    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
-               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+    allowed = {
+        "$schema": str,
+        "category": str,
+        "scm_url": str,
+        "scm_revision": str,
+        "scm_type": str,
+        "build_dependencies": list,
+        "build_subdirectory": str,
+        "enabled": bool,
+        "tier": int,
+    }
     assert {"$schema", "category", "scm_url"} <= set(entry) <= set(allowed)
     for key, value in entry.items():
         assert isinstance(value, allowed[key]), key
@@ -489,10 +507,10 @@ def test_cmake_metadata_matches_the_index_entry():
     assert len(urls) >= 2
     for url in urls:
         assert url.startswith(raw), url
-        assert (REPO / url[len(raw):]).is_file(), url
+        assert (REPO / url[len(raw) :]).is_file(), url
     from PIL import Image
 
-    assert Image.open(REPO / sets["EXTENSION_ICONURL"][len(raw):]).size == (128, 128)
+    assert Image.open(REPO / sets["EXTENSION_ICONURL"][len(raw) :]).size == (128, 128)
     for name in ("LICENSE", "README.md"):
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{name}" in text
 
@@ -551,8 +569,9 @@ def test_run_self_tests_script_passes_under_the_harness():
     """The documented script itself (not only the test methods): every module's Test class passes, exit 0."""
     import subprocess
 
-    run = subprocess.run([sys.executable, str(REPO / "Testing" / "Python" / "run_self_tests.py")], capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "Testing" / "Python" / "run_self_tests.py")], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ran = [line for line in run.stderr.splitlines() if line.startswith("Ran ")]
     assert len(ran) == 3, run.stderr[-2000:]

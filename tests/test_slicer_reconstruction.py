@@ -27,7 +27,10 @@ from recon_phantoms import analytic_projections, ground_truth, orbit, psnr  # no
 
 NAME = "XRayNeRFReconstruction"
 SELF_TESTS = [
-    "test_SequenceFDKMatchesEngine", "test_CancelKeepsBestSoFar", "test_FailureLeavesScene", "test_ParameterNode",
+    "test_SequenceFDKMatchesEngine",
+    "test_CancelKeepsBestSoFar",
+    "test_FailureLeavesScene",
+    "test_ParameterNode",
     "test_OrbitAboutRightAxisThroughPoint",
 ]
 ORBIT = dict(sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=2.0)  # recon_phantoms.orbit
@@ -174,8 +177,13 @@ def test_output_under_parent_transform_lands_on_engine_grid(core, module, sparse
     t.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(m))
     out.SetAndObserveTransformNodeID(t.GetID())
     res = module.XRayNeRFReconstructionLogic().reconstruct(
-        _stack(images), out, gridSize=16, geometrySource="circular", sourceIsocenterDistanceMm=250.0,
-        sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+        _stack(images),
+        out,
+        gridSize=16,
+        geometrySource="circular",
+        sourceIsocenterDistanceMm=250.0,
+        sourceDetectorDistanceMm=400.0,
+        pixelSpacingMm=3.0,
     )
     assert res.volume_node is out
     like = default_grid(cams, grid=16)
@@ -194,7 +202,9 @@ def test_images_geometry_from_camera_attributes(core, module, sparse):
     np.testing.assert_array_equal(ps.images.numpy(), images.astype(np.float32))
     logic = module.XRayNeRFReconstructionLogic()
     a = logic.reconstruct(seq, gridSize=16, geometrySource="images")
-    b = logic.reconstruct(seq, gridSize=16, geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0)
+    b = logic.reconstruct(
+        seq, gridSize=16, geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0
+    )
     np.testing.assert_allclose(_ijk_to_ras(a.volume_node), _ijk_to_ras(b.volume_node), atol=1e-6)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(a.volume_node), slicer.util.arrayFromVolume(b.volume_node), atol=0.05)
 
@@ -210,13 +220,20 @@ def test_circular_orbit_form_angles(core, sparse):
     short = CircularOrbit(sid_mm=250.0, sdd_mm=400.0, pixel_spacing_mm=(3.0, 2.5), start_deg=10.0, arc_deg=200.0)
     np.testing.assert_allclose(short.angles_deg(5), [10.0, 60.0, 110.0, 160.0, 210.0])
     cams = short.cameras(5, (32, 28))
-    ref = Cameras.circular_orbit(torch.tensor(np.radians([10.0, 60.0, 110.0, 160.0, 210.0])), sid_mm=250.0, sdd_mm=400.0,
-                                 size_px=(32, 28), pixel_spacing_mm=(3.0, 2.5), dtype=torch.float64)
+    ref = Cameras.circular_orbit(
+        torch.tensor(np.radians([10.0, 60.0, 110.0, 160.0, 210.0])),
+        sid_mm=250.0,
+        sdd_mm=400.0,
+        size_px=(32, 28),
+        pixel_spacing_mm=(3.0, 2.5),
+        dtype=torch.float64,
+    )
     np.testing.assert_allclose(cams.projection_matrices().numpy(), ref.projection_matrices().numpy(), atol=1e-9)
     # the sparse fixture is recon_phantoms.orbit(10): 360 degrees from 0
     np.testing.assert_allclose(
         CircularOrbit(sid_mm=250.0, sdd_mm=400.0, pixel_spacing_mm=3.0).cameras(10, (32, 28)).projection_matrices().numpy(),
-        sparse[0].projection_matrices().numpy(), atol=1e-9,
+        sparse[0].projection_matrices().numpy(),
+        atol=1e-9,
     )
     for bad in (dict(arc_deg=0.0), dict(sid_mm=500.0), dict(pixel_spacing_mm=0.0)):
         with pytest.raises(ValueError):
@@ -252,8 +269,16 @@ def test_orbit_axis_isocentre_point_and_detector_offset(core, module, axis):
     views, size = 8, (48, 40)
     seq = _sequence(np.zeros((views, size[1], size[0])))
     logic = module.XRayNeRFReconstructionLogic()
-    ps = logic.projections(seq, geometrySource="circular", orbitAxis=axis, isocenterNode=markups, detectorOffsetMm=(10.0, -6.0),
-                           orbitStartDeg=0.0, orbitArcDeg=360.0, **ORBIT)
+    ps = logic.projections(
+        seq,
+        geometrySource="circular",
+        orbitAxis=axis,
+        isocenterNode=markups,
+        detectorOffsetMm=(10.0, -6.0),
+        orbitStartDeg=0.0,
+        orbitArcDeg=360.0,
+        **ORBIT,
+    )
     cams = ps.cameras.to(dtype=torch.float64)
     a = np.array(AXES[axis])
     src = cams.source_positions().numpy() - iso  # (V, 3)
@@ -270,12 +295,21 @@ def test_orbit_axis_isocentre_point_and_detector_offset(core, module, axis):
     np.testing.assert_allclose(np.linalg.norm(-src - along[:, None] * beam, axis=1), 0.0, atol=1e-9)
     np.testing.assert_allclose(cams.principal_point_px.numpy(), np.broadcast_to([23.5 - 5.0, 19.5 + 3.0], (views, 2)), atol=1e-12)
     if axis == "S":
-        ref = Cameras.circular_orbit(torch.arange(views, dtype=torch.float64) * (2 * np.pi / views), sid_mm=250.0, sdd_mm=400.0,
-                                     size_px=size, pixel_spacing_mm=2.0, isocenter_ras=iso.tolist(), detector_offset_mm=(10.0, -6.0),
-                                     dtype=torch.float64)
+        ref = Cameras.circular_orbit(
+            torch.arange(views, dtype=torch.float64) * (2 * np.pi / views),
+            sid_mm=250.0,
+            sdd_mm=400.0,
+            size_px=size,
+            pixel_spacing_mm=2.0,
+            isocenter_ras=iso.tolist(),
+            detector_offset_mm=(10.0, -6.0),
+            dtype=torch.float64,
+        )
         np.testing.assert_allclose(cams.projection_matrices().numpy(), ref.projection_matrices().numpy(), atol=1e-9)
     # the same orbit from coordinates instead of the point
-    by_coordinates = logic.projections(seq, geometrySource="circular", orbitAxis=axis, isocenterRas=iso, detectorOffsetMm=(10.0, -6.0), **ORBIT)
+    by_coordinates = logic.projections(
+        seq, geometrySource="circular", orbitAxis=axis, isocenterRas=iso, detectorOffsetMm=(10.0, -6.0), **ORBIT
+    )
     np.testing.assert_allclose(by_coordinates.cameras.world_from_camera.numpy(), cams.world_from_camera.numpy(), atol=1e-9)
     markups.RemoveAllControlPoints()
     with pytest.raises(ValueError, match="has no point"):
@@ -354,7 +388,9 @@ def test_dicom_overrides_fill_missing_tags(core, module, tmp_path):
     p.dicomSddMm, p.dicomSidMm = 400.0, 0.0
     assert logic.whyCannotReconstruct(p) is None
     out = logic.reconstructUsingParameterNode(p)
-    np.testing.assert_allclose(out.projections.cameras.projection_matrices().numpy(), reference.cameras.projection_matrices().numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        out.projections.cameras.projection_matrices().numpy(), reference.cameras.projection_matrices().numpy(), atol=1e-6
+    )
     full = logic.reconstruct(dicomPath=str(tmp_path / "full"), geometrySource="dicom", gridSize=12)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node), slicer.util.arrayFromVolume(full.volume_node), atol=1e-3)
     p.dicomPath, p.dicomSddMm, p.dicomPixelSpacingMm = str(tmp_path / "nospacing"), 0.0, 2.0
@@ -458,8 +494,18 @@ def test_dicom_rotational_run(core, module, tmp_path):
     cams = fac.truth_cameras(angles, np.zeros(36), sid_mm=250.0, sdd_mm=400.0, size_px=(48, 40), pixel_spacing_mm=(2.0, 2.0))
     p = analytic_projections(cams).numpy()
     stored = fac.stored_from_bev(intensities_from_line_integrals(p, relationship="LIN", i0=50000.0))
-    path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=0.0, secondary_deg=0.0, primary_increments=angles,
-                          sdd_mm=400.0, sid_mm=250.0, imager_spacing_rc=(2.0, 2.0), relationship="LIN", sign=1)
+    path = fac.write_xray(
+        str(tmp_path / "run.dcm"),
+        stored,
+        primary_deg=0.0,
+        secondary_deg=0.0,
+        primary_increments=angles,
+        sdd_mm=400.0,
+        sid_mm=250.0,
+        imager_spacing_rc=(2.0, 2.0),
+        relationship="LIN",
+        sign=1,
+    )
     logic = module.XRayNeRFReconstructionLogic()
     n = slicer.mrmlScene.GetNumberOfNodes()
     out = logic.reconstruct(dicomPath=str(tmp_path), geometrySource="dicom", gridSize=32)
@@ -483,8 +529,17 @@ def test_uncertainty_node(core, module, sparse):
     cams, images = sparse
     logic = module.XRayNeRFReconstructionLogic()
     out = logic.reconstruct(
-        _stack(images), method="voxel", renderer="trilinear", gridSize=12, iterations=20, uncertainty=True, ensembleSize=2,
-        geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+        _stack(images),
+        method="voxel",
+        renderer="trilinear",
+        gridSize=12,
+        iterations=20,
+        uncertainty=True,
+        ensembleSize=2,
+        geometrySource="circular",
+        sourceIsocenterDistanceMm=250.0,
+        sourceDetectorDistanceMm=400.0,
+        pixelSpacingMm=3.0,
     )
     u = out.uncertainty_node
     assert u is not None and u.GetName() == "stack VOXEL uncertainty"
@@ -518,8 +573,17 @@ def test_preview_updates_the_middle_slice(core, module, sparse):
         return True
 
     out = logic.reconstruct(
-        _stack(images), method="voxel", renderer="trilinear", gridSize=12, iterations=30, progress=check,
-        previewIntervalS=0.0, geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+        _stack(images),
+        method="voxel",
+        renderer="trilinear",
+        gridSize=12,
+        iterations=30,
+        progress=check,
+        previewIntervalS=0.0,
+        geometrySource="circular",
+        sourceIsocenterDistanceMm=250.0,
+        sourceDetectorDistanceMm=400.0,
+        pixelSpacingMm=3.0,
     )
     assert len(seen) >= 3 and max(seen) < 0.05
     assert out.preview_updates == len(seen)
@@ -531,9 +595,18 @@ def test_nerf_runs_with_coarse_previews(core, module, sparse):
     cams, images = sparse
     shapes = []
     out = module.XRayNeRFReconstructionLogic().reconstruct(
-        _stack(images), method="nerf", renderer="trilinear", gridSize=16, iterations=4, previewIntervalS=0.0,
-        options={"mci": None, "report_every": 1, "levels": 4, "finest_resolution": 16}, progress=lambda p: p.preview is None or shapes.append(tuple(p.preview.shape)) is None,
-        geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+        _stack(images),
+        method="nerf",
+        renderer="trilinear",
+        gridSize=16,
+        iterations=4,
+        previewIntervalS=0.0,
+        options={"mci": None, "report_every": 1, "levels": 4, "finest_resolution": 16},
+        progress=lambda p: p.preview is None or shapes.append(tuple(p.preview.shape)) is None,
+        geometrySource="circular",
+        sourceIsocenterDistanceMm=250.0,
+        sourceDetectorDistanceMm=400.0,
+        pixelSpacingMm=3.0,
     )
     assert (8, 8) in shapes and (16, 16) in shapes and out.preview_updates == len(shapes)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node), _hu(out.result.volume), atol=0.05)
@@ -616,8 +689,18 @@ def test_failure_mid_run_restores_given_nodes(core, module, sparse, monkeypatch)
     monkeypatch.setitem(sys.modules, "XRayNeRFLib.recon.api", types.SimpleNamespace(reconstruct=failing, DEFAULT_RENDERER="trilinear"))
     logic = module.XRayNeRFReconstructionLogic()
     with pytest.raises(RuntimeError, match="nan"):
-        logic.reconstruct(stack, mine, method="voxel", gridSize=12, uncertainty=True, previewIntervalS=0.0,
-                          geometrySource="circular", sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0)
+        logic.reconstruct(
+            stack,
+            mine,
+            method="voxel",
+            gridSize=12,
+            uncertainty=True,
+            previewIntervalS=0.0,
+            geometrySource="circular",
+            sourceIsocenterDistanceMm=250.0,
+            sourceDetectorDistanceMm=400.0,
+            pixelSpacingMm=3.0,
+        )
     assert slicer.mrmlScene.GetNumberOfNodes() == before
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(mine), np.arange(60).reshape(3, 4, 5))
     np.testing.assert_allclose(_ijk_to_ras(mine), np.diag([2.0, 3.0, 4.0, 1.0]))
@@ -851,8 +934,13 @@ def test_energy_option_reaches_the_hu_conversion(core, module, sparse):
     assert DEFAULT_ENERGY_KEV == DEFAULT_EFFECTIVE_ENERGY_KEV
     cams, images = sparse
     out = module.XRayNeRFReconstructionLogic().reconstruct(
-        _stack(images), gridSize=16, options={"energy_kev": 80.0}, geometrySource="circular",
-        sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pixelSpacingMm=3.0,
+        _stack(images),
+        gridSize=16,
+        options={"energy_kev": 80.0},
+        geometrySource="circular",
+        sourceIsocenterDistanceMm=250.0,
+        sourceDetectorDistanceMm=400.0,
+        pixelSpacingMm=3.0,
     )
     mu = _engine(images, cams, volume=default_grid(cams, grid=16), units="mu").volume.data.double().numpy()
     w80 = mu_water_per_mm(80.0)

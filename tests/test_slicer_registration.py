@@ -144,7 +144,9 @@ def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):
     def events(*args):
         composite = red.GetSliceCompositeNode()
         carm = [m.GetName() for m in slicer.util.getNodesByClass("vtkMRMLModelNode") if "C-arm" in m.GetName()]
-        during.append((ui.applyButton.text, ui.progressBar.visible, composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), carm))
+        during.append(
+            (ui.applyButton.text, ui.progressBar.visible, composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), carm)
+        )
 
     slicer.app.processEvents = events
     try:
@@ -199,7 +201,7 @@ def test_widget_bad_input_says_why_and_keeps_scene(core, module):
 
 
 def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
-    """"Load X-ray" (the Widget's button, real MRML): a 3-frame XA file without Distance Source to Detector
+    """ "Load X-ray" (the Widget's button, real MRML): a 3-frame XA file without Distance Source to Detector
     is refused with the field to fill and nothing added; with the override, frame 2 becomes an X-ray node
     on its detector whose camera is the C-arm at frame 2's angle about the CT's centre, holding that frame's
     line integrals; the node is selected and Apply becomes possible."""
@@ -222,8 +224,18 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
     angles = np.array([0.0, 20.0, 40.0])
     lines = np.stack([np.full((20, 24), 0.5 + 0.5 * v) for v in range(3)]) + np.linspace(0.0, 1.0, 24)[None, None, :]
     stored = fac.stored_from_bev(intensities_from_line_integrals(lines, relationship="LIN", i0=40000.0))
-    path = fac.write_xray(str(tmp_path / "run.dcm"), stored, primary_deg=0.0, secondary_deg=0.0, primary_increments=angles,
-                          sdd_mm=None, sid_mm=500.0, imager_spacing_rc=(2.0, 2.0), relationship="LIN", sign=1)
+    path = fac.write_xray(
+        str(tmp_path / "run.dcm"),
+        stored,
+        primary_deg=0.0,
+        secondary_deg=0.0,
+        primary_increments=angles,
+        sdd_mm=None,
+        sid_mm=500.0,
+        imager_spacing_rc=(2.0, 2.0),
+        relationship="LIN",
+        sign=1,
+    )
     widget = _widget(module)
     p = widget._parameterNode
     p.inputVolume, p.transform = ct, transform
@@ -238,8 +250,9 @@ def test_load_xray_from_dicom_with_overrides(core, module, tmp_path):
     p.dicomSddMm = 800.0
     node = widget.onLoadXRayButton()
     assert p.xrayVolume is node and node.GetAttribute("XRayNeRF.Quantity") == "line_integral"
-    truth = fac.truth_cameras(angles[2:], np.zeros(1), sid_mm=500.0, sdd_mm=800.0, size_px=(24, 20), pixel_spacing_mm=(2.0, 2.0),
-                              isocenter_ras=centre.tolist())
+    truth = fac.truth_cameras(
+        angles[2:], np.zeros(1), sid_mm=500.0, sdd_mm=800.0, size_px=(24, 20), pixel_spacing_mm=(2.0, 2.0), isocenter_ras=centre.tolist()
+    )
     got = cameras_from_node(node)
     np.testing.assert_allclose(got.world_from_camera.numpy(), truth.world_from_camera.numpy(), atol=1e-6)
     np.testing.assert_allclose(ijk_to_ras(node), detector_ras_from_ijk(truth), atol=1e-6)
@@ -257,8 +270,17 @@ def test_module_metadata(module):
     """Title, category, help stating the geometry conventions, acknowledgement."""
     p = module.XRayNeRFRegistration(None).parent
     assert p.title == "XRayNeRF Registration" and p.categories == ["XRayNeRF"]
-    for phrase in ("docs/geometry.md", "RAS", "millimetres", "beam's eye view", "detector plane", "zeros transparent",
-                   "Accept", "Revert", "DICOM"):
+    for phrase in (
+        "docs/geometry.md",
+        "RAS",
+        "millimetres",
+        "beam's eye view",
+        "detector plane",
+        "zeros transparent",
+        "Accept",
+        "Revert",
+        "DICOM",
+    ):
         assert phrase in p.helpText, phrase
     assert "Slicer" in p.acknowledgementText and "PyTorch" in p.acknowledgementText
 
@@ -285,8 +307,9 @@ def test_sample_fluoroscopy_pose_is_recovered(core, module):
     start_error = np.linalg.norm((np.eye(4) - truth) @ centre)
     assert 6.0 < start_error < 8.0
     logic = module.XRayNeRFRegistrationLogic()
-    out = logic.register(ct, xray, transform, sliceLogic=slicer_harness.add_slice_view(core, "Red"), loss="mi",
-                         levels=(8, 4), max_iterations=(40, 30))
+    out = logic.register(
+        ct, xray, transform, sliceLogic=slicer_harness.add_slice_view(core, "Red"), loss="mi", levels=(8, 4), max_iterations=(40, 30)
+    )
     error = np.linalg.norm((slicer.util.arrayFromTransformMatrix(transform) - truth) @ centre)
     assert error < 2.5, f"isocentre {error:.2f} mm off (start {start_error:.2f} mm)"
     assert out.loss < out.initial_loss and out.overlay_updates >= 2

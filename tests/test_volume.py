@@ -130,7 +130,9 @@ def test_hu_to_mu_values():
 def test_volume_refusals(tmp_path):
     data = np.zeros((2, 3, 4), np.int16)
     # zero spacing in the header
-    _raw_nrrd(tmp_path / "flat.nrrd", "space: left-posterior-superior\nspace directions: (0,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n", data)
+    _raw_nrrd(
+        tmp_path / "flat.nrrd", "space: left-posterior-superior\nspace directions: (0,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n", data
+    )
     with pytest.raises(ValueError, match="flat.nrrd"):
         load_volume(str(tmp_path / "flat.nrrd"))
     _raw_nrrd(tmp_path / "zero.nrrd", "spacings: 0 1 1\n", data)

@@ -49,9 +49,12 @@ def server(tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", str(data),
-         "--max-upload-mb", str(MAX_UPLOAD_MB)],
-        cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", str(data), "--max-upload-mb", str(MAX_UPLOAD_MB)],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url, lines, deadline = None, [], time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -114,8 +117,7 @@ def overlay_count(page) -> int:
 
 
 def wait_overlay_after(page, n: int) -> None:
-    page.wait_for_function(
-        f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}")
+    page.wait_for_function(f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}")
 
 
 def wait_idle(page) -> None:
@@ -321,8 +323,7 @@ def test_drr_tab_equals_the_engine_render(page):
     page.click("#tab-drr")
     page.click("#sample-ct")
     wait_message(page, "Loaded the sample chest CT")
-    for key, value in (("drr-primary", "30"), ("drr-secondary", "-10"), ("drr-cols", "64"), ("drr-rows", "48"),
-                       ("drr-spacing", "5")):
+    for key, value in (("drr-primary", "30"), ("drr-secondary", "-10"), ("drr-cols", "64"), ("drr-rows", "48"), ("drr-spacing", "5")):
         page.fill(f"#{key}", value)
     page.click("#render-drr")
     wait_message(page, "DRR rendered")
@@ -333,8 +334,17 @@ def test_drr_tab_equals_the_engine_render(page):
     ct = as_mu(load_volume(str(SAMPLES / "chest_ct_128.nii.gz")))
     k, j, i = ct.data.shape
     centre = (ct.ras_from_ijk.double() @ torch.tensor([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0], dtype=torch.float64))[:3]
-    cams = Cameras.carm(30.0, -10.0, sid_mm=800.0, sdd_mm=1200.0, size_px=(64, 48), pixel_spacing_mm=(5.0, 5.0),
-                        isocenter_ras=centre.tolist(), patient_position="HFS", dtype=torch.float64)
+    cams = Cameras.carm(
+        30.0,
+        -10.0,
+        sid_mm=800.0,
+        sdd_mm=1200.0,
+        size_px=(64, 48),
+        pixel_spacing_mm=(5.0, 5.0),
+        isocenter_ras=centre.tolist(),
+        patient_position="HFS",
+        dtype=torch.float64,
+    )
     want = render(ct, cams.to(dtype=torch.float32), method="siddon")[0].numpy()
     assert got.shape == want.shape == (48, 64)
     assert want.max() > 1.0

@@ -360,7 +360,9 @@ def install() -> None:
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
         setattr(slm, cls.__name__, cls)
-    slm.__all__ = [c.__name__ for c in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest)]
+    slm.__all__ = [
+        c.__name__ for c in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest)
+    ]
     sys.modules["slicer.ScriptedLoadableModule"] = slicer.ScriptedLoadableModule = slm
 
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
@@ -445,14 +447,35 @@ def install_sample_data_stand_in() -> types.ModuleType:
 
     class SampleDataLogic:
         @staticmethod
-        def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None, nodeNames=None,
-                                           customDownloader=None, thumbnailFileName=None, loadFileTypes=None,
-                                           loadFiles=None, loadFileProperties={}, checksums=None, loadFileType=None):  # noqa: B006  (Slicer's signature)
-            module.registered.append(dict(
-                category=category, sampleName=sampleName, uris=uris, fileNames=fileNames, nodeNames=nodeNames,
-                customDownloader=customDownloader, thumbnailFileName=thumbnailFileName, loadFileTypes=loadFileTypes,
-                loadFiles=loadFiles, loadFileProperties=loadFileProperties, checksums=checksums,
-            ))
+        def registerCustomSampleDataSource(
+            category="Custom",
+            sampleName=None,
+            uris=None,
+            fileNames=None,
+            nodeNames=None,
+            customDownloader=None,
+            thumbnailFileName=None,
+            loadFileTypes=None,
+            loadFiles=None,
+            loadFileProperties={},
+            checksums=None,
+            loadFileType=None,
+        ):  # noqa: B006  (Slicer's signature)
+            module.registered.append(
+                dict(
+                    category=category,
+                    sampleName=sampleName,
+                    uris=uris,
+                    fileNames=fileNames,
+                    nodeNames=nodeNames,
+                    customDownloader=customDownloader,
+                    thumbnailFileName=thumbnailFileName,
+                    loadFileTypes=loadFileTypes,
+                    loadFiles=loadFiles,
+                    loadFileProperties=loadFileProperties,
+                    checksums=checksums,
+                )
+            )
 
     module.SampleDataLogic = SampleDataLogic
     sys.modules["SampleData"] = module

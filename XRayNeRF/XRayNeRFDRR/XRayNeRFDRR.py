@@ -65,9 +65,7 @@ class XRayNeRFDRR(ScriptedLoadableModule):
             "parent transform (linear) is applied; oblique CT volumes are handled. The C-arm is shown as a "
             "line model (source, detector outline, central ray)."
         )
-        self.parent.acknowledgementText = _(
-            "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
-        )
+        self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -139,7 +137,8 @@ class XRayNeRFDRRWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
             return out
 
         self.runApply(
-            _("Failed to render the DRR."), work,
+            _("Failed to render the DRR."),
+            work,
             lambda out: _("Rendered '{name}'.").format(name=out.volume_node.GetName()),
         )
 
@@ -190,9 +189,15 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         from XRayNeRFMRML.drr import carm_cameras
 
         return carm_cameras(
-            ctNode, primary_deg=primaryAngleDeg, secondary_deg=secondaryAngleDeg, sid_mm=sourceIsocenterDistanceMm,
-            sdd_mm=sourceDetectorDistanceMm, size_px=(detectorColumns, detectorRows), pixel_spacing_mm=pixelSpacingMm,
-            patient_position=patientPosition, isocenter_ras=isocenterRas,
+            ctNode,
+            primary_deg=primaryAngleDeg,
+            secondary_deg=secondaryAngleDeg,
+            sid_mm=sourceIsocenterDistanceMm,
+            sdd_mm=sourceDetectorDistanceMm,
+            size_px=(detectorColumns, detectorRows),
+            pixel_spacing_mm=pixelSpacingMm,
+            patient_position=patientPosition,
+            isocenter_ras=isocenterRas,
         )
 
     def renderDRR(
@@ -227,8 +232,12 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
             return bool(keepGoing) and not self.cancelRequested
 
         return render_drr(
-            ctNode, self.cameras(ctNode, **pose), renderer=renderer, output_node=outputNode,
-            camera_model_node=cameraModelNode, progress=onProgress,
+            ctNode,
+            self.cameras(ctNode, **pose),
+            renderer=renderer,
+            output_node=outputNode,
+            camera_model_node=cameraModelNode,
+            progress=onProgress,
         )
 
     def renderDRRUsingParameterNode(self, parameterNode, progress: Optional[Callable] = None):
@@ -338,8 +347,15 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         hu = slicer.util.arrayFromVolume(ct)
         self.assertEqual(hu.shape, (7, 7, 7))
         self.assertTrue((hu[:, 2:5, :] == 0).all() and (hu[:, [0, 1, 5, 6], :] == -1000).all())
-        pose = dict(primaryAngleDeg=30.0, secondaryAngleDeg=0.0, sourceIsocenterDistanceMm=400.0,
-                    sourceDetectorDistanceMm=600.0, detectorColumns=9, detectorRows=7, pixelSpacingMm=1.5)
+        pose = dict(
+            primaryAngleDeg=30.0,
+            secondaryAngleDeg=0.0,
+            sourceIsocenterDistanceMm=400.0,
+            sourceDetectorDistanceMm=600.0,
+            detectorColumns=9,
+            detectorRows=7,
+            pixelSpacingMm=1.5,
+        )
         logic = XRayNeRFDRRLogic()
         drr = logic.renderDRR(ct, **pose).volume_node
         got = slicer.util.arrayFromVolume(drr)[0]
@@ -356,8 +372,14 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         logic = XRayNeRFDRRLogic()
         sid, sdd, cols, rows, spacing = 400.0, 700.0, 9, 5, 1.25
         out = logic.renderDRR(
-            ct, primaryAngleDeg=30.0, secondaryAngleDeg=-20.0, sourceIsocenterDistanceMm=sid,
-            sourceDetectorDistanceMm=sdd, detectorColumns=cols, detectorRows=rows, pixelSpacingMm=spacing,
+            ct,
+            primaryAngleDeg=30.0,
+            secondaryAngleDeg=-20.0,
+            sourceIsocenterDistanceMm=sid,
+            sourceDetectorDistanceMm=sdd,
+            detectorColumns=cols,
+            detectorRows=rows,
+            pixelSpacingMm=spacing,
         )
         drr, model = out.volume_node, out.camera_model_node
         self.assertEqual(slicer.util.arrayFromVolume(drr).shape, (1, rows, cols))
@@ -389,10 +411,18 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         hu = np.full((10, 10, 10), -1000.0)
         hu[:, 3:7, :] = 0.0  # 4 voxels of 5 mm along j = anterior (A): 20 mm of water
         ct = self._ctNode(hu, self._obliqueAffine((5.0, 5.0, 5.0), 0.0, (-22.5, -22.5, -22.5)))
-        drr = XRayNeRFDRRLogic().renderDRR(
-            ct, detectorColumns=5, detectorRows=5, pixelSpacingMm=1.0, sourceIsocenterDistanceMm=600.0,
-            sourceDetectorDistanceMm=1000.0,
-        ).volume_node
+        drr = (
+            XRayNeRFDRRLogic()
+            .renderDRR(
+                ct,
+                detectorColumns=5,
+                detectorRows=5,
+                pixelSpacingMm=1.0,
+                sourceIsocenterDistanceMm=600.0,
+                sourceDetectorDistanceMm=1000.0,
+            )
+            .volume_node
+        )
         values = slicer.util.arrayFromVolume(drr)[0]
         self.assertAlmostEqual(float(values[2, 2]), mu_water_per_mm() * 20.0, delta=1e-4)
         self.assertAlmostEqual(mu_water_per_mm(), 0.02059, delta=1e-5)
@@ -415,14 +445,26 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
         transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "T")
         transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(t))
         ct.SetAndObserveTransformNodeID(transform.GetID())
-        pose = dict(primaryAngleDeg=-40.0, secondaryAngleDeg=10.0, sourceIsocenterDistanceMm=300.0,
-                    sourceDetectorDistanceMm=500.0, detectorColumns=12, detectorRows=10, pixelSpacingMm=3.0,
-                    isocenterRas=(2.0, 1.0, -1.0))
+        pose = dict(
+            primaryAngleDeg=-40.0,
+            secondaryAngleDeg=10.0,
+            sourceIsocenterDistanceMm=300.0,
+            sourceDetectorDistanceMm=500.0,
+            detectorColumns=12,
+            detectorRows=10,
+            pixelSpacingMm=3.0,
+            isocenterRas=(2.0, 1.0, -1.0),
+        )
         logic = XRayNeRFDRRLogic()
         drr = logic.renderDRR(ct, **pose).volume_node
         cams = logic.cameras(ct, **pose)
-        moved = Cameras(torch.tensor(np.linalg.inv(t)) @ cams.world_from_camera, cams.sdd_mm,
-                        cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
+        moved = Cameras(
+            torch.tensor(np.linalg.inv(t)) @ cams.world_from_camera,
+            cams.sdd_mm,
+            cams.pixel_spacing_mm,
+            cams.principal_point_px,
+            cams.size_px,
+        )
         plain = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
         expected = render(plain, moved, method="siddon")[0].numpy()
         got = slicer.util.arrayFromVolume(drr)[0]

@@ -142,7 +142,8 @@ def ensure_engine(ask: bool = True) -> None:
             )
         shown = [
             f"torch{TORCH_REQUIREMENT} and torchvision (through the PyTorch extension, which picks the CPU or CUDA build)"
-            if m == "torch" else m
+            if m == "torch"
+            else m
             for m in missing
         ]
         text = "XRayNeRF needs these Python packages, which will now be installed:\n  " + "\n  ".join(shown)

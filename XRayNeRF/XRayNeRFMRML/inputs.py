@@ -140,7 +140,12 @@ def xray_node_from_dicom(
     isocentre; the isocentre defaults to the origin: DICOM does not register the C-arm to the CT).
     name: the node's name (default the file's stem). Nothing is added to the scene on error."""
     xray = projection_set_from_dicom(
-        path, i0=i0, sdd_mm=sdd_mm, sid_mm=sid_mm, pixel_spacing_mm=pixel_spacing_mm, isocenter_ras=isocenter_ras,
+        path,
+        i0=i0,
+        sdd_mm=sdd_mm,
+        sid_mm=sid_mm,
+        pixel_spacing_mm=pixel_spacing_mm,
+        isocenter_ras=isocenter_ras,
     )
     node = xray_node_from_projections(xray, frame, name=name or Path(str(path)).stem, scene=scene, source=str(path))
     for note in xray.assumptions:

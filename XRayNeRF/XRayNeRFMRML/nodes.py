@@ -108,9 +108,7 @@ def detector_ras_from_ijk(cameras, view: int = 0) -> np.ndarray:
     su, sv = cameras.pixel_spacing_mm[view].detach().double().cpu().tolist()
     cu, cv = cameras.principal_point_px[view].detach().double().cpu().tolist()
     sdd = float(cameras.sdd_mm[view])
-    camera_from_ijk = np.array(
-        [[su, 0.0, 0.0, -cu * su], [0.0, sv, 0.0, -cv * sv], [0.0, 0.0, 1.0, sdd], [0.0, 0.0, 0.0, 1.0]]
-    )
+    camera_from_ijk = np.array([[su, 0.0, 0.0, -cu * su], [0.0, sv, 0.0, -cv * sv], [0.0, 0.0, 1.0, sdd], [0.0, 0.0, 0.0, 1.0]])
     return w @ camera_from_ijk
 
 
@@ -158,9 +156,7 @@ def camera_points_ras(cameras, view: int = 0) -> np.ndarray:
 
     c = cameras[view : view + 1].to(dtype=torch.float64)
     w, h = c.width, c.height
-    pix = torch.tensor(
-        [[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], dtype=torch.float64
-    )
+    pix = torch.tensor([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], dtype=torch.float64)
     pix = torch.cat([pix, c.principal_point_px[:1]], dim=0)[None]  # (1, 5, 2)
     detector = c.pixel_to_world(pix)[0].detach().numpy()
     return np.concatenate([c.source_positions().detach().numpy(), detector], axis=0)

@@ -115,7 +115,9 @@ def save_slice_backgrounds(app_logic, scene) -> tuple:
     """(active volume ID of the application's selection node, [(slice composite node, background volume
     ID)] of every slice view in ``scene``) as they are now. app_logic: the vtkMRMLApplicationLogic (or None)."""
     selection = app_logic.GetSelectionNode() if app_logic is not None else None
-    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    composites = [
+        scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
+    ]
     return (selection.GetActiveVolumeID() if selection else None, [(c, c.GetBackgroundVolumeID()) for c in composites])
 
 

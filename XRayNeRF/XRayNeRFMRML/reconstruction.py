@@ -129,7 +129,9 @@ def images_from_sequence(sequence_node) -> NodeImages:
             raise ValueError(f"sequence '{sequence_node.GetName()}' item {v} is {kind}; each item must be a 1-slice scalar volume")
         a = _scalar_array(item)
         if a.shape[0] != 1:
-            raise ValueError(f"sequence '{sequence_node.GetName()}' item {v} has {a.shape[0]} slices; each item must be one image (1 slice)")
+            raise ValueError(
+                f"sequence '{sequence_node.GetName()}' item {v} has {a.shape[0]} slices; each item must be one image (1 slice)"
+            )
         if arrays and a.shape != arrays[0].shape:
             raise ValueError(
                 f"sequence '{sequence_node.GetName()}' item {v} is {a.shape[2]} x {a.shape[1]} pixels but item 0 is "
@@ -217,7 +219,9 @@ class CircularOrbit:
             )
         axis = str(self.axis).upper()
         if axis not in _ORBIT_ROTATION:
-            raise ValueError(f"the orbit axis must be one of {', '.join(ORBIT_AXES)} (patient right, anterior, superior), got {self.axis!r}")
+            raise ValueError(
+                f"the orbit axis must be one of {', '.join(ORBIT_AXES)} (patient right, anterior, superior), got {self.axis!r}"
+            )
         iso = np.asarray(self.isocenter_ras, dtype=np.float64).reshape(-1)
         offset = np.asarray(self.detector_offset_mm, dtype=np.float64).reshape(-1)
         if iso.shape != (3,) or not np.isfinite(iso).all():
@@ -225,9 +229,13 @@ class CircularOrbit:
         if offset.shape != (2,) or not np.isfinite(offset).all():
             raise ValueError(f"the detector offset must be two finite values [column, row] in mm, got {offset.tolist()}")
         cams = Cameras.circular_orbit(
-            torch.from_numpy(np.radians(self.angles_deg(views))), sid_mm=float(self.sid_mm), sdd_mm=float(self.sdd_mm),
-            size_px=(int(size_px[0]), int(size_px[1])), pixel_spacing_mm=torch.from_numpy(spacing),
-            detector_offset_mm=torch.from_numpy(offset), dtype=torch.float64,
+            torch.from_numpy(np.radians(self.angles_deg(views))),
+            sid_mm=float(self.sid_mm),
+            sdd_mm=float(self.sdd_mm),
+            size_px=(int(size_px[0]), int(size_px[1])),
+            pixel_spacing_mm=torch.from_numpy(spacing),
+            detector_offset_mm=torch.from_numpy(offset),
+            dtype=torch.float64,
         )  # about +S through the origin
         moved = np.eye(4)
         moved[:3, :3] = _ORBIT_ROTATION[axis]
@@ -294,14 +302,18 @@ def projection_set_from_nodes(
         if orbit is None:
             raise ValueError("the circular-orbit geometry needs its parameters (distances, pixel spacing, arc)")
         cams = orbit.cameras(v, (w, h))
-        notes.append(f"circular orbit: {v} views from {orbit.start_deg:g} deg over {orbit.arc_deg:g} deg, SID {orbit.sid_mm:g} mm, SDD {orbit.sdd_mm:g} mm")
+        notes.append(
+            f"circular orbit: {v} views from {orbit.start_deg:g} deg over {orbit.arc_deg:g} deg, SID {orbit.sid_mm:g} mm, SDD {orbit.sdd_mm:g} mm"
+        )
     elif geometry == "file":
         if not geometry_file:
             raise ValueError("choose the geometry file (RTK .xml or XRayNeRF .json)")
         if str(geometry_file).lower().endswith(".xml"):
             cams = load_geometry(str(geometry_file), size_px=(w, h), spacing_mm=images.spacing_mm, origin_mm=images.origin_lps_mm)
             values = np.ascontiguousarray(ours_from_rtk_layout(values))
-            notes.append(f"{geometry_file}: RTK geometry; image rows flipped from RTK's order, pixel spacing {images.spacing_mm.round(6).tolist()} mm from the images")
+            notes.append(
+                f"{geometry_file}: RTK geometry; image rows flipped from RTK's order, pixel spacing {images.spacing_mm.round(6).tolist()} mm from the images"
+            )
         else:
             cams = load_geometry(str(geometry_file))
     elif geometry == "dicom":
@@ -315,7 +327,9 @@ def projection_set_from_nodes(
         )
     values, li_notes = _to_line_integrals(values, quantity, i0)
     metadata = [{"node": n} for n in images.names]
-    return ProjectionSet(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)), cams, None, metadata, notes + li_notes, source=node.GetName())
+    return ProjectionSet(
+        torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)), cams, None, metadata, notes + li_notes, source=node.GetName()
+    )
 
 
 # -- writing volumes ----------------------------------------------------------------------------------
@@ -389,8 +403,12 @@ class LivePreview:
     ``node`` (which already holds the output grid)."""
 
     def __init__(
-        self, node, shape_kji: Tuple[int, int, int], interval_s: float = PREVIEW_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic, energy_kev: float = DEFAULT_ENERGY_KEV,
+        self,
+        node,
+        shape_kji: Tuple[int, int, int],
+        interval_s: float = PREVIEW_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        energy_kev: float = DEFAULT_ENERGY_KEV,
     ):
         self.node, self.shape, self.interval_s, self.clock = node, tuple(shape_kji), interval_s, clock
         self.energy_kev = float(energy_kev)
@@ -523,18 +541,35 @@ def run_reconstruction(
             return True if progress is None else progress(p) is not False
 
         result = reconstruct(
-            projections.images, projections.cameras, method, volume=like, renderer=renderer,
-            iterations=int(iterations) if iterations else None, units="hu", uncertainty=bool(uncertainty),
-            ensemble_size=int(ensemble_size), masks=masks, seed=int(seed), progress=on_progress, options=options,
+            projections.images,
+            projections.cameras,
+            method,
+            volume=like,
+            renderer=renderer,
+            iterations=int(iterations) if iterations else None,
+            units="hu",
+            uncertainty=bool(uncertainty),
+            ensemble_size=int(ensemble_size),
+            masks=masks,
+            seed=int(seed),
+            progress=on_progress,
+            options=options,
         )
         out = result.volume
         got = out.ras_from_ijk.detach().double().cpu().numpy()
-        if tuple(out.data.shape) != tuple(like.data.shape) or np.abs(got - ras_from_ijk).max() > 1e-4 * max(1.0, np.abs(ras_from_ijk).max()):
+        if tuple(out.data.shape) != tuple(like.data.shape) or np.abs(got - ras_from_ijk).max() > 1e-4 * max(
+            1.0, np.abs(ras_from_ijk).max()
+        ):
             raise RuntimeError("the engine returned a volume on another grid than the one asked for; please report this")
         write_volume_node(node, _hu_array(out, energy_kev), got)
         info = {
-            "method": method, "renderer": renderer, "views": len(projections), "seconds": round(float(result.seconds), 3),
-            "cancelled": bool(result.cancelled), "units": "HU", "assumptions": list(projections.assumptions),
+            "method": method,
+            "renderer": renderer,
+            "views": len(projections),
+            "seconds": round(float(result.seconds), 3),
+            "cancelled": bool(result.cancelled),
+            "units": "HU",
+            "assumptions": list(projections.assumptions),
         }
         node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(info))
         unode = None
@@ -542,7 +577,11 @@ def run_reconstruction(
             if result.uncertainty is None:
                 raise RuntimeError("the engine returned no uncertainty volume although it was asked for; please report this")
             unode = changes.volume(uncertainty_node, f"{node.GetName()} uncertainty")
-            write_volume_node(unode, _hu_array(result.uncertainty, energy_kev, spread=True), result.uncertainty.ras_from_ijk.detach().double().cpu().numpy())
+            write_volume_node(
+                unode,
+                _hu_array(result.uncertainty, energy_kev, spread=True),
+                result.uncertainty.ras_from_ijk.detach().double().cpu().numpy(),
+            )
             unode.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(dict(info, quantity="standard deviation over the ensemble")))
     except BaseException:
         try:
@@ -565,4 +604,3 @@ def _hu_array(volume, energy_kev: float = DEFAULT_ENERGY_KEV, spread: bool = Fal
             return (1000.0 * data / mu_water_per_mm(energy_kev)).numpy().astype(np.float32)
         return hu_from_mu(data, energy_kev)
     return data.float().numpy()
-

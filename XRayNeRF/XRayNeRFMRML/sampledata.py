@@ -74,8 +74,7 @@ def verify(path, name: Optional[str] = None) -> Path:
     got = sha256(path)
     if got != CHECKSUMS[name]:
         raise RuntimeError(
-            f"XRayNeRF sample file {path} is damaged (checksum {got}, expected {CHECKSUMS[name]}): reinstall the "
-            "XRayNeRF extension"
+            f"XRayNeRF sample file {path} is damaged (checksum {got}, expected {CHECKSUMS[name]}): reinstall the XRayNeRF extension"
         )
     return path
 
@@ -89,24 +88,34 @@ def sources() -> List[dict]:
     """The keyword arguments of the three ``registerCustomSampleDataSource`` calls."""
 
     def files(names):
-        return dict(
-            uris=[file_uri(n) for n in names], fileNames=list(names), checksums=[CHECKSUMS[n] for n in names]
-        )
+        return dict(uris=[file_uri(n) for n in names], fileNames=list(names), checksums=[CHECKSUMS[n] for n in names])
 
     return [
         dict(
-            category=CATEGORY, sampleName="XRayNeRFChestCT", nodeNames=["XRayNeRF chest CT"],
-            thumbnailFileName=_thumbnail("chest_ct_128.png"), loadFileTypes=["VolumeFile"], **files([CT_FILE]),
+            category=CATEGORY,
+            sampleName="XRayNeRFChestCT",
+            nodeNames=["XRayNeRF chest CT"],
+            thumbnailFileName=_thumbnail("chest_ct_128.png"),
+            loadFileTypes=["VolumeFile"],
+            **files([CT_FILE]),
         ),
         dict(
-            category=CATEGORY, sampleName="XRayNeRFChestProjections",
-            nodeNames=["XRayNeRF chest projections", None], thumbnailFileName=_thumbnail("chest_projections_30.png"),
-            loadFiles=[False, False], customDownloader=load_projections, **files(PROJECTIONS_FILES),
+            category=CATEGORY,
+            sampleName="XRayNeRFChestProjections",
+            nodeNames=["XRayNeRF chest projections", None],
+            thumbnailFileName=_thumbnail("chest_projections_30.png"),
+            loadFiles=[False, False],
+            customDownloader=load_projections,
+            **files(PROJECTIONS_FILES),
         ),
         dict(
-            category=CATEGORY, sampleName="XRayNeRFChestFluoroscopy",
-            nodeNames=["XRayNeRF chest fluoroscopy", None], thumbnailFileName=_thumbnail("chest_fluoroscopy.png"),
-            loadFiles=[False, False], customDownloader=load_fluoroscopy, **files(FLUOROSCOPY_FILES),
+            category=CATEGORY,
+            sampleName="XRayNeRFChestFluoroscopy",
+            nodeNames=["XRayNeRF chest fluoroscopy", None],
+            thumbnailFileName=_thumbnail("chest_fluoroscopy.png"),
+            loadFiles=[False, False],
+            customDownloader=load_fluoroscopy,
+            **files(FLUOROSCOPY_FILES),
         ),
     ]
 
@@ -197,7 +206,11 @@ def load_fluoroscopy(source) -> list:
     setup = fluoroscopy_setup(setup_path)
     names = [n for n in (getattr(source, "nodeNames", None) or []) if n]
     node = xray_node_from_dicom(
-        str(dicom_path), 0, isocenter_ras=setup["isocenter_ras"], i0=setup["i0"],
-        name=names[0] if names else "XRayNeRF chest fluoroscopy", scene=slicer.mrmlScene,
+        str(dicom_path),
+        0,
+        isocenter_ras=setup["isocenter_ras"],
+        i0=setup["i0"],
+        name=names[0] if names else "XRayNeRF chest fluoroscopy",
+        scene=slicer.mrmlScene,
     )
     return [node]

@@ -43,6 +43,7 @@ from slicer.util import VTKObservationMixin
 try:  # Slicer's translation function; the harness provides a stand-in
     from slicer.i18n import tr as _
 except ImportError:  # pragma: no cover - old Slicer
+
     def _(text):
         return text
 

@@ -80,9 +80,7 @@ class XRayNeRFReconstruction(ScriptedLoadableModule):
             "its diameter, or a voxel size); the middle slice updates while an iterative method runs, and "
             "Cancel keeps the best volume so far."
         )
-        self.parent.acknowledgementText = _(
-            "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
-        )
+        self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -342,20 +340,20 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
                 raise ValueError("give either image nodes or a DICOM path, not both")
             if geometrySource != "dicom":
                 raise ValueError("a DICOM series brings its own geometry: use the geometry source 'dicom'")
-            return projection_set_from_dicom(
-                dicomPath, i0=i0, sdd_mm=dicomSddMm, sid_mm=dicomSidMm, pixel_spacing_mm=dicomPixelSpacingMm
-            )
+            return projection_set_from_dicom(dicomPath, i0=i0, sdd_mm=dicomSddMm, sid_mm=dicomSidMm, pixel_spacing_mm=dicomPixelSpacingMm)
         if geometrySource == "circular" and isocenterNode is not None:
             isocenterRas = isocenter_from_markups(isocenterNode)
         orbit = CircularOrbit(
-            sid_mm=float(sourceIsocenterDistanceMm), sdd_mm=float(sourceDetectorDistanceMm),
-            pixel_spacing_mm=float(pixelSpacingMm), start_deg=float(orbitStartDeg), arc_deg=float(orbitArcDeg),
-            isocenter_ras=tuple(float(x) for x in isocenterRas), axis=orbitAxis,
+            sid_mm=float(sourceIsocenterDistanceMm),
+            sdd_mm=float(sourceDetectorDistanceMm),
+            pixel_spacing_mm=float(pixelSpacingMm),
+            start_deg=float(orbitStartDeg),
+            arc_deg=float(orbitArcDeg),
+            isocenter_ras=tuple(float(x) for x in isocenterRas),
+            axis=orbitAxis,
             detector_offset_mm=tuple(float(x) for x in detectorOffsetMm),
         )
-        return projection_set_from_nodes(
-            inputNode, geometrySource, geometry_file=geometryFile, orbit=orbit, quantity=quantity, i0=i0
-        )
+        return projection_set_from_nodes(inputNode, geometrySource, geometry_file=geometryFile, orbit=orbit, quantity=quantity, i0=i0)
 
     def reconstruct(
         self,
@@ -416,10 +414,21 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         appLogic = slicer.app.applicationLogic()
         views = save_slice_backgrounds(appLogic, slicer.mrmlScene)
         out = run_reconstruction(
-            projections, method=method, renderer=renderer, grid=gridSize or None,
-            spacing_mm=voxelSpacingMm or None, iterations=iterations or None, uncertainty=uncertainty,
-            ensemble_size=ensembleSize, seed=seed, options=options, output_node=outputNode,
-            uncertainty_node=uncertaintyNode, name=name, progress=onProgress, preview_interval_s=previewIntervalS,
+            projections,
+            method=method,
+            renderer=renderer,
+            grid=gridSize or None,
+            spacing_mm=voxelSpacingMm or None,
+            iterations=iterations or None,
+            uncertainty=uncertainty,
+            ensemble_size=ensembleSize,
+            seed=seed,
+            options=options,
+            output_node=outputNode,
+            uncertainty_node=uncertaintyNode,
+            name=name,
+            progress=onProgress,
+            preview_interval_s=previewIntervalS,
             on_output_node=self.showVolume if showResult else None,
             on_failure=lambda: restore_slice_backgrounds(appLogic, views),  # the views show what they showed before
         )
@@ -444,16 +453,24 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         if reason is not None:
             raise ValueError(reason)
         inputs = dict(
-            geometrySource=p.geometrySource, geometryFile=p.geometryFile or None, orbitStartDeg=p.orbitStartDeg,
-            orbitArcDeg=p.orbitArcDeg, sourceIsocenterDistanceMm=p.sourceIsocenterDistanceMm,
-            sourceDetectorDistanceMm=p.sourceDetectorDistanceMm, pixelSpacingMm=p.pixelSpacingMm,
-            orbitAxis=p.orbitAxis, isocenterNode=p.isocenterPoint or None,
+            geometrySource=p.geometrySource,
+            geometryFile=p.geometryFile or None,
+            orbitStartDeg=p.orbitStartDeg,
+            orbitArcDeg=p.orbitArcDeg,
+            sourceIsocenterDistanceMm=p.sourceIsocenterDistanceMm,
+            sourceDetectorDistanceMm=p.sourceDetectorDistanceMm,
+            pixelSpacingMm=p.pixelSpacingMm,
+            orbitAxis=p.orbitAxis,
+            isocenterNode=p.isocenterPoint or None,
             isocenterRas=(p.isocenterR, p.isocenterA, p.isocenterS),
             detectorOffsetMm=(p.detectorOffsetColumnMm, p.detectorOffsetRowMm),
-            quantity=p.quantity, i0=p.i0 or None,
+            quantity=p.quantity,
+            i0=p.i0 or None,
         )
         if p.inputKind == "dicom":
-            inputs.update(dicomSddMm=p.dicomSddMm or None, dicomSidMm=p.dicomSidMm or None, dicomPixelSpacingMm=p.dicomPixelSpacingMm or None)
+            inputs.update(
+                dicomSddMm=p.dicomSddMm or None, dicomSidMm=p.dicomSidMm or None, dicomPixelSpacingMm=p.dicomPixelSpacingMm or None
+            )
         if p.inputKind == "dicom":
             inputNode, inputs["dicomPath"] = None, p.dicomPath
         else:
@@ -461,10 +478,20 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         inputs.update(extra)
         options = {"window": p.fdkWindow, "window_cutoff": float(p.fdkWindowCutoff)} if p.method == "fdk" else None
         out = self.reconstruct(
-            inputNode, p.outputVolume, p.uncertaintyVolume if p.computeUncertainty else None, method=p.method,
-            renderer=p.renderer, voxelSolver=p.voxelSolver, gridSize=p.gridSize, voxelSpacingMm=p.voxelSpacingMm or None,
-            iterations=p.iterations or None, uncertainty=p.computeUncertainty, ensembleSize=p.ensembleSize,
-            options=options, progress=progress, **inputs,
+            inputNode,
+            p.outputVolume,
+            p.uncertaintyVolume if p.computeUncertainty else None,
+            method=p.method,
+            renderer=p.renderer,
+            voxelSolver=p.voxelSolver,
+            gridSize=p.gridSize,
+            voxelSpacingMm=p.voxelSpacingMm or None,
+            iterations=p.iterations or None,
+            uncertainty=p.computeUncertainty,
+            ensembleSize=p.ensembleSize,
+            options=options,
+            progress=progress,
+            **inputs,
         )
         p.outputVolume = out.volume_node
         if out.uncertainty_node is not None:
@@ -584,8 +611,15 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
             return p.preview is None
 
         out = logic.reconstruct(
-            sequence, method="voxel", renderer="trilinear", gridSize=12, iterations=200, progress=stopAtFirstPreview,
-            previewIntervalS=0.0, geometrySource="circular", **self.ORBIT,
+            sequence,
+            method="voxel",
+            renderer="trilinear",
+            gridSize=12,
+            iterations=200,
+            progress=stopAtFirstPreview,
+            previewIntervalS=0.0,
+            geometrySource="circular",
+            **self.ORBIT,
         )
         self.assertTrue(out.cancelled)
         self.assertTrue(calls[-1] and not any(calls[:-1]))
@@ -630,8 +664,12 @@ class XRayNeRFReconstructionTest(ScriptedLoadableModuleTest):
         images, _ = self._projections(views=6, size=(24, 20))
         logic = XRayNeRFReconstructionLogic()
         ps = logic.projections(
-            self._sequence(images), geometrySource="circular", orbitAxis="R", isocenterNode=point,
-            detectorOffsetMm=(8.0, -4.0), **self.ORBIT,
+            self._sequence(images),
+            geometrySource="circular",
+            orbitAxis="R",
+            isocenterNode=point,
+            detectorOffsetMm=(8.0, -4.0),
+            **self.ORBIT,
         )
         cams = ps.cameras
         src = cams.source_positions().double().numpy() - iso  # (V, 3)

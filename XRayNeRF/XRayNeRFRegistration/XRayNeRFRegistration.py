@@ -64,9 +64,7 @@ class XRayNeRFRegistration(ScriptedLoadableModule):
             "(C-arm angles, distances and pixel spacing from the tags, or from the overrides when a tag is missing); "
             "the C-arm's isocentre is put at the selected CT's centre, so start by selecting the CT."
         )
-        self.parent.acknowledgementText = _(
-            "XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch."
-        )
+        self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -131,7 +129,8 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         path = self._parameterNode.xrayDicomPath.strip() if self._parameterNode else ""
         self.ui.loadXRayButton.enabled = idle and bool(path) and Path(path).is_file()
         self.ui.loadXRayButton.toolTip = (
-            _("Read the X-ray and its C-arm geometry from the DICOM file") if self.ui.loadXRayButton.enabled
+            _("Read the X-ray and its C-arm geometry from the DICOM file")
+            if self.ui.loadXRayButton.enabled
             else _("Choose a DICOM X-ray file (XA, RF, DX, CR) first")
         )
 
@@ -239,8 +238,14 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         from XRayNeRFMRML.inputs import xray_node_from_dicom
 
         return xray_node_from_dicom(
-            dicomPath, frame, sdd_mm=sddMm, sid_mm=sidMm, pixel_spacing_mm=pixelSpacingMm, isocenter_ras=isocenterRas,
-            name=name, scene=slicer.mrmlScene,
+            dicomPath,
+            frame,
+            sdd_mm=sddMm,
+            sid_mm=sidMm,
+            pixel_spacing_mm=pixelSpacingMm,
+            isocenter_ras=isocenterRas,
+            name=name,
+            scene=slicer.mrmlScene,
         )
 
     @staticmethod
@@ -258,8 +263,12 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Choose the DICOM X-ray file first.")
         centre = self.volumeCentreRas(p.inputVolume) if p.inputVolume and p.inputVolume.GetImageData() else None
         node = self.loadXRay(
-            path, p.xrayDicomFrame, sddMm=p.dicomSddMm or None, sidMm=p.dicomSidMm or None,
-            pixelSpacingMm=p.dicomPixelSpacingMm or None, isocenterRas=centre,
+            path,
+            p.xrayDicomFrame,
+            sddMm=p.dicomSddMm or None,
+            sidMm=p.dicomSidMm or None,
+            pixelSpacingMm=p.dicomPixelSpacingMm or None,
+            isocenterRas=centre,
         )
         p.xrayVolume = node
         return node
@@ -340,14 +349,21 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             return bool(keepGoing) and not self.cancelRequested
 
         out = register_ct_to_xray(
-            ctNode, xrayNode, transformNode, drr_node=drrNode, camera_model_node=cameraModelNode,
-            slice_logic=sliceLogic or self.defaultSliceLogic(), overlay=self.overlay, opacity=opacity,
-            preview_every=previewEvery, progress=onProgress, on_preview=lambda: slicer.app.processEvents(), **engineOptions,
+            ctNode,
+            xrayNode,
+            transformNode,
+            drr_node=drrNode,
+            camera_model_node=cameraModelNode,
+            slice_logic=sliceLogic or self.defaultSliceLogic(),
+            overlay=self.overlay,
+            opacity=opacity,
+            preview_every=previewEvery,
+            progress=onProgress,
+            on_preview=lambda: slicer.app.processEvents(),
+            **engineOptions,
         )
         self._pending = out
-        logging.info(
-            f"XRayNeRF registration: loss {out.initial_loss:.4f} -> {out.loss:.4f}, {out.result.iterations} iterations"
-        )
+        logging.info(f"XRayNeRF registration: loss {out.initial_loss:.4f} -> {out.loss:.4f}, {out.result.iterations} iterations")
         return out
 
     def accept(self) -> None:
@@ -373,8 +389,16 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(reason)
         engineOptions.setdefault("loss", p.similarity)
         out = self.register(
-            p.inputVolume, p.xrayVolume, p.transform, p.outputDRR, p.cameraModel, sliceLogic=sliceLogic,
-            opacity=p.overlayOpacity, previewEvery=p.previewEvery, progress=progress, **engineOptions,
+            p.inputVolume,
+            p.xrayVolume,
+            p.transform,
+            p.outputDRR,
+            p.cameraModel,
+            sliceLogic=sliceLogic,
+            opacity=p.overlayOpacity,
+            previewEvery=p.previewEvery,
+            progress=progress,
+            **engineOptions,
         )
         p.outputDRR, p.cameraModel = out.drr_node, out.camera_model_node
         return out
@@ -405,8 +429,16 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
 
         from XRayNeRFLib.geometry import Cameras
 
-        return Cameras.carm(primary, secondary, sid_mm=500.0, sdd_mm=800.0, size_px=(cols, rows),
-                            pixel_spacing_mm=spacing, isocenter_ras=iso, dtype=torch.float64)
+        return Cameras.carm(
+            primary,
+            secondary,
+            sid_mm=500.0,
+            sdd_mm=800.0,
+            size_px=(cols, rows),
+            pixel_spacing_mm=spacing,
+            isocenter_ras=iso,
+            dtype=torch.float64,
+        )
 
     @staticmethod
     def _imageNode(name, image, cameras):
@@ -529,9 +561,17 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         logic = XRayNeRFRegistrationLogic()
         seen = []
         out = logic.register(
-            ct, xrayNode, transform, sliceLogic=self._sliceLogic(), previewEvery=5,
-            progress=lambda p: seen.append(p.done) is None, loss="ncc", levels=(2, 1),
-            max_iterations=(20, 10), learning_rate=(1.0, 0.5), method="trilinear",
+            ct,
+            xrayNode,
+            transform,
+            sliceLogic=self._sliceLogic(),
+            previewEvery=5,
+            progress=lambda p: seen.append(p.done) is None,
+            loss="ncc",
+            levels=(2, 1),
+            max_iterations=(20, 10),
+            learning_rate=(1.0, 0.5),
+            method="trilinear",
         )
         after = slicer.util.arrayFromTransformMatrix(transform)
         self.assertLess(out.loss, out.initial_loss)
@@ -571,10 +611,14 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         c, n = sliceLogic.GetSliceCompositeNode(), sliceLogic.GetSliceNode()
         m = slicer.util.arrayFromVTKMatrix(n.GetSliceToRAS())
         return dict(
-            background=c.GetBackgroundVolumeID(), foreground=c.GetForegroundVolumeID(), label=c.GetLabelVolumeID(),
-            opacity=round(c.GetForegroundOpacity(), 9), orientation=n.GetOrientationString(),
+            background=c.GetBackgroundVolumeID(),
+            foreground=c.GetForegroundVolumeID(),
+            label=c.GetLabelVolumeID(),
+            opacity=round(c.GetForegroundOpacity(), 9),
+            orientation=n.GetOrientationString(),
             sliceToRAS=np.round(m, 9).ravel().tolist(),
-            fov=tuple(round(v, 9) for v in n.GetFieldOfView()), origin=tuple(round(v, 9) for v in n.GetXYZOrigin()),
+            fov=tuple(round(v, 9) for v in n.GetFieldOfView()),
+            origin=tuple(round(v, 9) for v in n.GetXYZOrigin()),
         )
 
     def test_ViewRestoredAfterFailureAndRevert(self):
@@ -611,8 +655,9 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(self._viewState(sliceLogic), before)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
         # a registration stopped by the user keeps its best pose and the overlay; Revert gives the view back
-        result = logic.register(ct, xrayNode, transform, sliceLogic=sliceLogic, progress=lambda p: False,
-                                levels=(2,), max_iterations=3, loss="ncc")
+        result = logic.register(
+            ct, xrayNode, transform, sliceLogic=sliceLogic, progress=lambda p: False, levels=(2,), max_iterations=3, loss="ncc"
+        )
         self.assertTrue(result.cancelled)
         self.assertEqual(composite.GetBackgroundVolumeID(), xrayNode.GetID())
         self.assertEqual(composite.GetForegroundVolumeID(), result.drr_node.GetID())

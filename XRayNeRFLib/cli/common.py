@@ -119,7 +119,9 @@ def select_device(name: str):
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available to this PyTorch build ({torch.__version__}); use --device cpu")
+        raise ValueError(
+            f"device {name!r} requested but CUDA is not available to this PyTorch build ({torch.__version__}); use --device cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device

@@ -43,7 +43,6 @@ conventions:
 """
 
 
-
 DRR_DESCRIPTION = """\
 Render digitally reconstructed radiographs (DRRs) of a CT or attenuation volume for every view of a
 cone-beam geometry and write them as one projection stack (.mha, .nrrd, .nii, .nii.gz).
@@ -68,7 +67,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     io.add_argument("--geometry", required=True, metavar="G", help="geometry: XRayNeRF .json or RTK .xml")
     io.add_argument("--out", required=True, metavar="STACK", help="output projection stack: .mha, .nrrd, .nii or .nii.gz (overwritten)")
     io.add_argument(
-        "--input-units", choices=("auto", "hu", "mu"), default="auto",
+        "--input-units",
+        choices=("auto", "hu", "mu"),
+        default="auto",
         help="volume values: Hounsfield units or mu in 1/mm (default auto: HU if the minimum is below -100)",
     )
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU -> mu, 30-150 keV (default 60)")
@@ -76,20 +77,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     det.add_argument("--detector-size", type=int, nargs=2, metavar=("COLUMNS", "ROWS"), help="detector size in pixels")
     det.add_argument("--detector-spacing", type=float, nargs=2, metavar=("SU", "SV"), help="pixel spacing [column, row] in mm")
     det.add_argument(
-        "--detector-origin", type=float, nargs=2, metavar=("U0", "V0"),
+        "--detector-origin",
+        type=float,
+        nargs=2,
+        metavar=("U0", "V0"),
         help="RTK only: position (mm) of pixel (0, 0) in RTK's detector frame (default: centred, -(size-1)/2*spacing)",
     )
     ren = p.add_argument_group("rendering")
     ren.add_argument(
-        "--renderer", choices=RENDERERS, default=DEFAULT_RENDERER,
+        "--renderer",
+        choices=RENDERERS,
+        default=DEFAULT_RENDERER,
         help="trilinear: ray marching with trilinear interpolation (default, fast); siddon: exact radiological path through the voxels",
     )
-    ren.add_argument("--samples-per-voxel", type=int, default=None, metavar="N", help="trilinear samples per voxel along each ray (default 1)")
+    ren.add_argument(
+        "--samples-per-voxel", type=int, default=None, metavar="N", help="trilinear samples per voxel along each ray (default 1)"
+    )
     ren.add_argument("--max-memory-mb", type=float, default=1024.0, metavar="MB", help="working memory of one chunk of rays (default 1024)")
     ren.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     out = p.add_argument_group("intensities (default output: line integrals)")
     out.add_argument("--intensity", action="store_true", help="write I = I0 exp(-line integral) instead of line integrals")
-    out.add_argument("--i0", type=float, default=None, metavar="N", help="unattenuated intensity (default 1: transmission); with --poisson the expected photon count")
+    out.add_argument(
+        "--i0",
+        type=float,
+        default=None,
+        metavar="N",
+        help="unattenuated intensity (default 1: transmission); with --poisson the expected photon count",
+    )
     out.add_argument("--poisson", action="store_true", help="draw Poisson counts with mean I0 exp(-line integral) (needs --i0)")
     out.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for --poisson (default: random)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
@@ -158,7 +172,9 @@ def run(args) -> int:
     cams = load_geometry(args.geometry, size_px=args.detector_size, spacing_mm=args.detector_spacing, origin_mm=args.detector_origin)
     spacing = torch.unique(cams.pixel_spacing_mm.detach().cpu().double(), dim=0)
     if spacing.shape[0] != 1:
-        raise ValueError(f"geometry {args.geometry!r} has views with different pixel spacings {spacing.tolist()}; one projection stack holds one spacing")
+        raise ValueError(
+            f"geometry {args.geometry!r} has views with different pixel spacings {spacing.tolist()}; one projection stack holds one spacing"
+        )
     spacing_mm = spacing[0].tolist()
     volume = _load_mu_volume(args, args.quiet).to(device=device)
     missing = views_missing_volume(volume, cams)  # float64 cameras as read
@@ -171,7 +187,9 @@ def run(args) -> int:
         )
     if any(missing) and not args.quiet:
         idx = [i for i, m in enumerate(missing) if m]
-        note(f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views {idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero")
+        note(
+            f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views {idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero"
+        )
 
     bar = progress_bar(f"drr {args.renderer}", args.quiet)
     try:

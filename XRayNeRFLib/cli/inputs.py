@@ -30,20 +30,35 @@ def add_geometry_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("geometry (each value given here wins over the DICOM tag; see docs/dicom.md)")
     g.add_argument("--sdd-mm", type=float, help="source-to-detector distance, mm (Distance Source to Detector (0018,1110))")
     g.add_argument("--sid-mm", type=float, help="source-to-isocentre distance, mm ((0018,9402) / (0018,1111))")
-    g.add_argument("--pixel-spacing-mm", type=float, nargs="+", metavar="MM",
-                   help="detector pixel spacing: one value, or COLUMN ROW in mm (Imager Pixel Spacing (0018,1164))")
-    g.add_argument("--primary-deg", type=float, nargs="+", metavar="DEG", help="C-arm primary angle(s), LAO positive (one, or one per frame)")
+    g.add_argument(
+        "--pixel-spacing-mm",
+        type=float,
+        nargs="+",
+        metavar="MM",
+        help="detector pixel spacing: one value, or COLUMN ROW in mm (Imager Pixel Spacing (0018,1164))",
+    )
+    g.add_argument(
+        "--primary-deg", type=float, nargs="+", metavar="DEG", help="C-arm primary angle(s), LAO positive (one, or one per frame)"
+    )
     g.add_argument("--secondary-deg", type=float, nargs="+", metavar="DEG", help="C-arm secondary angle(s), cranial positive")
     g.add_argument("--patient-position", help="DICOM patient position (HFS, FFS, HFP, ...) for equipment angles and table motion")
     g.add_argument("--isocenter-ras", type=float, nargs=3, metavar=("R", "A", "S"), help="isocentre in patient RAS mm (default the origin)")
-    g.add_argument("--angle-increments", choices=("first", "previous", "absolute"),
-                   help="how per-frame angle increments (0018,1520/1521) are read (default: relative to the first frame)")
-    g.add_argument("--image-layout", choices=("radiological", "beams_eye"),
-                   help="stored pixel layout: radiological (seen from the detector; default unless Patient Orientation says otherwise) or beams_eye")
+    g.add_argument(
+        "--angle-increments",
+        choices=("first", "previous", "absolute"),
+        help="how per-frame angle increments (0018,1520/1521) are read (default: relative to the first frame)",
+    )
+    g.add_argument(
+        "--image-layout",
+        choices=("radiological", "beams_eye"),
+        help="stored pixel layout: radiological (seen from the detector; default unless Patient Orientation says otherwise) or beams_eye",
+    )
     i = p.add_argument_group("intensities")
     i.add_argument("--intensity", choices=("LIN", "LOG"), help="override Pixel Intensity Relationship (0028,1040)")
     i.add_argument("--sign", type=int, choices=(1, -1), help="override Pixel Intensity Relationship Sign (0028,1041)")
-    i.add_argument("--i0", type=float, help="unattenuated value: intensity I0 (LIN) or the stored air value (LOG); default estimated per view")
+    i.add_argument(
+        "--i0", type=float, help="unattenuated value: intensity I0 (LIN) or the stored air value (LOG); default estimated per view"
+    )
     i.add_argument("--log-scale", type=float, help="LOG images: stored units per natural-log unit (default 1)")
     p.add_argument("--sort", choices=("angle", "instance"), default="angle", help="view order (default: by primary, then secondary angle)")
 
@@ -71,12 +86,19 @@ def geometry_overrides(args, isocenter_ras: Optional[Sequence[float]] = None) ->
 def projections_from_dicom(args, inputs: Sequence[str], isocenter_ras: Optional[Sequence[float]] = None) -> ProjectionSet:
     """A DICOM series (files/directories) with the override flags: the one DICOM route of the command line."""
     return ProjectionSet.from_dicom(
-        list(inputs), geometry_overrides(args, isocenter_ras), relationship=args.intensity, sign=args.sign, i0=args.i0,
-        log_scale=args.log_scale, sort=args.sort,
+        list(inputs),
+        geometry_overrides(args, isocenter_ras),
+        relationship=args.intensity,
+        sign=args.sign,
+        i0=args.i0,
+        log_scale=args.log_scale,
+        sort=args.sort,
     )
 
 
-def projections_from_args(args, inputs: Sequence[str], geometry: Optional[str], *, flag: str, quantity: Optional[str] = None) -> ProjectionSet:
+def projections_from_args(
+    args, inputs: Sequence[str], geometry: Optional[str], *, flag: str, quantity: Optional[str] = None
+) -> ProjectionSet:
     """The ProjectionSet named on the command line: one projection stack (or image folder) with ``geometry``,
     else a DICOM series. ``flag`` names the input option in messages (``--projections``, ``FILE``)."""
     inputs = [str(p) for p in inputs]
@@ -108,7 +130,12 @@ def add_convert(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="DICOM", help="DICOM files or directories of one series")
     p.add_argument("--out", required=True, metavar="PROJ", help="projection stack to write (.mha, .nrrd, .nii, .nii.gz)")
-    p.add_argument("--geometry-out", required=True, metavar="GEOM", help="geometry to write: .xml (RTK), .json (XRayNeRF) or .matrices.json (one projection matrix per view)")
+    p.add_argument(
+        "--geometry-out",
+        required=True,
+        metavar="GEOM",
+        help="geometry to write: .xml (RTK), .json (XRayNeRF) or .matrices.json (one projection matrix per view)",
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     add_geometry_options(p)
     return p
@@ -125,7 +152,9 @@ def add_info(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM files/directories, or one projection stack")
     p.add_argument("--geometry", metavar="GEOM", help="geometry (.xml/.json) of a projection stack")
-    p.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
+    p.add_argument(
+        "--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)"
+    )
     add_geometry_options(p)
     return p
 

@@ -49,8 +49,11 @@ def run_web(argv: List[str]) -> int:
         missing = f" ({exc.name} is not installed)" if exc.name else ""
         sys.stderr.write(f"xraynerf web: the browser front end is not installed{missing}; install the web extra: {WEB_INSTALL_HINT}\n")
         return EXIT_USAGE
-    parser = argparse.ArgumentParser(prog="xraynerf web", description=getattr(web, "DESCRIPTION", "XRayNeRF in the browser."),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="xraynerf web",
+        description=getattr(web, "DESCRIPTION", "XRayNeRF in the browser."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     web.add_arguments(parser)
     return run_command("xraynerf web", web.run, parser.parse_args(argv))
 

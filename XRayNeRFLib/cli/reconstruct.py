@@ -84,56 +84,144 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = p.add_argument_group("input and output")
-    io.add_argument("--projections", required=True, nargs="+", metavar="P", help="DICOM file(s)/directory, or one projection stack / image folder")
-    io.add_argument("--geometry", metavar="G", help="geometry of a projection stack: RTK .xml or XRayNeRF .json (cameras, or per-view projection matrices)")
-    io.add_argument("--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)")
-    io.add_argument("--quantity", choices=("line_integral", "intensity"), help="stack values (default: the stack's header, else line integrals)")
-    io.add_argument("--out", required=True, metavar="VOL", help="output volume (.nii.gz, .nii, .nrrd, .mha); missing directories are created when the result is written")
+    io.add_argument(
+        "--projections", required=True, nargs="+", metavar="P", help="DICOM file(s)/directory, or one projection stack / image folder"
+    )
+    io.add_argument(
+        "--geometry",
+        metavar="G",
+        help="geometry of a projection stack: RTK .xml or XRayNeRF .json (cameras, or per-view projection matrices)",
+    )
+    io.add_argument(
+        "--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)"
+    )
+    io.add_argument(
+        "--quantity", choices=("line_integral", "intensity"), help="stack values (default: the stack's header, else line integrals)"
+    )
+    io.add_argument(
+        "--out",
+        required=True,
+        metavar="VOL",
+        help="output volume (.nii.gz, .nii, .nrrd, .mha); missing directories are created when the result is written",
+    )
     io.add_argument("--uncertainty", metavar="U", help="also write the uncertainty volume here (ensemble; see above)")
     io.add_argument("--reference", metavar="GT", help="ground-truth volume: print PSNR / SSIM / MAE against it")
-    io.add_argument("--fov-mask", metavar="M", help="also write the field of view on the output grid: the fraction of views that see each voxel (1: every view)")
+    io.add_argument(
+        "--fov-mask",
+        metavar="M",
+        help="also write the field of view on the output grid: the fraction of views that see each voxel (1: every view)",
+    )
     io.add_argument("--units", choices=("mu", "hu"), default="mu", help="output units: mu (1/mm, default) or hu")
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
-    m.add_argument("--renderer", choices=RENDERERS, default=None,
-                   help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)")
+    m.add_argument(
+        "--renderer",
+        choices=RENDERERS,
+        default=None,
+        help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)",
+    )
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
-    g.add_argument("--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid (with --size: the explicit grid's)")
-    g.add_argument("--like", metavar="REF", help="output grid of an existing 3-D image: its size, spacing, origin and direction (header only, as RTK's --like)")
-    m.add_argument("--size", type=int, nargs=3, metavar=("NX", "NY", "NZ"), help="explicit output grid along RAS x, y, z, with --spacing-mm (and --origin-ras)")
-    m.add_argument("--origin-ras", type=float, nargs=3, metavar=("X", "Y", "Z"), help="with --size: RAS mm of voxel (0, 0, 0)'s centre (default: centred on the isocentre)")
-    m.add_argument("--fov-region", choices=("every", "any"), default=None,
-                   help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)")
-    m.add_argument("--extend-grid", action=argparse.BooleanOptionalAction, default=None,
-                   help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)")
-    m.add_argument("--refine-geometry", metavar="GEOM",
-                   help="self-calibration: first correct each view's pose from the data (recon/selfcal.py), reconstruct with the corrected "
-                        "cameras and write them here (.json, .matrices.json or .xml); nothing moves when there is nothing to correct")
-    m.add_argument("--truncation-correction", type=float, metavar="F",
-                   help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)")
-    m.add_argument("--iterations", type=int, metavar="K", help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)")
+    g.add_argument(
+        "--spacing-mm", type=float, metavar="S", help="isotropic voxel size in mm instead of --grid (with --size: the explicit grid's)"
+    )
+    g.add_argument(
+        "--like",
+        metavar="REF",
+        help="output grid of an existing 3-D image: its size, spacing, origin and direction (header only, as RTK's --like)",
+    )
+    m.add_argument(
+        "--size",
+        type=int,
+        nargs=3,
+        metavar=("NX", "NY", "NZ"),
+        help="explicit output grid along RAS x, y, z, with --spacing-mm (and --origin-ras)",
+    )
+    m.add_argument(
+        "--origin-ras",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="with --size: RAS mm of voxel (0, 0, 0)'s centre (default: centred on the isocentre)",
+    )
+    m.add_argument(
+        "--fov-region",
+        choices=("every", "any"),
+        default=None,
+        help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)",
+    )
+    m.add_argument(
+        "--extend-grid",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)",
+    )
+    m.add_argument(
+        "--refine-geometry",
+        metavar="GEOM",
+        help="self-calibration: first correct each view's pose from the data (recon/selfcal.py), reconstruct with the corrected "
+        "cameras and write them here (.json, .matrices.json or .xml); nothing moves when there is nothing to correct",
+    )
+    m.add_argument(
+        "--truncation-correction",
+        type=float,
+        metavar="F",
+        help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)",
+    )
+    m.add_argument(
+        "--iterations",
+        type=int,
+        metavar="K",
+        help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)",
+    )
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
     m.add_argument("--window", choices=("hann", "shepp-logan", "ram-lak"), help="fdk: ramp filter window (default hann)")
-    m.add_argument("--window-cutoff", type=float, metavar="C",
-                   help="fdk: the window's cut-off as a fraction of the Nyquist frequency, (0, 1] (default 1; 0.5 smooths noisy data)")
+    m.add_argument(
+        "--window-cutoff",
+        type=float,
+        metavar="C",
+        help="fdk: the window's cut-off as a fraction of the Nyquist frequency, (0, 1] (default 1; 0.5 smooths noisy data)",
+    )
     m.add_argument("--tv-weight", type=float, metavar="L", help="voxel/nerf: total-variation weight lambda_TV")
     m.add_argument("--lr", type=float, help="voxel --solver adam / nerf: Adam step size")
     m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel --solver adam / nerf: rays per view and step (0: all pixels)")
-    m.add_argument("--learned-weights", action="store_true", help="voxel --solver adam / nerf: learn the data/TV weights (task uncertainty)")
-    m.add_argument("--solver", choices=("adam", "os-tv"), help="voxel: os-tv (default: ordered-subset SART-preconditioned least squares + TV prox; "
-                   "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)")
-    m.add_argument("--subsets", type=int, metavar="S", help="voxel --solver os-tv: ordered subsets of views per pass (default 30, at most one per view)")
+    m.add_argument(
+        "--learned-weights", action="store_true", help="voxel --solver adam / nerf: learn the data/TV weights (task uncertainty)"
+    )
+    m.add_argument(
+        "--solver",
+        choices=("adam", "os-tv"),
+        help="voxel: os-tv (default: ordered-subset SART-preconditioned least squares + TV prox; "
+        "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)",
+    )
+    m.add_argument(
+        "--subsets",
+        type=int,
+        metavar="S",
+        help="voxel --solver os-tv: ordered subsets of views per pass (default 30, at most one per view)",
+    )
     m.add_argument("--relaxation", type=float, metavar="LAMBDA", help="voxel --solver os-tv: SART relaxation in (0, 2) (default 1.4)")
     m.add_argument("--statistical-weights", action="store_true", help="voxel --solver os-tv: weight rays by exp(-line integral) (Poisson)")
-    m.add_argument("--backprojector", choices=("voxel", "matched"), help="voxel --solver os-tv: voxel-driven back projection (fast, "
-                   "unmatched; default) or the renderer's exact adjoint (matched)")
-    m.add_argument("--coarse-passes", type=int, metavar="N", help="voxel --solver os-tv: passes on a 2x coarser grid before --iterations passes on the output grid")
+    m.add_argument(
+        "--backprojector",
+        choices=("voxel", "matched"),
+        help="voxel --solver os-tv: voxel-driven back projection (fast, unmatched; default) or the renderer's exact adjoint (matched)",
+    )
+    m.add_argument(
+        "--coarse-passes",
+        type=int,
+        metavar="N",
+        help="voxel --solver os-tv: passes on a 2x coarser grid before --iterations passes on the output grid",
+    )
     m.add_argument("--coarse-to-fine", action="store_true", help="voxel --solver adam: fit a 2x coarser grid first")
-    m.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, benchmarks/RESULTS_reconstruction.md)")
+    m.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, benchmarks/RESULTS_reconstruction.md)",
+    )
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     add_geometry_options(p)
@@ -180,7 +268,9 @@ def _options(args) -> dict:
     if args.truncation_correction is not None:
         need(method == "fdk", "--truncation-correction", "--method fdk")
         if not 0.0 <= args.truncation_correction <= 1.0:
-            raise ValueError(f"--truncation-correction must be in [0, 1] (a fraction of the detector width), got {args.truncation_correction}")
+            raise ValueError(
+                f"--truncation-correction must be in [0, 1] (a fraction of the detector width), got {args.truncation_correction}"
+            )
         opts["truncation_correction"] = args.truncation_correction
     if args.extend_grid is not None:
         need(iterative, "--extend-grid" if args.extend_grid else "--no-extend-grid", "--method voxel or nerf")
@@ -202,7 +292,12 @@ def _options(args) -> dict:
         need(method == "voxel", "--solver", "--method voxel")
         opts["solver"] = args.solver
     ostv = method == "voxel" and (args.solver or DEFAULT_VOXEL_SOLVER) == "os-tv"
-    for flag, name in (("--subsets", "subsets"), ("--relaxation", "relaxation"), ("--backprojector", "backprojector"), ("--coarse-passes", "coarse_passes")):
+    for flag, name in (
+        ("--subsets", "subsets"),
+        ("--relaxation", "relaxation"),
+        ("--backprojector", "backprojector"),
+        ("--coarse-passes", "coarse_passes"),
+    ):
         if getattr(args, name) is not None:
             need(ostv, flag, "--method voxel --solver os-tv")
             opts[name] = getattr(args, name)
@@ -210,8 +305,16 @@ def _options(args) -> dict:
         need(ostv, "--statistical-weights", "--method voxel --solver os-tv")
         opts["statistical_weights"] = True
     if ostv:
-        adam_flags = [f for f, on in (("--lr", args.lr is not None), ("--rays-per-view", args.rays_per_view is not None),
-                                      ("--learned-weights", args.learned_weights), ("--coarse-to-fine", args.coarse_to_fine)) if on]
+        adam_flags = [
+            f
+            for f, on in (
+                ("--lr", args.lr is not None),
+                ("--rays-per-view", args.rays_per_view is not None),
+                ("--learned-weights", args.learned_weights),
+                ("--coarse-to-fine", args.coarse_to_fine),
+            )
+            if on
+        ]
         if adam_flags:
             how = "" if args.solver else " (the default voxel solver); add --solver adam to use them"
             raise ValueError(f"{', '.join(adam_flags)} apply to --solver adam only, not --solver os-tv{how}")
@@ -247,7 +350,9 @@ def _save_atomic(pairs) -> None:
     try:
         for vol, path in pairs:
             ext = next(e for e in VOLUME_EXTENSIONS if path.lower().endswith(e))
-            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[: -len(ext)] + ".", suffix=".part" + ext, dir=os.path.dirname(os.path.abspath(path)))
+            fd, tmp = tempfile.mkstemp(
+                prefix="." + os.path.basename(path)[: -len(ext)] + ".", suffix=".part" + ext, dir=os.path.dirname(os.path.abspath(path))
+            )
             os.close(fd)
             temps.append(tmp)
             save_volume(vol, tmp)
@@ -297,7 +402,9 @@ def load_reference(reference_path: str, like, units: str, energy_kev: Optional[f
     if ref.units != units:
         data = hu_to_mu(ref.data, e) if ref.units == "hu" else mu_to_hu(ref.data, e)
         ref = Volume(data, ref.ras_from_ijk, units)
-    same = tuple(ref.data.shape) == tuple(like.data.shape) and torch.allclose(ref.ras_from_ijk.double(), like.ras_from_ijk.double(), atol=1e-4)
+    same = tuple(ref.data.shape) == tuple(like.data.shape) and torch.allclose(
+        ref.ras_from_ijk.double(), like.ras_from_ijk.double(), atol=1e-4
+    )
     if same:
         return ref.data, False
     a = ref.ijk_from_ras().double() @ like.ras_from_ijk.double()
@@ -360,8 +467,13 @@ def run(args) -> int:
     reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
     refined = None
     if args.refine_geometry:
-        refined = refine_geometry(images, cams, like, settings=RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed),
-                                  masks=ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None)
+        refined = refine_geometry(
+            images,
+            cams,
+            like,
+            settings=RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed),
+            masks=ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None,
+        )
         cams = refined.cameras
     masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
     if masks is not None and args.method == "fdk":
@@ -379,9 +491,21 @@ def run(args) -> int:
 
         try:
             result = reconstruct(
-                images, cams, args.method, volume=like, extend_grid=args.extend_grid, fov_counts=bool(args.fov_mask),
-                renderer=args.renderer or DEFAULT_RENDERER, iterations=args.iterations, units=args.units, uncertainty=bool(args.uncertainty),
-                ensemble_size=args.ensemble_size, masks=masks, seed=args.seed, progress=progress, options=opts,
+                images,
+                cams,
+                args.method,
+                volume=like,
+                extend_grid=args.extend_grid,
+                fov_counts=bool(args.fov_mask),
+                renderer=args.renderer or DEFAULT_RENDERER,
+                iterations=args.iterations,
+                units=args.units,
+                uncertainty=bool(args.uncertainty),
+                ensemble_size=args.ensemble_size,
+                masks=masks,
+                seed=args.seed,
+                progress=progress,
+                options=opts,
             )
         finally:  # Cancelled (FDK) and KeyboardInterrupt go on to common.run_command: 130, nothing written
             if bar is not None:
@@ -431,4 +555,3 @@ def run(args) -> int:
         if fov_line:
             sys.stderr.write(f"field of view: {fov_line}\n")
     return EXIT_OK
-

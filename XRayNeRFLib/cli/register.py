@@ -93,18 +93,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images without --landmarks")
     p.add_argument("--landmarks", help="landmark pairs JSON (CT RAS mm <-> X-ray [column, row]); the start pose is solved from them")
     p.add_argument("--out", required=True, help="result JSON")
-    p.add_argument("--loss", default="mi", choices=["mi", "ncc", "gncc", "mncc", "pncc"],
-                   help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)")
+    p.add_argument(
+        "--loss",
+        default="mi",
+        choices=["mi", "ncc", "gncc", "mncc", "pncc"],
+        help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)",
+    )
     p.add_argument("--overlay", help="PNG: X-ray with the final DRR's edges")
     p.add_argument("--transform-out", help="ITK transform file (.h5 or .tfm) with the CT's correction for Slicer")
     p.add_argument("--input-units", default="auto", choices=["auto", "hu", "mu"], help="CT values (auto: HU when below -100)")
     p.add_argument("--center", type=float, nargs=3, metavar=("R", "A", "S"), help="rotation centre, RAS mm (default: the CT centre)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
-    p.add_argument("--no-ct-coverage", action="store_true",
-                   help="compare every pixel, also those whose rays cross the CT's end faces (default: only pixels whose "
-                        "rays cross the CT's whole extent; see docs/registration.md)")
-    p.add_argument("--levels", type=int, nargs="+", default=None,
-                   help="pyramid binning factors, coarse to fine (default: the engine's, registration.optimize.auto_levels)")
+    p.add_argument(
+        "--no-ct-coverage",
+        action="store_true",
+        help="compare every pixel, also those whose rays cross the CT's end faces (default: only pixels whose "
+        "rays cross the CT's whole extent; see docs/registration.md)",
+    )
+    p.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pyramid binning factors, coarse to fine (default: the engine's, registration.optimize.auto_levels)",
+    )
     p.add_argument("--iterations", type=int, nargs="+", help="maximum iterations per level (default 80 then 50)")
     p.add_argument("--capture-range-deg", type=float, default=0.0, help="coarse search over +- this rotation (deg)")
     p.add_argument("--capture-range-mm", type=float, default=0.0, help="coarse search over +- this translation (mm)")
@@ -114,8 +126,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="invert the image (dark bone -> bright)")
     p.add_argument("--equalize", action="store_true", help="histogram-equalize the image")
     p.add_argument("--no-mask", action="store_true", help="do not mask flat (collimated) borders")
-    p.add_argument("--nett", help="NeTT appearance weights (.pt, written by XRayNeRFLib.registration.save_nett after "
-                   "train_nett) applied to the CT (in mu) before rendering; opt-in, see docs/registration.md")
+    p.add_argument(
+        "--nett",
+        help="NeTT appearance weights (.pt, written by XRayNeRFLib.registration.save_nett after "
+        "train_nett) applied to the CT (in mu) before rendering; opt-in, see docs/registration.md",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is often fastest on small images)")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -139,8 +154,10 @@ def read_camera_json(path: str) -> dict:
         raise ValueError(f"camera file {path!r} must hold a JSON object with sdd_mm, pixel_spacing_mm, principal_point_px, size_px")
     missing = [k for k in ("sdd_mm", "pixel_spacing_mm", "principal_point_px", "size_px") if k not in cam]
     if missing:
-        raise ValueError(f"camera file {path!r} lacks {', '.join(missing)}; it needs sdd_mm (mm), pixel_spacing_mm "
-                         "[column, row] (mm), principal_point_px [column, row] and size_px [columns, rows]")
+        raise ValueError(
+            f"camera file {path!r} lacks {', '.join(missing)}; it needs sdd_mm (mm), pixel_spacing_mm "
+            "[column, row] (mm), principal_point_px [column, row] and size_px [columns, rows]"
+        )
 
     def numbers(key, n):
         v = cam[key]
@@ -161,8 +178,10 @@ def read_camera_json(path: str) -> dict:
         raise ValueError(f"camera file {path!r}: size_px must be two positive integers [columns, rows], got {cam['size_px']}")
     size_i = [int(s) for s in size]
     if not all(-s <= c <= 2 * s for c, s in zip(pp, size_i)):
-        raise ValueError(f"camera file {path!r}: principal_point_px {pp} is far outside the {size_i[0]}x{size_i[1]} image; "
-                         "it is in pixels [column, row], not mm")
+        raise ValueError(
+            f"camera file {path!r}: principal_point_px {pp} is far outside the {size_i[0]}x{size_i[1]} image; "
+            "it is in pixels [column, row], not mm"
+        )
     return {"sdd_mm": sdd, "pixel_spacing_mm": spacing, "principal_point_px": pp, "size_px": size_i}
 
 
@@ -171,7 +190,7 @@ def read_init_json(path: str):
     data = read_json(path, "initial pose")
     m = data.get("world_from_camera") if isinstance(data, dict) else data
     if m is None:
-        raise ValueError(f"initial pose file {path!r} lacks \"world_from_camera\" (a 4x4 row-major matrix, RAS mm)")
+        raise ValueError(f'initial pose file {path!r} lacks "world_from_camera" (a 4x4 row-major matrix, RAS mm)')
     try:
         t = torch.tensor(m, dtype=torch.float64)
     except (TypeError, ValueError):
@@ -233,13 +252,19 @@ def _image_file_xray(args):
     cam = read_camera_json(args.camera)
     arr = _read_image_file(args.image)
     if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
-        raise ValueError(f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
-                         f"{cam['size_px']}: fix size_px in {args.camera}")
+        raise ValueError(
+            f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
+            f"{cam['size_px']}: fix size_px in {args.camera}"
+        )
     # Without --init, --landmarks gives the pose (run() solves it); identity holds the intrinsics until then.
     w = read_init_json(args.init) if args.init else torch.eye(4, dtype=torch.float64)
-    cams = Cameras(w[None], torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
-                   torch.tensor([cam["pixel_spacing_mm"]], dtype=torch.float64),
-                   torch.tensor([cam["principal_point_px"]], dtype=torch.float64), tuple(cam["size_px"]))
+    cams = Cameras(
+        w[None],
+        torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
+        torch.tensor([cam["pixel_spacing_mm"]], dtype=torch.float64),
+        torch.tensor([cam["principal_point_px"]], dtype=torch.float64),
+        tuple(cam["size_px"]),
+    )
     image = torch.from_numpy(arr)
     if not torch.isfinite(image).all():
         raise ValueError(f"image {args.image} contains NaN or infinite pixels")
@@ -294,9 +319,12 @@ def landmark_start_pose(path: str, cams: Cameras, quiet: bool = False) -> Landma
     pairs = read_landmarks_json(path)
     start = solve_landmark_pose(pairs, cameras=cams)
     worst = int(start.error_px.argmax())
-    note(f"landmark start from {len(pairs)} pairs: reprojection RMS {start.rms_px:.2f} px ({start.rms_detector_mm:.2f} mm at "
-         f"the detector, {start.rms_object_mm:.2f} mm at the landmarks); largest: pair {worst} ({start.labels[worst]}) "
-         f"{float(start.error_px[worst]):.2f} px", quiet)
+    note(
+        f"landmark start from {len(pairs)} pairs: reprojection RMS {start.rms_px:.2f} px ({start.rms_detector_mm:.2f} mm at "
+        f"the detector, {start.rms_object_mm:.2f} mm at the landmarks); largest: pair {worst} ({start.labels[worst]}) "
+        f"{float(start.error_px[worst]):.2f} px",
+        quiet,
+    )
     return start
 
 
@@ -314,8 +342,10 @@ def run(args) -> int:
     image, mask, cams, notes = load_xray(args, volume)
     n_levels = len(auto_levels(cams.size_px))
     if args.iterations is not None and not args.levels and len(args.iterations) not in (1, n_levels):
-        raise ValueError(f"--iterations needs one value or one per level ({n_levels}: the default pyramid for "
-                         f"{cams.size_px[0]}x{cams.size_px[1]} px; or give --levels)")
+        raise ValueError(
+            f"--iterations needs one value or one per level ({n_levels}: the default pyramid for "
+            f"{cams.size_px[0]}x{cams.size_px[1]} px; or give --levels)"
+        )
     for n in notes:
         note(f"note: {n}", args.quiet)
     # The CT correction is stated relative to the nominal pose (DICOM tags or --init) when there is one.
@@ -333,10 +363,23 @@ def run(args) -> int:
         iterations = args.iterations[0] if len(args.iterations) == 1 else args.iterations
     try:
         result = register(
-            volume, image, cams, loss=args.loss, mask=mask, center_ras=args.center, optimizer=args.optimizer,
-            levels=args.levels, max_iterations=iterations, capture_range_deg=args.capture_range_deg,
-            capture_range_mm=args.capture_range_mm, n_starts=args.starts, keep_starts=min(3, max(1, args.starts)),
-            refine_intrinsics=args.refine_intrinsics, appearance=appearance, progress=progress, num_threads=args.threads,
+            volume,
+            image,
+            cams,
+            loss=args.loss,
+            mask=mask,
+            center_ras=args.center,
+            optimizer=args.optimizer,
+            levels=args.levels,
+            max_iterations=iterations,
+            capture_range_deg=args.capture_range_deg,
+            capture_range_mm=args.capture_range_mm,
+            n_starts=args.starts,
+            keep_starts=min(3, max(1, args.starts)),
+            refine_intrinsics=args.refine_intrinsics,
+            appearance=appearance,
+            progress=progress,
+            num_threads=args.threads,
             ct_coverage=not args.no_ct_coverage,
         )
         if progress is not None:
@@ -349,12 +392,16 @@ def run(args) -> int:
     data["ct_correction_ras"] = ct_correction.tolist()
     if landmark_start is not None:
         data["landmark_start"] = landmark_start.to_json()
-    data.update({
-        "volume": os.path.abspath(args.volume), "image": os.path.abspath(args.image),
-        "initial_world_from_camera": cams.world_from_camera[0].tolist(), "frame": "patient RAS, mm",
-        "camera_convention": "origin at the source, +z towards the detector, +x along columns, +y along rows",
-        "nett": os.path.abspath(args.nett) if args.nett else None,
-    })
+    data.update(
+        {
+            "volume": os.path.abspath(args.volume),
+            "image": os.path.abspath(args.image),
+            "initial_world_from_camera": cams.world_from_camera[0].tolist(),
+            "frame": "patient RAS, mm",
+            "camera_convention": "origin at the source, +z towards the detector, +x along columns, +y along rows",
+            "nett": os.path.abspath(args.nett) if args.nett else None,
+        }
+    )
     if args.overlay:
         with torch.no_grad():
             vol = volume if appearance is None else appearance(volume)
@@ -363,9 +410,14 @@ def run(args) -> int:
     if args.transform_out:
         write_ct_correction(args.transform_out, ct_correction)
     _write_json_atomic(args.out, data)
-    moved = pose_errors(result.world_from_camera, cams.world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist()))
-    note(f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
-          f"{result.loss:.4f}; pose moved by {moved['rotation_deg']:.2f} deg, {moved['translation_mm']:.2f} mm at the CT centre"
-          + (" (cancelled: best pose so far)" if result.cancelled else "") + f"; wrote {args.out}", args.quiet)
+    moved = pose_errors(
+        result.world_from_camera, cams.world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist())
+    )
+    note(
+        f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
+        f"{result.loss:.4f}; pose moved by {moved['rotation_deg']:.2f} deg, {moved['translation_mm']:.2f} mm at the CT centre"
+        + (" (cancelled: best pose so far)" if result.cancelled else "")
+        + f"; wrote {args.out}",
+        args.quiet,
+    )
     return EXIT_OK
-

@@ -37,14 +37,35 @@ from .truncation import Truncation, crop_to, detect_truncation, extended_grid
 from .uncertainty import ensemble
 from .voxel import VOXEL_SOLVERS as _VOXEL_SOLVERS
 
-__all__ = ["ReconstructionResult", "FieldOfViewReport", "reconstruct", "METHODS", "COMMON_OPTIONS", "FDK_OPTIONS", "VOXEL_OPTIONS", "VOXEL_SOLVERS", "NERF_FIT_OPTIONS"]
+__all__ = [
+    "ReconstructionResult",
+    "FieldOfViewReport",
+    "reconstruct",
+    "METHODS",
+    "COMMON_OPTIONS",
+    "FDK_OPTIONS",
+    "VOXEL_OPTIONS",
+    "VOXEL_SOLVERS",
+    "NERF_FIT_OPTIONS",
+]
 
 METHODS = ("fdk", "voxel", "nerf")
 COMMON_OPTIONS = ("energy_kev",)
 FDK_OPTIONS = ("window", "window_cutoff", "short_scan", "truncation_correction", "displaced_detector", "max_memory_mb")
 _FIT_KEYS = ("lr", "final_lr_fraction", "rays_per_view", "tv_weight", "learned_weights", "report_every", "snapshot_every", "on_snapshot")
-_OSTV_KEYS = ("subsets", "relaxation", "relaxation_decay", "tv_inner", "statistical_weights", "momentum", "backprojector", "coarse_passes", "tv_steps_per_pass",
-              "bp_cache_mb", "max_memory_mb")
+_OSTV_KEYS = (
+    "subsets",
+    "relaxation",
+    "relaxation_decay",
+    "tv_inner",
+    "statistical_weights",
+    "momentum",
+    "backprojector",
+    "coarse_passes",
+    "tv_steps_per_pass",
+    "bp_cache_mb",
+    "max_memory_mb",
+)
 VOXEL_OPTIONS = _FIT_KEYS + ("init", "positivity", "coarse_to_fine", "solver") + _OSTV_KEYS
 VOXEL_SOLVERS = _VOXEL_SOLVERS  # ("adam", "os-tv"): options["solver"] of method "voxel"
 DEFAULT_VOXEL_SOLVER = "os-tv"  # iterations count passes (ostv.default_passes: 12 at 30 views) for it; Adam steps (300) for "adam"
@@ -263,8 +284,10 @@ def _plan_grids(projections, cameras, method, volume, grid, spacing_mm, fov_regi
         run_like, offset = extended_grid(like, fov.any_radius_mm, fov.any_half_height_mm, orbit)
     check_memory(method, tuple(run_like.data.shape), len(cameras), cameras.size_px, options=options, uncertainty=uncertainty)
     like = Volume(torch.zeros(like.data.shape, dtype=torch.float32), like.ras_from_ijk.float(), "mu")
-    run_like = like if run_like.data.shape == like.data.shape and offset == (0, 0, 0) else Volume(
-        torch.zeros(run_like.data.shape, dtype=torch.float32), run_like.ras_from_ijk.float(), "mu"
+    run_like = (
+        like
+        if run_like.data.shape == like.data.shape and offset == (0, 0, 0)
+        else Volume(torch.zeros(run_like.data.shape, dtype=torch.float32), run_like.ras_from_ijk.float(), "mu")
     )
     return _GridPlan(cams64, fov, truncation, like, run_like, offset)
 
@@ -301,8 +324,15 @@ def _assemble_result(plan, mean, std, history, cancelled, units, energy, fov_cou
         mean = Volume(mu_to_hu(mean.data, energy), mean.ras_from_ijk, "hu")
         std = None if std is None else Volume(std.data * scale, std.ras_from_ijk, "hu")
     fov = plan.fov
-    report = FieldOfViewReport(plan.truncation, fov.every_radius_mm, fov.any_radius_mm, fov.displaced, tuple(plan.run_like.data.shape), n_views,
-                               view_counts(plan.cams64, plan.like) if fov_counts else None)
+    report = FieldOfViewReport(
+        plan.truncation,
+        fov.every_radius_mm,
+        fov.any_radius_mm,
+        fov.displaced,
+        tuple(plan.run_like.data.shape),
+        n_views,
+        view_counts(plan.cams64, plan.like) if fov_counts else None,
+    )
     return ReconstructionResult(mean, std, history, time.perf_counter() - t0, bool(cancelled), report)
 
 
@@ -331,21 +361,35 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
         if solver == "os-tv":
             from .ostv import OSTVSettings
 
-            adam_only = [k for k in options if k in ("lr", "final_lr_fraction", "rays_per_view", "learned_weights", "positivity", "coarse_to_fine")]
+            adam_only = [
+                k for k in options if k in ("lr", "final_lr_fraction", "rays_per_view", "learned_weights", "positivity", "coarse_to_fine")
+            ]
             if adam_only:
-                raise ValueError(f"options {', '.join(adam_only)} belong to the 'adam' voxel solver; drop them or set options['solver'] = 'adam'")
+                raise ValueError(
+                    f"options {', '.join(adam_only)} belong to the 'adam' voxel solver; drop them or set options['solver'] = 'adam'"
+                )
             kw = {k: options[k] for k in ("tv_weight", "report_every", "snapshot_every", "on_snapshot") + _OSTV_KEYS if k in options}
             if iterations is not None:
                 kw["passes"] = int(iterations)
             ostv = OSTVSettings(renderer=renderer, **kw)
             vol, hist = reconstruct_voxel(
-                projections, cameras, volume=like, masks=masks, progress=progress, return_history=True, solver="os-tv", ostv=ostv,
-                init=options.get("init", "fdk"), checked=True,
+                projections,
+                cameras,
+                volume=like,
+                masks=masks,
+                progress=progress,
+                return_history=True,
+                solver="os-tv",
+                ostv=ostv,
+                init=options.get("init", "fdk"),
+                checked=True,
             )
             return vol, hist, hist.cancelled
         if any(k in options for k in _OSTV_KEYS):
             extra_keys = [k for k in _OSTV_KEYS if k in options]
-            raise ValueError(f"options {', '.join(extra_keys)} belong to the 'os-tv' voxel solver; drop them or set options['solver'] = 'os-tv'")
+            raise ValueError(
+                f"options {', '.join(extra_keys)} belong to the 'os-tv' voxel solver; drop them or set options['solver'] = 'os-tv'"
+            )
         settings = _fit_settings(FitSettings, iterations, renderer, seed, options)
         extra = {k: options[k] for k in ("init", "positivity", "coarse_to_fine") if k in options}
         vol, hist = reconstruct_voxel(
@@ -364,5 +408,7 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
                 RuntimeWarning,
                 stacklevel=4,  # _run_method <- one <- _run_request <- reconstruct, as before the split
             )
-    vol, hist = nerf.reconstruct_nerf(projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, checked=True, **kw)
+    vol, hist = nerf.reconstruct_nerf(
+        projections, cameras, volume=like, settings=settings, progress=progress, return_history=True, checked=True, **kw
+    )
     return vol, hist, bool(getattr(hist, "cancelled", False))

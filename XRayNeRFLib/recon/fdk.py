@@ -70,7 +70,7 @@ def ramp_filter_response(n: int, window: str = "hann", dtype=torch.float64, cuto
     k = torch.where(k < n // 2, k, k - n)  # signed offsets, circularly arranged
     g = torch.zeros(n, dtype=dtype)
     g[0] = 0.25
-    odd = (k.remainder(2) == 1)
+    odd = k.remainder(2) == 1
     g[odd] = -1.0 / (math.pi**2 * k[odd] ** 2)
     response = torch.fft.rfft(g).real
     f = torch.fft.rfftfreq(n, dtype=dtype) / cutoff  # cycles / sample, 0 .. 0.5 at the cut-off
@@ -215,8 +215,10 @@ def _angular_weighted(
     if displaced_detector is None:
         displaced_detector = offset and not short_scan
     if displaced_detector and short_scan:
-        raise ValueError("displaced-detector weighting needs a full orbit; this is a short scan: pass displaced_detector=False "
-                         "(FDK then reconstructs the region every view sees) or use an iterative method")
+        raise ValueError(
+            "displaced-detector weighting needs a full orbit; this is a short scan: pass displaced_detector=False "
+            "(FDK then reconstructs the region every view sees) or use an iterative method"
+        )
     if offset and short_scan:
         warnings.warn(
             "an offset detector on a short scan: FDK has complete data only in the region every view sees; "
@@ -261,8 +263,9 @@ def _ramp_filtered(p: Tensor, det: _Detector, orbit: Orbit, window: str, window_
     return q.to(torch.float32)
 
 
-def _backproject(q: Tensor, dbeta: Tensor, cams: Cameras, orbit: Orbit, volume: Volume, max_memory_mb: float,
-                 progress: ProgressCallback) -> Volume:
+def _backproject(
+    q: Tensor, dbeta: Tensor, cams: Cameras, orbit: Orbit, volume: Volume, max_memory_mb: float, progress: ProgressCallback
+) -> Volume:
     """Step 4: voxel-driven back projection: sum_v q_v(P_v X) * weight_v / depth_v(X)^2, which is the iterative
     solvers' voxel back projector (backproject.py: the projection and grid matrices folded into one, one
     division and a bilinear gather per voxel and view) applied to q_v * weight_v / its pixel weights;

@@ -242,7 +242,13 @@ _BASE_BYTES = 400 * 2**20  # the interpreter, torch and the loaded inputs
 
 
 def estimate_memory_bytes(
-    method: str, shape_kji: Sequence[int], n_views: int, size_px: Sequence[int], *, options: Optional[dict] = None, uncertainty: bool = False
+    method: str,
+    shape_kji: Sequence[int],
+    n_views: int,
+    size_px: Sequence[int],
+    *,
+    options: Optional[dict] = None,
+    uncertainty: bool = False,
 ) -> int:
     """A rough upper estimate of the peak memory (bytes) of a reconstruction on a grid of ``shape_kji``."""
     options = options or {}

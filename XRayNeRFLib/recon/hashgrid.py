@@ -71,9 +71,7 @@ class HashGridConfig:
         if not 4 <= self.log2_table_size <= 26:
             raise ValueError(f"log2_table_size must be in 4..26, got {self.log2_table_size}")
         if not 1 <= self.base_resolution <= self.finest_resolution:
-            raise ValueError(
-                f"need 1 <= base_resolution <= finest_resolution, got {self.base_resolution} and {self.finest_resolution}"
-            )
+            raise ValueError(f"need 1 <= base_resolution <= finest_resolution, got {self.base_resolution} and {self.finest_resolution}")
 
     @property
     def feature_dim(self) -> int:
@@ -494,15 +492,23 @@ class HashGridField(nn.Module):
         try:
             payload = torch.load(str(path), map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise ValueError(f"hash-grid head file {path} does not exist; give a file made by scripts/prefit_hashgrid_mlp.py or mci=None") from None
+            raise ValueError(
+                f"hash-grid head file {path} does not exist; give a file made by scripts/prefit_hashgrid_mlp.py or mci=None"
+            ) from None
         except (RuntimeError, OSError, EOFError) as exc:
-            raise ValueError(f"{path} is not a readable hash-grid head file ({exc}); regenerate it with scripts/prefit_hashgrid_mlp.py") from None
+            raise ValueError(
+                f"{path} is not a readable hash-grid head file ({exc}); regenerate it with scripts/prefit_hashgrid_mlp.py"
+            ) from None
         if not isinstance(payload, dict) or payload.get("format") != HEAD_FORMAT:
-            raise ValueError(f"{path} is not a hash-grid head file (no '{HEAD_FORMAT}' header); use scripts/prefit_hashgrid_mlp.py to make one")
+            raise ValueError(
+                f"{path} is not a hash-grid head file (no '{HEAD_FORMAT}' header); use scripts/prefit_hashgrid_mlp.py to make one"
+            )
         if payload.get("version") != HEAD_VERSION:
             raise ValueError(f"{path} has head format version {payload.get('version')}, this engine reads version {HEAD_VERSION}")
         saved, mine = payload["config"], self.config.header()
-        diff = [f"{k}: file {saved.get(k)!r} vs requested {v!r}" for k, v in mine.items() if saved.get(k) != v and k not in HEAD_FREE_FIELDS]
+        diff = [
+            f"{k}: file {saved.get(k)!r} vs requested {v!r}" for k, v in mine.items() if saved.get(k) != v and k not in HEAD_FREE_FIELDS
+        ]
         if diff:
             raise ValueError(
                 f"the pre-fitted head {path} was made for another hash-grid layout ({'; '.join(diff)}); "

@@ -175,8 +175,9 @@ def make_field(settings: NerfSettings, device=None, grid_cells: Optional[int] = 
     return field.to(device) if device is not None else field
 
 
-def distill(field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, lr: float, points: int, seed: int,
-            progress: ProgressCallback = None) -> bool:
+def distill(
+    field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, lr: float, points: int, seed: int, progress: ProgressCallback = None
+) -> bool:
     """Fit ``field`` to ``target`` (K, J, I) mu 1/mm on the grid with voxel-centre coordinates
     ``axes_zyx`` (:func:`grid_axes`): ``steps`` Adam steps (lr decaying linearly to lr / 10) of the mean
     squared error in units of MU_SCALE on ``points`` random voxels per step (seeded). Returns False
@@ -195,12 +196,17 @@ def distill(field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, l
         opt.zero_grad(set_to_none=True)
         loss = ((field(pts) / MU_SCALE - tgt.to(dev)[idx]) ** 2).mean()
         if not torch.isfinite(loss):
-            raise RuntimeError(f"fitting the hash-grid field to the FDK start gave a non-finite loss at step {step}; lower init_lr (now {lr})")
+            raise RuntimeError(
+                f"fitting the hash-grid field to the FDK start gave a non-finite loss at step {step}; lower init_lr (now {lr})"
+            )
         loss.backward()
         opt.step()
         sched.step()
         if progress is not None and step % 10 == 0:
-            if progress(Progress(0, 1, f"fitting the field to the FDK start: step {step + 1}/{steps}, MSE {float(loss.detach()):.3g}")) is False:
+            if (
+                progress(Progress(0, 1, f"fitting the field to the FDK start: step {step + 1}/{steps}, MSE {float(loss.detach()):.3g}"))
+                is False
+            ):
                 return False
     return True
 

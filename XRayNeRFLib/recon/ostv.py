@@ -176,7 +176,9 @@ def isotropic_tv(x: Tensor, axis_weights: Optional[Tensor] = None) -> float:
     return float(g.pow(2).sum(0).sqrt().sum())
 
 
-def tv_prox(b: Tensor, t: float, iterations: int, axis_weights: Optional[Tensor] = None, dual: Optional[Tensor] = None, nonneg: bool = True):
+def tv_prox(
+    b: Tensor, t: float, iterations: int, axis_weights: Optional[Tensor] = None, dual: Optional[Tensor] = None, nonneg: bool = True
+):
     """argmin_z (z >= 0) 0.5 ||z - b||^2 + t TV(z) by FGP on the dual; b: (K, J, I). Returns (z, dual)
     where dual (3, K, J, I) may warm-start the next call. In-place on preallocated buffers (the
     differences of :func:`_grad` and the divergence of :func:`_grad_t` written slice-wise)."""
@@ -230,7 +232,14 @@ def _project(x: Tensor, like: Volume, cams: Cameras, settings: OSTVSettings) -> 
 def _project_pixels(x: Tensor, like: Volume, cams: Cameras, pixels: Tensor, settings: OSTVSettings) -> Tensor:
     """render(..., pixels=pixels) (V, N) without its finiteness scan of the whole volume (~half the cost
     of a one-view call at 128^3; the solver checks its iterate itself)."""
-    return render(Volume(x, like.ras_from_ijk, "mu"), cams, renderer=settings.renderer, pixels=pixels, max_memory_mb=settings.max_memory_mb, check_finite=False)
+    return render(
+        Volume(x, like.ras_from_ijk, "mu"),
+        cams,
+        renderer=settings.renderer,
+        pixels=pixels,
+        max_memory_mb=settings.max_memory_mb,
+        check_finite=False,
+    )
 
 
 def coarse_grid(like: Volume) -> Volume:
@@ -463,7 +472,10 @@ def reconstruct_ostv(
                     )
                 if progress is not None and j < n_sub - 1:
                     done = done_passes * n_sub + j + 1
-                    if progress(Progress(done, total_steps, f"pass {done_passes + 1}/{total_passes}, subset {j + 1}/{n_sub}", None)) is False:
+                    if (
+                        progress(Progress(done, total_steps, f"pass {done_passes + 1}/{total_passes}, subset {j + 1}/{n_sub}", None))
+                        is False
+                    ):
                         hist.cancelled = True
                         x = y  # the last finished subset step (non-negative)
                         break

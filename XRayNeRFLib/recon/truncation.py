@@ -63,7 +63,9 @@ class Truncation:
         return int(self.truncated.sum())
 
 
-def detect_truncation(projections: Tensor, cameras: Cameras, orbit: Optional[Orbit] = None, *, masks: Optional[Tensor] = None) -> Truncation:
+def detect_truncation(
+    projections: Tensor, cameras: Cameras, orbit: Optional[Orbit] = None, *, masks: Optional[Tensor] = None
+) -> Truncation:
     """Which views are laterally truncated: projections (V, H, W) line integrals. An edge (the outermost two
     pixels of a row along the fan direction) is not air when its mean exceeds EDGE_FRACTION of the
     stack's 99th percentile; a side of a view is truncated when ROW_FRACTION of its rows are so."""
@@ -115,7 +117,11 @@ def extended_grid(like: Volume, radius_mm: float, half_height_mm: float, orbit: 
     # the cylinder's bounding points: a ring of points at both ends
     ang = torch.linspace(0, 2 * math.pi, 65, dtype=torch.float64)[:-1]
     axis = orbit.axis / orbit.axis.norm()
-    helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) if abs(float(axis[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    helper = (
+        torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+        if abs(float(axis[0])) < 0.9
+        else torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    )
     e1 = torch.linalg.cross(axis, helper)
     e1 = e1 / e1.norm()
     e2 = torch.linalg.cross(axis, e1)

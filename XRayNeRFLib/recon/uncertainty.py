@@ -97,9 +97,11 @@ def ensemble(
         keep = torch.tensor([v for v in range(n_views) if v not in set(out.tolist())], dtype=torch.long)
         sub = None
         if progress is not None:
+
             def sub(p: Progress, m=m) -> bool:
                 done = m * scale + int(scale * p.fraction)
                 return progress(Progress(done, ensemble_size * scale, f"member {m + 1}/{ensemble_size}: {p.message}", p.preview))
+
         vol, hist, stopped = member(keep, seed + m, sub)
         if like is None:
             like = vol

@@ -75,7 +75,7 @@ def upsample_to(coarse: Volume, like: Volume) -> Tensor:
     """Trilinear resampling of ``coarse`` at the voxel centres of ``like`` (any grids, RAS mm); points
     outside the coarse grid take the nearest edge value. Returns (K, J, I) float32."""
     k, j, i = like.data.shape
-    m = (coarse.ijk_from_ras().double() @ like.ras_from_ijk.double())  # coarse ijk <- fine ijk
+    m = coarse.ijk_from_ras().double() @ like.ras_from_ijk.double()  # coarse ijk <- fine ijk
     kk, jj, ii = torch.meshgrid(
         torch.arange(k, dtype=torch.float64), torch.arange(j, dtype=torch.float64), torch.arange(i, dtype=torch.float64), indexing="ij"
     )
@@ -83,9 +83,7 @@ def upsample_to(coarse: Volume, like: Volume) -> Tensor:
     c = fine @ m.T  # (K, J, I, 4) coarse continuous indices
     ck, cj, ci = coarse.data.shape
     norm = torch.stack([(2 * c[..., 0] + 1) / ci - 1, (2 * c[..., 1] + 1) / cj - 1, (2 * c[..., 2] + 1) / ck - 1], -1)
-    out = F.grid_sample(
-        coarse.data.float()[None, None], norm.float()[None], mode="bilinear", padding_mode="border", align_corners=False
-    )
+    out = F.grid_sample(coarse.data.float()[None, None], norm.float()[None], mode="bilinear", padding_mode="border", align_corners=False)
     return out[0, 0]
 
 
@@ -168,7 +166,13 @@ def reconstruct_voxel(
             raise ValueError("coarse_to_fine is an option of the 'adam' solver; the 'os-tv' solver starts from FDK on the output grid")
         like32 = Volume(torch.zeros(like.data.shape, dtype=torch.float32), like.ras_from_ijk.float(), "mu")
         out, history = reconstruct_ostv(
-            projections, cameras, like32, _start(init, projections, cameras, like32), ostv if ostv is not None else OSTVSettings(), masks, progress
+            projections,
+            cameras,
+            like32,
+            _start(init, projections, cameras, like32),
+            ostv if ostv is not None else OSTVSettings(),
+            masks,
+            progress,
         )
         return (out, history) if return_history else out
     if not coarse_to_fine:
@@ -193,7 +197,9 @@ def reconstruct_voxel(
     c_like = coarse_grid(like)
     c_cams = cameras.downsampled(2)
     c_proj = bin_projections(projections, 2)
-    c_masks = None if masks is None else bin_projections(masks.float(), 2) > 0.999  # a binned pixel is used only when all of it saw the beam
+    c_masks = (
+        None if masks is None else bin_projections(masks.float(), 2) > 0.999
+    )  # a binned pixel is used only when all of it saw the beam
     if c_masks is not None and not all(bool(c_masks[v].any()) for v in range(len(cameras))):
         c_masks = bin_projections(masks.float(), 2) > 0.0
     c_settings = replace(settings, iterations=n_coarse, snapshot_every=0, on_snapshot=None)

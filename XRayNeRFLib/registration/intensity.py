@@ -17,8 +17,10 @@ def log_linearize(intensity: Tensor, i0: Optional[float] = None) -> Tensor:
     if i0 is None:
         i0 = float(torch.quantile(x.flatten()[:1_000_000], 0.999))
     if not i0 > 0:
-        raise ValueError(f"log linearisation needs a positive unattenuated intensity I0, got {i0}; the image "
-                         "looks already log-transformed or inverted: drop --log")
+        raise ValueError(
+            f"log linearisation needs a positive unattenuated intensity I0, got {i0}; the image "
+            "looks already log-transformed or inverted: drop --log"
+        )
     return (-torch.log((x / i0).clamp(min=1e-6))).to(intensity.dtype)
 
 

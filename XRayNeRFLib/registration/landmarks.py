@@ -140,10 +140,17 @@ class LandmarkPose:
             "rms_detector_mm": self.rms_detector_mm,
             "rms_object_mm": self.rms_object_mm,
             "pairs": [
-                {"label": lab, "error_px": float(e), "error_detector_mm": float(d), "error_object_mm": float(o),
-                 "residual_px": r.tolist(), "depth_mm": float(z)}
-                for lab, e, d, o, r, z in zip(self.labels, self.error_px, self.error_detector_mm, self.error_object_mm,
-                                              self.residual_px, self.depth_mm)
+                {
+                    "label": lab,
+                    "error_px": float(e),
+                    "error_detector_mm": float(d),
+                    "error_object_mm": float(o),
+                    "residual_px": r.tolist(),
+                    "depth_mm": float(z),
+                }
+                for lab, e, d, o, r, z in zip(
+                    self.labels, self.error_px, self.error_detector_mm, self.error_object_mm, self.residual_px, self.depth_mm
+                )
             ],
         }
 
@@ -168,10 +175,10 @@ def read_landmarks_json(path: str) -> LandmarkPairs:
     except json.JSONDecodeError as exc:
         raise ValueError(f"landmark file {path!r} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
-        raise ValueError(f"landmark file {path!r} must hold {{\"pairs\": [{{\"ct_mm\": [x, y, z], \"pixel\": [column, row]}}, ...]}}")
+        raise ValueError(f'landmark file {path!r} must hold {{"pairs": [{{"ct_mm": [x, y, z], "pixel": [column, row]}}, ...]}}')
     frame = str(data.get("frame", "RAS")).upper()
     if frame not in ("RAS", "LPS"):
-        raise ValueError(f"landmark file {path!r}: frame must be \"RAS\" or \"LPS\", got {data.get('frame')!r}")
+        raise ValueError(f'landmark file {path!r}: frame must be "RAS" or "LPS", got {data.get("frame")!r}')
     pts, pix, labels = [], [], []
     for i, pair in enumerate(data["pairs"]):
         label = str(pair.get("label", i + 1)) if isinstance(pair, dict) else str(i + 1)
@@ -180,13 +187,17 @@ def read_landmarks_json(path: str) -> LandmarkPairs:
             q = [float(v) for v in pair["pixel"]]
         except (TypeError, KeyError, ValueError):
             raise LandmarkError(
-                f"landmark file {path!r}, pair {i} ({label}): needs \"ct_mm\": [x, y, z] (mm) and \"pixel\": [column, row] numbers",
-                reason="shape", index=i, label=label,
+                f'landmark file {path!r}, pair {i} ({label}): needs "ct_mm": [x, y, z] (mm) and "pixel": [column, row] numbers',
+                reason="shape",
+                index=i,
+                label=label,
             ) from None
         if len(p) != 3 or len(q) != 2:
             raise LandmarkError(
                 f"landmark file {path!r}, pair {i} ({label}): ct_mm needs 3 numbers and pixel 2, got {len(p)} and {len(q)}",
-                reason="shape", index=i, label=label,
+                reason="shape",
+                index=i,
+                label=label,
             )
         if frame == "LPS":
             p = [-p[0], -p[1], p[2]]
@@ -213,8 +224,13 @@ def _check_pairs(pairs: LandmarkPairs, cameras: Cameras) -> None:
         bad = ~torch.isfinite(t).all(-1)
         if bad.any():
             i = int(torch.nonzero(bad)[0, 0])
-            raise LandmarkError(f"landmark {i} ({labels[i]}): the {name} {t[i].tolist()} ({what}) is not finite (NaN or inf); "
-                                "place it again or remove the pair", reason="not-finite", index=i, label=labels[i])
+            raise LandmarkError(
+                f"landmark {i} ({labels[i]}): the {name} {t[i].tolist()} ({what}) is not finite (NaN or inf); "
+                "place it again or remove the pair",
+                reason="not-finite",
+                index=i,
+                label=labels[i],
+            )
     w, h = cameras.size_px
     outside = (pix[:, 0] < -0.5) | (pix[:, 0] > w - 0.5) | (pix[:, 1] < -0.5) | (pix[:, 1] > h - 0.5)
     if outside.any():
@@ -222,24 +238,38 @@ def _check_pairs(pairs: LandmarkPairs, cameras: Cameras) -> None:
         raise LandmarkError(
             f"landmark {i} ({labels[i]}): pixel [column, row] = [{pix[i, 0]:.6g}, {pix[i, 1]:.6g}] lies outside the {w} x {h} "
             "X-ray (columns -0.5 .. W-0.5, rows -0.5 .. H-0.5); pixels are 0-based [column, row], not mm or RAS",
-            reason="outside-image", index=i, label=labels[i])
+            reason="outside-image",
+            index=i,
+            label=labels[i],
+        )
     n = len(pairs)
     if n >= 2:
         extent = float((pts - pts.mean(0)).norm(dim=-1).max())
         d = torch.cdist(pts, pts) + torch.eye(n, dtype=_DT) * (extent + 1.0)
         if float(d.min()) <= 1e-9 * max(extent, 1.0):
             i, j = (int(v) for v in torch.nonzero(d <= 1e-9 * max(extent, 1.0))[0])
-            raise LandmarkError(f"landmarks {i} ({labels[i]}) and {j} ({labels[j]}) are the same CT point; each pair needs its own point",
-                                reason="too-few", index=j, label=labels[j])
+            raise LandmarkError(
+                f"landmarks {i} ({labels[i]}) and {j} ({labels[j]}) are the same CT point; each pair needs its own point",
+                reason="too-few",
+                index=j,
+                label=labels[j],
+            )
     if n < MIN_PAIRS:
-        raise LandmarkError(f"{n} landmark pair{'s' if n != 1 else ''}: a pose needs at least {MIN_PAIRS} (CT point, X-ray pixel) pairs, "
-                            "spread over the anatomy and not on one line", reason="too-few")
+        raise LandmarkError(
+            f"{n} landmark pair{'s' if n != 1 else ''}: a pose needs at least {MIN_PAIRS} (CT point, X-ray pixel) pairs, "
+            "spread over the anatomy and not on one line",
+            reason="too-few",
+        )
     if _line_flatness(pts) < _COLLINEAR_RTOL:
-        raise LandmarkError(f"the {n} CT landmarks lie on one line: they cannot fix the rotation about it; add points off that line",
-                            reason="degenerate")
+        raise LandmarkError(
+            f"the {n} CT landmarks lie on one line: they cannot fix the rotation about it; add points off that line", reason="degenerate"
+        )
     if _line_flatness(pix) < _COLLINEAR_RTOL:
-        raise LandmarkError(f"the {n} X-ray landmarks lie on one line of the image (the CT points are in a plane through the source); "
-                            "add points off that line", reason="degenerate")
+        raise LandmarkError(
+            f"the {n} X-ray landmarks lie on one line of the image (the CT points are in a plane through the source); "
+            "add points off that line",
+            reason="degenerate",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,8 +382,9 @@ def _jacobian(r: Tensor, t: Tensor, pts: Tensor, k: Tensor) -> Tensor:
     return (dproj @ dcam).reshape(-1, 6)
 
 
-def _levenberg_marquardt(r: Tensor, t: Tensor, pts: Tensor, pix: Tensor, k: Tensor,
-                         max_iterations: int) -> Tuple[Tensor, Tensor, float, int]:
+def _levenberg_marquardt(
+    r: Tensor, t: Tensor, pts: Tensor, pix: Tensor, k: Tensor, max_iterations: int
+) -> Tuple[Tensor, Tensor, float, int]:
     """Minimise the summed squared reprojection error (px^2) over the pose. The update rotates the camera-frame
     points about their centroid: cam' = exp(w) (cam - m) + m + dt, which keeps rotation and translation
     decoupled for landmarks far from the source."""
@@ -443,8 +474,11 @@ def solve_landmark_pose(
         if best is None or cost < best[2]:
             best = (r, t, cost, its)
     if best is None:
-        raise LandmarkError("no camera pose puts every CT landmark in front of the X-ray source: check that each pixel belongs "
-                            "to its CT point (same order) and that the image is not mirrored", reason="no-solution")
+        raise LandmarkError(
+            "no camera pose puts every CT landmark in front of the X-ray source: check that each pixel belongs "
+            "to its CT point (same order) and that the image is not mirrored",
+            reason="no-solution",
+        )
     r, t, _, its = best
     world_from_camera = rigid_inverse(homogeneous(r, t))
     posed = Cameras(world_from_camera[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
@@ -457,5 +491,17 @@ def solve_landmark_pose(
     def rms(x: Tensor) -> float:
         return float(x.pow(2).mean().sqrt())
 
-    return LandmarkPose(world_from_camera, posed, residual, err_px, err_det, err_obj, depth[0],
-                        rms(err_px), rms(err_det), rms(err_obj), list(pairs.labels), its)
+    return LandmarkPose(
+        world_from_camera,
+        posed,
+        residual,
+        err_px,
+        err_det,
+        err_obj,
+        depth[0],
+        rms(err_px),
+        rms(err_det),
+        rms(err_obj),
+        list(pairs.labels),
+        its,
+    )

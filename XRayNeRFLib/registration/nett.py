@@ -75,8 +75,16 @@ class NeTT(nn.Module):
     +200 HU, the usual bone threshold): air, lung, fat, water and soft tissue attenuate like water at
     any spectrum, so only denser (bone-containing) voxels are re-weighted; 0 frees the whole range."""
 
-    def __init__(self, hidden: int = 16, mu_water: Optional[float] = None, local: Optional[bool] = None,
-                 kind: str = "monotone", x_max: float = 4.0, table_size: int = 81, x_free: float = 1.2):
+    def __init__(
+        self,
+        hidden: int = 16,
+        mu_water: Optional[float] = None,
+        local: Optional[bool] = None,
+        kind: str = "monotone",
+        x_max: float = 4.0,
+        table_size: int = 81,
+        x_free: float = 1.2,
+    ):
         super().__init__()
         if local is not None:  # the first version's switch
             kind = "local" if local else kind
@@ -226,8 +234,19 @@ def train_nett(
 
 def save_nett(model: NeTT, path: str) -> None:
     """Save weights and configuration (torch .pt)."""
-    torch.save({"format": "xraynerf-nett-2", "kind": model.kind, "hidden": model.hidden, "mu_water": model.mu_water,
-                "x_max": model.x_max, "x_free": model.x_free, "table_size": model.table_size, "state_dict": model.state_dict()}, path)
+    torch.save(
+        {
+            "format": "xraynerf-nett-2",
+            "kind": model.kind,
+            "hidden": model.hidden,
+            "mu_water": model.mu_water,
+            "x_max": model.x_max,
+            "x_free": model.x_free,
+            "table_size": model.table_size,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
 
 
 def load_nett(path: str) -> NeTT:
@@ -241,8 +260,14 @@ def load_nett(path: str) -> NeTT:
         if not model.local:
             raise ValueError(f"{path!r} holds a first-version non-local NeTT model, which is no longer supported; retrain it")
     elif fmt == "xraynerf-nett-2":
-        model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]), kind=str(blob["kind"]),
-                     x_max=float(blob["x_max"]), table_size=int(blob["table_size"]), x_free=float(blob["x_free"]))
+        model = NeTT(
+            hidden=int(blob["hidden"]),
+            mu_water=float(blob["mu_water"]),
+            kind=str(blob["kind"]),
+            x_max=float(blob["x_max"]),
+            table_size=int(blob["table_size"]),
+            x_free=float(blob["x_free"]),
+        )
     else:
         raise ValueError(f"{path!r} is not a NeTT weights file written by XRayNeRFLib.registration.nett.save_nett")
     model.load_state_dict(blob["state_dict"])
@@ -250,4 +275,3 @@ def load_nett(path: str) -> NeTT:
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise ValueError(f"NeTT weights {path!r} contain NaN or infinite values; retrain the model")
     return model
-

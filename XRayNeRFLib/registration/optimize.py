@@ -310,8 +310,9 @@ def _checked_image_and_mask(image: Tensor, cameras: Cameras, mask: Optional[Tens
         raise ValueError(f"the mask must match the image {tuple(img.shape)}, got {tuple(mask.shape)}")
     sel = img[mask]
     if sel.numel() == 0 or float(sel.max() - sel.min()) <= 1e-12 * max(1.0, float(sel.abs().max())):
-        raise ValueError("the X-ray is constant (inside the mask): nothing to register to; check the file, its "
-                         "windowing and the collimator mask")
+        raise ValueError(
+            "the X-ray is constant (inside the mask): nothing to register to; check the file, its windowing and the collimator mask"
+        )
     return img, mask
 
 
@@ -428,8 +429,10 @@ class _Run:
             _, drr0 = self.evaluate(x0[None], self.levels[0], with_drr=True)
         self.check_value(torch.tensor(initial), "at the initial pose")
         if float(drr0[0][self.level_data[self.levels[0]][1]].std()) <= 0:
-            raise ValueError("the CT's DRR is flat over the X-ray at the initial pose: the X-ray does not overlap the CT's "
-                             "projection. Fix the initial pose (init.json) or the camera")
+            raise ValueError(
+                "the CT's DRR is flat over the X-ray at the initial pose: the X-ray does not overlap the CT's "
+                "projection. Fix the initial pose (init.json) or the camera"
+            )
         return initial
 
     def coarse_search(self, x0: Tensor) -> List[Tensor]:
@@ -449,8 +452,16 @@ class _Run:
         scores = torch.cat(scores)
         self.check_value(scores.min(), "during the coarse search")
         order = torch.argsort(torch.nan_to_num(scores, nan=float("inf")))
-        self.trace.append({"level": self.levels[0], "start": -1, "iteration": -1, "loss": float(scores.min()),
-                           "parameters": cand[int(order[0])].tolist(), "coarse_search_candidates": s.n_starts})
+        self.trace.append(
+            {
+                "level": self.levels[0],
+                "start": -1,
+                "iteration": -1,
+                "loss": float(scores.min()),
+                "parameters": cand[int(order[0])].tolist(),
+                "coarse_search_candidates": s.n_starts,
+            }
+        )
         return [cand[int(i)] for i in order[: max(1, s.keep_starts)]]
 
     def optimise_level(self, x_init: Tensor, li: int, start: int) -> Tuple[Tensor, float, bool]:
@@ -474,8 +485,10 @@ class _Run:
                 self.check_value(v, f"at pyramid level {factor}, iteration {it}")
                 v.backward()
                 if not torch.isfinite(x.grad).all():
-                    raise RuntimeError(f"the gradient of the loss {self.loss_label!r} became NaN at level {factor}, "
-                                       f"iteration {it}; lower the learning rate or use another loss")
+                    raise RuntimeError(
+                        f"the gradient of the loss {self.loss_label!r} became NaN at level {factor}, "
+                        f"iteration {it}; lower the learning rate or use another loss"
+                    )
                 if "v" not in state:
                     state.update(v=float(v.detach()), x=x.detach().clone(), drr=drr.detach())
                 return v
@@ -505,8 +518,7 @@ class _Run:
         with torch.no_grad():
             final_loss = float(self.evaluate(best_x[None], 1).sum())
         c = self.build(best_x[None].double(), 1)
-        c = Cameras(c.world_from_camera.detach(), c.sdd_mm.detach(), c.pixel_spacing_mm.detach(),
-                    c.principal_point_px.detach(), c.size_px)
+        c = Cameras(c.world_from_camera.detach(), c.sdd_mm.detach(), c.pixel_spacing_mm.detach(), c.principal_point_px.detach(), c.size_px)
         return RegistrationResult(
             world_from_camera=c.world_from_camera[0].clone(),
             cameras=c,

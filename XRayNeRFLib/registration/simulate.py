@@ -85,7 +85,9 @@ def landmarks(volume_mu: Volume, n: int = 20, seed: int = 0, threshold_mu: Optio
     return (ijk1 @ volume_mu.ras_from_ijk.double().T)[:, :3]
 
 
-def perturb_pose(world_from_camera: Tensor, center_ras: Tensor, rotation_deg: float, translation_mm: float, rng: np.random.Generator) -> Tensor:
+def perturb_pose(
+    world_from_camera: Tensor, center_ras: Tensor, rotation_deg: float, translation_mm: float, rng: np.random.Generator
+) -> Tensor:
     """A pose moved by a rotation of exactly ``rotation_deg`` about a random axis through ``center_ras``
     and a translation of exactly ``translation_mm`` in a random direction: (4, 4) float64."""
     axis = rng.normal(size=3)

@@ -23,8 +23,9 @@ _EXTENSIONS = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
 
 def _check_path(path: str) -> None:
     if not str(path).lower().endswith(_EXTENSIONS):
-        raise ValueError(f"transform file {path!r}: use one of the ITK transform extensions {', '.join(_EXTENSIONS)} "
-                         "(.h5 or .tfm load in Slicer)")
+        raise ValueError(
+            f"transform file {path!r}: use one of the ITK transform extensions {', '.join(_EXTENSIONS)} (.h5 or .tfm load in Slicer)"
+        )
 
 
 def itk_matrix_from_correction(ct_moved_from_ct_ras) -> np.ndarray:

@@ -39,9 +39,7 @@ def _slab_kernel(compiled: bool):
     return _COMPILED["slabs"]
 
 
-def siddon_line_integrals(
-    mu: Tensor, rays: IndexRays, stacks: Optional[SliceStacks] = None, *, compiled: bool = False
-) -> Tensor:
+def siddon_line_integrals(mu: Tensor, rays: IndexRays, stacks: Optional[SliceStacks] = None, *, compiled: bool = False) -> Tensor:
     """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless).
 
     stacks: slice stacks of mu with one plane per voxel (reused across chunks by ``render``).

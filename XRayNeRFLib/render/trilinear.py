@@ -71,9 +71,7 @@ def plane_positions(n: int, samples_per_voxel: int, dtype, device) -> Tensor:
     return -0.5 + (q + 0.5) / samples_per_voxel
 
 
-def trilinear_line_integrals(
-    mu: Tensor, rays: IndexRays, samples_per_voxel: float = 1.0, stacks: Optional[SliceStacks] = None
-) -> Tensor:
+def trilinear_line_integrals(mu: Tensor, rays: IndexRays, samples_per_voxel: float = 1.0, stacks: Optional[SliceStacks] = None) -> Tensor:
     """mu: (K, J, I) 1/mm; rays in index space. Returns (R,) line integrals (dimensionless)."""
     spv = int(round(samples_per_voxel))
     if spv < 1 or abs(spv - samples_per_voxel) > 1e-9:
