@@ -14,6 +14,8 @@ keeps working; the message stays the one line a user reads (file, tag, flag).
 - :class:`NoOverlapError` — the CT does not project onto the X-ray at the given pose.
 - :class:`GeometryError` — cameras, poses or matrices that are not usable (non-rigid, mirrored, skewed,
   inconsistent with the images).
+- :class:`LandmarkError` — landmark pairs that cannot give a pose (which check, which pair).
+- :class:`NeTTWeightsError` — a NeTT weights file that cannot be used (missing, foreign, another shape).
 """
 
 from __future__ import annotations
@@ -96,3 +98,16 @@ class LandmarkError(XRayNeRFError):
         self.reason = reason
         self.index = index
         self.label = label
+
+
+class NeTTWeightsError(XRayNeRFError):
+    """A NeTT weights file that cannot be used (``registration/nett.py:load_nett``).
+
+    path: the file; reason: "missing" (no such file), "format" (not written by ``save_nett``, or an unsupported
+    first-version model), "shape" (weights of another model shape than the file's configuration),
+    "not-finite" (NaN or infinite weights)."""
+
+    def __init__(self, message: str, *, path: str, reason: str):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason

@@ -30,7 +30,12 @@ _addExtensionPaths()
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
-from slicer import vtkMRMLLinearTransformNode, vtkMRMLModelNode, vtkMRMLScalarVolumeNode  # noqa: E402
+from slicer import (  # noqa: E402
+    vtkMRMLLinearTransformNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLModelNode,
+    vtkMRMLScalarVolumeNode,
+)
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
@@ -79,7 +84,9 @@ def registerSampleData() -> None:
 @parameterNodeWrapper
 class XRayNeRFRegistrationParameterNode:
     """inputVolume: CT (HU); xrayVolume: 1-slice X-ray with its camera; transform: the CT's pose.
-    xrayDicom*: a DICOM X-ray file, its frame and tag overrides (0: the tag), read by "Load X-ray"."""
+    xrayDicom*: a DICOM X-ray file, its frame and tag overrides (0: the tag), read by "Load X-ray".
+    nudge*: the steps of the nudge buttons (mm, degrees). ctLandmarks / xrayLandmarks: the landmark start's
+    point lists. coarseSearch ... nettIterations: the engine's options (XRayNeRFMRML.registration_options)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
@@ -94,6 +101,43 @@ class XRayNeRFRegistrationParameterNode:
     dicomSddMm: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     dicomSidMm: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     dicomPixelSpacingMm: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
+    # manual alignment: nudge steps along / about the detector axes
+    nudgeTranslationMm: Annotated[float, WithinRange(0.1, 100.0)] = 5.0
+    nudgeRotationDeg: Annotated[float, WithinRange(0.1, 45.0)] = 2.0
+    # landmark start: the same points on the CT and on the X-ray, in the same order
+    ctLandmarks: vtkMRMLMarkupsFiducialNode
+    xrayLandmarks: vtkMRMLMarkupsFiducialNode
+    # the engine's options (XRayNeRFMRML.registration_options)
+    coarseSearch: bool = False
+    captureRangeDeg: Annotated[float, WithinRange(0.0, 90.0)] = 10.0
+    captureRangeMm: Annotated[float, WithinRange(0.0, 200.0)] = 20.0
+    searchStarts: Annotated[int, WithinRange(2, 512)] = 32
+    refineIntrinsics: bool = False
+    applyNett: bool = False
+    nettWeightsPath: str = ""
+    nettIterations: Annotated[int, WithinRange(1, 10000)] = 100
+
+
+class QtSingleShotTimer:
+    """The live overlay's timer in Slicer (``XRayNeRFMRML.throttle.Timer`` over a single-shot ``qt.QTimer``):
+    the thin Qt layer; the coalescing rule itself is plain Python (XRayNeRFMRML/throttle.py)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        import qt
+
+        self._timer = qt.QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.connect("timeout()", callback)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._timer.isActive())
+
+    def start(self, delay_s: float) -> None:
+        self._timer.start(int(round(1000.0 * float(delay_s))))
+
+    def stop(self) -> None:
+        self._timer.stop()
 
 
 class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidget):
@@ -114,7 +158,29 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         self.ui.loadXRayButton.connect("clicked(bool)", self.onLoadXRayButton)
         self.ui.acceptButton.connect("clicked(bool)", self.onAcceptButton)
         self.ui.revertButton.connect("clicked(bool)", self.onRevertButton)
+        self.ui.liveOverlayCheckBox.connect("toggled(bool)", self.onLiveOverlayToggled)
+        for axis in ("X", "Y", "Z"):
+            for sign, name in ((1, "Plus"), (-1, "Minus")):
+                getattr(self.ui, f"nudge{name}{axis}Button").connect(
+                    "clicked(bool)", lambda _c, a=axis, k=sign: self.onNudge(a.lower(), 0, k)
+                )
+                getattr(self.ui, f"rotate{name}{axis}Button").connect(
+                    "clicked(bool)", lambda _c, a=axis, k=sign: self.onNudge(a.lower(), k, 0)
+                )
+        self.ui.landmarkStartButton.connect("clicked(bool)", self.onLandmarkStartButton)
+        self.ui.trainNettButton.connect("clicked(bool)", self.onTrainNettButton)
         self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Module closed: no live overlay update after this (observers removed, timers stopped)."""
+        if self.logic is not None:
+            self.logic.stopLiveOverlay()
+        XRayNeRFWidgetMixin.cleanup(self)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic is not None:
+            self.logic.stopLiveOverlay()
+        XRayNeRFWidgetMixin.onSceneStartClose(self, caller, event)
 
     def whyCannotApply(self) -> Optional[str]:
         return self.logic.whyCannotRegister(self._parameterNode)
@@ -125,6 +191,15 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
     def updateButtons(self, reason: Optional[str]) -> None:
         idle = not self.running
         self.ui.previewButton.enabled = idle and reason is None
+        ready = idle and reason is None
+        for axis in ("X", "Y", "Z"):
+            for name in ("Plus", "Minus"):
+                getattr(self.ui, f"nudge{name}{axis}Button").enabled = ready
+                getattr(self.ui, f"rotate{name}{axis}Button").enabled = ready
+        self.ui.liveOverlayCheckBox.enabled = ready or self.logic.liveOverlay is not None
+        p = self._parameterNode
+        self.ui.landmarkStartButton.enabled = ready and bool(p and p.ctLandmarks and p.xrayLandmarks)
+        self.ui.trainNettButton.enabled = ready and bool(p and p.nettWeightsPath.strip())
         self.ui.acceptButton.enabled = self.ui.revertButton.enabled = idle and self.logic.hasPendingResult()
         path = self._parameterNode.xrayDicomPath.strip() if self._parameterNode else ""
         self.ui.loadXRayButton.enabled = idle and bool(path) and Path(path).is_file()
@@ -157,6 +232,56 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
             self.checkCanApply()
             self.ui.statusLabel.text = _("Loaded '{name}' with its C-arm geometry.").format(name=node.GetName())
             return node
+
+    def onLiveOverlayToggled(self, checked: bool, sliceLogic=None, makeTimer=None):
+        """Start (checked) or stop the live overlay; returns the LiveOverlay (None when stopped or on error)."""
+        if not checked:
+            self.logic.stopLiveOverlay()
+            self.ui.statusLabel.text = _("Live overlay off.")
+            return None
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the live overlay."), waitCursor=True):
+            from XRayNeRFMRML.engine import ensure_engine
+
+            try:
+                ensure_engine()
+                live = self.logic.liveOverlayUsingParameterNode(self._parameterNode, sliceLogic=sliceLogic, makeTimer=makeTimer)
+            except Exception as error:
+                self.ui.liveOverlayCheckBox.checked = False
+                self.ui.statusLabel.text = _("Failed to start the live overlay.") + f" {error}"
+                raise
+            self.ui.statusLabel.text = _("Live overlay on: move the CT (Transforms module, 3D handles or the buttons below).")
+            return live
+
+    def onNudge(self, axis: str, rotationSteps: int, translationSteps: int) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to move the CT."), waitCursor=False):
+            self.logic.nudgeUsingParameterNode(self._parameterNode, axis, rotationSteps=rotationSteps, translationSteps=translationSteps)
+
+    def onLandmarkStartButton(self):
+        """Landmark start; bad points give one message in the status line and change nothing. Returns the
+        LandmarkStart (None on error)."""
+        from XRayNeRFLib.errors import LandmarkError
+
+        with slicer.util.tryWithErrorDisplay(_("Landmark start failed."), waitCursor=True):
+            try:
+                start = self.logic.landmarkStartUsingParameterNode(self._parameterNode)
+            except LandmarkError as error:
+                self.ui.statusLabel.text = _("Landmark start failed: {error}").format(error=error)
+                raise
+            self.ui.statusLabel.text = self.logic.landmarkReport(start)
+            return start
+
+    def onTrainNettButton(self) -> None:
+        def done(result):
+            _model, history = result
+            return _("NeTT trained ({n} iterations, loss {a:.4f} -> {b:.4f}) and saved; tick 'Apply NeTT' to use it.").format(
+                n=len(history), a=history[0], b=history[-1]
+            )
+
+        self.runApply(
+            _("NeTT training failed."),
+            lambda progress: self.logic.trainNettUsingParameterNode(self._parameterNode, progress=progress),
+            done,
+        )
 
     def onPreviewButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the overlay."), waitCursor=True):
@@ -198,6 +323,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         self.cancelRequested = False
         self._pending = None  # the last run's RegistrationOutput until accept or revert
         self._overlay = None  # XRayNeRFMRML.registration.OverlayView (created on first use)
+        self._live = None  # XRayNeRFMRML.live_overlay.LiveOverlay while the live overlay runs
 
     def getParameterNode(self):
         return XRayNeRFRegistrationParameterNode(super().getParameterNode())
@@ -315,6 +441,145 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         p.outputDRR = self.updateDRR(p.inputVolume, p.xrayVolume, p.outputDRR)
         return self.showOverlay(p.xrayVolume, p.outputDRR, sliceLogic, p.overlayOpacity)
 
+    # -- live overlay under manual alignment ---------------------------------------------------------------
+    @property
+    def liveOverlay(self):
+        """The running ``XRayNeRFMRML.live_overlay.LiveOverlay`` (None when off or stopped)."""
+        return self._live if self._live is not None and self._live.active else None
+
+    def startLiveOverlay(self, ctNode, xrayNode, transformNode, drrNode=None, *, sliceLogic=None, opacity=0.5, makeTimer=None, **options):
+        """Re-render the DRR overlay whenever the CT's transform changes (throttled: coarse while it moves, full
+        size at rest; XRayNeRFMRML.live_overlay). The CT is put under ``transformNode``; the DRR is rendered at
+        once and shown over the X-ray. makeTimer: the timer factory (default :class:`QtSingleShotTimer`);
+        options: LiveOverlay's (interval_s, idle_s, coarse_factor). Returns the LiveOverlay."""
+        from XRayNeRFMRML.live_overlay import LiveOverlay
+
+        self.stopLiveOverlay()
+        if transformNode is not None:
+            ctNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        live = LiveOverlay(ctNode, xrayNode, drrNode, make_timer=makeTimer or QtSingleShotTimer, **options)
+        self.showOverlay(xrayNode, live.drr_node, sliceLogic, opacity)
+        self._live = live
+        return live
+
+    def stopLiveOverlay(self) -> bool:
+        """Stop the live overlay (observers removed, timers stopped); False when none was running."""
+        live, self._live = self._live, None
+        if live is None or not live.active:
+            return False
+        live.stop()
+        return True
+
+    def liveOverlayUsingParameterNode(self, p, sliceLogic=None, makeTimer=None, **options):
+        """Adapter: start the live overlay on the parameter node's CT, X-ray, transform and DRR node."""
+        reason = self.whyCannotRegister(p)
+        if reason is not None:
+            raise ValueError(reason)
+        live = self.startLiveOverlay(
+            p.inputVolume,
+            p.xrayVolume,
+            p.transform,
+            p.outputDRR,
+            sliceLogic=sliceLogic,
+            opacity=p.overlayOpacity,
+            makeTimer=makeTimer,
+            **options,
+        )
+        p.outputDRR = live.drr_node
+        return live
+
+    def nudge(self, ctNode, xrayNode, transformNode, axis: str, *, rotationDeg: float = 0.0, translationMm: float = 0.0):
+        """Move the CT (put under ``transformNode``) by a rotation about / translation along the X-ray's
+        detector axis ``axis`` ("x" columns, "y" rows, "z" beam), rotations about the CT's centre
+        (XRayNeRFMRML.manual_pose). Returns the transform's new matrix to parent (4, 4)."""
+        from XRayNeRFMRML.manual_pose import nudge_transform
+        from XRayNeRFMRML.nodes import cameras_from_node
+
+        cameras = cameras_from_node(xrayNode)
+        if ctNode.GetTransformNodeID() != transformNode.GetID():
+            ctNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        centre = self.volumeCentreRas(ctNode)
+        return nudge_transform(transformNode, cameras, axis, rotation_deg=rotationDeg, translation_mm=translationMm, center_ras=centre)
+
+    def nudgeUsingParameterNode(self, p, axis: str, rotationSteps: int = 0, translationSteps: int = 0):
+        """Adapter: nudge by whole steps of the parameter node's nudgeRotationDeg / nudgeTranslationMm."""
+        reason = self.whyCannotRegister(p)
+        if reason is not None:
+            raise ValueError(reason)
+        return self.nudge(
+            p.inputVolume,
+            p.xrayVolume,
+            p.transform,
+            axis,
+            rotationDeg=rotationSteps * p.nudgeRotationDeg,
+            translationMm=translationSteps * p.nudgeTranslationMm,
+        )
+
+    # -- landmark start -----------------------------------------------------------------------------------
+    @staticmethod
+    def applyLandmarkStart(ctNode, xrayNode, transformNode, ctLandmarks, xrayLandmarks):
+        """Solve the start pose from the two markups point lists and move the CT's transform to it
+        (XRayNeRFMRML.landmarks). Returns a LandmarkStart (``pose.rms_px`` ... the reprojection errors).
+        Bad points raise the engine's ``LandmarkError`` and leave the scene as it was."""
+        from XRayNeRFMRML.landmarks import apply_landmark_start
+
+        return apply_landmark_start(ctNode, xrayNode, transformNode, ctLandmarks, xrayLandmarks)
+
+    def landmarkStartUsingParameterNode(self, p):
+        reason = self.whyCannotRegister(p)
+        if reason is not None:
+            raise ValueError(reason)
+        if not p.ctLandmarks or not p.xrayLandmarks:
+            raise ValueError("Select the landmark point lists: points on the CT and the same points on the X-ray.")
+        return self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+
+    @staticmethod
+    def landmarkReport(start) -> str:
+        """One status line: the reprojection error (RMS and worst pair) of a landmark start."""
+        pose = start.pose
+        worst = int(pose.error_px.argmax())
+        return _(
+            "Landmark start from {n} pairs: reprojection error RMS {px:.2f} px ({mm:.2f} mm at the landmarks); largest: "
+            "'{label}' {worst:.2f} px."
+        ).format(n=len(pose.labels), px=pose.rms_px, mm=pose.rms_object_mm, label=pose.labels[worst], worst=float(pose.error_px[worst]))
+
+    # -- the engine's options -----------------------------------------------------------------------------
+    @staticmethod
+    def engineOptions(p) -> dict:
+        """The parameter node's engine options as keywords of ``XRayNeRFLib.registration.register``:
+        ``settings`` (RegistrationSettings) and ``appearance`` (the NeTT model or None)."""
+        from XRayNeRFMRML.registration_options import nett_appearance, registration_settings
+
+        settings = registration_settings(
+            loss=p.similarity,
+            coarse_search=p.coarseSearch,
+            capture_range_deg=p.captureRangeDeg,
+            capture_range_mm=p.captureRangeMm,
+            starts=p.searchStarts,
+            refine_intrinsics=p.refineIntrinsics,
+        )
+        return {"settings": settings, "appearance": nett_appearance(p.nettWeightsPath) if p.applyNett else None}
+
+    def trainNettUsingParameterNode(self, p, progress: Optional[Callable] = None):
+        """Train NeTT on the CT at its current pose and the X-ray (the similarity as the loss), save the weights
+        to ``p.nettWeightsPath``; returns (model, history). progress returning False (or cancelRequested) stops
+        without writing."""
+        from XRayNeRFMRML.registration_options import train_nett_on_pair
+
+        reason = self.whyCannotRegister(p)
+        if reason is not None:
+            raise ValueError(reason)
+        self.cancelRequested = False
+
+        def onProgress(q):
+            keepGoing = progress(q) if progress is not None else True
+            return bool(keepGoing) and not self.cancelRequested
+
+        p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())
+        return train_nett_on_pair(
+            p.inputVolume, p.xrayVolume, p.nettWeightsPath, loss=p.similarity, iterations=p.nettIterations, progress=onProgress
+        )
+
     # -- registration ------------------------------------------------------------------------------------
     def register(
         self,
@@ -343,25 +608,32 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         from XRayNeRFMRML.registration import register_ct_to_xray
 
         self.cancelRequested = False
+        live = self.liveOverlay  # paused during the run (the run moves the transform and writes the DRR itself)
+        if live is not None:
+            self.stopLiveOverlay()
 
         def onProgress(p):
             keepGoing = progress(p) if progress is not None else True
             return bool(keepGoing) and not self.cancelRequested
 
-        out = register_ct_to_xray(
-            ctNode,
-            xrayNode,
-            transformNode,
-            drr_node=drrNode,
-            camera_model_node=cameraModelNode,
-            slice_logic=sliceLogic or self.defaultSliceLogic(),
-            overlay=self.overlay,
-            opacity=opacity,
-            preview_every=previewEvery,
-            progress=onProgress,
-            on_preview=lambda: slicer.app.processEvents(),
-            **engineOptions,
-        )
+        try:
+            out = register_ct_to_xray(
+                ctNode,
+                xrayNode,
+                transformNode,
+                drr_node=drrNode,
+                camera_model_node=cameraModelNode,
+                slice_logic=sliceLogic or self.defaultSliceLogic(),
+                overlay=self.overlay,
+                opacity=opacity,
+                preview_every=previewEvery,
+                progress=onProgress,
+                on_preview=lambda: slicer.app.processEvents(),
+                **engineOptions,
+            )
+        finally:
+            if live is not None:  # resumed on the same nodes, with the same timers
+                self._live = live.restarted()
         self._pending = out
         logging.info(f"XRayNeRF registration: loss {out.initial_loss:.4f} -> {out.loss:.4f}, {out.result.iterations} iterations")
         return out
@@ -387,7 +659,8 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         reason = self.whyCannotRegister(p)
         if reason is not None:
             raise ValueError(reason)
-        engineOptions.setdefault("loss", p.similarity)
+        for key, value in self.engineOptions(p).items():  # the panel's options; explicit keywords win
+            engineOptions.setdefault(key, value)
         out = self.register(
             p.inputVolume,
             p.xrayVolume,

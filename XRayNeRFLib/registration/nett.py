@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import NeTTWeightsError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import render
@@ -250,15 +251,25 @@ def save_nett(model: NeTT, path: str) -> None:
 
 
 def load_nett(path: str) -> NeTT:
-    """Load a model saved by :func:`save_nett` (this or the first version's format)."""
+    """Load a model saved by :func:`save_nett` (this or the first version's format). Raises
+    :class:`~XRayNeRFLib.errors.NeTTWeightsError` (``reason``: "missing", "format", "shape", "not-finite")."""
     if not os.path.exists(path):
-        raise ValueError(f"NeTT weights {path!r} do not exist")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+        raise NeTTWeightsError(f"NeTT weights {path!r} do not exist", path=path, reason="missing")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or one holding more than tensors and plain values
+        raise NeTTWeightsError(
+            f"{path!r} is not a NeTT weights file written by XRayNeRFLib.registration.nett.save_nett ({type(error).__name__})",
+            path=path,
+            reason="format",
+        ) from error
     fmt = blob.get("format") if isinstance(blob, dict) else None
     if fmt == "xraynerf-nett-1":
         model = NeTT(hidden=int(blob["hidden"]), mu_water=float(blob["mu_water"]), kind="local" if blob.get("local", True) else "monotone")
         if not model.local:
-            raise ValueError(f"{path!r} holds a first-version non-local NeTT model, which is no longer supported; retrain it")
+            raise NeTTWeightsError(
+                f"{path!r} holds a first-version non-local NeTT model, which is no longer supported; retrain it", path=path, reason="format"
+            )
     elif fmt == "xraynerf-nett-2":
         model = NeTT(
             hidden=int(blob["hidden"]),
@@ -269,9 +280,22 @@ def load_nett(path: str) -> NeTT:
             x_free=float(blob["x_free"]),
         )
     else:
-        raise ValueError(f"{path!r} is not a NeTT weights file written by XRayNeRFLib.registration.nett.save_nett")
-    model.load_state_dict(blob["state_dict"])
+        raise NeTTWeightsError(
+            f"{path!r} is not a NeTT weights file written by XRayNeRFLib.registration.nett.save_nett", path=path, reason="format"
+        )
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = blob.get("state_dict")
+    found = {name: tuple(t.shape) for name, t in state.items()} if isinstance(state, dict) else {}
+    if found != expected:
+        wrong = sorted(set(expected) ^ set(found)) or sorted(n for n in expected if expected[n] != found[n])
+        raise NeTTWeightsError(
+            f"NeTT weights {path!r} have another shape than their configuration ({blob.get('kind')} model, hidden {blob.get('hidden')}): "
+            f"{wrong[0]} is {found.get(wrong[0])} instead of {expected.get(wrong[0])}; retrain the model or use the file it was saved to",
+            path=path,
+            reason="shape",
+        )
+    model.load_state_dict(state)
     model.eval()
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise ValueError(f"NeTT weights {path!r} contain NaN or infinite values; retrain the model")
+        raise NeTTWeightsError(f"NeTT weights {path!r} contain NaN or infinite values; retrain the model", path=path, reason="not-finite")
     return model

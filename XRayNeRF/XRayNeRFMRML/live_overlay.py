@@ -1,0 +1,155 @@
+"""The live overlay under manual alignment: the CT's DRR at the X-ray's camera re-rendered when the CT moves.
+
+While the user moves the CT by hand (Transforms module sliders, the 3D interaction handles, the module's
+nudge buttons), :class:`LiveOverlay` observes the CT node's ``TransformModifiedEvent`` (sent for any change
+of its parent transforms, nested ones included) and re-renders the DRR node, coalesced by
+:class:`~.throttle.CoalescingRenderer`: coarse (the detector binned by ``coarse_factor``, about
+``COARSE_PX`` pixels on its shorter side) while the CT keeps moving, full size once it rests. The projector is
+the engine's ``DEFAULT_RENDERER`` (trilinear), the X-ray's camera is read from its node once.
+
+The CT's voxels are read from MRML once (in the node's own IJK-to-RAS frame, converted to mu) and again only
+when its image data change; each render composes the current parent transforms (world RAS mm), so a render
+costs the projection and the node write only. Removing the CT, the X-ray or the DRR node, or closing the
+scene, stops the overlay (observers removed, timers stopped); :meth:`LiveOverlay.stop` does the same.
+Never imports qt: the timers come from ``make_timer`` (see throttle.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import slicer
+import vtk
+
+from .nodes import cameras_from_node, ijk_to_ras, world_from_node
+from .registration import render_image, write_drr
+from .throttle import CoalescingRenderer, ManualTimer, Timer
+
+COARSE_PX = 64  # the coarse detector's shorter side while the CT moves (about; a power-of-two binning)
+
+
+def coarse_factor_for(size_px, coarse_px: int = COARSE_PX) -> int:
+    """The power-of-two binning factor that leaves at least ``coarse_px`` pixels on the shorter side of a
+    detector of ``size_px`` (columns, rows); 1 for detectors already that small."""
+    side, f = min(int(v) for v in size_px), 1
+    while side // (2 * f) >= int(coarse_px):
+        f *= 2
+    return f
+
+
+class LiveOverlay:
+    """Keeps ``drr_node`` the DRR of ``ct_node`` (with its current transforms) at ``xray_node``'s camera.
+
+    drr_node: the node written, rendered at once (created beside the CT when None; ``self.drr_node``). make_timer: the timer
+    factory (default :class:`~.throttle.ManualTimer`: nothing fires by itself). interval_s / idle_s: the
+    throttle window and the rest pause (throttle.py). coarse_factor: the binning while moving (None:
+    :func:`coarse_factor_for` the X-ray). on_update(coarse): called after each render (e.g. to redraw).
+    ``updates``: the coarse flag of every render done."""
+
+    def __init__(
+        self,
+        ct_node,
+        xray_node,
+        drr_node=None,
+        *,
+        make_timer: Callable[[Callable[[], None]], Timer] = ManualTimer,
+        interval_s: float = 0.05,
+        idle_s: float = 0.3,
+        coarse_factor: Optional[int] = None,
+        on_update: Optional[Callable[[bool], None]] = None,
+    ):
+        if ct_node is None or xray_node is None:
+            raise ValueError("select the CT and the X-ray for the live overlay")
+        self.ct_node, self.xray_node = ct_node, xray_node
+        self._options = dict(make_timer=make_timer, interval_s=interval_s, idle_s=idle_s, coarse_factor=coarse_factor, on_update=on_update)
+        self.cameras = cameras_from_node(xray_node)
+        self.coarse_factor = int(coarse_factor) if coarse_factor else coarse_factor_for(self.cameras.size_px)
+        self._coarse_cameras = self.cameras.downsampled(self.coarse_factor)
+        self._mu = None  # (data (K, J, I) mu 1/mm, node-local ras_from_ijk (4, 4)), read lazily
+        self.on_update = on_update
+        self.updates: List[bool] = []
+        # the first full-size render now (into a new node beside the CT when none is given)
+        self.drr_node = write_drr(
+            drr_node, self.render(coarse=False), self.cameras, name=f"{ct_node.GetName()} DRR", scene=ct_node.GetScene()
+        )
+        self.scheduler = CoalescingRenderer(self._render_and_write, make_timer, interval_s=interval_s, idle_s=idle_s)
+        self._observations = []  # (object, tag)
+        self._observe(ct_node, slicer.vtkMRMLTransformableNode.TransformModifiedEvent, self._on_moved)
+        self._observe(ct_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_image_changed)
+        scene = ct_node.GetScene()
+        self._observe(scene, scene.NodeAboutToBeRemovedEvent, self._on_node_removed)
+        self._observe(scene, scene.StartCloseEvent, self._on_scene_closed)
+
+    # -- observers ----------------------------------------------------------------------------------------
+    def _observe(self, obj, event, callback) -> None:
+        self._observations.append((obj, obj.AddObserver(event, callback)))
+
+    def _on_moved(self, caller=None, event=None) -> None:
+        self.scheduler.changed()
+
+    def _on_image_changed(self, caller=None, event=None) -> None:
+        self._mu = None
+        self.scheduler.changed()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _on_node_removed(self, caller, event, node) -> None:
+        if node is not None and node in (self.ct_node, self.xray_node, self.drr_node):
+            self.stop()
+
+    def _on_scene_closed(self, caller=None, event=None) -> None:
+        self.stop()
+
+    @property
+    def active(self) -> bool:
+        return not self.scheduler.closed
+
+    def stop(self) -> None:
+        """Remove the observers and stop the timers; no render after this (idempotent)."""
+        self.scheduler.close()
+        for obj, tag in self._observations:
+            obj.RemoveObserver(tag)
+        self._observations = []
+
+    def restarted(self) -> Optional["LiveOverlay"]:
+        """A new LiveOverlay on the same nodes and options (this one stopped), rendered at once; None when a
+        node has left the scene."""
+        self.stop()
+        nodes = (self.ct_node, self.xray_node, self.drr_node)
+        if any(node is None or node.GetScene() is None for node in nodes):
+            return None
+        return LiveOverlay(self.ct_node, self.xray_node, self.drr_node, **self._options)
+
+    # -- rendering ----------------------------------------------------------------------------------------
+    def _local_mu(self):
+        if self._mu is None:
+            import torch
+
+            from XRayNeRFLib.volume import Volume, as_mu
+
+            from .nodes import volume_from_node
+
+            local = ijk_to_ras(self.ct_node)
+            volume = volume_from_node(self.ct_node)  # checks the node; world frame
+            mu = as_mu(Volume(volume.data, torch.from_numpy(local).float(), "hu"))
+            self._mu = (mu.data, local)
+        return self._mu
+
+    def volume(self):
+        """The CT at its current pose: ``Volume`` (K, J, I) mu 1/mm, world RAS mm (parent transforms applied)."""
+        import torch
+
+        from XRayNeRFLib.volume import Volume
+
+        data, local = self._local_mu()
+        return Volume(data, torch.from_numpy(world_from_node(self.ct_node) @ local).float(), "mu")
+
+    def render(self, coarse: bool = False):
+        """The DRR (h, w) float32 tensor of the CT at its current pose, at the coarse or full detector."""
+        return render_image(self.volume(), self._coarse_cameras if coarse else self.cameras)
+
+    def _render_and_write(self, coarse: bool) -> None:
+        cameras = self._coarse_cameras if coarse else self.cameras
+        write_drr(self.drr_node, self.render(coarse), cameras)
+        self.updates.append(bool(coarse))
+        if self.on_update is not None:
+            self.on_update(bool(coarse))

@@ -1,0 +1,89 @@
+"""The engine's registration options as the Registration panel offers them -> ``RegistrationSettings`` and
+the NeTT appearance model, and NeTT trained on the current (CT, X-ray) pair.
+
+The panel's options (parameter node fields in the module; names are the engine's where one exists):
+
+* similarity: ``RegistrationSettings.loss`` (the list is the engine's ``LOSS_NAMES``, choices.py);
+* coarse search: ``capture_range_deg`` / ``capture_range_mm`` / ``n_starts``; off (``n_starts`` = 1) unless
+  asked for. It tries ``n_starts`` poses over +- the capture range at the coarsest level and keeps the best
+  (the engine's ``keep_starts``) for the optimiser: for starts more than a few degrees or millimetres off;
+* intrinsics refinement: ``refine_intrinsics`` (source-detector distance, principal point), for C-arms
+  without calibration;
+* NeTT: weights saved by ``XRayNeRFLib.registration.nett.save_nett`` applied to the CT before rendering
+  (``register(..., appearance=model)``); :func:`train_nett_on_pair` trains them on the CT and X-ray at the
+  CT's current pose (registered, or aligned by hand) and saves them.
+
+Everything else keeps the engine's defaults: one default, in the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+
+def registration_settings(
+    *,
+    loss: str,
+    coarse_search: bool = False,
+    capture_range_deg: float = 0.0,
+    capture_range_mm: float = 0.0,
+    starts: int = 1,
+    refine_intrinsics: bool = False,
+):
+    """The engine's ``RegistrationSettings`` for the panel's options (the others at the engine's defaults).
+    coarse_search False (or starts <= 1) turns the coarse search off whatever the range."""
+    from XRayNeRFLib.registration.optimize import RegistrationSettings
+
+    search = bool(coarse_search) and int(starts) > 1
+    if search and capture_range_deg <= 0.0 and capture_range_mm <= 0.0:
+        raise ValueError("the coarse search needs a capture range: set the rotation (deg) or translation (mm) range above 0")
+    return RegistrationSettings(
+        loss=str(loss),
+        capture_range_deg=float(capture_range_deg) if search else 0.0,
+        capture_range_mm=float(capture_range_mm) if search else 0.0,
+        n_starts=int(starts) if search else 1,
+        refine_intrinsics=bool(refine_intrinsics),
+    )
+
+
+def nett_appearance(path: str):
+    """The NeTT model saved at ``path`` (a callable Volume -> Volume); raises the engine's
+    ``NeTTWeightsError`` (missing file, another format, weights of another shape, NaN)."""
+    from XRayNeRFLib.errors import NeTTWeightsError
+    from XRayNeRFLib.registration.nett import load_nett
+
+    path = (path or "").strip()
+    if not path:
+        raise NeTTWeightsError("choose the NeTT weights file (.pt) to apply, or untick 'Apply NeTT'", path=path, reason="missing")
+    return load_nett(path)
+
+
+def train_nett_on_pair(ct_node, xray_node, path: str, *, loss: str, iterations: int, progress: Optional[Callable] = None):
+    """Train NeTT on the CT (at its current pose, parent transforms included) and the X-ray at its camera, save
+    the weights to ``path`` (.pt) and return ``(model, history)`` (the engine's ``train_nett``). The file is
+    written only when training finished (a cancelled run writes nothing and raises ``Cancelled``)."""
+    from XRayNeRFLib.progress import Cancelled
+    from XRayNeRFLib.registration.nett import save_nett, train_nett
+
+    from .nodes import cameras_from_node, volume_from_node
+    from .registration import xray_image
+
+    path = (path or "").strip()
+    if not path.endswith(".pt"):
+        raise ValueError(f"NeTT weights are saved as a .pt file; choose a file name ending in .pt (got {path!r})")
+    stopped = []
+
+    def on_progress(p) -> bool:
+        keep_going = True if progress is None else bool(progress(p))
+        if not keep_going:
+            stopped.append(True)
+        return keep_going
+
+    cameras = cameras_from_node(xray_node)
+    model, history = train_nett(
+        [volume_from_node(ct_node)], [xray_image(xray_node)[None]], [cameras], loss=loss, iterations=int(iterations), progress=on_progress
+    )
+    if stopped:
+        raise Cancelled("NeTT training cancelled: no weights written")
+    save_nett(model, path)
+    return model, history
