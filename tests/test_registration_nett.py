@@ -180,3 +180,26 @@ def test_first_version_weight_files_still_load(patients, tmp_path):
     again = load_nett(str(path))
     assert again.kind == "local"
     assert torch.equal(again(b).data, old(b).data)
+
+
+def test_weights_of_another_shape_or_format_raise_the_typed_error(tmp_path):
+    """load_nett: a file whose weights do not fit its configuration (another hidden width), a foreign file, a
+    missing one -> NeTTWeightsError with the reason a front end branches on; a good file still loads."""
+    from XRayNeRFLib.errors import NeTTWeightsError
+
+    path = tmp_path / "w.pt"
+    save_nett(NeTT(hidden=8), str(path))
+    assert load_nett(str(path)).hidden == 8
+    blob = torch.load(str(path), weights_only=True)
+    blob["hidden"] = 16
+    torch.save(blob, str(path))
+    with pytest.raises(NeTTWeightsError, match="another shape") as error:
+        load_nett(str(path))
+    assert error.value.reason == "shape" and error.value.path == str(path)
+    (tmp_path / "text.pt").write_text("not a torch file")
+    with pytest.raises(NeTTWeightsError) as error:
+        load_nett(str(tmp_path / "text.pt"))
+    assert error.value.reason == "format"
+    with pytest.raises(NeTTWeightsError) as error:
+        load_nett(str(tmp_path / "none.pt"))
+    assert error.value.reason == "missing"
