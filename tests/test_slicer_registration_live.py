@@ -305,3 +305,22 @@ def test_qt_timer_adapter(module, monkeypatch):
     assert signal == "timeout()"
     slot()
     assert calls == [1]
+
+
+def test_bad_input_starts_nothing_and_changes_nothing(core, module):
+    """An X-ray without camera, or a CT that cannot be rendered: one error, the CT's parent, the node count and
+    the Red view as they were, no live overlay."""
+    T = module.XRayNeRFRegistrationTest
+    ct, xray, transform = T._registrationScene(T, np.zeros(3))
+    bare = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no camera")
+    slicer.util.updateVolumeFromArray(bare, np.ones((1, 4, 4), np.float32))
+    red = slicer_harness.add_slice_view(core, "Red")
+    logic = module.XRayNeRFRegistrationLogic()
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    background = red.GetSliceCompositeNode().GetBackgroundVolumeID()
+    with pytest.raises(ValueError, match="no camera geometry"):
+        logic.startLiveOverlay(ct, bare, transform, sliceLogic=red, makeTimer=Timers())
+    with pytest.raises(ValueError, match="opacity"):
+        logic.startLiveOverlay(ct, xray, transform, sliceLogic=red, makeTimer=Timers(), opacity=2.0)
+    assert slicer.mrmlScene.GetNumberOfNodes() == n and ct.GetTransformNodeID() is None
+    assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == background and logic.liveOverlay is None

@@ -1,5 +1,9 @@
 """XRayNeRF Registration: 2D/3D registration of a CT to one X-ray with a live DRR overlay.
 
+Manual alignment (the overlay follows the CT's transform, throttled: XRayNeRFMRML/live_overlay.py and
+throttle.py; nudges along the detector axes: manual_pose.py), a landmark start from two markups point lists
+(landmarks.py) and the engine's options (registration_options.py) come before the optimiser.
+
 The X-ray is a 1-slice scalar volume node with its camera (attribute ``XRayNeRF.Cameras``, set by
 XRayNeRF's DICOM reader and DRR module). The CT sits under a linear transform node (the initial pose,
 which the user can move with Slicer's transform tools); registration updates that transform. While the
@@ -67,7 +71,11 @@ class XRayNeRFRegistration(ScriptedLoadableModule):
             "increasing column, screen up = decreasing row). Accept keeps the transform; Revert restores it. "
             "<b>X-ray from DICOM</b>: <i>Load X-ray</i> reads a frame of an XA/RF/DX/CR file with XRayNeRF's reader "
             "(C-arm angles, distances and pixel spacing from the tags, or from the overrides when a tag is missing); "
-            "the C-arm's isocentre is put at the selected CT's centre, so start by selecting the CT."
+            "the C-arm's isocentre is put at the selected CT's centre, so start by selecting the CT. "
+            "<b>Manual alignment</b>: with <i>Live overlay</i> on, the overlay follows the CT while you move its transform "
+            "(Transforms module, 3D handles, the nudge buttons along the detector axes): coarse while moving, full size at "
+            "rest. <b>Landmark start</b>: the same 4 or more points on the CT and on the X-ray give a start pose (PnP), with "
+            "the reprojection error. <b>Settings</b>: coarse search, intrinsics refinement and NeTT are opt-in."
         )
         self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
@@ -453,12 +461,25 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         once and shown over the X-ray. makeTimer: the timer factory (default :class:`QtSingleShotTimer`);
         options: LiveOverlay's (interval_s, idle_s, coarse_factor). Returns the LiveOverlay."""
         from XRayNeRFMRML.live_overlay import LiveOverlay
+        from XRayNeRFMRML.nodes import remove_node
 
         self.stopLiveOverlay()
-        if transformNode is not None:
-            ctNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        live = LiveOverlay(ctNode, xrayNode, drrNode, make_timer=makeTimer or QtSingleShotTimer, **options)
-        self.showOverlay(xrayNode, live.drr_node, sliceLogic, opacity)
+        previousParent = ctNode.GetTransformNodeID() if ctNode is not None else None
+        live = None
+        try:
+            if transformNode is not None:
+                ctNode.SetAndObserveTransformNodeID(transformNode.GetID())
+            live = LiveOverlay(ctNode, xrayNode, drrNode, make_timer=makeTimer or QtSingleShotTimer, **options)
+            self.showOverlay(xrayNode, live.drr_node, sliceLogic, opacity)
+        except Exception:  # the scene as it was: CT parent, no new DRR node, no observers
+            if live is not None:
+                live.stop()
+                if drrNode is None:
+                    self.restoreView()
+                    remove_node(live.drr_node)
+            if ctNode is not None:
+                ctNode.SetAndObserveTransformNodeID(previousParent)
+            raise
         self._live = live
         return live
 
