@@ -23,6 +23,8 @@ REGISTRATION_TESTS = [
     "test_FailureLeavesScene",
     "test_ViewRestoredAfterFailureAndRevert",
     "test_ParameterNode",
+    "test_LiveOverlayFollowsTransform",
+    "test_LandmarkStart",
 ]
 
 

@@ -4,8 +4,10 @@ The Qt-free core of Slicer is the pip package ``slicer-core`` (``import slicer``
 ``vtkMRMLScene``, the module logics' VTK classes and the real ``slicer.util``). What only exists inside
 the Slicer application is stood in for here, and nothing else:
 
-- ``qt`` and ``ctk``: placeholder modules (any attribute is an inert placeholder class); Widget code,
-  which needs them, is not run outside Slicer.
+- ``qt`` and ``ctk``: placeholder modules (any attribute is an inert placeholder class). A module's Widget
+  runs here only with a stand-in ``ui`` (tests build one from the widget names of the module's .ui), and
+  Qt-only pieces (a ``qt.QTimer``) are injected or replaced by the tests (e.g. the live overlay's timers:
+  ``XRayNeRFMRML.throttle.ManualTimer``).
 - ``slicer.app``: ``processEvents()`` does nothing, testing mode is on, no main window.
 - ``slicer.i18n``: ``tr`` / ``translate`` return the text unchanged.
 - ``slicer.ScriptedLoadableModule``: the four base classes (Module, Widget, Logic, Test) with the

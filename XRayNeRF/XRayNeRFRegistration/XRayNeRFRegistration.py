@@ -715,6 +715,10 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.test_ViewRestoredAfterFailureAndRevert()
         self.setUp()
         self.test_ParameterNode()
+        self.setUp()
+        self.test_LiveOverlayFollowsTransform()
+        self.setUp()
+        self.test_LandmarkStart()
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -997,3 +1001,92 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(again.camera_model_node.GetID(), out.camera_model_node.GetID())
         carms = [m for m in slicer.util.getNodesByClass("vtkMRMLModelNode") if m.GetName().endswith("C-arm")]
         self.assertEqual([m.GetID() for m in carms], [out.camera_model_node.GetID()])
+
+    @staticmethod
+    def _movedDRR(ct, xrayNode, motion):
+        """The engine's trilinear DRR (H, W) of the CT's voxels placed by ``motion @ IJKToRAS``."""
+        import torch
+
+        from XRayNeRFLib.render import render
+        from XRayNeRFLib.volume import Volume, hu_to_mu
+        from XRayNeRFMRML.nodes import cameras_from_node, ijk_to_ras
+
+        hu = torch.from_numpy(np.array(slicer.util.arrayFromVolume(ct), dtype=np.float64))
+        volume = Volume(hu_to_mu(hu), torch.from_numpy(motion @ ijk_to_ras(ct)), "mu")
+        return render(volume, cameras_from_node(xrayNode), renderer="trilinear")[0].numpy()
+
+    def test_LiveOverlayFollowsTransform(self):
+        """Live overlay (manual timers): one transform change -> one update with the engine's DRR at that pose;
+        a burst of changes -> one update; removing the X-ray stops it (no update, nothing scheduled)."""
+        from XRayNeRFMRML.throttle import ManualTimer
+
+        self.delayDisplay("live overlay under manual alignment")
+        ct, xrayNode, transform = self._registrationScene(np.zeros(3))
+        timers = []
+
+        def makeTimer(callback):
+            timers.append(ManualTimer(callback))
+            return timers[-1]
+
+        logic = XRayNeRFRegistrationLogic()
+        live = logic.startLiveOverlay(ct, xrayNode, transform, sliceLogic=self._sliceLogic(), makeTimer=makeTimer, idle_s=60.0)
+        throttle = timers[0]
+        motion = np.eye(4)
+        motion[:3, 3] = (4.0, -3.0, 2.0)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(motion))
+        self.assertEqual(live.updates, [])
+        self.assertTrue(throttle.fire())
+        self.assertEqual(live.updates, [False])
+        expected = self._movedDRR(ct, xrayNode, motion)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(live.drr_node)[0], expected, rtol=1e-4, atol=1e-4 * expected.max())
+        timers[1].fire()  # (not armed: a single change renders full size once)
+        for k in range(10):
+            motion[0, 3] = 4.0 + 0.5 * k
+            transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(motion))
+        self.assertEqual(len(throttle.starts), 2)
+        throttle.fire()
+        self.assertEqual(len(live.updates), 2)
+        slicer.mrmlScene.RemoveNode(xrayNode)
+        self.assertFalse(live.active)
+        self.assertIsNone(logic.liveOverlay)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.eye(4)))
+        self.assertFalse(throttle.fire())
+        self.assertEqual(len(live.updates), 2)
+
+    def test_LandmarkStart(self):
+        """Exact landmark pairs (markups on the CT and on the X-ray's detector) move the CT's transform to the true
+        motion; three pairs raise LandmarkError and change nothing."""
+        import torch
+
+        from XRayNeRFLib.errors import LandmarkError
+        from XRayNeRFMRML.nodes import cameras_from_node, ras_from_ijk_world
+
+        self.delayDisplay("landmark start")
+        ct, xrayNode, transform = self._registrationScene(np.zeros(3))
+        points = np.array([[-18.0, -12, 10], [15, -16, -8], [12, 17, 14], [-14, 15, -12], [3, -2, 19], [-6, 4, -17]])
+        truth = np.eye(4)
+        c, s = np.cos(np.deg2rad(5.0)), np.sin(np.deg2rad(5.0))
+        truth[:2, :2] = [[c, -s], [s, c]]
+        truth[:3, 3] = (6.0, -4.0, 5.0)
+        moved = (truth @ np.c_[points, np.ones(6)].T).T[:, :3]
+        uv = cameras_from_node(xrayNode).project(torch.from_numpy(moved)[None])[0][0].numpy()
+        onDetector = (ras_from_ijk_world(xrayNode) @ np.c_[uv, np.zeros(6), np.ones(6)].T).T[:, :3]
+
+        def markups(name, pts):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            for p in pts:
+                node.AddControlPointWorld(*[float(v) for v in p])
+            return node
+
+        logic = XRayNeRFRegistrationLogic()
+        few = markups("CT (3)", points[:3]), markups("X-ray (3)", onDetector[:3])
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(LandmarkError) as error:
+            logic.applyLandmarkStart(ct, xrayNode, transform, *few)
+        self.assertEqual(error.exception.reason, "too-few")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
+        self.assertIsNone(ct.GetTransformNodeID())
+        start = logic.applyLandmarkStart(ct, xrayNode, transform, markups("CT", points), markups("X-ray", onDetector))
+        np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), truth, atol=1e-6)
+        self.assertLess(start.pose.rms_px, 1e-6)
+        self.assertEqual(ct.GetTransformNodeID(), transform.GetID())
