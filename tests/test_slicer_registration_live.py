@@ -324,3 +324,49 @@ def test_bad_input_starts_nothing_and_changes_nothing(core, module):
         logic.startLiveOverlay(ct, xray, transform, sliceLogic=red, makeTimer=Timers(), opacity=2.0)
     assert slicer.mrmlScene.GetNumberOfNodes() == n and ct.GetTransformNodeID() is None
     assert red.GetSliceCompositeNode().GetBackgroundVolumeID() == background and logic.liveOverlay is None
+
+
+def test_widget_nudges_and_input_change_stop_the_overlay(core, module):
+    """The Widget's nudge buttons move the CT by the parameter node's steps (one live update each); selecting
+    another CT on the panel stops the live overlay and unticks its checkbox."""
+    from test_slicer_registration import _widget
+
+    from XRayNeRFMRML.manual_pose import detector_axes_ras
+    from XRayNeRFMRML.nodes import cameras_from_node
+
+    T = module.XRayNeRFRegistrationTest
+    red = slicer_harness.add_slice_view(core, "Red")
+    ct, xray, transform = T._registrationScene(T, np.zeros(3))
+    widget = _widget(module)
+    p = widget._parameterNode
+    assert not widget.ui.nudgePlusXButton.enabled and not widget.ui.liveOverlayCheckBox.enabled
+    p.inputVolume, p.xrayVolume, p.transform, p.nudgeTranslationMm = ct, xray, transform, 3.0
+    assert widget.ui.nudgePlusXButton.enabled and widget.ui.rotateMinusZButton.enabled and widget.ui.liveOverlayCheckBox.enabled
+    timers = Timers()
+    widget.ui.liveOverlayCheckBox.checked = True
+    live = widget.onLiveOverlayToggled(True, sliceLogic=red, makeTimer=timers)
+    centre = widget.logic.volumeCentreRas(ct)
+    widget.onNudge("y", 0, -1)  # "Up (-y)"
+    y = detector_axes_ras(cameras_from_node(xray))[1]
+    np.testing.assert_allclose(widget.logic.volumeCentreRas(ct), centre - 3.0 * y, atol=1e-9)
+    timers.throttle.fire()
+    assert live.updates == [False]
+    other = T._ctNode(np.zeros((4, 4, 4)), np.eye(4))
+    p.inputVolume = other  # the panel now names another CT
+    assert not live.active and widget.logic.liveOverlay is None and widget.ui.liveOverlayCheckBox.checked is False
+
+
+def test_widget_trains_nett_and_says_so(core, module, tmp_path):
+    from test_slicer_registration import _widget
+
+    T = module.XRayNeRFRegistrationTest
+    ct, xray, transform = T._registrationScene(T, np.zeros(3))
+    widget = _widget(module)
+    p = widget._parameterNode
+    p.inputVolume, p.xrayVolume, p.transform = ct, xray, transform
+    assert not widget.ui.trainNettButton.enabled
+    p.nettWeightsPath, p.nettIterations = str(tmp_path / "w.pt"), 2
+    assert widget.ui.trainNettButton.enabled
+    widget.onTrainNettButton()
+    assert (tmp_path / "w.pt").is_file() and widget.ui.statusLabel.text.startswith("NeTT trained (2 iterations")
+    assert widget.ui.applyButton.text == "Apply"

@@ -198,6 +198,8 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
 
     def updateButtons(self, reason: Optional[str]) -> None:
         idle = not self.running
+        if self.logic.stopLiveOverlayUnlessShowing(self._parameterNode):  # another CT, X-ray or transform selected
+            self.ui.liveOverlayCheckBox.checked = False
         self.ui.previewButton.enabled = idle and reason is None
         ready = idle and reason is None
         for axis in ("X", "Y", "Z"):
@@ -490,6 +492,17 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             return False
         live.stop()
         return True
+
+    def stopLiveOverlayUnlessShowing(self, p) -> bool:
+        """Stop the live overlay when the parameter node now names another CT, X-ray or transform than it
+        follows (or none); returns True when it was stopped."""
+        live = self.liveOverlay
+        if live is None:
+            return False
+        ct = p.inputVolume if p is not None else None
+        same = ct is not None and live.ct_node is ct and live.xray_node is (p.xrayVolume if p else None)
+        same = same and p.transform is not None and ct.GetTransformNodeID() == p.transform.GetID()
+        return False if same else self.stopLiveOverlay()
 
     def liveOverlayUsingParameterNode(self, p, sliceLogic=None, makeTimer=None, **options):
         """Adapter: start the live overlay on the parameter node's CT, X-ray, transform and DRR node."""
