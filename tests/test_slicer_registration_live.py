@@ -217,8 +217,15 @@ def test_stop_and_widget_cleanup_leave_no_updates(core, module):
     timers = Timers()
     live = widget.onLiveOverlayToggled(True, sliceLogic=red, makeTimer=timers)
     assert live is widget.logic.liveOverlay and p.outputDRR is live.drr_node and "Live overlay on" in widget.ui.statusLabel.text
+    events = [
+        (ct, slicer.vtkMRMLTransformableNode.TransformModifiedEvent),
+        (ct, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent),
+        (slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent),
+    ]
+    assert all(obj.HasObserver(event) for obj, event in events)  # the overlay's observers (none else here)
     widget.onLiveOverlayToggled(False)
     assert not live.active and widget.logic.liveOverlay is None
+    assert not any(obj.HasObserver(event) for obj, event in events)  # removed: no leak
     live = widget.onLiveOverlayToggled(True, sliceLogic=red, makeTimer=timers)
     _set(transform, _pose(translation_mm=(2.0, 0.0, 0.0)))
     widget.cleanup()

@@ -23,7 +23,7 @@ import vtk
 
 from .nodes import cameras_from_node, ijk_to_ras, world_from_node
 from .registration import render_image, write_drr
-from .throttle import CoalescingRenderer, ManualTimer, Timer
+from .throttle import IDLE_S, INTERVAL_S, CoalescingRenderer, ManualTimer, Timer
 
 COARSE_PX = 64  # the coarse detector's shorter side while the CT moves (about; a power-of-two binning)
 
@@ -53,8 +53,8 @@ class LiveOverlay:
         drr_node=None,
         *,
         make_timer: Callable[[Callable[[], None]], Timer] = ManualTimer,
-        interval_s: float = 0.05,
-        idle_s: float = 0.3,
+        interval_s: float = INTERVAL_S,
+        idle_s: float = IDLE_S,
         coarse_factor: Optional[int] = None,
         on_update: Optional[Callable[[bool], None]] = None,
     ):

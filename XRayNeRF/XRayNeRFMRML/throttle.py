@@ -23,6 +23,9 @@ from __future__ import annotations
 import time
 from typing import Callable, List, Optional, Protocol
 
+INTERVAL_S = 0.05  # the throttle window: at most one render per window while changes arrive (~20 Hz)
+IDLE_S = 0.3  # no change for this long: the user rests, one full-size render
+
 
 class Timer(Protocol):
     """A single-shot timer that calls its callback ``delay_s`` seconds after :meth:`start` (re-armed by a
@@ -73,8 +76,8 @@ class CoalescingRenderer:
         render: Callable[[bool], None],
         make_timer: Callable[[Callable[[], None]], Timer],
         *,
-        interval_s: float = 0.05,
-        idle_s: float = 0.3,
+        interval_s: float = INTERVAL_S,
+        idle_s: float = IDLE_S,
         clock: Callable[[], float] = time.monotonic,
     ):
         if not (interval_s >= 0.0 and idle_s > 0.0):
