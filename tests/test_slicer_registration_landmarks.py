@@ -183,3 +183,7 @@ def test_widget_landmark_start_says_why_or_reports_the_error(core, module):
     start = widget.onLandmarkStartButton()
     assert "reprojection error RMS 0.00 px" in widget.ui.statusLabel.text and start.pose.rms_px < 1e-6
     np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), truth, atol=1e-6)
+    assert widget.ui.revertButton.enabled and "Revert" in widget.ui.statusLabel.text  # the landmark start can be reverted
+    widget.onRevertButton()
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), np.eye(4))
+    assert not widget.ui.revertButton.enabled

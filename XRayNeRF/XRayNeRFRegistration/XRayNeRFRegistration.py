@@ -277,7 +277,8 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
             except LandmarkError as error:
                 self.ui.statusLabel.text = _("Landmark start failed: {error}").format(error=error)
                 raise
-            self.ui.statusLabel.text = self.logic.landmarkReport(start)
+            self.checkCanApply()  # Revert enabled
+            self.ui.statusLabel.text = self.logic.landmarkReport(start) + " " + _("Apply to refine, or Revert.")
             return start
 
     def onTrainNettButton(self) -> None:
@@ -331,7 +332,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.cancelRequested = False
-        self._pending = None  # the last run's RegistrationOutput until accept or revert
+        self._pending = None  # the last run's RegistrationOutput (or LandmarkStart) until accept or revert
         self._overlay = None  # XRayNeRFMRML.registration.OverlayView (created on first use)
         self._live = None  # XRayNeRFMRML.live_overlay.LiveOverlay while the live overlay runs
 
@@ -565,7 +566,9 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(reason)
         if not p.ctLandmarks or not p.xrayLandmarks:
             raise ValueError("Select the landmark point lists: points on the CT and the same points on the X-ray.")
-        return self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+        start = self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+        self._pending = start  # Revert puts the transform back (restore_transform reads transform_node/_before)
+        return start
 
     @staticmethod
     def landmarkReport(start) -> str:
