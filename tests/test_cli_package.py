@@ -288,7 +288,10 @@ def test_cli_imports_form_no_circle_and_are_at_module_level():
     for m in graph:
         visit(m)
     # and each module imports on its own, in a fresh interpreter (no import-order dependence)
-    code = "import importlib\nfor m in ('common', 'drr', 'inputs', 'reconstruct', 'register', 'main'):\n    importlib.import_module('XRayNeRFLib.cli.' + m)"
+    code = (
+        "import importlib\nfor m in ('common', 'drr', 'inputs', 'reconstruct', 'register', 'main'):\n    "
+        "importlib.import_module('XRayNeRFLib.cli.' + m)"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(ROOT))
 
@@ -304,10 +307,12 @@ def test_no_function_over_120_lines():
     assert long == []
 
 
-def test_ruff_check_is_clean():
-    """`ruff check` (pyproject's [tool.ruff]) on the engine and the command line; ruff is in the test extra, so a
-    missing ruff fails here rather than skipping."""
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "XRayNeRFLib"], cwd=str(ROOT), capture_output=True, text=True)
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]], ids=["check", "format"])
+def test_ruff_is_clean(command):
+    """`ruff check .` and `ruff format --check .` (pyproject's [tool.ruff]: line length 140 enforced) on the whole tree:
+    engine, Slicer modules, web app, tests, benchmarks, scripts. ruff is in the test extra, so a missing ruff fails here
+    rather than skipping."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=str(ROOT), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

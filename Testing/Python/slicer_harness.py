@@ -457,10 +457,10 @@ def install_sample_data_stand_in() -> types.ModuleType:
             thumbnailFileName=None,
             loadFileTypes=None,
             loadFiles=None,
-            loadFileProperties={},
+            loadFileProperties={},  # noqa: B006  (Slicer's signature)
             checksums=None,
             loadFileType=None,
-        ):  # noqa: B006  (Slicer's signature)
+        ):
             module.registered.append(
                 dict(
                     category=category,

@@ -90,7 +90,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--renderer",
         choices=RENDERERS,
         default=None,
-        help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)",
+        help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and "
+        "several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)",
     )
     _add_grid_arguments(m)
     _add_run_arguments(m)
@@ -163,13 +164,15 @@ def _add_grid_arguments(m) -> None:
         "--fov-region",
         choices=("every", "any"),
         default=None,
-        help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)",
+        help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset "
+        "detectors; docs/reconstruction.md)",
     )
     m.add_argument(
         "--extend-grid",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)",
+        help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the "
+        "projections are truncated)",
     )
 
 
@@ -185,13 +188,15 @@ def _add_run_arguments(m) -> None:
         "--truncation-correction",
         type=float,
         metavar="F",
-        help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)",
+        help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when "
+        "truncated; 0: off)",
     )
     m.add_argument(
         "--iterations",
         type=int,
         metavar="K",
-        help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)",
+        help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel "
+        "--solver adam and nerf: Adam steps (default 300)",
     )
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
@@ -216,7 +221,8 @@ def _add_solver_arguments(m) -> None:
         "--solver",
         choices=("adam", "os-tv"),
         help="voxel: os-tv (default: ordered-subset SART-preconditioned least squares + TV prox; "
-        "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)",
+        "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; "
+        "--iterations counts steps, default 300)",
     )
     m.add_argument(
         "--subsets",
@@ -242,7 +248,8 @@ def _add_solver_arguments(m) -> None:
         "--normalize",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, benchmarks/RESULTS_reconstruction.md)",
+        help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, "
+        "benchmarks/RESULTS_reconstruction.md)",
     )
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
 
