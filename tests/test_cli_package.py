@@ -132,7 +132,7 @@ def test_register_dicom_route_is_the_projection_set_route():
     assert not any("RAS origin" in n for n in notes)
 
 
-def test_ct_correction_from_poses_matches_the_parametrisation():
+def test_ct_correction_from_poses_matches_the_parametrization():
     from XRayNeRFLib.registration.pose import PoseParametrization, ct_correction_from_poses
 
     w0 = torch.eye(4, dtype=torch.float64)
