@@ -90,8 +90,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--renderer",
         choices=RENDERERS,
         default=None,
-        help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and "
-        "several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)",
+        help="projector of the iterative methods: trilinear (default: ray marching) or siddon (exact path lengths); "
+        "the two are compared in benchmarks/RESULTS_reconstruction.md",
     )
     _add_grid_arguments(m)
     _add_run_arguments(m)
@@ -248,7 +248,7 @@ def _add_solver_arguments(m) -> None:
         "--normalize",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, "
+        help="nerf: LayerNorm on the hash features (the normalised encoder; default off, see the 'nerf norm' rows of "
         "benchmarks/RESULTS_reconstruction.md)",
     )
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")

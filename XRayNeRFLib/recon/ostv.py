@@ -22,7 +22,7 @@ in both the numerator and the column sum; it approximates A^T within a few perce
 its per-view sampling grids are cached (``bp_cache_mb``), so a back projection costs a gather instead of
 autograd's scatter-add. ``"matched"`` uses the renderer's autograd, the exact adjoint. Only the pixels
 that some view of the subset uses are rendered (w > 0: rays that miss the grid or are masked are
-skipped; a quarter of the detector on the chest benchmark). The relaxation of
+skipped). The relaxation of
 pass k (0-based, on the output grid) is ``relaxation / (1 + relaxation_decay * k)``.
 
 TV proximal step, ``tv_steps_per_pass`` times per pass (after equal shares of the subsets)::
@@ -293,7 +293,7 @@ class _Level:
         self.groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
         self.sub_cams = [cams[torch.tensor(g)] for g in self.groups]
         # only the pixels some view of the subset uses are rendered (rays that miss the grid or are masked
-        # carry no weight: about a quarter of the detector on the chest benchmark)
+        # carry no weight)
         grid_px = cams.pixel_grid().reshape(-1, 2)  # (H*W, 2) [column, row]
         self.pix: List[tuple] = []  # per subset: (flat pixel indices (N,), [column, row] (N, 2))
         for g in self.groups:
