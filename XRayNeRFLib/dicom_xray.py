@@ -429,7 +429,10 @@ def _pixels(ds, path: str, n_frames: int) -> np.ndarray:
                 else " (the compressed data may be corrupt)"
             )
         elif ts is not None and getattr(ts, "is_compressed", False):
-            hint = "; pydicom has no decoder for this transfer syntax here: convert the file to an uncompressed one (e.g. gdcmconv --raw, dcmdjpeg)"
+            hint = (
+                "; pydicom has no decoder for this transfer syntax here: convert the file to an uncompressed one (e.g. "
+                "gdcmconv --raw, dcmdjpeg)"
+            )
         else:
             hint = ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -493,7 +496,8 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
         if all(x is not None for x in prim + sec):
             if fr.number("PositionerIsocenterPrimaryAngle", 0) is not None:
                 notes.append(
-                    f"{path}: patient-based angles (0018,9405) used; the equipment-based Isocenter Reference System angles (0018,9463/9464) are not"
+                    f"{path}: patient-based angles (0018,9405) used; the equipment-based Isocenter Reference System angles "
+                    "(0018,9463/9464) are not"
                 )
             return np.array(prim), np.array(sec), "patient", "Positioner Position Sequence (0018,9405) per frame"
         iso = (
@@ -525,12 +529,14 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
                 if (abs(inc_p[0] - p0) < 1e-6 and abs(p0) > 1e-6) or (abs(inc_s[0] - s0) < 1e-6 and abs(s0) > 1e-6):
                     mode = "absolute"
                     notes.append(
-                        f"{path}: the first angle increments equal the first-frame angles: the increments were read as absolute angles ({FLAG['angle_increments']} to change)"
+                        f"{path}: the first angle increments equal the first-frame angles: the increments were read as absolute "
+                        f"angles ({FLAG['angle_increments']} to change)"
                     )
                 else:
                     mode = "first"
                     notes.append(
-                        f"{path}: angle increments (0018,1520/1521) read as relative to the first frame ({FLAG['angle_increments']} previous|absolute to change)"
+                        f"{path}: angle increments (0018,1520/1521) read as relative to the first frame "
+                        f"({FLAG['angle_increments']} previous|absolute to change)"
                     )
             if mode == "first":
                 prim, sec = p0 + inc_p - inc_p[0], s0 + inc_s - inc_s[0]
@@ -545,7 +551,8 @@ def _angles(fr: _Frames, n: int, path: str, ov: GeometryOverrides, notes: List[s
             if motion == "DYNAMIC":
                 raise _bad_value(
                     path,
-                    "Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment (0018,1520/1521) are missing",
+                    "Positioner Motion (0018,1500) is DYNAMIC but Positioner Primary/Secondary Angle Increment (0018,1520/1521) "
+                    "are missing",
                     f"pass one angle per frame with {FLAG['primary_deg']}/{FLAG['secondary_deg']}",
                     "primary_deg",
                     "secondary_deg",
@@ -585,7 +592,8 @@ def _detector_spacing(
             raise ValueError(f"the given pixel spacing must be > 0 mm, got {given.tolist()}")
         if ips is not None and np.abs(ips[::-1] - given).max() > 1e-6 * given.max():
             notes.append(
-                f"{path}: given pixel spacing {given.tolist()} mm used instead of Imager Pixel Spacing (0018,1164) {ips[::-1].tolist()} [column, row]"
+                f"{path}: given pixel spacing {given.tolist()} mm used instead of Imager Pixel Spacing (0018,1164) "
+                f"{ips[::-1].tolist()} [column, row]"
             )
         return given, "given"
     if ips is not None:
@@ -596,7 +604,8 @@ def _detector_spacing(
             and np.abs(ps - ips).max() > 1e-6 * ips.max()
         ):
             notes.append(
-                f"{path}: Pixel Spacing (0028,0030) {ps.tolist()} disagrees with Imager Pixel Spacing (0018,1164) {ips.tolist()} / magnification; Imager Pixel Spacing (detector plane) used"
+                f"{path}: Pixel Spacing (0028,0030) {ps.tolist()} disagrees with Imager Pixel Spacing (0018,1164) {ips.tolist()} "
+                "/ magnification; Imager Pixel Spacing (detector plane) used"
             )
         return ips[::-1].copy(), "Imager Pixel Spacing (0018,1164)"
     if ps is not None:
@@ -838,13 +847,15 @@ def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distanc
         sid_src = "Distance Source to Isocenter (0018,9402)"
         if sid_pat is not None and abs(sid_pat - sid_iso) > 1e-3 * sid_iso:
             notes.append(
-                f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter (0018,9402) {sid_iso:g} mm; the isocentre distance is used"
+                f"{path}: Distance Source to Patient (0018,1111) {sid_pat:g} mm differs from Distance Source to Isocenter "
+                f"(0018,9402) {sid_iso:g} mm; the isocentre distance is used"
             )
     elif sid_pat is not None:
         sid = _positive(sid_pat, "DistanceSourceToPatient", path, "sid_mm")
         sid_src = "Distance Source to Patient (0018,1111)"
         notes.append(
-            f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric C-arm assumed)"
+            f"{path}: source-to-isocentre distance taken from Distance Source to Patient (0018,1111) = {sid:g} mm (isocentric "
+            "C-arm assumed)"
         )
     elif mag_tag is not None and mag_tag > 1:
         sid = sdd / mag_tag
@@ -868,7 +879,8 @@ def _distances(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Distanc
     magnification = sdd / sid
     if mag_tag is not None and abs(mag_tag - magnification) > 0.01 * magnification:
         notes.append(
-            f"{path}: Estimated Radiographic Magnification Factor (0018,1114) {mag_tag:g} differs from SDD/SID {magnification:.6g}; SDD/SID used"
+            f"{path}: Estimated Radiographic Magnification Factor (0018,1114) {mag_tag:g} differs from SDD/SID "
+            f"{magnification:.6g}; SDD/SID used"
         )
     spacing_stored, spacing_src = _detector_spacing(fr, path, ov, magnification, notes)
     return _Distances(sdd, sid, sid_src, spacing_stored, spacing_src)
@@ -896,7 +908,8 @@ def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
         if not position:
             position = "HFS"
             notes.append(
-                f"{path}: equipment-based isocentre angles with no Patient Position (0018,5100): head-first supine (HFS) assumed ({FLAG['patient_position']} to change)"
+                f"{path}: equipment-based isocentre angles with no Patient Position (0018,5100): head-first supine (HFS) assumed "
+                f"({FLAG['patient_position']} to change)"
             )
         for kw in ("TableHorizontalRotationAngle", "TableHeadTiltAngle", "TableCradleTiltAngle"):
             for f in range(n):
@@ -913,7 +926,8 @@ def _pose(d: _Dataset, ov: GeometryOverrides, notes: List[str]) -> _Pose:
     if np.abs(det_rot).max() > 1e-9:
         notes.append(
             f"{path}: detector rotated about the central ray by Positioner Isocenter Detector Rotation Angle (0018,9465) "
-            f"{', '.join(f'{a:g}' for a in det_rot[:4])}{'...' if n > 4 else ''} degrees (positive: counter-clockwise seen from the source, "
+            f"{', '.join(f'{a:g}' for a in det_rot[:4])}{'...' if n > 4 else ''} degrees (positive: counter-clockwise seen from "
+            "the source, "
             "i.e. right-handed about the isocentre-to-source axis Yp; see docs/dicom.md)"
         )
 
@@ -983,7 +997,8 @@ def _layout(d: _Dataset, ov: GeometryOverrides, dist: _Distances, pose: _Pose, n
             layout_src = f"Patient Orientation (0020,0020) {'/'.join(str(x) for x in po)}"
     else:
         notes.append(
-            f"{path}: no Patient Orientation (0020,0020): stored pixels assumed in the radiological layout ({FLAG['image_layout']} beams_eye to change)"
+            f"{path}: no Patient Orientation (0020,0020): stored pixels assumed in the radiological layout "
+            f"({FLAG['image_layout']} beams_eye to change)"
         )
     _, _, w_out, h_out = orient.point(0.0, 0.0, w, h)
     return _Layout(orient, to_ref, layout_src, w_out, h_out)
@@ -1010,7 +1025,8 @@ def _principal_point(d: _Dataset, layout: _Layout, spacing_stored: np.ndarray, n
         pp_src = "centre of the detector's active area (0018,7026/7028) within the field of view (0018,7030)"
     elif origin_px is not None:
         notes.append(
-            f"{path}: Field of View Origin (0018,7030) without Detector Active Origin/Dimensions or Element Spacing; principal point at the image centre"
+            f"{path}: Field of View Origin (0018,7030) without Detector Active Origin/Dimensions or Element Spacing; principal "
+            "point at the image centre"
         )
     else:
         notes.append(f"{path}: principal point at the image centre (beam axis through the centre of the image assumed)")
@@ -1230,11 +1246,13 @@ def read_dicom_series(inputs: Sequence[str], overrides: Optional[GeometryOverrid
             )
         if p.modality != first.modality:
             raise ValueError(
-                f"mixed modalities: {first.views[0]['file']} is {first.modality}, {p.views[0]['file']} is {p.modality}; convert one series at a time"
+                f"mixed modalities: {first.views[0]['file']} is {first.modality}, {p.views[0]['file']} is {p.modality}; convert "
+                "one series at a time"
             )
         if p.cameras.size_px != first.cameras.size_px:
             raise ValueError(
-                f"{p.views[0]['file']}: {p.cameras.size_px} pixels, but {first.views[0]['file']} has {first.cameras.size_px}; one detector size per series"
+                f"{p.views[0]['file']}: {p.cameras.size_px} pixels, but {first.views[0]['file']} has {first.cameras.size_px}; "
+                "one detector size per series"
             )
         if p.intensity["relationship"] != first.intensity["relationship"] or p.intensity["sign"] != first.intensity["sign"]:
             raise ValueError(f"{p.views[0]['file']}: pixel intensity relationship differs from {first.views[0]['file']} (0028,1040/1041)")

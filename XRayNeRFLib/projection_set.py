@@ -184,11 +184,13 @@ class ProjectionSet:
         if gext == ".xml":
             if row_order == "xraynerf":
                 raise ValueError(
-                    f"{stack}: the stack is in XRayNeRF row order (xraynerf_row_order) but {geometry} is RTK geometry; use the JSON geometry written with it"
+                    f"{stack}: the stack is in XRayNeRF row order (xraynerf_row_order) but {geometry} is RTK geometry; use the "
+                    "JSON geometry written with it"
                 )
             if spacing is None:
                 raise ValueError(
-                    f"{stack}: an image folder has no pixel spacing and RTK geometry {geometry} stores none; pass spacing_mm (command line: --detector-spacing COLUMN_MM ROW_MM)"
+                    f"{stack}: an image folder has no pixel spacing and RTK geometry {geometry} stores none; pass spacing_mm "
+                    "(command line: --detector-spacing COLUMN_MM ROW_MM)"
                 )
             cams = load_geometry(geometry, size_px=(w, h), spacing_mm=spacing, origin_mm=origin)
             images = ours_from_rtk_layout(images)
@@ -196,7 +198,8 @@ class ProjectionSet:
         else:
             if row_order == "rtk":
                 raise ValueError(
-                    f"{stack}: the stack is in RTK row order (xraynerf_row_order) but {geometry} is XRayNeRF JSON; use the RTK XML written with it"
+                    f"{stack}: the stack is in RTK row order (xraynerf_row_order) but {geometry} is XRayNeRF JSON; use the RTK "
+                    "XML written with it"
                 )
             cams = load_geometry(geometry)
         try:

@@ -192,7 +192,8 @@ def check_projections_match(images: Tensor, cameras, *, what: str = "projection 
         raise ValueError(f"{what} has {v} projections but the geometry has {len(cameras)} views; use the geometry file that made the stack")
     if (w, h) != tuple(cameras.size_px):
         raise ValueError(
-            f"{what} images are {w} x {h} pixels (columns x rows) but the geometry's detector is {cameras.size_px[0]} x {cameras.size_px[1]}"
+            f"{what} images are {w} x {h} pixels (columns x rows) but the geometry's detector is {cameras.size_px[0]} x "
+            f"{cameras.size_px[1]}"
         )
     if spacing_mm is not None:
         want = torch.as_tensor(np.asarray(spacing_mm, dtype=np.float64))

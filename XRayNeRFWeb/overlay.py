@@ -6,8 +6,8 @@ right for a still pose (the registration's first and last DRR), several times to
 cores. :class:`QuickDRR` reads the CT's attenuation volume once per CT (``nodes.volume_from_node``) and re-poses
 it by the CT's transform at each change, then renders it with the engine's trilinear projector (the
 registration optimiser's renderer) on the CT pooled 2 x 2 x 2 and on the X-ray's detector binned to at most
-128 pixels a side (as the optimiser's coarse levels), through the layer's ``registration.render_image``; the image goes into the DRR node through ``registration.write_drr``, as
-the optimiser's previews do. Measured in benchmarks/bench_web.py.
+128 pixels a side (as the optimiser's coarse levels), through the layer's ``registration.render_image``; the image
+goes into the DRR node through ``registration.write_drr``, as the optimiser's previews do. Measured in benchmarks/bench_web.py.
 
 Nothing here reads or writes MRML itself: the XRayNeRFMRML layer does.
 """

@@ -540,7 +540,8 @@ def write_report(results, metas, info, args, elapsed_s, path: Path) -> str:
         f"take over {args.max_seconds:g} s; n in the table); ms per 256x256 DRR as median "
         "[min-max]; rays/s = 65536 / median; first render = the first warm-up call (includes any compilation); CPU cores busy = the "
         "worker's CPU seconds over wall seconds during the timed renders (at most the thread count; lower "
-        "for code that does not use every thread, or when other processes take the cores). Peak MB = the worker's peak resident memory (VmHWM), "
+        "for code that does not use every thread, or when other processes take the cores). Peak MB = the worker's peak resident "
+        "memory (VmHWM), "
         "with the increase over its resident memory just before rendering (volume loaded) in brackets"
         + ("; GPU: peak torch allocation." if args.device.startswith("cuda") else ".")
     )
@@ -572,7 +573,8 @@ def write_report(results, metas, info, args, elapsed_s, path: Path) -> str:
         else:
             agcols = " reference | | |" if r["name"] == REFERENCE else " n/a | | |"
         lines.append(
-            f"| {name} | {vol} | {fmt_ms(r['times_s'])} | {r['warmup_s'][0]:.2f} | {r.get('cores_busy', float('nan')):.2f} | {n_rays / med / 1e6:.2f} M | "
+            f"| {name} | {vol} | {fmt_ms(r['times_s'])} | {r['warmup_s'][0]:.2f} | {r.get('cores_busy', float('nan')):.2f} | "
+            f"{n_rays / med / 1e6:.2f} M | "
             f"{r['peak_rss_mb']:.0f} (+{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f}) |"
             + (f" {r.get('peak_gpu_mb', float('nan')):.0f} |" if gpu else "")
             + agcols

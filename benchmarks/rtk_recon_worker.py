@@ -195,7 +195,8 @@ def run_rtk_reconstructions(
 
     projections: (V, H, W) line integrals in our layout; cameras: the matching Cameras; like: Volume
     giving the output grid; methods: list of dicts as in CONFIG.json minus "out" (add "label" to run
-    one method several times); gt_npy / data_range: see CONFIG.json (PSNR-versus-time curves). Returns ({label: Volume (mu)}, {label: {"seconds", "peak_rss_mb"}});
+    one method several times); gt_npy / data_range: see CONFIG.json (PSNR-versus-time curves).
+    Returns ({label: Volume (mu)}, {label: {"seconds", "peak_rss_mb"}});
     with ``load=False`` the first item maps labels to the output .mha paths instead (a "joseph" output
     is a projection stack: read it with :func:`read_rtk_projections`).
     All methods of one call share one process: call once per method for separate peak memories.

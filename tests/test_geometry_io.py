@@ -379,7 +379,8 @@ MALFORMED_XML = {
     "no_projection": (HEAD + "<SourceToDetectorDistance>1500</SourceToDetectorDistance></RTKThreeDCircularGeometry>", "no <Projection>"),
     "no_sdd": (
         HEAD
-        + "<SourceToIsocenterDistance>1000</SourceToIsocenterDistance><Projection><GantryAngle>0</GantryAngle></Projection></RTKThreeDCircularGeometry>",
+        + "<SourceToIsocenterDistance>1000</SourceToIsocenterDistance>"
+        + "<Projection><GantryAngle>0</GantryAngle></Projection></RTKThreeDCircularGeometry>",
         "no SourceToDetectorDistance",
     ),
     "not_a_number": (
@@ -388,18 +389,21 @@ MALFORMED_XML = {
     ),
     "nan": (
         HEAD
-        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><Projection><GantryAngle>nan</GantryAngle></Projection></RTKThreeDCircularGeometry>",
+        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance>"
+        + "<Projection><GantryAngle>nan</GantryAngle></Projection></RTKThreeDCircularGeometry>",
         "must be finite",
     ),
     "cylindrical": (
         HEAD
-        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><RadiusCylindricalDetector>1200</RadiusCylindricalDetector><Projection/></RTKThreeDCircularGeometry>",
+        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance>"
+        + "<RadiusCylindricalDetector>1200</RadiusCylindricalDetector><Projection/></RTKThreeDCircularGeometry>",
         "cylindrical detector",
     ),
     "parallel": (HEAD + "<SourceToDetectorDistance>0</SourceToDetectorDistance><Projection/></RTKThreeDCircularGeometry>", "parallel-beam"),
     "short_matrix": (
         HEAD
-        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance><Projection><Matrix>1 2 3 4 5 6 7 8 9 10 11</Matrix></Projection></RTKThreeDCircularGeometry>",
+        + "<SourceToDetectorDistance>1500</SourceToDetectorDistance>"
+        + "<Projection><Matrix>1 2 3 4 5 6 7 8 9 10 11</Matrix></Projection></RTKThreeDCircularGeometry>",
         "has 11 numbers, expected 12",
     ),
 }

@@ -79,17 +79,22 @@ def test_window_cutoff_stretches_the_window_and_zeroes_above():
 
 
 def test_parker_weights_sum_to_one_on_redundant_rays():
+    """The (V, U) table: entry [view, column] is the weight of the ray at angle beta[view], fan angle gamma[column]; a
+    ray and the same ray seen from the other side (beta + pi + 2 gamma, fan angle -gamma) weigh 1 together."""
     delta = 0.2
     beta = torch.linspace(0, math.pi + 2 * delta, 101, dtype=torch.float64)
     gamma = torch.linspace(-delta * 0.99, delta * 0.99, 9, dtype=torch.float64)
     w = parker_weights(beta, gamma, delta)
+    assert w.shape == (101, 9)
+    pairs = 0
     for gi, g in enumerate(gamma):
-        for b in beta[::10]:
-            b2 = b + math.pi + 2 * g  # the same ray seen from the other side, with fan angle -g
+        for bi in range(0, len(beta), 10):
+            b2 = beta[bi] + math.pi + 2 * g  # the same ray seen from the other side, with fan angle -g
             if 0 <= b2 <= math.pi + 2 * delta:
                 w2 = parker_weights(b2.reshape(1), -g.reshape(1), delta)[0, 0]
-                w1 = parker_weights(b.reshape(1), g.reshape(1), delta)[0, 0]
-                assert float(w1 + w2) == pytest.approx(1.0, abs=1e-9)
+                assert float(w[bi, gi] + w2) == pytest.approx(1.0, abs=1e-9), (bi, gi)
+                pairs += 1
+    assert pairs >= 9  # every column has redundant pairs on the grid
 
 
 def test_fdk_recovers_ellipsoid_values(full_scan):

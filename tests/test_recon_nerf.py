@@ -278,7 +278,7 @@ def test_coarser_grid_covers_the_same_box():
     assert c.data.shape == tuple(math.ceil(n / 2) for n in like.data.shape)
     torch.testing.assert_close(c.corners_ras(), like.corners_ras(), rtol=0, atol=1e-4)
     # the field coordinates of both grids span the same cube fraction
-    for ax_f, ax_c, n_f, n_c in zip(grid_axes(like), grid_axes(c), like.data.shape, c.data.shape):
+    for ax_f, ax_c, n_c in zip(grid_axes(like), grid_axes(c), c.data.shape):
         lo_f, lo_c = ax_f[0] - (ax_f[1] - ax_f[0]) / 2, ax_c[0] - (ax_c[1] - ax_c[0]) / 2 if n_c > 1 else None
         if lo_c is not None:
             assert float(lo_f) == pytest.approx(float(lo_c), abs=1e-9)

@@ -284,6 +284,35 @@ def test_cancel_returns_last_finished_step(case):
     assert psnr(res.volume.data, gt) > fdk_psnr  # partial but improved, not the start nor garbage
 
 
+def test_cancel_at_a_pass_end_returns_that_pass(case):
+    """Stopping at the report that ends pass 1 returns exactly the one-pass result (the TV step and momentum of
+    pass 1 done, nothing of pass 2); stopping during the coarse passes returns a volume on the output grid."""
+    cams, _, noisy, like, _ = case
+    start = fdk(noisy, cams, volume=like, window="hann").data.clamp_min(0)
+    base = dict(subsets=5, tv_weight=0.02)
+    one, _ = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=1, **base))
+    messages = []
+
+    def stop_at_once(p: Progress):
+        messages.append(p.message)
+        return False
+
+    def stop_at_first_pass_end(p: Progress):
+        return not (p.message.startswith("pass 1/") and "data" in p.message)
+
+    stopped, hist = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=3, **base), progress=stop_at_first_pass_end)
+    assert hist.cancelled and hist.passes_done == 1 and len(hist.data) == 1
+    assert torch.equal(stopped.data, one.data)
+    coarse, hist_c = reconstruct_ostv(
+        noisy, cams, like, start, OSTVSettings(passes=2, coarse_passes=2, **base), progress=stop_at_first_pass_end
+    )
+    assert hist_c.cancelled and hist_c.passes_done == 1
+    assert coarse.data.shape == like.data.shape and not torch.equal(coarse.data, start)
+    early, hist_e = reconstruct_ostv(noisy, cams, like, start, OSTVSettings(passes=3, **base), progress=stop_at_once)
+    assert hist_e.cancelled and hist_e.passes_done == 0 and messages == ["pass 1/3, subset 1/5"]  # after the first subset step
+    assert early.data.shape == like.data.shape and not torch.equal(early.data, start)
+
+
 def test_nan_projections_raise(case):
     cams, clean, _, like, _ = case
     bad = clean.clone()

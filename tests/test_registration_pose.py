@@ -1,4 +1,4 @@
-"""Pose parametrisation: SO(3) exp/log, parameter round trips, rotation about the centre, scales,
+"""Pose parametrization: SO(3) exp/log, parameter round trips, rotation about the centre, scales,
 rigidity checks, gradients, error measures."""
 
 import math

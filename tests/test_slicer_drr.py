@@ -89,6 +89,39 @@ def test_module_metadata(drr_module):
     assert "Slicer" in p.acknowledgementText
 
 
+def test_default_renderer_is_the_engines(core, drr_module):
+    """One default projector: the DRR module's parameter node, its Logic and the MRML layer's render_drr take the
+    engine's DEFAULT_RENDERER (as `xraynerf drr`), by name, not a copied literal; a DRR rendered without naming
+    a renderer equals the engine's default render and differs from Siddon's."""
+    from XRayNeRFLib.render import DEFAULT_RENDERER, render
+    from XRayNeRFLib.volume import Volume, hu_to_mu
+
+    logic = drr_module.XRayNeRFDRRLogic()
+    assert logic.getParameterNode().renderer == DEFAULT_RENDERER
+    defaults = {}
+    for path, function in (("XRayNeRF/XRayNeRFDRR/XRayNeRFDRR.py", "renderDRR"), ("XRayNeRF/XRayNeRFMRML/drr.py", "render_drr")):
+        tree = ast.parse((REPO / path).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == function:
+                defaults[function] = next(d for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if a.arg == "renderer")
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "renderer":
+                defaults["parameter node"] = node.value
+    assert sorted(defaults) == ["parameter node", "renderDRR", "render_drr"]
+    assert all(isinstance(d, ast.Name) and d.id == "DEFAULT_RENDERER" for d in defaults.values()), ast.dump(defaults["renderDRR"])
+    rng = np.random.default_rng(5)
+    hu = rng.uniform(-1000, 1500, size=(9, 11, 13)).astype(np.float32)
+    affine = _oblique((1, 2, 3), 35.0, (1.5, 2.0, 2.5), (-10.0, -12.0, -9.0))
+    ct = drr_module.XRayNeRFDRRTest._ctNode(hu, affine)
+    pose = dict(sourceIsocenterDistanceMm=350.0, sourceDetectorDistanceMm=600.0, detectorColumns=24, detectorRows=20, pixelSpacingMm=4.0)
+    got = slicer.util.arrayFromVolume(logic.renderDRR(ct, **pose).volume_node)[0]
+    cams = logic.cameras(ct, **pose)
+    vol = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
+    expected = render(vol, cams, renderer=DEFAULT_RENDERER)[0].numpy()
+    siddon = render(vol, cams, renderer="siddon")[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
+    assert np.abs(got - siddon).max() > 10 * 2e-4  # the two renderers differ on this random CT: the default is visible
+
+
 def _oblique(rotation_axis, angle_deg, spacing, origin):
     axis = np.asarray(rotation_axis, float) / np.linalg.norm(rotation_axis)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])

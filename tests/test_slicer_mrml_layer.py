@@ -62,6 +62,7 @@ def test_choice_lists_are_the_engines():
     assert choices.RECONSTRUCTION_METHODS == tuple(api.METHODS)
     assert choices.VOXEL_SOLVERS == tuple(voxel.VOXEL_SOLVERS) == tuple(api.VOXEL_SOLVERS)
     assert choices.FDK_WINDOWS == tuple(importlib.import_module("XRayNeRFLib.recon.fdk").WINDOWS)
+    assert choices.DEFAULT_RENDERER == render.DEFAULT_RENDERER and choices.DEFAULT_RENDERER in choices.RENDERERS
     with pytest.raises(RuntimeError, match="defines no literal NO_SUCH_NAME or OTHER"):
         choices.engine_choices("render/__init__.py", "NO_SUCH_NAME", "OTHER")
     assert choices.engine_choices("recon/fdk.py", "NO_SUCH_NAME", "WINDOWS") == choices.FDK_WINDOWS

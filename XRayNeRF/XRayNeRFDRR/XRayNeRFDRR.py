@@ -38,7 +38,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleWidget,
 )
 
-from XRayNeRFMRML.choices import PATIENT_POSITIONS, RENDERERS  # noqa: E402  (the engine's lists)
+from XRayNeRFMRML.choices import DEFAULT_RENDERER, PATIENT_POSITIONS, RENDERERS  # noqa: E402  (the engine's lists and default)
 from XRayNeRFMRML.widgets import XRayNeRFWidgetMixin  # noqa: E402
 
 
@@ -54,7 +54,7 @@ class XRayNeRFDRR(ScriptedLoadableModule):
         self.parent.contributors = ["XRayNeRF developers"]
         self.parent.helpText = _(
             "Renders a digitally reconstructed radiograph (DRR) of a CT volume (Hounsfield units) for an "
-            "isocentric C-arm pose, with the XRayNeRF engine (exact Siddon ray tracing, or trilinear).<br>"
+            "isocentric C-arm pose, with the XRayNeRF engine (trilinear ray marching by default, or exact Siddon ray tracing).<br>"
             "<b>Geometry conventions</b> (details: docs/geometry.md in the XRayNeRF repository): the scene "
             "frame is patient RAS in millimetres. Primary angle: LAO positive / RAO negative; secondary angle: "
             "CRA positive / CAU negative (DICOM); at 0/0 the source is posterior and the detector anterior. "
@@ -93,7 +93,7 @@ class XRayNeRFDRRParameterNode:
     detectorRows: Annotated[int, WithinRange(2, 4096)] = 256
     pixelSpacingMm: Annotated[float, WithinRange(0.01, 20.0)] = 1.5
     patientPosition: Annotated[str, Choice(PATIENT_POSITIONS)] = "HFS"
-    renderer: Annotated[str, Choice(RENDERERS)] = "siddon"
+    renderer: Annotated[str, Choice(RENDERERS)] = DEFAULT_RENDERER
     outputVolume: vtkMRMLScalarVolumeNode
     cameraModel: vtkMRMLModelNode
 
@@ -206,14 +206,15 @@ class XRayNeRFDRRLogic(ScriptedLoadableModuleLogic):
         outputNode=None,
         cameraModelNode=None,
         *,
-        renderer: str = "siddon",
+        renderer: str = DEFAULT_RENDERER,
         progress: Optional[Callable] = None,
         **pose,
     ):
         """Render the DRR of ``ctNode`` (scalar volume, HU; linear parent transforms applied).
 
         pose: keyword arguments of :meth:`cameras` (angles in degrees, distances and spacing in mm,
-        detector size in pixels, patient position, isocentre). renderer: "siddon" (exact) or "trilinear".
+        detector size in pixels, patient position, isocentre). renderer: "trilinear" (the engine's default,
+        ``XRayNeRFLib.render.DEFAULT_RENDERER``) or "siddon" (exact path lengths).
         outputNode / cameraModelNode: nodes to overwrite; new ones are created (named after the CT) when
         None, and only after the rendering succeeded, so a failed or cancelled run leaves the scene as it was.
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
@@ -357,11 +358,11 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
             pixelSpacingMm=1.5,
         )
         logic = XRayNeRFDRRLogic()
-        drr = logic.renderDRR(ct, **pose).volume_node
+        drr = logic.renderDRR(ct, renderer="siddon", **pose).volume_node  # exact path lengths: 12 mm of water
         got = slicer.util.arrayFromVolume(drr)[0]
         self.assertAlmostEqual(float(got[3, 4]), 12.0 * mu_water_per_mm(), delta=1e-4)
         cams = logic.cameras(ct, **pose)
-        engine = render(as_mu(load_volume(path)), cams.to(dtype=torch.float32), method="siddon")[0].numpy()
+        engine = render(as_mu(load_volume(path)), cams.to(dtype=torch.float32), renderer="siddon")[0].numpy()
         np.testing.assert_allclose(got, engine, atol=1e-4)
 
     def test_DRRGeometry(self):
@@ -456,7 +457,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
             isocenterRas=(2.0, 1.0, -1.0),
         )
         logic = XRayNeRFDRRLogic()
-        drr = logic.renderDRR(ct, **pose).volume_node
+        drr = logic.renderDRR(ct, renderer="siddon", **pose).volume_node
         cams = logic.cameras(ct, **pose)
         moved = Cameras(
             torch.tensor(np.linalg.inv(t)) @ cams.world_from_camera,
@@ -466,7 +467,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
             cams.size_px,
         )
         plain = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
-        expected = render(plain, moved, method="siddon")[0].numpy()
+        expected = render(plain, moved, renderer="siddon")[0].numpy()
         got = slicer.util.arrayFromVolume(drr)[0]
         self.assertGreater(float(expected.max()), 0.5)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -501,7 +502,7 @@ class XRayNeRFDRRTest(ScriptedLoadableModuleTest):
             p.primaryAngleDeg = 200.0
         with self.assertRaises(ValueError):
             p.renderer = "cone"  # not one of the engine's renderers
-        self.assertEqual(p.renderer, "siddon")
+        self.assertEqual(p.renderer, DEFAULT_RENDERER)  # the engine's default, as the command line's
         p.inputVolume = self._ctNode(np.zeros((4, 4, 4)), np.eye(4))
         p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm = 500.0, 400.0
         self.assertIn("source-detector distance", logic.whyCannotRender(p))

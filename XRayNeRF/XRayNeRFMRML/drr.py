@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
+from .choices import DEFAULT_RENDERER  # the engine's one default (XRayNeRFLib.render.DEFAULT_RENDERER), read from its source
 from .nodes import new_node, remove_node, scene_of, update_camera_model, volume_centre_ras, volume_from_node, write_image_node
-
-DEFAULT_RENDERER = "siddon"  # the DRR module's own default (exact); the engine's is render.DEFAULT_RENDERER
 
 
 def carm_cameras(

@@ -303,7 +303,8 @@ def projection_set_from_nodes(
             raise ValueError("the circular-orbit geometry needs its parameters (distances, pixel spacing, arc)")
         cams = orbit.cameras(v, (w, h))
         notes.append(
-            f"circular orbit: {v} views from {orbit.start_deg:g} deg over {orbit.arc_deg:g} deg, SID {orbit.sid_mm:g} mm, SDD {orbit.sdd_mm:g} mm"
+            f"circular orbit: {v} views from {orbit.start_deg:g} deg over {orbit.arc_deg:g} deg, SID {orbit.sid_mm:g} mm, SDD "
+            f"{orbit.sdd_mm:g} mm"
         )
     elif geometry == "file":
         if not geometry_file:
@@ -312,7 +313,8 @@ def projection_set_from_nodes(
             cams = load_geometry(str(geometry_file), size_px=(w, h), spacing_mm=images.spacing_mm, origin_mm=images.origin_lps_mm)
             values = np.ascontiguousarray(ours_from_rtk_layout(values))
             notes.append(
-                f"{geometry_file}: RTK geometry; image rows flipped from RTK's order, pixel spacing {images.spacing_mm.round(6).tolist()} mm from the images"
+                f"{geometry_file}: RTK geometry; image rows flipped from RTK's order, pixel spacing "
+                f"{images.spacing_mm.round(6).tolist()} mm from the images"
             )
         else:
             cams = load_geometry(str(geometry_file))

@@ -188,7 +188,8 @@ def run(args) -> int:
     if any(missing) and not args.quiet:
         idx = [i for i, m in enumerate(missing) if m]
         note(
-            f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views {idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero"
+            f"warning: {len(idx)} of {len(cams)} views see nothing of the volume (views "
+            f"{idx[:10]}{' ...' if len(idx) > 10 else ''}); they will be zero"
         )
 
     bar = progress_bar(f"drr {args.renderer}", args.quiet)

@@ -83,7 +83,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    io = p.add_argument_group("input and output")
+    _add_io_arguments(p.add_argument_group("input and output"))
+    m = p.add_argument_group("method")
+    m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
+    m.add_argument(
+        "--renderer",
+        choices=RENDERERS,
+        default=None,
+        help="projector of the iterative methods: trilinear (default: ray marching) or siddon (exact path lengths); "
+        "the two are compared in benchmarks/RESULTS_reconstruction.md",
+    )
+    _add_grid_arguments(m)
+    _add_run_arguments(m)
+    _add_solver_arguments(m)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    add_geometry_options(p)
+    return p
+
+
+def _add_io_arguments(io) -> None:
+    """Inputs, outputs and output units."""
     io.add_argument(
         "--projections", required=True, nargs="+", metavar="P", help="DICOM file(s)/directory, or one projection stack / image folder"
     )
@@ -113,14 +132,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     io.add_argument("--units", choices=("mu", "hu"), default="mu", help="output units: mu (1/mm, default) or hu")
     io.add_argument("--energy-kev", type=float, default=None, metavar="E", help="effective energy for HU (30-150 keV, default 60)")
-    m = p.add_argument_group("method")
-    m.add_argument("--method", choices=("fdk", "voxel", "nerf"), default="fdk", help="default fdk")
-    m.add_argument(
-        "--renderer",
-        choices=RENDERERS,
-        default=None,
-        help="projector of the iterative methods: trilinear (default: ray marching, as good as siddon on the chest benchmark and several times faster; benchmarks/RESULTS_reconstruction.md) or siddon (exact path lengths)",
-    )
+
+
+def _add_grid_arguments(m) -> None:
+    """The output grid: --grid / --spacing-mm / --like, an explicit grid, the field-of-view region."""
     g = m.add_mutually_exclusive_group()
     g.add_argument("--grid", type=int, metavar="N", help="voxels across the scanned cylinder (default 128)")
     g.add_argument(
@@ -149,14 +164,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--fov-region",
         choices=("every", "any"),
         default=None,
-        help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset detectors; docs/reconstruction.md)",
+        help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset "
+        "detectors; docs/reconstruction.md)",
     )
     m.add_argument(
         "--extend-grid",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the projections are truncated)",
+        help="voxel/nerf: run on the grid extended to the 'any' region and cut the output out of it (default: when the "
+        "projections are truncated)",
     )
+
+
+def _add_run_arguments(m) -> None:
+    """Self-calibration, FDK's truncation correction and window, iterations, ensemble and seed."""
     m.add_argument(
         "--refine-geometry",
         metavar="GEOM",
@@ -167,13 +188,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--truncation-correction",
         type=float,
         metavar="F",
-        help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when truncated; 0: off)",
+        help="fdk: extrapolate each row by this fraction of the detector width on each side before filtering (default: 0.25 when "
+        "truncated; 0: off)",
     )
     m.add_argument(
         "--iterations",
         type=int,
         metavar="K",
-        help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel --solver adam and nerf: Adam steps (default 300)",
+        help="voxel (os-tv): passes over all views (default max(12, ceil(240 / views)): 12 at 30 views, 24 at 10); voxel "
+        "--solver adam and nerf: Adam steps (default 300)",
     )
     m.add_argument("--ensemble-size", type=int, default=4, metavar="E", help="ensemble members for --uncertainty (default 4)")
     m.add_argument("--seed", type=int, default=0, help="random seed (ray sampling, initialisation, view groups)")
@@ -184,6 +207,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="C",
         help="fdk: the window's cut-off as a fraction of the Nyquist frequency, (0, 1] (default 1; 0.5 smooths noisy data)",
     )
+
+
+def _add_solver_arguments(m) -> None:
+    """The iterative solvers' settings (voxel os-tv / adam, nerf)."""
     m.add_argument("--tv-weight", type=float, metavar="L", help="voxel/nerf: total-variation weight lambda_TV")
     m.add_argument("--lr", type=float, help="voxel --solver adam / nerf: Adam step size")
     m.add_argument("--rays-per-view", type=int, metavar="N", help="voxel --solver adam / nerf: rays per view and step (0: all pixels)")
@@ -194,7 +221,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--solver",
         choices=("adam", "os-tv"),
         help="voxel: os-tv (default: ordered-subset SART-preconditioned least squares + TV prox; "
-        "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; --iterations counts steps, default 300)",
+        "--iterations counts passes over all views, default 12 at 30 views) or adam (L1 + TV, Adam on ray mini-batches; "
+        "--iterations counts steps, default 300)",
     )
     m.add_argument(
         "--subsets",
@@ -220,12 +248,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--normalize",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="nerf: LayerNorm on the hash features (the normalised encoder; default off: it scored lower on the chest benchmark, benchmarks/RESULTS_reconstruction.md)",
+        help="nerf: LayerNorm on the hash features (the normalised encoder; default off, see the 'nerf norm' rows of "
+        "benchmarks/RESULTS_reconstruction.md)",
     )
     m.add_argument("--mci", metavar="PATH", help="nerf: pre-fitted MLP weights ('none': random MLP; default: the shipped file)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    add_geometry_options(p)
-    return p
 
 
 def output_grid(args, cams):
@@ -429,8 +455,8 @@ def reference_metrics(result_volume, ref_data, resampled: bool) -> dict:
     return out
 
 
-def run(args) -> int:
-    t0 = time.monotonic()
+def _check_request(args) -> None:
+    """Refuse bad output paths, a missing reference and a bad grid before any work (ValueError naming the flag)."""
     _check_out(args.out, "--out")
     if args.uncertainty:
         _check_out(args.uncertainty, "--uncertainty")
@@ -453,33 +479,11 @@ def run(args) -> int:
         raise ValueError(f"--grid must be at least 2, got {args.grid}")
     if args.spacing_mm is not None and not args.spacing_mm > 0:
         raise ValueError(f"--spacing-mm must be > 0, got {args.spacing_mm}")
-    opts = _options(args)
-    ps = projections_from_args(args, args.projections, args.geometry, flag="--projections", quantity=args.quantity)
-    images = ps.images
-    if float(images.abs().max()) < 1e-3:
-        raise ValueError(
-            f"the projections of {ps.source} are empty (all line integrals below 1e-3): the object is outside the field of view, "
-            "or the values are intensities (pass --quantity intensity)"
-        )
-    cams = ps.cameras.to(dtype=torch.float64)
-    like = output_grid(args, cams)
-    check_memory(args.method, tuple(like.data.shape), len(ps), cams.size_px, options=opts, uncertainty=bool(args.uncertainty))
-    reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
-    refined = None
-    if args.refine_geometry:
-        refined = refine_geometry(
-            images,
-            cams,
-            like,
-            settings=RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed),
-            masks=ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None,
-        )
-        cams = refined.cameras
-    masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
-    if masks is not None and args.method == "fdk":
-        masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
-        if not args.quiet:
-            sys.stderr.write("xraynerf reconstruct: note: FDK uses collimated pixels as measured (voxel/nerf leave them out)\n")
+
+
+def _reconstruct(args, images, cams, like, masks, opts):
+    """The engine's reconstruction with the progress bar and Ctrl-C handling; the engine's RuntimeWarnings go to
+    stderr. Returns :class:`XRayNeRFLib.recon.api.ReconstructionResult`."""
     bar = progress_bar(f"reconstruct {args.method}", args.quiet)
     with _Interrupt() as interrupt, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -513,6 +517,11 @@ def run(args) -> int:
     for w in caught:
         if issubclass(w.category, RuntimeWarning):  # the engine's warnings (torch's UserWarnings are not for users)
             sys.stderr.write(f"xraynerf reconstruct: warning: {w.message}\n")
+    return result
+
+
+def _write_outputs(args, result, refined) -> None:
+    """The volume, field-of-view and uncertainty files (all or none), then the refined geometry."""
     pairs = [(result.volume, args.out)]
     if args.fov_mask:
         fraction = result.fov.counts.float() / float(result.fov.n_views)
@@ -524,14 +533,19 @@ def run(args) -> int:
     _save_atomic(pairs)
     if refined is not None:
         os.makedirs(os.path.dirname(os.path.abspath(args.refine_geometry)), exist_ok=True)
-        save_geometry(cams, args.refine_geometry)
+        save_geometry(refined.cameras, args.refine_geometry)
         rot = refined.corrections[:, :3].norm(dim=1) * 57.29577951308232
         tra = refined.corrections[:, 3:].norm(dim=1)
         if not args.quiet:
             sys.stderr.write(
-                f"geometry refinement: per-view corrections mean {float(rot.mean()):.3f} deg / {float(tra.mean()):.3f} mm (max {float(rot.max()):.3f} deg / "
-                f"{float(tra.max()):.3f} mm); data term {refined.data_terms[0]:.4g} -> {refined.data_terms[-1]:.4g}; {refined.stopped}; wrote {args.refine_geometry}\n"
+                f"geometry refinement: per-view corrections mean {float(rot.mean()):.3f} deg / {float(tra.mean()):.3f} mm "
+                f"(max {float(rot.max()):.3f} deg / {float(tra.max()):.3f} mm); "
+                f"data term {refined.data_terms[0]:.4g} -> {refined.data_terms[-1]:.4g}; {refined.stopped}; wrote {args.refine_geometry}\n"
             )
+
+
+def _report(args, result, reference, n_views: int, seconds: float) -> None:
+    """The early-stop warning, the metrics against --reference (stdout) and the summary (stderr)."""
     if result.cancelled:
         sys.stderr.write(f"xraynerf reconstruct: warning: stopped early; wrote the best volume so far to {args.out}\n")
     if args.reference:
@@ -548,10 +562,41 @@ def run(args) -> int:
         k, j, i = result.volume.data.shape
         sp = result.volume.spacing_mm.tolist()
         sys.stderr.write(
-            f"wrote {args.out}: {i} x {j} x {k} voxels of {sp[0]:.3g} mm ({args.units}), {args.method}, {len(ps)} views, "
-            f"{time.monotonic() - t0:.1f} s" + (f"; uncertainty {args.uncertainty}" if args.uncertainty else "") + "\n"
+            f"wrote {args.out}: {i} x {j} x {k} voxels of {sp[0]:.3g} mm ({args.units}), {args.method}, {n_views} views, "
+            f"{seconds:.1f} s" + (f"; uncertainty {args.uncertainty}" if args.uncertainty else "") + "\n"
         )
         fov_line = result.fov.summary() if result.fov is not None else ""
         if fov_line:
             sys.stderr.write(f"field of view: {fov_line}\n")
+
+
+def run(args) -> int:
+    """``xraynerf reconstruct``: check the request, read the projections, reconstruct, write, report."""
+    t0 = time.monotonic()
+    _check_request(args)
+    opts = _options(args)
+    ps = projections_from_args(args, args.projections, args.geometry, flag="--projections", quantity=args.quantity)
+    images = ps.images
+    if float(images.abs().max()) < 1e-3:
+        raise ValueError(
+            f"the projections of {ps.source} are empty (all line integrals below 1e-3): the object is outside the field of view, "
+            "or the values are intensities (pass --quantity intensity)"
+        )
+    cams = ps.cameras.to(dtype=torch.float64)
+    like = output_grid(args, cams)
+    check_memory(args.method, tuple(like.data.shape), len(ps), cams.size_px, options=opts, uncertainty=bool(args.uncertainty))
+    reference = load_reference(args.reference, like, args.units, args.energy_kev) if args.reference else None
+    masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
+    refined = None
+    if args.refine_geometry:
+        settings = RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed)
+        refined = refine_geometry(images, cams, like, settings=settings, masks=masks)
+        cams = refined.cameras
+    if masks is not None and args.method == "fdk":
+        masks = None  # FDK uses every pixel as measured (see docs/reconstruction.md)
+        if not args.quiet:
+            sys.stderr.write("xraynerf reconstruct: note: FDK uses collimated pixels as measured (voxel/nerf leave them out)\n")
+    result = _reconstruct(args, images, cams, like, masks, opts)
+    _write_outputs(args, result, refined)
+    _report(args, result, reference, len(ps), time.monotonic() - t0)
     return EXIT_OK

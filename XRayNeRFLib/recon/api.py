@@ -118,7 +118,8 @@ class FieldOfViewReport:
             parts.append(
                 f"the projections are laterally truncated in {self.truncation.count} of {self.n_views} views (the object is wider "
                 f"than the region every view sees, radius {self.every_radius_mm:.1f} mm); voxels outside that region are less "
-                f"reliable; the region seen by any view (radius {self.any_radius_mm:.1f} mm) is reconstructed with fov_region='any' (--fov-region any)"
+                f"reliable; the region seen by any view (radius {self.any_radius_mm:.1f} mm) is reconstructed with "
+                "fov_region='any' (--fov-region any)"
             )
         elif self.displaced:
             parts.append(
@@ -192,11 +193,11 @@ def reconstruct(
     fov_counts: also count the views that see each output voxel (``result.fov.counts``).
         The estimated memory of the run is checked before anything is allocated
         (:func:`grid.check_memory`, a :class:`grid.GridMemoryError` with both numbers).
-    renderer: "trilinear" (:data:`DEFAULT_RENDERER`) | "siddon", the projector of the iterative methods: on the chest
-        benchmark trilinear ray marching reconstructs as well as the exact Siddon path lengths and several times faster
-        (benchmarks/RESULTS_reconstruction.md). iterations: default the method's: for voxel's
-        "os-tv" solver (the default) passes over all views, ostv.default_passes (12 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf,
-        Adam steps (300). units: "mu" (1/mm) or "hu".
+    renderer: "trilinear" (:data:`DEFAULT_RENDERER`, ray marching) | "siddon" (exact path lengths), the projector of the
+        iterative methods; their accuracy and speed are compared in benchmarks/RESULTS_reconstruction.md.
+        iterations: default the method's: for voxel's "os-tv" solver (the default) passes over all views,
+        ostv.default_passes (12 at 30 views, 24 at 10); for voxel's "adam" solver and for nerf, Adam steps (300).
+        units: "mu" (1/mm) or "hu".
     uncertainty: also return the grouped-jackknife spread over ``ensemble_size`` members, each
         reconstructed without a different random 1/ensemble_size of the views and with seed + m; the
         returned volume is then the members' mean (cost: ensemble_size reconstructions).
@@ -404,7 +405,8 @@ def _run_method(method, projections, cameras, like, renderer, iterations, masks,
             kw["masks"] = masks
         else:
             warnings.warn(
-                f"reconstruct_nerf cannot leave pixels out of the data term: the {int((~masks).sum())} masked pixels are fitted as measured",
+                f"reconstruct_nerf cannot leave pixels out of the data term: the {int((~masks).sum())} masked pixels are fitted "
+                "as measured",
                 RuntimeWarning,
                 stacklevel=4,  # _run_method <- one <- _run_request <- reconstruct, as before the split
             )

@@ -46,7 +46,7 @@ class VoxelBackprojector:
     ``bp(images, views)`` back projects images (len(views), H, W) of the given views (indices into
     ``cameras``; default all). With ``cache_mb`` > 0 the per-view sampling grids and depth weights
     (12 bytes per voxel and view) are kept after their first use while they fit in cache_mb: later calls
-    for a cached view are a bilinear gather and a multiply-add (about 2x faster on the CPU)."""
+    for a cached view are a bilinear gather and a multiply-add (docs/reconstruction.md: the cost)."""
 
     def __init__(self, cameras: Cameras, like: Volume, *, max_memory_mb: float = 64.0, cache_mb: float = 0.0) -> None:
         self.cams = cameras

@@ -269,8 +269,7 @@ def _backproject(
     """Step 4: voxel-driven back projection: sum_v q_v(P_v X) * weight_v / depth_v(X)^2, which is the iterative
     solvers' voxel back projector (backproject.py: the projection and grid matrices folded into one, one
     division and a bilinear gather per voxel and view) applied to q_v * weight_v / its pixel weights;
-    views in groups, for the progress reports (until 2026-12-06 FDK had its own loop of per-voxel
-    matrix products: 4x slower)."""
+    views in groups, for the progress reports (one back projector for FDK and the iterative solvers)."""
     n_views = q.shape[0]
     weight = (dbeta * orbit.sid_mm**2).to(torch.float32)  # (V,)
     bp = VoxelBackprojector(cams, volume, max_memory_mb=min(max_memory_mb, 16.0))  # cache-sized chunks: faster

@@ -9,8 +9,8 @@ the voxel method's. By default the field first distils the Hann FDK volume (:fun
 ``NerfSettings.init``) and its finest level matches the output grid with every level dense.
 ``coarse_to_fine`` spends the first ``coarse_fraction`` of the steps on a grid of
 half the resolution over the same box (8x fewer field evaluations), then refines on the output grid;
-the learning rate follows one linear decay over both stages (restarting it at the full rate did worse
-on the chest benchmark) and the fine stage continues the coarse stage's Adam state (``optimize.fit``'s
+the learning rate follows one linear decay over both stages (rather than restarting it at the full rate:
+docs/reconstruction.md) and the fine stage continues the coarse stage's Adam state (``optimize.fit``'s
 ``carry``).
 
 Coordinates: the field's unit cube is the output box (voxel boundaries) scaled isotropically by its
@@ -58,16 +58,16 @@ class NerfSettings(FitSettings):
     levels ... hidden_layers: :class:`hashgrid.HashGridConfig` (resolutions in cells per longest box side).
     finest_resolution None (default): the output grid's voxel count along its longest side, so the finest
     level has one cell per voxel; log2_table_size None (default): large enough that every level is dense
-    (no hash collisions; at most 2^22 rows a level), which scored well above a hashed, finer layout on the
-    chest benchmark.
+    (no hash collisions; at most 2^22 rows a level), chosen over a hashed, finer layout on the chest benchmark
+    (docs/reconstruction.md).
     normalize: LayerNorm over the level features (the normalised encoder of arXiv 2506.19742); off by
-    default, as it scored lower on the chest benchmark (rows "nerf norm" in benchmarks/RESULTS_reconstruction.md).
+    default (why: the rows "nerf norm" in benchmarks/RESULTS_reconstruction.md).
     mci: path of a pre-fitted head, "default" (the
     shipped Resources/Models/hashgrid_head_prior_{norm,plain}.pt, by ``normalize``; a head loads at any
     finest resolution / table size, the other layout fields must match) or None (random MLP).
     coarse_to_fine: first ``coarse_fraction`` of the steps on a half-resolution grid. Both stages share one
-    learning-rate decay and one Adam state (``optimize.fit``'s ``carry``), which ended better than restarting
-    Adam at the switch (benchmarks/RESULTS_reconstruction.md).
+    learning-rate decay and one Adam state (``optimize.fit``'s ``carry``) rather than a restarted Adam at the
+    switch (the comparison: benchmarks/RESULTS_reconstruction.md).
     init: "fdk" (default) fits the field to the Hann FDK volume (clamped >= 0) before the projection fit:
     ``init_steps`` Adam steps at ``init_lr`` of the squared error on ``init_points`` random voxels a step
     (no rendering, cheap), the field's counterpart of the voxel method's FDK start; "none": start from

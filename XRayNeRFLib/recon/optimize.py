@@ -62,9 +62,9 @@ class FitHistory:
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
-    """Adam over ``params``, fused where the parameters allow it: one pass over each parameter, several
-    times cheaper per step than the default multi-tensor Adam on large parameters (a hash table of 8.2 M
-    entries: 87 -> 11 ms a step) and equal to rounding; on other devices the default implementation."""
+    """Adam over ``params``, fused where the parameters allow it: one pass over each parameter, cheaper per step
+    than the default multi-tensor Adam on large parameters (docs/reconstruction.md) and equal to rounding; on other
+    devices the default implementation."""
     params = list(params)
     fused = True if all(q.device.type in ("cpu", "cuda") and q.is_floating_point() for q in params) else None
     return torch.optim.Adam(params, lr=lr, fused=fused)

@@ -22,7 +22,7 @@ in both the numerator and the column sum; it approximates A^T within a few perce
 its per-view sampling grids are cached (``bp_cache_mb``), so a back projection costs a gather instead of
 autograd's scatter-add. ``"matched"`` uses the renderer's autograd, the exact adjoint. Only the pixels
 that some view of the subset uses are rendered (w > 0: rays that miss the grid or are masked are
-skipped; a quarter of the detector on the chest benchmark). The relaxation of
+skipped). The relaxation of
 pass k (0-based, on the output grid) is ``relaxation / (1 + relaxation_decay * k)``.
 
 TV proximal step, ``tv_steps_per_pass`` times per pass (after equal shares of the subsets)::
@@ -293,7 +293,7 @@ class _Level:
         self.groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
         self.sub_cams = [cams[torch.tensor(g)] for g in self.groups]
         # only the pixels some view of the subset uses are rendered (rays that miss the grid or are masked
-        # carry no weight: about a quarter of the detector on the chest benchmark)
+        # carry no weight)
         grid_px = cams.pixel_grid().reshape(-1, 2)  # (H*W, 2) [column, row]
         self.pix: List[tuple] = []  # per subset: (flat pixel indices (N,), [column, row] (N, 2))
         for g in self.groups:
@@ -366,24 +366,8 @@ class _Level:
         return y
 
 
-def reconstruct_ostv(
-    projections: Tensor,
-    cameras: Cameras,
-    like: Volume,
-    start: Tensor,
-    settings: Optional[OSTVSettings] = None,
-    masks: Optional[Tensor] = None,
-    progress: ProgressCallback = None,
-) -> tuple:
-    """OS-TV reconstruction (see the module docstring).
-
-    projections: (V, H, W) line integrals; cameras: V views (angular order); like: output grid;
-    start: (K, J, I) initial mu (1/mm); masks: None or (V, H, W) bool (False pixels are left out).
-    returns: (Volume of mu in 1/mm, :class:`OSTVHistory`).
-    Raises RuntimeError when the iterate becomes non-finite (naming the step) and ValueError on bad
-    settings or non-finite projections.
-    """
-    s = settings if settings is not None else OSTVSettings()
+def _check_settings(s: OSTVSettings) -> None:
+    """ValueError naming the first setting out of its range."""
     if s.passes is not None and s.passes < 1:
         raise ValueError(f"passes (iterations) must be >= 1, got {s.passes}")
     if s.coarse_passes < 0:
@@ -404,84 +388,92 @@ def reconstruct_ostv(
         raise ValueError(f"unknown renderer {s.renderer!r}; use 'siddon' or 'trilinear'")
     if s.backprojector not in BACKPROJECTORS:
         raise ValueError(f"unknown backprojector {s.backprojector!r}; use one of {', '.join(BACKPROJECTORS)}")
-    p = projections.detach().to(torch.float32)
-    if not bool(torch.isfinite(p).all()):
-        raise ValueError(f"the projections contain {int((~torch.isfinite(p)).sum())} non-finite values (NaN/inf); fix or mask those pixels")
-    x = start.detach().to(torch.float32).clamp_min(0).clone()
-    if not bool(torch.isfinite(x).all()):
-        raise RuntimeError("the initial volume (FDK) is not finite; check the projections and the geometry")
-    cams = cameras.to(dtype=torch.float32)
-    n_views = p.shape[0]
-    passes = int(s.passes) if s.passes is not None else default_passes(n_views)
-    n_sub = min(int(s.subsets), n_views)
-    order = subset_order(n_sub)
-    n_tv = max(1, min(int(s.tv_steps_per_pass), n_sub))
-    prox_after = [round((k + 1) * n_sub / n_tv) for k in range(n_tv)]  # subset counts after which the TV step runs
-    tv_fraction = 1.0 / n_tv
-    fine_shape = tuple(x.shape)
-    coarse = s.coarse_passes > 0 and min(fine_shape) >= 4 and min(cams.width, cams.height) >= 4
-    hist = OSTVHistory()
-    snap = s.on_snapshot if s.snapshot_every > 0 and s.on_snapshot is not None else None
-    t0, t_snap = time.perf_counter(), 0.0
-    total_passes = (s.coarse_passes if coarse else 0) + passes
-    total_steps = total_passes * n_sub
 
-    def snapshot(n_done: int, vol: Tensor) -> None:
-        nonlocal t_snap
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The order of one run's work: passes per level, the subsets of a pass and where its TV steps fall."""
+
+    fine_passes: int  # passes on the output grid
+    coarse_passes: int  # passes on the 2x coarser grid first (0: no coarse level)
+    n_sub: int  # subsets per pass (at most one per view)
+    order: List[int]  # the subsets' visiting order (bit reversal)
+    prox_after: List[int]  # subset counts after which a TV step runs (the last one ends the pass)
+    tv_fraction: float  # each TV step's share of the pass's TV step size
+
+    @staticmethod
+    def make(s: OSTVSettings, n_views: int, fine_shape: tuple, cams: Cameras) -> "_Schedule":
+        n_sub = min(int(s.subsets), n_views)
+        n_tv = max(1, min(int(s.tv_steps_per_pass), n_sub))
+        coarse = s.coarse_passes > 0 and min(fine_shape) >= 4 and min(cams.width, cams.height) >= 4
+        return _Schedule(
+            fine_passes=int(s.passes) if s.passes is not None else default_passes(n_views),
+            coarse_passes=s.coarse_passes if coarse else 0,
+            n_sub=n_sub,
+            order=subset_order(n_sub),
+            prox_after=[round((k + 1) * n_sub / n_tv) for k in range(n_tv)],
+            tv_fraction=1.0 / n_tv,
+        )
+
+    @property
+    def total_passes(self) -> int:
+        return self.coarse_passes + self.fine_passes
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_passes * self.n_sub
+
+
+class _Run:
+    """One call of :func:`reconstruct_ostv`: the settings, schedule, history and callbacks its passes share."""
+
+    def __init__(self, s: OSTVSettings, sched: _Schedule, like: Volume, progress: ProgressCallback) -> None:
+        self.s, self.sched, self.like, self.progress = s, sched, like, progress
+        self.hist = OSTVHistory()
+        self.snap = s.on_snapshot if s.snapshot_every > 0 and s.on_snapshot is not None else None
+        self.t0, self.t_snap = time.perf_counter(), 0.0
+
+    def snapshot(self, n_done: int, vol: Tensor) -> None:
+        """on_snapshot(pass, seconds without the callbacks, mu (K, J, I) float32 1/mm)."""
         ts = time.perf_counter()
-        snap(n_done, ts - t0 - t_snap, vol.detach().to(torch.float32).clone())
-        t_snap += time.perf_counter() - ts
+        self.snap(n_done, ts - self.t0 - self.t_snap, vol.detach().to(torch.float32).clone())
+        self.t_snap += time.perf_counter() - ts
 
-    # (level, passes): the 2x coarser grid and detector first (coarse_passes), then the output grid
-    plan = []
-    if coarse:
-        like_c = coarse_grid(like)
-        m_c = None if masks is None else _bin2(masks.to(torch.float32), cams) > 0.999  # a coarse pixel needs all four
-        plan.append((lambda: _Level(_bin2(p, cams), cams.downsampled(2), like_c, m_c, s, n_sub), s.coarse_passes))
-        x_fine0 = x
-        x = _downsample(x)
-        x_coarse0 = x.clone()
-    plan.append((lambda: _Level(p, cams, like, masks, s, n_sub), passes))
+    def sweep(self, lvl: _Level, y: Tensor) -> tuple:
+        """One pass's subset steps (and its intermediate TV steps) from y: (y, data term, cancelled)."""
+        s, sched, done_passes = self.s, self.sched, self.hist.passes_done
+        data = 0.0
+        for j, si in enumerate(sched.order):
+            y, d = lvl.step(y, si)
+            data += d
+            if j + 1 in sched.prox_after[:-1]:  # intermediate TV steps (tv_steps_per_pass > 1)
+                y = lvl.prox(y, sched.n_sub, sched.tv_fraction)
+            # a non-finite voxel reaches the next subset's data term; the full check runs once per pass
+            if not math.isfinite(d) or (j == sched.n_sub - 1 and not bool(torch.isfinite(y).all())):
+                raise RuntimeError(
+                    f"the OS-TV iterate became non-finite at pass {done_passes + 1}, subset {j + 1}: lower the relaxation "
+                    f"(now {s.relaxation}) or check the projections for extreme values"
+                )
+            if self.progress is not None and j < sched.n_sub - 1:
+                done = done_passes * sched.n_sub + j + 1
+                msg = f"pass {done_passes + 1}/{sched.total_passes}, subset {j + 1}/{sched.n_sub}"
+                if self.progress(Progress(done, sched.total_steps, msg, None)) is False:
+                    return y, data, True
+        return y, data, False
 
-    def to_fine(xc: Tensor) -> Tensor:
-        # the coarse passes' correction, upsampled, is added to the fine start: the fine detail of the start
-        # (FDK) is kept, the coarse grid fixes the low frequencies
-        return (x_fine0 + _upsample(xc - x_coarse0, fine_shape)).clamp_min(0)
-
-    done_passes = 0
-    for li, (make, n_passes) in enumerate(plan):
-        lvl = make()
-        is_fine = li == len(plan) - 1
-        if li > 0:
-            x = to_fine(x)
+    def level(self, lvl: _Level, x: Tensor, n_passes: int, is_fine: bool, to_fine: Callable[[Tensor], Tensor]) -> Tensor:
+        """n_passes passes on one level from x (each: subset steps, TV step, momentum); returns the iterate
+        (the last finished subset step's when cancelled; the history records each pass)."""
+        s, sched, hist = self.s, self.sched, self.hist
         x_prev, tk = x.clone(), 1.0
         y = x.clone()
         for it in range(n_passes):
-            data = 0.0
             lvl.lam = s.relaxation / (1.0 + s.relaxation_decay * it)
-            for j, si in enumerate(order):
-                y, d = lvl.step(y, si)
-                data += d
-                if j + 1 in prox_after[:-1]:  # intermediate TV steps (tv_steps_per_pass > 1)
-                    y = lvl.prox(y, n_sub, tv_fraction)
-                # a non-finite voxel reaches the next subset's data term; the full check runs once per pass
-                if not math.isfinite(d) or (j == n_sub - 1 and not bool(torch.isfinite(y).all())):
-                    raise RuntimeError(
-                        f"the OS-TV iterate became non-finite at pass {done_passes + 1}, subset {j + 1}: lower the relaxation (now {s.relaxation}) "
-                        "or check the projections for extreme values"
-                    )
-                if progress is not None and j < n_sub - 1:
-                    done = done_passes * n_sub + j + 1
-                    if (
-                        progress(Progress(done, total_steps, f"pass {done_passes + 1}/{total_passes}, subset {j + 1}/{n_sub}", None))
-                        is False
-                    ):
-                        hist.cancelled = True
-                        x = y  # the last finished subset step (non-negative)
-                        break
-            if hist.cancelled:
-                break
-            y = lvl.prox(y, n_sub, tv_fraction)
+            y, data, cancelled = self.sweep(lvl, y)
+            if cancelled:
+                hist.cancelled = True
+                return y  # the last finished subset step (non-negative)
+            y = lvl.prox(y, sched.n_sub, sched.tv_fraction)
             if s.momentum:
                 tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
                 x_new = y
@@ -489,23 +481,84 @@ def reconstruct_ostv(
                 x_prev, x, tk = x_new, x_new, tn
             else:
                 x = y
-            done_passes += 1
-            x_out = x if is_fine else to_fine(x)
-            hist.data.append(data)
-            hist.tv.append(isotropic_tv(x_out, _axis_weights(like)) if s.tv_weight > 0 else 0.0)
-            hist.passes_done = done_passes
-            hist.best_step = done_passes
-            if snap is not None and done_passes % s.snapshot_every == 0 and done_passes < total_passes:
-                snapshot(done_passes, x_out)
-            if progress is not None and (done_passes % max(1, s.report_every) == 0 or done_passes == total_passes):
-                msg = f"pass {done_passes}/{total_passes}{'' if is_fine else ' (coarse grid)'}: data {data:.4g}"
-                if progress(Progress(done_passes * n_sub, total_steps, msg, x_out[x_out.shape[0] // 2].clone())) is False:
-                    hist.cancelled = True
-                    break
-        if hist.cancelled:
+            if self.after_pass(data, x if is_fine else to_fine(x), is_fine) is False:
+                hist.cancelled = True
+                return x
+        return x
+
+    def after_pass(self, data: float, x_out: Tensor, is_fine: bool) -> bool:
+        """Record a finished pass (x_out: the iterate on the output grid), snapshot and report it; False: cancelled."""
+        s, sched, hist = self.s, self.sched, self.hist
+        hist.passes_done += 1
+        done_passes = hist.passes_done
+        hist.data.append(data)
+        hist.tv.append(isotropic_tv(x_out, _axis_weights(self.like)) if s.tv_weight > 0 else 0.0)
+        hist.best_step = done_passes
+        if self.snap is not None and done_passes % s.snapshot_every == 0 and done_passes < sched.total_passes:
+            self.snapshot(done_passes, x_out)
+        if self.progress is not None and (done_passes % max(1, s.report_every) == 0 or done_passes == sched.total_passes):
+            msg = f"pass {done_passes}/{sched.total_passes}{'' if is_fine else ' (coarse grid)'}: data {data:.4g}"
+            return (
+                self.progress(Progress(done_passes * sched.n_sub, sched.total_steps, msg, x_out[x_out.shape[0] // 2].clone())) is not False
+            )
+        return True
+
+
+def reconstruct_ostv(
+    projections: Tensor,
+    cameras: Cameras,
+    like: Volume,
+    start: Tensor,
+    settings: Optional[OSTVSettings] = None,
+    masks: Optional[Tensor] = None,
+    progress: ProgressCallback = None,
+) -> tuple:
+    """OS-TV reconstruction (see the module docstring).
+
+    projections: (V, H, W) line integrals; cameras: V views (angular order); like: output grid;
+    start: (K, J, I) initial mu (1/mm); masks: None or (V, H, W) bool (False pixels are left out).
+    returns: (Volume of mu in 1/mm, :class:`OSTVHistory`).
+    Raises RuntimeError when the iterate becomes non-finite (naming the step) and ValueError on bad
+    settings or non-finite projections.
+    """
+    s = settings if settings is not None else OSTVSettings()
+    _check_settings(s)
+    p = projections.detach().to(torch.float32)
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError(f"the projections contain {int((~torch.isfinite(p)).sum())} non-finite values (NaN/inf); fix or mask those pixels")
+    x = start.detach().to(torch.float32).clamp_min(0).clone()
+    if not bool(torch.isfinite(x).all()):
+        raise RuntimeError("the initial volume (FDK) is not finite; check the projections and the geometry")
+    cams = cameras.to(dtype=torch.float32)
+    fine_shape = tuple(x.shape)
+    sched = _Schedule.make(s, p.shape[0], fine_shape, cams)
+    run = _Run(s, sched, like, progress)
+
+    # (level, passes): the 2x coarser grid and detector first (coarse_passes), then the output grid
+    plan = []
+    if sched.coarse_passes > 0:
+        like_c = coarse_grid(like)
+        m_c = None if masks is None else _bin2(masks.to(torch.float32), cams) > 0.999  # a coarse pixel needs all four
+        plan.append((lambda: _Level(_bin2(p, cams), cams.downsampled(2), like_c, m_c, s, sched.n_sub), sched.coarse_passes))
+        x_fine0 = x
+        x = _downsample(x)
+        x_coarse0 = x.clone()
+    plan.append((lambda: _Level(p, cams, like, masks, s, sched.n_sub), sched.fine_passes))
+
+    def to_fine(xc: Tensor) -> Tensor:
+        # the coarse passes' correction, upsampled, is added to the fine start: the fine detail of the start
+        # (FDK) is kept, the coarse grid fixes the low frequencies
+        return (x_fine0 + _upsample(xc - x_coarse0, fine_shape)).clamp_min(0)
+
+    for li, (make, n_passes) in enumerate(plan):
+        lvl = make()
+        if li > 0:
+            x = to_fine(x)
+        x = run.level(lvl, x, n_passes, li == len(plan) - 1, to_fine)
+        if run.hist.cancelled:
             break
     if x.shape != fine_shape:  # cancelled on the coarse grid
         x = to_fine(x)
-    if snap is not None:
-        snapshot(hist.passes_done, x)
-    return Volume(x, like.ras_from_ijk, "mu"), hist
+    if run.snap is not None:
+        run.snapshot(run.hist.passes_done, x)
+    return Volume(x, like.ras_from_ijk, "mu"), run.hist

@@ -198,7 +198,10 @@ def refine_geometry(
             stopped = "cancelled"
             break
         if gain < s.min_gain:
-            stopped = f"round {rnd + 1}: the corrections lowered the data term by {100 * gain:.2f}% (< {100 * s.min_gain:g}%): nothing (more) to correct"
+            stopped = (
+                f"round {rnd + 1}: the corrections lowered the data term by {100 * gain:.2f}% (< {100 * s.min_gain:g}%): "
+                "nothing (more) to correct"
+            )
             break
         current = trial
         total = _twists_between(nominal, current)

@@ -1,4 +1,4 @@
-"""2D/3D registration of a CT to one X-ray: pose parametrisation (pose.py), similarity losses
+"""2D/3D registration of a CT to one X-ray: pose parametrization (pose.py), similarity losses
 (losses.py), the landmark start (landmarks.py), X-ray intensity handling (intensity.py), the optimiser
 (optimize.py), the CT-coverage mask (coverage.py), NeTT appearance
 tuning (nett.py), ITK transform files for Slicer (transform_io.py) and simulated cases (simulate.py)."""

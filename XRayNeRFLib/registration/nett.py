@@ -22,21 +22,21 @@ exactly the identity.
 ``"local"`` (the first version, kept to read old weight files): ``tuned_mu = mu * exp(g(x, local mean))``
 with ``g`` an MLP of the voxel's value and its 3x3x3 mean; not monotone, no fixed range.
 
-Why these constraints (measured; numbers in benchmarks/RESULTS_registration.md):
+Why these constraints (the measurements: docs/registration.md, "Why NeTT is constrained", and
+benchmarks/RESULTS_registration.md):
 
 1. The first version was trained with 1 - NCC. NCC also scores the *detector's* gray-level curve (a
    nonlinear function of the whole line integral), which no per-voxel density map can reproduce; the
-   free model imitated it by inflating lung and soft tissue (x 2.8 at a quarter of water, a
-   non-monotone curve). That lowered the NCC discrepancy at the true poses but flattened the MI
-   landscape (depth halved) and moved its optimum ~12 mm in depth: registration mTRE went from ~1 mm
-   to ~12 mm. Mutual information is blind to monotone detector curves, so NeTT is now trained with the
-   registration loss (MI by default).
+   free model imitated it by inflating lung and soft tissue (a non-monotone curve). That lowered the NCC
+   discrepancy at the true poses but flattened the MI landscape and moved its optimum in depth, and
+   registration got much worse. Mutual information is blind to monotone detector curves, so NeTT is now
+   trained with the registration loss (MI by default).
 2. MI (and NCC) cannot see a global scale of the DRR, so without the F(1) = 1 anchor the scale drifts
-   freely during training (measured: to the clamp, x 148).
-3. Trained with MI over the whole range, the monotone map recovered the bone weighting well but also
-   raised the slope between water and 1.2 x water to ~1.3 (more soft-tissue contrast spreads the MI
-   histogram, a bias of the estimator, not physics); with that part alone registration was ~0.7 mm
-   worse than plain, with the bone part alone as good as the true physics. Hence ``x_free``.
+   freely during training (to the clamp).
+3. Trained with MI over the whole range, the monotone map recovered the bone weighting but also raised
+   the slope between water and 1.2 x water (more soft-tissue contrast spreads the MI histogram, a bias of
+   the estimator, not physics), which on its own made registration worse than plain, while the bone part
+   alone did as well as the true physics. Hence ``x_free``.
 
 Training (:func:`train_nett`) renders the tuned CT at the known poses of (X-ray, pose) pairs and
 minimises the similarity loss with Adam. Weights are saved with :func:`save_nett` and loaded with

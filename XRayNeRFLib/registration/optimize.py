@@ -1,7 +1,7 @@
 """Pose optimisation of one X-ray against a CT through the differentiable renderer.
 
-``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose (``world_from_camera``, RAS mm) under which
-the CT's DRR best matches the X-ray:
+``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose
+(``world_from_camera``, RAS mm) under which the CT's DRR best matches the X-ray:
 
 1. checks the inputs (finite, non-constant image; rigid pose; the CT's projection overlaps the image);
 2. optional coarse global search: ``n_starts`` poses spread over a capture range (deterministic

@@ -1,4 +1,4 @@
-"""Pose parametrisation for 2D/3D registration.
+"""Pose parametrization for 2D/3D registration.
 
 The optimiser moves the X-ray camera, not the CT. Six parameters ``x = (rx, ry, rz, tx, ty, tz)``
 (dimensionless) describe a rigid correction ``M`` applied on the world side of the initial pose::
@@ -146,9 +146,6 @@ class PoseParametrization:
         """The CT's rigid correction (4, 4) RAS, 'to parent' (moves the CT; the camera stays at its
         initial pose): M(x)^-1. float64."""
         return rigid_inverse(self.correction(x.detach().double()))
-
-
-PoseParametrisation = PoseParametrization  # the former spelling, still imported by registration/optimize.py
 
 
 def ct_correction_from_poses(world_from_camera: Tensor, world_from_camera_init: Tensor) -> Tensor:

@@ -65,11 +65,11 @@ def render(
     max_memory_mb: bound on the working memory of one chunk of rays (forward pass; autograd keeps
         more when gradients are needed).
     progress: called after each chunk; returning False raises ``Cancelled``.
-    compiled: run Siddon's kernel through ``torch.compile`` (one-off compilation of 10-30 s, then
-        several times faster on the CPU: for reconstruction loops). None: the environment variable
+    compiled: run Siddon's kernel through ``torch.compile`` (a one-off compilation, then faster: for
+        reconstruction loops; timings in benchmarks/RESULTS.md). None: the environment variable
         XRAYNERF_COMPILE=1 turns it on. Ignored by the trilinear renderer (grid_sample bound).
     check_finite: refuse a volume with NaN/inf (default). False skips that scan of the whole volume
-        (about half the cost of a one-view render at 128^3) for loops that check their own iterate.
+        for loops that check their own iterate.
     method: the former name of ``renderer``, still accepted (a value that contradicts ``renderer`` is refused).
 
     returns: (V, H, W) when ``pixels`` is None, else (V, N); dtype of the volume.

@@ -31,7 +31,7 @@ _COMPILED = {}
 
 def _slab_kernel(compiled: bool):
     """The slab walk, eager or through ``torch.compile`` (fuses its ~40 elementwise passes into a few
-    loops: several times faster on the CPU after a one-off compilation of 10-30 s)."""
+    loops, after a one-off compilation; timings: benchmarks/RESULTS.md, rows "ours siddon compiled")."""
     if not compiled:
         return _slabs
     if "slabs" not in _COMPILED:
