@@ -213,3 +213,15 @@ def test_sample_fluoroscopy_registers_within_1_mm_with_the_defaults():
     a, b = res.ct_correction_ras.double(), torch.tensor(setup["ct_to_parent_ras"], dtype=torch.float64)
     mtre = float(((pts @ a[:3, :3].T + a[:3, 3]) - (pts @ b[:3, :3].T + b[:3, 3])).norm(dim=1).mean())
     assert mtre < 1.0, mtre
+
+
+def test_the_projector_setting_is_named_renderer_with_the_one_default(case):
+    """One name (``renderer``, as in render()) and one default (render.DEFAULT_RENDERER); the value reaches the renderer."""
+    from XRayNeRFLib.registration import RegistrationSettings
+    from XRayNeRFLib.render import DEFAULT_RENDERER
+
+    assert RegistrationSettings().renderer == DEFAULT_RENDERER
+    with pytest.raises(TypeError, match="renderer"):
+        register(case["volume"], case["image"], case["camera"], method="siddon")
+    with pytest.raises(ValueError, match="unknown renderer 'nope'"):
+        register(case["volume"], case["image"], case["camera"], renderer="nope")

@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import NoOverlapError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu
 from .coverage import ct_coverage_mask
 from .intensity import bin_image
@@ -167,7 +167,8 @@ class RegistrationSettings:
         offsets (rotations about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
     refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
         principal_point_scale_px full-resolution pixels).
-    method / samples_per_voxel: the renderer (see :func:`XRayNeRFLib.render.render`).
+    renderer / samples_per_voxel: the projector and its sampling (see :func:`XRayNeRFLib.render.render`;
+        default ``DEFAULT_RENDERER``).
     pool_volume: average-pool the CT at each level to about the level's pixel footprint.
     ct_coverage: compare only pixels whose rays cross the CT's whole extent along the beam (see
         :func:`~.coverage.ct_coverage_mask`). The mask is made at the start of each level from that
@@ -199,7 +200,7 @@ class RegistrationSettings:
     refine_intrinsics: bool = False
     sdd_scale_mm: float = 5.0
     principal_point_scale_px: float = 2.0
-    method: str = "trilinear"
+    renderer: str = DEFAULT_RENDERER
     samples_per_voxel: float = 1.0
     pool_volume: bool = True
     ct_coverage: bool = True
@@ -273,7 +274,8 @@ def register(
     """
     unknown = sorted(set(overrides) - set(_SETTING_NAMES))
     if unknown:
-        raise TypeError(f"register() got unknown option(s) {unknown}; RegistrationSettings has {list(_SETTING_NAMES)}")
+        hint = " (the projector is chosen by renderer=, as in render())" if "method" in unknown else ""
+        raise TypeError(f"register() got unknown option(s) {unknown}{hint}; RegistrationSettings has {list(_SETTING_NAMES)}")
     s = replace(settings or RegistrationSettings(), **overrides)
     before = torch.get_num_threads()
     if s.num_threads is not None:
@@ -396,7 +398,7 @@ class _Run:
         pixels that count (default :meth:`pixel_mask` at x)."""
         im_f, _, vol_f = self.level_data[factor]
         cams = self.build(x, factor)
-        drr = render(vol_f, cams, renderer=self.s.method, samples_per_voxel=self.s.samples_per_voxel)
+        drr = render(vol_f, cams, renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel)
         if not torch.isfinite(drr).all():
             raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
         val = self.loss_fn(drr, im_f, self.pixel_mask(x, factor) if mask is None else mask)
