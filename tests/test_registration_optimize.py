@@ -173,7 +173,7 @@ def test_bad_inputs(case):
     with pytest.raises(ValueError, match="size_px"):
         register(vol, image[:, :60], cam)
     with pytest.raises(ValueError, match="unknown registration loss"):
-        register(vol, image, cam, loss="mse")
+        register(vol, image, cam, loss="ssd")
     with pytest.raises(ValueError, match="one X-ray at a time"):
         register(vol, image, Cameras.concatenate([cam, cam]))
 

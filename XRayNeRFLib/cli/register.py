@@ -21,7 +21,7 @@ from ..dicom_xray import GeometryOverrides
 from ..geometry import Cameras, nearest_rigid
 from ..progress import Progress
 from ..projection_set import ProjectionSet
-from ..registration import register
+from ..registration import LOSS_NAMES, register
 from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
 from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
 from ..registration.nett import load_nett
@@ -96,8 +96,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--loss",
         default="mi",
-        choices=["mi", "ncc", "gncc", "mncc", "pncc"],
-        help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)",
+        choices=LOSS_NAMES,
+        help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC), "
+        "ssim (structural similarity of the standardised images), mse (mean squared error: X-ray and DRR on one scale); "
+        "see benchmarks/RESULTS_registration.md, 'Loss study'",
     )
     p.add_argument("--overlay", help="PNG: X-ray with the final DRR's edges")
     p.add_argument("--transform-out", help="ITK transform file (.h5 or .tfm) with the CT's correction for Slicer")
