@@ -1,9 +1,9 @@
 """Pose optimisation of one or more X-rays against a CT through the differentiable renderer.
 
-``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose (``world_from_camera``, RAS mm) under which
-the CT's DRR best matches the X-ray. Several X-rays of one patient position (a biplane pair, frames of a
-run) are registered together: each view keeps its own camera and pixel grid, one rigid correction moves
-every view's initial pose (``world_from_camera_v = M @ world_from_camera_v_init``: the patient moved, the
+``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose
+(``world_from_camera``, RAS mm) under which the CT's DRR best matches the X-ray. Several X-rays of one patient
+position (a biplane pair, frames of a run) are registered together: each view keeps its own camera and pixel
+grid, one rigid correction moves every view's initial pose (``world_from_camera_v = M @ world_from_camera_v_init``: the patient moved, the
 views did not move relative to each other), and the loss is the sum of the views' losses, each over its
 own mask and CT-coverage mask. The steps:
 
@@ -185,6 +185,7 @@ class RegistrationSettings:
     optimizer: "adam" or "lbfgs".
     levels: pyramid binning factors, coarse to fine; None (default): :func:`auto_levels` (the finest
         has about ``finest_px`` pixels on the image's shorter side, full resolution for small images;
+        several X-rays: of :func:`pyramid_size_px`, the smallest grid;
         the coarsest about 20-40). max_iterations, learning_rate: per level or one
         value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
         the others, learning rate 1.0 halved at every level). patience / tol: a level stops when its loss
@@ -253,6 +254,12 @@ class RegistrationSettings:
 
 
 _SETTING_NAMES = tuple(f.name for f in fields(RegistrationSettings))
+
+
+def pyramid_size_px(sizes_px: Sequence[Sequence[int]]) -> Tuple[int, int]:
+    """The (columns, rows) the pyramid of several X-rays is planned for: the smallest of each (one
+    pyramid, the same binning factors, for every view)."""
+    return min(int(v[0]) for v in sizes_px), min(int(v[1]) for v in sizes_px)
 
 
 def auto_levels(size_px: Sequence[int], finest_px: int = 128, coarsest_px: int = 20) -> List[int]:
@@ -402,8 +409,7 @@ class _Run:
         self.cams0 = [cam.to(dtype=torch.float64) for _, cam, _ in views]
         for c, (_, m), nm in zip(self.cams0, checked, names):
             _check_overlap(vol, c, m, nm)
-        smallest = (min(c.size_px[0] for c in self.cams0), min(c.size_px[1] for c in self.cams0))
-        self.levels, self.iters, self.lrs = s.per_level(smallest)
+        self.levels, self.iters, self.lrs = s.per_level(pyramid_size_px([c.size_px for c in self.cams0]))
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
         self.param = PoseParametrization(w0[0], centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
         self.w0 = [w.to(dtype=torch.float64) for w in w0]  # every view's initial pose; M(x) moves them all
