@@ -116,7 +116,7 @@ def test_register_sample_fluoroscopy_without_init(tmp_path, capsys):
 
 def test_register_dicom_route_is_the_projection_set_route():
     """The command line's DICOM X-ray is the ProjectionSet the Slicer module gets, with the CT centre as isocentre."""
-    from XRayNeRFLib.cli.register import load_xray
+    from XRayNeRFLib.cli.register import load_xray, view_files
     from XRayNeRFLib.dicom_xray import GeometryOverrides
     from XRayNeRFLib.registration.pose import ct_isocenter_ras
     from XRayNeRFLib.volume import load_volume
@@ -125,7 +125,8 @@ def test_register_dicom_route_is_the_projection_set_route():
     volume = load_volume(str(SAMPLE / "chest_ct_128.nii.gz"))
     assert ct_isocenter_ras(volume).tolist() == pytest.approx(setup["isocenter_ras"], abs=1e-4)
     args = build_parser().parse_args(["register", "--volume", "v", "--image", str(SAMPLE / setup["dicom"]), "--out", "o.json"])
-    image, mask, cams, notes = load_xray(args, volume)
+    ((path, camera, init),) = view_files(args)
+    image, mask, cams, notes = load_xray(path, camera, init, args, volume)
     ps = ProjectionSet.from_dicom([str(SAMPLE / setup["dicom"])], GeometryOverrides(isocenter_ras=setup["isocenter_ras"]))
     torch.testing.assert_close(cams.world_from_camera, ps.cameras.world_from_camera.double(), rtol=0, atol=1e-4)
     assert torch.equal(image, ps.images[0]) and torch.equal(mask, ps.masks[0])

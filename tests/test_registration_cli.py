@@ -139,7 +139,7 @@ def run_bad(files, capsys, **over):
         "--out": str(files["dir"] / "bad.json"),
     }
     args.update(over)
-    argv = [x for kv in args.items() for x in kv]
+    argv = [x for k, v in args.items() if v is not None for x in [k, *(v if isinstance(v, list) else [v])]]  # None: flag left out
     rc = main(argv + ["--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("xraynerf register: error:") and err.count("\n") == 1, err
@@ -387,3 +387,64 @@ def test_landmarks_without_init_and_bad_landmark_files(files, capsys):
     )
     nan = _landmark_file(files, d / "lm_nan.json", L1={"ct_mm": [float("nan"), 0.0, 0.0]})  # json writes NaN
     assert "landmark 1 (L1): the CT point [nan, 0.0, 0.0] (RAS mm) is not finite" in run_bad(files, capsys, **{"--landmarks": nan})
+
+
+@pytest.fixture(scope="module")
+def lateral(files):
+    """A second X-ray of the same patient position: a lateral view on another grid (64 x 56 px of 9 mm), its camera
+    JSON and its start (moved by the same patient motion as the first view's --init)."""
+    d = files["dir"]
+    vol = as_mu(load_volume(files["ct"]))
+    cam = Cameras.carm(
+        95.0, 5.0, sid_mm=650, sdd_mm=1000, size_px=(64, 56), pixel_spacing_mm=9.0, isocenter_ras=files["centre"], dtype=torch.float64
+    )
+    xray = str(d / "lateral.mha")
+    sitk.WriteImage(sitk.GetImageFromArray(simulate_xray(vol, cam, seed=2)[0].numpy().astype(np.float32)), xray)
+    camera = d / "lateral_camera.json"
+    pp = [float(v) for v in cam.principal_point_px[0]]
+    camera.write_text(json.dumps({"sdd_mm": 1000.0, "pixel_spacing_mm": [9.0, 9.0], "principal_point_px": pp, "size_px": [64, 56]}))
+    motion = files["w_init"] @ torch.linalg.inv(files["truth"])
+    init = d / "lateral_init.json"
+    init.write_text(json.dumps({"world_from_camera": (motion @ cam.world_from_camera[0]).tolist()}))
+    return {"xray": xray, "camera": str(camera), "init": str(init), "truth": cam.world_from_camera[0]}
+
+
+def test_register_two_xrays_at_once(files, lateral, capsys):
+    """--image a b with a camera and an initial pose each: one pose for both, one overlay per view; the
+    one-X-ray command line is the test above, unchanged."""
+    d = files["dir"]
+    out, overlay = d / "biplane.json", d / "biplane.png"
+    argv = ["--volume", files["ct"], "--image", files["xray"], lateral["xray"], "--camera", files["camera"], lateral["camera"]]
+    argv += ["--init", files["init"], lateral["init"], "--out", str(out), "--overlay", str(overlay), "--levels", "4", "2", "1"]
+    rc = main(argv + ["--threads", "1", "--no-ct-coverage"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "registered 2 X-rays in" in err
+    res = json.loads(out.read_text())
+    assert [v["size_px"] for v in res["views"]] == [[72, 60], [64, 56]] and res["views"][1]["image"] == lateral["xray"]
+    for view, truth in zip(res["views"], (files["truth"], lateral["truth"])):
+        e = pose_errors(torch.tensor(view["world_from_camera"]), truth, files["centre"])
+        assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 1.0, e
+    assert res["loss"] == pytest.approx(sum(v["loss"] for v in res["views"]))
+    assert not overlay.exists()
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(d / "biplane_1.png"))).shape == (60, 72, 3)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(d / "biplane_2.png"))).shape == (56, 64, 3)
+
+
+def test_two_xrays_bad_input(files, lateral, capsys):
+    """Counts of --camera / --init that do not match the X-rays, an image file without a camera, --landmarks
+    with two X-rays: one line each, nothing written."""
+    two, inits = [files["xray"], lateral["xray"]], [files["init"], lateral["init"]]
+    bad = run_bad(files, capsys, **{"--image": two, "--init": files["init"]})
+    assert "1 --init files for 2 --image files" in bad
+    bad = run_bad(files, capsys, **{"--image": two, "--init": inits, "--camera": [files["camera"], lateral["camera"], files["camera"]]})
+    assert "3 --camera files for 2 --image files" in bad
+    bad = run_bad(files, capsys, **{"--image": two, "--init": inits, "--camera": None})
+    assert "xray.mha is not DICOM: give its camera with --camera" in bad
+    bad = run_bad(files, capsys, **{"--image": two, "--init": inits, "--landmarks": files["init"]})
+    assert "--landmarks solves the start of one X-ray" in bad
+    # Shared intrinsics (one --camera for both) are allowed; the lateral X-ray's grid then disagrees with it.
+    bad = run_bad(files, capsys, **{"--image": two, "--init": inits})
+    assert "lateral.mha is 64x56" in bad and "fix size_px" in bad
+    for path in ("bad_1.png", "bad_2.png", "bad.json"):
+        assert not (files["dir"] / path).exists()

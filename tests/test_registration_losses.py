@@ -11,10 +11,12 @@ from XRayNeRFLib.registration.losses import (
     LOSS_NAMES,
     gradient_ncc,
     make_loss,
+    mean_squared_error,
     multiscale_ncc,
     mutual_information,
     ncc,
     patch_ncc,
+    ssim,
 )
 
 
@@ -68,11 +70,11 @@ def test_mask_excludes_pixels():
     assert float(mutual_information(b, a, mask)) == pytest.approx(float(mutual_information(a, a, mask)), rel=1e-9)
 
 
-@pytest.mark.parametrize("sim", [ncc, gradient_ncc, patch_ncc, multiscale_ncc, mutual_information])
+@pytest.mark.parametrize("sim", [ncc, gradient_ncc, patch_ncc, multiscale_ncc, mutual_information, ssim, mean_squared_error])
 def test_gradcheck(sim):
     a = smooth_image(3, 10, 16).requires_grad_(True)
     b = smooth_image(4, 10, 16)
-    kwargs = {"patch_px": 7} if sim is patch_ncc else {}
+    kwargs = {"patch_px": 7} if sim is patch_ncc else {"sigma_px": 1.0} if sim is ssim else {}
     if sim is mutual_information:
         # MI maps each image to [0, 1] by its min/max taken as constants: pin them with a fixed first row so
         # that the finite differences do not move them either.
@@ -122,8 +124,49 @@ def test_intensity_helpers():
 def test_bad_inputs():
     a = smooth_image(0)
     with pytest.raises(ValueError, match="unknown registration loss"):
-        make_loss("mse")
+        make_loss("ssd")
+    with pytest.raises(ValueError, match="at least 11 px"):
+        ssim(a[:10], a[:10])
     with pytest.raises(ValueError, match="same size"):
         ncc(a, a[:-1])
     with pytest.raises(ValueError, match="mask"):
         ncc(a, a, torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_mse_values():
+    a = smooth_image(0)
+    assert float(mean_squared_error(a + 2.0, a)) == pytest.approx(4.0, rel=1e-12)
+    b = a.clone()
+    b[:, :10] += 5.0
+    mask = torch.ones_like(a, dtype=torch.bool)
+    mask[:, :10] = False
+    assert float(mean_squared_error(b, a)) == pytest.approx(25.0 * 10 / a.shape[1], rel=1e-12)
+    assert float(mean_squared_error(b, a, mask)) == pytest.approx(0.0, abs=1e-20)
+    assert float(make_loss("mse")(a + 2.0, a)) == pytest.approx(4.0, rel=1e-12)
+
+
+def test_ssim_against_the_volume_metric_and_an_analytic_value():
+    """Unstandardised SSIM without a mask is the 2D form of metrics.ssim (a stack of 11 identical slices:
+    the window along k sees a constant); a ramp and the ramp + d (equal local variance and covariance, local
+    mean = the centre value) give the luminance term alone, (2 m (m + d) + C1) / (m^2 + (m + d)^2 + C1)."""
+    from XRayNeRFLib.metrics import ssim as volume_ssim
+
+    a, b = smooth_image(0), smooth_image(6)
+    mixed = 0.7 * a + 0.3 * b
+    want = volume_ssim(mixed[None].expand(11, -1, -1), a[None].expand(11, -1, -1))
+    assert float(ssim(mixed, a, standardize=False)) == pytest.approx(want, rel=1e-10)
+    ramp = torch.arange(48, dtype=torch.float64)[None].expand(40, -1).contiguous()
+    d, c1 = 3.0, (0.01 * 47.0) ** 2
+    m = ramp[5:-5, 5:-5]
+    analytic = ((2 * m * (m + d) + c1) / (m**2 + (m + d) ** 2 + c1)).mean()
+    assert float(ssim(ramp + d, ramp, standardize=False)) == pytest.approx(float(analytic), rel=1e-10)
+    # Standardised (the registration default): blind to scale and offset, below 1 for other structure.
+    assert float(ssim(3.0 * a + 7.0, a)) == pytest.approx(1.0, abs=1e-9)
+    assert float(ssim(mixed, a)) < 0.99
+    # A mask leaves garbage out: windows are mask-weighted and centres outside the mask do not count.
+    g = a.clone()
+    g[:, :12] = torch.rand(a.shape[0], 12, dtype=torch.float64)
+    mask = torch.ones_like(a, dtype=torch.bool)
+    mask[:, :12] = False
+    assert float(ssim(g, a)) < 0.99
+    assert float(ssim(g, a, mask)) == pytest.approx(1.0, abs=1e-9)

@@ -187,8 +187,8 @@ def test_bad_inputs(case):
     with pytest.raises(ValueError, match="size_px"):
         register(vol, image[:, :60], cam)
     with pytest.raises(ValueError, match="unknown registration loss"):
-        register(vol, image, cam, loss="mse")
-    with pytest.raises(ValueError, match="one X-ray at a time"):
+        register(vol, image, cam, loss="ssd")
+    with pytest.raises(ValueError, match="1 X-ray\\(s\\) but 2 camera\\(s\\)"):  # a GeometryError
         register(vol, image, Cameras.concatenate([cam, cam]))
 
 
@@ -226,3 +226,89 @@ def test_sample_fluoroscopy_registers_within_1_mm_with_the_defaults():
     a, b = res.ct_correction_ras.double(), torch.tensor(setup["ct_to_parent_ras"], dtype=torch.float64)
     mtre = float(((pts @ a[:3, :3].T + a[:3, 3]) - (pts @ b[:3, :3].T + b[:3, 3])).norm(dim=1).mean())
     assert mtre < 1.0, mtre
+
+
+def test_the_projector_setting_is_named_renderer_with_the_one_default(case):
+    """One name (``renderer``, as in render()) and one default (render.DEFAULT_RENDERER); the value reaches the renderer."""
+    from XRayNeRFLib.registration import RegistrationSettings
+    from XRayNeRFLib.render import DEFAULT_RENDERER
+
+    assert RegistrationSettings().renderer == DEFAULT_RENDERER
+    with pytest.raises(TypeError, match="renderer"):
+        register(case["volume"], case["image"], case["camera"], method="siddon")
+    with pytest.raises(ValueError, match="unknown renderer 'nope'"):
+        register(case["volume"], case["image"], case["camera"], renderer="nope")
+
+
+def biplane(case, rotation_deg=5.0, translation_mm=10.0, seed=1):
+    """PA (the case's camera) and a lateral view on another pixel grid (56 x 48 px of 9 mm), the truth and
+    the start of both: one patient motion M moves both views (world_from_camera_v = M @ truth_v)."""
+    pa = case["camera"]
+    lat = Cameras.carm(
+        90.0, 0.0, sid_mm=650, sdd_mm=1020, size_px=(56, 48), pixel_spacing_mm=9.0, isocenter_ras=case["centre"], dtype=torch.float64
+    )
+    images = [case["image"], simulate_xray(case["volume"], lat, seed=3)[0].float()]
+    w_pa = start_from(case, rotation_deg, translation_mm, seed=seed).world_from_camera[0]
+    motion = w_pa @ torch.linalg.inv(pa.world_from_camera[0])
+    starts = [
+        Cameras((motion @ c.world_from_camera[0])[None], c.sdd_mm, c.pixel_spacing_mm, c.principal_point_px, c.size_px) for c in (pa, lat)
+    ]
+    return images, [pa, lat], starts
+
+
+def test_biplane_recovers_the_pose_with_views_on_different_grids(case):
+    images, truth, starts = biplane(case)
+    res = register(case["volume"], images, starts, loss="mi", levels=LEVELS)
+    e = errors(case, res)
+    assert e["rotation_deg"] < 1.0 and e["translation_mm"] < 1.0 and e["mtre_mm"] < 1.0, e
+    # One pose: the lateral view moved by the same correction as the PA view, and landed on its truth.
+    assert len(res.view_cameras) == 2 and res.view_cameras[1].size_px == (56, 48)
+    moved = [c.world_from_camera[0] @ torch.linalg.inv(s.world_from_camera[0]) for c, s in zip(res.view_cameras, starts)]
+    assert torch.allclose(moved[0], moved[1], atol=1e-9)
+    lat_err = target_registration_error(res.view_cameras[1].world_from_camera[0], truth[1].world_from_camera[0], case["landmarks"])
+    assert float(lat_err.mean()) == pytest.approx(e["mtre_mm"], abs=1e-6)
+    assert res.to_json()["views"][1]["size_px"] == [56, 48]
+
+
+def test_biplane_loss_is_the_sum_of_the_views_losses(case):
+    """The joint loss at the start is the sum of the single-view registrations' losses, and each view's loss
+    at the registered pose is the loss of that view's DRR rendered independently of the optimiser."""
+    from XRayNeRFLib.registration import make_loss
+    from XRayNeRFLib.render import render
+
+    images, _, starts = biplane(case)
+    opts = dict(loss="mi", levels=(2, 1), max_iterations=2)
+    joint = register(case["volume"], images, starts, **opts)
+    singles = [register(case["volume"], im, st, **opts) for im, st in zip(images, starts)]
+    assert joint.initial_loss == pytest.approx(sum(r.initial_loss for r in singles), rel=1e-6)
+    assert joint.loss == pytest.approx(sum(joint.view_losses), rel=1e-12)
+    no_mask = register(case["volume"], images, starts, ct_coverage=False, **opts)
+    mi = make_loss("mi")
+    vol32 = case["volume"].to(dtype=torch.float32)
+    for v, (im, cam) in enumerate(zip(images, no_mask.view_cameras)):
+        drr = render(vol32, cam.to(dtype=torch.float32), renderer="trilinear")
+        assert no_mask.view_losses[v] == pytest.approx(float(mi(drr, im)[0]), rel=1e-5)
+
+
+def test_biplane_bad_inputs(case):
+    from XRayNeRFLib.errors import GeometryError
+
+    vol = case["volume"]
+    images, _, starts = biplane(case)
+    with pytest.raises(GeometryError, match="2 X-ray\\(s\\) but 1 camera") as err:
+        register(vol, images, starts[:1])
+    assert err.value.name == "cameras"
+    with pytest.raises(GeometryError, match="X-ray 2 of 2 has no camera"):
+        register(vol, images, [starts[0], None])
+    with pytest.raises(GeometryError, match="1 mask\\(s\\) for 2 X-ray") as err:
+        register(vol, images, starts, mask=[torch.ones(64, 64, dtype=torch.bool)])
+    assert err.value.name == "mask"
+    with pytest.raises(ValueError, match="X-ray 2 of 2 is 48x48 .* size_px is \\[56, 48\\]"):
+        register(vol, [images[0], images[1][:, :48]], starts)
+    with pytest.raises(ValueError, match="refine_intrinsics works with one X-ray"):
+        register(vol, images, starts, refine_intrinsics=True)
+    far = starts[1].world_from_camera.clone()
+    far[0, :3, 3] += 2000.0 * far[0, :3, 0]
+    lat = starts[1]
+    with pytest.raises(NoOverlapError, match="X-ray 2 of 2 does not overlap"):
+        register(vol, images, [starts[0], Cameras(far, lat.sdd_mm, lat.pixel_spacing_mm, lat.principal_point_px, lat.size_px)])

@@ -62,7 +62,7 @@ def test_resampled_ct_seen_from_the_initial_camera_matches_the_registered_drr(tm
     param = PoseParametrization(cam.world_from_camera[0], centre, math.radians(1.0), 1.0)
     x = torch.tensor([6.0, -4.0, 8.0, 5.0, -3.0, 4.0], dtype=torch.float64)
     registered = Cameras(param.world_from_camera(x)[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
-    drr_registered = render(vol.to(dtype=torch.float64), registered, method="siddon")[0]
+    drr_registered = render(vol.to(dtype=torch.float64), registered, renderer="siddon")[0]
     # Write the correction, read it with SimpleITK and resample the CT with it (what Slicer's harden does).
     path = str(tmp_path / "correction.h5")
     write_ct_correction(path, param.ct_correction_ras(x))
@@ -70,8 +70,8 @@ def test_resampled_ct_seen_from_the_initial_camera_matches_the_registered_drr(tm
     moved = sitk.Resample(image, image, sitk.ReadTransform(path), sitk.sitkLinear, 0.0)
     moved_path = str(tmp_path / "moved.mha")
     sitk.WriteImage(moved, moved_path)
-    drr_moved = render(load_volume(moved_path, units="mu", dtype=torch.float64), cam, method="siddon")[0]
-    drr_unmoved = render(vol.to(dtype=torch.float64), cam, method="siddon")[0]
+    drr_moved = render(load_volume(moved_path, units="mu", dtype=torch.float64), cam, renderer="siddon")[0]
+    drr_unmoved = render(vol.to(dtype=torch.float64), cam, renderer="siddon")[0]
     err = float((drr_moved - drr_registered).abs().mean() / drr_registered.abs().mean())
     err_unmoved = float((drr_unmoved - drr_registered).abs().mean() / drr_registered.abs().mean())
     assert err < 0.05 and err < 0.2 * err_unmoved, (err, err_unmoved)

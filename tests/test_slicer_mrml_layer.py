@@ -153,7 +153,7 @@ def _xray_scene(scene, shift_mm):
         30.0, 0.0, sid_mm=500.0, sdd_mm=800.0, size_px=(32, 32), pixel_spacing_mm=3.0, isocenter_ras=(0.0, 0.0, 0.0), dtype=torch.float64
     )
     xray = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "xray")
-    write_image_node(xray, render(Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu"), cams, method="siddon")[0].numpy(), cams)
+    write_image_node(xray, render(Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu"), cams, renderer="siddon")[0].numpy(), cams)
     parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table")
     tilt = np.eye(4)
     tilt[:3, 3] = (5.0, -3.0, 2.0)
@@ -187,7 +187,7 @@ def test_registration_reads_the_ct_once_and_ends_on_the_moved_ct(core, monkeypat
         loss="ncc",
         levels=(2, 1),
         max_iterations=(6, 4),
-        method="trilinear",
+        renderer="trilinear",
     )
     assert reads == ["CT"] and len(previews) == out.overlay_updates >= 2
     assert out.drr_node.GetScene() is scene and ct.GetTransformNodeID() == transform.GetID()

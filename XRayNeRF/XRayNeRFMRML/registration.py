@@ -199,7 +199,7 @@ def register_ct_to_xray(
     """Register the CT to the X-ray by moving ``transform_node`` (the CT is put under it).
 
     engine_options: keywords of ``XRayNeRFLib.registration.register`` (loss, levels, max_iterations,
-    learning_rate, method, ...). drr_node / camera_model_node: nodes to reuse; created beside the CT when
+    learning_rate, renderer, ...). drr_node / camera_model_node: nodes to reuse; created beside the CT when
     None. slice_logic: the slice view of the overlay (none: no overlay), managed by ``overlay`` (a new
     :class:`OverlayView` when None). Every ``preview_every`` iterations the transform and the DRR (the
     engine's preview, at the pyramid level's resolution) are updated and ``on_preview()`` is called (e.g.

@@ -850,7 +850,7 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         ct = XRayNeRFRegistrationTest._ctNode(hu, affine)
         cams = self._cameras(cols=32, rows=32, spacing=3.0, primary=30.0, secondary=0.0, iso=(0.0, 0.0, 0.0))
         truth = Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu")
-        xray = render(truth, cams, method="siddon")[0].numpy()
+        xray = render(truth, cams, renderer="siddon")[0].numpy()
         xrayNode = self._imageNode("xray", xray, cams)
         transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "CT pose")
         start = np.eye(4)
@@ -885,7 +885,7 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
             levels=(2, 1),
             max_iterations=(20, 10),
             learning_rate=(1.0, 0.5),
-            method="trilinear",
+            renderer="trilinear",
         )
         after = slicer.util.arrayFromTransformMatrix(transform)
         self.assertLess(out.loss, out.initial_loss)

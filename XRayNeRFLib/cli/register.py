@@ -1,4 +1,5 @@
-"""``xraynerf register``: 2D/3D registration of a CT to one X-ray (engine: XRayNeRFLib.registration).
+"""``xraynerf register``: 2D/3D registration of a CT to one X-ray, or to several at once (a biplane pair,
+frames of a run: one pose, summed similarity) (engine: XRayNeRFLib.registration).
 
 A DICOM X-ray is read as the Slicer module reads it, through
 :meth:`~XRayNeRFLib.projection_set.ProjectionSet.from_dicom`, with the C-arm's isocentre at the CT's centre
@@ -18,14 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from ..dicom_xray import GeometryOverrides
+from ..errors import GeometryError
 from ..geometry import Cameras, nearest_rigid
 from ..progress import Progress
 from ..projection_set import ProjectionSet
-from ..registration import register
+from ..registration import LOSS_NAMES, register
 from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
 from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
 from ..registration.nett import load_nett
-from ..registration.optimize import auto_levels
+from ..registration.optimize import auto_levels, pyramid_size_px
 from ..registration.pose import ct_correction_from_poses, ct_isocenter_ras, pose_errors
 from ..registration.transform_io import write_ct_correction
 from ..render import DEFAULT_RENDERER, render
@@ -35,13 +37,17 @@ from .common import EXIT_OK, note, progress_bar, refuse_overwriting_inputs
 REGISTER_DESCRIPTION = """\
 Register a CT to one X-ray: find the X-ray camera pose under which the CT's DRR matches the image, by
 gradient descent on the pose through the differentiable renderer (coarse to fine; mutual information by
-default), and write the pose, the CT's rigid correction and a visual check.
+default), and write the pose, the CT's rigid correction and a visual check. Several X-rays of one patient
+position (a biplane pair, frames of a run; --image a b) are registered together: each keeps its camera,
+one rigid correction of the CT moves them all, and their similarities are summed.
 
 inputs:
   --volume CT       a CT (.nii/.nrrd/.mha or a DICOM series directory), HU or mu (1/mm).
-  --image IMG       a DICOM X-ray (geometry, intensity relationship and shutter from its tags; the
+  --image IMG [..]  a DICOM X-ray (geometry, intensity relationship and shutter from its tags; the
                     C-arm's isocentre is put at the CT's centre, as DICOM does not register the C-arm
                     to the CT), or an image file (.mha/.nrrd/.nii/.png/.tif, one 2D image) with --camera.
+                    Several (or --image repeated): registered together; image files need one --camera
+                    each (or one for all) and one --init each, in the same order.
   --camera JSON     {"sdd_mm": 1020, "pixel_spacing_mm": [0.5, 0.5], "principal_point_px": [511.5, 511.5],
                     "size_px": [1024, 1024]}: source-detector distance (mm), pixel spacing [column, row]
                     (mm), principal point [column, row] (0-based pixel-centre coordinates: the foot of
@@ -66,7 +72,8 @@ outputs:
                     "landmark_start" (the solved pose, RMS and per-pair errors in px, detector mm, mm).
   --transform-out   the same CT correction as an ITK transform (.h5 or .tfm, LPS, resampling direction)
                     that 3D Slicer loads as a transform node: put the CT under it.
-  --overlay PNG     the X-ray in gray with the final DRR's edges in red, for a human check.
+  --overlay PNG     the X-ray in gray with the final DRR's edges in red, for a human check (several
+                    X-rays: one file per view, NAME_1.png, NAME_2.png, ...).
 
 image values: the X-ray is used as stored unless --log (intensity -> line integral -log(I/I0), I0 from
 the brightest pixels), --invert or --equalize are given; DICOM X-rays are converted to line integrals
@@ -76,6 +83,7 @@ losses need bright = more attenuation (as in a DRR). Flat borders (collimator) a
 example:
   xraynerf register --volume ct.nii.gz --image xray.mha --camera camera.json --init init.json \\
                     --out result.json --overlay check.png --transform-out correction.h5
+  xraynerf register --volume ct.nii.gz --image frontal.dcm lateral.dcm --out result.json   # biplane
 """
 
 
@@ -83,21 +91,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``register`` to an argparse sub-parser collection; returns its parser."""
     p = subparsers.add_parser(
         "register",
-        help="register a CT to one X-ray (pose through the differentiable DRR)",
+        help="register a CT to one X-ray or several at once (pose through the differentiable DRR)",
         description=REGISTER_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--volume", required=True, help="CT volume file or DICOM series directory")
-    p.add_argument("--image", required=True, help="DICOM X-ray, or an image file with --camera")
-    p.add_argument("--camera", help="camera JSON (intrinsics) for a non-DICOM image")
-    p.add_argument("--init", help="initial pose JSON (world_from_camera, RAS mm); required for non-DICOM images without --landmarks")
+    p.add_argument(
+        "--image",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="DICOM X-ray, or an image file with --camera; several (or repeated): registered together, one pose",
+    )
+    p.add_argument("--camera", nargs="+", action="extend", help="camera JSON (intrinsics) per non-DICOM image (or one for all)")
+    p.add_argument(
+        "--init",
+        nargs="+",
+        action="extend",
+        help="initial pose JSON (world_from_camera, RAS mm) per image; required for non-DICOM images without --landmarks",
+    )
     p.add_argument("--landmarks", help="landmark pairs JSON (CT RAS mm <-> X-ray [column, row]); the start pose is solved from them")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument(
         "--loss",
         default="mi",
-        choices=["mi", "ncc", "gncc", "mncc", "pncc"],
-        help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC)",
+        choices=LOSS_NAMES,
+        help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC), "
+        "ssim (structural similarity of the standardised images), mse (mean squared error: X-ray and DRR on one scale); "
+        "see benchmarks/RESULTS_registration.md, 'Loss study'",
     )
     p.add_argument("--overlay", help="PNG: X-ray with the final DRR's edges")
     p.add_argument("--transform-out", help="ITK transform file (.h5 or .tfm) with the CT's correction for Slicer")
@@ -227,37 +248,39 @@ def _is_dicom(path: str) -> bool:
     return head[128:132] == b"DICM" or path.lower().endswith(".dcm")
 
 
-def _dicom_xray(args, volume: Volume):
+def _dicom_xray(path: str, camera, init, volume: Volume):
     """A one-frame DICOM X-ray -> (image (H, W) line integrals, mask (H, W) bool, cameras (1 view, float64), notes):
-    the ProjectionSet route of the Slicer module, isocentre at the CT's centre."""
-    ps = ProjectionSet.from_dicom([args.image], GeometryOverrides(isocenter_ras=ct_isocenter_ras(volume).tolist()))
+    the ProjectionSet route of the Slicer module, isocentre at the CT's centre. camera: a --camera path (ignored);
+    init: an --init path or None."""
+    ps = ProjectionSet.from_dicom([path], GeometryOverrides(isocenter_ras=ct_isocenter_ras(volume).tolist()))
     if len(ps) != 1:
-        raise ValueError(f"{args.image} holds {len(ps)} frames; register one X-ray at a time (extract one frame)")
+        raise ValueError(f"{path} holds {len(ps)} frames; give one frame per --image (extract the frames)")
     notes = list(ps.assumptions)
     cams = ps.cameras.to(dtype=torch.float64)
-    if args.camera:
-        notes.append("--camera ignored: the DICOM tags give the camera")
-    if args.init:
-        w = read_init_json(args.init)
+    if camera:
+        notes.append(f"--camera ignored for {path}: the DICOM tags give the camera")
+    if init:
+        w = read_init_json(init)
         cams = Cameras(w[None], cams.sdd_mm, cams.pixel_spacing_mm, cams.principal_point_px, cams.size_px)
     return ps.images[0].float(), ps.masks[0].bool(), cams, notes
 
 
-def _image_file_xray(args):
-    """An image file with --camera and --init -> (image (H, W), mask (H, W) bool, cameras (1 view, float64), notes)."""
-    if not args.camera:
-        raise ValueError(f"{args.image} is not DICOM: give its camera with --camera camera.json")
-    if not args.init and not args.landmarks:
-        raise ValueError(f"{args.image} is not DICOM: give the initial pose with --init init.json or --landmarks points.json")
-    cam = read_camera_json(args.camera)
-    arr = _read_image_file(args.image)
+def _image_file_xray(path: str, camera, init, args):
+    """An image file with its camera and initial pose paths -> (image (H, W), mask (H, W) bool, cameras (1 view,
+    float64), notes). args: --landmarks, --no-mask, --log."""
+    if not camera:
+        raise GeometryError(f"{path} is not DICOM: give its camera with --camera camera.json", name="--camera")
+    if not init and not args.landmarks:
+        raise GeometryError(f"{path} is not DICOM: give the initial pose with --init init.json or --landmarks points.json", name="--init")
+    cam = read_camera_json(camera)
+    arr = _read_image_file(path)
     if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
         raise ValueError(
-            f"image {args.image} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
-            f"{cam['size_px']}: fix size_px in {args.camera}"
+            f"image {path} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
+            f"{cam['size_px']}: fix size_px in {camera}"
         )
     # Without --init, --landmarks gives the pose (run() solves it); identity holds the intrinsics until then.
-    w = read_init_json(args.init) if args.init else torch.eye(4, dtype=torch.float64)
+    w = read_init_json(init) if init else torch.eye(4, dtype=torch.float64)
     cams = Cameras(
         w[None],
         torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
@@ -267,24 +290,50 @@ def _image_file_xray(args):
     )
     image = torch.from_numpy(arr)
     if not torch.isfinite(image).all():
-        raise ValueError(f"image {args.image} contains NaN or infinite pixels")
+        raise ValueError(f"image {path} contains NaN or infinite pixels")
     if float(image.max() - image.min()) <= 0:
-        raise ValueError(f"image {args.image} is constant: nothing to register to")
+        raise ValueError(f"image {path} is constant: nothing to register to")
     mask = torch.ones(image.shape, dtype=torch.bool) if args.no_mask else collimator_mask(image)
     if args.log:
         image = log_linearize(image)
     return image, mask, cams, []
 
 
-def load_xray(args, volume: Volume):
-    """(image (H, W) tensor, mask (H, W) bool tensor, cameras (1 view, float64), notes) of --image, with
+def view_files(args) -> list:
+    """[(image path, camera path or None, init path or None)] per --image, in order: --camera once per
+    image or once for all, --init once per image (or not at all); other counts raise GeometryError."""
+    n = len(args.image)
+    cameras, inits = list(args.camera or []), list(args.init or [])
+    if cameras and len(cameras) not in (1, n):
+        raise GeometryError(f"{len(cameras)} --camera files for {n} --image files: give one per image, or one for all", name="--camera")
+    if inits and len(inits) != n:
+        raise GeometryError(f"{len(inits)} --init files for {n} --image files: give one initial pose per image, in order", name="--init")
+    if args.landmarks and n > 1:
+        raise ValueError("--landmarks solves the start of one X-ray: give one --image with it (or --init per image)")
+    cameras = cameras * n if len(cameras) == 1 else cameras or [None] * n
+    return list(zip(args.image, cameras, inits or [None] * n))
+
+
+def load_xray(path: str, camera, init, args, volume: Volume):
+    """(image (H, W) tensor, mask (H, W) bool tensor, cameras (1 view, float64), notes) of one X-ray file, with
     --invert / --equalize applied. ``volume``: the CT (its centre is a DICOM X-ray's isocentre)."""
-    image, mask, cams, notes = _dicom_xray(args, volume) if _is_dicom(args.image) else _image_file_xray(args)
+    if _is_dicom(path):
+        image, mask, cams, notes = _dicom_xray(path, camera, init, volume)
+    else:
+        image, mask, cams, notes = _image_file_xray(path, camera, init, args)
     if args.invert:
         image = invert(image)
     if args.equalize:
         image = equalize(image, mask)
     return image, mask, cams, notes
+
+
+def overlay_paths(path: str, n: int) -> list:
+    """The overlay file of each of n views: ``path`` itself for one, NAME_1.png ... for several."""
+    if n == 1:
+        return [path]
+    stem, ext = os.path.splitext(path)
+    return [f"{stem}_{i + 1}{ext}" for i in range(n)]
 
 
 def write_overlay(path: str, image, drr) -> None:
@@ -328,46 +377,44 @@ def landmark_start_pose(path: str, cams: Cameras, quiet: bool = False) -> Landma
     return start
 
 
-def run(args) -> int:
-    t0 = time.monotonic()
-    refuse_overwriting_inputs((args.volume, args.image), (args.overlay, args.transform_out))
+def _check_output_args(args) -> list:
+    """The overlay path per view after the output-flag checks (nothing read or written yet)."""
+    overlays = overlay_paths(args.overlay, len(args.image)) if args.overlay else []
+    refuse_overwriting_inputs((args.volume, *args.image), (*overlays, args.transform_out))
     if args.overlay and not args.overlay.lower().endswith(".png"):
         raise ValueError(f"--overlay {args.overlay}: write a .png file")
     if args.transform_out and not args.transform_out.lower().endswith((".h5", ".hdf5", ".tfm", ".txt")):
         raise ValueError(f"--transform-out {args.transform_out}: use .h5 or .tfm (ITK transform files Slicer loads)")
     if args.iterations is not None and args.levels and len(args.iterations) not in (1, len(args.levels)):
         raise ValueError(f"--iterations needs one value or one per level ({len(args.levels)})")
-    volume = load_volume(args.volume, units=None if args.input_units == "auto" else args.input_units)
-    volume = as_mu(volume) if volume.units == "hu" else volume
-    image, mask, cams, notes = load_xray(args, volume)
-    n_levels = len(auto_levels(cams.size_px))
-    if args.iterations is not None and not args.levels and len(args.iterations) not in (1, n_levels):
+    return overlays
+
+
+def _iterations(args, cams: list):
+    """--iterations as register()'s max_iterations (None, one value, or one per level), checked against the
+    pyramid (--levels, or the default one for these X-rays)."""
+    if args.iterations is None:
+        return None
+    size = pyramid_size_px([c.size_px for c in cams])
+    n_levels = len(auto_levels(size))
+    if not args.levels and len(args.iterations) not in (1, n_levels):
         raise ValueError(
-            f"--iterations needs one value or one per level ({n_levels}: the default pyramid for "
-            f"{cams.size_px[0]}x{cams.size_px[1]} px; or give --levels)"
+            f"--iterations needs one value or one per level ({n_levels}: the default pyramid for {size[0]}x{size[1]} px; or give --levels)"
         )
-    for n in notes:
-        note(f"note: {n}", args.quiet)
-    # The CT correction is stated relative to the nominal pose (DICOM tags or --init) when there is one.
-    reference = cams.world_from_camera[0]
-    landmark_start = None
-    if args.landmarks:
-        landmark_start = landmark_start_pose(args.landmarks, cams, args.quiet)
-        if not (args.init or _is_dicom(args.image)):
-            reference = landmark_start.world_from_camera
-        cams = landmark_start.cameras
-    appearance = load_nett(args.nett) if args.nett else None
+    return args.iterations[0] if len(args.iterations) == 1 else args.iterations
+
+
+def _register(args, volume: Volume, images: list, masks: list, cams: list, appearance):
+    """The engine call with the command line's settings and a progress bar."""
+    iterations = _iterations(args, cams)
     progress = progress_bar("register", args.quiet)
-    iterations = None
-    if args.iterations is not None:
-        iterations = args.iterations[0] if len(args.iterations) == 1 else args.iterations
     try:
         result = register(
             volume,
-            image,
+            images,
             cams,
             loss=args.loss,
-            mask=mask,
+            mask=masks,
             center_ras=args.center,
             optimizer=args.optimizer,
             levels=args.levels,
@@ -387,7 +434,10 @@ def run(args) -> int:
     finally:
         if progress is not None:
             progress.close()
-    ct_correction = ct_correction_from_poses(result.world_from_camera, reference)
+    return result
+
+
+def _result_json(args, result, ct_correction, cams: list, landmark_start) -> dict:
     data = result.to_json()
     data["ct_correction_ras"] = ct_correction.tolist()
     if landmark_start is not None:
@@ -395,27 +445,57 @@ def run(args) -> int:
     data.update(
         {
             "volume": os.path.abspath(args.volume),
-            "image": os.path.abspath(args.image),
-            "initial_world_from_camera": cams.world_from_camera[0].tolist(),
+            "image": os.path.abspath(args.image[0]),
+            "initial_world_from_camera": cams[0].world_from_camera[0].tolist(),
             "frame": "patient RAS, mm",
             "camera_convention": "origin at the source, +z towards the detector, +x along columns, +y along rows",
             "nett": os.path.abspath(args.nett) if args.nett else None,
         }
     )
-    if args.overlay:
+    for view, path, c in zip(data.get("views", []), args.image, cams):
+        view.update(image=os.path.abspath(path), initial_world_from_camera=c.world_from_camera[0].tolist())
+    return data
+
+
+def run(args) -> int:
+    t0 = time.monotonic()
+    overlays = _check_output_args(args)
+    files = view_files(args)
+    volume = load_volume(args.volume, units=None if args.input_units == "auto" else args.input_units)
+    volume = as_mu(volume) if volume.units == "hu" else volume
+    loaded = [load_xray(path, camera, init, args, volume) for path, camera, init in files]
+    images, masks, cams = [v[0] for v in loaded], [v[1] for v in loaded], [v[2] for v in loaded]
+    _iterations(args, cams)  # refuse a wrong count before the landmark solve
+    for n in (n for v in loaded for n in v[3]):
+        note(f"note: {n}", args.quiet)
+    # The CT correction is stated relative to the nominal pose (DICOM tags or --init) when there is one.
+    reference = cams[0].world_from_camera[0]
+    landmark_start = None
+    if args.landmarks:
+        landmark_start = landmark_start_pose(args.landmarks, cams[0], args.quiet)
+        if not (args.init or _is_dicom(args.image[0])):
+            reference = landmark_start.world_from_camera
+        cams = [landmark_start.cameras]
+    appearance = load_nett(args.nett) if args.nett else None
+    result = _register(args, volume, images, masks, cams, appearance)
+    ct_correction = ct_correction_from_poses(result.world_from_camera, reference)
+    data = _result_json(args, result, ct_correction, cams, landmark_start)
+    if overlays:
         with torch.no_grad():
-            vol = volume if appearance is None else appearance(volume)
-            drr = render(vol.to(dtype=torch.float32), result.cameras.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0]
-        write_overlay(args.overlay, image.numpy(), drr.numpy())
+            vol = (volume if appearance is None else appearance(volume)).to(dtype=torch.float32)
+            for path, image, cam in zip(overlays, images, result.view_cameras):
+                drr = render(vol, cam.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0]
+                write_overlay(path, image.numpy(), drr.numpy())
     if args.transform_out:
         write_ct_correction(args.transform_out, ct_correction)
     _write_json_atomic(args.out, data)
     moved = pose_errors(
-        result.world_from_camera, cams.world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist())
+        result.world_from_camera, cams[0].world_from_camera[0], result.ct_correction_ras.new_tensor(volume.center_ras().tolist())
     )
     note(
-        f"registered in {time.monotonic() - t0:.1f} s, {result.iterations} iterations: loss {result.initial_loss:.4f} -> "
-        f"{result.loss:.4f}; pose moved by {moved['rotation_deg']:.2f} deg, {moved['translation_mm']:.2f} mm at the CT centre"
+        "registered" + (f" {len(images)} X-rays" if len(images) > 1 else "") + f" in {time.monotonic() - t0:.1f} s, {result.iterations} "
+        f"iterations: loss {result.initial_loss:.4f} -> {result.loss:.4f}; pose moved by {moved['rotation_deg']:.2f} deg, "
+        f"{moved['translation_mm']:.2f} mm at the CT centre"
         + (" (cancelled: best pose so far)" if result.cancelled else "")
         + f"; wrote {args.out}",
         args.quiet,

@@ -5,7 +5,17 @@ tuning (nett.py), ITK transform files for Slicer (transform_io.py) and simulated
 
 from .coverage import ct_coverage_mask  # noqa: F401
 from .landmarks import LandmarkPairs, LandmarkPose, read_landmarks_json, solve_landmark_pose  # noqa: F401
-from .losses import LOSS_NAMES, gradient_ncc, make_loss, multiscale_ncc, mutual_information, ncc, patch_ncc  # noqa: F401
+from .losses import (  # noqa: F401
+    LOSS_NAMES,
+    gradient_ncc,
+    make_loss,
+    mean_squared_error,
+    multiscale_ncc,
+    mutual_information,
+    ncc,
+    patch_ncc,
+    ssim,
+)
 from .nett import NeTT, load_nett, save_nett, train_nett  # noqa: F401
 from .optimize import RegistrationResult, RegistrationSettings, pooled_volume, register  # noqa: F401
 from .pose import PoseParametrization, check_rigid, pose_errors, so3_exp, so3_log, target_registration_error  # noqa: F401

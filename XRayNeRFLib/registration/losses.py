@@ -1,13 +1,15 @@
-"""Image similarity for 2D/3D registration: NCC, gradient NCC, patch/multiscale NCC, mutual information.
+"""Image similarity for 2D/3D registration: NCC, gradient NCC, patch/multiscale NCC, mutual information,
+SSIM and the mean squared error.
 
 Every similarity takes ``moving`` (the DRR, differentiable) and ``fixed`` (the X-ray), both (B, H, W) or
 (H, W) float tensors, and an optional ``mask`` ((H, W) or (B, H, W), bool or 0..1 weights: pixels that
 count, e.g. inside the collimator), and returns a (B,) similarity where *higher is better* (1 for NCCs of
 identical images, the mutual information in nats for MI). :func:`make_loss` turns a name into a
-loss to *minimise* (``1 - ncc`` or ``-mi``).
+loss to *minimise* (``1 - ncc``, ``-mi``, ``1 - ssim``, or the mean squared error itself).
 
-Images are dimensionless; nothing here assumes a unit or a sign (MI is blind to both, NCC to scale and
-offset only).
+Images are dimensionless; nothing here assumes a unit or a sign (MI is blind to both, NCC and SSIM as
+defined here to scale and offset only) except the mean squared error, which compares values as they are:
+use it only when the X-ray and the DRR are on one scale (e.g. both line integrals).
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ncc", "gradient_ncc", "patch_ncc", "multiscale_ncc", "mutual_information", "make_loss", "LOSS_NAMES"]
+__all__ = [
+    "ncc",
+    "gradient_ncc",
+    "patch_ncc",
+    "multiscale_ncc",
+    "mutual_information",
+    "ssim",
+    "mean_squared_error",
+    "make_loss",
+    "LOSS_NAMES",
+]
 
 _EPS = 1e-8
 
@@ -167,17 +179,79 @@ def mutual_information(
     return h_a + h_b - h_ab
 
 
-LOSS_NAMES = ("mi", "ncc", "gncc", "mncc", "pncc")
+def mean_squared_error(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Mask-weighted mean of (moving - fixed)^2 over the pixels, in the images' units squared: (B,).
+    Not a similarity (lower is better) and not invariant to any gray-level change."""
+    a, b, w = _prepare(moving, fixed, mask)
+    return (w * (a - b) ** 2).sum((1, 2)) / w.sum((1, 2)).clamp(min=_EPS)
+
+
+def _standardized(x: Tensor, w: Tensor) -> Tensor:
+    """Each image of (B, H, W) minus its w-weighted mean, over its w-weighted standard deviation."""
+    n = w.sum((1, 2), keepdim=True).clamp(min=_EPS)
+    m = (w * x).sum((1, 2), keepdim=True) / n
+    sd = ((w * (x - m) ** 2).sum((1, 2), keepdim=True) / n + _EPS**2).sqrt()
+    return (x - m) / sd
+
+
+def ssim(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None, sigma_px: float = 1.5, standardize: bool = True) -> Tensor:
+    """Mean structural similarity (Wang et al. 2004): (B,), 1 for identical images.
+
+    Local means, variances and covariance come from a Gaussian window of ``sigma_px`` pixels (truncated
+    at 3.5 sigma, no padding: only window centres whose whole window lies in the image count), K1 = 0.01,
+    K2 = 0.03, the data range L = max - min of the fixed image inside the mask (a constant). With a mask,
+    the window statistics are mask-weighted (normalised convolution) and the map is averaged over the
+    masked centres whose window is at least half inside the mask. ``standardize`` (default): each image
+    is first mapped to zero mean and unit variance over the mask, so that SSIM, like NCC, ignores the
+    unknown scale and offset between DRR and X-ray and compares local structure; False compares the
+    values as they are (the definition of :func:`XRayNeRFLib.metrics.ssim`, in 2D).
+    """
+    a, b, w = _prepare(moving, fixed, mask)
+    if standardize:
+        a, b = _standardized(a, w), _standardized(b, w)
+    radius = int(3.5 * float(sigma_px) + 0.5)
+    if min(a.shape[-2:]) < 2 * radius + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * radius + 1} px on each side (window), got {tuple(a.shape[-2:])}")
+    t = torch.arange(-radius, radius + 1, dtype=a.dtype, device=a.device)
+    g = torch.exp(-0.5 * (t / float(sigma_px)) ** 2)
+    g = g / g.sum()
+
+    def filt(x):  # (B, H, W) -> (B, H - 2r, W - 2r), separable 'valid' Gaussian
+        y = F.conv2d(x[:, None], g.reshape(1, 1, -1, 1))
+        return F.conv2d(y, g.reshape(1, 1, 1, -1))[:, 0]
+
+    bd = b.detach()
+    big = torch.finfo(bd.dtype).max
+    lo = torch.where(w > 0, bd, torch.full_like(bd, big)).flatten(1).amin(1)
+    hi = torch.where(w > 0, bd, torch.full_like(bd, -big)).flatten(1).amax(1)
+    rng = (hi - lo).clamp(min=_EPS)[:, None, None]
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+    n = filt(w)
+    ns = n.clamp(min=_EPS)
+    mu_a, mu_b = filt(w * a) / ns, filt(w * b) / ns
+    saa = (filt(w * a * a) / ns - mu_a**2).clamp(min=0)
+    sbb = (filt(w * b * b) / ns - mu_b**2).clamp(min=0)
+    sab = filt(w * a * b) / ns - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    centre = w[:, radius:-radius, radius:-radius]
+    keep = (centre * (n > 0.5)).to(s.dtype)
+    return (keep * s).sum((1, 2)) / keep.sum((1, 2)).clamp(min=_EPS)
+
+
+LOSS_NAMES = ("mi", "ncc", "gncc", "mncc", "pncc", "ssim", "mse")
 
 
 def make_loss(name: str, **options) -> Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]:
     """A loss to minimise, (moving, fixed, mask) -> (B,), from a similarity name:
     "mi" (-mutual information), "ncc" (1 - NCC), "gncc" (1 - gradient NCC), "mncc" (1 - multiscale NCC),
-    "pncc" (1 - patch NCC). ``options`` go to the similarity (bins=, patch_px=, ...)."""
+    "pncc" (1 - patch NCC), "ssim" (1 - SSIM), "mse" (the mean squared error). ``options`` go to the
+    similarity (bins=, patch_px=, sigma_px=, ...)."""
     key = name.strip().lower()
     if key == "mi":
         return lambda m, f, k=None: -mutual_information(m, f, k, **options)
-    table = {"ncc": ncc, "gncc": gradient_ncc, "mncc": multiscale_ncc, "pncc": patch_ncc}
+    if key == "mse":
+        return lambda m, f, k=None: mean_squared_error(m, f, k, **options)
+    table = {"ncc": ncc, "gncc": gradient_ncc, "mncc": multiscale_ncc, "pncc": patch_ncc, "ssim": ssim}
     if key not in table:
         raise ValueError(f"unknown registration loss {name!r}; use one of {', '.join(LOSS_NAMES)}")
     sim = table[key]

@@ -58,7 +58,7 @@ from torch import Tensor
 from ..errors import NeTTWeightsError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu, mu_water_per_mm
 from .intensity import bin_image
 from .losses import make_loss
@@ -182,7 +182,7 @@ def train_nett(
     learning_rate: float = 2e-2,
     identity_weight: float = 1e-3,
     bin_factor: int = 2,
-    method: str = "trilinear",
+    renderer: str = DEFAULT_RENDERER,
     progress: ProgressCallback = None,
 ) -> tuple:
     """Fit a NeTT model on (CT, X-rays, known cameras) triples.
@@ -192,7 +192,8 @@ def train_nett(
     registered cameras. loss: a :func:`~.losses.make_loss` name; use the loss you will register with
     ("mi", the default: see the module docstring for why "ncc" training hurt registration).
     identity_weight: weight of :meth:`NeTT.identity_penalty` added to the mean loss. The images are
-    binned by ``bin_factor`` (and the cameras downsampled alike) for speed.
+    binned by ``bin_factor`` (and the cameras downsampled alike) for speed. renderer: the projector
+    (see :func:`XRayNeRFLib.render.render`).
     Returns (model, history) with history a list of per-iteration mean losses (without the penalty).
     A progress callback returning False stops early (the model trained so far is returned).
     """
@@ -217,7 +218,7 @@ def train_nett(
         opt.zero_grad()
         total = 0.0
         for mu, img, cam in data:
-            drr = render(model(mu), cam, renderer=method)
+            drr = render(model(mu), cam, renderer=renderer)
             val = loss_fn(drr, img).mean() / len(data)
             if not torch.isfinite(val):
                 raise RuntimeError(f"NeTT training loss became NaN at iteration {it}; lower the learning rate")

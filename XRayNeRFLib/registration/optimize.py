@@ -1,7 +1,11 @@
-"""Pose optimisation of one X-ray against a CT through the differentiable renderer.
+"""Pose optimisation of one or more X-rays against a CT through the differentiable renderer.
 
 ``register(volume, image, cameras, settings)`` (settings: :class:`RegistrationSettings`) finds the camera pose
-(``world_from_camera``, RAS mm) under which the CT's DRR best matches the X-ray:
+(``world_from_camera``, RAS mm) under which the CT's DRR best matches the X-ray. Several X-rays of one patient
+position (a biplane pair, frames of a run) are registered together: each view keeps its own camera and pixel
+grid, one rigid correction moves every view's initial pose (``world_from_camera_v = M @ world_from_camera_v_init``: the patient moved, the
+views did not move relative to each other), and the loss is the sum of the views' losses, each over its
+own mask and CT-coverage mask. The steps:
 
 1. checks the inputs (finite, non-constant image; rigid pose; the CT's projection overlaps the image);
 2. optional coarse global search: ``n_starts`` poses spread over a capture range (deterministic
@@ -16,8 +20,8 @@
 
 A ``progress`` callback receives a :class:`~XRayNeRFLib.progress.Progress` every ``progress_every``
 iterations whose ``preview`` is a dict with the current ``world_from_camera`` (4, 4), the current
-``drr`` (h, w) at the current level, the ``loss`` and the ``level``; returning False stops and returns the
-best pose found so far (``result.cancelled`` is True).
+``drr`` (h, w) at the current level (the first view's; ``drrs``: every view's), the ``loss`` and the ``level``;
+returning False stops and returns the best pose found so far (``result.cancelled`` is True).
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import NoOverlapError
+from ..errors import GeometryError, NoOverlapError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu
 from .coverage import ct_coverage_mask
 from .intensity import bin_image
@@ -44,10 +48,13 @@ from .pose import PoseParametrization, check_rigid
 
 @dataclass
 class RegistrationResult:
-    """world_from_camera: (4, 4) float64 RAS mm, the registered pose.
-    cameras: the registered camera (1 view, with refined intrinsics when asked).
-    ct_correction_ras: (4, 4) float64, the CT's rigid correction 'to parent' in RAS (see pose.py).
-    loss / initial_loss: the loss at the finest level at the registered / initial pose.
+    """world_from_camera: (4, 4) float64 RAS mm, the registered pose (of the first view).
+    cameras: the registered camera (1 view, the first; with refined intrinsics when asked).
+    ct_correction_ras: (4, 4) float64, the CT's rigid correction 'to parent' in RAS (see pose.py), shared by
+        every view.
+    loss / initial_loss: the loss at the finest level at the registered / initial pose (the sum over views).
+    view_cameras / view_losses: every view's registered camera (1 view each) and loss at the registered pose
+        (their sum is ``loss``); one entry for one X-ray.
     iterations: optimiser iterations in all (all levels and starts); seconds: wall time.
     trace: one dict per iteration (level, start, iteration, loss, parameters).
     cancelled: True when the progress callback stopped the run (the best pose so far is returned)."""
@@ -63,9 +70,13 @@ class RegistrationResult:
     trace: List[dict] = field(default_factory=list, repr=False)
     cancelled: bool = False
     loss_name: str = "mi"
+    view_cameras: List[Cameras] = field(default_factory=list, repr=False)
+    view_losses: List[float] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {
+        """Plain JSON types; with several views also ``views``: per view its registered world_from_camera,
+        intrinsics and loss."""
+        out = {
             "world_from_camera": self.world_from_camera.tolist(),
             "sdd_mm": float(self.cameras.sdd_mm[0]),
             "pixel_spacing_mm": [float(v) for v in self.cameras.pixel_spacing_mm[0]],
@@ -80,7 +91,21 @@ class RegistrationResult:
             "cancelled": self.cancelled,
             "parameters": self.parameters,
             "trace": self.trace,
+            "view_losses": self.view_losses,
         }
+        if len(self.view_cameras) > 1:
+            out["views"] = [
+                {
+                    "world_from_camera": c.world_from_camera[0].tolist(),
+                    "sdd_mm": float(c.sdd_mm[0]),
+                    "pixel_spacing_mm": [float(v) for v in c.pixel_spacing_mm[0]],
+                    "principal_point_px": [float(v) for v in c.principal_point_px[0]],
+                    "size_px": list(c.size_px),
+                    "loss": v,
+                }
+                for c, v in zip(self.view_cameras, self.view_losses)
+            ]
+        return out
 
 
 class _Stop(Exception):
@@ -118,14 +143,14 @@ def _halton(n: int, dim: int) -> Tensor:
     return out
 
 
-def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
-    """Raise NoOverlapError when the CT's projected bounding box misses the (masked) image."""
+def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor, name: str = "the X-ray") -> None:
+    """Raise NoOverlapError when the CT's projected bounding box misses the (masked) image ``name``."""
     corners = volume.corners_ras().to(torch.float64)
     c = cams.to(dtype=torch.float64)
     cam_pts = (c.camera_from_world()[0, :3, :3] @ corners.T).T + c.camera_from_world()[0, :3, 3]
     if (cam_pts[:, 2] <= 0).all():
         raise NoOverlapError(
-            "the CT lies behind the X-ray source at the initial pose: the X-ray does not overlap the CT's "
+            f"the CT lies behind the X-ray source at the initial pose: {name} does not overlap the CT's "
             "projection. Check the initial world_from_camera (camera +z must point from the source towards the patient)",
             behind_source=True,
         )
@@ -141,7 +166,7 @@ def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
     inside_v = (uv[:, 1].max() >= float(rows.min()) - 0.5) and (uv[:, 1].min() <= float(rows.max()) + 0.5)
     if not (inside_u and inside_v):
         raise NoOverlapError(
-            "the X-ray does not overlap the CT's projection at the initial pose (the CT's projected box spans "
+            f"{name} does not overlap the CT's projection at the initial pose (the CT's projected box spans "
             f"columns {float(uv[:, 0].min()):.0f}..{float(uv[:, 0].max()):.0f}, rows {float(uv[:, 1].min()):.0f}.."
             f"{float(uv[:, 1].max()):.0f} of a {cams.width}x{cams.height} image). Fix the initial pose (init.json) "
             "or the camera (principal point, pixel spacing) so that the anatomy is roughly in place"
@@ -152,13 +177,15 @@ def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor) -> None:
 class RegistrationSettings:
     """How :func:`register` optimises (everything but the data). Defaults are the shipped recipe.
 
-    loss: a name of :func:`~.losses.make_loss` ("mi", "ncc", "gncc", "mncc", "pncc") or a callable
+    loss: a name of :func:`~.losses.make_loss` (``LOSS_NAMES``: "mi", "ncc", "gncc", "mncc", "pncc", "ssim",
+        "mse") or a callable
         (drr (B, h, w), image (B, h, w), mask) -> (B,) loss to minimise; loss_options go to make_loss.
     rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
         x, y, z: the depth z is the least observable, so it gets a larger unit).
     optimizer: "adam" or "lbfgs".
     levels: pyramid binning factors, coarse to fine; None (default): :func:`auto_levels` (the finest
         has about ``finest_px`` pixels on the image's shorter side, full resolution for small images;
+        several X-rays: of :func:`pyramid_size_px`, the smallest grid;
         the coarsest about 20-40). max_iterations, learning_rate: per level or one
         value for all (Adam step in parameter units; default 80 iterations at the coarsest level and 50 at
         the others, learning rate 1.0 halved at every level). patience / tol: a level stops when its loss
@@ -167,7 +194,8 @@ class RegistrationSettings:
         offsets (rotations about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
     refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
         principal_point_scale_px full-resolution pixels).
-    method / samples_per_voxel: the renderer (see :func:`XRayNeRFLib.render.render`).
+    renderer / samples_per_voxel: the projector and its sampling (see :func:`XRayNeRFLib.render.render`;
+        default ``DEFAULT_RENDERER``).
     pool_volume: average-pool the CT at each level to about the level's pixel footprint.
     ct_coverage: compare only pixels whose rays cross the CT's whole extent along the beam (see
         :func:`~.coverage.ct_coverage_mask`). The mask is made at the start of each level from that
@@ -199,7 +227,7 @@ class RegistrationSettings:
     refine_intrinsics: bool = False
     sdd_scale_mm: float = 5.0
     principal_point_scale_px: float = 2.0
-    method: str = "trilinear"
+    renderer: str = DEFAULT_RENDERER
     samples_per_voxel: float = 1.0
     pool_volume: bool = True
     ct_coverage: bool = True
@@ -228,6 +256,12 @@ class RegistrationSettings:
 _SETTING_NAMES = tuple(f.name for f in fields(RegistrationSettings))
 
 
+def pyramid_size_px(sizes_px: Sequence[Sequence[int]]) -> Tuple[int, int]:
+    """The (columns, rows) the pyramid of several X-rays is planned for: the smallest of each (one
+    pyramid, the same binning factors, for every view)."""
+    return min(int(v[0]) for v in sizes_px), min(int(v[1]) for v in sizes_px)
+
+
 def auto_levels(size_px: Sequence[int], finest_px: int = 128, coarsest_px: int = 20) -> List[int]:
     """Default pyramid: binning factors (F, ..., 2f, f), powers of two, coarse to fine. f is the largest
     power of two that leaves at least ``finest_px`` pixels on the image's shorter side (f = 1, full
@@ -249,83 +283,121 @@ def auto_levels(size_px: Sequence[int], finest_px: int = 128, coarsest_px: int =
 
 def register(
     volume: Volume,
-    image: Tensor,
-    cameras: Cameras,
+    image: Union[Tensor, Sequence[Tensor]],
+    cameras: Union[Cameras, Sequence[Cameras]],
     settings: Optional[RegistrationSettings] = None,
     *,
-    mask: Optional[Tensor] = None,
+    mask: Union[None, Tensor, Sequence[Optional[Tensor]]] = None,
     center_ras: Optional[Sequence[float]] = None,
     appearance: Optional[Callable[[Volume], Volume]] = None,
     progress: ProgressCallback = None,
     **overrides,
 ) -> RegistrationResult:
     """Register the CT ``volume`` (HU or mu) to the X-ray ``image`` (H, W) seen by ``cameras`` (1 view,
-    its world_from_camera the initial pose).
+    its world_from_camera the initial pose), or to several X-rays at once (see the module docstring).
 
     image: (H, W) float, any monotone function of the line integral for "mi"; for the NCC losses,
         brighter must mean more attenuation (log-linearise and/or invert first: see intensity.py).
+        Several views: a sequence of V images (each (H_v, W_v), grids may differ) with a sequence of V
+        one-view Cameras, or a (V, H, W) tensor with a V-view Cameras.
     settings: a :class:`RegistrationSettings` (default: its defaults); ``overrides`` replace single
         fields of it by name (``register(v, x, c, loss="ncc", levels=(4, 2, 1))``).
-    mask: (H, W) bool, pixels that count (e.g. :func:`~.intensity.collimator_mask`).
+    mask: (H, W) bool, pixels that count (e.g. :func:`~.intensity.collimator_mask`); several views: a
+        sequence of V masks (or None entries), or a (V, H, W) tensor.
     center_ras: (3,) rotation centre, RAS mm (default the CT centre).
     appearance: optional map Volume -> Volume applied to the mu volume first (a NeTT model).
     progress: see the module docstring.
+    Views and cameras of different counts, or a view without a camera, raise ``GeometryError``.
     """
     unknown = sorted(set(overrides) - set(_SETTING_NAMES))
     if unknown:
-        raise TypeError(f"register() got unknown option(s) {unknown}; RegistrationSettings has {list(_SETTING_NAMES)}")
+        hint = " (the projector is chosen by renderer=, as in render())" if "method" in unknown else ""
+        raise TypeError(f"register() got unknown option(s) {unknown}{hint}; RegistrationSettings has {list(_SETTING_NAMES)}")
     s = replace(settings or RegistrationSettings(), **overrides)
     before = torch.get_num_threads()
     if s.num_threads is not None:
         torch.set_num_threads(int(s.num_threads))
     try:
-        run = _Run(volume, image, cameras, s, mask, center_ras, appearance, progress)
+        run = _Run(volume, split_views(image, cameras, mask), s, center_ras, appearance, progress)
         return run.execute()
     finally:
         if s.num_threads is not None:
             torch.set_num_threads(before)
 
 
-def _checked_image_and_mask(image: Tensor, cameras: Cameras, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """The X-ray as (H, W) and its mask (H, W) bool, after the input checks (one view, size, finite,
-    not constant inside the mask)."""
-    if len(cameras) != 1:
-        raise ValueError(f"register one X-ray at a time: cameras has {len(cameras)} views")
+def split_views(
+    image: Union[Tensor, Sequence[Tensor]],
+    cameras: Union[Cameras, Sequence[Cameras]],
+    mask: Union[None, Tensor, Sequence[Optional[Tensor]]] = None,
+) -> List[Tuple[Tensor, Cameras, Optional[Tensor]]]:
+    """(image, 1-view Cameras, mask or None) per view from :func:`register`'s arguments; counts checked
+    (``GeometryError``, name "cameras" or "mask")."""
+    if isinstance(cameras, Cameras):
+        cams = [cameras[i] for i in range(len(cameras))]
+    else:
+        cams = list(cameras)
+        for i, c in enumerate(cams):
+            if not isinstance(c, Cameras):
+                raise GeometryError(
+                    f"X-ray {i + 1} of {len(cams)} has no camera (got {type(c).__name__}); give each X-ray its camera", name="cameras"
+                )
+            if len(c) != 1:
+                raise GeometryError(f"camera {i + 1} of {len(cams)} has {len(c)} views; give one camera per X-ray", name="cameras")
+    one = torch.is_tensor(image) and (image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 1))
+    images = [image] if one else list(image)
+    if len(images) != len(cams) or not cams:
+        raise GeometryError(f"{len(images)} X-ray(s) but {len(cams)} camera(s): give one camera per X-ray", name="cameras")
+    if mask is None:
+        masks = [None] * len(images)
+    else:
+        masks = [mask] if (one or len(images) == 1) and torch.is_tensor(mask) and mask.ndim == 2 else list(mask)
+        if len(masks) != len(images):
+            raise GeometryError(f"{len(masks)} mask(s) for {len(images)} X-ray(s): give one mask per X-ray (or None)", name="mask")
+    return list(zip(images, cams, masks))
+
+
+def _checked_image_and_mask(image: Tensor, cameras: Cameras, mask: Optional[Tensor], name: str = "the X-ray") -> Tuple[Tensor, Tensor]:
+    """The X-ray as (H, W) and its mask (H, W) bool, after the input checks (size, finite, not constant
+    inside the mask). cameras: its 1-view camera; name: how messages call it."""
     img = torch.as_tensor(image)
     if img.ndim == 3 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 2:
-        raise ValueError(f"the X-ray must be a 2D image (H, W), got shape {tuple(img.shape)}")
+        raise ValueError(f"{name} must be a 2D image (H, W), got shape {tuple(img.shape)}")
     if (img.shape[1], img.shape[0]) != tuple(cameras.size_px):
         raise ValueError(
-            f"the X-ray is {img.shape[1]}x{img.shape[0]} (columns x rows) but the camera's size_px is "
+            f"{name} is {img.shape[1]}x{img.shape[0]} (columns x rows) but its camera's size_px is "
             f"{list(cameras.size_px)}: fix size_px in the camera JSON"
         )
     if not torch.isfinite(img).all():
-        raise ValueError(f"the X-ray contains {int((~torch.isfinite(img)).sum())} NaN or infinite pixels; mask or fix them")
+        raise ValueError(f"{name} contains {int((~torch.isfinite(img)).sum())} NaN or infinite pixels; mask or fix them")
     if mask is None:
         mask = torch.ones(img.shape, dtype=torch.bool)
     mask = torch.as_tensor(mask).bool()
     if tuple(mask.shape) != tuple(img.shape):
-        raise ValueError(f"the mask must match the image {tuple(img.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"the mask of {name} must match the image {tuple(img.shape)}, got {tuple(mask.shape)}")
     sel = img[mask]
     if sel.numel() == 0 or float(sel.max() - sel.min()) <= 1e-12 * max(1.0, float(sel.abs().max())):
         raise ValueError(
-            "the X-ray is constant (inside the mask): nothing to register to; check the file, its windowing and the collimator mask"
+            f"{name} is constant (inside the mask): nothing to register to; check the file, its windowing and the collimator mask"
         )
     return img, mask
 
 
 class _Run:
-    """One registration: the prepared data (pyramid, parametrisation, loss) and the named steps
+    """One registration: the prepared data (pyramid per view, parametrisation, loss) and the named steps
     (coarse search, one pyramid level, result) that :meth:`execute` chains."""
 
-    def __init__(self, volume, image, cameras, settings: RegistrationSettings, mask, center_ras, appearance, progress):
+    def __init__(self, volume, views, settings: RegistrationSettings, center_ras, appearance, progress):
         self.t_start = time.perf_counter()
         self.s = s = settings
         self.progress = progress
-        img, mask = _checked_image_and_mask(image, cameras, mask)
-        w0 = check_rigid(cameras.world_from_camera[0].detach(), "initial world_from_camera")
+        n = len(views)
+        names = ["the X-ray"] if n == 1 else [f"X-ray {i + 1} of {n}" for i in range(n)]
+        if n > 1 and s.refine_intrinsics:
+            raise ValueError("refine_intrinsics works with one X-ray; register the views without it (or one at a time)")
+        checked = [_checked_image_and_mask(img, cam, m, nm) for (img, cam, m), nm in zip(views, names)]
+        w0 = [check_rigid(cam.world_from_camera[0].detach(), f"initial world_from_camera of {nm}") for (_, cam, _), nm in zip(views, names)]
         if volume.units == "hu":
             volume = as_mu(volume)
         volume.check_finite("the CT")
@@ -334,73 +406,88 @@ class _Run:
                 volume = appearance(volume)
         self.dtype = dtype = torch.float32
         vol = volume.to(dtype=dtype)
-        self.cams0 = cams0 = cameras.to(dtype=torch.float64)
-        _check_overlap(vol, cams0, mask)
-        self.levels, self.iters, self.lrs = s.per_level(cams0.size_px)
+        self.cams0 = [cam.to(dtype=torch.float64) for _, cam, _ in views]
+        for c, (_, m), nm in zip(self.cams0, checked, names):
+            _check_overlap(vol, c, m, nm)
+        self.levels, self.iters, self.lrs = s.per_level(pyramid_size_px([c.size_px for c in self.cams0]))
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
-        self.param = PoseParametrization(w0, centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
+        self.param = PoseParametrization(w0[0], centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
+        self.w0 = [w.to(dtype=torch.float64) for w in w0]  # every view's initial pose; M(x) moves them all
         self.vol, self.centre_ras = vol, vol.center_ras().double()
         self.loss_fn = s.loss if callable(s.loss) else make_loss(s.loss, **(s.loss_options or {}))
         self.loss_label = getattr(s.loss, "__name__", "custom") if callable(s.loss) else s.loss
         self.n_par = 9 if s.refine_intrinsics else 6
-        self.sdd0 = cams0.sdd_mm[0].clone()
-        self.pp0 = cams0.principal_point_px[0].clone()
-        self.spacing = cams0.pixel_spacing_mm[0].clone()
-        self.level_data = self._pyramid(img, mask, vol)
+        self.level_images, self.level_volume = self._pyramid(checked, vol)
         self.trace: List[dict] = []
         self.iterations = 0
         self.total_budget = sum(self.iters)
 
     # -- data ------------------------------------------------------------------------------------
-    def _pyramid(self, img: Tensor, mask: Tensor, vol: Volume) -> dict:
-        """Per binning factor: (binned image (h, w), binned mask (h, w) bool, pooled volume)."""
-        out = {}
+    def _pyramid(self, checked, vol: Volume) -> Tuple[dict, dict]:
+        """Per binning factor: [(binned image (h, w), binned mask (h, w) bool) per view], and the pooled volume."""
+        images, volumes = {}, {}
         for f in sorted(set(self.levels) | {1}):
-            im_f, m_f = bin_image(img.to(self.dtype), f, mask)
-            if m_f.sum() < 16:
-                raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
-            vol_f = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
-            out[f] = (im_f, m_f, vol_f)
-        return out
+            images[f] = []
+            for img, mask in checked:
+                im_f, m_f = bin_image(img.to(self.dtype), f, mask)
+                if m_f.sum() < 16:
+                    raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
+                images[f].append((im_f, m_f))
+            volumes[f] = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
+        return images, volumes
 
-    def build(self, x: Tensor, factor: int) -> Cameras:
-        """Cameras (B views) for parameters x (B, n_par) at a pyramid level."""
-        s = self.s
-        w = self.param.world_from_camera(x[:, :6].double())
+    @property
+    def n_views(self) -> int:
+        return len(self.cams0)
+
+    def build(self, x: Tensor, factor: int, view: int = 0) -> Cameras:
+        """Cameras (B views) of one X-ray ``view`` for parameters x (B, n_par) at a pyramid level."""
+        s, c0 = self.s, self.cams0[view]
+        w = self.param.correction(x[:, :6].double()) @ self.w0[view]
         b = x.shape[0]
         if s.refine_intrinsics:
-            sdd = self.sdd0 + x[:, 6].double() * s.sdd_scale_mm
-            pp = self.pp0 + x[:, 7:9].double() * s.principal_point_scale_px
+            sdd = c0.sdd_mm[0] + x[:, 6].double() * s.sdd_scale_mm
+            pp = c0.principal_point_px[0] + x[:, 7:9].double() * s.principal_point_scale_px
         else:
-            sdd, pp = self.sdd0.expand(b), self.pp0.expand(b, 2)
-        c = Cameras(w, sdd, self.spacing.expand(b, 2), pp, self.cams0.size_px)
+            sdd, pp = c0.sdd_mm[0].expand(b), c0.principal_point_px[0].expand(b, 2)
+        c = Cameras(w, sdd, c0.pixel_spacing_mm[0].expand(b, 2), pp, c0.size_px)
         return c.downsampled(factor) if factor > 1 else c
 
-    def pixel_mask(self, x: Tensor, factor: int) -> Tensor:
-        """Pixels that count at a level for parameters x (B, n_par): the image mask, and with
-        ``ct_coverage`` the CT-coverage mask at that pose: (h, w) or (B, h, w) bool."""
-        m_f = self.level_data[factor][1]
-        if not self.s.ct_coverage:
-            return m_f
-        cams = self.build(x.detach(), factor)
-        depth = (cams.camera_from_world()[:, :3, :3] @ self.centre_ras + cams.camera_from_world()[:, :3, 3])[:, 2]
-        footprint_mm = float((cams.pixel_spacing_mm.amax(-1) * depth / cams.sdd_mm).max())
-        cover = ct_coverage_mask(self.vol, cams, self.s.coverage_margin_px * footprint_mm)
-        m = m_f & cover  # (B, h, w)
-        if int(m.flatten(1).sum(1).min()) < 16:
-            return m_f  # a level too coarse (or a CT too small) for the mask: every pixel counts there
-        return m
+    def pixel_mask(self, x: Tensor, factor: int) -> List[Tensor]:
+        """Pixels that count at a level for parameters x (B, n_par), per view: the image mask, and with
+        ``ct_coverage`` the CT-coverage mask at that pose: (h, w) or (B, h, w) bool each."""
+        out = []
+        for v, (_, m_f) in enumerate(self.level_images[factor]):
+            if not self.s.ct_coverage:
+                out.append(m_f)
+                continue
+            cams = self.build(x.detach(), factor, v)
+            depth = (cams.camera_from_world()[:, :3, :3] @ self.centre_ras + cams.camera_from_world()[:, :3, 3])[:, 2]
+            footprint_mm = float((cams.pixel_spacing_mm.amax(-1) * depth / cams.sdd_mm).max())
+            m = m_f & ct_coverage_mask(self.vol, cams, self.s.coverage_margin_px * footprint_mm)  # (B, h, w)
+            # A level too coarse (or a CT too small) for the mask: every pixel of the view counts there.
+            out.append(m_f if int(m.flatten(1).sum(1).min()) < 16 else m)
+        return out
 
-    def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[Tensor] = None):
-        """Loss (B,) of parameters x (B, n_par) at a level (and the DRRs (B, h, w)); ``mask``: the
-        pixels that count (default :meth:`pixel_mask` at x)."""
-        im_f, _, vol_f = self.level_data[factor]
-        cams = self.build(x, factor)
-        drr = render(vol_f, cams, renderer=self.s.method, samples_per_voxel=self.s.samples_per_voxel)
-        if not torch.isfinite(drr).all():
-            raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
-        val = self.loss_fn(drr, im_f, self.pixel_mask(x, factor) if mask is None else mask)
-        return (val, drr) if with_drr else val
+    def view_losses(self, x: Tensor, factor: int, masks: Optional[List[Tensor]] = None) -> Tuple[Tensor, List[Tensor]]:
+        """Per-view losses (B, V) of parameters x (B, n_par) at a level, and the DRRs [(B, h, w) per view];
+        ``masks``: the pixels that count per view (default :meth:`pixel_mask` at x)."""
+        masks = self.pixel_mask(x, factor) if masks is None else masks
+        vol_f, vals, drrs = self.level_volume[factor], [], []
+        for v, (im_f, _) in enumerate(self.level_images[factor]):
+            drr = render(vol_f, self.build(x, factor, v), renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel)
+            if not torch.isfinite(drr).all():
+                raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
+            vals.append(self.loss_fn(drr, im_f, masks[v]))
+            drrs.append(drr)
+        return torch.stack(vals, dim=-1), drrs
+
+    def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[List[Tensor]] = None):
+        """Loss (B,) of parameters x (B, n_par) at a level: the sum of the views' losses (and the DRRs,
+        [(B, h, w) per view]); ``mask``: the pixels that count per view (default :meth:`pixel_mask` at x)."""
+        vals, drrs = self.view_losses(x, factor, mask)
+        val = vals.sum(-1)
+        return (val, drrs) if with_drr else val
 
     def check_value(self, v: Tensor, where: str) -> None:
         if not torch.isfinite(v).all():
@@ -410,12 +497,13 @@ class _Run:
                 "or another loss"
             )
 
-    def call_progress(self, x: Tensor, factor: int, val: float, drr: Optional[Tensor], message: str) -> bool:
+    def call_progress(self, x: Tensor, factor: int, val: float, drrs: Optional[List[Tensor]], message: str) -> bool:
         if self.progress is None:
             return True
         preview = {
             "world_from_camera": self.param.world_from_camera(x[:6].detach().double()),
-            "drr": None if drr is None else drr.detach()[0],
+            "drr": None if drrs is None else drrs[0].detach()[0],
+            "drrs": None if drrs is None else [d.detach()[0] for d in drrs],
             "loss": val,
             "level": factor,
         }
@@ -428,11 +516,13 @@ class _Run:
             initial = float(self.evaluate(x0[None], 1).sum())
             _, drr0 = self.evaluate(x0[None], self.levels[0], with_drr=True)
         self.check_value(torch.tensor(initial), "at the initial pose")
-        if float(drr0[0][self.level_data[self.levels[0]][1]].std()) <= 0:
-            raise ValueError(
-                "the CT's DRR is flat over the X-ray at the initial pose: the X-ray does not overlap the CT's "
-                "projection. Fix the initial pose (init.json) or the camera"
-            )
+        for v, (drr, (_, m_f)) in enumerate(zip(drr0, self.level_images[self.levels[0]])):
+            if float(drr[0][m_f].std()) <= 0:
+                which = "the X-ray" if self.n_views == 1 else f"X-ray {v + 1} of {self.n_views}"
+                raise NoOverlapError(
+                    f"the CT's DRR is flat over {which} at the initial pose: the X-ray does not overlap the CT's "
+                    "projection. Fix the initial pose (init.json) or the camera"
+                )
         return initial
 
     def coarse_search(self, x0: Tensor) -> List[Tensor]:
@@ -490,7 +580,7 @@ class _Run:
                         f"iteration {it}; lower the learning rate or use another loss"
                     )
                 if "v" not in state:
-                    state.update(v=float(v.detach()), x=x.detach().clone(), drr=drr.detach())
+                    state.update(v=float(v.detach()), x=x.detach().clone(), drr=[d.detach() for d in drr])
                 return v
 
             opt.step(closure)
@@ -516,14 +606,21 @@ class _Run:
 
     def result(self, best_x: Tensor, initial_loss: float, cancelled: bool) -> RegistrationResult:
         with torch.no_grad():
-            final_loss = float(self.evaluate(best_x[None], 1).sum())
-        c = self.build(best_x[None].double(), 1)
-        c = Cameras(c.world_from_camera.detach(), c.sdd_mm.detach(), c.pixel_spacing_mm.detach(), c.principal_point_px.detach(), c.size_px)
+            per_view = self.view_losses(best_x[None], 1)[0][0]  # (V,)
+        cams = []
+        for v in range(self.n_views):
+            c = self.build(best_x[None].double(), 1, v)
+            cams.append(
+                Cameras(
+                    c.world_from_camera.detach(), c.sdd_mm.detach(), c.pixel_spacing_mm.detach(), c.principal_point_px.detach(), c.size_px
+                )
+            )
+        c = cams[0]
         return RegistrationResult(
             world_from_camera=c.world_from_camera[0].clone(),
             cameras=c,
             ct_correction_ras=self.param.ct_correction_ras(best_x[:6]),
-            loss=final_loss,
+            loss=float(per_view.sum()),
             initial_loss=initial_loss,
             iterations=self.iterations,
             seconds=time.perf_counter() - self.t_start,
@@ -531,6 +628,8 @@ class _Run:
             trace=self.trace,
             cancelled=cancelled,
             loss_name=self.loss_label,
+            view_cameras=cams,
+            view_losses=[float(v) for v in per_view],
         )
 
     def execute(self) -> RegistrationResult:
