@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from .datadir import DataDir, UnsafePathError
 from .jobs import BusyError, JobRunner
 from .runtime import bind, use_headless_rendering
+from .views import DragRendering, cheap_frames
 
 log = logging.getLogger("XRayNeRFWeb")
 
@@ -56,25 +57,27 @@ def _view_marker(name: str):
 class XRayNeRFWebApp:
     def __init__(self, server, data: DataDir):
         from trame_slicer.core import LayoutManager, SlicerApp
-        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.rca_view.rca_view_factory import RemoteSliceViewFactory, RemoteThreeDViewFactory
 
         use_headless_rendering()
         self.server, self.data = server, data
         self.state, self.ctrl = server.state, server.controller
         self.sa = SlicerApp()
         bind(self.sa)
+        # trame-slicer's register_rca_factories, with the slice factory kept (the Red view's image size while dragging).
         # interactive quality = still quality: one render per change (llvmpipe renders are the server's main cost;
-        # trame-rca's default renders each change twice, a quick JPEG then a sharper one)
-        register_rca_factories(
-            self.sa.view_manager,
-            server,
-            slice_view_ui_f=_view_marker("slice"),
-            three_d_view_ui_f=_view_marker("3d"),
-            interactive_quality=STILL_QUALITY,
-        )
+        # trame-rca's default renders each change twice, a quick JPEG then a sharper one); blur_fps None: a view
+        # redraws at the target rate also when the mouse is not over it (the overlay's view, while a slider moves)
+        options = dict(interactive_quality=STILL_QUALITY, target_fps=30.0, blur_fps=None)
+        slices = RemoteSliceViewFactory(server, populate_view_ui_f=_view_marker("slice"), **options)
+        self.sa.view_manager.register_factory(slices)
+        self.sa.view_manager.register_factory(RemoteThreeDViewFactory(server, populate_view_ui_f=_view_marker("3d"), **options))
         self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
         self.layout_manager.register_layout("XRayNeRF", _layout())
         self.layout_manager.set_layout("XRayNeRF")
+        cheap_frames(self.sa.view_manager)
+        # while the pose controls move, only the Red view redraws, at a reduced image size
+        self.drag = DragRendering(self.sa.view_manager, overlay_adapter=slices.get_factory_view("Red").view_adapter)
         self.runner: Optional[JobRunner] = None
         from .session import Session
 
@@ -170,6 +173,8 @@ class XRayNeRFWebApp:
         """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
 
         def finished(result, error) -> None:
+            if kind == "overlay":
+                self.drag.done()
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
@@ -188,6 +193,7 @@ class XRayNeRFWebApp:
 
         job = self.runner.start(kind, work, finished)
         if job is not None and kind != "overlay":
+            self.drag.release_all()  # every view shows the job's previews
             self.state.busy, self.state.job_kind, self.state.progress = True, kind, 0.0
             self.state.progress_text = ""
             if message:
@@ -291,6 +297,7 @@ class XRayNeRFWebApp:
 
     def _on_pose_change(self, **_) -> None:
         if self.state.reg_ready and not (self.runner and self.runner.job and self.runner.job.kind != "overlay"):
+            self.drag.moving()
             self._request_overlay()
 
     def _on_opacity(self, opacity, **_) -> None:
@@ -303,10 +310,14 @@ class XRayNeRFWebApp:
         translation = [float(s.tr), float(s.ta), float(s.ts)]
         opacity = float(s.opacity)
 
-        def done(_):  # the Red view redraws by itself: its DRR node changed
+        def done(_):  # the Red view redraws when self.drag lets it (finished() in _start)
             s.overlay_updates = self.session.overlay_updates
 
-        self._start("overlay", lambda job: self.session.overlay_work(job, rotation, translation, opacity), done)
+        def work(job):
+            self.drag.start()  # holding the scene: the views redraw no half-updated state
+            return self.session.overlay_work(job, rotation, translation, opacity)
+
+        self._start("overlay", work, done)
 
     @_action
     def reset_pose(self) -> None:
