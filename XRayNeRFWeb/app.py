@@ -55,7 +55,10 @@ def _view_marker(name: str):
 
 
 class XRayNeRFWebApp:
-    def __init__(self, server, data: DataDir):
+    """The page on ``server`` over the data folder ``data``. runner: runs the page's jobs off the event loop
+    (jobs.py; a new :class:`JobRunner` when None), attached to the server's loop when the server is ready."""
+
+    def __init__(self, server, data: DataDir, runner: Optional[JobRunner] = None):
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view.rca_view_factory import RemoteSliceViewFactory, RemoteThreeDViewFactory
 
@@ -78,7 +81,7 @@ class XRayNeRFWebApp:
         cheap_frames(self.sa.view_manager)
         # while the pose controls move, only the Red view redraws, at a reduced image size
         self.drag = DragRendering(self.sa.view_manager, overlay_adapter=slices.get_factory_view("Red").view_adapter)
-        self.runner: Optional[JobRunner] = None
+        self.runner = runner if runner is not None else JobRunner()
         from .session import Session
 
         red = self.sa.app_logic.GetSliceLogicByLayoutName("Red")
@@ -90,7 +93,7 @@ class XRayNeRFWebApp:
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _on_ready(self, **_) -> None:
-        self.runner = JobRunner(asyncio.get_event_loop())
+        self.runner.attach(asyncio.get_event_loop())
 
     def _init_state(self) -> None:
         SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
@@ -248,7 +251,7 @@ class XRayNeRFWebApp:
         )
 
     def _refuse_if_busy(self, what: str) -> None:
-        if self.runner is not None and self.runner.job is not None:
+        if self.runner.job is not None:
             raise BusyError(self.runner.job.kind, what)
 
     def _after_registration_inputs(self) -> None:
@@ -296,7 +299,7 @@ class XRayNeRFWebApp:
         self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
 
     def _on_pose_change(self, **_) -> None:
-        if self.state.reg_ready and not (self.runner and self.runner.job and self.runner.job.kind != "overlay"):
+        if self.state.reg_ready and not (self.runner.job and self.runner.job.kind != "overlay"):
             self.drag.moving()
             self._request_overlay()
 

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from .datadir import DataDir
-from .jobs import JobState, engine_off_the_loop
+from .jobs import JobState
 from .pose import nudged
 
 log = logging.getLogger("XRayNeRFWeb")
@@ -184,8 +184,7 @@ class Session:
             self.quick = QuickDRR(self.ct, self.xray)
             self.show_volume_rendering(self.ct, False)
         volume = self.quick.volume_now()
-        with job.gate.released():
-            image = self.quick.render(volume)
+        image = job.call_engine(self.quick.render, volume)  # off the event loop
         self.overlay_drr = self.quick.write(self.overlay_drr, image)
         composite = self.red.GetSliceCompositeNode()
         if (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) != (self.xray.GetID(), self.overlay_drr.GetID()):
@@ -206,9 +205,7 @@ class Session:
     # -- registration: the optimiser ------------------------------------------------------------------
     def register_work(self, job: JobState, loss: str, opacity: float, **engine_options):
         """Register through the MRML layer (XRayNeRFMRML.registration.register_ct_to_xray), its live overlay in
-        the Red view; the engine's optimiser and renders run off the event loop."""
-        import XRayNeRFLib.registration as registration_module
-        import XRayNeRFLib.render as render_module
+        the Red view; the engine's optimiser and renders run off the event loop (``job.call_engine``)."""
         from XRayNeRFMRML.registration import register_ct_to_xray
 
         def progress(p) -> bool:
@@ -217,21 +214,21 @@ class Session:
                 job.previews += 1
             return not job.cancel_requested
 
-        with engine_off_the_loop(job.gate, registration_module, "register"), engine_off_the_loop(job.gate, render_module, "render"):
-            out = register_ct_to_xray(
-                self.ct,
-                self.xray,
-                self.transform,
-                drr_node=self.overlay_drr,
-                camera_model_node=self.camera_model,
-                slice_logic=self.red,
-                overlay=self.overlay_view,
-                opacity=float(opacity),
-                preview_every=3,
-                progress=progress,
-                loss=loss,
-                **engine_options,
-            )
+        out = register_ct_to_xray(
+            self.ct,
+            self.xray,
+            self.transform,
+            drr_node=self.overlay_drr,
+            camera_model_node=self.camera_model,
+            slice_logic=self.red,
+            overlay=self.overlay_view,
+            opacity=float(opacity),
+            preview_every=3,
+            progress=progress,
+            call_engine=job.call_engine,
+            loss=loss,
+            **engine_options,
+        )
         fit_field_of_view(self.red.GetSliceNode())
         page_style(self.xray, out.drr_node)
         self.overlay_drr, self.camera_model = out.drr_node, out.camera_model_node
@@ -296,7 +293,6 @@ class Session:
         uncertainty: bool,
         show: Callable[[object], None],
     ):
-        import XRayNeRFLib.recon.api as api_module
         from XRayNeRFMRML.reconstruction import run_reconstruction
 
         if self.projections is None:
@@ -309,19 +305,19 @@ class Session:
             return not job.cancel_requested
 
         previous = self.recon_output
-        with engine_off_the_loop(job.gate, api_module, "reconstruct"):
-            out = run_reconstruction(
-                self.projections,
-                method=method,
-                renderer=renderer,
-                grid=int(grid),
-                iterations=iterations,
-                uncertainty=bool(uncertainty),
-                ensemble_size=2,
-                progress=progress,
-                name=f"Reconstruction {method}",
-                on_output_node=show,
-            )
+        out = run_reconstruction(
+            self.projections,
+            method=method,
+            renderer=renderer,
+            grid=int(grid),
+            iterations=iterations,
+            uncertainty=bool(uncertainty),
+            ensemble_size=2,
+            progress=progress,
+            name=f"Reconstruction {method}",
+            on_output_node=show,
+            call_engine=job.call_engine,
+        )
         self.recon_output = out
         return out, previous
 
@@ -331,7 +327,6 @@ class Session:
     # -- DRR -------------------------------------------------------------------------------------------
     def drr_work(self, job: JobState, pose: dict, renderer: str):
         """The DRR of the CT at a C-arm pose (XRayNeRFMRML.drr), its detector plane and C-arm model."""
-        import XRayNeRFLib.render as render_module
         from XRayNeRFMRML.drr import carm_cameras, render_drr
 
         if self.ct is None:
@@ -343,15 +338,15 @@ class Session:
 
         previous = self.drr_output
         cameras = carm_cameras(self.ct, **pose)
-        with engine_off_the_loop(job.gate, render_module, "render"):
-            self.drr_output = render_drr(
-                self.ct,
-                cameras,
-                renderer=renderer,
-                progress=progress,
-                output_node=previous.volume_node if previous else None,
-                camera_model_node=previous.camera_model_node if previous else None,
-            )
+        self.drr_output = render_drr(
+            self.ct,
+            cameras,
+            renderer=renderer,
+            progress=progress,
+            call_engine=job.call_engine,
+            output_node=previous.volume_node if previous else None,
+            camera_model_node=previous.camera_model_node if previous else None,
+        )
         return self.drr_output
 
     @property
