@@ -32,6 +32,8 @@ def _choices():
 
 PUSH_INTERVAL_S = 0.1
 STILL_QUALITY = 90  # JPEG quality of the views (trame-rca's still quality)
+UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeRed"  # the uncertainty overlay's colour table (Slicer's default nodes)
+UNCERTAINTY_OPACITY = 0.4
 
 
 def _layout():
@@ -115,6 +117,9 @@ class XRayNeRFWebApp:
                 reg_xray="",
                 reg_ct_path="",
                 reg_xray_path="",
+                reg_xray_image_path="",
+                reg_camera_path="",
+                reg_intensities=False,
                 reg_ready=False,
                 reg_pending=False,
                 opacity=0.5,
@@ -132,6 +137,7 @@ class XRayNeRFWebApp:
                 rec_renderer="trilinear",
                 rec_uncertainty=False,
                 rec_done=False,
+                rec_has_uncertainty=False,
                 rec_result="",
                 # DRR
                 drr_primary=30.0,
@@ -298,6 +304,26 @@ class XRayNeRFWebApp:
         self._after_registration_inputs()
         self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
 
+    @_action
+    def upload_xray_image(self, files) -> None:
+        self.state.reg_xray_image_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.reg_xray_image_path}; add its camera JSON and Load.", "info")
+
+    @_action
+    def upload_camera(self, files) -> None:
+        self.state.reg_camera_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.reg_camera_path}.", "info")
+
+    @_action
+    def load_xray_image_path(self, image_relative: str, camera_relative: str, intensities: bool = False) -> None:
+        """An X-ray image with its camera JSON (both in the data folder): Session.load_xray_image."""
+        self._refuse_if_busy("loading an X-ray")
+        if not str(image_relative or "").strip() or not str(camera_relative or "").strip():
+            raise ValueError("an X-ray image needs its camera JSON: give both (upload them, or name files in the data folder)")
+        self.session.load_xray_image(self._resolve(image_relative), self._resolve(camera_relative), bool(intensities))
+        self._after_registration_inputs()
+        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its camera JSON.", "success")
+
     def _on_pose_change(self, **_) -> None:
         if self.state.reg_ready and not (self.runner.job and self.runner.job.kind != "overlay"):
             self.drag.moving()
@@ -454,11 +480,12 @@ class XRayNeRFWebApp:
             self.sa.display_manager.show_volume_in_slice_background(out.volume_node)
             self.sa.display_manager.reset_views()
             self.session.show_volume_rendering(out.volume_node)
-            if out.uncertainty_node is not None:
+            if out.uncertainty_node is not None:  # over the volume, black (certain) to red (uncertain)
+                out.uncertainty_node.GetDisplayNode().SetAndObserveColorNodeID(UNCERTAINTY_COLORS)
                 self.sa.display_manager.show_volume_in_slice_foreground(out.uncertainty_node)
                 for view in self.sa.view_manager.get_slice_views():
-                    view.set_foreground_opacity(0.4)
-            s.rec_done = True
+                    view.set_foreground_opacity(UNCERTAINTY_OPACITY)
+            s.rec_done, s.rec_has_uncertainty = True, out.uncertainty_node is not None
             kept = " (cancelled: the best volume so far is kept)" if out.cancelled else ""
             s.rec_result = f"{method}: {out.volume_node.GetName()}, {out.result.seconds:.1f} s{kept}"
             self._say(f"Reconstruction done{kept}: {s.rec_result}.", "success")
@@ -538,6 +565,7 @@ class XRayNeRFWebApp:
                 model.CreateDefaultDisplayNodes()
             model.GetDisplayNode().SetColor(1.0, 0.8, 0.1)
             self.session.show_volume_rendering(self.session.ct)
+            self.sa.view_manager.get_view("ThreeD").reset_view()  # the CT, the detector plane and the C-arm in view
             self.state.drr_done = True
             self._say(f"DRR rendered: {node.GetName()} ({pose['size_px'][0]} x {pose['size_px'][1]}, {renderer}).", "success")
             self._render_views()

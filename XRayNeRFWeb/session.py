@@ -111,6 +111,22 @@ class Session:
         self._set_xray(node)
         return node
 
+    def load_xray_image(self, image: Path, camera: Path, intensities: bool = False):
+        """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``, the pose in the CT's
+        patient RAS, mm), read by the command line's route (``XRayNeRFLib.cli.register.xray_from_image_file``:
+        the camera JSON is also the pose file) and made a node by the layer's ``xray_node_from_projections``,
+        as a DICOM X-ray is. intensities: the image holds detector intensities (turned into line integrals, as
+        ``xraynerf register --log``); else line integrals."""
+        from XRayNeRFLib.cli.register import xray_from_image_file
+        from XRayNeRFLib.projection_set import ProjectionSet
+        from XRayNeRFMRML.inputs import xray_node_from_projections
+
+        pixels, mask, cameras, _notes = xray_from_image_file(str(image), str(camera), str(camera), log=bool(intensities))
+        projections = ProjectionSet(pixels[None], cameras, masks=mask[None], source=Path(image).name)
+        node = xray_node_from_projections(projections, 0, name=Path(image).stem, scene=self.sa.scene, source=Path(image).name)
+        self._set_xray(node)
+        return node
+
     def _set_xray(self, node) -> None:
         self.xray = node
         self.sample_truth = None

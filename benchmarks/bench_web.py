@@ -84,7 +84,8 @@ def main() -> int:
 
     data = tempfile.mkdtemp(prefix="xraynerf-bench-web-")
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    # this tree's engine, MRML layer (XRayNeRF/XRayNeRFMRML) and app, also where another checkout is pip-installed editable
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "XRayNeRF")]), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     t_start = time.monotonic()
     server = ["-m", "XRayNeRFWeb"] if not args.profile else [str(REPO / "benchmarks" / "web_profile.py"), args.profile]
     proc = subprocess.Popen(
