@@ -112,8 +112,8 @@ class Session:
         return node
 
     def load_xray_image(self, image: Path, camera: Path, intensities: bool = False):
-        """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``, the pose in the CT's
-        patient RAS, mm), read by the command line's route (``XRayNeRFLib.cli.register.xray_from_image_file``:
+        """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``: the pose in the scene's
+        RAS mm, which is the CT file's frame while the CT has not been moved), read by the command line's route (``XRayNeRFLib.cli.register.xray_from_image_file``:
         the camera JSON is also the pose file) and made a node by the layer's ``xray_node_from_projections``,
         as a DICOM X-ray is. intensities: the image holds detector intensities (turned into line integrals, as
         ``xraynerf register --log``); else line integrals."""
@@ -151,7 +151,8 @@ class Session:
 
     def load_projections(self, stack: Path, geometry: Optional[Path]) -> None:
         """A projection stack with its geometry file (RTK .xml or XRayNeRF .json), or a DICOM series file."""
-        from XRayNeRFMRML.reconstruction import projection_set_from_dicom, projection_set_from_nodes
+        from XRayNeRFMRML.inputs import projection_set_from_dicom
+        from XRayNeRFMRML.reconstruction import projection_set_from_nodes
 
         if geometry is None:
             self.projections = projection_set_from_dicom(str(stack))
