@@ -474,6 +474,7 @@ class XRayNeRFWebApp:
             self.sa.display_manager.show_volume_in_slice_background(node)
             self.sa.display_manager.show_volume_in_slice_foreground(None)
             self.sa.display_manager.reset_views()
+            self.session.show_preview_slice(node)
 
         def done(result) -> None:
             out, _previous = result
