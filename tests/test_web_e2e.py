@@ -440,13 +440,19 @@ def test_uncertainty_volume_shown_as_an_overlay(page):
     from XRayNeRFLib.volume import load_volume
 
     page.click("#tab-reconstruction")
+    page.click("#sample-projections")
+    wait_message(page, "Loaded chest projections: 30 views")
     reddish = lambda rgb: ((rgb[..., 0] - rgb[..., 1]) > 40) & ((rgb[..., 0] - rgb[..., 2]) > 40)  # noqa: E731
     assert reddish(view_pixels(page).astype(int)).mean() < 0.001  # the volume alone is grey
     page.fill("#rec-grid", "24")
     page.fill("#rec-iterations", "40")
     page.check("#rec-uncertainty")
+    before = page.inner_text("#rec-result")  # the previous run's; the page's message still says "done" from it
     page.click("#reconstruct")
-    wait_message(page, "Reconstruction done", timeout_s=600)
+    page.wait_for_function(
+        f"() => document.querySelector('#rec-result').textContent.trim() !== {json.dumps(before.strip())}", timeout=600_000
+    )
+    wait_message(page, "Reconstruction done")
     wait_idle(page)
     time.sleep(1.0)
     red = reddish(view_pixels(page).astype(int))
