@@ -31,6 +31,9 @@ def _choices():
 
 
 PUSH_INTERVAL_S = 0.1
+# the views redrawn with each preview of a job (None: all); a reconstruction's preview is a slice: the 3D view (a
+# volume rendering drawn on the CPU) is not redrawn 10 times a second for it
+PREVIEW_VIEWS = {"reconstruction": ("Red", "Green")}
 STILL_QUALITY = 90  # JPEG quality of the views (trame-rca's still quality)
 UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeRed"  # the uncertainty overlay's colour table (Slicer's default nodes)
 UNCERTAINTY_OPACITY = 0.4
@@ -207,10 +210,10 @@ class XRayNeRFWebApp:
             self.state.progress_text = ""
             if message:
                 self._say(message)
-            asyncio.ensure_future(self._push_progress(job))
+            asyncio.ensure_future(self._push_progress(job, PREVIEW_VIEWS.get(kind)))
 
-    async def _push_progress(self, job) -> None:
-        """~10 Hz: the job's progress and the views while it runs."""
+    async def _push_progress(self, job, views=None) -> None:
+        """~10 Hz: the job's progress, and the views that show its previews (names; None: all) while it runs."""
         seen = -1
         while self.runner.job is job:
             with self.state:
@@ -218,7 +221,7 @@ class XRayNeRFWebApp:
                 self.state.progress_text = job.message
             if job.previews != seen:
                 seen = job.previews
-                self._render_views()
+                self._render_views(views)
             await asyncio.sleep(PUSH_INTERVAL_S)
 
     def _render_views(self, names=None) -> None:
@@ -471,6 +474,8 @@ class XRayNeRFWebApp:
             raise ValueError(f"unknown renderer {renderer!r}")
 
         def show(node) -> None:  # in the worker, holding the scene
+            if self.session.recon_output is not None:  # the previous result's volume rendering is stale now
+                self.session.show_volume_rendering(self.session.recon_output.volume_node, False)
             self.sa.display_manager.show_volume_in_slice_background(node)
             self.sa.display_manager.show_volume_in_slice_foreground(None)
             self.sa.display_manager.reset_views()

@@ -456,8 +456,12 @@ def test_uncertainty_volume_shown_as_an_overlay(page):
     )
     wait_message(page, "Reconstruction done")
     wait_idle(page)
-    time.sleep(1.0)
-    red = reddish(view_pixels(page).astype(int))
+    deadline = time.monotonic() + 30  # the views redraw after the job ends
+    while True:
+        red = reddish(view_pixels(page).astype(int))
+        if red.mean() > 0.02 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert red.mean() > 0.02, f"no uncertainty overlay in the Red view ({red.mean():.4f} of the pixels red)"
     unc = load_volume(str(download(page, "#download-uncertainty")))
     vol = load_volume(str(download(page, "#download-nifti")))
