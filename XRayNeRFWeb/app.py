@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from .datadir import DataDir, UnsafePathError
 from .jobs import BusyError, JobRunner
 from .runtime import bind, use_headless_rendering
+from .views import DragRendering, cheap_frames
 
 log = logging.getLogger("XRayNeRFWeb")
 
@@ -30,7 +31,12 @@ def _choices():
 
 
 PUSH_INTERVAL_S = 0.1
+# the views redrawn with each preview of a job (None: all); a reconstruction's preview is a slice: the 3D view (a
+# volume rendering drawn on the CPU) is not redrawn 10 times a second for it
+PREVIEW_VIEWS = {"reconstruction": ("Red", "Green")}
 STILL_QUALITY = 90  # JPEG quality of the views (trame-rca's still quality)
+UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeRed"  # the uncertainty overlay's colour table (Slicer's default nodes)
+UNCERTAINTY_OPACITY = 0.4
 
 
 def _layout():
@@ -54,28 +60,33 @@ def _view_marker(name: str):
 
 
 class XRayNeRFWebApp:
-    def __init__(self, server, data: DataDir):
+    """The page on ``server`` over the data folder ``data``. runner: runs the page's jobs off the event loop
+    (jobs.py; a new :class:`JobRunner` when None), attached to the server's loop when the server is ready."""
+
+    def __init__(self, server, data: DataDir, runner: Optional[JobRunner] = None):
         from trame_slicer.core import LayoutManager, SlicerApp
-        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.rca_view.rca_view_factory import RemoteSliceViewFactory, RemoteThreeDViewFactory
 
         use_headless_rendering()
         self.server, self.data = server, data
         self.state, self.ctrl = server.state, server.controller
         self.sa = SlicerApp()
         bind(self.sa)
+        # trame-slicer's register_rca_factories, with the slice factory kept (the Red view's image size while dragging).
         # interactive quality = still quality: one render per change (llvmpipe renders are the server's main cost;
-        # trame-rca's default renders each change twice, a quick JPEG then a sharper one)
-        register_rca_factories(
-            self.sa.view_manager,
-            server,
-            slice_view_ui_f=_view_marker("slice"),
-            three_d_view_ui_f=_view_marker("3d"),
-            interactive_quality=STILL_QUALITY,
-        )
+        # trame-rca's default renders each change twice, a quick JPEG then a sharper one); blur_fps None: a view
+        # redraws at the target rate also when the mouse is not over it (the overlay's view, while a slider moves)
+        options = dict(interactive_quality=STILL_QUALITY, target_fps=30.0, blur_fps=None)
+        slices = RemoteSliceViewFactory(server, populate_view_ui_f=_view_marker("slice"), **options)
+        self.sa.view_manager.register_factory(slices)
+        self.sa.view_manager.register_factory(RemoteThreeDViewFactory(server, populate_view_ui_f=_view_marker("3d"), **options))
         self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
         self.layout_manager.register_layout("XRayNeRF", _layout())
         self.layout_manager.set_layout("XRayNeRF")
-        self.runner: Optional[JobRunner] = None
+        cheap_frames(self.sa.view_manager)
+        # while the pose controls move, only the Red view redraws, at a reduced image size
+        self.drag = DragRendering(self.sa.view_manager, overlay_adapter=slices.get_factory_view("Red").view_adapter)
+        self.runner = runner if runner is not None else JobRunner()
         from .session import Session
 
         red = self.sa.app_logic.GetSliceLogicByLayoutName("Red")
@@ -87,7 +98,7 @@ class XRayNeRFWebApp:
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _on_ready(self, **_) -> None:
-        self.runner = JobRunner(asyncio.get_event_loop())
+        self.runner.attach(asyncio.get_event_loop())
 
     def _init_state(self) -> None:
         SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
@@ -109,6 +120,9 @@ class XRayNeRFWebApp:
                 reg_xray="",
                 reg_ct_path="",
                 reg_xray_path="",
+                reg_xray_image_path="",
+                reg_camera_path="",
+                reg_intensities=False,
                 reg_ready=False,
                 reg_pending=False,
                 opacity=0.5,
@@ -126,6 +140,7 @@ class XRayNeRFWebApp:
                 rec_renderer="trilinear",
                 rec_uncertainty=False,
                 rec_done=False,
+                rec_has_uncertainty=False,
                 rec_result="",
                 # DRR
                 drr_primary=30.0,
@@ -170,6 +185,8 @@ class XRayNeRFWebApp:
         """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
 
         def finished(result, error) -> None:
+            if kind == "overlay":
+                self.drag.done()
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
@@ -188,14 +205,15 @@ class XRayNeRFWebApp:
 
         job = self.runner.start(kind, work, finished)
         if job is not None and kind != "overlay":
+            self.drag.release_all()  # every view shows the job's previews
             self.state.busy, self.state.job_kind, self.state.progress = True, kind, 0.0
             self.state.progress_text = ""
             if message:
                 self._say(message)
-            asyncio.ensure_future(self._push_progress(job))
+            asyncio.ensure_future(self._push_progress(job, PREVIEW_VIEWS.get(kind)))
 
-    async def _push_progress(self, job) -> None:
-        """~10 Hz: the job's progress and the views while it runs."""
+    async def _push_progress(self, job, views=None) -> None:
+        """~10 Hz: the job's progress, and the views that show its previews (names; None: all) while it runs."""
         seen = -1
         while self.runner.job is job:
             with self.state:
@@ -203,7 +221,7 @@ class XRayNeRFWebApp:
                 self.state.progress_text = job.message
             if job.previews != seen:
                 seen = job.previews
-                self._render_views()
+                self._render_views(views)
             await asyncio.sleep(PUSH_INTERVAL_S)
 
     def _render_views(self, names=None) -> None:
@@ -242,7 +260,7 @@ class XRayNeRFWebApp:
         )
 
     def _refuse_if_busy(self, what: str) -> None:
-        if self.runner is not None and self.runner.job is not None:
+        if self.runner.job is not None:
             raise BusyError(self.runner.job.kind, what)
 
     def _after_registration_inputs(self) -> None:
@@ -289,8 +307,29 @@ class XRayNeRFWebApp:
         self._after_registration_inputs()
         self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
 
+    @_action
+    def upload_xray_image(self, files) -> None:
+        self.state.reg_xray_image_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.reg_xray_image_path}; add its camera JSON and Load.", "info")
+
+    @_action
+    def upload_camera(self, files) -> None:
+        self.state.reg_camera_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.reg_camera_path}.", "info")
+
+    @_action
+    def load_xray_image_path(self, image_relative: str, camera_relative: str, intensities: bool = False) -> None:
+        """An X-ray image with its camera JSON (both in the data folder): Session.load_xray_image."""
+        self._refuse_if_busy("loading an X-ray")
+        if not str(image_relative or "").strip() or not str(camera_relative or "").strip():
+            raise ValueError("an X-ray image needs its camera JSON: give both (upload them, or name files in the data folder)")
+        self.session.load_xray_image(self._resolve(image_relative), self._resolve(camera_relative), bool(intensities))
+        self._after_registration_inputs()
+        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its camera JSON.", "success")
+
     def _on_pose_change(self, **_) -> None:
-        if self.state.reg_ready and not (self.runner and self.runner.job and self.runner.job.kind != "overlay"):
+        if self.state.reg_ready and not (self.runner.job and self.runner.job.kind != "overlay"):
+            self.drag.moving()
             self._request_overlay()
 
     def _on_opacity(self, opacity, **_) -> None:
@@ -303,10 +342,14 @@ class XRayNeRFWebApp:
         translation = [float(s.tr), float(s.ta), float(s.ts)]
         opacity = float(s.opacity)
 
-        def done(_):  # the Red view redraws by itself: its DRR node changed
+        def done(_):  # the Red view redraws when self.drag lets it (finished() in _start)
             s.overlay_updates = self.session.overlay_updates
 
-        self._start("overlay", lambda job: self.session.overlay_work(job, rotation, translation, opacity), done)
+        def work(job):
+            self.drag.start()  # holding the scene: the views redraw no half-updated state
+            return self.session.overlay_work(job, rotation, translation, opacity)
+
+        self._start("overlay", work, done)
 
     @_action
     def reset_pose(self) -> None:
@@ -431,20 +474,24 @@ class XRayNeRFWebApp:
             raise ValueError(f"unknown renderer {renderer!r}")
 
         def show(node) -> None:  # in the worker, holding the scene
+            if self.session.recon_output is not None:  # the previous result's volume rendering is stale now
+                self.session.show_volume_rendering(self.session.recon_output.volume_node, False)
             self.sa.display_manager.show_volume_in_slice_background(node)
             self.sa.display_manager.show_volume_in_slice_foreground(None)
             self.sa.display_manager.reset_views()
+            self.session.show_preview_slice(node)
 
         def done(result) -> None:
             out, _previous = result
             self.sa.display_manager.show_volume_in_slice_background(out.volume_node)
             self.sa.display_manager.reset_views()
             self.session.show_volume_rendering(out.volume_node)
-            if out.uncertainty_node is not None:
+            if out.uncertainty_node is not None:  # over the volume, black (certain) to red (uncertain)
+                out.uncertainty_node.GetDisplayNode().SetAndObserveColorNodeID(UNCERTAINTY_COLORS)
                 self.sa.display_manager.show_volume_in_slice_foreground(out.uncertainty_node)
                 for view in self.sa.view_manager.get_slice_views():
-                    view.set_foreground_opacity(0.4)
-            s.rec_done = True
+                    view.set_foreground_opacity(UNCERTAINTY_OPACITY)
+            s.rec_done, s.rec_has_uncertainty = True, out.uncertainty_node is not None
             kept = " (cancelled: the best volume so far is kept)" if out.cancelled else ""
             s.rec_result = f"{method}: {out.volume_node.GetName()}, {out.result.seconds:.1f} s{kept}"
             self._say(f"Reconstruction done{kept}: {s.rec_result}.", "success")
@@ -524,6 +571,7 @@ class XRayNeRFWebApp:
                 model.CreateDefaultDisplayNodes()
             model.GetDisplayNode().SetColor(1.0, 0.8, 0.1)
             self.session.show_volume_rendering(self.session.ct)
+            self.sa.view_manager.get_view("ThreeD").reset_view()  # the CT, the detector plane and the C-arm in view
             self.state.drr_done = True
             self._say(f"DRR rendered: {node.GetName()} ({pose['size_px'][0]} x {pose['size_px'][1]}, {renderer}).", "success")
             self._render_views()

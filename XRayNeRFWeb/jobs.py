@@ -2,12 +2,12 @@
 
 The MRML scene, VTK and the trame views belong to the event-loop thread. A job (registration, reconstruction,
 a DRR, one overlay update) runs in a worker thread that *holds the scene*: while it holds it, the event loop is
-parked (blocked in a callback), so the job may call the XRayNeRFMRML / module Logic code unchanged, exactly as
-Slicer runs it on its main thread. The job lets go of the scene, and the event loop runs (page events, view
-rendering), for the whole time the engine computes: :func:`engine_off_the_loop` wraps the engine function that
-the Logic calls (for example ``XRayNeRFLib.registration.register``) so that the scene is released around the
-call and held again around each of its progress callbacks (where the Logic writes its live preview into
-nodes). So no MRML or VTK object is touched by two threads at once, and the Logic code is reused as it is:
+parked (blocked in a callback), so the job may call the XRayNeRFMRML layer unchanged, exactly as Slicer runs it
+on its main thread. The job lets go of the scene, and the event loop runs (page events, view rendering), for the
+whole time the engine computes: the layer's functions take ``call_engine`` (XRayNeRFMRML/engine_call.py), and
+the job passes :meth:`JobState.call_engine`, which releases the scene around the engine call (for example
+``XRayNeRFLib.registration.register``) and holds it again around each of its progress callbacks (where the layer
+writes its live preview into nodes). So no MRML or VTK object is touched by two threads at once:
 
     event loop  ──run──┐ parked ┌──run (engine computes)──┐ parked ┌──run──
     worker             └─Logic: read nodes─┘  engine ...  └─progress: write preview─┘ ...
@@ -73,40 +73,25 @@ class SceneGate:
     def held_here(self) -> bool:
         return self.owner == threading.get_ident()
 
-
-@contextmanager
-def engine_off_the_loop(gate: SceneGate, namespace: Any, name: str):
-    """While active, ``namespace.name`` (an engine function taking ``progress=``) called from the thread that
-    holds the scene runs with the scene released, and calls its progress callback with the scene held. Calls
-    from any other thread go straight through."""
-    real = getattr(namespace, name)
-
-    def wrapper(*args, **kwargs):
-        if not gate.held_here():
-            return real(*args, **kwargs)
+    def call_engine(self, fn: Callable, *args, **kwargs):
+        """From the worker holding the scene: ``fn(*args, **kwargs)`` (an engine function: no MRML / VTK) with the
+        scene released, its ``progress=`` callback (if any) called with the scene held. The layer's
+        ``call_engine`` (XRayNeRFMRML/engine_call.py)."""
+        if not self.held_here():
+            raise RuntimeError("call_engine is for the job's worker thread while it holds the scene")
         progress = kwargs.get("progress")
         if progress is not None:
 
             def in_scene(*a, **k):
-                gate.hold()
+                self.hold()
                 try:
                     return progress(*a, **k)
                 finally:
-                    gate.release()
+                    self.release()
 
             kwargs["progress"] = in_scene
-        gate.release()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            gate.hold()
-
-    wrapper.__wrapped__ = real
-    setattr(namespace, name, wrapper)
-    try:
-        yield
-    finally:
-        setattr(namespace, name, real)
+        with self.released():
+            return fn(*args, **kwargs)
 
 
 @dataclass
@@ -121,26 +106,41 @@ class JobState:
     cancel_requested: bool = False
     started_s: float = field(default_factory=time.monotonic)
 
+    def call_engine(self, fn: Callable, *args, **kwargs):
+        """What the job passes to the layer as ``call_engine``: :meth:`SceneGate.call_engine`."""
+        return self.gate.call_engine(fn, *args, **kwargs)
+
 
 class JobRunner:
     """At most one job at a time, each in its own worker thread holding the scene (engine calls excepted).
 
     ``start(kind, work, done)``: ``work(job)`` runs in the worker; ``done(result, error)`` runs afterwards on
     the event loop. Overlay updates (``kind == "overlay"``) asked for while one runs are kept, newest only,
-    and started when it ends; anything else while a job runs raises BusyError."""
+    and started when it ends; anything else while a job runs raises BusyError.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.gate = SceneGate(loop)
+    The app takes its runner as an argument (``XRayNeRFWebApp(server, data, runner=...)``) and attaches it to the
+    server's event loop when the server is ready (:meth:`attach`); a runner made with ``loop`` is attached."""
+
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None):
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.gate: Optional[SceneGate] = None
         self.job: Optional[JobState] = None
         self._pending_overlay = None
         self._thread: Optional[threading.Thread] = None
+        if loop is not None:
+            self.attach(loop)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run jobs for this event loop (the one that owns the scene and the views)."""
+        self.loop, self.gate = loop, SceneGate(loop)
 
     @property
     def busy(self) -> bool:
         return self.job is not None
 
     def start(self, kind: str, work: Callable[[JobState], Any], done: Callable[[Any, Optional[BaseException]], None]):
+        if self.loop is None:
+            raise RuntimeError("the job runner is not attached to the server's event loop yet")
         if self.job is not None:
             if kind == "overlay" and self.job.kind == "overlay":
                 self._pending_overlay = (work, done)

@@ -22,6 +22,10 @@ import numpy as np
 POOL = 2  # CT voxels pooled per axis for the quick DRR (the registration's coarse levels pool the same way)
 RENDERER = "trilinear"
 MAX_SIDE_PX = 128  # the quick DRR's detector is binned (Cameras.downsampled) to at most this many pixels a side
+# torch threads for the quick DRR: one. It is a small render, and it runs while the server's other threads draw the
+# views (llvmpipe) and encode them; a second torch thread then only competes for the same cores (bench_web.py
+# --profile, overlay.drr)
+THREADS = 1
 
 
 class QuickDRR:
@@ -57,10 +61,18 @@ class QuickDRR:
         return dataclasses.replace(self.volume, ras_from_ijk=ras)
 
     def render(self, volume):
-        """(H, W) float32 line integrals of ``volume`` at the X-ray's camera (no MRML: runs off the event loop)."""
+        """(H, W) float32 line integrals of ``volume`` at the X-ray's camera (no MRML: runs off the event loop),
+        on :data:`THREADS` torch threads (the setting is restored)."""
+        import torch
+
         from XRayNeRFMRML.registration import render_image
 
-        return render_image(volume, self.cameras, renderer=RENDERER)
+        before = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            return render_image(volume, self.cameras, renderer=RENDERER)
+        finally:
+            torch.set_num_threads(before)
 
     def write(self, drr_node, image):
         """Put ``image`` into ``drr_node`` (created beside the CT when None); returns the node."""

@@ -22,10 +22,12 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from .datadir import DataDir
-from .jobs import JobState, engine_off_the_loop
+from .jobs import JobState
 from .pose import nudged
 
 log = logging.getLogger("XRayNeRFWeb")
+
+PREVIEW_WINDOW_HU = (-1000.0, 1000.0)  # the reconstruction's grey scale in the views: air black, bone white
 
 
 @dataclass
@@ -111,6 +113,22 @@ class Session:
         self._set_xray(node)
         return node
 
+    def load_xray_image(self, image: Path, camera: Path, intensities: bool = False):
+        """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``: the pose in the scene's
+        RAS mm, which is the CT file's frame while the CT has not been moved), read by the command line's route (``XRayNeRFLib.cli.register.xray_from_image_file``:
+        the camera JSON is also the pose file) and made a node by the layer's ``xray_node_from_projections``,
+        as a DICOM X-ray is. intensities: the image holds detector intensities (turned into line integrals, as
+        ``xraynerf register --log``); else line integrals."""
+        from XRayNeRFLib.cli.register import xray_from_image_file
+        from XRayNeRFLib.projection_set import ProjectionSet
+        from XRayNeRFMRML.inputs import xray_node_from_projections
+
+        pixels, mask, cameras, _notes = xray_from_image_file(str(image), str(camera), str(camera), log=bool(intensities))
+        projections = ProjectionSet(pixels[None], cameras, masks=mask[None], source=Path(image).name)
+        node = xray_node_from_projections(projections, 0, name=Path(image).stem, scene=self.sa.scene, source=Path(image).name)
+        self._set_xray(node)
+        return node
+
     def _set_xray(self, node) -> None:
         self.xray = node
         self.sample_truth = None
@@ -135,7 +153,8 @@ class Session:
 
     def load_projections(self, stack: Path, geometry: Optional[Path]) -> None:
         """A projection stack with its geometry file (RTK .xml or XRayNeRF .json), or a DICOM series file."""
-        from XRayNeRFMRML.reconstruction import projection_set_from_dicom, projection_set_from_nodes
+        from XRayNeRFMRML.inputs import projection_set_from_dicom
+        from XRayNeRFMRML.reconstruction import projection_set_from_nodes
 
         if geometry is None:
             self.projections = projection_set_from_dicom(str(stack))
@@ -184,8 +203,7 @@ class Session:
             self.quick = QuickDRR(self.ct, self.xray)
             self.show_volume_rendering(self.ct, False)
         volume = self.quick.volume_now()
-        with job.gate.released():
-            image = self.quick.render(volume)
+        image = job.call_engine(self.quick.render, volume)  # off the event loop
         self.overlay_drr = self.quick.write(self.overlay_drr, image)
         composite = self.red.GetSliceCompositeNode()
         if (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) != (self.xray.GetID(), self.overlay_drr.GetID()):
@@ -206,9 +224,7 @@ class Session:
     # -- registration: the optimiser ------------------------------------------------------------------
     def register_work(self, job: JobState, loss: str, opacity: float, **engine_options):
         """Register through the MRML layer (XRayNeRFMRML.registration.register_ct_to_xray), its live overlay in
-        the Red view; the engine's optimiser and renders run off the event loop."""
-        import XRayNeRFLib.registration as registration_module
-        import XRayNeRFLib.render as render_module
+        the Red view; the engine's optimiser and renders run off the event loop (``job.call_engine``)."""
         from XRayNeRFMRML.registration import register_ct_to_xray
 
         def progress(p) -> bool:
@@ -217,21 +233,21 @@ class Session:
                 job.previews += 1
             return not job.cancel_requested
 
-        with engine_off_the_loop(job.gate, registration_module, "register"), engine_off_the_loop(job.gate, render_module, "render"):
-            out = register_ct_to_xray(
-                self.ct,
-                self.xray,
-                self.transform,
-                drr_node=self.overlay_drr,
-                camera_model_node=self.camera_model,
-                slice_logic=self.red,
-                overlay=self.overlay_view,
-                opacity=float(opacity),
-                preview_every=3,
-                progress=progress,
-                loss=loss,
-                **engine_options,
-            )
+        out = register_ct_to_xray(
+            self.ct,
+            self.xray,
+            self.transform,
+            drr_node=self.overlay_drr,
+            camera_model_node=self.camera_model,
+            slice_logic=self.red,
+            overlay=self.overlay_view,
+            opacity=float(opacity),
+            preview_every=3,
+            progress=progress,
+            call_engine=job.call_engine,
+            loss=loss,
+            **engine_options,
+        )
         fit_field_of_view(self.red.GetSliceNode())
         page_style(self.xray, out.drr_node)
         self.overlay_drr, self.camera_model = out.drr_node, out.camera_model_node
@@ -296,7 +312,6 @@ class Session:
         uncertainty: bool,
         show: Callable[[object], None],
     ):
-        import XRayNeRFLib.recon.api as api_module
         from XRayNeRFMRML.reconstruction import run_reconstruction
 
         if self.projections is None:
@@ -309,21 +324,38 @@ class Session:
             return not job.cancel_requested
 
         previous = self.recon_output
-        with engine_off_the_loop(job.gate, api_module, "reconstruct"):
-            out = run_reconstruction(
-                self.projections,
-                method=method,
-                renderer=renderer,
-                grid=int(grid),
-                iterations=iterations,
-                uncertainty=bool(uncertainty),
-                ensemble_size=2,
-                progress=progress,
-                name=f"Reconstruction {method}",
-                on_output_node=show,
-            )
+        out = run_reconstruction(
+            self.projections,
+            method=method,
+            renderer=renderer,
+            grid=int(grid),
+            iterations=iterations,
+            uncertainty=bool(uncertainty),
+            ensemble_size=2,
+            progress=progress,
+            name=f"Reconstruction {method}",
+            on_output_node=show,
+            call_engine=job.call_engine,
+        )
         self.recon_output = out
         return out, previous
+
+    def show_preview_slice(self, node) -> None:
+        """The reconstruction's output node as its live preview shows best: a fixed window from air to bone
+        (:data:`PREVIEW_WINDOW_HU`; Slicer's automatic window would be fitted to the node's first content, the
+        constant -1000 HU grid, and show every later value white), and the Red view (axial) through the slice
+        the preview writes, k = K // 2 (XRayNeRFMRML.reconstruction.LivePreview), not the neighbouring slice
+        that fitting the view to an even number of slices picks."""
+        from XRayNeRFMRML.nodes import ijk_to_ras
+
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevel(PREVIEW_WINDOW_HU[1] - PREVIEW_WINDOW_HU[0], sum(PREVIEW_WINDOW_HU) / 2.0)
+        i, j, k = node.GetImageData().GetDimensions()
+        centre = ijk_to_ras(node) @ np.array([(i - 1) / 2.0, (j - 1) / 2.0, k // 2, 1.0])
+        self.red.GetSliceNode().JumpSliceByCentering(*centre[:3])
 
     def write_volume(self, node, path: Path) -> None:
         self.sa.io_manager.write_volume(node, str(path))
@@ -331,7 +363,6 @@ class Session:
     # -- DRR -------------------------------------------------------------------------------------------
     def drr_work(self, job: JobState, pose: dict, renderer: str):
         """The DRR of the CT at a C-arm pose (XRayNeRFMRML.drr), its detector plane and C-arm model."""
-        import XRayNeRFLib.render as render_module
         from XRayNeRFMRML.drr import carm_cameras, render_drr
 
         if self.ct is None:
@@ -343,15 +374,15 @@ class Session:
 
         previous = self.drr_output
         cameras = carm_cameras(self.ct, **pose)
-        with engine_off_the_loop(job.gate, render_module, "render"):
-            self.drr_output = render_drr(
-                self.ct,
-                cameras,
-                renderer=renderer,
-                progress=progress,
-                output_node=previous.volume_node if previous else None,
-                camera_model_node=previous.camera_model_node if previous else None,
-            )
+        self.drr_output = render_drr(
+            self.ct,
+            cameras,
+            renderer=renderer,
+            progress=progress,
+            call_engine=job.call_engine,
+            output_node=previous.volume_node if previous else None,
+            camera_model_node=previous.camera_model_node if previous else None,
+        )
         return self.drr_output
 
     @property

@@ -91,6 +91,21 @@ def _registration_tab(app) -> None:
     _path_loader(app, "CT in the data folder", "reg_ct_path", app.load_ct_path, "ct")
     _upload(app, "Upload an X-ray (DICOM XA/RF/DX)", app.upload_xray, "upload-xray")
     _path_loader(app, "X-ray in the data folder", "reg_xray_path", app.load_xray_path, "xray")
+    _upload(app, "…or an X-ray image (MHA, NRRD, PNG, TIFF)", app.upload_xray_image, "upload-xray-image")
+    _upload(app, "with its camera JSON (intrinsics + world_from_camera)", app.upload_camera, "upload-camera")
+    _path_loader(
+        app,
+        "X-ray image in the data folder",
+        "reg_xray_image_path",
+        app.load_xray_image_path,
+        "xray-image",
+        "[reg_xray_image_path, reg_camera_path, reg_intensities]",
+    )
+    with html.Div(classes="d-flex align-center mb-2"):
+        v3.VTextField(
+            v_model=("reg_camera_path",), label="camera JSON in the data folder", density="compact", hide_details=True, id="camera-path"
+        )
+        v3.VCheckbox(v_model=("reg_intensities",), label="intensities (-log)", density="compact", hide_details=True, classes="ml-2")
     html.Div("Move the CT (the overlay follows)", classes="text-subtitle-2 mt-2")
     _slider("tr", "R (mm)", -30, 30, 0.5)
     _slider("ta", "A (mm)", -30, 30, 0.5)
@@ -194,7 +209,9 @@ def _reconstruction_tab(app) -> None:
             hide_details=True,
             id="rec-iterations",
         )
-    v3.VCheckbox(v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact", hide_details=True)
+    v3.VCheckbox(
+        v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact", hide_details=True, id="rec-uncertainty"
+    )
     with html.Div(classes="d-flex flex-wrap"):
         v3.VBtn(
             "Reconstruct",
@@ -218,6 +235,15 @@ def _reconstruction_tab(app) -> None:
     html.Div("{{ rec_result }}", id="rec-result", classes="text-caption mb-2")
     _download(app, "NIfTI", "reconstruction.nii.gz", app.download_volume, "download-nifti", "rec_done", "'.nii.gz'")
     _download(app, "NRRD", "reconstruction.nrrd", app.download_volume, "download-nrrd", "rec_done", "'.nrrd'")
+    _download(
+        app,
+        "uncertainty (NIfTI)",
+        "reconstruction_uncertainty.nii.gz",
+        app.download_volume,
+        "download-uncertainty",
+        "rec_done && rec_has_uncertainty",
+        "'.nii.gz', 'uncertainty'",
+    )
 
 
 def _drr_tab(app) -> None:

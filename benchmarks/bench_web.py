@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="single control steps timed (default 30)")
     parser.add_argument("--drag-s", type=float, default=4.0, help="seconds of continuous dragging (default 4)")
     parser.add_argument("--out", help="write the results as Markdown here")
+    parser.add_argument("--profile", metavar="LOG", help="time the server's steps (web_profile.py) into LOG; tables in the output")
     args = parser.parse_args()
     import tempfile
 
@@ -83,10 +84,12 @@ def main() -> int:
 
     data = tempfile.mkdtemp(prefix="xraynerf-bench-web-")
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    # this tree's engine, MRML layer (XRayNeRF/XRayNeRFMRML) and app, also where another checkout is pip-installed editable
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "XRayNeRF")]), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     t_start = time.monotonic()
+    server = ["-m", "XRayNeRFWeb"] if not args.profile else [str(REPO / "benchmarks" / "web_profile.py"), args.profile]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", data],
+        [sys.executable, *server, "--port", str(port), "--data-dir", data],
         cwd=str(REPO),
         env=env,
         stdout=subprocess.PIPE,
@@ -140,6 +143,7 @@ def main() -> int:
             thumb = page.locator("#slider-tr .v-slider-thumb")
             thumb.focus()
             latencies = []
+            windows = {"single steps": [time.monotonic()]}
             for i in range(args.steps):
                 n = overlay_count(page)
                 frames_before = page.evaluate("window.__frames.length")
@@ -152,12 +156,14 @@ def main() -> int:
                 frame_t = page.evaluate(f"window.__frames[{frames_before}]")
                 latencies.append((frame_t - key_t) / 1000.0)
                 time.sleep(1.2)  # let the view's still-quality frame of this update pass
+            windows["single steps"].append(time.monotonic())
             latencies.sort()
             results["overlay latency, control step -> new view image, median (ms)"] = 1000 * statistics.median(latencies)
             results["overlay latency, 90th percentile (ms)"] = 1000 * latencies[int(0.9 * (len(latencies) - 1))]
             # continuous dragging
             n0, f0 = overlay_count(page), page.evaluate("window.__frames.length")
             t0 = time.monotonic()
+            windows["dragging"] = [t0]
             i = 0
             while time.monotonic() - t0 < args.drag_s:
                 page.keyboard.press("ArrowRight" if (i // 20) % 2 == 0 else "ArrowLeft")
@@ -165,6 +171,7 @@ def main() -> int:
                 time.sleep(0.03)
             time.sleep(0.5)
             span = time.monotonic() - t0
+            windows["dragging"].append(time.monotonic())
             results["dragging: overlay updates per second"] = (overlay_count(page) - n0) / span
             results["dragging: view images received per second"] = (page.evaluate("window.__frames.length") - f0) / span
             results["server memory at the end (MB RSS)"] = rss_mb(proc.pid)
@@ -184,6 +191,11 @@ def main() -> int:
         f"{os.cpu_count()} CPU cores, torch threads default, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         f"(1 / 5 / 15 min) at the end; `{' '.join([Path(sys.executable).name] + sys.argv)}`",
     ]
+    if args.profile:
+        from web_profile import summary
+
+        for name, (t0, t1) in windows.items():
+            lines += ["", f"Server steps during the {name} (web_profile.py):", "", summary(args.profile, t0, t1)]
     text = "\n".join(lines)
     print(text)
     if args.out:

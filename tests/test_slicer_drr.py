@@ -283,3 +283,28 @@ def test_ui_names_and_parameter_bindings(name):
         assert not unbound, f"{cls} fields without a GUI binding (SlicerParameterName) in {ui.name}: {unbound}"
         stray = [p for p in bound if p not in names]
         assert not stray, f"{ui.name} binds names that are not fields of {cls}: {stray}"
+
+
+def test_render_drr_runs_the_engine_through_call_engine(core, drr_module):
+    """The layer's hook (XRayNeRFMRML/engine_call.py): render_drr hands its engine render, with its progress
+    callback, to the caller's ``call_engine`` (the web app runs it off its event loop), and the DRR is the same."""
+    from XRayNeRFLib.render import render
+    from XRayNeRFMRML.drr import carm_cameras, render_drr
+
+    hu = np.random.default_rng(3).uniform(-1000, 1000, size=(8, 9, 10)).astype(np.float32)
+    ct = drr_module.XRayNeRFDRRTest._ctNode(hu, _oblique((0, 0, 1), 10.0, (2.0, 2.0, 2.5), (-10.0, -9.0, -10.0)))
+    cams = carm_cameras(ct, primary_deg=20.0, sid_mm=300.0, sdd_mm=500.0, size_px=(12, 10), pixel_spacing_mm=4.0)
+    calls = []
+
+    def call_engine(fn, *args, **kwargs):
+        calls.append((fn, kwargs.get("progress")))
+        return fn(*args, **kwargs)
+
+    def progress(p):
+        return True
+
+    via_hook = slicer.util.arrayFromVolume(render_drr(ct, cams, renderer="siddon", progress=progress, call_engine=call_engine).volume_node)
+    direct = slicer.util.arrayFromVolume(render_drr(ct, cams, renderer="siddon").volume_node)
+    assert calls == [(render, progress)]
+    assert via_hook.max() > 0.1
+    np.testing.assert_array_equal(via_hook, direct)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from XRayNeRFWeb.datadir import DataDir, UnreadableUploadError, UnsafePathError, UploadTooLargeError, clean_file_name
-from XRayNeRFWeb.jobs import BusyError, JobRunner, engine_off_the_loop
+from XRayNeRFWeb.jobs import BusyError, JobRunner
 from XRayNeRFWeb.pose import mean_target_error_mm, nudged
 
 pytest.importorskip("SimpleITK")
@@ -93,7 +93,8 @@ def test_nudge_is_a_rigid_move_about_the_ct_centre():
 
 
 def test_gate_parks_the_loop_while_the_worker_holds_the_scene():
-    """While the worker holds the scene no loop callback runs; inside an offloaded engine call they do."""
+    """While the worker holds the scene no loop callback runs; inside ``job.call_engine`` (the layer's hook,
+    XRayNeRFMRML/engine_call.py) they do, and the engine's progress callback runs holding the scene."""
     loop = asyncio.new_event_loop()
     ticks = []
 
@@ -102,20 +103,25 @@ def test_gate_parks_the_loop_while_the_worker_holds_the_scene():
             ticks.append(time.monotonic())
             await asyncio.sleep(0.005)
 
-    runner = JobRunner(loop)
-    namespace = type("ns", (), {})()
-    namespace.engine = lambda seconds, progress=None: (time.sleep(seconds), progress and progress(1))[1]
+    runner = JobRunner()  # as the app gets it: attached to the server's loop when the server is ready
+    with pytest.raises(RuntimeError, match="not attached"):
+        runner.start("early", lambda job: None, lambda r, e: None)
+    runner.attach(loop)
+
+    def engine(seconds, progress=None):
+        time.sleep(seconds)
+        return progress(1)
+
     spans = {}
 
     def work(job):
         t0 = time.monotonic()
         time.sleep(0.2)  # "MRML work": the loop must not tick
         spans["held"] = (t0, time.monotonic())
-        with engine_off_the_loop(job.gate, namespace, "engine"):
-            t1 = time.monotonic()
-            seen = namespace.engine(0.2, progress=lambda p: job.gate.held_here())
-            spans["free"] = (t1, time.monotonic())
-        return seen
+        t1 = time.monotonic()
+        seen = job.call_engine(engine, 0.2, progress=lambda p: job.gate.held_here())
+        spans["free"] = (t1, time.monotonic())
+        return seen, job.gate.held_here()
 
     results = []
 
@@ -131,12 +137,13 @@ def test_gate_parks_the_loop_while_the_worker_holds_the_scene():
 
     loop.run_until_complete(main())
     loop.close()
-    assert results == [(True, None)]  # the progress callback ran holding the scene
+    assert results == [((True, True), None)]  # the progress callback ran holding the scene, and the worker got it back
     held, free = spans["held"], spans["free"]
     assert not [t for t in ticks if held[0] + 0.01 < t < held[1] - 0.01]
     assert len([t for t in ticks if free[0] < t < free[1]]) >= 5
-    assert namespace.engine.__name__ == "<lambda>"  # unpatched afterwards
     assert threading.active_count() >= 1 and runner.job is None
+    with pytest.raises(RuntimeError, match="holds the scene"):  # not from a thread that does not hold the scene
+        runner.gate.call_engine(engine, 0.0, progress=lambda p: p)
 
 
 def test_cli_help_and_the_host_warning():

@@ -47,7 +47,8 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("web-data")
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
+    # this tree's engine, MRML layer (XRayNeRF/XRayNeRFMRML) and app, also where another checkout is pip-installed editable
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "XRayNeRF")]), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow")
     proc = subprocess.Popen(
         [sys.executable, "-m", "XRayNeRFWeb", "--port", str(port), "--data-dir", str(data), "--max-upload-mb", str(MAX_UPLOAD_MB)],
         cwd=str(REPO),
@@ -96,6 +97,18 @@ def view_pixels(page, name: str = "Red") -> np.ndarray:
 
     img = page.locator(f"div:has(> .xr-view-{name}) img").first
     return np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"))
+
+
+def stable_view(page, name: str = "Red", timeout_s: float = 30) -> np.ndarray:
+    """The view's pixels once two screenshots 0.5 s apart agree (the views redraw in full after a change settles)."""
+    deadline, last = time.monotonic() + timeout_s, view_pixels(page, name).astype(int)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = view_pixels(page, name).astype(int)
+        if now.shape == last.shape and np.abs(now - last).max() <= 2:
+            return now
+        last = now
+    raise AssertionError(f"the {name} view kept changing for {timeout_s} s")
 
 
 def message(page) -> str:
@@ -282,6 +295,116 @@ def test_bad_inputs_are_refused_with_a_message_and_the_server_keeps_going(page, 
     assert (server["data"] / "uploads" / "chest_fluoroscopy_lao20_cra10.dcm").is_file()
 
 
+def test_xray_as_image_and_camera_json_is_the_dicom_xray(page, server, tmp_path):
+    """The sample fluoroscopy as an image file (.mha, line integrals) + camera JSON (intrinsics and
+    world_from_camera), uploaded through the page, gives the same overlay pixels as the DICOM file it was made
+    from (the previous test's last step): the image route (the command line's xray_from_image_file) and the DICOM
+    route agree on pixels, orientation and pose."""
+    import SimpleITK as sitk
+    import torch
+
+    from XRayNeRFLib.dicom_xray import GeometryOverrides
+    from XRayNeRFLib.projection_set import ProjectionSet
+
+    setup = json.loads((SAMPLES / "chest_fluoroscopy_setup.json").read_text())
+    # the DICOM route puts the C-arm's isocentre at the CT's centre where the CT is now (its pose: the registered one)
+    pose = np.array(json.loads(download(page, "#download-pose").read_text())["ct_to_parent_ras"])
+    isocentre = (pose @ np.r_[setup["isocenter_ras"], 1.0])[:3]  # setup: the CT file's centre
+    ps = ProjectionSet.from_dicom([str(SAMPLES / setup["dicom"])], GeometryOverrides(isocenter_ras=isocentre.tolist()))
+    c = ps.cameras.to(dtype=torch.float64)
+    image = tmp_path / "fluoro_as_image.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(ps.images[0].numpy()), str(image))
+    camera = tmp_path / "fluoro_camera.json"
+    camera.write_text(
+        json.dumps(
+            {
+                "sdd_mm": float(c.sdd_mm[0]),
+                "pixel_spacing_mm": c.pixel_spacing_mm[0].tolist(),
+                "principal_point_px": c.principal_point_px[0].tolist(),
+                "size_px": list(c.size_px),
+                "world_from_camera": c.world_from_camera[0].tolist(),
+            }
+        )
+    )
+    assert page.inner_text("#reg-inputs").endswith("X-ray: chest_fluoroscopy_lao20_cra10")  # the DICOM route's X-ray
+    dicom_view = stable_view(page)
+    n = overlay_count(page)
+    page.set_input_files("#upload-xray-image", str(image))
+    wait_message(page, "Uploaded uploads/fluoro_as_image.mha")
+    page.set_input_files("#upload-camera", str(camera))
+    wait_message(page, "Uploaded uploads/fluoro_camera.json")
+    page.click("#xray-image-load")
+    wait_message(page, "Loaded the X-ray 'fluoro_as_image' with its camera JSON")
+    wait_overlay_after(page, n)
+    assert page.inner_text("#reg-inputs").endswith("X-ray: fluoro_as_image")
+    image_view = stable_view(page)
+    assert image_view.std() > 10
+    differs = np.abs(image_view - dicom_view).max(axis=-1) > 12
+    if differs.mean() >= 0.002:  # kept for a look
+        from PIL import Image
+
+        for name, rgb in (("dicom", dicom_view), ("image", image_view)):
+            Image.fromarray(rgb.astype(np.uint8)).save(server["data"] / f"route_{name}.png")
+    assert differs.mean() < 0.002, f"{differs.mean():.4f} of the Red view's pixels differ between the two routes"
+    # a camera JSON without the pose is refused in the page, and the X-ray stays
+    (tmp_path / "intrinsics.json").write_text(
+        json.dumps({k: v for k, v in json.loads(camera.read_text()).items() if k != "world_from_camera"})
+    )
+    page.set_input_files("#upload-camera", str(tmp_path / "intrinsics.json"))
+    wait_message(page, "Uploaded uploads/intrinsics.json")
+    page.click("#xray-image-load")
+    wait_message(page, 'lacks "world_from_camera"')
+    assert page.inner_text("#reg-inputs").endswith("X-ray: fluoro_as_image")
+
+
+def progress_percent(page) -> float:
+    return float(page.get_attribute("#progress", "aria-valuenow") or 0.0)
+
+
+def correlation_with_the_sample_ct(path: Path) -> float:
+    """Pearson correlation of a downloaded reconstruction with the sample CT resampled onto its grid."""
+    from XRayNeRFLib.metrics import resample_like
+    from XRayNeRFLib.volume import load_volume
+
+    out = load_volume(str(path))
+    ref = resample_like(load_volume(str(SAMPLES / "chest_ct_128.nii.gz")), out).float()
+    return float(np.corrcoef(out.data.float().numpy().ravel(), ref.numpy().ravel())[0, 1])
+
+
+def test_uploaded_stack_and_geometry_preview_updates_and_cancel_keeps_the_best_volume(page):
+    """The sample projections uploaded as a stack + geometry file; while the reconstruction runs the preview
+    slice in the Red view changes; Cancel keeps the best volume so far, which already resembles the CT."""
+    page.click("#tab-reconstruction")
+    page.set_input_files("#upload-stack", str(SAMPLES / "chest_projections_30.mha"))
+    wait_message(page, "Uploaded uploads/chest_projections_30.mha")
+    page.set_input_files("#upload-geometry", str(SAMPLES / "chest_projections_30.json"))
+    wait_message(page, "Uploaded uploads/chest_projections_30.json")
+    page.click("#stack-load")
+    wait_message(page, "Loaded .*30 views of")
+    page.fill("#rec-grid", "48")
+    page.fill("#rec-iterations", "400")  # long enough to cancel in the middle
+    page.click("#reconstruct")
+    page.wait_for_selector("#cancel-reconstruction")
+    page.fill("#rec-iterations", "0")  # the job has its form; the later tests use the default
+    try:
+        page.wait_for_function("() => parseFloat(document.querySelector('#progress').getAttribute('aria-valuenow')) >= 2")
+        time.sleep(0.5)
+        early, at = view_pixels(page).astype(int), progress_percent(page)
+        page.wait_for_function(f"() => parseFloat(document.querySelector('#progress').getAttribute('aria-valuenow')) >= {at + 8}")
+        time.sleep(0.5)
+        later = view_pixels(page).astype(int)
+    finally:  # a failure here must not leave the job running for the next tests
+        page.click("#cancel-reconstruction")
+    changed = np.abs(later - early).max(axis=-1) > 12
+    # without preview updates the two are the same image (0 pixels change); the early passes change a few % of the view
+    assert changed.mean() > 0.002, f"the preview slice did not change ({changed.mean():.4f} of the pixels) between {at}% and later"
+    text = wait_message(page, "Reconstruction done")
+    assert "cancelled: the best volume so far is kept" in text
+    wait_idle(page)
+    r = correlation_with_the_sample_ct(download(page, "#download-nifti"))
+    assert r > 0.5, f"the kept volume correlates {r:.2f} with the CT"
+
+
 def test_reconstruction_beats_fdk_against_the_sample_ct(page, server):
     import torch
 
@@ -311,6 +434,43 @@ def test_reconstruction_beats_fdk_against_the_sample_ct(page, server):
     # the result is in the slice view: the Red view shows the volume's pixels
     assert view_pixels(page).std() > 10
     assert torch.isfinite(out.data).all()
+
+
+def test_uncertainty_volume_shown_as_an_overlay(page):
+    """A reconstruction with the uncertainty volume: the Red view shows it over the volume (red), and the
+    downloaded uncertainty is a non-negative, not all-zero volume on the reconstruction's grid."""
+    from XRayNeRFLib.volume import load_volume
+
+    page.click("#tab-reconstruction")
+    page.click("#sample-projections")
+    wait_message(page, "Loaded chest projections.*: 30 views")
+    reddish = lambda rgb: ((rgb[..., 0] - rgb[..., 1]) > 40) & ((rgb[..., 0] - rgb[..., 2]) > 40)  # noqa: E731
+    assert reddish(view_pixels(page).astype(int)).mean() < 0.001  # the volume alone is grey
+    page.fill("#rec-grid", "24")
+    page.fill("#rec-iterations", "40")
+    page.check("#rec-uncertainty")
+    before = page.inner_text("#rec-result")  # the previous run's; the page's message still says "done" from it
+    page.click("#reconstruct")
+    page.wait_for_function(
+        f"() => document.querySelector('#rec-result').textContent.trim() !== {json.dumps(before.strip())}", timeout=600_000
+    )
+    wait_message(page, "Reconstruction done")
+    wait_idle(page)
+    deadline = time.monotonic() + 30  # the views redraw after the job ends
+    while True:
+        red = reddish(view_pixels(page).astype(int))
+        if red.mean() > 0.02 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert red.mean() > 0.02, f"no uncertainty overlay in the Red view ({red.mean():.4f} of the pixels red)"
+    unc = load_volume(str(download(page, "#download-uncertainty")))
+    vol = load_volume(str(download(page, "#download-nifti")))
+    assert tuple(unc.data.shape) == tuple(vol.data.shape) and tuple(vol.data.shape)[1:] == (24, 24)
+    np.testing.assert_allclose(unc.ras_from_ijk.numpy(), vol.ras_from_ijk.numpy(), atol=1e-4)
+    u = unc.data.float().numpy()
+    assert np.isfinite(u).all() and u.min() >= 0 and u.max() > 0
+    page.uncheck("#rec-uncertainty")
+    page.fill("#rec-iterations", "0")
 
 
 def test_drr_tab_equals_the_engine_render(page):
@@ -349,3 +509,26 @@ def test_drr_tab_equals_the_engine_render(page):
     assert got.shape == want.shape == (48, 64)
     assert want.max() > 1.0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_drr_tab_shows_the_carm_line_model_in_3d(page):
+    """The DRR tab's C-arm line model (yellow lines: source, detector outline, central ray) is in the 3D view, and
+    turns with the C-arm: its pixels at LAO 30 (the previous test) and at RAO 60 are mostly different ones (the
+    registration's C-arm, also yellow, stays where it was)."""
+
+    def yellow() -> np.ndarray:
+        rgb = view_pixels(page, "ThreeD").astype(int)
+        return (rgb[..., 0] > 170) & (rgb[..., 1] > 120) & (rgb[..., 2] < 90) & (rgb[..., 0] - rgb[..., 1] < 90)
+
+    time.sleep(1.0)
+    at_lao30 = yellow()
+    page.fill("#drr-primary", "-60")
+    page.fill("#drr-cols", "80")
+    page.click("#render-drr")
+    wait_message(page, r"DRR rendered: .*\(80 x 48")
+    wait_idle(page)
+    time.sleep(1.0)
+    at_rao60 = yellow()
+    assert at_lao30.sum() > 150 and at_rao60.sum() > 150, f"yellow C-arm pixels: {at_lao30.sum()}, {at_rao60.sum()}"
+    overlap = (at_lao30 & at_rao60).sum() / (at_lao30 | at_rao60).sum()
+    assert overlap < 0.6, f"the C-arm model did not turn with the C-arm (overlap {overlap:.2f})"

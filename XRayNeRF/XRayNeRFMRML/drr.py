@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from .choices import DEFAULT_RENDERER  # the engine's one default (XRayNeRFLib.render.DEFAULT_RENDERER), read from its source
+from .engine_call import direct
 from .nodes import new_node, remove_node, scene_of, update_camera_model, volume_centre_ras, volume_from_node, write_image_node
 
 
@@ -81,6 +82,7 @@ def render_drr(
     camera_model_node=None,
     progress: Optional[Callable] = None,
     scene=None,
+    call_engine: Optional[Callable] = None,
 ) -> DRROutput:
     """Render the DRR of ``ct_node`` (scalar volume, HU; linear parent transforms applied) at ``cameras``
     (1 view) into ``output_node`` and show the C-arm in ``camera_model_node``.
@@ -88,7 +90,8 @@ def render_drr(
     renderer: "siddon" (exact) or "trilinear". output_node / camera_model_node: nodes to overwrite; new ones
     (named after the CT) are created in ``scene`` (default: the CT's scene) when None, only after the
     rendering succeeded. progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False cancels
-    (raises ``XRayNeRFLib.Cancelled``, the scene unchanged)."""
+    (raises ``XRayNeRFLib.Cancelled``, the scene unchanged). call_engine: how the engine's ``render`` is run
+    (engine_call.py; None: directly)."""
     import torch
 
     from XRayNeRFLib.render import render
@@ -99,7 +102,7 @@ def render_drr(
     volume = as_mu(volume_from_node(ct_node, units="hu"))
     start = time.monotonic()
     with torch.no_grad():
-        image = render(volume, cameras.to(dtype=torch.float32), renderer=renderer, progress=progress)[0]  # (H, W)
+        image = (call_engine or direct)(render, volume, cameras.to(dtype=torch.float32), renderer=renderer, progress=progress)[0]
     seconds = time.monotonic() - start
     logging.info(f"XRayNeRF DRR: {cameras.width}x{cameras.height} {renderer} in {seconds:.2f} s")
 

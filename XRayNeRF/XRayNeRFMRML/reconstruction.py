@@ -51,6 +51,7 @@ import slicer
 import vtk
 
 from . import choices
+from .engine_call import direct
 from .nodes import CAMERAS_ATTRIBUTE, ijk_to_ras, new_node, remove_node, scene_of, world_from_node
 
 INPUT_KINDS = ("sequence", "stack", "dicom")
@@ -507,6 +508,7 @@ def run_reconstruction(
     on_output_node: Optional[Callable[[Any], None]] = None,
     on_failure: Optional[Callable[[], None]] = None,
     scene=None,
+    call_engine: Optional[Callable] = None,
 ) -> ReconstructionOutput:
     """Reconstruct a ProjectionSet with ``XRayNeRFLib.recon.api.reconstruct`` into volume nodes (HU).
 
@@ -519,7 +521,8 @@ def run_reconstruction(
     ``on_failure()`` first thing on an exception, before the scene is put back (to restore the views, so that
     no slice view still shows a node being restored or removed). renderer: the iterative methods' projector
     (None: the engine's default, ``XRayNeRFLib.recon.api.DEFAULT_RENDERER``). scene: where new nodes go
-    (default: the given output node's scene, else ``slicer.mrmlScene``).
+    (default: the given output node's scene, else ``slicer.mrmlScene``). call_engine: how the engine's
+    ``reconstruct`` is run (engine_call.py; None: directly).
     """
     from XRayNeRFLib.recon.api import DEFAULT_RENDERER, reconstruct
 
@@ -542,7 +545,8 @@ def run_reconstruction(
             preview(getattr(p, "preview", None))
             return True if progress is None else progress(p) is not False
 
-        result = reconstruct(
+        result = (call_engine or direct)(
+            reconstruct,
             projections.images,
             projections.cameras,
             method,

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import slicer
 
+from .engine_call import direct
 from .nodes import (
     cameras_from_node,
     new_node,
@@ -194,6 +195,7 @@ def register_ct_to_xray(
     preview_every: int = 5,
     progress: Optional[Callable] = None,
     on_preview: Optional[Callable[[], None]] = None,
+    call_engine: Optional[Callable] = None,
     **engine_options,
 ) -> RegistrationOutput:
     """Register the CT to the X-ray by moving ``transform_node`` (the CT is put under it).
@@ -204,7 +206,8 @@ def register_ct_to_xray(
     :class:`OverlayView` when None). Every ``preview_every`` iterations the transform and the DRR (the
     engine's preview, at the pyramid level's resolution) are updated and ``on_preview()`` is called (e.g.
     to let the GUI redraw). progress: ``Callable[[XRayNeRFLib.Progress], bool]``; False stops with the best
-    pose so far (``output.cancelled``).
+    pose so far (``output.cancelled``). call_engine: how the optimiser and the DRRs are run (engine_call.py;
+    None: directly).
     On an error the transform, the CT's parent and the slice view are restored and the nodes created here
     removed; a CT that does not project onto the X-ray raises ValueError saying to move its transform."""
     import torch
@@ -213,6 +216,7 @@ def register_ct_to_xray(
     from XRayNeRFLib.registration import register
     from XRayNeRFLib.volume import as_mu
 
+    call = call_engine or direct
     if ct_node is None or xray_node is None or transform_node is None:
         raise ValueError("select the CT, the X-ray and the CT's transform")
     cameras = cameras_from_node(xray_node)
@@ -230,7 +234,7 @@ def register_ct_to_xray(
         parent_to_world = world_from_node(transform_node)
         mu = as_mu(volume)
         if drr_node is None:
-            drr_node = write_drr(None, render_image(mu, cameras), cameras, name=f"{ct_node.GetName()} DRR", scene=scene)
+            drr_node = write_drr(None, call(render_image, mu, cameras), cameras, name=f"{ct_node.GetName()} DRR", scene=scene)
             created.append(drr_node)
         if slice_logic is not None:
             overlay.show(slice_logic, xray_node, drr_node, opacity)
@@ -255,9 +259,9 @@ def register_ct_to_xray(
                     on_preview()
             return bool(keep_going)
 
-        result = register(volume, image, cameras, progress=on_progress, progress_every=int(preview_every), **engine_options)
+        result = call(register, volume, image, cameras, progress=on_progress, progress_every=int(preview_every), **engine_options)
         move_ct(result.world_from_camera)
-        write_drr(drr_node, render_image(mu, cameras, result.world_from_camera), cameras)
+        write_drr(drr_node, call(render_image, mu, cameras, result.world_from_camera), cameras)
     except Exception as error:
         transform_node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(before))
         ct_node.SetAndObserveTransformNodeID(previous_parent)

@@ -272,15 +272,25 @@ def _image_file_xray(path: str, camera, init, args):
         raise GeometryError(f"{path} is not DICOM: give its camera with --camera camera.json", name="--camera")
     if not init and not args.landmarks:
         raise GeometryError(f"{path} is not DICOM: give the initial pose with --init init.json or --landmarks points.json", name="--init")
-    cam = read_camera_json(camera)
-    arr = _read_image_file(path)
+    return xray_from_image_file(path, camera, init, mask=not args.no_mask, log=args.log)
+
+
+def xray_from_image_file(image_path: str, camera_path: str, init_path=None, *, mask: bool = True, log: bool = False):
+    """An X-ray image file (.mha/.nrrd/.nii/.png/.tif, one 2D image, row 0 = first stored row) with its camera JSON
+    (:func:`read_camera_json`) and pose JSON (:func:`read_init_json`; ``{"world_from_camera": 4x4}``, RAS mm; a
+    camera JSON that also holds ``world_from_camera`` may be both) -> (image (H, W) float32, mask (H, W) bool,
+    cameras (1 view, float64, world RAS mm), notes). init_path None: identity pose (a landmark start replaces it).
+    mask: the collimator mask (else all pixels); log: intensities turned into line integrals (-ln(I / I0)).
+    The command line's route for non-DICOM X-rays (--image with --camera / --init); the web app uses it too."""
+    cam = read_camera_json(camera_path)
+    arr = _read_image_file(image_path)
     if [arr.shape[1], arr.shape[0]] != cam["size_px"]:
         raise ValueError(
-            f"image {path} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
-            f"{cam['size_px']}: fix size_px in {camera}"
+            f"image {image_path} is {arr.shape[1]}x{arr.shape[0]} (columns x rows) but camera size_px is "
+            f"{cam['size_px']}: fix size_px in {camera_path}"
         )
-    # Without --init, --landmarks gives the pose (run() solves it); identity holds the intrinsics until then.
-    w = read_init_json(init) if init else torch.eye(4, dtype=torch.float64)
+    # Without a pose, landmarks give it (run() solves it); identity holds the intrinsics until then.
+    w = read_init_json(init_path) if init_path else torch.eye(4, dtype=torch.float64)
     cams = Cameras(
         w[None],
         torch.tensor([cam["sdd_mm"]], dtype=torch.float64),
@@ -290,13 +300,13 @@ def _image_file_xray(path: str, camera, init, args):
     )
     image = torch.from_numpy(arr)
     if not torch.isfinite(image).all():
-        raise ValueError(f"image {path} contains NaN or infinite pixels")
+        raise ValueError(f"image {image_path} contains NaN or infinite pixels")
     if float(image.max() - image.min()) <= 0:
-        raise ValueError(f"image {path} is constant: nothing to register to")
-    mask = torch.ones(image.shape, dtype=torch.bool) if args.no_mask else collimator_mask(image)
-    if args.log:
+        raise ValueError(f"image {image_path} is constant: nothing to register to")
+    pixels = collimator_mask(image) if mask else torch.ones(image.shape, dtype=torch.bool)
+    if log:
         image = log_linearize(image)
-    return image, mask, cams, []
+    return image, pixels, cams, []
 
 
 def view_files(args) -> list:
