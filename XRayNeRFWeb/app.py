@@ -102,6 +102,7 @@ class XRayNeRFWebApp:
 
     def _init_state(self) -> None:
         SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
+        from XRayNeRFMRML.choices import DEFAULT_RENDERER  # the engine's one default projector
         s = self.state
         s.update(
             dict(
@@ -137,7 +138,7 @@ class XRayNeRFWebApp:
                 rec_method="voxel",
                 rec_grid=64,
                 rec_iterations=0,
-                rec_renderer="trilinear",
+                rec_renderer=DEFAULT_RENDERER,
                 rec_uncertainty=False,
                 rec_done=False,
                 rec_has_uncertainty=False,
@@ -151,7 +152,7 @@ class XRayNeRFWebApp:
                 drr_rows=256,
                 drr_spacing=1.6,
                 drr_position="HFS",
-                drr_renderer="siddon",
+                drr_renderer=DEFAULT_RENDERER,
                 drr_done=False,
             )
         )

@@ -1,7 +1,7 @@
 """The overlay while the manual-alignment controls move: a quick DRR per control change, the exact one after.
 
 While the user drags, each control change needs a new DRR in the page within ~100 ms. The MRML layer's
-``registration.update_drr`` reads the CT node and renders the exact (Siddon) DRR at the X-ray's full detector:
+``registration.update_drr`` reads the CT node and renders the DRR (the engine's default renderer) at the X-ray's full detector:
 right for a still pose (the registration's first and last DRR), several times too slow for a drag on 2 CPU
 cores. :class:`QuickDRR` reads the CT's attenuation volume once per CT (``nodes.volume_from_node``) and re-poses
 it by the CT's transform at each change, then renders it with the engine's trilinear projector (the

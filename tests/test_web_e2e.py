@@ -477,7 +477,7 @@ def test_drr_tab_equals_the_engine_render(page):
     import torch
 
     from XRayNeRFLib.geometry import Cameras
-    from XRayNeRFLib.render import render
+    from XRayNeRFLib.render import DEFAULT_RENDERER, render
     from XRayNeRFLib.volume import as_mu, load_volume
 
     page.click("#tab-drr")
@@ -505,7 +505,7 @@ def test_drr_tab_equals_the_engine_render(page):
         patient_position="HFS",
         dtype=torch.float64,
     )
-    want = render(ct, cams.to(dtype=torch.float32), method="siddon")[0].numpy()
+    want = render(ct, cams.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0].numpy()  # the tab's default
     assert got.shape == want.shape == (48, 64)
     assert want.max() > 1.0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
