@@ -117,8 +117,8 @@ class Session:
         """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``: the pose in the scene's
         RAS mm, which is the CT file's frame while the CT has not been moved), read by the command line's route
         (``XRayNeRFLib.cli.register.xray_from_image_file``: the camera JSON is also the pose file) and made a node
-        by the layer's ``xray_node_from_projections``, as a DICOM X-ray is. intensities: the image holds detector intensities (turned into line integrals, as
-        ``xraynerf register --log``); else line integrals."""
+        by the layer's ``xray_node_from_projections``, as a DICOM X-ray is. intensities: the image holds detector
+        intensities (turned into line integrals, as ``xraynerf register --log``); else line integrals."""
         from XRayNeRFLib.cli.register import xray_from_image_file
         from XRayNeRFLib.projection_set import ProjectionSet
         from XRayNeRFMRML.inputs import xray_node_from_projections
