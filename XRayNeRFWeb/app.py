@@ -103,6 +103,7 @@ class XRayNeRFWebApp:
     def _init_state(self) -> None:
         SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
         from XRayNeRFMRML.choices import DEFAULT_RENDERER  # the engine's one default projector
+
         s = self.state
         s.update(
             dict(
