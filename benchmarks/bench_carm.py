@@ -515,9 +515,7 @@ def main() -> None:
     for name in args.cases:
         for v in args.views if name != "jitter" else args.views[-1:]:
             results.append(run_case(dict(specs[name], name=name, views=v), ct, fine, args, log))
-            save_json(
-                WORK / "results.json", [dict(r, rows={k: {kk: vv for kk, vv in m.items()} for k, m in r["rows"].items()}) for r in results]
-            )
+            save_json(args.results_json, {"conf": conf, "results": results})
     conf["detector"] = " x ".join(str(n) for n in results[0]["detector_px"])
     conf["minutes"] = (time.time() - t0) / 60
     conf["load_after"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
