@@ -19,7 +19,7 @@ from XRayNeRFLib.recon.selfcal import (
 )
 
 F64 = torch.float64
-SETTINGS = RefineSettings(rounds=2, passes=4)
+SETTINGS = RefineSettings(rounds=2, steps=25, lr=0.1, passes=4, rays_per_view=256)
 
 
 def _case(seed=5, n=16):
@@ -81,7 +81,7 @@ def test_refinement_reduces_jitter_and_error():
 def test_exact_geometry_does_not_drift():
     _, true, p = _case()
     like = cylinder_grid(true, grid=16)
-    r = refine_geometry(p, true, like, settings=RefineSettings(rounds=1, steps=15, passes=4))
+    r = refine_geometry(p, true, like, settings=RefineSettings(rounds=1, steps=15, passes=4, rays_per_view=256))
     assert "nothing" in r.stopped and len(r.data_terms) == 1
     assert torch.allclose(r.cameras.world_from_camera, true.world_from_camera, atol=1e-5)
     assert float(r.corrections.abs().max()) == 0.0

@@ -5,24 +5,22 @@ A flexing C-arm without a calibration is off by about a millimetre and half a de
 orbit then blurs and streaks the reconstruction. The data themselves say where each view was: with a
 volume x reconstructed from the current cameras, each view's pose correction delta_v (a twist: rotation
 vector omega in rad and translation t in mm, in the view's camera frame, ``world_from_camera <-
-world_from_camera @ exp(delta_v)``) is fitted through the renderer::
+world_from_camera @ exp(delta_v)``) is fitted by gradient descent (Adam) through the renderer::
 
-    min_delta  mean_pixels (A(x; cam_v(delta_v)) - p_v)^2 / mean(p^2)  +  reg |delta_v / scale|^2    (each view)
+    min_delta  sum_v mean_pixels (A(x; cam_v(delta_v)) - p_v)^2 / mean(p^2)  +  reg sum_v |delta_v / scale|^2
 
-(``scale`` = 1 degree and 1 mm) by Levenberg-Marquardt: each view has 6 (8 with the principal point)
-parameters, so its Jacobian is taken by forward differences of the renderer (one render of all views per
-parameter) and its 6 x 6 normal equations are solved exactly, view by view, with a damping that grows when
-a view's step does not lower its cost. Rotations and translations across the beam are strongly correlated
-(tilting the camera about the source moves the image almost as a sideways translation does); a first-order
-method (Adam, until 2026-12-07) crawls along that valley, the normal equations step across it.
+(``scale`` = 1 degree and 1 mm), on a random subset of pixels per step. Rounds alternate: reconstruct
+(``start``: "fdk" or "os-tv") with the current cameras, fit the corrections from there, apply them, remove
+their common rigid motion (a rigid motion of all views together moves the reconstruction with them, which
+the data cannot see: the corrected cameras are aligned back onto the nominal ones by the rigid transform
+that best maps the corrected sources and detector centres onto the nominal ones, Kabsch, and by the common
+scale, since moving every view along its principal ray looks like a scaled volume), and repeat. Pose errors
+against a known truth mean something only modulo that gauge (benchmarks/bench_carm.py measures them so).
 
-Rounds alternate: reconstruct (``start``: "fdk" or "os-tv") with the current cameras, fit the corrections
-from there, apply them, remove their common rigid motion, and repeat. Gauge: a rigid motion of all views
-together moves the reconstruction with them, which the data cannot see; the corrected cameras are aligned
-back onto the nominal ones by the rigid transform that best maps the corrected sources and detector centres
-onto the nominal ones (Kabsch). Pose errors against a known truth are therefore only meaningful modulo that
-common motion (benchmarks/bench_carm.py measures them so). Optionally (``intrinsics``) each view's principal
-point is corrected too.
+What limits it (benchmarks/RESULTS_carm.md): on the C-arm benchmark the refined cameras fit the data better
+than the true ones do, so the joint objective's minimum is not the true geometry; a better optimiser (a
+per-view Levenberg-Marquardt was tried) does not help.
+Optionally (``intrinsics``) each view's principal point is corrected too.
 
 Stopping: a round whose corrections lower the data term by less than ``min_gain`` (relative) is not
 applied, and the refinement stops: on exact geometry nothing moves (tested). The result keeps the best
@@ -58,19 +56,17 @@ __all__ = [
 
 @dataclass
 class RefineSettings:
-    """rounds: alternations of reconstruction and pose fitting; steps: Levenberg-Marquardt iterations per
-    round; rays_per_view: pixels per view in the pose fit (0: all; else a seeded random subset drawn once per
-    round); reg: weight of |delta / scale|^2 per view against the normalised data term; damping: the
-    initial Levenberg-Marquardt lambda (relative to the diagonal of the normal matrix); min_gain: relative
-    decrease of the data term a round must bring to be applied; start: "os-tv" (default) or "fdk"
-    reconstruction; passes: os-tv passes per round; intrinsics: also correct each view's principal point
-    (pixels); renderer: "trilinear"; seed."""
+    """rounds: alternations of reconstruction and pose fitting; steps: Adam steps per round; lr: Adam step
+    in units of ``scale`` (1 degree, 1 mm); rays_per_view: pixels drawn per view and step (0: all);
+    reg: weight of |delta / scale|^2 per view; min_gain: relative decrease of the data term a round must
+    bring to be applied; start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per round;
+    intrinsics: also correct each view's principal point (pixels); renderer: "trilinear"; seed."""
 
-    rounds: int = 6
-    steps: int = 3
-    rays_per_view: int = 0
-    reg: float = 1e-3
-    damping: float = 1e-3
+    rounds: int = 4
+    steps: int = 40
+    lr: float = 0.05
+    rays_per_view: int = 1024
+    reg: float = 1e-4
     min_gain: float = 0.01
     start: str = "os-tv"
     passes: int = 8
@@ -190,25 +186,43 @@ def refine_geometry(
     n_views = len(nominal)
     norm = max(float((p**2).mean()), 1e-12)
     gen = torch.Generator().manual_seed(int(s.seed))
+    scale = torch.tensor([math.radians(1.0)] * 3 + [1.0] * 3)
     total = torch.zeros(n_views, 6)
     shift = torch.zeros(n_views, 2) if s.intrinsics else None
     current = nominal
     vol = _reconstruct(p, current, like, s, masks)
-    terms = [_data_term(vol, current, p, None, norm).item()]
+    full = _data_term(vol, current, p, None, norm).item()
+    terms = [full]
     stopped = f"{s.rounds} rounds done"
     for rnd in range(s.rounds):
+        z = torch.zeros(n_views, 6, requires_grad=True)
+        zp = torch.zeros(n_views, 2, requires_grad=True) if s.intrinsics else None
+        opt = torch.optim.Adam([z] + ([zp] if zp is not None else []), lr=s.lr)
         vol_d = Volume(vol.data.detach(), vol.ras_from_ijk, "mu")
-        pix = _pixel_subset(nominal, s.rays_per_view, gen)
-        fit = _PoseFit(vol_d, current, p, pix, norm, s)
-        try:
-            z = fit.run(progress, rnd)
-        except Cancelled:
-            stopped = "cancelled"
-            break
+        cancelled = False
+        for step in range(s.steps):
+            pix = None
+            if s.rays_per_view and s.rays_per_view < nominal.width * nominal.height:
+                cols = torch.randint(0, nominal.width, (n_views, s.rays_per_view), generator=gen)
+                rows = torch.randint(0, nominal.height, (n_views, s.rays_per_view), generator=gen)
+                pix = torch.stack([cols, rows], -1).float()
+            cams = apply_corrections(current, z * scale, zp)
+            loss = _data_term(vol_d, cams, p, pix, norm) + s.reg * ((z**2).sum() + (0.0 if zp is None else (zp**2).sum()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            try:
+                report(progress, rnd * s.steps + step + 1, s.rounds * s.steps, f"geometry refinement: round {rnd + 1}, step {step + 1}")
+            except Cancelled:
+                cancelled = True
+                break
         with torch.no_grad():
-            trial = remove_common_motion(_corrected(current, z), nominal)
+            trial = remove_common_motion(apply_corrections(current, z.detach() * scale, None if zp is None else zp.detach()), nominal)
             after = _data_term(vol_d, trial, p, None, norm).item()
         gain = (terms[-1] - after) / max(terms[-1], 1e-12)
+        if cancelled:
+            stopped = "cancelled"
+            break
         if gain < s.min_gain:
             stopped = f"round {rnd + 1}: the corrections lowered the data term by {100 * gain:.2f}% (< {100 * s.min_gain:g}%): nothing (more) to correct"
             break
@@ -219,83 +233,6 @@ def refine_geometry(
         vol = _reconstruct(p, current, like, s, masks)
         terms.append(_data_term(vol, current, p, None, norm).item())
     return RefineResult(current.to(dtype=torch.float64), vol, total, shift, terms, stopped, time.perf_counter() - t0)
-
-
-_SCALE = (math.radians(1.0),) * 3 + (1.0,) * 3  # parameter units: 1 degree, 1 mm (and 1 pixel for the principal point)
-_FD_STEP = 0.01  # forward-difference step in those units
-
-
-def _corrected(cams: Cameras, z: Tensor) -> Cameras:
-    """cams corrected by z (V, 6 or 8) in parameter units (degrees, mm, pixels)."""
-    scale = torch.tensor(_SCALE, dtype=z.dtype)
-    return apply_corrections(cams, z[:, :6] * scale, z[:, 6:8] if z.shape[1] > 6 else None)
-
-
-def _pixel_subset(cams: Cameras, rays_per_view: int, gen: torch.Generator) -> Optional[Tensor]:
-    """(V, N, 2) [column, row] pixel centres drawn at random, or None (every pixel)."""
-    if not rays_per_view or rays_per_view >= cams.width * cams.height:
-        return None
-    n = len(cams)
-    cols = torch.randint(0, cams.width, (n, rays_per_view), generator=gen)
-    rows = torch.randint(0, cams.height, (n, rays_per_view), generator=gen)
-    return torch.stack([cols, rows], -1).float()
-
-
-class _PoseFit:
-    """Levenberg-Marquardt on every view's pose parameters z (V, P) (P = 6, or 8 with the principal point),
-    in parameter units, against a fixed volume: per view the cost mean_pixels r^2 / norm + reg |z|^2."""
-
-    def __init__(self, vol: Volume, cams: Cameras, p: Tensor, pixels: Optional[Tensor], norm: float, s: RefineSettings):
-        self.vol, self.cams, self.pixels, self.norm, self.s = vol, cams, pixels, norm, s
-        if pixels is None:
-            self.target = p.reshape(len(cams), -1)
-        else:
-            idx = pixels.long()
-            self.target = p[torch.arange(len(cams))[:, None], idx[..., 1], idx[..., 0]]  # (V, N)
-        self.n_params = 8 if s.intrinsics else 6
-
-    def render(self, z: Tensor) -> Tensor:
-        """(V, N) line integrals with the corrections z."""
-        out = render(self.vol, _corrected(self.cams, z), renderer=self.s.renderer, pixels=self.pixels, check_finite=False)
-        return out.reshape(len(self.cams), -1)
-
-    def cost(self, pred: Tensor, z: Tensor) -> Tensor:
-        """(V,) per-view cost."""
-        return ((pred - self.target) ** 2).mean(1) / self.norm + self.s.reg * (z**2).sum(1)
-
-    @torch.no_grad()
-    def run(self, progress: ProgressCallback, rnd: int) -> Tensor:
-        """The fitted z (V, P); raises Cancelled when the progress callback says stop."""
-        s, n_views, n_p = self.s, len(self.cams), self.n_params
-        z = torch.zeros(n_views, n_p)
-        lam = torch.full((n_views,), float(s.damping))
-        pred = self.render(z)
-        cost = self.cost(pred, z)
-        n_pix = pred.shape[1]
-        eye = torch.eye(n_p)
-        for step in range(s.steps):
-            jac = torch.empty(n_views, n_pix, n_p)
-            for k in range(n_p):
-                dz = z.clone()
-                dz[:, k] += _FD_STEP
-                jac[..., k] = (self.render(dz) - pred) / _FD_STEP
-            r = pred - self.target  # (V, N)
-            a = jac.transpose(1, 2) @ jac / (n_pix * self.norm) + s.reg * eye  # (V, P, P)
-            g = (jac.transpose(1, 2) @ r[..., None])[..., 0] / (n_pix * self.norm) + s.reg * z  # (V, P)
-            for _ in range(4):  # raise the damping of the views whose step did not lower their cost
-                damped = a + lam[:, None, None] * torch.diag_embed(a.diagonal(dim1=1, dim2=2))
-                z_try = z - torch.linalg.solve(damped, g[..., None])[..., 0]
-                pred_try = self.render(z_try)
-                cost_try = self.cost(pred_try, z_try)
-                better = cost_try < cost
-                z = torch.where(better[:, None], z_try, z)
-                pred = torch.where(better[:, None], pred_try, pred)
-                cost = torch.where(better, cost_try, cost)
-                lam = torch.where(better, lam * 0.3, lam * 10.0).clamp(1e-9, 1e9)  # bounded: no overflow on exact data
-                if bool(better.all()):
-                    break
-            report(progress, rnd * s.steps + step + 1, s.rounds * s.steps, f"geometry refinement: round {rnd + 1}, step {step + 1}")
-        return z
 
 
 def twists_between(nominal: Cameras, corrected: Cameras) -> Tensor:
