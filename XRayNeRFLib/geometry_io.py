@@ -60,8 +60,10 @@ from .geometry import Cameras, nearest_rigid
 from .projection_matrices import (
     MATRICES_FORMAT,
     MATRICES_SUFFIX,
+    MATRICES_TEXT_SUFFIX,
     cameras_from_matrices_json,
     is_matrices_path,
+    load_projection_matrices,
     save_projection_matrices,
 )
 
@@ -614,6 +616,15 @@ def cameras_from_json(data: Dict[str, Any], *, dtype: torch.dtype = torch.float6
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
+GEOMETRY_FORMATS = f".json (XRayNeRF cameras or {MATRICES_SUFFIX}), {MATRICES_TEXT_SUFFIX} or .xml (RTK)"
+
+
+def is_geometry_path(path: str) -> bool:
+    """True for a name :func:`load_geometry` and :func:`save_geometry` accept (the one extension rule)."""
+    low = str(path).lower()
+    return low.endswith((".json", ".xml")) or is_matrices_path(low)
+
+
 def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, dtype: torch.dtype = torch.float64) -> Cameras:
     """Read cameras from ``.json`` (XRayNeRF geometry, or a per-view projection-matrix file, told apart by
     its ``format`` field) or ``.xml`` (RTK). The RTK XML stores no detector size
@@ -627,8 +638,14 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
                 f"RTK geometry {str(path)!r} stores no detector size or pixel spacing (missing: {', '.join(missing)}): {_CLI_HINT}"
             )
         return read_rtk_xml(str(path), size_px=size_px, spacing_mm=spacing_mm, origin_mm=origin_mm, dtype=dtype)
+    if ext == ".txt" and is_matrices_path(path):  # the text spelling of the projection-matrix file
+        cams = load_projection_matrices(str(path), dtype=dtype)
+        return _check_against(cams, path, size_px, spacing_mm)
     if ext != ".json":
-        raise ValueError(f"geometry file {str(path)!r}: unknown extension {ext!r}; use .json (XRayNeRF) or .xml (RTK)")
+        raise ValueError(
+            f"geometry file {str(path)!r}: unknown extension {ext!r}; use .json (XRayNeRF), {MATRICES_TEXT_SUFFIX} (projection matrices) "
+            "or .xml (RTK)"
+        )
     if not os.path.isfile(path):
         raise ValueError(f"geometry file {str(path)!r} does not exist")
     try:
@@ -646,6 +663,11 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
             cams = cameras_from_json(data, dtype=dtype)
         except ValueError as exc:
             raise ValueError(f"geometry file {str(path)!r}: {exc}") from None
+    return _check_against(cams, path, size_px, spacing_mm)
+
+
+def _check_against(cams: Cameras, path: str, size_px, spacing_mm) -> Cameras:
+    """``cams`` read from ``path``, after checking it against the detector size and spacing given besides."""
     if size_px is not None and _size(size_px) != cams.size_px:
         raise ValueError(f"geometry file {str(path)!r} has detector size {list(cams.size_px)}, but {list(_size(size_px))} was given")
     if spacing_mm is not None:
@@ -660,13 +682,13 @@ def load_geometry(path: str, *, size_px=None, spacing_mm=None, origin_mm=None, d
 
 def save_geometry(cameras: Cameras, path: str, *, origin_mm=None, form: Optional[str] = None) -> None:
     """Write cameras to ``.json`` (explicit XRayNeRF form) or ``.xml`` (RTK; ``origin_mm`` as in
-    :func:`write_rtk_xml`). ``form="matrices"``, or a name ending in ``.matrices.json``, writes the
-    per-view projection-matrix form instead (:mod:`XRayNeRFLib.projection_matrices`)."""
+    :func:`write_rtk_xml`). ``form="matrices"``, or a name ending in ``.matrices.json`` (or ``.matrices.txt``,
+    its text spelling), writes the per-view projection-matrix form instead (:mod:`XRayNeRFLib.projection_matrices`)."""
     if form not in (None, "matrices"):
         raise ValueError(f"unknown geometry form {form!r}; use None (by extension) or 'matrices'")
     if form == "matrices" or is_matrices_path(path):
-        if not str(path).lower().endswith(".json"):
-            raise ValueError(f"projection-matrix file {str(path)!r}: use the extension {MATRICES_SUFFIX}")
+        if not str(path).lower().endswith((".json", MATRICES_TEXT_SUFFIX)):
+            raise ValueError(f"projection-matrix file {str(path)!r}: use the extension {MATRICES_SUFFIX} or {MATRICES_TEXT_SUFFIX}")
         if origin_mm is not None:
             raise ValueError("origin_mm applies to RTK XML only; projection matrices map to pixels")
         save_projection_matrices(cameras, str(path))

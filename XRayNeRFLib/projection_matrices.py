@@ -2,7 +2,10 @@
 
 A flexing C-arm is calibrated view by view: each view comes with its own projection matrix instead of a
 few orbit parameters. This module reads and writes such a file and turns it into :class:`~XRayNeRFLib.geometry.Cameras`
-(RQ decomposition, :meth:`Cameras.from_projection_matrices`); docs/geometry_io.md has the format.
+(RQ decomposition, :meth:`Cameras.from_projection_matrices`); docs/geometry_io.md has the format. Two
+spellings of one content: JSON (``*.matrices.json``) and text (``*.matrices.txt``, :func:`matrices_to_text`:
+``key value`` header lines, then three lines of four numbers per view, ``#`` comments); both are read into
+the same dict and checked by the same code (:func:`cameras_from_matrices_json`).
 
 Convention of a matrix ``P`` (3x4, row-major), the one of docs/geometry.md section 5::
 
@@ -35,6 +38,8 @@ __all__ = [
     "MATRICES_SUFFIX",
     "is_matrices_path",
     "matrices_to_json",
+    "matrices_to_text",
+    "matrices_json_from_text",
     "cameras_from_matrices_json",
     "check_projection_matrices",
     "load_projection_matrices",
@@ -44,12 +49,17 @@ __all__ = [
 MATRICES_FORMAT = "xraynerf-projection-matrices"
 MATRICES_VERSION = 1
 MATRICES_SUFFIX = ".matrices.json"  # a geometry output named so is written in this form (a .json is read by its "format")
+MATRICES_TEXT_SUFFIX = ".matrices.txt"  # the text spelling (read and written by this suffix)
 _KEYS = {"format", "version", "frame", "units", "size_px", "pixel_spacing_mm", "matrices", "description"}
 
 
 def is_matrices_path(path: str) -> bool:
-    """True for an output path that asks for the projection-matrix form (``*.matrices.json``)."""
-    return str(path).lower().endswith(MATRICES_SUFFIX)
+    """True for a path that asks for the projection-matrix form (``*.matrices.json`` or ``*.matrices.txt``)."""
+    return str(path).lower().endswith((MATRICES_SUFFIX, MATRICES_TEXT_SUFFIX))
+
+
+def _is_text_path(path: str) -> bool:
+    return str(path).lower().endswith(MATRICES_TEXT_SUFFIX)
 
 
 def check_projection_matrices(p: np.ndarray, *, n_views: Optional[int] = None, rtol: float = 1e-4) -> None:
@@ -114,6 +124,72 @@ def matrices_to_json(cameras: Cameras, *, description: Optional[str] = None) -> 
     return out
 
 
+def matrices_to_text(cameras: Cameras, *, description: Optional[str] = None) -> str:
+    """The text spelling of :func:`matrices_to_json`: header lines ``key value...``, then per view a
+    ``# view i`` comment and the matrix's three rows of four numbers (``repr``: exact round trip)."""
+    data = matrices_to_json(cameras, description=description)
+    lines = [
+        "# XRayNeRF per-view projection matrices: [c, r, w] = P [x, y, z, 1] with (x, y, z) patient RAS mm and",
+        "# (c / w, r / w) the 0-based (column, row) pixel centre; one 3x4 matrix (3 lines of 4 numbers) per view",
+        f"format {MATRICES_FORMAT}",
+        f"version {MATRICES_VERSION}",
+        "frame RAS",
+        "units mm",
+        f"size_px {data['size_px'][0]} {data['size_px'][1]}",
+        f"pixel_spacing_mm {data['pixel_spacing_mm'][0]!r} {data['pixel_spacing_mm'][1]!r}",
+    ]
+    if description:
+        lines.append(f"description {' '.join(str(description).split())}")
+    for i, m in enumerate(data["matrices"]):
+        lines.append(f"# view {i}")
+        lines += [" ".join(repr(float(x)) for x in row) for row in m]
+    return "\n".join(lines) + "\n"
+
+
+_TEXT_KEYS = {"format": 1, "version": 1, "frame": 1, "units": 1, "size_px": 2, "pixel_spacing_mm": 2}
+
+
+def matrices_json_from_text(text: str) -> Dict[str, Any]:
+    """Parse the text spelling into the JSON form's dict (checked afterwards by :func:`cameras_from_matrices_json`).
+    Raises GeometryError naming the line at fault."""
+    data: Dict[str, Any] = {}
+    rows = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, *rest = line.split()
+        if key == "description":
+            data["description"] = " ".join(rest)
+            continue
+        if key in _TEXT_KEYS:
+            if len(rest) != _TEXT_KEYS[key]:
+                raise GeometryError(f"line {n}: {key!r} takes {_TEXT_KEYS[key]} value(s), got {len(rest)}", name=key)
+            if key in ("format", "frame", "units"):
+                data[key] = rest[0]
+                continue
+            try:
+                vals = [float(v) for v in rest]
+            except ValueError:
+                raise GeometryError(f"line {n}: {key!r} must be numbers, got {' '.join(rest)!r}", name=key) from None
+            data[key] = int(vals[0]) if key == "version" and vals[0] == int(vals[0]) else (vals[0] if key == "version" else vals)
+            continue
+        try:
+            row = [float(v) for v in line.split()]
+        except ValueError:
+            raise GeometryError(
+                f"line {n}: unknown key {key!r} (allowed: {', '.join(sorted(_TEXT_KEYS))}, description)", name="file"
+            ) from None
+        if len(row) != 4:
+            raise GeometryError(f"line {n}: a matrix row has 4 numbers, got {len(row)}", name="matrices")
+        rows.append(row)
+    if len(rows) % 3:
+        raise GeometryError(f"{len(rows)} matrix rows is not a whole number of 3x4 matrices", name="matrices")
+    if rows:
+        data["matrices"] = np.asarray(rows, dtype=np.float64).reshape(-1, 3, 4).tolist()
+    return data
+
+
 def _pair(value, field: str) -> np.ndarray:
     try:
         a = np.asarray(value, dtype=np.float64).reshape(-1)
@@ -163,15 +239,20 @@ def cameras_from_matrices_json(data: Dict[str, Any], *, n_views: Optional[int] =
 
 
 def load_projection_matrices(path: str, *, n_views: Optional[int] = None, dtype: torch.dtype = torch.float64) -> Cameras:
-    """Read a projection-matrix file (JSON, ``"format": "xraynerf-projection-matrices"``). Errors name the file."""
+    """Read a projection-matrix file (JSON, ``"format": "xraynerf-projection-matrices"``, or its text spelling
+    ``*.matrices.txt``). Errors name the file."""
     path = str(path)
     if not os.path.isfile(path):
         raise GeometryError(f"projection-matrix file {path!r} does not exist", name="file")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
+            data = matrices_json_from_text(f.read()) if _is_text_path(path) else json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GeometryError(f"projection-matrix file {path!r} is not valid JSON: {exc}", name="file") from None
+        raise GeometryError(
+            f"projection-matrix file {path!r} is not valid {'text' if _is_text_path(path) else 'JSON'}: {exc}", name="file"
+        ) from None
+    except GeometryError as exc:
+        raise GeometryError(f"projection-matrix file {path!r}: {exc}", name=exc.name) from None
     try:
         return cameras_from_matrices_json(data, n_views=n_views, dtype=dtype)
     except GeometryError as exc:
@@ -179,12 +260,16 @@ def load_projection_matrices(path: str, *, n_views: Optional[int] = None, dtype:
 
 
 def save_projection_matrices(cameras: Cameras, path: str, *, description: Optional[str] = None) -> None:
-    """Write ``cameras`` as a projection-matrix file (JSON; floats exact, so a round trip reproduces the
-    cameras to rounding of the RQ decomposition)."""
-    data = matrices_to_json(cameras, description=description)
+    """Write ``cameras`` as a projection-matrix file (JSON, or text for ``*.matrices.txt``; floats exact, so a
+    round trip reproduces the cameras to rounding of the RQ decomposition)."""
+    text = matrices_to_text(cameras, description=description) if _is_text_path(path) else None
+    data = None if text is not None else matrices_to_json(cameras, description=description)
     try:
         with open(str(path), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
+            if text is not None:
+                f.write(text)
+            else:
+                json.dump(data, f, indent=1)
+                f.write("\n")
     except OSError as exc:
         raise GeometryError(f"cannot write projection-matrix file {str(path)!r}: {exc.strerror}", name="file") from None

@@ -29,9 +29,9 @@ from torch import Tensor
 
 from .dicom_xray import GeometryOverrides, read_dicom_series
 from .geometry import Cameras
-from .geometry_io import load_geometry, ours_from_rtk_layout, rtk_layout_from_ours, save_geometry
+from .geometry_io import GEOMETRY_FORMATS, is_geometry_path, load_geometry, ours_from_rtk_layout, rtk_layout_from_ours, save_geometry
 from .intensities import to_line_integrals
-from .projection_matrices import is_matrices_path
+from .projection_matrices import MATRICES_TEXT_SUFFIX, is_matrices_path
 from .projections_io import (
     STACK_EXTENSIONS,
     check_projections_match,
@@ -165,9 +165,9 @@ class ProjectionSet:
         """
         stack, geometry = str(stack), str(geometry)
         notes: List[str] = []
+        if not is_geometry_path(geometry):
+            raise ValueError(f"geometry file {geometry!r}: unknown extension; use {GEOMETRY_FORMATS}")
         gext = os.path.splitext(geometry)[1].lower()
-        if gext not in (".xml", ".json"):
-            raise ValueError(f"geometry file {geometry!r}: unknown extension {gext!r}; use .json (XRayNeRF) or .xml (RTK)")
         meta: Dict[str, str] = {}
         if os.path.isdir(stack):
             images = read_image_folder(stack)
@@ -207,7 +207,7 @@ class ProjectionSet:
                 images,
                 cams,
                 what=f"projection stack {stack}",
-                spacing_mm=header_spacing if gext == ".json" and spacing_mm is None else None,
+                spacing_mm=header_spacing if gext != ".xml" and spacing_mm is None else None,
             )
         except ValueError as exc:
             raise ValueError(f"{exc} ({geometry})") from None
@@ -234,8 +234,8 @@ class ProjectionSet:
         order; .json: XRayNeRF layout). Both files appear together or not at all."""
         stack_path, geometry_path = str(stack_path), str(geometry_path)
         gext = os.path.splitext(geometry_path)[1].lower()
-        if gext not in (".xml", ".json"):
-            raise ValueError(f"geometry output {geometry_path!r}: use .json (XRayNeRF) or .xml (RTK)")
+        if not is_geometry_path(geometry_path):
+            raise ValueError(f"geometry output {geometry_path!r}: use {GEOMETRY_FORMATS}")
         if not stack_path.lower().endswith(STACK_EXTENSIONS):
             raise ValueError(f"projection output {stack_path!r}: use one of {', '.join(STACK_EXTENSIONS)}")
         if os.path.abspath(stack_path) == os.path.abspath(geometry_path):
@@ -246,7 +246,11 @@ class ProjectionSet:
         gdir = os.path.dirname(os.path.abspath(geometry_path))
         if not os.path.isdir(gdir):
             raise ValueError(f"cannot write {geometry_path!r}: directory {gdir!r} does not exist")
-        fd, tmp_geometry = tempfile.mkstemp(prefix="." + os.path.basename(geometry_path) + ".", suffix=".part" + gext, dir=gdir)
+        fd, tmp_geometry = tempfile.mkstemp(
+            prefix="." + os.path.basename(geometry_path) + ".",
+            suffix=".part" + (MATRICES_TEXT_SUFFIX if geometry_path.lower().endswith(MATRICES_TEXT_SUFFIX) else gext),
+            dir=gdir,
+        )
         os.close(fd)
         stack_written = False
         done = False

@@ -10,7 +10,9 @@ CONFIG.json:
     like:        .mha volume whose grid (origin, spacing, direction, size) the reconstructions take
     threads:     number of ITK threads
     methods:     list of {"name": "fdk"|"sart"|"cg"|"admm_tv"|"joseph", "out": path.mha, ...parameters}
-                 fdk: hann (cut frequency, 0 = off), short_scan (bool: Parker weights)
+                 fdk: hann (cut frequency, 0 = off), short_scan (bool: Parker weights), displaced (bool: RTK's
+                      DisplacedDetectorImageFilter before Parker, as rtkfdk), truncation_correction (RTK's
+                      ramp filter SetTruncationCorrection: fraction of the detector width extrapolated per side)
                  joseph: forward projection of "volume" (.mha) onto the projections' grid (simulation;
                          "projections" then only gives the detector layout)
                  sart: iterations, lambda, subsets (projections per update), division_threshold (mm of ray
@@ -23,7 +25,8 @@ CONFIG.json:
                        soft threshold of |grad f + d| at alpha / (2 beta'), with beta' = beta (k+1) / AL at AL
                        iteration k (a ramp over the whole run: the k-th iterate of an AL = N run is not the
                        result of an AL = k run). beta must be comparable to A^T A (~1e3 here; RTK's example
-                       uses alpha 1, beta 1000): with beta = 1 the TV term is negligible and ADMM-TV is plain CG
+                       uses alpha 1, beta 1000): with beta = 1 the TV term is negligible and ADMM-TV is plain CG;
+                       disable_displaced (bool: RTK's SetDisableDisplacedDetectorFilter)
                  sart, cg, admm_tv also take fp ("joseph", RTK's default) and bp ("voxel" = RTK's default
                        voxel-based back projector, or "joseph" = Joseph's adjoint)
     report:      JSON path receiving per-method wall time (s), this process's peak RSS (MB) and "applied":
@@ -87,17 +90,32 @@ def main(cfg_path: str) -> None:
         t0 = time.perf_counter()
         if name == "fdk":
             proj = projections
+            weighting = []
+            if m.get("displaced", False):
+                weighting.append(rtk.DisplacedDetectorImageFilter[image_type].New())
             if m.get("short_scan", False):
-                parker = rtk.ParkerShortScanImageFilter[image_type].New()
-                parker.SetInput(proj)
-                parker.SetGeometry(geometry)
-                parker.Update()
-                proj = parker.GetOutput()
+                weighting.append(rtk.ParkerShortScanImageFilter[image_type].New())
+            for w in weighting:  # as rtkfdk: displaced-detector, then Parker weights
+                w.SetInput(proj)
+                w.SetInPlace(False)  # in place it would take the buffer of the projections
+                w.SetGeometry(geometry)
+                w.Update()
+                proj = w.GetOutput()
+            if weighting:
+                # a buffered copy with no upstream filter: RTK's ramp filter with a truncation correction requests
+                # regions from a Parker filter's output that are not buffered (ITK "outside of buffered region")
+                region = proj.GetBufferedRegion()
+                weighted = itk.image_from_array(itk.array_from_image(proj).copy())
+                weighted.SetSpacing(proj.GetSpacing())
+                weighted.SetDirection(proj.GetDirection())
+                weighted.SetOrigin(proj.TransformIndexToPhysicalPoint(region.GetIndex()))  # index 0 of the copy = the region's start
+                proj = weighted
             filt = rtk.FDKConeBeamReconstructionFilter[image_type].New()
             filt.SetInput(0, empty_volume())
             filt.SetInput(1, proj)
             filt.SetGeometry(geometry)
             filt.GetRampFilter().SetHannCutFrequency(float(m.get("hann", 0.0)))
+            filt.GetRampFilter().SetTruncationCorrection(float(m.get("truncation_correction", 0.0)))
         elif name == "sart":
             filt = rtk.SARTConeBeamReconstructionFilter[image_type, image_type].New()
             filt.SetInput(0, empty_volume())
@@ -130,6 +148,9 @@ def main(cfg_path: str) -> None:
             filt.SetCG_iterations(int(m.get("cg_iterations", 3)))
             filt.SetAlpha(float(m.get("alpha", 0.01)))
             filt.SetBeta(float(m.get("beta", 1.0)))
+            # RTK weights the data term with its displaced-detector filter; on a short scan with a centred
+            # detector (nothing to weight) that filter fails ("outside of buffered region"): this turns it off
+            filt.SetDisableDisplacedDetectorFilter(bool(m.get("disable_displaced", False)))
         else:
             raise ValueError(f"unknown RTK method {name!r}")
         if name in ("sart", "cg", "admm_tv"):
@@ -163,6 +184,7 @@ def main(cfg_path: str) -> None:
             "CG_iterations",
             "Alpha",
             "Beta",
+            "DisableDisplacedDetectorFilter",
             "ForwardProjectionFilter",
             "BackProjectionFilter",
         ):
@@ -173,6 +195,9 @@ def main(cfg_path: str) -> None:
                 )
         if name == "fdk":
             applied["HannCutFrequency"] = filt.GetRampFilter().GetHannCutFrequency()
+            applied["TruncationCorrection"] = filt.GetRampFilter().GetTruncationCorrection()
+            applied["Displaced"] = bool(m.get("displaced", False))
+            applied["ShortScan"] = bool(m.get("short_scan", False))
         results[m.get("label", name)] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve, "applied": applied}
     if cfg.get("report"):
         with open(cfg["report"], "w") as f:

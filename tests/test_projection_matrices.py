@@ -21,7 +21,9 @@ from XRayNeRFLib.projection_matrices import (
     MATRICES_FORMAT,
     cameras_from_matrices_json,
     load_projection_matrices,
+    matrices_json_from_text,
     matrices_to_json,
+    matrices_to_text,
     save_projection_matrices,
 )
 from XRayNeRFLib.projection_set import ProjectionSet
@@ -222,3 +224,69 @@ def test_convert_writes_matrices(tmp_path, capsys):
     assert (back.images - p).abs().max() < 0.01
     assert (normalized_p(back.cameras) - normalized_p(cams)).abs().max() < 1e-6
     assert math.isclose(float(back.cameras.sdd_mm[0]), SDD, rel_tol=1e-9)
+
+
+def test_text_form_round_trip_exact_and_equal_to_json(tmp_path):
+    """The text spelling (*.matrices.txt): the same cameras as the JSON form, exact to 1e-6, through both
+    loaders; the file is what the documentation says (header lines, three rows of four numbers per view)."""
+    cams = _wobbly_carm()
+    txt, js = tmp_path / "views.matrices.txt", tmp_path / "views.matrices.json"
+    save_geometry(cams, str(txt))
+    save_geometry(cams, str(js))
+    lines = [ln for ln in txt.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines[:6] == [f"format {MATRICES_FORMAT}", "version 1", "frame RAS", "units mm", "size_px 300 200", "pixel_spacing_mm 0.8 0.6"]
+    assert len(lines) == 6 + 3 * 7 and all(len(ln.split()) == 4 for ln in lines[6:])
+    assert matrices_json_from_text(txt.read_text())["matrices"] == json.loads(js.read_text())["matrices"]  # repr: exact
+    for back in (load_projection_matrices(str(txt)), load_geometry(str(txt))):
+        assert back.size_px == cams.size_px
+        _close(back.world_from_camera, cams.world_from_camera, 1e-6)
+        _close(back.sdd_mm, cams.sdd_mm, 1e-6)
+        _close(back.principal_point_px, cams.principal_point_px, 1e-6)
+        _close(back.pixel_spacing_mm, cams.pixel_spacing_mm, 1e-12)
+    assert matrices_to_text(load_geometry(str(txt))).count("\n") == matrices_to_text(cams).count("\n")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda t: t.replace("size_px 300 200", "size_px 300"), "size_px.*2 value"),
+        (lambda t: t.rsplit("\n", 2)[0] + "\n", "whole number of 3x4"),
+        (lambda t: t.replace("version 1", "version 2"), "version"),
+        (lambda t: t + "1 2 3\n", "4 numbers"),
+        (lambda t: t.replace("units mm", "unit mm"), "unknown key 'unit'"),
+        (lambda t: t.replace("pixel_spacing_mm 0.8 0.6", "pixel_spacing_mm 0.8 x"), "must be numbers"),
+        (lambda t: t.replace("# view 1\n", "# view 1\nnan nan nan nan\nnan nan nan nan\nnan nan nan nan\n"), "NaN"),
+    ],
+)
+def test_text_form_refusals(tmp_path, edit, match):
+    """Bad text files: one GeometryError naming the file; reading writes nothing."""
+    path = tmp_path / "bad.matrices.txt"
+    path.write_text(edit(matrices_to_text(_wobbly_carm())))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(GeometryError, match=match) as info:
+        load_geometry(str(path))
+    assert "bad.matrices.txt" in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_convert_writes_text_matrices(tmp_path, capsys):
+    """``xraynerf convert --geometry-out X.matrices.txt`` writes the text form, read back to 1e-6."""
+    cams = truth_cameras(np.array([-30.0, 0.0, 30.0]), [10.0] * 3)
+    p = drr(cams)
+    out, txt = str(tmp_path / "proj.mha"), str(tmp_path / "geom.matrices.txt")
+    src = fac.write_xray(
+        str(tmp_path / "run.dcm"),
+        fac.stored_from_bev(intensities_from_line_integrals(p.numpy(), relationship="LIN", i0=50000.0)),
+        primary_deg=-30.0,
+        secondary_deg=10.0,
+        primary_increments=np.array([0.0, 30.0, 60.0]),
+        sdd_mm=SDD,
+        sid_mm=SID,
+        imager_spacing_rc=SPACING[::-1],
+        relationship="LIN",
+        sign=1,
+    )
+    assert main(["convert", src, "--out", out, "--geometry-out", txt, "--quiet"]) == 0, capsys.readouterr().err
+    assert open(txt).read().count(f"format {MATRICES_FORMAT}") == 1
+    back = ProjectionSet.from_stack(out, txt)
+    assert (normalized_p(back.cameras) - normalized_p(cams)).abs().max() < 1e-6

@@ -12,10 +12,10 @@ from XRayNeRFLib.recon.api import reconstruct
 from XRayNeRFLib.recon.grid import cylinder_grid
 from XRayNeRFLib.recon.selfcal import (
     RefineSettings,
-    _twists_between,
     apply_corrections,
     refine_geometry,
     remove_common_motion,
+    twists_between,
 )
 
 F64 = torch.float64
@@ -31,13 +31,13 @@ def _case(seed=5, n=16):
 
 
 def _rotation_error_deg(cams, true) -> float:
-    t = _twists_between(remove_common_motion(cams.to(dtype=F64), true), true)
+    t = twists_between(remove_common_motion(cams.to(dtype=F64), true), true)
     return float(t[:, :3].norm(dim=1).mean()) * 180 / math.pi
 
 
 def test_twist_and_common_motion_round_trip():
     nominal, true, _ = _case()
-    t = _twists_between(
+    t = twists_between(
         nominal.to(dtype=torch.float32), apply_corrections(nominal, torch.full((16, 6), 0.01, dtype=F64)).to(dtype=torch.float32)
     )
     assert torch.allclose(t, torch.full((16, 6), 0.01), atol=1e-5)
@@ -49,6 +49,19 @@ def test_twist_and_common_motion_round_trip():
     moved = shift @ moved
     back = remove_common_motion(type(g)(moved, g.sdd_mm, g.pixel_spacing_mm, g.principal_point_px, g.size_px), nominal)
     assert torch.allclose(back.world_from_camera, nominal.world_from_camera, atol=1e-8)
+    # so is the scale gauge: every camera moved rigidly so that its source goes to c + k (S - c) (what a volume
+    # scaled by k about c looks like), here combined with a rigid motion
+    c = nominal.source_positions().mean(0)
+    scaled = nominal.world_from_camera.clone()
+    scaled[:, :3, 3] = c + 1.02 * (scaled[:, :3, 3] - c)
+    scaled = shift @ scaled
+    back = remove_common_motion(type(g)(scaled, g.sdd_mm, g.pixel_spacing_mm, g.principal_point_px, g.size_px), nominal)
+    assert torch.allclose(back.world_from_camera, nominal.world_from_camera, atol=1e-8)
+    # per-view differences are kept: one view moved along its principal ray is not undone
+    one = nominal.world_from_camera.clone()
+    one[3, :3, 3] += 2.0 * one[3, :3, 2]
+    back = remove_common_motion(type(g)(one, g.sdd_mm, g.pixel_spacing_mm, g.principal_point_px, g.size_px), nominal)
+    assert float((back.world_from_camera - nominal.world_from_camera)[:, :3, 3].norm(dim=1).max()) > 1.5
 
 
 def test_refinement_reduces_jitter_and_error():

@@ -134,7 +134,7 @@ def add_convert(subparsers) -> argparse.ArgumentParser:
         "--geometry-out",
         required=True,
         metavar="GEOM",
-        help="geometry to write: .xml (RTK), .json (XRayNeRF) or .matrices.json (one projection matrix per view)",
+        help="geometry to write: .xml (RTK), .json (XRayNeRF), .matrices.json or .matrices.txt (one projection matrix per view)",
     )
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     add_geometry_options(p)

@@ -109,7 +109,7 @@ def _add_io_arguments(io) -> None:
     io.add_argument(
         "--geometry",
         metavar="G",
-        help="geometry of a projection stack: RTK .xml or XRayNeRF .json (cameras, or per-view projection matrices)",
+        help="geometry of a projection stack: RTK .xml, XRayNeRF .json (cameras, or per-view projection matrices) or .matrices.txt",
     )
     io.add_argument(
         "--detector-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"), help="pixel spacing of an image folder (RTK XML)"
@@ -182,7 +182,7 @@ def _add_run_arguments(m) -> None:
         "--refine-geometry",
         metavar="GEOM",
         help="self-calibration: first correct each view's pose from the data (recon/selfcal.py), reconstruct with the corrected "
-        "cameras and write them here (.json, .matrices.json or .xml); nothing moves when there is nothing to correct",
+        "cameras and write them here (.json, .matrices.json, .matrices.txt or .xml); nothing moves when there is nothing to correct",
     )
     m.add_argument(
         "--truncation-correction",
@@ -472,8 +472,8 @@ def _check_request(args) -> None:
         grid_like(args.like)  # refuse a missing or 2-D image before any work
     if args.refine_geometry:
         low = args.refine_geometry.lower()
-        if not low.endswith((".json", ".xml")):
-            raise ValueError(f"--refine-geometry {args.refine_geometry!r}: use .json, .matrices.json or .xml")
+        if not low.endswith((".json", ".xml", ".matrices.txt")):
+            raise ValueError(f"--refine-geometry {args.refine_geometry!r}: use .json, .matrices.json, .matrices.txt or .xml")
         check_output_file(args.refine_geometry, "--refine-geometry", "geometry.json")
     if args.grid is not None and args.grid < 2:
         raise ValueError(f"--grid must be at least 2, got {args.grid}")

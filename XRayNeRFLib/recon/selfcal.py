@@ -13,7 +13,13 @@ world_from_camera @ exp(delta_v)``) is fitted by gradient descent (Adam) through
 (``start``: "fdk" or "os-tv") with the current cameras, fit the corrections from there, apply them, remove
 their common rigid motion (a rigid motion of all views together moves the reconstruction with them, which
 the data cannot see: the corrected cameras are aligned back onto the nominal ones by the rigid transform
-that best maps the corrected sources and detector centres onto the nominal ones, Kabsch), and repeat.
+that best maps the corrected sources and detector centres onto the nominal ones, Kabsch, and by the common
+scale, since moving every view along its principal ray looks like a scaled volume), and repeat. Pose errors
+against a known truth mean something only modulo that gauge (benchmarks/bench_carm.py measures them so).
+
+What limits it (benchmarks/RESULTS_carm.md): on the C-arm benchmark the refined cameras fit the data better
+than the true ones do, so the joint objective's minimum is not the true geometry; a better optimiser (a
+per-view Levenberg-Marquardt was tried) does not help.
 Optionally (``intrinsics``) each view's principal point is corrected too.
 
 Stopping: a round whose corrections lower the data term by less than ``min_gain`` (relative) is not
@@ -37,7 +43,15 @@ from ..render import render
 from ..volume import Volume
 from .fov import cameras_float64
 
-__all__ = ["RefineSettings", "RefineResult", "refine_geometry", "apply_corrections", "remove_common_motion", "twist_matrix"]
+__all__ = [
+    "RefineSettings",
+    "RefineResult",
+    "refine_geometry",
+    "apply_corrections",
+    "remove_common_motion",
+    "twist_matrix",
+    "twists_between",
+]
 
 
 @dataclass
@@ -102,7 +116,14 @@ def _anchor_points(cams: Cameras) -> Tensor:
 
 def remove_common_motion(corrected: Cameras, nominal: Cameras) -> Cameras:
     """``corrected`` moved by the one rigid transform that best maps its sources and detector centres onto
-    ``nominal``'s (Kabsch): what remains are the per-view differences, the part the data can see."""
+    ``nominal``'s (Kabsch), then rescaled about the nominal sources' centroid c so that its sources best
+    match the nominal ones (each camera translated rigidly: source c + k (S - c), orientation and intrinsics
+    unchanged): what remains are the per-view differences, the part the data can see.
+
+    The scale is a gauge freedom as the rigid motion is: scaling the volume by k about c and moving every
+    source to c + k (S - c) with the camera's orientation and source-detector distance kept gives the same
+    projections, so a common shift of all views along their principal rays cannot be told from a scaled
+    reconstruction."""
     a, b = _anchor_points(corrected).double(), _anchor_points(nominal).double()
     ca, cb = a.mean(0), b.mean(0)
     h = (a - ca).T @ (b - cb)
@@ -112,8 +133,13 @@ def remove_common_motion(corrected: Cameras, nominal: Cameras) -> Cameras:
     g = torch.eye(4, dtype=torch.float64)
     g[:3, :3] = r
     g[:3, 3] = cb - r @ ca
-    w = g.to(corrected.dtype) @ corrected.world_from_camera
-    return Cameras(w, corrected.sdd_mm, corrected.pixel_spacing_mm, corrected.principal_point_px, corrected.size_px)
+    w = g @ corrected.world_from_camera.double()  # (V, 4, 4)
+    src, src_nom = w[:, :3, 3], nominal.world_from_camera.double()[:, :3, 3]
+    c = src_nom.mean(0)
+    k = float(((src - c) * (src_nom - c)).sum() / ((src - c) ** 2).sum().clamp_min(1e-12))
+    w = w.clone()
+    w[:, :3, 3] = c + k * (src - c)
+    return Cameras(w.to(corrected.dtype), corrected.sdd_mm, corrected.pixel_spacing_mm, corrected.principal_point_px, corrected.size_px)
 
 
 def _reconstruct(projections, cameras, like, s: RefineSettings, masks):
@@ -204,7 +230,7 @@ def refine_geometry(
             )
             break
         current = trial
-        total = _twists_between(nominal, current)
+        total = twists_between(nominal, current)
         if shift is not None:
             shift = (current.principal_point_px - nominal.principal_point_px).float()
         vol = _reconstruct(p, current, like, s, masks)
@@ -212,7 +238,7 @@ def refine_geometry(
     return RefineResult(current.to(dtype=torch.float64), vol, total, shift, terms, stopped, time.perf_counter() - t0)
 
 
-def _twists_between(nominal: Cameras, corrected: Cameras) -> Tensor:
+def twists_between(nominal: Cameras, corrected: Cameras) -> Tensor:
     """(V, 6) twist (rotation vector rad, translation mm) of corrected relative to nominal, camera frame."""
     rel = torch.linalg.inv(nominal.world_from_camera.double()) @ corrected.world_from_camera.double()
     r = rel[:, :3, :3]
