@@ -383,7 +383,8 @@ def targets(results: list) -> list:
             fr, ft = pn["rot_deg"] / max(pr["rot_deg"], 1e-12), pn["trans_mm"] / max(pr["trans_mm"], 1e-12)
             fp = pn["reproj_mm"] / max(pr["reproj_mm"], 1e-12)
             lines.append(
-                f"- {tag}: per-view pose error (common rigid motion and scale removed) rotation {pn['rot_deg']:.3f} -> {pr['rot_deg']:.3f} deg "
+                f"- {tag}: per-view pose error (common rigid motion and scale removed) "
+                f"rotation {pn['rot_deg']:.3f} -> {pr['rot_deg']:.3f} deg "
                 f"({fr:.1f}x), translation {pn['trans_mm']:.3f} -> {pr['trans_mm']:.3f} mm ({ft:.1f}x) (target >= 3x): "
                 f"**{'MET' if min(fr, ft) >= 3 else 'NOT MET'}**; reprojection error of body points in the FOV {pn['reproj_mm']:.3f} -> "
                 f"{pr['reproj_mm']:.3f} mm at the isocentre ({fp:.1f}x)"
@@ -412,7 +413,8 @@ def case_table(r: dict) -> list:
     for label, m in rows.items():
         out.append(
             f"| {label} | {m['psnr_fov_db']:.2f} | {m['ssim_fov']:.3f} | {m['mae_fov_hu']:.1f} | {m['mae_outside_hu']:.1f} | "
-            f"{m['psnr_all_db']:.2f} | {m['rim_bias_hu']:+.1f} | {m['centre_bias_hu']:+.1f} | {m['seconds']:.1f} | {m['seconds'] / sart:.2f} |"
+            f"{m['psnr_all_db']:.2f} | {m['rim_bias_hu']:+.1f} | {m['centre_bias_hu']:+.1f} | "
+            f"{m['seconds']:.1f} | {m['seconds'] / sart:.2f} |"
         )
     return out
 
@@ -429,7 +431,8 @@ def write_report(results: list, conf: dict, path: Path) -> None:
         f"(across x along the axis) of {NATIVE_PIXEL_MM} mm pixels binned to {conf['pixel_mm']:g} mm ({conf['detector']} px)",
         "- Data: RTK Joseph at the true geometry through the finer CT, Poisson noise I0 = 1e5 (seed 1). Cases: truncated = 200 deg "
         f"short scan, centred detector; offset = 360 deg, detector shifted {OFFSET_MM:g} mm sideways; jitter = the truncated protocol "
-        f"with per-view errors uniform in +-{JITTER_DEG} deg / +-{JITTER_MM} mm per camera axis (seed 7), reconstructed from the nominal geometry",
+        f"with per-view errors uniform in +-{JITTER_DEG} deg / +-{JITTER_MM} mm per camera axis (seed 7), "
+        f"reconstructed from the nominal geometry",
         "- Field of view (FOV): voxels seen by every view (offset case: by at least half of the views). Rim / centre bias: mean "
         f"(reconstruction - truth) over the body inside the FOV at r >= {RIM} R / r <= {CENTRE} R from the axis (R: the FOV radius)",
         f"- Peers: RTK FDK (Hann {RTK_HANN}, Parker for short scans, truncation correction 0.25, displaced-detector filter in the offset "
@@ -446,7 +449,8 @@ def write_report(results: list, conf: dict, path: Path) -> None:
         lines += [
             f"## {c['name']}, {c['views']} views",
             "",
-            f"FOV radius {r['r_fov_mm']:.1f} mm, {r['fov_voxels']} voxels. Profile: ![profile]({os.path.relpath(HERE.parent / r['profile_png'], path.parent)})",
+            f"FOV radius {r['r_fov_mm']:.1f} mm, {r['fov_voxels']} voxels. "
+            f"Profile: ![profile]({os.path.relpath(HERE.parent / r['profile_png'], path.parent)})",
             "",
             *case_table(r),
             "",
@@ -488,7 +492,8 @@ def main() -> None:
     conf["started"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     conf["load_before"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     conf["machine"] = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
     )
     conf["pixel_mm"], conf["load_note"] = args.pixel_mm, args.load_note
 
