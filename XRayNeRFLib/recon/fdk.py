@@ -153,7 +153,9 @@ def fdk(
     p, det = _cosine_weighted(projections, cams, orbit)
     if truncation_correction is None:
         truncation_correction = DEFAULT_EXTENSION if detect_truncation(projections, cams, orbit).any else 0.0
-    p, dbeta = _angular_weighted(p, det, cams, orbit, short_scan, displaced_detector)
+    p, dbeta, displaced = _angular_weighted(p, det, cams, orbit, short_scan, displaced_detector)
+    if displaced:
+        p, det, cams = _symmetric_detector(p, det, cams)
     q = _ramp_filtered(p, det, orbit, window, window_cutoff, truncation_correction)
     return _backproject(q, dbeta, cams, orbit, volume, max_memory_mb, progress)
 
@@ -194,9 +196,10 @@ def _cosine_weighted(projections: Tensor, cams: Cameras, orbit: Orbit) -> Tuple[
 
 def _angular_weighted(
     p: Tensor, det: _Detector, cams: Cameras, orbit: Orbit, short_scan: Optional[bool], displaced_detector: Optional[bool]
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, bool]:
     """Step 2: p times Parker's weights (short scans), the displaced-detector weights or 1/2 (full scans),
-    and the angular step dbeta (V,) of each view. Warnings are attributed to the caller of :func:`fdk`."""
+    the angular step dbeta (V,) of each view, and whether the displaced-detector weights were applied.
+    Warnings are attributed to the caller of :func:`fdk`."""
     n_views = p.shape[0]
     u, sdd = det.u, det.sdd
     beta = orbit.angles_rad
@@ -244,7 +247,33 @@ def _angular_weighted(
         p = p * displaced_detector_weights(u, near, far)[:, None, :]
     else:
         p = p * 0.5
-    return p, dbeta
+    return p, dbeta, bool(displaced_detector) and not short_scan
+
+
+def _symmetric_detector(p: Tensor, det: _Detector, cams: Cameras) -> Tuple[Tensor, _Detector, Cameras]:
+    """Step 2b (displaced detector): the narrow side padded with zero pixels until the filtered axis reaches
+    as far on both sides of every view's principal point, as RTK's ``DisplacedDetectorImageFilter`` pads. The
+    ramp filter's response beyond the narrow edge is then back-projected (a voxel that projects there in one
+    view is seen from the other side in the opposite view); cut at the edge, it is lost and the region seen
+    once comes out too bright. p: (V, T, U) weighted; returns p (V, T, U'), its sampling, and cams (float64)
+    with the larger detector (principal points shifted by the pixels added before index 0)."""
+    near = det.cu * det.du
+    far = (det.n_u - 1 - det.cu) * det.du
+    n_low = max(0, int(math.ceil(float(((far - near) / det.du).max()) - 1e-6)))
+    n_high = max(0, int(math.ceil(float(((near - far) / det.du).max()) - 1e-6)))
+    if n_low == 0 and n_high == 0:
+        return p, det, cams
+    p = torch.nn.functional.pad(p, (n_low, n_high))
+    n_u = det.n_u + n_low + n_high
+    cu = det.cu + n_low
+    u = (torch.arange(n_u, dtype=torch.float64)[None, :] - cu[:, None]) * det.du[:, None]
+    axis = 0 if det.along_columns else 1
+    pp = cams.principal_point_px.clone()
+    pp[:, axis] = pp[:, axis] + n_low
+    w, h = cams.size_px
+    size = (w + n_low + n_high, h) if det.along_columns else (w, h + n_low + n_high)
+    padded = Cameras(cams.world_from_camera, cams.sdd_mm, cams.pixel_spacing_mm, pp, size)
+    return p, _Detector(det.along_columns, det.du, cu, u, n_u, det.sdd), padded
 
 
 def _ramp_filtered(p: Tensor, det: _Detector, orbit: Orbit, window: str, window_cutoff: float, truncation_correction: float) -> Tensor:
