@@ -385,7 +385,7 @@ def _provenance(g: dict, name: str, rows: list) -> str:
         loads = [r["load_start"] for r in rows if "load_start" in r]
         return f"per case, load {min(loads):.1f}-{max(loads):.1f}" if loads else "-"
     m = g.get("meta", {}).get(name)
-    return f"{m['date'][5:16]}, load {m['load_start'][0]:.1f}-{m['load_end'][0]:.1f}" if m else "-"
+    return f"ended {m['date'][5:16]}, load {m['load_start'][0]:.1f}-{m['load_end'][0]:.1f}" if m else "-"
 
 
 def report(res: dict, variants: dict, cmd: str, meta: dict) -> list:
@@ -396,7 +396,7 @@ def report(res: dict, variants: dict, cmd: str, meta: dict) -> list:
         "",
         f"Report command: `{cmd}` ({meta['date']}; torch {meta['torch']}, {meta['threads']} thread(s), {meta['cpus']} CPUs). "
         "Rows not selected by its --rows come from benchmarks/_work/independent/ (earlier runs with the same cases): "
-        "the 'ran' column says when each row ran and the load average (1-minute) at its start and end. "
+        "the 'ran' column says when each row ended and the load average (1-minute) at its start and end. "
         "Wall seconds depend on that load; CPU seconds much less.",
         "",
         "Protocol: the docstring of benchmarks/registration_independent.py (patient = the whole 332 mm chest CT; "
