@@ -151,7 +151,7 @@ def _reconstruct(projections, cameras, like, s: RefineSettings, masks):
 
 
 def _data_term(vol: Volume, cams: Cameras, projections: Tensor, pixels: Optional[Tensor], norm: float) -> Tensor:
-    pred = render(vol, cams, method="trilinear", pixels=pixels, check_finite=False)
+    pred = render(vol, cams, renderer="trilinear", pixels=pixels, check_finite=False)
     if pixels is None:
         target = projections
     else:
