@@ -67,6 +67,22 @@ def test_stack_xml_fdk_with_reference(data, capsys):
     assert not [n for n in os.listdir(d) if ".part" in n]
 
 
+def test_an_mhd_output_is_two_files_under_their_final_names(data, tmp_path, capsys):
+    """.mhd is a header naming its data file: both land under the output's name, and nothing temporary is left."""
+    d, *_ = data
+    out = tmp_path / "fdk.mhd"
+    rc = main(
+        ["reconstruct", "--projections", str(d / "p.mha"), "--geometry", str(d / "g.xml"), "--out", str(out), "--grid", "8", "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["fdk.mhd", "fdk.raw"]
+    assert "ElementDataFile = fdk.raw" in out.read_text()
+    (tmp_path / "moved").mkdir()
+    for name in ("fdk.mhd", "fdk.raw"):
+        os.replace(tmp_path / name, tmp_path / "moved" / name)
+    assert load_volume(str(tmp_path / "moved" / "fdk.mhd")).data.shape[1:] == (8, 8)
+
+
 def test_missing_output_directories_are_created_only_on_success(data, tmp_path, capsys):
     d, *_ = data
     out = tmp_path / "new" / "deeper" / "fdk.nii.gz"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -369,29 +370,29 @@ def _options(args) -> dict:
 
 
 def _save_atomic(pairs) -> None:
-    """Write every (Volume, path) to a temporary file beside it, then rename them all."""
-    temps: List[str] = []
+    """Write every (Volume, path) under its final name into a hidden folder beside it, then move the files in.
+
+    A folder rather than a temporary file name, because .mhd is two files (header and .raw) and the header names
+    its data file: written as ``x.mhd`` it names ``x.raw``, which is moved in first. A failure or Ctrl-C before
+    the moves leaves no file behind."""
+    folders: List[str] = []
     for _, path in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # only now: a failed run creates nothing
     try:
         for vol, path in pairs:
-            ext = next(e for e in VOLUME_EXTENSIONS if path.lower().endswith(e))
-            fd, tmp = tempfile.mkstemp(
-                prefix="." + os.path.basename(path)[: -len(ext)] + ".", suffix=".part" + ext, dir=os.path.dirname(os.path.abspath(path))
-            )
-            os.close(fd)
-            temps.append(tmp)
-            save_volume(vol, tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the usual permissions of a new file
-        for (_, path), tmp in zip(pairs, temps):
-            os.replace(tmp, path)
-        temps = []
+            directory, name = os.path.split(os.path.abspath(path))
+            folders.append(tempfile.mkdtemp(prefix="." + name + ".", suffix=".part", dir=directory))
+            save_volume(vol, os.path.join(folders[-1], name))
+        umask = os.umask(0)
+        os.umask(umask)
+        for (_, path), folder in zip(pairs, folders):
+            directory, name = os.path.split(os.path.abspath(path))
+            for written in sorted(os.listdir(folder), key=lambda f: f == name):  # the header (``name``) last
+                os.chmod(os.path.join(folder, written), 0o666 & ~umask)  # the usual permissions of a new file
+                os.replace(os.path.join(folder, written), os.path.join(directory, written))
     finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Interrupt:
