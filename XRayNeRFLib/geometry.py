@@ -227,17 +227,28 @@ class Cameras:
 
     # -- checks --------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ValueError on non-finite values, non-positive distances, or non-rigid poses."""
+        """Raise :class:`~XRayNeRFLib.errors.GeometryError` (a ValueError) on non-finite values, non-positive
+        distances, or non-rigid poses; ``name`` is the offending field, "view i" prefixed where one view is at fault.
+
+        The rigidity check is the container's invariant (float64 poses to 1e-8): a person's near-rigid matrix goes
+        through :func:`nearest_rigid` first."""
+        from .errors import GeometryError
+
         for f in ("world_from_camera", "sdd_mm", "pixel_spacing_mm", "principal_point_px"):
             t = getattr(self, f).detach()
             if not torch.isfinite(t).all():
-                raise ValueError(f"camera {f} contains NaN or infinite values")
+                raise GeometryError(f"camera {f} contains NaN or infinite values", name=f)
         if (self.sdd_mm.detach() <= 0).any():
             bad = int(torch.nonzero(self.sdd_mm.detach() <= 0)[0, 0])
-            raise ValueError(f"view {bad}: source-to-detector distance must be > 0 mm, got {float(self.sdd_mm[bad]):g}")
+            raise GeometryError(
+                f"view {bad}: source-to-detector distance must be > 0 mm, got {float(self.sdd_mm[bad]):g}", name=f"view {bad} sdd_mm"
+            )
         if (self.pixel_spacing_mm.detach() <= 0).any():
             bad = int(torch.nonzero((self.pixel_spacing_mm.detach() <= 0).any(-1))[0, 0])
-            raise ValueError(f"view {bad}: pixel spacing must be > 0 mm, got {self.pixel_spacing_mm[bad].tolist()}")
+            raise GeometryError(
+                f"view {bad}: pixel spacing must be > 0 mm, got {self.pixel_spacing_mm[bad].tolist()}",
+                name=f"view {bad} pixel_spacing_mm",
+            )
         w = self.world_from_camera.detach().double()
         r = w[:, :3, :3]
         eye = torch.eye(3, dtype=r.dtype, device=r.device)
@@ -252,7 +263,7 @@ class Cameras:
         if bad.any():
             i = int(torch.nonzero(bad)[0, 0])
             why = "is a reflection (det -1): the image is mirrored; flip the image instead" if det[i] < 0 else "is not a rigid transform"
-            raise ValueError(f"view {i}: world_from_camera {why}")
+            raise GeometryError(f"view {i}: world_from_camera {why}", name=f"view {i} world_from_camera")
 
     # -- basic container behaviour --------------------------------------------------------------
     def __len__(self) -> int:

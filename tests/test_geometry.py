@@ -286,6 +286,28 @@ def test_bad_camera_inputs(change, message):
         Cameras(**args)
 
 
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(sdd_mm=torch.tensor([1000.0, 0.0], dtype=F64)), "view 1 sdd_mm"),
+        (dict(principal_point_px=torch.tensor([[0.0, float("inf")], [0, 0]], dtype=F64)), "principal_point_px"),
+        (
+            dict(world_from_camera=torch.stack([torch.eye(4, dtype=F64), torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=F64))])),
+            "view 1 world_from_camera",
+        ),
+    ],
+)
+def test_unusable_cameras_raise_a_geometry_error_naming_the_field(change, name):
+    """Callers branch on the class and read ``name``, never the text."""
+    from XRayNeRFLib.errors import GeometryError
+
+    args = good_args()
+    args.update(change)
+    with pytest.raises(GeometryError) as info:
+        Cameras(**args)
+    assert info.value.name == name
+
+
 def test_bad_constructor_inputs():
     with pytest.raises(ValueError, match="distances must be > 0"):
         carm(0, 0, sdd_mm=-5.0)
