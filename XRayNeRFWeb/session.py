@@ -27,8 +27,6 @@ from .pose import nudged
 
 log = logging.getLogger("XRayNeRFWeb")
 
-PREVIEW_WINDOW_HU = (-1000.0, 1000.0)  # the reconstruction's grey scale in the views: air black, bone white
-
 
 @dataclass
 class ProgressView:
@@ -341,18 +339,11 @@ class Session:
         return out, previous
 
     def show_preview_slice(self, node) -> None:
-        """The reconstruction's output node as its live preview shows best: a fixed window from air to bone
-        (:data:`PREVIEW_WINDOW_HU`; Slicer's automatic window would be fitted to the node's first content, the
-        constant -1000 HU grid, and show every later value white), and the Red view (axial) through the slice
-        the preview writes, k = K // 2 (XRayNeRFMRML.reconstruction.LivePreview), not the neighbouring slice
-        that fitting the view to an even number of slices picks."""
+        """The Red view (axial) through the slice the reconstruction's live preview writes, k = K // 2
+        (XRayNeRFMRML.reconstruction.LivePreview), not the neighbouring slice that fitting the view to an even
+        number of slices picks. (The node's grey scale is the layer's: reconstruction.set_preview_window.)"""
         from XRayNeRFMRML.nodes import ijk_to_ras
 
-        if node.GetDisplayNode() is None:
-            node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        display.SetAutoWindowLevel(0)
-        display.SetWindowLevel(PREVIEW_WINDOW_HU[1] - PREVIEW_WINDOW_HU[0], sum(PREVIEW_WINDOW_HU) / 2.0)
         i, j, k = node.GetImageData().GetDimensions()
         centre = ijk_to_ras(node) @ np.array([(i - 1) / 2.0, (j - 1) / 2.0, k // 2, 1.0])
         self.red.GetSliceNode().JumpSliceByCentering(*centre[:3])

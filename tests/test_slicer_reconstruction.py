@@ -587,6 +587,11 @@ def test_preview_updates_the_middle_slice(core, module, sparse):
     )
     assert len(seen) >= 3 and max(seen) < 0.05
     assert out.preview_updates == len(seen)
+    # The grey scale shows the preview: not fitted to the node's first content (the constant -1000 HU grid), which
+    # puts every later value above the window (all white); air black, water grey, bone white.
+    display = slicer.util.getNode("stack VOXEL").GetDisplayNode()
+    low, high = display.GetLevel() - display.GetWindow() / 2.0, display.GetLevel() + display.GetWindow() / 2.0
+    assert not display.GetAutoWindowLevel() and low <= -1000.0 and 0.0 < high <= 3000.0, (low, high)
 
 
 def test_nerf_runs_with_coarse_previews(core, module, sparse):

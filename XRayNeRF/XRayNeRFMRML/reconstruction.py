@@ -347,6 +347,20 @@ def write_volume_node(node, data: np.ndarray, ras_from_ijk: np.ndarray) -> None:
     node.Modified()
 
 
+PREVIEW_WINDOW_HU = (-1000.0, 1000.0)  # the reconstruction's grey scale: air black, water grey, bone white
+
+
+def set_preview_window(node) -> None:
+    """Give the output node's display the fixed :data:`PREVIEW_WINDOW_HU` grey scale. Slicer's automatic
+    window is fitted once, to the node's first content (the constant -1000 HU grid), and would show every
+    later preview all white."""
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetAutoWindowLevel(0)
+    display.SetWindowLevel(PREVIEW_WINDOW_HU[1] - PREVIEW_WINDOW_HU[0], sum(PREVIEW_WINDOW_HU) / 2.0)
+
+
 class SceneChanges:
     """Records what a run does to the scene so that a failure can undo it: nodes created here are removed,
     given nodes get their voxels, geometry, reconstruction attribute and display-node state back. New nodes
@@ -535,6 +549,7 @@ def run_reconstruction(
         ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()
         node = changes.volume(output_node, name)
         write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
+        set_preview_window(node)
         energy_kev = float((options or {}).get("energy_kev", DEFAULT_ENERGY_KEV))  # the API's HU conversion energy
         preview = LivePreview(node, tuple(like.data.shape), preview_interval_s, energy_kev=energy_kev)
         masks = projections.masks if projections.masks is not None and not bool(projections.masks.all()) else None
