@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from .datadir import DataDir, UnsafePathError
 from .jobs import BusyError, JobRunner
+from .overlay import INTERVAL_S, LoopTimer
 from .runtime import bind, use_headless_rendering
 from .views import DragRendering, cheap_frames
 
@@ -86,6 +87,10 @@ class XRayNeRFWebApp:
         cheap_frames(self.sa.view_manager)
         # while the pose controls move, only the Red view redraws, at a reduced image size
         self.drag = DragRendering(self.sa.view_manager, overlay_adapter=slices.get_factory_view("Red").view_adapter)
+        from XRayNeRFMRML.throttle import CoalescingRenderer
+
+        # the layer's timing rule (the Slicer module's): coarse while the controls move, full size once they rest
+        self.overlay_throttle = CoalescingRenderer(self._throttled_overlay, LoopTimer, interval_s=INTERVAL_S)
         self.runner = runner if runner is not None else JobRunner()
         from .session import Session
 
@@ -187,8 +192,8 @@ class XRayNeRFWebApp:
         """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
 
         def finished(result, error) -> None:
-            if kind == "overlay":
-                self.drag.done()
+            if kind == "overlay":  # the overlay's work returns whether its DRR was coarse
+                self.drag.done(coarse=bool(result) and error is None)
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
@@ -330,26 +335,36 @@ class XRayNeRFWebApp:
         self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its camera JSON.", "success")
 
     def _on_pose_change(self, **_) -> None:
-        if self.state.reg_ready and not (self.runner.job and self.runner.job.kind != "overlay"):
-            self.drag.moving()
-            self._request_overlay()
+        if self.state.reg_ready and not self._long_job_runs():
+            self.overlay_throttle.changed()
+
+    def _long_job_runs(self) -> bool:
+        """A job other than an overlay update runs (its own previews show the pose)."""
+        return self.runner.job is not None and self.runner.job.kind != "overlay"
+
+    def _throttled_overlay(self, coarse: bool) -> None:
+        """The throttle's render (on the event loop): an overlay update, coarse while the controls move."""
+        if not self._long_job_runs():
+            self._request_overlay(coarse)
 
     def _on_opacity(self, opacity, **_) -> None:
         self.session.set_opacity(float(opacity))
 
     @_action
-    def _request_overlay(self) -> None:
+    def _request_overlay(self, coarse: bool = False) -> None:
+        """An overlay update at the controls' pose: the DRR coarse (while they move) or full size."""
         s = self.state
         rotation = [float(s.rx), float(s.ry), float(s.rz)]
         translation = [float(s.tr), float(s.ta), float(s.ts)]
         opacity = float(s.opacity)
 
-        def done(_):  # the Red view redraws when self.drag lets it (finished() in _start)
+        def done(_):  # the views redraw when self.drag lets them (finished() in _start)
             s.overlay_updates = self.session.overlay_updates
 
-        def work(job):
+        def work(job) -> bool:
             self.drag.start()  # holding the scene: the views redraw no half-updated state
-            return self.session.overlay_work(job, rotation, translation, opacity)
+            self.session.overlay_work(job, rotation, translation, opacity, coarse=bool(coarse))
+            return bool(coarse)
 
         self._start("overlay", work, done)
 

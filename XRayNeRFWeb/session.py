@@ -54,7 +54,7 @@ class Session:
         self.overlay_drr = None
         self.camera_model = None  # the X-ray's C-arm in 3D
         self.registration_output = None  # XRayNeRFMRML.registration.RegistrationOutput awaiting Accept / Revert
-        self.quick = None  # overlay.QuickDRR of the current CT and X-ray
+        self.overlay_renderer = None  # XRayNeRFMRML.live_overlay.OverlayRenderer of the current CT and X-ray
         self.overlay_updates = 0
         self.last_registration = None
         self.sample_truth = None  # (4, 4) the sample fluoroscopy's true CT pose, when the sample is loaded
@@ -194,17 +194,20 @@ class Session:
         dims = np.array(self.ct.GetImageData().GetDimensions(), dtype=np.float64)
         return (ijk_to_ras(self.ct) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
 
-    def overlay_work(self, job: JobState, rotation_deg, translation_mm, opacity: float) -> None:
-        """Move the CT by the controls and show its quick DRR (overlay.py) over the X-ray in the Red view."""
-        from .overlay import QuickDRR
+    def overlay_work(self, job: JobState, rotation_deg, translation_mm, opacity: float, coarse: bool = False) -> None:
+        """Move the CT by the controls and show its DRR over the X-ray in the Red view: the layer's
+        ``OverlayRenderer`` (the Slicer module's live overlay), coarse while the controls move (overlay.py)."""
+        from XRayNeRFMRML.live_overlay import OverlayRenderer
+
+        from .overlay import render_volume
 
         self.set_transform_matrix(nudged(self.base, self.ct_centre_local(), rotation_deg, translation_mm))
-        if self.quick is None or not self.quick.matches(self.ct, self.xray):
-            self.quick = QuickDRR(self.ct, self.xray)
+        if self.overlay_renderer is None or not self.overlay_renderer.matches(self.ct, self.xray):
+            self.overlay_renderer = OverlayRenderer(self.ct, self.xray)
             self.show_volume_rendering(self.ct, False)
-        volume = self.quick.volume_now()
-        image = job.call_engine(self.quick.render, volume)  # off the event loop
-        self.overlay_drr = self.quick.write(self.overlay_drr, image)
+        volume = self.overlay_renderer.volume()
+        image = job.call_engine(render_volume, self.overlay_renderer, volume, bool(coarse))  # off the event loop
+        self.overlay_drr = self.overlay_renderer.write(self.overlay_drr, image, bool(coarse))
         composite = self.red.GetSliceCompositeNode()
         if (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) != (self.xray.GetID(), self.overlay_drr.GetID()):
             self.show_overlay(opacity)  # turn the view to the detector once; later updates only change the DRR's pixels
