@@ -194,6 +194,7 @@ class XRayNeRFWebApp:
         def finished(result, error) -> None:
             if kind == "overlay":  # the overlay's work returns whether its DRR was coarse
                 self.drag.done(coarse=bool(result) and error is None)
+                self.overlay_throttle.render_ended()  # "still moving" counts from the end of this render
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
