@@ -110,17 +110,18 @@ def _first_after(events, t: float):
 def round_trip(log_path: str, steps) -> str:
     """A Markdown table splitting each page latency into its parts. steps: [(key press, new image in the page)],
     epoch s. For each step: the first pose change at the server after the key press, the first overlay job
-    that ends after it, the first Red frame pushed after that; medians over the steps (ms)."""
+    that starts after it, the first Red frame pushed after that job ends; medians over the steps (ms)."""
     ev = _events(log_path)
     pose, job, push = ev.get(("page.pose", ""), []), ev.get(("overlay.total", ""), []), ev.get(("view.push", "Red"), [])
+    starts = sorted((end - ms / 1000.0, ms) for end, ms in job)  # (start, ms)
     parts = defaultdict(list)
     for key_t, frame_t in steps:
         p = _first_after(pose, key_t)
-        j = p and _first_after(job, p[0])
-        f = j and _first_after(push, j[0])
+        j = p and _first_after(starts, p[0])  # the first job started after the change (an earlier one may still run)
+        f = j and _first_after(push, j[0] + j[1] / 1000.0)
         if not f or f[0] > frame_t + 0.005:  # not matched: the image came from another step
             continue
-        start = j[0] - j[1] / 1000.0
+        start, j = j[0], (j[0] + j[1] / 1000.0, j[1])
         parts["key press -> pose change at the server (page, websocket)"].append(p[0] - key_t)
         parts["pose change -> overlay job starts (throttle, queue)"].append(start - p[0])
         parts["overlay job (pose, DRR, node write)"].append(j[1] / 1000.0)
