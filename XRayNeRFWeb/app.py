@@ -129,6 +129,7 @@ class XRayNeRFWebApp:
                 reg_xray_path="",
                 reg_xray_image_path="",
                 reg_camera_path="",
+                reg_landmarks_path="",
                 reg_intensities=False,
                 reg_ready=False,
                 reg_pending=False,
@@ -169,24 +170,30 @@ class XRayNeRFWebApp:
     def _say(self, text: str, kind: str = "info") -> None:
         self.state.message, self.state.message_type = str(text), kind
 
-    def _action(fn: Callable) -> Callable:  # noqa: N805  (a decorator over the methods below)
-        """Run a page action; refusals and errors become the page's message, the server keeps going."""
+    def _action(fn: Optional[Callable] = None, *, list_files: bool = True) -> Callable:  # noqa: N805  (a decorator below)
+        """Run a page action; refusals and errors become the page's message, the server keeps going. list_files:
+        refresh the page's data-folder listing afterwards (a walk of the folder: not for the overlay updates,
+        which write no file and come many times a second). ``@_action`` or ``@_action(list_files=False)``."""
 
-        @functools.wraps(fn)
-        def wrapper(self, *args, **kwargs):
-            try:
-                return fn(self, *args, **kwargs)
-            except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
-                # ValueError covers UnsafePathError / upload refusals / engine input errors, RuntimeError BusyError
-                self._say(str(error), "error")
-            except Exception as error:  # an unexpected failure must not stop the server; say what happened
-                log.exception("action %s failed", fn.__name__)
-                self._say(f"internal error in {fn.__name__}: {type(error).__name__}: {error}", "error")
-            finally:
-                self.state.files = self.data.listing()
-            return None
+        def decorate(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def wrapper(self, *args, **kwargs):
+                try:
+                    return fn(self, *args, **kwargs)
+                except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
+                    # ValueError covers UnsafePathError / upload refusals / engine input errors, RuntimeError BusyError
+                    self._say(str(error), "error")
+                except Exception as error:  # an unexpected failure must not stop the server; say what happened
+                    log.exception("action %s failed", fn.__name__)
+                    self._say(f"internal error in {fn.__name__}: {type(error).__name__}: {error}", "error")
+                finally:
+                    if list_files:
+                        self.state.files = self.data.listing()
+                return None
 
-        return wrapper
+            return wrapper
+
+        return decorate if fn is None else decorate(fn)
 
     def _start(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
         """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
@@ -209,7 +216,8 @@ class XRayNeRFWebApp:
                 else:
                     log.error("%s failed", kind, exc_info=error)
                     self._say(f"{kind} failed: {type(error).__name__}: {error}", "error")
-                self.state.files = self.data.listing()
+                if kind != "overlay":  # an overlay update writes no file
+                    self.state.files = self.data.listing()
 
         job = self.runner.start(kind, work, finished)
         if job is not None and kind != "overlay":
@@ -326,14 +334,24 @@ class XRayNeRFWebApp:
         self._say(f"Uploaded {self.state.reg_camera_path}.", "info")
 
     @_action
-    def load_xray_image_path(self, image_relative: str, camera_relative: str, intensities: bool = False) -> None:
-        """An X-ray image with its camera JSON (both in the data folder): Session.load_xray_image."""
+    def upload_landmarks(self, files) -> None:
+        self.state.reg_landmarks_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.reg_landmarks_path}; the X-ray image's pose is solved from it at Load.", "info")
+
+    @_action
+    def load_xray_image_path(
+        self, image_relative: str, camera_relative: str, intensities: bool = False, landmarks_relative: str = ""
+    ) -> None:
+        """An X-ray image with its camera JSON (both in the data folder), its pose from the camera JSON or, when a
+        landmark file is named, from the landmarks: Session.load_xray_image."""
         self._refuse_if_busy("loading an X-ray")
         if not str(image_relative or "").strip() or not str(camera_relative or "").strip():
             raise ValueError("an X-ray image needs its camera JSON: give both (upload them, or name files in the data folder)")
-        self.session.load_xray_image(self._resolve(image_relative), self._resolve(camera_relative), bool(intensities))
+        landmarks = self._resolve(landmarks_relative) if str(landmarks_relative or "").strip() else None
+        self.session.load_xray_image(self._resolve(image_relative), self._resolve(camera_relative), bool(intensities), landmarks)
         self._after_registration_inputs()
-        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its camera JSON.", "success")
+        how = "its pose from the landmarks" if landmarks is not None else "its camera JSON"
+        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with {how}.", "success")
 
     def _on_pose_change(self, **_) -> None:
         if self.state.reg_ready and not self._long_job_runs():
@@ -351,7 +369,7 @@ class XRayNeRFWebApp:
     def _on_opacity(self, opacity, **_) -> None:
         self.session.set_opacity(float(opacity))
 
-    @_action
+    @_action(list_files=False)
     def _request_overlay(self, coarse: bool = False) -> None:
         """An overlay update at the controls' pose: the DRR coarse (while they move) or full size."""
         s = self.state

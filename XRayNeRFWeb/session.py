@@ -113,21 +113,45 @@ class Session:
         self._set_xray(node)
         return node
 
-    def load_xray_image(self, image: Path, camera: Path, intensities: bool = False):
+    def load_xray_image(self, image: Path, camera: Path, intensities: bool = False, landmarks: Optional[Path] = None):
         """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``: the pose in the scene's
         RAS mm, which is the CT file's frame while the CT has not been moved), read by the command line's route
         (``XRayNeRFLib.cli.register.xray_from_image_file``: the camera JSON is also the pose file) and made a node
         by the layer's ``xray_node_from_projections``, as a DICOM X-ray is. intensities: the image holds detector
-        intensities (turned into line integrals, as ``xraynerf register --log``); else line integrals."""
+        intensities (turned into line integrals, as ``xraynerf register --log``); else line integrals.
+        landmarks: a landmark file (``xraynerf register --landmarks``: CT points in the CT file's frame, RAS mm,
+        with their [column, row] pixels): the camera's pose is solved from it instead (:meth:`landmark_pose`), and
+        the camera JSON needs only the intrinsics."""
         from XRayNeRFLib.cli.register import xray_from_image_file
         from XRayNeRFLib.projection_set import ProjectionSet
         from XRayNeRFMRML.inputs import xray_node_from_projections
 
-        pixels, mask, cameras, _notes = xray_from_image_file(str(image), str(camera), str(camera), log=bool(intensities))
+        if landmarks is not None and self.ct is None:
+            raise ValueError("load the CT first: the landmarks' CT points are in the CT file's frame")
+        pose = None if landmarks is not None else str(camera)
+        pixels, mask, cameras, _notes = xray_from_image_file(str(image), str(camera), pose, log=bool(intensities))
+        if landmarks is not None:
+            cameras = self.landmark_pose(landmarks, cameras)
         projections = ProjectionSet(pixels[None], cameras, masks=mask[None], source=Path(image).name)
         node = xray_node_from_projections(projections, 0, name=Path(image).stem, scene=self.sa.scene, source=Path(image).name)
         self._set_xray(node)
         return node
+
+    def landmark_pose(self, landmarks: Path, cameras):
+        """``cameras`` (1 view, float64) posed by the landmark start of the command line
+        (``XRayNeRFLib.cli.register.landmark_start_pose``: the engine's PnP solve, LandmarkError on bad pairs) and
+        carried from the CT file's frame into the scene by the CT's transform now: world_from_camera =
+        world_from_node(CT) @ w_landmarks."""
+        import torch
+
+        from XRayNeRFLib.cli.register import landmark_start_pose
+        from XRayNeRFLib.geometry import Cameras
+        from XRayNeRFMRML.nodes import world_from_node
+
+        start = landmark_start_pose(str(landmarks), cameras, quiet=True)
+        w = torch.as_tensor(world_from_node(self.ct), dtype=torch.float64) @ start.world_from_camera.to(torch.float64)
+        c = start.cameras
+        return Cameras(w[None], c.sdd_mm, c.pixel_spacing_mm, c.principal_point_px, c.size_px)
 
     def _set_xray(self, node) -> None:
         self.xray = node
