@@ -92,6 +92,7 @@ class XRayNeRFWebApp:
         # the layer's timing rule (the Slicer module's): coarse while the controls move, full size once they rest
         self.overlay_throttle = CoalescingRenderer(self._throttled_overlay, LoopTimer, interval_s=INTERVAL_S)
         self.runner = runner if runner is not None else JobRunner()
+        self._deferred = None  # (kind, work, done, message): a long job waiting for the running overlay update
         from .session import Session
 
         red = self.sa.app_logic.GetSliceLogicByLayoutName("Red")
@@ -196,12 +197,21 @@ class XRayNeRFWebApp:
         return decorate if fn is None else decorate(fn)
 
     def _start(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
-        """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
+        """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message. A long job
+        asked for while an overlay update runs starts when that update ends (an overlay update is a fraction of
+        a second and not the user's job: it does not make the page "busy")."""
+        if kind != "overlay" and self.runner.job is not None and self.runner.job.kind == "overlay":
+            self._deferred = (kind, work, done, message)
+            return
 
         def finished(result, error) -> None:
             if kind == "overlay":  # the overlay's work returns whether its DRR was coarse
                 self.drag.done(coarse=bool(result) and error is None)
                 self.overlay_throttle.render_ended()  # "still moving" counts from the end of this render
+                if self._deferred is not None:  # a long job asked for during this update: now (no pending overlay)
+                    deferred, self._deferred = self._deferred, None
+                    self.runner.discard_pending_overlay()
+                    self._start_deferred(*deferred)
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
@@ -227,6 +237,10 @@ class XRayNeRFWebApp:
             if message:
                 self._say(message)
             asyncio.ensure_future(self._push_progress(job, PREVIEW_VIEWS.get(kind)))
+
+    @_action
+    def _start_deferred(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
+        self._start(kind, work, done, message)
 
     async def _push_progress(self, job, views=None) -> None:
         """~10 Hz: the job's progress, and the views that show its previews (names; None: all) while it runs."""

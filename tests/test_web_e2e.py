@@ -389,12 +389,14 @@ def test_xray_image_with_landmarks_gets_the_dicom_xray_pose(page, server, tmp_pa
     isocentre = (pose @ np.r_[setup["isocenter_ras"], 1.0])[:3]
     ps = ProjectionSet.from_dicom([str(SAMPLES / setup["dicom"])], GeometryOverrides(isocenter_ras=isocentre.tolist()))
     cams = ps.cameras.to(dtype=torch.float64)
-    # 8 points spread over the CT (its file's frame, RAS mm) and their pixels on the fluoroscopy (true camera, posed CT)
+    # 8 points spread about the CT's centre (its file's frame, RAS mm; a box of about 70 x 70 x 65 mm, inside the
+    # fluoroscopy's field of view) and their pixels on the fluoroscopy (the true camera, the CT posed as now)
     corners = ct_corners()
     centre = corners.mean(axis=0)
-    points = centre + 0.4 * (corners - centre)
+    points = centre + 0.2 * (corners - centre)
     world = (pose @ np.c_[points, np.ones(len(points))].T).T[:, :3]
     pixels = cams.project(torch.as_tensor(world))[0][0].numpy()
+    assert (pixels > 2).all() and (pixels < np.array(cams.size_px) - 3).all(), pixels  # the set-up itself
     pairs = [{"label": f"p{i}", "ct_mm": points[i].tolist(), "pixel": pixels[i].tolist()} for i in range(len(points))]
     (tmp_path / "fluoro_landmarks.json").write_text(json.dumps({"frame": "RAS", "pairs": pairs}))
     image = tmp_path / "fluoro_lm.mha"
