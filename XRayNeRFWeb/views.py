@@ -21,7 +21,7 @@ Runs on the server's event loop (the views belong to it).
 
 from __future__ import annotations
 
-DRAG_PIXELS = 120_000  # the overlay view's image while dragging: at most this many pixels (about 0.3 MP at rest)
+DRAG_PIXELS = 60_000  # the overlay view's image while dragging: at most this many pixels (about 0.3 MP at rest)
 
 
 def cheap_frames(view_manager) -> None:
