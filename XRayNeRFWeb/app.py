@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from .datadir import DataDir, UnsafePathError
 from .jobs import BusyError, JobRunner
+from .overlay import INTERVAL_S, LoopTimer
 from .runtime import bind, use_headless_rendering
 from .views import DragRendering, cheap_frames
 
@@ -86,7 +87,12 @@ class XRayNeRFWebApp:
         cheap_frames(self.sa.view_manager)
         # while the pose controls move, only the Red view redraws, at a reduced image size
         self.drag = DragRendering(self.sa.view_manager, overlay_adapter=slices.get_factory_view("Red").view_adapter)
+        from XRayNeRFMRML.throttle import CoalescingRenderer
+
+        # the layer's timing rule (the Slicer module's): coarse while the controls move, full size once they rest
+        self.overlay_throttle = CoalescingRenderer(self._throttled_overlay, LoopTimer, interval_s=INTERVAL_S)
         self.runner = runner if runner is not None else JobRunner()
+        self._deferred = None  # (kind, work, done, message): a long job waiting for the running overlay update
         from .session import Session
 
         red = self.sa.app_logic.GetSliceLogicByLayoutName("Red")
@@ -124,6 +130,7 @@ class XRayNeRFWebApp:
                 reg_xray_path="",
                 reg_xray_image_path="",
                 reg_camera_path="",
+                reg_landmarks_path="",
                 reg_intensities=False,
                 reg_ready=False,
                 reg_pending=False,
@@ -164,31 +171,47 @@ class XRayNeRFWebApp:
     def _say(self, text: str, kind: str = "info") -> None:
         self.state.message, self.state.message_type = str(text), kind
 
-    def _action(fn: Callable) -> Callable:  # noqa: N805  (a decorator over the methods below)
-        """Run a page action; refusals and errors become the page's message, the server keeps going."""
+    def _action(fn: Optional[Callable] = None, *, list_files: bool = True) -> Callable:  # noqa: N805  (a decorator below)
+        """Run a page action; refusals and errors become the page's message, the server keeps going. list_files:
+        refresh the page's data-folder listing afterwards (a walk of the folder: not for the overlay updates,
+        which write no file and come many times a second). ``@_action`` or ``@_action(list_files=False)``."""
 
-        @functools.wraps(fn)
-        def wrapper(self, *args, **kwargs):
-            try:
-                return fn(self, *args, **kwargs)
-            except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
-                # ValueError covers UnsafePathError / upload refusals / engine input errors, RuntimeError BusyError
-                self._say(str(error), "error")
-            except Exception as error:  # an unexpected failure must not stop the server; say what happened
-                log.exception("action %s failed", fn.__name__)
-                self._say(f"internal error in {fn.__name__}: {type(error).__name__}: {error}", "error")
-            finally:
-                self.state.files = self.data.listing()
-            return None
+        def decorate(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def wrapper(self, *args, **kwargs):
+                try:
+                    return fn(self, *args, **kwargs)
+                except (ValueError, RuntimeError, FileNotFoundError, OSError) as error:
+                    # ValueError covers UnsafePathError / upload refusals / engine input errors, RuntimeError BusyError
+                    self._say(str(error), "error")
+                except Exception as error:  # an unexpected failure must not stop the server; say what happened
+                    log.exception("action %s failed", fn.__name__)
+                    self._say(f"internal error in {fn.__name__}: {type(error).__name__}: {error}", "error")
+                finally:
+                    if list_files:
+                        self.state.files = self.data.listing()
+                return None
 
-        return wrapper
+            return wrapper
+
+        return decorate if fn is None else decorate(fn)
 
     def _start(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
-        """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message."""
+        """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message. A long job
+        asked for while an overlay update runs starts when that update ends (an overlay update is a fraction of
+        a second and not the user's job: it does not make the page "busy")."""
+        if kind != "overlay" and self.runner.job is not None and self.runner.job.kind == "overlay":
+            self._deferred = (kind, work, done, message)
+            return
 
         def finished(result, error) -> None:
-            if kind == "overlay":
-                self.drag.done()
+            if kind == "overlay":  # the overlay's work returns whether its DRR was coarse
+                self.drag.done(coarse=bool(result) and error is None)
+                self.overlay_throttle.render_ended()  # "still moving" counts from the end of this render
+                if self._deferred is not None:  # a long job asked for during this update: now (no pending overlay)
+                    deferred, self._deferred = self._deferred, None
+                    self.runner.discard_pending_overlay()
+                    self._start_deferred(*deferred)
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
@@ -203,7 +226,8 @@ class XRayNeRFWebApp:
                 else:
                     log.error("%s failed", kind, exc_info=error)
                     self._say(f"{kind} failed: {type(error).__name__}: {error}", "error")
-                self.state.files = self.data.listing()
+                if kind != "overlay":  # an overlay update writes no file
+                    self.state.files = self.data.listing()
 
         job = self.runner.start(kind, work, finished)
         if job is not None and kind != "overlay":
@@ -213,6 +237,10 @@ class XRayNeRFWebApp:
             if message:
                 self._say(message)
             asyncio.ensure_future(self._push_progress(job, PREVIEW_VIEWS.get(kind)))
+
+    @_action
+    def _start_deferred(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
+        self._start(kind, work, done, message)
 
     async def _push_progress(self, job, views=None) -> None:
         """~10 Hz: the job's progress, and the views that show its previews (names; None: all) while it runs."""
@@ -320,36 +348,56 @@ class XRayNeRFWebApp:
         self._say(f"Uploaded {self.state.reg_camera_path}.", "info")
 
     @_action
-    def load_xray_image_path(self, image_relative: str, camera_relative: str, intensities: bool = False) -> None:
-        """An X-ray image with its camera JSON (both in the data folder): Session.load_xray_image."""
+    def upload_landmarks(self, files) -> None:
+        self.state.reg_landmarks_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.reg_landmarks_path}; the X-ray image's pose is solved from it at Load.", "info")
+
+    @_action
+    def load_xray_image_path(
+        self, image_relative: str, camera_relative: str, intensities: bool = False, landmarks_relative: str = ""
+    ) -> None:
+        """An X-ray image with its camera JSON (both in the data folder), its pose from the camera JSON or, when a
+        landmark file is named, from the landmarks: Session.load_xray_image."""
         self._refuse_if_busy("loading an X-ray")
         if not str(image_relative or "").strip() or not str(camera_relative or "").strip():
             raise ValueError("an X-ray image needs its camera JSON: give both (upload them, or name files in the data folder)")
-        self.session.load_xray_image(self._resolve(image_relative), self._resolve(camera_relative), bool(intensities))
+        landmarks = self._resolve(landmarks_relative) if str(landmarks_relative or "").strip() else None
+        self.session.load_xray_image(self._resolve(image_relative), self._resolve(camera_relative), bool(intensities), landmarks)
         self._after_registration_inputs()
-        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its camera JSON.", "success")
+        how = "its pose from the landmarks" if landmarks is not None else "its camera JSON"
+        self._say(f"Loaded the X-ray '{self.state.reg_xray}' with {how}.", "success")
 
     def _on_pose_change(self, **_) -> None:
-        if self.state.reg_ready and not (self.runner.job and self.runner.job.kind != "overlay"):
-            self.drag.moving()
-            self._request_overlay()
+        if self.state.reg_ready and not self._long_job_runs():
+            self.overlay_throttle.changed()
+
+    def _long_job_runs(self) -> bool:
+        """A job other than an overlay update runs (its own previews show the pose)."""
+        return self.runner.job is not None and self.runner.job.kind != "overlay"
+
+    def _throttled_overlay(self, coarse: bool) -> None:
+        """The throttle's render (on the event loop): an overlay update, coarse while the controls move."""
+        if not self._long_job_runs():
+            self._request_overlay(coarse)
 
     def _on_opacity(self, opacity, **_) -> None:
         self.session.set_opacity(float(opacity))
 
-    @_action
-    def _request_overlay(self) -> None:
+    @_action(list_files=False)
+    def _request_overlay(self, coarse: bool = False) -> None:
+        """An overlay update at the controls' pose: the DRR coarse (while they move) or full size."""
         s = self.state
         rotation = [float(s.rx), float(s.ry), float(s.rz)]
         translation = [float(s.tr), float(s.ta), float(s.ts)]
         opacity = float(s.opacity)
 
-        def done(_):  # the Red view redraws when self.drag lets it (finished() in _start)
+        def done(_):  # the views redraw when self.drag lets them (finished() in _start)
             s.overlay_updates = self.session.overlay_updates
 
-        def work(job):
+        def work(job) -> bool:
             self.drag.start()  # holding the scene: the views redraw no half-updated state
-            return self.session.overlay_work(job, rotation, translation, opacity)
+            self.session.overlay_work(job, rotation, translation, opacity, coarse=bool(coarse))
+            return bool(coarse)
 
         self._start("overlay", work, done)
 

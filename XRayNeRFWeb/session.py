@@ -52,7 +52,7 @@ class Session:
         self.overlay_drr = None
         self.camera_model = None  # the X-ray's C-arm in 3D
         self.registration_output = None  # XRayNeRFMRML.registration.RegistrationOutput awaiting Accept / Revert
-        self.quick = None  # overlay.QuickDRR of the current CT and X-ray
+        self.overlay_renderer = None  # XRayNeRFMRML.live_overlay.OverlayRenderer of the current CT and X-ray
         self.overlay_updates = 0
         self.last_registration = None
         self.sample_truth = None  # (4, 4) the sample fluoroscopy's true CT pose, when the sample is loaded
@@ -111,21 +111,45 @@ class Session:
         self._set_xray(node)
         return node
 
-    def load_xray_image(self, image: Path, camera: Path, intensities: bool = False):
+    def load_xray_image(self, image: Path, camera: Path, intensities: bool = False, landmarks: Optional[Path] = None):
         """An X-ray image file with its camera JSON (intrinsics and ``world_from_camera``: the pose in the scene's
         RAS mm, which is the CT file's frame while the CT has not been moved), read by the command line's route
         (``XRayNeRFLib.cli.register.xray_from_image_file``: the camera JSON is also the pose file) and made a node
         by the layer's ``xray_node_from_projections``, as a DICOM X-ray is. intensities: the image holds detector
-        intensities (turned into line integrals, as ``xraynerf register --log``); else line integrals."""
+        intensities (turned into line integrals, as ``xraynerf register --log``); else line integrals.
+        landmarks: a landmark file (``xraynerf register --landmarks``: CT points in the CT file's frame, RAS mm,
+        with their [column, row] pixels): the camera's pose is solved from it instead (:meth:`landmark_pose`), and
+        the camera JSON needs only the intrinsics."""
         from XRayNeRFLib.cli.register import xray_from_image_file
         from XRayNeRFLib.projection_set import ProjectionSet
         from XRayNeRFMRML.inputs import xray_node_from_projections
 
-        pixels, mask, cameras, _notes = xray_from_image_file(str(image), str(camera), str(camera), log=bool(intensities))
+        if landmarks is not None and self.ct is None:
+            raise ValueError("load the CT first: the landmarks' CT points are in the CT file's frame")
+        pose = None if landmarks is not None else str(camera)
+        pixels, mask, cameras, _notes = xray_from_image_file(str(image), str(camera), pose, log=bool(intensities))
+        if landmarks is not None:
+            cameras = self.landmark_pose(landmarks, cameras)
         projections = ProjectionSet(pixels[None], cameras, masks=mask[None], source=Path(image).name)
         node = xray_node_from_projections(projections, 0, name=Path(image).stem, scene=self.sa.scene, source=Path(image).name)
         self._set_xray(node)
         return node
+
+    def landmark_pose(self, landmarks: Path, cameras):
+        """``cameras`` (1 view, float64) posed by the landmark start of the command line
+        (``XRayNeRFLib.cli.register.landmark_start_pose``: the engine's PnP solve, LandmarkError on bad pairs) and
+        carried from the CT file's frame into the scene by the CT's transform now: world_from_camera =
+        world_from_node(CT) @ w_landmarks."""
+        import torch
+
+        from XRayNeRFLib.cli.register import landmark_start_pose
+        from XRayNeRFLib.geometry import Cameras
+        from XRayNeRFMRML.nodes import world_from_node
+
+        start = landmark_start_pose(str(landmarks), cameras, quiet=True)
+        w = torch.as_tensor(world_from_node(self.ct), dtype=torch.float64) @ start.world_from_camera.to(torch.float64)
+        c = start.cameras
+        return Cameras(w[None], c.sdd_mm, c.pixel_spacing_mm, c.principal_point_px, c.size_px)
 
     def _set_xray(self, node) -> None:
         self.xray = node
@@ -192,17 +216,20 @@ class Session:
         dims = np.array(self.ct.GetImageData().GetDimensions(), dtype=np.float64)
         return (ijk_to_ras(self.ct) @ np.r_[(dims - 1.0) / 2.0, 1.0])[:3]
 
-    def overlay_work(self, job: JobState, rotation_deg, translation_mm, opacity: float) -> None:
-        """Move the CT by the controls and show its quick DRR (overlay.py) over the X-ray in the Red view."""
-        from .overlay import QuickDRR
+    def overlay_work(self, job: JobState, rotation_deg, translation_mm, opacity: float, coarse: bool = False) -> None:
+        """Move the CT by the controls and show its DRR over the X-ray in the Red view: the layer's
+        ``OverlayRenderer`` (the Slicer module's live overlay), coarse while the controls move (overlay.py)."""
+        from XRayNeRFMRML.live_overlay import OverlayRenderer
+
+        from .overlay import render_volume
 
         self.set_transform_matrix(nudged(self.base, self.ct_centre_local(), rotation_deg, translation_mm))
-        if self.quick is None or not self.quick.matches(self.ct, self.xray):
-            self.quick = QuickDRR(self.ct, self.xray)
+        if self.overlay_renderer is None or not self.overlay_renderer.matches(self.ct, self.xray):
+            self.overlay_renderer = OverlayRenderer(self.ct, self.xray)
             self.show_volume_rendering(self.ct, False)
-        volume = self.quick.volume_now()
-        image = job.call_engine(self.quick.render, volume)  # off the event loop
-        self.overlay_drr = self.quick.write(self.overlay_drr, image)
+        volume = self.overlay_renderer.volume()
+        image = job.call_engine(render_volume, self.overlay_renderer, volume, bool(coarse))  # off the event loop
+        self.overlay_drr = self.overlay_renderer.write(self.overlay_drr, image, bool(coarse))
         composite = self.red.GetSliceCompositeNode()
         if (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) != (self.xray.GetID(), self.overlay_drr.GetID()):
             self.show_overlay(opacity)  # turn the view to the detector once; later updates only change the DRR's pixels

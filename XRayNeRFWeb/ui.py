@@ -93,19 +93,28 @@ def _registration_tab(app) -> None:
     _path_loader(app, "X-ray in the data folder", "reg_xray_path", app.load_xray_path, "xray")
     _upload(app, "…or an X-ray image (MHA, NRRD, PNG, TIFF)", app.upload_xray_image, "upload-xray-image")
     _upload(app, "with its camera JSON (intrinsics + world_from_camera)", app.upload_camera, "upload-camera")
+    _upload(app, "optional: landmarks JSON (CT mm <-> pixel; the pose is solved)", app.upload_landmarks, "upload-landmarks")
     _path_loader(
         app,
         "X-ray image in the data folder",
         "reg_xray_image_path",
         app.load_xray_image_path,
         "xray-image",
-        "[reg_xray_image_path, reg_camera_path, reg_intensities]",
+        "[reg_xray_image_path, reg_camera_path, reg_intensities, reg_landmarks_path]",
     )
     with html.Div(classes="d-flex align-center mb-2"):
         v3.VTextField(
             v_model=("reg_camera_path",), label="camera JSON in the data folder", density="compact", hide_details=True, id="camera-path"
         )
         v3.VCheckbox(v_model=("reg_intensities",), label="intensities (-log)", density="compact", hide_details=True, classes="ml-2")
+    v3.VTextField(
+        v_model=("reg_landmarks_path",),
+        label="landmarks JSON in the data folder (optional)",
+        density="compact",
+        hide_details=True,
+        id="landmarks-path",
+        classes="mb-2",
+    )
     html.Div("Move the CT (the overlay follows)", classes="text-subtitle-2 mt-2")
     _slider("tr", "R (mm)", -30, 30, 0.5)
     _slider("ta", "A (mm)", -30, 30, 0.5)

@@ -5,15 +5,21 @@ Starts ``python -m XRayNeRFWeb`` on 127.0.0.1 and a free port, drives it with Pl
 
 * **time to first page**: from starting the server process to the page showing its views (first view image
   in the page), and to the server saying it is ready;
-* **overlay latency**: the sample CT, an X-ray of 256 x 256 pixels (the DRR tab renders the sample CT at LAO 20 /
-  CRA 10 with 1 mm pixels, then "Use as the Registration X-ray"), then single steps of the R translation
-  control (0.5 mm, keyboard): time from the key press to the Red view's new image in the page (the first image
-  change after the key press, the previous change having settled); median and 90th percentile;
+* **overlay latency while dragging**: the sample CT, an X-ray of 256 x 256 pixels (the DRR tab renders the
+  sample CT at LAO 20 / CRA 10 with 1 mm pixels, then "Use as the Registration X-ray"), then steps of the R
+  translation control (0.5 mm, keyboard) every ``--drag-step-s`` (less than the layer's rest time
+  ``XRayNeRFMRML.throttle.IDLE_S``: the user is still moving, each DRR is the coarse one): time from the key
+  press to the Red view's new image in the page (the first image change after the key press, once the server
+  has counted the update); median and 90th percentile;
+* **a nudge at rest**: single steps with a pause of 1.2 s (longer than the rest time) before each: the DRR is
+  the full-size one (the layer's rule: a single change renders at full size at once), same timing;
 * **updates per second while dragging**: the control stepped every 30 ms for a few seconds; the overlay updates
   the server made and the view images the page received, per second;
+* with ``--profile``: the server's steps, and each dragging latency split into its parts (web_profile.round_trip:
+  the page and websocket in, the queue, the overlay job, the frame, the websocket out and the page's decode);
 * **server memory**: resident set size (VmRSS) after the sample CT, fluoroscopy and projections are loaded.
 
-    .venv/bin/python benchmarks/bench_web.py [--steps 30] [--out benchmarks/RESULTS_web.md]
+    .venv/bin/python benchmarks/bench_web.py [--steps 30] [--nudges 10] [--out FILE] [--profile LOG]
 
 Results: benchmarks/RESULTS_web.md (with the machine's load average: numbers on a busy machine are slower).
 """
@@ -33,14 +39,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 
+# times in the page as epoch ms (performance.timeOrigin + now): the server's profile log uses the same clock
 WATCH_JS = """
 () => {
+  const now = () => performance.timeOrigin + performance.now();
   const img = document.querySelector('div:has(> .xr-view-Red) img');
   window.__frames = [];
-  new MutationObserver(() => window.__frames.push(performance.now()))
+  new MutationObserver(() => window.__frames.push(now()))
     .observe(img, {attributes: true, attributeFilter: ['src']});
   window.__keys = [];
-  document.addEventListener('keydown', () => window.__keys.push(performance.now()), true);
+  document.addEventListener('keydown', () => window.__keys.push(now()), true);
 }
 """
 
@@ -71,9 +79,34 @@ def wait_message(page, pattern: str, timeout_s: float = 300) -> None:
     raise RuntimeError(f"no message {pattern!r}: {page.inner_text('#message')!r}")
 
 
+def step(page, i: int):
+    """One step of the R control (right for 10 steps, then left, ...); returns (key press, new image) epoch s:
+    the first Red image after the key press, once the server has counted the overlay update."""
+    n, frames_before = overlay_count(page), page.evaluate("window.__frames.length")
+    page.keyboard.press("ArrowRight" if (i // 10) % 2 == 0 else "ArrowLeft")
+    page.wait_for_function(
+        f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}"
+        f" && window.__frames.length > {frames_before}"
+    )
+    key_t = page.evaluate("window.__keys[window.__keys.length - 1]")
+    return key_t / 1000.0, page.evaluate(f"window.__frames[{frames_before}]") / 1000.0
+
+
+def timed_steps(page, n: int, pause_s: float):
+    """n steps, each ``pause_s`` after the previous key press (or its image, when that came later)."""
+    steps = []
+    for i in range(n):
+        if steps:
+            time.sleep(max(0.0, pause_s - (time.time() - steps[-1][0])))
+        steps.append(step(page, i))
+    return steps
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30, help="single control steps timed (default 30)")
+    parser.add_argument("--steps", type=int, default=30, help="control steps timed while dragging (default 30)")
+    parser.add_argument("--drag-step-s", type=float, default=0.15, help="seconds between the dragging steps (default 0.15)")
+    parser.add_argument("--nudges", type=int, default=10, help="single steps at rest timed (default 10)")
     parser.add_argument("--drag-s", type=float, default=4.0, help="seconds of continuous dragging (default 4)")
     parser.add_argument("--out", help="write the results as Markdown here")
     parser.add_argument("--profile", metavar="LOG", help="time the server's steps (web_profile.py) into LOG; tables in the output")
@@ -140,30 +173,24 @@ def main() -> int:
             page.wait_for_function(f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}")
             time.sleep(2.0)
             page.evaluate(WATCH_JS)
-            thumb = page.locator("#slider-tr .v-slider-thumb")
-            thumb.focus()
-            latencies = []
-            windows = {"single steps": [time.monotonic()]}
-            for i in range(args.steps):
-                n = overlay_count(page)
-                frames_before = page.evaluate("window.__frames.length")
-                page.keyboard.press("ArrowRight" if (i // 10) % 2 == 0 else "ArrowLeft")
-                page.wait_for_function(
-                    f"() => parseInt(document.querySelector('#overlay-updates').textContent.split(':')[1]) > {n}"
-                    f" && window.__frames.length > {frames_before}"
-                )
-                key_t = page.evaluate("window.__keys[window.__keys.length - 1]")
-                frame_t = page.evaluate(f"window.__frames[{frames_before}]")
-                latencies.append((frame_t - key_t) / 1000.0)
-                time.sleep(1.2)  # let the view's still-quality frame of this update pass
-            windows["single steps"].append(time.monotonic())
-            latencies.sort()
-            results["overlay latency, control step -> new view image, median (ms)"] = 1000 * statistics.median(latencies)
-            results["overlay latency, 90th percentile (ms)"] = 1000 * latencies[int(0.9 * (len(latencies) - 1))]
+            windows = {}
+            page.locator("#slider-tr .v-slider-thumb").focus()
+            windows["nudges at rest"] = [time.time()]
+            nudges = timed_steps(page, args.nudges, pause_s=1.2)
+            windows["nudges at rest"].append(time.time())
+            step(page, 0)  # the drag's first change follows a pause: full size, not timed
+            windows["dragging steps"] = [time.time()]
+            drags = timed_steps(page, args.steps, pause_s=args.drag_step_s)
+            windows["dragging steps"].append(time.time())
+            for name, steps in (("while dragging", drags), ("a nudge at rest (full-size DRR)", nudges)):
+                lat = sorted(frame - key for key, frame in steps)
+                results[f"overlay latency {name}, control step -> new view image, median (ms)"] = 1000 * statistics.median(lat)
+                results[f"overlay latency {name}, 90th percentile (ms)"] = 1000 * lat[int(0.9 * (len(lat) - 1))]
             # continuous dragging
+            time.sleep(1.2)
             n0, f0 = overlay_count(page), page.evaluate("window.__frames.length")
             t0 = time.monotonic()
-            windows["dragging"] = [t0]
+            windows["continuous dragging"] = [time.time()]
             i = 0
             while time.monotonic() - t0 < args.drag_s:
                 page.keyboard.press("ArrowRight" if (i // 20) % 2 == 0 else "ArrowLeft")
@@ -171,7 +198,7 @@ def main() -> int:
                 time.sleep(0.03)
             time.sleep(0.5)
             span = time.monotonic() - t0
-            windows["dragging"].append(time.monotonic())
+            windows["continuous dragging"].append(time.time())
             results["dragging: overlay updates per second"] = (overlay_count(page) - n0) / span
             results["dragging: view images received per second"] = (page.evaluate("window.__frames.length") - f0) / span
             results["server memory at the end (MB RSS)"] = rss_mb(proc.pid)
@@ -192,8 +219,9 @@ def main() -> int:
         f"(1 / 5 / 15 min) at the end; `{' '.join([Path(sys.executable).name] + sys.argv)}`",
     ]
     if args.profile:
-        from web_profile import summary
+        from web_profile import round_trip, summary
 
+        lines += ["", "Where the dragging latency goes (web_profile.round_trip):", "", round_trip(args.profile, drags)]
         for name, (t0, t1) in windows.items():
             lines += ["", f"Server steps during the {name} (web_profile.py):", "", summary(args.profile, t0, t1)]
     text = "\n".join(lines)

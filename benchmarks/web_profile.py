@@ -3,10 +3,14 @@
     python benchmarks/web_profile.py LOG [xraynerf web arguments]
 
 Runs the server unchanged, with wall-clock timers (ms) written to LOG, one line per timed call:
-``<monotonic s> <step> <ms> [<view>]``. Steps: the overlay job (``overlay.total`` and its parts ``overlay.pose``,
-``overlay.drr``, ``overlay.write``, ``overlay.show``), each view's frame (``view.render``: VTK drawing it through
-llvmpipe and reading the pixels back, with the view's name) and its JPEG encoding (``view.encode``, in trame-rca's
-encoder threads), and ``view.push`` (the frame handed to the websocket). :func:`summary` turns a LOG into a table.
+``<epoch s> <step> <ms> [<view>]`` (wall clock, ``time.time()``, at the end of the call: the page's
+``performance.timeOrigin + performance.now()`` is on the same clock, so bench_web.py can line up the page's key
+presses and images with the server's steps). Steps: a pose control's change arriving from the page
+(``page.pose``, 0 ms), the overlay job (``overlay.total`` and its parts ``overlay.pose``, ``overlay.drr`` with
+``coarse`` / ``full``, ``overlay.write``, ``overlay.show``), each view's frame (``view.render``: VTK drawing it
+through llvmpipe and reading the pixels back, with the view's name) and its JPEG encoding (``view.encode``, in
+trame-rca's encoder threads), and ``view.push`` (the frame handed to the websocket). :func:`summary` turns a LOG
+into a table, :func:`round_trip` splits the page's latencies into these steps.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ _log = None
 
 def _write(step: str, ms: float, view: str = "") -> None:
     with _lock:
-        _log.write(f"{time.monotonic():.4f} {step} {ms:.2f} {view}\n")
+        _log.write(f"{time.time():.4f} {step} {ms:.2f} {view}\n")
         _log.flush()
 
 
@@ -36,7 +40,7 @@ def _timed(step: str, fn, view_of=None):
         try:
             return fn(*args, **kwargs)
         finally:
-            _write(step, 1000 * (time.perf_counter() - t), view_of(args[0]) if view_of else "")
+            _write(step, 1000 * (time.perf_counter() - t), view_of(*args, **kwargs) if view_of else "")
 
     return wrapper
 
@@ -48,9 +52,9 @@ def install(log_path: str) -> None:
     from trame_rca.utils import RcaViewAdapter
     from trame_slicer.rca_view import rca_view_factory as f
 
-    from XRayNeRFWeb import overlay, session
+    from XRayNeRFWeb import session
 
-    name = lambda rca: getattr(rca, "_xr_name", "?")  # noqa: E731
+    name = lambda rca, *_: getattr(rca, "_xr_name", "?")  # noqa: E731
     frame = f.RcaWindow.img_cols_rows.fget
     f.RcaWindow.img_cols_rows = property(_timed("view.render", frame, name))
     create = f.RemoteViewFactory._create_view
@@ -62,17 +66,21 @@ def install(log_path: str) -> None:
 
     f.RemoteViewFactory._create_view = create_view
     RcaImageEncoder.encode = _timed("view.encode", RcaImageEncoder.encode)
-    RcaViewAdapter.push = _timed("view.push", RcaViewAdapter.push, lambda a: a.area_name)
-    S, Q = session.Session, overlay.QuickDRR
+    RcaViewAdapter.push = _timed("view.push", RcaViewAdapter.push, lambda a, *_, **__: a.area_name)
+    from XRayNeRFMRML.live_overlay import OverlayRenderer as Q
+    from XRayNeRFWeb.app import XRayNeRFWebApp as A
+
+    A._on_pose_change = _timed("page.pose", A._on_pose_change)
+    S = session.Session
     S.overlay_work = _timed("overlay.total", S.overlay_work)
     S.set_transform_matrix = _timed("overlay.pose", S.set_transform_matrix)
     S.show_overlay = _timed("overlay.show", S.show_overlay)
-    Q.render = _timed("overlay.drr", Q.render)
+    Q.render_volume = _timed("overlay.drr", Q.render_volume, lambda r, v=None, coarse=False: "coarse" if coarse else "full")
     Q.write = _timed("overlay.write", Q.write)
 
 
 def summary(log_path: str, since_s: float = 0.0, until_s: float = float("inf")) -> str:
-    """A Markdown table of the LOG's steps between two monotonic times: calls, median and 90th percentile ms."""
+    """A Markdown table of the LOG's steps between two wall-clock times (epoch s): calls, median and 90th percentile ms."""
     rows = defaultdict(list)
     for line in Path(log_path).read_text().splitlines():
         parts = line.split()
@@ -83,6 +91,48 @@ def summary(log_path: str, since_s: float = 0.0, until_s: float = float("inf")) 
     for (step, view), ms in sorted(rows.items()):
         ms.sort()
         out.append(f"| {step} | {view} | {len(ms)} | {statistics.median(ms):.1f} | {ms[int(0.9 * (len(ms) - 1))]:.1f} |")
+    return "\n".join(out)
+
+
+def _events(log_path: str):
+    """{(step, view): sorted [(end epoch s, ms)]} of a LOG."""
+    rows = defaultdict(list)
+    for line in Path(log_path).read_text().splitlines():
+        parts = line.split()
+        rows[(parts[1], parts[3] if len(parts) > 3 else "")].append((float(parts[0]), float(parts[2])))
+    return {k: sorted(v) for k, v in rows.items()}
+
+
+def _first_after(events, t: float):
+    return next((e for e in events if e[0] >= t), None)
+
+
+def round_trip(log_path: str, steps) -> str:
+    """A Markdown table splitting each page latency into its parts. steps: [(key press, new image in the page)],
+    epoch s. For each step: the first pose change at the server after the key press, the first overlay job
+    that starts after it, the first Red frame pushed after that job ends; medians over the steps (ms)."""
+    ev = _events(log_path)
+    pose, job, push = ev.get(("page.pose", ""), []), ev.get(("overlay.total", ""), []), ev.get(("view.push", "Red"), [])
+    starts = sorted((end - ms / 1000.0, ms) for end, ms in job)  # (start, ms)
+    parts = defaultdict(list)
+    for key_t, frame_t in steps:
+        p = _first_after(pose, key_t)
+        j = p and _first_after(starts, p[0])  # the first job started after the change (an earlier one may still run)
+        f = j and _first_after(push, j[0] + j[1] / 1000.0)
+        if not f or f[0] > frame_t + 0.005:  # not matched: the image came from another step
+            continue
+        start, j = j[0], (j[0] + j[1] / 1000.0, j[1])
+        parts["key press -> pose change at the server (page, websocket)"].append(p[0] - key_t)
+        parts["pose change -> overlay job starts (throttle, queue)"].append(start - p[0])
+        parts["overlay job (pose, DRR, node write)"].append(j[1] / 1000.0)
+        parts["job end -> Red frame pushed (draw, read back, JPEG)"].append(f[0] - j[0])
+        parts["frame pushed -> new image in the page (websocket, decode)"].append(frame_t - f[0])
+        parts["total"].append(frame_t - key_t)
+    n = len(parts["total"])
+    out = [f"| part ({n} of {len(steps)} steps matched) | median (ms) | 90th pct (ms) |", "|---|---|---|"]
+    for name, v in parts.items():
+        v.sort()
+        out.append(f"| {name} | {1000 * statistics.median(v):.1f} | {1000 * v[int(0.9 * (len(v) - 1))]:.1f} |")
     return "\n".join(out)
 
 

@@ -132,6 +132,45 @@ def test_coalescing_rule_one_change_burst_drag_and_close():
         CoalescingRenderer(renders.append, Timers(), idle_s=0.0)
 
 
+def test_a_render_slower_than_idle_s_does_not_make_the_drag_full_size():
+    """ "Still moving" counts from the end of the previous render: a full-size render that takes longer than
+    idle_s (a large detector) is followed by coarse ones while the changes go on; an asynchronous renderer reports
+    the end with render_ended()."""
+    clock = [0.0]
+    timers = Timers()
+    renders = []
+
+    def slow_render(coarse):  # the clock moves on while rendering: 1 s full size, 0.05 s coarse
+        renders.append(coarse)
+        clock[0] += 0.05 if coarse else 1.0
+
+    c = CoalescingRenderer(slow_render, timers, interval_s=0.05, idle_s=0.3, clock=lambda: clock[0])
+    throttle, idle = timers.made
+    c.changed()
+    throttle.fire()
+    clock[0] += 0.06  # the next change came in during the render: the throttle fires just after it
+    c.changed()
+    throttle.fire()
+    assert renders == [False, True] and idle.active
+    # an asynchronous renderer (the callback only starts the render): the end is reported later
+    clock[0], started = 100.0, []
+    a = CoalescingRenderer(started.append, Timers(), interval_s=0.0, idle_s=0.3, clock=lambda: clock[0])
+    a.changed()
+    a.throttle_timer.fire()
+    clock[0] += 1.0  # the full-size render ends 1 s later
+    a.render_ended()
+    clock[0] += 0.1
+    a.changed()
+    a.throttle_timer.fire()
+    assert started == [False, True]
+    clock[0] += 0.5  # a pause longer than idle_s after the coarse render ended (the idle timer not fired)
+    a.render_ended()  # the coarse one ended
+    clock[0] += 0.5
+    a.changed()
+    a.throttle_timer.fire()
+    assert started == [False, True, False]
+
+
 # -- real MRML ------------------------------------------------------------------------------------------
 def test_transform_change_gives_one_throttled_update_with_the_right_pixels(core, module):
     """One change of the CT's transform: nothing renders until the throttle fires, then exactly one full-size

@@ -1,17 +1,24 @@
 """The live overlay under manual alignment: the CT's DRR at the X-ray's camera re-rendered when the CT moves.
 
-While the user moves the CT by hand (Transforms module sliders, the 3D interaction handles, the module's
-nudge buttons), :class:`LiveOverlay` observes the CT node's ``TransformModifiedEvent`` (sent for any change
-of its parent transforms, nested ones included) and re-renders the DRR node, coalesced by
-:class:`~.throttle.CoalescingRenderer`: coarse (the detector binned by ``coarse_factor``, about
-``COARSE_PX`` pixels on its shorter side) while the CT keeps moving, full size once it rests. The projector is
-the engine's ``DEFAULT_RENDERER`` (trilinear), the X-ray's camera is read from its node once.
+Two pieces, used by both faces of the layer (the Slicer Registration module and the browser app, XRayNeRFWeb):
 
-The CT's voxels are read from MRML once (in the node's own IJK-to-RAS frame, converted to mu) and again only
-when its image data change; each render composes the current parent transforms (world RAS mm), so a render
-costs the projection and the node write only. Removing the CT, the X-ray or the DRR node, or closing the
-scene, stops the overlay (observers removed, timers stopped); :meth:`LiveOverlay.stop` does the same.
-Never imports qt: the timers come from ``make_timer`` (see throttle.py).
+* :class:`OverlayRenderer`, the DRR "while the CT moves": the CT's voxels are read from MRML once (in the
+  node's own IJK-to-RAS frame, converted to mu) and each render composes the current parent transforms (world
+  RAS mm), so a render costs the projection and the node write only. The projector is the engine's
+  ``DEFAULT_RENDERER`` (trilinear) on the CT's full voxel grid, at the X-ray's camera read from its node once:
+  full size at rest, or **coarse** while the CT moves, the detector binned by a power of two to about
+  :data:`COARSE_PX` pixels on its shorter side (:func:`coarse_factor_for`; the CT is not pooled: for the same
+  time, pooling the CT 2 x 2 x 2 and binning the detector half as much loses more detail,
+  benchmarks/RESULTS_web.md). :meth:`OverlayRenderer.volume` reads MRML, :meth:`OverlayRenderer.render_volume`
+  is the engine call alone (the browser app runs it off its event loop).
+* :class:`LiveOverlay` (Slicer): observes the CT node's ``TransformModifiedEvent`` (sent for any change of
+  its parent transforms, nested ones included) and re-renders the DRR node, coalesced by
+  :class:`~.throttle.CoalescingRenderer` (coarse while the CT keeps moving, full size once it rests
+  ``IDLE_S``). The browser app drives the same CoalescingRenderer from its page's controls.
+
+The CT's voxels are read again only when its image data change. Removing the CT, the X-ray or the DRR node,
+or closing the scene, stops a LiveOverlay (observers removed, timers stopped); :meth:`LiveOverlay.stop` does
+the same. Never imports qt: the timers come from ``make_timer`` (see throttle.py).
 """
 
 from __future__ import annotations
@@ -37,6 +44,73 @@ def coarse_factor_for(size_px, coarse_px: int = COARSE_PX) -> int:
     return f
 
 
+class OverlayRenderer:
+    """The DRR of ``ct_node`` (with its current transforms) at ``xray_node``'s camera, full size or coarse.
+
+    coarse_factor: the detector binning while the CT moves (None: :func:`coarse_factor_for` the X-ray).
+    ``cameras`` / ``coarse_cameras``: the X-ray's camera (1 view, world RAS mm) and its binned copy. The CT's
+    voxels are read on the first :meth:`volume` and kept until :meth:`forget_voxels`."""
+
+    def __init__(self, ct_node, xray_node, coarse_factor: Optional[int] = None):
+        if ct_node is None or xray_node is None:
+            raise ValueError("select the CT and the X-ray for the live overlay")
+        self.ct_node, self.xray_node = ct_node, xray_node
+        self.cameras = cameras_from_node(xray_node)
+        self.coarse_factor = int(coarse_factor) if coarse_factor else coarse_factor_for(self.cameras.size_px)
+        self.coarse_cameras = self.cameras.downsampled(self.coarse_factor)
+        self._mu = None  # (data (K, J, I) mu 1/mm, node-local ras_from_ijk (4, 4)), read lazily
+
+    def matches(self, ct_node, xray_node) -> bool:
+        """Whether this renderer is for these two nodes."""
+        return ct_node is self.ct_node and xray_node is self.xray_node
+
+    def forget_voxels(self) -> None:
+        """The CT's image data changed: read them again at the next :meth:`volume`."""
+        self._mu = None
+
+    def cameras_for(self, coarse: bool):
+        return self.coarse_cameras if coarse else self.cameras
+
+    def _local_mu(self):
+        if self._mu is None:
+            import torch
+
+            from XRayNeRFLib.volume import Volume, as_mu
+
+            from .nodes import volume_from_node
+
+            local = ijk_to_ras(self.ct_node)
+            volume = volume_from_node(self.ct_node)  # checks the node; world frame
+            mu = as_mu(Volume(volume.data, torch.from_numpy(local).float(), "hu"))
+            self._mu = (mu.data, local)
+        return self._mu
+
+    def volume(self):
+        """The CT at its current pose (reads MRML): ``Volume`` (K, J, I) mu 1/mm, world RAS mm (parent
+        transforms applied)."""
+        import torch
+
+        from XRayNeRFLib.volume import Volume
+
+        data, local = self._local_mu()
+        return Volume(data, torch.from_numpy(world_from_node(self.ct_node) @ local).float(), "mu")
+
+    def render_volume(self, volume, coarse: bool = False):
+        """The engine call alone (no MRML): the DRR (h, w) float32 tensor of ``volume`` (from :meth:`volume`) at
+        the coarse or full detector."""
+        return render_image(volume, self.cameras_for(coarse))
+
+    def render(self, coarse: bool = False):
+        """:meth:`render_volume` of the CT at its current pose."""
+        return self.render_volume(self.volume(), coarse)
+
+    def write(self, drr_node, image, coarse: bool = False):
+        """Put ``image`` (from a render at ``coarse``) into ``drr_node`` with its detector geometry (created beside
+        the CT as "<CT name> DRR" when None); returns the node."""
+        name = f"{self.ct_node.GetName()} DRR"
+        return write_drr(drr_node, image, self.cameras_for(coarse), name=name, scene=self.ct_node.GetScene())
+
+
 class LiveOverlay:
     """Keeps ``drr_node`` the DRR of ``ct_node`` (with its current transforms) at ``xray_node``'s camera.
 
@@ -58,20 +132,14 @@ class LiveOverlay:
         coarse_factor: Optional[int] = None,
         on_update: Optional[Callable[[bool], None]] = None,
     ):
-        if ct_node is None or xray_node is None:
-            raise ValueError("select the CT and the X-ray for the live overlay")
+        self.renderer = OverlayRenderer(ct_node, xray_node, coarse_factor)
         self.ct_node, self.xray_node = ct_node, xray_node
         self._options = dict(make_timer=make_timer, interval_s=interval_s, idle_s=idle_s, coarse_factor=coarse_factor, on_update=on_update)
-        self.cameras = cameras_from_node(xray_node)
-        self.coarse_factor = int(coarse_factor) if coarse_factor else coarse_factor_for(self.cameras.size_px)
-        self._coarse_cameras = self.cameras.downsampled(self.coarse_factor)
-        self._mu = None  # (data (K, J, I) mu 1/mm, node-local ras_from_ijk (4, 4)), read lazily
+        self.cameras, self.coarse_factor = self.renderer.cameras, self.renderer.coarse_factor
         self.on_update = on_update
         self.updates: List[bool] = []
         # the first full-size render now (into a new node beside the CT when none is given)
-        self.drr_node = write_drr(
-            drr_node, self.render(coarse=False), self.cameras, name=f"{ct_node.GetName()} DRR", scene=ct_node.GetScene()
-        )
+        self.drr_node = self.renderer.write(drr_node, self.renderer.render(coarse=False))
         self.scheduler = CoalescingRenderer(self._render_and_write, make_timer, interval_s=interval_s, idle_s=idle_s)
         self._observations = []  # (object, tag)
         self._observe(ct_node, slicer.vtkMRMLTransformableNode.TransformModifiedEvent, self._on_moved)
@@ -88,7 +156,7 @@ class LiveOverlay:
         self.scheduler.changed()
 
     def _on_image_changed(self, caller=None, event=None) -> None:
-        self._mu = None
+        self.renderer.forget_voxels()
         self.scheduler.changed()
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
@@ -120,36 +188,16 @@ class LiveOverlay:
         return LiveOverlay(self.ct_node, self.xray_node, self.drr_node, **self._options)
 
     # -- rendering ----------------------------------------------------------------------------------------
-    def _local_mu(self):
-        if self._mu is None:
-            import torch
-
-            from XRayNeRFLib.volume import Volume, as_mu
-
-            from .nodes import volume_from_node
-
-            local = ijk_to_ras(self.ct_node)
-            volume = volume_from_node(self.ct_node)  # checks the node; world frame
-            mu = as_mu(Volume(volume.data, torch.from_numpy(local).float(), "hu"))
-            self._mu = (mu.data, local)
-        return self._mu
-
     def volume(self):
-        """The CT at its current pose: ``Volume`` (K, J, I) mu 1/mm, world RAS mm (parent transforms applied)."""
-        import torch
-
-        from XRayNeRFLib.volume import Volume
-
-        data, local = self._local_mu()
-        return Volume(data, torch.from_numpy(world_from_node(self.ct_node) @ local).float(), "mu")
+        """The CT at its current pose (:meth:`OverlayRenderer.volume`)."""
+        return self.renderer.volume()
 
     def render(self, coarse: bool = False):
         """The DRR (h, w) float32 tensor of the CT at its current pose, at the coarse or full detector."""
-        return render_image(self.volume(), self._coarse_cameras if coarse else self.cameras)
+        return self.renderer.render(coarse)
 
     def _render_and_write(self, coarse: bool) -> None:
-        cameras = self._coarse_cameras if coarse else self.cameras
-        write_drr(self.drr_node, self.render(coarse), cameras)
+        self.renderer.write(self.drr_node, self.render(coarse), coarse)
         self.updates.append(bool(coarse))
         if self.on_update is not None:
             self.on_update(bool(coarse))

@@ -47,9 +47,10 @@ _registered = False
 
 
 def sample_data_dir() -> Path:
-    from XRayNeRFMRML.engine import extension_root
+    """Resources/SampleData (XRayNeRFLib.resources: the source tree, the Slicer extension or an installed wheel)."""
+    from XRayNeRFLib.resources import resources_dir
 
-    return extension_root() / "Resources" / "SampleData"
+    return resources_dir() / "SampleData"
 
 
 def file_uri(name: str) -> str:

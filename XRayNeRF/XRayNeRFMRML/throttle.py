@@ -6,8 +6,11 @@ overlay must not render once per change. :class:`CoalescingRenderer` turns the c
 * **throttle**: the first change after a render arms a timer of ``interval_s``; changes that arrive while it
   is armed are only counted. When it fires, one render shows the latest state (a burst of N changes within
   the interval gives one render);
-* **coarse while moving**: a render that follows the previous one by less than ``idle_s`` (the user is still
-  moving the CT) is asked for at the coarse size; it arms an idle timer of ``idle_s``;
+* **coarse while moving**: a render that follows the end of the previous one by less than ``idle_s`` (the user
+  is still moving the CT) is asked for at the coarse size; it arms an idle timer of ``idle_s``. The time counts
+  from the end of the previous render, not its start, so that a render slower than ``idle_s`` (a large
+  detector at full size) does not make the next one full size too. A render callback that only starts the
+  render (the browser app's jobs) calls :meth:`CoalescingRenderer.render_ended` when it ends;
 * **full size at rest**: when the idle timer fires with no change since, one full-size render follows. A
   change after a pause (no render in the last ``idle_s``: a slider click, a nudge button) is rendered at full
   size at once, so that a single change gives exactly one render.
@@ -88,7 +91,7 @@ class CoalescingRenderer:
         self.throttle_timer = make_timer(self._on_throttle)
         self.idle_timer = make_timer(self._on_idle)
         self._pending = 0  # changes since the last render
-        self._last_render: Optional[float] = None  # clock time of the last render while moving; None at rest
+        self._last_render: Optional[float] = None  # clock time the last render while moving ended; None at rest
         self._closed = False
         self.renders: List[bool] = []
 
@@ -117,8 +120,16 @@ class CoalescingRenderer:
         self._pending = 0
         self._last_render = now
         self._do(coarse)
+        self.render_ended()  # a synchronous render has ended here
         if coarse:
             self.idle_timer.start(self.idle_s)
+
+    def render_ended(self) -> None:
+        """The last render asked for has ended (now): a change within ``idle_s`` from now is rendered coarse. Called
+        after each render; a render callback that only starts its render calls it again when the render ends.
+        Nothing after the rest render (the next change is full size) or after :meth:`close`."""
+        if self._last_render is not None and not self._closed:
+            self._last_render = self._clock()
 
     def _on_idle(self) -> None:
         if self._closed or self._pending:

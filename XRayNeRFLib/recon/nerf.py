@@ -42,12 +42,13 @@ from .fov import default_grid
 from .hashgrid import MU_SCALE, GridPlan, HashGridConfig, HashGridField
 from .optimize import FitHistory, FitSettings, fit, make_adam
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
-
 
 def default_mci_path(normalize: bool) -> Path:
-    """The shipped pre-fitted head for the default layout, with or without the LayerNorm."""
-    return MODELS_DIR / ("hashgrid_head_prior_norm.pt" if normalize else "hashgrid_head_prior_plain.pt")
+    """The shipped pre-fitted head for the default layout, with or without the LayerNorm (Resources/Models, found
+    by XRayNeRFLib.resources in the source tree, the Slicer extension and an installed wheel)."""
+    from ..resources import resources_dir
+
+    return resources_dir() / "Models" / ("hashgrid_head_prior_norm.pt" if normalize else "hashgrid_head_prior_plain.pt")
 
 
 @dataclass
