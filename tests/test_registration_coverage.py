@@ -128,3 +128,40 @@ def test_registration_of_a_ct_that_ends_inside_the_field(chest_ct_48):
         torch.set_num_threads(before)
     assert max(err[True]) < 2.5 and sum(err[True]) / 2 < 2.0, err
     assert sum(err[False]) > 1.5 * sum(err[True]), err
+
+
+def body_ct(n_k=10, pad_k=0):
+    """A water cylinder along k (radius 30 mm) in air, on a 1.5 x 1.5 x 5 mm grid of 48 x 48 x n_k voxels
+    (+ pad_k slices on each end): the end faces cut the body (open), the side faces are in air (closed)."""
+    k = n_k + 2 * pad_k
+    a = torch.eye(4, dtype=torch.float64)
+    a[:3, :3] = torch.diag(torch.tensor([1.5, 1.5, 5.0], dtype=torch.float64))
+    a[:3, 3] = -a[:3, :3] @ torch.tensor([23.5, 23.5, (k - 1) / 2], dtype=torch.float64)
+    jj, ii = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    disc = (((ii - 23.5) * 1.5) ** 2 + ((jj - 23.5) * 1.5) ** 2 < 30.0**2).to(torch.float64) * 0.02
+    return Volume(disc.expand(k, 48, 48).contiguous(), a, "mu")
+
+
+def test_open_faces_are_where_anatomy_continues():
+    from XRayNeRFLib.registration.coverage import open_faces
+
+    assert open_faces(body_ct()).tolist() == [[False, False], [False, False], [True, True]]
+    assert open_faces(box_ct()).all()  # ones everywhere: every face cuts the "body"
+
+
+@pytest.mark.parametrize("primary", [45.0, -40.0, 0.0])
+def test_oblique_views_keep_the_rays_through_faces_in_air(primary):
+    """At 45 deg few rays cross both beam-axis faces, yet most rays through the body leave only through the side
+    faces, which are in air. Covered pixels must see exactly what a CT extended beyond its end faces shows
+    (nothing is missing along their rays), and the mask keeps far more of the body than the beam-axis rule."""
+    ct, longer = body_ct(), body_ct(pad_k=20)
+    cam = Cameras.carm(
+        primary, 0.0, sid_mm=400.0, sdd_mm=700.0, size_px=(60, 48), pixel_spacing_mm=2.0, isocenter_ras=(0, 0, 0), dtype=torch.float64
+    )
+    cover = ct_coverage_mask(ct, cam)[0]
+    short, full = render(ct, cam, renderer="siddon")[0], render(longer, cam, renderer="siddon")[0]
+    assert torch.allclose(short[cover], full[cover], atol=1e-9), "a covered ray misses anatomy beyond the CT's ends"
+    body = full > 0.05
+    assert float((cover & body).sum()) > 0.5 * float((body & (short > 0.05)).sum())
+    assert not (cover & ~torch.isclose(short, full, atol=1e-9)).any()
+    assert (~cover & ~torch.isclose(short, full, atol=1e-6)).any(), "the CT must end inside the field for this test"
