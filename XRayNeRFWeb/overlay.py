@@ -20,7 +20,6 @@ import math
 import numpy as np
 
 POOL = 2  # CT voxels pooled per axis for the quick DRR (the registration's coarse levels pool the same way)
-RENDERER = "trilinear"
 MAX_SIDE_PX = 128  # the quick DRR's detector is binned (Cameras.downsampled) to at most this many pixels a side
 # torch threads for the quick DRR: one. It is a small render, and it runs while the server's other threads draw the
 # views (llvmpipe) and encode them; a second torch thread then only competes for the same cores (bench_web.py
@@ -70,7 +69,7 @@ class QuickDRR:
         before = torch.get_num_threads()
         torch.set_num_threads(THREADS)
         try:
-            return render_image(volume, self.cameras, renderer=RENDERER)
+            return render_image(volume, self.cameras)  # the engine's DEFAULT_RENDERER
         finally:
             torch.set_num_threads(before)
 

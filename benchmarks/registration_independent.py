@@ -144,7 +144,7 @@ def other_physics_line_integrals(patient: Volume, cams: Cameras) -> torch.Tensor
     mu = patient.data
     poly = Volume(torch.where(mu > w, w + 1.6 * (mu - w), mu), patient.ras_from_ijk, "mu")
     with torch.no_grad():
-        return render(poly, cams.to(dtype=torch.float32), method="siddon").double()
+        return render(poly, cams.to(dtype=torch.float32), renderer="siddon").double()
 
 
 def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:

@@ -178,7 +178,7 @@ def make_projection_set(ct_path: str, out_dir: str) -> str:
     )
     volume = as_mu(load_volume(ct_path))
     with torch.no_grad():
-        images = render(volume, cams.to(dtype=torch.float32), method="siddon")
+        images = render(volume, cams.to(dtype=torch.float32), renderer="siddon")
     stack = os.path.join(out_dir, f"chest_projections_{N_PROJ}.mha")
     ProjectionSet(images, cams).save(stack, os.path.join(out_dir, f"chest_projections_{N_PROJ}.json"), compress=True)
     back = ProjectionSet.from_stack(stack, os.path.join(out_dir, f"chest_projections_{N_PROJ}.json"))
@@ -258,7 +258,7 @@ def make_fluoroscopy(ct_path: str, out_dir: str) -> str:
     ct = as_mu(load_volume(ct_path))
     moved = Volume(ct.data, torch.as_tensor(truth, dtype=torch.float32) @ ct.ras_from_ijk, "mu")
     with torch.no_grad():
-        p = render(moved, cams.to(dtype=torch.float32), method="siddon")[0].double().numpy()  # (H, W) beam's eye view
+        p = render(moved, cams.to(dtype=torch.float32), renderer="siddon")[0].double().numpy()  # (H, W) beam's eye view
     counts = np.random.default_rng(0).poisson(f["i0"] * np.exp(-p)).astype(np.float64)
     stored = np.clip(counts, 1, 65535)[:, ::-1]  # radiological layout: seen from the detector
     dcm = os.path.join(out_dir, "chest_fluoroscopy_lao20_cra10.dcm")

@@ -435,7 +435,7 @@ def drr(cameras, volume=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny renders: threads only contend on a busy 2-core machine
     try:
-        return render(volume if volume is not None else ct_volume(), cameras.to(dtype=torch.float32), method="siddon")
+        return render(volume if volume is not None else ct_volume(), cameras.to(dtype=torch.float32), renderer="siddon")
     finally:
         torch.set_num_threads(threads)
 

@@ -90,7 +90,7 @@ def case(tmp_path):
 def _reference(volume_path, geometry_path, units, energy=60.0, method="trilinear", **geometry_kw) -> torch.Tensor:
     vol = load_volume(str(volume_path), units=units)
     cams = load_geometry(str(geometry_path), **geometry_kw).to(dtype=torch.float32)
-    return render(as_mu(vol, energy), cams, method=method)
+    return render(as_mu(vol, energy), cams, renderer=method)
 
 
 def _files(directory: Path) -> list:

@@ -124,7 +124,7 @@ def test_voxel_backprojector_approximates_the_adjoint():
     y = torch.nn.functional.avg_pool2d(torch.rand(len(cams), 1, cams.height, cams.width, generator=g), 7, 1, 3)[:, 0]
     x = torch.nn.functional.avg_pool3d(torch.rand((1, 1) + tuple(like.data.shape), generator=g), 5, 1, 2)[0, 0]
     xr = x.clone().requires_grad_(True)
-    ax = render(Volume(xr, like.ras_from_ijk, "mu"), cams, method="trilinear")
+    ax = render(Volume(xr, like.ras_from_ijk, "mu"), cams, renderer="trilinear")
     (aty,) = torch.autograd.grad(ax, xr, grad_outputs=y)
     by = voxel_backproject(y, cams, like)
     lhs, rhs = float((ax.detach() * y).sum()), float((x * by).sum())
@@ -160,7 +160,7 @@ def test_only_used_pixels_are_rendered(case):
     masks[:, :, :12] = False
     masks[::2, :8, :] = False  # even views lose rows too: a subset's union of pixels
     lvl = _Level(clean.float(), cams, like, masks, OSTVSettings(), 5)
-    full = render(Volume(gt, like.ras_from_ijk, "mu"), cams, method="trilinear")
+    full = render(Volume(gt, like.ras_from_ijk, "mu"), cams, renderer="trilinear")
     for si, g in enumerate(lvl.groups):
         assert lvl.pix[si] is not None
         used = (lvl.w[g] > 0).any(0)
@@ -241,8 +241,8 @@ def test_one_subset_no_tv_is_sart(case):
         OSTVSettings(passes=1, subsets=1, tv_weight=0.0, relaxation=1.0, backprojector="matched", coarse_passes=0, momentum=False),
     )
     x = x0.clone().requires_grad_(True)
-    y = render(Volume(x, like.ras_from_ijk, "mu"), cams, method="trilinear")
-    ray_len = render(Volume(torch.ones_like(x0), like.ras_from_ijk, "mu"), cams, method="trilinear")
+    y = render(Volume(x, like.ras_from_ijk, "mu"), cams, renderer="trilinear")
+    ray_len = render(Volume(torch.ones_like(x0), like.ras_from_ijk, "mu"), cams, renderer="trilinear")
     used = (ray_len > 1e-3 * ray_len.max()).float()
     (num,) = torch.autograd.grad(y, x, grad_outputs=used * clean / ray_len.clamp_min(1e-6), retain_graph=True)
     (den,) = torch.autograd.grad(y, x, grad_outputs=used)

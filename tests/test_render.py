@@ -111,7 +111,7 @@ def test_siddon_box_exact(spacing, oblique, rng):
     vol = box_volume(BOX_SHAPE, BOX_LO, BOX_HI, BOX_MU, a)
     src, tgt, n_miss = box_rays(a, rng)
     expected = BOX_MU * segment_box_length_mm(src, tgt, a, BOX_LO, BOX_HI)
-    got = render(vol, segment_cameras(src, tgt), method="siddon").reshape(-1).numpy()
+    got = render(vol, segment_cameras(src, tgt), renderer="siddon").reshape(-1).numpy()
     assert (expected > 0.5).sum() > 250  # most of the 312 rays really cross the box
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
     assert np.all(got[-n_miss:] == 0.0)  # misses are exactly zero
@@ -137,7 +137,7 @@ def test_trilinear_box_interior_exact(rng):
     expected = BOX_MU * segment_box_length_mm(src, tgt, a, lo, hi)
     cams = segment_cameras(src, tgt)
     for spv in (1, 2):
-        got = render(vol, cams, method="trilinear", samples_per_voxel=spv).reshape(-1).numpy()
+        got = render(vol, cams, renderer="trilinear", samples_per_voxel=spv).reshape(-1).numpy()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
 
@@ -162,7 +162,7 @@ def test_both_renderers_end_the_ct_at_its_voxel_faces(rng):
     chord = 6 * 2.5
     hull = (ci >= 0.0) & (ci <= 7.0)
     for method in METHODS:
-        got = render(vol, cams, method=method).reshape(-1).numpy()
+        got = render(vol, cams, renderer=method).reshape(-1).numpy()
         np.testing.assert_allclose(got[hull], chord, rtol=0, atol=1e-9, err_msg=method)
         mass = float(got.sum() * step) / chord  # in voxels along i
         assert mass == pytest.approx(8.0, abs=0.03), f"{method}: {mass:.3f} voxels of mass, expected 8 (7 would be RTK's)"
@@ -189,7 +189,7 @@ def test_ellipsoid_error_shrinks_with_resolution(rng):
         a = centred_affine((size,) * 3, (h, h, h), rot, center)
         vol = ellipsoid_volume((size,) * 3, a, center, axes, mu)
         for method in METHODS:
-            got = render(vol, cams, method=method).reshape(-1).numpy()
+            got = render(vol, cams, renderer=method).reshape(-1).numpy()
             errors[method, size] = np.abs(got - expected).mean()
     for method in METHODS:
         assert errors[method, 16] < 0.03, errors  # < 9 % of the mean line integral
@@ -220,8 +220,8 @@ def test_siddon_trilinear_agree_on_smooth_volume(rng):
         h = 48.0 / size
         a = centred_affine((size,) * 3, (h, 1.2 * h, 0.9 * h), rot)
         vol = gaussian_volume((size,) * 3, a, center, sigma)
-        s = render(vol, cams, method="siddon").reshape(-1).numpy()
-        t = render(vol, cams, method="trilinear").reshape(-1).numpy()
+        s = render(vol, cams, renderer="siddon").reshape(-1).numpy()
+        t = render(vol, cams, renderer="trilinear").reshape(-1).numpy()
         rel[size] = (np.abs(s - t).max() / scale, np.abs(s - exact).max() / scale, np.abs(t - exact).max() / scale)
     assert rel[24][0] < 0.10 and rel[24][1] < 0.10 and rel[24][2] < 0.03, rel
     assert rel[48][0] < 0.045 and rel[48][1] < 0.045 and rel[48][2] < 0.008, rel
@@ -261,7 +261,7 @@ def test_linear_and_adjoint(method):
     n_vox = math.prod(SMALL_SHAPE)
 
     def forward(x):
-        return render(Volume(x.reshape(SMALL_SHAPE), a), cams, method=method).reshape(-1)
+        return render(Volume(x.reshape(SMALL_SHAPE), a), cams, renderer=method).reshape(-1)
 
     x1 = torch.rand(n_vox, generator=gen, dtype=F64)
     x2 = torch.rand(n_vox, generator=gen, dtype=F64)
@@ -286,7 +286,7 @@ def test_linear_and_adjoint(method):
 def test_gradcheck_volume(method):
     a, cams = small_setup()
     mu = torch.rand(SMALL_SHAPE, dtype=F64, generator=torch.Generator().manual_seed(1)).mul(0.02).requires_grad_()
-    assert torch.autograd.gradcheck(lambda m: render(Volume(m, a), cams, method=method), (mu,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda m: render(Volume(m, a), cams, renderer=method), (mu,), eps=1e-6, atol=1e-8)
 
 
 def smooth_setup():
@@ -308,13 +308,13 @@ def with_pose(cams: Cameras, xi: torch.Tensor) -> Cameras:
 def test_gradcheck_trilinear_pose_and_intrinsics():
     vol, cams = smooth_setup()
     xi = torch.tensor([0.01, -0.02, 0.015, 0.3, -0.2, 0.1], dtype=F64, requires_grad=True)
-    out = render(vol, with_pose(cams, xi), method="trilinear")
+    out = render(vol, with_pose(cams, xi), renderer="trilinear")
     assert out.min() > 0.05  # rays really cross the blob
-    assert torch.autograd.gradcheck(lambda p: render(vol, with_pose(cams, p), method="trilinear"), (xi,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda p: render(vol, with_pose(cams, p), renderer="trilinear"), (xi,), eps=1e-6, atol=1e-7)
 
     def intrinsics(sdd, pp):
         c = Cameras(cams.world_from_camera, sdd, cams.pixel_spacing_mm, pp, cams.size_px)
-        return render(vol, c, method="trilinear")
+        return render(vol, c, renderer="trilinear")
 
     sdd = cams.sdd_mm.clone().requires_grad_()
     pp = cams.principal_point_px.clone().requires_grad_()
@@ -330,7 +330,7 @@ def test_siddon_pose_gradient_matches_central_differences():
     voxel corner, so autograd must match central finite differences."""
     vol, cams = smooth_setup()
     xi0 = torch.tensor([0.01, -0.02, 0.015, 0.3, -0.2, 0.1], dtype=F64, requires_grad=True)
-    out = render(vol, with_pose(cams, xi0), method="siddon").reshape(-1)
+    out = render(vol, with_pose(cams, xi0), renderer="siddon").reshape(-1)
     jac = torch.stack([torch.autograd.grad(out[r], xi0, retain_graph=True)[0] for r in range(out.numel())])
     step = 1e-7
     fd = torch.zeros_like(jac)
@@ -339,8 +339,8 @@ def test_siddon_pose_gradient_matches_central_differences():
             e = torch.zeros(6, dtype=F64)
             e[p] = step
             fd[:, p] = (
-                render(vol, with_pose(cams, xi0 + e), method="siddon").reshape(-1)
-                - render(vol, with_pose(cams, xi0 - e), method="siddon").reshape(-1)
+                render(vol, with_pose(cams, xi0 + e), renderer="siddon").reshape(-1)
+                - render(vol, with_pose(cams, xi0 - e), renderer="siddon").reshape(-1)
             ) / (2 * step)
     np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-7)
     assert jac.abs().max() > 1e-3
@@ -360,23 +360,23 @@ def invariance_setup():
 @pytest.mark.parametrize("method", METHODS)
 def test_chunking_and_pixel_subsets(method):
     vol, cams = invariance_setup()
-    full = render(vol, cams, method=method)
+    full = render(vol, cams, renderer=method)
     assert full.shape == (3, 5, 7)
     assert full.min() > 0.01
-    one_ray_chunks = render(vol, cams, method=method, max_memory_mb=1e-9)
+    one_ray_chunks = render(vol, cams, renderer=method, max_memory_mb=1e-9)
     np.testing.assert_allclose(one_ray_chunks, full, rtol=0, atol=1e-12)
-    few_ray_chunks = render(vol, cams, method=method, max_memory_mb=0.005)
+    few_ray_chunks = render(vol, cams, renderer=method, max_memory_mb=0.005)
     np.testing.assert_allclose(few_ray_chunks, full, rtol=0, atol=1e-12)
 
     gen = torch.Generator().manual_seed(4)
     cols = torch.randint(0, 7, (6,), generator=gen)
     rows = torch.randint(0, 5, (6,), generator=gen)
     shared = torch.stack([cols, rows], dim=-1).to(F64)  # (N, 2) [column, row]
-    sub = render(vol, cams, method=method, pixels=shared)
+    sub = render(vol, cams, renderer=method, pixels=shared)
     assert sub.shape == (3, 6)
     np.testing.assert_allclose(sub, full[:, rows, cols], rtol=0, atol=1e-12)
     per_view = torch.stack([shared, shared.flip(0), shared.roll(2, 0)])  # (V, N, 2)
-    sub = render(vol, cams, method=method, pixels=per_view)
+    sub = render(vol, cams, renderer=method, pixels=per_view)
     for v in range(3):
         c, r = per_view[v, :, 0].long(), per_view[v, :, 1].long()
         np.testing.assert_allclose(sub[v], full[v, r, c], rtol=0, atol=1e-12)
@@ -385,8 +385,8 @@ def test_chunking_and_pixel_subsets(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_float32_matches_float64(method):
     vol, cams = invariance_setup()
-    ref = render(vol, cams, method=method)
-    low = render(vol.to(dtype=torch.float32), cams.to(dtype=torch.float32), method=method)
+    ref = render(vol, cams, renderer=method)
+    low = render(vol.to(dtype=torch.float32), cams.to(dtype=torch.float32), renderer=method)
     assert low.dtype == torch.float32
     rel = ((low.double() - ref).abs() / ref.abs().max()).max()
     assert rel < 1e-5, float(rel)
@@ -396,13 +396,13 @@ def test_float32_matches_float64(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_matches_cpu(method):
     vol, cams = invariance_setup()
-    ref = render(vol, cams, method=method)
+    ref = render(vol, cams, renderer=method)
     gpu_vol = vol.to(device="cuda")
-    out = render(gpu_vol, cams, method=method)  # cameras are moved to the volume's device
+    out = render(gpu_vol, cams, renderer=method)  # cameras are moved to the volume's device
     assert out.device.type == "cuda"
     np.testing.assert_allclose(out.cpu(), ref, rtol=0, atol=1e-10)
     mu = gpu_vol.data.clone().requires_grad_()
-    render(Volume(mu, gpu_vol.ras_from_ijk), cams, method=method).sum().backward()
+    render(Volume(mu, gpu_vol.ras_from_ijk), cams, renderer=method).sum().backward()
     assert mu.grad.device.type == "cuda" and mu.grad.abs().max() > 0
 
 
@@ -412,7 +412,7 @@ def test_cuda_matches_cpu(method):
 def test_progress_reports_and_cancels():
     vol, cams = invariance_setup()
     seen = []
-    out = render(vol, cams, method="siddon", max_memory_mb=0.005, progress=lambda p: seen.append(p) or True)
+    out = render(vol, cams, renderer="siddon", max_memory_mb=0.005, progress=lambda p: seen.append(p) or True)
     assert len(seen) >= 2
     assert all(isinstance(p, Progress) for p in seen)
     assert [p.total for p in seen] == [3 * 5 * 7] * len(seen)
@@ -422,11 +422,11 @@ def test_progress_reports_and_cancels():
 
     calls = []
     with pytest.raises(Cancelled):
-        render(vol, cams, method="trilinear", max_memory_mb=0.005, progress=lambda p: calls.append(p) is not None)
+        render(vol, cams, renderer="trilinear", max_memory_mb=0.005, progress=lambda p: calls.append(p) is not None)
     assert len(calls) == 1  # stopped at the first report
     # only False stops: a callback returning None (e.g. a bare logging function) lets the render finish
     calls.clear()
-    render(vol, cams, method="trilinear", max_memory_mb=0.005, progress=calls.append)
+    render(vol, cams, renderer="trilinear", max_memory_mb=0.005, progress=calls.append)
     assert calls[-1].done == 105
 
 
@@ -461,8 +461,8 @@ def test_bad_inputs_raise_useful_errors():
     with pytest.raises(ValueError, match="as_mu"):
         render(Volume(vol.data * 1000 - 1000, vol.ras_from_ijk, "hu"), cams)
     with pytest.raises(ValueError, match="unknown renderer 'joseph'"):
-        render(vol, cams, method="joseph")
+        render(vol, cams, renderer="joseph")
     with pytest.raises(ValueError, match="pixels"):
         render(vol, cams, pixels=torch.zeros(2, 4, 2, dtype=F64))  # 2 views of pixels for 3 cameras
     with pytest.raises(ValueError, match="samples_per_voxel"):
-        render(vol, cams, method="trilinear", samples_per_voxel=1.5)
+        render(vol, cams, renderer="trilinear", samples_per_voxel=1.5)

@@ -13,7 +13,7 @@ def test_compiled_siddon_matches_eager():
     vol = Volume(torch.rand(30, 20, 25, generator=g) * 0.02, affine)
     # Views whose rays have different dominant axes, so every branch of the kernel runs.
     cams = Cameras.carm([30.0, 100.0, -60.0], [10.0, 0.0, 50.0], sid_mm=300, sdd_mm=500, size_px=(24, 20), pixel_spacing_mm=3.0)
-    eager = render(vol, cams, method="siddon", compiled=False)
-    compiled = render(vol, cams, method="siddon", compiled=True)
+    eager = render(vol, cams, renderer="siddon", compiled=False)
+    compiled = render(vol, cams, renderer="siddon", compiled=True)
     assert eager.abs().max() > 0.1
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -150,7 +150,7 @@ def test_xml_read_back_equals_written_cameras(scene, origin):
 @pytest.mark.parametrize("origin", list(ORIGINS))
 def test_trilinear_matches_rtk_joseph(scene, origin):
     ref = scene[origin]["rtk"]
-    ours = render(scene["volume"], scene[origin]["cameras"], method="trilinear", samples_per_voxel=2.0)
+    ours = render(scene["volume"], scene[origin]["cameras"], renderer="trilinear", samples_per_voxel=2.0)
     mean, p95, worst, l2, frac = _errors(ours, ref)
     msg = (
         f"trilinear vs RTK Joseph ({origin} origin, {frac:.0%} of pixels in the body): mean {mean:.3%}, p95 {p95:.3%}, max "
@@ -163,7 +163,7 @@ def test_trilinear_matches_rtk_joseph(scene, origin):
 
 def test_siddon_matches_rtk_joseph(scene):
     ref = scene["centred"]["rtk"]
-    ours = render(scene["volume"], scene["centred"]["cameras"], method="siddon")
+    ours = render(scene["volume"], scene["centred"]["cameras"], renderer="siddon")
     mean, p95, worst, l2, frac = _errors(ours, ref)
     msg = f"Siddon vs RTK Joseph ({frac:.0%} of pixels in the body): mean {mean:.3%}, p95 {p95:.3%}, max {worst:.3%}, L2 {l2:.3%}"
     # measured: mean 0.13%, p95 0.41%, max 6.6%, L2 0.26%; the 74 of 8028 pixels above 2% are short
@@ -176,7 +176,7 @@ def test_unflipped_rtk_layout_is_wrong(scene):
     """Negative control: comparing against RTK's projections without the row flip (or against the
     row-flipped render) must fail by far, so the tests above can fail and the flip is needed."""
     ref = scene["centred"]["rtk"]
-    ours = render(scene["volume"], scene["centred"]["cameras"], method="trilinear", samples_per_voxel=2.0)
+    ours = render(scene["volume"], scene["centred"]["cameras"], renderer="trilinear", samples_per_voxel=2.0)
     mean, _, _, l2, _ = _errors(ours.flip(-2), ref)
     assert mean > 0.1 and l2 > 0.1, f"the mirrored images agree too well (mean {mean:.1%}, L2 {l2:.1%}): the phantom is too symmetric"
     mean_cols, _, _, l2_cols, _ = _errors(ours.flip(-1), ref)

@@ -172,7 +172,7 @@ def test_oblique_ct_drr_equals_engine_render(core, drr_module, renderer):
         dtype=torch.float64,
     )
     vol = Volume(hu_to_mu(torch.tensor(hu, dtype=torch.float64)), torch.tensor(affine), "mu")
-    expected = render(vol, cams, method=renderer)[0].numpy()
+    expected = render(vol, cams, renderer=renderer)[0].numpy()
     got = slicer.util.arrayFromVolume(drr)[0]
     assert expected.max() > 0.3 and (expected == 0).sum() > 0  # CT seen partly, not filling the detector
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)

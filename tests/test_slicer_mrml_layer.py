@@ -104,7 +104,7 @@ def test_render_drr_goes_into_the_ct_scene(core):
     assert out.volume_node.GetScene() is other and out.camera_model_node.GetScene() is other
     assert slicer.mrmlScene.GetNumberOfNodes() == before
     assert out.volume_node.GetName() == "CT DRR" and out.camera_model_node.GetName() == "CT C-arm"
-    expected = render(Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu"), cams, method="trilinear")[0].numpy()
+    expected = render(Volume(hu_to_mu(torch.tensor(hu)), torch.tensor(affine), "mu"), cams, renderer="trilinear")[0].numpy()
     assert expected.max() > 0.5
     np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node)[0], expected, rtol=1e-4, atol=1e-4)
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import DEFAULT_RENDERER, render
+from ..render import DEFAULT_RENDERER, RENDERERS, render
 from ..volume import Volume
 from .losses import LearnedLossWeights, l1_photometric, total_variation
 
@@ -90,8 +90,8 @@ def fit(
     showed as a dip at the nerf stage switch."""
     if settings.iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {settings.iterations}")
-    if settings.renderer not in ("siddon", "trilinear"):
-        raise ValueError(f"unknown renderer {settings.renderer!r}; use 'siddon' or 'trilinear'")
+    if settings.renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {settings.renderer!r}; use one of {RENDERERS}")
     if settings.tv_weight < 0:
         raise ValueError(f"tv_weight must be >= 0, got {settings.tv_weight}")
     gen = torch.Generator().manual_seed(settings.seed)

@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import DEFAULT_RENDERER, render
+from ..render import DEFAULT_RENDERER, RENDERERS, render
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 
@@ -384,8 +384,8 @@ def _check_settings(s: OSTVSettings) -> None:
         raise ValueError(f"tv_steps_per_pass must be >= 1, got {s.tv_steps_per_pass}")
     if s.tv_inner < 0:
         raise ValueError(f"tv_inner must be >= 0, got {s.tv_inner}")
-    if s.renderer not in ("siddon", "trilinear"):
-        raise ValueError(f"unknown renderer {s.renderer!r}; use 'siddon' or 'trilinear'")
+    if s.renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {s.renderer!r}; use one of {RENDERERS}")
     if s.backprojector not in BACKPROJECTORS:
         raise ValueError(f"unknown backprojector {s.backprojector!r}; use one of {', '.join(BACKPROJECTORS)}")
 

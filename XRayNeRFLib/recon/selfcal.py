@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Cancelled, ProgressCallback, report
-from ..render import render
+from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume
 from .fov import cameras_float64
 
@@ -60,7 +60,8 @@ class RefineSettings:
     in units of ``scale`` (1 degree, 1 mm); rays_per_view: pixels drawn per view and step (0: all);
     reg: weight of |delta / scale|^2 per view; min_gain: relative decrease of the data term a round must
     bring to be applied; start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per round;
-    intrinsics: also correct each view's principal point (pixels); renderer: "trilinear"; seed."""
+    intrinsics: also correct each view's principal point (pixels); renderer: the os-tv start's projector
+    (default ``render.DEFAULT_RENDERER``; the pose fit itself always marches trilinearly); seed."""
 
     rounds: int = 4
     steps: int = 40
@@ -71,7 +72,7 @@ class RefineSettings:
     start: str = "os-tv"
     passes: int = 8
     intrinsics: bool = False
-    renderer: str = "trilinear"
+    renderer: str = DEFAULT_RENDERER
     seed: int = 0
 
 
@@ -151,7 +152,7 @@ def _reconstruct(projections, cameras, like, s: RefineSettings, masks):
 
 
 def _data_term(vol: Volume, cams: Cameras, projections: Tensor, pixels: Optional[Tensor], norm: float) -> Tensor:
-    pred = render(vol, cams, method="trilinear", pixels=pixels, check_finite=False)
+    pred = render(vol, cams, renderer="trilinear", pixels=pixels, check_finite=False)
     if pixels is None:
         target = projections
     else:

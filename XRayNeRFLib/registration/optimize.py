@@ -554,7 +554,7 @@ class _Run:
         )
         return [cand[int(i)] for i in order[: max(1, s.keep_starts)]]
 
-    def optimise_level(self, x_init: Tensor, li: int, start: int) -> Tuple[Tensor, float, bool]:
+    def optimize_level(self, x_init: Tensor, li: int, start: int) -> Tuple[Tensor, float, bool]:
         """Run pyramid level ``li`` from x_init: (best x, best loss, stopped by the user)."""
         s, factor = self.s, self.levels[li]
         mask = self.pixel_mask(x_init[None], factor)  # held fixed during the level
@@ -637,7 +637,7 @@ class _Run:
         initial = self.initial_loss(x0)
         best_x, best_v, cancelled = x0, float("inf"), False
         for start, xs in enumerate(self.coarse_search(x0)):
-            xb, vb, stopped = self.optimise_level(xs, 0, start)
+            xb, vb, stopped = self.optimize_level(xs, 0, start)
             if vb < best_v:
                 best_x, best_v = xb, vb
             if stopped:
@@ -646,5 +646,5 @@ class _Run:
         for li in range(1, len(self.levels)):
             if cancelled:
                 break
-            best_x, best_v, cancelled = self.optimise_level(best_x, li, 0)
+            best_x, best_v, cancelled = self.optimize_level(best_x, li, 0)
         return self.result(best_x, initial, cancelled)

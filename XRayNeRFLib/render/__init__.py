@@ -52,7 +52,6 @@ def render(
     progress: ProgressCallback = None,
     compiled: Optional[bool] = None,
     check_finite: bool = True,
-    method: Optional[str] = None,
 ) -> Tensor:
     """Line integrals of the volume's mu for every view.
 
@@ -70,14 +69,9 @@ def render(
         XRAYNERF_COMPILE=1 turns it on. Ignored by the trilinear renderer (grid_sample bound).
     check_finite: refuse a volume with NaN/inf (default). False skips that scan of the whole volume
         for loops that check their own iterate.
-    method: the former name of ``renderer``, still accepted (a value that contradicts ``renderer`` is refused).
 
     returns: (V, H, W) when ``pixels`` is None, else (V, N); dtype of the volume.
     """
-    if method is not None:
-        if renderer not in (method, DEFAULT_RENDERER):
-            raise ValueError(f"renderer {renderer!r} and method {method!r} disagree; give renderer only")
-        renderer = method
     if renderer not in RENDERERS:
         raise ValueError(f"unknown renderer {renderer!r}; use one of {RENDERERS}")
     if volume.units != "mu":
