@@ -165,3 +165,29 @@ def test_oblique_views_keep_the_rays_through_faces_in_air(primary):
     assert float((cover & body).sum()) > 0.5 * float((body & (short > 0.05)).sum())
     assert not (cover & ~torch.isclose(short, full, atol=1e-9)).any()
     assert (~cover & ~torch.isclose(short, full, atol=1e-6)).any(), "the CT must end inside the field for this test"
+
+
+@pytest.mark.parametrize("primary", [0.0, 45.0, -45.0])
+def test_covered_pixels_of_a_chest_ct_see_all_of_its_anatomy(chest_ct_48, primary):
+    """The end-in-field scenario above (the chest CT's central half; its end faces cut the body, one lateral face
+    holds an arm (open), the other lateral and the AP faces are in air): at PA and at LAO/RAO 45 every covered
+    pixel's Siddon line integral through the CT equals the whole patient's (no anatomy missing along it; fails
+    when every face counts as closed), and the mask keeps at least 30 % of the body pixels the CT does explain
+    (the beam-axis rule alone kept none at 45 deg)."""
+    from XRayNeRFLib.volume import as_mu
+
+    mu = as_mu(chest_ct_48)
+    patient = Volume(mu.data.double(), mu.ras_from_ijk.double(), "mu")
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[2, 3] = 12
+    ct = Volume(patient.data[12:36].contiguous(), patient.ras_from_ijk @ shift, "mu")
+    cam = Cameras.carm(
+        primary, 0.0, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0, isocenter_ras=ct.center_ras(), dtype=torch.float64
+    )
+    cover = ct_coverage_mask(ct, cam, margin_mm=5.0)[0]
+    part, whole = render(ct, cam, renderer="siddon")[0], render(patient, cam, renderer="siddon")[0]
+    explained = torch.isclose(part, whole, rtol=0, atol=1e-9)
+    assert (~explained & (whole > 0.3)).sum() > 500, "the CT must lack anatomy in this view for the test to mean something"
+    assert not (cover & ~explained).any(), "a covered ray misses anatomy beyond the CT"
+    body = explained & (whole > 0.3)
+    assert float((cover & body).sum()) >= 0.3 * float(body.sum()), (int((cover & body).sum()), int(body.sum()))
