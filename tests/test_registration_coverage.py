@@ -128,3 +128,66 @@ def test_registration_of_a_ct_that_ends_inside_the_field(chest_ct_48):
         torch.set_num_threads(before)
     assert max(err[True]) < 2.5 and sum(err[True]) / 2 < 2.0, err
     assert sum(err[False]) > 1.5 * sum(err[True]), err
+
+
+def body_ct(n_k=10, pad_k=0):
+    """A water cylinder along k (radius 30 mm) in air, on a 1.5 x 1.5 x 5 mm grid of 48 x 48 x n_k voxels
+    (+ pad_k slices on each end): the end faces cut the body (open), the side faces are in air (closed)."""
+    k = n_k + 2 * pad_k
+    a = torch.eye(4, dtype=torch.float64)
+    a[:3, :3] = torch.diag(torch.tensor([1.5, 1.5, 5.0], dtype=torch.float64))
+    a[:3, 3] = -a[:3, :3] @ torch.tensor([23.5, 23.5, (k - 1) / 2], dtype=torch.float64)
+    jj, ii = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    disc = (((ii - 23.5) * 1.5) ** 2 + ((jj - 23.5) * 1.5) ** 2 < 30.0**2).to(torch.float64) * 0.02
+    return Volume(disc.expand(k, 48, 48).contiguous(), a, "mu")
+
+
+def test_open_faces_are_where_anatomy_continues():
+    from XRayNeRFLib.registration.coverage import open_faces
+
+    assert open_faces(body_ct()).tolist() == [[False, False], [False, False], [True, True]]
+    assert open_faces(box_ct()).all()  # ones everywhere: every face cuts the "body"
+
+
+@pytest.mark.parametrize("primary", [45.0, -40.0, 0.0])
+def test_oblique_views_keep_the_rays_through_faces_in_air(primary):
+    """At 45 deg few rays cross both beam-axis faces, yet most rays through the body leave only through the side
+    faces, which are in air. Covered pixels must see exactly what a CT extended beyond its end faces shows
+    (nothing is missing along their rays), and the mask keeps far more of the body than the beam-axis rule."""
+    ct, longer = body_ct(), body_ct(pad_k=20)
+    cam = Cameras.carm(
+        primary, 0.0, sid_mm=400.0, sdd_mm=700.0, size_px=(60, 48), pixel_spacing_mm=2.0, isocenter_ras=(0, 0, 0), dtype=torch.float64
+    )
+    cover = ct_coverage_mask(ct, cam)[0]
+    short, full = render(ct, cam, renderer="siddon")[0], render(longer, cam, renderer="siddon")[0]
+    assert torch.allclose(short[cover], full[cover], atol=1e-9), "a covered ray misses anatomy beyond the CT's ends"
+    body = full > 0.05
+    assert float((cover & body).sum()) > 0.5 * float((body & (short > 0.05)).sum())
+    assert not (cover & ~torch.isclose(short, full, atol=1e-9)).any()
+    assert (~cover & ~torch.isclose(short, full, atol=1e-6)).any(), "the CT must end inside the field for this test"
+
+
+@pytest.mark.parametrize("primary", [0.0, 45.0, -45.0])
+def test_covered_pixels_of_a_chest_ct_see_all_of_its_anatomy(chest_ct_48, primary):
+    """The end-in-field scenario above (the chest CT's central half; its end faces cut the body, one lateral face
+    holds an arm (open), the other lateral and the AP faces are in air): at PA and at LAO/RAO 45 every covered
+    pixel's Siddon line integral through the CT equals the whole patient's (no anatomy missing along it; fails
+    when every face counts as closed), and the mask keeps at least 30 % of the body pixels the CT does explain
+    (the beam-axis rule alone kept none at 45 deg)."""
+    from XRayNeRFLib.volume import as_mu
+
+    mu = as_mu(chest_ct_48)
+    patient = Volume(mu.data.double(), mu.ras_from_ijk.double(), "mu")
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[2, 3] = 12
+    ct = Volume(patient.data[12:36].contiguous(), patient.ras_from_ijk @ shift, "mu")
+    cam = Cameras.carm(
+        primary, 0.0, sid_mm=650, sdd_mm=1020, size_px=(64, 64), pixel_spacing_mm=8.0, isocenter_ras=ct.center_ras(), dtype=torch.float64
+    )
+    cover = ct_coverage_mask(ct, cam, margin_mm=5.0)[0]
+    part, whole = render(ct, cam, renderer="siddon")[0], render(patient, cam, renderer="siddon")[0]
+    explained = torch.isclose(part, whole, rtol=0, atol=1e-9)
+    assert (~explained & (whole > 0.3)).sum() > 500, "the CT must lack anatomy in this view for the test to mean something"
+    assert not (cover & ~explained).any(), "a covered ray misses anatomy beyond the CT"
+    body = explained & (whole > 0.3)
+    assert float((cover & body).sum()) >= 0.3 * float(body.sum()), (int((cover & body).sum()), int(body.sum()))
