@@ -275,7 +275,10 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
             try:
                 start = self.logic.landmarkStartUsingParameterNode(self._parameterNode)
             except LandmarkError as error:
-                self.ui.statusLabel.text = _("Landmark start failed: {error}").format(error=error)
+                shown = self.logic.landmarkHighlight is not None
+                self.ui.statusLabel.text = _("Landmark start failed: {error}").format(error=error) + (
+                    " " + _("That pair is the selected point in both point lists.") if shown else ""
+                )
                 raise
             self.checkCanApply()  # Revert enabled
             self.ui.statusLabel.text = self.logic.landmarkReport(start) + " " + _("Apply to refine, or Revert.")
@@ -335,6 +338,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pending = None  # the last run's RegistrationOutput (or LandmarkStart) until accept or revert
         self._overlay = None  # XRayNeRFMRML.registration.OverlayView (created on first use)
         self._live = None  # XRayNeRFMRML.live_overlay.LiveOverlay while the live overlay runs
+        self.landmarkHighlight = None  # XRayNeRFMRML.landmarks.LandmarkHighlight of the last failed landmark start
 
     def getParameterNode(self):
         return XRayNeRFRegistrationParameterNode(super().getParameterNode())
@@ -566,9 +570,23 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(reason)
         if not p.ctLandmarks or not p.xrayLandmarks:
             raise ValueError("Select the landmark point lists: points on the CT and the same points on the X-ray.")
-        start = self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+        from XRayNeRFLib.errors import LandmarkError
+        from XRayNeRFMRML.landmarks import highlight_bad_landmark
+
+        self.clearLandmarkHighlight()
+        try:
+            start = self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+        except LandmarkError as error:  # show the bad pair on the point lists (selected), nothing else changes
+            self.landmarkHighlight = highlight_bad_landmark(error, p.ctLandmarks, p.xrayLandmarks)
+            raise
         self._pending = start  # Revert puts the transform back (restore_transform reads transform_node/_before)
         return start
+
+    def clearLandmarkHighlight(self) -> None:
+        """Put back the point lists' selection states changed to show a bad pair (if any)."""
+        highlight, self.landmarkHighlight = self.landmarkHighlight, None
+        if highlight is not None:
+            highlight.clear()
 
     @staticmethod
     def landmarkReport(start) -> str:
