@@ -11,11 +11,18 @@ The CT's voxels are read from MRML once (in the node's own IJK-to-RAS frame, con
 when its image data change; each render composes the current parent transforms (world RAS mm), so a render
 costs the projection and the node write only. Removing the CT, the X-ray or the DRR node, or closing the
 scene, stops the overlay (observers removed, timers stopped); :meth:`LiveOverlay.stop` does the same.
+
+Each render runs with ``num_threads`` torch CPU threads (default ``RENDER_THREADS``), the process's own setting
+put back afterwards; None leaves the process's setting. One thread by default: the coarse render that follows
+a drag is far under the latency target with one thread on a quiet machine, and with two it became several
+times slower whenever other work shared the cores (the measurements: benchmarks/RESULTS_registration.md,
+"Live overlay (Slicer)"; the choice: docs/slicer.md).
 Never imports qt: the timers come from ``make_timer`` (see throttle.py).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, List, Optional
 
 import slicer
@@ -26,6 +33,22 @@ from .registration import render_image, write_drr
 from .throttle import IDLE_S, INTERVAL_S, CoalescingRenderer, ManualTimer, Timer
 
 COARSE_PX = 64  # the coarse detector's shorter side while the CT moves (about; a power-of-two binning)
+RENDER_THREADS = 1  # torch CPU threads of one overlay render (module docstring: why one)
+
+
+@contextmanager
+def torch_threads(n: Optional[int]):
+    """Run the block with ``n`` torch CPU threads, the previous count restored after; None: unchanged."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
 
 
 def coarse_factor_for(size_px, coarse_px: int = COARSE_PX) -> int:
@@ -44,6 +67,7 @@ class LiveOverlay:
     factory (default :class:`~.throttle.ManualTimer`: nothing fires by itself). interval_s / idle_s: the
     throttle window and the rest pause (throttle.py). coarse_factor: the binning while moving (None:
     :func:`coarse_factor_for` the X-ray). on_update(coarse): called after each render (e.g. to redraw).
+    num_threads: torch CPU threads of each render (default ``RENDER_THREADS``; None: the process's).
     ``updates``: the coarse flag of every render done."""
 
     def __init__(
@@ -57,11 +81,22 @@ class LiveOverlay:
         idle_s: float = IDLE_S,
         coarse_factor: Optional[int] = None,
         on_update: Optional[Callable[[bool], None]] = None,
+        num_threads: Optional[int] = RENDER_THREADS,
     ):
+        if num_threads is not None and int(num_threads) < 1:
+            raise ValueError(f"the live overlay's thread count must be at least 1 (or None: the process's), got {num_threads}")
         if ct_node is None or xray_node is None:
             raise ValueError("select the CT and the X-ray for the live overlay")
         self.ct_node, self.xray_node = ct_node, xray_node
-        self._options = dict(make_timer=make_timer, interval_s=interval_s, idle_s=idle_s, coarse_factor=coarse_factor, on_update=on_update)
+        self._options = dict(
+            make_timer=make_timer,
+            interval_s=interval_s,
+            idle_s=idle_s,
+            coarse_factor=coarse_factor,
+            on_update=on_update,
+            num_threads=num_threads,
+        )
+        self.num_threads = num_threads
         self.cameras = cameras_from_node(xray_node)
         self.coarse_factor = int(coarse_factor) if coarse_factor else coarse_factor_for(self.cameras.size_px)
         self._coarse_cameras = self.cameras.downsampled(self.coarse_factor)
@@ -144,8 +179,10 @@ class LiveOverlay:
         return Volume(data, torch.from_numpy(world_from_node(self.ct_node) @ local).float(), "mu")
 
     def render(self, coarse: bool = False):
-        """The DRR (h, w) float32 tensor of the CT at its current pose, at the coarse or full detector."""
-        return render_image(self.volume(), self._coarse_cameras if coarse else self.cameras)
+        """The DRR (h, w) float32 tensor of the CT at its current pose, at the coarse or full detector, rendered
+        with ``num_threads`` torch threads."""
+        with torch_threads(self.num_threads):
+            return render_image(self.volume(), self._coarse_cameras if coarse else self.cameras)
 
     def _render_and_write(self, coarse: bool) -> None:
         cameras = self._coarse_cameras if coarse else self.cameras
