@@ -13,6 +13,7 @@ the detector plane (zeros transparent).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -94,7 +95,8 @@ class XRayNeRFRegistrationParameterNode:
     """inputVolume: CT (HU); xrayVolume: 1-slice X-ray with its camera; transform: the CT's pose.
     xrayDicom*: a DICOM X-ray file, its frame and tag overrides (0: the tag), read by "Load X-ray".
     nudge*: the steps of the nudge buttons (mm, degrees). ctLandmarks / xrayLandmarks: the landmark start's
-    point lists. coarseSearch ... nettIterations: the engine's options (XRayNeRFMRML.registration_options)."""
+    point lists. coarseSearch ... nettIterations, useMnerf: the engine's options (XRayNeRFMRML.registration_options);
+    secondXray: an X-ray at a known pose that completes the pair set (NeTT training, the mNeRF fit)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
@@ -124,6 +126,9 @@ class XRayNeRFRegistrationParameterNode:
     applyNett: bool = False
     nettWeightsPath: str = ""
     nettIterations: Annotated[int, WithinRange(1, 10000)] = 100
+    # the pair set: a second X-ray at a known pose (biplane partner, an earlier registered frame)
+    secondXray: vtkMRMLScalarVolumeNode
+    useMnerf: bool = False
 
 
 class QtSingleShotTimer:
@@ -616,10 +621,10 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return {"settings": settings, "appearance": nett_appearance(p.nettWeightsPath) if p.applyNett else None}
 
     def trainNettUsingParameterNode(self, p, progress: Optional[Callable] = None):
-        """Train NeTT on the CT at its current pose and the X-ray (the similarity as the loss), save the weights
-        to ``p.nettWeightsPath``; returns (model, history). progress returning False (or cancelRequested) stops
-        without writing."""
-        from XRayNeRFMRML.registration_options import train_nett_on_pair
+        """Train NeTT on the CT at its current pose and the pair set (the X-ray and, when chosen, the second X-ray;
+        the similarity as the loss), save the weights to ``p.nettWeightsPath``; returns (model, history). progress
+        returning False (or cancelRequested) stops without writing."""
+        from XRayNeRFMRML.registration_options import train_nett_on_pairs
 
         reason = self.whyCannotRegister(p)
         if reason is not None:
@@ -631,9 +636,36 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             return bool(keepGoing) and not self.cancelRequested
 
         p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())
-        return train_nett_on_pair(
-            p.inputVolume, p.xrayVolume, p.nettWeightsPath, loss=p.similarity, iterations=p.nettIterations, progress=onProgress
+        return train_nett_on_pairs(
+            p.inputVolume,
+            [p.xrayVolume, p.secondXray],
+            p.nettWeightsPath,
+            loss=p.similarity,
+            iterations=p.nettIterations,
+            progress=onProgress,
         )
+
+    def fitMnerfUsingParameterNode(self, p, progress: Optional[Callable] = None):
+        """The mNeRF of the CT under its transform fitted to ``p.secondXray`` at its known pose (the registered
+        X-ray is not used: its pose is what the run finds). The CT's parent is put back when the fit fails."""
+        from XRayNeRFMRML.registration_options import fit_mnerf_on_xrays
+
+        if p.secondXray is None or p.secondXray is p.xrayVolume:
+            raise ValueError("mNeRF is fitted to a second X-ray at a known pose: choose it under 'Second X-ray', or untick mNeRF")
+        if p.applyNett:
+            raise ValueError("mNeRF replaces the CT's DRR: untick 'Apply NeTT' or 'mNeRF'")
+        self.cancelRequested = False
+        previous = p.inputVolume.GetTransformNodeID()
+        p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())  # the pose the run reads the CT at
+        try:
+            return fit_mnerf_on_xrays(
+                p.inputVolume,
+                [p.secondXray],
+                progress=lambda q: bool(progress(q) if progress is not None else True) and not self.cancelRequested,
+            )
+        except Exception:
+            p.inputVolume.SetAndObserveTransformNodeID(previous)
+            raise
 
     # -- registration ------------------------------------------------------------------------------------
     def register(
@@ -716,6 +748,10 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(reason)
         for key, value in self.engineOptions(p).items():  # the panel's options; explicit keywords win
             engineOptions.setdefault(key, value)
+        if p.useMnerf and engineOptions.get("settings") is not None:  # the DRR source, fitted before the run
+            engineOptions["settings"] = dataclasses.replace(
+                engineOptions["settings"], drr_source=self.fitMnerfUsingParameterNode(p, progress)
+            )
         out = self.register(
             p.inputVolume,
             p.xrayVolume,
