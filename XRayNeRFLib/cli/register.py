@@ -64,6 +64,10 @@ inputs:
                     intrinsics) instead of taken from --init / the DICOM tags, and each pair's reprojection
                     error is reported. With --init or a DICOM pose as well, that pose stays the reference
                     of ct_correction_ras (the CT moves, the camera keeps its nominal pose).
+  --mnerf IMG [..]  X-rays of this patient at KNOWN poses (DICOM, or image files with one --mnerf-camera
+                    each or one for all and one --mnerf-init pose each): an mNeRF, a neural field masked to
+                    the CT's body and fitted to them (XRayNeRFLib.registration.mnerf), is rendered instead
+                    of the CT. Opt-in; not with --nett; docs/registration.md, "mNeRF".
 
 outputs:
   --out JSON        the registered "world_from_camera" (same convention), the camera intrinsics (refined
