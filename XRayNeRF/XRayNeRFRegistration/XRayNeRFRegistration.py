@@ -76,7 +76,8 @@ class XRayNeRFRegistration(ScriptedLoadableModule):
             "<b>Manual alignment</b>: with <i>Live overlay</i> on, the overlay follows the CT while you move its transform "
             "(Transforms module, 3D handles, the nudge buttons along the detector axes): coarse while moving, full size at "
             "rest. <b>Landmark start</b>: the same 4 or more points on the CT and on the X-ray give a start pose (PnP), with "
-            "the reprojection error. <b>Settings</b>: coarse search, intrinsics refinement and NeTT are opt-in."
+            "the reprojection error. <b>Settings</b>: coarse search, intrinsics refinement, NeTT and mNeRF are opt-in; a second X-ray "
+            "at a known pose (e.g. the biplane partner) completes the pair set NeTT trains on and mNeRF is fitted to."
         )
         self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
