@@ -16,6 +16,7 @@ keeps working; the message stays the one line a user reads (file, tag, flag).
   inconsistent with the images).
 - :class:`LandmarkError` — landmark pairs that cannot give a pose (which check, which pair).
 - :class:`NeTTWeightsError` — a NeTT weights file that cannot be used (missing, foreign, another shape).
+- :class:`MNeRFError` — an mNeRF that cannot be fitted or used (no views, a mask of another shape, another CT).
 """
 
 from __future__ import annotations
@@ -110,4 +111,16 @@ class NeTTWeightsError(XRayNeRFError):
     def __init__(self, message: str, *, path: str, reason: str):
         super().__init__(message)
         self.path = path
+        self.reason = reason
+
+
+class MNeRFError(XRayNeRFError):
+    """An mNeRF (``registration/mnerf.py``) that cannot be fitted or used.
+
+    reason: "no-views" (no X-ray with a known camera), "views" (X-rays and cameras of different counts or
+    sizes, non-finite X-rays), "mask-shape" (a body mask not on the CT's grid), "intensity" (X-rays that do not
+    rise with attenuation, or flat), "other-ct" (used with a CT other than the one it was fitted for)."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
         self.reason = reason

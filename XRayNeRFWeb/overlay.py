@@ -10,8 +10,9 @@ the web's own:
 * :data:`INTERVAL_S` = 0: the page's job runner already renders one overlay at a time and keeps only the newest
   pose asked for while one runs (jobs.py), which paces renders to the render time; a throttle window on top of it
   would only add its length to every update's latency;
-* :func:`render_volume`: the render in the job's worker thread, with the scene released, on :data:`THREADS`
-  torch threads while the controls move (the server's other threads draw and encode the views meanwhile).
+* the render itself (``OverlayRenderer.render_volume``, on the layer's ``RENDER_THREADS`` torch threads like the
+  Slicer module's) runs in the job's worker thread with the scene released (session.Session.overlay_work), while
+  the server's other threads draw and encode the views.
 
 Which views redraw, and at which image size, is views.DragRendering.
 """
@@ -23,10 +24,6 @@ from typing import Callable, List, Optional
 
 # the throttle window of the page's CoalescingRenderer (s): none, the job runner paces the renders (module docstring)
 INTERVAL_S = 0.0
-# torch threads for a coarse render: one. It is a small render, and it runs while the server's other threads draw
-# the views (llvmpipe) and encode them; a second torch thread then only competes for the same cores
-# (benchmarks/bench_web.py --profile, overlay.drr). A full-size render at rest keeps the process's threads.
-THREADS = 1
 
 
 class LoopTimer:
@@ -55,18 +52,3 @@ class LoopTimer:
     def _fire(self) -> None:
         self._handle = None
         self.callback()
-
-
-def render_volume(renderer, volume, coarse: bool):
-    """``renderer.render_volume(volume, coarse)`` (an ``OverlayRenderer``; no MRML: runs off the event loop), a
-    coarse render on :data:`THREADS` torch threads (the setting is restored). Returns (h, w) float32."""
-    import torch
-
-    if not coarse:
-        return renderer.render_volume(volume, False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        return renderer.render_volume(volume, True)
-    finally:
-        torch.set_num_threads(before)

@@ -221,14 +221,12 @@ class Session:
         ``OverlayRenderer`` (the Slicer module's live overlay), coarse while the controls move (overlay.py)."""
         from XRayNeRFMRML.live_overlay import OverlayRenderer
 
-        from .overlay import render_volume
-
         self.set_transform_matrix(nudged(self.base, self.ct_centre_local(), rotation_deg, translation_mm))
         if self.overlay_renderer is None or not self.overlay_renderer.matches(self.ct, self.xray):
             self.overlay_renderer = OverlayRenderer(self.ct, self.xray)
             self.show_volume_rendering(self.ct, False)
         volume = self.overlay_renderer.volume()
-        image = job.call_engine(render_volume, self.overlay_renderer, volume, bool(coarse))  # off the event loop
+        image = job.call_engine(self.overlay_renderer.render_volume, volume, bool(coarse))  # off the event loop
         self.overlay_drr = self.overlay_renderer.write(self.overlay_drr, image, bool(coarse))
         composite = self.red.GetSliceCompositeNode()
         if (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) != (self.xray.GetID(), self.overlay_drr.GetID()):

@@ -17,6 +17,8 @@ for the first change of a burst, and the slice view's redraw after.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_overlay_slicer.py [--steps 40] [--threads 2]
 
+``--threads`` is the overlay's ``num_threads`` (its default is ``live_overlay.RENDER_THREADS``).
+
 Results: benchmarks/RESULTS_registration.md, section "Live overlay (Slicer)" (with the machine's load average).
 """
 
@@ -77,7 +79,7 @@ def step_matrix(rng, k: int) -> np.ndarray:
     return m
 
 
-def measure(steps: int) -> dict:
+def measure(steps: int, threads=None) -> dict:
     import slicer
 
     from XRayNeRFMRML.live_overlay import LiveOverlay
@@ -90,7 +92,7 @@ def measure(steps: int) -> dict:
         timers.append(ManualTimer(callback))
         return timers[-1]
 
-    live = LiveOverlay(ct, xray, make_timer=make_timer, idle_s=3600.0)  # idle fired by hand below
+    live = LiveOverlay(ct, xray, make_timer=make_timer, idle_s=3600.0, num_threads=threads)  # idle fired by hand below
     throttle, idle = timers
     rng = np.random.default_rng(0)
     full, coarse = [], []
@@ -124,13 +126,13 @@ def summary(name: str, seconds) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of the overlay's renders (LiveOverlay num_threads)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    r = measure(args.steps)
+    r = measure(args.steps, args.threads)
     after = os.getloadavg()
     f = r["coarse_factor"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average before {load}, after {after}")

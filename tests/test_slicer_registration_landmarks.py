@@ -187,3 +187,65 @@ def test_widget_landmark_start_says_why_or_reports_the_error(core, module):
     widget.onRevertButton()
     np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), np.eye(4))
     assert not widget.ui.revertButton.enabled
+
+
+def _selected(node) -> list:
+    return [bool(node.GetNthControlPointSelected(i)) for i in range(node.GetNumberOfControlPoints())]
+
+
+@pytest.mark.parametrize("case, index", [("outside-image", 2), ("off-detector", 4), ("too-few", None)])
+def test_the_bad_pair_is_highlighted_and_nothing_else_changes(core, module, case, index):
+    """A landmark start that fails on one pair leaves that pair the only selected control point in both point
+    lists (positions, labels, the transform and the CT's parent unchanged); a failure of the whole set marks
+    nothing; the next start puts the selection states back."""
+    from XRayNeRFLib.errors import LandmarkError
+
+    ct, xray, transform, truth, _ctPoints, pixels = _scene(module)
+    ctPts, xrayPts, _index = _bad_cases(xray, pixels)[case]
+    ctPoints, xrayPoints = _markups("CT", ctPts), _markups("X", xrayPts)
+    xrayPoints.SetNthControlPointSelected(0, False)  # a state of the user's, to be put back
+    before = {n.GetName(): (_selected(n), slicer.util.arrayFromMarkupsControlPoints(n).copy()) for n in (ctPoints, xrayPoints)}
+    logic = module.XRayNeRFRegistrationLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks = ct, xray, transform, ctPoints, xrayPoints
+    n_nodes = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(LandmarkError) as error:
+        logic.landmarkStartUsingParameterNode(p)
+    assert error.value.index == index
+    for node in (ctPoints, xrayPoints):
+        states, positions = before[node.GetName()]
+        expected = states if index is None else [i == index for i in range(len(states))]
+        assert _selected(node) == expected, node.GetName()
+        np.testing.assert_array_equal(slicer.util.arrayFromMarkupsControlPoints(node), positions)
+        assert [node.GetNthControlPointLabel(i) for i in range(len(states))] == [f"L{i + 1}" for i in range(len(states))]
+    assert slicer.mrmlScene.GetNumberOfNodes() == n_nodes
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), np.eye(4))
+    assert ct.GetTransformNodeID() is None
+    # the next start (here with good points in the same lists) puts the states back first
+    with slicer.util.NodeModify(xrayPoints):
+        xrayPoints.RemoveAllControlPoints()
+        for i, q in enumerate(_on_detector(xray, pixels)):
+            xrayPoints.AddControlPointWorld(*[float(v) for v in q], f"L{i + 1}")
+    with slicer.util.NodeModify(ctPoints):
+        ctPoints.RemoveAllControlPoints()
+        for i, q in enumerate(CT_POINTS):
+            ctPoints.AddControlPointWorld(*[float(v) for v in q], f"L{i + 1}")
+    logic.landmarkStartUsingParameterNode(p)
+    assert logic.landmarkHighlight is None
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), truth, atol=1e-6)
+
+
+def test_clearing_a_highlight_restores_the_selection_states(core, module):
+    from XRayNeRFLib.errors import LandmarkError
+    from XRayNeRFMRML.landmarks import highlight_bad_landmark
+
+    node = _markups("pts", CT_POINTS)
+    node.SetNthControlPointSelected(3, False)
+    states = _selected(node)
+    h = highlight_bad_landmark(LandmarkError("x", reason="outside-image", index=1), node, None)
+    assert _selected(node) == [i == 1 for i in range(len(CT_POINTS))]
+    h.clear()
+    assert _selected(node) == states
+    assert highlight_bad_landmark(LandmarkError("x", reason="too-few"), node) is None
+    assert highlight_bad_landmark(LandmarkError("x", reason="outside-image", index=9), node) is None
+    assert _selected(node) == states

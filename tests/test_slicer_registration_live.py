@@ -416,3 +416,39 @@ def test_widget_trains_nett_and_says_so(core, module, tmp_path):
     widget.onTrainNettButton()
     assert (tmp_path / "w.pt").is_file() and widget.ui.statusLabel.text.startswith("NeTT trained (2 iterations")
     assert widget.ui.applyButton.text == "Apply"
+
+
+@pytest.mark.parametrize("threads", ["default", 2, None])
+def test_renders_use_the_overlay_thread_count_and_give_the_process_its_own_back(core, module, monkeypatch, threads):
+    """Each overlay render runs with the overlay's ``num_threads`` (default ``RENDER_THREADS``; None: the
+    process's), and the process's count is the same after; a count below 1 is refused before anything starts."""
+    import torch
+
+    import XRayNeRFMRML.live_overlay as lo
+
+    seen = []
+    real = lo.render_image
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lo, "render_image", spy)
+    process = 3 if lo.RENDER_THREADS != 3 else 4  # differs from every count asked for
+    before = torch.get_num_threads()
+    torch.set_num_threads(process)
+    try:
+        options = {} if threads == "default" else {"num_threads": threads}
+        logic, live, (ct, xray, transform), timers, red = _start(core, module, **options)
+        _set(transform, _pose((2.0, 0.0, 0.0)))
+        timers.throttle.fire()
+        expected = {"default": lo.RENDER_THREADS, 2: 2, None: process}[threads]
+        assert seen == [expected, expected] and live.updates == [False]  # the first render and the update
+        assert torch.get_num_threads() == process
+        live.stop()
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        with pytest.raises(ValueError, match="thread count"):
+            lo.LiveOverlay(ct, xray, num_threads=0)
+        assert slicer.mrmlScene.GetNumberOfNodes() == n
+    finally:
+        torch.set_num_threads(before)

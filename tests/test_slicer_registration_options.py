@@ -180,3 +180,92 @@ def test_train_nett_on_the_current_pair(core, module, tmp_path):
     p.nettWeightsPath = str(tmp_path / "weights.bin")
     with pytest.raises(ValueError, match=r"\.pt"):
         logic.trainNettUsingParameterNode(p)
+
+
+def _second_xray(module, ct, transform, name="lateral", camera=True):
+    """A second X-ray at a known pose: the CT (at its transform's pose) rendered from the side, on another grid
+    (24 x 20 px of 3.5 mm) than the panel's X-ray (32 x 32 px of 3 mm)."""
+    import torch
+
+    from XRayNeRFLib.render import render
+    from XRayNeRFLib.volume import as_mu
+    from XRayNeRFMRML.nodes import volume_from_node
+
+    T = module.XRayNeRFRegistrationTest
+    cams = T._cameras(cols=24, rows=20, spacing=3.5, primary=100.0, secondary=5.0, iso=(0.0, 0.0, 0.0))
+    ct.SetAndObserveTransformNodeID(transform.GetID())
+    image = render(as_mu(volume_from_node(ct)), cams.to(dtype=torch.float32), renderer="siddon")[0].numpy()
+    ct.SetAndObserveTransformNodeID(None)
+    node = T._imageNode(name, image, cams)
+    if not camera:
+        node.RemoveAttribute("XRayNeRF.Cameras")
+    return node, cams
+
+
+def test_train_nett_on_the_pair_set(core, module, tmp_path, monkeypatch):
+    """With a second X-ray chosen, NeTT trains on both X-rays (each with its own camera and grid, the CT read once
+    at its pose) and saves the weights; a second X-ray without a camera is refused by name and nothing is written."""
+    import torch
+
+    import XRayNeRFLib.registration.nett as nett
+    from XRayNeRFMRML.nodes import cameras_from_node
+
+    logic, p = _ready(module)
+    second, cams = _second_xray(module, p.inputVolume, p.transform)
+    calls = []
+    real = nett.train_nett
+
+    def spy(volumes, images, cameras, **kw):
+        calls.append((volumes, images, cameras))
+        return real(volumes, images, cameras, **kw)
+
+    monkeypatch.setattr(nett, "train_nett", spy)
+    p.secondXray, p.nettIterations, p.nettWeightsPath = second, 2, str(tmp_path / "set.pt")
+    model, history = logic.trainNettUsingParameterNode(p)
+    ((volumes, images, cameras),) = calls
+    assert [tuple(i.shape) for i in images] == [(1, 32, 32), (1, 20, 24)]
+    assert torch.equal(images[1][0], torch.from_numpy(slicer.util.arrayFromVolume(second)[0]).float())
+    assert torch.allclose(cameras[0].world_from_camera, cameras_from_node(p.xrayVolume).world_from_camera)
+    assert torch.allclose(cameras[1].world_from_camera, cams.world_from_camera)
+    assert len(volumes) == 2 and volumes[0] is volumes[1]  # one read of the CT
+    assert len(history) == 2 and (tmp_path / "set.pt").is_file()
+    p.secondXray, p.nettWeightsPath = p.xrayVolume, str(tmp_path / "same.pt")  # the same node twice counts once
+    logic.trainNettUsingParameterNode(p)
+    assert [tuple(i.shape) for i in calls[-1][1]] == [(1, 32, 32)]
+    p.secondXray, p.nettWeightsPath = _second_xray(module, p.inputVolume, p.transform, "no camera", camera=False)[0], str(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="no camera"):
+        logic.trainNettUsingParameterNode(p)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_mnerf_option_fits_the_second_xray_and_reaches_the_engine(core, module, captured, tmp_path):
+    """'mNeRF' with a second X-ray: the engine gets RegistrationSettings whose drr_source is an mNeRF fitted to that
+    X-ray alone (the CT at its transform's pose); without a second X-ray, or with NeTT ticked, one clear error and
+    the CT's parent and transform stay as they were."""
+    from XRayNeRFLib.registration.mnerf import MNeRF
+    from XRayNeRFLib.registration.optimize import RegistrationSettings
+    from XRayNeRFMRML.nodes import volume_from_node
+
+    logic, p = _ready(module)
+    p.useMnerf = True
+    second = _second_xray(module, p.inputVolume, p.transform)[0]
+    red, yellow = slicer_harness.add_slice_view(core, "Red"), slicer_harness.add_slice_view(core, "Yellow")
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="second X-ray"):
+        logic.registerUsingParameterNode(p, sliceLogic=red)
+    p.secondXray = second
+    _nett_file(tmp_path / "w.pt")
+    p.applyNett, p.nettWeightsPath = True, str(tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="untick 'Apply NeTT' or 'mNeRF'"):
+        logic.registerUsingParameterNode(p, sliceLogic=yellow)
+    assert captured == [] and p.inputVolume.GetTransformNodeID() is None
+    assert slicer.mrmlScene.GetNumberOfNodes() == n
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(p.transform)[:3, 3], [2.0, 0.0, -1.0])
+    p.applyNett = False
+    with pytest.raises(_Called):
+        logic.registerUsingParameterNode(p, sliceLogic=slicer_harness.add_slice_view(core, "Green"))
+    (call,) = captured
+    s = call["settings"]
+    assert isinstance(s.drr_source, MNeRF)
+    assert dataclasses.replace(s, drr_source=None) == RegistrationSettings()
+    assert s.drr_source(volume_from_node(p.inputVolume)) is s.drr_source.volume  # fitted for the CT at this pose

@@ -23,12 +23,20 @@ camera stays at the X-ray's pose ``w0``; the CT moves instead by ``C = w0 @ inv(
 Bad input (fewer than 4 pairs, unequal counts, collinear points, a pixel outside the image or a point off
 the detector plane) raises the engine's :class:`~XRayNeRFLib.errors.LandmarkError` (``reason``, ``index``,
 ``label``) before anything in the scene changes.
+
+Showing the bad pair
+--------------------
+When the error names a pair (``LandmarkError.index``), :func:`highlight_bad_landmark` makes that control point
+the only *selected* one in each point list (markups draw selected points in the display node's selected colour,
+the others in its colour), so the user sees which one to move; the other points, the positions, labels and
+every other node stay as they were. :meth:`LandmarkHighlight.clear` puts the selection states back (the Logic
+does it before the next landmark start).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import slicer
@@ -82,6 +90,43 @@ def landmark_pairs(ct_points_node, xray_points_node, xray_node):
         )
     pixels = xray_pixels(xray_node, marked, labels)
     return LandmarkPairs(points, pixels, labels)
+
+
+@dataclass
+class LandmarkHighlight:
+    """The pair :func:`highlight_bad_landmark` marked: ``index`` (0-based pair) and, per point list, the
+    node and its control points' selected states from before (to put back with :meth:`clear`)."""
+
+    index: int
+    saved: List[Tuple[Any, List[bool]]]
+
+    def clear(self) -> None:
+        """Put every point list's selection states back as they were before the highlight."""
+        for node, states in self.saved:
+            if node.GetNumberOfControlPoints() != len(states):
+                continue  # the user edited the list since: its states are the user's now
+            with slicer.util.NodeModify(node):
+                for i, selected in enumerate(states):
+                    node.SetNthControlPointSelected(i, selected)
+        self.saved = []
+
+
+def highlight_bad_landmark(error, *points_nodes) -> Optional[LandmarkHighlight]:
+    """Mark the pair named by ``error`` (a ``LandmarkError``) in the point lists: its control point selected, the
+    others not (module docstring). None, and nothing changed, when the error names no pair (a problem of the
+    whole set: too few pairs, unequal counts, all points collinear) or no list holds that point."""
+    index = getattr(error, "index", None)
+    nodes = [n for n in points_nodes if n is not None and index is not None and 0 <= index < n.GetNumberOfControlPoints()]
+    if not nodes:
+        return None
+    saved = []
+    for node in nodes:
+        n = node.GetNumberOfControlPoints()
+        saved.append((node, [bool(node.GetNthControlPointSelected(i)) for i in range(n)]))
+        with slicer.util.NodeModify(node):
+            for i in range(n):
+                node.SetNthControlPointSelected(i, i == index)
+    return LandmarkHighlight(int(index), saved)
 
 
 @dataclass

@@ -19,10 +19,17 @@ Two pieces, used by both faces of the layer (the Slicer Registration module and 
 The CT's voxels are read again only when its image data change. Removing the CT, the X-ray or the DRR node,
 or closing the scene, stops a LiveOverlay (observers removed, timers stopped); :meth:`LiveOverlay.stop` does
 the same. Never imports qt: the timers come from ``make_timer`` (see throttle.py).
+
+Each render runs with ``num_threads`` torch CPU threads (default ``RENDER_THREADS``, for both faces), the
+process's own setting put back afterwards; None leaves the process's setting. One thread by default: the coarse
+render that follows a drag is far under the latency target with one thread on a quiet machine, and with two it
+became several times slower whenever other work shared the cores (the measurements:
+benchmarks/RESULTS_registration.md, "Live overlay (Slicer)"; the choice: docs/slicer.md).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, List, Optional
 
 import slicer
@@ -33,6 +40,22 @@ from .registration import render_image, write_drr
 from .throttle import IDLE_S, INTERVAL_S, CoalescingRenderer, ManualTimer, Timer
 
 COARSE_PX = 64  # the coarse detector's shorter side while the CT moves (about; a power-of-two binning)
+RENDER_THREADS = 1  # torch CPU threads of one overlay render (module docstring: why one)
+
+
+@contextmanager
+def torch_threads(n: Optional[int]):
+    """Run the block with ``n`` torch CPU threads, the previous count restored after; None: unchanged."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
 
 
 def coarse_factor_for(size_px, coarse_px: int = COARSE_PX) -> int:
@@ -48,12 +71,16 @@ class OverlayRenderer:
     """The DRR of ``ct_node`` (with its current transforms) at ``xray_node``'s camera, full size or coarse.
 
     coarse_factor: the detector binning while the CT moves (None: :func:`coarse_factor_for` the X-ray).
+    num_threads: torch CPU threads of each render (default ``RENDER_THREADS``; None: the process's).
     ``cameras`` / ``coarse_cameras``: the X-ray's camera (1 view, world RAS mm) and its binned copy. The CT's
     voxels are read on the first :meth:`volume` and kept until :meth:`forget_voxels`."""
 
-    def __init__(self, ct_node, xray_node, coarse_factor: Optional[int] = None):
+    def __init__(self, ct_node, xray_node, coarse_factor: Optional[int] = None, num_threads: Optional[int] = RENDER_THREADS):
+        if num_threads is not None and int(num_threads) < 1:
+            raise ValueError(f"the live overlay's thread count must be at least 1 (or None: the process's), got {num_threads}")
         if ct_node is None or xray_node is None:
             raise ValueError("select the CT and the X-ray for the live overlay")
+        self.num_threads = num_threads
         self.ct_node, self.xray_node = ct_node, xray_node
         self.cameras = cameras_from_node(xray_node)
         self.coarse_factor = int(coarse_factor) if coarse_factor else coarse_factor_for(self.cameras.size_px)
@@ -97,8 +124,9 @@ class OverlayRenderer:
 
     def render_volume(self, volume, coarse: bool = False):
         """The engine call alone (no MRML): the DRR (h, w) float32 tensor of ``volume`` (from :meth:`volume`) at
-        the coarse or full detector."""
-        return render_image(volume, self.cameras_for(coarse))
+        the coarse or full detector, on ``num_threads`` torch threads."""
+        with torch_threads(self.num_threads):
+            return render_image(volume, self.cameras_for(coarse))
 
     def render(self, coarse: bool = False):
         """:meth:`render_volume` of the CT at its current pose."""
@@ -117,7 +145,8 @@ class LiveOverlay:
     drr_node: the node written, rendered at once (created beside the CT when None; ``self.drr_node``). make_timer: the timer
     factory (default :class:`~.throttle.ManualTimer`: nothing fires by itself). interval_s / idle_s: the
     throttle window and the rest pause (throttle.py). coarse_factor: the binning while moving (None:
-    :func:`coarse_factor_for` the X-ray). on_update(coarse): called after each render (e.g. to redraw).
+    :func:`coarse_factor_for` the X-ray). num_threads: torch threads of each render (:class:`OverlayRenderer`).
+    on_update(coarse): called after each render (e.g. to redraw).
     ``updates``: the coarse flag of every render done."""
 
     def __init__(
@@ -131,10 +160,19 @@ class LiveOverlay:
         idle_s: float = IDLE_S,
         coarse_factor: Optional[int] = None,
         on_update: Optional[Callable[[bool], None]] = None,
+        num_threads: Optional[int] = RENDER_THREADS,
     ):
-        self.renderer = OverlayRenderer(ct_node, xray_node, coarse_factor)
+        self.renderer = OverlayRenderer(ct_node, xray_node, coarse_factor, num_threads)
         self.ct_node, self.xray_node = ct_node, xray_node
-        self._options = dict(make_timer=make_timer, interval_s=interval_s, idle_s=idle_s, coarse_factor=coarse_factor, on_update=on_update)
+        self._options = dict(
+            make_timer=make_timer,
+            interval_s=interval_s,
+            idle_s=idle_s,
+            coarse_factor=coarse_factor,
+            on_update=on_update,
+            num_threads=num_threads,
+        )
+        self.num_threads = num_threads
         self.cameras, self.coarse_factor = self.renderer.cameras, self.renderer.coarse_factor
         self.on_update = on_update
         self.updates: List[bool] = []

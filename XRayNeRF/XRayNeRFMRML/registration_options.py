@@ -10,8 +10,11 @@ The panel's options (parameter node fields in the module; names are the engine's
 * intrinsics refinement: ``refine_intrinsics`` (source-detector distance, principal point), for C-arms
   without calibration;
 * NeTT: weights saved by ``XRayNeRFLib.registration.nett.save_nett`` applied to the CT before rendering
-  (``register(..., appearance=model)``); :func:`train_nett_on_pair` trains them on the CT and X-ray at the
-  CT's current pose (registered, or aligned by hand) and saves them.
+  (``register(..., appearance=model)``); :func:`train_nett_on_pairs` trains them on the CT at its current pose
+  (registered, or aligned by hand) and the pair set (the panel's X-ray and, when chosen, a second X-ray at a
+  known pose such as the biplane partner) and saves them;
+* mNeRF: the DRR source ``RegistrationSettings.drr_source`` fitted by :func:`fit_mnerf_on_xrays` to the second
+  X-ray (at its known pose) before the run; not with NeTT.
 
 Everything else keeps the engine's defaults: one default, in the engine.
 """
@@ -58,19 +61,19 @@ def nett_appearance(path: str):
     return load_nett(path)
 
 
-def train_nett_on_pair(ct_node, xray_node, path: str, *, loss: str, iterations: int, progress: Optional[Callable] = None):
-    """Train NeTT on the CT (at its current pose, parent transforms included) and the X-ray at its camera, save
-    the weights to ``path`` (.pt) and return ``(model, history)`` (the engine's ``train_nett``). The file is
-    written only when training finished (a cancelled run writes nothing and raises ``Cancelled``)."""
-    from XRayNeRFLib.progress import Cancelled
-    from XRayNeRFLib.registration.nett import save_nett, train_nett
+def xray_set(*xray_nodes) -> list:
+    """The distinct X-ray nodes given (None entries dropped), in order: the panel's pair set."""
+    out = []
+    for node in xray_nodes:
+        if node is not None and all(node is not seen for seen in out):
+            out.append(node)
+    if not out:
+        raise ValueError("select the X-ray (and, for a pair set, the second X-ray at a known pose)")
+    return out
 
-    from .nodes import cameras_from_node, volume_from_node
-    from .registration import xray_image
 
-    path = (path or "").strip()
-    if not path.endswith(".pt"):
-        raise ValueError(f"NeTT weights are saved as a .pt file; choose a file name ending in .pt (got {path!r})")
+def _stoppable(progress: Optional[Callable]):
+    """(callback for the engine, list that holds True once the user stopped)."""
     stopped = []
 
     def on_progress(p) -> bool:
@@ -79,11 +82,58 @@ def train_nett_on_pair(ct_node, xray_node, path: str, *, loss: str, iterations: 
             stopped.append(True)
         return keep_going
 
-    cameras = cameras_from_node(xray_node)
+    return on_progress, stopped
+
+
+def _views(xray_nodes) -> tuple:
+    """([image (H, W) per X-ray], [1-view Cameras per X-ray]); an X-ray without a camera raises ValueError
+    naming it (nodes.cameras_from_node)."""
+    from .nodes import cameras_from_node
+    from .registration import xray_image
+
+    return [xray_image(n) for n in xray_nodes], [cameras_from_node(n) for n in xray_nodes]
+
+
+def train_nett_on_pairs(ct_node, xray_nodes, path: str, *, loss: str, iterations: int, progress: Optional[Callable] = None):
+    """Train NeTT on the CT (at its current pose, parent transforms included) and every X-ray of ``xray_nodes``
+    at its camera (the pair set: the panel's X-ray and a second one at a known pose, e.g. the biplane
+    partner; grids may differ), save the weights to ``path`` (.pt) and return ``(model, history)`` (the
+    engine's ``train_nett``). The file is written only when training finished (a cancelled run writes nothing
+    and raises ``Cancelled``)."""
+    from XRayNeRFLib.progress import Cancelled
+    from XRayNeRFLib.registration.nett import save_nett, train_nett
+
+    from .nodes import volume_from_node
+
+    path = (path or "").strip()
+    if not path.endswith(".pt"):
+        raise ValueError(f"NeTT weights are saved as a .pt file; choose a file name ending in .pt (got {path!r})")
+    images, cameras = _views(xray_set(*xray_nodes))
+    volume = volume_from_node(ct_node)
+    on_progress, stopped = _stoppable(progress)
+    # one (CT, X-ray) entry per view: the engine's per-patient lists take one detector grid each
     model, history = train_nett(
-        [volume_from_node(ct_node)], [xray_image(xray_node)[None]], [cameras], loss=loss, iterations=int(iterations), progress=on_progress
+        [volume] * len(images), [i[None] for i in images], cameras, loss=loss, iterations=int(iterations), progress=on_progress
     )
     if stopped:
         raise Cancelled("NeTT training cancelled: no weights written")
     save_nett(model, path)
     return model, history
+
+
+def fit_mnerf_on_xrays(ct_node, xray_nodes, *, progress: Optional[Callable] = None):
+    """The engine's mNeRF (``XRayNeRFLib.registration.mnerf.fit_mnerf``) of the CT as it is now (world frame,
+    parent transforms included: put the CT under its transform first) fitted to ``xray_nodes`` at their
+    cameras, taken as known poses (the second X-ray of the pair set, not the one being registered). A stopped
+    fit raises ``Cancelled``; bad input raises the engine's ``MNeRFError``."""
+    from XRayNeRFLib.progress import Cancelled
+    from XRayNeRFLib.registration.mnerf import fit_mnerf
+
+    from .nodes import volume_from_node
+
+    images, cameras = _views(xray_set(*xray_nodes))
+    on_progress, stopped = _stoppable(progress)
+    model = fit_mnerf(volume_from_node(ct_node), images, cameras, progress=on_progress)
+    if stopped:
+        raise Cancelled("mNeRF fit cancelled: nothing registered")
+    return model

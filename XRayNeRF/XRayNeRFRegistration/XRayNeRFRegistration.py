@@ -13,6 +13,7 @@ the detector plane (zeros transparent).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -75,7 +76,8 @@ class XRayNeRFRegistration(ScriptedLoadableModule):
             "<b>Manual alignment</b>: with <i>Live overlay</i> on, the overlay follows the CT while you move its transform "
             "(Transforms module, 3D handles, the nudge buttons along the detector axes): coarse while moving, full size at "
             "rest. <b>Landmark start</b>: the same 4 or more points on the CT and on the X-ray give a start pose (PnP), with "
-            "the reprojection error. <b>Settings</b>: coarse search, intrinsics refinement and NeTT are opt-in."
+            "the reprojection error. <b>Settings</b>: coarse search, intrinsics refinement, NeTT and mNeRF are opt-in; a second X-ray "
+            "at a known pose (e.g. the biplane partner) completes the pair set NeTT trains on and mNeRF is fitted to."
         )
         self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
@@ -94,7 +96,8 @@ class XRayNeRFRegistrationParameterNode:
     """inputVolume: CT (HU); xrayVolume: 1-slice X-ray with its camera; transform: the CT's pose.
     xrayDicom*: a DICOM X-ray file, its frame and tag overrides (0: the tag), read by "Load X-ray".
     nudge*: the steps of the nudge buttons (mm, degrees). ctLandmarks / xrayLandmarks: the landmark start's
-    point lists. coarseSearch ... nettIterations: the engine's options (XRayNeRFMRML.registration_options)."""
+    point lists. coarseSearch ... nettIterations, useMnerf: the engine's options (XRayNeRFMRML.registration_options);
+    secondXray: an X-ray at a known pose that completes the pair set (NeTT training, the mNeRF fit)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
@@ -124,6 +127,9 @@ class XRayNeRFRegistrationParameterNode:
     applyNett: bool = False
     nettWeightsPath: str = ""
     nettIterations: Annotated[int, WithinRange(1, 10000)] = 100
+    # the pair set: a second X-ray at a known pose (biplane partner, an earlier registered frame)
+    secondXray: vtkMRMLScalarVolumeNode
+    useMnerf: bool = False
 
 
 class QtSingleShotTimer:
@@ -275,7 +281,10 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
             try:
                 start = self.logic.landmarkStartUsingParameterNode(self._parameterNode)
             except LandmarkError as error:
-                self.ui.statusLabel.text = _("Landmark start failed: {error}").format(error=error)
+                shown = self.logic.landmarkHighlight is not None
+                self.ui.statusLabel.text = _("Landmark start failed: {error}").format(error=error) + (
+                    " " + _("That pair is the selected point in both point lists.") if shown else ""
+                )
                 raise
             self.checkCanApply()  # Revert enabled
             self.ui.statusLabel.text = self.logic.landmarkReport(start) + " " + _("Apply to refine, or Revert.")
@@ -335,6 +344,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pending = None  # the last run's RegistrationOutput (or LandmarkStart) until accept or revert
         self._overlay = None  # XRayNeRFMRML.registration.OverlayView (created on first use)
         self._live = None  # XRayNeRFMRML.live_overlay.LiveOverlay while the live overlay runs
+        self.landmarkHighlight = None  # XRayNeRFMRML.landmarks.LandmarkHighlight of the last failed landmark start
 
     def getParameterNode(self):
         return XRayNeRFRegistrationParameterNode(super().getParameterNode())
@@ -566,9 +576,23 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(reason)
         if not p.ctLandmarks or not p.xrayLandmarks:
             raise ValueError("Select the landmark point lists: points on the CT and the same points on the X-ray.")
-        start = self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+        from XRayNeRFLib.errors import LandmarkError
+        from XRayNeRFMRML.landmarks import highlight_bad_landmark
+
+        self.clearLandmarkHighlight()
+        try:
+            start = self.applyLandmarkStart(p.inputVolume, p.xrayVolume, p.transform, p.ctLandmarks, p.xrayLandmarks)
+        except LandmarkError as error:  # show the bad pair on the point lists (selected), nothing else changes
+            self.landmarkHighlight = highlight_bad_landmark(error, p.ctLandmarks, p.xrayLandmarks)
+            raise
         self._pending = start  # Revert puts the transform back (restore_transform reads transform_node/_before)
         return start
+
+    def clearLandmarkHighlight(self) -> None:
+        """Put back the point lists' selection states changed to show a bad pair (if any)."""
+        highlight, self.landmarkHighlight = self.landmarkHighlight, None
+        if highlight is not None:
+            highlight.clear()
 
     @staticmethod
     def landmarkReport(start) -> str:
@@ -598,10 +622,10 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return {"settings": settings, "appearance": nett_appearance(p.nettWeightsPath) if p.applyNett else None}
 
     def trainNettUsingParameterNode(self, p, progress: Optional[Callable] = None):
-        """Train NeTT on the CT at its current pose and the X-ray (the similarity as the loss), save the weights
-        to ``p.nettWeightsPath``; returns (model, history). progress returning False (or cancelRequested) stops
-        without writing."""
-        from XRayNeRFMRML.registration_options import train_nett_on_pair
+        """Train NeTT on the CT at its current pose and the pair set (the X-ray and, when chosen, the second X-ray;
+        the similarity as the loss), save the weights to ``p.nettWeightsPath``; returns (model, history). progress
+        returning False (or cancelRequested) stops without writing."""
+        from XRayNeRFMRML.registration_options import train_nett_on_pairs
 
         reason = self.whyCannotRegister(p)
         if reason is not None:
@@ -613,9 +637,36 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             return bool(keepGoing) and not self.cancelRequested
 
         p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())
-        return train_nett_on_pair(
-            p.inputVolume, p.xrayVolume, p.nettWeightsPath, loss=p.similarity, iterations=p.nettIterations, progress=onProgress
+        return train_nett_on_pairs(
+            p.inputVolume,
+            [p.xrayVolume, p.secondXray],
+            p.nettWeightsPath,
+            loss=p.similarity,
+            iterations=p.nettIterations,
+            progress=onProgress,
         )
+
+    def fitMnerfUsingParameterNode(self, p, progress: Optional[Callable] = None):
+        """The mNeRF of the CT under its transform fitted to ``p.secondXray`` at its known pose (the registered
+        X-ray is not used: its pose is what the run finds). The CT's parent is put back when the fit fails."""
+        from XRayNeRFMRML.registration_options import fit_mnerf_on_xrays
+
+        if p.secondXray is None or p.secondXray is p.xrayVolume:
+            raise ValueError("mNeRF is fitted to a second X-ray at a known pose: choose it under 'Second X-ray', or untick mNeRF")
+        if p.applyNett:
+            raise ValueError("mNeRF replaces the CT's DRR: untick 'Apply NeTT' or 'mNeRF'")
+        self.cancelRequested = False
+        previous = p.inputVolume.GetTransformNodeID()
+        p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())  # the pose the run reads the CT at
+        try:
+            return fit_mnerf_on_xrays(
+                p.inputVolume,
+                [p.secondXray],
+                progress=lambda q: bool(progress(q) if progress is not None else True) and not self.cancelRequested,
+            )
+        except Exception:
+            p.inputVolume.SetAndObserveTransformNodeID(previous)
+            raise
 
     # -- registration ------------------------------------------------------------------------------------
     def register(
@@ -698,6 +749,10 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(reason)
         for key, value in self.engineOptions(p).items():  # the panel's options; explicit keywords win
             engineOptions.setdefault(key, value)
+        if p.useMnerf and engineOptions.get("settings") is not None:  # the DRR source, fitted before the run
+            engineOptions["settings"] = dataclasses.replace(
+                engineOptions["settings"], drr_source=self.fitMnerfUsingParameterNode(p, progress)
+            )
         out = self.register(
             p.inputVolume,
             p.xrayVolume,

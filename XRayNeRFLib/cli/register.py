@@ -26,6 +26,7 @@ from ..projection_set import ProjectionSet
 from ..registration import LOSS_NAMES, register
 from ..registration.intensity import collimator_mask, equalize, invert, log_linearize
 from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
+from ..registration.mnerf import fit_mnerf
 from ..registration.nett import load_nett
 from ..registration.optimize import auto_levels, pyramid_size_px
 from ..registration.pose import ct_correction_from_poses, ct_isocenter_ras, pose_errors
@@ -63,6 +64,10 @@ inputs:
                     intrinsics) instead of taken from --init / the DICOM tags, and each pair's reprojection
                     error is reported. With --init or a DICOM pose as well, that pose stays the reference
                     of ct_correction_ras (the CT moves, the camera keeps its nominal pose).
+  --mnerf IMG [..]  X-rays of this patient at KNOWN poses (DICOM, or image files with one --mnerf-camera
+                    each or one for all and one --mnerf-init pose each): an mNeRF, a neural field masked to
+                    the CT's body and fitted to them (XRayNeRFLib.registration.mnerf), is rendered instead
+                    of the CT. Opt-in; not with --nett; docs/registration.md, "mNeRF".
 
 outputs:
   --out JSON        the registered "world_from_camera" (same convention), the camera intrinsics (refined
@@ -152,6 +157,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="NeTT appearance weights (.pt, written by XRayNeRFLib.registration.save_nett after "
         "train_nett) applied to the CT (in mu) before rendering; opt-in, see docs/registration.md",
     )
+    p.add_argument(
+        "--mnerf",
+        nargs="+",
+        action="extend",
+        help="X-rays of this patient at KNOWN poses (DICOM, or image files with --mnerf-camera and --mnerf-init): an "
+        "mNeRF (a masked neural field, XRayNeRFLib.registration.mnerf) is fitted to them and rendered instead of the CT; "
+        "opt-in, not with --nett; see docs/registration.md",
+    )
+    p.add_argument("--mnerf-camera", nargs="+", action="extend", help="camera JSON per --mnerf image file (or one for all)")
+    p.add_argument("--mnerf-init", nargs="+", action="extend", help="known pose JSON (world_from_camera, RAS mm) per --mnerf image file")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is often fastest on small images)")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -312,16 +327,44 @@ def xray_from_image_file(image_path: str, camera_path: str, init_path=None, *, m
 def view_files(args) -> list:
     """[(image path, camera path or None, init path or None)] per --image, in order: --camera once per
     image or once for all, --init once per image (or not at all); other counts raise GeometryError."""
-    n = len(args.image)
-    cameras, inits = list(args.camera or []), list(args.init or [])
-    if cameras and len(cameras) not in (1, n):
-        raise GeometryError(f"{len(cameras)} --camera files for {n} --image files: give one per image, or one for all", name="--camera")
-    if inits and len(inits) != n:
-        raise GeometryError(f"{len(inits)} --init files for {n} --image files: give one initial pose per image, in order", name="--init")
-    if args.landmarks and n > 1:
+    if args.landmarks and len(args.image) > 1:
         raise ValueError("--landmarks solves the start of one X-ray: give one --image with it (or --init per image)")
+    return paired_files(args.image, args.camera, args.init, "")
+
+
+def paired_files(images: list, cameras, inits, prefix: str) -> list:
+    """[(image, camera or None, init or None)]: cameras once per image or once for all, inits once per image
+    or none; other counts raise GeometryError naming ``--{prefix}camera`` / ``--{prefix}init``."""
+    n = len(images)
+    cameras, inits = list(cameras or []), list(inits or [])
+    if cameras and len(cameras) not in (1, n):
+        raise GeometryError(
+            f"{len(cameras)} --{prefix}camera files for {n} images: give one per image, or one for all", name=f"--{prefix}camera"
+        )
+    if inits and len(inits) != n:
+        raise GeometryError(f"{len(inits)} --{prefix}init files for {n} images: give one pose per image, in order", name=f"--{prefix}init")
     cameras = cameras * n if len(cameras) == 1 else cameras or [None] * n
-    return list(zip(args.image, cameras, inits or [None] * n))
+    return list(zip(images, cameras, inits or [None] * n))
+
+
+def fit_mnerf_views(args, volume: Volume):
+    """The mNeRF of --mnerf (X-rays at known poses: DICOM tags, or --mnerf-camera / --mnerf-init), fitted to
+    the CT ``volume`` (mu) with a progress bar; None without --mnerf."""
+    if not args.mnerf:
+        return None
+    if args.nett:
+        raise ValueError("--mnerf renders a field fitted to the X-rays instead of the CT: do not combine it with --nett")
+    views = []
+    for path, camera, init in paired_files(args.mnerf, args.mnerf_camera, args.mnerf_init, "mnerf-"):
+        if not _is_dicom(path) and not init:
+            raise GeometryError(f"--mnerf {path} is not DICOM: give its known pose with --mnerf-init pose.json", name="--mnerf-init")
+        views.append(load_xray(path, camera, init, args, volume))
+    progress = progress_bar("mNeRF", args.quiet)
+    try:
+        return fit_mnerf(volume, [v[0] for v in views], [v[2] for v in views], progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def load_xray(path: str, camera, init, args, volume: Volume):
@@ -390,7 +433,7 @@ def landmark_start_pose(path: str, cams: Cameras, quiet: bool = False) -> Landma
 def _check_output_args(args) -> list:
     """The overlay path per view after the output-flag checks (nothing read or written yet)."""
     overlays = overlay_paths(args.overlay, len(args.image)) if args.overlay else []
-    refuse_overwriting_inputs((args.volume, *args.image), (*overlays, args.transform_out))
+    refuse_overwriting_inputs((args.volume, *args.image, *(args.mnerf or [])), (*overlays, args.transform_out))
     if args.overlay and not args.overlay.lower().endswith(".png"):
         raise ValueError(f"--overlay {args.overlay}: write a .png file")
     if args.transform_out and not args.transform_out.lower().endswith((".h5", ".hdf5", ".tfm", ".txt")):
@@ -414,7 +457,7 @@ def _iterations(args, cams: list):
     return args.iterations[0] if len(args.iterations) == 1 else args.iterations
 
 
-def _register(args, volume: Volume, images: list, masks: list, cams: list, appearance):
+def _register(args, volume: Volume, images: list, masks: list, cams: list, appearance, drr_source=None):
     """The engine call with the command line's settings and a progress bar."""
     iterations = _iterations(args, cams)
     progress = progress_bar("register", args.quiet)
@@ -435,6 +478,7 @@ def _register(args, volume: Volume, images: list, masks: list, cams: list, appea
             keep_starts=min(3, max(1, args.starts)),
             refine_intrinsics=args.refine_intrinsics,
             appearance=appearance,
+            drr_source=drr_source,
             progress=progress,
             num_threads=args.threads,
             ct_coverage=not args.no_ct_coverage,
@@ -460,6 +504,7 @@ def _result_json(args, result, ct_correction, cams: list, landmark_start) -> dic
             "frame": "patient RAS, mm",
             "camera_convention": "origin at the source, +z towards the detector, +x along columns, +y along rows",
             "nett": os.path.abspath(args.nett) if args.nett else None,
+            "mnerf": [os.path.abspath(p) for p in args.mnerf] if args.mnerf else None,
         }
     )
     for view, path, c in zip(data.get("views", []), args.image, cams):
@@ -487,12 +532,14 @@ def run(args) -> int:
             reference = landmark_start.world_from_camera
         cams = [landmark_start.cameras]
     appearance = load_nett(args.nett) if args.nett else None
-    result = _register(args, volume, images, masks, cams, appearance)
+    drr_source = fit_mnerf_views(args, volume)
+    result = _register(args, volume, images, masks, cams, appearance, drr_source)
     ct_correction = ct_correction_from_poses(result.world_from_camera, reference)
     data = _result_json(args, result, ct_correction, cams, landmark_start)
     if overlays:
         with torch.no_grad():
-            vol = (volume if appearance is None else appearance(volume)).to(dtype=torch.float32)
+            shown = drr_source or appearance
+            vol = (volume if shown is None else shown(volume)).to(dtype=torch.float32)
             for path, image, cam in zip(overlays, images, result.view_cameras):
                 drr = render(vol, cam.to(dtype=torch.float32), renderer=DEFAULT_RENDERER)[0]
                 write_overlay(path, image.numpy(), drr.numpy())

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import Cameras
@@ -71,8 +72,8 @@ class NerfSettings(FitSettings):
     switch (the comparison: benchmarks/RESULTS_reconstruction.md).
     init: "fdk" (default) fits the field to the Hann FDK volume (clamped >= 0) before the projection fit:
     ``init_steps`` Adam steps at ``init_lr`` of the squared error on ``init_points`` random voxels a step
-    (no rendering, cheap), the field's counterpart of the voxel method's FDK start; "none": start from
-    the initial field.
+    (None: every voxel each step, through the separable grid evaluation; no rendering, cheap), the field's
+    counterpart of the voxel method's FDK start; "none": start from the initial field.
     chunk_points: points per chunk of the point-wise evaluation (:meth:`HashGridField.forward`, bounds
     memory); the grid evaluation's fused head works in cache-sized blocks (hashgrid.HEAD_CHUNK) anyway.
     """
@@ -93,7 +94,7 @@ class NerfSettings(FitSettings):
     init: str = "fdk"
     init_steps: int = 150
     init_lr: float = 0.01
-    init_points: int = 1 << 15
+    init_points: Optional[int] = 1 << 15
 
     def hash_config(self, grid_cells: Optional[int] = None) -> HashGridConfig:
         """The encoding layout; ``finest_resolution=None`` resolves to ``grid_cells`` (the output grid's
@@ -120,15 +121,19 @@ class NerfSettings(FitSettings):
 
 
 class NerfGridModel(nn.Module):
-    """``forward()`` -> mu (K, J, I) 1/mm: the field evaluated on one planned grid (for :func:`fit`)."""
+    """``forward()`` -> mu (K, J, I) 1/mm: the field evaluated on one planned grid (for :func:`fit`), times
+    ``support`` (K, J, I) bool when given (mu is 0 outside it)."""
 
-    def __init__(self, field: HashGridField, plan: GridPlan):
+    def __init__(self, field: HashGridField, plan: GridPlan, support: Optional[Tensor] = None):
         super().__init__()
         self.field = field
         self.plan = plan
+        self.support = support
 
     def forward(self) -> Tensor:
         mu = self.field.evaluate_grid(self.plan)
+        if self.support is not None:
+            mu = mu * self.support.to(mu.dtype)
         if not bool(torch.isfinite(mu.detach()).all()):
             bad = int((~torch.isfinite(mu.detach())).sum())
             raise RuntimeError(
@@ -160,6 +165,12 @@ def coarser_grid(like: Volume, factor: int = 2) -> Volume:
     return Volume(torch.zeros(new[2], new[1], new[0], dtype=like.data.dtype), b.to(like.ras_from_ijk.dtype), "mu")
 
 
+def coarser_support(support: Tensor, factor: int = 2) -> Tensor:
+    """(K, J, I) bool -> the (ceil(K / f), ceil(J / f), ceil(I / f)) support of :func:`coarser_grid`: a coarse
+    voxel is in when any fine voxel of its block is."""
+    return F.max_pool3d(support[None, None].float(), factor, stride=factor, ceil_mode=True)[0, 0] > 0
+
+
 def make_field(settings: NerfSettings, device=None, grid_cells: Optional[int] = None) -> HashGridField:
     """The field for ``settings`` (``grid_cells``: see :meth:`NerfSettings.hash_config`): MCI head
     loaded (hash table re-drawn with the seed) or a random MLP."""
@@ -177,12 +188,21 @@ def make_field(settings: NerfSettings, device=None, grid_cells: Optional[int] = 
 
 
 def distill(
-    field: HashGridField, target: Tensor, axes_zyx: tuple, steps: int, lr: float, points: int, seed: int, progress: ProgressCallback = None
+    field: HashGridField,
+    target: Tensor,
+    axes_zyx: tuple,
+    steps: int,
+    lr: float,
+    points: Optional[int],
+    seed: int,
+    progress: ProgressCallback = None,
+    support: Optional[Tensor] = None,
 ) -> bool:
     """Fit ``field`` to ``target`` (K, J, I) mu 1/mm on the grid with voxel-centre coordinates
     ``axes_zyx`` (:func:`grid_axes`): ``steps`` Adam steps (lr decaying linearly to lr / 10) of the mean
-    squared error in units of MU_SCALE on ``points`` random voxels per step (seeded). Returns False
-    when ``progress`` asked to stop."""
+    squared error in units of MU_SCALE on ``points`` random voxels per step (seeded), or with ``points``
+    None on every voxel each step (the separable :meth:`HashGridField.evaluate_grid`, times ``support``
+    (K, J, I) bool when given). Returns False when ``progress`` asked to stop."""
     gen = torch.Generator().manual_seed(int(seed) + 17)
     k, j, i = target.shape
     tgt = (target.detach().to(torch.float32) / MU_SCALE).reshape(-1)
@@ -190,12 +210,16 @@ def distill(
     z, y, x = (a.to(dev, torch.float32) for a in axes_zyx)
     opt = make_adam(field.parameters(), lr)  # fused: ~8x cheaper on the field's millions of table entries
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * min(s, steps) / max(steps, 1))
-    n = min(int(points), tgt.numel())
+    whole = NerfGridModel(field, field.plan_grid(axes_zyx), support) if points is None else None
+    n = tgt.numel() if points is None else min(int(points), tgt.numel())
     for step in range(steps):
-        idx = torch.randint(0, tgt.numel(), (n,), generator=gen).to(dev)
-        pts = torch.stack([x[idx % i], y[(idx // i) % j], z[idx // (i * j)]], -1)  # (n, 3) normalised
         opt.zero_grad(set_to_none=True)
-        loss = ((field(pts) / MU_SCALE - tgt.to(dev)[idx]) ** 2).mean()
+        if whole is not None:
+            loss = ((whole().reshape(-1) / MU_SCALE - tgt.to(dev)) ** 2).mean()
+        else:
+            idx = torch.randint(0, tgt.numel(), (n,), generator=gen).to(dev)
+            pts = torch.stack([x[idx % i], y[(idx // i) % j], z[idx // (i * j)]], -1)  # (n, 3) normalised
+            loss = ((field(pts) / MU_SCALE - tgt.to(dev)[idx]) ** 2).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(
                 f"fitting the hash-grid field to the FDK start gave a non-finite loss at step {step}; lower init_lr (now {lr})"
@@ -223,6 +247,8 @@ def reconstruct_nerf(
     progress: ProgressCallback = None,
     return_history: bool = False,
     checked: bool = False,
+    support: Optional[Tensor] = None,
+    start: Optional[Volume] = None,
 ):
     """Hash-grid neural-field reconstruction.
 
@@ -234,6 +260,10 @@ def reconstruct_nerf(
     returns: Volume of mu (1/mm) on the output grid (and the :class:`FitHistory`, both stages'
         steps concatenated, with ``return_history``).
     checked: the caller already ran :func:`checks.check_projections` on these inputs.
+    support: (K, J, I) bool on the output grid, or None: mu is held at 0 outside it (the coarse stage uses
+        :func:`coarser_support`), e.g. a body mask (registration/mnerf.py).
+    start: a mu volume (1/mm) on the output grid that ``init`` = "fdk" distils instead of the FDK volume
+        (e.g. the patient's CT); None: the FDK volume.
     """
     if not checked:
         projections = check_projections(projections, cameras)
@@ -245,13 +275,22 @@ def reconstruct_nerf(
     if s.init not in ("fdk", "none"):
         raise ValueError(f"init must be 'fdk' or 'none', got {s.init!r}")
     like = volume if volume is not None else default_grid(cameras, grid=grid, spacing_mm=spacing_mm)
+    for name, t in (("support", support), ("start", None if start is None else start.data)):
+        if t is not None and tuple(t.shape) != tuple(like.data.shape):
+            raise ValueError(f"{name} must lie on the output grid {tuple(like.data.shape)} (K, J, I), got {tuple(t.shape)}")
+    support = None if support is None else support.bool()
     field = make_field(s, grid_cells=max(like.data.shape))
     fine_plan = field.plan_grid(grid_axes(like))
     if s.init == "fdk" and s.init_steps > 0:
-        start = fdk(projections, cameras, volume=like, window="hann", checked=True).data.clamp_min(0.0)
-        if not distill(field, start, grid_axes(like), s.init_steps, s.init_lr, s.init_points, s.seed, progress):
+        if start is None:
+            target = fdk(projections, cameras, volume=like, window="hann", checked=True).data.clamp_min(0.0)
+        else:
+            target = start.data.to(torch.float32).clamp_min(0.0)
+        if support is not None:
+            target = target * support.to(target.dtype)
+        if not distill(field, target, grid_axes(like), s.init_steps, s.init_lr, s.init_points, s.seed, progress, support):
             with torch.no_grad():
-                out = Volume(field.evaluate_grid(fine_plan).detach(), like.ras_from_ijk, "mu")
+                out = Volume(NerfGridModel(field, fine_plan, support)().detach(), like.ras_from_ijk, "mu")
             history = FitHistory()
             history.cancelled = True
             return (out, history) if return_history else out
@@ -266,7 +305,8 @@ def reconstruct_nerf(
             continue
         fine = stage_like is like
         plan = fine_plan if fine else field.plan_grid(grid_axes(stage_like))
-        model = NerfGridModel(field, plan)
+        stage_support = support if (support is None or fine) else coarser_support(support)
+        model = NerfGridModel(field, plan, stage_support)
         offset_steps, offset_s = done, seconds_done
         last_s = [0.0]
 
@@ -274,7 +314,7 @@ def reconstruct_nerf(
             _last[0] = sec
             if not _fine:
                 with torch.no_grad():
-                    mu = field.evaluate_grid(fine_plan)
+                    mu = NerfGridModel(field, fine_plan, support)()
             s.on_snapshot(_o + step, _t + sec, mu)
 
         def stage_progress(p: Progress, _o=offset_steps):
@@ -297,6 +337,6 @@ def reconstruct_nerf(
             break
     if out is None or out.data.shape != like.data.shape:  # cancelled during the coarse stage
         with torch.no_grad():
-            out = Volume(field.evaluate_grid(fine_plan).detach(), like.ras_from_ijk, "mu")
+            out = Volume(NerfGridModel(field, fine_plan, support)().detach(), like.ras_from_ijk, "mu")
     out = Volume(out.data, like.ras_from_ijk, "mu")
     return (out, history) if return_history else out

@@ -207,6 +207,9 @@ class RegistrationSettings:
     progress_every: iterations between progress calls.
     num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
         small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
+    drr_source: what is rendered instead of the CT: a map from the CT (mu, its frame) to a mu volume in the
+        same frame, e.g. a fitted :class:`~.mnerf.MNeRF`; None renders the CT. The CT still gives the
+        rotation centre; not combined with ``appearance`` (which tunes the CT itself).
     """
 
     loss: Union[str, Callable] = "mi"
@@ -234,6 +237,7 @@ class RegistrationSettings:
     coverage_margin_px: float = 1.0
     progress_every: int = 5
     num_threads: Optional[int] = None
+    drr_source: Optional[Callable[[Volume], Volume]] = None
 
     def per_level(self, size_px: Sequence[int]) -> Tuple[List[int], List[int], List[float]]:
         """(levels, iterations per level, learning rate per level) for an image of ``size_px``
@@ -400,6 +404,10 @@ class _Run:
         w0 = [check_rigid(cam.world_from_camera[0].detach(), f"initial world_from_camera of {nm}") for (_, cam, _), nm in zip(views, names)]
         if volume.units == "hu":
             volume = as_mu(volume)
+        if s.drr_source is not None:
+            if appearance is not None:
+                raise ValueError("a DRR source (mNeRF) replaces the CT's DRR: do not combine it with a NeTT appearance model")
+            volume = s.drr_source(volume)
         volume.check_finite("the CT")
         if appearance is not None:
             with torch.no_grad():
