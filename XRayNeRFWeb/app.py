@@ -198,8 +198,10 @@ class XRayNeRFWebApp:
 
     def _start(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
         """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message. A long job
-        asked for while an overlay update runs starts when that update ends (an overlay update is a fraction of
-        a second and not the user's job: it does not make the page "busy")."""
+        asked for while an overlay update runs starts when the overlay updates asked for so far have ended (they
+        take a fraction of a second and are not the user's job: they do not make the page "busy")."""
+        if kind != "overlay" and self._deferred is not None:
+            raise BusyError(self._deferred[0], kind)
         if kind != "overlay" and self.runner.job is not None and self.runner.job.kind == "overlay":
             self._deferred = (kind, work, done, message)
             return
@@ -208,10 +210,6 @@ class XRayNeRFWebApp:
             if kind == "overlay":  # the overlay's work returns whether its DRR was coarse
                 self.drag.done(coarse=bool(result) and error is None)
                 self.overlay_throttle.render_ended()  # "still moving" counts from the end of this render
-                if self._deferred is not None:  # a long job asked for during this update: now (no pending overlay)
-                    deferred, self._deferred = self._deferred, None
-                    self.runner.discard_pending_overlay()
-                    self._start_deferred(*deferred)
             with self.state:
                 self.state.busy, self.state.job_kind = False, ""
                 self.state.progress = 100.0 if error is None else self.state.progress
@@ -228,6 +226,11 @@ class XRayNeRFWebApp:
                     self._say(f"{kind} failed: {type(error).__name__}: {error}", "error")
                 if kind != "overlay":  # an overlay update writes no file
                     self.state.files = self.data.listing()
+            if kind == "overlay" and self._deferred is not None and not self.runner.has_pending_overlay:
+                # a long job asked for during the overlay updates starts once the last pose asked for is in the scene
+                # (after the page's busy flag was reset above)
+                deferred, self._deferred = self._deferred, None
+                self._start_deferred(*deferred)
 
         job = self.runner.start(kind, work, finished)
         if job is not None and kind != "overlay":

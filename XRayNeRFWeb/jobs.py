@@ -174,9 +174,10 @@ class JobRunner:
             if pending is not None and self.job is None:
                 self.start("overlay", *pending)
 
-    def discard_pending_overlay(self) -> None:
-        """Forget the overlay update kept for later (a long job starts instead; its previews show the pose)."""
-        self._pending_overlay = None
+    @property
+    def has_pending_overlay(self) -> bool:
+        """An overlay update is kept to start when the running job ends."""
+        return self._pending_overlay is not None
 
     def cancel(self) -> bool:
         """Ask the running job to stop at its next progress call; False when there is none."""
