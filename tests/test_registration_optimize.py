@@ -102,17 +102,17 @@ def test_coarse_search_over_a_capture_range(case_full):
     assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
 
 
-def test_lbfgs(case_full):
-    # On the shipped CT (``case``) L-BFGS stops 3.6 mm off (6.2 mm without the target's blur) at MI -1.573, worse than
-    # at the truth (-1.640) and at Adam's end (-1.640) (2026-12-07): an optimiser stall, not a bias of the loss; until
-    # that is fixed this bound is checked on the full-resolution CT (conftest.chest_ct_full_48).
-    case = case_full
+def test_lbfgs_reaches_the_optimum_of_adam(case):
     # The X-ray is rendered from this very CT box (its ends are in the X-ray): every pixel is signal here.
-    res = register(
-        case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs", ct_coverage=False
-    )
+    settings = dict(loss="mi", ct_coverage=False)
+    res = register(case["volume"], case["image"], start_from(case, 5.0, 10.0), optimizer="lbfgs", levels=LEVELS, **settings)
     e = errors(case, res)
     assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
+    # It ends where the loss is lowest, at least as low as at the true pose (up to the X-ray's noise and blur,
+    # the loss's optimum is there): torch's default line search of one trial step stalled 3.6 mm off, at a
+    # loss worse than the truth's.
+    at_truth = register(case["volume"], case["image"], case["camera"], levels=(1,), max_iterations=1, **settings).initial_loss
+    assert res.loss <= at_truth + 1e-3, (res.loss, at_truth)
 
 
 def test_intrinsics_refinement_moves_towards_the_true_camera(case):

@@ -108,6 +108,9 @@ class RegistrationResult:
         return out
 
 
+LBFGS_LINE_SEARCH_EVALS = 25  # loss evaluations one L-BFGS step (its strong-Wolfe line search) may use
+
+
 class _Stop(Exception):
     pass
 
@@ -564,7 +567,10 @@ class _Run:
         if s.optimizer == "adam":
             opt = torch.optim.Adam([x], lr=self.lrs[li])
         else:
-            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+            # One L-BFGS iteration per step, its strong-Wolfe line search allowed up to LBFGS_LINE_SEARCH_EVALS
+            # evaluations. torch's default max_eval (max_iter * 5 // 4 = 1) left the line search a single trial
+            # step: when that step rose, it returned t = 0 and every later step repeated it (a stall).
+            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, max_eval=LBFGS_LINE_SEARCH_EVALS, line_search_fn="strong_wolfe")
         for it in range(self.iters[li]):
             state = {}
 
@@ -583,8 +589,12 @@ class _Run:
                     state.update(v=float(v.detach()), x=x.detach().clone(), drr=[d.detach() for d in drr])
                 return v
 
+            x_before = x.detach().clone()
             opt.step(closure)
             self.iterations += 1
+            # An L-BFGS step whose line search found no decrease leaves x and the optimiser's memory as they
+            # were, so every later step would repeat it: the level has converged at its resolution.
+            no_move = s.optimizer == "lbfgs" and torch.equal(x.detach(), x_before)
             v = state["v"]
             self.trace.append({"level": factor, "start": start, "iteration": it, "loss": v, "parameters": state["x"].tolist()})
             since = 0 if v < best_v - s.tol else since + 1
@@ -594,7 +604,7 @@ class _Run:
                 if not self.call_progress(state["x"], factor, v, state["drr"], f"level {factor}: iteration {it}, loss {v:.4f}"):
                     stopped = True
                     break
-            if since >= s.patience:
+            if since >= s.patience or no_move:
                 break
         # The final iterate is usually the best; score it too.
         with torch.no_grad():
