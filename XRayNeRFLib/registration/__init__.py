@@ -1,6 +1,6 @@
 """2D/3D registration of a CT to one X-ray: pose parametrization (pose.py), similarity losses
 (losses.py), the landmark start (landmarks.py), X-ray intensity handling (intensity.py), the optimiser
-(optimize.py), the CT-coverage mask (coverage.py), NeTT appearance
+(optimize.py), the X-ray's blur as a fitted nuisance (psf.py), the CT-coverage mask (coverage.py), NeTT appearance
 tuning (nett.py), ITK transform files for Slicer (transform_io.py) and simulated cases (simulate.py)."""
 
 from .coverage import ct_coverage_mask  # noqa: F401
