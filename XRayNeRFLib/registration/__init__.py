@@ -1,7 +1,8 @@
 """2D/3D registration of a CT to one X-ray: pose parametrization (pose.py), similarity losses
 (losses.py), the landmark start (landmarks.py), X-ray intensity handling (intensity.py), the optimiser
-(optimize.py), the CT-coverage mask (coverage.py), NeTT appearance
-tuning (nett.py), the mNeRF DRR source (mnerf.py), ITK transform files for Slicer (transform_io.py) and simulated cases (simulate.py)."""
+(optimize.py), the X-ray's blur as a fitted nuisance (psf.py), the CT-coverage mask (coverage.py), NeTT appearance
+tuning (nett.py), the mNeRF DRR source (mnerf.py), ITK transform files for Slicer (transform_io.py) and simulated
+cases (simulate.py)."""
 
 from .coverage import ct_coverage_mask  # noqa: F401
 from .landmarks import LandmarkPairs, LandmarkPose, read_landmarks_json, solve_landmark_pose  # noqa: F401

@@ -62,6 +62,10 @@ from ..render import DEFAULT_RENDERER, render
 from ..volume import Volume, as_mu, mu_water_per_mm
 from .intensity import bin_image
 from .losses import make_loss
+from .optimize import RegistrationSettings
+from .psf import gaussian_blur
+
+_PSF_LEARNING_RATE = 0.1  # Adam step of the PSF's parameter in train_nett (a sigmoid's argument)
 
 NETT_KINDS = ("monotone", "local")
 
@@ -183,6 +187,7 @@ def train_nett(
     identity_weight: float = 1e-3,
     bin_factor: int = 2,
     renderer: str = DEFAULT_RENDERER,
+    fit_psf: bool = RegistrationSettings.fit_psf,
     progress: ProgressCallback = None,
 ) -> tuple:
     """Fit a NeTT model on (CT, X-rays, known cameras) triples.
@@ -193,7 +198,10 @@ def train_nett(
     ("mi", the default: see the module docstring for why "ncc" training hurt registration).
     identity_weight: weight of :meth:`NeTT.identity_penalty` added to the mean loss. The images are
     binned by ``bin_factor`` (and the cameras downsampled alike) for speed. renderer: the projector
-    (see :func:`XRayNeRFLib.render.render`).
+    (see :func:`XRayNeRFLib.render.render`). fit_psf: as the registration does (``RegistrationSettings.fit_psf``,
+    :mod:`.psf`), the DRRs of each patient are blurred by a Gaussian PSF whose width, bounded to
+    ``RegistrationSettings.psf_max_px`` pixels of the binned images, is fitted with the model, so that the
+    model does not learn the X-ray's blur as a density change.
     Returns (model, history) with history a list of per-iteration mean losses (without the penalty).
     A progress callback returning False stops early (the model trained so far is returned).
     """
@@ -212,13 +220,18 @@ def train_nett(
         mu = (as_mu(vol) if vol.units == "hu" else vol).to(dtype=torch.float32)
         binned, _ = bin_image(img.float(), bin_factor)
         data.append((mu, binned, cam.to(dtype=torch.float32).downsampled(bin_factor) if bin_factor > 1 else cam.to(dtype=torch.float32)))
-    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    psf = torch.zeros(len(data), requires_grad=True)  # per patient: sigma^2 = psf_max^2 * sigmoid(p)
+    groups = [{"params": list(model.parameters())}] + ([{"params": [psf], "lr": _PSF_LEARNING_RATE}] if fit_psf else [])
+    opt = torch.optim.Adam(groups, lr=learning_rate)
     history: List[float] = []
+    psf_max = RegistrationSettings.psf_max_px
     for it in range(iterations):
         opt.zero_grad()
         total = 0.0
-        for mu, img, cam in data:
+        for p, (mu, img, cam) in enumerate(data):
             drr = render(model(mu), cam, renderer=renderer)
+            if fit_psf:
+                drr = gaussian_blur(drr, psf_max * torch.sigmoid(psf[p]).sqrt(), int(math.ceil(3 * psf_max)) + 1)
             val = loss_fn(drr, img).mean() / len(data)
             if not torch.isfinite(val):
                 raise RuntimeError(f"NeTT training loss became NaN at iteration {it}; lower the learning rate")

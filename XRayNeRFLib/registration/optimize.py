@@ -15,7 +15,8 @@ own mask and CT-coverage mask. The steps:
    :meth:`Cameras.downsampled` and the X-ray binned with the same rule, the CT average-pooled to about
    the coarse pixel footprint; only pixels whose rays cross the CT's whole extent count (the CT-coverage
    mask of :mod:`.coverage`, made at the level's starting pose); Adam (or L-BFGS) on the pose parameters
-   of :mod:`.pose`, with early stop when the loss has not improved by ``tol`` for ``patience`` iterations;
+   of :mod:`.pose` (and the width of the X-ray's blur, :mod:`.psf`, with ``fit_psf``), with early stop
+   when the loss has not improved by ``tol`` for ``patience`` iterations;
 4. optional intrinsics refinement (source-detector distance, principal point) for uncalibrated C-arms.
 
 A ``progress`` callback receives a :class:`~XRayNeRFLib.progress.Progress` every ``progress_every``
@@ -44,6 +45,7 @@ from .coverage import ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
 from .pose import PoseParametrization, check_rigid
+from .psf import gaussian_blur
 
 
 @dataclass
@@ -52,12 +54,16 @@ class RegistrationResult:
     cameras: the registered camera (1 view, the first; with refined intrinsics when asked).
     ct_correction_ras: (4, 4) float64, the CT's rigid correction 'to parent' in RAS (see pose.py), shared by
         every view.
-    loss / initial_loss: the loss at the finest level at the registered / initial pose (the sum over views).
+    loss / initial_loss: the loss at full resolution at the registered / initial pose (the sum over views; with
+        ``fit_psf`` under the fitted / starting PSF).
     view_cameras / view_losses: every view's registered camera (1 view each) and loss at the registered pose
         (their sum is ``loss``); one entry for one X-ray.
     iterations: optimiser iterations in all (all levels and starts); seconds: wall time.
     trace: one dict per iteration (level, start, iteration, loss, parameters).
-    cancelled: True when the progress callback stopped the run (the best pose so far is returned)."""
+    cancelled: True when the progress callback stopped the run (the best pose so far is returned).
+    parameters: the optimised parameters (pose, then intrinsics, then the PSF's; see RegistrationSettings).
+    psf_sigma_px: the fitted Gaussian PSF of the X-ray relative to the DRR (``fit_psf``), standard deviation
+        in the X-ray's full-resolution pixels; None when not fitted."""
 
     world_from_camera: Tensor
     cameras: Cameras
@@ -72,6 +78,7 @@ class RegistrationResult:
     loss_name: str = "mi"
     view_cameras: List[Cameras] = field(default_factory=list, repr=False)
     view_losses: List[float] = field(default_factory=list)
+    psf_sigma_px: Optional[float] = None
 
     def to_json(self) -> dict:
         """Plain JSON types; with several views also ``views``: per view its registered world_from_camera,
@@ -92,6 +99,7 @@ class RegistrationResult:
             "parameters": self.parameters,
             "trace": self.trace,
             "view_losses": self.view_losses,
+            "psf_sigma_px": self.psf_sigma_px,
         }
         if len(self.view_cameras) > 1:
             out["views"] = [
@@ -106,6 +114,9 @@ class RegistrationResult:
                 for c, v in zip(self.view_cameras, self.view_losses)
             ]
         return out
+
+
+LBFGS_LINE_SEARCH_EVALS = 25  # loss evaluations one L-BFGS step (its strong-Wolfe line search) may use
 
 
 class _Stop(Exception):
@@ -191,7 +202,9 @@ class RegistrationSettings:
         the others, learning rate 1.0 halved at every level). patience / tol: a level stops when its loss
         has not improved by ``tol`` for ``patience`` iterations.
     capture_range_deg / capture_range_mm / n_starts / keep_starts: coarse global search over +- these
-        offsets (rotations about the centre, translations in camera axes); ``n_starts`` = 1 turns it off.
+        offsets (rotations about the centre, translations in camera axes); ``n_starts`` = 1 turns it off;
+        the best ``keep_starts`` candidates are optimised at the coarsest level (both >= 1; the command line's
+        ``--starts`` sets n_starts only).
     refine_intrinsics: also optimise sdd (unit sdd_scale_mm) and the principal point (unit
         principal_point_scale_px full-resolution pixels).
     renderer / samples_per_voxel: the projector and its sampling (see :func:`XRayNeRFLib.render.render`;
@@ -204,6 +217,10 @@ class RegistrationSettings:
         pixels compares every pixel instead. ``coverage_margin_px``: how far (in the level's
         pixels, at the CT centre's depth) covered rays must stay inside the CT's side faces, room for
         the pose to move during the level.
+    fit_psf: fit the X-ray's blur relative to the DRR with the pose: the DRR is blurred by a Gaussian PSF
+        (:mod:`.psf`) whose standard deviation, bounded to [0, ``psf_max_px``] pixels of the finest pyramid
+        level, is one more parameter (sigma^2 = psf_max_px^2 * sigmoid(p), starting at p = 0); at a coarser
+        level the same width in that level's pixels. False: the DRR as rendered.
     progress_every: iterations between progress calls.
     num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
         small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
@@ -235,6 +252,8 @@ class RegistrationSettings:
     pool_volume: bool = True
     ct_coverage: bool = True
     coverage_margin_px: float = 1.0
+    fit_psf: bool = True
+    psf_max_px: float = 1.5
     progress_every: int = 5
     num_threads: Optional[int] = None
     drr_source: Optional[Callable[[Volume], Volume]] = None
@@ -252,6 +271,10 @@ class RegistrationSettings:
         lrs = [float(lr)] * n if isinstance(lr, (int, float)) else [float(v) for v in lr]
         if len(iters) != n or len(lrs) != n:
             raise ValueError(f"max_iterations and learning_rate need one value per level ({n})")
+        if self.n_starts < 1 or self.keep_starts < 1:
+            raise ValueError(f"the coarse search needs n_starts >= 1 and keep_starts >= 1, got {self.n_starts} and {self.keep_starts}")
+        if not self.psf_max_px > 0:
+            raise ValueError(f"psf_max_px must be > 0 pixels, got {self.psf_max_px}")
         if self.optimizer not in ("adam", "lbfgs"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'lbfgs'")
         return levels, iters, lrs
@@ -424,7 +447,8 @@ class _Run:
         self.vol, self.centre_ras = vol, vol.center_ras().double()
         self.loss_fn = s.loss if callable(s.loss) else make_loss(s.loss, **(s.loss_options or {}))
         self.loss_label = getattr(s.loss, "__name__", "custom") if callable(s.loss) else s.loss
-        self.n_par = 9 if s.refine_intrinsics else 6
+        self.n_pose = 9 if s.refine_intrinsics else 6  # pose (and intrinsics) parameters; then the PSF's
+        self.n_par = self.n_pose + (1 if s.fit_psf else 0)
         self.level_images, self.level_volume = self._pyramid(checked, vol)
         self.trace: List[dict] = []
         self.iterations = 0
@@ -486,9 +510,26 @@ class _Run:
             drr = render(vol_f, self.build(x, factor, v), renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel)
             if not torch.isfinite(drr).all():
                 raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
+            drr = self.blurred(drr, x, factor)
             vals.append(self.loss_fn(drr, im_f, masks[v]))
             drrs.append(drr)
         return torch.stack(vals, dim=-1), drrs
+
+    def psf_sigma_px(self, x: Tensor, factor: int) -> Optional[Tensor]:
+        """The fitted PSF's standard deviation (B,) in pixels of pyramid level ``factor`` for parameters x
+        (B, n_par); None without ``fit_psf``."""
+        if not self.s.fit_psf:
+            return None
+        finest = self.s.psf_max_px * torch.sigmoid(x[:, self.n_pose]).sqrt()  # (B,) finest-level pixels
+        return finest * (self.levels[-1] / factor)
+
+    def blurred(self, drr: Tensor, x: Tensor, factor: int) -> Tensor:
+        """The DRRs (B, h, w) of parameters x (B, n_par) at level ``factor`` under the fitted PSF."""
+        sigma = self.psf_sigma_px(x, factor)
+        if sigma is None:
+            return drr
+        pad = int(math.ceil(3.0 * self.s.psf_max_px * self.levels[-1] / factor)) + 1
+        return gaussian_blur(drr, sigma.to(drr.dtype), pad)
 
     def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[List[Tensor]] = None):
         """Loss (B,) of parameters x (B, n_par) at a level: the sum of the views' losses (and the DRRs,
@@ -560,7 +601,7 @@ class _Run:
                 "coarse_search_candidates": s.n_starts,
             }
         )
-        return [cand[int(i)] for i in order[: max(1, s.keep_starts)]]
+        return [cand[int(i)] for i in order[: s.keep_starts]]
 
     def optimize_level(self, x_init: Tensor, li: int, start: int) -> Tuple[Tensor, float, bool]:
         """Run pyramid level ``li`` from x_init: (best x, best loss, stopped by the user)."""
@@ -572,7 +613,10 @@ class _Run:
         if s.optimizer == "adam":
             opt = torch.optim.Adam([x], lr=self.lrs[li])
         else:
-            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+            # One L-BFGS iteration per step, its strong-Wolfe line search allowed up to LBFGS_LINE_SEARCH_EVALS
+            # evaluations. torch's default max_eval (max_iter * 5 // 4 = 1) left the line search a single trial
+            # step: when that step rose, it returned t = 0 and every later step repeated it (a stall).
+            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, max_eval=LBFGS_LINE_SEARCH_EVALS, line_search_fn="strong_wolfe")
         for it in range(self.iters[li]):
             state = {}
 
@@ -591,8 +635,12 @@ class _Run:
                     state.update(v=float(v.detach()), x=x.detach().clone(), drr=[d.detach() for d in drr])
                 return v
 
+            x_before = x.detach().clone()
             opt.step(closure)
             self.iterations += 1
+            # An L-BFGS step whose line search found no decrease leaves x and the optimiser's memory as they
+            # were, so every later step would repeat it: the level has converged at its resolution.
+            no_move = s.optimizer == "lbfgs" and torch.equal(x.detach(), x_before)
             v = state["v"]
             self.trace.append({"level": factor, "start": start, "iteration": it, "loss": v, "parameters": state["x"].tolist()})
             since = 0 if v < best_v - s.tol else since + 1
@@ -602,7 +650,7 @@ class _Run:
                 if not self.call_progress(state["x"], factor, v, state["drr"], f"level {factor}: iteration {it}, loss {v:.4f}"):
                     stopped = True
                     break
-            if since >= s.patience:
+            if since >= s.patience or no_move:
                 break
         # The final iterate is usually the best; score it too.
         with torch.no_grad():
@@ -638,6 +686,7 @@ class _Run:
             loss_name=self.loss_label,
             view_cameras=cams,
             view_losses=[float(v) for v in per_view],
+            psf_sigma_px=None if not self.s.fit_psf else float(self.psf_sigma_px(best_x[None], 1)[0]),
         )
 
     def execute(self) -> RegistrationResult:
