@@ -341,15 +341,19 @@ def view_files(args) -> list:
 
 def paired_files(images: list, cameras, inits, prefix: str) -> list:
     """[(image, camera or None, init or None)]: cameras once per image or once for all, inits once per image
-    or none; other counts raise GeometryError naming ``--{prefix}camera`` / ``--{prefix}init``."""
+    or none; other counts raise GeometryError naming ``--{prefix}camera`` / ``--{prefix}init`` (``prefix`` ""
+    for --image, "mnerf-" for --mnerf)."""
     n = len(images)
+    flag = f"--{prefix.rstrip('-')}" if prefix else "--image"
     cameras, inits = list(cameras or []), list(inits or [])
     if cameras and len(cameras) not in (1, n):
         raise GeometryError(
-            f"{len(cameras)} --{prefix}camera files for {n} images: give one per image, or one for all", name=f"--{prefix}camera"
+            f"{len(cameras)} --{prefix}camera files for {n} {flag} files: give one per image, or one for all", name=f"--{prefix}camera"
         )
     if inits and len(inits) != n:
-        raise GeometryError(f"{len(inits)} --{prefix}init files for {n} images: give one pose per image, in order", name=f"--{prefix}init")
+        raise GeometryError(
+            f"{len(inits)} --{prefix}init files for {n} {flag} files: give one initial pose per image, in order", name=f"--{prefix}init"
+        )
     cameras = cameras * n if len(cameras) == 1 else cameras or [None] * n
     return list(zip(images, cameras, inits or [None] * n))
 
