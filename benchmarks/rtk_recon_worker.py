@@ -62,7 +62,13 @@ def main(cfg_path: str) -> None:
 
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(int(cfg.get("threads", 2)))
     image_type = itk.Image[itk.F, 3]
-    projections = itk.imread(cfg["projections"], itk.F)
+    # a live reader, not itk.imread: RTK's iterative filters run their internal DisplacedDetectorImageFilter in place
+    # (ADMM-TV always: it turns the padding off, so the filter grafts its input), which takes the projections'
+    # buffer; the next read of the projections (ADMM-TV's conjugate-gradient operator) then finds an empty buffer
+    # ("outside of buffered region ... Size: [0, 0, 0]") unless the image has a source that can read it again
+    projection_reader = itk.ImageFileReader[image_type].New(FileName=cfg["projections"])
+    projection_reader.Update()
+    projections = projection_reader.GetOutput()
     like = itk.imread(cfg["like"], itk.F)
     reader = rtk.ThreeDCircularProjectionGeometryXMLFileReader.New()
     reader.SetFilename(cfg["geometry"])
@@ -148,8 +154,9 @@ def main(cfg_path: str) -> None:
             filt.SetCG_iterations(int(m.get("cg_iterations", 3)))
             filt.SetAlpha(float(m.get("alpha", 0.01)))
             filt.SetBeta(float(m.get("beta", 1.0)))
-            # RTK weights the data term with its displaced-detector filter; on a short scan with a centred
-            # detector (nothing to weight) that filter fails ("outside of buffered region"): this turns it off
+            # RTK weights the data term with its displaced-detector filter (unpadded, so it has nothing to weight on a
+            # centred detector); this turns it off. The "outside of buffered region" failure was not this filter's
+            # weighting but its in-place run on a source-less input (see the reader above)
             filt.SetDisableDisplacedDetectorFilter(bool(m.get("disable_displaced", False)))
         else:
             raise ValueError(f"unknown RTK method {name!r}")
