@@ -248,14 +248,15 @@ def run_rtk(proj, cams, like, methods: dict, wdir: Path, threads: int) -> dict:
     """{label: (mu numpy, seconds, applied settings)} of RTK's methods, each in its own worker process (RTK's
     in-place filters may take the projections' buffer from the next method of the same process)."""
     import torch
-    from rtk_recon_worker import run_rtk_reconstructions
+    from rtk_recon_worker import run_rtk_reconstructions, turned_detector
 
+    # the same rays with the detector turned 180 degrees: this orbit's RTK XML then has InPlaneAngle 0, which RTK's
+    # Parker and displaced-detector filters assume (with 180 its Parker weights were mirrored, before 2026-12-07)
+    p_rtk, c_rtk = turned_detector(torch.from_numpy(proj), cams)
     out = {}
     for i, (label, m) in enumerate(methods.items()):
         try:
-            vols, report = run_rtk_reconstructions(
-                torch.from_numpy(proj), cams, like, [dict(m, label=label)], str(wdir / str(i)), threads=threads
-            )
+            vols, report = run_rtk_reconstructions(p_rtk, c_rtk, like, [dict(m, label=label)], str(wdir / str(i)), threads=threads)
         except RuntimeError as exc:  # reported as a failed row; the other methods still run
             lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
             out[label] = (None, float("nan"), {"failed": " ".join(lines[-9:])[:400]})

@@ -220,6 +220,25 @@ def read_rtk_projections(path):
     return ours_from_rtk_layout(sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)))
 
 
+def turned_detector(projections, cameras):
+    """The same rays described with the detector turned 180 degrees in its plane: (projections (V, H, W) with both
+    image axes reversed, Cameras whose camera x and y axes and principal points are turned). Every pixel keeps its
+    ray (pixel (i, j) becomes (W - 1 - i, H - 1 - j)). Use: an orbit whose RTK XML carries InPlaneAngle 180 (our
+    C-arm orbits about the patient's superior axis, benchmarks/bench_carm.py) is then written with InPlaneAngle 0;
+    RTK's ParkerShortScanImageFilter and DisplacedDetectorImageFilter assume InPlaneAngle 0
+    (ThreeDCircularProjectionGeometry::ToUntiltedCoordinateAtIsocenter), and with 180 RTK's Parker weights come out
+    mirrored in the fan angle (tests/test_recon_truncation.py)."""
+    import torch
+
+    from XRayNeRFLib.geometry import Cameras
+
+    turn = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=cameras.world_from_camera.dtype))
+    w, h = cameras.size_px
+    pp = torch.stack([(w - 1) - cameras.principal_point_px[:, 0], (h - 1) - cameras.principal_point_px[:, 1]], 1)
+    turned = Cameras(cameras.world_from_camera @ turn, cameras.sdd_mm, cameras.pixel_spacing_mm, pp, cameras.size_px)
+    return projections.flip(-2, -1), turned
+
+
 def run_rtk_reconstructions(
     projections, cameras, like, methods, workdir, threads=2, timeout_s=3600, load=True, gt_npy=None, data_range=None
 ):
