@@ -75,6 +75,12 @@ class RefineSettings:
     renderer: str = DEFAULT_RENDERER
     seed: int = 0
 
+    @classmethod
+    def for_method(cls, method: str, seed: int = 0) -> "RefineSettings":
+        """The settings ``reconstruct --refine-geometry`` and the modules use before reconstructing with ``method``
+        (recon.api.METHODS): an FDK start for "fdk", else the os-tv start; everything else the defaults."""
+        return cls(start="fdk" if method == "fdk" else "os-tv", seed=int(seed))
+
 
 @dataclass
 class RefineResult:
