@@ -18,8 +18,11 @@ scale, since moving every view along its principal ray looks like a scaled volum
 against a known truth mean something only modulo that gauge (benchmarks/bench_carm.py measures them so).
 
 What limits it (benchmarks/RESULTS_carm.md): on the C-arm benchmark the refined cameras fit the data better
-than the true ones do, so the joint objective's minimum is not the true geometry; a better optimiser (a
-per-view Levenberg-Marquardt was tried) does not help.
+than the true ones do, so the joint objective's minimum is not the true geometry (the volume takes on each
+view's own error); a better optimiser (a per-view Levenberg-Marquardt was tried) does not help. Leave-group-out
+(``holdout_groups`` K >= 2) fits each of K interleaved view groups against a volume reconstructed without it,
+so that no view is fitted to a volume that took on its own error, at K extra reconstructions per round; it
+recovers more of the loss on that benchmark but still not all (docs/reconstruction.md).
 Optionally (``intrinsics``) each view's principal point is corrected too.
 
 Stopping: a round whose corrections lower the data term by less than ``min_gain`` (relative) is not
