@@ -799,6 +799,14 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert ui.ensembleSizeSpinBox.enabled and ui.uncertaintyVolumeSelector.enabled
     p.inputKind = "dicom"
     assert ui.dicomOverridesCollapsibleButton.visible and ui.dicomPathLineEdit.visible
+    # the output grid: the cylinder's fields until an explicit size (all three) or a reference volume takes over
+    assert ui.fovRegionComboBox.enabled and ui.gridSizeSpinBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
+    p.explicitGridSizeX, p.explicitGridSizeY, p.explicitGridSizeZ = 8, 8, 8
+    assert not ui.fovRegionComboBox.enabled and not ui.gridSizeSpinBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
+    p.explicitGridCentred = False
+    assert ui.explicitGridOriginRSpinBox.enabled and ui.explicitGridOriginSSpinBox.enabled
+    p.gridReferenceVolume = _stack(sparse[1], "reference")
+    assert not ui.fovRegionComboBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
 
 
 def test_widget_picks_a_stack_with_cameras(core, module, sparse):
