@@ -429,8 +429,8 @@ def reconstruction_request(form: dict) -> dict:
     """The Reconstruct tab's fields (as the page sends them) -> keyword arguments of
     ``XRayNeRFMRML.reconstruction.run_reconstruction``: method, renderer, iterations, uncertainty, grid_request
     (``GridRequest``: the cylinder of ``fov_region`` with ``grid`` voxels across, or, when ``size`` holds three
-    counts > 0, an explicit grid of ``spacing_mm`` voxels with voxel (0, 0, 0)'s centre at ``origin_ras`` when
-    given, else centred on the isocentre) and refine_geometry. Choices are the engine's (XRayNeRFMRML.choices).
+    counts > 0, an explicit grid of ``spacing_mm`` voxels with voxel (0, 0, 0)'s centre at ``origin_ras`` (R, A, S mm)
+    when given, else (all three empty) centred on the isocentre) and refine_geometry. Choices are the engine's (XRayNeRFMRML.choices).
     Raises ValueError naming the field for anything else."""
     from XRayNeRFMRML.choices import FOV_REGIONS, RECONSTRUCTION_METHODS, RENDERERS
     from XRayNeRFMRML.reconstruction import GridRequest
@@ -450,11 +450,13 @@ def reconstruction_request(form: dict) -> dict:
     if any(size):
         if not all(size):
             raise ValueError("the explicit grid needs all three sizes X, Y, Z > 0 (or all 0 for the cylinder)")
-        origin = form.get("origin_ras")
+        origin = [x for x in (form.get("origin_ras") or []) if x not in (None, "")]  # all empty: centred on the isocentre
+        if origin and len(origin) != 3:
+            raise ValueError("the explicit grid's origin needs all three of R, A, S (mm), or none to centre it on the isocentre")
         request = GridRequest(
             size=tuple(size),
             spacing_mm=finite(form.get("spacing_mm") or 0, "the explicit grid's voxel size (mm)", 0.01, 100),
-            origin_ras=None if origin in (None, "", []) else tuple(finite(x, "the explicit grid's origin (RAS mm)") for x in origin),
+            origin_ras=tuple(finite(x, "the explicit grid's origin (RAS mm)") for x in origin) if origin else None,
         )
     return dict(
         method=method,

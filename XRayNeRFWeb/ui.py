@@ -153,7 +153,8 @@ def _registration_tab(app) -> None:
 
 def _recon_grid_fields() -> None:
     """The output grid: the field-of-view cylinder (the engine's regions), or an explicit size X Y Z (voxels along RAS,
-    all > 0) with its voxel size, centred on the isocentre (session.reconstruction_request)."""
+    all > 0) with its voxel size, centred on the isocentre or with voxel (0, 0, 0)'s centre at the origin R A S
+    (session.reconstruction_request)."""
     v3.VSelect(
         v_model=("rec_fov_region",),
         items=("fov_regions", list(FOV_REGIONS)),
@@ -177,6 +178,16 @@ def _recon_grid_fields() -> None:
         v3.VTextField(
             v_model=("rec_spacing_mm",), type="number", label="voxel (mm)", density="compact", hide_details=True, id="rec-spacing"
         )
+    with html.Div(classes="d-flex mb-2"):
+        for axis in ("r", "a", "s"):
+            v3.VTextField(
+                v_model=(f"rec_origin_{axis}",),
+                label=f"origin {axis.upper()} mm (empty: centred)",
+                density="compact",
+                hide_details=True,
+                id=f"rec-origin-{axis}",
+                classes="mr-2",
+            )
 
 
 def _reconstruction_tab(app) -> None:
@@ -256,6 +267,7 @@ def _reconstruction_tab(app) -> None:
                 app.reconstruct,
                 "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, renderer: rec_renderer, uncertainty: rec_uncertainty, "
                 "fov_region: rec_fov_region, size: [rec_size_x, rec_size_y, rec_size_z], spacing_mm: rec_spacing_mm, "
+                "origin_ras: [rec_origin_r, rec_origin_a, rec_origin_s], "
                 "refine_geometry: rec_refine}]",
             ),
             color="primary",

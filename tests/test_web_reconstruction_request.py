@@ -32,13 +32,15 @@ def test_fields_become_the_grid_request_and_the_refine_flag():
         assert reconstruction_request(dict(BASE, fov_region=region))["grid_request"] == GridRequest(grid=16, region=region)
     r = reconstruction_request(dict(BASE, size=["8", 9, 10], spacing_mm="2.5", refine_geometry=True))
     assert r["grid_request"] == GridRequest(size=(8, 9, 10), spacing_mm=2.5) and r["refine_geometry"] is True
-    r = reconstruction_request(dict(BASE, size=[8, 9, 10], spacing_mm=2.5, origin_ras=[1, -2, 3]))
+    r = reconstruction_request(dict(BASE, size=[8, 9, 10], spacing_mm=2.5, origin_ras=[1, "-2", 3]))
     assert r["grid_request"].origin_ras == (1.0, -2.0, 3.0)
+    assert reconstruction_request(dict(BASE, size=[8, 9, 10], spacing_mm=2.5, origin_ras=["", "", ""]))["grid_request"].origin_ras is None
     for bad, message in (
         (dict(fov_region="some"), "unknown field-of-view region"),
         (dict(size=[8, 0, 10], spacing_mm=2.0), "all three sizes"),
         (dict(size=[8, 9, 10], spacing_mm=0), "voxel size"),
         (dict(size=[8, 9]), "three counts"),
+        (dict(size=[8, 9, 10], spacing_mm=2.0, origin_ras=[1, "", 3]), "all three of R, A, S"),
         (dict(method="art"), "unknown method"),
     ):
         with pytest.raises(ValueError, match=message):
