@@ -108,7 +108,7 @@ class XRayNeRFWebApp:
 
     def _init_state(self) -> None:
         SIMILARITIES = _choices()  # the engine's similarity names (XRayNeRFMRML.choices: no copies here)
-        from XRayNeRFMRML.choices import DEFAULT_RENDERER  # the engine's one default projector
+        from XRayNeRFMRML.choices import DEFAULT_FOV_REGION, DEFAULT_RENDERER  # the engine's defaults (projector, grid region)
 
         s = self.state
         s.update(
@@ -145,6 +145,15 @@ class XRayNeRFWebApp:
                 rec_geometry_path="",
                 rec_method="voxel",
                 rec_grid=64,
+                rec_fov_region=DEFAULT_FOV_REGION,
+                rec_size_x=0,
+                rec_size_y=0,
+                rec_size_z=0,
+                rec_spacing_mm=2.0,
+                rec_origin_r="",
+                rec_origin_a="",
+                rec_origin_s="",
+                rec_refine=False,
                 rec_iterations=0,
                 rec_renderer=DEFAULT_RENDERER,
                 rec_uncertainty=False,
@@ -512,19 +521,13 @@ class XRayNeRFWebApp:
 
     @_action
     def reconstruct(self, form: dict) -> None:
-        """form: the tab's fields as the page shows them (method, grid, iterations, renderer, uncertainty)."""
+        """form: the tab's fields as the page shows them (method, grid, iterations, renderer, uncertainty, the output
+        grid: fov_region, or an explicit size / spacing_mm / origin_ras; refine_geometry): session.reconstruction_request."""
         s = self.state
-        from XRayNeRFMRML.choices import RECONSTRUCTION_METHODS, RENDERERS
+        from .session import reconstruction_request
 
-        from .session import finite
-
-        method, renderer, uncertainty = form.get("method"), form.get("renderer"), bool(form.get("uncertainty"))
-        if method not in RECONSTRUCTION_METHODS:
-            raise ValueError(f"unknown method {method!r}")
-        grid = int(finite(form.get("grid"), "the grid (voxels across)", 16, 512))
-        iterations = int(finite(form.get("iterations") or 0, "iterations", 0, 100000)) or None
-        if renderer not in RENDERERS:
-            raise ValueError(f"unknown renderer {renderer!r}")
+        request = reconstruction_request(form)
+        method = request["method"]
 
         def show(node) -> None:  # in the worker, holding the scene
             if self.session.recon_output is not None:  # the previous result's volume rendering is stale now
@@ -552,7 +555,7 @@ class XRayNeRFWebApp:
 
         self._start(
             "reconstruction",
-            lambda job: self.session.reconstruct_work(job, method, grid, iterations, renderer, uncertainty, show),
+            lambda job: self.session.reconstruct_work(job, request, show),
             done,
             f"Reconstructing ({method}); the preview slice updates while it runs.",
         )

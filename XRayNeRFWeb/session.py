@@ -325,16 +325,9 @@ class Session:
         write_ct_correction(str(path), self.transform_matrix())
 
     # -- reconstruction -------------------------------------------------------------------------------
-    def reconstruct_work(
-        self,
-        job: JobState,
-        method: str,
-        grid: int,
-        iterations: Optional[int],
-        renderer: str,
-        uncertainty: bool,
-        show: Callable[[object], None],
-    ):
+    def reconstruct_work(self, job: JobState, request: dict, show: Callable[[object], None]):
+        """Run ``XRayNeRFMRML.reconstruction.run_reconstruction`` on the loaded projections with ``request``
+        (:func:`reconstruction_request`); returns (output, the previous output)."""
         from XRayNeRFMRML.reconstruction import run_reconstruction
 
         if self.projections is None:
@@ -349,14 +342,10 @@ class Session:
         previous = self.recon_output
         out = run_reconstruction(
             self.projections,
-            method=method,
-            renderer=renderer,
-            grid=int(grid),
-            iterations=iterations,
-            uncertainty=bool(uncertainty),
+            **request,
             ensemble_size=2,
             progress=progress,
-            name=f"Reconstruction {method}",
+            name=f"Reconstruction {request['method']}",
             on_output_node=show,
             call_engine=job.call_engine,
         )
@@ -450,6 +439,49 @@ def fit_field_of_view(slice_node) -> None:
 
 def json_bytes(data: dict) -> bytes:
     return (json.dumps(data, indent=1) + "\n").encode("utf-8")
+
+
+def reconstruction_request(form: dict) -> dict:
+    """The Reconstruct tab's fields (as the page sends them) -> keyword arguments of
+    ``XRayNeRFMRML.reconstruction.run_reconstruction``: method, renderer, iterations, uncertainty, grid_request
+    (``GridRequest``: the cylinder of ``fov_region`` with ``grid`` voxels across, or, when ``size`` holds three
+    counts > 0, an explicit grid of ``spacing_mm`` voxels with voxel (0, 0, 0)'s centre at ``origin_ras`` (R, A, S mm)
+    when given, else (all three empty) centred on the isocentre) and refine_geometry. Choices are the engine's (XRayNeRFMRML.choices).
+    Raises ValueError naming the field for anything else."""
+    from XRayNeRFMRML.choices import FOV_REGIONS, RECONSTRUCTION_METHODS, RENDERERS
+    from XRayNeRFMRML.reconstruction import GridRequest
+
+    method, renderer = form.get("method"), form.get("renderer")
+    if method not in RECONSTRUCTION_METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}")
+    region = form.get("fov_region") or None
+    if region is not None and region not in FOV_REGIONS:
+        raise ValueError(f"unknown field-of-view region {region!r}; use one of {', '.join(FOV_REGIONS)}")
+    size = [int(finite(n or 0, "the explicit grid size", 0, 4096)) for n in (form.get("size") or [0, 0, 0])]
+    if len(size) != 3:
+        raise ValueError("the explicit grid size needs three counts X Y Z")
+    request = GridRequest(grid=int(finite(form.get("grid"), "the grid (voxels across)", 16, 512)), region=region)
+    if any(size):
+        if not all(size):
+            raise ValueError("the explicit grid needs all three sizes X, Y, Z > 0 (or all 0 for the cylinder)")
+        origin = [x for x in (form.get("origin_ras") or []) if x not in (None, "")]  # all empty: centred on the isocentre
+        if origin and len(origin) != 3:
+            raise ValueError("the explicit grid's origin needs all three of R, A, S (mm), or none to centre it on the isocentre")
+        request = GridRequest(
+            size=tuple(size),
+            spacing_mm=finite(form.get("spacing_mm") or 0, "the explicit grid's voxel size (mm)", 0.01, 100),
+            origin_ras=tuple(finite(x, "the explicit grid's origin (RAS mm)") for x in origin) if origin else None,
+        )
+    return dict(
+        method=method,
+        renderer=renderer,
+        iterations=int(finite(form.get("iterations") or 0, "iterations", 0, 100000)) or None,
+        uncertainty=bool(form.get("uncertainty")),
+        grid_request=request,
+        refine_geometry=bool(form.get("refine_geometry")),
+    )
 
 
 def finite(value: float, name: str, low: float = -math.inf, high: float = math.inf) -> float:

@@ -9,7 +9,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 
-from XRayNeRFMRML.choices import PATIENT_POSITIONS, RECONSTRUCTION_METHODS, RENDERERS, SIMILARITIES
+from XRayNeRFMRML.choices import FOV_REGIONS, PATIENT_POSITIONS, RECONSTRUCTION_METHODS, RENDERERS, SIMILARITIES
 
 UPLOAD_JS = (
     "trigger('{name}', [Array.from($event.target.files || []).map(f => f.size > max_upload_bytes ? {{name: f.name, size: f.size}} : f)])"
@@ -160,6 +160,45 @@ def _registration_tab(app) -> None:
     _download(app, "ITK transform", "ct_pose.tfm", app.download_itk, "download-itk", "reg_ready")
 
 
+def _recon_grid_fields() -> None:
+    """The output grid: the field-of-view cylinder (the engine's regions), or an explicit size X Y Z (voxels along RAS,
+    all > 0) with its voxel size, centred on the isocentre or with voxel (0, 0, 0)'s centre at the origin R A S
+    (session.reconstruction_request)."""
+    v3.VSelect(
+        v_model=("rec_fov_region",),
+        items=("fov_regions", list(FOV_REGIONS)),
+        label="field of view (cylinder seen by every / any view)",
+        density="compact",
+        hide_details=True,
+        id="rec-fov-region",
+        classes="mb-2",
+    )
+    with html.Div(classes="d-flex"):
+        for axis in ("x", "y", "z"):
+            v3.VTextField(
+                v_model=(f"rec_size_{axis}",),
+                type="number",
+                label=f"size {axis.upper()} (0: cylinder)",
+                density="compact",
+                hide_details=True,
+                id=f"rec-size-{axis}",
+                classes="mr-2",
+            )
+        v3.VTextField(
+            v_model=("rec_spacing_mm",), type="number", label="voxel (mm)", density="compact", hide_details=True, id="rec-spacing"
+        )
+    with html.Div(classes="d-flex mb-2"):
+        for axis in ("r", "a", "s"):
+            v3.VTextField(
+                v_model=(f"rec_origin_{axis}",),
+                label=f"origin {axis.upper()} mm (empty: centred)",
+                density="compact",
+                hide_details=True,
+                id=f"rec-origin-{axis}",
+                classes="mr-2",
+            )
+
+
 def _reconstruction_tab(app) -> None:
     v3.VBtn(
         "Load sample projections",
@@ -218,8 +257,16 @@ def _reconstruction_tab(app) -> None:
             hide_details=True,
             id="rec-iterations",
         )
+    _recon_grid_fields()
     v3.VCheckbox(
         v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact", hide_details=True, id="rec-uncertainty"
+    )
+    v3.VCheckbox(
+        v_model=("rec_refine",),
+        label="self-calibrate the views first (--refine-geometry)",
+        density="compact",
+        hide_details=True,
+        id="rec-refine",
     )
     with html.Div(classes="d-flex flex-wrap"):
         v3.VBtn(
@@ -227,7 +274,10 @@ def _reconstruction_tab(app) -> None:
             id="reconstruct",
             click=(
                 app.reconstruct,
-                "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, renderer: rec_renderer, uncertainty: rec_uncertainty}]",
+                "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, renderer: rec_renderer, uncertainty: rec_uncertainty, "
+                "fov_region: rec_fov_region, size: [rec_size_x, rec_size_y, rec_size_z], spacing_mm: rec_spacing_mm, "
+                "origin_ras: [rec_origin_r, rec_origin_a, rec_origin_s], "
+                "refine_geometry: rec_refine}]",
             ),
             color="primary",
             classes="mr-2 mb-2",

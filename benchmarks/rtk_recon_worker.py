@@ -62,7 +62,13 @@ def main(cfg_path: str) -> None:
 
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(int(cfg.get("threads", 2)))
     image_type = itk.Image[itk.F, 3]
-    projections = itk.imread(cfg["projections"], itk.F)
+    # a live reader, not itk.imread: RTK's iterative filters run their internal DisplacedDetectorImageFilter in place
+    # (ADMM-TV always: it turns the padding off, so the filter grafts its input), which takes the projections'
+    # buffer; the next read of the projections (ADMM-TV's conjugate-gradient operator) then finds an empty buffer
+    # ("outside of buffered region ... Size: [0, 0, 0]") unless the image has a source that can read it again
+    projection_reader = itk.ImageFileReader[image_type].New(FileName=cfg["projections"])
+    projection_reader.Update()
+    projections = projection_reader.GetOutput()
     like = itk.imread(cfg["like"], itk.F)
     reader = rtk.ThreeDCircularProjectionGeometryXMLFileReader.New()
     reader.SetFilename(cfg["geometry"])
@@ -148,8 +154,9 @@ def main(cfg_path: str) -> None:
             filt.SetCG_iterations(int(m.get("cg_iterations", 3)))
             filt.SetAlpha(float(m.get("alpha", 0.01)))
             filt.SetBeta(float(m.get("beta", 1.0)))
-            # RTK weights the data term with its displaced-detector filter; on a short scan with a centred
-            # detector (nothing to weight) that filter fails ("outside of buffered region"): this turns it off
+            # RTK weights the data term with its displaced-detector filter (unpadded, so it has nothing to weight on a
+            # centred detector); this turns it off. The "outside of buffered region" failure was not this filter's
+            # weighting but its in-place run on a source-less input (see the reader above)
             filt.SetDisableDisplacedDetectorFilter(bool(m.get("disable_displaced", False)))
         else:
             raise ValueError(f"unknown RTK method {name!r}")
@@ -211,6 +218,25 @@ def read_rtk_projections(path):
     from XRayNeRFLib.geometry_io import ours_from_rtk_layout
 
     return ours_from_rtk_layout(sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)))
+
+
+def turned_detector(projections, cameras):
+    """The same rays described with the detector turned 180 degrees in its plane: (projections (V, H, W) with both
+    image axes reversed, Cameras whose camera x and y axes and principal points are turned). Every pixel keeps its
+    ray (pixel (i, j) becomes (W - 1 - i, H - 1 - j)). Use: an orbit whose RTK XML carries InPlaneAngle 180 (our
+    C-arm orbits about the patient's superior axis, benchmarks/bench_carm.py) is then written with InPlaneAngle 0;
+    RTK's ParkerShortScanImageFilter and DisplacedDetectorImageFilter assume InPlaneAngle 0
+    (ThreeDCircularProjectionGeometry::ToUntiltedCoordinateAtIsocenter), and with 180 RTK's Parker weights come out
+    mirrored in the fan angle (tests/test_recon_truncation.py)."""
+    import torch
+
+    from XRayNeRFLib.geometry import Cameras
+
+    turn = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=cameras.world_from_camera.dtype))
+    w, h = cameras.size_px
+    pp = torch.stack([(w - 1) - cameras.principal_point_px[:, 0], (h - 1) - cameras.principal_point_px[:, 1]], 1)
+    turned = Cameras(cameras.world_from_camera @ turn, cameras.sdd_mm, cameras.pixel_spacing_mm, pp, cameras.size_px)
+    return projections.flip(-2, -1), turned
 
 
 def run_rtk_reconstructions(

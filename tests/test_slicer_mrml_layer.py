@@ -62,6 +62,8 @@ def test_choice_lists_are_the_engines():
     assert choices.RECONSTRUCTION_METHODS == tuple(api.METHODS)
     assert choices.VOXEL_SOLVERS == tuple(voxel.VOXEL_SOLVERS) == tuple(api.VOXEL_SOLVERS)
     assert choices.FDK_WINDOWS == tuple(importlib.import_module("XRayNeRFLib.recon.fdk").WINDOWS)
+    grid = importlib.import_module("XRayNeRFLib.recon.grid")
+    assert choices.FOV_REGIONS == tuple(grid.REGIONS) and choices.DEFAULT_FOV_REGION == grid.DEFAULT_REGION in grid.REGIONS
     assert choices.DEFAULT_RENDERER == render.DEFAULT_RENDERER and choices.DEFAULT_RENDERER in choices.RENDERERS
     with pytest.raises(RuntimeError, match="defines no literal NO_SUCH_NAME or OTHER"):
         choices.engine_choices("render/__init__.py", "NO_SUCH_NAME", "OTHER")

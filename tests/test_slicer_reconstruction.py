@@ -804,6 +804,14 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert ui.ensembleSizeSpinBox.enabled and ui.uncertaintyVolumeSelector.enabled
     p.inputKind = "dicom"
     assert ui.dicomOverridesCollapsibleButton.visible and ui.dicomPathLineEdit.visible
+    # the output grid: the cylinder's fields until an explicit size (all three) or a reference volume takes over
+    assert ui.fovRegionComboBox.enabled and ui.gridSizeSpinBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
+    p.explicitGridSizeX, p.explicitGridSizeY, p.explicitGridSizeZ = 8, 8, 8
+    assert not ui.fovRegionComboBox.enabled and not ui.gridSizeSpinBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
+    p.explicitGridCentred = False
+    assert ui.explicitGridOriginRSpinBox.enabled and ui.explicitGridOriginSSpinBox.enabled
+    p.gridReferenceVolume = _stack(sparse[1], "reference")
+    assert not ui.fovRegionComboBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
 
 
 def test_widget_picks_a_stack_with_cameras(core, module, sparse):
@@ -951,3 +959,108 @@ def test_energy_option_reaches_the_hu_conversion(core, module, sparse):
     w80 = mu_water_per_mm(80.0)
     assert abs(w80 - MU_WATER) > 1e-3
     np.testing.assert_allclose(slicer.util.arrayFromVolume(out.volume_node), 1000.0 * (mu / w80 - 1.0), atol=0.05)
+
+
+# -- output grid and self-calibration from the panel -------------------------------------------------------
+def _stack_parameters(module, images, spacing=3.0):
+    logic = module.XRayNeRFReconstructionLogic()
+    p = logic.getParameterNode()
+    p.inputStack, p.inputKind, p.geometrySource = _stack(images), "stack", "circular"
+    p.sourceIsocenterDistanceMm, p.sourceDetectorDistanceMm, p.pixelSpacingMm = 250.0, 400.0, spacing
+    p.method, p.gridSize = "fdk", 10
+    return logic, p
+
+
+def _grid_of(node):
+    return tuple(slicer.util.arrayFromVolume(node).shape), _ijk_to_ras(node)
+
+
+def test_grid_options_reach_the_engine(core, module, sparse):
+    """Each output-grid option of the parameter node gives the engine's grid (XRayNeRFLib.recon.grid) on the output node:
+    the fovRegion cylinder ('any' is larger than 'every'), a reference volume's grid (it wins), an explicit size with the
+    voxel size, centred on the isocentre or at a given origin; an incomplete explicit size or one without a voxel size
+    is refused before any work, with the scene unchanged."""
+    from XRayNeRFLib.recon.grid import cylinder_grid, explicit_grid
+
+    cams, images = sparse
+    logic, p = _stack_parameters(module, images)
+    assert p.fovRegion == "every"  # the engine's DEFAULT_REGION
+    shapes = {}
+    for region in ("every", "any"):
+        p.fovRegion = region
+        shape, ras = _grid_of(logic.reconstructUsingParameterNode(p).volume_node)
+        like = cylinder_grid(cams, region=region, grid=10)
+        assert shape == tuple(like.data.shape), region
+        np.testing.assert_allclose(ras, like.ras_from_ijk.double().numpy(), atol=1e-6)
+        shapes[region] = ras[0, 0]
+    assert shapes["any"] > shapes["every"]  # the same voxel count across a wider cylinder
+    p.fovRegion = "every"
+    p.explicitGridSizeX, p.explicitGridSizeY, p.explicitGridSizeZ = 7, 9, 5
+    assert "voxel size" in logic.whyCannotReconstruct(p)
+    p.voxelSpacingMm = 4.0
+    shape, ras = _grid_of(logic.reconstructUsingParameterNode(p).volume_node)
+    like = explicit_grid((7, 9, 5), 4.0, cameras=cams)
+    assert shape == (5, 9, 7) == tuple(like.data.shape)
+    np.testing.assert_allclose(ras, like.ras_from_ijk.double().numpy(), atol=1e-6)
+    p.explicitGridCentred = False
+    p.explicitGridOriginR, p.explicitGridOriginA, p.explicitGridOriginS = -10.0, 5.0, 2.5
+    shape, ras = _grid_of(logic.reconstructUsingParameterNode(p).volume_node)
+    np.testing.assert_allclose(ras[:3, 3], [-10.0, 5.0, 2.5])
+    np.testing.assert_allclose(np.diag(ras)[:3], [4.0, 4.0, 4.0])
+    reference = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "reference")
+    slicer.util.updateVolumeFromArray(reference, np.zeros((6, 8, 11), np.float32))
+    ref_ras = np.array([[0.0, 2.0, 0.0, -7.0], [-2.5, 0.0, 0.0, 4.0], [0.0, 0.0, 3.0, -9.0], [0.0, 0.0, 0.0, 1.0]])
+    reference.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ref_ras))
+    p.gridReferenceVolume = reference
+    out = logic.reconstructUsingParameterNode(p)
+    shape, ras = _grid_of(out.volume_node)
+    assert shape == (6, 8, 11)
+    np.testing.assert_allclose(ras, ref_ras, atol=1e-9)
+    assert float(np.abs(slicer.util.arrayFromVolume(out.volume_node) + 1000.0).max()) > 100.0  # a reconstruction, not the fill
+    p.gridReferenceVolume = None
+    p.explicitGridSizeY = 0
+    n = slicer.mrmlScene.GetNumberOfNodes()
+    reason = logic.whyCannotReconstruct(p)
+    assert "all three sizes" in reason
+    with pytest.raises(ValueError):
+        logic.reconstructUsingParameterNode(p)
+    assert slicer.mrmlScene.GetNumberOfNodes() == n
+
+
+def test_refine_geometry_reaches_the_engine(core, module, sparse, monkeypatch):
+    """refineGeometry runs the engine's self-calibration with RefineSettings.for_method (the CLI's settings) on the
+    output grid, the reconstruction then uses the corrected cameras, and they are stored on the output node with the
+    refinement's summary; unchecked, no refinement runs."""
+    from XRayNeRFLib.geometry_io import cameras_from_json
+    from XRayNeRFLib.recon import api, selfcal
+    from XRayNeRFMRML.reconstruction import RECONSTRUCTION_ATTRIBUTE, REFINED_CAMERAS_ATTRIBUTE
+
+    cams, images = sparse
+    calls, seen = [], []
+    real_reconstruct = api.reconstruct
+
+    def fake_refine(projections, cameras, like, *, settings=None, masks=None, progress=None):
+        calls.append((settings, tuple(like.data.shape)))
+        shifted = selfcal.apply_corrections(cameras.to(dtype=torch.float64), torch.tensor([[0.0, 0.0, 0.01, 0.5, 0.0, 0.0]] * len(cameras)))
+        return selfcal.RefineResult(shifted, like, torch.zeros(len(cameras), 6), None, [1.0, 0.5], "2 rounds done", 0.1)
+
+    def spy(projections, cameras, *args, **kwargs):
+        seen.append(cameras)
+        return real_reconstruct(projections, cameras, *args, **kwargs)
+
+    monkeypatch.setattr(selfcal, "refine_geometry", fake_refine)
+    monkeypatch.setattr(api, "reconstruct", spy)
+    logic, p = _stack_parameters(module, images)
+    node = logic.reconstructUsingParameterNode(p).volume_node
+    assert calls == [] and node.GetAttribute(REFINED_CAMERAS_ATTRIBUTE) is None
+    p.refineGeometry = True
+    for method in ("fdk", "voxel"):
+        p.method, p.iterations = method, 2
+        node = logic.reconstructUsingParameterNode(p).volume_node
+        settings, shape = calls[-1]
+        assert settings == selfcal.RefineSettings.for_method(method) and shape == tuple(slicer.util.arrayFromVolume(node).shape)
+        stored = cameras_from_json(json.loads(node.GetAttribute(REFINED_CAMERAS_ATTRIBUTE)))
+        torch.testing.assert_close(stored.world_from_camera, seen[-1].world_from_camera.double(), atol=1e-9, rtol=0)
+        assert float((seen[-1].world_from_camera.double() - cams.world_from_camera.double()).abs().max()) > 0.4  # corrected
+        info = json.loads(node.GetAttribute(RECONSTRUCTION_ATTRIBUTE))
+        assert info["refined_geometry"]["stopped"] == "2 rounds done" and info["refined_geometry"]["data_terms"] == [1.0, 0.5]

@@ -48,4 +48,6 @@ SIMILARITIES = engine_choices("registration/losses.py", "LOSS_NAMES")  # registr
 RECONSTRUCTION_METHODS = engine_choices("recon/api.py", "METHODS")  # "fdk", "voxel", "nerf"
 VOXEL_SOLVERS = engine_choices("recon/voxel.py", "VOXEL_SOLVERS")  # options["solver"] of the voxel method
 FDK_WINDOWS = engine_choices("recon/fdk.py", "WINDOWS")  # FDK ramp-filter windows
+FOV_REGIONS = engine_choices("recon/grid.py", "REGIONS")  # the default cylinder: seen by "every" view or by "any"
+DEFAULT_FOV_REGION = engine_literal("recon/grid.py", "DEFAULT_REGION")
 DEFAULT_RENDERER = engine_literal("render/__init__.py", "DEFAULT_RENDERER")  # the one default projector (DRR, reconstruction)

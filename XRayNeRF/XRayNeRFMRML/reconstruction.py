@@ -492,14 +492,53 @@ def solver_options(method: str, solver: Optional[str], options: Optional[dict]) 
     return dict(options or {}, solver=solver)
 
 
-def output_grid(cameras, *, grid: Optional[int] = None, spacing_mm: Optional[float] = None):
-    """The engine's default grid (the scanned cylinder) with ``grid`` voxels across or ``spacing_mm`` voxels
-    (spacing wins when both are given): an empty Volume of mu (K, J, I), ras_from_ijk RAS mm."""
-    from XRayNeRFLib.recon.fov import default_grid
+FOV_REGIONS = choices.FOV_REGIONS  # the engine's (XRayNeRFLib.recon.grid.REGIONS): "every", "any"
+REFINED_CAMERAS_ATTRIBUTE = "XRayNeRF.RefinedCameras"  # on the output node: the cameras self-calibration corrected
 
-    if spacing_mm:
-        return default_grid(cameras, spacing_mm=float(spacing_mm))
-    return default_grid(cameras, grid=int(grid) if grid else None)
+
+@dataclass
+class GridRequest:
+    """The output grid, as the CLI's grid options (docs/reconstruction.md, "Output grid"): ``like_node`` (a scalar
+    volume node: its size, spacing, origin and direction in world RAS, as ``--like``) wins; else ``size`` (NX, NY, NZ)
+    voxels along RAS x, y, z of ``spacing_mm`` with voxel (0, 0, 0)'s centre at ``origin_ras`` (RAS mm; None: the grid
+    centred on the isocentre), as ``--size --spacing-mm --origin-ras``; else the ``region`` cylinder ("every" or
+    "any" view, ``--fov-region``) with ``grid`` voxels across or ``spacing_mm`` (wins when both are given)."""
+
+    grid: Optional[int] = None
+    spacing_mm: Optional[float] = None
+    region: Optional[str] = None
+    size: Optional[Tuple[int, int, int]] = None
+    origin_ras: Optional[Tuple[float, float, float]] = None
+    like_node: Any = None
+
+
+def output_grid(cameras, request: Optional[GridRequest] = None, *, grid: Optional[int] = None, spacing_mm: Optional[float] = None):
+    """The output grid descriptor (an empty Volume of mu (K, J, I), ras_from_ijk world RAS mm) of ``request``
+    (:class:`GridRequest`; ``grid`` / ``spacing_mm`` alone: the default cylinder), through the engine's grid
+    functions (XRayNeRFLib.recon.grid). Raises ValueError for an explicit size without a spacing, a region the
+    engine does not name or a reference node without voxels."""
+    import torch
+
+    from XRayNeRFLib.recon.grid import cylinder_grid, explicit_grid, grid_descriptor
+
+    r = request if request is not None else GridRequest(grid=grid, spacing_mm=spacing_mm)
+    if r.like_node is not None:
+        image = r.like_node.GetImageData()
+        if image is None or image.GetNumberOfPoints() == 0 or min(image.GetDimensions()) < 2:
+            raise ValueError(f"reference grid '{r.like_node.GetName()}' is not a 3-D volume with voxels; choose another volume")
+        i, j, k = image.GetDimensions()
+        ras = world_from_node(r.like_node) @ ijk_to_ras(r.like_node)
+        return grid_descriptor((k, j, i), torch.from_numpy(np.ascontiguousarray(ras, dtype=np.float64)))
+    if r.size is not None:
+        if not r.spacing_mm:
+            raise ValueError("an explicit grid size needs a voxel size > 0 mm")
+        return explicit_grid(r.size, float(r.spacing_mm), origin_ras=r.origin_ras, cameras=cameras)
+    if r.region is not None and r.region not in FOV_REGIONS:
+        raise ValueError(f"unknown field-of-view region {r.region!r}; use one of {', '.join(FOV_REGIONS)}")
+    region = {"region": r.region} if r.region else {}  # None: the engine's default region
+    if r.spacing_mm:
+        return cylinder_grid(cameras, spacing_mm=float(r.spacing_mm), **region)
+    return cylinder_grid(cameras, grid=int(r.grid) if r.grid else None, **region)
 
 
 def run_reconstruction(
@@ -509,6 +548,8 @@ def run_reconstruction(
     renderer: Optional[str] = None,
     grid: Optional[int] = None,
     spacing_mm: Optional[float] = None,
+    grid_request: Optional[GridRequest] = None,
+    refine_geometry: bool = False,
     iterations: Optional[int] = None,
     uncertainty: bool = False,
     ensemble_size: int = 4,
@@ -536,7 +577,12 @@ def run_reconstruction(
     no slice view still shows a node being restored or removed). renderer: the iterative methods' projector
     (None: the engine's default, ``XRayNeRFLib.recon.api.DEFAULT_RENDERER``). scene: where new nodes go
     (default: the given output node's scene, else ``slicer.mrmlScene``). call_engine: how the engine's
-    ``reconstruct`` is run (engine_call.py; None: directly).
+    ``reconstruct`` is run (engine_call.py; None: directly). grid_request: the output grid (:class:`GridRequest`;
+    None: the default cylinder with ``grid`` / ``spacing_mm``). refine_geometry: first correct each view's pose
+    from the data (``XRayNeRFLib.recon.selfcal.refine_geometry`` with ``RefineSettings.for_method``, as
+    ``reconstruct --refine-geometry``) and reconstruct with the corrected cameras; they are stored on the output
+    node (``REFINED_CAMERAS_ATTRIBUTE``, the cameras JSON of XRayNeRFLib.geometry_io) and the refinement's summary
+    in its ``RECONSTRUCTION_ATTRIBUTE``.
     """
     from XRayNeRFLib.recon.api import DEFAULT_RENDERER, reconstruct
 
@@ -545,7 +591,7 @@ def run_reconstruction(
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     changes = SceneChanges(scene if scene is not None else scene_of(output_node, uncertainty_node))
     try:
-        like = output_grid(projections.cameras, grid=grid, spacing_mm=spacing_mm)
+        like = output_grid(projections.cameras, grid_request, grid=grid, spacing_mm=spacing_mm)
         ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()
         node = changes.volume(output_node, name)
         write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
@@ -560,10 +606,14 @@ def run_reconstruction(
             preview(getattr(p, "preview", None))
             return True if progress is None else progress(p) is not False
 
+        cameras, refined = projections.cameras, None
+        if refine_geometry:
+            refined = _refined(projections.images, cameras, like, method, seed, masks, on_progress, call_engine or direct)
+            cameras = refined.cameras
         result = (call_engine or direct)(
             reconstruct,
             projections.images,
-            projections.cameras,
+            cameras,
             method,
             volume=like,
             renderer=renderer,
@@ -592,6 +642,11 @@ def run_reconstruction(
             "units": "HU",
             "assumptions": list(projections.assumptions),
         }
+        if refined is not None:
+            from XRayNeRFLib.geometry_io import cameras_to_json
+
+            info["refined_geometry"] = _refine_summary(refined)
+            node.SetAttribute(REFINED_CAMERAS_ATTRIBUTE, json.dumps(cameras_to_json(refined.cameras)))
         node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(info))
         unode = None
         if uncertainty:
@@ -612,6 +667,26 @@ def run_reconstruction(
             changes.rollback()
         raise
     return ReconstructionOutput(node, unode, result, projections, preview.updates)
+
+
+def _refined(images, cameras, like, method: str, seed: int, masks, progress, call_engine):
+    """The engine's self-calibration of ``cameras`` on ``like``'s grid, with the settings of ``method``."""
+    from XRayNeRFLib.recon.selfcal import RefineSettings, refine_geometry
+
+    settings = RefineSettings.for_method(method, seed=seed)
+    return call_engine(refine_geometry, images, cameras, like, settings=settings, masks=masks, progress=progress)
+
+
+def _refine_summary(refined) -> dict:
+    """A RefineResult in a few JSON numbers: mean per-view correction (deg, mm), data terms, why it stopped."""
+    rot = refined.corrections[:, :3].norm(dim=1) * (180.0 / math.pi)
+    tra = refined.corrections[:, 3:].norm(dim=1)
+    return {
+        "mean_rotation_deg": round(float(rot.mean()), 4),
+        "mean_translation_mm": round(float(tra.mean()), 4),
+        "data_terms": [float(t) for t in refined.data_terms],
+        "stopped": str(refined.stopped),
+    }
 
 
 def _hu_array(volume, energy_kev: float = DEFAULT_ENERGY_KEV, spread: bool = False) -> np.ndarray:

@@ -39,7 +39,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleWidget,
 )
 
-from XRayNeRFMRML.choices import FDK_WINDOWS  # noqa: E402  (the engine's list)
+from XRayNeRFMRML.choices import DEFAULT_FOV_REGION, FDK_WINDOWS, FOV_REGIONS  # noqa: E402  (the engine's lists)
 from XRayNeRFMRML.reconstruction import (  # noqa: E402  (numpy, slicer and vtk only: torch loads on first use)
     GEOMETRY_SOURCES,
     INPUT_KINDS,
@@ -100,7 +100,10 @@ class XRayNeRFReconstructionParameterNode:
     """Inputs (one of sequence / stack / DICOM path), geometry source, orbit form (degrees, mm; axis R/A/S;
     isocentre: the markups point when one is chosen, else the R/A/S coordinates), DICOM tag overrides,
     values, method and grid, outputs. Zero means "default" for i0 (estimate), voxel size (use the grid
-    size), iterations (the method's default) and the DICOM overrides (use the tag)."""
+    size), iterations (the method's default) and the DICOM overrides (use the tag). Output grid (as the CLI's
+    --like / --size --spacing-mm --origin-ras / --fov-region): a reference volume wins; else an explicit size
+    (all three > 0, with the voxel size; origin: voxel (0, 0, 0)'s centre in RAS mm unless centred on the
+    isocentre); else the fovRegion cylinder. refineGeometry: self-calibration before reconstructing."""
 
     inputKind: Annotated[str, Choice(INPUT_KINDS)] = "sequence"
     inputSequence: vtkMRMLSequenceNode
@@ -135,8 +138,24 @@ class XRayNeRFReconstructionParameterNode:
     iterations: Annotated[int, WithinRange(0, 100000)] = 0
     computeUncertainty: bool = False
     ensembleSize: Annotated[int, WithinRange(2, 32)] = 4
+    fovRegion: Annotated[str, Choice(FOV_REGIONS)] = DEFAULT_FOV_REGION
+    gridReferenceVolume: vtkMRMLScalarVolumeNode
+    explicitGridSizeX: Annotated[int, WithinRange(0, 4096)] = 0
+    explicitGridSizeY: Annotated[int, WithinRange(0, 4096)] = 0
+    explicitGridSizeZ: Annotated[int, WithinRange(0, 4096)] = 0
+    explicitGridCentred: bool = True
+    explicitGridOriginR: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
+    explicitGridOriginA: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
+    explicitGridOriginS: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
+    refineGeometry: bool = False
     outputVolume: vtkMRMLScalarVolumeNode
     uncertaintyVolume: vtkMRMLScalarVolumeNode
+
+
+def _explicitSize(p) -> Optional[tuple]:
+    """(NX, NY, NZ) of the parameter node's explicit grid, or None when any size is 0 (the default cylinder)."""
+    sizes = (int(p.explicitGridSizeX), int(p.explicitGridSizeY), int(p.explicitGridSizeZ))
+    return sizes if all(sizes) else None
 
 
 #
@@ -162,6 +181,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
             (self.ui.rendererComboBox, RENDERERS),
             (self.ui.voxelSolverComboBox, VOXEL_SOLVERS),
             (self.ui.fdkWindowComboBox, FDK_WINDOWS),
+            (self.ui.fovRegionComboBox, FOV_REGIONS),
         ):
             combo.clear()
             combo.addItems(list(items))
@@ -215,6 +235,11 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         ui.fdkWindowComboBox.setEnabled(p.method == "fdk")
         ui.fdkWindowCutoffSpinBox.setEnabled(p.method == "fdk")
         ui.ensembleSizeSpinBox.setEnabled(p.computeUncertainty)
+        explicit = not p.gridReferenceVolume and _explicitSize(p) is not None
+        ui.fovRegionComboBox.setEnabled(not p.gridReferenceVolume and not explicit)
+        ui.gridSizeSpinBox.setEnabled(not p.gridReferenceVolume and not explicit)
+        for spinBox in (ui.explicitGridOriginRSpinBox, ui.explicitGridOriginASpinBox, ui.explicitGridOriginSSpinBox):
+            spinBox.setEnabled(explicit and not p.explicitGridCentred)
         ui.uncertaintyVolumeSelector.setEnabled(p.computeUncertainty)
 
     def onBrowseDicom(self) -> None:
@@ -294,6 +319,11 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
             return _("The isocentre point list is empty: place a point at the rotation centre, or choose none to use the coordinates.")
         if p.inputKind == "dicom" and p.dicomSddMm and p.dicomSidMm and p.dicomSddMm <= p.dicomSidMm:
             return _("DICOM overrides: the source-detector distance must exceed the source-isocentre distance.")
+        sizes = (p.explicitGridSizeX, p.explicitGridSizeY, p.explicitGridSizeZ)
+        if not p.gridReferenceVolume and any(sizes) and not all(sizes):
+            return _("The explicit grid needs all three sizes (X, Y, Z > 0), or all three 0 for the default cylinder.")
+        if not p.gridReferenceVolume and all(sizes) and not p.voxelSpacingMm:
+            return _("The explicit grid needs a voxel size > 0 mm.")
         if p.geometrySource == "images" and p.inputKind != "dicom":
             node = p.inputSequence if p.inputKind == "sequence" else p.inputStack
             first = node.GetNthDataNode(0) if node is not None and node.IsA("vtkMRMLSequenceNode") and node.GetNumberOfDataNodes() else node
@@ -366,6 +396,11 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         voxelSolver: Optional[str] = None,
         gridSize: Optional[int] = 128,
         voxelSpacingMm: Optional[float] = None,
+        fovRegion: Optional[str] = None,
+        gridReferenceNode=None,
+        explicitGridSize: Optional[tuple] = None,
+        explicitGridOriginRas: Optional[tuple] = None,
+        refineGeometry: bool = False,
         iterations: Optional[int] = None,
         uncertainty: bool = False,
         ensembleSize: int = 4,
@@ -382,7 +417,11 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         outputNode / uncertaintyNode: nodes to overwrite; created (named after the input) when None.
         method "fdk" | "voxel" | "nerf"; renderer for the iterative methods (None: the engine's default); voxelSolver for "voxel":
         None / "default" (the engine's default), "adam" or "os-tv" (when the engine offers them); gridSize voxels across the scanned
-        cylinder or voxelSpacingMm (wins when > 0); iterations None or 0: the method's default.
+        cylinder or voxelSpacingMm (wins when > 0); the output grid as XRayNeRFMRML.reconstruction.GridRequest: fovRegion
+        (the cylinder seen by "every" view or by "any"; None: the engine's default), gridReferenceNode (a scalar volume
+        whose grid the output takes: wins), explicitGridSize (NX, NY, NZ) with voxelSpacingMm and explicitGridOriginRas
+        (None: centred on the isocentre); refineGeometry: self-calibrate the views first (the corrected cameras are
+        stored on the output node); iterations None or 0: the method's default.
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
         stops: iterative methods keep the best volume so far (``output.cancelled``), FDK raises
         ``XRayNeRFLib.progress.Cancelled``. On any error the scene is left as it was.
@@ -392,7 +431,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         import time
 
         from XRayNeRFMRML.overlay import restore_slice_backgrounds, save_slice_backgrounds
-        from XRayNeRFMRML.reconstruction import run_reconstruction, solver_options
+        from XRayNeRFMRML.reconstruction import GridRequest, run_reconstruction, solver_options
 
         self.cancelRequested = False
         options = solver_options(method, voxelSolver, options)
@@ -417,8 +456,15 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
             projections,
             method=method,
             renderer=renderer,
-            grid=gridSize or None,
-            spacing_mm=voxelSpacingMm or None,
+            grid_request=GridRequest(
+                grid=gridSize or None,
+                spacing_mm=voxelSpacingMm or None,
+                region=fovRegion or None,
+                size=tuple(int(n) for n in explicitGridSize) if explicitGridSize else None,
+                origin_ras=tuple(float(x) for x in explicitGridOriginRas) if explicitGridOriginRas is not None else None,
+                like_node=gridReferenceNode,
+            ),
+            refine_geometry=bool(refineGeometry),
             iterations=iterations or None,
             uncertainty=uncertainty,
             ensemble_size=ensembleSize,
@@ -486,6 +532,11 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
             voxelSolver=p.voxelSolver,
             gridSize=p.gridSize,
             voxelSpacingMm=p.voxelSpacingMm or None,
+            fovRegion=p.fovRegion,
+            gridReferenceNode=p.gridReferenceVolume or None,
+            explicitGridSize=_explicitSize(p),
+            explicitGridOriginRas=None if p.explicitGridCentred else (p.explicitGridOriginR, p.explicitGridOriginA, p.explicitGridOriginS),
+            refineGeometry=p.refineGeometry,
             iterations=p.iterations or None,
             uncertainty=p.computeUncertainty,
             ensembleSize=p.ensembleSize,

@@ -32,7 +32,7 @@ import torch
 from .. import metrics
 from ..geometry_io import save_geometry
 from ..recon.api import DEFAULT_VOXEL_SOLVER, reconstruct
-from ..recon.grid import check_memory, cylinder_grid, explicit_grid, grid_like
+from ..recon.grid import REGIONS, check_memory, cylinder_grid, explicit_grid, grid_like
 from ..recon.selfcal import RefineSettings, refine_geometry
 from ..render import DEFAULT_RENDERER, RENDERERS
 from ..volume import DEFAULT_EFFECTIVE_ENERGY_KEV, Volume, hu_to_mu, load_volume, mu_to_hu, save_volume
@@ -163,7 +163,7 @@ def _add_grid_arguments(m) -> None:
     )
     m.add_argument(
         "--fov-region",
-        choices=("every", "any"),
+        choices=REGIONS,
         default=None,
         help="default cylinder: the region every view sees (default) or the larger region some views see (truncated data, offset "
         "detectors; docs/reconstruction.md)",
@@ -590,7 +590,7 @@ def run(args) -> int:
     masks = ps.masks if ps.masks is not None and not bool(ps.masks.all()) else None
     refined = None
     if args.refine_geometry:
-        settings = RefineSettings(start="fdk" if args.method == "fdk" else "os-tv", seed=args.seed)
+        settings = RefineSettings.for_method(args.method, seed=args.seed)
         refined = refine_geometry(images, cams, like, settings=settings, masks=masks)
         cams = refined.cameras
     if masks is not None and args.method == "fdk":

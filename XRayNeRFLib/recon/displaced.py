@@ -11,8 +11,8 @@ outermost pixel centre on the narrower side::
     w(x) = 1                           x >= Delta
 
 so that w(x) + w(-x) = 1: the two measurements of a line (the ray at x in one view, at -x in the
-opposite view) add up to one. These weights replace FDK's factor 1/2 of a full scan; they need a full
-orbit (with a short scan the half-fan field of view is incomplete). The iterative methods need no
+opposite view) add up to one. These weights replace FDK's factor 1/2 of a full scan; on a short scan they
+are combined with Parker's (:mod:`parker`; the half-fan field of view is then incomplete). The iterative methods need no
 weighting: they fit each measured ray once, whatever the detector's position.
 """
 

@@ -4,7 +4,8 @@ Pipeline, per view v (detector coordinates u along the filtered direction, t acr
 real detector at distance D_v = sdd_mm from the source; R_v = source-to-isocentre distance):
 
 1. cosine weight   p * D / sqrt(D^2 + u^2 + t^2)
-2. Parker weight   (short scans, Parker 1982 with the scan's actual over-scan) or 1/2 (full scans)
+2. Parker weight   (short scans, Parker 1982 with the scan's actual over-scan), Wang's displaced-detector
+                   weight (offset detectors), both normalised per line (both, :mod:`parker`) or 1/2 (full scans)
 3. ramp filter     along u (the detector direction perpendicular to the orbit axis), discrete Ram-Lak
                    kernel (Kak & Slaney eq. 3.61) on the isocentre-scaled sampling du * R / D, with an
                    optional Hann or Shepp-Logan window, zero padded to avoid wrap-around
@@ -35,6 +36,7 @@ from .checks import check_projections  # noqa: F401  (also re-exported: older co
 from .displaced import displaced_detector_weights
 from .fov import Orbit, analyse_orbit, cameras_float64, default_grid
 from .grid import DISPLACED_FRACTION, lateral_axis_is_columns
+from .parker import parker_weights, short_scan_displaced_weights
 from .truncation import (
     DEFAULT_EXTENSION,
     detect_truncation,
@@ -86,24 +88,6 @@ def check_window_cutoff(cutoff: float) -> None:
         raise ValueError(f"window_cutoff must be in (0, 1] (a fraction of the Nyquist frequency), got {cutoff!r}")
 
 
-def parker_weights(angles_rad: Tensor, gamma_rad: Tensor, half_fan_rad: float) -> Tensor:
-    """Parker (1982) short-scan weights: (V, U) for gantry angles beta (V,) in [0, pi + 2 delta] and fan
-    angles gamma (U,) of the filtered detector columns. delta = half_fan_rad is the half over-scan."""
-    b = angles_rad[:, None]
-    g = gamma_rad[None, :]
-    d = half_fan_rad
-    w = torch.ones(b.shape[0], g.shape[1], dtype=angles_rad.dtype)
-    eps = 1e-12
-    r1 = b < 2 * d - 2 * g
-    w1 = torch.sin(math.pi / 4 * b / (d - g).clamp_min(eps)) ** 2
-    r3 = b > math.pi - 2 * g
-    w3 = torch.sin(math.pi / 4 * (math.pi + 2 * d - b) / (d + g).clamp_min(eps)) ** 2
-    w = torch.where(r1, w1, w)
-    w = torch.where(r3, w3, w)
-    w = torch.where(b > math.pi + 2 * d, torch.zeros_like(w), w)
-    return w.clamp(0.0, 1.0)
-
-
 def fdk(
     projections: Tensor,
     cameras: Cameras,
@@ -135,8 +119,9 @@ def fdk(
         each side (:mod:`truncation`; RTK's ``--tc``); None (default): ``truncation.DEFAULT_EXTENSION`` when
         :func:`truncation.detect_truncation` finds truncated views, else none; 0: never.
     displaced_detector: Wang's weights for an offset detector (:mod:`displaced`) instead of the full scan's
-        1/2; None (default): when a view's two lateral sides differ by more than ``grid.DISPLACED_FRACTION``
-        of the detector width (full scans only: a short scan with an offset detector warns).
+        1/2, on a short scan combined with Parker's per line (:mod:`parker`); None (default): when a view's two
+        lateral sides differ by more than ``grid.DISPLACED_FRACTION`` of the detector width. A short scan with an
+        offset detector warns: FDK is exact only in the region every view sees.
     progress: called per view; returning False raises ``Cancelled`` (a partial FDK is meaningless).
     checked: the caller already ran :func:`checks.check_projections` on these inputs.
     returns: Volume of mu (1/mm), float32, on the given grid.
@@ -153,9 +138,9 @@ def fdk(
     p, det = _cosine_weighted(projections, cams, orbit)
     if truncation_correction is None:
         truncation_correction = DEFAULT_EXTENSION if detect_truncation(projections, cams, orbit).any else 0.0
-    p, dbeta, displaced = _angular_weighted(p, det, cams, orbit, short_scan, displaced_detector)
+    p, dbeta, displaced, short = _angular_weighted(p, det, cams, orbit, short_scan, displaced_detector)
     if displaced:
-        p, det, cams = _symmetric_detector(p, det, cams)
+        p, det, cams = _symmetric_detector(p, det, cams, orbit if short else None)
     q = _ramp_filtered(p, det, orbit, window, window_cutoff, truncation_correction)
     return _backproject(q, dbeta, cams, orbit, volume, max_memory_mb, progress)
 
@@ -196,74 +181,91 @@ def _cosine_weighted(projections: Tensor, cams: Cameras, orbit: Orbit) -> Tuple[
 
 def _angular_weighted(
     p: Tensor, det: _Detector, cams: Cameras, orbit: Orbit, short_scan: Optional[bool], displaced_detector: Optional[bool]
-) -> Tuple[Tensor, Tensor, bool]:
-    """Step 2: p times Parker's weights (short scans), the displaced-detector weights or 1/2 (full scans),
-    the angular step dbeta (V,) of each view, and whether the displaced-detector weights were applied.
-    Warnings are attributed to the caller of :func:`fdk`."""
+) -> Tuple[Tensor, Tensor, bool, bool]:
+    """Step 2: p times Parker's weights (short scans), the displaced-detector weights (offset detectors) or 1/2
+    (full scans, centred); the angular step dbeta (V,) of each view; whether the detector is treated as displaced
+    (then padded to symmetric next) and whether the scan is short. A short scan with a displaced detector is
+    returned unweighted: it is weighted after the padding (:func:`_symmetric_detector`). Warnings are attributed
+    to the caller of :func:`fdk`."""
     n_views = p.shape[0]
-    u, sdd = det.u, det.sdd
+    step = float(orbit.angular_range_rad) / max(1, n_views - 1)
+    full = orbit.angular_range_rad + step >= 2 * math.pi - 0.5 * step
+    if short_scan is None:
+        short_scan = not full
+    dbeta = _angular_steps(orbit.angles_rad, periodic=full and not short_scan)
+    near = det.cu * det.du  # mm from the principal point to the outermost pixel centres (RTK's Delta)
+    far = (det.n_u - 1 - det.cu) * det.du
+    offset = bool(((far - near).abs() > DISPLACED_FRACTION * (near + far)).any())
+    if displaced_detector is None:
+        displaced_detector = offset
+    if offset and short_scan:
+        warnings.warn(
+            "an offset detector on a short scan: some lines beyond the detector's narrow side are measured in no view, "
+            "so FDK is exact only in the region every view sees; use an iterative method (voxel) for the rest",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if short_scan and displaced_detector:
+        return p, dbeta, True, True  # weighted on the symmetric detector (_symmetric_detector)
+    if short_scan:
+        w = _short_scan_weights(det, cams, orbit)
+    elif displaced_detector:
+        w = displaced_detector_weights(det.u, near, far)
+    else:
+        w = torch.full_like(det.u, 0.5)
+    return p * w[:, None, :], dbeta, bool(displaced_detector), bool(short_scan)
+
+
+def _short_scan_weights(det: _Detector, cams: Cameras, orbit: Orbit, narrow_far: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+    """(V, U) Parker's weights of each view's filtered columns, or with ``narrow_far`` (the real detector's (near,
+    far), (V,) mm each, ``det`` then the padded symmetric detector) the redundancy-normalised product with the
+    displaced-detector weights (:func:`parker.short_scan_displaced_weights`)."""
+    n_views = det.u.shape[0]
     beta = orbit.angles_rad
     # orientation of the filtered camera axis relative to the direction of rotation decides the sign of gamma
     tangent = torch.linalg.cross(orbit.axis.expand(n_views, 3), cams.principal_directions())
     camera_axis = 0 if det.along_columns else 1
     sign = float(torch.sign((cams.world_from_camera[:, :3, camera_axis] * tangent).sum(-1).mean()))
-    step = float(orbit.angular_range_rad) / max(1, n_views - 1)
-    full = orbit.angular_range_rad + step >= 2 * math.pi - 0.5 * step
-    if short_scan is None:
-        short_scan = not full
-    dbeta = _angular_steps(beta, periodic=full and not short_scan)
-    near = det.cu * det.du  # mm from the principal point to the outermost pixel centres (RTK's Delta)
-    far = (det.n_u - 1 - det.cu) * det.du
-    offset = bool(((far - near).abs() > DISPLACED_FRACTION * (near + far)).any())
-    if displaced_detector is None:
-        displaced_detector = offset and not short_scan
-    if displaced_detector and short_scan:
-        raise ValueError(
-            "displaced-detector weighting needs a full orbit; this is a short scan: pass displaced_detector=False "
-            "(FDK then reconstructs the region every view sees) or use an iterative method"
-        )
-    if offset and short_scan:
+    gamma = sign * torch.atan2(det.u, det.sdd[:, None])  # (V, U)
+    half_fan = float(torch.atan2(det.u.abs().max(), det.sdd.min()))
+    delta = (orbit.angular_range_rad - math.pi) / 2.0
+    if delta < half_fan - 1e-3:
         warnings.warn(
-            "an offset detector on a short scan: FDK has complete data only in the region every view sees; "
-            "use an iterative method (voxel) for the rest",
+            f"the views cover {math.degrees(orbit.angular_range_rad):.1f} degrees, less than a short scan "
+            f"(180 + fan angle {math.degrees(2 * half_fan):.1f} degrees): expect missing-wedge artefacts",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    if short_scan:
-        gamma = sign * torch.atan2(u, sdd[:, None])  # (V, U)
-        half_fan = float(torch.atan2(u.abs().max(), sdd.min()))
-        delta = (orbit.angular_range_rad - math.pi) / 2.0
-        if delta < half_fan - 1e-3:
-            warnings.warn(
-                f"the views cover {math.degrees(orbit.angular_range_rad):.1f} degrees, less than a short scan "
-                f"(180 + fan angle {math.degrees(2 * half_fan):.1f} degrees): expect missing-wedge artefacts",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        delta = max(delta, 1e-3)
-        w = torch.stack([parker_weights(beta[v : v + 1], gamma[v], delta)[0] for v in range(n_views)])  # (V, U)
-        p = p * w[:, None, :]
-    elif displaced_detector:
-        p = p * displaced_detector_weights(u, near, far)[:, None, :]
-    else:
-        p = p * 0.5
-    return p, dbeta, bool(displaced_detector) and not short_scan
+    delta = max(delta, 1e-3)
+    if narrow_far is not None:
+        return short_scan_displaced_weights(beta, gamma, det.u, narrow_far[0], narrow_far[1], delta)
+    return torch.stack([parker_weights(beta[v : v + 1], gamma[v], delta)[0] for v in range(n_views)])  # (V, U)
 
 
-def _symmetric_detector(p: Tensor, det: _Detector, cams: Cameras) -> Tuple[Tensor, _Detector, Cameras]:
-    """Step 2b (displaced detector): the narrow side padded with zero pixels until the filtered axis reaches
-    as far on both sides of every view's principal point, as RTK's ``DisplacedDetectorImageFilter`` pads. The
-    ramp filter's response beyond the narrow edge is then back-projected (a voxel that projects there in one
-    view is seen from the other side in the opposite view); cut at the edge, it is lost and the region seen
-    once comes out too bright. p: (V, T, U) weighted; returns p (V, T, U'), its sampling, and cams (float64)
-    with the larger detector (principal points shifted by the pixels added before index 0)."""
+def _symmetric_detector(
+    p: Tensor, det: _Detector, cams: Cameras, short_scan_orbit: Optional[Orbit] = None
+) -> Tuple[Tensor, _Detector, Cameras]:
+    """Step 2b (displaced detector): the narrow side padded until the filtered axis reaches as far on both sides of
+    every view's principal point, as RTK's ``DisplacedDetectorImageFilter`` pads. The ramp filter's response beyond
+    the narrow edge is then back-projected (a voxel that projects there in one view is seen from the other side in
+    the opposite view); cut at the edge, it is lost and the region seen once comes out too bright. p: (V, T, U),
+    weighted with Wang's weights (full scan: padded with zeros), or unweighted with ``short_scan_orbit``: then
+    padded with the narrow edge's extrapolation (:func:`truncation.extrapolate_rows`) and weighted with Parker's
+    and Wang's weights normalised per line (:mod:`parker`; the padded pixels stand in for the lines that no view
+    measured, weight EXTRAPOLATED_WEIGHT times Wang's floor). Returns p (V, T, U'), its sampling, and cams
+    (float64) with the larger detector (principal points shifted by the pixels added before index 0)."""
     near = det.cu * det.du
     far = (det.n_u - 1 - det.cu) * det.du
     n_low = max(0, int(math.ceil(float(((far - near) / det.du).max()) - 1e-6)))
     n_high = max(0, int(math.ceil(float(((near - far) / det.du).max()) - 1e-6)))
     if n_low == 0 and n_high == 0:
         return p, det, cams
-    p = torch.nn.functional.pad(p, (n_low, n_high))
+    if short_scan_orbit is None:
+        p = torch.nn.functional.pad(p, (n_low, n_high))
+    else:
+        n = max(n_low, n_high)
+        ext = extrapolate_rows(p, n)
+        p = ext[..., n - n_low : n + det.n_u + n_high]
     n_u = det.n_u + n_low + n_high
     cu = det.cu + n_low
     u = (torch.arange(n_u, dtype=torch.float64)[None, :] - cu[:, None]) * det.du[:, None]
@@ -273,7 +275,10 @@ def _symmetric_detector(p: Tensor, det: _Detector, cams: Cameras) -> Tuple[Tenso
     w, h = cams.size_px
     size = (w + n_low + n_high, h) if det.along_columns else (w, h + n_low + n_high)
     padded = Cameras(cams.world_from_camera, cams.sdd_mm, cams.pixel_spacing_mm, pp, size)
-    return p, _Detector(det.along_columns, det.du, cu, u, n_u, det.sdd), padded
+    sym = _Detector(det.along_columns, det.du, cu, u, n_u, det.sdd)
+    if short_scan_orbit is not None:
+        p = p * _short_scan_weights(sym, padded, short_scan_orbit, (near, far))[:, None, :]
+    return p, sym, padded
 
 
 def _ramp_filtered(p: Tensor, det: _Detector, orbit: Orbit, window: str, window_cutoff: float, truncation_correction: float) -> Tensor:

@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 REGIONS = ("every", "any")
+DEFAULT_REGION = "every"  # the default cylinder (cylinder_grid, reconstruct's grid, the modules' default)
 ANY_RADIUS_FACTOR = 2.0  # the "any" cylinder of a centred detector, in every-view radii (module docstring)
 DISPLACED_FRACTION = 0.1  # a detector is displaced when its two sides differ by more than this fraction of its width (RTK's rule)
 
@@ -127,7 +128,7 @@ def grid_descriptor(shape_kji: Sequence[int], ras_from_ijk: Tensor) -> Volume:
 def cylinder_grid(
     cameras: Cameras,
     *,
-    region: str = "every",
+    region: str = DEFAULT_REGION,
     grid: Optional[int] = None,
     spacing_mm: Optional[float] = None,
     orbit: Optional[Orbit] = None,
