@@ -96,7 +96,8 @@ def test_registration_of_a_ct_that_ends_inside_the_field(chest_ct_48):
     registered CT is its central half, 166 mm, ending inside the ~330 mm field): with the coverage mask
     the pose is recovered from 4 deg / 8 mm off; comparing every pixel matches the DRR's end edges to
     anatomy that continues and misses by far more."""
-    # measured (mTRE, mm; the shipped CT, 2026-12-07): coverage 1.75 and 1.55, every pixel 4.10 and 2.08
+    # measured (mTRE, mm; the shipped CT, 2026-12-07, before the closed-face rule and the fitted PSF): coverage 1.75
+    # and 1.55, every pixel 4.10 and 2.08
     # (on the CT resampled from its full-resolution source: 1.71 and 2.01, 6.26 and 2.56)
     import numpy as np
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from XRayNeRFLib.registration.psf import gaussian_blur
+from XRayNeRFLib.registration.psf import gaussian_blur, within_reach
 
 
 def test_blur_of_a_point_is_the_sampled_gaussian():
@@ -45,3 +45,23 @@ def test_gradient_in_the_width_including_zero():
     for s0 in (0.0, 0.8):
         sigma = torch.tensor([s0, s0 + 0.3], dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda s: gaussian_blur(img, s, pad_px=4), (sigma,))
+
+
+def test_within_reach_keeps_the_pixels_whose_neighbourhood_is_all_inside():
+    """Brute force: a pixel stays when every pixel within ``reach`` (square, Chebyshev) is in the mask and on
+    the image; checked on a random mask with holes, batched and unbatched."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, 17, 23, generator=g) > 0.08
+    mask[1, 5:9, 3:6] = False
+    for reach in (1, 2, 3):
+        got = within_reach(mask, reach)
+        expect = torch.zeros_like(mask)
+        for b in range(2):
+            for i in range(17):
+                for j in range(23):
+                    lo_i, hi_i, lo_j, hi_j = i - reach, i + reach + 1, j - reach, j + reach + 1
+                    on_image = lo_i >= 0 and lo_j >= 0 and hi_i <= 17 and hi_j <= 23
+                    expect[b, i, j] = on_image and bool(mask[b, lo_i:hi_i, lo_j:hi_j].all())
+        assert torch.equal(got, expect), reach
+        assert torch.equal(within_reach(mask[0], reach), expect[0])
+    assert torch.equal(within_reach(mask, 0), mask)

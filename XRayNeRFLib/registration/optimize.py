@@ -45,7 +45,7 @@ from .coverage import ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
 from .pose import PoseParametrization, check_rigid
-from .psf import gaussian_blur
+from .psf import gaussian_blur, within_reach
 
 
 @dataclass
@@ -220,7 +220,11 @@ class RegistrationSettings:
     fit_psf: fit the X-ray's blur relative to the DRR with the pose: the DRR is blurred by a Gaussian PSF
         (:mod:`.psf`) whose standard deviation, bounded to [0, ``psf_max_px``] pixels of the finest pyramid
         level, is one more parameter (sigma^2 = psf_max_px^2 * sigmoid(p), starting at p = 0); at a coarser
-        level the same width in that level's pixels. False: the DRR as rendered.
+        level the same width in that level's pixels. A blurred pixel depends on its neighbours up to the PSF's
+        reach (3 ``psf_max_px``, in the level's pixels), so only pixels whose whole reach lies on the detector
+        and inside the pixels that count (image mask, CT coverage) are compared: the others would mix in what
+        the DRR cannot predict (beyond the detector's edge, anatomy beyond the CT's end). False: the DRR as
+        rendered, every pixel that counts compared.
     progress_every: iterations between progress calls.
     num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
         small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
@@ -486,20 +490,42 @@ class _Run:
         return c.downsampled(factor) if factor > 1 else c
 
     def pixel_mask(self, x: Tensor, factor: int) -> List[Tensor]:
-        """Pixels that count at a level for parameters x (B, n_par), per view: the image mask, and with
-        ``ct_coverage`` the CT-coverage mask at that pose: (h, w) or (B, h, w) bool each."""
+        """Pixels that count at a level for parameters x (B, n_par), per view: the image mask within the PSF's
+        reach (:meth:`within_psf_reach`), and with ``ct_coverage`` the CT-coverage mask at that pose:
+        (h, w) or (B, h, w) bool each."""
         out = []
         for v, (_, m_f) in enumerate(self.level_images[factor]):
+            m_f = self.within_psf_reach(m_f, factor)
             if not self.s.ct_coverage:
                 out.append(m_f)
                 continue
             cams = self.build(x.detach(), factor, v)
             depth = (cams.camera_from_world()[:, :3, :3] @ self.centre_ras + cams.camera_from_world()[:, :3, 3])[:, 2]
-            footprint_mm = float((cams.pixel_spacing_mm.amax(-1) * depth / cams.sdd_mm).max())
-            m = m_f & ct_coverage_mask(self.vol, cams, self.s.coverage_margin_px * footprint_mm)  # (B, h, w)
-            # A level too coarse (or a CT too small) for the mask: every pixel of the view counts there.
-            out.append(m_f if int(m.flatten(1).sum(1).min()) < 16 else m)
+            footprint_mm = cams.pixel_spacing_mm.amax(-1) * depth / cams.sdd_mm  # (B,) one pixel at the CT centre
+            # each pose with its own margin, so that it scores the same in a batch as alone
+            m = m_f & torch.cat(
+                [ct_coverage_mask(self.vol, cams[b], self.s.coverage_margin_px * float(footprint_mm[b])) for b in range(len(cams))]
+            )  # (B, h, w)
+            # A level too coarse (or a CT too small) for the mask: every pixel of the view counts there (per pose,
+            # so that a pose scores the same in a batch as alone).
+            few = m.flatten(1).sum(1) < 16  # (B,)
+            out.append(torch.where(few[:, None, None], m_f, m))
         return out
+
+    def psf_reach_px(self, factor: int) -> int:
+        """How far (pixels of level ``factor``) the widest allowed PSF reaches: 3 ``psf_max_px`` finest pixels,
+        rounded up (2 left a measurable bias: docs/registration.md)."""
+        return int(math.ceil(3.0 * self.s.psf_max_px * self.levels[-1] / factor))
+
+    def within_psf_reach(self, mask: Tensor, factor: int) -> Tensor:
+        """The image mask (h, w) bool without the pixels whose PSF reach leaves the detector or the mask
+        (:func:`.psf.within_reach`): what lies beyond is unknown to the DRR. Unchanged without ``fit_psf``, or
+        where nothing would be left. (The CT-coverage mask is not eroded: pose-dependent, it would make the
+        coarse search's candidates compare different pixel sets.)"""
+        if not self.s.fit_psf:
+            return mask
+        eroded = within_reach(mask, self.psf_reach_px(factor))
+        return eroded if bool(eroded.any()) else mask
 
     def view_losses(self, x: Tensor, factor: int, masks: Optional[List[Tensor]] = None) -> Tuple[Tensor, List[Tensor]]:
         """Per-view losses (B, V) of parameters x (B, n_par) at a level, and the DRRs [(B, h, w) per view];
@@ -528,7 +554,7 @@ class _Run:
         sigma = self.psf_sigma_px(x, factor)
         if sigma is None:
             return drr
-        pad = int(math.ceil(3.0 * self.s.psf_max_px * self.levels[-1] / factor)) + 1
+        pad = self.psf_reach_px(factor) + 1
         return gaussian_blur(drr, sigma.to(drr.dtype), pad)
 
     def evaluate(self, x: Tensor, factor: int, with_drr: bool = False, mask: Optional[List[Tensor]] = None):

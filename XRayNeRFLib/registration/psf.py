@@ -37,3 +37,16 @@ def gaussian_blur(images: Tensor, sigma_px: Tensor, pad_px: int) -> Tensor:
     transfer = torch.exp(-2.0 * math.pi**2 * s2 * f2)  # (B or 1, ., .)
     out = torch.fft.irfft2(torch.fft.rfft2(x) * transfer, s=x.shape[-2:])
     return out[:, p : p + h, p : p + w]
+
+
+def within_reach(mask: Tensor, reach_px: int) -> Tensor:
+    """The pixels of ``mask`` ((h, w) or (B, h, w) bool) whose whole square neighbourhood of half-width
+    ``reach_px`` pixels lies inside the mask and on the image (beyond the edge counts as outside): an erosion,
+    same shape, bool. Where a PSF reaching ``reach_px`` is applied, these are the pixels whose blurred value
+    depends on mask pixels only. ``reach_px`` < 1: ``mask`` itself."""
+    r = int(reach_px)
+    if r < 1:
+        return mask
+    outside = (~mask).to(torch.float32).reshape(-1, 1, *mask.shape[-2:])
+    outside = F.pad(outside, (r, r, r, r), value=1.0)
+    return (F.max_pool2d(outside, 2 * r + 1, stride=1) == 0).reshape(mask.shape)
