@@ -279,7 +279,7 @@ def start_pose(case: dict, centre: torch.Tensor, rot_deg: float = 10.0, trans_mm
 
 
 def study_arguments(ap, out_default: Path) -> None:
-    """The options every study on issue 14's cases takes (registration_biplane.py, registration_losses.py)."""
+    """The options every study on issue 14's cases takes (registration_biplane.py, registration_losses.py, registration_mnerf.py)."""
     ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--slice-mm", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -289,7 +289,7 @@ def study_arguments(ap, out_default: Path) -> None:
 
 def case_set(slice_mm: float, n: int, seed: int) -> tuple:
     """Issue 14's data, the one setup of the studies built on its cases (registration_biplane.py,
-    registration_losses.py): (patient (mu), the registered CT of ``slice_mm`` slices, 20 landmarks in it (RAS mm),
+    registration_losses.py, registration_mnerf.py): (patient (mu), the registered CT of ``slice_mm`` slices, 20 landmarks in it (RAS mm),
     the CT's centre (3,) float64 RAS mm, the ``n`` issue-14 views of :func:`views`)."""
     patient = patient_ct()
     ct = registration_ct(patient, slice_mm)

@@ -44,7 +44,7 @@ import registration_independent as ri  # noqa: E402
 from XRayNeRFLib.geometry import Cameras  # noqa: E402
 from XRayNeRFLib.registration import register, train_nett  # noqa: E402
 from XRayNeRFLib.registration.mnerf import fit_mnerf  # noqa: E402
-from XRayNeRFLib.registration.simulate import landmarks, perturb_pose  # noqa: E402
+from XRayNeRFLib.registration.simulate import perturb_pose  # noqa: E402
 
 WORK = HERE / "_work" / "mnerf"
 SOURCES = ("CT DRR", "NeTT", "mNeRF")
@@ -100,21 +100,13 @@ def table(rows: dict, learn_s: dict) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", type=int, default=8)
+    ri.study_arguments(ap, WORK / "mnerf.md")
     ap.add_argument("--train-views", type=int, default=6)
-    ap.add_argument("--slice-mm", type=float, default=5.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(WORK / "mnerf.md"))
     ap.add_argument("--retrain", action="store_true", help="train NeTT and fit the mNeRF again (default: the cached ones)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_start, t_all = os.getloadavg(), time.perf_counter()
-    patient = ri.patient_ct()
-    ct = ri.registration_ct(patient, args.slice_mm)
-    lms = landmarks(ct, 20, seed=args.seed)
-    centre = ct.center_ras().double()
-    cases = ri.views(ct, args.cases, args.seed)
+    patient, ct, lms, centre, cases = ri.case_set(args.slice_mm, args.cases, args.seed)
     images = ri.make_targets(patient, cases, "rtk", args.seed)
     train = training_views(ct, args.train_views)
     train_images = ri.make_targets(patient, train, "rtk", args.seed + 1)
