@@ -29,7 +29,6 @@ benchmarks/RESULTS_registration.md, "Live overlay (Slicer)"; the choice: docs/sl
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable, List, Optional
 
 import slicer
@@ -41,21 +40,6 @@ from .throttle import IDLE_S, INTERVAL_S, CoalescingRenderer, ManualTimer, Timer
 
 COARSE_PX = 64  # the coarse detector's shorter side while the CT moves (about; a power-of-two binning)
 RENDER_THREADS = 1  # torch CPU threads of one overlay render (module docstring: why one)
-
-
-@contextmanager
-def torch_threads(n: Optional[int]):
-    """Run the block with ``n`` torch CPU threads, the previous count restored after; None: unchanged."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(before)
 
 
 def coarse_factor_for(size_px, coarse_px: int = COARSE_PX) -> int:
@@ -125,6 +109,8 @@ class OverlayRenderer:
     def render_volume(self, volume, coarse: bool = False):
         """The engine call alone (no MRML): the DRR (h, w) float32 tensor of ``volume`` (from :meth:`volume`) at
         the coarse or full detector, on ``num_threads`` torch threads."""
+        from XRayNeRFLib.threads import torch_threads  # torch only when rendering, as the layer's other engine calls
+
         with torch_threads(self.num_threads):
             return render_image(volume, self.cameras_for(coarse))
 

@@ -40,6 +40,7 @@ from ..errors import GeometryError, NoOverlapError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import DEFAULT_RENDERER, render
+from ..threads import torch_threads
 from ..volume import Volume, as_mu
 from .coverage import ct_coverage_mask
 from .intensity import bin_image
@@ -345,15 +346,8 @@ def register(
         hint = " (the projector is chosen by renderer=, as in render())" if "method" in unknown else ""
         raise TypeError(f"register() got unknown option(s) {unknown}{hint}; RegistrationSettings has {list(_SETTING_NAMES)}")
     s = replace(settings or RegistrationSettings(), **overrides)
-    before = torch.get_num_threads()
-    if s.num_threads is not None:
-        torch.set_num_threads(int(s.num_threads))
-    try:
-        run = _Run(volume, split_views(image, cameras, mask), s, center_ras, appearance, progress)
-        return run.execute()
-    finally:
-        if s.num_threads is not None:
-            torch.set_num_threads(before)
+    with torch_threads(s.num_threads):
+        return _Run(volume, split_views(image, cameras, mask), s, center_ras, appearance, progress).execute()
 
 
 def split_views(
