@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -384,6 +385,20 @@ class SceneChanges:
         self.saved.append((node, image, ijk_to_ras(node), node.GetAttribute(RECONSTRUCTION_ATTRIBUTE), node.GetDisplayNode() is not None))
         return node
 
+    @contextmanager
+    def undone_on_failure(self, on_failure: Optional[Callable[[], None]] = None):
+        """A block whose exceptions (any, ``Cancelled`` and KeyboardInterrupt included) first call ``on_failure()``,
+        then :meth:`rollback`, and go on."""
+        try:
+            yield self
+        except BaseException:
+            try:
+                if on_failure is not None:
+                    on_failure()
+            finally:
+                self.rollback()
+            raise
+
     def rollback(self) -> None:
         for node, image, matrix, attribute, had_display in reversed(self.saved):
             node.SetAndObserveImageData(image)
@@ -584,89 +599,108 @@ def run_reconstruction(
     node (``REFINED_CAMERAS_ATTRIBUTE``, the cameras JSON of XRayNeRFLib.geometry_io) and the refinement's summary
     in its ``RECONSTRUCTION_ATTRIBUTE``.
     """
-    from XRayNeRFLib.recon.api import DEFAULT_RENDERER, reconstruct
+    from XRayNeRFLib.recon.api import DEFAULT_RENDERER
 
     renderer = renderer or DEFAULT_RENDERER
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    engine = call_engine or direct
+    energy_kev = float((options or {}).get("energy_kev", DEFAULT_ENERGY_KEV))  # the API's HU conversion energy
     changes = SceneChanges(scene if scene is not None else scene_of(output_node, uncertainty_node))
-    try:
+    with changes.undone_on_failure(on_failure):
         like = output_grid(projections.cameras, grid_request, grid=grid, spacing_mm=spacing_mm)
-        ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()
-        node = changes.volume(output_node, name)
-        write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
-        set_preview_window(node)
-        energy_kev = float((options or {}).get("energy_kev", DEFAULT_ENERGY_KEV))  # the API's HU conversion energy
-        preview = LivePreview(node, tuple(like.data.shape), preview_interval_s, energy_kev=energy_kev)
-        masks = projections.masks if projections.masks is not None and not bool(projections.masks.all()) else None
+        node, preview = _output_node(changes, output_node, name, like, preview_interval_s, energy_kev)
         if on_output_node is not None:
             on_output_node(node)
-
-        def on_progress(p) -> bool:
-            preview(getattr(p, "preview", None))
-            return True if progress is None else progress(p) is not False
-
+        on_progress = _with_preview(preview, progress)
+        masks = projections.masks if projections.masks is not None and not bool(projections.masks.all()) else None
         cameras, refined = projections.cameras, None
         if refine_geometry:
-            refined = _refined(projections.images, cameras, like, method, seed, masks, on_progress, call_engine or direct)
+            refined = _refined(projections.images, cameras, like, method, seed, masks, on_progress, engine)
             cameras = refined.cameras
-        result = (call_engine or direct)(
-            reconstruct,
-            projections.images,
-            cameras,
-            method,
-            volume=like,
-            renderer=renderer,
-            iterations=int(iterations) if iterations else None,
-            units="hu",
-            uncertainty=bool(uncertainty),
-            ensemble_size=int(ensemble_size),
-            masks=masks,
-            seed=int(seed),
-            progress=on_progress,
-            options=options,
-        )
-        out = result.volume
-        got = out.ras_from_ijk.detach().double().cpu().numpy()
-        if tuple(out.data.shape) != tuple(like.data.shape) or np.abs(got - ras_from_ijk).max() > 1e-4 * max(
-            1.0, np.abs(ras_from_ijk).max()
-        ):
-            raise RuntimeError("the engine returned a volume on another grid than the one asked for; please report this")
-        write_volume_node(node, _hu_array(out, energy_kev), got)
-        info = {
-            "method": method,
-            "renderer": renderer,
-            "views": len(projections),
-            "seconds": round(float(result.seconds), 3),
-            "cancelled": bool(result.cancelled),
-            "units": "HU",
-            "assumptions": list(projections.assumptions),
-        }
-        if refined is not None:
-            from XRayNeRFLib.geometry_io import cameras_to_json
-
-            info["refined_geometry"] = _refine_summary(refined)
-            node.SetAttribute(REFINED_CAMERAS_ATTRIBUTE, json.dumps(cameras_to_json(refined.cameras)))
-        node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(info))
-        unode = None
-        if uncertainty:
-            if result.uncertainty is None:
-                raise RuntimeError("the engine returned no uncertainty volume although it was asked for; please report this")
-            unode = changes.volume(uncertainty_node, f"{node.GetName()} uncertainty")
-            write_volume_node(
-                unode,
-                _hu_array(result.uncertainty, energy_kev, spread=True),
-                result.uncertainty.ras_from_ijk.detach().double().cpu().numpy(),
-            )
-            unode.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(dict(info, quantity="standard deviation over the ensemble")))
-    except BaseException:
-        try:
-            if on_failure is not None:
-                on_failure()
-        finally:
-            changes.rollback()
-        raise
+        run = dict(renderer=renderer, iterations=int(iterations) if iterations else None, uncertainty=bool(uncertainty))
+        run.update(ensemble_size=int(ensemble_size), masks=masks, seed=int(seed), progress=on_progress, options=options)
+        result = _engine_reconstruct(engine, projections.images, cameras, method, like, **run)
+        _write_result(node, result, like, energy_kev)
+        info = _run_info(method, renderer, projections, result)
+        _store_refinement(node, refined, info)
+        unode = _write_uncertainty(changes, uncertainty_node, node, result, info, energy_kev) if uncertainty else None
     return ReconstructionOutput(node, unode, result, projections, preview.updates)
+
+
+def _output_node(changes: SceneChanges, output_node, name: str, like, interval_s: float, energy_kev: float):
+    """The output node (``output_node``, remembered by ``changes``, or a new one named ``name``) holding ``like``'s
+    grid at -1000 HU with the preview grey scale, and the :class:`LivePreview` that writes into it."""
+    ras_from_ijk = like.ras_from_ijk.detach().double().cpu().numpy()
+    node = changes.volume(output_node, name)
+    write_volume_node(node, np.full(tuple(like.data.shape), -1000.0, np.float32), ras_from_ijk)
+    set_preview_window(node)
+    return node, LivePreview(node, tuple(like.data.shape), interval_s, energy_kev=energy_kev)
+
+
+def _with_preview(preview: LivePreview, progress: Optional[Callable]) -> Callable:
+    """The engine's progress callback: write the preview (throttled), then ask ``progress`` (None: go on)."""
+
+    def on_progress(p) -> bool:
+        preview(getattr(p, "preview", None))
+        return True if progress is None else progress(p) is not False
+
+    return on_progress
+
+
+def _engine_reconstruct(engine: Callable, images, cameras, method: str, like, **run):
+    """``XRayNeRFLib.recon.api.reconstruct`` through ``engine`` (engine_call.py) on ``like``'s grid, in HU."""
+    from XRayNeRFLib.recon.api import reconstruct
+
+    return engine(reconstruct, images, cameras, method, volume=like, units="hu", **run)
+
+
+def _run_info(method: str, renderer: str, projections, result) -> dict:
+    """The run's summary stored on the output nodes (``RECONSTRUCTION_ATTRIBUTE``)."""
+    return {
+        "method": method,
+        "renderer": renderer,
+        "views": len(projections),
+        "seconds": round(float(result.seconds), 3),
+        "cancelled": bool(result.cancelled),
+        "units": "HU",
+        "assumptions": list(projections.assumptions),
+    }
+
+
+def _write_result(node, result, like, energy_kev: float) -> None:
+    """The engine's volume into ``node`` (HU), after checking that it is on ``like``'s grid."""
+    want = like.ras_from_ijk.detach().double().cpu().numpy()
+    out = result.volume
+    got = out.ras_from_ijk.detach().double().cpu().numpy()
+    if tuple(out.data.shape) != tuple(like.data.shape) or np.abs(got - want).max() > 1e-4 * max(1.0, np.abs(want).max()):
+        raise RuntimeError("the engine returned a volume on another grid than the one asked for; please report this")
+    write_volume_node(node, _hu_array(out, energy_kev), got)
+
+
+def _store_refinement(node, refined, info: dict) -> None:
+    """The corrected cameras (``REFINED_CAMERAS_ATTRIBUTE``, geometry_io's cameras JSON) and the summary on ``node``;
+    ``refined`` None: only the summary ``info``."""
+    if refined is not None:
+        from XRayNeRFLib.geometry_io import cameras_to_json
+
+        info["refined_geometry"] = _refine_summary(refined)
+        node.SetAttribute(REFINED_CAMERAS_ATTRIBUTE, json.dumps(cameras_to_json(refined.cameras)))
+    node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(info))
+
+
+def _write_uncertainty(changes: SceneChanges, uncertainty_node, node, result, info: dict, energy_kev: float):
+    """The ensemble's spread (HU) into ``uncertainty_node`` or a new node named after ``node``."""
+    if result.uncertainty is None:
+        raise RuntimeError("the engine returned no uncertainty volume although it was asked for; please report this")
+    unode = changes.volume(uncertainty_node, f"{node.GetName()} uncertainty")
+    write_volume_node(
+        unode,
+        _hu_array(result.uncertainty, energy_kev, spread=True),
+        result.uncertainty.ras_from_ijk.detach().double().cpu().numpy(),
+    )
+    unode.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(dict(info, quantity="standard deviation over the ensemble")))
+    return unode
 
 
 def _refined(images, cameras, like, method: str, seed: int, masks, progress, call_engine):
