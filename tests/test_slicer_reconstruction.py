@@ -9,6 +9,7 @@ against the phantom (PSNR on the output grid)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import unittest
 import xml.etree.ElementTree as ET
@@ -814,6 +815,16 @@ def test_widget_status_and_visible_fields(core, module, sparse):
     assert not ui.fovRegionComboBox.enabled and not ui.explicitGridOriginRSpinBox.enabled
 
 
+def test_widget_refined_geometry_file_follows_refine(core, module, sparse):
+    """The refined-geometry file field (and its Browse button) is enabled only while self-calibration is on."""
+    widget = _widget(module)
+    ui, p = widget.ui, widget._parameterNode
+    p.inputKind, p.inputStack = "stack", _stack(sparse[1])
+    assert not ui.refinedGeometryFileLineEdit.enabled and not ui.refinedGeometryFileBrowseButton.enabled
+    p.refineGeometry = True
+    assert ui.refinedGeometryFileLineEdit.enabled and ui.refinedGeometryFileBrowseButton.enabled
+
+
 def test_widget_picks_a_stack_with_cameras(core, module, sparse):
     """With no sequence in the scene, the Widget starts from a stack that carries cameras (as the sample
     projections do) and takes the geometry from it: Apply is enabled at once."""
@@ -1064,3 +1075,148 @@ def test_refine_geometry_reaches_the_engine(core, module, sparse, monkeypatch):
         assert float((seen[-1].world_from_camera.double() - cams.world_from_camera.double()).abs().max()) > 0.4  # corrected
         info = json.loads(node.GetAttribute(RECONSTRUCTION_ATTRIBUTE))
         assert info["refined_geometry"]["stopped"] == "2 rounds done" and info["refined_geometry"]["data_terms"] == [1.0, 0.5]
+
+
+def _jittered_refine(calls):
+    """A stand-in for the engine's self-calibration: seeded per-view twists (about 0.6 deg, 1 mm) and principal-point
+    shifts (about 0.5 px) applied by selfcal.apply_corrections, so the refined cameras differ from the nominal ones in
+    every field a geometry file stores."""
+    from XRayNeRFLib.recon import selfcal
+
+    def fake_refine(projections, cameras, like, *, settings=None, masks=None, progress=None):
+        calls.append(settings)
+        g = torch.Generator().manual_seed(17 + len(calls))  # each run its own corrections
+        v = len(cameras)
+        delta = torch.cat([0.01 * torch.randn(v, 3, generator=g), torch.randn(v, 3, generator=g)], 1).double()
+        shift = 0.5 * torch.randn(v, 2, generator=g).double()
+        refined = selfcal.apply_corrections(cameras.to(dtype=torch.float64), delta, shift)
+        return selfcal.RefineResult(refined, like, delta, shift, [1.0, 0.5], "2 rounds done", 0.1)
+
+    return fake_refine
+
+
+def _assert_same_cameras(a, b, atol=1e-6):
+    assert tuple(a.size_px) == tuple(b.size_px)
+    for field in ("world_from_camera", "sdd_mm", "pixel_spacing_mm", "principal_point_px"):
+        torch.testing.assert_close(getattr(a, field).double(), getattr(b, field).double(), atol=atol, rtol=0, msg=field)
+
+
+@pytest.mark.parametrize("name", ["refined.json", "refined.matrices.json", "refined.matrices.txt"])
+def test_refined_geometry_file_round_trips_to_the_refined_cameras(core, module, sparse, monkeypatch, tmp_path, name):
+    """With refineGeometry and a refinedGeometryFile the panel writes the corrected cameras (the CLI's writer, the form
+    by extension) into a folder it creates; read back with the engine's load_geometry they are the cameras the
+    reconstruction used and the ones stored on the output node, to 1e-6; the status line names the file;
+    save_refined_geometry writes the same from the node later."""
+    from XRayNeRFLib.geometry_io import load_geometry
+    from XRayNeRFLib.recon import api, selfcal
+    from XRayNeRFMRML.reconstruction import refined_cameras, save_refined_geometry
+
+    cams, images = sparse
+    calls, seen = [], []
+    real_reconstruct = api.reconstruct
+
+    def spy(projections, cameras, *args, **kwargs):
+        seen.append(cameras)
+        return real_reconstruct(projections, cameras, *args, **kwargs)
+
+    monkeypatch.setattr(selfcal, "refine_geometry", _jittered_refine(calls))
+    monkeypatch.setattr(api, "reconstruct", spy)
+    logic, p = _stack_parameters(module, images)
+    path = tmp_path / "new folder" / name
+    p.refineGeometry, p.refinedGeometryFile = True, str(path)
+    out = logic.reconstructUsingParameterNode(p)
+    assert len(calls) == 1 and out.refined_geometry_file == str(path) and path.is_file()
+    written = load_geometry(str(path))
+    _assert_same_cameras(written, seen[-1])
+    _assert_same_cameras(written, refined_cameras(out.volume_node))
+    assert float((written.world_from_camera - cams.world_from_camera.double()).abs().max()) > 0.5  # not the nominal ones
+    assert str(path) in module.XRayNeRFReconstructionWidget.outcomeMessage(out)
+    again = tmp_path / ("again" + name[len("refined") :])
+    save_refined_geometry(out.volume_node, str(again))
+    _assert_same_cameras(load_geometry(str(again)), written)
+    p.refineGeometry = False  # unchecked: the file field is not used, and the stale corrected cameras go
+    out = logic.reconstructUsingParameterNode(p)
+    assert out.refined_geometry_file is None and refined_cameras(out.volume_node) is None and len(calls) == 1
+
+
+def _scene_state(node):
+    """What a refused run must leave as it was: the scene's node count and ``node``'s voxels, geometry, attributes."""
+    return (
+        slicer.mrmlScene.GetNumberOfNodes(),
+        slicer.util.arrayFromVolume(node).copy(),
+        _ijk_to_ras(node),
+        node.GetAttribute("XRayNeRF.Reconstruction"),
+        node.GetAttribute("XRayNeRF.RefinedCameras"),
+    )
+
+
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("flat_reference", "ValueError", r"reference grid 'one slice' is not a 3-D volume"),
+        ("huge_grid", "GridMemoryError", r"a 256 x 256 x 256 grid needs about 0\.\d GiB for fdk \(10 views\) but 0\.5 GiB are available"),
+        ("bad_extension", "ValueError", r"the refined-geometry file '.*refined\.txt': use \.json"),
+        ("folder", "ValueError", r"the refined-geometry file '.*' is a directory"),
+        ("file_without_refine", "ValueError", r"turn refine geometry on"),
+        ("write_fails", "ValueError", r"cannot write geometry file .*: No space left on device"),
+    ],
+)
+def test_bad_grid_or_refined_file_leave_scene_and_files(core, module, sparse, monkeypatch, tmp_path, case, error, message):
+    """A 2-D reference volume, a grid that would exceed the memory (the engine's estimate, before anything is
+    allocated), a refined-geometry file that cannot be written or is given without refinement: one line naming the
+    problem before any work (no refinement, no engine call), no file written, and the user's output node (holding an
+    earlier self-calibrated run) and the scene as they were; a refined file that fails to be written at the end (a
+    full disk) puts back the node's voxels and the earlier run's corrected cameras."""
+    from XRayNeRFLib.cli import reconstruct as cli
+    from XRayNeRFLib.recon import api, grid, selfcal
+    from XRayNeRFLib.recon.grid import GridMemoryError
+    from XRayNeRFMRML.reconstruction import run_reconstruction
+
+    cams, images = sparse
+    calls, engine = [], []
+    monkeypatch.setattr(selfcal, "refine_geometry", _jittered_refine(calls))
+    logic, p = _stack_parameters(module, images)
+    p.refineGeometry, p.refinedGeometryFile = True, str(tmp_path / "first.json")
+    earlier = logic.reconstructUsingParameterNode(p).volume_node  # the user's output node, with corrected cameras
+    assert earlier.GetAttribute("XRayNeRF.RefinedCameras") and len(calls) == 1
+    p.refinedGeometryFile = str(tmp_path / "refined.json")
+
+    real_reconstruct = api.reconstruct
+
+    def counted(*args, **kwargs):
+        engine.append(1)
+        return real_reconstruct(*args, **kwargs)
+
+    def disk_full(cameras, path):
+        raise ValueError(f"cannot write geometry file {path!r}: No space left on device")
+
+    monkeypatch.setattr(api, "reconstruct", counted)
+    monkeypatch.setattr(cli, "write_refined_geometry", disk_full)
+    if case == "flat_reference":
+        p.gridReferenceVolume = _stack(np.zeros((1, 8, 9), np.float32), "one slice")
+    elif case == "huge_grid":  # 512 MiB free (the engine's reading of the system, replaced): too little for 256^3
+        monkeypatch.setattr(grid, "available_memory_bytes", lambda: 2**29)
+        p.explicitGridSizeX = p.explicitGridSizeY = p.explicitGridSizeZ = 256
+        p.voxelSpacingMm = 1.0
+    elif case == "bad_extension":
+        p.refinedGeometryFile = str(tmp_path / "refined.txt")
+    elif case == "folder":
+        (tmp_path / "taken.json").mkdir()
+        p.refinedGeometryFile = str(tmp_path / "taken.json")
+    before = _scene_state(earlier)
+    files = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError) as caught:
+        if case == "file_without_refine":
+            run_reconstruction(logic.projections(p.inputStack, **ORBIT), refined_geometry_file=str(tmp_path / "r.json"))
+        else:
+            logic.reconstructUsingParameterNode(p)
+    assert type(caught.value).__name__ == error and "\n" not in str(caught.value)
+    assert re.search(message, str(caught.value)), str(caught.value)
+    if isinstance(caught.value, GridMemoryError):  # the typed error's numbers, for a caller that offers a coarser grid
+        assert caught.value.needed_bytes > caught.value.available_bytes == 2**29
+    assert len(calls) == (2 if case == "write_fails" else 1) and len(engine) == (case == "write_fails")
+    assert sorted(tmp_path.rglob("*")) == files  # nothing written
+    after = _scene_state(earlier)
+    assert after[0] == before[0] and after[3:] == before[3:]
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[2], before[2])

@@ -60,7 +60,9 @@ GEOMETRY_SOURCES = ("images", "circular", "file", "dicom")
 QUANTITIES = ("line_integral", "intensity")
 METHODS = choices.RECONSTRUCTION_METHODS  # the engine's (XRayNeRFLib.recon.api.METHODS)
 RENDERERS = choices.RENDERERS
-RECONSTRUCTION_ATTRIBUTE = "XRayNeRF.Reconstruction"
+RECONSTRUCTION_ATTRIBUTE = "XRayNeRF.Reconstruction"  # on the output nodes: the run's summary (JSON)
+REFINED_CAMERAS_ATTRIBUTE = "XRayNeRF.RefinedCameras"  # on the output node: the cameras self-calibration corrected
+RUN_ATTRIBUTES = (RECONSTRUCTION_ATTRIBUTE, REFINED_CAMERAS_ATTRIBUTE)  # what a run writes on a node besides voxels
 PREVIEW_INTERVAL_S = 0.1  # ~10 Hz
 DEFAULT_ENERGY_KEV = 60.0  # = XRayNeRFLib.volume.DEFAULT_EFFECTIVE_ENERGY_KEV (not imported here: torch loads lazily)
 
@@ -364,13 +366,13 @@ def set_preview_window(node) -> None:
 
 class SceneChanges:
     """Records what a run does to the scene so that a failure can undo it: nodes created here are removed,
-    given nodes get their voxels, geometry, reconstruction attribute and display-node state back. New nodes
-    go into ``scene`` (default ``slicer.mrmlScene``)."""
+    given nodes get their voxels, geometry, run attributes (:data:`RUN_ATTRIBUTES`) and display-node state back.
+    New nodes go into ``scene`` (default ``slicer.mrmlScene``)."""
 
     def __init__(self, scene=None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.created: List[Any] = []
-        self.saved: List[Tuple[Any, Any, np.ndarray, Optional[str], bool]] = []
+        self.saved: List[Tuple[Any, Any, np.ndarray, dict, bool]] = []
 
     def volume(self, node, name: str):
         """``node`` (remembered as it is now) or a new scalar volume node named ``name``."""
@@ -382,7 +384,8 @@ class SceneChanges:
         if node.GetImageData() is not None:
             image = vtk.vtkImageData()
             image.DeepCopy(node.GetImageData())
-        self.saved.append((node, image, ijk_to_ras(node), node.GetAttribute(RECONSTRUCTION_ATTRIBUTE), node.GetDisplayNode() is not None))
+        attributes = {name: node.GetAttribute(name) for name in RUN_ATTRIBUTES}
+        self.saved.append((node, image, ijk_to_ras(node), attributes, node.GetDisplayNode() is not None))
         return node
 
     @contextmanager
@@ -400,13 +403,14 @@ class SceneChanges:
             raise
 
     def rollback(self) -> None:
-        for node, image, matrix, attribute, had_display in reversed(self.saved):
+        for node, image, matrix, attributes, had_display in reversed(self.saved):
             node.SetAndObserveImageData(image)
             node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
-            if attribute is None:
-                node.RemoveAttribute(RECONSTRUCTION_ATTRIBUTE)
-            else:
-                node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, attribute)
+            for name, value in attributes.items():
+                if value is None:
+                    node.RemoveAttribute(name)
+                else:
+                    node.SetAttribute(name, value)
             if not had_display and node.GetDisplayNode() is not None:
                 display = node.GetDisplayNode()
                 node.SetAndObserveDisplayNodeID(None)
@@ -481,13 +485,15 @@ class LivePreview:
 @dataclass
 class ReconstructionOutput:
     """What :func:`run_reconstruction` made: the output node (HU), the uncertainty node (HU, std) or None,
-    the engine's ReconstructionResult, the ProjectionSet used and the number of preview updates."""
+    the engine's ReconstructionResult, the ProjectionSet used, the number of preview updates and the refined
+    geometry file written (None: none)."""
 
     volume_node: Any
     uncertainty_node: Any
     result: Any
     projections: Any
     preview_updates: int = 0
+    refined_geometry_file: Optional[str] = None
 
     @property
     def cancelled(self) -> bool:
@@ -508,13 +514,13 @@ def solver_options(method: str, solver: Optional[str], options: Optional[dict]) 
 
 
 FOV_REGIONS = choices.FOV_REGIONS  # the engine's (XRayNeRFLib.recon.grid.REGIONS): "every", "any"
-REFINED_CAMERAS_ATTRIBUTE = "XRayNeRF.RefinedCameras"  # on the output node: the cameras self-calibration corrected
 
 
 @dataclass
 class GridRequest:
     """The output grid, as the CLI's grid options (docs/reconstruction.md, "Output grid"): ``like_node`` (a scalar
-    volume node: its size, spacing, origin and direction in world RAS, as ``--like``) wins; else ``size`` (NX, NY, NZ)
+    volume node: its size, spacing, origin and direction in world RAS, as ``--like``) wins; else ``like_path`` (an image
+    file, read from its header by the engine's ``grid_like``, as ``--like``); else ``size`` (NX, NY, NZ)
     voxels along RAS x, y, z of ``spacing_mm`` with voxel (0, 0, 0)'s centre at ``origin_ras`` (RAS mm; None: the grid
     centred on the isocentre), as ``--size --spacing-mm --origin-ras``; else the ``region`` cylinder ("every" or
     "any" view, ``--fov-region``) with ``grid`` voxels across or ``spacing_mm`` (wins when both are given)."""
@@ -525,16 +531,18 @@ class GridRequest:
     size: Optional[Tuple[int, int, int]] = None
     origin_ras: Optional[Tuple[float, float, float]] = None
     like_node: Any = None
+    like_path: Optional[str] = None
 
 
 def output_grid(cameras, request: Optional[GridRequest] = None, *, grid: Optional[int] = None, spacing_mm: Optional[float] = None):
     """The output grid descriptor (an empty Volume of mu (K, J, I), ras_from_ijk world RAS mm) of ``request``
     (:class:`GridRequest`; ``grid`` / ``spacing_mm`` alone: the default cylinder), through the engine's grid
     functions (XRayNeRFLib.recon.grid). Raises ValueError for an explicit size without a spacing, a region the
-    engine does not name or a reference node without voxels."""
+    engine does not name, a reference node that is not a 3-D volume (no voxels, or one slice) or a reference file
+    that is missing, unreadable or 2-D."""
     import torch
 
-    from XRayNeRFLib.recon.grid import cylinder_grid, explicit_grid, grid_descriptor
+    from XRayNeRFLib.recon.grid import cylinder_grid, explicit_grid, grid_descriptor, grid_like
 
     r = request if request is not None else GridRequest(grid=grid, spacing_mm=spacing_mm)
     if r.like_node is not None:
@@ -544,6 +552,8 @@ def output_grid(cameras, request: Optional[GridRequest] = None, *, grid: Optiona
         i, j, k = image.GetDimensions()
         ras = world_from_node(r.like_node) @ ijk_to_ras(r.like_node)
         return grid_descriptor((k, j, i), torch.from_numpy(np.ascontiguousarray(ras, dtype=np.float64)))
+    if r.like_path:
+        return grid_like(str(r.like_path))
     if r.size is not None:
         if not r.spacing_mm:
             raise ValueError("an explicit grid size needs a voxel size > 0 mm")
@@ -565,6 +575,7 @@ def run_reconstruction(
     spacing_mm: Optional[float] = None,
     grid_request: Optional[GridRequest] = None,
     refine_geometry: bool = False,
+    refined_geometry_file: Optional[str] = None,
     iterations: Optional[int] = None,
     uncertainty: bool = False,
     ensemble_size: int = 4,
@@ -597,7 +608,11 @@ def run_reconstruction(
     from the data (``XRayNeRFLib.recon.selfcal.refine_geometry`` with ``RefineSettings.for_method``, as
     ``reconstruct --refine-geometry``) and reconstruct with the corrected cameras; they are stored on the output
     node (``REFINED_CAMERAS_ATTRIBUTE``, the cameras JSON of XRayNeRFLib.geometry_io) and the refinement's summary
-    in its ``RECONSTRUCTION_ATTRIBUTE``.
+    in its ``RECONSTRUCTION_ATTRIBUTE``; ``refined_geometry_file``: they are also written there, last, by the CLI's
+    writer (``XRayNeRFLib.cli.reconstruct.write_refined_geometry``: .json, .matrices.json, .matrices.txt or .xml).
+    Refused before any work (ValueError, scene and files untouched): a grid whose estimated memory exceeds what is
+    available (the engine's ``check_memory``: ``GridMemoryError``), a refined-geometry file without refine_geometry
+    or that cannot be written.
     """
     from XRayNeRFLib.recon.api import DEFAULT_RENDERER
 
@@ -609,6 +624,7 @@ def run_reconstruction(
     changes = SceneChanges(scene if scene is not None else scene_of(output_node, uncertainty_node))
     with changes.undone_on_failure(on_failure):
         like = output_grid(projections.cameras, grid_request, grid=grid, spacing_mm=spacing_mm)
+        _refuse_before_work(projections, like, method, options, uncertainty, refine_geometry, refined_geometry_file)
         node, preview = _output_node(changes, output_node, name, like, preview_interval_s, energy_kev)
         if on_output_node is not None:
             on_output_node(node)
@@ -625,7 +641,26 @@ def run_reconstruction(
         info = _run_info(method, renderer, projections, result)
         _store_refinement(node, refined, info)
         unode = _write_uncertainty(changes, uncertainty_node, node, result, info, energy_kev) if uncertainty else None
-    return ReconstructionOutput(node, unode, result, projections, preview.updates)
+        if refined_geometry_file:
+            from XRayNeRFLib.cli.reconstruct import write_refined_geometry
+
+            write_refined_geometry(refined.cameras, refined_geometry_file)
+    return ReconstructionOutput(node, unode, result, projections, preview.updates, refined_geometry_file or None)
+
+
+def _refuse_before_work(projections, like, method: str, options, uncertainty: bool, refine: bool, refined_file) -> None:
+    """What the CLI refuses before any work: a refined-geometry file that cannot be written (or without ``refine``)
+    and a grid ``like`` whose estimated peak memory exceeds what is available (``GridMemoryError``, both numbers)."""
+    from XRayNeRFLib.recon.grid import check_memory
+
+    if refined_file:
+        from XRayNeRFLib.cli.reconstruct import check_refined_geometry_path
+
+        if not refine:
+            raise ValueError("a refined-geometry file is written by the self-calibration: turn refine geometry on, or clear the file")
+        check_refined_geometry_path(refined_file, "the refined-geometry file")
+    size_px = projections.cameras.size_px
+    check_memory(method, tuple(like.data.shape), len(projections), size_px, options=options, uncertainty=bool(uncertainty))
 
 
 def _output_node(changes: SceneChanges, output_node, name: str, like, interval_s: float, energy_kev: float):
@@ -680,13 +715,38 @@ def _write_result(node, result, like, energy_kev: float) -> None:
 
 def _store_refinement(node, refined, info: dict) -> None:
     """The corrected cameras (``REFINED_CAMERAS_ATTRIBUTE``, geometry_io's cameras JSON) and the summary on ``node``;
-    ``refined`` None: only the summary ``info``."""
+    ``refined`` None: only the summary ``info`` (an earlier run's corrected cameras are removed: they belong to
+    another volume)."""
     if refined is not None:
         from XRayNeRFLib.geometry_io import cameras_to_json
 
         info["refined_geometry"] = _refine_summary(refined)
         node.SetAttribute(REFINED_CAMERAS_ATTRIBUTE, json.dumps(cameras_to_json(refined.cameras)))
+    else:
+        node.RemoveAttribute(REFINED_CAMERAS_ATTRIBUTE)
     node.SetAttribute(RECONSTRUCTION_ATTRIBUTE, json.dumps(info))
+
+
+def refined_cameras(node):
+    """The corrected cameras a self-calibrating run stored on its output ``node`` (float64 Cameras), or None."""
+    from XRayNeRFLib.geometry_io import cameras_from_json
+
+    text = node.GetAttribute(REFINED_CAMERAS_ATTRIBUTE) if node is not None else None
+    return cameras_from_json(json.loads(text)) if text else None
+
+
+def save_refined_geometry(node, path: str) -> None:
+    """Write the corrected cameras stored on ``node`` to ``path`` by the CLI's writer
+    (``XRayNeRFLib.cli.reconstruct.write_refined_geometry``; the form by extension). Raises ValueError when ``node``
+    holds none (no self-calibrating run made it) or the file cannot be written, before writing anything."""
+    from XRayNeRFLib.cli.reconstruct import check_refined_geometry_path, write_refined_geometry
+
+    cams = refined_cameras(node)
+    if cams is None:
+        name = node.GetName() if node is not None else "(none)"
+        raise ValueError(f"'{name}' holds no refined geometry: reconstruct with refine geometry on first")
+    check_refined_geometry_path(path, "the refined-geometry file")
+    write_refined_geometry(cams, path)
 
 
 def _write_uncertainty(changes: SceneChanges, uncertainty_node, node, result, info: dict, energy_kev: float):

@@ -103,7 +103,8 @@ class XRayNeRFReconstructionParameterNode:
     size), iterations (the method's default) and the DICOM overrides (use the tag). Output grid (as the CLI's
     --like / --size --spacing-mm --origin-ras / --fov-region): a reference volume wins; else an explicit size
     (all three > 0, with the voxel size; origin: voxel (0, 0, 0)'s centre in RAS mm unless centred on the
-    isocentre); else the fovRegion cylinder. refineGeometry: self-calibration before reconstructing."""
+    isocentre); else the fovRegion cylinder. refineGeometry: self-calibration before reconstructing;
+    refinedGeometryFile (with it): where the corrected cameras are written (empty: kept on the output node only)."""
 
     inputKind: Annotated[str, Choice(INPUT_KINDS)] = "sequence"
     inputSequence: vtkMRMLSequenceNode
@@ -148,6 +149,7 @@ class XRayNeRFReconstructionParameterNode:
     explicitGridOriginA: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
     explicitGridOriginS: Annotated[float, WithinRange(-10000.0, 10000.0)] = 0.0
     refineGeometry: bool = False
+    refinedGeometryFile: str = ""
     outputVolume: vtkMRMLScalarVolumeNode
     uncertaintyVolume: vtkMRMLScalarVolumeNode
 
@@ -187,6 +189,7 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
             combo.addItems(list(items))
         self.ui.dicomBrowseButton.connect("clicked(bool)", self.onBrowseDicom)
         self.ui.geometryFileBrowseButton.connect("clicked(bool)", self.onBrowseGeometry)
+        self.ui.refinedGeometryFileBrowseButton.connect("clicked(bool)", self.onBrowseRefinedGeometry)
         self.initializeParameterNode()
 
     def onParameterNodeInitialized(self) -> None:
@@ -241,6 +244,8 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         for spinBox in (ui.explicitGridOriginRSpinBox, ui.explicitGridOriginASpinBox, ui.explicitGridOriginSSpinBox):
             spinBox.setEnabled(explicit and not p.explicitGridCentred)
         ui.uncertaintyVolumeSelector.setEnabled(p.computeUncertainty)
+        ui.refinedGeometryFileLineEdit.setEnabled(p.refineGeometry)
+        ui.refinedGeometryFileBrowseButton.setEnabled(p.refineGeometry)
 
     def onBrowseDicom(self) -> None:
         import qt
@@ -256,14 +261,28 @@ class XRayNeRFReconstructionWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWi
         if path:
             self._parameterNode.geometryFile = path
 
+    def onBrowseRefinedGeometry(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getSaveFileName(
+            None, _("Refined geometry file"), self._parameterNode.refinedGeometryFile, _("Geometry (*.json *.matrices.txt *.xml)")
+        )
+        if path:
+            self._parameterNode.refinedGeometryFile = path
+
     @staticmethod
     def outcomeMessage(out) -> str:
-        """The status line after a run: done, or cancelled with the best volume so far kept."""
+        """The status line after a run: done, or cancelled with the best volume so far kept; the refined geometry
+        file when one was written."""
         if out.cancelled:
-            return _("Cancelled: '{name}' holds the best volume so far ({s:.1f} s).").format(
+            text = _("Cancelled: '{name}' holds the best volume so far ({s:.1f} s).").format(
                 name=out.volume_node.GetName(), s=out.result.seconds
             )
-        return _("Reconstructed '{name}' in {s:.1f} s.").format(name=out.volume_node.GetName(), s=out.result.seconds)
+        else:
+            text = _("Reconstructed '{name}' in {s:.1f} s.").format(name=out.volume_node.GetName(), s=out.result.seconds)
+        if out.refined_geometry_file:
+            text += " " + _("Refined geometry written to {path}.").format(path=out.refined_geometry_file)
+        return text
 
     def onApplyButton(self):
         """Apply, or Cancel while running; returns the ReconstructionOutput (None when cancelled without a
@@ -401,6 +420,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         explicitGridSize: Optional[tuple] = None,
         explicitGridOriginRas: Optional[tuple] = None,
         refineGeometry: bool = False,
+        refinedGeometryFile: Optional[str] = None,
         iterations: Optional[int] = None,
         uncertainty: bool = False,
         ensembleSize: int = 4,
@@ -421,7 +441,8 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
         (the cylinder seen by "every" view or by "any"; None: the engine's default), gridReferenceNode (a scalar volume
         whose grid the output takes: wins), explicitGridSize (NX, NY, NZ) with voxelSpacingMm and explicitGridOriginRas
         (None: centred on the isocentre); refineGeometry: self-calibrate the views first (the corrected cameras are
-        stored on the output node); iterations None or 0: the method's default.
+        stored on the output node, and written to refinedGeometryFile when given: .json, .matrices.json, .matrices.txt
+        or .xml, by the command line's writer); iterations None or 0: the method's default.
         progress: ``Callable[[XRayNeRFLib.Progress], bool]``; returning False (or setting ``cancelRequested``)
         stops: iterative methods keep the best volume so far (``output.cancelled``), FDK raises
         ``XRayNeRFLib.progress.Cancelled``. On any error the scene is left as it was.
@@ -465,6 +486,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
                 like_node=gridReferenceNode,
             ),
             refine_geometry=bool(refineGeometry),
+            refined_geometry_file=(str(refinedGeometryFile).strip() or None) if refinedGeometryFile else None,
             iterations=iterations or None,
             uncertainty=uncertainty,
             ensemble_size=ensembleSize,
@@ -537,6 +559,7 @@ class XRayNeRFReconstructionLogic(ScriptedLoadableModuleLogic):
             explicitGridSize=_explicitSize(p),
             explicitGridOriginRas=None if p.explicitGridCentred else (p.explicitGridOriginR, p.explicitGridOriginA, p.explicitGridOriginS),
             refineGeometry=p.refineGeometry,
+            refinedGeometryFile=(p.refinedGeometryFile.strip() or None) if p.refineGeometry else None,
             iterations=p.iterations or None,
             uncertainty=p.computeUncertainty,
             ensembleSize=p.ensembleSize,

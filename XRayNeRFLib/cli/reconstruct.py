@@ -30,7 +30,7 @@ from typing import List, Optional
 import torch
 
 from .. import metrics
-from ..geometry_io import save_geometry
+from ..geometry_io import is_geometry_path, save_geometry
 from ..recon.api import DEFAULT_VOXEL_SOLVER, reconstruct
 from ..recon.grid import REGIONS, check_memory, cylinder_grid, explicit_grid, grid_like
 from ..recon.selfcal import RefineSettings, refine_geometry
@@ -472,14 +472,27 @@ def _check_request(args) -> None:
     if args.like:
         grid_like(args.like)  # refuse a missing or 2-D image before any work
     if args.refine_geometry:
-        low = args.refine_geometry.lower()
-        if not low.endswith((".json", ".xml", ".matrices.txt")):
-            raise ValueError(f"--refine-geometry {args.refine_geometry!r}: use .json, .matrices.json, .matrices.txt or .xml")
-        check_output_file(args.refine_geometry, "--refine-geometry", "geometry.json")
+        check_refined_geometry_path(args.refine_geometry)
     if args.grid is not None and args.grid < 2:
         raise ValueError(f"--grid must be at least 2, got {args.grid}")
     if args.spacing_mm is not None and not args.spacing_mm > 0:
         raise ValueError(f"--spacing-mm must be > 0, got {args.spacing_mm}")
+
+
+def check_refined_geometry_path(path: str, flag: str = "--refine-geometry") -> None:
+    """Refuse, before any work, a refined-geometry file that :func:`write_refined_geometry` could not write: a name
+    without a geometry extension (``geometry_io.is_geometry_path``) or a place that cannot be written (``flag``: the
+    option or field named in the one-line ValueError)."""
+    if not is_geometry_path(path):
+        raise ValueError(f"{flag} {str(path)!r}: use .json, .matrices.json, .matrices.txt or .xml")
+    check_output_file(str(path), flag, "geometry.json")
+
+
+def write_refined_geometry(cameras, path: str) -> None:
+    """The self-calibrated cameras to ``path`` (its folder created), in the form its name asks for
+    (``geometry_io.save_geometry``): the one writer of ``--refine-geometry`` and of the Slicer / web front ends."""
+    os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
+    save_geometry(cameras, str(path))
 
 
 def _reconstruct(args, images, cams, like, masks, opts):
@@ -533,8 +546,7 @@ def _write_outputs(args, result, refined) -> None:
         pairs.append((result.uncertainty, args.uncertainty))
     _save_atomic(pairs)
     if refined is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(args.refine_geometry)), exist_ok=True)
-        save_geometry(refined.cameras, args.refine_geometry)
+        write_refined_geometry(refined.cameras, args.refine_geometry)
         rot = refined.corrections[:, :3].norm(dim=1) * 57.29577951308232
         tra = refined.corrections[:, 3:].norm(dim=1)
         if not args.quiet:
