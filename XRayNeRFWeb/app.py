@@ -154,11 +154,13 @@ class XRayNeRFWebApp:
                 rec_origin_a="",
                 rec_origin_s="",
                 rec_refine=False,
+                rec_like_path="",
                 rec_iterations=0,
                 rec_renderer=DEFAULT_RENDERER,
                 rec_uncertainty=False,
                 rec_done=False,
                 rec_has_uncertainty=False,
+                rec_has_refined=False,
                 rec_result="",
                 # DRR
                 drr_primary=30.0,
@@ -520,13 +522,19 @@ class XRayNeRFWebApp:
         self._say(f"Uploaded {self.state.rec_geometry_path}.", "info")
 
     @_action
+    def upload_like(self, files) -> None:
+        self.state.rec_like_path = self.data.relative(self._upload(files))
+        self._say(f"Uploaded {self.state.rec_like_path}; the reconstruction takes its grid.", "info")
+
+    @_action
     def reconstruct(self, form: dict) -> None:
         """form: the tab's fields as the page shows them (method, grid, iterations, renderer, uncertainty, the output
-        grid: fov_region, or an explicit size / spacing_mm / origin_ras; refine_geometry): session.reconstruction_request."""
+        grid: fov_region, or an explicit size / spacing_mm / origin_ras, or a reference image ``like`` in the data
+        folder; refine_geometry): session.reconstruction_request."""
         s = self.state
         from .session import reconstruction_request
 
-        request = reconstruction_request(form)
+        request = reconstruction_request(form, self.data.resolve)
         method = request["method"]
 
         def show(node) -> None:  # in the worker, holding the scene
@@ -538,6 +546,8 @@ class XRayNeRFWebApp:
             self.session.show_preview_slice(node)
 
         def done(result) -> None:
+            from XRayNeRFMRML.reconstruction import refined_cameras
+
             out, _previous = result
             self.sa.display_manager.show_volume_in_slice_background(out.volume_node)
             self.sa.display_manager.reset_views()
@@ -548,6 +558,7 @@ class XRayNeRFWebApp:
                 for view in self.sa.view_manager.get_slice_views():
                     view.set_foreground_opacity(UNCERTAINTY_OPACITY)
             s.rec_done, s.rec_has_uncertainty = True, out.uncertainty_node is not None
+            s.rec_has_refined = refined_cameras(out.volume_node) is not None  # the download offered when refine ran
             kept = " (cancelled: the best volume so far is kept)" if out.cancelled else ""
             s.rec_result = f"{method}: {out.volume_node.GetName()}, {out.result.seconds:.1f} s{kept}"
             self._say(f"Reconstruction done{kept}: {s.rec_result}.", "success")
@@ -572,6 +583,13 @@ class XRayNeRFWebApp:
             raise ValueError("download as .nii.gz or .nrrd")
         path = self.data.output_path(f"reconstruction{'' if which == 'volume' else '_uncertainty'}{suffix}")
         self.session.write_volume(node, path)
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+    @_action
+    def download_refined_geometry(self):
+        """The last reconstruction's self-calibrated cameras (XRayNeRF geometry JSON), written in the data folder."""
+        path = self.data.output_path("refined_geometry.json")
+        self.session.write_refined_geometry(path)
         return self.server.protocol.addAttachment(path.read_bytes())
 
     # -- DRR -------------------------------------------------------------------------------------------

@@ -352,6 +352,15 @@ class Session:
         self.recon_output = out
         return out, previous
 
+    def write_refined_geometry(self, path: Path) -> None:
+        """The last reconstruction's self-calibrated cameras to ``path`` (the layer's save_refined_geometry: the
+        command line's writer). ValueError when there is no reconstruction or it did not refine."""
+        from XRayNeRFMRML.reconstruction import save_refined_geometry
+
+        if self.recon_output is None:
+            raise ValueError("run a reconstruction first")
+        save_refined_geometry(self.recon_output.volume_node, str(path))
+
     def show_preview_slice(self, node) -> None:
         """The Red view (axial) through the slice the reconstruction's live preview writes, k = K // 2
         (XRayNeRFMRML.reconstruction.LivePreview), not the neighbouring slice that fitting the view to an even
@@ -441,13 +450,14 @@ def json_bytes(data: dict) -> bytes:
     return (json.dumps(data, indent=1) + "\n").encode("utf-8")
 
 
-def reconstruction_request(form: dict) -> dict:
+def reconstruction_request(form: dict, resolve: Optional[Callable[[str], Path]] = None) -> dict:
     """The Reconstruct tab's fields (as the page sends them) -> keyword arguments of
     ``XRayNeRFMRML.reconstruction.run_reconstruction``: method, renderer, iterations, uncertainty, grid_request
     (``GridRequest``: the cylinder of ``fov_region`` with ``grid`` voxels across, or, when ``size`` holds three
     counts > 0, an explicit grid of ``spacing_mm`` voxels with voxel (0, 0, 0)'s centre at ``origin_ras`` (R, A, S mm)
-    when given, else (all three empty) centred on the isocentre) and refine_geometry. Choices are the engine's (XRayNeRFMRML.choices).
-    Raises ValueError naming the field for anything else."""
+    when given, else (all three empty) centred on the isocentre, or the grid of the reference image ``like``, a path in
+    the data folder resolved by ``resolve`` (DataDir.resolve): :func:`reference_grid_path`) and refine_geometry.
+    Choices are the engine's (XRayNeRFMRML.choices). Raises ValueError naming the field for anything else."""
     from XRayNeRFMRML.choices import FOV_REGIONS, RECONSTRUCTION_METHODS, RENDERERS
     from XRayNeRFMRML.reconstruction import GridRequest
 
@@ -474,6 +484,11 @@ def reconstruction_request(form: dict) -> dict:
             spacing_mm=finite(form.get("spacing_mm") or 0, "the explicit grid's voxel size (mm)", 0.01, 100),
             origin_ras=tuple(finite(x, "the explicit grid's origin (RAS mm)") for x in origin) if origin else None,
         )
+    like = reference_grid_path(form, resolve)
+    if like is not None:
+        if any(size):
+            raise ValueError("the reference image sets the whole output grid: set the explicit size to 0 0 0, or clear the reference")
+        request = GridRequest(like_path=str(like))
     return dict(
         method=method,
         renderer=renderer,
@@ -482,6 +497,22 @@ def reconstruction_request(form: dict) -> dict:
         grid_request=request,
         refine_geometry=bool(form.get("refine_geometry")),
     )
+
+
+def reference_grid_path(form: dict, resolve: Optional[Callable[[str], Path]]) -> Optional[Path]:
+    """The reference image of the form's ``like`` field (a path in the data folder, through ``resolve``: outside
+    paths, ``..`` and links out are refused) whose grid the output takes, checked from its header by the engine's
+    ``grid_like`` (missing, unreadable or 2-D: ValueError) before any work; None when the field is empty."""
+    text = str(form.get("like") or "").strip()
+    if not text:
+        return None
+    if resolve is None:
+        raise ValueError("a reference image needs the data folder to find it in")
+    from XRayNeRFLib.recon.grid import grid_like
+
+    path = resolve(text)
+    grid_like(str(path))
+    return path
 
 
 def finite(value: float, name: str, low: float = -math.inf, high: float = math.inf) -> float:

@@ -160,10 +160,10 @@ def _registration_tab(app) -> None:
     _download(app, "ITK transform", "ct_pose.tfm", app.download_itk, "download-itk", "reg_ready")
 
 
-def _recon_grid_fields() -> None:
+def _recon_grid_fields(app) -> None:
     """The output grid: the field-of-view cylinder (the engine's regions), or an explicit size X Y Z (voxels along RAS,
-    all > 0) with its voxel size, centred on the isocentre or with voxel (0, 0, 0)'s centre at the origin R A S
-    (session.reconstruction_request)."""
+    all > 0) with its voxel size, centred on the isocentre or with voxel (0, 0, 0)'s centre at the origin R A S, or the
+    grid of a reference image in the data folder (uploaded or named; session.reconstruction_request)."""
     v3.VSelect(
         v_model=("rec_fov_region",),
         items=("fov_regions", list(FOV_REGIONS)),
@@ -197,6 +197,15 @@ def _recon_grid_fields() -> None:
                 id=f"rec-origin-{axis}",
                 classes="mr-2",
             )
+    _upload(app, "…or upload a reference image: the output takes its grid (as --like)", app.upload_like, "upload-like")
+    v3.VTextField(
+        v_model=("rec_like_path",),
+        label="reference image in the data folder (empty: the grid above)",
+        density="compact",
+        hide_details=True,
+        id="rec-like-path",
+        classes="mb-2",
+    )
 
 
 def _reconstruction_tab(app) -> None:
@@ -257,7 +266,7 @@ def _reconstruction_tab(app) -> None:
             hide_details=True,
             id="rec-iterations",
         )
-    _recon_grid_fields()
+    _recon_grid_fields(app)
     v3.VCheckbox(
         v_model=("rec_uncertainty",), label="uncertainty volume (overlay)", density="compact", hide_details=True, id="rec-uncertainty"
     )
@@ -276,7 +285,7 @@ def _reconstruction_tab(app) -> None:
                 app.reconstruct,
                 "[{method: rec_method, grid: rec_grid, iterations: rec_iterations, renderer: rec_renderer, uncertainty: rec_uncertainty, "
                 "fov_region: rec_fov_region, size: [rec_size_x, rec_size_y, rec_size_z], spacing_mm: rec_spacing_mm, "
-                "origin_ras: [rec_origin_r, rec_origin_a, rec_origin_s], "
+                "origin_ras: [rec_origin_r, rec_origin_a, rec_origin_s], like: rec_like_path, "
                 "refine_geometry: rec_refine}]",
             ),
             color="primary",
@@ -302,6 +311,14 @@ def _reconstruction_tab(app) -> None:
         "download-uncertainty",
         "rec_done && rec_has_uncertainty",
         "'.nii.gz', 'uncertainty'",
+    )
+    _download(
+        app,
+        "refined geometry (JSON)",
+        "refined_geometry.json",
+        app.download_refined_geometry,
+        "download-refined-geometry",
+        "rec_done && rec_has_refined",
     )
 
 
