@@ -304,3 +304,35 @@ def test_panel_biplane_option_reaches_the_layer(core, module, short_engine):
     p.biplane = False  # one view again: the engine gets one X-ray
     widget.onApplyButton()
     assert len(short_engine[-1]["image"]) == 1
+
+
+def test_nett_applies_to_both_views_and_intrinsics_refinement_is_refused(core, module, monkeypatch, tmp_path):
+    """Biplane with 'Apply NeTT': the engine gets the NeTT model and both X-rays. With 'Refine intrinsics' the engine
+    refuses two X-rays (its rule: one camera's intrinsics) and the scene, the transform and both views stay."""
+    import XRayNeRFLib.registration as engine
+    from XRayNeRFLib.registration.nett import NeTT, save_nett
+
+    red, yellow = slicer_harness.add_slice_view(core, "Red"), slicer_harness.add_slice_view(core, "Yellow")
+    ct, first, second, transform, _cams = _biplane_scene(module, _start())
+    logic = module.XRayNeRFRegistrationLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.xrayVolume, p.transform, p.secondXray, p.biplane = ct, first, transform, second, True
+    save_nett(NeTT(hidden=16), str(tmp_path / "w.pt"))
+    p.applyNett, p.nettWeightsPath = True, str(tmp_path / "w.pt")
+    before = _scene_state(ct, transform, red, yellow)
+    real, calls = engine.register, []
+
+    def stopped(volume, image, cameras, settings=None, **kwargs):
+        calls.append(dict(kwargs, image=image))
+        raise RuntimeError("stopped after the call")
+
+    monkeypatch.setattr(engine, "register", stopped)
+    with pytest.raises(RuntimeError, match="stopped after the call"):
+        logic.registerUsingParameterNode(p, sliceLogic=red, secondSliceLogic=yellow)
+    assert isinstance(calls[0]["appearance"], NeTT) and len(calls[0]["image"]) == 2
+    assert _scene_state(ct, transform, red, yellow) == before
+    monkeypatch.setattr(engine, "register", real)
+    p.applyNett, p.refineIntrinsics = False, True
+    with pytest.raises(ValueError, match="refine_intrinsics works with one X-ray"):
+        logic.registerUsingParameterNode(p, sliceLogic=red, secondSliceLogic=yellow)
+    assert _scene_state(ct, transform, red, yellow) == before and not logic.hasPendingResult()
