@@ -393,7 +393,8 @@ def register_ct_to_xrays(
 
 def _ct_mover(transform_node, cameras, before: np.ndarray) -> Callable:
     """move_ct(world_from_camera): set the transform node for the first X-ray's registered camera (4, 4) RAS mm
-    (:func:`ct_to_parent`, from its initial camera ``cameras`` and the matrix ``before``)."""
+    (:func:`ct_to_parent`, from its initial camera ``cameras`` and the matrix ``before``). Right for every X-ray of
+    the run: the engine moves each view's camera by one motion (module docstring, Frames)."""
     import torch
 
     w0 = cameras.world_from_camera[0].double().numpy()

@@ -532,7 +532,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             if live is not None:
                 live.stop()
                 if drrNode is None:
-                    self.restoreView()
+                    self.overlay.restore()  # the live overlay's view (Red) only
                     remove_node(live.drr_node)
             if ctNode is not None:
                 ctNode.SetAndObserveTransformNodeID(previousParent)
