@@ -34,29 +34,17 @@ def module():
     return slicer_harness.load_module("XRayNeRFRegistration")
 
 
-def _rotation_z(deg: float) -> np.ndarray:
-    c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
-    m = np.eye(4)
-    m[:2, :2] = [[c, -s], [s, c]]
-    return m
-
-
 def _biplane_scene(module, start: np.ndarray, camera: bool = True):
     """The module's test CT (20^3 voxels of 3 mm about the origin; its true pose: no transform) seen by two X-rays
     rendered with Siddon: the module's LAO 30 view (32 x 32 px of 3 mm) and a second one at RAO 60, orthogonal to it,
     on another grid (28 x 24 px of 3.5 mm). The CT's transform starts at ``start`` (4, 4), the offset to recover.
     Returns (ct, first X-ray, second X-ray, transform, second X-ray's Cameras)."""
-    import torch
-
-    from XRayNeRFLib.render import render
-    from XRayNeRFLib.volume import as_mu
-    from XRayNeRFMRML.nodes import volume_from_node
+    from XRayNeRFMRML.nodes import cameras_from_node
 
     T = module.XRayNeRFRegistrationTest
     ct, first, transform = T._registrationScene(T, np.zeros(3))
-    cams = T._cameras(cols=28, rows=24, spacing=3.5, primary=-60.0, secondary=0.0, iso=(0.0, 0.0, 0.0))
-    image = render(as_mu(volume_from_node(ct)), cams.to(dtype=torch.float32), renderer="siddon")[0].numpy()
-    second = T._imageNode("lateral", image, cams)
+    second = T._secondXray(ct)
+    cams = cameras_from_node(second)
     if not camera:
         second.RemoveAttribute("XRayNeRF.Cameras")
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(start))

@@ -858,6 +858,8 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_RegistrationRecoversShift()
         self.setUp()
+        self.test_BiplaneRegistration()
+        self.setUp()
         self.test_FailureLeavesScene()
         self.setUp()
         self.test_ViewRestoredAfterFailureAndRevert()
@@ -895,16 +897,16 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         return node
 
     @staticmethod
-    def _sliceLogic():
-        """The Red slice view's logic in Slicer; a new one on slicer-core (no layout manager)."""
+    def _sliceLogic(name: str = "Red"):
+        """The slice view ``name``'s logic in Slicer; a new one on slicer-core (no layout manager)."""
         appLogic = slicer.app.applicationLogic()
-        logic = appLogic.GetSliceLogicByLayoutName("Red") if hasattr(appLogic, "GetSliceLogicByLayoutName") else None
+        logic = appLogic.GetSliceLogicByLayoutName(name) if hasattr(appLogic, "GetSliceLogicByLayoutName") else None
         if logic is None:
             logic = slicer.vtkMRMLSliceLogic()
             logic.SetMRMLApplicationLogic(appLogic)
             appLogic.GetSliceLogics().AddItem(logic)
             logic.SetMRMLScene(slicer.mrmlScene)
-            logic.AddSliceNode("Red")
+            logic.AddSliceNode(name)
         return logic
 
     @staticmethod
@@ -991,6 +993,20 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         return ct, xrayNode, transform
 
     @staticmethod
+    def _secondXray(ct, name="lateral"):
+        """A second X-ray of the CT as it is now (its true pose: before it goes under its transform) from RAO 60, orthogonal to
+        :meth:`_registrationScene`'s LAO 30, on another grid (28 x 24 px of 3.5 mm), rendered with Siddon."""
+        import torch
+
+        from XRayNeRFLib.render import render
+        from XRayNeRFLib.volume import as_mu
+        from XRayNeRFMRML.nodes import volume_from_node
+
+        cams = XRayNeRFRegistrationTest._cameras(cols=28, rows=24, spacing=3.5, primary=-60.0, secondary=0.0, iso=(0.0, 0.0, 0.0))
+        image = render(as_mu(volume_from_node(ct)), cams.to(dtype=torch.float32), renderer="siddon")[0].numpy()
+        return XRayNeRFRegistrationTest._imageNode(name, image, cams)
+
+    @staticmethod
     def _ctNode(hu, affine):
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(hu, dtype=np.float32))
@@ -1030,6 +1046,44 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(out.drr_node.GetImageData())
         logic.revert()
         np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform)[:3, 3], shift, atol=1e-9)
+
+    def test_BiplaneRegistration(self):
+        """The CT 6 mm off along the first X-ray's beam (LAO 30), where that view sees it only through magnification:
+        registered to both X-rays (the second at RAO 60, in the Yellow view) the transform's translation comes back
+        under 1 mm (half a detector pixel at the isocentre); each X-ray has its DRR and loss; Revert restores the
+        transform and the Yellow view."""
+        self.delayDisplay("biplane registration")
+        beam = np.array([-0.5, np.sqrt(3) / 2, 0.0])
+        ct, xrayNode, transform = self._registrationScene(np.zeros(3))
+        second = self._secondXray(ct)
+        start = np.eye(4)
+        start[:3, 3] = 6.0 * beam + np.array([0.0, 0.0, 2.0])
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(start))
+        yellow = self._sliceLogic("Yellow")
+        background = yellow.GetSliceCompositeNode().GetBackgroundVolumeID()
+        logic = XRayNeRFRegistrationLogic()
+        out = logic.register(
+            ct,
+            xrayNode,
+            transform,
+            sliceLogic=self._sliceLogic(),
+            secondXray=second,
+            secondSliceLogic=yellow,
+            loss="ncc",
+            levels=(2, 1),
+            max_iterations=(40, 20),
+            learning_rate=(1.0, 0.5),
+            renderer="trilinear",
+            num_threads=1,
+        )
+        left = slicer.util.arrayFromTransformMatrix(transform)[:3, 3]
+        self.assertLess(float(np.linalg.norm(left)), 1.0, f"translation left: {left}")
+        self.assertEqual(len(out.view_losses), 2)
+        self.assertEqual(yellow.GetSliceCompositeNode().GetForegroundVolumeID(), out.drr_nodes[1].GetID())
+        self.assertIn("'lateral'", logic.registrationReport(out))
+        logic.revert()
+        np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), start, atol=1e-12)
+        self.assertEqual(yellow.GetSliceCompositeNode().GetBackgroundVolumeID(), background)
 
     def test_FailureLeavesScene(self):
         """An X-ray without camera, or a CT that does not overlap the X-ray: error, scene unchanged."""
