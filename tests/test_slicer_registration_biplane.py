@@ -244,8 +244,9 @@ def short_engine(monkeypatch):
 def test_panel_biplane_option_reaches_the_layer(core, module, short_engine):
     """The panel's 'Register to both X-rays (biplane)': without a usable second X-ray Apply is off with the reason
     (the first X-ray's tools stay on); with it, Apply registers both X-ray nodes (each image and camera to the engine),
-    the second overlay is in the Yellow view, the status line gives each X-ray's loss, the second DRR and C-arm are
-    stored on the parameter node and reused; Revert gives the Yellow view back. mNeRF with biplane is refused."""
+    the second overlay is in the Yellow view (after Show overlay too), the status line gives each X-ray's loss, the
+    second DRR and C-arm are stored on the parameter node and reused; Revert gives the Yellow view back. mNeRF with
+    biplane is refused."""
     from XRayNeRFMRML.nodes import cameras_from_node
 
     red, yellow = slicer_harness.add_slice_view(core, "Red"), slicer_harness.add_slice_view(core, "Yellow")
@@ -268,6 +269,9 @@ def test_panel_biplane_option_reaches_the_layer(core, module, short_engine):
     assert not short_engine and slicer.mrmlScene.GetNumberOfNodes() == n and ct.GetTransformNodeID() is None
     p.useMnerf = False
     assert ui.applyButton.enabled
+    widget.logic.previewUsingParameterNode(p)  # Show overlay: both X-rays' DRRs at the start pose
+    composite = yellow.GetSliceCompositeNode()
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (second.GetID(), p.secondOutputDRR.GetID())
     widget.onApplyButton()
     (call,) = short_engine
     assert [tuple(i.shape) for i in call["image"]] == [(32, 32), (24, 28)]
@@ -276,7 +280,6 @@ def test_panel_biplane_option_reaches_the_layer(core, module, short_engine):
     assert torch.allclose(call["cameras"][0].world_from_camera, cameras_from_node(first).world_from_camera)
     out = widget.logic._pending
     assert [p.secondOutputDRR, p.secondCameraModel] == [out.drr_nodes[1], out.camera_model_nodes[1]]
-    composite = yellow.GetSliceCompositeNode()
     assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (second.GetID(), p.secondOutputDRR.GetID())
     assert red.GetSliceCompositeNode().GetForegroundVolumeID() == p.outputDRR.GetID()
     status = ui.statusLabel.text

@@ -495,13 +495,14 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return first or second
 
     def previewUsingParameterNode(self, p, sliceLogic=None, secondSliceLogic=None):
-        """The DRR overlay at the CT's current pose; with biplane ticked also the second X-ray's (Yellow view)."""
-        reason = self.whyCannotRegister(p) or self.whyCannotRegisterBiplane(p)
+        """The DRR overlay at the CT's current pose; with biplane ticked (and possible) also the second X-ray's
+        (Yellow view)."""
+        reason = self.whyCannotRegister(p)
         if reason is not None:
             raise ValueError(reason)
         p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())
         p.outputDRR = self.updateDRR(p.inputVolume, p.xrayVolume, p.outputDRR)
-        if p.biplane:
+        if p.biplane and self.whyCannotRegisterBiplane(p) is None:
             p.secondOutputDRR = self.updateDRR(p.inputVolume, p.secondXray, p.secondOutputDRR)
             self.secondOverlay.show(secondSliceLogic or self.defaultSliceLogic("Yellow"), p.secondXray, p.secondOutputDRR, p.overlayOpacity)
         return self.showOverlay(p.xrayVolume, p.outputDRR, sliceLogic, p.overlayOpacity)
