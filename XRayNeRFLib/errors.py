@@ -17,6 +17,7 @@ keeps working; the message stays the one line a user reads (file, tag, flag).
 - :class:`LandmarkError` — landmark pairs that cannot give a pose (which check, which pair).
 - :class:`NeTTWeightsError` — a NeTT weights file that cannot be used (missing, foreign, another shape).
 - :class:`MNeRFError` — an mNeRF that cannot be fitted or used (no views, a mask of another shape, another CT).
+- :class:`XRayViewError` — one X-ray of a set registered together (or the only one) that cannot be used, by name.
 """
 
 from __future__ import annotations
@@ -123,4 +124,19 @@ class MNeRFError(XRayNeRFError):
 
     def __init__(self, message: str, *, reason: str):
         super().__init__(message)
+        self.reason = reason
+
+
+class XRayViewError(XRayNeRFError):
+    """One X-ray of the set being registered (a biplane pair, frames of a run, or the only X-ray) that cannot be
+    used; a front end names it (a scene node, a file) instead of "X-ray 2 of 2".
+
+    name: the X-ray's name as the user knows it; view: its 0-based position in the set; reason: "no-camera" (no
+    usable camera geometry), "duplicate" (the same X-ray twice in the set), "no-overlap" (the CT does not project
+    onto it at the initial pose), "behind-source" (the CT lies behind its source at the initial pose)."""
+
+    def __init__(self, message: str, *, name: str, view: int, reason: str):
+        super().__init__(message)
+        self.name = name
+        self.view = view
         self.reason = reason

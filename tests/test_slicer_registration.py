@@ -20,6 +20,7 @@ import slicer_harness  # noqa: E402
 REGISTRATION_TESTS = [
     "test_OverlayCompositeAndPixels",
     "test_RegistrationRecoversShift",
+    "test_BiplaneRegistration",
     "test_FailureLeavesScene",
     "test_ViewRestoredAfterFailureAndRevert",
     "test_ParameterNode",

@@ -3,8 +3,8 @@
 
 - ``nodes``: volume nodes -> ``Volume``, detector images <-> 1-slice nodes with their camera, the C-arm model;
 - ``drr``: C-arm cameras and the DRR of a CT node (``render_drr`` -> ``DRROutput``);
-- ``registration``: CT-to-X-ray registration moving a transform node, with the live overlay
-  (``register_ct_to_xray`` -> ``RegistrationOutput``, ``OverlayView``);
+- ``registration``: CT-to-X-ray registration moving a transform node, to one X-ray or several at once (biplane),
+  with the live overlay (``register_ct_to_xrays`` / ``register_ct_to_xray`` -> ``RegistrationOutput``, ``OverlayView``);
 - ``reconstruction``: projections from nodes, reconstruction into volume nodes (``run_reconstruction``);
 - ``inputs``: DICOM X-rays (the one DICOM route of the modules);
 - ``overlay``: slice views (the detector-plane overlay, saving and restoring a view);

@@ -1,4 +1,5 @@
-"""XRayNeRF Registration: 2D/3D registration of a CT to one X-ray with a live DRR overlay.
+"""XRayNeRF Registration: 2D/3D registration of a CT to one X-ray, or to a biplane pair at once, with a live DRR
+overlay.
 
 Manual alignment (the overlay follows the CT's transform, throttled: XRayNeRFMRML/live_overlay.py and
 throttle.py; nudges along the detector axes: manual_pose.py), a landmark start from two markups point lists
@@ -8,7 +9,9 @@ The X-ray is a 1-slice scalar volume node with its camera (attribute ``XRayNeRF.
 XRayNeRF's DICOM reader and DRR module). The CT sits under a linear transform node (the initial pose,
 which the user can move with Slicer's transform tools); registration updates that transform. While the
 optimiser runs, the DRR of the CT at the X-ray's camera is shown over the X-ray in a slice view aligned to
-the detector plane (zeros transparent).
+the detector plane (zeros transparent). With "Register to both X-rays (biplane)" the second X-ray is registered
+together with the first (one pose, the summed loss: XRayNeRFMRML.registration.register_ct_to_xrays), its overlay in
+the Yellow view.
 """
 
 from __future__ import annotations
@@ -77,7 +80,11 @@ class XRayNeRFRegistration(ScriptedLoadableModule):
             "(Transforms module, 3D handles, the nudge buttons along the detector axes): coarse while moving, full size at "
             "rest. <b>Landmark start</b>: the same 4 or more points on the CT and on the X-ray give a start pose (PnP), with "
             "the reprojection error. <b>Settings</b>: coarse search, intrinsics refinement, NeTT and mNeRF are opt-in; a second X-ray "
-            "at a known pose (e.g. the biplane partner) completes the pair set NeTT trains on and mNeRF is fitted to."
+            "at a known pose (e.g. the biplane partner) completes the pair set NeTT trains on and mNeRF is fitted to. "
+            "<b>Biplane</b>: choose the partner X-ray (with its camera) as <i>Second X-ray</i> and tick <i>Register to both "
+            "X-rays (biplane)</i>: one pose fits both views (the depth along one beam is seen by the other), the second "
+            "overlay is shown in the Yellow view, the status line gives each X-ray's loss; Accept and Revert act on both. "
+            "Not with mNeRF (fitted to the second X-ray at a pose that biplane registers)."
         )
         self.parent.acknowledgementText = _("XRayNeRF is an open-source 3D Slicer extension. Uses 3D Slicer (www.slicer.org) and PyTorch.")
         # XRayNeRF's sample data (CT, projections, fluoroscopy) in the Sample Data module, once Slicer is up
@@ -97,7 +104,8 @@ class XRayNeRFRegistrationParameterNode:
     xrayDicom*: a DICOM X-ray file, its frame and tag overrides (0: the tag), read by "Load X-ray".
     nudge*: the steps of the nudge buttons (mm, degrees). ctLandmarks / xrayLandmarks: the landmark start's
     point lists. coarseSearch ... nettIterations, useMnerf: the engine's options (XRayNeRFMRML.registration_options);
-    secondXray: an X-ray at a known pose that completes the pair set (NeTT training, the mNeRF fit)."""
+    secondXray: an X-ray at a known pose that completes the pair set (NeTT training, the mNeRF fit); biplane: register
+    to it too (one pose for both), into secondOutputDRR / secondCameraModel."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
@@ -130,6 +138,9 @@ class XRayNeRFRegistrationParameterNode:
     # the pair set: a second X-ray at a known pose (biplane partner, an earlier registered frame)
     secondXray: vtkMRMLScalarVolumeNode
     useMnerf: bool = False
+    biplane: bool = False
+    secondOutputDRR: vtkMRMLScalarVolumeNode
+    secondCameraModel: vtkMRMLModelNode
 
 
 class QtSingleShotTimer:
@@ -197,7 +208,7 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         XRayNeRFWidgetMixin.onSceneStartClose(self, caller, event)
 
     def whyCannotApply(self) -> Optional[str]:
-        return self.logic.whyCannotRegister(self._parameterNode)
+        return self.logic.whyCannotRegister(self._parameterNode) or self.logic.whyCannotRegisterBiplane(self._parameterNode)
 
     def applyToolTip(self) -> str:
         return _("Register the CT to the X-ray")
@@ -206,8 +217,8 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
         idle = not self.running
         if self.logic.stopLiveOverlayUnlessShowing(self._parameterNode):  # another CT, X-ray or transform selected
             self.ui.liveOverlayCheckBox.checked = False
-        self.ui.previewButton.enabled = idle and reason is None
-        ready = idle and reason is None
+        ready = idle and self.logic.whyCannotRegister(self._parameterNode) is None  # the first X-ray's tools: not biplane's
+        self.ui.previewButton.enabled = ready
         for axis in ("X", "Y", "Z"):
             for name in ("Plus", "Minus"):
                 getattr(self.ui, f"nudge{name}{axis}Button").enabled = ready
@@ -312,10 +323,7 @@ class XRayNeRFRegistrationWidget(XRayNeRFWidgetMixin, ScriptedLoadableModuleWidg
 
     def onApplyButton(self) -> None:
         def done(result):
-            state = _("cancelled, best pose kept") if result.cancelled else _("done")
-            return _("Registration {state}: loss {a:.4f} -> {b:.4f}. Accept or Revert.").format(
-                state=state, a=result.initial_loss, b=result.loss
-            )
+            return self.logic.registrationReport(result) + " " + _("Accept or Revert.")
 
         self.runApply(
             _("Registration failed."),
@@ -343,6 +351,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         self.cancelRequested = False
         self._pending = None  # the last run's RegistrationOutput (or LandmarkStart) until accept or revert
         self._overlay = None  # XRayNeRFMRML.registration.OverlayView (created on first use)
+        self._secondOverlay = None  # the second X-ray's OverlayView (biplane), created on first use
         self._live = None  # XRayNeRFMRML.live_overlay.LiveOverlay while the live overlay runs
         self.landmarkHighlight = None  # XRayNeRFMRML.landmarks.LandmarkHighlight of the last failed landmark start
 
@@ -361,6 +370,24 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             return _("The X-ray has no camera geometry: read the DICOM file with 'X-ray from DICOM > Load X-ray' (or render a DRR).")
         if not p.transform:
             return _("Select or create the CT's transform (the initial pose).")
+        return None
+
+    @staticmethod
+    def whyCannotRegisterBiplane(p) -> Optional[str]:
+        """None unless ``p.biplane`` is ticked and the second X-ray cannot join the run (the panel's reason; the
+        MRML layer's ``XRayViewError`` says the same for callers that bypass the panel)."""
+        if p is None or not p.biplane:
+            return None
+        if not p.secondXray:
+            return _("Biplane: choose the partner X-ray (with its camera) as 'Second X-ray', or untick biplane.")
+        if p.secondXray is p.xrayVolume:
+            return _("Biplane needs two different X-rays: the second X-ray is the X-ray itself.")
+        if not p.secondXray.GetAttribute("XRayNeRF.Cameras"):
+            return _("The second X-ray '{name}' has no camera geometry: load it with 'X-ray from DICOM' (or render a DRR).").format(
+                name=p.secondXray.GetName()
+            )
+        if p.useMnerf:
+            return _("mNeRF is fitted to the second X-ray at its known pose, which biplane registers instead: untick 'mNeRF' or 'biplane'.")
         return None
 
     # -- X-ray from DICOM -------------------------------------------------------------------------------
@@ -424,8 +451,9 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return self._pending is not None
 
     @staticmethod
-    def defaultSliceLogic():
-        return slicer.app.applicationLogic().GetSliceLogicByLayoutName("Red")
+    def defaultSliceLogic(layoutName: str = "Red"):
+        """The slice view of the overlay (Red) or of the second X-ray's overlay in biplane (Yellow)."""
+        return slicer.app.applicationLogic().GetSliceLogicByLayoutName(layoutName)
 
     # -- overlay -----------------------------------------------------------------------------------------
     @property
@@ -435,6 +463,15 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         if self._overlay is None:
             self._overlay = OverlayView()
         return self._overlay
+
+    @property
+    def secondOverlay(self):
+        """The second X-ray's overlay (biplane; the Yellow view by default)."""
+        from XRayNeRFMRML.registration import OverlayView
+
+        if self._secondOverlay is None:
+            self._secondOverlay = OverlayView()
+        return self._secondOverlay
 
     @staticmethod
     def updateDRR(ctNode, xrayNode, drrNode=None):
@@ -451,15 +488,23 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return self.overlay.show(sliceLogic or self.defaultSliceLogic(), xrayNode, drrNode, opacity)
 
     def restoreView(self) -> bool:
-        """Give the slice view back its state from before the overlay; False when there was none."""
-        return self.overlay.restore()
+        """Give the slice views (the overlay's and, after biplane, the second X-ray's) back their state from before the
+        overlay; False when there was none."""
+        first = self.overlay.restore()
+        second = self.secondOverlay.restore()
+        return first or second
 
-    def previewUsingParameterNode(self, p, sliceLogic=None):
+    def previewUsingParameterNode(self, p, sliceLogic=None, secondSliceLogic=None):
+        """The DRR overlay at the CT's current pose; with biplane ticked (and possible) also the second X-ray's
+        (Yellow view)."""
         reason = self.whyCannotRegister(p)
         if reason is not None:
             raise ValueError(reason)
         p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())
         p.outputDRR = self.updateDRR(p.inputVolume, p.xrayVolume, p.outputDRR)
+        if p.biplane and self.whyCannotRegisterBiplane(p) is None:
+            p.secondOutputDRR = self.updateDRR(p.inputVolume, p.secondXray, p.secondOutputDRR)
+            self.secondOverlay.show(secondSliceLogic or self.defaultSliceLogic("Yellow"), p.secondXray, p.secondOutputDRR, p.overlayOpacity)
         return self.showOverlay(p.xrayVolume, p.outputDRR, sliceLogic, p.overlayOpacity)
 
     # -- live overlay under manual alignment ---------------------------------------------------------------
@@ -488,7 +533,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             if live is not None:
                 live.stop()
                 if drrNode is None:
-                    self.restoreView()
+                    self.overlay.restore()  # the live overlay's view (Red) only
                     remove_node(live.drr_node)
             if ctNode is not None:
                 ctNode.SetAndObserveTransformNodeID(previousParent)
@@ -681,19 +726,28 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         opacity: float = 0.5,
         previewEvery: int = 5,
         progress: Optional[Callable] = None,
+        secondXray=None,
+        secondDrrNode=None,
+        secondCameraModelNode=None,
+        secondSliceLogic=None,
         **engineOptions,
     ):
-        """Register the CT to the X-ray by moving ``transformNode`` (the CT is put under it).
+        """Register the CT to the X-ray by moving ``transformNode`` (the CT is put under it); with ``secondXray``
+        (biplane) to both X-rays at once: one pose, the summed loss, the second overlay in ``secondSliceLogic``
+        (default the Yellow view), its DRR and C-arm in ``secondDrrNode`` / ``secondCameraModelNode`` (created when
+        None).
 
         engineOptions go to ``XRayNeRFLib.registration.register`` (loss, levels, max_iterations, ...).
-        The overlay (DRR node, slice view) is updated every ``previewEvery`` iterations. On an error the
-        transform and the slice view (layers, opacity, orientation) are restored and nodes created here are
-        removed; a cancel (``progress`` returning False, or ``cancelRequested``) keeps the best pose so far
-        (and the overlay, until accept or revert).
+        The overlays (DRR nodes, slice views) are updated every ``previewEvery`` iterations. On an error the
+        transform and the slice views (layers, opacity, orientation) are restored and nodes created here are
+        removed; an X-ray without camera, the same X-ray twice or one that does not see the CT raises
+        ``XRayViewError`` naming it. A cancel (``progress`` returning False, or ``cancelRequested``) keeps the best
+        pose so far (and the overlays, until accept or revert).
         returns XRayNeRFMRML.registration.RegistrationOutput (result: the engine's RegistrationResult,
-        drr_node, camera_model_node, overlay_updates, ...); :meth:`accept` / :meth:`revert` close it.
+        drr_node, camera_model_node, overlay_updates, per X-ray drr_nodes, view_losses, ...); :meth:`accept` /
+        :meth:`revert` close it.
         """
-        from XRayNeRFMRML.registration import register_ct_to_xray
+        from XRayNeRFMRML.registration import register_ct_to_xrays
 
         self.cancelRequested = False
         live = self.liveOverlay  # paused during the run (the run moves the transform and writes the DRR itself)
@@ -704,15 +758,20 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             keepGoing = progress(p) if progress is not None else True
             return bool(keepGoing) and not self.cancelRequested
 
+        views = [(xrayNode, drrNode, cameraModelNode, sliceLogic or self.defaultSliceLogic(), self.overlay)]
+        if secondXray is not None:
+            secondView = secondSliceLogic or self.defaultSliceLogic("Yellow")
+            views.append((secondXray, secondDrrNode, secondCameraModelNode, secondView, self.secondOverlay))
+        xrays, drrs, models, sliceLogics, overlays = (list(column) for column in zip(*views))
         try:
-            out = register_ct_to_xray(
+            out = register_ct_to_xrays(
                 ctNode,
-                xrayNode,
+                xrays,
                 transformNode,
-                drr_node=drrNode,
-                camera_model_node=cameraModelNode,
-                slice_logic=sliceLogic or self.defaultSliceLogic(),
-                overlay=self.overlay,
+                drr_nodes=drrs,
+                camera_model_nodes=models,
+                slice_logics=sliceLogics,
+                overlays=overlays,
                 opacity=opacity,
                 preview_every=previewEvery,
                 progress=onProgress,
@@ -727,9 +786,21 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         return out
 
     def accept(self) -> None:
-        """Keep the registered transform; the overlay stays on screen (the previous view is forgotten)."""
+        """Keep the registered transform; the overlays stay on screen (the previous views are forgotten)."""
         self._pending = None
         self.overlay.forget()
+        self.secondOverlay.forget()
+
+    @staticmethod
+    def registrationReport(out) -> str:
+        """One status line: the loss before -> after the run and, with several X-rays, each one's loss at the
+        registered pose (their sum is the loss)."""
+        state = _("cancelled, best pose kept") if out.cancelled else _("done")
+        text = _("Registration {state}: loss {a:.4f} -> {b:.4f}.").format(state=state, a=out.initial_loss, b=out.loss)
+        if len(out.xray_nodes) > 1:
+            losses = ", ".join(f"'{node.GetName()}' {loss:.4f}" for node, loss in zip(out.xray_nodes, out.view_losses))
+            text += " " + _("Per X-ray: {losses}.").format(losses=losses)
+        return text
 
     def revert(self) -> None:
         """Restore the transform as it was before the last registration, and the slice view as it was
@@ -742,9 +813,10 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pending = None
         self.restoreView()
 
-    def registerUsingParameterNode(self, p, progress: Optional[Callable] = None, sliceLogic=None, **engineOptions):
-        """Adapter: read the parameter node, register, store the DRR and C-arm nodes back on it."""
-        reason = self.whyCannotRegister(p)
+    def registerUsingParameterNode(self, p, progress: Optional[Callable] = None, sliceLogic=None, secondSliceLogic=None, **engineOptions):
+        """Adapter: read the parameter node, register (with ``p.biplane`` to the X-ray and the second X-ray at once),
+        store the DRR and C-arm nodes back on it."""
+        reason = self.whyCannotRegister(p) or self.whyCannotRegisterBiplane(p)
         if reason is not None:
             raise ValueError(reason)
         for key, value in self.engineOptions(p).items():  # the panel's options; explicit keywords win
@@ -763,9 +835,15 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
             opacity=p.overlayOpacity,
             previewEvery=p.previewEvery,
             progress=progress,
+            secondXray=p.secondXray if p.biplane else None,
+            secondDrrNode=p.secondOutputDRR,
+            secondCameraModelNode=p.secondCameraModel,
+            secondSliceLogic=secondSliceLogic,
             **engineOptions,
         )
         p.outputDRR, p.cameraModel = out.drr_node, out.camera_model_node
+        if p.biplane:
+            p.secondOutputDRR, p.secondCameraModel = out.drr_nodes[1], out.camera_model_nodes[1]
         return out
 
 
@@ -780,6 +858,8 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.test_OverlayCompositeAndPixels()
         self.setUp()
         self.test_RegistrationRecoversShift()
+        self.setUp()
+        self.test_BiplaneRegistration()
         self.setUp()
         self.test_FailureLeavesScene()
         self.setUp()
@@ -818,16 +898,16 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         return node
 
     @staticmethod
-    def _sliceLogic():
-        """The Red slice view's logic in Slicer; a new one on slicer-core (no layout manager)."""
+    def _sliceLogic(name: str = "Red"):
+        """The slice view ``name``'s logic in Slicer; a new one on slicer-core (no layout manager)."""
         appLogic = slicer.app.applicationLogic()
-        logic = appLogic.GetSliceLogicByLayoutName("Red") if hasattr(appLogic, "GetSliceLogicByLayoutName") else None
+        logic = appLogic.GetSliceLogicByLayoutName(name) if hasattr(appLogic, "GetSliceLogicByLayoutName") else None
         if logic is None:
             logic = slicer.vtkMRMLSliceLogic()
             logic.SetMRMLApplicationLogic(appLogic)
             appLogic.GetSliceLogics().AddItem(logic)
             logic.SetMRMLScene(slicer.mrmlScene)
-            logic.AddSliceNode("Red")
+            logic.AddSliceNode(name)
         return logic
 
     @staticmethod
@@ -914,6 +994,20 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         return ct, xrayNode, transform
 
     @staticmethod
+    def _secondXray(ct, name="lateral"):
+        """A second X-ray of the CT as it is now (its true pose: before it goes under its transform) from RAO 60, orthogonal to
+        :meth:`_registrationScene`'s LAO 30, on another grid (28 x 24 px of 3.5 mm), rendered with Siddon."""
+        import torch
+
+        from XRayNeRFLib.render import render
+        from XRayNeRFLib.volume import as_mu
+        from XRayNeRFMRML.nodes import volume_from_node
+
+        cams = XRayNeRFRegistrationTest._cameras(cols=28, rows=24, spacing=3.5, primary=-60.0, secondary=0.0, iso=(0.0, 0.0, 0.0))
+        image = render(as_mu(volume_from_node(ct)), cams.to(dtype=torch.float32), renderer="siddon")[0].numpy()
+        return XRayNeRFRegistrationTest._imageNode(name, image, cams)
+
+    @staticmethod
     def _ctNode(hu, affine):
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(hu, dtype=np.float32))
@@ -953,6 +1047,44 @@ class XRayNeRFRegistrationTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(out.drr_node.GetImageData())
         logic.revert()
         np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform)[:3, 3], shift, atol=1e-9)
+
+    def test_BiplaneRegistration(self):
+        """The CT 6 mm off along the first X-ray's beam (LAO 30), where that view sees it only through magnification:
+        registered to both X-rays (the second at RAO 60, in the Yellow view) the transform's translation comes back
+        under 1 mm (half a detector pixel at the isocentre); each X-ray has its DRR and loss; Revert restores the
+        transform and the Yellow view."""
+        self.delayDisplay("biplane registration")
+        beam = np.array([-0.5, np.sqrt(3) / 2, 0.0])
+        ct, xrayNode, transform = self._registrationScene(np.zeros(3))
+        second = self._secondXray(ct)
+        start = np.eye(4)
+        start[:3, 3] = 6.0 * beam + np.array([0.0, 0.0, 2.0])
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(start))
+        yellow = self._sliceLogic("Yellow")
+        background = yellow.GetSliceCompositeNode().GetBackgroundVolumeID()
+        logic = XRayNeRFRegistrationLogic()
+        out = logic.register(
+            ct,
+            xrayNode,
+            transform,
+            sliceLogic=self._sliceLogic(),
+            secondXray=second,
+            secondSliceLogic=yellow,
+            loss="ncc",
+            levels=(2, 1),
+            max_iterations=(40, 20),
+            learning_rate=(1.0, 0.5),
+            renderer="trilinear",
+            num_threads=1,
+        )
+        left = slicer.util.arrayFromTransformMatrix(transform)[:3, 3]
+        self.assertLess(float(np.linalg.norm(left)), 1.0, f"translation left: {left}")
+        self.assertEqual(len(out.view_losses), 2)
+        self.assertEqual(yellow.GetSliceCompositeNode().GetForegroundVolumeID(), out.drr_nodes[1].GetID())
+        self.assertIn("'lateral'", logic.registrationReport(out))
+        logic.revert()
+        np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(transform), start, atol=1e-12)
+        self.assertEqual(yellow.GetSliceCompositeNode().GetBackgroundVolumeID(), background)
 
     def test_FailureLeavesScene(self):
         """An X-ray without camera, or a CT that does not overlap the X-ray: error, scene unchanged."""
