@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .background import background_r2
+
 __all__ = [
     "ncc",
     "gradient_ncc",
@@ -238,20 +240,21 @@ def ssim(moving: Tensor, fixed: Tensor, mask: Optional[Tensor] = None, sigma_px:
     return (keep * s).sum((1, 2)) / keep.sum((1, 2)).clamp(min=_EPS)
 
 
-LOSS_NAMES = ("mi", "ncc", "gncc", "mncc", "pncc", "ssim", "mse")
+LOSS_NAMES = ("mi", "ncc", "gncc", "mncc", "pncc", "ssim", "mse", "bgfit")
 
 
 def make_loss(name: str, **options) -> Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]:
     """A loss to minimise, (moving, fixed, mask) -> (B,), from a similarity name:
     "mi" (-mutual information), "ncc" (1 - NCC), "gncc" (1 - gradient NCC), "mncc" (1 - multiscale NCC),
-    "pncc" (1 - patch NCC), "ssim" (1 - SSIM), "mse" (the mean squared error). ``options`` go to the
-    similarity (bins=, patch_px=, sigma_px=, ...)."""
+    "pncc" (1 - patch NCC), "ssim" (1 - SSIM), "mse" (the mean squared error), "bgfit" (1 - R^2 of the X-ray
+    fitted by a gray curve of the DRR plus a smooth background, :mod:`.background`). ``options`` go to the
+    similarity (bins=, patch_px=, sigma_px=, background_degree=, ...)."""
     key = name.strip().lower()
     if key == "mi":
         return lambda m, f, k=None: -mutual_information(m, f, k, **options)
     if key == "mse":
         return lambda m, f, k=None: mean_squared_error(m, f, k, **options)
-    table = {"ncc": ncc, "gncc": gradient_ncc, "mncc": multiscale_ncc, "pncc": patch_ncc, "ssim": ssim}
+    table = {"ncc": ncc, "gncc": gradient_ncc, "mncc": multiscale_ncc, "pncc": patch_ncc, "ssim": ssim, "bgfit": background_r2}
     if key not in table:
         raise ValueError(f"unknown registration loss {name!r}; use one of {', '.join(LOSS_NAMES)}")
     sim = table[key]

@@ -42,7 +42,6 @@ from ..progress import Progress, ProgressCallback
 from ..render import DEFAULT_RENDERER, render
 from ..threads import torch_threads
 from ..volume import Volume, as_mu
-from .background import highpass
 from .coverage import ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
@@ -227,10 +226,6 @@ class RegistrationSettings:
         and inside the pixels that count (image mask, CT coverage) are compared: the others would mix in what
         the DRR cannot predict (beyond the detector's edge, anatomy beyond the CT's end). False: the DRR as
         rendered, every pixel that counts compared.
-    background_sigma_px: remove a smooth additive background (scatter, heel effect) from the X-ray and the DRR
-        alike before the loss compares them (:func:`~.background.highpass`: minus a normalised-convolution
-        Gaussian low-pass of this standard deviation, in pixels of the finest pyramid level, inside the pixels
-        that count); None or 0: compare them as they are.
     progress_every: iterations between progress calls.
     num_threads: torch CPU threads during the run (restored afterwards); None leaves the setting. The
         small coarse-level tensors run fastest on 1 thread, and far faster when the CPU is shared.
@@ -264,7 +259,6 @@ class RegistrationSettings:
     coverage_margin_px: float = 1.0
     fit_psf: bool = True
     psf_max_px: float = 1.5
-    background_sigma_px: Optional[float] = None
     progress_every: int = 5
     num_threads: Optional[int] = None
     drr_source: Optional[Callable[[Volume], Volume]] = None
@@ -286,8 +280,6 @@ class RegistrationSettings:
             raise ValueError(f"the coarse search needs n_starts >= 1 and keep_starts >= 1, got {self.n_starts} and {self.keep_starts}")
         if not self.psf_max_px > 0:
             raise ValueError(f"psf_max_px must be > 0 pixels, got {self.psf_max_px}")
-        if self.background_sigma_px is not None and not self.background_sigma_px >= 0:
-            raise ValueError(f"background_sigma_px must be >= 0 pixels (0 or None: off), got {self.background_sigma_px}")
         if self.optimizer not in ("adam", "lbfgs"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'lbfgs'")
         return levels, iters, lrs
@@ -539,17 +531,9 @@ class _Run:
             if not torch.isfinite(drr).all():
                 raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
             drr = self.blurred(drr, x, factor)
-            vals.append(self.loss_fn(*self.without_background(drr, im_f, masks[v], factor), masks[v]))
+            vals.append(self.loss_fn(drr, im_f, masks[v]))
             drrs.append(drr)
         return torch.stack(vals, dim=-1), drrs
-
-    def without_background(self, drr: Tensor, image: Tensor, mask: Tensor, factor: int) -> Tuple[Tensor, Tensor]:
-        """The DRRs (B, h, w) and the X-ray (h, w) of level ``factor`` as the loss compares them: with
-        ``background_sigma_px``, both without their smooth background inside ``mask`` (:mod:`.background`)."""
-        if not self.s.background_sigma_px:
-            return drr, image
-        sigma = self.s.background_sigma_px * self.levels[-1] / factor
-        return highpass(drr, mask, sigma), highpass(image.expand_as(drr), mask, sigma)
 
     def psf_sigma_px(self, x: Tensor, factor: int) -> Optional[Tensor]:
         """The fitted PSF's standard deviation (B,) in pixels of pyramid level ``factor`` for parameters x
