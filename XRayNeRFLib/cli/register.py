@@ -122,7 +122,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="mi",
         choices=LOSS_NAMES,
         help="similarity: mi (mutual information, default), ncc, gncc (gradient NCC), mncc (multiscale NCC), pncc (patch NCC), "
-        "ssim (structural similarity of the standardised images), mse (mean squared error: X-ray and DRR on one scale); "
+        "ssim (structural similarity of the standardised images), mse (mean squared error: X-ray and DRR on one scale), "
+        "bgfit (the X-ray fitted by a gray curve of the DRR plus a smooth background: scatter; docs/registration.md); "
         "see benchmarks/RESULTS_registration.md, 'Loss study'",
     )
     p.add_argument("--overlay", help="PNG: X-ray with the final DRR's edges")
