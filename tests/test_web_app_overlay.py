@@ -1,0 +1,216 @@
+"""The browser app's overlay plumbing in one process, without a browser: the real XRayNeRFWebApp (trame server not
+started, its event loop run by the test), Slicer's core through trame-slicer, the sample data.
+
+* an overlay update does not walk the data folder (a listing per update costs time in proportion to its files);
+* Accept / Revert / a Load asked for while an overlay update is in flight wait for it, then apply in full: the
+  pose they leave is the one the overlay showed, and the controls nudge that pose afterwards (no double nudge).
+
+One app for the module (building it and loading the sample take seconds); the tests run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trame_slicer", reason="pip install xraynerf[web] (trame-slicer)")
+
+POSE_KEYS = ("rx", "ry", "rz", "tr", "ta", "ts")
+
+
+class Harness:
+    """The app on an event loop that runs only while the test awaits (``run``/``until``)."""
+
+    def __init__(self, data_root: Path):
+        from trame.app import get_server
+
+        from XRayNeRFWeb.app import XRayNeRFWebApp
+        from XRayNeRFWeb.datadir import DataDir
+        from XRayNeRFWeb.jobs import JobRunner
+
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.data = DataDir(data_root, max_upload_bytes=2**20)
+
+        async def build():
+            server = get_server("xraynerf-test-overlay", client_type="vue3")
+            app = XRayNeRFWebApp(server, self.data, runner=JobRunner(asyncio.get_running_loop()))
+            server.state.ready()  # the pose controls' change callbacks run (as once the page is connected)
+            return app
+
+        self.app = self.loop.run_until_complete(build())
+
+    def until(self, condition, timeout_s: float = 120.0) -> None:
+        async def wait():
+            deadline = self.loop.time() + timeout_s
+            while not condition():
+                if self.loop.time() > deadline:
+                    raise AssertionError("timed out waiting on the app")
+                await asyncio.sleep(0.005)
+
+        self.loop.run_until_complete(wait())
+
+    def idle(self, settle_s: float = 0.0) -> None:
+        """No job runs and none waits (after ``settle_s`` more seconds of the loop: timers of the throttle)."""
+        app = self.app
+        self.until(lambda: app.runner.job is None and app._waiting is None and app._deferred is None)
+        if settle_s:
+            self.loop.run_until_complete(asyncio.sleep(settle_s))
+            self.until(lambda: app.runner.job is None and app._waiting is None and app._deferred is None)
+
+    def set_controls(self, **values) -> None:
+        """The page moving the pose controls (the state's change callbacks, as a websocket update runs them)."""
+        with self.app.state:
+            for key, value in values.items():
+                self.app.state[key] = float(value)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    h = Harness(tmp_path_factory.mktemp("web-data"))
+    h.app.load_sample_registration()
+    h.idle(settle_s=0.5)
+    assert h.app.state.reg_ready and h.app.session.overlay_updates >= 1, h.app.state.message
+    yield h
+    h.app.overlay_throttle.close()
+    h.loop.close()
+
+
+def controls(app) -> dict:
+    return {k: float(app.state[k]) for k in POSE_KEYS}
+
+
+def expected_pose(app, **controls_now) -> np.ndarray:
+    """The CT's pose the controls give: the session's base nudged by them (XRayNeRFWeb.pose.nudged)."""
+    from XRayNeRFWeb.pose import nudged
+
+    c = {k: 0.0 for k in POSE_KEYS} | controls_now
+    return nudged(app.session.base, app.session.ct_centre_local(), [c["rx"], c["ry"], c["rz"]], [c["tr"], c["ta"], c["ts"]])
+
+
+# -- the data folder is not walked by an overlay update ------------------------------------------------------
+class FolderWalks:
+    """Counts directory listings (os.scandir / os.listdir / os.walk / Path.iterdir / glob / rglob) of paths under
+    ``root`` while installed."""
+
+    def __init__(self, monkeypatch, root: Path):
+        self.root, self.calls = str(root), []
+        for module, name in ((os, "scandir"), (os, "listdir"), (os, "walk")):
+            monkeypatch.setattr(module, name, self._counting(getattr(module, name), name))
+        for name in ("iterdir", "glob", "rglob"):
+            monkeypatch.setattr(Path, name, self._counting(getattr(Path, name), f"Path.{name}"))
+
+    def _counting(self, fn, name):
+        def counted(path=".", *args, **kwargs):
+            if str(path).startswith(self.root):
+                self.calls.append((name, str(path)))
+            return fn(path, *args, **kwargs)
+
+        return counted
+
+
+def test_an_overlay_update_does_not_walk_the_data_folder(harness, monkeypatch):
+    app = harness.app
+    for i in range(300):  # a folder with many files: a listing per update would cost in proportion
+        (harness.data.root / f"file_{i:03d}.nii.gz").write_bytes(b"x")
+    walks = FolderWalks(monkeypatch, harness.data.root)
+    app.data.listing()  # the counter sees a listing of the folder (so that the test below can fail)
+    assert walks.calls, "the folder walk counter counts nothing"
+    walks.calls.clear()
+    n = app.session.overlay_updates
+    harness.set_controls(tr=1.0)  # a pose control moved: the throttle, the overlay job, its end, the views
+    harness.until(lambda: app.session.overlay_updates > n)
+    harness.set_controls(tr=1.5)
+    harness.idle(settle_s=0.5)  # the coarse update and the full-size one at rest
+    assert app.session.overlay_updates >= n + 2
+    assert walks.calls == [], f"an overlay update listed the data folder: {walks.calls[:4]}"
+    np.testing.assert_allclose(app.session.transform_matrix(), expected_pose(app, tr=1.5), atol=1e-9)
+    harness.set_controls(tr=0.0)
+    harness.idle(settle_s=0.5)
+
+
+# -- Accept / Revert / Load while an overlay update is in flight ---------------------------------------------
+def in_flight_overlay(harness, **controls_now) -> None:
+    """Move the controls and return while the overlay update they started is still running."""
+    app = harness.app
+    harness.set_controls(**controls_now)
+    harness.until(lambda: app.runner.job is not None and app.runner.job.kind == "overlay")
+
+
+def registered(harness) -> None:
+    """A registration (cancelled after its first steps: the best pose so far is kept) awaiting Accept / Revert."""
+    app = harness.app
+    harness.idle(settle_s=0.4)
+    app.register(app.state.loss, app.state.opacity)
+    harness.until(lambda: app.runner.job is not None and app.runner.job.fraction > 0)
+    app.cancel()
+    harness.idle()
+    assert app.state.reg_pending, app.state.message
+
+
+def test_accept_during_an_overlay_update_waits_then_keeps_the_pose_shown(harness):
+    app = harness.app
+    registered(harness)
+    registered_pose = app.session.transform_matrix()
+    in_flight_overlay(harness, tr=3.0)
+    app.accept()
+    assert "waiting for the overlay update" in app.state.message
+    assert app.state.reg_pending and app.session.registration_output is not None  # nothing applied yet
+    harness.idle(settle_s=0.5)
+    assert not app.state.reg_pending and app.state.message.startswith("Accepted"), app.state.message
+    accepted = app.session.transform_matrix()
+    from XRayNeRFWeb.pose import nudged
+
+    shown = nudged(registered_pose, app.session.ct_centre_local(), [0, 0, 0], [3.0, 0, 0])
+    np.testing.assert_allclose(accepted, shown, atol=1e-9)  # the pose the overlay showed when Accept was pressed
+    np.testing.assert_allclose(app.session.base, accepted, atol=1e-12)
+    assert controls(app) == {k: 0.0 for k in POSE_KEYS}  # the controls start again from the accepted pose
+    harness.set_controls(tr=1.0)  # one more nudge moves 1 mm from the accepted pose, not 4 (no double nudge)
+    harness.idle(settle_s=0.5)
+    one_more = nudged(accepted, app.session.ct_centre_local(), [0, 0, 0], [1, 0, 0])
+    np.testing.assert_allclose(app.session.transform_matrix(), one_more, atol=1e-9)
+    harness.set_controls(tr=0.0)
+    harness.idle(settle_s=0.5)
+
+
+def test_revert_during_an_overlay_update_waits_then_restores_the_pose_before_registration(harness):
+    app = harness.app
+    before = app.session.transform_matrix()
+    registered(harness)
+    assert np.abs(app.session.transform_matrix() - before).max() > 1e-6
+    in_flight_overlay(harness, ta=2.0)
+    app.revert()
+    assert "waiting for the overlay update" in app.state.message and app.state.reg_pending
+    harness.idle(settle_s=0.5)
+    assert app.state.message.startswith("Reverted"), app.state.message
+    np.testing.assert_allclose(app.session.transform_matrix(), before, atol=1e-9)
+    assert controls(app) == {k: 0.0 for k in POSE_KEYS} and app.session.registration_output is None
+
+
+def test_a_second_action_while_one_waits_is_refused_with_a_message(harness):
+    app = harness.app
+    in_flight_overlay(harness, ts=1.0)
+    app.load_sample_ct()
+    assert "waiting for the overlay update" in app.state.message
+    app.accept()
+    assert app.state.message.startswith("busy:"), app.state.message
+    harness.idle(settle_s=0.5)
+    assert app.state.message.startswith("Loaded the sample chest CT"), app.state.message
+
+
+def test_a_load_during_an_overlay_update_waits_then_shows_the_new_inputs(harness):
+    app = harness.app
+    harness.idle(settle_s=0.4)
+    old_ct = app.session.ct
+    in_flight_overlay(harness, tr=2.0)
+    app.load_sample_registration()
+    assert "waiting for the overlay update" in app.state.message and app.session.ct is old_ct
+    harness.idle(settle_s=0.5)
+    assert app.session.ct is not old_ct and app.state.message.startswith("Loaded the sample"), app.state.message
+    assert controls(app) == {k: 0.0 for k in POSE_KEYS}
+    np.testing.assert_allclose(app.session.transform_matrix(), np.eye(4), atol=1e-12)  # a new CT starts unmoved
+    assert app.session.overlay_renderer.matches(app.session.ct, app.session.xray)  # the overlay is of the new CT
