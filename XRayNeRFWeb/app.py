@@ -100,6 +100,7 @@ class XRayNeRFWebApp:
         green = self.sa.app_logic.GetSliceLogicByLayoutName("Green")
         self.session = Session(self.sa, data, red, green)
         self._init_state()
+        self._init_landmarks()
         self._build_ui()
         self.ctrl.on_server_ready.add(self._on_ready)
 
@@ -451,6 +452,56 @@ class XRayNeRFWebApp:
             return bool(coarse)
 
         self._start("overlay", work, done)
+
+    # -- registration: click-placed landmarks (landmarks.py) ------------------------------------------
+    def _init_landmarks(self) -> None:
+        from .landmarks import ClickedLandmarks
+
+        self.landmarks = ClickedLandmarks(self.session, self.sa.markups_logic, self._on_landmark_points)
+        self.state.update(dict(lm_ct=0, lm_xray=0, lm_placing=""))
+
+    def _on_landmark_points(self, ct: int, xray: int) -> None:
+        with self.state:  # a click in a view (trame-rca's event call) added or removed a point
+            self.state.lm_ct, self.state.lm_xray = int(ct), int(xray)
+
+    @_action(list_files=False)
+    def place_landmarks(self, which: str) -> None:
+        """Clicks in the views place CT points (``which="ct"``: on the CT in the Green view) or X-ray points
+        (``"xray"``: on the X-ray in the Red view)."""
+        self._refuse_if_busy("placing landmarks")
+        self.landmarks.place(which)
+        self.state.lm_placing = which
+        where = "the CT in the Green view" if which == "ct" else "the X-ray in the Red view"
+        self._say(f"Click the landmarks on {where}; pair n is the n-th point of each list.", "info")
+
+    @_action(list_files=False)
+    def stop_landmarks(self) -> None:
+        self.landmarks.stop()
+        self.state.lm_placing = ""
+
+    @_action(list_files=False)
+    @_after_overlay
+    def clear_landmarks(self) -> None:
+        self.landmarks.clear()
+        self.state.lm_placing = ""
+
+    @_action(list_files=False)
+    @_after_overlay
+    def landmark_start(self) -> None:
+        """The CT moved to the pose solved from the clicked pairs (landmarks.ClickedLandmarks.start); Accept or
+        Revert as after a registration. Bad pairs: the layer's LandmarkError as the message, nothing moved."""
+        from .landmarks import report
+
+        self._refuse_if_busy("the landmark start")
+        self.state.lm_placing = ""
+        start = self.landmarks.start()
+        ses = self.session
+        ses.registration_output, ses.last_registration = start, None  # Revert restores the transform from before
+        ses.base = ses.transform_matrix()
+        self._zero_controls()
+        self.state.reg_pending = True
+        self._request_overlay()
+        self._say(report(start), "success")
 
     @_action
     def reset_pose(self) -> None:

@@ -3,7 +3,9 @@ started, its event loop run by the test), Slicer's core through trame-slicer, th
 
 * an overlay update does not walk the data folder (a listing per update costs time in proportion to its files);
 * Accept / Revert / a Load asked for while an overlay update is in flight wait for it, then apply in full: the
-  pose they leave is the one the overlay showed, and the controls nudge that pose afterwards (no double nudge).
+  pose they leave is the one the overlay showed, and the controls nudge that pose afterwards (no double nudge);
+* the landmark start from point pairs in the two markups lists that clicks fill (the request -> layer route:
+  XRayNeRFWeb/landmarks.py -> XRayNeRFMRML.landmarks), and the layer's messages on bad pairs.
 
 One app for the module (building it and loading the sample take seconds); the tests run in file order.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +217,79 @@ def test_a_load_during_an_overlay_update_waits_then_shows_the_new_inputs(harness
     assert controls(app) == {k: 0.0 for k in POSE_KEYS}
     np.testing.assert_allclose(app.session.transform_matrix(), np.eye(4), atol=1e-12)  # a new CT starts unmoved
     assert app.session.overlay_renderer.matches(app.session.ct, app.session.xray)  # the overlay is of the new CT
+
+
+# -- click-placed landmarks: the request -> layer path (XRayNeRFWeb/landmarks.py) ------------------------------
+CT_POINTS = np.array([[-40.0, -25, 20], [35, -30, -15], [30, 35, 25], [-30, 30, -25], [5, -5, 40], [-10, 10, -35]])  # CT mm
+
+
+def true_pairs(app):
+    """The CT points (the CT's own frame + its transform now: world RAS mm) and the X-ray points (world RAS mm on
+    the detector plane) where the sample CT at its true pose (the sample's setup, not a solve) projects them."""
+    import torch
+
+    from XRayNeRFMRML.nodes import cameras_from_node, ras_from_ijk_world, world_from_node
+
+    h = np.c_[CT_POINTS + app.session.ct_centre_local(), np.ones(len(CT_POINTS))]
+    ct_now = (world_from_node(app.session.ct) @ h.T).T[:, :3]
+    at_truth = (app.session.sample_truth @ h.T).T[:, :3]
+    uv = cameras_from_node(app.session.xray).project(torch.from_numpy(at_truth))[0][0].numpy()
+    on_detector = (ras_from_ijk_world(app.session.xray) @ np.c_[uv, np.zeros(len(uv)), np.ones(len(uv))].T).T[:, :3]
+    return ct_now, on_detector
+
+
+def place(app, ct_world, xray_world) -> None:
+    """Points as a click in place mode adds them: world positions into the active lists."""
+    app.clear_landmarks()
+    ct_list, xray_list = app.landmarks.lists()
+    for p in ct_world:
+        ct_list.AddControlPointWorld(*[float(v) for v in p])
+    for p in xray_world:
+        xray_list.AddControlPointWorld(*[float(v) for v in p])
+
+
+def test_landmark_start_from_placed_pairs_moves_the_ct_to_the_true_pose_and_reports_the_error(harness):
+    app = harness.app
+    harness.idle(settle_s=0.4)
+    before = app.session.transform_matrix()
+    assert np.abs(before - app.session.sample_truth).max() > 1.0  # the start is off
+    ct_world, xray_world = true_pairs(app)
+    place(app, ct_world, xray_world)
+    assert (app.state.lm_ct, app.state.lm_xray) == (6, 6)  # the page's counts follow the lists
+    app.landmark_start()
+    assert app.state.message.startswith("Landmark start from 6 pairs: reprojection error RMS 0.00 px"), app.state.message
+    np.testing.assert_allclose(app.session.transform_matrix(), app.session.sample_truth, atol=1e-3)
+    assert app.state.reg_pending and controls(app) == {k: 0.0 for k in POSE_KEYS}
+    harness.idle(settle_s=0.5)
+    np.testing.assert_allclose(app.session.transform_matrix(), app.session.sample_truth, atol=1e-3)  # the overlay kept it
+    app.revert()  # as after a registration
+    harness.idle(settle_s=0.5)
+    np.testing.assert_allclose(app.session.transform_matrix(), before, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [("three", "a pose needs at least 4"), ("collinear", "lie on one line"), ("off the detector", "off the X-ray's detector plane")],
+)
+def test_bad_landmarks_give_the_layer_message_and_move_nothing(harness, case, pattern):
+    app = harness.app
+    harness.idle(settle_s=0.4)
+    before = app.session.transform_matrix()
+    ct_world, xray_world = true_pairs(app)
+    if case == "three":
+        ct_world, xray_world = ct_world[:3], xray_world[:3]
+    elif case == "collinear":
+        ct_world = ct_world[0] + np.outer(np.arange(5.0), ct_world[1] - ct_world[0]) / 4.0
+        xray_world = xray_world[:5]
+    else:
+        normal = np.cross(xray_world[1] - xray_world[0], xray_world[2] - xray_world[0])
+        xray_world = xray_world.copy()
+        xray_world[2] += 5.0 * normal / np.linalg.norm(normal)  # 5 mm off the X-ray's plane
+    place(app, ct_world, xray_world)
+    app.landmark_start()
+    assert re.search(pattern, app.state.message) and app.state.message_type == "error", app.state.message
+    np.testing.assert_allclose(app.session.transform_matrix(), before, atol=1e-12)
+    assert not app.state.reg_pending
+    if case == "off the detector":  # the pair at fault is the only selected point of each list
+        for node in app.landmarks.lists():
+            assert [bool(node.GetNthControlPointSelected(i)) for i in range(node.GetNumberOfControlPoints())] == [i == 2 for i in range(6)]
