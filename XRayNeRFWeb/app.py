@@ -468,7 +468,8 @@ class XRayNeRFWebApp:
     def place_landmarks(self, which: str) -> None:
         """Clicks in the views place CT points (``which="ct"``: on the CT in the Green view) or X-ray points
         (``"xray"``: on the X-ray in the Red view)."""
-        self._refuse_if_busy("placing landmarks")
+        if self._long_job_runs():  # (an overlay update may run: placing changes no pose)
+            raise BusyError(self.runner.job.kind, "placing landmarks")
         self.landmarks.place(which)
         self.state.lm_placing = which
         where = "the CT in the Green view" if which == "ct" else "the X-ray in the Red view"
