@@ -29,6 +29,7 @@ Results: benchmarks/RESULTS_web.md (with the machine's load average: numbers on 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import socket
@@ -225,7 +226,7 @@ def main() -> int:
             for name, steps in (("while dragging", drags), ("a nudge at rest (full-size DRR)", nudges)):
                 lat = sorted(frame - key for key, frame in steps)
                 results[f"overlay latency {name}, control step -> new view image, median (ms)"] = 1000 * statistics.median(lat)
-                results[f"overlay latency {name}, 90th percentile (ms)"] = 1000 * lat[int(0.9 * (len(lat) - 1))]
+                results[f"overlay latency {name}, 90th percentile (ms)"] = 1000 * lat[math.ceil(0.9 * len(lat)) - 1]
             # continuous dragging
             time.sleep(1.2)
             n0, f0 = overlay_count(page), page.evaluate("window.__frames.length")

@@ -17,6 +17,7 @@ table, :func:`round_trip` splits the page's latencies into these steps.
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import sys
 import threading
@@ -109,7 +110,7 @@ def summary(log_path: str, since_s: float = 0.0, until_s: float = float("inf")) 
     out = ["| step | view | calls | median (ms) | 90th pct (ms) |", "|---|---|---|---|---|"]
     for (step, view), ms in sorted(rows.items()):
         ms.sort()
-        out.append(f"| {step} | {view} | {len(ms)} | {statistics.median(ms):.1f} | {ms[int(0.9 * (len(ms) - 1))]:.1f} |")
+        out.append(f"| {step} | {view} | {len(ms)} | {statistics.median(ms):.1f} | {ms[math.ceil(0.9 * len(ms)) - 1]:.1f} |")
     return "\n".join(out)
 
 
@@ -161,7 +162,7 @@ def round_trip(log_path: str, steps, arrivals=()) -> str:
     out = [f"| part ({n} of {len(steps)} steps matched) | median (ms) | 90th pct (ms) |", "|---|---|---|"]
     for name, v in parts.items():
         v.sort()
-        out.append(f"| {name} | {1000 * statistics.median(v):.1f} | {1000 * v[int(0.9 * (len(v) - 1))]:.1f} |")
+        out.append(f"| {name} | {1000 * statistics.median(v):.1f} | {1000 * v[math.ceil(0.9 * len(v)) - 1]:.1f} |")
     return "\n".join(out)
 
 
