@@ -2,7 +2,9 @@
 
 Every button goes through :meth:`XRayNeRFWebApp._action`, which shows a refusal or an error as a message in
 the page (element ``#message``) and keeps the server running. Long work (registration, reconstruction, DRR, each
-overlay update) runs as a job (jobs.py); the page shows ``busy`` and a progress bar, pushed at ~10 Hz.
+overlay update) runs as a job (jobs.py); the page shows ``busy`` and a progress bar, pushed at ~10 Hz. The
+buttons that change what the overlay shows (Accept, Revert, the Loads, Landmark start) wait for an overlay update
+in flight and then apply (:meth:`XRayNeRFWebApp._after_overlay`).
 """
 
 from __future__ import annotations
