@@ -82,6 +82,7 @@ class XRayNeRFWebApp:
         options = dict(interactive_quality=STILL_QUALITY, target_fps=30.0, blur_fps=None)
         slices = RemoteSliceViewFactory(server, populate_view_ui_f=_view_marker("slice"), **options)
         self.sa.view_manager.register_factory(slices)
+        self.slice_views = slices  # trame-slicer's factory of the slice views (their trame-rca adapters: the page's clicks)
         self.sa.view_manager.register_factory(RemoteThreeDViewFactory(server, populate_view_ui_f=_view_marker("3d"), **options))
         self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
         self.layout_manager.register_layout("XRayNeRF", _layout())

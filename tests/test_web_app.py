@@ -1,10 +1,11 @@
-"""The browser app's overlay plumbing in one process, without a browser: the real XRayNeRFWebApp (trame server not
+"""The browser app's overlay and landmark plumbing in one process, without a browser: the real XRayNeRFWebApp (trame server not
 started, its event loop run by the test), Slicer's core through trame-slicer, the sample data.
 
 * an overlay update does not walk the data folder (a listing per update costs time in proportion to its files);
 * Accept / Revert / a Load asked for while an overlay update is in flight wait for it, then apply in full: the
   pose they leave is the one the overlay showed, and the controls nudge that pose afterwards (no double nudge);
-* the landmark start from point pairs in the two markups lists that clicks fill (the request -> layer route:
+* the landmark start from point pairs in the two markups lists that clicks fill (clicks sent as the page sends them,
+  through the views' trame-rca adapters; and the request -> layer route:
   XRayNeRFWeb/landmarks.py -> XRayNeRFMRML.landmarks), and the layer's messages on bad pairs.
 
 One app for the module (building it and loading the sample take seconds); the tests run in file order.
@@ -293,3 +294,60 @@ def test_bad_landmarks_give_the_layer_message_and_move_nothing(harness, case, pa
     if case == "off the detector":  # the pair at fault is the only selected point of each list
         for node in app.landmarks.lists():
             assert [bool(node.GetNthControlPointSelected(i)) for i in range(node.GetNumberOfControlPoints())] == [i == 2 for i in range(6)]
+
+
+def click(app, view_name: str, ras) -> None:
+    """A left click where the page sends it (trame-rca's events: move, press, release, through the view's adapter)
+    at the pixel of the slice view ``view_name`` nearest to the RAS point ``ras`` on its slice plane."""
+    import slicer
+
+    view = app.sa.view_manager.get_view(view_name)
+    w, h = view.render_window().GetSize()
+    logic = app.session.red if view_name == "Red" else app.session.green
+    xy = np.linalg.inv(slicer.util.arrayFromVTKMatrix(logic.GetSliceNode().GetXYToRAS())) @ np.r_[ras, 1.0]
+    assert abs(xy[2]) < 1e-3, "the point is not on the view's slice plane"
+    x, y = (int(round(v)) for v in xy[:2])
+    adapter = app.slice_views.get_factory_view(view_name).view_adapter
+    for kind in ("MouseMove", "LeftButtonPress", "LeftButtonRelease"):
+        event = dict(type=kind, x=x, y=y, w=w, h=h, ctrlKey=False, shiftKey=False, altKey=False, metaKey=False)
+        adapter.on_interaction(None, event)
+
+
+def test_clicked_pairs_in_the_two_views_give_the_true_start_pose(harness):
+    """Clicks in the Green view (on the CT, its slice moved through each point) and in the Red view (on the X-ray)
+    in place mode put the points where they are clicked (to the view's pixel), and the landmark start from them
+    projects the CT where the sample's true pose does (to a pixel or two)."""
+    app = harness.app
+    harness.idle(settle_s=0.4)
+    ct_world, xray_world = true_pairs(app)
+    app.clear_landmarks()
+    app.place_landmarks("ct")
+    green = app.session.green.GetSliceNode()
+    for p in ct_world:
+        green.JumpSliceByOffsetting(*p)  # the coronal slice through the point, as a user scrolls to it
+        click(app, "Green", p)
+    app.place_landmarks("xray")
+    for p in xray_world:
+        click(app, "Red", p)
+    assert (app.state.lm_ct, app.state.lm_xray) == (6, 6)
+    ct_list, xray_list = app.landmarks.lists()
+    for node, points in ((ct_list, ct_world), (xray_list, xray_world)):
+        placed = np.array([node.GetNthControlPointPositionWorld(i) for i in range(6)])
+        assert np.abs(placed - points).max() < 3.0  # within a view pixel or two (mm)
+    app.landmark_start()
+    assert app.state.message.startswith("Landmark start from 6 pairs"), app.state.message
+    # one view fixes the CT's pose across the beam well and its depth poorly (a view pixel of click error scales
+    # into millimetres along the beam): what the start must get right is where the CT projects on the X-ray, so
+    # the landmarks projected at the solved pose and at the true pose must agree to a pixel or two
+    import torch
+
+    from XRayNeRFMRML.nodes import cameras_from_node
+
+    local = np.c_[CT_POINTS + app.session.ct_centre_local(), np.ones(len(CT_POINTS))]
+    cameras = cameras_from_node(app.session.xray)
+    solved, truth = ((m @ local.T).T[:, :3] for m in (app.session.transform_matrix(), app.session.sample_truth))
+    uv_solved, uv_truth = (cameras.project(torch.from_numpy(p))[0][0].numpy() for p in (solved, truth))
+    shift_px = np.linalg.norm(uv_solved - uv_truth, axis=1)
+    assert shift_px.max() < 2.0, f"the landmarks project {shift_px.max():.2f} px from where the true pose puts them"
+    app.revert()
+    harness.idle(settle_s=0.5)
