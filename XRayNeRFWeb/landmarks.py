@@ -7,7 +7,8 @@ What is the web's own: the two markups point lists and Slicer's place mode, thro
 ``MarkupsLogic`` (a click in a view in place mode adds a control point to the active list, as in Slicer):
 
 * **CT points** ("CT landmarks"): clicked on the CT in the Green (coronal) view; the list is put under the CT's
-  transform node, so that its points follow the CT when it moves (a second start begins from the moved CT);
+  transform node, so that its points follow the CT when it moves (a second start begins from the moved CT). A
+  point outside the CT's grid (a click meant for the CT that landed on the X-ray) is refused (:func:`require_on_ct`);
 * **X-ray points** ("X-ray landmarks"): clicked on the X-ray in the Red view, which the overlay turns to the
   detector plane (a point off that plane is refused by the layer, ``reason="outside-image"``).
 
@@ -102,10 +103,34 @@ class ClickedLandmarks:
         self._clear_highlight()
         ct_points, xray_points = self.lists()
         try:
+            require_on_ct(s.ct, ct_points)
             return apply_landmark_start(s.ct, s.xray, s.transform, ct_points, xray_points)
         except LandmarkError as error:
             self.highlight = highlight_bad_landmark(error, ct_points, xray_points)
             raise
+
+
+def require_on_ct(ct_node, ct_points) -> None:
+    """Every CT point inside the CT's voxel grid (with its transforms), else ``LandmarkError(reason="outside-image")``
+    naming the first one outside: a click meant for the CT that landed elsewhere (in the Red view, on the X-ray)."""
+    import numpy as np
+
+    from XRayNeRFLib.errors import LandmarkError
+    from XRayNeRFMRML.landmarks import markup_points_world
+    from XRayNeRFMRML.nodes import ras_from_ijk_world
+
+    points, labels = markup_points_world(ct_points)
+    ijk = (np.linalg.inv(ras_from_ijk_world(ct_node)) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    dims = np.array(ct_node.GetImageData().GetDimensions(), dtype=np.float64)
+    outside = np.nonzero(((ijk < -0.5) | (ijk > dims - 0.5)).any(axis=1))[0]
+    if outside.size:
+        i = int(outside[0])
+        raise LandmarkError(
+            f"CT landmark {i} ({labels[i]}) lies outside the CT: place the CT points on the CT in the Green view",
+            reason="outside-image",
+            index=i,
+            label=labels[i],
+        )
 
 
 def report(start) -> str:

@@ -270,7 +270,12 @@ def test_landmark_start_from_placed_pairs_moves_the_ct_to_the_true_pose_and_repo
 
 @pytest.mark.parametrize(
     "case, pattern",
-    [("three", "a pose needs at least 4"), ("collinear", "lie on one line"), ("off the detector", "off the X-ray's detector plane")],
+    [
+        ("three", "a pose needs at least 4"),
+        ("collinear", "lie on one line"),
+        ("off the detector", "off the X-ray's detector plane"),
+        ("off the CT", "CT landmark 2 .* lies outside the CT"),
+    ],
 )
 def test_bad_landmarks_give_the_layer_message_and_move_nothing(harness, case, pattern):
     app = harness.app
@@ -282,6 +287,9 @@ def test_bad_landmarks_give_the_layer_message_and_move_nothing(harness, case, pa
     elif case == "collinear":
         ct_world = ct_world[0] + np.outer(np.arange(5.0), ct_world[1] - ct_world[0]) / 4.0
         xray_world = xray_world[:5]
+    elif case == "off the CT":  # a CT point clicked on the X-ray's plane
+        ct_world = ct_world.copy()
+        ct_world[2] = xray_world[2]
     else:
         normal = np.cross(xray_world[1] - xray_world[0], xray_world[2] - xray_world[0])
         xray_world = xray_world.copy()
@@ -291,7 +299,7 @@ def test_bad_landmarks_give_the_layer_message_and_move_nothing(harness, case, pa
     assert re.search(pattern, app.state.message) and app.state.message_type == "error", app.state.message
     np.testing.assert_allclose(app.session.transform_matrix(), before, atol=1e-12)
     assert not app.state.reg_pending
-    if case == "off the detector":  # the pair at fault is the only selected point of each list
+    if case in ("off the detector", "off the CT"):  # the pair at fault is the only selected point of each list
         for node in app.landmarks.lists():
             assert [bool(node.GetNthControlPointSelected(i)) for i in range(node.GetNumberOfControlPoints())] == [i == 2 for i in range(6)]
 
