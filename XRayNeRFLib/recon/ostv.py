@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import DEFAULT_RENDERER, RENDERERS, render
+from ..render import DEFAULT_RENDERER, RENDERERS, prepare_rays, render, render_prepared
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 
@@ -229,19 +229,6 @@ def _project(x: Tensor, like: Volume, cams: Cameras, settings: OSTVSettings) -> 
     return render(Volume(x, like.ras_from_ijk, "mu"), cams, renderer=settings.renderer, max_memory_mb=settings.max_memory_mb)
 
 
-def _project_pixels(x: Tensor, like: Volume, cams: Cameras, pixels: Tensor, settings: OSTVSettings) -> Tensor:
-    """render(..., pixels=pixels) (V, N) without its finiteness scan of the whole volume (~half the cost
-    of a one-view call at 128^3; the solver checks its iterate itself)."""
-    return render(
-        Volume(x, like.ras_from_ijk, "mu"),
-        cams,
-        renderer=settings.renderer,
-        pixels=pixels,
-        max_memory_mb=settings.max_memory_mb,
-        check_finite=False,
-    )
-
-
 def coarse_grid(like: Volume) -> Volume:
     """The grid with twice the spacing over (about) the same box: (ceil(K/2), ceil(J/2), ceil(I/2)) voxels;
     coarse index c sits at fine index 2 c + 0.5 (the centre of the fine 2x2x2 block)."""
@@ -275,7 +262,7 @@ class _Level:
     """One grid of the solver: its data, weights, subsets and (lazily) per-subset column sums."""
 
     def __init__(self, p: Tensor, cams: Cameras, like: Volume, masks: Optional[Tensor], s: OSTVSettings, n_sub: int) -> None:
-        self.p, self.cams, self.like, self.s = p, cams, like, s
+        self.cams, self.like, self.s = cams, like, s
         shape = tuple(like.data.shape)
         ones = torch.ones(shape, dtype=torch.float32, device=p.device)
         with torch.no_grad():
@@ -287,19 +274,22 @@ class _Level:
             sw = torch.exp(-p.clamp_min(0))
             w = w * sw / float((sw * w).sum() / w.sum().clamp_min(1))
         self.w = w
-        self.rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
         self.wsum = float(w.sum().clamp_min(1))
         n_views = p.shape[0]
         self.groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
         self.sub_cams = [cams[torch.tensor(g)] for g in self.groups]
         # only the pixels some view of the subset uses are rendered (rays that miss the grid or are masked
-        # carry no weight)
+        # carry no weight); pix per subset: (flat pixel indices (N,), None when all are used; its rays)
         grid_px = cams.pixel_grid().reshape(-1, 2)  # (H*W, 2) [column, row]
-        self.pix: List[tuple] = []  # per subset: (flat pixel indices (N,), [column, row] (N, 2))
-        for g in self.groups:
+        self.pix: List[tuple] = []
+        for g, sub_cams in zip(self.groups, self.sub_cams):
             used = (w[g] > 0).any(0).flatten()  # (H*W,)
             idx = torch.nonzero(used).squeeze(1)
-            self.pix.append((idx, grid_px[idx]))
+            # the subset's rays, built once (28 bytes per ray) and marched through every iterate
+            rays = prepare_rays(like, sub_cams, grid_px[idx], renderer=s.renderer, max_memory_mb=s.max_memory_mb) if idx.numel() else None
+            self.pix.append((None if idx.numel() == used.numel() else idx, rays))
+        rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
+        self.sub = [(p[g].contiguous(), rw[g].contiguous(), w[g].contiguous()) for g in self.groups]  # (v, H, W) each
         self.inv_col: List[Optional[Tensor]] = [None] * n_sub
         self.col_all = torch.zeros(shape, dtype=torch.float32, device=p.device)
         self.t_tv: Optional[float] = None
@@ -311,34 +301,36 @@ class _Level:
     def forward(self, y: Tensor, si: int) -> Tensor:
         """A_s y: (v, H, W) line integrals of subset si, zero at pixels no view of the subset uses."""
         s, cams = self.s, self.sub_cams[si]
-        idx, px = self.pix[si]
-        if idx.numel() == 0:  # every pixel of the subset masked or off the grid
+        idx, rays = self.pix[si]
+        if rays is None:  # every pixel of the subset masked or off the grid
             return y.new_zeros(len(cams), cams.height, cams.width) * y.sum()  # zeros, still attached to y's graph
-        vals = _project_pixels(y, self.like, cams, px, s)  # (v, N)
-        out = vals.new_zeros(len(cams), cams.height * cams.width).index_copy(1, idx, vals)
-        return out.reshape(len(cams), cams.height, cams.width)
+        vals = render_prepared(y, rays, renderer=s.renderer).reshape(len(cams), -1)  # (v, N)
+        if idx is not None:
+            vals = vals.new_zeros(len(cams), cams.height * cams.width).index_copy(1, idx, vals)
+        return vals.reshape(len(cams), cams.height, cams.width)
 
     def step(self, y: Tensor, si: int) -> tuple:
         """One subset update of y (not in place); returns (new y, this subset's data term)."""
         s, g = self.s, self.groups[si]
+        p_s, rw_s, w_s = self.sub[si]
         if s.backprojector == "voxel":
             with torch.no_grad():
-                ax = self.forward(y, si)
-            res = (self.p[g] - ax) * self.rw[g]  # (v, H, W)
+                diff = p_s - self.forward(y, si)  # (v, H, W)
+            res = diff * rw_s
             if self.inv_col[si] is None:
-                self._set_col(si, self.bp(self.w[g], g))
+                self._set_col(si, self.bp(w_s, g))
             bt = self.bp(res, g)
         else:
             yr = y.detach().requires_grad_(True)
             ax_g = self.forward(yr, si)
-            ax = ax_g.detach()
-            res = (self.p[g] - ax) * self.rw[g]
+            diff = p_s - ax_g.detach()
+            res = diff * rw_s
             if self.inv_col[si] is None:
-                (cs,) = torch.autograd.grad(ax_g, yr, grad_outputs=self.w[g], retain_graph=True)
+                (cs,) = torch.autograd.grad(ax_g, yr, grad_outputs=w_s, retain_graph=True)
                 self._set_col(si, cs)
             (bt,) = torch.autograd.grad(ax_g, yr, grad_outputs=res)
             del ax_g, yr
-        data = 0.5 * float(((self.p[g] - ax) ** 2 * self.rw[g]).sum()) / self.wsum
+        data = 0.5 * float((diff * res).sum()) / self.wsum
         bt = bt.contiguous()  # autograd may return an expanded zero tensor (a subset with nothing to fit)
         return bt.mul_(self.inv_col[si]).mul_(self.lam).add_(y).clamp_min_(0), data  # y + lambda bt / col, >= 0
 
