@@ -273,7 +273,6 @@ class _Level:
         if s.statistical_weights:
             sw = torch.exp(-p.clamp_min(0))
             w = w * sw / float((sw * w).sum() / w.sum().clamp_min(1))
-        self.w = w
         self.wsum = float(w.sum().clamp_min(1))
         n_views = p.shape[0]
         self.groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
@@ -289,7 +288,8 @@ class _Level:
             rays = prepare_rays(like, sub_cams, grid_px[idx], renderer=s.renderer, max_memory_mb=s.max_memory_mb) if idx.numel() else None
             self.pix.append((None if idx.numel() == used.numel() else idx, rays))
         rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
-        self.sub = [(p[g].contiguous(), rw[g].contiguous(), w[g].contiguous()) for g in self.groups]  # (v, H, W) each
+        # per subset (v, H, W) each: the data p, w / r, the weights w
+        self.sub = [(p[g].contiguous(), rw[g].contiguous(), w[g].contiguous()) for g in self.groups]
         self.inv_col: List[Optional[Tensor]] = [None] * n_sub
         self.col_all = torch.zeros(shape, dtype=torch.float32, device=p.device)
         self.t_tv: Optional[float] = None
@@ -332,7 +332,7 @@ class _Level:
             del ax_g, yr
         data = 0.5 * float((diff * res).sum()) / self.wsum
         bt = bt.contiguous()  # autograd may return an expanded zero tensor (a subset with nothing to fit)
-        return bt.mul_(self.inv_col[si]).mul_(self.lam).add_(y).clamp_min_(0), data  # y + lambda bt / col, >= 0
+        return torch.addcmul(y, bt, self.inv_col[si], value=self.lam).clamp_min_(0), data  # y + lambda bt / col, >= 0
 
     def _set_col(self, si: int, cs: Tensor) -> None:
         # column normalisation of the subset, A_s^T w (or its voxel-driven approximation); the full-set sum
