@@ -22,7 +22,8 @@ in both the numerator and the column sum; it approximates A^T within a few perce
 its per-view sampling grids are cached (``bp_cache_mb``), so a back projection costs a gather instead of
 autograd's scatter-add. ``"matched"`` uses the renderer's autograd, the exact adjoint. Only the pixels
 that some view of the subset uses are rendered (w > 0: rays that miss the grid or are masked are
-skipped). The relaxation of
+skipped); each subset's rays are built once (:func:`render.prepare_rays`), with the trilinear renderer as
+sampling plans while ``bp_cache_mb`` has room after the back projector's grids. The relaxation of
 pass k (0-based, on the output grid) is ``relaxation / (1 + relaxation_decay * k)``.
 
 TV proximal step, ``tv_steps_per_pass`` times per pass (after equal shares of the subsets)::
@@ -60,7 +61,7 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import DEFAULT_RENDERER, RENDERERS, prepare_rays, render, render_prepared
+from ..render import DEFAULT_RENDERER, RENDERERS, prepare_rays, prepared_bytes, render, render_prepared
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 
@@ -79,8 +80,10 @@ class OSTVSettings:
     (0: no TV, plain OS-SART); tv_inner: FGP iterations per TV proximal step; tv_steps_per_pass: TV
     proximal steps per pass; statistical_weights: w = exp(-p); momentum: Nesterov extrapolation across
     passes; backprojector: "voxel" (voxel-driven, unmatched, fast) | "matched" (the renderer's autograd);
-    bp_cache_mb: memory for the voxel back projector's per-view sampling grids (12 bytes per voxel and
-    view: 755 MB at 128^3 and 30 views; views beyond it are recomputed each time, 0: no cache);
+    bp_cache_mb: memory for cached sampling geometry: first the voxel back projector's per-view grids (12
+    bytes per voxel and view: 755 MB at 128^3 and 30 views; views beyond it are recomputed each time), then
+    the trilinear forward projector's per-subset sampling plans (8 bytes per plane and ray; subsets beyond
+    it keep their rays, 28 bytes per ray, and recompute the plan each time); 0: no cache;
     coarse_passes: passes on the 2x coarser grid first; renderer: "trilinear" | "siddon"; max_memory_mb:
     the renderer's bound per chunk of rays; report_every: passes between progress reports (a progress
     call also follows every subset so that cancellation is prompt); snapshot_every / on_snapshot: call
@@ -281,11 +284,18 @@ class _Level:
         # carry no weight); pix per subset: (flat pixel indices (N,), None when all are used; its rays)
         grid_px = cams.pixel_grid().reshape(-1, 2)  # (H*W, 2) [column, row]
         self.pix: List[tuple] = []
+        # bp_cache_mb is shared: the voxel back projector's grids (12 bytes per voxel and view) first, the forward
+        # projector's sampling plans get what they leave
+        bp_mb = min(s.bp_cache_mb, 12 * math.prod(shape) * n_views / 2**20) if s.backprojector == "voxel" else 0.0
+        cache_mb = s.bp_cache_mb - bp_mb
         for g, sub_cams in zip(self.groups, self.sub_cams):
             used = (w[g] > 0).any(0).flatten()  # (H*W,)
             idx = torch.nonzero(used).squeeze(1)
-            # the subset's rays, built once (28 bytes per ray) and marched through every iterate
-            rays = prepare_rays(like, sub_cams, grid_px[idx], renderer=s.renderer, max_memory_mb=s.max_memory_mb) if idx.numel() else None
+            # the subset's rays (or sampling plans), built once and marched through every iterate
+            rays = None
+            if idx.numel():
+                rays = prepare_rays(like, sub_cams, grid_px[idx], renderer=s.renderer, max_memory_mb=s.max_memory_mb, cache_mb=cache_mb)
+                cache_mb = max(0.0, cache_mb - prepared_bytes(rays) / 2**20)
             self.pix.append((None if idx.numel() == used.numel() else idx, rays))
         rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
         # per subset (v, H, W) each: the data p, w / r, the weights w
@@ -296,7 +306,7 @@ class _Level:
         self.axis_w = _axis_weights(like)
         self.dual: Optional[Tensor] = None
         self.lam = s.relaxation  # the relaxation of the current pass
-        self.bp = VoxelBackprojector(cams, like, cache_mb=s.bp_cache_mb) if s.backprojector == "voxel" else None
+        self.bp = VoxelBackprojector(cams, like, cache_mb=bp_mb) if s.backprojector == "voxel" else None
 
     def forward(self, y: Tensor, si: int) -> Tensor:
         """A_s y: (v, H, W) line integrals of subset si, zero at pixels no view of the subset uses."""

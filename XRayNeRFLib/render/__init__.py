@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -18,13 +18,14 @@ from ..progress import ProgressCallback, report
 from ..volume import Volume
 from .rays import IndexRays, box_intersection, rays_for_views
 from .siddon import siddon_bytes_per_ray, siddon_line_integrals, siddon_line_integrals_sorted
-from .trilinear import SliceStacks, trilinear_bytes_per_ray, trilinear_line_integrals
+from .trilinear import MarchPlan, SliceStacks, march, march_plans, trilinear_bytes_per_ray, trilinear_line_integrals
 
 __all__ = [
     "render",
     "render_rays",
     "prepare_rays",
     "render_prepared",
+    "prepared_bytes",
     "RENDERERS",
     "DEFAULT_RENDERER",
     "beer_lambert",
@@ -115,22 +116,55 @@ def prepare_rays(
     renderer: str = DEFAULT_RENDERER,
     samples_per_voxel: float = 1.0,
     max_memory_mb: float = 1024.0,
-) -> List[IndexRays]:
+    cache_mb: float = 0.0,
+) -> List[Union[IndexRays, List[MarchPlan]]]:
     """The rays :func:`render` would march for ``like``'s grid (its ``ras_from_ijk`` and shape; data ignored),
     ``cameras`` (cast to the grid's dtype) and ``pixels`` (V, N, 2) or (N, 2) [column, row], in its chunks,
-    for loops that render the same rays through many volumes on that grid (:func:`render_prepared`).
-    Memory: 28 bytes per ray in float32."""
+    for loops that render the same rays through many volumes on that grid (:func:`render_prepared`). A chunk
+    is its IndexRays (28 bytes per ray in float32) or, with the trilinear renderer while they fit in
+    ``cache_mb``, its sampling plans (:class:`trilinear.MarchPlan`: 8 bytes per plane and ray, no geometry
+    left to compute per call). :func:`prepared_bytes` gives the memory held."""
     cams = cameras.to(device=like.data.device, dtype=like.data.dtype)
     grid = pixels.to(device=like.data.device, dtype=like.data.dtype)
     grid = grid.unsqueeze(0) if grid.ndim == 2 else grid
-    return list(_ray_chunks(like, cams, grid, renderer, samples_per_voxel, max_memory_mb))
+    spv = int(round(samples_per_voxel))
+    left = float(cache_mb) * 2**20
+    out: List[Union[IndexRays, List[MarchPlan]]] = []
+    for rays in _ray_chunks(like, cams, grid, renderer, samples_per_voxel, max_memory_mb):
+        if renderer == "trilinear" and left > 0:
+            plans = march_plans(tuple(like.data.shape), rays, spv)
+            if prepared_bytes([plans]) <= left:
+                left -= prepared_bytes([plans])
+                out.append(plans)
+                continue
+            left = 0.0  # the rest as rays
+        out.append(rays)
+    return out
 
 
-def render_prepared(mu: Tensor, rays: List[IndexRays], *, renderer: str = DEFAULT_RENDERER, samples_per_voxel: float = 1.0) -> Tensor:
+def prepared_bytes(chunks: List[Union[IndexRays, List[MarchPlan]]]) -> int:
+    """Memory held by :func:`prepare_rays`' chunks (bytes)."""
+    total = 0
+    for c in chunks:
+        if isinstance(c, IndexRays):
+            total += sum(t.numel() * t.element_size() for t in (c.origin, c.direction, c.length_mm))
+        else:
+            total += sum(pl.nbytes for pl in c)
+    return total
+
+
+def render_prepared(
+    mu: Tensor, chunks: List[Union[IndexRays, List[MarchPlan]]], *, renderer: str = DEFAULT_RENDERER, samples_per_voxel: float = 1.0
+) -> Tensor:
     """Line integrals (R,) of mu (K, J, I) 1/mm (the grid of :func:`prepare_rays`, not checked for NaN) along
-    prepared rays, view-major as :func:`render` orders them: reshape to (V, N)."""
+    prepared chunks, view-major as :func:`render` orders them: reshape to (V, N)."""
     stacks = SliceStacks(mu, int(round(samples_per_voxel)) if renderer == "trilinear" else 1)
-    out = [render_rays(mu, r, renderer=renderer, samples_per_voxel=samples_per_voxel, stacks=stacks) for r in rays]
+    out = []
+    for c in chunks:
+        if isinstance(c, IndexRays):
+            out.append(render_rays(mu, c, renderer=renderer, samples_per_voxel=samples_per_voxel, stacks=stacks))
+        else:  # trilinear sampling plans
+            out.append(march(stacks, c))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
