@@ -20,7 +20,7 @@ from XRayNeRFLib.recon.selfcal import (
 )
 
 F64 = torch.float64
-SETTINGS = RefineSettings(rounds=2, steps=4, passes=4, holdout_groups=0)  # the joint fit
+SETTINGS = RefineSettings(rounds=2, steps=4, passes=4, rays_per_view=256, holdout_groups=0)  # the joint fit
 
 
 def _case(seed=5, n=16):
@@ -82,7 +82,7 @@ def test_refinement_reduces_jitter_and_error():
 def test_exact_geometry_does_not_drift():
     _, true, p = _case()
     like = cylinder_grid(true, grid=16)
-    r = refine_geometry(p, true, like, settings=RefineSettings(rounds=1, steps=4, passes=4, holdout_groups=0))
+    r = refine_geometry(p, true, like, settings=RefineSettings(rounds=1, steps=4, passes=4, rays_per_view=256, holdout_groups=0))
     assert "nothing" in r.stopped and len(r.data_terms) == 1
     assert torch.allclose(r.cameras.world_from_camera, true.world_from_camera, atol=1e-5)
     assert float(r.corrections.abs().max()) == 0.0
@@ -104,7 +104,7 @@ def test_leave_group_out_fits_each_group_against_the_other_views(monkeypatch):
         return real(projections, cameras, like, s, masks)
 
     monkeypatch.setattr(selfcal, "_reconstruct", spy)
-    settings = RefineSettings(rounds=2, steps=4, passes=4, holdout_groups=4)
+    settings = RefineSettings(rounds=2, steps=4, passes=4, rays_per_view=256, holdout_groups=4)
     r = refine_geometry(p, nominal, like, settings=settings)
     assert seen[:5] == [16, 12, 12, 12, 12], seen  # all views, then each group of 4 left out
     assert _rotation_error_deg(r.cameras, true) < 0.75 * _rotation_error_deg(nominal, true)
@@ -112,7 +112,7 @@ def test_leave_group_out_fits_each_group_against_the_other_views(monkeypatch):
         p,
         true,
         like,
-        settings=RefineSettings(rounds=1, steps=4, passes=4, holdout_groups=4),
+        settings=RefineSettings(rounds=1, steps=4, passes=4, rays_per_view=256, holdout_groups=4),
     )
     assert "nothing" in exact.stopped and float(exact.corrections.abs().max()) == 0.0
 
@@ -137,7 +137,7 @@ def test_smooth_wobble_is_recovered_and_weak_parameters_stay():
     wobble[:, 0], wobble[:, 1] = math.radians(0.8) * torch.sin(2 * phi), math.radians(0.8) * torch.cos(3 * phi)
     true = apply_corrections(nominal, wobble)
     p = analytic_projections(true).float()
-    r = refine_geometry(p, nominal, cylinder_grid(nominal, grid=16), settings=RefineSettings(rounds=3, passes=4))
+    r = refine_geometry(p, nominal, cylinder_grid(nominal, grid=16), settings=RefineSettings(rounds=3, passes=4, rays_per_view=256))
     g = torch.linspace(-15.0, 15.0, 4, dtype=F64)
     points = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)  # (64, 3) RAS mm, in and around the phantom
     before, after = _reprojection_px(nominal, true, points), _reprojection_px(r.cameras, true, points)

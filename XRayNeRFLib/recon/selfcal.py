@@ -78,7 +78,9 @@ class RefineSettings:
     ``scale``: 1 degree) against the normalised data term; weak_reg: prior weight of the weakly observable
     parameters (rotation about the principal ray in degrees, translations in mm, principal point in pixels;
     :func:`prior_weights`); min_gain: relative decrease of the data term a round must bring to be applied;
-    start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per round; intrinsics: also correct
+    start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per reconstruction (None: the
+    reconstruction's own default, ``ostv.default_passes``; the default is more, since the pose fit needs a
+    converged volume: benchmarks/RESULTS_carm.md); intrinsics: also correct
     each view's principal point (pixels); renderer: the os-tv start's projector (default
     ``render.DEFAULT_RENDERER``; the pose fit itself always marches trilinearly); seed: the pixel draw;
     holdout_groups: K >= 2 fits each of K interleaved view groups against a volume reconstructed without that
@@ -86,13 +88,13 @@ class RefineSettings:
     per round), 0 or 1: every view against the volume of all views (joint fit)."""
 
     rounds: int = 6
-    steps: int = 6
+    steps: int = 3
     rays_per_view: int = 4096
     reg: float = 1e-4
     weak_reg: float = 2e-3
     min_gain: float = 0.01
     start: str = "os-tv"
-    passes: int = 8
+    passes: Optional[int] = 20
     intrinsics: bool = False
     renderer: str = DEFAULT_RENDERER
     seed: int = 0
