@@ -429,12 +429,13 @@ class _Run:
             if appearance is not None:
                 raise ValueError("a DRR source (mNeRF) replaces the CT's DRR: do not combine it with a NeTT appearance model")
             volume = s.drr_source(volume)
-        volume.check_finite("the CT")
         if appearance is not None:
             with torch.no_grad():
                 volume = appearance(volume)
         self.dtype = dtype = torch.float32
         vol = volume.to(dtype=dtype)
+        # Checked once, as rendered: the levels render it or its average-pooled copies without a scan per render.
+        vol.check_finite("the CT" if appearance is None else "the CT under the appearance model")
         self.cams0 = [cam.to(dtype=torch.float64) for _, cam, _ in views]
         for c, (_, m), nm in zip(self.cams0, checked, names):
             _check_overlap(vol, c, m, nm)
@@ -527,7 +528,8 @@ class _Run:
         masks = self.pixel_mask(x, factor) if masks is None else masks
         vol_f, vals, drrs = self.level_volume[factor], [], []
         for v, (im_f, _) in enumerate(self.level_images[factor]):
-            drr = render(vol_f, self.build(x, factor, v), renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel)
+            cams = self.build(x, factor, v)
+            drr = render(vol_f, cams, renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel, check_finite=False)
             if not torch.isfinite(drr).all():
                 raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
             drr = self.blurred(drr, x, factor)
