@@ -383,6 +383,21 @@ def test_chunking_and_pixel_subsets(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_sliced_layout_renders_the_same_and_is_sliced_without_a_copy(method):
+    """A volume stored in the slicing order of an axis (trilinear.sliced_layout) is the same volume: the same DRRs
+    from the three axes' views; its stack along that axis is the stored memory itself."""
+    from XRayNeRFLib.render.trilinear import SliceStacks, sliced_layout
+
+    vol, cams = invariance_setup()  # views whose beams run along different index axes
+    full = render(vol, cams, renderer=method)
+    for axis in range(3):
+        data = sliced_layout(vol.data, axis)
+        assert torch.equal(data, vol.data)
+        assert SliceStacks(data, 1).planes(axis).data_ptr() == data.data_ptr()
+        np.testing.assert_allclose(render(Volume(data, vol.ras_from_ijk, vol.units), cams, renderer=method), full, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_float32_matches_float64(method):
     vol, cams = invariance_setup()
     ref = render(vol, cams, renderer=method)

@@ -40,9 +40,10 @@ from ..errors import GeometryError, NoOverlapError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import DEFAULT_RENDERER, render
+from ..render.trilinear import sliced_layout
 from ..threads import torch_threads
 from ..volume import Volume, as_mu
-from .coverage import ct_coverage_mask
+from .coverage import beam_axes, ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
 from .pose import PoseParametrization, check_rigid
@@ -455,8 +456,11 @@ class _Run:
 
     # -- data ------------------------------------------------------------------------------------
     def _pyramid(self, checked, vol: Volume) -> Tuple[dict, dict]:
-        """Per binning factor: [(binned image (h, w), binned mask (h, w) bool) per view], and the pooled volume."""
+        """Per binning factor: [(binned image (h, w), binned mask (h, w) bool) per view], and the pooled volume, stored
+        in the order in which the renderer slices it for the first view (:func:`~..render.trilinear.sliced_layout`
+        along its beam axis: no copy of the volume per render)."""
         images, volumes = {}, {}
+        axis = int(beam_axes(vol, self.cams0[0])[0])
         for f in sorted(set(self.levels) | {1}):
             images[f] = []
             for img, mask in checked:
@@ -464,7 +468,8 @@ class _Run:
                 if m_f.sum() < 16:
                     raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
                 images[f].append((im_f, m_f))
-            volumes[f] = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
+            v_f = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
+            volumes[f] = Volume(sliced_layout(v_f.data, axis), v_f.ras_from_ijk, v_f.units)
         return images, volumes
 
     @property
