@@ -450,6 +450,7 @@ class _Run:
         self.n_pose = 9 if s.refine_intrinsics else 6  # pose (and intrinsics) parameters; then the PSF's
         self.n_par = self.n_pose + (1 if s.fit_psf else 0)
         self.level_images, self.level_volume = self._pyramid(checked, vol)
+        self.vol = self.level_volume[1]  # the same CT, in slicing order: the run holds one full-resolution copy
         self.trace: List[dict] = []
         self.iterations = 0
         self.total_budget = sum(self.iters)
@@ -458,8 +459,9 @@ class _Run:
     def _pyramid(self, checked, vol: Volume) -> Tuple[dict, dict]:
         """Per binning factor: [(binned image (h, w), binned mask (h, w) bool) per view], and the pooled volume, stored
         in the order in which the renderer slices it for the first view (:func:`~..render.trilinear.sliced_layout`
-        along its beam axis: no copy of the volume per render)."""
-        images, volumes = {}, {}
+        along its beam axis: no copy of the volume per render; one copy per pooling factor, shared by the levels that
+        render it)."""
+        images, volumes, laid = {}, {}, {}
         axis = int(beam_axes(vol, self.cams0[0])[0])
         for f in sorted(set(self.levels) | {1}):
             images[f] = []
@@ -468,8 +470,11 @@ class _Run:
                 if m_f.sum() < 16:
                     raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
                 images[f].append((im_f, m_f))
-            v_f = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
-            volumes[f] = Volume(sliced_layout(v_f.data, axis), v_f.ras_from_ijk, v_f.units)
+            pool = max(1, f // 2) if self.s.pool_volume else 1
+            if pool not in laid:
+                v_p = pooled_volume(vol, pool)
+                laid[pool] = Volume(sliced_layout(v_p.data, axis), v_p.ras_from_ijk, v_p.units)
+            volumes[f] = laid[pool]
         return images, volumes
 
     @property
