@@ -415,6 +415,21 @@ def test_float32_matches_float64(method):
     assert rel < 1e-5, float(rel)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_sliced_layout_renders_the_same_and_is_sliced_without_a_copy(method):
+    """A volume stored in the slicing order of an axis (trilinear.sliced_layout) is the same volume: the same DRRs
+    from the three axes' views; its stack along that axis is the stored memory itself."""
+    from XRayNeRFLib.render.trilinear import SliceStacks, sliced_layout
+
+    vol, cams = invariance_setup()  # views whose beams run along different index axes
+    full = render(vol, cams, renderer=method)
+    for axis in range(3):
+        data = sliced_layout(vol.data, axis)
+        assert torch.equal(data, vol.data)
+        assert SliceStacks(data, 1).planes(axis).data_ptr() == data.data_ptr()
+        np.testing.assert_allclose(render(Volume(data, vol.ras_from_ijk, vol.units), cams, renderer=method), full, rtol=0, atol=1e-12)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_matches_cpu(method):

@@ -66,6 +66,15 @@ class SliceStacks:
         return self._cache[axis]
 
 
+def sliced_layout(mu: Tensor, axis: int) -> Tensor:
+    """mu (K, J, I) with the same values, stored in the memory order in which :class:`SliceStacks` slices it along
+    index axis ``axis`` (0 = i, 1 = j, 2 = k): renders whose rays run mostly along that axis then take its
+    slices without copying the volume on every call (one copy here instead). Shape (K, J, I), a permuted view."""
+    perm, _, _ = _SLICING[int(axis)]
+    inverse = [perm.index(d) for d in range(3)]
+    return mu.permute(*perm).contiguous().permute(*inverse)
+
+
 def plane_positions(n: int, samples_per_voxel: int, dtype, device) -> Tensor:
     """Index coordinates of the sample planes along an axis of n voxels: (n * spv,)."""
     q = torch.arange(n * samples_per_voxel, dtype=dtype, device=device)
