@@ -156,7 +156,7 @@ def _halton(n: int, dim: int) -> Tensor:
     return out
 
 
-def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor, name: str = "the X-ray") -> None:
+def check_overlap(volume: Volume, cams: Cameras, mask: Tensor, name: str = "the X-ray") -> None:
     """Raise NoOverlapError when the CT's projected bounding box misses the (masked) image ``name``."""
     corners = volume.corners_ras().to(torch.float64)
     c = cams.to(dtype=torch.float64)
@@ -439,7 +439,7 @@ class _Run:
         vol.check_finite("the CT" if appearance is None else "the CT under the appearance model")
         self.cams0 = [cam.to(dtype=torch.float64) for _, cam, _ in views]
         for c, (_, m), nm in zip(self.cams0, checked, names):
-            _check_overlap(vol, c, m, nm)
+            check_overlap(vol, c, m, nm)
         self.levels, self.iters, self.lrs = s.per_level(pyramid_size_px([c.size_px for c in self.cams0]))
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
         self.param = PoseParametrization(w0[0], centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
