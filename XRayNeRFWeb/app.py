@@ -2,7 +2,9 @@
 
 Every button goes through :meth:`XRayNeRFWebApp._action`, which shows a refusal or an error as a message in
 the page (element ``#message``) and keeps the server running. Long work (registration, reconstruction, DRR, each
-overlay update) runs as a job (jobs.py); the page shows ``busy`` and a progress bar, pushed at ~10 Hz.
+overlay update) runs as a job (jobs.py); the page shows ``busy`` and a progress bar, pushed at ~10 Hz. The
+buttons that change what the overlay shows (Accept, Revert, the Loads, Landmark start) wait for an overlay update
+in flight and then apply (:meth:`XRayNeRFWebApp._after_overlay`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class XRayNeRFWebApp:
         options = dict(interactive_quality=STILL_QUALITY, target_fps=30.0, blur_fps=None)
         slices = RemoteSliceViewFactory(server, populate_view_ui_f=_view_marker("slice"), **options)
         self.sa.view_manager.register_factory(slices)
+        self.slice_views = slices  # trame-slicer's factory of the slice views (their trame-rca adapters: the page's clicks)
         self.sa.view_manager.register_factory(RemoteThreeDViewFactory(server, populate_view_ui_f=_view_marker("3d"), **options))
         self.layout_manager = LayoutManager(self.sa.scene, self.sa.view_manager, server)
         self.layout_manager.register_layout("XRayNeRF", _layout())
@@ -93,12 +96,14 @@ class XRayNeRFWebApp:
         self.overlay_throttle = CoalescingRenderer(self._throttled_overlay, LoopTimer, interval_s=INTERVAL_S)
         self.runner = runner if runner is not None else JobRunner()
         self._deferred = None  # (kind, work, done, message): a long job waiting for the running overlay update
+        self._waiting = None  # (action name, args): a scene-changing action waiting for the overlay updates (_after_overlay)
         from .session import Session
 
         red = self.sa.app_logic.GetSliceLogicByLayoutName("Red")
         green = self.sa.app_logic.GetSliceLogicByLayoutName("Green")
         self.session = Session(self.sa, data, red, green)
         self._init_state()
+        self._init_landmarks()
         self._build_ui()
         self.ctrl.on_server_ready.add(self._on_ready)
 
@@ -207,12 +212,45 @@ class XRayNeRFWebApp:
 
         return decorate if fn is None else decorate(fn)
 
+    def _after_overlay(fn: Callable) -> Callable:  # noqa: N805  (a decorator below, under @_action)
+        """An action that changes what the overlay shows (Accept, Revert, a Load) waits for the overlay updates in
+        flight: while one runs (or one is asked for after it) the action is kept, with its arguments, and runs once
+        the last of them has ended (:meth:`_overlay_idle`), so it never meets a half-written pose or DRR. One action
+        waits at a time; a second one (or one while a long job waits) is refused with BusyError."""
+
+        @functools.wraps(fn)
+        def wrapper(self, *args):
+            job = self.runner.job
+            if job is None or job.kind != "overlay":
+                return fn(self, *args)
+            if self._waiting is not None or self._deferred is not None:
+                raise BusyError("the overlay update", fn.__name__.replace("_", " "))
+            self._waiting = (fn.__name__, args)
+            self._say(f"{fn.__name__.replace('_', ' ')}: waiting for the overlay update in flight")
+            return None
+
+        return wrapper
+
+    def _overlay_idle(self) -> None:
+        """The overlay updates asked for so far have ended (on the event loop): a long job that waits for them
+        starts, else an action that waits for them runs (:meth:`_after_overlay`)."""
+        if self.runner.has_pending_overlay:
+            return
+        if self._deferred is not None:
+            deferred, self._deferred = self._deferred, None
+            self._start_deferred(*deferred)
+        elif self._waiting is not None:
+            (name, args), self._waiting = self._waiting, None
+            getattr(self, name)(*args)
+
     def _start(self, kind: str, work: Callable, done: Callable[[Any], None], message: str = "") -> None:
         """Start a job (BusyError if one runs); ``done(result)`` on success, errors become the message. A long job
         asked for while an overlay update runs starts when the overlay updates asked for so far have ended (they
         take a fraction of a second and are not the user's job: they do not make the page "busy")."""
         if kind != "overlay" and self._deferred is not None:
             raise BusyError(self._deferred[0], kind)
+        if kind != "overlay" and self._waiting is not None:
+            raise BusyError(self._waiting[0].replace("_", " "), kind)
         if kind != "overlay" and self.runner.job is not None and self.runner.job.kind == "overlay":
             self._deferred = (kind, work, done, message)
             return
@@ -237,11 +275,10 @@ class XRayNeRFWebApp:
                     self._say(f"{kind} failed: {type(error).__name__}: {error}", "error")
                 if kind != "overlay":  # an overlay update writes no file
                     self.state.files = self.data.listing()
-            if kind == "overlay" and self._deferred is not None and not self.runner.has_pending_overlay:
-                # a long job asked for during the overlay updates starts once the last pose asked for is in the scene
-                # (after the page's busy flag was reset above)
-                deferred, self._deferred = self._deferred, None
-                self._start_deferred(*deferred)
+            if kind == "overlay":
+                # a long job or an action asked for during the overlay updates goes on once the last pose asked for
+                # is in the scene (after the page's busy flag was reset above)
+                self._overlay_idle()
 
         job = self.runner.start(kind, work, finished)
         if job is not None and kind != "overlay":
@@ -294,6 +331,7 @@ class XRayNeRFWebApp:
 
     # -- registration ---------------------------------------------------------------------------------
     @_action
+    @_after_overlay
     def load_sample_registration(self) -> None:
         self._refuse_if_busy("loading the sample data")
         self.session.load_sample_registration()
@@ -320,6 +358,7 @@ class XRayNeRFWebApp:
             self._request_overlay()
 
     @_action
+    @_after_overlay
     def load_ct_path(self, relative: str) -> None:
         self._refuse_if_busy("loading a CT")
         self.session.load_ct(self._resolve(relative))
@@ -327,6 +366,7 @@ class XRayNeRFWebApp:
         self._say(f"Loaded the CT '{self.state.reg_ct}'.", "success")
 
     @_action
+    @_after_overlay
     def load_xray_path(self, relative: str) -> None:
         self._refuse_if_busy("loading an X-ray")
         self.session.load_xray_dicom(self._resolve(relative))
@@ -334,6 +374,7 @@ class XRayNeRFWebApp:
         self._say(f"Loaded the X-ray '{self.state.reg_xray}' with its C-arm geometry.", "success")
 
     @_action
+    @_after_overlay
     def upload_ct(self, files) -> None:
         self._refuse_if_busy("loading a CT")
         path = self._upload(files)
@@ -343,6 +384,7 @@ class XRayNeRFWebApp:
         self._say(f"Loaded the CT '{self.state.reg_ct}' from {self.data.relative(path)}.", "success")
 
     @_action
+    @_after_overlay
     def upload_xray(self, files) -> None:
         self._refuse_if_busy("loading an X-ray")
         path = self._upload(files)
@@ -367,6 +409,7 @@ class XRayNeRFWebApp:
         self._say(f"Uploaded {self.state.reg_landmarks_path}; the X-ray image's pose is solved from it at Load.", "info")
 
     @_action
+    @_after_overlay
     def load_xray_image_path(
         self, image_relative: str, camera_relative: str, intensities: bool = False, landmarks_relative: str = ""
     ) -> None:
@@ -415,6 +458,57 @@ class XRayNeRFWebApp:
 
         self._start("overlay", work, done)
 
+    # -- registration: click-placed landmarks (landmarks.py) ------------------------------------------
+    def _init_landmarks(self) -> None:
+        from .landmarks import ClickedLandmarks
+
+        self.landmarks = ClickedLandmarks(self.session, self.sa.markups_logic, self._on_landmark_points)
+        self.state.update(dict(lm_ct=0, lm_xray=0, lm_placing=""))
+
+    def _on_landmark_points(self, ct: int, xray: int) -> None:
+        with self.state:  # a click in a view (trame-rca's event call) added or removed a point
+            self.state.lm_ct, self.state.lm_xray = int(ct), int(xray)
+
+    @_action(list_files=False)
+    def place_landmarks(self, which: str) -> None:
+        """Clicks in the views place CT points (``which="ct"``: on the CT in the Green view) or X-ray points
+        (``"xray"``: on the X-ray in the Red view)."""
+        if self._long_job_runs():  # (an overlay update may run: placing changes no pose)
+            raise BusyError(self.runner.job.kind, "placing landmarks")
+        self.landmarks.place(which)
+        self.state.lm_placing = which
+        where = "the CT in the Green view" if which == "ct" else "the X-ray in the Red view"
+        self._say(f"Click the landmarks on {where}; pair n is the n-th point of each list.", "info")
+
+    @_action(list_files=False)
+    def stop_landmarks(self) -> None:
+        self.landmarks.stop()
+        self.state.lm_placing = ""
+
+    @_action(list_files=False)
+    @_after_overlay
+    def clear_landmarks(self) -> None:
+        self.landmarks.clear()
+        self.state.lm_placing = ""
+
+    @_action(list_files=False)
+    @_after_overlay
+    def landmark_start(self) -> None:
+        """The CT moved to the pose solved from the clicked pairs (landmarks.ClickedLandmarks.start); Accept or
+        Revert as after a registration. Bad pairs: the layer's LandmarkError as the message, nothing moved."""
+        from .landmarks import report
+
+        self._refuse_if_busy("the landmark start")
+        self.state.lm_placing = ""
+        start = self.landmarks.start()
+        ses = self.session
+        ses.registration_output, ses.last_registration = start, None  # Revert restores the transform from before
+        ses.base = ses.transform_matrix()
+        self._zero_controls()
+        self.state.reg_pending = True
+        self._request_overlay()
+        self._say(report(start), "success")
+
     @_action
     def reset_pose(self) -> None:
         with self.state:
@@ -462,13 +556,16 @@ class XRayNeRFWebApp:
         self._say("Cancelling: the job stops at its next step.")
 
     @_action
+    @_after_overlay
     def accept(self) -> None:
         self._refuse_if_busy("accept")
         self.session.accept()
+        self._zero_controls()  # the controls nudge the accepted pose now (not the pose from before it)
         self.state.reg_pending = False
         self._say("Accepted: the CT keeps the registered pose.", "success")
 
     @_action
+    @_after_overlay
     def revert(self) -> None:
         self._refuse_if_busy("revert")
         self.session.revert()
@@ -493,6 +590,7 @@ class XRayNeRFWebApp:
 
     # -- reconstruction -------------------------------------------------------------------------------
     @_action
+    @_after_overlay
     def load_sample_projections(self) -> None:
         self._refuse_if_busy("loading the sample projections")
         self.session.load_sample_projections()
@@ -504,6 +602,7 @@ class XRayNeRFWebApp:
         self._say(f"Loaded {self.state.rec_projections}.", "success")
 
     @_action
+    @_after_overlay
     def load_projections_path(self, stack_relative: str, geometry_relative: str) -> None:
         self._refuse_if_busy("loading projections")
         stack = self._resolve(stack_relative)
@@ -594,6 +693,7 @@ class XRayNeRFWebApp:
 
     # -- DRR -------------------------------------------------------------------------------------------
     @_action
+    @_after_overlay
     def load_sample_ct(self) -> None:
         self._refuse_if_busy("loading the sample CT")
         from XRayNeRFMRML import sampledata
@@ -653,6 +753,7 @@ class XRayNeRFWebApp:
         self._start("DRR", lambda job: self.session.drr_work(job, pose, renderer), done, "Rendering the DRR.")
 
     @_action
+    @_after_overlay
     def use_drr_as_xray(self) -> None:
         self._refuse_if_busy("changing the X-ray")
         self.session.use_drr_as_xray()

@@ -115,6 +115,7 @@ def _registration_tab(app) -> None:
         id="landmarks-path",
         classes="mb-2",
     )
+    _landmarks_section(app)
     html.Div("Move the CT (the overlay follows)", classes="text-subtitle-2 mt-2")
     _slider("tr", "R (mm)", -30, 30, 0.5)
     _slider("ta", "A (mm)", -30, 30, 0.5)
@@ -158,6 +159,38 @@ def _registration_tab(app) -> None:
     html.Div("{{ reg_result }}", id="reg-result", classes="text-caption mb-2")
     _download(app, "pose JSON", "pose.json", app.download_pose, "download-pose", "reg_ready")
     _download(app, "ITK transform", "ct_pose.tfm", app.download_itk, "download-itk", "reg_ready")
+
+
+def _landmarks_section(app) -> None:
+    """Landmark start by clicks (XRayNeRFWeb/landmarks.py): CT points on the CT (Green view), the same points on the
+    X-ray (Red view), then the solved start pose."""
+    html.Div("Landmark start (click point pairs)", classes="text-subtitle-2 mt-2")
+    with html.Div(classes="d-flex flex-wrap"):
+        for which, label in (("ct", "CT points (Green view)"), ("xray", "X-ray points (Red view)")):
+            v3.VBtn(
+                label,
+                id=f"lm-place-{which}",
+                click=(app.place_landmarks, f"['{which}']"),
+                size="small",
+                classes="mr-2 mb-2",
+                variant=(f"lm_placing === '{which}' ? 'flat' : 'tonal'",),
+                color=(f"lm_placing === '{which}' ? 'primary' : undefined",),
+                disabled=("busy || !reg_ready",),
+                prepend_icon="mdi-map-marker-plus",
+            )
+        v3.VBtn("Stop", id="lm-stop", click=app.stop_landmarks, size="small", variant="text", classes="mb-2", disabled=("!lm_placing",))
+        v3.VBtn("Clear", id="lm-clear", click=app.clear_landmarks, size="small", variant="text", classes="mb-2", disabled=("busy",))
+    html.Div("CT points: {{ lm_ct }} · X-ray points: {{ lm_xray }}", id="lm-counts", classes="text-caption")
+    v3.VBtn(
+        "Landmark start",
+        id="lm-start",
+        click=app.landmark_start,
+        size="small",
+        color="primary",
+        variant="tonal",
+        classes="mb-2",
+        disabled=("busy || !reg_ready",),
+    )
 
 
 def _recon_grid_fields(app) -> None:

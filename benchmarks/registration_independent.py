@@ -313,7 +313,7 @@ def write_study(out: str, work: Path, lines: list, payload: dict, what: str, arg
         "",
         f"{what}, {args.slice_mm:g} mm CT, RTK targets, {args.threads} torch thread(s); load average "
         f"{load_start[0]:.1f} at the start, {meta['load_end'][0]:.1f} at the end (median per run {np.median(loads):.1f}) on "
-        f"{meta['cpus']} cores (shared with other jobs); {meta['elapsed_s'] / 60:.0f} min in all.",
+        f"{meta['cpus']} cores; {meta['elapsed_s'] / 60:.0f} min in all.",
     ]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("\n".join(lines) + "\n")

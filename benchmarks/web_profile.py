@@ -9,13 +9,15 @@ presses and images with the server's steps). Steps: a pose control's change arri
 (``page.pose``, 0 ms), the overlay job (``overlay.total`` and its parts ``overlay.pose``, ``overlay.drr`` with
 ``coarse`` / ``full``, ``overlay.write``, ``overlay.show``), each view's frame (``view.render``: VTK drawing it
 through llvmpipe and reading the pixels back, with the view's name) and its JPEG encoding (``view.encode``, in
-trame-rca's encoder threads), and ``view.push`` (the frame handed to the websocket). :func:`summary` turns a LOG
-into a table, :func:`round_trip` splits the page's latencies into these steps.
+trame-rca's encoder threads), ``view.push`` (the frame handed to wslink) and ``ws.send`` (a view's frame sent on the
+websocket, on the event loop; the time the send took, with the view's name). :func:`summary` turns a LOG into a
+table, :func:`round_trip` splits the page's latencies into these steps.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import sys
 import threading
@@ -67,6 +69,7 @@ def install(log_path: str) -> None:
     f.RemoteViewFactory._create_view = create_view
     RcaImageEncoder.encode = _timed("view.encode", RcaImageEncoder.encode)
     RcaViewAdapter.push = _timed("view.push", RcaViewAdapter.push, lambda a, *_, **__: a.area_name)
+    _time_frame_sends()
     from XRayNeRFMRML.live_overlay import OverlayRenderer as Q
     from XRayNeRFWeb.app import XRayNeRFWebApp as A
 
@@ -77,6 +80,23 @@ def install(log_path: str) -> None:
     S.show_overlay = _timed("overlay.show", S.show_overlay)
     Q.render_volume = _timed("overlay.drr", Q.render_volume, lambda r, v=None, coarse=False: "coarse" if coarse else "full")
     Q.write = _timed("overlay.write", Q.write)
+
+
+def _time_frame_sends() -> None:
+    """``ws.send``: wslink's send of each published view frame (topic ``trame.rca.topic.stream``), with the view's name."""
+    from wslink.protocol import WslinkHandler
+
+    send = WslinkHandler.sendWrappedMessage
+
+    async def timed(self, rpcid, content, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return await send(self, rpcid, content, *args, **kwargs)
+        finally:
+            if str(rpcid).startswith("publish:trame.rca.topic.stream") and isinstance(content, dict):
+                _write("ws.send", 1000 * (time.perf_counter() - t), str(content.get("name", "?")))
+
+    WslinkHandler.sendWrappedMessage = timed
 
 
 def summary(log_path: str, since_s: float = 0.0, until_s: float = float("inf")) -> str:
@@ -90,7 +110,7 @@ def summary(log_path: str, since_s: float = 0.0, until_s: float = float("inf")) 
     out = ["| step | view | calls | median (ms) | 90th pct (ms) |", "|---|---|---|---|---|"]
     for (step, view), ms in sorted(rows.items()):
         ms.sort()
-        out.append(f"| {step} | {view} | {len(ms)} | {statistics.median(ms):.1f} | {ms[int(0.9 * (len(ms) - 1))]:.1f} |")
+        out.append(f"| {step} | {view} | {len(ms)} | {statistics.median(ms):.1f} | {ms[math.ceil(0.9 * len(ms)) - 1]:.1f} |")
     return "\n".join(out)
 
 
@@ -107,12 +127,16 @@ def _first_after(events, t: float):
     return next((e for e in events if e[0] >= t), None)
 
 
-def round_trip(log_path: str, steps) -> str:
+def round_trip(log_path: str, steps, arrivals=()) -> str:
     """A Markdown table splitting each page latency into its parts. steps: [(key press, new image in the page)],
-    epoch s. For each step: the first pose change at the server after the key press, the first overlay job
-    that starts after it, the first Red frame pushed after that job ends; medians over the steps (ms)."""
+    epoch s. arrivals: epoch s of the websocket messages that reached the page (frames; empty: not split). For
+    each step: the first pose change at the server after the key press, the first overlay job that starts after
+    it, the first Red frame pushed after that job ends, its websocket send and its arrival in the page; medians
+    over the steps (ms)."""
     ev = _events(log_path)
     pose, job, push = ev.get(("page.pose", ""), []), ev.get(("overlay.total", ""), []), ev.get(("view.push", "Red"), [])
+    sends = ev.get(("ws.send", "Red"), [])
+    arrivals = sorted((t, 0.0) for t in arrivals)
     starts = sorted((end - ms / 1000.0, ms) for end, ms in job)  # (start, ms)
     parts = defaultdict(list)
     for key_t, frame_t in steps:
@@ -126,13 +150,19 @@ def round_trip(log_path: str, steps) -> str:
         parts["pose change -> overlay job starts (throttle, queue)"].append(start - p[0])
         parts["overlay job (pose, DRR, node write)"].append(j[1] / 1000.0)
         parts["job end -> Red frame pushed (draw, read back, JPEG)"].append(f[0] - j[0])
+        s = _first_after(sends, f[0])
+        a = s and _first_after(arrivals, s[0] - 0.002)  # clocks of one machine; a send's end may follow the arrival
+        if a and a[0] <= frame_t + 0.001:
+            parts["  frame pushed -> sent on the websocket (server event loop)"].append(s[0] - f[0])
+            parts["  sent -> message in the page (network, page's main thread)"].append(max(0.0, a[0] - s[0]))
+            parts["  message in the page -> new image (unpack, blob, JPEG decode, Vue)"].append(frame_t - max(a[0], s[0]))
         parts["frame pushed -> new image in the page (websocket, decode)"].append(frame_t - f[0])
         parts["total"].append(frame_t - key_t)
     n = len(parts["total"])
     out = [f"| part ({n} of {len(steps)} steps matched) | median (ms) | 90th pct (ms) |", "|---|---|---|"]
     for name, v in parts.items():
         v.sort()
-        out.append(f"| {name} | {1000 * statistics.median(v):.1f} | {1000 * v[int(0.9 * (len(v) - 1))]:.1f} |")
+        out.append(f"| {name} | {1000 * statistics.median(v):.1f} | {1000 * v[math.ceil(0.9 * len(v)) - 1]:.1f} |")
     return "\n".join(out)
 
 

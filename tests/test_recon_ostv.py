@@ -18,7 +18,7 @@ from XRayNeRFLib.recon.fdk import fdk
 from XRayNeRFLib.recon.fov import default_grid
 from XRayNeRFLib.recon.ostv import OSTVSettings, _grad, _grad_t, _Level, coarse_grid, isotropic_tv, reconstruct_ostv, subset_order, tv_prox
 from XRayNeRFLib.recon.voxel import reconstruct_voxel
-from XRayNeRFLib.render import render
+from XRayNeRFLib.render import IndexRays, render
 from XRayNeRFLib.volume import Volume
 
 
@@ -152,6 +152,24 @@ def test_voxel_backprojector_cache_and_view_subsets(case):
         bp(clean[:2], views)
 
 
+def test_cache_budget_changes_nothing_but_memory(case):
+    """bp_cache_mb only decides what is cached (the back projector's grids first, then the forward's sampling
+    plans, else rays): no cache, a cache too small for any plan, one that holds the grids and some plans,
+    and the default give the same iterates."""
+    cams, _, noisy, like, _ = case
+    grids_mb = 12 * like.data.numel() * len(cams) / 2**20
+    runs = {}
+    for mb in (0.0, grids_mb, grids_mb + 0.5, 1024.0):
+        lvl = _Level(noisy, cams, like, None, OSTVSettings(bp_cache_mb=mb), len(cams))
+        runs[mb] = sum(not isinstance(c, IndexRays) for _, rays in lvl.pix for c in rays)  # subsets with plans
+        out, _ = reconstruct_ostv(noisy, cams, like, torch.zeros(like.data.shape), OSTVSettings(passes=2, bp_cache_mb=mb))
+        runs[mb] = (runs[mb], out.data)
+    assert runs[0.0][0] == 0 and runs[grids_mb][0] == 0 and 0 < runs[grids_mb + 0.5][0] < len(cams) == runs[1024.0][0]
+    for mb in (grids_mb, grids_mb + 0.5, 1024.0):
+        assert torch.allclose(runs[mb][1], runs[0.0][1], rtol=1e-5, atol=1e-6), mb
+    assert float(runs[0.0][1].max()) > 0
+
+
 def test_only_used_pixels_are_rendered(case):
     """The solver renders only the pixels that some view of the subset uses (masked or missing the grid
     are skipped): equal to the full render there, zero elsewhere."""
@@ -163,7 +181,7 @@ def test_only_used_pixels_are_rendered(case):
     full = render(Volume(gt, like.ras_from_ijk, "mu"), cams, renderer="trilinear")
     for si, g in enumerate(lvl.groups):
         assert lvl.pix[si] is not None
-        used = (lvl.w[g] > 0).any(0)
+        used = (lvl.sub[si][2] > 0).any(0)  # the subset's weights w
         got = lvl.forward(gt, si)
         assert torch.allclose(got[:, used], full[g][:, used], rtol=1e-5, atol=1e-6)
         assert float(got[:, ~used].abs().max()) == 0.0

@@ -105,6 +105,32 @@ def test_mi_invariant_to_monotone_gray_curves():
     assert float(mutual_information(invert(a), a)) == pytest.approx(mi_self, rel=1e-9)
 
 
+def test_mi_loss_remembers_the_x_ray_side_and_gives_the_same_values_and_gradients():
+    """make_loss("mi") keeps the fixed image's Parzen weights between calls with the same X-ray and mask (a
+    registration level compares every DRR with one X-ray): the same values and gradients, bit for bit, as
+    mutual_information; a changed X-ray (another tensor, or the same one modified in place), mask or batch is
+    recomputed."""
+    fixed, mask = smooth_image(5), smooth_image(7) > 0.2
+    loss = make_loss("mi")
+    for seed in (0, 1, 2):
+        moving = smooth_image(seed).requires_grad_(True)
+        value = loss(moving, fixed, mask)
+        (grad,) = torch.autograd.grad(value.sum(), moving)
+        ref = -mutual_information(moving, fixed, mask)
+        (grad_ref,) = torch.autograd.grad(ref.sum(), moving)
+        assert torch.equal(value, ref) and torch.equal(grad, grad_ref)
+    moving = smooth_image(0)
+    changes = [(smooth_image(6), mask), (fixed, ~mask), (fixed, mask)]
+    for other_fixed, other_mask in changes:
+        assert torch.equal(loss(moving, other_fixed, other_mask), -mutual_information(moving, other_fixed, other_mask))
+    fixed.add_(smooth_image(9))  # in place: the same tensor object, other values
+    assert torch.equal(loss(moving, fixed, mask), -mutual_information(moving, fixed, mask))
+    batch = torch.stack([moving, smooth_image(3)])
+    assert torch.equal(loss(batch, fixed, mask), -mutual_information(batch, fixed, mask))
+    with pytest.raises(TypeError):
+        make_loss("mi", patch_px=4)(moving, fixed, mask)
+
+
 def test_intensity_helpers():
     line = smooth_image(0)
     intensity = 1000.0 * torch.exp(-line)

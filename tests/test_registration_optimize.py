@@ -184,6 +184,26 @@ def test_bad_inputs(case):
         register(vol, image, Cameras.concatenate([cam, cam]))
 
 
+def test_a_ct_with_nan_is_refused_before_any_render(case, monkeypatch):
+    """The CT (and what an appearance model makes of it) is checked for NaN once, up front; the pyramid's renders
+    skip their own scan of the volume (check_finite=False: one scan per iteration was a large part of its cost)."""
+    from XRayNeRFLib.registration import optimize
+    from XRayNeRFLib.volume import Volume
+
+    vol, image, cam = case["volume"], case["image"], case["camera"]
+    bad = vol.data.clone()
+    bad[3, 4, 5] = float("nan")
+    with pytest.raises(ValueError, match="the CT contains 1 NaN"):
+        register(Volume(bad, vol.ras_from_ijk, vol.units), image, cam)
+    with pytest.raises(ValueError, match="the CT under the appearance model contains 1 NaN"):
+        register(vol, image, cam, appearance=lambda v: Volume(bad, v.ras_from_ijk, v.units))
+    checks = []
+    real_render = optimize.render
+    monkeypatch.setattr(optimize, "render", lambda *a, **k: checks.append(k.get("check_finite", True)) or real_render(*a, **k))
+    register(vol, image, cam, levels=(2,), max_iterations=2)
+    assert checks and not any(checks)
+
+
 @pytest.mark.parametrize(
     "size_px, levels",
     [

@@ -28,7 +28,7 @@ from conftest import (
 
 from XRayNeRFLib.geometry import Cameras
 from XRayNeRFLib.progress import Cancelled, Progress
-from XRayNeRFLib.render import beer_lambert, render
+from XRayNeRFLib.render import IndexRays, beer_lambert, prepare_rays, prepared_bytes, render, render_prepared
 from XRayNeRFLib.volume import Volume
 
 METHODS = ("siddon", "trilinear")
@@ -383,6 +383,29 @@ def test_chunking_and_pixel_subsets(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_prepared_rays_render_as_render(method):
+    """prepare_rays + render_prepared (rays or trilinear sampling plans built once, marched through several
+    volumes) give render's line integrals, in render's view-major order, whole or in one-ray chunks, for
+    per-view pixels; with a cache that holds some chunks' plans the rest stay rays."""
+    vol, cams = invariance_setup()
+    gen = torch.Generator().manual_seed(5)
+    px = torch.stack([torch.randint(0, 7, (3, 6), generator=gen), torch.randint(0, 5, (3, 6), generator=gen)], -1).to(F64)
+    plan_bytes = 8 * 2 * 10 * 18  # float64 grids: 2 coordinates per plane (at most 10 planes) and ray, 18 rays
+    for mb, cache_mb in ((1024.0, 0.0), (1e-9, 0.0), (1024.0, 1.0), (1e-9, 1.0), (1e-9, 0.5 * plan_bytes / 2**20)):
+        rays = prepare_rays(vol, cams, px, renderer=method, max_memory_mb=mb, cache_mb=cache_mb)
+        assert len(rays) == (1 if mb > 1 else 18)
+        plans = [not isinstance(c, IndexRays) for c in rays]
+        assert any(plans) == (method == "trilinear" and cache_mb > 0)
+        if method == "trilinear" and 0 < cache_mb < 1e-3:
+            assert not all(plans) and prepared_bytes(rays) <= cache_mb * 2**20 + 28 * 8 * 18
+        for scale in (1.0, 2.5):
+            mu = vol.data * scale
+            ref = render(Volume(mu, vol.ras_from_ijk, "mu"), cams, renderer=method, pixels=px)
+            got = render_prepared(mu, rays, renderer=method).reshape(3, 6)
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_float32_matches_float64(method):
     vol, cams = invariance_setup()
     ref = render(vol, cams, renderer=method)
@@ -390,6 +413,21 @@ def test_float32_matches_float64(method):
     assert low.dtype == torch.float32
     rel = ((low.double() - ref).abs() / ref.abs().max()).max()
     assert rel < 1e-5, float(rel)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sliced_layout_renders_the_same_and_is_sliced_without_a_copy(method):
+    """A volume stored in the slicing order of an axis (trilinear.sliced_layout) is the same volume: the same DRRs
+    from the three axes' views; its stack along that axis is the stored memory itself."""
+    from XRayNeRFLib.render.trilinear import SliceStacks, sliced_layout
+
+    vol, cams = invariance_setup()  # views whose beams run along different index axes
+    full = render(vol, cams, renderer=method)
+    for axis in range(3):
+        data = sliced_layout(vol.data, axis)
+        assert torch.equal(data, vol.data)
+        assert SliceStacks(data, 1).planes(axis).data_ptr() == data.data_ptr()
+        np.testing.assert_allclose(render(Volume(data, vol.ras_from_ijk, vol.units), cams, renderer=method), full, rtol=0, atol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

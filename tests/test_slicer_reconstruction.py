@@ -753,27 +753,8 @@ def test_bad_inputs_say_what_to_do(core, module, sparse, tmp_path, case, message
 
 
 # -- Widget (fake .ui: plain attributes) --------------------------------------------------------------------
-class _W:
-    """Stand-in for a Qt widget."""
-
-    def __init__(self, **kw):
-        self.visible, self.enabled = True, True
-        self.__dict__.update(kw)
-
-    def setVisible(self, visible):
-        self.visible = bool(visible)
-
-    def setEnabled(self, enabled):
-        self.enabled = bool(enabled)
-
-
 def _widget(module):
-    names = {w.get("name") for w in ET.parse(REPO / "Resources" / "UI" / f"{NAME}.ui").getroot().iter("widget")}
-    widget = module.XRayNeRFReconstructionWidget(None)
-    widget.ui = type("UI", (), {n: _W(text="", value=0, toolTip="") for n in names})()
-    widget.logic = module.XRayNeRFReconstructionLogic()
-    widget.initializeParameterNode()
-    return widget
+    return slicer_harness.module_widget(module, NAME)
 
 
 def test_widget_status_and_visible_fields(core, module, sparse):

@@ -104,26 +104,8 @@ def test_parameter_node_reasons(core, module):
 
 
 # -- Widget (fake .ui built from the .ui's widget names) and the C-arm in 3D --------------------------------
-class _W:
-    """Stand-in for a Qt widget: plain attributes."""
-
-    def __init__(self, **kw):
-        self.visible, self.enabled = True, True
-        self.__dict__.update(kw)
-
-    def setVisible(self, visible):
-        self.visible = bool(visible)
-
-
 def _widget(module):
-    import xml.etree.ElementTree as ET
-
-    names = {w.get("name") for w in ET.parse(REPO / "Resources" / "UI" / "XRayNeRFRegistration.ui").getroot().iter("widget")}
-    widget = module.XRayNeRFRegistrationWidget(None)
-    widget.ui = type("UI", (), {n: _W(text="", value=0, toolTip="") for n in names})()
-    widget.logic = module.XRayNeRFRegistrationLogic()
-    widget.initializeParameterNode()
-    return widget
+    return slicer_harness.module_widget(module, "XRayNeRFRegistration")
 
 
 def test_widget_register_shows_c_arm_then_revert_and_accept(core, module):

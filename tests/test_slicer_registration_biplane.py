@@ -204,26 +204,8 @@ def test_a_failure_during_the_run_restores_both_views(core, module):
 
 
 # -- the panel ---------------------------------------------------------------------------------------------
-class _W:
-    """Stand-in for a Qt widget: plain attributes."""
-
-    def __init__(self, **kw):
-        self.visible, self.enabled = True, True
-        self.__dict__.update(kw)
-
-    def setVisible(self, visible):
-        self.visible = bool(visible)
-
-
 def _widget(module):
-    import xml.etree.ElementTree as ET
-
-    names = {w.get("name") for w in ET.parse(REPO / "Resources" / "UI" / "XRayNeRFRegistration.ui").getroot().iter("widget")}
-    widget = module.XRayNeRFRegistrationWidget(None)
-    widget.ui = type("UI", (), {n: _W(text="", value=0, toolTip="") for n in names})()
-    widget.logic = module.XRayNeRFRegistrationLogic()
-    widget.initializeParameterNode()
-    return widget
+    return slicer_harness.module_widget(module, "XRayNeRFRegistration")
 
 
 @pytest.fixture

@@ -269,3 +269,45 @@ def test_mnerf_option_fits_the_second_xray_and_reaches_the_engine(core, module, 
     assert isinstance(s.drr_source, MNeRF)
     assert dataclasses.replace(s, drr_source=None) == RegistrationSettings()
     assert s.drr_source(volume_from_node(p.inputVolume)) is s.drr_source.volume  # fitted for the CT at this pose
+
+
+def test_mnerf_fit_is_reused_until_the_ct_or_the_second_xray_changes(core, module, monkeypatch):
+    """The panel's mNeRF is fitted once per (CT voxels and pose, second X-ray pixels and camera): a second run from the
+    same start reuses it; moving the CT's transform, editing the X-ray's pixels or choosing another X-ray fits again;
+    a failed fit keeps the previous entry (and the CT's parent is put back)."""
+    import XRayNeRFLib.registration.mnerf as mnerf
+
+    fitted = []
+
+    def counting_fit(volume, images, cameras, progress=None):
+        if fitted and fitted[-1] == "fail":
+            raise mnerf.MNeRFError("stubbed failure", reason="stub")
+        fitted.append(object())
+        return fitted[-1]
+
+    monkeypatch.setattr(mnerf, "fit_mnerf", counting_fit)
+    logic, p = _ready(module)
+    p.useMnerf = True
+    p.secondXray, _ = _second_xray(module, p.inputVolume, p.transform)
+    first = logic.fitMnerfUsingParameterNode(p)
+    assert logic.fitMnerfUsingParameterNode(p) is first and len(fitted) == 1
+    matrix = slicer.util.arrayFromTransformMatrix(p.transform)
+    matrix[:3, 3] += [1.0, 0.0, 0.0]
+    p.transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    moved = logic.fitMnerfUsingParameterNode(p)
+    assert moved is not first and len(fitted) == 2
+    assert logic.fitMnerfUsingParameterNode(p) is moved
+    pixels = slicer.util.arrayFromVolume(p.secondXray)
+    pixels[0, 0, 0] += 1.0
+    slicer.util.arrayFromVolumeModified(p.secondXray)
+    edited = logic.fitMnerfUsingParameterNode(p)
+    assert edited is not moved and len(fitted) == 3
+    p.secondXray, _ = _second_xray(module, p.inputVolume, p.transform, name="other lateral")
+    assert logic.fitMnerfUsingParameterNode(p) is not edited and len(fitted) == 4
+    assert logic.mnerfCache.fits == 4
+    fitted.append("fail")
+    p.transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.eye(4)))
+    parent = p.inputVolume.GetTransformNodeID()
+    with pytest.raises(mnerf.MNeRFError):
+        logic.fitMnerfUsingParameterNode(p)
+    assert p.inputVolume.GetTransformNodeID() == parent and logic.mnerfCache.fits == 4

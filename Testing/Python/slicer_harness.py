@@ -496,3 +496,30 @@ def load_module(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class FakeWidget:
+    """Stand-in for a Qt widget of a module's .ui: plain attributes (visible, enabled, text, value, toolTip, ...)."""
+
+    def __init__(self, **kw):
+        self.visible, self.enabled = True, True
+        self.__dict__.update(kw)
+
+    def setVisible(self, visible):
+        self.visible = bool(visible)
+
+    def setEnabled(self, enabled):
+        self.enabled = bool(enabled)
+
+
+def module_widget(module, name: str):
+    """The module's ``<name>Widget`` with ``ui`` holding a :class:`FakeWidget` per widget named in
+    Resources/UI/<name>.ui, its ``<name>Logic`` and its parameter node initialised (no Qt)."""
+    import xml.etree.ElementTree as ET
+
+    names = {w.get("name") for w in ET.parse(REPO_ROOT / "Resources" / "UI" / f"{name}.ui").getroot().iter("widget")}
+    widget = getattr(module, f"{name}Widget")(None)
+    widget.ui = type("UI", (), {n: FakeWidget(text="", value=0, toolTip="") for n in names})()
+    widget.logic = getattr(module, f"{name}Logic")()
+    widget.initializeParameterNode()
+    return widget

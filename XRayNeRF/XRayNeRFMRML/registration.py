@@ -203,11 +203,11 @@ def check_xrays_see_ct(volume, xray_nodes, cameras) -> None:
     import torch
 
     from XRayNeRFLib.errors import NoOverlapError
-    from XRayNeRFLib.registration.optimize import _check_overlap  # the engine's rule itself, not a copy
+    from XRayNeRFLib.registration.optimize import check_overlap
 
     for v, (node, cams) in enumerate(zip(xray_nodes, cameras)):
         try:
-            _check_overlap(volume, cams, torch.ones(cams.height, cams.width, dtype=torch.bool), f"X-ray '{node.GetName()}'")
+            check_overlap(volume, cams, torch.ones(cams.height, cams.width, dtype=torch.bool), f"X-ray '{node.GetName()}'")
         except NoOverlapError as error:
             raise _no_overlap(error, node.GetName(), v) from error
 

@@ -137,3 +137,42 @@ def fit_mnerf_on_xrays(ct_node, xray_nodes, *, progress: Optional[Callable] = No
     if stopped:
         raise Cancelled("mNeRF fit cancelled: nothing registered")
     return model
+
+
+def mnerf_inputs_key(ct_node, xray_nodes) -> tuple:
+    """What an mNeRF fit depends on, as a comparable tuple: the CT's node, voxels (image data modified time),
+    voxel-to-RAS matrix and world placement (parent transforms), and per X-ray its node, pixels, camera
+    attribute and world placement. Equal keys: the same fit."""
+    from .nodes import CAMERAS_ATTRIBUTE, ijk_to_ras, world_from_node
+
+    def placed(node) -> tuple:
+        image = node.GetImageData()
+        mtime = -1 if image is None else int(image.GetMTime())
+        return (node.GetID(), mtime, ijk_to_ras(node).round(9).tobytes(), world_from_node(node).round(9).tobytes())
+
+    return (placed(ct_node),) + tuple(placed(x) + (x.GetAttribute(CAMERAS_ATTRIBUTE),) for x in xray_set(*xray_nodes))
+
+
+class MNeRFCache:
+    """The last mNeRF fitted by :func:`fit_mnerf_on_xrays`, reused while its inputs (:func:`mnerf_inputs_key`)
+    are unchanged: a second Register from the same start (after Revert, or with another similarity) does not
+    fit again; moving the CT, editing its voxels or choosing another X-ray does. A failed or cancelled fit
+    keeps the previous entry."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._model = None
+        self.fits = 0  # fits run through this cache
+
+    def fit(self, ct_node, xray_nodes, *, progress: Optional[Callable] = None):
+        """The mNeRF for the CT as it is now and ``xray_nodes`` (arguments of :func:`fit_mnerf_on_xrays`)."""
+        key = mnerf_inputs_key(ct_node, xray_nodes)
+        if self._model is not None and key == self._key:
+            return self._model
+        model = fit_mnerf_on_xrays(ct_node, xray_nodes, progress=progress)
+        self._key, self._model = key, model
+        self.fits += 1
+        return model
+
+    def clear(self) -> None:
+        self._key = self._model = None

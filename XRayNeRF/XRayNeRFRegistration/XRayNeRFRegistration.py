@@ -354,6 +354,7 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
         self._secondOverlay = None  # the second X-ray's OverlayView (biplane), created on first use
         self._live = None  # XRayNeRFMRML.live_overlay.LiveOverlay while the live overlay runs
         self.landmarkHighlight = None  # XRayNeRFMRML.landmarks.LandmarkHighlight of the last failed landmark start
+        self.mnerfCache = None  # XRayNeRFMRML.registration_options.MNeRFCache, created on first use
 
     def getParameterNode(self):
         return XRayNeRFRegistrationParameterNode(super().getParameterNode())
@@ -693,18 +694,21 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def fitMnerfUsingParameterNode(self, p, progress: Optional[Callable] = None):
         """The mNeRF of the CT under its transform fitted to ``p.secondXray`` at its known pose (the registered
-        X-ray is not used: its pose is what the run finds). The CT's parent is put back when the fit fails."""
-        from XRayNeRFMRML.registration_options import fit_mnerf_on_xrays
+        X-ray is not used: its pose is what the run finds). The CT's parent is put back when the fit fails. The fit
+        is reused while the CT (voxels, pose) and the second X-ray are unchanged (``self.mnerfCache``)."""
 
         if p.secondXray is None or p.secondXray is p.xrayVolume:
             raise ValueError("mNeRF is fitted to a second X-ray at a known pose: choose it under 'Second X-ray', or untick mNeRF")
         if p.applyNett:
             raise ValueError("mNeRF replaces the CT's DRR: untick 'Apply NeTT' or 'mNeRF'")
+        from XRayNeRFMRML.registration_options import MNeRFCache
+
         self.cancelRequested = False
+        self.mnerfCache = self.mnerfCache or MNeRFCache()
         previous = p.inputVolume.GetTransformNodeID()
         p.inputVolume.SetAndObserveTransformNodeID(p.transform.GetID())  # the pose the run reads the CT at
         try:
-            return fit_mnerf_on_xrays(
+            return self.mnerfCache.fit(
                 p.inputVolume,
                 [p.secondXray],
                 progress=lambda q: bool(progress(q) if progress is not None else True) and not self.cancelRequested,

@@ -104,13 +104,15 @@ class VoxelBackprojector:
             raise ValueError(f"images {tuple(images.shape)} do not match the cameras ({len(views)} views of {self.height} x {self.width})")
         nk, nj, ni = self.shape
         imgs = (images.to(device=self.dev, dtype=torch.float32) * self.pix_w[views])[:, None]  # (V, 1, H, W)
-        out = torch.empty(nk, nj, ni, dtype=torch.float32, device=self.dev)
+        out = torch.empty(nk, nj, ni, dtype=torch.float32, device=self.dev) if views else torch.zeros(nk, nj, ni, device=self.dev)
         for k0 in range(0, nk, self.k_chunk):
             k1 = min(nk, k0 + self.k_chunk)
-            acc = torch.zeros(k1 - k0, nj, ni, dtype=torch.float32, device=self.dev)
+            acc = out[k0:k1]  # (k, J, I) view
             for n, v in enumerate(views):
                 grid, inv_d2 = self._geometry(v, k0, k1)
                 val = F.grid_sample(imgs[n : n + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                acc.addcmul_(val.reshape(k1 - k0, nj, ni), inv_d2)
-            out[k0:k1] = acc
+                if n == 0:
+                    torch.mul(val.reshape(k1 - k0, nj, ni), inv_d2, out=acc)
+                else:
+                    acc.addcmul_(val.reshape(k1 - k0, nj, ni), inv_d2)
         return out

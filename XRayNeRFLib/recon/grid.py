@@ -260,8 +260,11 @@ def estimate_memory_bytes(
         raise ValueError(f"unknown reconstruction method {method!r}")
     n_vox = int(shape_kji[0]) * int(shape_kji[1]) * int(shape_kji[2])
     total = _BASE_BYTES + _BYTES_PER_VOXEL[key] * n_vox + _BYTES_PER_PIXEL * int(n_views) * int(size_px[0]) * int(size_px[1])
-    if key == "voxel":  # the back projector's cached sampling grids: 12 bytes per voxel and view, capped
-        total += min(12 * n_vox * int(n_views), int(float(options.get("bp_cache_mb", 1024)) * 2**20))
+    if key == "voxel":  # the projectors' cached sampling geometry (ostv.OSTVSettings.bp_cache_mb): 12 bytes per
+        # voxel and view (back), 8 per plane and ray (forward), capped; the subsets' rays and data slices: 40 per ray
+        n_rays = int(n_views) * int(size_px[0]) * int(size_px[1])
+        cache = 12 * n_vox * int(n_views) + 8 * max(int(n) for n in shape_kji) * n_rays
+        total += min(cache, int(float(options.get("bp_cache_mb", 1024)) * 2**20)) + 40 * n_rays
     if uncertainty:
         total += 8 * n_vox  # the ensemble's running mean and spread
     return int(total)

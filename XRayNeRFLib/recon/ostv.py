@@ -22,7 +22,8 @@ in both the numerator and the column sum; it approximates A^T within a few perce
 its per-view sampling grids are cached (``bp_cache_mb``), so a back projection costs a gather instead of
 autograd's scatter-add. ``"matched"`` uses the renderer's autograd, the exact adjoint. Only the pixels
 that some view of the subset uses are rendered (w > 0: rays that miss the grid or are masked are
-skipped). The relaxation of
+skipped); each subset's rays are built once (:func:`render.prepare_rays`), with the trilinear renderer as
+sampling plans while ``bp_cache_mb`` has room after the back projector's grids. The relaxation of
 pass k (0-based, on the output grid) is ``relaxation / (1 + relaxation_decay * k)``.
 
 TV proximal step, ``tv_steps_per_pass`` times per pass (after equal shares of the subsets)::
@@ -60,7 +61,7 @@ from torch import Tensor
 
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
-from ..render import DEFAULT_RENDERER, RENDERERS, render
+from ..render import DEFAULT_RENDERER, RENDERERS, prepare_rays, prepared_bytes, render, render_prepared
 from ..volume import Volume
 from .backproject import VoxelBackprojector
 
@@ -79,8 +80,10 @@ class OSTVSettings:
     (0: no TV, plain OS-SART); tv_inner: FGP iterations per TV proximal step; tv_steps_per_pass: TV
     proximal steps per pass; statistical_weights: w = exp(-p); momentum: Nesterov extrapolation across
     passes; backprojector: "voxel" (voxel-driven, unmatched, fast) | "matched" (the renderer's autograd);
-    bp_cache_mb: memory for the voxel back projector's per-view sampling grids (12 bytes per voxel and
-    view: 755 MB at 128^3 and 30 views; views beyond it are recomputed each time, 0: no cache);
+    bp_cache_mb: memory for cached sampling geometry: first the voxel back projector's per-view grids (12
+    bytes per voxel and view: 755 MB at 128^3 and 30 views; views beyond it are recomputed each time), then
+    the trilinear forward projector's per-subset sampling plans (8 bytes per plane and ray; subsets beyond
+    it keep their rays, 28 bytes per ray, and recompute the plan each time); 0: no cache;
     coarse_passes: passes on the 2x coarser grid first; renderer: "trilinear" | "siddon"; max_memory_mb:
     the renderer's bound per chunk of rays; report_every: passes between progress reports (a progress
     call also follows every subset so that cancellation is prompt); snapshot_every / on_snapshot: call
@@ -229,19 +232,6 @@ def _project(x: Tensor, like: Volume, cams: Cameras, settings: OSTVSettings) -> 
     return render(Volume(x, like.ras_from_ijk, "mu"), cams, renderer=settings.renderer, max_memory_mb=settings.max_memory_mb)
 
 
-def _project_pixels(x: Tensor, like: Volume, cams: Cameras, pixels: Tensor, settings: OSTVSettings) -> Tensor:
-    """render(..., pixels=pixels) (V, N) without its finiteness scan of the whole volume (~half the cost
-    of a one-view call at 128^3; the solver checks its iterate itself)."""
-    return render(
-        Volume(x, like.ras_from_ijk, "mu"),
-        cams,
-        renderer=settings.renderer,
-        pixels=pixels,
-        max_memory_mb=settings.max_memory_mb,
-        check_finite=False,
-    )
-
-
 def coarse_grid(like: Volume) -> Volume:
     """The grid with twice the spacing over (about) the same box: (ceil(K/2), ceil(J/2), ceil(I/2)) voxels;
     coarse index c sits at fine index 2 c + 0.5 (the centre of the fine 2x2x2 block)."""
@@ -275,7 +265,7 @@ class _Level:
     """One grid of the solver: its data, weights, subsets and (lazily) per-subset column sums."""
 
     def __init__(self, p: Tensor, cams: Cameras, like: Volume, masks: Optional[Tensor], s: OSTVSettings, n_sub: int) -> None:
-        self.p, self.cams, self.like, self.s = p, cams, like, s
+        self.cams, self.like, self.s = cams, like, s
         shape = tuple(like.data.shape)
         ones = torch.ones(shape, dtype=torch.float32, device=p.device)
         with torch.no_grad():
@@ -286,61 +276,73 @@ class _Level:
         if s.statistical_weights:
             sw = torch.exp(-p.clamp_min(0))
             w = w * sw / float((sw * w).sum() / w.sum().clamp_min(1))
-        self.w = w
-        self.rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
         self.wsum = float(w.sum().clamp_min(1))
         n_views = p.shape[0]
         self.groups = [list(range(k, n_views, n_sub)) for k in range(n_sub)]
         self.sub_cams = [cams[torch.tensor(g)] for g in self.groups]
         # only the pixels some view of the subset uses are rendered (rays that miss the grid or are masked
-        # carry no weight)
+        # carry no weight); pix per subset: (flat pixel indices (N,), None when all are used; its rays)
         grid_px = cams.pixel_grid().reshape(-1, 2)  # (H*W, 2) [column, row]
-        self.pix: List[tuple] = []  # per subset: (flat pixel indices (N,), [column, row] (N, 2))
-        for g in self.groups:
+        self.pix: List[tuple] = []
+        # bp_cache_mb is shared: the voxel back projector's grids (12 bytes per voxel and view) first, the forward
+        # projector's sampling plans get what they leave
+        bp_mb = min(s.bp_cache_mb, 12 * math.prod(shape) * n_views / 2**20) if s.backprojector == "voxel" else 0.0
+        cache_mb = s.bp_cache_mb - bp_mb
+        for g, sub_cams in zip(self.groups, self.sub_cams):
             used = (w[g] > 0).any(0).flatten()  # (H*W,)
             idx = torch.nonzero(used).squeeze(1)
-            self.pix.append((idx, grid_px[idx]))
+            # the subset's rays (or sampling plans), built once and marched through every iterate
+            rays = None
+            if idx.numel():
+                rays = prepare_rays(like, sub_cams, grid_px[idx], renderer=s.renderer, max_memory_mb=s.max_memory_mb, cache_mb=cache_mb)
+                cache_mb = max(0.0, cache_mb - prepared_bytes(rays) / 2**20)
+            self.pix.append((None if idx.numel() == used.numel() else idx, rays))
+        rw = w / r.clamp_min(1e-6)  # w / r, 0 where unused
+        # per subset (v, H, W) each: the data p, w / r, the weights w
+        self.sub = [(p[g].contiguous(), rw[g].contiguous(), w[g].contiguous()) for g in self.groups]
         self.inv_col: List[Optional[Tensor]] = [None] * n_sub
         self.col_all = torch.zeros(shape, dtype=torch.float32, device=p.device)
         self.t_tv: Optional[float] = None
         self.axis_w = _axis_weights(like)
         self.dual: Optional[Tensor] = None
         self.lam = s.relaxation  # the relaxation of the current pass
-        self.bp = VoxelBackprojector(cams, like, cache_mb=s.bp_cache_mb) if s.backprojector == "voxel" else None
+        self.bp = VoxelBackprojector(cams, like, cache_mb=bp_mb) if s.backprojector == "voxel" else None
 
     def forward(self, y: Tensor, si: int) -> Tensor:
         """A_s y: (v, H, W) line integrals of subset si, zero at pixels no view of the subset uses."""
         s, cams = self.s, self.sub_cams[si]
-        idx, px = self.pix[si]
-        if idx.numel() == 0:  # every pixel of the subset masked or off the grid
+        idx, rays = self.pix[si]
+        if rays is None:  # every pixel of the subset masked or off the grid
             return y.new_zeros(len(cams), cams.height, cams.width) * y.sum()  # zeros, still attached to y's graph
-        vals = _project_pixels(y, self.like, cams, px, s)  # (v, N)
-        out = vals.new_zeros(len(cams), cams.height * cams.width).index_copy(1, idx, vals)
-        return out.reshape(len(cams), cams.height, cams.width)
+        vals = render_prepared(y, rays, renderer=s.renderer).reshape(len(cams), -1)  # (v, N)
+        if idx is not None:
+            vals = vals.new_zeros(len(cams), cams.height * cams.width).index_copy(1, idx, vals)
+        return vals.reshape(len(cams), cams.height, cams.width)
 
     def step(self, y: Tensor, si: int) -> tuple:
         """One subset update of y (not in place); returns (new y, this subset's data term)."""
         s, g = self.s, self.groups[si]
+        p_s, rw_s, w_s = self.sub[si]
         if s.backprojector == "voxel":
             with torch.no_grad():
-                ax = self.forward(y, si)
-            res = (self.p[g] - ax) * self.rw[g]  # (v, H, W)
+                diff = p_s - self.forward(y, si)  # (v, H, W)
+            res = diff * rw_s
             if self.inv_col[si] is None:
-                self._set_col(si, self.bp(self.w[g], g))
+                self._set_col(si, self.bp(w_s, g))
             bt = self.bp(res, g)
         else:
             yr = y.detach().requires_grad_(True)
             ax_g = self.forward(yr, si)
-            ax = ax_g.detach()
-            res = (self.p[g] - ax) * self.rw[g]
+            diff = p_s - ax_g.detach()
+            res = diff * rw_s
             if self.inv_col[si] is None:
-                (cs,) = torch.autograd.grad(ax_g, yr, grad_outputs=self.w[g], retain_graph=True)
+                (cs,) = torch.autograd.grad(ax_g, yr, grad_outputs=w_s, retain_graph=True)
                 self._set_col(si, cs)
             (bt,) = torch.autograd.grad(ax_g, yr, grad_outputs=res)
             del ax_g, yr
-        data = 0.5 * float(((self.p[g] - ax) ** 2 * self.rw[g]).sum()) / self.wsum
+        data = 0.5 * float((diff * res).sum()) / self.wsum
         bt = bt.contiguous()  # autograd may return an expanded zero tensor (a subset with nothing to fit)
-        return bt.mul_(self.inv_col[si]).mul_(self.lam).add_(y).clamp_min_(0), data  # y + lambda bt / col, >= 0
+        return torch.addcmul(y, bt, self.inv_col[si], value=self.lam).clamp_min_(0), data  # y + lambda bt / col, >= 0
 
     def _set_col(self, si: int, cs: Tensor) -> None:
         # column normalisation of the subset, A_s^T w (or its voxel-driven approximation); the full-set sum

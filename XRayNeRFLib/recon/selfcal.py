@@ -4,25 +4,37 @@ through the differentiable renderer.
 A flexing C-arm without a calibration is off by about a millimetre and half a degree per view; the nominal
 orbit then blurs and streaks the reconstruction. The data themselves say where each view was: with a
 volume x reconstructed from the current cameras, each view's pose correction delta_v (a twist: rotation
-vector omega in rad and translation t in mm, in the view's camera frame, ``world_from_camera <-
-world_from_camera @ exp(delta_v)``) is fitted by gradient descent (Adam) through the renderer::
+vector omega in rad and translation t in mm, in the view's camera frame, whose origin is the source,
+``world_from_camera <- world_from_camera @ exp(delta_v)``) is fitted through the renderer::
 
-    min_delta  sum_v mean_pixels (A(x; cam_v(delta_v)) - p_v)^2 / mean(p^2)  +  reg sum_v |delta_v / scale|^2
+    min_delta  mean_pixels (A(x; cam_v(delta_v)) - p_v)^2 / mean(p^2)  +  sum_k w_k (D_vk / scale_k)^2
 
-(``scale`` = 1 degree and 1 mm), on a random subset of pixels per step. Rounds alternate: reconstruct
-(``start``: "fdk" or "os-tv") with the current cameras, fit the corrections from there, apply them, remove
-their common rigid motion (a rigid motion of all views together moves the reconstruction with them, which
-the data cannot see: the corrected cameras are aligned back onto the nominal ones by the rigid transform
-that best maps the corrected sources and detector centres onto the nominal ones, Kabsch, and by the common
-scale, since moving every view along its principal ray looks like a scaled volume), and repeat. Pose errors
-against a known truth mean something only modulo that gauge (benchmarks/bench_carm.py measures them so).
+where D_v is the view's TOTAL correction from the nominal camera (this round's delta composed with the
+earlier rounds'), ``scale`` = 1 degree and 1 mm, and the prior weights w_k follow what one view can see
+(the observability rule, :func:`prior_weights`): the two tilts about the source (rotations about the camera
+x and y axes) move the whole image across the detector and are well determined (``reg``); the rotation about
+the principal ray (it moves only pixels far from the principal point), the translations (a sideways shift
+is nearly a tilt about the source; a shift along the beam only changes the magnification) and the principal
+point are weakly determined at clinical pixel sizes and are held by a stronger prior (``weak_reg``), so that
+the errors of the volume do not drive them (freeing them made them drift over the rounds). Each view's fit
+is a damped Gauss-Newton (Levenberg-Marquardt) on its 6 (or 8) parameters; the Jacobian columns are the
+renderer's directional derivatives along each parameter (central differences of trilinear renders: torch's
+grid sampling has no forward-mode derivative), on a fixed set of pixels per view.
 
-What limits it (benchmarks/RESULTS_carm.md): on the C-arm benchmark the refined cameras fit the data better
-than the true ones do, so the joint objective's minimum is not the true geometry (the volume takes on each
-view's own error); a better optimiser (a per-view Levenberg-Marquardt was tried) does not help. Leave-group-out
-(``holdout_groups`` K >= 2) fits each of K interleaved view groups against a volume reconstructed without it,
-so that no view is fitted to a volume that took on its own error, at K extra reconstructions per round; it
-recovers more of the loss on that benchmark but still not all (docs/reconstruction.md).
+Rounds alternate: reconstruct (``start``: "fdk" or "os-tv") with the current cameras, fit the corrections,
+apply them, remove their common rigid motion (a rigid motion of all views together moves the reconstruction
+with them, which the data cannot see: the corrected cameras are aligned back onto the nominal ones by the
+rigid transform that best maps the corrected sources and detector centres onto the nominal ones, Kabsch, and
+by the common scale, since moving every view along its principal ray looks like a scaled volume), and repeat.
+Pose errors against a known truth mean something only modulo that gauge (benchmarks/bench_carm.py measures
+them so, and also as the reprojection error of body points, the part the images see).
+
+Leave-group-out (``holdout_groups`` K >= 2, the default): each of K interleaved view groups is fitted
+against a volume reconstructed without it, so that no view is fitted to a volume that already took on its
+own error (the joint fit, K = 0, finds cameras that fit the data better than the true ones). It costs K
+extra reconstructions per round. What is left (benchmarks/RESULTS_carm.md, docs/reconstruction.md): errors
+that vary slowly along a short-scan arc are seen only through the consistency of distant views and shrink
+slowly over the rounds.
 Optionally (``intrinsics``) each view's principal point is corrected too.
 
 Stopping: a round whose corrections lower the data term by less than ``min_gain`` (relative) is not
@@ -52,6 +64,7 @@ __all__ = [
     "refine_geometry",
     "apply_corrections",
     "remove_common_motion",
+    "prior_weights",
     "twist_matrix",
     "twists_between",
 ]
@@ -59,28 +72,33 @@ __all__ = [
 
 @dataclass
 class RefineSettings:
-    """rounds: alternations of reconstruction and pose fitting; steps: Adam steps per round; lr: Adam step
-    in units of ``scale`` (1 degree, 1 mm); rays_per_view: pixels drawn per view and step (0: all);
-    reg: weight of |delta / scale|^2 per view; min_gain: relative decrease of the data term a round must
-    bring to be applied; start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per round;
-    intrinsics: also correct each view's principal point (pixels); renderer: the os-tv start's projector
-    (default ``render.DEFAULT_RENDERER``; the pose fit itself always marches trilinearly); seed;
+    """rounds: alternations of reconstruction and pose fitting; steps: Gauss-Newton (Levenberg-Marquardt)
+    iterations per view group and round; rays_per_view: pixels per view in the fit (a fixed random set per
+    round; 0 or more than the detector has: all); reg: prior weight of the tilts about the source (units of
+    ``scale``: 1 degree) against the normalised data term; weak_reg: prior weight of the weakly observable
+    parameters (rotation about the principal ray in degrees, translations in mm, principal point in pixels;
+    :func:`prior_weights`); min_gain: relative decrease of the data term a round must bring to be applied;
+    start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per reconstruction (None: the
+    reconstruction's own default, ``ostv.default_passes``; the default is more, since the pose fit needs a
+    converged volume: benchmarks/RESULTS_carm.md); intrinsics: also correct
+    each view's principal point (pixels); renderer: the os-tv start's projector (default
+    ``render.DEFAULT_RENDERER``; the pose fit itself always marches trilinearly); seed: the pixel draw;
     holdout_groups: K >= 2 fits each of K interleaved view groups against a volume reconstructed without that
     group (leave-group-out: no view is fitted to a volume that already took on its own error; K reconstructions
-    per round), 0 or 1: every view against the volume of all views."""
+    per round), 0 or 1: every view against the volume of all views (joint fit)."""
 
-    rounds: int = 4
-    steps: int = 40
-    lr: float = 0.05
-    rays_per_view: int = 1024
+    rounds: int = 6
+    steps: int = 3
+    rays_per_view: int = 4096
     reg: float = 1e-4
+    weak_reg: float = 2e-3
     min_gain: float = 0.01
     start: str = "os-tv"
-    passes: int = 8
+    passes: Optional[int] = 20
     intrinsics: bool = False
     renderer: str = DEFAULT_RENDERER
     seed: int = 0
-    holdout_groups: int = 0
+    holdout_groups: int = 3
 
     @classmethod
     def for_method(cls, method: str, seed: int = 0) -> "RefineSettings":
@@ -174,20 +192,49 @@ def _data_term(vol: Volume, cams: Cameras, projections: Tensor, pixels: Optional
     return ((pred - target) ** 2).mean() / norm
 
 
+def prior_weights(s: RefineSettings) -> Tensor:
+    """(P,) float64 prior weight per fitted parameter, P = 6 (8 with ``intrinsics``): the observability rule.
+    Order: rotation about the camera x, y, z axes (z: the principal ray; degrees), translation along x, y, z
+    (mm), then the principal point shift (u, v pixels). Only the two tilts about the source, which move the
+    whole image, get ``reg``; the rest get ``weak_reg``."""
+    w = [s.reg, s.reg] + [s.weak_reg] * (4 + (2 if s.intrinsics else 0))
+    return torch.tensor(w, dtype=torch.float64)
+
+
+def _scale(n_params: int) -> Tensor:
+    """(P,) float64 unit of each parameter: 1 degree (rad), 1 mm, 1 pixel."""
+    return torch.tensor([math.radians(1.0)] * 3 + [1.0] * (n_params - 3), dtype=torch.float64)
+
+
+def _corrected(cams: Cameras, x: Tensor) -> Cameras:
+    """Cameras corrected by x (V, P) in units of :func:`_scale` (twist, then principal shift if P = 8)."""
+    y = x * _scale(x.shape[1])
+    return apply_corrections(cams, y[:, :6], y[:, 6:] if x.shape[1] > 6 else None)
+
+
+def _totals(current: Cameras, nominal: Cameras, n_params: int) -> Tensor:
+    """(V, P) float64 total correction of ``current`` from ``nominal`` in units of :func:`_scale`."""
+    t = [twists_between(nominal, current).double()]
+    if n_params > 6:
+        t.append((current.principal_point_px - nominal.principal_point_px).double())
+    return torch.cat(t, 1) / _scale(n_params)
+
+
 def _view_groups(n_views: int, k: int) -> List[List[int]]:
     """K interleaved groups of view indices (k < 2: one group of all views)."""
     k = max(1, min(int(k), n_views))
     return [list(range(g, n_views, k)) for g in range(k)]
 
 
-def _fit_views(p, current, nominal, like, vol, s: RefineSettings, masks, norm, gen, scale, progress, rnd):
-    """One round's pose fit: returns (z (V, 6) in units of ``scale``, principal shifts (V, 2) or None, [(group view
-    indices, the volume that group was fitted against)], cancelled). With ``holdout_groups`` >= 2 each group is fitted
-    against a volume reconstructed from the other views; else every view against ``vol``."""
+def _fit_views(p, current, nominal, like, vol, s: RefineSettings, masks, norm, gen, progress, rnd):
+    """One round's pose fit: returns (x (V, P) this round's corrections in units of :func:`_scale`, [(group view
+    indices, the volume that group was fitted against)], cancelled). With ``holdout_groups`` >= 2 each group is
+    fitted against a volume reconstructed from the other views; else every view against ``vol``."""
     n_views = len(current)
     groups = _view_groups(n_views, s.holdout_groups) if s.holdout_groups >= 2 else [list(range(n_views))]
-    z = torch.zeros(n_views, 6)
-    zp = torch.zeros(n_views, 2) if s.intrinsics else None
+    n_params = 8 if s.intrinsics else 6
+    x = torch.zeros(n_views, n_params, dtype=torch.float64)
+    totals = _totals(current, nominal, n_params)
     vol_fits = []
     for gi, g in enumerate(groups):
         if len(groups) == 1:
@@ -196,40 +243,62 @@ def _fit_views(p, current, nominal, like, vol, s: RefineSettings, masks, norm, g
             rest = [v for v in range(n_views) if v not in set(g)]
             vg = _reconstruct(p[rest], current[rest], like, s, None if masks is None else masks[rest])
             vg = Volume(vg.data.detach(), vg.ras_from_ijk, "mu")
-        zg, zpg, cancelled = _fit_group(p[g], current[g], vg, s, norm, gen, scale, progress, rnd, gi, len(groups))
-        z[g] = zg
-        if zp is not None:
-            zp[g] = zpg
+        where = ((rnd * len(groups) + gi) * s.steps, s.rounds * s.steps * len(groups), rnd)
+        x[g], cancelled = _fit_group(p[g], current[g], totals[g], vg, s, norm, gen, progress, where)
         vol_fits.append((g, vg))
         if cancelled:
-            return z, zp, vol_fits, True
-    return z, zp, vol_fits, False
+            return x, vol_fits, True
+    return x, vol_fits, False
 
 
-def _fit_group(p, cams0, vol_d, s: RefineSettings, norm, gen, scale, progress, rnd, gi, n_groups):
-    """Adam on the twists (and principal shifts) of the views ``cams0`` against ``vol_d``: (z, zp, cancelled)."""
-    n = len(cams0)
-    z = torch.zeros(n, 6, requires_grad=True)
-    zp = torch.zeros(n, 2, requires_grad=True) if s.intrinsics else None
-    opt = torch.optim.Adam([z] + ([zp] if zp is not None else []), lr=s.lr)
-    total_steps = s.rounds * s.steps * n_groups
-    for step in range(s.steps):
-        pix = None
-        if s.rays_per_view and s.rays_per_view < cams0.width * cams0.height:
-            cols = torch.randint(0, cams0.width, (n, s.rays_per_view), generator=gen)
-            rows = torch.randint(0, cams0.height, (n, s.rays_per_view), generator=gen)
-            pix = torch.stack([cols, rows], -1).float()
-        cams = apply_corrections(cams0, z * scale, zp)
-        loss = _data_term(vol_d, cams, p, pix, norm) + s.reg * ((z**2).sum() + (0.0 if zp is None else (zp**2).sum()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        try:
-            done = (rnd * n_groups + gi) * s.steps + step + 1
-            report(progress, done, total_steps, f"geometry refinement: round {rnd + 1}, step {step + 1}")
-        except Cancelled:
-            return z.detach(), None if zp is None else zp.detach(), True
-    return z.detach(), None if zp is None else zp.detach(), False
+def _pixel_subset(cams: Cameras, s: RefineSettings, gen) -> Optional[Tensor]:
+    """(V, R, 2) float pixel centres (col, row) drawn without replacement per view, or None for all pixels."""
+    n_pix = cams.width * cams.height
+    if not s.rays_per_view or s.rays_per_view >= n_pix:
+        return None
+    idx = torch.stack([torch.randperm(n_pix, generator=gen)[: s.rays_per_view] for _ in range(len(cams))])
+    return torch.stack([idx % cams.width, idx // cams.width], -1).float()
+
+
+def _fit_group(p, cams0, totals, vol, s: RefineSettings, norm, gen, progress, where):
+    """Levenberg-Marquardt on each view's parameters x (V, P) (units of :func:`_scale`) against ``vol``, with the
+    prior on the total correction ``totals + x`` (module docstring). ``where``: (steps done before, total steps,
+    round) for the progress report. Returns (x, cancelled)."""
+    n, n_params = len(cams0), totals.shape[1]
+    pix = _pixel_subset(cams0, s, gen)
+    if pix is None:
+        target = p.reshape(n, -1).double()
+    else:
+        idx = pix.long()
+        target = p[torch.arange(n)[:, None], idx[..., 1], idx[..., 0]].double()
+    w = prior_weights(s)
+
+    def residuals(x):  # (V, R) float64
+        pred = render(vol, _corrected(cams0, x), renderer="trilinear", pixels=pix, check_finite=False)
+        return pred.reshape(n, -1).double() - target
+
+    def objective(r, x):  # (V,)
+        return (r**2).mean(1) / norm + (w * (totals + x) ** 2).sum(1)
+
+    x = torch.zeros(n, n_params, dtype=torch.float64)
+    damping = torch.full((n, 1, 1), 1e-3, dtype=torch.float64)
+    eye, eps = torch.eye(n_params, dtype=torch.float64), 0.05
+    with torch.no_grad():
+        for step in range(s.steps):
+            r = residuals(x)
+            jac = torch.stack([(residuals(x + eps * e) - residuals(x - eps * e)) / (2 * eps) for e in eye], -1)  # (V, R, P)
+            m = float(r.shape[1]) * norm
+            h = jac.transpose(1, 2) @ jac / m + torch.diag_embed(w.expand(n, -1))
+            g = (jac.transpose(1, 2) @ r[..., None])[..., 0] / m + w * (totals + x)
+            trial = x - torch.linalg.solve(h + damping * torch.diag_embed(h.diagonal(dim1=1, dim2=2)), g[..., None])[..., 0]
+            better = objective(residuals(trial), trial) < objective(r, x)
+            x = torch.where(better[:, None], trial, x)
+            damping = torch.where(better[:, None, None], damping / 3, damping * 4)
+            try:
+                report(progress, where[0] + step + 1, where[1], f"geometry refinement: round {where[2] + 1}, step {step + 1}")
+            except Cancelled:
+                return x, True
+    return x, False
 
 
 def refine_geometry(
@@ -258,7 +327,6 @@ def refine_geometry(
     n_views = len(nominal)
     norm = max(float((p**2).mean()), 1e-12)
     gen = torch.Generator().manual_seed(int(s.seed))
-    scale = torch.tensor([math.radians(1.0)] * 3 + [1.0] * 3)
     total = torch.zeros(n_views, 6)
     shift = torch.zeros(n_views, 2) if s.intrinsics else None
     current = nominal
@@ -267,10 +335,9 @@ def refine_geometry(
     terms = [full]
     stopped = f"{s.rounds} rounds done"
     for rnd in range(s.rounds):
-        fits = _fit_views(p, current, nominal, like, vol, s, masks, norm, gen, scale, progress, rnd)
-        z, zp, vol_fits, cancelled = fits
+        x, vol_fits, cancelled = _fit_views(p, current, nominal, like, vol, s, masks, norm, gen, progress, rnd)
         with torch.no_grad():
-            trial = remove_common_motion(apply_corrections(current, z * scale, zp), nominal)
+            trial = remove_common_motion(_corrected(current, x), nominal)
             before = sum(_data_term(v, current[g], p[g], None, norm).item() * len(g) for g, v in vol_fits) / n_views
             after = sum(_data_term(v, trial[g], p[g], None, norm).item() * len(g) for g, v in vol_fits) / n_views
         gain = (before - after) / max(before, 1e-12)

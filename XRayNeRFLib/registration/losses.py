@@ -156,20 +156,45 @@ def mutual_information(
     MI depends on the intensities only through their ordering and binning, so it tolerates any
     monotone (or even non-monotone) gray-level curve between the DRR and the X-ray.
     """
+    return _mutual_information(moving, fixed, mask, bins=bins, sigma_bins=sigma_bins, normalized=normalized)
+
+
+def _parzen(x: Tensor, w: Tensor, bins: int, sigma_bins: float) -> Tensor:
+    """Images x (B, H, W) with weights w: (B, H*W, bins) Parzen weights of their [0, 1]-mapped values (rows sum to 1)."""
+    x = _unit_range(x, w).flatten(1)
+    centres = torch.linspace(0, 1, bins, dtype=x.dtype, device=x.device)
+    sigma = sigma_bins / (bins - 1)
+    k = torch.exp(-0.5 * ((x[..., None] - centres) / sigma) ** 2)
+    return k / k.sum(-1, keepdim=True).clamp(min=_EPS)
+
+
+def _fixed_weights(b: Tensor, w: Tensor, fixed: Tensor, mask, bins: int, sigma_bins: float, memo: Optional[dict]) -> Tensor:
+    """The fixed image's Parzen weights (:func:`_parzen`), remembered in ``memo`` (when given) while the same fixed
+    image and mask tensors, unmodified and without gradient, come back with the same batch size: a registration
+    level's loop compares every DRR with one X-ray."""
+    if memo is None or fixed.requires_grad or (torch.is_tensor(mask) and mask.requires_grad):
+        return _parzen(b, w, bins, sigma_bins)
+    key = (fixed._version, None if mask is None else mask._version, tuple(b.shape), b.dtype)
+    if memo.get("fixed") is not fixed or memo.get("mask") is not mask or memo.get("key") != key:
+        memo.update(fixed=fixed, mask=mask, key=key, weights=_parzen(b, w, bins, sigma_bins))
+    return memo["weights"]
+
+
+def _mutual_information(
+    moving: Tensor,
+    fixed: Tensor,
+    mask: Optional[Tensor],
+    bins: int = 32,
+    sigma_bins: float = 0.5,
+    normalized: bool = False,
+    memo: Optional[dict] = None,
+) -> Tensor:
+    """:func:`mutual_information`; ``memo``: see :func:`_fixed_weights`."""
     a, b, w = _prepare(moving, fixed, mask)
     if bins < 2:
         raise ValueError(f"mutual information needs at least 2 bins, got {bins}")
-    a = _unit_range(a, w).flatten(1)
-    b = _unit_range(b, w).flatten(1)
-    w = w.flatten(1)
-    centres = torch.linspace(0, 1, bins, dtype=a.dtype, device=a.device)
-    sigma = sigma_bins / (bins - 1)
-
-    def parzen(x):  # (B, N) -> (B, N, bins), rows summing to 1
-        k = torch.exp(-0.5 * ((x[..., None] - centres) / sigma) ** 2)
-        return k / k.sum(-1, keepdim=True).clamp(min=_EPS)
-
-    pa, pb = parzen(a) * w[..., None], parzen(b)
+    pb = _fixed_weights(b, w, fixed, mask, bins, sigma_bins, memo)
+    pa = _parzen(a, w, bins, sigma_bins) * w.flatten(1)[..., None]
     joint = pa.transpose(1, 2) @ pb  # (B, bins, bins)
     joint = joint / joint.sum((1, 2), keepdim=True).clamp(min=_EPS)
     ma = joint.sum(2, keepdim=True)
@@ -251,7 +276,8 @@ def make_loss(name: str, **options) -> Callable[[Tensor, Tensor, Optional[Tensor
     similarity (bins=, patch_px=, sigma_px=, background_degree=, ...)."""
     key = name.strip().lower()
     if key == "mi":
-        return lambda m, f, k=None: -mutual_information(m, f, k, **options)
+        memo: dict = {}  # the X-ray's Parzen weights, kept between calls with the same X-ray and mask
+        return lambda m, f, k=None: -_mutual_information(m, f, k, memo=memo, **options)
     if key == "mse":
         return lambda m, f, k=None: mean_squared_error(m, f, k, **options)
     table = {"ncc": ncc, "gncc": gradient_ncc, "mncc": multiscale_ncc, "pncc": patch_ncc, "ssim": ssim, "bgfit": background_r2}

@@ -40,9 +40,10 @@ from ..errors import GeometryError, NoOverlapError
 from ..geometry import Cameras
 from ..progress import Progress, ProgressCallback
 from ..render import DEFAULT_RENDERER, render
+from ..render.trilinear import sliced_layout
 from ..threads import torch_threads
 from ..volume import Volume, as_mu
-from .coverage import ct_coverage_mask
+from .coverage import beam_axes, ct_coverage_mask
 from .intensity import bin_image
 from .losses import make_loss
 from .pose import PoseParametrization, check_rigid
@@ -155,7 +156,7 @@ def _halton(n: int, dim: int) -> Tensor:
     return out
 
 
-def _check_overlap(volume: Volume, cams: Cameras, mask: Tensor, name: str = "the X-ray") -> None:
+def check_overlap(volume: Volume, cams: Cameras, mask: Tensor, name: str = "the X-ray") -> None:
     """Raise NoOverlapError when the CT's projected bounding box misses the (masked) image ``name``."""
     corners = volume.corners_ras().to(torch.float64)
     c = cams.to(dtype=torch.float64)
@@ -429,15 +430,16 @@ class _Run:
             if appearance is not None:
                 raise ValueError("a DRR source (mNeRF) replaces the CT's DRR: do not combine it with a NeTT appearance model")
             volume = s.drr_source(volume)
-        volume.check_finite("the CT")
         if appearance is not None:
             with torch.no_grad():
                 volume = appearance(volume)
         self.dtype = dtype = torch.float32
         vol = volume.to(dtype=dtype)
+        # Checked once, as rendered: the levels render it or its average-pooled copies without a scan per render.
+        vol.check_finite("the CT" if appearance is None else "the CT under the appearance model")
         self.cams0 = [cam.to(dtype=torch.float64) for _, cam, _ in views]
         for c, (_, m), nm in zip(self.cams0, checked, names):
-            _check_overlap(vol, c, m, nm)
+            check_overlap(vol, c, m, nm)
         self.levels, self.iters, self.lrs = s.per_level(pyramid_size_px([c.size_px for c in self.cams0]))
         centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
         self.param = PoseParametrization(w0[0], centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
@@ -448,14 +450,19 @@ class _Run:
         self.n_pose = 9 if s.refine_intrinsics else 6  # pose (and intrinsics) parameters; then the PSF's
         self.n_par = self.n_pose + (1 if s.fit_psf else 0)
         self.level_images, self.level_volume = self._pyramid(checked, vol)
+        self.vol = self.level_volume[1]  # the same CT, in slicing order: the run holds one full-resolution copy
         self.trace: List[dict] = []
         self.iterations = 0
         self.total_budget = sum(self.iters)
 
     # -- data ------------------------------------------------------------------------------------
     def _pyramid(self, checked, vol: Volume) -> Tuple[dict, dict]:
-        """Per binning factor: [(binned image (h, w), binned mask (h, w) bool) per view], and the pooled volume."""
-        images, volumes = {}, {}
+        """Per binning factor: [(binned image (h, w), binned mask (h, w) bool) per view], and the pooled volume, stored
+        in the order in which the renderer slices it for the first view (:func:`~..render.trilinear.sliced_layout`
+        along its beam axis: no copy of the volume per render; one copy per pooling factor, shared by the levels that
+        render it)."""
+        images, volumes, laid = {}, {}, {}
+        axis = int(beam_axes(vol, self.cams0[0])[0])
         for f in sorted(set(self.levels) | {1}):
             images[f] = []
             for img, mask in checked:
@@ -463,7 +470,11 @@ class _Run:
                 if m_f.sum() < 16:
                     raise ValueError(f"pyramid level {f} leaves fewer than 16 pixels in the mask; use smaller binning factors")
                 images[f].append((im_f, m_f))
-            volumes[f] = pooled_volume(vol, max(1, f // 2)) if self.s.pool_volume else vol
+            pool = max(1, f // 2) if self.s.pool_volume else 1
+            if pool not in laid:
+                v_p = pooled_volume(vol, pool)
+                laid[pool] = Volume(sliced_layout(v_p.data, axis), v_p.ras_from_ijk, v_p.units)
+            volumes[f] = laid[pool]
         return images, volumes
 
     @property
@@ -527,7 +538,8 @@ class _Run:
         masks = self.pixel_mask(x, factor) if masks is None else masks
         vol_f, vals, drrs = self.level_volume[factor], [], []
         for v, (im_f, _) in enumerate(self.level_images[factor]):
-            drr = render(vol_f, self.build(x, factor, v), renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel)
+            cams = self.build(x, factor, v)
+            drr = render(vol_f, cams, renderer=self.s.renderer, samples_per_voxel=self.s.samples_per_voxel, check_finite=False)
             if not torch.isfinite(drr).all():
                 raise RuntimeError("the DRR contains NaN or infinite values (renderer); check the CT and the pose")
             drr = self.blurred(drr, x, factor)

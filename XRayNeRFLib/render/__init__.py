@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -18,11 +18,14 @@ from ..progress import ProgressCallback, report
 from ..volume import Volume
 from .rays import IndexRays, box_intersection, rays_for_views
 from .siddon import siddon_bytes_per_ray, siddon_line_integrals, siddon_line_integrals_sorted
-from .trilinear import SliceStacks, trilinear_bytes_per_ray, trilinear_line_integrals
+from .trilinear import MarchPlan, SliceStacks, march, march_plans, trilinear_bytes_per_ray, trilinear_line_integrals
 
 __all__ = [
     "render",
     "render_rays",
+    "prepare_rays",
+    "render_prepared",
+    "prepared_bytes",
     "RENDERERS",
     "DEFAULT_RENDERER",
     "beer_lambert",
@@ -91,18 +94,11 @@ def render(
             raise ValueError(f"pixels must be (N, 2) or (V, N, 2) with V={len(cams)}, got {tuple(pixels.shape)}")
     n_views, n_pix = len(cams), grid.shape[1]
     total = n_views * n_pix
-    if renderer == "siddon":
-        per_ray = siddon_bytes_per_ray(mu.shape, mu.dtype)
-    else:
-        per_ray = trilinear_bytes_per_ray(mu.shape, samples_per_voxel, mu.dtype)
     use_compile = compiled if compiled is not None else os.environ.get("XRAYNERF_COMPILE", "") == "1"
-    chunk_mb = min(max_memory_mb, _CPU_CHUNK_MB[renderer]) if mu.device.type == "cpu" else max_memory_mb
-    rays_per_chunk = max(1, int(chunk_mb * 2**20 // per_ray))
     stacks = SliceStacks(mu, int(round(samples_per_voxel)) if renderer == "trilinear" else 1)
     out = []
     done = 0
-    for views, pix in _chunks(n_views, n_pix, rays_per_chunk):
-        rays = rays_for_views(volume, cams, grid, views, pix)
+    for rays in _ray_chunks(volume, cams, grid, renderer, samples_per_voxel, max_memory_mb):
         out.append(render_rays(mu, rays, renderer=renderer, samples_per_voxel=samples_per_voxel, stacks=stacks, compiled=use_compile))
         done += rays.length_mm.shape[0]
         report(progress, done, total, f"{renderer}: {done}/{total} rays")
@@ -110,6 +106,80 @@ def render(
     if full_image:
         result = result.reshape(len(cams), cams.height, cams.width)
     return result
+
+
+def prepare_rays(
+    like: Volume,
+    cameras: Cameras,
+    pixels: Tensor,
+    *,
+    renderer: str = DEFAULT_RENDERER,
+    samples_per_voxel: float = 1.0,
+    max_memory_mb: float = 1024.0,
+    cache_mb: float = 0.0,
+) -> List[Union[IndexRays, List[MarchPlan]]]:
+    """The rays :func:`render` would march for ``like``'s grid (its ``ras_from_ijk`` and shape; data ignored),
+    ``cameras`` (cast to the grid's dtype) and ``pixels`` (V, N, 2) or (N, 2) [column, row], in its chunks,
+    for loops that render the same rays through many volumes on that grid (:func:`render_prepared`). A chunk
+    is its IndexRays (28 bytes per ray in float32) or, with the trilinear renderer while they fit in
+    ``cache_mb``, its sampling plans (:class:`trilinear.MarchPlan`: 8 bytes per plane and ray, no geometry
+    left to compute per call). :func:`prepared_bytes` gives the memory held."""
+    cams = cameras.to(device=like.data.device, dtype=like.data.dtype)
+    grid = pixels.to(device=like.data.device, dtype=like.data.dtype)
+    grid = grid.unsqueeze(0) if grid.ndim == 2 else grid
+    spv = int(round(samples_per_voxel))
+    left = float(cache_mb) * 2**20
+    out: List[Union[IndexRays, List[MarchPlan]]] = []
+    for rays in _ray_chunks(like, cams, grid, renderer, samples_per_voxel, max_memory_mb):
+        if renderer == "trilinear" and left > 0:
+            plans = march_plans(tuple(like.data.shape), rays, spv)
+            if prepared_bytes([plans]) <= left:
+                left -= prepared_bytes([plans])
+                out.append(plans)
+                continue
+            left = 0.0  # the rest as rays
+        out.append(rays)
+    return out
+
+
+def prepared_bytes(chunks: List[Union[IndexRays, List[MarchPlan]]]) -> int:
+    """Memory held by :func:`prepare_rays`' chunks (bytes)."""
+    total = 0
+    for c in chunks:
+        if isinstance(c, IndexRays):
+            total += sum(t.numel() * t.element_size() for t in (c.origin, c.direction, c.length_mm))
+        else:
+            total += sum(pl.nbytes for pl in c)
+    return total
+
+
+def render_prepared(
+    mu: Tensor, chunks: List[Union[IndexRays, List[MarchPlan]]], *, renderer: str = DEFAULT_RENDERER, samples_per_voxel: float = 1.0
+) -> Tensor:
+    """Line integrals (R,) of mu (K, J, I) 1/mm (the grid of :func:`prepare_rays`, not checked for NaN) along
+    prepared chunks, view-major as :func:`render` orders them: reshape to (V, N)."""
+    stacks = SliceStacks(mu, int(round(samples_per_voxel)) if renderer == "trilinear" else 1)
+    out = []
+    for c in chunks:
+        if isinstance(c, IndexRays):
+            out.append(render_rays(mu, c, renderer=renderer, samples_per_voxel=samples_per_voxel, stacks=stacks))
+        else:  # trilinear sampling plans
+            out.append(march(stacks, c))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _ray_chunks(volume: Volume, cams: Cameras, grid: Tensor, renderer: str, samples_per_voxel: float, max_memory_mb: float):
+    """Yield the IndexRays of every (view, pixel) of ``grid`` (V or 1, N, 2) view-major, in chunks of at most
+    the rays that fit ``max_memory_mb`` (on the CPU at most _CPU_CHUNK_MB) of the renderer's working memory."""
+    mu = volume.data
+    if renderer == "siddon":
+        per_ray = siddon_bytes_per_ray(mu.shape, mu.dtype)
+    else:
+        per_ray = trilinear_bytes_per_ray(mu.shape, samples_per_voxel, mu.dtype)
+    chunk_mb = min(max_memory_mb, _CPU_CHUNK_MB[renderer]) if mu.device.type == "cpu" else max_memory_mb
+    rays_per_chunk = max(1, int(chunk_mb * 2**20 // per_ray))
+    for views, pix in _chunks(len(cams), grid.shape[1], rays_per_chunk):
+        yield rays_for_views(volume, cams, grid, views, pix)
 
 
 def _chunks(n_views: int, n_pix: int, rays_per_chunk: int):

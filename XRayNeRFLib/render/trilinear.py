@@ -22,7 +22,8 @@ Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), th
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -65,10 +66,38 @@ class SliceStacks:
         return self._cache[axis]
 
 
+def sliced_layout(mu: Tensor, axis: int) -> Tensor:
+    """mu (K, J, I) with the same values, stored in the memory order in which :class:`SliceStacks` slices it along
+    index axis ``axis`` (0 = i, 1 = j, 2 = k): renders whose rays run mostly along that axis then take its
+    slices without copying the volume on every call (one copy here instead). Shape (K, J, I), a permuted view."""
+    perm, _, _ = _SLICING[int(axis)]
+    inverse = [perm.index(d) for d in range(3)]
+    return mu.permute(*perm).contiguous().permute(*inverse)
+
+
 def plane_positions(n: int, samples_per_voxel: int, dtype, device) -> Tensor:
     """Index coordinates of the sample planes along an axis of n voxels: (n * spv,)."""
     q = torch.arange(n * samples_per_voxel, dtype=dtype, device=device)
     return -0.5 + (q + 0.5) / samples_per_voxel
+
+
+@dataclass
+class MarchPlan:
+    """How rays sample the planes of one dominant index axis (the geometry of :func:`trilinear_line_integrals`,
+    independent of mu): ``sel`` (R',) the rays among the R given (None: all of them), ``grid`` (P, 1, R', 2)
+    grid_sample's normalised in-plane coordinates, ``weights`` (P, R') the slab weights (None when every
+    segment spans the volume along the axis: all 1), ``mm`` (R',) mm of ray per plane. 8 (12 with weights)
+    bytes per plane and ray in float32."""
+
+    axis: int
+    sel: Optional[Tensor]
+    grid: Tensor
+    weights: Optional[Tensor]
+    mm: Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.grid, self.weights, self.mm, self.sel) if t is not None)
 
 
 def trilinear_line_integrals(mu: Tensor, rays: IndexRays, samples_per_voxel: float = 1.0, stacks: Optional[SliceStacks] = None) -> Tensor:
@@ -76,26 +105,40 @@ def trilinear_line_integrals(mu: Tensor, rays: IndexRays, samples_per_voxel: flo
     spv = int(round(samples_per_voxel))
     if spv < 1 or abs(spv - samples_per_voxel) > 1e-9:
         raise ValueError(f"samples_per_voxel must be a positive integer, got {samples_per_voxel}")
-    if stacks is None:
-        stacks = SliceStacks(mu, spv)
+    return march(stacks if stacks is not None else SliceStacks(mu, spv), march_plans(tuple(mu.shape), rays, spv))
+
+
+def march_plans(shape_kji: Tuple[int, int, int], rays: IndexRays, spv: int) -> List[MarchPlan]:
+    """The plans of rays through a (K, J, I) grid sampled ``spv`` (integer) planes per voxel, one per dominant
+    axis present; differentiable w.r.t. the rays."""
     d = rays.direction
     dominant = d.detach().abs().argmax(dim=-1)  # (R,)
     axes = torch.nonzero(torch.bincount(dominant, minlength=3)).flatten().tolist()
     if len(axes) == 1:
-        return _march_axis(stacks, axes[0], rays.origin, d, rays.length_mm, spv)
-    out = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
+        return [_plan_axis(shape_kji, axes[0], rays.origin, d, rays.length_mm, spv, None)]
+    plans = []
     for axis in axes:
         sel = torch.nonzero(dominant == axis).squeeze(1)
-        vals = _march_axis(stacks, axis, rays.origin[sel], d[sel], rays.length_mm[sel], spv)
-        out = out.index_put((sel,), vals)
+        plans.append(_plan_axis(shape_kji, axis, rays.origin[sel], d[sel], rays.length_mm[sel], spv, sel))
+    return plans
+
+
+def march(stacks: SliceStacks, plans: List[MarchPlan]) -> Tensor:
+    """Line integrals (R,) of the stacks' mu along the rays of ``plans`` (:func:`march_plans`)."""
+    if len(plans) == 1 and plans[0].sel is None:
+        return _sample(stacks, plans[0])
+    n = sum(int(pl.sel.numel()) for pl in plans)
+    ref = plans[0].mm
+    out = torch.zeros(n, dtype=ref.dtype, device=ref.device)
+    for pl in plans:
+        out = out.index_put((pl.sel,), _sample(stacks, pl))
     return out
 
 
-def _march_axis(stacks: SliceStacks, axis: int, origin: Tensor, direction: Tensor, length_mm: Tensor, spv: int) -> Tensor:
-    planes = stacks.planes(axis)  # (P, 1, H, W)
+def _plan_axis(shape_kji, axis: int, origin: Tensor, direction: Tensor, length_mm: Tensor, spv: int, sel: Optional[Tensor]) -> MarchPlan:
     _, w_axis, h_axis = _SLICING[axis]
-    p_count, _, height, width = planes.shape
-    n_axis = p_count // spv
+    n_ijk = (shape_kji[2], shape_kji[1], shape_kji[0])
+    width, height, n_axis = n_ijk[w_axis], n_ijk[h_axis], n_ijk[axis]
     pos = plane_positions(n_axis, spv, origin.dtype, origin.device)  # (P,)
     da = direction[:, axis]  # (R,) never ~0: it is the dominant component
     # In-plane index coordinates are affine in the plane position: x = x0 + slope * pos. Fold the
@@ -105,22 +148,27 @@ def _march_axis(stacks: SliceStacks, axis: int, origin: Tensor, direction: Tenso
     slope = direction[:, [w_axis, h_axis]] / da[:, None]  # (R, 2) in-plane voxels per plane voxel
     x0 = other - origin[:, axis : axis + 1] * slope
     grid = torch.addcmul((2 * x0 + 1) / size - 1, pos[:, None, None], (2 * slope / size).unsqueeze(0))  # (P, R, 2)
-    # Outside the box the volume is zero ("zeros" padding: the outer half voxel blends towards 0).
-    vals = F.grid_sample(planes, grid.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
-    vals = vals[:, 0, 0, :]  # (P, R)
     # Slab weights: the part of [pos - h, pos + h] inside the segment's extent along the axis. When every
     # segment spans the whole volume along the axis (source and detector outside), all weights are 1.
     a0 = origin[:, axis]
     a1 = a0 + da
     seg_lo, seg_hi = torch.minimum(a0, a1), torch.maximum(a0, a1)
-    if bool((seg_lo.detach() <= -0.5).all() and (seg_hi.detach() >= n_axis - 0.5).all()):
-        total = vals.sum(dim=0)
-    else:
+    weights = None
+    if not bool((seg_lo.detach() <= -0.5).all() and (seg_hi.detach() >= n_axis - 0.5).all()):
         half = 0.5 / spv
         overlap = (torch.minimum(pos[:, None] + half, seg_hi[None, :]) - torch.maximum(pos[:, None] - half, seg_lo[None, :])).clamp_min(0)
-        total = (vals * (overlap * spv)).sum(dim=0)
+        weights = overlap * spv
     # Each plane stands for 1/spv voxel along the axis: mm per plane = length_mm / |d_axis| / spv.
-    return total * (length_mm / (da.abs() * spv))
+    return MarchPlan(axis, sel, grid.unsqueeze(1), weights, length_mm / (da.abs() * spv))
+
+
+def _sample(stacks: SliceStacks, plan: MarchPlan) -> Tensor:
+    """(R',) line integrals along one plan. Outside the box the volume is zero ("zeros" padding: the outer
+    half voxel blends towards 0)."""
+    vals = F.grid_sample(stacks.planes(plan.axis), plan.grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    vals = vals[:, 0, 0, :]  # (P, R')
+    total = vals.sum(dim=0) if plan.weights is None else (vals * plan.weights).sum(dim=0)
+    return total * plan.mm
 
 
 def trilinear_bytes_per_ray(shape_kji: Tuple[int, int, int], samples_per_voxel: float, dtype: torch.dtype) -> int:
