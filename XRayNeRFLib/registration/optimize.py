@@ -191,7 +191,7 @@ class RegistrationSettings:
     """How :func:`register` optimises (everything but the data). Defaults are the shipped recipe.
 
     loss: a name of :func:`~.losses.make_loss` (``LOSS_NAMES``: "mi", "ncc", "gncc", "mncc", "pncc", "ssim",
-        "mse") or a callable
+        "mse", "bgfit") or a callable
         (drr (B, h, w), image (B, h, w), mask) -> (B,) loss to minimise; loss_options go to make_loss.
     rotation_scale_deg, translation_scale_mm: size of one parameter unit (translation per camera axis
         x, y, z: the depth z is the least observable, so it gets a larger unit).
