@@ -442,6 +442,17 @@ def test_xray_image_with_landmarks_gets_the_dicom_xray_pose(page, server, tmp_pa
     page.fill("#landmarks-path", "")
 
 
+def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of the pixels of two (H, W, 3) view images that differ by more than 12 grey levels."""
+    return float((np.abs(a - b).max(axis=-1) > 12).mean())
+
+
+def shows_preview(image: np.ndarray, start: np.ndarray) -> bool:
+    """A view image that differs from the view at the job's start and has contrast (the flat -1000 HU grid of a
+    new reconstruction has none)."""
+    return changed_fraction(image, start) > 0.002 and float(image.std()) > 20
+
+
 def progress_percent(page) -> float:
     return float(page.get_attribute("#progress", "aria-valuenow") or 0.0)
 
@@ -472,17 +483,23 @@ def test_uploaded_stack_and_geometry_preview_updates_and_cancel_keeps_the_best_v
     page.wait_for_selector("#cancel-reconstruction")
     page.fill("#rec-iterations", "0")  # the job has its form; the later tests use the default
     try:
-        page.wait_for_function("() => parseFloat(document.querySelector('#progress').getAttribute('aria-valuenow')) >= 2")
-        time.sleep(0.5)
-        early, at = view_pixels(page).astype(int), progress_percent(page)
+        # the solver converges in a few passes, so the first previews change the slice most: "early" is the first
+        # preview shown (an image with contrast, unlike the -1000 HU grid, that differs from the view at the start)
+        start, deadline = view_pixels(page).astype(int), time.monotonic() + 30
+        early = start
+        while not shows_preview(early, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            early = view_pixels(page).astype(int)
+        assert shows_preview(early, start), "no preview slice was shown"
+        at = progress_percent(page)
         page.wait_for_function(f"() => parseFloat(document.querySelector('#progress').getAttribute('aria-valuenow')) >= {at + 8}")
         time.sleep(0.5)
         later = view_pixels(page).astype(int)
     finally:  # a failure here must not leave the job running for the next tests
         page.click("#cancel-reconstruction")
-    changed = np.abs(later - early).max(axis=-1) > 12
-    # without preview updates the two are the same image (0 pixels change); the early passes change a few % of the view
-    assert changed.mean() > 0.002, f"the preview slice did not change ({changed.mean():.4f} of the pixels) between {at}% and later"
+    # without preview updates after the first the two are the same image (0 pixels change)
+    changed = changed_fraction(later, early)
+    assert changed > 0.002, f"the preview slice did not change ({changed:.4f} of the pixels) between {at}% and later"
     text = wait_message(page, "Reconstruction done")
     assert "cancelled: the best volume so far is kept" in text
     wait_idle(page)
