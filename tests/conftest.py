@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from XRayNeRFLib.geometry import Cameras, homogeneous
+from XRayNeRFLib.threads import torch_threads
 from XRayNeRFLib.volume import Volume
 
 
@@ -220,3 +221,11 @@ __all__ = [
     "segment_ellipsoid_length_mm",
     "se3_exp",
 ]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (tiny tensors: fastest, and immune to a busy machine); the count is put
+    back afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with torch_threads(1):
+        yield

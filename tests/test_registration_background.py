@@ -13,13 +13,7 @@ from XRayNeRFLib.registration.simulate import gray_curve, landmarks, perturb_pos
 from XRayNeRFLib.render import render
 from XRayNeRFLib.volume import as_mu
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _uv(h, w):

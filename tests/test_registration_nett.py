@@ -27,12 +27,7 @@ def bone_heavy(vol: Volume) -> Volume:
     return Volume(torch.where(vol.data > w, vol.data + (vol.data - w), vol.data), vol.ras_from_ijk, "mu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
