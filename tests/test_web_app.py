@@ -75,13 +75,21 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
+    import slicer
+
+    # the app publishes its scene and application as slicer.mrmlScene / slicer.app (XRayNeRFWeb.runtime.bind):
+    # put the process's back afterwards, so that later test modules get the Slicer harness's
+    before = (getattr(slicer, "app", None), getattr(slicer, "mrmlScene", None))
     h = Harness(tmp_path_factory.mktemp("web-data"))
-    h.app.load_sample_registration()
-    h.idle(settle_s=0.5)
-    assert h.app.state.reg_ready and h.app.session.overlay_updates >= 1, h.app.state.message
-    yield h
-    h.app.overlay_throttle.close()
-    h.loop.close()
+    try:
+        h.app.load_sample_registration()
+        h.idle(settle_s=0.5)
+        assert h.app.state.reg_ready and h.app.session.overlay_updates >= 1, h.app.state.message
+        yield h
+    finally:
+        h.app.overlay_throttle.close()
+        h.loop.close()
+        slicer.app, slicer.mrmlScene = before
 
 
 def controls(app) -> dict:
