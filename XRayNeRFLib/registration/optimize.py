@@ -441,10 +441,10 @@ class _Run:
         for c, (_, m), nm in zip(self.cams0, checked, names):
             check_overlap(vol, c, m, nm)
         self.levels, self.iters, self.lrs = s.per_level(pyramid_size_px([c.size_px for c in self.cams0]))
-        centre = vol.center_ras().double() if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
+        self.centre_ras = vol.center_ras().double()
+        centre = self.centre_ras if center_ras is None else torch.as_tensor(center_ras, dtype=torch.float64)
         self.param = PoseParametrization(w0[0], centre, math.radians(s.rotation_scale_deg), s.translation_scale_mm)
         self.w0 = [w.to(dtype=torch.float64) for w in w0]  # every view's initial pose; M(x) moves them all
-        self.vol, self.centre_ras = vol, vol.center_ras().double()
         self.loss_fn = s.loss if callable(s.loss) else make_loss(s.loss, **(s.loss_options or {}))
         self.loss_label = getattr(s.loss, "__name__", "custom") if callable(s.loss) else s.loss
         self.n_pose = 9 if s.refine_intrinsics else 6  # pose (and intrinsics) parameters; then the PSF's
