@@ -284,15 +284,17 @@ def _fit_group(p, cams0, totals, vol, s: RefineSettings, norm, gen, progress, wh
     damping = torch.full((n, 1, 1), 1e-3, dtype=torch.float64)
     eye, eps = torch.eye(n_params, dtype=torch.float64), 0.05
     with torch.no_grad():
+        r = residuals(x)
         for step in range(s.steps):
-            r = residuals(x)
             jac = torch.stack([(residuals(x + eps * e) - residuals(x - eps * e)) / (2 * eps) for e in eye], -1)  # (V, R, P)
             m = float(r.shape[1]) * norm
             h = jac.transpose(1, 2) @ jac / m + torch.diag_embed(w.expand(n, -1))
             g = (jac.transpose(1, 2) @ r[..., None])[..., 0] / m + w * (totals + x)
             trial = x - torch.linalg.solve(h + damping * torch.diag_embed(h.diagonal(dim1=1, dim2=2)), g[..., None])[..., 0]
-            better = objective(residuals(trial), trial) < objective(r, x)
+            r_trial = residuals(trial)
+            better = objective(r_trial, trial) < objective(r, x)
             x = torch.where(better[:, None], trial, x)
+            r = torch.where(better[:, None], r_trial, r)  # each view's residuals at its kept x (renders are per view)
             damping = torch.where(better[:, None, None], damping / 3, damping * 4)
             try:
                 report(progress, where[0] + step + 1, where[1], f"geometry refinement: round {where[2] + 1}, step {step + 1}")
