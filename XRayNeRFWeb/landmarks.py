@@ -134,11 +134,8 @@ def require_on_ct(ct_node, ct_points) -> None:
 
 
 def report(start) -> str:
-    """One line for the page: the reprojection error of a landmark start (RMS and the worst pair)."""
-    pose = start.pose
-    worst = int(pose.error_px.argmax())
-    return (
-        f"Landmark start from {len(pose.labels)} pairs: reprojection error RMS {pose.rms_px:.2f} px "
-        f"({pose.rms_object_mm:.2f} mm at the landmarks); largest: '{pose.labels[worst]}' {float(pose.error_px[worst]):.2f} px. "
-        "Accept or Revert, or Register from here."
-    )
+    """One line for the page: the layer's report of a landmark start (reprojection error RMS and the worst pair),
+    then what to do next."""
+    from XRayNeRFMRML.landmarks import landmark_report
+
+    return landmark_report(start) + " Accept or Revert, or Register from here."

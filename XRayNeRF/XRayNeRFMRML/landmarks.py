@@ -36,7 +36,7 @@ does it before the next landmark start).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import slicer
@@ -162,3 +162,14 @@ def apply_landmark_start(ct_node, xray_node, transform_node, ct_points_node, xra
     transform_node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(after))
     ct_node.SetAndObserveTransformNodeID(transform_node.GetID())
     return LandmarkStart(pose, transform_node, before, after, previous)
+
+
+def landmark_report(start, translate: Callable[[str], str] = str) -> str:
+    """One status line for a :class:`LandmarkStart`: the reprojection error (RMS, and the worst pair) of the solved
+    start pose. translate: applied to the sentence's template before it is filled (Slicer's ``_`` for i18n)."""
+    pose = start.pose
+    worst = int(pose.error_px.argmax())
+    return translate(
+        "Landmark start from {n} pairs: reprojection error RMS {px:.2f} px ({mm:.2f} mm at the landmarks); largest: "
+        "'{label}' {worst:.2f} px."
+    ).format(n=len(pose.labels), px=pose.rms_px, mm=pose.rms_object_mm, label=pose.labels[worst], worst=float(pose.error_px[worst]))

@@ -642,13 +642,10 @@ class XRayNeRFRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def landmarkReport(start) -> str:
-        """One status line: the reprojection error (RMS and worst pair) of a landmark start."""
-        pose = start.pose
-        worst = int(pose.error_px.argmax())
-        return _(
-            "Landmark start from {n} pairs: reprojection error RMS {px:.2f} px ({mm:.2f} mm at the landmarks); largest: "
-            "'{label}' {worst:.2f} px."
-        ).format(n=len(pose.labels), px=pose.rms_px, mm=pose.rms_object_mm, label=pose.labels[worst], worst=float(pose.error_px[worst]))
+        """One status line: the reprojection error (RMS and worst pair) of a landmark start (the layer's wording)."""
+        from XRayNeRFMRML.landmarks import landmark_report
+
+        return landmark_report(start, _)
 
     # -- the engine's options -----------------------------------------------------------------------------
     @staticmethod
