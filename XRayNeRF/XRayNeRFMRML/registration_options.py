@@ -173,6 +173,3 @@ class MNeRFCache:
         self._key, self._model = key, model
         self.fits += 1
         return model
-
-    def clear(self) -> None:
-        self._key = self._model = None
