@@ -44,7 +44,6 @@ import registration_independent as ri  # noqa: E402
 from XRayNeRFLib.geometry import Cameras  # noqa: E402
 from XRayNeRFLib.registration import register, train_nett  # noqa: E402
 from XRayNeRFLib.registration.mnerf import fit_mnerf  # noqa: E402
-from XRayNeRFLib.registration.simulate import perturb_pose  # noqa: E402
 
 WORK = HERE / "_work" / "mnerf"
 SOURCES = ("CT DRR", "NeTT", "mNeRF")
@@ -122,7 +121,7 @@ def main() -> None:
     rows: dict = {name: [] for name in SOURCES}
     WORK.mkdir(parents=True, exist_ok=True)
     for c in cases:
-        w0 = perturb_pose(c["camera"].world_from_camera[0], centre, 10.0, 20.0, np.random.default_rng(100 + c["index"]))
+        w0 = ri.start_pose(c, centre)
         for name in SOURCES:
             cam = c["camera"]
             init = Cameras(w0[None], cam.sdd_mm, cam.pixel_spacing_mm, cam.principal_point_px, cam.size_px)
@@ -133,18 +132,9 @@ def main() -> None:
             rows[name].append(row)
             print(f"case {c['index']} {name}: mTRE {row['mtre_mm']:.2f} mm, {row['seconds']:.1f} s (load {row['load']:.1f})", flush=True)
         (WORK / "partial.json").write_text(json.dumps(rows, indent=1, default=float))
-    load_end, minutes = os.getloadavg(), (time.perf_counter() - t_all) / 60
     loads = [x["load"] for r in rows.values() for x in r]
-    lines = table(rows, learn_s) + [
-        "",
-        f"{args.cases} cases, {args.train_views} training views (RTK, known poses), {args.slice_mm:g} mm CT, RTK targets, "
-        f"{args.threads} torch thread(s); load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end (median per "
-        f"run {np.median(loads):.1f}) on {os.cpu_count()} cores (shared with other jobs); {minutes:.0f} min in all.",
-    ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    (WORK / "results.json").write_text(json.dumps({"rows": rows, "learn_s": learn_s}, indent=1, default=float))
-    print("\n".join(lines))
+    what = f"{args.cases} cases, {args.train_views} training views (RTK, known poses)"
+    ri.write_study(args.out, WORK, table(rows, learn_s), {"rows": rows, "learn_s": learn_s}, what, args, load_start, t_all, loads)
 
 
 if __name__ == "__main__":
