@@ -324,6 +324,32 @@ def test_gradcheck_trilinear_pose_and_intrinsics():
     assert g_xi.abs().max() > 1e-3
 
 
+def test_trilinear_forward_mode_derivatives_match_central_differences():
+    """Forward-mode derivatives (render.trilinear._PlaneSample: torch's grid sampling has none) of the trilinear
+    render w.r.t. pose, intrinsics and mu, checked by gradcheck against central differences; the sampling
+    function's own reverse-mode derivatives too."""
+    from XRayNeRFLib.render.trilinear import _PlaneSample
+
+    vol, cams = smooth_setup()
+    xi = torch.tensor([0.01, -0.02, 0.015, 0.3, -0.2, 0.1], dtype=F64, requires_grad=True)
+    pose = lambda p: render(vol, with_pose(cams, p), renderer="trilinear")  # noqa: E731
+    assert torch.autograd.gradcheck(pose, (xi,), eps=1e-6, atol=1e-7, check_forward_ad=True, check_backward_ad=False)
+
+    def intrinsics(sdd, pp):
+        c = Cameras(cams.world_from_camera, sdd, cams.pixel_spacing_mm, pp, cams.size_px)
+        return render(vol, c, renderer="trilinear")
+
+    args = (cams.sdd_mm.clone().requires_grad_(), cams.principal_point_px.clone().requires_grad_())
+    assert torch.autograd.gradcheck(intrinsics, args, eps=1e-6, atol=1e-7, check_forward_ad=True, check_backward_ad=False)
+    mu = vol.data.clone().requires_grad_()
+    volume = lambda m: render(Volume(m, vol.ras_from_ijk), cams, renderer="trilinear")  # noqa: E731
+    assert torch.autograd.gradcheck(volume, (mu,), eps=1e-6, atol=1e-8, check_forward_ad=True, check_backward_ad=False)
+    g = torch.Generator().manual_seed(3)
+    planes = torch.rand(4, 1, 5, 6, dtype=F64, generator=g).requires_grad_()
+    grid = (torch.rand(4, 1, 7, 2, dtype=F64, generator=g) * 2.2 - 1.1).requires_grad_()  # some outside (zeros padding)
+    assert torch.autograd.gradcheck(_PlaneSample.apply, (planes, grid), eps=1e-6, atol=1e-7, check_forward_ad=True)
+
+
 def test_siddon_pose_gradient_matches_central_differences():
     """Siddon is piecewise smooth in the pose: smooth as long as the set of crossed voxels (and the
     order of plane crossings) does not change. With generic rays and a 1e-7 step no ray crosses a

@@ -17,9 +17,9 @@ the principal ray (it moves only pixels far from the principal point), the trans
 is nearly a tilt about the source; a shift along the beam only changes the magnification) and the principal
 point are weakly determined at clinical pixel sizes and are held by a stronger prior (``weak_reg``), so that
 the errors of the volume do not drive them (freeing them made them drift over the rounds). Each view's fit
-is a damped Gauss-Newton (Levenberg-Marquardt) on its 6 (or 8) parameters; the Jacobian columns are the
-renderer's directional derivatives along each parameter (central differences of trilinear renders: torch's
-grid sampling has no forward-mode derivative), on a fixed set of pixels per view.
+is a damped Gauss-Newton (Levenberg-Marquardt) on its 6 (or 8) parameters; the Jacobian is the renderer's
+exact pose derivative (:func:`pose_jacobian`: forward-mode differentiation of the trilinear renderer, all
+parameters in one pass over copies of the views), on a fixed set of pixels per view.
 
 Rounds alternate: reconstruct (``start``: "fdk" or "os-tv") with the current cameras, fit the corrections,
 apply them, remove their common rigid motion (a rigid motion of all views together moves the reconstruction
@@ -47,9 +47,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwad
 from torch import Tensor
 
 from ..geometry import Cameras
@@ -65,6 +66,7 @@ __all__ = [
     "apply_corrections",
     "remove_common_motion",
     "prior_weights",
+    "pose_jacobian",
     "twist_matrix",
     "twists_between",
 ]
@@ -220,6 +222,27 @@ def _totals(current: Cameras, nominal: Cameras, n_params: int) -> Tensor:
     return torch.cat(t, 1) / _scale(n_params)
 
 
+def pose_jacobian(vol: Volume, cams: Cameras, x: Tensor, pixels: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The renderer's derivatives of each view's pixels w.r.t. that view's corrections, at x.
+
+    vol: the volume (mu 1/mm); cams: V views; x: (V, P) float64 corrections in units of :func:`_scale` (P = 6:
+    twist; 8: and the principal point shift); pixels: (V, R, 2) pixel centres (col, row) or None for all.
+    Returns (jac (V, R, P), pred (V, R)), both float64: d line integral / d parameter unit, and the trilinear
+    render at x. Forward-mode differentiation (render.trilinear supplies grid sampling's forward derivative):
+    the views are rendered P times, copy k with tangent e_k, in one call."""
+    n, n_params = x.shape
+    tangent = torch.zeros(n_params, n, n_params, dtype=x.dtype)
+    for k in range(n_params):
+        tangent[k, :, k] = 1.0
+    copies = cams[list(range(n)) * n_params]
+    pix = None if pixels is None else pixels.repeat(n_params, 1, 1)
+    with torch.no_grad(), fwad.dual_level():
+        xd = fwad.make_dual(x.repeat(n_params, 1), tangent.reshape(n * n_params, n_params))
+        out = fwad.unpack_dual(render(vol, _corrected(copies, xd), renderer="trilinear", pixels=pix, check_finite=False))
+    jac = out.tangent.reshape(n_params, n, -1).permute(1, 2, 0).double()
+    return jac, out.primal[:n].reshape(n, -1).double()
+
+
 def _view_groups(n_views: int, k: int) -> List[List[int]]:
     """K interleaved groups of view indices (k < 2: one group of all views)."""
     k = max(1, min(int(k), n_views))
@@ -282,11 +305,10 @@ def _fit_group(p, cams0, totals, vol, s: RefineSettings, norm, gen, progress, wh
 
     x = torch.zeros(n, n_params, dtype=torch.float64)
     damping = torch.full((n, 1, 1), 1e-3, dtype=torch.float64)
-    eye, eps = torch.eye(n_params, dtype=torch.float64), 0.05
     with torch.no_grad():
         r = residuals(x)
         for step in range(s.steps):
-            jac = torch.stack([(residuals(x + eps * e) - residuals(x - eps * e)) / (2 * eps) for e in eye], -1)  # (V, R, P)
+            jac, _ = pose_jacobian(vol, cams0, x, pix)  # (V, R, P)
             m = float(r.shape[1]) * norm
             h = jac.transpose(1, 2) @ jac / m + torch.diag_embed(w.expand(n, -1))
             g = (jac.transpose(1, 2) @ r[..., None])[..., 0] / m + w * (totals + x)

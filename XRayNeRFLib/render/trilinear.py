@@ -17,7 +17,10 @@ n - 0.5); in the plane, the bilinear interpolant between the edge voxels and the
 (grid_sample's "zeros" padding) falls linearly from the edge value at the outermost centre to 0 one
 voxel further, half the edge value at the face: the same mass as Siddon's box, spread over one voxel.
 
-Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), through ``grid_sample``.
+Differentiable w.r.t. mu and w.r.t. the ray end points (pose and intrinsics), through ``grid_sample``: in
+reverse mode (torch's own derivatives), and in forward mode (:func:`torch.autograd.forward_ad`, which torch's
+grid sampling lacks: :class:`_PlaneSample` supplies it), so a Jacobian w.r.t. a few pose parameters costs a few
+forward passes (recon.selfcal).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -165,10 +169,50 @@ def _plan_axis(shape_kji, axis: int, origin: Tensor, direction: Tensor, length_m
 def _sample(stacks: SliceStacks, plan: MarchPlan) -> Tensor:
     """(R',) line integrals along one plan. Outside the box the volume is zero ("zeros" padding: the outer
     half voxel blends towards 0)."""
-    vals = F.grid_sample(stacks.planes(plan.axis), plan.grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    vals = vals[:, 0, 0, :]  # (P, R')
+    vals = _sample_planes(stacks.planes(plan.axis), plan.grid)[:, 0, 0, :]  # (P, R')
     total = vals.sum(dim=0) if plan.weights is None else (vals * plan.weights).sum(dim=0)
     return total * plan.mm
+
+
+def _sample_planes(planes: Tensor, grid: Tensor) -> Tensor:
+    """Bilinear samples (P, 1, 1, R') of planes (P, 1, H, W) at grid (P, 1, R', 2): torch's grid_sample, or with
+    dual (forward-mode) inputs :class:`_PlaneSample`."""
+    if fwad.unpack_dual(grid).tangent is None and fwad.unpack_dual(planes).tangent is None:
+        return F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _PlaneSample.apply(planes, grid)
+
+
+class _PlaneSample(torch.autograd.Function):
+    """grid_sample (bilinear, zeros padding, align_corners False) of single-channel planes, with the forward-mode
+    derivative torch lacks: d out = sample(d planes, grid) + (d out / d grid) . d grid. The partials d out / d grid
+    are grid_sample's own backward with a unit cotangent, exact because with one channel each output sample
+    depends on its own grid point only."""
+
+    @staticmethod
+    def forward(ctx, planes: Tensor, grid: Tensor) -> Tensor:
+        ctx.save_for_forward(planes, grid)
+        ctx.save_for_backward(planes, grid)
+        return F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    def jvp(ctx, d_planes: Optional[Tensor], d_grid: Optional[Tensor]) -> Tensor:
+        planes, grid = ctx.saved_tensors
+        out = None
+        if d_grid is not None:
+            ones = grid.new_ones(grid.shape[0], 1, grid.shape[1], grid.shape[2])
+            _, partials = torch.ops.aten.grid_sampler_2d_backward(ones, planes, grid, 0, 0, False, [False, True])
+            out = (partials * d_grid).sum(-1).unsqueeze(1)
+        if d_planes is not None:
+            tp = F.grid_sample(d_planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            out = tp if out is None else out + tp
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        planes, grid = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+        d_planes, d_grid = torch.ops.aten.grid_sampler_2d_backward(grad_out.contiguous(), planes, grid, 0, 0, False, mask)
+        return d_planes, d_grid
 
 
 def trilinear_bytes_per_ray(shape_kji: Tuple[int, int, int], samples_per_voxel: float, dtype: torch.dtype) -> int:
