@@ -86,7 +86,7 @@ def test_pose_jacobian_is_the_renderers_derivative():
     for pix in (pixels, None):
         jac, pred = pose_jacobian(vol, nominal, x, pix)
 
-        def at(xx):
+        def at(xx, pix=pix):
             return render(vol, selfcal._corrected(nominal, xx), renderer="trilinear", pixels=pix).reshape(3, -1)
 
         assert torch.allclose(pred, at(x), atol=1e-12)
