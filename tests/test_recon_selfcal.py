@@ -135,12 +135,22 @@ def test_leave_group_out_fits_each_group_against_the_other_views(monkeypatch):
 
     def spy(projections, cameras, like, s, masks):
         seen.append(len(cameras))
+        cams.append(cameras.world_from_camera.double())
         return real(projections, cameras, like, s, masks)
 
+    cams = []
     monkeypatch.setattr(selfcal, "_reconstruct", spy)
     settings = RefineSettings(rounds=2, steps=4, passes=4, rays_per_view=256, holdout_groups=4)
     r = refine_geometry(p, nominal, like, settings=settings)
     assert seen[:5] == [16, 12, 12, 12, 12], seen  # all views, then each group of 4 left out
+    # groups in turn: the first held-out volume sees the nominal cameras; the second (group 1 left out) sees group 0
+    # (views 0, 4, 8, 12) already corrected, and groups 2 and 3 not yet (up to float32 rounding)
+    start = nominal.world_from_camera.double()
+    assert torch.allclose(cams[1], start[[v for v in range(16) if v % 4]], atol=1e-4)
+    rest = [v for v in range(16) if v % 4 != 1]
+    moved = (cams[2] - start[rest]).abs().amax((1, 2))
+    group0 = torch.tensor([v % 4 == 0 for v in rest])
+    assert bool((moved[group0] > 1e-3).all()) and bool((moved[~group0] < 1e-4).all()), moved
     assert _rotation_error_deg(r.cameras, true) < 0.75 * _rotation_error_deg(nominal, true)
     exact = refine_geometry(
         p,

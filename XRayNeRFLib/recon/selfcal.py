@@ -32,14 +32,21 @@ them so, and also as the reprojection error of body points, the part the images 
 Leave-group-out (``holdout_groups`` K >= 2, the default): each of K interleaved view groups is fitted
 against a volume reconstructed without it, so that no view is fitted to a volume that already took on its
 own error (the joint fit, K = 0, finds cameras that fit the data better than the true ones). It costs K
-extra reconstructions per round. What is left (benchmarks/RESULTS_carm.md, docs/reconstruction.md): errors
-that vary slowly along a short-scan arc are seen only through the consistency of distant views and shrink
-slowly over the rounds.
+extra reconstructions per round. The groups are fitted in turn (Gauss-Seidel): a group's volume is
+reconstructed with the corrections of the groups fitted before it in the same round, which converges in
+fewer rounds than fitting every group against the round's starting cameras. Rounds are few on purpose:
+after a few, the cameras drift slowly while the data term still falls (each group's cameras were fitted
+to volumes holding the other groups' data, so the groups co-adapt over the rounds). What is left
+(benchmarks/RESULTS_carm.md, docs/reconstruction.md): errors that vary slowly along a short-scan arc
+(nearly a rigid motion of the volume, but not quite) are seen only through the consistency of distant
+views.
 Optionally (``intrinsics``) each view's principal point is corrected too.
 
-Stopping: a round whose corrections lower the data term by less than ``min_gain`` (relative) is not
-applied, and the refinement stops: on exact geometry nothing moves (tested). The result keeps the best
-round's cameras and volume.
+Stopping: each round's corrected cameras are judged by the data term of the reconstruction from all views
+with them (the volume the next round starts from); a round that lowers it by less than ``min_gain``
+(relative) is not applied and the refinement stops, keeping the previous round's cameras and volume. On
+exact geometry nothing moves (tested): the fits against the held-out volumes find small corrections (those
+volumes are imperfect), but they do not make the data more consistent.
 """
 
 from __future__ import annotations
@@ -79,17 +86,18 @@ class RefineSettings:
     round; 0 or more than the detector has: all); reg: prior weight of the tilts about the source (units of
     ``scale``: 1 degree) against the normalised data term; weak_reg: prior weight of the weakly observable
     parameters (rotation about the principal ray in degrees, translations in mm, principal point in pixels;
-    :func:`prior_weights`); min_gain: relative decrease of the data term a round must bring to be applied;
-    start: "os-tv" (default) or "fdk" reconstruction; passes: os-tv passes per reconstruction (None: the
-    reconstruction's own default, ``ostv.default_passes``; the default is more, since the pose fit needs a
-    converged volume: benchmarks/RESULTS_carm.md); intrinsics: also correct
-    each view's principal point (pixels); renderer: the os-tv start's projector (default
-    ``render.DEFAULT_RENDERER``; the pose fit itself always marches trilinearly); seed: the pixel draw;
-    holdout_groups: K >= 2 fits each of K interleaved view groups against a volume reconstructed without that
-    group (leave-group-out: no view is fitted to a volume that already took on its own error; K reconstructions
+    :func:`prior_weights`); min_gain: relative decrease of the data term (of the reconstruction from all views
+    at the round's cameras) a round must bring to be applied; start: "os-tv" (default) or "fdk"
+    reconstruction; passes: os-tv passes per reconstruction (None: the reconstruction's own default,
+    ``ostv.default_passes``; the default is more, since the pose fit needs a converged volume:
+    benchmarks/RESULTS_carm.md); intrinsics: also correct each view's principal point (pixels); renderer: the
+    os-tv start's projector (default ``render.DEFAULT_RENDERER``; the pose fit itself always marches
+    trilinearly); seed: the pixel draw; holdout_groups: K >= 2 fits each of K interleaved view groups against
+    a volume reconstructed without that group (leave-group-out: no view is fitted to a volume that already
+    took on its own error; K reconstructions
     per round), 0 or 1: every view against the volume of all views (joint fit)."""
 
-    rounds: int = 6
+    rounds: int = 3
     steps: int = 3
     rays_per_view: int = 4096
     reg: float = 1e-4
@@ -250,28 +258,29 @@ def _view_groups(n_views: int, k: int) -> List[List[int]]:
 
 
 def _fit_views(p, current, nominal, like, vol, s: RefineSettings, masks, norm, gen, progress, rnd):
-    """One round's pose fit: returns (x (V, P) this round's corrections in units of :func:`_scale`, [(group view
-    indices, the volume that group was fitted against)], cancelled). With ``holdout_groups`` >= 2 each group is
-    fitted against a volume reconstructed from the other views; else every view against ``vol``."""
+    """One round's pose fit: returns (x (V, P) this round's corrections in units of :func:`_scale`, cancelled).
+    With ``holdout_groups`` >= 2 the groups are fitted in turn, each against a volume reconstructed from the
+    other views with the corrections of the groups fitted before it this round (Gauss-Seidel); else every view
+    against ``vol``."""
     n_views = len(current)
     groups = _view_groups(n_views, s.holdout_groups) if s.holdout_groups >= 2 else [list(range(n_views))]
     n_params = 8 if s.intrinsics else 6
     x = torch.zeros(n_views, n_params, dtype=torch.float64)
     totals = _totals(current, nominal, n_params)
-    vol_fits = []
+    work = current  # the cameras the next group's volume is reconstructed with
     for gi, g in enumerate(groups):
         if len(groups) == 1:
             vg = Volume(vol.data.detach(), vol.ras_from_ijk, "mu")
         else:
             rest = [v for v in range(n_views) if v not in set(g)]
-            vg = _reconstruct(p[rest], current[rest], like, s, None if masks is None else masks[rest])
+            vg = _reconstruct(p[rest], work[rest], like, s, None if masks is None else masks[rest])
             vg = Volume(vg.data.detach(), vg.ras_from_ijk, "mu")
         where = ((rnd * len(groups) + gi) * s.steps, s.rounds * s.steps * len(groups), rnd)
         x[g], cancelled = _fit_group(p[g], current[g], totals[g], vg, s, norm, gen, progress, where)
-        vol_fits.append((g, vg))
+        work = _corrected(current, x)
         if cancelled:
-            return x, vol_fits, True
-    return x, vol_fits, False
+            return x, True
+    return x, False
 
 
 def _pixel_subset(cams: Cameras, s: RefineSettings, gen) -> Optional[Tensor]:
@@ -359,27 +368,26 @@ def refine_geometry(
     terms = [full]
     stopped = f"{s.rounds} rounds done"
     for rnd in range(s.rounds):
-        x, vol_fits, cancelled = _fit_views(p, current, nominal, like, vol, s, masks, norm, gen, progress, rnd)
-        with torch.no_grad():
-            trial = remove_common_motion(_corrected(current, x), nominal)
-            before = sum(_data_term(v, current[g], p[g], None, norm).item() * len(g) for g, v in vol_fits) / n_views
-            after = sum(_data_term(v, trial[g], p[g], None, norm).item() * len(g) for g, v in vol_fits) / n_views
-        gain = (before - after) / max(before, 1e-12)
+        x, cancelled = _fit_views(p, current, nominal, like, vol, s, masks, norm, gen, progress, rnd)
         if cancelled:
             stopped = "cancelled"
             break
+        with torch.no_grad():
+            trial = remove_common_motion(_corrected(current, x), nominal)
+        trial_vol = _reconstruct(p, trial, like, s, masks)
+        term = _data_term(trial_vol, trial, p, None, norm).item()
+        gain = (terms[-1] - term) / max(terms[-1], 1e-12)
         if gain < s.min_gain:
             stopped = (
-                f"round {rnd + 1}: the corrections lowered the data term by {100 * gain:.2f}% (< {100 * s.min_gain:g}%): "
-                "nothing (more) to correct"
+                f"round {rnd + 1}: the reconstruction with its corrections lowered the data term by {100 * gain:.2f}% "
+                f"(< {100 * s.min_gain:g}%): nothing (more) to correct; the round is not applied"
             )
             break
-        current = trial
+        current, vol = trial, trial_vol
+        terms.append(term)
         total = twists_between(nominal, current)
         if shift is not None:
             shift = (current.principal_point_px - nominal.principal_point_px).float()
-        vol = _reconstruct(p, current, like, s, masks)
-        terms.append(_data_term(vol, current, p, None, norm).item())
     return RefineResult(current.to(dtype=torch.float64), vol, total, shift, terms, stopped, time.perf_counter() - t0)
 
 
