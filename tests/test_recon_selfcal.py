@@ -136,9 +136,10 @@ def test_leave_group_out_fits_each_group_against_the_other_views(monkeypatch):
     def spy(projections, cameras, like, s, masks):
         seen.append(len(cameras))
         cams.append(cameras.world_from_camera.double())
+        data.append(projections)
         return real(projections, cameras, like, s, masks)
 
-    cams = []
+    cams, data = [], []
     monkeypatch.setattr(selfcal, "_reconstruct", spy)
     settings = RefineSettings(rounds=2, steps=4, passes=4, rays_per_view=256, holdout_groups=4)
     r = refine_geometry(p, nominal, like, settings=settings)
@@ -151,6 +152,8 @@ def test_leave_group_out_fits_each_group_against_the_other_views(monkeypatch):
     moved = (cams[2] - start[rest]).abs().amax((1, 2))
     group0 = torch.tensor([v % 4 == 0 for v in rest])
     assert bool((moved[group0] > 1e-3).all()) and bool((moved[~group0] < 1e-4).all()), moved
+    # the second round (after the trial reconstruction from all views) starts with group 1 left out
+    assert seen[5:7] == [16, 12] and torch.equal(data[6], p[[v for v in range(16) if v % 4 != 1]])
     assert _rotation_error_deg(r.cameras, true) < 0.75 * _rotation_error_deg(nominal, true)
     exact = refine_geometry(
         p,

@@ -34,9 +34,11 @@ against a volume reconstructed without it, so that no view is fitted to a volume
 own error (the joint fit, K = 0, finds cameras that fit the data better than the true ones). It costs K
 extra reconstructions per round. The groups are fitted in turn (Gauss-Seidel): a group's volume is
 reconstructed with the corrections of the groups fitted before it in the same round, which converges in
-fewer rounds than fitting every group against the round's starting cameras. Rounds are few on purpose:
-after a few, the cameras drift slowly while the data term still falls (each group's cameras were fitted
-to volumes holding the other groups' data, so the groups co-adapt over the rounds). What is left
+fewer rounds than fitting every group against the round's starting cameras; each round starts with the
+next group, so that no group is always the one fitted against uncorrected cameras (with the same group
+first in every round, the cameras drifted slowly after three rounds while the data term still fell). Rounds
+are few: each group's cameras were fitted to volumes holding the other groups' data, so over many rounds
+the groups can co-adapt. What is left
 (benchmarks/RESULTS_carm.md, docs/reconstruction.md): errors that vary slowly along a short-scan arc
 (nearly a rigid motion of the volume, but not quite) are seen only through the consistency of distant
 views.
@@ -97,7 +99,7 @@ class RefineSettings:
     took on its own error; K reconstructions
     per round), 0 or 1: every view against the volume of all views (joint fit)."""
 
-    rounds: int = 3
+    rounds: int = 4
     steps: int = 3
     rays_per_view: int = 4096
     reg: float = 1e-4
@@ -260,10 +262,12 @@ def _view_groups(n_views: int, k: int) -> List[List[int]]:
 def _fit_views(p, current, nominal, like, vol, s: RefineSettings, masks, norm, gen, progress, rnd):
     """One round's pose fit: returns (x (V, P) this round's corrections in units of :func:`_scale`, cancelled).
     With ``holdout_groups`` >= 2 the groups are fitted in turn, each against a volume reconstructed from the
-    other views with the corrections of the groups fitted before it this round (Gauss-Seidel); else every view
-    against ``vol``."""
+    other views with the corrections of the groups fitted before it this round (Gauss-Seidel), round ``rnd``
+    starting with group ``rnd mod K`` (the first group of a round sees none of that round's corrections, so the
+    groups take that place in turn); else every view against ``vol``."""
     n_views = len(current)
     groups = _view_groups(n_views, s.holdout_groups) if s.holdout_groups >= 2 else [list(range(n_views))]
+    groups = groups[rnd % len(groups) :] + groups[: rnd % len(groups)]  # each round starts with the next group
     n_params = 8 if s.intrinsics else 6
     x = torch.zeros(n_views, n_params, dtype=torch.float64)
     totals = _totals(current, nominal, n_params)
