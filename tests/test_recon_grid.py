@@ -15,7 +15,6 @@ from XRayNeRFLib.recon.api import reconstruct
 from XRayNeRFLib.recon.fov import analyse_orbit, default_grid
 from XRayNeRFLib.recon.grid import (
     GridMemoryError,
-    cache_budget_bytes,
     check_memory,
     cylinder_grid,
     estimate_memory_bytes,
@@ -86,22 +85,8 @@ def test_view_counts_match_project():
     assert int(counts.max()) == 10 and int(counts.min()) < 10  # some voxels are outside the every-view region
 
 
-def test_os_tv_cache_takes_at_most_a_quarter_of_the_available_memory():
-    """The os-tv projectors' cache only saves time: it is capped at bp_cache_mb and at a quarter of the available
-    memory, in the estimate (so it never makes a reconstruction refuse) as in the solver."""
-    assert cache_budget_bytes(4096.0, None) == 4096 * 2**20
-    assert cache_budget_bytes(4096.0, 8 * 2**30) == 2 * 2**30
-    assert cache_budget_bytes(1024.0, 64 * 2**30) == 2**30
-    shape, views, px = (128, 140, 140), 60, (375, 500)
-    free = estimate_memory_bytes("voxel", shape, views, px, options={"bp_cache_mb": 0})
-    full = estimate_memory_bytes("voxel", shape, views, px)  # the default cache, no availability known
-    assert full - free == 4096 * 2**20  # 12 bytes per voxel and view alone exceed 4096 MB here
-    tight = estimate_memory_bytes("voxel", shape, views, px, available_bytes=4 * 2**30)
-    assert tight - free == 2**30
-
-
 def test_memory_check_refuses_with_the_numbers(monkeypatch):
-    need = estimate_memory_bytes("voxel", (400, 512, 512), 60, (1024, 768), available_bytes=2**30)
+    need = estimate_memory_bytes("voxel", (400, 512, 512), 60, (1024, 768))
     assert need > 512**2 * 400 * 40
     with pytest.raises(GridMemoryError, match=r"512 x 512 x 400 grid needs about .* GiB .* but 1\.0 GiB are available") as err:
         check_memory("voxel", (400, 512, 512), 60, (1024, 768), available_bytes=2**30)

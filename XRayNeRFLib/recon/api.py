@@ -212,8 +212,7 @@ def reconstruct(
         - solver "os-tv" (:mod:`ostv`): subsets (30), relaxation (1.4), tv_weight (beta, 0.00075),
           tv_inner (FGP iterations per TV step, 3), tv_steps_per_pass (1), statistical_weights (False:
           w = exp(-p) when True), momentum (True), backprojector ("voxel" | "matched"), coarse_passes (0),
-          relaxation_decay (0), bp_cache_mb (back and forward projectors' cache, 4096, at most a quarter of the
-          available memory), max_memory_mb (renderer chunk bound, 1024);
+          relaxation_decay (0), bp_cache_mb (back and forward projectors' cache, 1024), max_memory_mb (renderer chunk bound, 1024);
         - solver "adam" (:mod:`optimize`): lr, tv_weight (1.0), rays_per_view, learned_weights,
           final_lr_fraction, positivity ("softplus" | "sigmoid"), coarse_to_fine;
         options of the other solver raise ValueError; nerf: the same fit settings and any ``NerfSettings`` field

@@ -48,7 +48,6 @@ __all__ = [
     "view_counts",
     "estimate_memory_bytes",
     "available_memory_bytes",
-    "cache_budget_bytes",
     "check_memory",
     "GridMemoryError",
 ]
@@ -251,10 +250,8 @@ def estimate_memory_bytes(
     *,
     options: Optional[dict] = None,
     uncertainty: bool = False,
-    available_bytes: Optional[int] = None,
 ) -> int:
-    """A rough upper estimate of the peak memory (bytes) of a reconstruction on a grid of ``shape_kji``; with
-    ``available_bytes`` the os-tv cache is counted as :func:`cache_budget_bytes` lets it grow."""
+    """A rough upper estimate of the peak memory (bytes) of a reconstruction on a grid of ``shape_kji``."""
     options = options or {}
     key = method
     if method == "voxel" and options.get("solver", "os-tv") == "adam":
@@ -267,21 +264,10 @@ def estimate_memory_bytes(
         # voxel and view (back), 8 per plane and ray (forward), capped; the subsets' rays and data slices: 40 per ray
         n_rays = int(n_views) * int(size_px[0]) * int(size_px[1])
         cache = 12 * n_vox * int(n_views) + 8 * max(int(n) for n in shape_kji) * n_rays
-        total += min(cache, cache_budget_bytes(float(options.get("bp_cache_mb", DEFAULT_CACHE_MB)), available_bytes)) + 40 * n_rays
+        total += min(cache, int(float(options.get("bp_cache_mb", 1024)) * 2**20)) + 40 * n_rays
     if uncertainty:
         total += 8 * n_vox  # the ensemble's running mean and spread
     return int(total)
-
-
-DEFAULT_CACHE_MB = 4096.0  # ostv.OSTVSettings.bp_cache_mb
-
-
-def cache_budget_bytes(bp_cache_mb: float, available_bytes: Optional[int]) -> int:
-    """Bytes the os-tv projectors may keep as cached sampling geometry (ostv.OSTVSettings.bp_cache_mb): at most
-    ``bp_cache_mb``, and at most a quarter of ``available_bytes`` when that is known, so that the cache, which
-    only saves time, never makes a reconstruction refuse to start or swap."""
-    cap = int(float(bp_cache_mb) * 2**20)
-    return cap if available_bytes is None else max(0, min(cap, int(available_bytes) // 4))
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -311,8 +297,8 @@ def check_memory(
 ) -> int:
     """Raise :class:`GridMemoryError` (one line, with both numbers) when the estimated peak memory exceeds
     what is available; returns the estimate (bytes)."""
+    need = estimate_memory_bytes(method, shape_kji, n_views, size_px, options=options, uncertainty=uncertainty)
     have = available_memory_bytes() if available_bytes is None else int(available_bytes)
-    need = estimate_memory_bytes(method, shape_kji, n_views, size_px, options=options, uncertainty=uncertainty, available_bytes=have)
     if have is not None and need > have:
         k, j, i = (int(x) for x in shape_kji)
         raise GridMemoryError(

@@ -64,7 +64,6 @@ from ..progress import Progress, ProgressCallback
 from ..render import DEFAULT_RENDERER, RENDERERS, prepare_rays, prepared_bytes, render, render_prepared
 from ..volume import Volume
 from .backproject import VoxelBackprojector
-from .grid import DEFAULT_CACHE_MB, available_memory_bytes, cache_budget_bytes
 
 BACKPROJECTORS = ("voxel", "matched")
 DEFAULT_VIEW_UPDATES = 240  # default passes x views (see default_passes)
@@ -81,8 +80,7 @@ class OSTVSettings:
     (0: no TV, plain OS-SART); tv_inner: FGP iterations per TV proximal step; tv_steps_per_pass: TV
     proximal steps per pass; statistical_weights: w = exp(-p); momentum: Nesterov extrapolation across
     passes; backprojector: "voxel" (voxel-driven, unmatched, fast) | "matched" (the renderer's autograd);
-    bp_cache_mb: memory for cached sampling geometry, at most a quarter of the memory available when the solver
-    starts (grid.cache_budget_bytes): first the voxel back projector's per-view grids (12
+    bp_cache_mb: memory for cached sampling geometry: first the voxel back projector's per-view grids (12
     bytes per voxel and view: 755 MB at 128^3 and 30 views; views beyond it are recomputed each time), then
     the trilinear forward projector's per-subset sampling plans (8 bytes per plane and ray; subsets beyond
     it keep their rays, 28 bytes per ray, and recompute the plan each time); 0: no cache;
@@ -108,7 +106,7 @@ class OSTVSettings:
     coarse_passes: int = 0
     tv_steps_per_pass: int = 1
     relaxation_decay: float = 0.0
-    bp_cache_mb: float = DEFAULT_CACHE_MB
+    bp_cache_mb: float = 1024.0
     renderer: str = DEFAULT_RENDERER
     max_memory_mb: float = 1024.0
     report_every: int = 1
@@ -288,9 +286,8 @@ class _Level:
         self.pix: List[tuple] = []
         # bp_cache_mb is shared: the voxel back projector's grids (12 bytes per voxel and view) first, the forward
         # projector's sampling plans get what they leave
-        budget_mb = cache_budget_bytes(s.bp_cache_mb, available_memory_bytes()) / 2**20
-        bp_mb = min(budget_mb, 12 * math.prod(shape) * n_views / 2**20) if s.backprojector == "voxel" else 0.0
-        cache_mb = budget_mb - bp_mb
+        bp_mb = min(s.bp_cache_mb, 12 * math.prod(shape) * n_views / 2**20) if s.backprojector == "voxel" else 0.0
+        cache_mb = s.bp_cache_mb - bp_mb
         for g, sub_cams in zip(self.groups, self.sub_cams):
             used = (w[g] > 0).any(0).flatten()  # (H*W,)
             idx = torch.nonzero(used).squeeze(1)
