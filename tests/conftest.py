@@ -197,6 +197,15 @@ def rng() -> np.random.Generator:
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
 
+@pytest.fixture
+def core():
+    """A fresh MRML scene as the Slicer tests start from (slicer_harness.new_scene; needs slicer-core, which those
+    test files import-skip on)."""
+    import slicer_harness
+
+    return slicer_harness.new_scene()
+
+
 @pytest.fixture(scope="session")
 def chest_ct_48() -> Volume:
     """The shipped chest CT (Resources/SampleData/chest_ct_128.nii.gz, HU) resampled trilinearly to 48^3 over its

@@ -32,11 +32,6 @@ DRR_TESTS = [
 ]
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def drr_module():
     return slicer_harness.load_module("XRayNeRFDRR")

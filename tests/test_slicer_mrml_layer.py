@@ -21,11 +21,6 @@ import slicer_harness  # noqa: E402
 slicer_harness.install()
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 def _ct(scene, hu, ras_from_ijk, name="CT"):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(hu, dtype=np.float32))

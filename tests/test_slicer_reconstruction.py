@@ -38,11 +38,6 @@ ORBIT = dict(sourceIsocenterDistanceMm=250.0, sourceDetectorDistanceMm=400.0, pi
 MU_WATER = 0.02059  # 1/mm at 60 keV (XRayNeRFLib.volume)
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def module():
     return slicer_harness.load_module(NAME)

@@ -29,11 +29,6 @@ REGISTRATION_TESTS = [
 ]
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def module():
     return slicer_harness.load_module("XRayNeRFRegistration")

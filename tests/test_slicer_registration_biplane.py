@@ -24,11 +24,6 @@ import slicer_harness  # noqa: E402
 RUN = dict(loss="ncc", levels=(2, 1), max_iterations=(40, 20), learning_rate=(1.0, 0.5), renderer="trilinear", num_threads=1)
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def module():
     return slicer_harness.load_module("XRayNeRFRegistration")

@@ -24,11 +24,6 @@ CT_POINTS = np.array(
 )
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def module():
     return slicer_harness.load_module("XRayNeRFRegistration")

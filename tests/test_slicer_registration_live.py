@@ -22,11 +22,6 @@ slicer_harness.install()
 from XRayNeRFMRML.throttle import CoalescingRenderer, ManualTimer  # noqa: E402
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def module():
     return slicer_harness.load_module("XRayNeRFRegistration")

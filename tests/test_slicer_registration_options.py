@@ -20,11 +20,6 @@ slicer = pytest.importorskip("slicer", reason="pip install slicer-core (the Qt-f
 import slicer_harness  # noqa: E402
 
 
-@pytest.fixture
-def core():
-    return slicer_harness.new_scene()
-
-
 @pytest.fixture(scope="module")
 def module():
     return slicer_harness.load_module("XRayNeRFRegistration")
