@@ -323,9 +323,9 @@ def _fit_group(p, cams0, totals, vol, s: RefineSettings, norm, gen, progress, wh
     x = torch.zeros(n, n_params, dtype=torch.float64)
     damping = torch.full((n, 1, 1), 1e-3, dtype=torch.float64)
     with torch.no_grad():
-        r = residuals(x)
         for step in range(s.steps):
-            jac, _ = pose_jacobian(vol, cams0, x, pix)  # (V, R, P)
+            jac, pred = pose_jacobian(vol, cams0, x, pix)  # (V, R, P), and the render at x
+            r = pred - target
             m = float(r.shape[1]) * norm
             h = jac.transpose(1, 2) @ jac / m + torch.diag_embed(w.expand(n, -1))
             g = (jac.transpose(1, 2) @ r[..., None])[..., 0] / m + w * (totals + x)
@@ -333,7 +333,6 @@ def _fit_group(p, cams0, totals, vol, s: RefineSettings, norm, gen, progress, wh
             r_trial = residuals(trial)
             better = objective(r_trial, trial) < objective(r, x)
             x = torch.where(better[:, None], trial, x)
-            r = torch.where(better[:, None], r_trial, r)  # each view's residuals at its kept x (renders are per view)
             damping = torch.where(better[:, None, None], damping / 3, damping * 4)
             try:
                 report(progress, where[0] + step + 1, where[1], f"geometry refinement: round {where[2] + 1}, step {step + 1}")
